@@ -24,7 +24,8 @@ class AriError(Exception):
         return self.message
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(operation={self.operation!r}, status={self.status}, message={self.message!r})"
+        name = type(self).__name__
+        return f"{name}(operation={self.operation!r}, status={self.status}, message={self.message!r})"
 
 
 class AriNotFound(AriError):

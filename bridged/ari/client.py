@@ -1,0 +1,447 @@
+"""A thin typed ARI REST client on aiohttp.
+
+Every call goes through :meth:`AriClient._call`, driven by :data:`bridged.ari.operations.OPERATIONS`, so the
+table checked against the live Swagger description is exactly what is sent. Nothing here logs or raises
+with a query parameter or body in it: those carry dial strings and caller ids, i.e. phone numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from .errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
+from .operations import OPERATIONS, Operation
+
+__all__ = ["AriClient", "basic_auth_header"]
+
+log = logging.getLogger(__name__)
+
+# Asterisk's error texts are generic ("Channel not found", "Allocation failed"); a long run of digits in
+# one means something was echoed back and might be a phone number, so the text is dropped.
+_DIGIT_RUN = re.compile(r"\d{4,}")
+_MAX_ERROR_TEXT = 200
+
+
+def basic_auth_header(username: str, password: str) -> str:
+    """The ``Authorization`` header value; aiohttp 3.14 deprecates ``BasicAuth``/``auth=``."""
+    encode = getattr(aiohttp, "encode_basic_auth", None)
+    if encode is not None:
+        return str(encode(username, password))
+    return aiohttp.BasicAuth(username, password).encode()
+
+
+def _encode_value(value: Any) -> str:
+    # ARI parses booleans only as lowercase words and allowMultiple parameters as comma-joined lists.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(_encode_value(v) for v in value)
+    return str(value)
+
+
+def _secret_values(path_params: Mapping[str, Any], params: Mapping[str, Any], body: Any) -> list[str]:
+    """Every string we sent, to make sure none of them comes back in an error text."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(k)
+                walk(v)
+            return
+        if isinstance(value, list | tuple):
+            for v in value:
+                walk(v)
+        text = _encode_value(value)
+        # Very short values ("ulaw", "0") would match ordinary words; they cannot hold a number anyway.
+        if len(text) >= 3:
+            found.append(text)
+
+    walk(path_params)
+    walk(params)
+    walk(body)
+    return found
+
+
+def _safe_error_text(payload: Any, secrets: list[str]) -> str | None:
+    if not isinstance(payload, dict):
+        return None
+    # ast_ari_response_error() answers {"message": ...}; allocation failures answer {"error": ...}.
+    text = payload.get("message") or payload.get("error")
+    if not isinstance(text, str) or not text:
+        return None
+    if _DIGIT_RUN.search(text):
+        return None
+    lowered = text.lower()
+    if any(secret.lower() in lowered for secret in secrets):
+        return None
+    return text[:_MAX_ERROR_TEXT]
+
+
+def _error_for(operation: str, status: int, text: str | None) -> AriError:
+    message = f"ARI {operation} failed: HTTP {status}"
+    if text:
+        message = f"{message}: {text}"
+    if status == 404:
+        return AriNotFound(operation, status, message)
+    if status == 409:
+        return AriConflict(operation, status, message)
+    if status in (400, 422):
+        return AriBadRequest(operation, status, message)
+    if status >= 500 and text is None:
+        return AriUnavailable(operation, status, message)
+    return AriError(operation, status, message)
+
+
+class AriClient:
+    """Calls the ARI REST API. Methods return Asterisk's JSON as plain dicts/lists."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        request_timeout: float = 5.0,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": basic_auth_header(username, password)}
+        self._request_timeout = request_timeout
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        op_name: str,
+        path_params: Mapping[str, Any],
+        params: Mapping[str, Any],
+        body: Mapping[str, Any] | None,
+    ) -> tuple[Operation, URL, dict[str, Any] | None]:
+        op = OPERATIONS[op_name]
+        for name in op.path_params:
+            if path_params.get(name) in (None, ""):
+                raise ValueError(f"ARI {op_name}: missing path parameter {name}")
+        present = {k for k, v in params.items() if v is not None}
+        present |= {k for k, v in (body or {}).items() if v is not None}
+        for name in op.required:
+            if name not in present:
+                raise ValueError(f"ARI {op_name}: missing required parameter {name}")
+        # A misspelt name would be silently ignored by Asterisk; fail loudly instead.
+        for name in params:
+            if name not in op.all_params or name in op.body_params:
+                raise ValueError(f"ARI {op_name}: unknown query parameter {name}")
+        for name in body or {}:
+            if name not in op.body_params:
+                raise ValueError(f"ARI {op_name}: unknown body parameter {name}")
+
+        path = op.path
+        for name in op.path_params:
+            # Quote everything, "/" included: an id is one path segment.
+            path = path.replace("{" + name + "}", quote(str(path_params[name]), safe=""))
+        # Encoded by hand so "+" in a dial string reaches Asterisk as %2B, never as a space.
+        query = "&".join(
+            f"{quote(k, safe='')}={quote(_encode_value(v), safe='')}"
+            for k, v in params.items()
+            if v is not None
+        )
+        url = URL(self._base_url + path + (f"?{query}" if query else ""), encoded=True)
+        json_body = {k: v for k, v in body.items() if v is not None} if body else None
+        return op, url, json_body or None
+
+    @staticmethod
+    def _ids(path_params: Mapping[str, Any]) -> str:
+        return ",".join(f"{k}={v}" for k, v in path_params.items()) or "-"
+
+    async def _raise_for(
+        self,
+        op_name: str,
+        resp: aiohttp.ClientResponse,
+        path_params: Mapping[str, Any],
+        params: Mapping[str, Any],
+        body: Mapping[str, Any] | None,
+    ) -> None:
+        try:
+            payload: Any = await resp.json(content_type=None)
+        except (TimeoutError, ValueError, aiohttp.ClientError):
+            payload = None
+        raise _error_for(
+            op_name, resp.status, _safe_error_text(payload, _secret_values(path_params, params, body))
+        )
+
+    async def _call(
+        self,
+        op_name: str,
+        path_params: Mapping[str, Any],
+        params: Mapping[str, Any],
+        body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Run one operation; JSON result, None for 204. Raises AriError subclasses or ValueError."""
+        op, url, json_body = self._prepare(op_name, path_params, params, body)
+        ids = self._ids(path_params)
+        try:
+            async with self._session.request(
+                op.method,
+                url,
+                headers=self._headers,
+                json=json_body,
+                timeout=aiohttp.ClientTimeout(total=self._request_timeout),
+            ) as resp:
+                log.debug("ARI %s %s -> %d", op_name, ids, resp.status)
+                if resp.status >= 400:
+                    await self._raise_for(op_name, resp, path_params, params, body)
+                if resp.status == 204:
+                    return None
+                raw = await resp.read()
+                if not raw:
+                    return None
+                try:
+                    return await resp.json(content_type=None)
+                except ValueError:
+                    raise AriError(op_name, resp.status, f"ARI {op_name}: invalid JSON in response") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.debug("ARI %s %s -> transport error %s", op_name, ids, type(exc).__name__)
+            # "from None": aiohttp's exception texts can contain the full URL, query string included.
+            raise AriUnavailable(
+                op_name, 0, f"ARI {op_name} failed: Asterisk unreachable ({type(exc).__name__})"
+            ) from None
+
+    async def _call_or_missing(
+        self, op_name: str, path_params: Mapping[str, Any], params: Mapping[str, Any] | None = None
+    ) -> tuple[bool, Any]:
+        """(found, result): a 404 becomes (False, None) for the calls where "already gone" is normal."""
+        try:
+            return True, await self._call(op_name, path_params, params or {})
+        except AriNotFound:
+            return False, None
+
+    # -- asterisk -------------------------------------------------------------------------------------
+
+    async def get_info(self) -> dict[str, Any]:
+        return await self._call("get_info", {}, {})  # type: ignore[no-any-return]
+
+    # -- channels -------------------------------------------------------------------------------------
+
+    async def list_channels(self) -> list[dict[str, Any]]:
+        return await self._call("list_channels", {}, {})  # type: ignore[no-any-return]
+
+    async def get_channel(self, channel_id: str) -> dict[str, Any] | None:
+        _, result = await self._call_or_missing("get_channel", {"channelId": channel_id})
+        return result  # type: ignore[no-any-return]
+
+    async def originate(
+        self,
+        *,
+        endpoint: str,
+        app: str,
+        app_args: str | None = None,
+        channel_id: str | None = None,
+        caller_id: str | None = None,
+        timeout: int | None = None,  # noqa: ASYNC109 - ARI's ring timeout, not ours
+        variables: dict[str, str] | None = None,
+        originator: str | None = None,
+        formats: str | None = None,
+    ) -> dict[str, Any]:
+        params = {
+            "endpoint": endpoint,
+            "app": app,
+            "appArgs": app_args,
+            "channelId": channel_id,
+            "callerId": caller_id,
+            "timeout": timeout,
+            "originator": originator,
+            "formats": formats,
+        }
+        body = {"variables": variables} if variables else None
+        return await self._call("originate", {}, params, body)  # type: ignore[no-any-return]
+
+    async def hangup(self, channel_id: str, reason: str = "normal") -> bool:
+        """False when the channel was already gone."""
+        found, _ = await self._call_or_missing("hangup", {"channelId": channel_id}, {"reason": reason})
+        return found
+
+    async def answer(self, channel_id: str) -> None:
+        await self._call("answer", {"channelId": channel_id}, {})
+
+    async def ring(self, channel_id: str) -> None:
+        await self._call("ring", {"channelId": channel_id}, {})
+
+    async def ring_stop(self, channel_id: str) -> None:
+        await self._call("ring_stop", {"channelId": channel_id}, {})
+
+    async def play(
+        self,
+        channel_id: str,
+        media: str | list[str],
+        *,
+        playback_id: str | None = None,
+        lang: str | None = None,
+    ) -> dict[str, Any]:
+        params = {"media": media, "lang": lang, "playbackId": playback_id}
+        return await self._call("play", {"channelId": channel_id}, params)  # type: ignore[no-any-return]
+
+    async def stop_playback(self, playback_id: str) -> bool:
+        """False when the playback had already finished."""
+        found, _ = await self._call_or_missing("stop_playback", {"playbackId": playback_id})
+        return found
+
+    async def get_variable(self, channel_id: str, variable: str) -> str | None:
+        """The value, or None when the variable is unset or the channel is gone (both are 404)."""
+        found, result = await self._call_or_missing(
+            "get_variable", {"channelId": channel_id}, {"variable": variable}
+        )
+        if not found or not isinstance(result, dict):
+            return None
+        value = result.get("value")
+        return value if isinstance(value, str) else None
+
+    async def set_variable(self, channel_id: str, variable: str, value: str) -> None:
+        await self._call("set_variable", {"channelId": channel_id}, {"variable": variable, "value": value})
+
+    async def continue_in_dialplan(
+        self,
+        channel_id: str,
+        *,
+        context: str | None = None,
+        extension: str | None = None,
+        priority: int | None = None,
+        label: str | None = None,
+    ) -> None:
+        params = {"context": context, "extension": extension, "priority": priority, "label": label}
+        await self._call("continue_in_dialplan", {"channelId": channel_id}, params)
+
+    # -- bridges --------------------------------------------------------------------------------------
+
+    async def list_bridges(self) -> list[dict[str, Any]]:
+        return await self._call("list_bridges", {}, {})  # type: ignore[no-any-return]
+
+    async def create_bridge(
+        self, bridge_id: str, *, type: str = "mixing", name: str | None = None
+    ) -> dict[str, Any]:
+        params = {"type": type, "bridgeId": bridge_id, "name": name}
+        return await self._call("create_bridge", {}, params)  # type: ignore[no-any-return]
+
+    async def get_bridge(self, bridge_id: str) -> dict[str, Any] | None:
+        _, result = await self._call_or_missing("get_bridge", {"bridgeId": bridge_id})
+        return result  # type: ignore[no-any-return]
+
+    async def destroy_bridge(self, bridge_id: str) -> bool:
+        """False when the bridge was already gone."""
+        found, _ = await self._call_or_missing("destroy_bridge", {"bridgeId": bridge_id})
+        return found
+
+    async def add_channel(
+        self,
+        bridge_id: str,
+        channel_ids: list[str],
+        *,
+        inhibit_connected_line_updates: bool = True,
+        role: str | None = None,
+    ) -> None:
+        # inhibitConnectedLineUpdates defaults to on: a bridge join otherwise copies the customer's caller
+        # id into the manager's connected line (see ASTERISK.md).
+        params = {
+            "channel": list(channel_ids),
+            "role": role,
+            "inhibitConnectedLineUpdates": inhibit_connected_line_updates,
+        }
+        await self._call("add_channel", {"bridgeId": bridge_id}, params)
+
+    async def remove_channel(self, bridge_id: str, channel_id: str) -> bool:
+        """False when the bridge is gone (404); a channel not in the bridge is 422 and raises."""
+        found, _ = await self._call_or_missing(
+            "remove_channel", {"bridgeId": bridge_id}, {"channel": channel_id}
+        )
+        return found
+
+    async def record_bridge(
+        self,
+        bridge_id: str,
+        *,
+        name: str,
+        format: str,
+        if_exists: str = "fail",
+        beep: bool = False,
+        terminate_on: str = "none",
+        max_duration_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        params = {
+            "name": name,
+            "format": format,
+            "ifExists": if_exists,
+            "beep": beep,
+            "terminateOn": terminate_on,
+            "maxDurationSeconds": max_duration_seconds,
+        }
+        return await self._call("record_bridge", {"bridgeId": bridge_id}, params)  # type: ignore[no-any-return]
+
+    # -- applications ---------------------------------------------------------------------------------
+
+    async def get_application(self, name: str) -> dict[str, Any]:
+        return await self._call("get_application", {"applicationName": name}, {})  # type: ignore[no-any-return]
+
+    async def subscribe(self, app: str, event_sources: list[str]) -> dict[str, Any]:
+        return await self._call(  # type: ignore[no-any-return]
+            "subscribe", {"applicationName": app}, {"eventSource": list(event_sources)}
+        )
+
+    # -- recordings -----------------------------------------------------------------------------------
+
+    async def list_stored_recordings(self) -> list[dict[str, Any]]:
+        return await self._call("list_stored_recordings", {}, {})  # type: ignore[no-any-return]
+
+    async def get_stored_recording(self, name: str) -> dict[str, Any] | None:
+        _, result = await self._call_or_missing("get_stored_recording", {"recordingName": name})
+        return result  # type: ignore[no-any-return]
+
+    async def delete_stored_recording(self, name: str) -> bool:
+        found, _ = await self._call_or_missing("delete_stored_recording", {"recordingName": name})
+        return found
+
+    async def get_live_recording(self, name: str) -> dict[str, Any] | None:
+        _, result = await self._call_or_missing("get_live_recording", {"recordingName": name})
+        return result  # type: ignore[no-any-return]
+
+    async def stop_live_recording(self, name: str) -> bool:
+        """False when the recording had already ended."""
+        found, _ = await self._call_or_missing("stop_live_recording", {"recordingName": name})
+        return found
+
+    async def stored_recording_file(
+        self, name: str, *, range_header: str | None = None
+    ) -> aiohttp.ClientResponse:
+        """The open response (200 or 206); the caller streams its content and must release() it."""
+        op_name = "stored_recording_file"
+        path_params = {"recordingName": name}
+        op, url, _ = self._prepare(op_name, path_params, {}, None)
+        headers = dict(self._headers)
+        if range_header is not None:
+            headers["Range"] = range_header
+        # No total timeout: a large file may stream for longer than a REST call is allowed to take.
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self._request_timeout, sock_read=self._request_timeout
+        )
+        try:
+            resp = await self._session.request(op.method, url, headers=headers, timeout=timeout)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.debug("ARI %s %s -> transport error %s", op_name, self._ids(path_params), type(exc).__name__)
+            raise AriUnavailable(
+                op_name, 0, f"ARI {op_name} failed: Asterisk unreachable ({type(exc).__name__})"
+            ) from None
+        log.debug("ARI %s %s -> %d", op_name, self._ids(path_params), resp.status)
+        if resp.status >= 400:
+            try:
+                await self._raise_for(op_name, resp, path_params, {}, None)
+            finally:
+                resp.release()
+        return resp
