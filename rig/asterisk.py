@@ -1,0 +1,464 @@
+"""One Asterisk 22 per test session, run inside the cached chroot with a config set written from scratch.
+
+Everything of one instance lives under ``ROOT/srv/rig-<pid>/`` (etc, spool, run, log, db, lib, cache) so
+several sessions can share the chroot. Ports are fixed (SIP 127.0.0.1:5060, HTTP/ARI 127.0.0.1:8088): the
+e2e tests run in their own network namespace (``unshare -n``).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DIALPLAN_SRC = REPO_ROOT / "dialplan" / "bridged.conf"
+
+CARRIER_IP = "127.0.0.2"
+CARRIER_PORT = 5060
+
+# Modules not needed by bridged or the rig and noisy/slow at load time. Everything else autoloads.
+NOLOAD = [
+    # dialplan languages/switches we don't use
+    "pbx_lua.so", "pbx_ael.so", "res_ael_share.so", "pbx_dundi.so", "pbx_realtime.so",
+    # channel drivers other than PJSIP
+    "chan_iax2.so", "chan_unistim.so", "chan_motif.so", "chan_console.so", "chan_websocket.so",
+    "chan_audiosocket.so", "res_audiosocket.so",
+    # CDR/CEL back ends (cdr_csv kept: a leak test can read Master.csv)
+    "cdr_adaptive_odbc.so", "cdr_custom.so", "cdr_manager.so", "cdr_odbc.so", "cdr_pgsql.so", "cdr_radius.so",
+    "cdr_sqlite3_custom.so", "cdr_tds.so", "cel_custom.so", "cel_manager.so", "cel_odbc.so", "cel_pgsql.so",
+    "cel_radius.so", "cel_sqlite3_custom.so", "cel_tds.so", "res_cdrel_custom.so",
+    # capture/monitoring/integrations
+    "res_hep.so", "res_hep_pjsip.so", "res_hep_rtcp.so", "res_snmp.so", "res_prometheus.so", "res_statsd.so",
+    "res_xmpp.so", "res_smdi.so", "res_calendar.so", "res_calendar_caldav.so", "res_calendar_ews.so",
+    "res_calendar_exchange.so", "res_calendar_icalendar.so", "res_phoneprov.so",
+    "res_pjsip_phoneprov_provider.so", "res_stir_shaken.so", "res_pjsip_stir_shaken.so", "res_aeap.so",
+    "res_speech_aeap.so", "res_stasis_test.so", "res_resolver_unbound.so", "res_corosync.so",
+    # realtime/odbc/ldap config back ends
+    "res_config_curl.so", "res_config_ldap.so", "res_config_odbc.so", "res_config_pgsql.so",
+    "res_config_sqlite3.so", "res_odbc.so", "res_odbc_transaction.so", "func_odbc.so",
+    # apps that want config/hardware we don't have
+    "app_voicemail.so", "app_voicemail_odbc.so", "app_minivm.so", "app_festival.so", "app_jack.so",
+    "app_sms.so", "app_alarmreceiver.so", "app_adsiprog.so", "app_getcpeid.so", "res_adsi.so",
+    "res_pjsip_send_to_voicemail.so", "app_audiosocket.so", "app_amd.so", "app_followme.so", "app_queue.so",
+    "app_agent_pool.so", "app_confbridge.so", "app_page.so", "res_parking.so", "res_stun_monitor.so",
+    "res_pjsip_publish_asterisk.so", "res_pjsip_notify.so", "res_pjsip_config_wizard.so",
+]
+
+
+def manager_endpoint_conf(
+    name: str,
+    sip_port: int,
+    *,
+    set_vars: dict[str, str] | None = None,
+    context: str = "bridged-managers",
+    host: str = "127.0.0.1",
+) -> str:
+    """A deliberately hostile manager phone: it accepts every identity update Asterisk can send it.
+
+    ``send_pai``/``send_rpid``/``send_connected_line``/``trust_id_outbound`` make any connected-line update that
+    carries the customer's number visible in the manager SIPp trace. No auth; identified by From user.
+    """
+    lines = [
+        f"[{name}]",
+        "type=endpoint",
+        "transport=transport-udp",
+        f"context={context}",
+        "disallow=all",
+        "allow=ulaw",
+        "direct_media=no",
+        "dtmf_mode=info",
+        "send_pai=yes",
+        "send_rpid=yes",
+        "send_connected_line=yes",
+        "trust_id_outbound=yes",
+        "identify_by=username",
+        "rtp_symmetric=no",
+        f"aors={name}",
+    ]
+    for key, value in (set_vars or {}).items():
+        lines.append(f"set_var={key}={value}")
+    lines += [
+        "",
+        f"[{name}]",
+        "type=aor",
+        f"contact=sip:{name}@{host}:{sip_port}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+class AsteriskError(RuntimeError):
+    pass
+
+
+class Asterisk:
+    """Runs ``/usr/sbin/asterisk -f -n`` in ``root`` with configuration under ``root/srv/rig-<pid>``."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        ari_user: str = "bridged",
+        ari_password: str = "rig-secret",
+        http_port: int = 8088,
+        sip_port: int = 5060,
+        carrier_ip: str = CARRIER_IP,
+        carrier_port: int = CARRIER_PORT,
+        dialplan_src: Path = DIALPLAN_SRC,
+        instance: str | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.instance = instance or f"rig-{os.getpid()}"
+        self.inner = Path("/srv") / self.instance  # path as seen inside the chroot
+        self.base = self.root / self.inner.relative_to("/")  # path as seen from the host
+        self.etc = self.base / "etc"
+        self._ari_user = ari_user
+        self._ari_password = ari_password
+        self.http_port = http_port
+        self.sip_port = sip_port
+        self.carrier_ip = carrier_ip
+        self.carrier_port = carrier_port
+        self.dialplan_src = Path(dialplan_src)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start_seconds: float | None = None
+        self._endpoints: dict[str, list[str]] = {}
+
+    # ---- properties -------------------------------------------------------------------------------------
+    @property
+    def ari_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/ari"
+
+    @property
+    def ari_user(self) -> str:
+        return self._ari_user
+
+    @property
+    def ari_password(self) -> str:
+        return self._ari_password
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Host path of ``<astspooldir>/recording`` (where ARI and the smoke MixMonitor put recordings)."""
+        return self.base / "spool" / "recording"
+
+    @property
+    def recordings_dir_inner(self) -> str:
+        """The same folder as Asterisk sees it (inside the chroot)."""
+        return str(self.inner / "spool" / "recording")
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "log" / "messages"
+
+    @property
+    def console_path(self) -> Path:
+        return self.base / "log" / "console.out"
+
+    @property
+    def sip_address(self) -> str:
+        return f"127.0.0.1:{self.sip_port}"
+
+    # ---- configuration ----------------------------------------------------------------------------------
+    def _write(self, name: str, text: str) -> None:
+        path = self.etc / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+
+    def write_config(self) -> None:
+        if self.base.exists():
+            shutil.rmtree(self.base)
+        for sub in ("etc/pjsip.d", "spool/recording", "spool/monitor", "spool/tmp", "spool/outgoing",
+                    "run", "log", "db", "cache", "moh", "keys"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        inner = self.inner
+        self._write("asterisk.conf", f"""
+            [directories]
+            astcachedir => {inner}/cache
+            astetcdir => {inner}/etc
+            astmoddir => /usr/lib/x86_64-linux-gnu/asterisk/modules
+            astvarlibdir => /var/lib/asterisk
+            astdbdir => {inner}/db
+            astkeydir => {inner}/keys
+            astdatadir => /usr/share/asterisk
+            astagidir => /usr/share/asterisk/agi-bin
+            astspooldir => {inner}/spool
+            astrundir => {inner}/run
+            astlogdir => {inner}/log
+            astsbindir => /usr/sbin
+
+            [options]
+            verbose = 3
+            debug = 0
+            nofork = yes
+            quiet = no
+            timestamp = yes
+            systemname = rig
+            entityid = 02:00:00:00:00:01
+            defaultlanguage = en
+            hideconnect = yes
+            """)
+        noload = "\n".join(f"noload => {m}" for m in NOLOAD)
+        self._write("modules.conf", f"[modules]\nautoload = yes\n{noload}\n")
+        self._write("http.conf", f"""
+            [general]
+            enabled = yes
+            bindaddr = 127.0.0.1
+            bindport = {self.http_port}
+            """)
+        self._write("ari.conf", f"""
+            [general]
+            enabled = yes
+            pretty = no
+            allowed_origins = http://127.0.0.1:{self.http_port}
+
+            [{self._ari_user}]
+            type = user
+            read_only = no
+            password = {self._ari_password}
+            password_format = plain
+            """)
+        self._write("logger.conf", """
+            [general]
+            dateformat = %F %T.%3q
+
+            [logfiles]
+            messages => notice,warning,error,verbose
+            console => notice,warning,error
+            """)
+        self._write("manager.conf", "[general]\nenabled = no\n")
+        self._write("cdr.conf", "[general]\nenable = yes\n\n[csv]\nusegmtime = yes\nloguniqueid = yes\n")
+        self._write("rtp.conf", "[general]\nrtpstart = 10000\nrtpend = 19999\n")
+        self._write("musiconhold.conf", f"[default]\nmode = files\ndirectory = {inner}/moh\n")
+        _make_moh(self.base / "moh" / "rig-tone.wav")
+        self._write("features.conf", "[general]\n")
+        for empty in ("websocket_client.conf", "res_http_media_cache.conf", "cli_aliases.conf", "pjsip_wizard.conf"):
+            self._write(empty, "; intentionally empty (keeps the log free of 'missing config' errors)\n")
+        self._write("pjsip.conf", f"""
+            [global]
+            type = global
+            user_agent = bridged-rig
+            endpoint_identifier_order = ip,username,anonymous
+
+            [transport-udp]
+            type = transport
+            protocol = udp
+            bind = 127.0.0.1:{self.sip_port}
+
+            ; The carrier trunk is hostile on purpose: it trusts the carrier's P-Asserted-Identity and
+            ; connected-line updates (see /work/shared/ASTERISK.md, "Making the tests honest").
+            [carrier]
+            type = endpoint
+            transport = transport-udp
+            context = from-carrier
+            disallow = all
+            allow = ulaw
+            direct_media = no
+            trust_id_inbound = yes
+            trust_connected_line = yes
+            send_pai = yes
+            send_rpid = yes
+            rtp_symmetric = no
+            aors = carrier
+
+            [carrier]
+            type = aor
+            contact = sip:{self.carrier_ip}:{self.carrier_port}
+
+            [carrier]
+            type = identify
+            endpoint = carrier
+            match = {self.carrier_ip}
+
+            #include pjsip.d/*.conf
+            """)
+        # pjsip's #include with a glob that matches nothing is fine, but keep a file there anyway.
+        (self.etc / "pjsip.d" / "00-empty.conf").write_text("; per-test endpoints are written next to this\n")
+        self._write("extensions.conf", f"""
+            [general]
+            static = yes
+            writeprotect = yes
+            clearglobalvars = no
+
+            [globals]
+            RIG_RECORDINGS = {self.recordings_dir_inner}
+
+            #include bridged.conf
+
+            ; Rig self-test (tests/e2e/test_rig_smoke.py): plain Dial to the carrier, recorded with MixMonitor
+            ; into <recordings>/${{RIG_RECORDING}}.wav (RIG_RECORDING comes from the endpoint's set_var).
+            [rig-smoke]
+            exten => _X.,1,NoOp(rig smoke call)
+             same => n,Set(REC=${{IF($["${{RIG_RECORDING}}" = ""]?smoke:${{RIG_RECORDING}})}})
+             same => n,MixMonitor({self.recordings_dir_inner}/${{REC}}.wav)
+             same => n,Dial(PJSIP/${{EXTEN}}@carrier,20)
+             same => n,Hangup()
+            """)
+        self._copy_dialplan()
+
+    def _copy_dialplan(self) -> None:
+        dst = self.etc / "bridged.conf"
+        if self.dialplan_src.exists():
+            shutil.copyfile(self.dialplan_src, dst)
+        else:
+            dst.write_text(f"; {self.dialplan_src} does not exist yet\n")
+
+    # ---- lifecycle --------------------------------------------------------------------------------------
+    def _conf_arg(self) -> list[str]:
+        return ["-C", str(self.inner / "etc" / "asterisk.conf")]
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.proc is not None:
+            raise AsteriskError("already started")
+        t0 = time.monotonic()
+        self.write_config()
+        console = open(self.console_path, "wb")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            ["chroot", str(self.root), "/usr/sbin/asterisk", *self._conf_arg(), "-f", "-n"],
+            stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        console.close()
+        try:
+            self._wait_ari(deadline=t0 + timeout)
+            self._wait_fully_booted(deadline=t0 + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - t0
+
+    def _wait_ari(self, deadline: float) -> None:
+        last: object = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AsteriskError(f"asterisk exited with {self.proc.returncode}; see {self.console_path}")
+            try:
+                self.ari_get("/asterisk/info", timeout=1.0)
+                return
+            except (OSError, urllib.error.URLError) as exc:
+                last = exc
+            time.sleep(0.1)
+        raise AsteriskError(f"ARI did not answer at {self.ari_url} in time ({last}); see {self.log_path}")
+
+    def _wait_fully_booted(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            out = self.cli("core waitfullybooted", check=False)
+            if "fully booted" in out.lower():
+                return
+            time.sleep(0.1)
+        raise AsteriskError("asterisk did not reach FullyBooted")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            subprocess.run(["chroot", str(self.root), "/usr/sbin/asterisk", *self._conf_arg(), "-rx",
+                            "core stop now"], capture_output=True, timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def __enter__(self) -> Asterisk:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # ---- control ----------------------------------------------------------------------------------------
+    def cli(self, cmd: str, *, check: bool = True, timeout: float = 10.0) -> str:
+        res = subprocess.run(
+            ["chroot", str(self.root), "/usr/sbin/asterisk", *self._conf_arg(), "-rx", cmd],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and res.returncode != 0:
+            raise AsteriskError(f"asterisk -rx {cmd!r} failed ({res.returncode}): {res.stdout}{res.stderr}")
+        # The remote console prints this itself (no NIC inside the test's network namespace).
+        return "".join(line for line in res.stdout.splitlines(keepends=True)
+                       if not line.startswith("No ethernet interface found for seeding global EID"))
+
+    def ari_get(self, path: str, timeout: float = 5.0) -> bytes:
+        """Plain synchronous GET on ARI (for the rig itself and for test assertions)."""
+        req = urllib.request.Request(self.ari_url + path)
+        token = base64.b64encode(f"{self._ari_user}:{self._ari_password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.read()
+
+    def add_endpoints(self, name: str, conf_text: str, *, timeout: float = 10.0) -> list[str]:
+        """Write ``pjsip.d/<name>.conf``, reload res_pjsip and wait until every endpoint in it is known.
+
+        Returns the endpoint names found in ``conf_text`` (sections with ``type=endpoint``).
+        """
+        (self.etc / "pjsip.d" / f"{name}.conf").write_text(conf_text)
+        endpoints = _endpoint_names(conf_text)
+        self._endpoints[name] = endpoints
+        self.cli("module reload res_pjsip.so")
+        deadline = time.monotonic() + timeout
+        for ep in endpoints:
+            while True:
+                out = self.cli(f"pjsip show endpoint {ep}", check=False)
+                if "Unable to find object" not in out and f"Endpoint:  {ep}" in out:
+                    break
+                if time.monotonic() > deadline:
+                    raise AsteriskError(f"endpoint {ep} not loaded after reload:\n{out}\nsee {self.log_path}")
+                time.sleep(0.1)
+        return endpoints
+
+    def remove_endpoints(self, name: str) -> None:
+        path = self.etc / "pjsip.d" / f"{name}.conf"
+        if path.exists():
+            path.unlink()
+            self._endpoints.pop(name, None)
+            self.cli("module reload res_pjsip.so")
+
+    def reload_dialplan(self) -> None:
+        """Copy dialplan/bridged.conf again and run ``dialplan reload``."""
+        self._copy_dialplan()
+        self.cli("dialplan reload")
+
+    def cleanup(self) -> None:
+        """Remove the instance folder (config, spool, logs) from the chroot. Call after stop()."""
+        if self.running:
+            raise AsteriskError("stop() first")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def _endpoint_names(conf_text: str) -> list[str]:
+    names: list[str] = []
+    section: str | None = None
+    for raw in conf_text.splitlines():
+        line = raw.split(";", 1)[0].strip()
+        if line.startswith("[") and "]" in line:
+            section = line[1:line.index("]")]
+        elif section and line.replace(" ", "") == "type=endpoint" and section not in names:
+            names.append(section)
+    return names
+
+
+def _make_moh(path: Path) -> None:
+    """A quiet 16-bit 8 kHz tone for the default music-on-hold class (format_wav)."""
+    if shutil.which("sox"):
+        subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer", str(path),
+                        "synth", "5", "sine", "350", "vol", "0.2"], check=False, capture_output=True)

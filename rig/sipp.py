@@ -1,0 +1,149 @@
+"""SIPp processes playing managers' phones and the carrier (scenarios in rig/scenarios/)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
+SIPP = os.environ.get("BRIDGED_RIG_SIPP", "sipp")
+
+
+def make_tone_wav(path: Path, *, seconds: int = 10, freq: int = 440) -> Path:
+    """A u-law 8 kHz mono WAV for ``rtp_stream`` (SIPp streams its payload as PCMU)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-e", "u-law", str(path),
+                    "synth", str(seconds), "sine", str(freq)], check=True, capture_output=True)
+    return path
+
+
+class Sipp:
+    """One foreground SIPp process; ``wait()`` returns its exit code (0 = every call succeeded)."""
+
+    def __init__(self, name: str, argv: list[str], trace_dir: Path, proc: subprocess.Popen[bytes]) -> None:
+        self.name = name
+        self.argv = argv
+        self.trace_dir = trace_dir
+        self.proc = proc
+        self.message_file = trace_dir / f"{name}_messages.log"
+        self.error_file = trace_dir / f"{name}_errors.log"
+        self.output_file = trace_dir / f"{name}_output.log"
+        self.returncode: int | None = None
+
+    @classmethod
+    def start(
+        cls,
+        scenario: Path | str,
+        *,
+        local_ip: str,
+        local_port: int,
+        remote: str | None = None,
+        service: str | None = None,
+        keys: dict[str, str] | None = None,
+        trace_dir: Path,
+        rtp_port: int | None = None,
+        calls: int = 1,
+        timeout_s: int = 30,
+        name: str | None = None,
+        extra_args: list[str] | None = None,
+    ) -> Sipp:
+        """Start ``sipp`` on ``local_ip:local_port``.
+
+        ``scenario`` is a path or a bare name of rig/scenarios (``"manager_call"``). ``remote`` is
+        ``host:port`` for a UAC; ``service`` is the Request-URI user (``-s``). ``keys`` become ``-key k v``
+        (use them as ``[k]`` in the scenario). ``rtp_port`` is the SIPp media port (``-mi local_ip -mp``);
+        keep it outside Asterisk's RTP range 10000-19999. ``timeout_s`` is a global ``-timeout`` that makes
+        SIPp fail rather than hang.
+        """
+        scenario = Path(scenario)
+        if not scenario.suffix:
+            scenario = SCENARIOS_DIR / f"{scenario}.xml"
+        name = name or f"{scenario.stem}_{local_ip}_{local_port}"
+        trace_dir = Path(trace_dir)
+        trace_dir.mkdir(parents=True, exist_ok=True)
+        argv = [SIPP]
+        if remote:
+            argv.append(remote)
+        argv += ["-sf", str(scenario), "-i", local_ip, "-p", str(local_port), "-t", "u1",
+                 "-m", str(calls), "-l", str(max(calls, 1)),
+                 "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error",
+                 "-trace_msg", "-message_file", str(trace_dir / f"{name}_messages.log"),
+                 "-trace_err", "-error_file", str(trace_dir / f"{name}_errors.log"),
+                 "-trace_screen", "-screen_file", str(trace_dir / f"{name}_screen.log"),
+                 "-trace_logs", "-log_file", str(trace_dir / f"{name}_logs.log"),
+                 "-max_recv_loops", "1000"]
+        if service:
+            argv += ["-s", service]
+        if rtp_port is not None:
+            argv += ["-mi", local_ip, "-mp", str(rtp_port)]
+        for key, value in (keys or {}).items():
+            argv += ["-key", key, str(value)]
+        argv += extra_args or []
+        out = open(trace_dir / f"{name}_output.log", "wb")  # noqa: SIM115
+        # cwd=trace_dir: rtp_stream file names in the scenarios are relative to it.
+        proc = subprocess.Popen(argv, cwd=trace_dir, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        return cls(name, argv, trace_dir, proc)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for SIPp to exit and return its exit code (0 = all calls succeeded, 1 = some failed...)."""
+        self.returncode = self.proc.wait(timeout=timeout)
+        return self.returncode
+
+    def wait_listening(self, timeout: float = 5.0) -> None:
+        """Best effort: give a UAS a moment to bind before the call that needs it is placed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sipp {self.name} exited early ({self.proc.returncode}):\n{self.output()}")
+            if self.message_file.exists() or time.monotonic() > deadline - timeout + 0.3:
+                return
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            # SIGUSR1 asks SIPp to stop gracefully; then TERM/KILL.
+            for sig, grace in ((signal.SIGUSR1, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
+                try:
+                    self.proc.send_signal(sig)
+                    self.returncode = self.proc.wait(timeout=grace)
+                    return
+                except subprocess.TimeoutExpired:
+                    continue
+                except ProcessLookupError:
+                    return
+
+    def messages(self) -> str:
+        """The ``-trace_msg`` text: every SIP message sent and received, with timestamps."""
+        try:
+            return self.message_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def errors(self) -> str:
+        try:
+            return self.error_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def output(self) -> str:
+        try:
+            return self.output_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def describe(self) -> str:
+        """Everything useful for an assertion message."""
+        return (f"sipp {self.name} rc={self.proc.poll()}\nargv: {' '.join(self.argv)}\n"
+                f"--- output\n{self.output()[-3000:]}\n--- errors\n{self.errors()[-3000:]}")
+
+    def __enter__(self) -> Sipp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
