@@ -1,0 +1,19 @@
+"""Asterisk REST Interface: typed REST client, event websocket, operation table."""
+
+from __future__ import annotations
+
+from .client import AriClient, basic_auth_header
+from .errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
+from .operations import OPERATIONS, Operation
+
+__all__ = [
+    "OPERATIONS",
+    "AriBadRequest",
+    "AriClient",
+    "AriConflict",
+    "AriError",
+    "AriNotFound",
+    "AriUnavailable",
+    "Operation",
+    "basic_auth_header",
+]

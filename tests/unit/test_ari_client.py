@@ -1,0 +1,382 @@
+"""AriClient against a fake ARI served on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from bridged.ari import (
+    OPERATIONS,
+    AriBadRequest,
+    AriClient,
+    AriConflict,
+    AriError,
+    AriNotFound,
+    AriUnavailable,
+    Operation,
+)
+
+NUMBER = "5557654321"
+ENDPOINT = f"PJSIP/+1{NUMBER}@carrier"
+
+
+class FakeAri:
+    """Records every request; answers with whatever the test queued for a path."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.replies: dict[tuple[str, str], Callable[[], Awaitable[web.StreamResponse]]] = {}
+
+    def reply(
+        self, method: str, path: str, status: int = 200, body: Any = None, text: str | None = None
+    ) -> None:
+        async def make() -> web.StreamResponse:
+            if text is not None:
+                return web.Response(status=status, text=text)
+            if body is None:
+                return web.Response(status=status)
+            return web.json_response(body, status=status)
+
+        self.replies[(method, path)] = make
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "raw_path": request.raw_path,
+                "query": dict(request.query),
+                "json": await request.json() if raw else None,
+                "auth": request.headers.get("Authorization"),
+                "range": request.headers.get("Range"),
+            }
+        )
+        make = self.replies.get((request.method, request.path))
+        if make is None:
+            return web.json_response({"message": "Resource not found"}, status=404)
+        return await make()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[FakeAri, AriClient]]:
+    ari = FakeAri()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ari.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as session:
+        client = AriClient(session, str(server.make_url("/ari")), "bridged", "s3cret", request_timeout=2.0)
+        yield ari, client
+    await server.close()
+
+
+async def test_get_info_sends_basic_auth(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    ari.reply("GET", "/ari/asterisk/info", body={"system": {"version": "22.10.1"}})
+    assert await client.get_info() == {"system": {"version": "22.10.1"}}
+    assert ari.requests[0]["auth"] == "Basic " + base64.b64encode(b"bridged:s3cret").decode()
+
+
+async def test_originate_encodes_params_and_body(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    ari.reply("POST", "/ari/channels", body={"id": "c1"})
+    result = await client.originate(
+        endpoint=ENDPOINT,
+        app="bridged",
+        app_args="dial,42",
+        channel_id="c1",
+        caller_id='"Order 42" <*7742>',
+        timeout=30,
+        variables={"CALLERID(all)": "Order 42"},
+    )
+    assert result == {"id": "c1"}
+    req = ari.requests[0]
+    # "+" must survive as "+", not become a space.
+    assert req["query"] == {
+        "endpoint": ENDPOINT,
+        "app": "bridged",
+        "appArgs": "dial,42",
+        "channelId": "c1",
+        "callerId": '"Order 42" <*7742>',
+        "timeout": "30",
+    }
+    assert req["json"] == {"variables": {"CALLERID(all)": "Order 42"}}
+
+
+async def test_originate_without_variables_sends_no_body(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    ari.reply("POST", "/ari/channels", body={"id": "c1"})
+    await client.originate(endpoint=ENDPOINT, app="bridged")
+    assert ari.requests[0]["json"] is None
+    assert set(ari.requests[0]["query"]) == {"endpoint", "app"}
+
+
+async def test_bools_lowercase_and_lists_comma_joined(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    ari.reply("POST", "/ari/bridges/b1/addChannel", status=204)
+    ari.reply("POST", "/ari/channels/c1/play", body={"id": "p1"})
+    ari.reply("POST", "/ari/bridges/b1/record", body={"name": "r1"})
+    assert await client.add_channel("b1", ["c1", "c2"]) is None
+    await client.play("c1", ["sound:hello", "sound:world"], playback_id="p1")
+    await client.record_bridge("b1", name="orders/42", format="wav")
+    assert ari.requests[0]["query"] == {"channel": "c1,c2", "inhibitConnectedLineUpdates": "true"}
+    assert ari.requests[1]["query"] == {"media": "sound:hello,sound:world", "playbackId": "p1"}
+    assert ari.requests[2]["query"] == {
+        "name": "orders/42",
+        "format": "wav",
+        "ifExists": "fail",
+        "beep": "false",
+        "terminateOn": "none",
+    }
+
+
+async def test_path_ids_are_one_segment(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    assert await client.get_stored_recording("orders/42") is None
+    assert ari.requests[0]["raw_path"] == "/ari/recordings/stored/orders%2F42"
+
+
+async def test_required_param_checked_before_sending(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    with pytest.raises(ValueError, match="format") as excinfo:
+        await client._call("record_bridge", {"bridgeId": "b1"}, {"name": "secret-name-1"})
+    assert "secret-name-1" not in str(excinfo.value)
+    with pytest.raises(ValueError, match="channelId"):
+        await client._call("get_channel", {}, {})
+    with pytest.raises(ValueError, match="endpoint"):
+        await client._call("originate", {}, {"app": "bridged", "endpoint": None})
+    with pytest.raises(ValueError, match="bogus"):
+        await client._call("answer", {"channelId": "c1"}, {"bogus": 1})
+    assert ari.requests == []
+
+
+async def test_404_means_gone(fake: tuple[FakeAri, AriClient]) -> None:
+    _, client = fake
+    assert await client.get_channel("nope") is None
+    assert await client.hangup("nope") is False
+    assert await client.destroy_bridge("nope") is False
+    assert await client.get_bridge("nope") is None
+    assert await client.get_variable("nope", "X") is None
+    assert await client.stop_playback("nope") is False
+    assert await client.delete_stored_recording("nope") is False
+    assert await client.stop_live_recording("nope") is False
+    assert await client.remove_channel("nope", "c1") is False
+    with pytest.raises(AriNotFound) as excinfo:
+        await client.answer("nope")
+    assert excinfo.value.status == 404
+    assert excinfo.value.operation == "answer"
+
+
+async def test_found_values(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    ari.reply("DELETE", "/ari/channels/c1", status=204)
+    ari.reply("GET", "/ari/channels/c1/variable", body={"value": "42"})
+    assert await client.hangup("c1") is True
+    assert ari.requests[0]["query"] == {"reason": "normal"}
+    assert await client.get_variable("c1", "ORDER") == "42"
+    assert ari.requests[1]["query"] == {"variable": "ORDER"}
+
+
+async def test_status_mapping(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    ari.reply(
+        "POST", "/ari/channels/c1/answer", status=409, body={"message": "Channel not in Stasis application"}
+    )
+    ari.reply("POST", "/ari/channels/c2/answer", status=422, body={"message": "Unprocessable"})
+    ari.reply("POST", "/ari/channels/c3/answer", status=500, body={"error": "Allocation failed"})
+    ari.reply("POST", "/ari/channels/c4/answer", status=503)
+    ari.reply("POST", "/ari/channels/c5/answer", status=401, text="Unauthorized")
+    with pytest.raises(AriConflict) as conflict:
+        await client.answer("c1")
+    assert conflict.value.status == 409
+    assert "Channel not in Stasis application" in str(conflict.value)
+    with pytest.raises(AriBadRequest):
+        await client.answer("c2")
+    with pytest.raises(AriError) as server_error:
+        await client.answer("c3")
+    assert server_error.value.status == 500
+    assert not isinstance(server_error.value, AriUnavailable)
+    assert "Allocation failed" in str(server_error.value)
+    with pytest.raises(AriUnavailable) as unavailable:
+        await client.answer("c4")
+    assert unavailable.value.status == 503
+    with pytest.raises(AriError) as unauthorized:
+        await client.answer("c5")
+    assert unauthorized.value.status == 401
+
+
+async def test_error_never_contains_parameter_values(
+    fake: tuple[FakeAri, AriClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    ari, client = fake
+    caplog.set_level(logging.DEBUG, logger="bridged.ari")
+    ari.reply("POST", "/ari/channels", status=500, body={"error": "Allocation failed"})
+    with pytest.raises(AriError) as excinfo:
+        await client.originate(endpoint=ENDPOINT, app="bridged", caller_id=f"+1{NUMBER}")
+    for text in (str(excinfo.value), repr(excinfo.value), excinfo.value.message):
+        assert NUMBER not in text
+    assert "originate" in str(excinfo.value) and "500" in str(excinfo.value)
+    assert NUMBER not in caplog.text
+    assert "originate" in caplog.text
+
+
+async def test_echoed_error_text_is_dropped(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    ari.reply("POST", "/ari/channels", status=400, body={"message": f"Invalid endpoint {ENDPOINT}"})
+    ari.reply("POST", "/ari/bridges/b1/addChannel", status=422, body={"message": "Channel xyz-abc not found"})
+    with pytest.raises(AriBadRequest) as excinfo:
+        await client.originate(endpoint=ENDPOINT, app="bridged")
+    assert NUMBER not in repr(excinfo.value) and "400" in str(excinfo.value)
+    with pytest.raises(AriBadRequest) as echoed:
+        await client.add_channel("b1", ["xyz-abc"])
+    assert "xyz-abc" not in str(echoed.value)
+
+
+def _refused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_connection_refused_is_unavailable() -> None:
+    async with aiohttp.ClientSession() as session:
+        client = AriClient(session, f"http://127.0.0.1:{_refused_port()}/ari", "u", "p", request_timeout=2.0)
+        with pytest.raises(AriUnavailable) as excinfo:
+            await client.originate(endpoint=ENDPOINT, app="bridged")
+    assert excinfo.value.status == 0
+    assert NUMBER not in str(excinfo.value) and NUMBER not in repr(excinfo.value)
+    assert excinfo.value.__suppress_context__
+
+
+async def test_timeout_is_unavailable(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    client._request_timeout = 0.2
+
+    async def slow() -> web.StreamResponse:
+        await asyncio.sleep(5)
+        return web.Response()
+
+    ari.replies[("GET", "/ari/channels")] = slow
+    with pytest.raises(AriUnavailable) as excinfo:
+        await client.list_channels()
+    assert excinfo.value.status == 0
+
+
+async def test_stored_recording_file_streams_with_range(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    ari.reply("GET", "/ari/recordings/stored/r1/file", status=206, text="RIFF")
+    resp = await client.stored_recording_file("r1", range_header="bytes=0-3")
+    try:
+        assert resp.status == 206
+        assert await resp.read() == b"RIFF"
+    finally:
+        resp.release()
+    assert ari.requests[0]["range"] == "bytes=0-3"
+    with pytest.raises(AriNotFound):
+        await client.stored_recording_file("missing")
+
+
+async def test_subscribe_and_create_bridge(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    ari.reply("POST", "/ari/applications/bridged/subscription", body={"name": "bridged"})
+    ari.reply("POST", "/ari/bridges", body={"id": "b1"})
+    await client.subscribe("bridged", ["channel:c1", "bridge:b1"])
+    await client.create_bridge("b1", name="order-42")
+    assert ari.requests[0]["query"] == {"eventSource": "channel:c1,bridge:b1"}
+    assert ari.requests[1]["query"] == {"type": "mixing", "bridgeId": "b1", "name": "order-42"}
+
+
+# -- the spec checker used by tests/e2e/test_ari_spec.py ---------------------------------------------------
+
+
+def _load_spec_checker() -> Any:
+    path = Path(__file__).resolve().parents[1] / "e2e" / "test_ari_spec.py"
+    spec = importlib.util.spec_from_file_location("_ari_spec_checker", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _param(name: str, kind: str = "query", required: bool = False) -> dict[str, Any]:
+    return {"name": name, "paramType": kind, "required": required, "dataType": "string"}
+
+
+HAND_SPEC = {
+    "channels": {
+        "apis": [
+            {
+                "path": "/channels/{channelId}",
+                "operations": [
+                    {"httpMethod": "GET", "parameters": [_param("channelId", "path", True)]},
+                    {
+                        "httpMethod": "DELETE",
+                        "parameters": [_param("channelId", "path", True), _param("reason")],
+                    },
+                ],
+            },
+            {
+                "path": "/channels/{channelId}/play",
+                "operations": [
+                    {
+                        "httpMethod": "POST",
+                        "parameters": [
+                            _param("channelId", "path", True),
+                            _param("media", required=True),
+                            _param("lang"),
+                        ],
+                    }
+                ],
+            },
+        ]
+    }
+}
+
+
+def test_check_operations_accepts_a_matching_table() -> None:
+    checker = _load_spec_checker()
+    ops = {
+        "get_channel": Operation("GET", "/channels/{channelId}", (), ()),
+        "hangup": Operation("DELETE", "/channels/{channelId}", (), ("reason",)),
+        "play": Operation("POST", "/channels/{channelId}/play", ("media",), ("lang",)),
+    }
+    assert checker.check_operations(HAND_SPEC, ops) == []
+
+
+def test_check_operations_reports_mismatches() -> None:
+    checker = _load_spec_checker()
+    ops = {
+        "wrong_method": Operation("POST", "/channels/{channelId}", (), ()),
+        "missing_required": Operation("POST", "/channels/{channelId}/play", (), ("lang",)),
+        "unknown_param": Operation("DELETE", "/channels/{channelId}", (), ("reason", "cause")),
+        "no_such_path": Operation("GET", "/channels/{channelId}/nothing", (), ()),
+        "path_param_typo": Operation("GET", "/channels/{channel_id}", (), ()),
+    }
+    problems = checker.check_operations(HAND_SPEC, ops)
+    joined = "\n".join(problems)
+    assert "wrong_method" in joined
+    assert "missing_required: spec requires 'media'" in joined
+    assert "unknown_param: parameter 'cause' is not in the spec" in joined
+    assert "no_such_path" in joined
+    assert "path_param_typo" in joined
+    assert len(problems) == 5
+
+
+def test_operation_table_is_self_consistent() -> None:
+    for name, op in OPERATIONS.items():
+        assert op.method in {"GET", "POST", "PUT", "DELETE"}, name
+        assert set(op.body_params) <= set(op.all_params), name
+        assert not set(op.required) & set(op.optional), name
+    assert "format" in OPERATIONS["record_bridge"].required
