@@ -91,9 +91,10 @@ def make_stream(
     return AriEventStream(session, base, "bridged", "s3cret", "bridged", handler=handler, **kwargs)
 
 
-async def wait_for(predicate: Any, timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
+async def wait_for(predicate: Any, limit: float = 3.0) -> None:
+    async with asyncio.timeout(limit):
+        # Polling is fine here: the conditions are plain lists the callbacks append to.
+        while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
 
