@@ -1,0 +1,654 @@
+"""Masked calls driven through ARI: an explicit state machine per call.
+
+A call links a manager's channel and a customer's channel (originated here, on the trunk) in a
+mixing bridge. The customer's number is used exactly once, in the trunk dial string of the
+originate request; everything a manager's channel can see is an order label.
+
+Events for one call are handled in order by that call's own worker task: the websocket reader
+only enqueues, so a slow call never stalls the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from .ari import AriClient, AriError, AriNotFound
+from .config import Config, Manager
+from .orders import Order
+from .store import CallRow, Store
+
+log = logging.getLogger(__name__)
+
+# Dialplan subroutine (dialplan/bridged.conf) that replaces any connected-line update sent to a
+# manager's phone with the order label: the last guard against a carrier's identity reaching it.
+LABEL_SUB = "bridged-label,s,1"
+LABEL_VAR = "BRIDGED_LABEL"
+
+
+class CallState(StrEnum):
+    REQUESTED = "requested"
+    RINGING_MANAGER = "ringing_manager"
+    RINGING_CUSTOMER = "ringing_customer"
+    ANNOUNCING = "announcing"
+    BRIDGED = "bridged"
+    REFUSING = "refusing"  # a prompt is being played to the manager before hangup
+    ENDED = "ended"
+
+
+TRANSITIONS: dict[CallState, frozenset[CallState]] = {
+    CallState.REQUESTED: frozenset(
+        {CallState.RINGING_MANAGER, CallState.RINGING_CUSTOMER, CallState.REFUSING, CallState.ENDED}
+    ),
+    CallState.RINGING_MANAGER: frozenset({CallState.RINGING_CUSTOMER, CallState.ENDED}),
+    CallState.RINGING_CUSTOMER: frozenset(
+        {CallState.ANNOUNCING, CallState.BRIDGED, CallState.REFUSING, CallState.ENDED}
+    ),
+    CallState.ANNOUNCING: frozenset({CallState.BRIDGED, CallState.REFUSING, CallState.ENDED}),
+    CallState.BRIDGED: frozenset({CallState.ENDED}),
+    CallState.REFUSING: frozenset({CallState.ENDED}),
+    CallState.ENDED: frozenset(),
+}
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    CUSTOMER_BUSY = "customer_busy"
+    CUSTOMER_NO_ANSWER = "customer_no_answer"
+    CUSTOMER_UNAVAILABLE = "customer_unavailable"
+    CUSTOMER_CONGESTION = "customer_congestion"
+    CUSTOMER_ABANDONED = "customer_abandoned"
+    MANAGER_ABANDONED = "manager_abandoned"
+    MANAGER_NO_ANSWER = "manager_no_answer"
+    MANAGER_UNAVAILABLE = "manager_unavailable"
+    FAILED = "failed"
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+# Q.850 causes of a customer leg that never answered.
+_CAUSE_OUTCOMES = {
+    17: Outcome.CUSTOMER_BUSY,
+    18: Outcome.CUSTOMER_NO_ANSWER,
+    19: Outcome.CUSTOMER_NO_ANSWER,
+    34: Outcome.CUSTOMER_CONGESTION,
+    38: Outcome.CUSTOMER_CONGESTION,
+    41: Outcome.CUSTOMER_CONGESTION,
+    42: Outcome.CUSTOMER_CONGESTION,
+    44: Outcome.CUSTOMER_CONGESTION,
+}
+_DIALSTATUS_OUTCOMES = {
+    "BUSY": Outcome.CUSTOMER_BUSY,
+    "NOANSWER": Outcome.CUSTOMER_NO_ANSWER,
+    "CONGESTION": Outcome.CUSTOMER_CONGESTION,
+    "CHANUNAVAIL": Outcome.CUSTOMER_UNAVAILABLE,
+}
+
+
+def outcome_for_unanswered(cause: int | None, dialstatus: str | None) -> Outcome:
+    """Why the customer leg ended before answer, from the Dial status or else the hangup cause."""
+    if dialstatus and dialstatus in _DIALSTATUS_OUTCOMES:
+        return _DIALSTATUS_OUTCOMES[dialstatus]
+    if cause is not None and cause in _CAUSE_OUTCOMES:
+        return _CAUSE_OUTCOMES[cause]
+    return Outcome.CUSTOMER_UNAVAILABLE
+
+
+def caller_id(name: str, number: str) -> str:
+    name = name.replace('"', "").replace("\\", "")
+    return f'"{name}" <{number}>'
+
+
+@dataclass
+class Call:
+    id: str
+    manager: Manager
+    order_id: str
+    direction: str
+    order: Order | None  # None for a call adopted after a restart: its number is never needed again
+    state: CallState = CallState.REQUESTED
+    manager_channel_id: str | None = None
+    customer_channel_id: str | None = None
+    bridge_id: str | None = None
+    recording_name: str | None = None
+    outcome: Outcome | None = None
+    hangup_cause: int | None = None
+    dialstatus: str | None = None
+    ended_by: str | None = None
+    requested_at: float = field(default_factory=time.monotonic)
+    answered_at: datetime | None = None
+    manager_up: bool = False
+    prompt_playback_id: str | None = None
+    announcement_playback_id: str | None = None
+    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def label(self) -> str:
+        if self.order is not None:
+            return self.order.label()
+        return f"Order {self.order_id}"
+
+    @property
+    def label_caller_id(self) -> str:
+        # The number part redials the order from the phone's call history.
+        return caller_id(self.label, f"*77{self.order_id}")
+
+
+@dataclass
+class PendingCall:
+    """A call accepted by the services, waiting for its manager channel to enter Stasis."""
+
+    call_id: str
+    order: Order
+    manager: Manager
+    direction: str
+    manager_channel_id: str | None
+    created: float = field(default_factory=time.monotonic)
+
+
+def _channel_id(event: dict[str, Any], key: str = "channel") -> str | None:
+    channel = event.get(key)
+    if isinstance(channel, dict):
+        value = channel.get("id")
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _target_channel(event: dict[str, Any], key: str) -> str | None:
+    target = (event.get(key) or {}).get("target_uri", "")
+    if isinstance(target, str) and target.startswith("channel:"):
+        return target[len("channel:") :]
+    return None
+
+
+class CallEngine:
+    """Owns every live call of this daemon and routes ARI events to them."""
+
+    PENDING_TTL = 60.0
+
+    def __init__(
+        self,
+        config: Config,
+        ari: AriClient,
+        store: Store,
+        *,
+        is_connected: Callable[[], bool],
+    ) -> None:
+        self.config = config
+        self.ari = ari
+        self.store = store
+        self.is_connected = is_connected
+        self.calls: dict[str, Call] = {}
+        self._by_channel: dict[str, Call] = {}
+        self._pending: dict[str, PendingCall] = {}
+        self._orphans: set[asyncio.Task[Any]] = set()
+        self._seq = itertools.count(1)
+        self.reconnects = 0
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def expect(self, pending: PendingCall) -> None:
+        now = time.monotonic()
+        for call_id, old in list(self._pending.items()):
+            if now - old.created > self.PENDING_TTL:
+                del self._pending[call_id]
+        self._pending[pending.call_id] = pending
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Called by the websocket reader for every event; never blocks."""
+        kind = event.get("type")
+        if kind == "StasisStart":
+            args = event.get("args") or []
+            channel_id = _channel_id(event)
+            if args and args[0] == "order" and len(args) > 1 and channel_id:
+                self._start_phone_call(str(args[1]), channel_id, event)
+                return
+        call = self._route(event)
+        if call is not None:
+            call.queue.put_nowait(event)
+        elif kind == "StasisStart":
+            channel_id = _channel_id(event)
+            if channel_id:
+                log.warning("channel %s entered Stasis without a call; hanging it up", channel_id)
+                self._background(self._hangup_quietly(channel_id))
+
+    def _route(self, event: dict[str, Any]) -> Call | None:
+        for channel_id in (
+            _channel_id(event),
+            _channel_id(event, "peer"),
+            _target_channel(event, "playback"),
+        ):
+            if channel_id and channel_id in self._by_channel:
+                return self._by_channel[channel_id]
+        return None
+
+    def _start_phone_call(self, call_id: str, channel_id: str, event: dict[str, Any]) -> None:
+        pending = self._pending.pop(call_id, None)
+        if pending is None or (pending.manager_channel_id and pending.manager_channel_id != channel_id):
+            log.warning("call %s: no pending request for channel %s; refusing", call_id, channel_id)
+            self._background(self._refuse_stray(channel_id))
+            return
+        call = Call(
+            id=pending.call_id,
+            manager=pending.manager,
+            order_id=pending.order.id,
+            direction=pending.direction,
+            order=pending.order,
+            manager_channel_id=channel_id,
+        )
+        call.manager_up = (event.get("channel") or {}).get("state") == "Up"
+        self._register(call)
+        call.queue.put_nowait(event)
+
+    def _register(self, call: Call) -> None:
+        self.calls[call.id] = call
+        for channel_id in (call.manager_channel_id, call.customer_channel_id):
+            if channel_id:
+                self._by_channel[channel_id] = call
+        call.task = asyncio.get_running_loop().create_task(self._worker(call), name=f"call-{call.id}")
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
+
+    async def _hangup_quietly(self, channel_id: str) -> None:
+        try:
+            await self.ari.hangup(channel_id)
+        except AriError as exc:
+            log.warning("hangup of %s failed: %s", channel_id, exc)
+
+    async def _refuse_stray(self, channel_id: str) -> None:
+        try:
+            await self.ari.answer(channel_id)
+            await self.ari.play(channel_id, self._media(self.config.prompts.unavailable))
+            await asyncio.sleep(3)
+        except AriError:
+            pass
+        await self._hangup_quietly(channel_id)
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    async def _worker(self, call: Call) -> None:
+        while call.state is not CallState.ENDED:
+            event = await call.queue.get()
+            try:
+                await self._handle(call, event)
+            except Exception:
+                log.exception(
+                    "call %s: failed handling %s in state %s", call.id, event.get("type"), call.state
+                )
+                await self._abort(call)
+        self._forget(call)
+
+    async def _handle(self, call: Call, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        channel_id = _channel_id(event)
+        is_manager = channel_id is not None and channel_id == call.manager_channel_id
+        is_customer = channel_id is not None and channel_id == call.customer_channel_id
+
+        if kind == "StasisStart" and is_manager and call.state is CallState.REQUESTED:
+            await self._on_manager_ready(call)
+        elif kind == "StasisStart" and is_customer:
+            await self._on_customer_answered(call)
+        elif kind == "Dial" and _channel_id(event, "peer") == call.customer_channel_id:
+            # Dial events carry the dial string (the number): keep only the status.
+            status = event.get("dialstatus")
+            if status:
+                call.dialstatus = str(status)
+        elif kind == "PlaybackFinished":
+            playback_id = (event.get("playback") or {}).get("id")
+            if playback_id and playback_id == call.announcement_playback_id:
+                call.announcement_playback_id = None
+                if call.state is CallState.ANNOUNCING:
+                    await self._bridge(call)
+            elif playback_id and playback_id == call.prompt_playback_id:
+                call.prompt_playback_id = None
+                await self._hangup_quietly(call.manager_channel_id or "")
+        elif kind in ("ChannelHangupRequest", "StasisEnd", "ChannelDestroyed") and (
+            is_manager or is_customer
+        ):
+            cause = event.get("cause")
+            if isinstance(cause, int) and is_customer and call.hangup_cause is None:
+                call.hangup_cause = cause
+            await self._on_leg_gone(call, "manager" if is_manager else "customer", kind or "")
+        elif kind == "Reconcile":
+            await self._on_reconcile(call, event["alive"], event["states"])
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def _transition(self, call: Call, new: CallState) -> None:
+        if new not in TRANSITIONS[call.state]:
+            raise InvalidTransition(f"{call.state} -> {new}")
+        log.info("call %s state %s -> %s", call.id, call.state, new)
+        call.state = new
+
+    async def _persist_state(self, call: Call) -> None:
+        await self.store.set_state(call.id, call.state.value)
+
+    async def _on_manager_ready(self, call: Call) -> None:
+        manager_channel = call.manager_channel_id
+        assert manager_channel is not None and call.order is not None
+        await self._label_manager(call)
+        if not call.manager_up:
+            try:
+                await self.ari.ring(manager_channel)
+            except AriError as exc:
+                log.debug("call %s: ring indication failed: %s", call.id, exc)
+        if not self.is_connected():
+            await self._refuse(call, Outcome.FAILED, self.config.prompts.unavailable)
+            return
+        call.customer_channel_id = f"{call.id}-customer"
+        self._by_channel[call.customer_channel_id] = call
+        self._transition(call, CallState.RINGING_CUSTOMER)
+        await self.store.set_channels(call.id, customer_channel_id=call.customer_channel_id)
+        await self._persist_state(call)
+        trunk = self.config.trunk
+        try:
+            await self.ari.originate(
+                endpoint=trunk.dial.format(number=call.order.phone.dialable()),
+                app=self.config.ari.app,
+                app_args=f"customer,{call.id}",
+                channel_id=call.customer_channel_id,
+                caller_id=trunk.caller_id,
+                timeout=trunk.ring_timeout,
+                originator=manager_channel,
+            )
+        except AriError as exc:
+            log.warning("call %s: customer leg could not be originated: %s", call.id, exc)
+            await self._refuse(call, Outcome.CUSTOMER_UNAVAILABLE, self.config.prompts.customer_unavailable)
+            return
+        log.info("call %s: customer leg %s originated", call.id, call.customer_channel_id)
+
+    async def _label_manager(self, call: Call) -> None:
+        """Everything the manager's phone is told about the other side is the order label."""
+        channel = call.manager_channel_id or ""
+        await self.ari.set_variable(channel, LABEL_VAR, call.label_caller_id)
+        await self.ari.set_variable(channel, "CONNECTED_LINE_SEND_SUB", LABEL_SUB)
+        await self.ari.set_variable(channel, "CONNECTEDLINE(all)", call.label_caller_id)
+
+    async def _on_customer_answered(self, call: Call) -> None:
+        if call.state is not CallState.RINGING_CUSTOMER:
+            return
+        customer = call.customer_channel_id or ""
+        # A carrier's PAI in its 200 OK may have replaced the customer channel's caller id with
+        # the customer's number (trust_id_inbound=yes); the bridge would copy it to the manager.
+        await self.ari.set_variable(customer, "CALLERID(all)", call.label_caller_id)
+        announcement = self.config.recording.announcement if self.config.recording.enabled else None
+        if announcement:
+            self._transition(call, CallState.ANNOUNCING)
+            await self._persist_state(call)
+            call.announcement_playback_id = f"{call.id}-announce-{next(self._seq)}"
+            await self.ari.play(
+                customer, self._media(announcement), playback_id=call.announcement_playback_id
+            )
+            return
+        await self._bridge(call)
+
+    async def _bridge(self, call: Call) -> None:
+        manager = call.manager_channel_id or ""
+        customer = call.customer_channel_id or ""
+        if not call.manager_up:
+            await self.ari.answer(manager)
+            call.manager_up = True
+        bridge_id = f"{call.id}-bridge"
+        await self.ari.create_bridge(bridge_id, type="mixing", name=f"bridged-{call.id}")
+        call.bridge_id = bridge_id
+        # Guard again right before the join: the label on both sides, no join-time COLP.
+        await self.ari.set_variable(customer, "CALLERID(all)", call.label_caller_id)
+        await self.ari.add_channel(bridge_id, [manager, customer], inhibit_connected_line_updates=True)
+        await self.ari.set_variable(manager, "CONNECTEDLINE(all)", call.label_caller_id)
+        call.answered_at = datetime.now(UTC)
+        self._transition(call, CallState.BRIDGED)
+        recording = self.config.recording
+        if recording.enabled:
+            name = f"bridged-{call.id}"
+            try:
+                await self.ari.record_bridge(
+                    bridge_id, name=name, format=recording.format, if_exists="overwrite"
+                )
+                call.recording_name = name
+            except AriError as exc:
+                log.error("call %s: recording could not start: %s", call.id, exc)
+        await self.store.mark_bridged(
+            call.id, answered_at=call.answered_at, bridge_id=bridge_id, recording_name=call.recording_name
+        )
+        log.info("call %s bridged (recording %s)", call.id, call.recording_name or "off")
+
+    async def _on_leg_gone(self, call: Call, side: str, kind: str) -> None:
+        if call.state is CallState.ENDED:
+            return
+        if side == "customer":
+            if call.state is CallState.RINGING_CUSTOMER:
+                if kind != "ChannelDestroyed":
+                    return  # wait for the cause, which ChannelDestroyed carries
+                outcome = outcome_for_unanswered(call.hangup_cause, call.dialstatus)
+                log.info("call %s: customer leg ended unanswered: %s", call.id, outcome)
+                await self._refuse(call, outcome, self._prompt_for(outcome))
+                return
+            if call.state is CallState.REFUSING:
+                return
+            call.ended_by = call.ended_by or "customer"
+            outcome = Outcome.COMPLETED if call.state is CallState.BRIDGED else Outcome.CUSTOMER_ABANDONED
+        else:
+            call.ended_by = call.ended_by or "manager"
+            if call.state is CallState.BRIDGED:
+                outcome = Outcome.COMPLETED
+            elif call.state is CallState.REFUSING:
+                outcome = call.outcome or Outcome.FAILED
+            elif call.state is CallState.RINGING_MANAGER:
+                outcome = Outcome.MANAGER_NO_ANSWER
+            else:
+                outcome = Outcome.MANAGER_ABANDONED
+        await self._finish(call, outcome)
+
+    async def _refuse(self, call: Call, outcome: Outcome, prompt: str) -> None:
+        """The call cannot go ahead: tell the manager with a prompt, then hang up."""
+        call.outcome = outcome
+        if call.customer_channel_id:
+            await self._hangup_quietly(call.customer_channel_id)
+        self._transition(call, CallState.REFUSING)
+        await self._persist_state(call)
+        manager = call.manager_channel_id or ""
+        try:
+            if not call.manager_up:
+                await self.ari.answer(manager)
+                call.manager_up = True
+            call.prompt_playback_id = f"{call.id}-prompt-{next(self._seq)}"
+            await self.ari.play(manager, self._media(prompt), playback_id=call.prompt_playback_id)
+        except AriNotFound:
+            await self._finish(call, outcome)
+        except AriError as exc:
+            log.warning("call %s: prompt failed: %s", call.id, exc)
+            await self._hangup_quietly(manager)
+
+    async def _finish(self, call: Call, outcome: Outcome) -> None:
+        call.outcome = outcome
+        for channel_id in (call.manager_channel_id, call.customer_channel_id):
+            if channel_id:
+                await self._hangup_quietly_if_alive(channel_id)
+        if call.bridge_id:
+            try:
+                await self.ari.destroy_bridge(call.bridge_id)
+            except AriError as exc:
+                log.warning("call %s: bridge teardown failed: %s", call.id, exc)
+        self._transition(call, CallState.ENDED)
+        await self.store.finish(
+            call.id, outcome=outcome.value, hangup_cause=call.hangup_cause, ended_by=call.ended_by
+        )
+        await self.store.audit(
+            actor=call.manager.id,
+            action="call.end",
+            outcome=outcome.value,
+            call_id=call.id,
+            order_id=call.order_id,
+            reason=call.ended_by,
+        )
+        log.info("call %s ended: %s (by %s)", call.id, outcome, call.ended_by or "-")
+
+    async def _hangup_quietly_if_alive(self, channel_id: str) -> None:
+        try:
+            await self.ari.hangup(channel_id)
+        except AriError as exc:
+            log.debug("hangup of %s: %s", channel_id, exc)
+
+    async def _abort(self, call: Call) -> None:
+        if call.state is CallState.ENDED:
+            return
+        try:
+            call.state = CallState.REFUSING  # any state may be aborted
+            await self._finish(call, call.outcome or Outcome.FAILED)
+        except Exception:
+            log.exception("call %s: abort failed", call.id)
+            call.state = CallState.ENDED
+
+    def _forget(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+        for channel_id in (call.manager_channel_id, call.customer_channel_id):
+            if channel_id and self._by_channel.get(channel_id) is call:
+                del self._by_channel[channel_id]
+
+    def _media(self, sounds: str) -> list[str]:
+        return [f"sound:{name}" for name in sounds.split("&") if name]
+
+    def _prompt_for(self, outcome: Outcome) -> str:
+        prompts = self.config.prompts
+        return {
+            Outcome.CUSTOMER_BUSY: prompts.busy,
+            Outcome.CUSTOMER_NO_ANSWER: prompts.no_answer,
+            Outcome.CUSTOMER_CONGESTION: prompts.congestion,
+        }.get(outcome, prompts.customer_unavailable)
+
+    # -- reconnects ------------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """After each websocket (re)connect: adopt calls still up, finish those that ended meanwhile.
+
+        Asterisk keeps channels in Stasis while the websocket is down but drops the events of the
+        gap, so the truth is read back from ``GET /channels`` and the daemon's own rows.
+        """
+        self.reconnects += 1
+        channels = {c["id"]: c for c in await self.ari.list_channels()}
+        states = {cid: c.get("state", "") for cid, c in channels.items()}
+        alive = set(channels)
+        for call in list(self.calls.values()):
+            call.queue.put_nowait({"type": "Reconcile", "alive": alive, "states": states})
+        known = set(self.calls)
+        for row in await self.store.open_calls():
+            if row.id in known:
+                continue
+            await self._adopt(row, alive, states)
+        owned = set(self._by_channel)
+        try:
+            app = await self.ari.get_application(self.config.ari.app)
+        except AriError:
+            return
+        for channel_id in app.get("channel_ids", []):
+            if channel_id not in owned:
+                log.warning("channel %s in our app belongs to no call; hanging it up", channel_id)
+                await self._hangup_quietly(channel_id)
+
+    async def _adopt(self, row: CallRow, alive: set[str], states: dict[str, str]) -> None:
+        manager = self.config.manager_by_id(row.manager_id)
+        legs = [c for c in (row.manager_channel_id, row.customer_channel_id) if c]
+        live_legs = [c for c in legs if c in alive]
+        resumable = row.state in (CallState.BRIDGED, CallState.RINGING_CUSTOMER, CallState.ANNOUNCING)
+        if manager is None or not resumable or len(live_legs) < 2:
+            for channel_id in live_legs:
+                await self._hangup_quietly(channel_id)
+            if row.bridge_id:
+                try:
+                    await self.ari.destroy_bridge(row.bridge_id)
+                except AriError:
+                    pass
+            outcome = Outcome.COMPLETED if row.answered_at else Outcome.FAILED
+            await self.store.finish(row.id, outcome=outcome.value, hangup_cause=None, ended_by="unknown")
+            await self.store.audit(
+                actor="bridged",
+                action="call.end",
+                outcome=outcome.value,
+                call_id=row.id,
+                order_id=row.order_id,
+                reason="ended while bridged was disconnected",
+            )
+            log.info("call %s finalized after reconnect: %s", row.id, outcome)
+            return
+        call = Call(
+            id=row.id,
+            manager=manager,
+            order_id=row.order_id,
+            direction=row.direction,
+            order=None,
+            state=CallState(row.state),
+            manager_channel_id=row.manager_channel_id,
+            customer_channel_id=row.customer_channel_id,
+            bridge_id=row.bridge_id,
+            recording_name=row.recording_name,
+            answered_at=row.answered_at,
+            manager_up=states.get(row.manager_channel_id or "") == "Up",
+        )
+        sources = [f"channel:{c}" for c in live_legs]
+        if row.bridge_id:
+            sources.append(f"bridge:{row.bridge_id}")
+        try:
+            await self.ari.subscribe(self.config.ari.app, sources)
+        except AriError as exc:
+            log.warning("call %s: resubscribe failed: %s", row.id, exc)
+        self._register(call)
+        log.info("call %s adopted in state %s", call.id, call.state)
+        # A leg may have gone between the listing and the subscription.
+        call.queue.put_nowait({"type": "Reconcile", "alive": None, "states": None})
+
+    async def _on_reconcile(self, call: Call, alive: set[str] | None, states: dict[str, str] | None) -> None:
+        if alive is None:
+            alive = set()
+            states = {}
+            for channel_id in (call.manager_channel_id, call.customer_channel_id):
+                if channel_id:
+                    snapshot = await self.ari.get_channel(channel_id)
+                    if snapshot is not None:
+                        alive.add(channel_id)
+                        states[channel_id] = snapshot.get("state", "")
+        assert states is not None
+        if call.manager_channel_id and call.manager_channel_id not in alive:
+            await self._on_leg_gone(call, "manager", "ChannelDestroyed")
+        elif (
+            call.customer_channel_id
+            and call.customer_channel_id not in alive
+            and call.state
+            in (
+                CallState.BRIDGED,
+                CallState.ANNOUNCING,
+            )
+        ):
+            await self._on_leg_gone(call, "customer", "ChannelDestroyed")
+        elif (
+            call.customer_channel_id
+            and call.customer_channel_id not in alive
+            and call.state is (CallState.RINGING_CUSTOMER)
+        ):
+            await self._on_leg_gone(call, "customer", "ChannelDestroyed")
+        elif call.state is CallState.RINGING_CUSTOMER and states.get(call.customer_channel_id or "") == "Up":
+            # The customer answered while we were away (its StasisStart is lost).
+            await self._on_customer_answered(call)
+
+    async def shutdown(self) -> None:
+        """Stop the workers; calls stay up in Asterisk and are adopted by the next start."""
+        for call in list(self.calls.values()):
+            if call.task is not None:
+                call.task.cancel()
+        for task in [c.task for c in self.calls.values() if c.task] + list(self._orphans):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass

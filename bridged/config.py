@@ -1,0 +1,419 @@
+"""The daemon's configuration: YAML loaded into frozen dataclasses, validated at start.
+
+Every error names the key it is about (``trunk.dial``, ``managers[2].endpoint``) so that
+``bridged check-config`` tells an admin exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+POLICIES = ("own", "team", "any")
+
+# Values shipped in the example config that must never reach production unchanged.
+PLACEHOLDERS = {"change-me", "changeme", "CHANGE_ME", "secret", "password"}
+
+
+class ConfigError(Exception):
+    """A config problem; ``key`` is the dotted path of the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class AriConfig:
+    url: str
+    username: str
+    password: str
+    app: str
+    request_timeout: float = 5.0
+    reconnect_max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    dsn: str
+    min_connections: int = 1
+    max_connections: int = 10
+
+
+@dataclass(frozen=True)
+class OrdersConfig:
+    dsn: str
+    query: str
+    timeout: float = 2.0
+    # What a manager may key in as an order code; anything else is refused before any lookup.
+    code_pattern: str = r"[0-9]{1,12}"
+
+
+@dataclass(frozen=True)
+class Manager:
+    id: str
+    name: str
+    endpoint: str
+    team: str | None = None
+
+
+@dataclass(frozen=True)
+class TrunkConfig:
+    dial: str
+    caller_id: str
+    ring_timeout: int = 30
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    enabled: bool = True
+    format: str = "wav"
+    announcement: str | None = None
+
+
+@dataclass(frozen=True)
+class AgiConfig:
+    host: str = "127.0.0.1"
+    port: int = 4573
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8090
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Stock Asterisk sounds the manager hears when a call cannot go ahead."""
+
+    enter_code: str = "vm-enter-num-to-call"
+    unknown_manager: str = "ss-noservice"
+    invalid_code: str = "invalid"
+    unknown_order: str = "pbx-invalid"
+    denied: str = "im-sorry&feature-not-avail-line"
+    lookup_failed: str = "sorry-youre-having-problems"
+    unavailable: str = "please-try-call-later"
+    busy: str = "vm-theperson&vm-isonphone"
+    no_answer: str = "vm-nobodyavail"
+    customer_unavailable: str = "number-not-answering"
+    congestion: str = "all-circuits-busy-now"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    ari: AriConfig
+    database: DatabaseConfig
+    orders: OrdersConfig
+    managers: tuple[Manager, ...]
+    policy: str
+    trunk: TrunkConfig
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    agi: AgiConfig = field(default_factory=AgiConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    prompts: Prompts = field(default_factory=Prompts)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def manager_by_endpoint(self, endpoint: str) -> Manager | None:
+        for manager in self.managers:
+            if manager.endpoint == endpoint:
+                return manager
+        return None
+
+    def manager_by_id(self, manager_id: str) -> Manager | None:
+        for manager in self.managers:
+            if manager.id == manager_id:
+                return manager
+        return None
+
+
+class _Section:
+    """Typed access to one mapping of the YAML, remembering its dotted path for errors."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(path or "<root>", "must be a mapping")
+        self.data = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def _get(self, name: str, required: bool) -> Any:
+        self.used.add(name)
+        if name not in self.data or self.data[name] is None:
+            if required:
+                raise ConfigError(self.key(name), "is required")
+            return None
+        return self.data[name]
+
+    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self._get(name, required and default is None)
+        if value is None:
+            return default  # type: ignore[return-value]
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(self.key(name), "must be a non-empty string")
+        return value
+
+    def opt_str(self, name: str) -> str | None:
+        value = self._get(name, False)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(self.key(name), "must be a string")
+        return value
+
+    def secret(self, name: str) -> str:
+        value = self.str(name, required=True)
+        if value in PLACEHOLDERS:
+            raise ConfigError(self.key(name), "still holds the example placeholder; set a real value")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(self.key(name), "must be a number")
+        if not minimum <= value <= maximum:
+            raise ConfigError(self.key(name), f"must be between {minimum} and {maximum}")
+        return float(value)
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(self.key(name), "must be an integer")
+        if not minimum <= value <= maximum:
+            raise ConfigError(self.key(name), f"must be between {minimum} and {maximum}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(self.key(name), "must be true or false")
+        return value
+
+    def section(self, name: str, *, required: bool = True) -> _Section:
+        value = self._get(name, required)
+        return _Section({} if value is None else value, self.key(name))
+
+    def finish(self) -> None:
+        unknown = sorted(set(map(str, self.data)) - self.used)
+        if unknown:
+            raise ConfigError(self.key(unknown[0]), "is not a known key")
+
+
+_ENDPOINT_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_APP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _dsn(section: _Section, name: str) -> str:
+    dsn = section.str(name, required=True)
+    parsed = urlparse(dsn)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        raise ConfigError(section.key(name), "must be a postgresql:// URL")
+    if parsed.password and parsed.password in PLACEHOLDERS:
+        raise ConfigError(section.key(name), "still holds the example placeholder password")
+    return dsn
+
+
+def _load_ari(s: _Section) -> AriConfig:
+    url = s.str("url", required=True)
+    parsed = urlparse(url)
+    if (
+        parsed.scheme not in ("http", "https")
+        or not parsed.netloc
+        or not parsed.path.rstrip("/").endswith("/ari")
+    ):
+        raise ConfigError(
+            s.key("url"), "must be an http(s) URL ending in /ari, e.g. http://127.0.0.1:8088/ari"
+        )
+    app = s.str("app", "bridged")
+    if not _APP_RE.match(app):
+        raise ConfigError(s.key("app"), "may hold only letters, digits, '-' and '_'")
+    cfg = AriConfig(
+        url=url.rstrip("/"),
+        username=s.str("username", required=True),
+        password=s.secret("password"),
+        app=app,
+        request_timeout=s.number("request_timeout", 5.0, minimum=0.1, maximum=60),
+        reconnect_max_delay=s.number("reconnect_max_delay", 30.0, minimum=0.5, maximum=600),
+    )
+    s.finish()
+    return cfg
+
+
+def _load_orders(s: _Section) -> OrdersConfig:
+    query = s.str("query", required=True)
+    if "$1" not in query:
+        raise ConfigError(s.key("query"), "must use $1 for the order id")
+    pattern = s.str("code_pattern", OrdersConfig.code_pattern)
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(s.key("code_pattern"), f"is not a valid regular expression: {exc}") from None
+    cfg = OrdersConfig(
+        dsn=_dsn(s, "dsn"),
+        query=query,
+        timeout=s.number("timeout", 2.0, minimum=0.05, maximum=30),
+        code_pattern=pattern,
+    )
+    s.finish()
+    return cfg
+
+
+def _load_managers(root: _Section) -> tuple[Manager, ...]:
+    root.used.add("managers")
+    raw = root.data.get("managers")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("managers", "must be a non-empty list")
+    managers: list[Manager] = []
+    ids: set[str] = set()
+    endpoints: set[str] = set()
+    for index, item in enumerate(raw):
+        s = _Section(item, f"managers[{index}]")
+        manager_id = s.str("id", required=True)
+        if not _ID_RE.match(manager_id):
+            raise ConfigError(s.key("id"), "may hold only letters, digits, '.', '-' and '_' (64 at most)")
+        endpoint = s.str("endpoint", required=True)
+        if not _ENDPOINT_RE.match(endpoint):
+            raise ConfigError(s.key("endpoint"), "must be a PJSIP endpoint name")
+        if manager_id in ids:
+            raise ConfigError(s.key("id"), f"duplicates manager id {manager_id!r}")
+        if endpoint in endpoints:
+            raise ConfigError(s.key("endpoint"), f"endpoint {endpoint!r} belongs to another manager")
+        ids.add(manager_id)
+        endpoints.add(endpoint)
+        managers.append(
+            Manager(id=manager_id, name=s.str("name", manager_id), endpoint=endpoint, team=s.opt_str("team"))
+        )
+        s.finish()
+    return tuple(managers)
+
+
+def _load_trunk(s: _Section) -> TrunkConfig:
+    dial = s.str("dial", required=True)
+    if "{number}" not in dial:
+        raise ConfigError(s.key("dial"), "must contain {number}, e.g. PJSIP/{number}@carrier")
+    try:
+        dial.format(number="0")
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(s.key("dial"), "may use only the {number} placeholder") from None
+    if not dial.startswith("PJSIP/"):
+        # Local/ channels put the number into channel names, BRIDGEPEER and CDRs (ASTERISK.md).
+        raise ConfigError(s.key("dial"), "must dial a PJSIP trunk directly (PJSIP/...)")
+    cfg = TrunkConfig(
+        dial=dial,
+        caller_id=s.str("caller_id", required=True),
+        ring_timeout=s.integer("ring_timeout", 30, minimum=5, maximum=300),
+    )
+    s.finish()
+    return cfg
+
+
+def _load_recording(s: _Section) -> RecordingConfig:
+    fmt = s.str("format", "wav")
+    if fmt not in ("wav", "gsm", "ulaw", "alaw", "sln", "wav49"):
+        raise ConfigError(s.key("format"), "must be one of wav, gsm, ulaw, alaw, sln, wav49")
+    cfg = RecordingConfig(
+        enabled=s.boolean("enabled", True), format=fmt, announcement=s.opt_str("announcement")
+    )
+    s.finish()
+    return cfg
+
+
+def _load_agi(s: _Section) -> AgiConfig:
+    cfg = AgiConfig(host=s.str("host", "127.0.0.1"), port=s.integer("port", 4573, minimum=1, maximum=65535))
+    s.finish()
+    return cfg
+
+
+def _load_http(s: _Section) -> HttpConfig:
+    cfg = HttpConfig(host=s.str("host", "127.0.0.1"), port=s.integer("port", 8090, minimum=1, maximum=65535))
+    s.finish()
+    return cfg
+
+
+def _load_prompts(s: _Section) -> Prompts:
+    defaults = Prompts()
+    values = {name: s.str(name, getattr(defaults, name)) for name in Prompts.__dataclass_fields__}
+    s.finish()
+    return Prompts(**values)
+
+
+def _load_logging(s: _Section) -> LoggingConfig:
+    level = s.str("level", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(s.key("level"), "must be DEBUG, INFO, WARNING or ERROR")
+    cfg = LoggingConfig(level=level, json=s.boolean("json", False))
+    s.finish()
+    return cfg
+
+
+def parse_config(data: Any) -> Config:
+    root = _Section(data, "")
+    ari = _load_ari(root.section("ari"))
+    db = root.section("database")
+    database = DatabaseConfig(
+        dsn=_dsn(db, "dsn"),
+        min_connections=db.integer("min_connections", 1, minimum=0, maximum=100),
+        max_connections=db.integer("max_connections", 10, minimum=1, maximum=100),
+    )
+    db.finish()
+    orders = _load_orders(root.section("orders"))
+    managers = _load_managers(root)
+    policy = root.str("policy", required=True)
+    if policy not in POLICIES:
+        raise ConfigError("policy", f"must be one of {', '.join(POLICIES)}")
+    if policy == "team":
+        for index, manager in enumerate(managers):
+            if manager.team is None:
+                raise ConfigError(f"managers[{index}].team", "is required when policy is 'team'")
+    config = Config(
+        ari=ari,
+        database=database,
+        orders=orders,
+        managers=managers,
+        policy=policy,
+        trunk=_load_trunk(root.section("trunk")),
+        recording=_load_recording(root.section("recording", required=False)),
+        agi=_load_agi(root.section("agi", required=False)),
+        http=_load_http(root.section("http", required=False)),
+        prompts=_load_prompts(root.section("prompts", required=False)),
+        logging=_load_logging(root.section("logging", required=False)),
+    )
+    root.finish()
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError("<file>", f"is not valid YAML{where}") from None
+    return parse_config(data)

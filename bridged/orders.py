@@ -1,0 +1,124 @@
+"""Orders and who may call them: the lookup in the shop's database and the authorization policy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+import asyncpg
+
+from .config import Config, Manager, OrdersConfig
+from .redact import PhoneNumber
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Order:
+    id: str
+    phone: PhoneNumber
+    customer_name: str
+    manager_id: str | None
+
+    def label(self) -> str:
+        """What a manager's phone shows: the order and a short customer name, never the number."""
+        return f"Order {self.id} {short_name(self.customer_name)}".strip()
+
+
+def short_name(full_name: str) -> str:
+    """'Ivan Petrov' -> 'Ivan P.'; keeps what a manager needs to greet the customer."""
+    parts = [p for p in re.split(r"\s+", full_name.strip()) if p]
+    if not parts:
+        return ""
+    if len(parts) == 1:
+        return parts[0][:24]
+    return f"{parts[0][:24]} {parts[-1][0]}."
+
+
+class LookupFailed(Exception):
+    """The shop's database could not answer (down, slow, or the query is broken)."""
+
+
+class OrderDirectory:
+    """Resolves an order id to its customer, server-side, through the configured query."""
+
+    def __init__(self, config: OrdersConfig) -> None:
+        self._config = config
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        # Created lazily with min_size=0: the daemon starts, and keeps serving refusals with a
+        # prompt, while the shop's database is down.
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._config.dsn, min_size=0, max_size=5, timeout=self._config.timeout
+                )
+            return self._pool
+
+    async def lookup(self, order_id: str) -> Order | None:
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                pool = await self._get_pool()
+                row = await pool.fetchrow(self._config.query, order_id)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The exception text may quote the query or parameters; only its type is logged.
+            raise LookupFailed(type(exc).__name__) from None
+        if row is None:
+            return None
+        try:
+            phone = row["phone"]
+            name = row["customer_name"]
+            manager_id = row["manager_id"]
+        except KeyError:
+            raise LookupFailed("query must return phone, customer_name and manager_id") from None
+        if not phone:
+            return None
+        try:
+            number = PhoneNumber(str(phone))
+        except ValueError:
+            raise LookupFailed("order has a malformed phone number") from None
+        return Order(
+            id=order_id,
+            phone=number,
+            customer_name=str(name or ""),
+            manager_id=None if manager_id is None else str(manager_id),
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+class Refusal(StrEnum):
+    """Why a call does not go ahead; the values are stable ids (audit rows, HTTP errors)."""
+
+    UNKNOWN_MANAGER = "unknown_manager"
+    INVALID_CODE = "invalid_code"
+    UNKNOWN_ORDER = "unknown_order"
+    DENIED = "denied"
+    LOOKUP_FAILED = "lookup_failed"
+    UNAVAILABLE = "unavailable"
+
+
+def is_valid_code(config: OrdersConfig, code: str) -> bool:
+    return re.fullmatch(config.code_pattern, code) is not None
+
+
+def may_call(config: Config, manager: Manager, order: Order) -> bool:
+    """The manager-order policy: ``own`` orders, the ``team``'s orders, or ``any``."""
+    if config.policy == "any":
+        return True
+    if order.manager_id is None:
+        return False
+    if order.manager_id == manager.id:
+        return True
+    if config.policy == "team":
+        owner = config.manager_by_id(order.manager_id)
+        return owner is not None and owner.team is not None and owner.team == manager.team
+    return False

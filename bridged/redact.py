@@ -1,0 +1,74 @@
+"""Keeping customers' phone numbers out of everything a manager or an operator can read.
+
+Two layers: numbers travel inside :class:`PhoneNumber`, whose ``str``/``repr`` never show the digits,
+and every log record passes through :class:`RedactingFilter`, which masks anything that looks like a
+phone number (a run of 7 or more digits, with or without the usual separators) as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+# 7+ digits, optionally with +, spaces, dots, dashes, slashes or parentheses between them.
+_PHONE_RE = re.compile(r"\+?\(?\d(?:[\s().\-/]{0,2}\d){6,}")
+MASK = "<redacted>"
+
+
+def redact(text: str) -> str:
+    """Mask every phone-number-like run of digits in ``text``."""
+    return _PHONE_RE.sub(MASK, text)
+
+
+def digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
+
+
+class PhoneNumber:
+    """A customer's number. Only :meth:`dialable` reveals it, and only the trunk dial string uses it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        cleaned = "".join(ch for ch in value.strip() if ch.isdigit() or ch == "+")
+        if cleaned.count("+") > 1 or ("+" in cleaned and not cleaned.startswith("+")):
+            raise ValueError("malformed phone number")
+        if len(digits(cleaned)) < 3:
+            raise ValueError("phone number too short")
+        self._value = cleaned
+
+    def dialable(self) -> str:
+        return self._value
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __repr__(self) -> str:
+        return f"PhoneNumber({MASK})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PhoneNumber) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> object:
+        raise TypeError("phone numbers are not serialisable")
+
+
+class RedactingFilter(logging.Filter):
+    """Masks phone numbers in a record's message, arguments and exception text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message or record.args:
+            record.msg = redacted
+            record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True

@@ -1,0 +1,134 @@
+"""The use case both triggers share: may this manager call this order's customer now?
+
+The phone path (FastAGI) and the HTTP path ask the same :class:`CallService`; nothing about a call
+is decided twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .calls import CallEngine, CallState, PendingCall
+from .config import Config, Manager
+from .orders import LookupFailed, OrderDirectory, Refusal, is_valid_code, may_call
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: Refusal
+    call_id: str | None = None
+
+
+class CallService:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        directory: OrderDirectory,
+        engine: CallEngine,
+        *,
+        is_connected: Callable[[], bool],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.directory = directory
+        self.engine = engine
+        self.is_connected = is_connected
+
+    def manager_for_endpoint(self, endpoint: str) -> Manager | None:
+        return self.config.manager_by_endpoint(endpoint)
+
+    async def refuse_unknown_manager(self, endpoint: str) -> Refused:
+        await self.store.audit(
+            actor=f"endpoint:{endpoint}"[:80],
+            action="call.request",
+            outcome="refused",
+            reason=Refusal.UNKNOWN_MANAGER.value,
+        )
+        log.info("call refused: endpoint %s is no manager", endpoint)
+        return Refused(Refusal.UNKNOWN_MANAGER)
+
+    async def request(
+        self, manager: Manager, code: str, *, direction: str, manager_channel_id: str | None
+    ) -> PendingCall | Refused:
+        """Check a request and, if it may go ahead, register the call for the engine."""
+        if not is_valid_code(self.config.orders, code):
+            # The raw input is not stored: a manager could have typed anything, even a number.
+            await self.store.audit(
+                actor=manager.id, action="call.request", outcome="refused", reason=Refusal.INVALID_CODE.value
+            )
+            log.info("call refused for %s: malformed order code", manager.id)
+            return Refused(Refusal.INVALID_CODE)
+        if not self.is_connected():
+            return await self._refuse(manager, code, Refusal.UNAVAILABLE, direction)
+        try:
+            order = await self.directory.lookup(code)
+        except LookupFailed as exc:
+            log.warning("order lookup failed for order %s: %s", code, exc)
+            return await self._refuse(manager, code, Refusal.LOOKUP_FAILED, direction)
+        if order is None:
+            return await self._refuse(manager, code, Refusal.UNKNOWN_ORDER, direction)
+        if not may_call(self.config, manager, order):
+            return await self._refuse(manager, code, Refusal.DENIED, direction)
+        call_id = uuid.uuid4().hex
+        await self.store.insert_call(
+            call_id=call_id,
+            order_id=code,
+            manager_id=manager.id,
+            direction=direction,
+            state=CallState.REQUESTED.value,
+            manager_channel_id=manager_channel_id,
+        )
+        await self.store.audit(
+            actor=manager.id, action="call.request", outcome="accepted", call_id=call_id, order_id=code
+        )
+        pending = PendingCall(
+            call_id=call_id,
+            order=order,
+            manager=manager,
+            direction=direction,
+            manager_channel_id=manager_channel_id,
+        )
+        self.engine.expect(pending)
+        log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
+        return pending
+
+    async def _refuse(self, manager: Manager, code: str, reason: Refusal, direction: str) -> Refused:
+        # A refused attempt on a well-formed order code is still a call attempt: it gets its row.
+        call_id = uuid.uuid4().hex
+        await self.store.insert_call(
+            call_id=call_id,
+            order_id=code,
+            manager_id=manager.id,
+            direction=direction,
+            state=CallState.REQUESTED.value,
+            manager_channel_id=None,
+        )
+        await self.store.finish(call_id, outcome=reason.value, hangup_cause=None, ended_by=None)
+        await self.store.audit(
+            actor=manager.id,
+            action="call.request",
+            outcome="refused",
+            reason=reason.value,
+            call_id=call_id,
+            order_id=code,
+        )
+        log.info("call %s refused for %s on order %s: %s", call_id, manager.id, code, reason)
+        return Refused(reason, call_id)
+
+    def prompt_for(self, reason: Refusal) -> str:
+        prompts = self.config.prompts
+        return {
+            Refusal.UNKNOWN_MANAGER: prompts.unknown_manager,
+            Refusal.INVALID_CODE: prompts.invalid_code,
+            Refusal.UNKNOWN_ORDER: prompts.unknown_order,
+            Refusal.DENIED: prompts.denied,
+            Refusal.LOOKUP_FAILED: prompts.lookup_failed,
+            Refusal.UNAVAILABLE: prompts.unavailable,
+        }[reason]
