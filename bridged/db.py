@@ -73,5 +73,7 @@ async def migrate(pool: asyncpg.Pool) -> int:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout: float = 10.0) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=timeout)
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, connect_timeout: float = 10.0
+) -> asyncpg.Pool:
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout)

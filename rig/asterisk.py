@@ -175,7 +175,7 @@ class Asterisk:
         if self.base.exists():
             shutil.rmtree(self.base)
         for sub in ("etc/pjsip.d", "spool/recording", "spool/monitor", "spool/tmp", "spool/outgoing",
-                    "run", "log", "db", "cache", "moh", "keys"):
+                    "run", "log", "db", "cache", "moh", "lib/keys"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         inner = self.inner
         self._write("asterisk.conf", f"""
@@ -185,7 +185,7 @@ class Asterisk:
             astmoddir => /usr/lib/x86_64-linux-gnu/asterisk/modules
             astvarlibdir => /var/lib/asterisk
             astdbdir => {inner}/db
-            astkeydir => {inner}/keys
+            astkeydir => {inner}/lib
             astdatadir => /usr/share/asterisk
             astagidir => /usr/share/asterisk/agi-bin
             astspooldir => {inner}/spool
@@ -238,7 +238,8 @@ class Asterisk:
         self._write("musiconhold.conf", f"[default]\nmode = files\ndirectory = {inner}/moh\n")
         _make_moh(self.base / "moh" / "rig-tone.wav")
         self._write("features.conf", "[general]\n")
-        for empty in ("websocket_client.conf", "res_http_media_cache.conf", "cli_aliases.conf", "pjsip_wizard.conf"):
+        for empty in ("websocket_client.conf", "res_http_media_cache.conf", "cli_aliases.conf", "pjsip_wizard.conf",
+                      "geolocation.conf", "pjproject.conf"):
             self._write(empty, "; intentionally empty (keeps the log free of 'missing config' errors)\n")
         self._write("pjsip.conf", f"""
             [global]

@@ -65,6 +65,8 @@ class Sipp:
         name = name or f"{scenario.stem}_{local_ip}_{local_port}"
         trace_dir = Path(trace_dir)
         trace_dir.mkdir(parents=True, exist_ok=True)
+        if not (trace_dir / "tone.wav").exists():
+            make_tone_wav(trace_dir / "tone.wav")
         argv = [SIPP]
         if remote:
             argv.append(remote)
@@ -95,14 +97,12 @@ class Sipp:
         self.returncode = self.proc.wait(timeout=timeout)
         return self.returncode
 
-    def wait_listening(self, timeout: float = 5.0) -> None:
-        """Best effort: give a UAS a moment to bind before the call that needs it is placed."""
-        deadline = time.monotonic() + timeout
+    def wait_listening(self, settle: float = 0.3) -> None:
+        """Give a UAS a moment to bind its socket; fail fast if SIPp died (bad scenario, port in use)."""
+        deadline = time.monotonic() + settle
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sipp {self.name} exited early ({self.proc.returncode}):\n{self.output()}")
-            if self.message_file.exists() or time.monotonic() > deadline - timeout + 0.3:
-                return
+                raise RuntimeError(f"sipp exited early:\n{self.describe()}")
             time.sleep(0.05)
 
     def stop(self) -> None:
