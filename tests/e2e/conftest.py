@@ -1,0 +1,131 @@
+"""Session fixtures for the real-parts rig (Asterisk 22 in a chroot, PostgreSQL, SIPp).
+
+Run inside a private network namespace so fixed ports (SIP 5060, ARI 8088, carrier 127.0.0.2:5060) are free:
+    unshare -n -- sh -c 'ip link set lo up; python -m pytest tests/e2e -q'
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rig import Asterisk, Postgres, ensure_asterisk_root
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO_ROOT / "artifacts"
+E2E_DIR = Path(__file__).resolve().parent
+CARRIER_IP = "127.0.0.2"
+POSTGRES_PORT = 55432
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def _can_bind(ip: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((ip, 0))
+            return True
+        except OSError:
+            return False
+
+
+def _ensure_loopback() -> None:
+    """Bring lo up (a fresh `unshare -n` namespace has it down) and make sure 127.0.0.2 is usable."""
+    if not _can_bind("127.0.0.1"):
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
+    if not _can_bind(CARRIER_IP):
+        subprocess.run(["ip", "addr", "add", f"{CARRIER_IP}/8", "dev", "lo"], check=False)
+    if not (_can_bind("127.0.0.1") and _can_bind(CARRIER_IP)):
+        pytest.skip("loopback 127.0.0.1/127.0.0.2 not usable (run inside `unshare -n` as root)")
+
+
+@dataclass
+class RigAllocator:
+    """Unique names and ports for one session (Asterisk persists across tests, so never reuse them)."""
+
+    _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _sip: Iterator[int] = field(default_factory=lambda: itertools.count(5100))
+    # SIPp media ports stay clear of Asterisk's RTP range (rtp.conf: 10000-19999); step 10 leaves room for
+    # SIPp's echo port (+2) and its rtp_stream sockets.
+    _rtp: Iterator[int] = field(default_factory=lambda: itertools.count(30000, 10))
+
+    def unique_name(self, prefix: str) -> str:
+        return f"{prefix}{next(self._names)}"
+
+    def sip_port(self) -> int:
+        return next(self._sip)
+
+    def rtp_port(self) -> int:
+        return next(self._rtp)
+
+
+@pytest.fixture(scope="session")
+def rig_alloc() -> RigAllocator:
+    return RigAllocator()
+
+
+@pytest.fixture
+def unique_name(rig_alloc: RigAllocator):
+    """``unique_name("mgr") -> "mgr7"``: endpoint names that never repeat within the session."""
+    return rig_alloc.unique_name
+
+
+@pytest.fixture(scope="session")
+def asterisk_root() -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("the Asterisk rig needs root (chroot)")
+    return ensure_asterisk_root()
+
+
+@pytest.fixture(scope="session")
+def asterisk(asterisk_root: Path) -> Iterator[Asterisk]:
+    _ensure_loopback()
+    ast = Asterisk(asterisk_root)
+    ast.start()
+    try:
+        yield ast
+    finally:
+        ast.stop()
+        out = ARTIFACTS / "_session"
+        out.mkdir(parents=True, exist_ok=True)
+        for src, name in ((ast.log_path, "asterisk-messages.log"), (ast.console_path, "asterisk-console.log")):
+            if src.exists():
+                shutil.copyfile(src, out / name)
+        cdr = ast.base / "log" / "cdr-csv" / "Master.csv"
+        if cdr.exists():
+            shutil.copyfile(cdr, out / "asterisk-cdr.csv")
+        if not os.environ.get("BRIDGED_RIG_KEEP"):
+            ast.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres(port=POSTGRES_PORT)
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def trace_dir(request: pytest.FixtureRequest) -> Path:
+    """``artifacts/<test name>/`` (emptied first): SIPp traces, tone.wav, copies of recordings."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    path = ARTIFACTS / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path

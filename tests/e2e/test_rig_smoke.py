@@ -1,0 +1,95 @@
+"""The rig works on its own (no bridged): manager SIPp -> Asterisk dialplan Dial -> carrier SIPp, with audio."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+
+from rig import Asterisk, Sipp, manager_endpoint_conf
+
+SMOKE_NUMBER = "15550001111"
+
+
+def _rms(wav) -> float:
+    out = subprocess.run(["sox", str(wav), "-n", "stat"], capture_output=True, text=True).stderr
+    m = re.search(r"RMS\s+amplitude:\s+([0-9.]+)", out)
+    assert m, out
+    return float(m.group(1))
+
+
+def _wait_file_stable(path, timeout: float = 5.0) -> None:
+    """MixMonitor closes its file shortly after the channel hangs up."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        size = path.stat().st_size if path.exists() else -1
+        if size > 44 and size == last:
+            return
+        last = size
+        time.sleep(0.3)
+
+
+def _manager(asterisk: Asterisk, rig_alloc, unique_name, recording: str) -> tuple[str, int]:
+    name = unique_name("smoke")
+    port = rig_alloc.sip_port()
+    asterisk.add_endpoints(name, manager_endpoint_conf(name, port, context="rig-smoke",
+                                                       set_vars={"RIG_RECORDING": recording}))
+    return name, port
+
+
+def test_call_through_asterisk_with_audio(asterisk, rig_alloc, unique_name, trace_dir):
+    recording = unique_name("smoke-rec")
+    name, port = _manager(asterisk, rig_alloc, unique_name, recording)
+
+    carrier = Sipp.start("carrier_answer", local_ip="127.0.0.2", local_port=5060, trace_dir=trace_dir,
+                         rtp_port=rig_alloc.rtp_port(), keys={"ring_ms": "500", "hold_ms": "15000"},
+                         timeout_s=20, name="carrier")
+    carrier.wait_listening()
+    manager = Sipp.start("manager_call", local_ip="127.0.0.1", local_port=port, remote=asterisk.sip_address,
+                         service=SMOKE_NUMBER, keys={"user": name, "dtmf": "", "hold_ms": "3000"},
+                         trace_dir=trace_dir, rtp_port=rig_alloc.rtp_port(), timeout_s=20, name="manager")
+    try:
+        assert manager.wait(timeout=25) == 0, manager.describe()
+        assert carrier.wait(timeout=10) == 0, carrier.describe()
+    finally:
+        manager.stop()
+        carrier.stop()
+
+    carrier_trace = carrier.messages()
+    assert re.search(rf"INVITE sip:{SMOKE_NUMBER}@127\.0\.0\.2", carrier_trace), carrier_trace[:2000]
+    manager_trace = manager.messages()
+    assert "SIP/2.0 200 OK" in manager_trace
+    assert re.search(r"^BYE sip:", manager_trace, re.M), "the manager hangs up after hold_ms"
+
+    wav = asterisk.recordings_dir / f"{recording}.wav"
+    _wait_file_stable(wav)
+    assert wav.exists(), f"no recording at {wav}; see {asterisk.log_path}"
+    shutil.copyfile(wav, trace_dir / wav.name)
+    assert wav.stat().st_size > 44
+    rms = _rms(wav)
+    assert rms > 0.01, f"recording is silent (RMS {rms}): RTP did not flow"
+
+
+def test_busy_carrier_gives_manager_a_final_error(asterisk, rig_alloc, unique_name, trace_dir):
+    name, port = _manager(asterisk, rig_alloc, unique_name, unique_name("smoke-busy"))
+
+    carrier = Sipp.start("carrier_busy", local_ip="127.0.0.2", local_port=5060, trace_dir=trace_dir,
+                         timeout_s=15, name="carrier")
+    carrier.wait_listening()
+    manager = Sipp.start("manager_call", local_ip="127.0.0.1", local_port=port, remote=asterisk.sip_address,
+                         service=SMOKE_NUMBER, keys={"user": name, "dtmf": "", "hold_ms": "1000"},
+                         trace_dir=trace_dir, rtp_port=rig_alloc.rtp_port(), timeout_s=15, name="manager")
+    try:
+        assert manager.wait(timeout=20) == 0, manager.describe()
+        assert carrier.wait(timeout=10) == 0, carrier.describe()
+    finally:
+        manager.stop()
+        carrier.stop()
+
+    assert "SIP/2.0 486 Busy Here" in carrier.messages()
+    trace = manager.messages()
+    assert re.search(r"SIP/2.0 486 ", trace), trace[-3000:]
+    assert "SIP/2.0 200 OK" not in trace
+    assert re.search(r"^ACK sip:", trace, re.M)
