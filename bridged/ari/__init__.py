@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .client import AriClient, basic_auth_header
 from .errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
+from .events import AriEventStream, event_bridge_id, event_channel_id, event_type
 from .operations import OPERATIONS, Operation
 
 __all__ = [
@@ -12,8 +13,12 @@ __all__ = [
     "AriClient",
     "AriConflict",
     "AriError",
+    "AriEventStream",
     "AriNotFound",
     "AriUnavailable",
     "Operation",
     "basic_auth_header",
+    "event_bridge_id",
+    "event_channel_id",
+    "event_type",
 ]

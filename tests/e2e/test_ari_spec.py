@@ -92,8 +92,9 @@ async def fetch_resources(ari_url: str, user: str, password: str) -> dict[str, d
             resp.raise_for_status()
             listing = await resp.json(content_type=None)
         for api in listing["apis"]:
-            # "/channels.{format}" -> channels.json
-            resource = api["path"].lstrip("/").split(".")[0]
+            # Asterisk 22 lists "/api-docs/channels.{format}" (not "/channels.{format}"): keep the last
+            # segment either way -> channels.json
+            resource = api["path"].rsplit("/", 1)[-1].split(".")[0]
             async with session.get(f"{base}/api-docs/{resource}.json") as resp:
                 resp.raise_for_status()
                 declarations[resource] = await resp.json(content_type=None)
