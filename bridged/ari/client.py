@@ -358,7 +358,7 @@ class AriClient:
         await self._call("add_channel", {"bridgeId": bridge_id}, params)
 
     async def remove_channel(self, bridge_id: str, channel_id: str) -> bool:
-        """False when the bridge is gone (404); a channel not in the bridge is 422 and raises."""
+        """False when the bridge is gone (404); a channel not in the bridge raises AriBadRequest (400)."""
         found, _ = await self._call_or_missing(
             "remove_channel", {"bridgeId": bridge_id}, {"channel": channel_id}
         )
@@ -420,7 +420,11 @@ class AriClient:
     async def stored_recording_file(
         self, name: str, *, range_header: str | None = None
     ) -> aiohttp.ClientResponse:
-        """The open response (200 or 206); the caller streams its content and must release() it."""
+        """The open response; the caller streams its content and must release() it.
+
+        Asterisk 22.10 ignores ``Range`` on this endpoint (200, whole file, no Content-Range): callers that
+        serve ranges must check for 206 and slice themselves otherwise.
+        """
         op_name = "stored_recording_file"
         path_params = {"recordingName": name}
         op, url, _ = self._prepare(op_name, path_params, {}, None)

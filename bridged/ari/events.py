@@ -261,7 +261,10 @@ class AriEventStream:
                     aiohttp.WSMsgType.CLOSING,
                     aiohttp.WSMsgType.CLOSED,
                 ):
-                    log.warning("ARI websocket closed (code %s)", ws.close_code)
+                    if self._closing.is_set():
+                        log.info("ARI websocket closed on request")
+                    else:
+                        log.warning("ARI websocket closed (code %s)", ws.close_code)
                     return
                 elif msg.type is aiohttp.WSMsgType.ERROR:
                     log.warning("ARI websocket error: %s", type(ws.exception()).__name__)
