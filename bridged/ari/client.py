@@ -228,16 +228,16 @@ class AriClient:
     # -- asterisk -------------------------------------------------------------------------------------
 
     async def get_info(self) -> dict[str, Any]:
-        return await self._call("get_info", {}, {})  # type: ignore[no-any-return]
+        return await self._call("get_info", {}, {})
 
     # -- channels -------------------------------------------------------------------------------------
 
     async def list_channels(self) -> list[dict[str, Any]]:
-        return await self._call("list_channels", {}, {})  # type: ignore[no-any-return]
+        return await self._call("list_channels", {}, {})
 
     async def get_channel(self, channel_id: str) -> dict[str, Any] | None:
         _, result = await self._call_or_missing("get_channel", {"channelId": channel_id})
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def originate(
         self,
@@ -263,7 +263,7 @@ class AriClient:
             "formats": formats,
         }
         body = {"variables": variables} if variables else None
-        return await self._call("originate", {}, params, body)  # type: ignore[no-any-return]
+        return await self._call("originate", {}, params, body)
 
     async def hangup(self, channel_id: str, reason: str = "normal") -> bool:
         """False when the channel was already gone."""
@@ -288,7 +288,7 @@ class AriClient:
         lang: str | None = None,
     ) -> dict[str, Any]:
         params = {"media": media, "lang": lang, "playbackId": playback_id}
-        return await self._call("play", {"channelId": channel_id}, params)  # type: ignore[no-any-return]
+        return await self._call("play", {"channelId": channel_id}, params)
 
     async def stop_playback(self, playback_id: str) -> bool:
         """False when the playback had already finished."""
@@ -323,17 +323,17 @@ class AriClient:
     # -- bridges --------------------------------------------------------------------------------------
 
     async def list_bridges(self) -> list[dict[str, Any]]:
-        return await self._call("list_bridges", {}, {})  # type: ignore[no-any-return]
+        return await self._call("list_bridges", {}, {})
 
     async def create_bridge(
         self, bridge_id: str, *, type: str = "mixing", name: str | None = None
     ) -> dict[str, Any]:
         params = {"type": type, "bridgeId": bridge_id, "name": name}
-        return await self._call("create_bridge", {}, params)  # type: ignore[no-any-return]
+        return await self._call("create_bridge", {}, params)
 
     async def get_bridge(self, bridge_id: str) -> dict[str, Any] | None:
         _, result = await self._call_or_missing("get_bridge", {"bridgeId": bridge_id})
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def destroy_bridge(self, bridge_id: str) -> bool:
         """False when the bridge was already gone."""
@@ -383,26 +383,24 @@ class AriClient:
             "terminateOn": terminate_on,
             "maxDurationSeconds": max_duration_seconds,
         }
-        return await self._call("record_bridge", {"bridgeId": bridge_id}, params)  # type: ignore[no-any-return]
+        return await self._call("record_bridge", {"bridgeId": bridge_id}, params)
 
     # -- applications ---------------------------------------------------------------------------------
 
     async def get_application(self, name: str) -> dict[str, Any]:
-        return await self._call("get_application", {"applicationName": name}, {})  # type: ignore[no-any-return]
+        return await self._call("get_application", {"applicationName": name}, {})
 
     async def subscribe(self, app: str, event_sources: list[str]) -> dict[str, Any]:
-        return await self._call(  # type: ignore[no-any-return]
-            "subscribe", {"applicationName": app}, {"eventSource": list(event_sources)}
-        )
+        return await self._call("subscribe", {"applicationName": app}, {"eventSource": list(event_sources)})
 
     # -- recordings -----------------------------------------------------------------------------------
 
     async def list_stored_recordings(self) -> list[dict[str, Any]]:
-        return await self._call("list_stored_recordings", {}, {})  # type: ignore[no-any-return]
+        return await self._call("list_stored_recordings", {}, {})
 
     async def get_stored_recording(self, name: str) -> dict[str, Any] | None:
         _, result = await self._call_or_missing("get_stored_recording", {"recordingName": name})
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def delete_stored_recording(self, name: str) -> bool:
         found, _ = await self._call_or_missing("delete_stored_recording", {"recordingName": name})
@@ -410,7 +408,7 @@ class AriClient:
 
     async def get_live_recording(self, name: str) -> dict[str, Any] | None:
         _, result = await self._call_or_missing("get_live_recording", {"recordingName": name})
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def stop_live_recording(self, name: str) -> bool:
         """False when the recording had already ended."""
