@@ -175,7 +175,7 @@ class Asterisk:
         if self.base.exists():
             shutil.rmtree(self.base)
         for sub in ("etc/pjsip.d", "spool/recording", "spool/monitor", "spool/tmp", "spool/outgoing",
-                    "run", "log", "db", "cache", "moh", "lib/keys"):
+                    "run", "log", "db", "cache", "moh", "lib/keys", "log/cdr-csv"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         inner = self.inner
         self._write("asterisk.conf", f"""
@@ -239,8 +239,11 @@ class Asterisk:
         _make_moh(self.base / "moh" / "rig-tone.wav")
         self._write("features.conf", "[general]\n")
         for empty in ("websocket_client.conf", "res_http_media_cache.conf", "cli_aliases.conf", "pjsip_wizard.conf",
-                      "geolocation.conf", "pjproject.conf"):
+                      "geolocation.conf", "pjproject.conf", "cel.conf", "acl.conf", "udptl.conf", "ccss.conf"):
             self._write(empty, "; intentionally empty (keeps the log free of 'missing config' errors)\n")
+        stock = self.root / "etc" / "asterisk" / "indications.conf"  # ringback/busy tones for Dial's r option
+        if stock.exists():
+            shutil.copyfile(stock, self.etc / "indications.conf")
         self._write("pjsip.conf", f"""
             [global]
             type = global
@@ -293,12 +296,19 @@ class Asterisk:
             #include bridged.conf
 
             ; Rig self-test (tests/e2e/test_rig_smoke.py): plain Dial to the carrier, recorded with MixMonitor
-            ; into <recordings>/${{RIG_RECORDING}}.wav (RIG_RECORDING comes from the endpoint's set_var).
+            ; into <recordings>/${{RIG_RECORDING}}.wav. Endpoint set_var: RIG_RECORDING, RIG_DIAL_TIMEOUT.
             [rig-smoke]
             exten => _X.,1,NoOp(rig smoke call)
              same => n,Set(REC=${{IF($["${{RIG_RECORDING}}" = ""]?smoke:${{RIG_RECORDING}})}})
              same => n,MixMonitor({self.recordings_dir_inner}/${{REC}}.wav)
-             same => n,Dial(PJSIP/${{EXTEN}}@carrier,20)
+             same => n,Dial(PJSIP/${{EXTEN}}@carrier,${{IF($["${{RIG_DIAL_TIMEOUT}}" = ""]?20:${{RIG_DIAL_TIMEOUT}})}})
+             same => n,Hangup()
+
+            ; DTMF self-test: answer, read 4 digits, log them, hang up (Asterisk sends the BYE).
+            [rig-dtmf]
+            exten => _X.,1,Answer()
+             same => n,Read(DIGITS,,4,,,5)
+             same => n,Verbose(1,RIG-DTMF ${{CHANNEL(endpoint)}} got ${{DIGITS}})
              same => n,Hangup()
             """)
         self._copy_dialplan()

@@ -31,11 +31,12 @@ def _wait_file_stable(path, timeout: float = 5.0) -> None:
         time.sleep(0.3)
 
 
-def _manager(asterisk: Asterisk, rig_alloc, unique_name, recording: str) -> tuple[str, int]:
+def _manager(asterisk: Asterisk, rig_alloc, unique_name, recording: str, *, context: str = "rig-smoke",
+             **set_vars: str) -> tuple[str, int]:
     name = unique_name("smoke")
     port = rig_alloc.sip_port()
-    asterisk.add_endpoints(name, manager_endpoint_conf(name, port, context="rig-smoke",
-                                                       set_vars={"RIG_RECORDING": recording}))
+    asterisk.add_endpoints(name, manager_endpoint_conf(name, port, context=context,
+                                                       set_vars={"RIG_RECORDING": recording, **set_vars}))
     return name, port
 
 
@@ -93,3 +94,48 @@ def test_busy_carrier_gives_manager_a_final_error(asterisk, rig_alloc, unique_na
     assert re.search(r"SIP/2.0 486 ", trace), trace[-3000:]
     assert "SIP/2.0 200 OK" not in trace
     assert re.search(r"^ACK sip:", trace, re.M)
+
+
+def test_no_answer_is_cancelled(asterisk, rig_alloc, unique_name, trace_dir):
+    name, port = _manager(asterisk, rig_alloc, unique_name, unique_name("smoke-noans"), RIG_DIAL_TIMEOUT="2")
+
+    carrier = Sipp.start("carrier_noanswer", local_ip="127.0.0.2", local_port=5060, trace_dir=trace_dir,
+                         timeout_s=15, name="carrier")
+    carrier.wait_listening()
+    manager = Sipp.start("manager_call", local_ip="127.0.0.1", local_port=port, remote=asterisk.sip_address,
+                         service=SMOKE_NUMBER, keys={"user": name, "dtmf": "", "hold_ms": "1000"},
+                         trace_dir=trace_dir, rtp_port=rig_alloc.rtp_port(), timeout_s=15, name="manager")
+    try:
+        assert manager.wait(timeout=20) == 0, manager.describe()
+        assert carrier.wait(timeout=10) == 0, carrier.describe()
+    finally:
+        manager.stop()
+        carrier.stop()
+
+    carrier_trace = carrier.messages()
+    assert re.search(r"^CANCEL sip:", carrier_trace, re.M), carrier_trace[-3000:]
+    assert "SIP/2.0 487 Request Terminated" in carrier_trace
+    trace = manager.messages()
+    assert re.search(r"^SIP/2.0 [4-6][0-9][0-9] ", trace, re.M), trace[-3000:]
+    assert "SIP/2.0 200 OK" not in trace
+
+
+def test_dtmf_info_reaches_asterisk_and_asterisk_hangs_up(asterisk, rig_alloc, unique_name, trace_dir):
+    name, port = _manager(asterisk, rig_alloc, unique_name, "unused", context="rig-dtmf")
+
+    manager = Sipp.start("manager_call", local_ip="127.0.0.1", local_port=port, remote=asterisk.sip_address,
+                         service="100", keys={"user": name, "dtmf": "4721", "hold_ms": "10000"},
+                         trace_dir=trace_dir, rtp_port=rig_alloc.rtp_port(), timeout_s=15, name="manager")
+    try:
+        assert manager.wait(timeout=20) == 0, manager.describe()
+    finally:
+        manager.stop()
+
+    trace = manager.messages()
+    assert len(re.findall(r"^INFO sip:", trace, re.M)) == 4, trace[-3000:]
+    assert "Signal=7" in trace
+    assert re.search(r"^BYE sip:", trace, re.M), "Asterisk hangs up after Read()"
+    deadline = time.monotonic() + 3
+    while f"RIG-DTMF {name} got 4721" not in asterisk.log_text():
+        assert time.monotonic() < deadline, f"digits not seen by Asterisk; see {asterisk.log_path}"
+        time.sleep(0.1)
