@@ -1,0 +1,460 @@
+"""Shared fakes for the unit tests: an in-memory ARI client, an in-memory Store, a config, events.
+
+The fakes mirror the real signatures (``AriClient``, ``Store``); ``test_calls`` checks that they do, so a
+renamed parameter in the real code breaks the tests instead of silently passing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridged.ari import AriNotFound
+from bridged.config import Config, Manager, parse_config
+from bridged.orders import Order
+from bridged.redact import PhoneNumber, digits
+from bridged.store import CallRow
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_CONFIG = ROOT / "config" / "bridged.example.yaml"
+
+# The customer's number: it may appear in the originate endpoint and nowhere else.
+NUMBER = "+15557654321"
+NUMBER_DIGITS = digits(NUMBER)
+# Tail of the number, to catch partial leaks (e.g. the number without its country code).
+NUMBER_TAIL = NUMBER_DIGITS[-7:]
+
+_real_sleep = asyncio.sleep
+
+
+def example_data() -> dict[str, Any]:
+    """The shipped example config as a dict, with every ``change-me`` placeholder replaced."""
+    text = EXAMPLE_CONFIG.read_text(encoding="utf-8").replace("change-me", "s3cr3t-value")
+    data = yaml.safe_load(text)
+    assert isinstance(data, dict)
+    return data
+
+
+def make_config(**overrides: Any) -> Config:
+    """A valid config; keyword arguments replace top-level fields (``recording=RecordingConfig(...)``)."""
+    config = parse_config(copy.deepcopy(example_data()))
+    return replace(config, **overrides) if overrides else config
+
+
+def make_order(order_id: str = "123", manager_id: str | None = "anna", name: str = "Ivan Petrov") -> Order:
+    return Order(id=order_id, phone=PhoneNumber(NUMBER), customer_name=name, manager_id=manager_id)
+
+
+def manager(config: Config, manager_id: str = "anna") -> Manager:
+    found = config.manager_by_id(manager_id)
+    assert found is not None
+    return found
+
+
+# -- events as Asterisk 22 sends them -----------------------------------------------------------------
+
+
+def _channel(channel_id: str, state: str, name: str | None = None, number: str = "") -> dict[str, Any]:
+    return {
+        "id": channel_id,
+        "name": name or f"PJSIP/anna-{abs(hash(channel_id)) % 0xFFFFFFFF:08x}",
+        "state": state,
+        "protocol_id": "",
+        "caller": {"name": "", "number": number},
+        "connected": {"name": "", "number": ""},
+        "accountcode": "",
+        "dialplan": {"context": "bridged", "exten": "s", "priority": 3, "app_name": "Stasis", "app_data": ""},
+        "creationtime": "2026-01-01T10:00:00.000+0000",
+        "language": "en",
+    }
+
+
+def stasis_start(channel_id: str, args: list[str], state: str = "Up", **kw: Any) -> dict[str, Any]:
+    return {
+        "type": "StasisStart",
+        "application": "bridged",
+        "timestamp": "2026-01-01T10:00:00.000+0000",
+        "args": list(args),
+        "channel": _channel(channel_id, state, **kw),
+    }
+
+
+def hangup_request(channel_id: str, cause: int = 16, state: str = "Up") -> dict[str, Any]:
+    return {
+        "type": "ChannelHangupRequest",
+        "application": "bridged",
+        "cause": cause,
+        "soft": False,
+        "channel": _channel(channel_id, state),
+    }
+
+
+def stasis_end(channel_id: str, state: str = "Up") -> dict[str, Any]:
+    return {"type": "StasisEnd", "application": "bridged", "channel": _channel(channel_id, state)}
+
+
+def channel_destroyed(channel_id: str, cause: int = 16, state: str = "Down") -> dict[str, Any]:
+    return {
+        "type": "ChannelDestroyed",
+        "application": "bridged",
+        "cause": cause,
+        "cause_txt": "",
+        "channel": _channel(channel_id, state),
+    }
+
+
+def dial(peer_id: str, dialstatus: str, dialstring: str = "+15557654321@carrier") -> dict[str, Any]:
+    # Originated channels: no "caller", the "peer" is the dialled channel; the dial string is the number.
+    return {
+        "type": "Dial",
+        "application": "bridged",
+        "dialstatus": dialstatus,
+        "dialstring": dialstring,
+        "forward": "",
+        "peer": _channel(peer_id, "Ring", name="PJSIP/carrier-00000002", number=NUMBER),
+    }
+
+
+def playback_finished(playback_id: str, channel_id: str) -> dict[str, Any]:
+    return {
+        "type": "PlaybackFinished",
+        "application": "bridged",
+        "playback": {
+            "id": playback_id,
+            "media_uri": "sound:x",
+            "target_uri": f"channel:{channel_id}",
+            "language": "en",
+            "state": "done",
+        },
+    }
+
+
+# -- waiting --------------------------------------------------------------------------------------------
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 2.0, what: str = "") -> None:  # noqa: ASYNC109
+    """Poll ``condition`` (yielding to the loop) until it holds; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await _real_sleep(0.001)
+
+
+async def settle(rounds: int = 50) -> None:
+    """Let every ready task run for a while (for asserting that something did NOT happen)."""
+    for _ in range(rounds):
+        await _real_sleep(0)
+
+
+# -- fake ARI -------------------------------------------------------------------------------------------
+
+
+class FakeAri:
+    """Mirrors ``AriClient``'s methods; records ``(method, {arg: value})`` for each call.
+
+    Scripting: ``errors[method]`` raises (an exception, or a callable ``(kwargs) -> exception | None``);
+    ``delays[method]`` awaits that many seconds (or a callable ``(kwargs) -> seconds``) before answering;
+    ``channels`` is what Asterisk has (list_channels/get_channel/hangup); ``app_channel_ids`` what
+    get_application reports.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.returned: list[tuple[str, dict[str, Any]]] = []
+        self.errors: dict[str, Any] = {}
+        self.delays: dict[str, Any] = {}
+        self.channels: dict[str, dict[str, Any]] = {}
+        self.app_channel_ids: list[str] = []
+
+    async def _record(self, method: str, **kwargs: Any) -> None:
+        self.calls.append((method, kwargs))
+        delay = self.delays.get(method)
+        if callable(delay):
+            delay = delay(kwargs)
+        if delay:
+            await _real_sleep(delay)
+        error = self.errors.get(method)
+        if callable(error) and not isinstance(error, BaseException):
+            error = error(kwargs)
+        if error is not None:
+            raise error
+        self.returned.append((method, kwargs))
+
+    # queries over the record
+    def named(self, method: str) -> list[dict[str, Any]]:
+        return [kwargs for name, kwargs in self.calls if name == method]
+
+    def methods(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def variables(self, channel_id: str) -> list[tuple[str, str]]:
+        found = self.named("set_variable")
+        return [(kw["variable"], kw["value"]) for kw in found if kw["channel_id"] == channel_id]
+
+    def hung_up(self) -> list[str]:
+        return [kw["channel_id"] for kw in self.named("hangup")]
+
+    # AriClient
+    async def list_channels(self) -> list[dict[str, Any]]:
+        await self._record("list_channels")
+        return [dict(c) for c in self.channels.values()]
+
+    async def get_channel(self, channel_id: str) -> dict[str, Any] | None:
+        await self._record("get_channel", channel_id=channel_id)
+        found = self.channels.get(channel_id)
+        return None if found is None else dict(found)
+
+    async def originate(
+        self,
+        *,
+        endpoint: str,
+        app: str,
+        app_args: str | None = None,
+        channel_id: str | None = None,
+        caller_id: str | None = None,
+        timeout: int | None = None,  # noqa: ASYNC109
+        variables: dict[str, str] | None = None,
+        originator: str | None = None,
+        formats: str | None = None,
+    ) -> dict[str, Any]:
+        await self._record(
+            "originate",
+            endpoint=endpoint,
+            app=app,
+            app_args=app_args,
+            channel_id=channel_id,
+            caller_id=caller_id,
+            timeout=timeout,
+            variables=variables,
+            originator=originator,
+            formats=formats,
+        )
+        cid = channel_id or f"orig-{len(self.calls)}"
+        self.channels[cid] = {"id": cid, "state": "Down"}
+        return {"id": cid, "state": "Down"}
+
+    async def hangup(self, channel_id: str, reason: str = "normal") -> bool:
+        await self._record("hangup", channel_id=channel_id, reason=reason)
+        return self.channels.pop(channel_id, None) is not None
+
+    async def answer(self, channel_id: str) -> None:
+        await self._record("answer", channel_id=channel_id)
+
+    async def ring(self, channel_id: str) -> None:
+        await self._record("ring", channel_id=channel_id)
+
+    async def play(
+        self,
+        channel_id: str,
+        media: str | list[str],
+        *,
+        playback_id: str | None = None,
+        lang: str | None = None,
+    ) -> dict[str, Any]:
+        await self._record("play", channel_id=channel_id, media=media, playback_id=playback_id, lang=lang)
+        return {"id": playback_id or "pb", "target_uri": f"channel:{channel_id}", "state": "queued"}
+
+    async def set_variable(self, channel_id: str, variable: str, value: str) -> None:
+        await self._record("set_variable", channel_id=channel_id, variable=variable, value=value)
+
+    async def create_bridge(
+        self, bridge_id: str, *, type: str = "mixing", name: str | None = None
+    ) -> dict[str, Any]:
+        await self._record("create_bridge", bridge_id=bridge_id, type=type, name=name)
+        return {"id": bridge_id, "bridge_type": type, "channels": []}
+
+    async def add_channel(
+        self,
+        bridge_id: str,
+        channel_ids: list[str],
+        *,
+        inhibit_connected_line_updates: bool = True,
+        role: str | None = None,
+    ) -> None:
+        await self._record(
+            "add_channel",
+            bridge_id=bridge_id,
+            channel_ids=list(channel_ids),
+            inhibit_connected_line_updates=inhibit_connected_line_updates,
+            role=role,
+        )
+
+    async def destroy_bridge(self, bridge_id: str) -> bool:
+        await self._record("destroy_bridge", bridge_id=bridge_id)
+        return True
+
+    async def record_bridge(
+        self,
+        bridge_id: str,
+        *,
+        name: str,
+        format: str,
+        if_exists: str = "fail",
+        beep: bool = False,
+        terminate_on: str = "none",
+        max_duration_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        await self._record(
+            "record_bridge",
+            bridge_id=bridge_id,
+            name=name,
+            format=format,
+            if_exists=if_exists,
+            beep=beep,
+            terminate_on=terminate_on,
+            max_duration_seconds=max_duration_seconds,
+        )
+        return {"name": name, "format": format, "state": "recording"}
+
+    async def get_application(self, name: str) -> dict[str, Any]:
+        await self._record("get_application", name=name)
+        return {"name": name, "channel_ids": list(self.app_channel_ids), "bridge_ids": []}
+
+    async def subscribe(self, app: str, event_sources: list[str]) -> dict[str, Any]:
+        await self._record("subscribe", app=app, event_sources=list(event_sources))
+        return {"name": app}
+
+
+def not_found(operation: str) -> AriNotFound:
+    return AriNotFound(operation, 404, f"ARI {operation} failed: HTTP 404: Channel not found")
+
+
+# -- fake store -----------------------------------------------------------------------------------------
+
+
+class FakeStore:
+    """Mirrors ``Store``: call rows in a dict (column -> value), audit rows in a list."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.audits: list[dict[str, Any]] = []
+
+    def add_row(self, **fields: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "id": "",
+            "order_id": "123",
+            "manager_id": "anna",
+            "direction": "phone",
+            "state": "requested",
+            "outcome": None,
+            "hangup_cause": None,
+            "requested_at": datetime.now(UTC),
+            "answered_at": None,
+            "ended_at": None,
+            "recording_name": None,
+            "manager_channel_id": None,
+            "customer_channel_id": None,
+            "bridge_id": None,
+            "ended_by": None,
+        }
+        unknown = set(fields) - set(row)
+        assert not unknown, unknown
+        row.update(fields)
+        self.rows[row["id"]] = row
+        return row
+
+    async def insert_call(
+        self,
+        *,
+        call_id: str,
+        order_id: str,
+        manager_id: str,
+        direction: str,
+        state: str,
+        manager_channel_id: str | None,
+    ) -> None:
+        assert call_id not in self.rows, "duplicate call id"
+        assert direction in ("phone", "api")  # the table's CHECK
+        self.add_row(
+            id=call_id,
+            order_id=order_id,
+            manager_id=manager_id,
+            direction=direction,
+            state=state,
+            manager_channel_id=manager_channel_id,
+        )
+
+    async def set_state(self, call_id: str, state: str) -> None:
+        if call_id in self.rows:
+            self.rows[call_id]["state"] = state
+
+    async def set_channels(
+        self, call_id: str, *, manager_channel_id: str | None = None, customer_channel_id: str | None = None
+    ) -> None:
+        row = self.rows.get(call_id)
+        if row is None:
+            return
+        if manager_channel_id is not None:
+            row["manager_channel_id"] = manager_channel_id
+        if customer_channel_id is not None:
+            row["customer_channel_id"] = customer_channel_id
+
+    async def mark_bridged(
+        self, call_id: str, *, answered_at: datetime, bridge_id: str, recording_name: str | None
+    ) -> None:
+        row = self.rows.get(call_id)
+        if row is not None:
+            row.update(
+                state="bridged", answered_at=answered_at, bridge_id=bridge_id, recording_name=recording_name
+            )
+
+    async def finish(
+        self,
+        call_id: str,
+        *,
+        outcome: str,
+        hangup_cause: int | None,
+        ended_by: str | None,
+        ended_at: datetime | None = None,
+    ) -> None:
+        row = self.rows.get(call_id)
+        if row is None or row["state"] == "ended":
+            return
+        row.update(
+            state="ended",
+            outcome=outcome,
+            hangup_cause=hangup_cause,
+            ended_by=ended_by,
+            ended_at=ended_at or datetime.now(UTC),
+        )
+
+    async def get_call(self, call_id: str) -> CallRow | None:
+        row = self.rows.get(call_id)
+        return None if row is None else CallRow(**row)
+
+    async def open_calls(self) -> list[CallRow]:
+        rows = [r for r in self.rows.values() if r["state"] != "ended"]
+        rows.sort(key=lambda r: r["requested_at"])
+        return [CallRow(**r) for r in rows]
+
+    async def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        outcome: str,
+        reason: str | None = None,
+        call_id: str | None = None,
+        order_id: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.audits.append(
+            {
+                "actor": actor,
+                "action": action,
+                "outcome": outcome,
+                "reason": reason,
+                "call_id": call_id,
+                "order_id": order_id,
+                "details": details or {},
+            }
+        )
