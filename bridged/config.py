@@ -316,7 +316,7 @@ def _load_trunk(s: _Section) -> TrunkConfig:
         raise ConfigError(s.key("dial"), "must contain {number}, e.g. PJSIP/{number}@carrier")
     try:
         dial.format(number="0")
-    except (KeyError, IndexError, ValueError):
+    except (AttributeError, KeyError, IndexError, ValueError):
         raise ConfigError(s.key("dial"), "may use only the {number} placeholder") from None
     if not dial.startswith("PJSIP/"):
         # Local/ channels put the number into channel names, BRIDGEPEER and CDRs (ASTERISK.md).
