@@ -93,6 +93,11 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("dial without {number}", lambda d: _set(d, "trunk.dial", "PJSIP/carrier"), "trunk.dial"),
     ("dial through Local", lambda d: _set(d, "trunk.dial", "Local/{number}@x"), "trunk.dial"),
     ("dial with other placeholder", lambda d: _set(d, "trunk.dial", "PJSIP/{number}@{host}"), "trunk.dial"),
+    (
+        "dial with attribute access",
+        lambda d: _set(d, "trunk.dial", "PJSIP/{number}{number.x}@carrier"),
+        "trunk.dial",
+    ),
     ("policy bogus", lambda d: _set(d, "policy", "bogus"), "policy"),
     ("team policy, manager without team", _team_without_team, "managers[1].team"),
     ("duplicate manager id", _dup_manager_id, "managers[1].id"),
