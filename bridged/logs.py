@@ -34,7 +34,8 @@ class PlainFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_text:
             record.exc_text = record.exc_text.replace("\n", " | ")
-        return super().format(record)
+        # logging.Formatter joins message and traceback (and stack) with a newline: fold those too.
+        return super().format(record).replace("\n", " | ")
 
 
 def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
