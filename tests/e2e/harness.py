@@ -1,0 +1,212 @@
+"""bridged as a real subprocess on the rig, plus the shop's orders and the checks the tests share."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rig import Asterisk, Postgres
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHOP_DB = "shop"
+BRIDGED_DB = "bridged"
+SHOP_CALLER_ID = '"Test Shop" <+15550100>'
+SHOP_NUMBER_DIGITS = "15550100"
+
+_ports = itertools.count(4600)
+_numbers = itertools.count(1)
+_orders = itertools.count(1000)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def new_customer_number() -> str:
+    """A distinctive E.164 number per test (a digit run that appears nowhere else)."""
+    n = next(_numbers)
+    return f"+4930{(n * 7919 + 5318008) % 10**8:08d}"
+
+
+def new_order_id() -> str:
+    return str(next(_orders) * 10 + int(time.time()) % 7)
+
+
+def number_leaks(text: str, number: str) -> list[str]:
+    """Lines of ``text`` that carry the number in any formatting (digits only are compared).
+
+    The national significant part (without the country code) is enough to identify a customer, so
+    that is what is searched for.
+    """
+    needle = re.sub(r"\D", "", number)[-9:]
+    return [line for line in text.splitlines() if needle in re.sub(r"\D", "", line)]
+
+
+def setup_shop(postgres: Postgres) -> None:
+    for name in (SHOP_DB, BRIDGED_DB):
+        postgres.execute("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        postgres.create_database(name)
+    postgres.execute(
+        SHOP_DB,
+        "CREATE TABLE orders (id bigint PRIMARY KEY, customer_phone text, customer_name text, manager text)",
+    )
+
+
+def add_order(postgres: Postgres, order_id: str, phone: str, name: str, manager: str | None) -> None:
+    manager_sql = "NULL" if manager is None else f"'{manager}'"
+    postgres.execute(
+        SHOP_DB,
+        f"INSERT INTO orders VALUES ({int(order_id)}, '{phone}', '{name}', {manager_sql})",
+    )
+
+
+@dataclass
+class ManagerPhone:
+    id: str
+    endpoint: str
+    sip_port: int
+    rtp_port: int
+
+
+@dataclass
+class Bridged:
+    """One bridged daemon: its own Stasis app, FastAGI port and HTTP port, a config written here."""
+
+    asterisk: Asterisk
+    postgres: Postgres
+    workdir: Path
+    managers: list[ManagerPhone]
+    policy: str = "own"
+    orders_dsn: str | None = None
+    recording: bool = True
+    announcement: str | None = None
+    ring_timeout: int = 30
+    teams: dict[str, str] = field(default_factory=dict)
+    app: str = ""
+    agi_port: int = 0
+    http_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def __post_init__(self) -> None:
+        self.agi_port = next(_ports)
+        self.http_port = next(_ports)
+        self.app = f"bridged-t{self.agi_port}"
+        self.config_path = self.workdir / "bridged.yaml"
+        self.log_path = self.workdir / "bridged.log"
+
+    @property
+    def agi_url(self) -> str:
+        return f"agi://127.0.0.1:{self.agi_port}"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "ari": {
+                "url": self.asterisk.ari_url,
+                "username": self.asterisk.ari_user,
+                "password": self.asterisk.ari_password,
+                "app": self.app,
+                "reconnect_max_delay": 2,
+            },
+            "database": {"dsn": self.postgres.dsn(BRIDGED_DB)},
+            "orders": {
+                "dsn": self.orders_dsn or self.postgres.dsn(SHOP_DB),
+                "query": "SELECT customer_phone AS phone, customer_name, manager AS manager_id"
+                " FROM orders WHERE id = CAST($1::text AS bigint)",
+                "timeout": 2,
+            },
+            "managers": [
+                {"id": m.id, "name": m.id.title(), "endpoint": m.endpoint, "team": self.teams.get(m.id, "t")}
+                for m in self.managers
+            ],
+            "policy": self.policy,
+            "trunk": {"dial": "PJSIP/{number}@carrier", "caller_id": SHOP_CALLER_ID, "ring_timeout": self.ring_timeout},
+            "recording": {"enabled": self.recording, "format": "wav", "announcement": self.announcement or ""},
+            "agi": {"host": "127.0.0.1", "port": self.agi_port},
+            "http": {"host": "127.0.0.1", "port": self.http_port},
+            "logging": {"level": "DEBUG"},
+        }
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config()))
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridged", "run", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        log.close()
+        self.starts += 1
+        wait_for(self.healthy, timeout, "bridged /healthz")
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"bridged exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # -- the daemon's database, read as an operator would --------------------------------------
+
+    def sql(self, query: str) -> str:
+        return self.postgres.execute(BRIDGED_DB, query)
+
+    def call_rows(self, manager_id: str) -> list[dict[str, Any]]:
+        out = self.sql(
+            "SELECT coalesce(json_agg(c ORDER BY requested_at), '[]') FROM"
+            " (SELECT *, extract(epoch FROM ended_at - answered_at) AS duration FROM calls"
+            f" WHERE manager_id = '{manager_id}') c"
+        )
+        return json.loads(out.strip() or "[]")
+
+    def audit_rows(self, actor: str) -> list[dict[str, Any]]:
+        out = self.sql(f"SELECT coalesce(json_agg(a ORDER BY id), '[]') FROM audit a WHERE actor = '{actor}'")
+        return json.loads(out.strip() or "[]")
+
+    def dump_database(self) -> str:
+        return self.sql(
+            "SELECT coalesce(json_agg(c), '[]')::text FROM calls c UNION ALL"
+            " SELECT coalesce(json_agg(a), '[]')::text FROM audit a"
+        )
