@@ -62,8 +62,8 @@ def manager_endpoint_conf(
 ) -> str:
     """A deliberately hostile manager phone: it accepts every identity update Asterisk can send it.
 
-    ``send_pai``/``send_rpid``/``send_connected_line``/``trust_id_outbound`` make any connected-line update that
-    carries the customer's number visible in the manager SIPp trace. No auth; identified by From user.
+    ``send_pai``/``send_rpid``/``send_connected_line``/``trust_id_outbound`` make any connected-line update
+    that carries the customer's number visible in the manager SIPp trace. No auth; identified by From user.
     """
     lines = [
         f"[{name}]",
@@ -238,8 +238,9 @@ class Asterisk:
         self._write("musiconhold.conf", f"[default]\nmode = files\ndirectory = {inner}/moh\n")
         _make_moh(self.base / "moh" / "rig-tone.wav")
         self._write("features.conf", "[general]\n")
-        for empty in ("websocket_client.conf", "res_http_media_cache.conf", "cli_aliases.conf", "pjsip_wizard.conf",
-                      "geolocation.conf", "pjproject.conf", "cel.conf", "acl.conf", "udptl.conf", "ccss.conf"):
+        for empty in ("websocket_client.conf", "res_http_media_cache.conf", "cli_aliases.conf",
+                      "pjsip_wizard.conf", "geolocation.conf", "pjproject.conf", "cel.conf", "acl.conf",
+                      "udptl.conf", "ccss.conf"):
             self._write(empty, "; intentionally empty (keeps the log free of 'missing config' errors)\n")
         stock = self.root / "etc" / "asterisk" / "indications.conf"  # ringback/busy tones for Dial's r option
         if stock.exists():
@@ -301,7 +302,8 @@ class Asterisk:
             exten => _X.,1,NoOp(rig smoke call)
              same => n,Set(REC=${{IF($["${{RIG_RECORDING}}" = ""]?smoke:${{RIG_RECORDING}})}})
              same => n,MixMonitor({self.recordings_dir_inner}/${{REC}}.wav)
-             same => n,Dial(PJSIP/${{EXTEN}}@carrier,${{IF($["${{RIG_DIAL_TIMEOUT}}" = ""]?20:${{RIG_DIAL_TIMEOUT}})}})
+             same => n,Set(TMO=${{IF($["${{RIG_DIAL_TIMEOUT}}" = ""]?20:${{RIG_DIAL_TIMEOUT}})}})
+             same => n,Dial(PJSIP/${{EXTEN}}@carrier,${{TMO}})
              same => n,Hangup()
 
             ; DTMF self-test: answer, read 4 digits, log them, hang up (Asterisk sends the BYE).

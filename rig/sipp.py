@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,6 +20,54 @@ def make_tone_wav(path: Path, *, seconds: int = 10, freq: int = 440) -> Path:
     subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-e", "u-law", str(path),
                     "synth", str(seconds), "sine", str(freq)], check=True, capture_output=True)
     return path
+
+
+_TRACE_SPLIT = re.compile(r"^-{20,} (\S+ \S+)\n(?:\w+ message (sent|received)[^\n]*)\n", re.M)
+
+
+class SipMessage:
+    """One SIP message from a ``-trace_msg`` file."""
+
+    def __init__(self, timestamp: str, direction: str, text: str) -> None:
+        self.timestamp = timestamp  # "YYYY-MM-DD HH:MM:SS.ffffff" (local time of the SIPp host)
+        self.direction = direction  # "sent" or "received"
+        self.text = text.strip("\n")
+
+    @property
+    def first_line(self) -> str:
+        return self.text.split("\n", 1)[0].strip()
+
+    @property
+    def is_request(self) -> bool:
+        return not self.first_line.startswith("SIP/2.0")
+
+    @property
+    def method(self) -> str:
+        """Request method, or the CSeq method of a response."""
+        if self.is_request:
+            return self.first_line.split(" ", 1)[0]
+        m = re.search(r"^CSeq:\s*\d+\s+(\S+)", self.text, re.M | re.I)
+        return m.group(1) if m else ""
+
+    @property
+    def status(self) -> int | None:
+        return None if self.is_request else int(self.first_line.split()[1])
+
+    def header(self, name: str) -> list[str]:
+        return [m.group(1).strip() for m in re.finditer(rf"^{re.escape(name)}:(.*)$", self.text, re.M | re.I)]
+
+    def __repr__(self) -> str:
+        return f"<SipMessage {self.direction} {self.first_line!r} at {self.timestamp}>"
+
+
+def parse_trace(text: str) -> list[SipMessage]:
+    """Split a SIPp ``-trace_msg`` file into messages (direction, timestamp, text)."""
+    parts = _TRACE_SPLIT.split(text)
+    out = []
+    # parts: [preamble, ts, direction, body, ts, direction, body, ...]
+    for i in range(1, len(parts) - 2, 3):
+        out.append(SipMessage(parts[i], parts[i + 1], parts[i + 2]))
+    return out
 
 
 class Sipp:
@@ -124,6 +173,16 @@ class Sipp:
             return self.message_file.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def parsed(self) -> list[SipMessage]:
+        """The trace as ``SipMessage`` objects, in order."""
+        return parse_trace(self.messages())
+
+    def received(self) -> list[SipMessage]:
+        return [m for m in self.parsed() if m.direction == "received"]
+
+    def sent(self) -> list[SipMessage]:
+        return [m for m in self.parsed() if m.direction == "sent"]
 
     def errors(self) -> str:
         try:

@@ -101,7 +101,8 @@ def asterisk(asterisk_root: Path) -> Iterator[Asterisk]:
         ast.stop()
         out = ARTIFACTS / "_session"
         out.mkdir(parents=True, exist_ok=True)
-        for src, name in ((ast.log_path, "asterisk-messages.log"), (ast.console_path, "asterisk-console.log")):
+        logs = ((ast.log_path, "asterisk-messages.log"), (ast.console_path, "asterisk-console.log"))
+        for src, name in logs:
             if src.exists():
                 shutil.copyfile(src, out / name)
         cdr = ast.base / "log" / "cdr-csv" / "Master.csv"

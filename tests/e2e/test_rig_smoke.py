@@ -1,4 +1,4 @@
-"""The rig works on its own (no bridged): manager SIPp -> Asterisk dialplan Dial -> carrier SIPp, with audio."""
+"""The rig works on its own (no bridged): manager SIPp -> Asterisk Dial -> carrier SIPp, with audio."""
 
 from __future__ import annotations
 
@@ -139,3 +139,34 @@ def test_dtmf_info_reaches_asterisk_and_asterisk_hangs_up(asterisk, rig_alloc, u
     while f"RIG-DTMF {name} got 4721" not in asterisk.log_text():
         assert time.monotonic() < deadline, f"digits not seen by Asterisk; see {asterisk.log_path}"
         time.sleep(0.1)
+
+
+def test_carrier_hangs_up_first(asterisk, rig_alloc, unique_name, trace_dir):
+    name, port = _manager(asterisk, rig_alloc, unique_name, unique_name("smoke-farend"))
+
+    carrier = Sipp.start("carrier_answer", local_ip="127.0.0.2", local_port=5060, trace_dir=trace_dir,
+                         rtp_port=rig_alloc.rtp_port(), keys={"ring_ms": "0", "hold_ms": "1000"},
+                         timeout_s=15, name="carrier")
+    carrier.wait_listening()
+    manager = Sipp.start("manager_call", local_ip="127.0.0.1", local_port=port, remote=asterisk.sip_address,
+                         service=SMOKE_NUMBER, keys={"user": name, "dtmf": "", "hold_ms": "10000"},
+                         trace_dir=trace_dir, rtp_port=rig_alloc.rtp_port(), timeout_s=15, name="manager")
+    try:
+        assert carrier.wait(timeout=20) == 0, carrier.describe()
+        assert manager.wait(timeout=10) == 0, manager.describe()
+    finally:
+        manager.stop()
+        carrier.stop()
+
+    assert [m.method for m in carrier.sent() if m.is_request][-1] == "BYE"
+    assert "BYE" not in [m.method for m in manager.sent() if m.is_request]
+    assert [m.method for m in manager.received() if m.is_request][-1] == "BYE"
+    assert any(m.status == 200 and m.method == "BYE" for m in manager.sent())
+
+
+def test_postgres_throwaway_cluster(postgres, unique_name):
+    db = unique_name("rigdb")
+    postgres.create_database(db)
+    sql = "CREATE TABLE t (x int); INSERT INTO t VALUES (41), (1); SELECT sum(x) FROM t"
+    assert postgres.execute(db, sql).strip() == "42"
+    assert postgres.dsn(db) == f"postgresql://postgres@127.0.0.1:55432/{db}"
