@@ -15,9 +15,21 @@ _PHONE_RE = re.compile(r"\+?\(?\d(?:[\s().\-/]{0,2}\d){6,}")
 MASK = "<redacted>"
 
 
+# Asterisk unique ids ("1764413784.12", "host-1764413784.12") are an epoch and a sequence number;
+# masking them would make logs useless for tracing a channel, and no dialled number looks like that.
+_UNIQUEID_RE = re.compile(r"(?<![\d.+])\d{10}\.\d{1,9}(?![\d.])")
+
+
+def _mask(match: re.Match[str]) -> str:
+    text = match.group(0)
+    if _UNIQUEID_RE.fullmatch(text):
+        return text
+    return MASK
+
+
 def redact(text: str) -> str:
     """Mask every phone-number-like run of digits in ``text``."""
-    return _PHONE_RE.sub(MASK, text)
+    return _PHONE_RE.sub(_mask, text)
 
 
 def digits(text: str) -> str:
