@@ -90,6 +90,34 @@ class HttpConfig:
     port: int = 8090
 
 
+ROLES = ("shop", "ops", "admin")
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    name: str
+    role: str
+    sha256: str  # hex digest of the token; the token itself is never stored
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    tokens: tuple[ApiToken, ...] = ()
+    max_body_bytes: int = 16384
+    # Seconds a manager's phone rings for an HTTP-triggered call before it counts as not answered.
+    manager_ring_timeout: int = 30
+    # How long an Idempotency-Key is remembered, in hours.
+    idempotency_hours: int = 24
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str | None = None
+    secret: str | None = None
+    timeout: float = 5.0
+    max_attempts: int = 10
+
+
 @dataclass(frozen=True)
 class Prompts:
     """Stock Asterisk sounds the manager hears when a call cannot go ahead."""
@@ -124,6 +152,8 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     agi: AgiConfig = field(default_factory=AgiConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
     prompts: Prompts = field(default_factory=Prompts)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -353,6 +383,61 @@ def _load_http(s: _Section) -> HttpConfig:
     return cfg
 
 
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _load_api(s: _Section) -> ApiConfig:
+    s.used.add("tokens")
+    raw = s.data.get("tokens") or []
+    if not isinstance(raw, list):
+        raise ConfigError(s.key("tokens"), "must be a list")
+    tokens: list[ApiToken] = []
+    names: set[str] = set()
+    for index, item in enumerate(raw):
+        t = _Section(item, f"{s.key('tokens')}[{index}]")
+        name = t.str("name", required=True)
+        role = t.str("role", required=True)
+        if role not in ROLES:
+            raise ConfigError(t.key("role"), f"must be one of {', '.join(ROLES)}")
+        digest = t.str("sha256", required=True).lower()
+        if not _SHA256_RE.match(digest):
+            raise ConfigError(t.key("sha256"), "must be the hex SHA-256 of the token (bridged hash-token)")
+        if name in names:
+            raise ConfigError(t.key("name"), f"duplicates token name {name!r}")
+        names.add(name)
+        tokens.append(ApiToken(name=name, role=role, sha256=digest))
+        t.finish()
+    cfg = ApiConfig(
+        tokens=tuple(tokens),
+        max_body_bytes=s.integer("max_body_bytes", 16384, minimum=256, maximum=1048576),
+        manager_ring_timeout=s.integer("manager_ring_timeout", 30, minimum=5, maximum=300),
+        idempotency_hours=s.integer("idempotency_hours", 24, minimum=1, maximum=24 * 30),
+    )
+    s.finish()
+    return cfg
+
+
+def _load_webhook(s: _Section) -> WebhookConfig:
+    url = s.opt_str("url")
+    if url is not None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(s.key("url"), "must be an http(s) URL")
+    secret = s.opt_str("secret")
+    if url is not None and secret is None:
+        raise ConfigError(s.key("secret"), "is required when webhook.url is set")
+    if secret is not None and (secret in PLACEHOLDERS or len(secret) < 16):
+        raise ConfigError(s.key("secret"), "must be a real secret of at least 16 characters")
+    cfg = WebhookConfig(
+        url=url,
+        secret=secret,
+        timeout=s.number("timeout", 5.0, minimum=0.1, maximum=60),
+        max_attempts=s.integer("max_attempts", 10, minimum=1, maximum=100),
+    )
+    s.finish()
+    return cfg
+
+
 def _load_prompts(s: _Section) -> Prompts:
     defaults = Prompts()
     values = {name: s.str(name, getattr(defaults, name)) for name in Prompts.__dataclass_fields__}
@@ -398,6 +483,8 @@ def parse_config(data: Any) -> Config:
         recording=_load_recording(root.section("recording", required=False)),
         agi=_load_agi(root.section("agi", required=False)),
         http=_load_http(root.section("http", required=False)),
+        api=_load_api(root.section("api", required=False)),
+        webhook=_load_webhook(root.section("webhook", required=False)),
         prompts=_load_prompts(root.section("prompts", required=False)),
         logging=_load_logging(root.section("logging", required=False)),
     )
