@@ -1,0 +1,97 @@
+"""The OpenAPI 3.1 description served at ``GET /v1/openapi.json``.
+
+Each feature module contributes its paths and schemas with :func:`register` at import time; the
+document is assembled once, so what is served is what the modules declare.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from aiohttp import web
+
+_PATHS: dict[str, dict[str, Any]] = {}
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["id", "message"],
+                "properties": {
+                    "id": {"type": "string", "description": "stable error id"},
+                    "message": {"type": "string"},
+                    "details": {"type": "object"},
+                },
+            }
+        },
+    }
+}
+
+
+def register(paths: dict[str, dict[str, Any]], schemas: dict[str, Any] | None = None) -> None:
+    for path, operations in paths.items():
+        _PATHS.setdefault(path, {}).update(operations)
+    _SCHEMAS.update(schemas or {})
+
+
+def error_responses(*statuses: int) -> dict[str, Any]:
+    """Response entries for the given error statuses (401 and 403 are added by :func:`secured`)."""
+    return {
+        str(status): {
+            "description": "error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for status in statuses
+    }
+
+
+def secured(operation: dict[str, Any]) -> dict[str, Any]:
+    operation = copy.deepcopy(operation)
+    operation["security"] = [{"bearer": []}]
+    operation.setdefault("responses", {}).update(error_responses(401, 403))
+    return operation
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "bridged",
+            "version": "1",
+            "description": "Masked calls between shop managers and customers. No response ever carries a "
+            "customer's phone number.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": copy.deepcopy(_PATHS),
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": copy.deepcopy(_SCHEMAS),
+        },
+    }
+
+
+async def serve(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+register(
+    {
+        "/v1/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This description",
+                "responses": {
+                    "200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {}}}
+                },
+            }
+        }
+    }
+)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/v1/openapi.json", serve)
