@@ -1,0 +1,738 @@
+"""CallEngine driven through ARI events shaped like Asterisk 22's, against a fake ARI and a fake store.
+
+Every test also checks, on teardown, that the customer's number reached the fake ARI only as the
+originate ``endpoint`` and never reached the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+import bridged.calls as calls_module
+from bridged.ari import AriClient, AriUnavailable
+from bridged.calls import (
+    LABEL_SUB,
+    TRANSITIONS,
+    Call,
+    CallEngine,
+    CallState,
+    InvalidTransition,
+    Outcome,
+    PendingCall,
+    outcome_for_unanswered,
+)
+from bridged.config import Config, Prompts, RecordingConfig
+from bridged.redact import digits
+from bridged.store import Store
+from tests.unit.fakes import (
+    NUMBER,
+    NUMBER_DIGITS,
+    NUMBER_TAIL,
+    FakeAri,
+    FakeStore,
+    channel_destroyed,
+    dial,
+    hangup_request,
+    make_config,
+    make_order,
+    manager,
+    not_found,
+    playback_finished,
+    settle,
+    stasis_end,
+    stasis_start,
+    wait_until,
+)
+
+LABEL_CID = '"Order 123 Ivan P." <*77123>'
+DIAL = f"PJSIP/{NUMBER}@carrier"
+
+
+@dataclass
+class Env:
+    config: Config
+    ari: FakeAri
+    store: FakeStore
+    engine: CallEngine
+    connected: dict[str, bool]
+
+    def row(self, call_id: str) -> dict[str, Any]:
+        return self.store.rows[call_id]
+
+    def expect(self, call_id: str, manager_channel: str | None, manager_id: str = "anna") -> None:
+        # What CallService.request does before the manager's channel enters Stasis.
+        self.store.add_row(id=call_id, manager_id=manager_id, manager_channel_id=manager_channel)
+        self.engine.expect(
+            PendingCall(
+                call_id=call_id,
+                order=make_order(),
+                manager=manager(self.config, manager_id),
+                direction="phone",
+                manager_channel_id=manager_channel,
+            )
+        )
+
+    async def ringing(self, call_id: str, manager_channel: str, state: str = "Ring") -> str:
+        """Expect a call, bring its manager channel into Stasis; returns the customer channel id."""
+        self.expect(call_id, manager_channel)
+        self.engine.on_event(stasis_start(manager_channel, ["order", call_id], state=state))
+        await wait_until(lambda: self.row(call_id)["state"] == "ringing_customer", what="ringing_customer")
+        await wait_until(
+            lambda: any(kw["app_args"] == f"customer,{call_id}" for kw in self.ari.named("originate"))
+        )
+        customer = self.row(call_id)["customer_channel_id"]
+        assert customer
+        return str(customer)
+
+    async def bridged(self, call_id: str, manager_channel: str) -> str:
+        customer = await self.ringing(call_id, manager_channel)
+        self.engine.on_event(stasis_start(customer, ["customer", call_id], state="Up"))
+        await wait_until(lambda: self.row(call_id)["state"] == "bridged", what="bridged")
+        return customer
+
+    async def ended(self, call_id: str) -> dict[str, Any]:
+        await wait_until(lambda: self.row(call_id)["state"] == "ended", what=f"{call_id} ended")
+        await wait_until(lambda: call_id not in self.engine.calls, what=f"{call_id} forgotten")
+        return self.row(call_id)
+
+    def play_for(self, channel_id: str) -> dict[str, Any]:
+        plays = [kw for kw in self.ari.named("play") if kw["channel_id"] == channel_id]
+        assert len(plays) == 1, plays
+        return plays[0]
+
+
+def assert_no_number_leak(ari: FakeAri, store: FakeStore) -> None:
+    for method, kwargs in ari.calls:
+        for name, value in kwargs.items():
+            if method == "originate" and name == "endpoint":
+                assert value == DIAL
+                continue
+            text = digits(repr(value))
+            assert NUMBER_TAIL not in text, f"number leaked in {method}({name}={value!r})"
+    for row in store.rows.values():
+        assert NUMBER_TAIL not in digits(repr(row)), row
+    for entry in store.audits:
+        assert NUMBER_TAIL not in digits(repr(entry)), entry
+
+
+async def _make_env(config: Config) -> Env:
+    ari, store = FakeAri(), FakeStore()
+    connected = {"up": True}
+    engine = CallEngine(config, ari, store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
+    return Env(config, ari, store, engine, connected)
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    e = await _make_env(make_config())
+    yield e
+    await e.engine.shutdown()
+    assert_no_number_leak(e.ari, e.store)
+
+
+# -- the fakes mirror the real classes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fake", "real"),
+    [(FakeAri, AriClient), (FakeStore, Store)],
+)
+def test_fakes_mirror_real_signatures(fake: type, real: type) -> None:
+    for name, member in vars(fake).items():
+        if name.startswith("_") or not inspect.iscoroutinefunction(member):
+            continue
+        assert hasattr(real, name), f"{real.__name__} has no {name}"
+        assert inspect.iscoroutinefunction(getattr(real, name))
+        assert inspect.signature(member) == inspect.signature(getattr(real, name)), name
+
+
+# -- (a) the happy path ------------------------------------------------------------------------------
+
+
+async def test_happy_path_customer_hangs_up(env: Env) -> None:
+    customer = await env.ringing("call-a", "m-a")
+    ari = env.ari
+
+    # The customer leg: the number only in the endpoint, the shop's caller id, an id chosen by us.
+    [orig] = ari.named("originate")
+    assert orig["endpoint"] == DIAL
+    assert orig["caller_id"] == env.config.trunk.caller_id
+    assert orig["channel_id"] == customer == "call-a-customer"
+    assert orig["app"] == env.config.ari.app
+    assert orig["app_args"] == "customer,call-a"
+    assert orig["timeout"] == env.config.trunk.ring_timeout
+    assert orig["originator"] == "m-a"
+    assert NUMBER_TAIL not in digits(orig["app_args"])
+
+    # The manager's phone shows the order label, and is told so before the customer leg exists.
+    manager_vars = ari.variables("m-a")
+    assert ("CONNECTED_LINE_SEND_SUB", LABEL_SUB) in manager_vars
+    assert ("CONNECTEDLINE(all)", LABEL_CID) in manager_vars
+    assert ("BRIDGED_LABEL", LABEL_CID) in manager_vars
+    methods = ari.methods()
+    assert methods.index("originate") > max(i for i, m in enumerate(methods) if m == "set_variable")
+    assert ari.named("ring") == [{"channel_id": "m-a"}]
+    assert ari.named("answer") == []
+    assert env.engine.calls["call-a"].state is CallState.RINGING_CUSTOMER
+
+    # Some progress events on the way, as Asterisk sends them.
+    env.engine.on_event(dial(customer, ""))
+    env.engine.on_event(dial(customer, "RINGING"))
+    env.engine.on_event(dial(customer, "ANSWER"))
+    ari.calls.clear()
+    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+    await wait_until(lambda: env.row("call-a")["state"] == "bridged")
+
+    methods = ari.methods()
+    assert ari.named("answer") == [{"channel_id": "m-a"}]
+    assert ari.named("create_bridge") == [
+        {"bridge_id": "call-a-bridge", "type": "mixing", "name": "bridged-call-a"}
+    ]
+    [add] = ari.named("add_channel")
+    assert add["bridge_id"] == "call-a-bridge"
+    assert sorted(add["channel_ids"]) == sorted(["m-a", customer])
+    assert add["inhibit_connected_line_updates"] is True
+    # The customer's caller id (a carrier may have put the number there) is the label before the join.
+    cid_sets = [
+        i
+        for i, (m, kw) in enumerate(ari.calls)
+        if m == "set_variable" and kw["channel_id"] == customer and kw["variable"] == "CALLERID(all)"
+    ]
+    assert cid_sets and min(cid_sets) < methods.index("add_channel")
+    assert all(v == LABEL_CID for var, v in ari.variables(customer) if var == "CALLERID(all)")
+    assert methods.index("answer") < methods.index("add_channel")
+    [rec] = ari.named("record_bridge")
+    assert rec["bridge_id"] == "call-a-bridge"
+    assert rec["format"] == "wav"
+    assert rec["name"] == "bridged-call-a"
+
+    row = env.row("call-a")
+    assert row["bridge_id"] == "call-a-bridge"
+    assert row["recording_name"] == "bridged-call-a"
+    assert isinstance(row["answered_at"], datetime)
+
+    ari.calls.clear()
+    env.engine.on_event(hangup_request(customer, cause=16))
+    row = await env.ended("call-a")
+    assert "m-a" in ari.hung_up()
+    assert ari.named("destroy_bridge") == [{"bridge_id": "call-a-bridge"}]
+    assert row["outcome"] == "completed"
+    assert row["ended_by"] == "customer"
+    assert env.store.audits[-1] == {
+        "actor": "anna",
+        "action": "call.end",
+        "outcome": "completed",
+        "reason": "customer",
+        "call_id": "call-a",
+        "order_id": "123",
+        "details": {},
+    }
+    # Late events for the finished call change nothing.
+    before = len(ari.calls)
+    for event in (
+        stasis_end(customer),
+        channel_destroyed(customer),
+        stasis_end("m-a"),
+        channel_destroyed("m-a"),
+    ):
+        env.engine.on_event(event)
+    await settle()
+    assert len(ari.calls) == before
+    assert env.row("call-a")["outcome"] == "completed"
+
+
+async def test_manager_already_up_is_not_answered_again(env: Env) -> None:
+    customer = await env.ringing("call-a", "m-a", state="Up")
+    assert env.ari.named("ring") == []
+    env.engine.on_event(stasis_start(customer, ["customer", "call-a"]))
+    await wait_until(lambda: env.row("call-a")["state"] == "bridged")
+    assert env.ari.named("answer") == []
+
+
+# -- (b) (c) hangups ---------------------------------------------------------------------------------
+
+
+async def test_manager_hangs_up_first_while_bridged(env: Env) -> None:
+    customer = await env.bridged("call-a", "m-a")
+    env.ari.calls.clear()
+    env.engine.on_event(hangup_request("m-a"))
+    row = await env.ended("call-a")
+    assert customer in env.ari.hung_up()
+    assert env.ari.named("destroy_bridge") == [{"bridge_id": "call-a-bridge"}]
+    assert row["outcome"] == "completed"
+    assert row["ended_by"] == "manager"
+
+
+async def test_manager_hangs_up_while_customer_rings(env: Env) -> None:
+    customer = await env.ringing("call-a", "m-a")
+    env.engine.on_event(dial(customer, "RINGING"))
+    env.engine.on_event(hangup_request("m-a"))
+    row = await env.ended("call-a")
+    assert customer in env.ari.hung_up()
+    assert env.ari.named("create_bridge") == []
+    assert env.ari.named("destroy_bridge") == []
+    assert row["outcome"] == "manager_abandoned"
+    assert row["ended_by"] == "manager"
+
+
+async def test_customer_hangs_up_during_announcement() -> None:
+    e = await _make_env(make_config(recording=RecordingConfig(enabled=True, announcement="beep&recorded")))
+    try:
+        customer = await e.ringing("call-a", "m-a")
+        e.engine.on_event(stasis_start(customer, ["customer", "call-a"]))
+        await wait_until(lambda: e.row("call-a")["state"] == "announcing")
+        play = e.play_for(customer)
+        assert play["media"] == ["sound:beep", "sound:recorded"]
+        assert e.ari.named("add_channel") == []
+        e.engine.on_event(hangup_request(customer))
+        row = await e.ended("call-a")
+        assert row["outcome"] == "customer_abandoned"
+        assert row["ended_by"] == "customer"
+        assert "m-a" in e.ari.hung_up()
+    finally:
+        await e.engine.shutdown()
+    assert_no_number_leak(e.ari, e.store)
+
+
+async def test_announcement_then_bridge() -> None:
+    e = await _make_env(make_config(recording=RecordingConfig(enabled=True, announcement="recorded")))
+    try:
+        customer = await e.ringing("call-a", "m-a")
+        e.engine.on_event(stasis_start(customer, ["customer", "call-a"]))
+        await wait_until(lambda: e.row("call-a")["state"] == "announcing")
+        play = e.play_for(customer)
+        # A PlaybackFinished for some other playback does not start the bridge.
+        e.engine.on_event(playback_finished("other", customer))
+        await settle()
+        assert e.ari.named("add_channel") == []
+        e.engine.on_event(playback_finished(play["playback_id"], customer))
+        await wait_until(lambda: e.row("call-a")["state"] == "bridged")
+        assert len(e.ari.named("add_channel")) == 1
+    finally:
+        await e.engine.shutdown()
+    assert_no_number_leak(e.ari, e.store)
+
+
+async def test_recording_disabled_or_failing_still_bridges() -> None:
+    e = await _make_env(make_config(recording=RecordingConfig(enabled=False)))
+    try:
+        await e.bridged("call-a", "m-a")
+        assert e.ari.named("record_bridge") == []
+        assert e.row("call-a")["recording_name"] is None
+    finally:
+        await e.engine.shutdown()
+
+    e = await _make_env(make_config())
+    e.ari.errors["record_bridge"] = AriUnavailable("record_bridge", 500, "ARI record_bridge failed: HTTP 500")
+    try:
+        await e.bridged("call-b", "m-b")
+        assert len(e.ari.named("record_bridge")) == 1
+        assert e.row("call-b")["recording_name"] is None
+    finally:
+        await e.engine.shutdown()
+
+
+# -- (d) (e) the customer does not answer ------------------------------------------------------------
+
+
+async def test_busy_plays_prompt_then_hangs_up_manager(env: Env) -> None:
+    customer = await env.ringing("call-a", "m-a")
+    env.engine.on_event(dial(customer, "RINGING"))
+    env.engine.on_event(dial(customer, "BUSY"))
+    # The hangup request carries no final answer yet: the engine waits for ChannelDestroyed.
+    env.engine.on_event(hangup_request(customer, cause=17, state="Ring"))
+    await settle()
+    assert env.row("call-a")["state"] == "ringing_customer"
+    assert env.ari.named("play") == []
+    env.engine.on_event(channel_destroyed(customer, cause=17))
+    await wait_until(lambda: env.row("call-a")["state"] == "refusing")
+    await wait_until(lambda: len(env.ari.named("play")) == 1)
+
+    assert env.ari.named("answer") == [{"channel_id": "m-a"}]
+    play = env.play_for("m-a")
+    assert play["media"] == [f"sound:{p}" for p in env.config.prompts.busy.split("&")]
+    assert play["media"] == ["sound:vm-theperson", "sound:vm-isonphone"]
+    assert play["playback_id"]
+    assert "m-a" not in env.ari.hung_up()
+
+    env.engine.on_event(playback_finished(play["playback_id"], "m-a"))
+    await wait_until(lambda: "m-a" in env.ari.hung_up())
+    # Asterisk answers our hangup with the manager channel's own hangup events.
+    env.engine.on_event(hangup_request("m-a"))
+    env.engine.on_event(stasis_end("m-a"))
+    row = await env.ended("call-a")
+    assert row["outcome"] == "customer_busy"
+    assert row["hangup_cause"] == 17
+    assert env.ari.named("create_bridge") == []
+
+
+@pytest.mark.parametrize(
+    ("dialstatus", "cause", "outcome", "prompt"),
+    [
+        ("NOANSWER", 19, "customer_no_answer", "no_answer"),
+        (None, 19, "customer_no_answer", "no_answer"),
+        (None, 18, "customer_no_answer", "no_answer"),
+        ("BUSY", 16, "customer_busy", "busy"),
+        (None, 17, "customer_busy", "busy"),
+        ("CONGESTION", 34, "customer_congestion", "congestion"),
+        (None, 38, "customer_congestion", "congestion"),
+        ("CHANUNAVAIL", 20, "customer_unavailable", "customer_unavailable"),
+        (None, 1, "customer_unavailable", "customer_unavailable"),
+    ],
+)
+async def test_unanswered_outcomes(
+    env: Env, dialstatus: str | None, cause: int, outcome: str, prompt: str
+) -> None:
+    customer = await env.ringing("call-a", "m-a")
+    if dialstatus:
+        env.engine.on_event(dial(customer, dialstatus))
+    env.engine.on_event(channel_destroyed(customer, cause=cause))
+    await wait_until(lambda: len(env.ari.named("play")) == 1)
+    play = env.play_for("m-a")
+    assert play["media"] == [f"sound:{p}" for p in getattr(env.config.prompts, prompt).split("&")]
+    # The manager hangs up during the prompt: same outcome.
+    env.engine.on_event(hangup_request("m-a"))
+    row = await env.ended("call-a")
+    assert row["outcome"] == outcome
+    assert row["hangup_cause"] == cause
+
+
+def test_outcome_for_unanswered_prefers_dialstatus() -> None:
+    assert outcome_for_unanswered(17, "NOANSWER") is Outcome.CUSTOMER_NO_ANSWER
+    assert outcome_for_unanswered(19, "RINGING") is Outcome.CUSTOMER_NO_ANSWER
+    assert outcome_for_unanswered(None, None) is Outcome.CUSTOMER_UNAVAILABLE
+    assert outcome_for_unanswered(16, "") is Outcome.CUSTOMER_UNAVAILABLE
+
+
+# -- (f) the customer leg cannot be originated -------------------------------------------------------
+
+
+async def test_originate_failure_plays_prompt(env: Env) -> None:
+    env.ari.errors["originate"] = AriUnavailable("originate", 0, "ARI originate failed: Asterisk unreachable")
+    env.expect("call-a", "m-a")
+    env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
+    await wait_until(lambda: len(env.ari.named("play")) == 1)
+    assert env.row("call-a")["state"] == "refusing"
+    play = env.play_for("m-a")
+    assert play["media"] == ["sound:number-not-answering"]
+    env.engine.on_event(playback_finished(play["playback_id"], "m-a"))
+    await wait_until(lambda: "m-a" in env.ari.hung_up())
+    env.engine.on_event(channel_destroyed("m-a"))
+    row = await env.ended("call-a")
+    assert row["outcome"] == "customer_unavailable"
+    assert row["ended_by"] == "manager"
+
+
+async def test_prompt_to_a_vanished_manager_finishes_the_call(env: Env) -> None:
+    env.ari.errors["originate"] = AriUnavailable("originate", 0, "ARI originate failed")
+    env.ari.errors["play"] = not_found("play")
+    env.expect("call-a", "m-a")
+    env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Up"))
+    row = await env.ended("call-a")
+    assert row["outcome"] == "customer_unavailable"
+
+
+async def test_not_connected_refuses_without_originate(env: Env) -> None:
+    env.connected["up"] = False
+    env.expect("call-a", "m-a")
+    env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
+    await wait_until(lambda: len(env.ari.named("play")) == 1)
+    assert env.play_for("m-a")["media"] == [f"sound:{env.config.prompts.unavailable}"]
+    assert env.ari.named("originate") == []
+    env.engine.on_event(hangup_request("m-a"))
+    row = await env.ended("call-a")
+    assert row["outcome"] == "failed"
+
+
+async def test_failing_step_aborts_the_call(env: Env) -> None:
+    # The manager vanished between the AGI and Stasis: labelling fails, the call is aborted cleanly.
+    env.ari.errors["set_variable"] = not_found("set_variable")
+    env.expect("call-a", "m-a")
+    env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
+    row = await env.ended("call-a")
+    assert row["outcome"] == "failed"
+    assert "m-a" in env.ari.hung_up()
+    assert env.ari.named("originate") == []
+
+
+# -- (g) strays ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fast_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = asyncio.sleep
+
+    async def quick(delay: float, result: Any = None) -> Any:
+        return await real(0, result)
+
+    monkeypatch.setattr(calls_module.asyncio, "sleep", quick)
+
+
+async def test_stasis_start_for_unknown_call_is_hung_up(env: Env, fast_sleep: None) -> None:
+    env.engine.on_event(stasis_start("m-x", ["order", "no-such-call"], state="Ring"))
+    await wait_until(lambda: "m-x" in env.ari.hung_up())
+    assert env.ari.named("originate") == []
+    assert env.engine.calls == {}
+    assert env.store.rows == {}
+
+
+async def test_stasis_start_from_another_channel_is_refused(env: Env, fast_sleep: None) -> None:
+    env.expect("call-a", "m-a")
+    env.engine.on_event(stasis_start("m-intruder", ["order", "call-a"], state="Ring"))
+    await wait_until(lambda: "m-intruder" in env.ari.hung_up())
+    assert env.ari.named("originate") == []
+    assert "call-a" not in env.engine.calls
+
+
+async def test_stasis_start_without_args_is_hung_up(env: Env) -> None:
+    env.engine.on_event(stasis_start("m-y", []))
+    env.engine.on_event(stasis_start("m-z", ["customer", "call-unknown"]))
+    await wait_until(lambda: {"m-y", "m-z"} <= set(env.ari.hung_up()))
+    assert env.ari.named("originate") == []
+
+
+async def test_pending_call_without_channel_id_accepts_any_channel(env: Env) -> None:
+    env.expect("call-api", None)
+    env.engine.on_event(stasis_start("m-api", ["order", "call-api"], state="Ring"))
+    await wait_until(lambda: len(env.ari.named("originate")) == 1)
+    assert env.engine.calls["call-api"].manager_channel_id == "m-api"
+
+
+# -- (h) reconcile after a reconnect -----------------------------------------------------------------
+
+
+def _bridged_row(env: Env, call_id: str, answered: bool = True, state: str = "bridged") -> dict[str, Any]:
+    return env.store.add_row(
+        id=call_id,
+        state=state,
+        manager_channel_id=f"{call_id}-m",
+        customer_channel_id=f"{call_id}-customer",
+        bridge_id=f"{call_id}-bridge" if answered else None,
+        answered_at=datetime.now(UTC) if answered else None,
+        recording_name=f"bridged-{call_id}" if answered else None,
+    )
+
+
+async def test_reconcile_adopts_a_live_call(env: Env) -> None:
+    _bridged_row(env, "call-r")
+    env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
+    env.ari.app_channel_ids = ["call-r-m", "call-r-customer", "stray-1"]
+    await env.engine.reconcile()
+
+    assert env.ari.named("subscribe") == [
+        {
+            "app": "bridged",
+            "event_sources": ["channel:call-r-m", "channel:call-r-customer", "bridge:call-r-bridge"],
+        }
+    ]
+    call = env.engine.calls["call-r"]
+    assert call.state is CallState.BRIDGED
+    assert call.order is None and call.manager.id == "anna"
+    assert env.ari.hung_up() == ["stray-1"]
+    # The adopted call checks its legs once more, finds both, and waits.
+    await wait_until(lambda: len(env.ari.named("get_channel")) == 2)
+    await settle()
+    assert env.ari.hung_up() == ["stray-1"]
+    assert env.row("call-r")["state"] == "bridged"
+
+    env.engine.on_event(hangup_request("call-r-customer"))
+    row = await env.ended("call-r")
+    assert "call-r-m" in env.ari.hung_up()
+    assert {"bridge_id": "call-r-bridge"} in env.ari.named("destroy_bridge")
+    assert row["outcome"] == "completed"
+    assert row["ended_by"] == "customer"
+
+
+async def test_reconcile_leg_gone_between_listing_and_subscription(env: Env) -> None:
+    _bridged_row(env, "call-r")
+    env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
+
+    async def vanish(app: str, event_sources: list[str]) -> dict[str, Any]:
+        env.ari.calls.append(("subscribe", {"app": app, "event_sources": event_sources}))
+        env.ari.channels.pop("call-r-customer")
+        return {}
+
+    env.ari.subscribe = vanish  # type: ignore[method-assign]
+    await env.engine.reconcile()
+    row = await env.ended("call-r")
+    assert row["outcome"] == "completed"
+    assert "call-r-m" in env.ari.hung_up()
+
+
+async def test_reconcile_one_leg_gone(env: Env) -> None:
+    _bridged_row(env, "call-r")
+    env.ari.channels = {"call-r-m": {"id": "call-r-m", "state": "Up"}}
+    await env.engine.reconcile()
+    row = env.row("call-r")
+    assert row["state"] == "ended"
+    assert row["outcome"] == "completed"
+    assert row["ended_by"] == "unknown"
+    assert env.ari.hung_up() == ["call-r-m"]
+    assert env.ari.named("destroy_bridge") == [{"bridge_id": "call-r-bridge"}]
+    assert env.ari.named("subscribe") == []
+    assert "call-r" not in env.engine.calls
+    assert env.store.audits[-1]["actor"] == "bridged"
+    assert env.store.audits[-1]["call_id"] == "call-r"
+
+
+@pytest.mark.parametrize(
+    ("answered", "state", "outcome"),
+    [(True, "bridged", "completed"), (False, "ringing_customer", "failed"), (False, "requested", "failed")],
+)
+async def test_reconcile_both_legs_gone(env: Env, answered: bool, state: str, outcome: str) -> None:
+    _bridged_row(env, "call-r", answered=answered, state=state)
+    env.store.add_row(id="call-done", state="ended", outcome="completed")
+    await env.engine.reconcile()
+    row = env.row("call-r")
+    assert row["state"] == "ended"
+    assert row["outcome"] == outcome
+    assert env.ari.hung_up() == []
+    assert env.row("call-done")["outcome"] == "completed"
+    assert env.engine.calls == {}
+
+
+async def test_reconcile_row_of_a_removed_manager_is_finished(env: Env) -> None:
+    env.store.add_row(
+        id="call-r",
+        manager_id="carol",
+        state="bridged",
+        manager_channel_id="call-r-m",
+        customer_channel_id="call-r-customer",
+        answered_at=datetime.now(UTC),
+    )
+    env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
+    await env.engine.reconcile()
+    assert env.row("call-r")["state"] == "ended"
+    assert sorted(env.ari.hung_up()) == ["call-r-customer", "call-r-m"]
+
+
+async def test_reconcile_live_call_whose_customer_left(env: Env) -> None:
+    customer = await env.bridged("call-a", "m-a")
+    env.ari.channels = {"m-a": {"id": "m-a", "state": "Up"}}
+    env.ari.app_channel_ids = ["m-a"]
+    await env.engine.reconcile()
+    row = await env.ended("call-a")
+    assert row["outcome"] == "completed"
+    assert row["ended_by"] == "customer"
+    assert "m-a" in env.ari.hung_up()
+    assert customer not in env.ari.app_channel_ids
+
+
+async def test_reconcile_live_call_customer_answered_meanwhile(env: Env) -> None:
+    customer = await env.ringing("call-a", "m-a")
+    env.ari.channels = {"m-a": {"id": "m-a", "state": "Ring"}, customer: {"id": customer, "state": "Up"}}
+    env.ari.app_channel_ids = ["m-a", customer]
+    await env.engine.reconcile()
+    await wait_until(lambda: env.row("call-a")["state"] == "bridged")
+    assert env.ari.hung_up() == []
+
+
+# -- (i) the transition table ------------------------------------------------------------------------
+
+
+def test_every_transition_outside_the_table_is_refused() -> None:
+    config = make_config()
+    engine = CallEngine(config, FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
+    assert set(TRANSITIONS) == set(CallState)
+    assert TRANSITIONS[CallState.ENDED] == frozenset()
+    refused = allowed = 0
+    for old in CallState:
+        for new in CallState:
+            call = Call(
+                id="t", manager=manager(config), order_id="1", direction="phone", order=None, state=old
+            )
+            if new in TRANSITIONS[old]:
+                engine._transition(call, new)
+                assert call.state is new
+                allowed += 1
+            else:
+                with pytest.raises(InvalidTransition):
+                    engine._transition(call, new)
+                assert call.state is old
+                refused += 1
+    assert allowed == sum(len(v) for v in TRANSITIONS.values())
+    assert refused == len(CallState) ** 2 - allowed
+    # Every live state can end.
+    assert all(CallState.ENDED in TRANSITIONS[s] for s in CallState if s is not CallState.ENDED)
+
+
+# -- (j) ordering and independence -------------------------------------------------------------------
+
+
+async def test_events_in_order_while_ari_is_slow_and_other_calls_proceed(env: Env) -> None:
+    ari = env.ari
+    ari.delays["originate"] = lambda kw: 0.2 if kw["channel_id"] == "call-a-customer" else 0
+
+    env.expect("call-a", "m-a")
+    env.expect("call-b", "m-b")
+    env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
+    await wait_until(lambda: len(ari.named("originate")) == 1)
+    # A's originate is in flight; its next events queue up behind it.
+    env.engine.on_event(dial("call-a-customer", "ANSWER"))
+    env.engine.on_event(stasis_start("call-a-customer", ["customer", "call-a"], state="Up"))
+    env.engine.on_event(hangup_request("call-a-customer"))
+
+    env.engine.on_event(stasis_start("m-b", ["order", "call-b"], state="Ring"))
+    await wait_until(
+        lambda: any(kw["channel_id"] == "call-b-customer" for _, kw in ari.returned if "app" in kw)
+    )
+    a_returned = [kw for m, kw in ari.returned if m == "originate" and kw["channel_id"] == "call-a-customer"]
+    assert a_returned == [], "call B should not wait for call A's slow originate"
+    assert env.row("call-a")["state"] == "ringing_customer"
+    assert ari.named("create_bridge") == []
+
+    row = await env.ended("call-a")
+    # Answered, bridged, then hung up: processed in the order they arrived.
+    assert row["outcome"] == "completed"
+    assert row["ended_by"] == "customer"
+    assert row["answered_at"] is not None
+    a_methods = [
+        m
+        for m, kw in ari.calls
+        if "call-a" in repr(kw) or kw.get("channel_id") == "m-a" or "m-a" in kw.get("channel_ids", [])
+    ]
+    first = a_methods.index("create_bridge")
+    assert (
+        a_methods.index("originate")
+        < first
+        < a_methods.index("add_channel")
+        < a_methods.index("destroy_bridge")
+    )
+    assert env.row("call-b")["state"] == "ringing_customer"
+    assert env.engine.calls["call-b"].state is CallState.RINGING_CUSTOMER
+
+
+async def test_slow_hangup_of_one_call_does_not_block_another(env: Env) -> None:
+    customer_a = await env.bridged("call-a", "m-a")
+    env.ari.delays["hangup"] = lambda kw: 0.2 if kw["channel_id"] == "m-a" else 0
+    env.engine.on_event(hangup_request(customer_a))
+    await wait_until(lambda: "m-a" in env.ari.hung_up())
+    customer_b = await env.bridged("call-b", "m-b")
+    assert env.row("call-a")["state"] == "bridged"  # still tearing down
+    env.engine.on_event(hangup_request(customer_b))
+    await env.ended("call-a")
+    await env.ended("call-b")
+
+
+def test_prompts_are_media_lists() -> None:
+    engine = CallEngine(make_config(), FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
+    assert engine._media("a&b&&c") == ["sound:a", "sound:b", "sound:c"]
+    assert engine._prompt_for(Outcome.CUSTOMER_BUSY) == Prompts().busy
+    assert engine._prompt_for(Outcome.FAILED) == Prompts().customer_unavailable
+
+
+def test_label_of_an_adopted_call_has_no_customer_name() -> None:
+    config = make_config()
+    call = Call(id="x", manager=manager(config), order_id="42", direction="phone", order=None)
+    assert call.label == "Order 42"
+    assert call.label_caller_id == '"Order 42" <*7742>'
+    named = replace(call, order=make_order(name='Ivan "the" Petrov'))
+    assert named.label_caller_id == '"Order 123 Ivan P." <*7742>'
+    assert NUMBER_DIGITS not in digits(named.label_caller_id)
