@@ -1,0 +1,228 @@
+"""CallService.request: validation, lookup, policy, availability; audit and call rows for each."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from bridged.calls import CallEngine, PendingCall
+from bridged.config import Config
+from bridged.orders import LookupFailed, Order, Refusal, is_valid_code, may_call
+from bridged.redact import digits
+from bridged.service import CallService, Refused
+from tests.unit.fakes import NUMBER_TAIL, FakeAri, FakeStore, make_config, make_order, manager
+
+
+class FakeDirectory:
+    """Mirrors OrderDirectory.lookup: an Order, None for an unknown order, or LookupFailed."""
+
+    def __init__(self, orders: dict[str, Order] | None = None, *, fail: bool = False) -> None:
+        self.orders = orders or {}
+        self.fail = fail
+        self.lookups: list[str] = []
+
+    async def lookup(self, order_id: str) -> Order | None:
+        self.lookups.append(order_id)
+        if self.fail:
+            raise LookupFailed("TimeoutError")
+        return self.orders.get(order_id)
+
+
+@dataclass
+class Env:
+    config: Config
+    store: FakeStore
+    directory: FakeDirectory
+    engine: CallEngine
+    service: CallService
+    connected: dict[str, bool] = field(default_factory=lambda: {"up": True})
+
+
+def _env(config: Config | None = None, *, fail: bool = False) -> Env:
+    config = config or make_config()
+    store = FakeStore()
+    directory = FakeDirectory(
+        {
+            "123": make_order("123", manager_id="anna"),
+            "456": make_order("456", manager_id="boris"),
+            "789": make_order("789", manager_id=None),
+        },
+        fail=fail,
+    )
+    connected = {"up": True}
+    engine = CallEngine(config, FakeAri(), store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
+    service = CallService(
+        config,
+        store,  # type: ignore[arg-type]
+        directory,  # type: ignore[arg-type]
+        engine,
+        is_connected=lambda: connected["up"],
+    )
+    return Env(config, store, directory, engine, service, connected)
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    e = _env()
+    yield e
+    await e.engine.shutdown()
+    for row in e.store.rows.values():
+        assert NUMBER_TAIL not in digits(repr(row))
+    for entry in e.store.audits:
+        assert NUMBER_TAIL not in digits(repr(entry))
+
+
+@pytest.mark.parametrize("code", ["", "12a", "5557654321000", " 123", "12;DROP", "+15557654321"])
+async def test_invalid_code_is_refused_without_storing_the_input(env: Env, code: str) -> None:
+    result = await env.service.request(manager(env.config), code, direction="phone", manager_channel_id="m-1")
+    assert result == Refused(Refusal.INVALID_CODE)
+    assert env.directory.lookups == []
+    assert env.store.rows == {}
+    [entry] = env.store.audits
+    assert entry["actor"] == "anna"
+    assert entry["action"] == "call.request"
+    assert entry["outcome"] == "refused"
+    assert entry["reason"] == "invalid_code"
+    assert entry["order_id"] is None and entry["call_id"] is None
+    if code.strip():
+        assert code.strip() not in repr(entry)
+
+
+def _refused_row(env: Env, result: object, reason: Refusal, order_id: str) -> None:
+    assert isinstance(result, Refused)
+    assert result.reason is reason
+    assert result.call_id is not None
+    row = env.store.rows[result.call_id]
+    assert row["state"] == "ended"
+    assert row["outcome"] == reason.value
+    assert row["order_id"] == order_id
+    assert row["manager_id"] == "anna"
+    assert row["direction"] == "phone"
+    assert row["manager_channel_id"] is None
+    [entry] = env.store.audits
+    assert entry == {
+        "actor": "anna",
+        "action": "call.request",
+        "outcome": "refused",
+        "reason": reason.value,
+        "call_id": result.call_id,
+        "order_id": order_id,
+        "details": {},
+    }
+    assert env.engine._pending == {}
+
+
+async def test_unknown_order(env: Env) -> None:
+    result = await env.service.request(
+        manager(env.config), "999", direction="phone", manager_channel_id="m-1"
+    )
+    _refused_row(env, result, Refusal.UNKNOWN_ORDER, "999")
+    assert env.directory.lookups == ["999"]
+
+
+async def test_lookup_failure() -> None:
+    e = _env(fail=True)
+    result = await e.service.request(manager(e.config), "123", direction="phone", manager_channel_id="m-1")
+    _refused_row(e, result, Refusal.LOOKUP_FAILED, "123")
+
+
+async def test_policy_own_denies_another_managers_order(env: Env) -> None:
+    assert env.config.policy == "own"
+    result = await env.service.request(
+        manager(env.config), "456", direction="phone", manager_channel_id="m-1"
+    )
+    _refused_row(env, result, Refusal.DENIED, "456")
+
+
+async def test_policy_own_denies_an_order_without_manager(env: Env) -> None:
+    result = await env.service.request(
+        manager(env.config), "789", direction="phone", manager_channel_id="m-1"
+    )
+    _refused_row(env, result, Refusal.DENIED, "789")
+
+
+async def test_policy_team_allows_a_teammates_order() -> None:
+    e = _env(make_config(policy="team"))
+    try:
+        result = await e.service.request(manager(e.config), "456", direction="api", manager_channel_id=None)
+        assert isinstance(result, PendingCall)
+        assert e.store.rows[result.call_id]["direction"] == "api"
+    finally:
+        await e.engine.shutdown()
+
+
+def test_may_call_policies() -> None:
+    base = make_config()
+    anna = manager(base, "anna")
+    boris_order = make_order("1", manager_id="boris")
+    stranger_order = make_order("2", manager_id="zed")
+    orphan = make_order("3", manager_id=None)
+    own, team, anyone = base, make_config(policy="team"), make_config(policy="any")
+    assert may_call(own, anna, make_order("4", manager_id="anna"))
+    assert not may_call(own, anna, boris_order)
+    assert may_call(team, anna, boris_order)
+    assert not may_call(team, anna, stranger_order)
+    assert not may_call(team, anna, orphan)
+    assert may_call(anyone, anna, stranger_order) and may_call(anyone, anna, orphan)
+    # Different teams: denied under "team".
+    other = make_config(
+        policy="team", managers=(anna, type(anna)(id="boris", name="B", endpoint="b", team="south"))
+    )
+    assert not may_call(other, anna, boris_order)
+
+
+def test_is_valid_code_is_a_full_match() -> None:
+    orders = make_config().orders
+    assert is_valid_code(orders, "123")
+    assert not is_valid_code(orders, "123\n")
+    assert not is_valid_code(orders, "1234567890123")
+
+
+async def test_not_connected_is_unavailable(env: Env) -> None:
+    env.connected["up"] = False
+    result = await env.service.request(
+        manager(env.config), "123", direction="phone", manager_channel_id="m-1"
+    )
+    _refused_row(env, result, Refusal.UNAVAILABLE, "123")
+    assert env.directory.lookups == []
+
+
+async def test_success_registers_the_pending_call(env: Env) -> None:
+    anna = manager(env.config)
+    result = await env.service.request(anna, "123", direction="phone", manager_channel_id="1700000000.42")
+    assert isinstance(result, PendingCall)
+    assert result.order.id == "123"
+    assert result.manager == anna
+    assert result.manager_channel_id == "1700000000.42"
+    assert env.engine._pending[result.call_id] is result
+    row = env.store.rows[result.call_id]
+    assert row["state"] == "requested"
+    assert row["order_id"] == "123"
+    assert row["manager_id"] == "anna"
+    assert row["manager_channel_id"] == "1700000000.42"
+    assert row["outcome"] is None
+    [entry] = env.store.audits
+    assert entry["outcome"] == "accepted"
+    assert entry["call_id"] == result.call_id
+    # Each request gets its own call id.
+    again = await env.service.request(anna, "123", direction="phone", manager_channel_id=None)
+    assert isinstance(again, PendingCall) and again.call_id != result.call_id
+
+
+async def test_unknown_manager_is_audited(env: Env) -> None:
+    result = await env.service.refuse_unknown_manager("mallory")
+    assert result == Refused(Refusal.UNKNOWN_MANAGER)
+    assert env.store.audits[-1]["actor"] == "endpoint:mallory"
+    assert env.store.audits[-1]["reason"] == "unknown_manager"
+    assert env.service.manager_for_endpoint("boris") == manager(env.config, "boris")
+    assert env.service.manager_for_endpoint("mallory") is None
+
+
+def test_every_refusal_has_a_prompt() -> None:
+    e = _env()
+    prompts = {reason: e.service.prompt_for(reason) for reason in Refusal}
+    assert prompts[Refusal.DENIED] == e.config.prompts.denied
+    assert prompts[Refusal.INVALID_CODE] == e.config.prompts.invalid_code
+    assert all(prompts.values())
