@@ -130,3 +130,7 @@ def trace_dir(request: pytest.FixtureRequest) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+# bridged-as-a-subprocess fixtures shared by the end-to-end tests.
+from .harness import make_bridged, shop  # noqa: E402, F401

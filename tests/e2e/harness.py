@@ -12,14 +12,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from rig import Asterisk, Postgres
+from rig import Asterisk, Postgres, Sipp
+from rig.asterisk import manager_endpoint_conf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHOP_DB = "shop"
@@ -30,6 +32,16 @@ SHOP_NUMBER_DIGITS = "15550100"
 _ports = itertools.count(4600)
 _numbers = itertools.count(1)
 _orders = itertools.count(1000)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -103,6 +115,8 @@ class Bridged:
     announcement: str | None = None
     ring_timeout: int = 30
     teams: dict[str, str] = field(default_factory=dict)
+    # Merged over the generated config (nested mappings merge, other values replace).
+    extra: dict[str, Any] = field(default_factory=dict)
     app: str = ""
     agi_port: int = 0
     http_port: int = 0
@@ -141,15 +155,23 @@ class Bridged:
                 for m in self.managers
             ],
             "policy": self.policy,
-            "trunk": {"dial": "PJSIP/{number}@carrier", "caller_id": SHOP_CALLER_ID, "ring_timeout": self.ring_timeout},
-            "recording": {"enabled": self.recording, "format": "wav", "announcement": self.announcement or ""},
+            "trunk": {
+                "dial": "PJSIP/{number}@carrier",
+                "caller_id": SHOP_CALLER_ID,
+                "ring_timeout": self.ring_timeout,
+            },
+            "recording": {
+                "enabled": self.recording,
+                "format": "wav",
+                "announcement": self.announcement or "",
+            },
             "agi": {"host": "127.0.0.1", "port": self.agi_port},
             "http": {"host": "127.0.0.1", "port": self.http_port},
             "logging": {"level": "DEBUG"},
         }
 
     def start(self, timeout: float = 20.0) -> None:
-        self.config_path.write_text(yaml.safe_dump(self.config()))
+        self.config_path.write_text(yaml.safe_dump(_merge(self.config(), self.extra)))
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         self.proc = subprocess.Popen(
@@ -210,3 +232,126 @@ class Bridged:
             "SELECT coalesce(json_agg(c), '[]')::text FROM calls c UNION ALL"
             " SELECT coalesce(json_agg(a), '[]')::text FROM audit a"
         )
+
+
+# -- fixtures and SIPp helpers shared by the end-to-end tests ---------------------------------------
+
+CARRIER = ("127.0.0.2", 5060)
+
+
+@pytest.fixture(scope="session")
+def shop(postgres: Postgres) -> Postgres:
+    setup_shop(postgres)
+    return postgres
+
+
+@pytest.fixture
+def make_bridged(
+    asterisk: Asterisk, shop: Postgres, trace_dir: Path, unique_name, rig_alloc
+) -> Iterator[Callable[..., Bridged]]:
+    started: list[Bridged] = []
+    endpoint_files: list[str] = []
+
+    def make(manager_ids: tuple[str, ...] = ("anna",), **options) -> Bridged:
+        phones = [
+            ManagerPhone(
+                id=f"{m}{rig_alloc.unique_name('')}",
+                endpoint=unique_name("mgr"),
+                sip_port=rig_alloc.sip_port(),
+                rtp_port=rig_alloc.rtp_port(),
+            )
+            for m in manager_ids
+        ]
+        daemon = Bridged(asterisk, shop, trace_dir, phones, **options)
+        conf = "\n".join(
+            manager_endpoint_conf(p.endpoint, p.sip_port, set_vars={"BRIDGED_AGI": daemon.agi_url})
+            for p in phones
+        )
+        file_name = f"test_{phones[0].endpoint}"
+        asterisk.add_endpoints(file_name, conf)
+        endpoint_files.append(file_name)
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+    for name in endpoint_files:
+        asterisk.remove_endpoints(name)
+
+
+def dial(
+    manager: ManagerPhone,
+    trace_dir: Path,
+    code: str,
+    *,
+    hold_ms: int = 4000,
+    dtmf: str = "",
+    timeout_s: int = 60,
+) -> Sipp:
+    return Sipp.start(
+        "manager_call",
+        local_ip="127.0.0.1",
+        local_port=manager.sip_port,
+        remote="127.0.0.1:5060",
+        service=code,
+        keys={"user": manager.endpoint, "hold_ms": str(hold_ms), "dtmf": dtmf},
+        trace_dir=trace_dir,
+        rtp_port=manager.rtp_port,
+        timeout_s=timeout_s,
+        name=f"manager_{manager.endpoint}",
+    )
+
+
+def carrier(
+    trace_dir: Path,
+    rig_alloc,
+    scenario: str = "carrier_answer",
+    *,
+    hold_ms: int = 30000,
+    ring_ms: int = 300,
+    timeout_s: int = 60,
+) -> Sipp:
+    sipp = Sipp.start(
+        scenario,
+        local_ip=CARRIER[0],
+        local_port=CARRIER[1],
+        keys={"hold_ms": str(hold_ms), "ring_ms": str(ring_ms)},
+        trace_dir=trace_dir,
+        rtp_port=rig_alloc.rtp_port(),
+        timeout_s=timeout_s,
+        name=f"carrier_{scenario}",
+    )
+    sipp.wait_listening()
+    return sipp
+
+
+def invites(trace: str) -> list[str]:
+    """The INVITE requests in a SIPp message trace (whole messages)."""
+    return [m for m in re.split(r"\n(?=-+ )", trace) if re.search(r"^INVITE sip:", m, re.M)]
+
+
+def sox_rms(path: Path) -> float:
+    out = subprocess.run(["sox", str(path), "-n", "stat"], capture_output=True, text=True, check=True).stderr
+    match = re.search(r"RMS\s+amplitude:\s+([0-9.]+)", out)
+    assert match, out
+    return float(match[1])
+
+
+def assert_not_leaked(number: str, **texts: str) -> None:
+    for where, text in texts.items():
+        leaks = number_leaks(text, number)
+        assert not leaks, f"customer number reached {where}: {leaks[:3]}"
+
+
+def no_carrier_invite(carrier_sipp: Sipp) -> bool:
+    return not invites(carrier_sipp.messages())
+
+
+def finish(*sipps: Sipp, timeout: float = 60) -> None:
+    for sipp in sipps:
+        try:
+            sipp.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            sipp.stop()

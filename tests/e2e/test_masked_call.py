@@ -10,128 +10,27 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from rig import Asterisk, Postgres, Sipp
-from rig.asterisk import manager_endpoint_conf
+from rig import Asterisk, Sipp
 
-from .harness import (
+from .harness import (  # noqa: F401 - fixtures
     SHOP_NUMBER_DIGITS,
     Bridged,
     ManagerPhone,
     add_order,
+    assert_not_leaked,
+    carrier,
+    dial,
+    invites,
     new_customer_number,
     new_order_id,
-    number_leaks,
-    setup_shop,
+    no_carrier_invite,
+    sox_rms,
     wait_for,
 )
-
-CARRIER = ("127.0.0.2", 5060)
-
-
-@pytest.fixture(scope="session")
-def shop(postgres: Postgres) -> Postgres:
-    setup_shop(postgres)
-    return postgres
-
-
-@pytest.fixture
-def make_bridged(
-    asterisk: Asterisk, shop: Postgres, trace_dir: Path, unique_name, rig_alloc
-) -> Iterator[Callable[..., Bridged]]:
-    started: list[Bridged] = []
-    endpoint_files: list[str] = []
-
-    def make(manager_ids: tuple[str, ...] = ("anna",), **options) -> Bridged:
-        phones = [
-            ManagerPhone(id=f"{m}{rig_alloc.unique_name('')}", endpoint=unique_name("mgr"),
-                         sip_port=rig_alloc.sip_port(), rtp_port=rig_alloc.rtp_port())
-            for m in manager_ids
-        ]
-        daemon = Bridged(asterisk, shop, trace_dir, phones, **options)
-        conf = "\n".join(
-            manager_endpoint_conf(p.endpoint, p.sip_port, set_vars={"BRIDGED_AGI": daemon.agi_url}) for p in phones
-        )
-        file_name = f"test_{phones[0].endpoint}"
-        asterisk.add_endpoints(file_name, conf)
-        endpoint_files.append(file_name)
-        daemon.start()
-        started.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in started:
-        daemon.stop()
-    for name in endpoint_files:
-        asterisk.remove_endpoints(name)
-
-
-def dial(manager: ManagerPhone, trace_dir: Path, code: str, *, hold_ms: int = 4000, dtmf: str = "",
-         timeout_s: int = 60) -> Sipp:
-    return Sipp.start(
-        "manager_call",
-        local_ip="127.0.0.1",
-        local_port=manager.sip_port,
-        remote="127.0.0.1:5060",
-        service=code,
-        keys={"user": manager.endpoint, "hold_ms": str(hold_ms), "dtmf": dtmf},
-        trace_dir=trace_dir,
-        rtp_port=manager.rtp_port,
-        timeout_s=timeout_s,
-        name=f"manager_{manager.endpoint}",
-    )
-
-
-def carrier(trace_dir: Path, rig_alloc, scenario: str = "carrier_answer", *, hold_ms: int = 30000,
-            ring_ms: int = 300, timeout_s: int = 60) -> Sipp:
-    sipp = Sipp.start(
-        scenario,
-        local_ip=CARRIER[0],
-        local_port=CARRIER[1],
-        keys={"hold_ms": str(hold_ms), "ring_ms": str(ring_ms)},
-        trace_dir=trace_dir,
-        rtp_port=rig_alloc.rtp_port(),
-        timeout_s=timeout_s,
-        name=f"carrier_{scenario}",
-    )
-    sipp.wait_listening()
-    return sipp
-
-
-def invites(trace: str) -> list[str]:
-    """The INVITE requests in a SIPp message trace (whole messages)."""
-    return [m for m in re.split(r"\n(?=-+ )", trace) if re.search(r"^INVITE sip:", m, re.M)]
-
-
-def sox_rms(path: Path) -> float:
-    out = subprocess.run(["sox", str(path), "-n", "stat"], capture_output=True, text=True, check=True).stderr
-    match = re.search(r"RMS\s+amplitude:\s+([0-9.]+)", out)
-    assert match, out
-    return float(match[1])
-
-
-def assert_not_leaked(number: str, **texts: str) -> None:
-    for where, text in texts.items():
-        leaks = number_leaks(text, number)
-        assert not leaks, f"customer number reached {where}: {leaks[:3]}"
-
-
-def no_carrier_invite(carrier_sipp: Sipp) -> bool:
-    return not invites(carrier_sipp.messages())
-
-
-def finish(*sipps: Sipp, timeout: float = 60) -> None:
-    for sipp in sipps:
-        try:
-            sipp.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            sipp.stop()
-
 
 # -- the call ---------------------------------------------------------------------------------------
 
@@ -162,9 +61,15 @@ def test_dialled_code_reaches_customer_and_never_leaks_the_number(
     # carried it in P-Asserted-Identity and Remote-Party-ID to a trunk that trusts them.
     manager_trace = phone.messages()
     assert f"Order {order}" in manager_trace, "the manager's phone was never shown the order label"
-    assert "P-Asserted-Identity" in carrier_trace and number.lstrip("+") in re.sub(r"[^\d]", "", carrier_trace)
-    assert_not_leaked(number, manager_sip_trace=manager_trace, daemon_log=daemon.log_text(),
-                      daemon_database=daemon.dump_database())
+    assert "P-Asserted-Identity" in carrier_trace and number.lstrip("+") in re.sub(
+        r"[^\d]", "", carrier_trace
+    )
+    assert_not_leaked(
+        number,
+        manager_sip_trace=manager_trace,
+        daemon_log=daemon.log_text(),
+        daemon_database=daemon.dump_database(),
+    )
 
     # The row: completed, ended by the manager, with a duration and a recording with sound in it.
     rows = wait_for(lambda: [r for r in daemon.call_rows(anna.id) if r["state"] == "ended"], 10, "ended row")
@@ -196,7 +101,9 @@ def test_customer_hangs_up_first(make_bridged, asterisk: Asterisk, trace_dir: Pa
     # The manager's phone is hung up by bridged (it would otherwise hold for 40 s).
     assert phone.wait(timeout=15) == 0, phone.describe()
     assert re.search(r"^BYE sip:", phone.messages(), re.M), "manager never received BYE"
-    row = wait_for(lambda: [r for r in daemon.call_rows(boris.id) if r["state"] == "ended"], 10, "ended row")[-1]
+    row = wait_for(lambda: [r for r in daemon.call_rows(boris.id) if r["state"] == "ended"], 10, "ended row")[
+        -1
+    ]
     assert (row["outcome"], row["ended_by"]) == ("completed", "customer"), row
     assert row["duration"] and row["duration"] > 1
     wait_for(lambda: not json.loads(asterisk.ari_get("/channels")), 5, "no channels left")
@@ -215,7 +122,9 @@ def test_star77_then_dtmf_order_code(make_bridged, trace_dir: Path, rig_alloc) -
     customer.wait(timeout=20)
     received = invites(customer.messages())
     assert received and re.search(rf"^INVITE sip:{re.escape(number)}@", received[0], re.M)
-    row = wait_for(lambda: [r for r in daemon.call_rows(carla.id) if r["state"] == "ended"], 10, "ended row")[-1]
+    row = wait_for(lambda: [r for r in daemon.call_rows(carla.id) if r["state"] == "ended"], 10, "ended row")[
+        -1
+    ]
     assert row["order_id"] == order and row["outcome"] == "completed", row
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
 
@@ -246,7 +155,9 @@ def test_policy_own_refuses_another_managers_order(make_bridged, asterisk, trace
     add_order(daemon.postgres, order, number, "Anna Orlova", egor.id)
 
     phone = _refused_call(daemon, dora, f"*77{order}", trace_dir, rig_alloc)
-    assert wait_for(lambda: _prompt_played(asterisk, dora.endpoint, "feature-not-avail-line"), 5, "denied prompt")
+    assert wait_for(
+        lambda: _prompt_played(asterisk, dora.endpoint, "feature-not-avail-line"), 5, "denied prompt"
+    )
     audit = daemon.audit_rows(dora.id)
     assert [(a["action"], a["outcome"], a["reason"], a["order_id"]) for a in audit] == [
         ("call.request", "refused", "denied", order)
@@ -263,7 +174,9 @@ def test_unknown_and_malformed_codes_are_refused_and_the_next_call_works(
     fedor = daemon.managers[0]
     missing = new_order_id()
     _refused_call(daemon, fedor, f"*77{missing}", trace_dir / "unknown", rig_alloc)
-    assert wait_for(lambda: _prompt_played(asterisk, fedor.endpoint, "pbx-invalid"), 5, "unknown-order prompt")
+    assert wait_for(
+        lambda: _prompt_played(asterisk, fedor.endpoint, "pbx-invalid"), 5, "unknown-order prompt"
+    )
     _refused_call(daemon, fedor, "*7712AB", trace_dir / "malformed", rig_alloc)
     assert wait_for(lambda: _prompt_played(asterisk, fedor.endpoint, "invalid"), 5, "malformed prompt")
     reasons = [(a["outcome"], a["reason"]) for a in daemon.audit_rows(fedor.id)]
@@ -286,7 +199,9 @@ def test_unreachable_order_database_gives_a_prompt(make_bridged, asterisk, trace
     order = new_order_id()
     for attempt in ("first", "second"):
         _refused_call(daemon, gleb, f"*77{order}", trace_dir / attempt, rig_alloc)
-    assert wait_for(lambda: _prompt_played(asterisk, gleb.endpoint, "sorry-youre-having-problems"), 5, "prompt")
+    assert wait_for(
+        lambda: _prompt_played(asterisk, gleb.endpoint, "sorry-youre-having-problems"), 5, "prompt"
+    )
     reasons = [a["reason"] for a in daemon.audit_rows(gleb.id)]
     assert reasons == ["lookup_failed", "lookup_failed"], reasons
     assert daemon.alive() and daemon.healthy()
@@ -294,7 +209,10 @@ def test_unreachable_order_database_gives_a_prompt(make_bridged, asterisk, trace
 
 @pytest.mark.parametrize(
     ("scenario", "outcome", "prompt"),
-    [("carrier_busy", "customer_busy", "vm-isonphone"), ("carrier_noanswer", "customer_no_answer", "vm-nobodyavail")],
+    [
+        ("carrier_busy", "customer_busy", "vm-isonphone"),
+        ("carrier_noanswer", "customer_no_answer", "vm-nobodyavail"),
+    ],
 )
 def test_customer_busy_or_not_answering(
     make_bridged, asterisk, trace_dir, rig_alloc, scenario: str, outcome: str, prompt: str
@@ -309,7 +227,9 @@ def test_customer_busy_or_not_answering(
     assert customer.wait(timeout=20) == 0, customer.describe()
     assert invites(customer.messages())
     assert wait_for(lambda: _prompt_played(asterisk, hanna.endpoint, prompt), 5, f"{prompt} prompt")
-    row = wait_for(lambda: [r for r in daemon.call_rows(hanna.id) if r["state"] == "ended"], 10, "ended row")[-1]
+    row = wait_for(lambda: [r for r in daemon.call_rows(hanna.id) if r["state"] == "ended"], 10, "ended row")[
+        -1
+    ]
     assert row["outcome"] == outcome, row
     assert row["answered_at"] is None
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
@@ -340,7 +260,9 @@ def test_daemon_killed_while_bridged_call_goes_on_and_row_is_finalized(
     assert phone.wait(timeout=40) == 0, phone.describe()
     assert customer.wait(timeout=10) == 0, customer.describe()
     assert re.search(r"^BYE sip:", customer.messages(), re.M), "customer leg was not hung up"
-    row = wait_for(lambda: [r for r in daemon.call_rows(ivan.id) if r["state"] == "ended"], 10, "ended row")[-1]
+    row = wait_for(lambda: [r for r in daemon.call_rows(ivan.id) if r["state"] == "ended"], 10, "ended row")[
+        -1
+    ]
     assert (row["outcome"], row["ended_by"]) == ("completed", "manager"), row
     assert row["duration"] and row["duration"] > 5, row
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
