@@ -1,0 +1,277 @@
+"""The FastAGI server, spoken to over loopback the way Asterisk does, with a fake CallService."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+
+import pytest
+
+from bridged.agi import AgiServer
+from bridged.calls import PendingCall
+from bridged.config import AgiConfig, Config, Manager
+from bridged.orders import Refusal
+from bridged.service import CallService, Refused
+from tests.unit.fakes import make_config, make_order, wait_until
+
+CALL_ID = "c0ffeec0ffee"
+
+
+class FakeService:
+    """Mirrors the CallService surface the AGI handler uses; records every request."""
+
+    def __init__(self, config: Config, refuse: Refusal | None = None) -> None:
+        self.config = config
+        self.refuse = refuse
+        self.requests: list[tuple[str, str, str, str | None]] = []
+        self.unknown: list[str] = []
+
+    def manager_for_endpoint(self, endpoint: str) -> Manager | None:
+        return self.config.manager_by_endpoint(endpoint)
+
+    async def refuse_unknown_manager(self, endpoint: str) -> Refused:
+        self.unknown.append(endpoint)
+        return Refused(Refusal.UNKNOWN_MANAGER)
+
+    async def request(
+        self, manager: Manager, code: str, *, direction: str, manager_channel_id: str | None
+    ) -> PendingCall | Refused:
+        self.requests.append((manager.id, code, direction, manager_channel_id))
+        if not code:
+            return Refused(Refusal.INVALID_CODE)
+        if self.refuse is not None:
+            return Refused(self.refuse, "refused-call")
+        return PendingCall(
+            call_id=CALL_ID,
+            order=make_order(code),
+            manager=manager,
+            direction=direction,
+            manager_channel_id=manager_channel_id,
+        )
+
+    def prompt_for(self, reason: Refusal) -> str:
+        return CallService.prompt_for(self, reason)  # type: ignore[arg-type]
+
+
+class TrackedAgiServer(AgiServer):
+    """Counts finished connections, so a test can tell a handler returned (did not hang or spin)."""
+
+    def __init__(self, config: Config, service: FakeService) -> None:
+        super().__init__(config, service)  # type: ignore[arg-type]
+        self.finished = 0
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await super()._connection(reader, writer)
+        finally:
+            self.finished += 1
+
+
+@dataclass
+class Agi:
+    server: TrackedAgiServer
+    service: FakeService
+    port: int
+
+
+async def _start(refuse: Refusal | None = None) -> Agi:
+    config = replace(make_config(), agi=AgiConfig(host="127.0.0.1", port=0))
+    service = FakeService(config, refuse)
+    server = TrackedAgiServer(config, service)
+    await server.start()
+    assert server._server is not None
+    port = server._server.sockets[0].getsockname()[1]
+    return Agi(server, service, port)
+
+
+@pytest.fixture
+async def agi() -> AsyncIterator[Agi]:
+    a = await _start()
+    yield a
+    await a.server.stop()
+
+
+def _headers(**extra: str) -> dict[str, str]:
+    headers = {
+        "agi_network": "yes",
+        "agi_network_script": "order",
+        "agi_request": "agi://127.0.0.1:4573/order",
+        "agi_channel": "PJSIP/anna-00000001",
+        "agi_language": "en",
+        "agi_type": "PJSIP",
+        "agi_uniqueid": "1767261600.17",
+        "agi_version": "22.0.0",
+        "agi_callerid": "201",
+        "agi_calleridname": "Anna",
+        "agi_context": "managers",
+        "agi_extension": "*77123",
+        "agi_priority": "2",
+        "agi_enhanced": "0.0",
+        "agi_accountcode": "",
+        "agi_threadid": "140000000000000",
+        "agi_arg_1": "123",
+    }
+    headers.update(extra)
+    return {k: v for k, v in headers.items() if v is not None}
+
+
+def default_answers(endpoint: str = "anna", digits: str = "123") -> Callable[[str], str]:
+    def answer(command: str) -> str:
+        if command == "GET VARIABLE CHANNEL(endpoint)":
+            return f"200 result=1 ({endpoint})" if endpoint else "200 result=0"
+        if command.startswith("GET DATA "):
+            return f"200 result={digits}" if digits else "200 result= (timeout)"
+        if command.startswith("SET VARIABLE "):
+            return "200 result=1"
+        return "510 Invalid or unknown command"
+
+    return answer
+
+
+async def session(
+    port: int, headers: dict[str, str], answer: Callable[[str], str] | None = None
+) -> list[str]:
+    """One FastAGI session as Asterisk runs it; returns the commands the server sent."""
+    answer = answer or default_answers()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for key, value in headers.items():
+            writer.write(f"{key}: {value}\n".encode())
+        writer.write(b"\n")
+        await writer.drain()
+        commands: list[str] = []
+        while True:
+            line = await asyncio.wait_for(reader.readline(), timeout=2)
+            if not line:
+                return commands
+            command = line.decode().rstrip("\n")
+            commands.append(command)
+            writer.write((answer(command) + "\n").encode())
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+def _set_vars(commands: list[str]) -> list[str]:
+    return [c for c in commands if c.startswith("SET VARIABLE ")]
+
+
+async def test_accepted_call_hands_over_to_stasis(agi: Agi) -> None:
+    commands = await session(agi.port, _headers())
+    assert commands[0] == "GET VARIABLE CHANNEL(endpoint)"
+    assert _set_vars(commands) == [
+        'SET VARIABLE BRIDGED_APP "bridged"',
+        f'SET VARIABLE BRIDGED_CALL "{CALL_ID}"',
+        'SET VARIABLE BRIDGED_RESULT "ok"',
+    ]
+    assert not any(c.startswith("GET DATA") for c in commands)
+    assert agi.service.requests == [("anna", "123", "phone", "1767261600.17")]
+    await asyncio.wait_for(_finished(agi, 1), timeout=2)
+
+
+async def _finished(agi: Agi, count: int) -> None:
+    await wait_until(lambda: agi.server.finished >= count, what=f"{count} finished connection(s)")
+
+
+async def test_refused_call_sets_prompt() -> None:
+    agi = await _start(refuse=Refusal.DENIED)
+    try:
+        commands = await session(agi.port, _headers())
+    finally:
+        await agi.server.stop()
+    assert _set_vars(commands) == [
+        'SET VARIABLE BRIDGED_PROMPT "im-sorry&feature-not-avail-line"',
+        'SET VARIABLE BRIDGED_RESULT "refused"',
+    ]
+
+
+async def test_unknown_endpoint_is_refused(agi: Agi) -> None:
+    commands = await session(
+        agi.port, _headers(agi_channel="PJSIP/mallory-0000000a"), default_answers("mallory")
+    )
+    assert agi.service.unknown == ["mallory"]
+    assert agi.service.requests == []
+    assert _set_vars(commands) == [
+        'SET VARIABLE BRIDGED_PROMPT "ss-noservice"',
+        'SET VARIABLE BRIDGED_RESULT "refused"',
+    ]
+
+
+async def test_endpoint_falls_back_to_the_channel_name(agi: Agi) -> None:
+    commands = await session(agi.port, _headers(agi_channel="PJSIP/boris-0000001f"), default_answers(""))
+    assert agi.service.requests == [("boris", "123", "phone", "1767261600.17")]
+    assert _set_vars(commands)[-1] == 'SET VARIABLE BRIDGED_RESULT "ok"'
+
+
+async def test_missing_code_is_asked_for_with_get_data(agi: Agi) -> None:
+    headers = _headers()
+    del headers["agi_arg_1"]
+    commands = await session(agi.port, headers, default_answers(digits="456"))
+    assert "GET DATA vm-enter-num-to-call 8000 16" in commands
+    assert agi.service.requests == [("anna", "456", "phone", "1767261600.17")]
+    assert _set_vars(commands)[-1] == 'SET VARIABLE BRIDGED_RESULT "ok"'
+
+
+async def test_get_data_timeout_is_an_empty_code(agi: Agi) -> None:
+    commands = await session(agi.port, _headers(agi_arg_1=""), default_answers(digits=""))
+    assert any(c.startswith("GET DATA ") for c in commands)
+    assert agi.service.requests == [("anna", "", "phone", "1767261600.17")]
+    assert _set_vars(commands) == [
+        'SET VARIABLE BRIDGED_PROMPT "invalid"',
+        'SET VARIABLE BRIDGED_RESULT "refused"',
+    ]
+
+
+async def test_unknown_script_gets_no_commands(agi: Agi) -> None:
+    commands = await session(agi.port, _headers(agi_network_script="other"))
+    assert commands == []
+    assert agi.service.requests == []
+
+
+async def test_peer_closing_before_the_blank_line(agi: Agi) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", agi.port)
+    writer.write(b"agi_network: yes\nagi_network_script: order\nagi_channel: PJSIP/anna-00000001\n")
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.wait_for(_finished(agi, 1), timeout=2)
+    assert agi.service.requests == []
+    # The server still serves the next caller.
+    commands = await session(agi.port, _headers())
+    assert _set_vars(commands)[-1] == 'SET VARIABLE BRIDGED_RESULT "ok"'
+
+
+async def test_peer_hanging_up_mid_command(agi: Agi) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", agi.port)
+    for key, value in _headers().items():
+        writer.write(f"{key}: {value}\n".encode())
+    writer.write(b"\n")
+    await writer.drain()
+    first = await asyncio.wait_for(reader.readline(), timeout=2)
+    assert first == b"GET VARIABLE CHANNEL(endpoint)\n"
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.wait_for(_finished(agi, 1), timeout=2)
+    assert agi.service.requests == []
+
+
+async def test_oversized_headers_are_dropped(agi: Agi) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", agi.port)
+    try:
+        writer.write(b"agi_network_script: order\n")
+        for i in range(2000):
+            writer.write(f"agi_junk_{i}: {'x' * 40}\n".encode())
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass  # the server may close (and reset) before all of it is sent
+        await _finished(agi, 1)
+        try:
+            rest = await asyncio.wait_for(reader.read(), timeout=2)
+        except ConnectionError:
+            rest = b""
+        assert rest == b""
+    finally:
+        writer.close()
+    assert agi.service.requests == []
