@@ -239,6 +239,11 @@ class AriClient:
         _, result = await self._call_or_missing("get_channel", {"channelId": channel_id})
         return result
 
+    async def get_endpoint(self, tech: str, resource: str) -> dict[str, Any] | None:
+        """An endpoint's snapshot (``state``: online/offline/unknown, ``channel_ids``), None if unknown."""
+        _, result = await self._call_or_missing("get_endpoint", {"tech": tech, "resource": resource})
+        return result
+
     async def originate(
         self,
         *,

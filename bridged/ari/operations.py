@@ -115,6 +115,8 @@ OPERATIONS: dict[str, Operation] = {
         optional=("maxDurationSeconds", "maxSilenceSeconds", "ifExists", "beep", "terminateOn"),
     ),
     # applications.json
+    # endpoints.json
+    "get_endpoint": _op("GET", "/endpoints/{tech}/{resource}"),
     "get_application": _op("GET", "/applications/{applicationName}"),
     "subscribe": _op("POST", "/applications/{applicationName}/subscription", required=("eventSource",)),
     # recordings.json
