@@ -47,7 +47,7 @@ TRANSITIONS: dict[CallState, frozenset[CallState]] = {
     CallState.REQUESTED: frozenset(
         {CallState.RINGING_MANAGER, CallState.RINGING_CUSTOMER, CallState.REFUSING, CallState.ENDED}
     ),
-    CallState.RINGING_MANAGER: frozenset({CallState.RINGING_CUSTOMER, CallState.ENDED}),
+    CallState.RINGING_MANAGER: frozenset({CallState.RINGING_CUSTOMER, CallState.REFUSING, CallState.ENDED}),
     CallState.RINGING_CUSTOMER: frozenset(
         {CallState.ANNOUNCING, CallState.BRIDGED, CallState.REFUSING, CallState.ENDED}
     ),
@@ -68,11 +68,16 @@ class Outcome(StrEnum):
     MANAGER_ABANDONED = "manager_abandoned"
     MANAGER_NO_ANSWER = "manager_no_answer"
     MANAGER_UNAVAILABLE = "manager_unavailable"
+    CANCELLED = "cancelled"
     FAILED = "failed"
 
 
 class InvalidTransition(Exception):
     pass
+
+
+class ManagerLegFailed(Exception):
+    """The manager's phone could not be called (HTTP path)."""
 
 
 # Q.850 causes of a customer leg that never answered.
@@ -92,6 +97,14 @@ _DIALSTATUS_OUTCOMES = {
     "CONGESTION": Outcome.CUSTOMER_CONGESTION,
     "CHANUNAVAIL": Outcome.CUSTOMER_UNAVAILABLE,
 }
+
+
+# Causes of a manager leg (HTTP path) that was not answered: rang out, declined or busy.
+_MANAGER_NO_ANSWER_CAUSES = {16, 17, 18, 19, 21}
+
+
+def manager_outcome_for_unanswered(cause: int | None) -> Outcome:
+    return Outcome.MANAGER_NO_ANSWER if cause in _MANAGER_NO_ANSWER_CAUSES else Outcome.MANAGER_UNAVAILABLE
 
 
 def outcome_for_unanswered(cause: int | None, dialstatus: str | None) -> Outcome:
@@ -129,6 +142,10 @@ class Call:
     manager_up: bool = False
     prompt_playback_id: str | None = None
     announcement_playback_id: str | None = None
+    ringback_playback_id: str | None = None
+    manager_cause: int | None = None
+    # Resolved once the manager leg of an HTTP-triggered call has been originated (or not).
+    started: asyncio.Future[None] | None = None
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
 
@@ -194,6 +211,8 @@ class CallEngine:
         self._orphans: set[asyncio.Task[Any]] = set()
         self._seq = itertools.count(1)
         self.reconnects = 0
+        # Called with (call, state) after every persisted state change, e.g. to queue webhooks.
+        self.listeners: list[Callable[[Call, CallState], None]] = []
 
     # -- intake ----------------------------------------------------------------------------------
 
@@ -203,6 +222,35 @@ class CallEngine:
             if now - old.created > self.PENDING_TTL:
                 del self._pending[call_id]
         self._pending[pending.call_id] = pending
+
+    async def start_api_call(self, pending: PendingCall) -> Call:
+        """HTTP path: ring the manager first; the customer is dialled once the manager answers.
+
+        Returns when the manager leg has been originated; raises :class:`ManagerLegFailed` if it
+        could not be.
+        """
+        call = Call(
+            id=pending.call_id,
+            manager=pending.manager,
+            order_id=pending.order.id,
+            direction=pending.direction,
+            order=pending.order,
+            manager_channel_id=f"{pending.call_id}-manager",
+        )
+        self._pending.pop(pending.call_id, None)
+        call.started = asyncio.get_running_loop().create_future()
+        self._register(call)
+        call.queue.put_nowait({"type": "OriginateManager"})
+        await asyncio.shield(call.started)
+        return call
+
+    def terminate(self, call_id: str) -> bool:
+        """End a live call on request (HTTP DELETE); False if this daemon has no such live call."""
+        call = self.calls.get(call_id)
+        if call is None or call.state is CallState.ENDED:
+            return False
+        call.queue.put_nowait({"type": "Terminate"})
+        return True
 
     def on_event(self, event: dict[str, Any]) -> None:
         """Called by the websocket reader for every event; never blocks."""
@@ -299,6 +347,13 @@ class CallEngine:
 
         if kind == "StasisStart" and is_manager and call.state is CallState.REQUESTED:
             await self._on_manager_ready(call)
+        elif kind == "StasisStart" and is_manager and call.state is CallState.RINGING_MANAGER:
+            call.manager_up = True
+            await self._on_manager_ready(call)
+        elif kind == "OriginateManager":
+            await self._originate_manager(call)
+        elif kind == "Terminate":
+            await self._terminate(call)
         elif kind == "StasisStart" and is_customer:
             await self._on_customer_answered(call)
         elif kind == "Dial" and _channel_id(event, "peer") == call.customer_channel_id:
@@ -321,6 +376,10 @@ class CallEngine:
             cause = event.get("cause")
             if isinstance(cause, int) and is_customer and call.hangup_cause is None:
                 call.hangup_cause = cause
+            if isinstance(cause, int) and is_manager and call.manager_cause is None:
+                call.manager_cause = cause
+                if call.state is CallState.RINGING_MANAGER:
+                    call.hangup_cause = cause
             await self._on_leg_gone(call, "manager" if is_manager else "customer", kind or "")
         elif kind == "Reconcile":
             await self._on_reconcile(call, event["alive"], event["states"])
@@ -332,6 +391,11 @@ class CallEngine:
             raise InvalidTransition(f"{call.state} -> {new}")
         log.info("call %s state %s -> %s", call.id, call.state, new)
         call.state = new
+        for listener in self.listeners:
+            try:
+                listener(call, new)
+            except Exception:
+                log.exception("call %s: state listener failed", call.id)
 
     async def _persist_state(self, call: Call) -> None:
         await self.store.set_state(call.id, call.state.value)
@@ -339,12 +403,9 @@ class CallEngine:
     async def _on_manager_ready(self, call: Call) -> None:
         manager_channel = call.manager_channel_id
         assert manager_channel is not None and call.order is not None
-        await self._label_manager(call)
-        if not call.manager_up:
-            try:
-                await self.ari.ring(manager_channel)
-            except AriError as exc:
-                log.debug("call %s: ring indication failed: %s", call.id, exc)
+        if call.direction == "phone":
+            await self._label_manager(call)
+        await self._ringback(call)
         if not self.is_connected():
             await self._refuse(call, Outcome.FAILED, self.config.prompts.unavailable)
             return
@@ -369,6 +430,65 @@ class CallEngine:
             await self._refuse(call, Outcome.CUSTOMER_UNAVAILABLE, self.config.prompts.customer_unavailable)
             return
         log.info("call %s: customer leg %s originated", call.id, call.customer_channel_id)
+
+    async def _ringback(self, call: Call) -> None:
+        """Let the manager hear that the customer is being called."""
+        channel = call.manager_channel_id or ""
+        try:
+            if call.manager_up:
+                call.ringback_playback_id = f"{call.id}-ringback-{next(self._seq)}"
+                await self.ari.play(channel, "tone:ring", playback_id=call.ringback_playback_id)
+            else:
+                await self.ari.ring(channel)
+        except AriError as exc:
+            log.debug("call %s: ringback failed: %s", call.id, exc)
+
+    async def _stop_ringback(self, call: Call) -> None:
+        if call.ringback_playback_id:
+            playback_id, call.ringback_playback_id = call.ringback_playback_id, None
+            try:
+                await self.ari.stop_playback(playback_id)
+            except AriError as exc:
+                log.debug("call %s: stopping ringback failed: %s", call.id, exc)
+
+    async def _originate_manager(self, call: Call) -> None:
+        assert call.started is not None
+        self._transition(call, CallState.RINGING_MANAGER)
+        try:
+            await self.store.set_channels(call.id, manager_channel_id=call.manager_channel_id)
+            await self._persist_state(call)
+            await self.ari.originate(
+                endpoint=f"PJSIP/{call.manager.endpoint}",
+                app=self.config.ari.app,
+                app_args=f"manager,{call.id}",
+                channel_id=call.manager_channel_id,
+                # The manager's phone shows the order label as the caller; its number part redials the order.
+                caller_id=call.label_caller_id,
+                timeout=self.config.api.manager_ring_timeout,
+                variables={LABEL_VAR: call.label_caller_id, "CONNECTED_LINE_SEND_SUB": LABEL_SUB},
+            )
+        except AriError as exc:
+            log.warning("call %s: manager leg could not be originated: %s", call.id, exc)
+            call.ended_by = "bridged"
+            await self._finish(call, Outcome.MANAGER_UNAVAILABLE)
+            if not call.started.done():
+                call.started.set_exception(ManagerLegFailed(str(exc)))
+            return
+        if not call.started.done():
+            call.started.set_result(None)
+        log.info("call %s: manager leg %s originated", call.id, call.manager_channel_id)
+
+    async def _terminate(self, call: Call) -> None:
+        if call.state is CallState.ENDED:
+            return
+        call.ended_by = "api"
+        if call.state is CallState.BRIDGED:
+            outcome = Outcome.COMPLETED
+        elif call.state is CallState.REFUSING:
+            outcome = call.outcome or Outcome.CANCELLED
+        else:
+            outcome = Outcome.CANCELLED
+        await self._finish(call, outcome)
 
     async def _label_manager(self, call: Call) -> None:
         """Everything the manager's phone is told about the other side is the order label."""
@@ -398,6 +518,7 @@ class CallEngine:
     async def _bridge(self, call: Call) -> None:
         manager = call.manager_channel_id or ""
         customer = call.customer_channel_id or ""
+        await self._stop_ringback(call)
         if not call.manager_up:
             await self.ari.answer(manager)
             call.manager_up = True
@@ -447,7 +568,9 @@ class CallEngine:
             elif call.state is CallState.REFUSING:
                 outcome = call.outcome or Outcome.FAILED
             elif call.state is CallState.RINGING_MANAGER:
-                outcome = Outcome.MANAGER_NO_ANSWER
+                if kind != "ChannelDestroyed":
+                    return  # the cause comes with ChannelDestroyed
+                outcome = manager_outcome_for_unanswered(call.manager_cause)
             else:
                 outcome = Outcome.MANAGER_ABANDONED
         await self._finish(call, outcome)
@@ -455,11 +578,13 @@ class CallEngine:
     async def _refuse(self, call: Call, outcome: Outcome, prompt: str) -> None:
         """The call cannot go ahead: tell the manager with a prompt, then hang up."""
         call.outcome = outcome
+        call.ended_by = call.ended_by or "bridged"
         if call.customer_channel_id:
             await self._hangup_quietly(call.customer_channel_id)
         self._transition(call, CallState.REFUSING)
         await self._persist_state(call)
         manager = call.manager_channel_id or ""
+        await self._stop_ringback(call)
         try:
             if not call.manager_up:
                 await self.ari.answer(manager)
@@ -483,6 +608,8 @@ class CallEngine:
             except AriError as exc:
                 log.warning("call %s: bridge teardown failed: %s", call.id, exc)
         self._transition(call, CallState.ENDED)
+        if call.started is not None and not call.started.done():
+            call.started.set_result(None)
         await self.store.finish(
             call.id, outcome=outcome.value, hangup_cause=call.hangup_cause, ended_by=call.ended_by
         )
@@ -641,6 +768,9 @@ class CallEngine:
         elif call.state is CallState.RINGING_CUSTOMER and states.get(call.customer_channel_id or "") == "Up":
             # The customer answered while we were away (its StasisStart is lost).
             await self._on_customer_answered(call)
+        elif call.state is CallState.ANNOUNCING and call.announcement_playback_id is None:
+            # Adopted mid-announcement: its PlaybackFinished cannot be matched any more; bridge now.
+            await self._bridge(call)
 
     async def shutdown(self) -> None:
         """Stop the workers; calls stay up in Asterisk and are adopted by the next start."""

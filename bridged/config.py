@@ -344,10 +344,8 @@ def _load_trunk(s: _Section) -> TrunkConfig:
     dial = s.str("dial", required=True)
     if "{number}" not in dial:
         raise ConfigError(s.key("dial"), "must contain {number}, e.g. PJSIP/{number}@carrier")
-    try:
-        dial.format(number="0")
-    except (AttributeError, KeyError, IndexError, ValueError):
-        raise ConfigError(s.key("dial"), "may use only the {number} placeholder") from None
+    if re.sub(r"\{number\}", "", dial).count("{") or "}" in re.sub(r"\{number\}", "", dial):
+        raise ConfigError(s.key("dial"), "may use only the {number} placeholder")
     if not dial.startswith("PJSIP/"):
         # Local/ channels put the number into channel names, BRIDGEPEER and CDRs (ASTERISK.md).
         raise ConfigError(s.key("dial"), "must dial a PJSIP trunk directly (PJSIP/...)")

@@ -263,6 +263,14 @@ class FakeAri:
         await self._record("play", channel_id=channel_id, media=media, playback_id=playback_id, lang=lang)
         return {"id": playback_id or "pb", "target_uri": f"channel:{channel_id}", "state": "queued"}
 
+    async def stop_playback(self, playback_id: str) -> bool:
+        await self._record("stop_playback", playback_id=playback_id)
+        return True
+
+    async def get_endpoint(self, tech: str, resource: str) -> dict[str, Any] | None:
+        await self._record("get_endpoint", tech=tech, resource=resource)
+        return {"technology": tech, "resource": resource, "state": "online", "channel_ids": []}
+
     async def set_variable(self, channel_id: str, variable: str, value: str) -> None:
         await self._record("set_variable", channel_id=channel_id, variable=variable, value=value)
 

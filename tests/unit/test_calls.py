@@ -432,7 +432,7 @@ async def test_originate_failure_plays_prompt(env: Env) -> None:
     env.engine.on_event(channel_destroyed("m-a"))
     row = await env.ended("call-a")
     assert row["outcome"] == "customer_unavailable"
-    assert row["ended_by"] == "manager"
+    assert row["ended_by"] == "bridged"  # bridged ended it with a prompt
 
 
 async def test_prompt_to_a_vanished_manager_finishes_the_call(env: Env) -> None:
