@@ -144,3 +144,91 @@ class Store:
             reason,
             json.dumps(details or {}),
         )
+
+    # -- Idempotency-Key (HTTP POST /v1/calls) --------------------------------------------------
+
+    async def claim_idempotency_key(
+        self, principal: str, key: str, request_hash: str, *, keep_hours: int
+    ) -> tuple[bool, str | None, int | None, Any]:
+        """Claim ``key`` for a new request, or return the earlier one.
+
+        Returns ``(claimed, request_hash, status, response)``: claimed is True when this request is
+        the first with the key; otherwise the stored hash and response (status None while the first
+        request is still being handled).
+        """
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
+                keep_hours,
+            )
+            inserted = await conn.fetchval(
+                "INSERT INTO idempotency_keys (principal, key, request_hash) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                principal,
+                key,
+                request_hash,
+            )
+            if inserted:
+                return True, None, None, None
+            row = await conn.fetchrow(
+                "SELECT request_hash, status, response FROM idempotency_keys"
+                " WHERE principal = $1 AND key = $2",
+                principal,
+                key,
+            )
+        if row is None:  # expired between the two statements
+            return True, None, None, None
+        response = json.loads(row["response"]) if row["response"] is not None else None
+        return False, row["request_hash"], row["status"], response
+
+    async def store_idempotent_response(self, principal: str, key: str, status: int, response: Any) -> None:
+        await self.pool.execute(
+            "UPDATE idempotency_keys SET status = $3, response = $4::jsonb WHERE principal = $1 AND key = $2",
+            principal,
+            key,
+            status,
+            json.dumps(response),
+        )
+
+    async def release_idempotency_key(self, principal: str, key: str) -> None:
+        await self.pool.execute(
+            "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND status IS NULL",
+            principal,
+            key,
+        )
+
+    # -- webhook outbox -------------------------------------------------------------------------
+
+    async def queue_webhook(self, call_id: str, payload: dict[str, Any]) -> None:
+        await self.pool.execute(
+            "INSERT INTO webhook_outbox (call_id, payload) VALUES ($1, $2::jsonb)",
+            call_id,
+            json.dumps(payload),
+        )
+
+    async def due_webhooks(self, limit: int) -> list[tuple[int, str, int]]:
+        """Due deliveries as (id, payload JSON text, attempts so far), oldest first."""
+        rows = await self.pool.fetch(
+            "SELECT id, payload::text AS payload, attempts FROM webhook_outbox"
+            " WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()"
+            " ORDER BY next_attempt_at, id LIMIT $1",
+            limit,
+        )
+        return [(r["id"], r["payload"], r["attempts"]) for r in rows]
+
+    async def webhook_delivered(self, outbox_id: int) -> None:
+        await self.pool.execute(
+            "UPDATE webhook_outbox SET delivered_at = now(), attempts = attempts + 1 WHERE id = $1", outbox_id
+        )
+
+    async def webhook_failed(self, outbox_id: int, *, error: str, retry_in: float | None) -> None:
+        """Record a failed attempt; ``retry_in`` None gives up on this delivery."""
+        await self.pool.execute(
+            "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = $2,"
+            " next_attempt_at = now() + make_interval(secs => $3),"
+            " failed_at = CASE WHEN $4 THEN now() ELSE NULL END WHERE id = $1",
+            outbox_id,
+            error[:200],
+            retry_in or 0.0,
+            retry_in is None,
+        )
