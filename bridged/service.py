@@ -54,28 +54,47 @@ class CallService:
         log.info("call refused: endpoint %s is no manager", endpoint)
         return Refused(Refusal.UNKNOWN_MANAGER)
 
+    async def manager_reachable(self, manager: Manager) -> bool:
+        """Whether the manager's phone can be rung: Asterisk knows the endpoint and it is not offline."""
+        snapshot = await self.engine.ari.get_endpoint("PJSIP", manager.endpoint)
+        return snapshot is not None and snapshot.get("state") != "offline"
+
     async def request(
-        self, manager: Manager, code: str, *, direction: str, manager_channel_id: str | None
+        self,
+        manager: Manager,
+        code: str,
+        *,
+        direction: str,
+        manager_channel_id: str | None,
+        actor: str | None = None,
     ) -> PendingCall | Refused:
-        """Check a request and, if it may go ahead, register the call for the engine."""
+        """Check a request and, if it may go ahead, register the call for the engine.
+
+        ``actor`` is who asked (the manager on the phone path, the API token on the HTTP path).
+        """
+        actor = actor or manager.id
         if not is_valid_code(self.config.orders, code):
             # The raw input is not stored: a manager could have typed anything, even a number.
             await self.store.audit(
-                actor=manager.id, action="call.request", outcome="refused", reason=Refusal.INVALID_CODE.value
+                actor=actor,
+                action="call.request",
+                outcome="refused",
+                reason=Refusal.INVALID_CODE.value,
+                details={"manager_id": manager.id},
             )
             log.info("call refused for %s: malformed order code", manager.id)
             return Refused(Refusal.INVALID_CODE)
         if not self.is_connected():
-            return await self._refuse(manager, code, Refusal.UNAVAILABLE, direction)
+            return await self._refuse(manager, code, Refusal.UNAVAILABLE, direction, actor)
         try:
             order = await self.directory.lookup(code)
         except LookupFailed as exc:
             log.warning("order lookup failed for order %s: %s", code, exc)
-            return await self._refuse(manager, code, Refusal.LOOKUP_FAILED, direction)
+            return await self._refuse(manager, code, Refusal.LOOKUP_FAILED, direction, actor)
         if order is None:
-            return await self._refuse(manager, code, Refusal.UNKNOWN_ORDER, direction)
+            return await self._refuse(manager, code, Refusal.UNKNOWN_ORDER, direction, actor)
         if not may_call(self.config, manager, order):
-            return await self._refuse(manager, code, Refusal.DENIED, direction)
+            return await self._refuse(manager, code, Refusal.DENIED, direction, actor)
         call_id = uuid.uuid4().hex
         await self.store.insert_call(
             call_id=call_id,
@@ -86,7 +105,12 @@ class CallService:
             manager_channel_id=manager_channel_id,
         )
         await self.store.audit(
-            actor=manager.id, action="call.request", outcome="accepted", call_id=call_id, order_id=code
+            actor=actor,
+            action="call.request",
+            outcome="accepted",
+            call_id=call_id,
+            order_id=code,
+            details={"manager_id": manager.id, "direction": direction},
         )
         pending = PendingCall(
             call_id=call_id,
@@ -99,7 +123,9 @@ class CallService:
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
         return pending
 
-    async def _refuse(self, manager: Manager, code: str, reason: Refusal, direction: str) -> Refused:
+    async def _refuse(
+        self, manager: Manager, code: str, reason: Refusal, direction: str, actor: str
+    ) -> Refused:
         # A refused attempt on a well-formed order code is still a call attempt: it gets its row.
         call_id = uuid.uuid4().hex
         await self.store.insert_call(
@@ -112,12 +138,13 @@ class CallService:
         )
         await self.store.finish(call_id, outcome=reason.value, hangup_cause=None, ended_by=None)
         await self.store.audit(
-            actor=manager.id,
+            actor=actor,
             action="call.request",
             outcome="refused",
             reason=reason.value,
             call_id=call_id,
             order_id=code,
+            details={"manager_id": manager.id, "direction": direction},
         )
         log.info("call %s refused for %s on order %s: %s", call_id, manager.id, code, reason)
         return Refused(reason, call_id)

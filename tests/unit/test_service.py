@@ -109,7 +109,7 @@ def _refused_row(env: Env, result: object, reason: Refusal, order_id: str) -> No
         "reason": reason.value,
         "call_id": result.call_id,
         "order_id": order_id,
-        "details": {},
+        "details": {"manager_id": "anna", "direction": "phone"},
     }
     assert env.engine._pending == {}
 
