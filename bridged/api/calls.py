@@ -1,0 +1,347 @@
+"""Click-to-call: ``POST /v1/calls``, ``GET /v1/calls/{id}``, ``DELETE /v1/calls/{id}``.
+
+Thin handlers over the services the phone path uses: the same policy, the same call engine, the same
+rows and audit trail. No response carries a customer's number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+
+from ..appkeys import CONFIG, ENGINE, SERVICE, STORE
+from ..calls import ManagerLegFailed
+from ..orders import Refusal
+from ..service import Refused
+from ..store import CallRow
+from ..webhooks import api_state
+from . import openapi
+from .auth import principal, requires
+from .errors import (
+    ApiError,
+    CallEnded,
+    CallNotFound,
+    IdempotencyConflict,
+    InvalidOrderId,
+    InvalidRequest,
+    LookupUnavailable,
+    ManagerNotRegistered,
+    OrderNotAllowed,
+    TelephonyUnavailable,
+    UnknownManager,
+    UnknownOrder,
+    _error,
+    read_json,
+)
+
+log = logging.getLogger(__name__)
+
+
+InvalidIdempotencyKey = _error(
+    422, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters"
+)
+IdempotencyInProgress = _error(
+    409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being handled"
+)
+ManagerUnavailable = _error(409, "manager_unavailable", "the manager's phone could not be called")
+
+_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+_ID_MAX = 64
+
+_REFUSAL_ERRORS: dict[Refusal, type[ApiError]] = {
+    Refusal.INVALID_CODE: InvalidOrderId,
+    Refusal.UNKNOWN_ORDER: UnknownOrder,
+    Refusal.DENIED: OrderNotAllowed,
+    Refusal.LOOKUP_FAILED: LookupUnavailable,
+    Refusal.UNAVAILABLE: TelephonyUnavailable,
+    Refusal.UNKNOWN_MANAGER: UnknownManager,
+}
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def call_json(row: CallRow) -> dict[str, Any]:
+    """The public representation of a call (also used by the review API)."""
+    return {
+        "id": row.id,
+        "order_id": row.order_id,
+        "manager_id": row.manager_id,
+        "direction": row.direction,
+        "state": api_state(row.state),
+        "outcome": row.outcome,
+        "requested_at": _iso(row.requested_at),
+        "answered_at": _iso(row.answered_at),
+        "ended_at": _iso(row.ended_at),
+        "duration_seconds": row.duration,
+        "ended_by": row.ended_by,
+        "has_recording": row.recording_name is not None,
+    }
+
+
+def _parse_create(body: Any) -> tuple[str, str]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - {"order_id", "manager_id"})
+    if unknown:
+        raise InvalidRequest(f"unknown field: {unknown[0][:40]}", details={"field": unknown[0][:40]})
+    values: dict[str, str] = {}
+    for name in ("order_id", "manager_id"):
+        value = body.get(name)
+        if value is None:
+            raise InvalidRequest(f"{name} is required", details={"field": name})
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{name} must be a string", details={"field": name})
+        if not 1 <= len(value) <= _ID_MAX:
+            raise InvalidRequest(f"{name} must be 1-{_ID_MAX} characters", details={"field": name})
+        values[name] = value
+    return values["order_id"], values["manager_id"]
+
+
+async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple[int, dict[str, Any]]:
+    config = request.app[CONFIG]
+    service = request.app[SERVICE]
+    store = request.app[STORE]
+    who = principal(request)
+    actor = f"token:{who.name}"
+    manager = config.manager_by_id(manager_id)
+    if manager is None:
+        await store.audit(actor=actor, action="call.request", outcome="refused", reason="unknown_manager")
+        raise UnknownManager()
+    if not service.is_connected():
+        raise TelephonyUnavailable()
+    # Before anyone is dialled: a phone that is not registered would only ring into the void.
+    if not await service.manager_reachable(manager):
+        await store.audit(
+            actor=actor,
+            action="call.request",
+            outcome="refused",
+            reason="manager_not_registered",
+            details={"manager_id": manager.id},
+        )
+        raise ManagerNotRegistered()
+    result = await service.request(manager, order_id, direction="api", manager_channel_id=None, actor=actor)
+    if isinstance(result, Refused):
+        raise _REFUSAL_ERRORS[result.reason]()
+    try:
+        call = await request.app[ENGINE].start_api_call(result)
+    except ManagerLegFailed:
+        raise ManagerUnavailable(details={"call_id": result.call_id}) from None
+    row = await store.get_call(call.id)
+    assert row is not None
+    return 202, call_json(row)
+
+
+@requires("calls.create")
+async def create_call(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _KEY_RE.match(key):
+        raise InvalidIdempotencyKey()
+    body = await read_json(request, config.api.max_body_bytes)
+    order_id, manager_id = _parse_create(body)
+    if key is None:
+        status, payload = await _create(request, order_id, manager_id)
+        return _created(status, payload)
+
+    store = request.app[STORE]
+    who = principal(request)
+    request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    claimed, first_hash, first_status, first_response = await store.claim_idempotency_key(
+        who.name, key, request_hash, keep_hours=config.api.idempotency_hours
+    )
+    if not claimed:
+        if first_hash != request_hash:
+            raise IdempotencyConflict()
+        if first_status is None:
+            raise IdempotencyInProgress()
+        return _created(first_status, first_response, replayed=True)
+    try:
+        status, payload = await _create(request, order_id, manager_id)
+    except ApiError as exc:
+        status, payload = exc.status, exc.body()
+    except BaseException:
+        await store.release_idempotency_key(who.name, key)
+        raise
+    if status >= 500:
+        # A transient failure is not remembered: the retry may succeed.
+        await store.release_idempotency_key(who.name, key)
+    else:
+        await store.store_idempotent_response(who.name, key, status, payload)
+    return _created(status, payload)
+
+
+def _created(status: int, payload: dict[str, Any], *, replayed: bool = False) -> web.Response:
+    response = web.json_response(payload, status=status)
+    if status == 202 and "id" in payload:
+        response.headers["Location"] = f"/v1/calls/{payload['id']}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@requires("calls.read")
+async def get_call(request: web.Request) -> web.StreamResponse:
+    row = await request.app[STORE].get_call(request.match_info["call_id"])
+    if row is None:
+        raise CallNotFound()
+    return web.json_response(call_json(row))
+
+
+@requires("calls.end")
+async def end_call(request: web.Request) -> web.StreamResponse:
+    store = request.app[STORE]
+    call_id = request.match_info["call_id"]
+    row = await store.get_call(call_id)
+    if row is None:
+        raise CallNotFound()
+    if row.state == "ended":
+        raise CallEnded()
+    who = principal(request)
+    if not request.app[ENGINE].terminate(call_id):
+        raise CallEnded("the call is not live on this daemon")
+    await store.audit(
+        actor=f"token:{who.name}", action="call.end_requested", outcome="accepted", call_id=call_id
+    )
+    # Answer with the ended call when that is quick (it normally takes a few milliseconds).
+    for _ in range(40):
+        row = await store.get_call(call_id)
+        if row is not None and row.state == "ended":
+            break
+        await asyncio.sleep(0.05)
+    assert row is not None
+    return web.json_response(call_json(row), status=202)
+
+
+_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
+SCHEMAS = {
+    "CreateCall": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["order_id", "manager_id"],
+        "properties": {
+            "order_id": {"type": "string", "minLength": 1, "maxLength": _ID_MAX},
+            "manager_id": {"type": "string", "minLength": 1, "maxLength": _ID_MAX},
+        },
+    },
+    "Call": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "id",
+            "order_id",
+            "manager_id",
+            "direction",
+            "state",
+            "outcome",
+            "requested_at",
+            "answered_at",
+            "ended_at",
+            "duration_seconds",
+            "ended_by",
+            "has_recording",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "order_id": {"type": "string"},
+            "manager_id": {"type": "string"},
+            "direction": {"type": "string", "enum": ["phone", "api"]},
+            "state": {
+                "type": "string",
+                "enum": [
+                    "requested",
+                    "ringing_manager",
+                    "ringing_customer",
+                    "announcing",
+                    "bridged",
+                    "ending",
+                    "ended",
+                ],
+            },
+            "outcome": {
+                "type": ["string", "null"],
+                "description": "completed, manager_no_answer, manager_unavailable, manager_abandoned, "
+                "customer_busy, customer_no_answer, customer_unavailable, customer_congestion, "
+                "customer_abandoned, cancelled, denied, unknown_order, lookup_failed, unavailable, failed",
+            },
+            "requested_at": {"type": "string", "format": "date-time"},
+            "answered_at": _TIMESTAMP,
+            "ended_at": _TIMESTAMP,
+            "duration_seconds": {"type": ["number", "null"]},
+            "ended_by": {"type": ["string", "null"]},
+            "has_recording": {"type": "boolean"},
+        },
+    },
+}
+
+_CALL = {"application/json": {"schema": {"$ref": "#/components/schemas/Call"}}}
+_CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+openapi.register(
+    {
+        "/v1/calls": {
+            "post": openapi.secured(
+                {
+                    "operationId": "createCall",
+                    "summary": "Ring a manager, then connect them with the customer of an order",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/CreateCall"}}
+                        },
+                    },
+                    "responses": {
+                        "202": {"description": "the manager's phone is ringing", "content": _CALL},
+                        **openapi.error_responses(400, 404, 409, 413, 415, 422, 503),
+                    },
+                }
+            )
+        },
+        "/v1/calls/{call_id}": {
+            "get": openapi.secured(
+                {
+                    "operationId": "getCall",
+                    "summary": "A call's state and outcome",
+                    "parameters": [_CALL_ID],
+                    "responses": {
+                        "200": {"description": "the call", "content": _CALL},
+                        **openapi.error_responses(404),
+                    },
+                }
+            ),
+            "delete": openapi.secured(
+                {
+                    "operationId": "endCall",
+                    "summary": "End a call that is ringing or bridged",
+                    "parameters": [_CALL_ID],
+                    "responses": {
+                        "202": {"description": "the call is ending or has ended", "content": _CALL},
+                        **openapi.error_responses(404, 409),
+                    },
+                }
+            ),
+        },
+    },
+    SCHEMAS,
+)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/calls", create_call)
+    app.router.add_get("/v1/calls/{call_id}", get_call)
+    app.router.add_delete("/v1/calls/{call_id}", end_call)

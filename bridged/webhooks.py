@@ -1,0 +1,186 @@
+"""Call state changes pushed to the shop's webhook, signed, retried, never in a call's way.
+
+A call worker only hands the change to :meth:`WebhookSink.publish` (sync, no I/O). A writer task
+persists it in the outbox table; a dispatcher task delivers due rows with HMAC-SHA256 signatures and
+retries failures with exponential backoff, across restarts.
+
+Signature: header ``X-Bridged-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
+A receiver recomputes it over the raw body and rejects stale timestamps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from .calls import Call, CallState
+from .config import WebhookConfig
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Bridged-Signature"
+EVENT_HEADER = "X-Bridged-Event"
+_BATCH = 20
+_PARALLEL = 4
+_MAX_BACKOFF = 300.0
+
+
+def api_state(state: CallState | str) -> str:
+    """The state as the HTTP API and webhooks name it."""
+    value = CallState(state)
+    return "ending" if value is CallState.REFUSING else value.value
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(
+    secret: str, header: str, body: bytes, *, tolerance: float = 300.0, now: float | None = None
+) -> bool:
+    """Receiver-side check (used by the tests, and a reference for shop developers)."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs((now if now is not None else time.time()) - timestamp) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), header)
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next try after ``attempts`` failed ones: exponential, with jitter."""
+    return min(_MAX_BACKOFF, 2.0 ** min(attempts, 12)) * random.uniform(0.5, 1.0)
+
+
+class WebhookSink:
+    def __init__(self, config: WebhookConfig, store: Store, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.store = store
+        self.session = session
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.url is not None
+
+    def publish(self, call: Call, state: CallState) -> None:
+        """State listener of the call engine: never blocks, never raises into the call."""
+        if not self.enabled:
+            return
+        payload = {
+            "id": uuid.uuid4().hex,
+            "type": "call.state_changed",
+            "created_at": datetime.now(UTC).isoformat(),
+            "data": {
+                "call_id": call.id,
+                "order_id": call.order_id,
+                "manager_id": call.manager.id,
+                "direction": call.direction,
+                "state": api_state(state),
+                "outcome": call.outcome.value if call.outcome and state is CallState.ENDED else None,
+            },
+        }
+        self._queue.put_nowait((call.id, payload))
+
+    def start(self) -> None:
+        if self.enabled:
+            self._tasks = [
+                asyncio.create_task(self._writer(), name="webhook-writer"),
+                asyncio.create_task(self._dispatcher(), name="webhook-dispatcher"),
+            ]
+
+    async def stop(self) -> None:
+        # Let the writer persist what is queued (bounded), then stop; undelivered rows stay in the outbox.
+        if self._tasks:
+            try:
+                async with asyncio.timeout(2):
+                    await self._queue.join()
+            except TimeoutError:
+                log.warning("%d webhook events not persisted at shutdown", self._queue.qsize())
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _writer(self) -> None:
+        while True:
+            call_id, payload = await self._queue.get()
+            try:
+                await self.store.queue_webhook(call_id, payload)
+                self._wake.set()
+            except Exception:
+                log.exception("webhook event for call %s could not be queued", call_id)
+            finally:
+                self._queue.task_done()
+
+    async def _dispatcher(self) -> None:
+        limit = asyncio.Semaphore(_PARALLEL)
+        while True:
+            try:
+                due = await self.store.due_webhooks(_BATCH)
+            except Exception:
+                log.exception("webhook outbox unreadable")
+                due = []
+            if due:
+                await asyncio.gather(*(self._deliver(limit, *item) for item in due))
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    async def _deliver(self, limit: asyncio.Semaphore, outbox_id: int, payload: str, attempts: int) -> None:
+        assert self.config.url is not None and self.config.secret is not None
+        body = payload.encode("utf-8")
+        event_type = json.loads(payload).get("type", "")
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self.config.secret, int(time.time()), body),
+            EVENT_HEADER: event_type,
+        }
+        async with limit:
+            try:
+                async with self.session.post(
+                    self.config.url,
+                    data=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                    allow_redirects=False,
+                ) as response:
+                    ok = 200 <= response.status < 300
+                    error = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                ok, error = False, type(exc).__name__
+        if ok:
+            await self.store.webhook_delivered(outbox_id)
+            return
+        attempts += 1
+        retry_in = None if attempts >= self.config.max_attempts else backoff(attempts)
+        await self.store.webhook_failed(outbox_id, error=error, retry_in=retry_in)
+        log.warning(
+            "webhook delivery %d failed (%s), attempt %d%s",
+            outbox_id,
+            error,
+            attempts,
+            "; giving up" if retry_in is None else f"; next in {retry_in:.1f}s",
+        )
