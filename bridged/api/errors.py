@@ -79,8 +79,10 @@ async def error_middleware(
         return error_response(BodyTooLarge())
     except web.HTTPNotFound:
         return error_response(NotFound())
-    except web.HTTPMethodNotAllowed:
-        return error_response(MethodNotAllowed())
+    except web.HTTPMethodNotAllowed as exc:
+        response = error_response(MethodNotAllowed())
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response
     except web.HTTPException as exc:
         if exc.status >= 400:
             return web.json_response(
