@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.logging.level, json_lines=config.logging.json)
     try:
         web.run_app(
-            make_app(config),
+            make_app(config, config_path=args.config),
             host=config.http.host,
             port=config.http.port,
             print=None,

@@ -15,6 +15,7 @@ import re
 
 from panoramisk.fast_agi import Application, Request
 
+from . import metrics
 from .config import Config
 from .service import CallService, Refused
 
@@ -144,5 +145,6 @@ class AgiServer:
         await set_var(request, VAR_RESULT, "ok")
 
     async def _refused(self, request: Request, refused: Refused) -> None:
+        metrics.CALLS_REFUSED.inc(refused.reason.value)
         await set_var(request, VAR_PROMPT, self.service.prompt_for(refused.reason))
         await set_var(request, VAR_RESULT, "refused")

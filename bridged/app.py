@@ -1,36 +1,55 @@
 """The daemon's lifecycle as an aiohttp application: each resource owned by a cleanup context.
 
-Start order: database (and migrations), ARI client and event stream, call engine, FastAGI. Teardown
-runs in reverse and only for what started. Calls in progress are left up in Asterisk on stop: the next
-start adopts them (see CallEngine.reconcile).
+Start order: database (and migrations), ARI client and event stream, call engine, FastAGI, then the
+service hooks (systemd readiness and watchdog, SIGTERM drain, SIGHUP reload). Teardown runs in reverse
+and only for what started. Calls in progress are left up in Asterisk on stop: the next start adopts
+them (see CallEngine.reconcile).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from . import db
+from . import db, metrics
 from .agi import AgiServer
+from .api.auth import TOKENS
 from .ari import AriClient
 from .ari.events import AriEventStream
-from .calls import CallEngine
+from .calls import CallEngine, CallState
 from .config import Config
 from .orders import OrderDirectory
+from .reload import reload_config
 from .service import CallService
 from .store import Store
+from .systemd import Notifier
 
 log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 ENGINE = web.AppKey("engine", CallEngine)
+AGI = web.AppKey("agi", AgiServer)
 SERVICE = web.AppKey("service", CallService)
 EVENTS = web.AppKey("events", AriEventStream)
+
+
+@dataclass
+class Lifecycle:
+    """What the service hooks change while the daemon runs (the app itself is frozen once started)."""
+
+    config_path: str | None = None
+    draining: bool = False
+    config: Config | None = None  # the config in force, after SIGHUP reloads
+
+
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
 
 class StartupError(Exception):
@@ -78,7 +97,16 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
     def is_connected() -> bool:
         return "events" in holder and holder["events"].connected
 
+    def accepting() -> bool:
+        # New calls only while connected and not draining (SIGTERM): the service refuses the rest.
+        return is_connected() and not app[LIFECYCLE].draining
+
     engine = CallEngine(config, ari, app[STORE], is_connected=is_connected)
+
+    async def on_connect() -> None:
+        metrics.ARI_RECONNECTS.inc()
+        await engine.reconcile()
+
     events = AriEventStream(
         session,
         config.ari.url,
@@ -86,19 +114,19 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
         config.ari.password,
         config.ari.app,
         handler=engine.on_event,
-        on_connect=engine.reconcile,
+        on_connect=on_connect,
         max_backoff=config.ari.reconnect_max_delay,
     )
     holder["events"] = events
     directory = OrderDirectory(config.orders)
-    service = CallService(config, app[STORE], directory, engine, is_connected=is_connected)
+    service = CallService(config, app[STORE], directory, engine, is_connected=accepting)
     app[ENGINE] = engine
     app[SERVICE] = service
     app[EVENTS] = events
+    app[AGI] = agi = AgiServer(config, service)
     runner = asyncio.create_task(events.run(), name="ari-events")
     if not await events.wait_connected(timeout=10):
         log.warning("ARI not reachable yet; retrying in the background, calls are refused until then")
-    agi = AgiServer(config, service)
     await agi.start()
     log.info("bridged ready (app %s)", config.ari.app)
     try:
@@ -116,19 +144,150 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+# -- service hooks (systemd, signals, health, metrics) ---------------------------------------------
+
+# How long SIGTERM waits for calls still being set up (ringing, announcing, prompting) to be bridged
+# or to end; bridged calls need no wait, they survive the restart. Below the unit's TimeoutStopSec.
+DRAIN_TIMEOUT = 25.0
+_DB_CHECK_TIMEOUT = 1.0
+
+
+async def _service(app: web.Application) -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    life = app[LIFECYCLE]
+    life.config = app[CONFIG]
+    notifier = Notifier()
+    engine, events = app[ENGINE], app[EVENTS]
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(coro: object, name: str) -> None:
+        task = loop.create_task(coro, name=name)  # type: ignore[arg-type]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def ready() -> None:
+        # Type=notify: "started" means the database is migrated (earlier context) and ARI is connected.
+        await events.wait_connected(timeout=None)
+        notifier.ready(f"serving app {app[CONFIG].ari.app}")
+
+    async def watchdog(interval: float) -> None:
+        # The ping proves the event loop turns; a wedged loop stops it and systemd restarts the unit.
+        while True:
+            notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def drain() -> None:
+        life.draining = True
+        notifier.stopping("draining: new calls refused")
+        deadline = loop.time() + DRAIN_TIMEOUT
+        waited = False
+        while (busy := engine.setting_up()) and loop.time() < deadline:
+            if not waited:
+                log.info("SIGTERM: draining; waiting for %d calls being set up", busy)
+                waited = True
+            await asyncio.sleep(0.1)
+        bridged = sum(1 for c in engine.calls.values() if c.state is CallState.BRIDGED)
+        log.info(
+            "SIGTERM: stopping; %d bridged calls stay up for the next start, %d still being set up",
+            bridged,
+            engine.setting_up(),
+        )
+        loop.call_soon(_graceful_exit)
+
+    def on_sigterm() -> None:
+        if life.draining:
+            loop.call_soon(_graceful_exit)  # a second SIGTERM: stop now
+            return
+        spawn(drain(), "drain")
+
+    def apply(config: Config) -> None:
+        life.config = config
+        engine.config = config
+        app[SERVICE].config = config
+        app[AGI].config = config
+        tokens = app.get(TOKENS)  # the HTTP API's registry, when the API is set up
+        if tokens is not None:
+            tokens.replace(config.api.tokens)
+
+    def on_sighup() -> None:
+        if life.config_path is None or life.config is None:
+            log.warning("SIGHUP ignored: no config file to reload")
+            return
+        notifier.reloading("reloading managers and tokens")
+        reload_config(life.config_path, life.config, apply)
+        notifier.ready(f"serving app {app[CONFIG].ari.app}")
+
+    spawn(ready(), "sd-ready")
+    if notifier.watchdog_interval:
+        spawn(watchdog(notifier.watchdog_interval), "sd-watchdog")
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    try:
+        yield
+    finally:
+        notifier.stopping("stopping")
+        loop.remove_signal_handler(signal.SIGHUP)
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        notifier.close()
+
+
+def _graceful_exit() -> None:
+    # Raised from a loop callback, GracefulExit (a SystemExit) leaves run_app's loop, which then runs
+    # the cleanup contexts in reverse, as for SIGINT.
+    raise web.GracefulExit()
+
+
+async def _database_ok(app: web.Application) -> bool:
+    try:
+        async with asyncio.timeout(_DB_CHECK_TIMEOUT):
+            await app[STORE].pool.fetchval("SELECT 1")
+        return True
+    except Exception:
+        return False
+
+
 async def healthz(request: web.Request) -> web.Response:
-    events = request.app[EVENTS]
-    ok = events.connected
+    """For a load balancer: 200 only while ARI is connected, the database answers and not draining."""
+    app = request.app
+    ari_ok = app[EVENTS].connected
+    db_ok = await _database_ok(app)
+    draining = app[LIFECYCLE].draining
+    ok = ari_ok and db_ok and not draining
     return web.json_response(
-        {"ari": "connected" if ok else "disconnected", "active_calls": len(request.app[ENGINE].calls)},
+        {
+            "status": "ok" if ok else "unavailable",
+            "ari": "connected" if ari_ok else "disconnected",
+            "database": "ok" if db_ok else "unreachable",
+            "draining": draining,
+            "active_calls": len(app[ENGINE].calls),
+        },
         status=200 if ok else 503,
     )
 
 
-def make_app(config: Config) -> web.Application:
+async def metrics_handler(request: web.Request) -> web.Response:
+    app = request.app
+    engine = app[ENGINE]
+    text = metrics.render(
+        active_calls=len(engine.calls),
+        bridged_calls=sum(1 for c in engine.calls.values() if c.state is CallState.BRIDGED),
+        ari_connected=app[EVENTS].connected,
+        draining=app[LIFECYCLE].draining,
+    )
+    return web.Response(
+        text=text, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"}
+    )
+
+
+def make_app(config: Config, *, config_path: str | None = None) -> web.Application:
     app = web.Application()
     app[CONFIG] = config
+    app[LIFECYCLE] = Lifecycle(config_path=config_path)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_calls)
+    app.cleanup_ctx.append(_service)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
     return app

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from . import metrics
 from .ari import AriClient, AriError, AriNotFound
 from .config import Config, Manager
 from .orders import Order
@@ -239,6 +240,7 @@ class CallEngine:
         )
         self._pending.pop(pending.call_id, None)
         call.started = asyncio.get_running_loop().create_future()
+        metrics.CALLS_STARTED.inc()
         self._register(call)
         call.queue.put_nowait({"type": "OriginateManager"})
         await asyncio.shield(call.started)
@@ -295,6 +297,7 @@ class CallEngine:
             manager_channel_id=channel_id,
         )
         call.manager_up = (event.get("channel") or {}).get("state") == "Up"
+        metrics.CALLS_STARTED.inc()
         self._register(call)
         call.queue.put_nowait(event)
 
@@ -429,6 +432,8 @@ class CallEngine:
             log.warning("call %s: customer leg could not be originated: %s", call.id, exc)
             await self._refuse(call, Outcome.CUSTOMER_UNAVAILABLE, self.config.prompts.customer_unavailable)
             return
+        if call.direction == "phone":  # an HTTP call's clock would include the manager picking up
+            metrics.SETUP_SECONDS.observe(time.monotonic() - call.requested_at)
         log.info("call %s: customer leg %s originated", call.id, call.customer_channel_id)
 
     async def _ringback(self, call: Call) -> None:
@@ -531,6 +536,7 @@ class CallEngine:
         await self.ari.set_variable(manager, "CONNECTEDLINE(all)", call.label_caller_id)
         call.answered_at = datetime.now(UTC)
         self._transition(call, CallState.BRIDGED)
+        metrics.CALLS_BRIDGED.inc()
         recording = self.config.recording
         if recording.enabled:
             name = f"bridged-{call.id}"
@@ -608,6 +614,7 @@ class CallEngine:
             except AriError as exc:
                 log.warning("call %s: bridge teardown failed: %s", call.id, exc)
         self._transition(call, CallState.ENDED)
+        metrics.CALLS_ENDED.inc(outcome.value)
         if call.started is not None and not call.started.done():
             call.started.set_result(None)
         await self.store.finish(
@@ -699,6 +706,7 @@ class CallEngine:
                 except AriError:
                     pass
             outcome = Outcome.COMPLETED if row.answered_at else Outcome.FAILED
+            metrics.CALLS_ENDED.inc(outcome.value)
             await self.store.finish(row.id, outcome=outcome.value, hangup_cause=None, ended_by="unknown")
             await self.store.audit(
                 actor="bridged",
@@ -771,6 +779,14 @@ class CallEngine:
         elif call.state is CallState.ANNOUNCING and call.announcement_playback_id is None:
             # Adopted mid-announcement: its PlaybackFinished cannot be matched any more; bridge now.
             await self._bridge(call)
+
+    def setting_up(self) -> int:
+        """Calls between request and bridge (or prompt and hangup): what a SIGTERM drain waits for."""
+        now = time.monotonic()
+        fresh = sum(1 for p in self._pending.values() if now - p.created < 10.0)
+        return fresh + sum(
+            1 for c in self.calls.values() if c.state not in (CallState.BRIDGED, CallState.ENDED)
+        )
 
     async def shutdown(self) -> None:
         """Stop the workers; calls stay up in Asterisk and are adopted by the next start."""

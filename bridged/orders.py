@@ -10,6 +10,7 @@ from enum import StrEnum
 
 import asyncpg
 
+from . import metrics
 from .config import Config, Manager, OrdersConfig
 from .redact import PhoneNumber
 
@@ -67,6 +68,7 @@ class OrderDirectory:
                 row = await pool.fetchrow(self._config.query, order_id)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # The exception text may quote the query or parameters; only its type is logged.
+            metrics.LOOKUP_ERRORS.inc()
             raise LookupFailed(type(exc).__name__) from None
         if row is None:
             return None
@@ -75,12 +77,14 @@ class OrderDirectory:
             name = row["customer_name"]
             manager_id = row["manager_id"]
         except KeyError:
+            metrics.LOOKUP_ERRORS.inc()
             raise LookupFailed("query must return phone, customer_name and manager_id") from None
         if not phone:
             return None
         try:
             number = PhoneNumber(str(phone))
         except ValueError:
+            metrics.LOOKUP_ERRORS.inc()
             raise LookupFailed("order has a malformed phone number") from None
         return Order(
             id=order_id,

@@ -1,0 +1,64 @@
+"""SIGHUP: take managers, policy and API tokens from the config file again, without dropping a call.
+
+Only what an admin changes while calls are up is reloaded. Everything else (ARI, databases, ports,
+trunk, recording, prompts, logging) needs a restart; a change there is logged and not applied, so a
+half-applied config never exists. A file that does not validate is logged and ignored: the daemon keeps
+the config it runs with.
+
+Calls in progress keep the :class:`~bridged.config.Manager` they started with; a removed manager's
+call goes on to its end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+RELOADABLE = ("managers", "policy", "api.tokens")
+
+
+def merge(current: Config, new: Config) -> tuple[Config, list[str]]:
+    """``current`` with the reloadable parts of ``new``; and the names of ignored changed sections."""
+    ignored = [
+        f.name
+        for f in dataclasses.fields(Config)
+        if f.name not in ("managers", "policy", "api") and getattr(current, f.name) != getattr(new, f.name)
+    ]
+    if dataclasses.replace(current.api, tokens=new.api.tokens) != new.api:
+        ignored.append("api (except tokens)")
+    merged = dataclasses.replace(
+        current,
+        managers=new.managers,
+        policy=new.policy,
+        api=dataclasses.replace(current.api, tokens=new.api.tokens),
+    )
+    return merged, ignored
+
+
+def reload_config(path: str | Path, current: Config, apply: Callable[[Config], None]) -> Config | None:
+    """Load ``path``; on success hand the merged config to ``apply`` and return it, else None."""
+    try:
+        new = load_config(path)
+    except ConfigError as exc:
+        log.error("reload: %s is invalid, keeping the running config: %s", path, exc)
+        return None
+    merged, ignored = merge(current, new)
+    if ignored:
+        log.warning("reload: changes to %s need a restart and were not applied", ", ".join(ignored))
+    if merged == current:
+        log.info("reload: nothing to change")
+        return current
+    apply(merged)
+    log.info(
+        "reload: applied (%d managers, policy %s, %d API tokens)",
+        len(merged.managers),
+        merged.policy,
+        len(merged.api.tokens),
+    )
+    return merged

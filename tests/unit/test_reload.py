@@ -1,0 +1,92 @@
+"""SIGHUP reload: managers, policy and tokens are taken, the rest needs a restart, bad files are ignored."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridged.config import Config, parse_config
+from bridged.reload import merge, reload_config
+
+BASE: dict[str, Any] = {
+    "ari": {"url": "http://127.0.0.1:8088/ari", "username": "u", "password": "pw-real", "app": "bridged"},
+    "database": {"dsn": "postgresql://b@127.0.0.1/b"},
+    "orders": {"dsn": "postgresql://s@127.0.0.1/s", "query": "SELECT 1 WHERE $1 = $1"},
+    "managers": [{"id": "anna", "endpoint": "anna"}],
+    "policy": "own",
+    "trunk": {"dial": "PJSIP/{number}@carrier", "caller_id": "Shop <100>"},
+}
+
+
+def _config(**changes: Any) -> dict[str, Any]:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data.update(changes)
+    return data
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "bridged.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_managers_policy_and_tokens_are_applied(tmp_path: Path) -> None:
+    current = parse_config(_config())
+    token = {"name": "shop", "role": "shop", "sha256": "a" * 64}
+    path = _write(
+        tmp_path,
+        _config(
+            managers=[{"id": "anna", "endpoint": "anna"}, {"id": "boris", "endpoint": "boris"}],
+            policy="any",
+            api={"tokens": [token]},
+        ),
+    )
+    applied: list[Config] = []
+    result = reload_config(path, current, applied.append)
+    assert result is not None and applied == [result]
+    assert [m.id for m in result.managers] == ["anna", "boris"]
+    assert result.policy == "any"
+    assert [t.name for t in result.api.tokens] == ["shop"]
+    assert result.ari == current.ari and result.trunk == current.trunk
+
+
+def test_other_changes_are_logged_and_not_applied(tmp_path: Path, caplog) -> None:
+    current = parse_config(_config())
+    changed = _config(managers=[{"id": "carla", "endpoint": "carla"}])
+    changed["trunk"] = {"dial": "PJSIP/{number}@other", "caller_id": "Shop <100>"}
+    changed["http"] = {"port": 9999}
+    with caplog.at_level(logging.WARNING):
+        result = reload_config(_write(tmp_path, changed), current, lambda c: None)
+    assert result is not None
+    assert result.trunk == current.trunk and result.http == current.http
+    assert [m.id for m in result.managers] == ["carla"]
+    assert "trunk" in caplog.text and "http" in caplog.text and "restart" in caplog.text
+
+
+def test_invalid_file_is_ignored(tmp_path: Path, caplog) -> None:
+    current = parse_config(_config())
+    bad = _config(managers=[{"id": "anna", "endpoint": "anna"}, {"id": "anna", "endpoint": "x"}])
+    applied: list[Config] = []
+    with caplog.at_level(logging.ERROR):
+        assert reload_config(_write(tmp_path, bad), current, applied.append) is None
+        (tmp_path / "bridged.yaml").write_text("managers: [")
+        assert reload_config(tmp_path / "bridged.yaml", current, applied.append) is None
+        assert reload_config(tmp_path / "missing.yaml", current, applied.append) is None
+    assert applied == []
+    assert "managers[1].id" in caplog.text
+
+
+def test_unchanged_file_applies_nothing(tmp_path: Path) -> None:
+    current = parse_config(_config())
+    applied: list[Config] = []
+    assert reload_config(_write(tmp_path, _config()), current, applied.append) == current
+    assert applied == []
+
+
+def test_merge_reports_no_ignored_sections_for_identical_configs() -> None:
+    current = parse_config(_config())
+    merged, ignored = merge(current, parse_config(_config()))
+    assert merged == current and ignored == []
