@@ -126,7 +126,11 @@ class Sipp:
                  "-trace_err", "-error_file", str(trace_dir / f"{name}_errors.log"),
                  "-trace_screen", "-screen_file", str(trace_dir / f"{name}_screen.log"),
                  "-trace_logs", "-log_file", str(trace_dir / f"{name}_logs.log"),
-                 "-max_recv_loops", "1000"]
+                 "-max_recv_loops", "1000",
+                 # The hold loops tick every 250 ms through <nop>s; a BYE landing in that instant would
+                 # otherwise abort the call as "unexpected". Without abortunexp SIPp leaves it unanswered,
+                 # the peer retransmits (T1) and the retransmission is matched in the hold loop.
+                 "-default_behaviors", "all,-abortunexp"]
         if service:
             argv += ["-s", service]
         if rtp_port is not None:
