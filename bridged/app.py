@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from . import db, metrics
+from . import db, metrics, retention
 from .agi import AgiServer
 from .api.auth import TOKENS
 from .ari import AriClient
@@ -287,6 +287,7 @@ def make_app(config: Config, *, config_path: str | None = None) -> web.Applicati
     app[LIFECYCLE] = Lifecycle(config_path=config_path)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_calls)
+    app.cleanup_ctx.append(retention.context)  # recording source and retention (ops review)
     app.cleanup_ctx.append(_service)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)

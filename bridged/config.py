@@ -71,11 +71,24 @@ class TrunkConfig:
     ring_timeout: int = 30
 
 
+RECORDING_SOURCES = ("ari", "folder")
+
+
 @dataclass(frozen=True)
 class RecordingConfig:
     enabled: bool = True
     format: str = "wav"
     announcement: str | None = None
+    # Where ops review reads recordings: "ari" (GET /recordings/stored/{name}/file) or "folder" (bridged
+    # runs beside Asterisk and reads <folder>/<name>.<format> itself).
+    source: str = "ari"
+    folder: str | None = None
+    # Whether listening needs a ?reason=... (kept in the audit trail).
+    require_reason: bool = False
+    # Recordings older than this many days are deleted (None: kept); an admin may override it over the API.
+    retention_days: int | None = None
+    # Seconds between two retention passes.
+    purge_interval: int = 3600
 
 
 @dataclass(frozen=True)
@@ -362,8 +375,25 @@ def _load_recording(s: _Section) -> RecordingConfig:
     fmt = s.str("format", "wav")
     if fmt not in ("wav", "gsm", "ulaw", "alaw", "sln", "wav49"):
         raise ConfigError(s.key("format"), "must be one of wav, gsm, ulaw, alaw, sln, wav49")
+    source = s.str("source", "ari")
+    if source not in RECORDING_SOURCES:
+        raise ConfigError(s.key("source"), f"must be one of {', '.join(RECORDING_SOURCES)}")
+    folder = s.opt_str("folder")
+    if source == "folder" and folder is None:
+        raise ConfigError(s.key("folder"), "is required when recording.source is 'folder'")
+    if folder is not None and not Path(folder).is_absolute():
+        raise ConfigError(s.key("folder"), "must be an absolute path (Asterisk's <astspooldir>/recording)")
+    retention = s._get("retention_days", False)
+    retention_days = None if retention is None else s.integer("retention_days", 0, minimum=1, maximum=36500)
     cfg = RecordingConfig(
-        enabled=s.boolean("enabled", True), format=fmt, announcement=s.opt_str("announcement")
+        enabled=s.boolean("enabled", True),
+        format=fmt,
+        announcement=s.opt_str("announcement"),
+        source=source,
+        folder=folder,
+        require_reason=s.boolean("require_reason", False),
+        retention_days=retention_days,
+        purge_interval=s.integer("purge_interval", 3600, minimum=1, maximum=7 * 86400),
     )
     s.finish()
     return cfg

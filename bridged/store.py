@@ -232,3 +232,216 @@ class Store:
             retry_in or 0.0,
             retry_in is None,
         )
+
+    # -- ops review (issue 4): call history, audit trail, settings, retention -------------------------
+
+    async def list_calls(
+        self,
+        *,
+        manager_id: str | None = None,
+        order_id: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        has_recording: bool | None = None,
+        before: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> list[ReviewCallRow]:
+        """Newest first; ``before`` is the (requested_at, id) of the last row of the previous page."""
+        where: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if manager_id is not None:
+            where.append(f"manager_id = {arg(manager_id)}")
+        if order_id is not None:
+            where.append(f"order_id = {arg(order_id)}")
+        if outcome is not None:
+            where.append(f"outcome = {arg(outcome)}")
+        if since is not None:
+            where.append(f"requested_at >= {arg(since)}")
+        if until is not None:
+            where.append(f"requested_at < {arg(until)}")
+        if has_recording is True:
+            where.append("recording_name IS NOT NULL AND recording_purged_at IS NULL")
+        elif has_recording is False:
+            where.append("(recording_name IS NULL OR recording_purged_at IS NOT NULL)")
+        if before is not None:
+            where.append(f"(requested_at, id) < ({arg(before[0])}, {arg(before[1])})")
+        sql = (
+            f"SELECT {REVIEW_CALL_COLUMNS} FROM calls"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY requested_at DESC, id DESC LIMIT {arg(limit)}"
+        )
+        rows = await self.pool.fetch(sql, *args)
+        return [ReviewCallRow(**dict(r)) for r in rows]
+
+    async def get_review_call(self, call_id: str) -> ReviewCallRow | None:
+        row = await self.pool.fetchrow(f"SELECT {REVIEW_CALL_COLUMNS} FROM calls WHERE id = $1", call_id)
+        return None if row is None else ReviewCallRow(**dict(row))
+
+    async def list_audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        call_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: tuple[datetime, int] | None = None,
+        limit: int = 50,
+    ) -> list[AuditRow]:
+        where: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if actor is not None:
+            where.append(f"actor = {arg(actor)}")
+        if action is not None:
+            where.append(f"action = {arg(action)}")
+        if call_id is not None:
+            where.append(f"call_id = {arg(call_id)}")
+        if since is not None:
+            where.append(f"at >= {arg(since)}")
+        if until is not None:
+            where.append(f"at < {arg(until)}")
+        if before is not None:
+            where.append(f"(at, id) < ({arg(before[0])}, {arg(before[1])})")
+        sql = (
+            "SELECT id, at, actor, action, call_id, order_id, outcome, reason, details FROM audit"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY at DESC, id DESC LIMIT {arg(limit)}"
+        )
+        rows = await self.pool.fetch(sql, *args)
+        out: list[AuditRow] = []
+        for r in rows:
+            values = dict(r)
+            details = values.pop("details")
+            parsed = json.loads(details) if isinstance(details, str) else details
+            out.append(AuditRow(**values, details=parsed))
+        return out
+
+    async def get_setting(self, key: str) -> Setting | None:
+        row = await self.pool.fetchrow(
+            "SELECT value, updated_at, updated_by FROM settings WHERE key = $1", key
+        )
+        if row is None:
+            return None
+        return Setting(key, json.loads(row["value"]), row["updated_at"], row["updated_by"])
+
+    async def put_setting(self, key: str, value: Any, *, actor: str, audit_action: str) -> Setting:
+        """Store the setting and its audit row in one transaction: a change is never unaudited."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO settings (key, value, updated_by) VALUES ($1, $2::jsonb, $3)"
+                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now(),"
+                " updated_by = EXCLUDED.updated_by RETURNING updated_at",
+                key,
+                json.dumps(value),
+                actor,
+            )
+            await conn.execute(
+                "INSERT INTO audit (actor, action, outcome, details) VALUES ($1, $2, 'changed', $3::jsonb)",
+                actor,
+                audit_action,
+                json.dumps({"key": key, "value": value}),
+            )
+        return Setting(key, value, row["updated_at"], actor)
+
+    async def delete_setting(self, key: str, *, actor: str, audit_action: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM settings WHERE key = $1", key)
+            await conn.execute(
+                "INSERT INTO audit (actor, action, outcome, details) VALUES ($1, $2, 'reset', $3::jsonb)",
+                actor,
+                audit_action,
+                json.dumps({"key": key}),
+            )
+
+    async def recordings_due(self, older_than: datetime, limit: int) -> list[tuple[str, str]]:
+        """(call id, recording name) of ended calls requested before ``older_than``, recording kept."""
+        rows = await self.pool.fetch(
+            "SELECT id, recording_name FROM calls WHERE recording_name IS NOT NULL"
+            " AND recording_purged_at IS NULL AND state = 'ended' AND requested_at < $1"
+            " ORDER BY requested_at LIMIT $2",
+            older_than,
+            limit,
+        )
+        return [(r["id"], r["recording_name"]) for r in rows]
+
+    async def mark_recording_purged(
+        self, call_id: str, *, actor: str, details: dict[str, Any]
+    ) -> datetime | None:
+        """Mark the recording purged and audit it, in one transaction; None if it already was."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            purged_at = await conn.fetchval(
+                "UPDATE calls SET recording_purged_at = now() WHERE id = $1 AND recording_purged_at IS NULL"
+                " RETURNING recording_purged_at",
+                call_id,
+            )
+            if purged_at is None:
+                return None
+            await conn.execute(
+                "INSERT INTO audit (actor, action, call_id, outcome, details)"
+                " VALUES ($1, 'recording.purge', $2, 'purged', $3::jsonb)",
+                actor,
+                call_id,
+                json.dumps(details),
+            )
+        return purged_at
+
+
+REVIEW_CALL_COLUMNS = (
+    "id, order_id, manager_id, direction, state, outcome, hangup_cause, requested_at, answered_at, "
+    "ended_at, ended_by, recording_name, recording_purged_at"
+)
+
+
+@dataclass(frozen=True)
+class ReviewCallRow:
+    """A call as ops review shows it: no channel or bridge ids, never a number (none is stored)."""
+
+    id: str
+    order_id: str
+    manager_id: str
+    direction: str
+    state: str
+    outcome: str | None
+    hangup_cause: int | None
+    requested_at: datetime
+    answered_at: datetime | None
+    ended_at: datetime | None
+    ended_by: str | None
+    recording_name: str | None
+    recording_purged_at: datetime | None
+
+    @property
+    def recording_available(self) -> bool:
+        return self.recording_name is not None and self.recording_purged_at is None
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    call_id: str | None
+    order_id: str | None
+    outcome: str
+    reason: str | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    value: Any
+    updated_at: datetime
+    updated_by: str

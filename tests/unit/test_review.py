@@ -1,0 +1,390 @@
+"""Ops review without the rig: cursors, byte ranges, the folder source, config keys, and the recording
+endpoint's audit-before-bytes rule over an in-memory store (aiohttp test server on loopback)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bridged.api import review
+from bridged.api.auth import TOKENS, TokenRegistry
+from bridged.api.errors import error_middleware
+from bridged.appkeys import CONFIG, STORE
+from bridged.config import ApiToken, ConfigError, parse_config
+from bridged.recordings import (
+    ByteRange,
+    FolderRecordings,
+    RangeNotSatisfiable,
+    RecordingMissing,
+    content_type,
+    parse_range,
+)
+from bridged.retention import RECORDINGS, RETENTION, Retention
+from bridged.store import ReviewCallRow
+
+from .fakes import example_data, make_config
+
+# -- cursors ----------------------------------------------------------------------------------------
+
+
+def test_cursor_round_trip_keeps_microseconds_and_id() -> None:
+    at = datetime(2026, 3, 1, 10, 20, 30, 123456, tzinfo=UTC)
+    cursor = review.encode_cursor("calls", at, "c-123")
+    assert "=" not in cursor and "/" not in cursor and "+" not in cursor  # URL-safe as it is
+    assert review.decode_cursor("calls", cursor) == (at, "c-123")
+    audit_cursor = review.encode_cursor("audit", at, 42)
+    assert review.decode_cursor("audit", audit_cursor) == (at, 42)
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["", "not base64!", "e30", "WyJjYWxscyJd", review.encode_cursor("audit", datetime.now(UTC), 1)],
+)
+def test_bad_or_foreign_cursors_are_refused(cursor: str) -> None:
+    with pytest.raises(review.InvalidCursor):
+        review.decode_cursor("calls", cursor)
+
+
+def test_cursor_with_a_naive_time_or_wrong_id_type_is_refused() -> None:
+    import base64
+    import json
+
+    naive = base64.urlsafe_b64encode(json.dumps(["calls", "2026-01-01T00:00:00", "x"]).encode()).decode()
+    with pytest.raises(review.InvalidCursor):
+        review.decode_cursor("calls", naive)
+    with pytest.raises(review.InvalidCursor):
+        review.decode_cursor("audit", review.encode_cursor("audit", datetime.now(UTC), "7"))
+
+
+# -- byte ranges ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "expected"),
+    [
+        (None, 100, None),
+        ("bytes=0-9", 100, ByteRange(0, 9)),
+        ("bytes=10-", 100, ByteRange(10, 99)),
+        ("bytes=-10", 100, ByteRange(90, 99)),
+        ("bytes=-500", 100, ByteRange(0, 99)),
+        ("bytes=90-500", 100, ByteRange(90, 99)),
+        ("bytes=99-99", 100, ByteRange(99, 99)),
+        ("BYTES = 5 - 6", 100, ByteRange(5, 6)),
+        # Not understood or not one range: ignored, the whole file is sent (RFC 9110 allows it).
+        ("bytes=0-1,5-6", 100, None),
+        ("items=0-1", 100, None),
+        ("bytes=9-2", 100, None),
+        ("bytes=-", 100, None),
+        ("bytes=a-b", 100, None),
+    ],
+)
+def test_parse_range(header: str | None, size: int, expected: ByteRange | None) -> None:
+    assert parse_range(header, size) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "size"), [("bytes=100-", 100), ("bytes=100-200", 100), ("bytes=-0", 100), ("bytes=0-", 0)]
+)
+def test_unsatisfiable_ranges(header: str, size: int) -> None:
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range(header, size)
+
+
+def test_content_range_and_types() -> None:
+    assert ByteRange(10, 19).content_range(100) == "bytes 10-19/100"
+    assert ByteRange(10, 19).length == 10
+    assert content_type("wav") == "audio/wav"
+    assert content_type("wav49") == "audio/wav"
+    assert content_type("gsm") == "audio/x-gsm"
+    assert content_type("nonsense") == "application/octet-stream"
+
+
+# -- the folder source ------------------------------------------------------------------------------
+
+
+async def test_folder_source_slices_and_deletes(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 1000
+    (tmp_path / "bridged-c1.wav").write_bytes(data)
+    source = FolderRecordings(tmp_path, "wav")
+    opened = await source.open("bridged-c1")
+    try:
+        assert opened.size == len(data) and opened.content_type == "audio/wav"
+        assert b"".join([c async for c in opened.chunks(1000, 200_000)]) == data[1000:200_001]
+        assert b"".join([c async for c in opened.chunks(0, len(data) - 1)]) == data
+    finally:
+        await opened.close()
+    assert await source.delete("bridged-c1") is True
+    assert not (tmp_path / "bridged-c1.wav").exists()
+    assert await source.delete("bridged-c1") is False
+    with pytest.raises(RecordingMissing):
+        await source.open("bridged-c1")
+
+
+async def test_folder_source_never_leaves_its_folder(tmp_path: Path) -> None:
+    inside = tmp_path / "recording"
+    inside.mkdir()
+    (tmp_path / "secret.wav").write_bytes(b"RIFF")
+    source = FolderRecordings(inside, "wav")
+    with pytest.raises(RecordingMissing):
+        await source.open("../secret")
+    assert await source.delete("../secret") is False
+    assert (tmp_path / "secret.wav").exists()
+
+
+async def test_folder_source_finds_other_formats(tmp_path: Path) -> None:
+    (tmp_path / "bridged-c2.gsm").write_bytes(b"\x00" * 33)
+    opened = await FolderRecordings(tmp_path, "wav").open("bridged-c2")
+    assert opened.content_type == "audio/x-gsm" and opened.size == 33
+    await opened.close()
+
+
+# -- config -----------------------------------------------------------------------------------------
+
+
+def _recording_config(**keys: Any) -> Any:
+    data = copy.deepcopy(example_data())
+    data["recording"].update(keys)
+    return parse_config(data)
+
+
+def test_recording_review_keys_default_and_parse() -> None:
+    config = parse_config(copy.deepcopy(example_data()))
+    assert (config.recording.source, config.recording.folder) == ("ari", None)
+    assert config.recording.retention_days is None and config.recording.require_reason is False
+    config = _recording_config(source="folder", folder="/var/spool/asterisk/recording", retention_days=90)
+    assert config.recording.folder == "/var/spool/asterisk/recording"
+    assert config.recording.retention_days == 90
+
+
+@pytest.mark.parametrize(
+    ("keys", "key"),
+    [
+        ({"source": "s3"}, "recording.source"),
+        ({"source": "folder"}, "recording.folder"),
+        ({"source": "folder", "folder": "relative/dir"}, "recording.folder"),
+        ({"retention_days": 0}, "recording.retention_days"),
+        ({"retention_days": "30"}, "recording.retention_days"),
+        ({"require_reason": "yes"}, "recording.require_reason"),
+        ({"purge_interval": 0}, "recording.purge_interval"),
+        ({"retention": 30}, "recording.retention"),
+    ],
+)
+def test_recording_review_key_errors_name_the_key(keys: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _recording_config(**keys)
+    assert raised.value.key == key
+
+
+# -- the recording endpoint over an in-memory store -------------------------------------------------
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class ReviewStore:
+    """The Store methods the review endpoints use, in memory; ``fail_audit`` breaks audit inserts."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, ReviewCallRow] = {}
+        self.audits: list[dict[str, Any]] = []
+        self.fail_audit = False
+
+    async def audit(self, **row: Any) -> None:
+        if self.fail_audit:
+            raise OSError("database gone")
+        self.audits.append(row)
+
+    async def get_review_call(self, call_id: str) -> ReviewCallRow | None:
+        return self.calls.get(call_id)
+
+    async def list_calls(self, **filters: Any) -> list[ReviewCallRow]:
+        rows = sorted(self.calls.values(), key=lambda r: (r.requested_at, r.id), reverse=True)
+        if filters.get("before"):
+            rows = [r for r in rows if (r.requested_at, r.id) < filters["before"]]
+        return rows[: filters["limit"]]
+
+
+def _call(call_id: str, minutes_ago: int, **kw: Any) -> ReviewCallRow:
+    at = NOW - timedelta(minutes=minutes_ago)
+    values: dict[str, Any] = {
+        "id": call_id,
+        "order_id": "123",
+        "manager_id": "anna",
+        "direction": "phone",
+        "state": "ended",
+        "outcome": "completed",
+        "hangup_cause": 16,
+        "requested_at": at,
+        "answered_at": at + timedelta(seconds=5),
+        "ended_at": at + timedelta(seconds=65),
+        "ended_by": "manager",
+        "recording_name": f"bridged-{call_id}",
+        "recording_purged_at": None,
+    }
+    values.update(kw)
+    return ReviewCallRow(**values)
+
+
+TOKENS_PLAIN = {"shop-token": "shop", "ops-token": "ops", "admin-token": "admin"}
+WAV = b"RIFF" + bytes(range(256)) * 40
+
+
+@pytest.fixture
+async def served(tmp_path: Path):
+    store = ReviewStore()
+    store.calls["c1"] = _call("c1", 10)
+    store.calls["c2"] = _call("c2", 5, recording_name=None, outcome="customer_busy")
+    store.calls["c3"] = _call("c3", 1, recording_purged_at=NOW)
+    (tmp_path / "bridged-c1.wav").write_bytes(WAV)
+    config = make_config()
+    config = replace(config, recording=replace(config.recording, source="folder", folder=str(tmp_path)))
+    app = web.Application(middlewares=[error_middleware])
+    app[CONFIG] = config
+    app[STORE] = store  # type: ignore[assignment]
+    app[TOKENS] = TokenRegistry(
+        tuple(
+            ApiToken(name=f"{role}-1", role=role, sha256=hashlib.sha256(t.encode()).hexdigest())
+            for t, role in TOKENS_PLAIN.items()
+        )
+    )
+    source = FolderRecordings(tmp_path, "wav")
+    app[RECORDINGS] = source
+    app[RETENTION] = Retention(store, source, None)  # type: ignore[arg-type]
+    review.setup(app)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield client, store, app
+    finally:
+        await client.close()
+
+
+def _auth(role: str) -> dict[str, str]:
+    token = next(t for t, r in TOKENS_PLAIN.items() if r == role)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_listen_is_audited_then_served(served) -> None:
+    client, store, _ = served
+    resp = await client.get("/v1/calls/c1/recording?reason=dispute%2042", headers=_auth("ops"))
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "audio/wav"
+    assert resp.headers["Accept-Ranges"] == "bytes"
+    assert await resp.read() == WAV
+    assert [(a["actor"], a["action"], a["call_id"], a["reason"]) for a in store.audits] == [
+        ("ops-1", "recording.listen", "c1", "dispute 42")
+    ]
+    assert store.audits[0]["details"]["client"] == "127.0.0.1"
+
+
+async def test_no_audit_row_no_recording(served) -> None:
+    client, store, _ = served
+    store.fail_audit = True
+    resp = await client.get("/v1/calls/c1/recording", headers=_auth("ops"))
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["error"]["id"] == "audit_unavailable"
+    assert b"RIFF" not in await resp.read()
+
+
+async def test_range_request_gets_206_with_the_slice(served) -> None:
+    client, store, _ = served
+    resp = await client.get("/v1/calls/c1/recording", headers={**_auth("admin"), "Range": "bytes=4-19"})
+    assert resp.status == 206
+    assert resp.headers["Content-Range"] == f"bytes 4-19/{len(WAV)}"
+    assert await resp.read() == WAV[4:20]
+    resp = await client.get("/v1/calls/c1/recording", headers={**_auth("admin"), "Range": "bytes=999999-"})
+    assert resp.status == 416
+    assert resp.headers["Content-Range"] == f"bytes */{len(WAV)}"
+    assert (await resp.json())["error"]["id"] == "range_not_satisfiable"
+    assert [a["details"]["range"] for a in store.audits] == [f"bytes 4-19/{len(WAV)}"]
+
+
+async def test_recording_errors(served) -> None:
+    client, store, _ = served
+    cases = {
+        "c2": (404, "recording_not_found"),
+        "c3": (410, "recording_purged"),
+        "nope": (404, "call_not_found"),
+    }
+    for call_id, (status, error_id) in cases.items():
+        resp = await client.get(f"/v1/calls/{call_id}/recording", headers=_auth("ops"))
+        assert (resp.status, (await resp.json())["error"]["id"]) == (status, error_id), call_id
+    assert store.audits == []
+
+
+async def test_reason_required_by_config(served) -> None:
+    client, store, app = served
+    config = app[CONFIG]
+    app._state[CONFIG] = replace(config, recording=replace(config.recording, require_reason=True))
+    resp = await client.get("/v1/calls/c1/recording", headers=_auth("ops"))
+    assert resp.status == 422 and (await resp.json())["error"]["id"] == "reason_required"
+    resp = await client.get("/v1/calls/c1/recording?reason=quality%20check", headers=_auth("ops"))
+    assert resp.status == 200
+
+
+async def test_denials_are_audited(served) -> None:
+    client, store, _ = served
+    resp = await client.get("/v1/calls/c1/recording", headers=_auth("shop"))
+    assert resp.status == 403
+    resp = await client.get("/v1/calls", headers={"Authorization": "Bearer wrong"})
+    assert resp.status == 401
+    resp = await client.get("/v1/audit")
+    assert resp.status == 401
+    rows = [(a["actor"], a["action"], a["outcome"], a["details"].get("permission")) for a in store.audits]
+    assert rows == [
+        ("shop-1", "api.denied", "forbidden", "recordings.listen"),
+        ("anonymous", "api.denied", "unauthenticated", "calls.list"),
+        ("anonymous", "api.denied", "unauthenticated", "audit.read"),
+    ]
+    assert "wrong" not in repr(store.audits)  # a presented token is never stored
+
+
+async def test_call_list_pages(served) -> None:
+    client, _, _ = served
+    resp = await client.get("/v1/calls?limit=2", headers=_auth("ops"))
+    page = await resp.json()
+    assert [c["id"] for c in page["items"]] == ["c3", "c2"] and page["next_cursor"]
+    assert page["items"][0]["recording"]["available"] is False and page["items"][0]["recording"]["purged_at"]
+    resp = await client.get(f"/v1/calls?limit=2&cursor={page['next_cursor']}", headers=_auth("ops"))
+    page = await resp.json()
+    assert [c["id"] for c in page["items"]] == ["c1"] and page["next_cursor"] is None
+    assert page["items"][0]["duration_seconds"] == 60.0
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["limit=0", "limit=201", "limit=x", "from=yesterday", "has_recording=maybe", "cursor=zzz", "manger=anna"],
+)
+async def test_call_list_refuses_bad_parameters(served, query: str) -> None:
+    client, _, _ = served
+    resp = await client.get(f"/v1/calls?{query}", headers=_auth("ops"))
+    assert resp.status == 422
+    assert (await resp.json())["error"]["id"] in ("invalid_parameter", "invalid_cursor")
+
+
+async def test_time_filter_accepts_an_unencoded_plus(served) -> None:
+    client, _, _ = served
+    resp = await client.get("/v1/calls?from=2026-03-01T11:00:00+00:00", headers=_auth("ops"))
+    assert resp.status == 200
+
+
+async def test_ops_page_carries_no_data_and_strict_headers(served) -> None:
+    client, _, _ = served
+    resp = await client.get("/ops/")
+    assert resp.status == 200
+    text = await resp.text()
+    assert 'id="signin-form"' in text and "{{" not in text
+    assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+    assert resp.headers["Cache-Control"] == "no-store"
+    resp = await client.get("/ops/static/ops.js")
+    assert resp.status == 200 and resp.content_type == "text/javascript"
+    resp = await client.get("/ops/static/../__init__.py")
+    assert resp.status == 404
