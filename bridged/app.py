@@ -19,7 +19,9 @@ from aiohttp import web
 
 from . import db, metrics, retention
 from .agi import AgiServer
+from .api import routes
 from .api.auth import TOKENS
+from .appkeys import AGI, CONFIG, ENGINE, EVENTS, SERVICE, STORE
 from .ari import AriClient
 from .ari.events import AriEventStream
 from .calls import CallEngine, CallState
@@ -29,16 +31,9 @@ from .reload import reload_config
 from .service import CallService
 from .store import Store
 from .systemd import Notifier
+from .webhooks import WebhookSink
 
 log = logging.getLogger(__name__)
-
-CONFIG = web.AppKey("config", Config)
-STORE = web.AppKey("store", Store)
-ENGINE = web.AppKey("engine", CallEngine)
-AGI = web.AppKey("agi", AgiServer)
-SERVICE = web.AppKey("service", CallService)
-EVENTS = web.AppKey("events", AriEventStream)
-
 
 @dataclass
 class Lifecycle:
@@ -124,6 +119,9 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
     app[SERVICE] = service
     app[EVENTS] = events
     app[AGI] = agi = AgiServer(config, service)
+    webhooks = WebhookSink(config.webhook, app[STORE], session)
+    engine.listeners.append(webhooks.publish)
+    webhooks.start()
     runner = asyncio.create_task(events.run(), name="ari-events")
     if not await events.wait_connected(timeout=10):
         log.warning("ARI not reachable yet; retrying in the background, calls are refused until then")
@@ -140,6 +138,7 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
         except (asyncio.CancelledError, Exception):
             pass
         await engine.shutdown()
+        await webhooks.stop()
         await directory.close()
         await session.close()
 
@@ -291,4 +290,5 @@ def make_app(config: Config, *, config_path: str | None = None) -> web.Applicati
     app.cleanup_ctx.append(_service)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
+    routes.setup(app, config)
     return app

@@ -1,0 +1,389 @@
+"""Click-to-call over HTTP, end to end on the real rig: the manager's SIPp phone rings first, then the carrier.
+
+The same hostile settings as the phone path: the manager endpoint takes every identity header, the
+carrier answers with the customer's number in P-Asserted-Identity to a trunk that trusts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from bridged.webhooks import SIGNATURE_HEADER, verify
+from rig import Sipp
+
+from .harness import (
+    SHOP_NUMBER_DIGITS,
+    Bridged,
+    ManagerPhone,
+    add_order,
+    assert_not_leaked,
+    carrier,
+    invites,
+    new_customer_number,
+    new_order_id,
+    sox_rms,
+    wait_for,
+)
+
+TOKENS = {"shop": "shop-token-0123456789abcdef", "ops": "ops-token-0123456789abcdef", "admin": "admin-token-0123456789"}
+WEBHOOK_SECRET = "webhook-secret-0123456789"
+
+
+def token_config() -> list[dict[str, str]]:
+    return [
+        {"name": f"{role}-test", "role": role, "sha256": hashlib.sha256(token.encode()).hexdigest()}
+        for role, token in TOKENS.items()
+    ]
+
+
+def http(daemon: Bridged, method: str, path: str, body: Any = None, *, token: str | None = TOKENS["shop"],
+         headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}{path}", data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            payload = response.read()
+            return response.status, json.loads(payload) if payload else {}, dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        payload = exc.read()
+        return exc.code, json.loads(payload) if payload else {}, dict(exc.headers)
+
+
+def manager_phone(manager: ManagerPhone, trace_dir: Path, scenario: str = "carrier_answer", *,
+                  hold_ms: int = 60000, ring_ms: int = 500, timeout_s: int = 90) -> Sipp:
+    """The manager's softphone waiting for bridged's call (a UAS on the endpoint's contact port)."""
+    sipp = Sipp.start(
+        scenario,
+        local_ip="127.0.0.1",
+        local_port=manager.sip_port,
+        keys={"hold_ms": str(hold_ms), "ring_ms": str(ring_ms)},
+        trace_dir=trace_dir,
+        rtp_port=manager.rtp_port,
+        timeout_s=timeout_s,
+        name=f"manager_{manager.endpoint}",
+    )
+    sipp.wait_listening()
+    return sipp
+
+
+class WebhookReceiver:
+    """A local aiohttp server collecting deliveries; ``hang=True`` never answers."""
+
+    def __init__(self, port: int, *, hang: bool = False) -> None:
+        self.port = port
+        self.hang = hang
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self._loop = asyncio.new_event_loop()
+        self._release = asyncio.Event()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append((dict(request.headers), body))
+        if self.hang:
+            await self._release.wait()
+        return web.Response(status=204)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def __enter__(self) -> WebhookReceiver:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._release.set)
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def states(self, call_id: str) -> list[str]:
+        return [json.loads(body)["data"]["state"] for _, body in self.received
+                if json.loads(body)["data"]["call_id"] == call_id]
+
+
+def api_daemon(make_bridged, *managers: str, webhook_url: str | None = None, **options) -> Bridged:
+    extra: dict[str, Any] = {"api": {"tokens": token_config(), "manager_ring_timeout": 5}}
+    if webhook_url:
+        extra["webhook"] = {"url": webhook_url, "secret": WEBHOOK_SECRET, "timeout": 2}
+    return make_bridged(managers or ("anna",), extra=extra, **options)
+
+
+def wait_state(daemon: Bridged, call_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
+    def current() -> dict[str, Any] | None:
+        status, body, _ = http(daemon, "GET", f"/v1/calls/{call_id}")
+        assert status == 200, body
+        return body if body["state"] == state else None
+
+    return wait_for(current, timeout, f"call {call_id} in state {state}", interval=0.2)
+
+
+# -- the call ---------------------------------------------------------------------------------------
+
+
+def test_post_rings_manager_then_customer_and_never_leaks(make_bridged, asterisk, trace_dir: Path, rig_alloc) -> None:
+    with WebhookReceiver(rig_alloc.sip_port() + 20000) as hook:
+        daemon = api_daemon(make_bridged, "anna", webhook_url=hook.url)
+        anna = daemon.managers[0]
+        order, number = new_order_id(), new_customer_number()
+        add_order(daemon.postgres, order, number, "Ivan Petrov", anna.id)
+        phone = manager_phone(anna, trace_dir, hold_ms=60000)
+        customer = carrier(trace_dir, rig_alloc, hold_ms=4000)
+
+        status, call, headers = http(daemon, "POST", "/v1/calls", {"order_id": order, "manager_id": anna.id})
+        assert status == 202, call
+        assert call["state"] == "ringing_manager" and call["order_id"] == order
+        assert headers["Location"] == f"/v1/calls/{call['id']}"
+
+        bridged = wait_state(daemon, call["id"], "bridged")
+        assert bridged["answered_at"] is not None
+        # The customer (carrier SIPp) hangs up after its hold; bridged ends the manager's leg.
+        ended = wait_state(daemon, call["id"], "ended", timeout=30)
+        assert (ended["outcome"], ended["ended_by"]) == ("completed", "customer"), ended
+        assert ended["duration_seconds"] > 2 and ended["has_recording"]
+        assert customer.wait(timeout=10) == 0, customer.describe()
+        assert phone.wait(timeout=10) == 0, phone.describe()
+
+        # The manager's phone rang first, showing the order label as the caller.
+        manager_trace = phone.messages()
+        manager_invite = invites(manager_trace)[0]
+        from_line = re.search(r"^From:.*$", manager_invite, re.M)[0]
+        assert f"Order {order}" in from_line, from_line
+        assert re.search(r"^BYE sip:", manager_trace, re.M)
+        # The carrier was asked for the order's number with the shop's caller id.
+        customer_invite = invites(customer.messages())[0]
+        assert re.search(rf"^INVITE sip:{re.escape(number)}@", customer_invite, re.M)
+        assert SHOP_NUMBER_DIGITS in re.sub(r"\D", "", re.search(r"^From:.*$", customer_invite, re.M)[0])
+        # ...and the number reached neither the manager's phone, nor the logs, nor the database.
+        status, again, _ = http(daemon, "GET", f"/v1/calls/{call['id']}")
+        assert_not_leaked(number, manager_sip_trace=manager_trace, daemon_log=daemon.log_text(),
+                          daemon_database=daemon.dump_database(), http_response=json.dumps(again))
+
+        row = daemon.call_rows(anna.id)[-1]
+        recording = asterisk.recordings_dir / f"{row['recording_name']}.wav"
+        wait_for(recording.exists, 10, "recording file")
+        assert sox_rms(recording) > 0.01
+
+        # Every state change reached the webhook, signed.
+        wait_for(lambda: "ended" in hook.states(call["id"]), 15, "webhook for ended")
+        assert hook.states(call["id"]) == ["ringing_manager", "ringing_customer", "bridged", "ended"]
+        for headers_, body in hook.received:
+            assert verify(WEBHOOK_SECRET, headers_[SIGNATURE_HEADER], body)
+        assert not verify("another-secret-000000", hook.received[0][0][SIGNATURE_HEADER], hook.received[0][1])
+        last = json.loads(hook.received[-1][1])["data"]
+        assert last["outcome"] == "completed"
+        assert_not_leaked(number, webhooks=" ".join(b.decode() for _, b in hook.received))
+
+
+@pytest.mark.parametrize(("scenario", "outcome"), [("carrier_noanswer", "manager_no_answer"),
+                                                   ("carrier_busy", "manager_no_answer")])
+def test_manager_not_answering_or_rejecting_never_dials_the_customer(
+    make_bridged, trace_dir: Path, rig_alloc, scenario: str, outcome: str
+) -> None:
+    daemon = api_daemon(make_bridged, "boris")
+    boris = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Olga S.", boris.id)
+    phone = manager_phone(boris, trace_dir, scenario, timeout_s=40)
+    customer = carrier(trace_dir, rig_alloc, hold_ms=5000, timeout_s=40)
+
+    status, call, _ = http(daemon, "POST", "/v1/calls", {"order_id": order, "manager_id": boris.id})
+    assert status == 202, call
+    ended = wait_state(daemon, call["id"], "ended", timeout=30)
+    assert ended["outcome"] == outcome, ended
+    assert ended["answered_at"] is None
+    assert phone.wait(timeout=15) == 0, phone.describe()
+    assert not invites(customer.messages()), "the customer was dialled although the manager never answered"
+    customer.stop()
+
+
+def test_delete_ends_a_bridged_call(make_bridged, trace_dir: Path, rig_alloc) -> None:
+    daemon = api_daemon(make_bridged, "carla")
+    carla = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Petr I.", carla.id)
+    phone = manager_phone(carla, trace_dir, hold_ms=60000)
+    customer = carrier(trace_dir, rig_alloc, hold_ms=60000)
+    status, call, _ = http(daemon, "POST", "/v1/calls", {"order_id": order, "manager_id": carla.id})
+    assert status == 202
+    wait_state(daemon, call["id"], "bridged")
+    status, body, _ = http(daemon, "DELETE", f"/v1/calls/{call['id']}")
+    assert status == 202, body
+    ended = wait_state(daemon, call["id"], "ended", timeout=5)
+    assert (ended["outcome"], ended["ended_by"]) == ("completed", "api")
+    assert phone.wait(timeout=10) == 0 and customer.wait(timeout=10) == 0
+    status, body, _ = http(daemon, "DELETE", f"/v1/calls/{call['id']}")
+    assert (status, body["error"]["id"]) == (409, "call_ended")
+
+
+def test_idempotent_retry_rings_once(make_bridged, trace_dir: Path, rig_alloc) -> None:
+    daemon = api_daemon(make_bridged, "dora")
+    dora = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Anna O.", dora.id)
+    phone = manager_phone(dora, trace_dir, "carrier_noanswer", timeout_s=40)
+    body = {"order_id": order, "manager_id": dora.id}
+    key = {"Idempotency-Key": f"order-{order}-attempt-1"}
+    first = http(daemon, "POST", "/v1/calls", body, headers=key)
+    second = http(daemon, "POST", "/v1/calls", body, headers=key)
+    assert first[0] == second[0] == 202
+    assert first[1]["id"] == second[1]["id"]
+    assert second[2].get("Idempotent-Replayed") == "true"
+    status, error, _ = http(daemon, "POST", "/v1/calls", {"order_id": order + "9", "manager_id": dora.id}, headers=key)
+    assert (status, error["error"]["id"]) == (422, "idempotency_key_reused")
+    wait_state(daemon, first[1]["id"], "ended", timeout=30)
+    assert phone.wait(timeout=15) == 0
+    assert len(invites(phone.messages())) == 1, "the manager's phone rang more than once"
+    assert len([r for r in daemon.call_rows(dora.id) if r["direction"] == "api"]) == 1
+
+
+def test_hanging_webhook_receiver_does_not_hold_up_calls(make_bridged, trace_dir: Path, rig_alloc) -> None:
+    with WebhookReceiver(rig_alloc.sip_port() + 20000, hang=True) as hook:
+        daemon = api_daemon(make_bridged, "egor", webhook_url=hook.url)
+        egor = daemon.managers[0]
+        order, number = new_order_id(), new_customer_number()
+        add_order(daemon.postgres, order, number, "Lev T.", egor.id)
+        phone = manager_phone(egor, trace_dir, hold_ms=3000)
+        customer = carrier(trace_dir, rig_alloc, hold_ms=60000)
+        status, call, _ = http(daemon, "POST", "/v1/calls", {"order_id": order, "manager_id": egor.id})
+        assert status == 202
+        wait_for(lambda: hook.received, 10, "a first webhook delivery (which never gets an answer)")
+        # The receiver is stuck on its first delivery; the call still goes all the way.
+        wait_state(daemon, call["id"], "bridged", timeout=20)
+        ended = wait_state(daemon, call["id"], "ended", timeout=20)
+        assert ended["outcome"] == "completed"
+        assert phone.wait(timeout=10) == 0 and customer.wait(timeout=10) == 0
+        # Deliveries that timed out are retried, not lost.
+        assert daemon.sql("SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL").strip() != "0"
+
+
+# -- bad input and authorization --------------------------------------------------------------------
+
+
+def test_bad_input_gets_4xx_with_stable_error_ids(make_bridged, asterisk, trace_dir: Path) -> None:
+    daemon = api_daemon(make_bridged, "fedor")
+    fedor = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Ilya L.", "someone-else")
+
+    cases = [
+        (dict(raw=b"{not json"), 400, "invalid_json"),
+        (dict(body=[1, 2]), 422, "invalid_request"),
+        (dict(body={"order_id": 123, "manager_id": fedor.id}), 422, "invalid_request"),
+        (dict(body={"order_id": order}), 422, "invalid_request"),
+        (dict(body={"order_id": order, "manager_id": fedor.id, "phone": "+1555"}), 422, "invalid_request"),
+        (dict(raw=b'{"order_id": "' + b"1" * 40000 + b'"}'), 413, "body_too_large"),
+        (dict(body={"order_id": order, "manager_id": "nobody"}), 404, "unknown_manager"),
+        (dict(body={"order_id": "999999999", "manager_id": fedor.id}), 404, "unknown_order"),
+        (dict(body={"order_id": "12AB", "manager_id": fedor.id}), 422, "invalid_order_id"),
+        (dict(body={"order_id": order, "manager_id": fedor.id}), 403, "order_not_allowed"),
+        (dict(body={"order_id": order, "manager_id": fedor.id}, headers={"Idempotency-Key": "has space"}), 422,
+         "invalid_idempotency_key"),
+    ]
+    for kwargs, status, error_id in cases:
+        got, body, _ = http(daemon, "POST", "/v1/calls", **kwargs)
+        assert (got, body.get("error", {}).get("id")) == (status, error_id), (kwargs.get("body"), body)
+        assert set(body["error"]) >= {"id", "message"}
+    got, body, _ = http(daemon, "GET", "/v1/calls/no-such-call")
+    assert (got, body["error"]["id"]) == (404, "call_not_found")
+    assert not json.loads(asterisk.ari_get("/channels")), "a bad request created a channel"
+    assert daemon.alive()
+
+
+def test_unregistered_manager_phone_is_refused_before_dialling(make_bridged, asterisk, trace_dir: Path, unique_name) -> None:
+    daemon = api_daemon(make_bridged, "gleb")
+    endpoint = unique_name("offline")
+    asterisk.add_endpoints(f"test_{endpoint}", "\n".join([
+        f"[{endpoint}]", "type=endpoint", "transport=transport-udp", "context=bridged-managers", "disallow=all",
+        "allow=ulaw", f"aors={endpoint}", "", f"[{endpoint}]", "type=aor", "max_contacts=1", "",
+    ]))
+    try:
+        # A manager whose endpoint exists in Asterisk but has no registered contact.
+        config = daemon.config()
+        config["managers"].append({"id": "offline-mgr", "name": "Off Line", "endpoint": endpoint, "team": "t"})
+        daemon.extra["managers"] = config["managers"]
+        daemon.stop()
+        daemon.start()
+        order, number = new_order_id(), new_customer_number()
+        add_order(daemon.postgres, order, number, "Maria P.", "offline-mgr")
+        started = time.monotonic()
+        status, body, _ = http(daemon, "POST", "/v1/calls", {"order_id": order, "manager_id": "offline-mgr"})
+        elapsed = time.monotonic() - started
+        assert (status, body["error"]["id"]) == (409, "manager_not_registered"), body
+        print(f"unregistered manager answered in {elapsed * 1000:.0f} ms")
+        assert not json.loads(asterisk.ari_get("/channels"))
+        assert not [r for r in daemon.call_rows("offline-mgr")], "a call row was created"
+        audit = [a for a in daemon.audit_rows("token:shop-test") if a["details"].get("manager_id") == "offline-mgr"]
+        assert [(a["outcome"], a["reason"]) for a in audit] == [("refused", "manager_not_registered")]
+    finally:
+        asterisk.remove_endpoints(f"test_{endpoint}")
+
+
+def test_authorization_matrix(make_bridged) -> None:
+    daemon = api_daemon(make_bridged, "hanna")
+    body = {"order_id": "1", "manager_id": "nobody"}
+    # (method, path, body) -> expected status per caller; 404 means the request got past authorization.
+    endpoints = {
+        ("POST", "/v1/calls"): {"none": 401, "wrong": 401, "shop": 404, "ops": 403, "admin": 403},
+        ("GET", "/v1/calls/none"): {"none": 401, "wrong": 401, "shop": 404, "ops": 404, "admin": 404},
+        ("DELETE", "/v1/calls/none"): {"none": 401, "wrong": 401, "shop": 404, "ops": 403, "admin": 403},
+        ("GET", "/v1/openapi.json"): {"none": 200, "wrong": 200, "shop": 200, "ops": 200, "admin": 200},
+    }
+    callers = {"none": None, "wrong": "not-a-token", **TOKENS}
+    for (method, path), expected in endpoints.items():
+        for caller, status in expected.items():
+            got, answer, _ = http(daemon, method, path, body if method == "POST" else None, token=callers[caller])
+            assert got == status, (method, path, caller, answer)
+            if status in (401, 403):
+                assert answer["error"]["id"] == {401: "unauthorized", 403: "forbidden"}[status]
+
+
+def test_openapi_schemathesis(make_bridged, trace_dir: Path) -> None:
+    daemon = api_daemon(make_bridged, "ivan")
+    status, document, _ = http(daemon, "GET", "/v1/openapi.json", token=None)
+    assert status == 200 and document["openapi"].startswith("3.1")
+    # Each role sees its own operations; together they cover every documented operation.
+    for role in ("shop", "admin"):
+        result = subprocess.run(
+            ["schemathesis", "run", f"http://127.0.0.1:{daemon.http_port}/v1/openapi.json",
+             "--header", f"Authorization: Bearer {TOKENS[role]}",
+             "--checks", "all",
+             "--exclude-checks", "positive_data_acceptance,use_after_free,ensure_resource_availability",
+             "--phases", "examples,coverage,fuzzing",
+             "--max-examples", "25", "--seed", "1", "--workers", "1"],
+            capture_output=True, text=True, timeout=300,
+        )
+        (trace_dir / f"schemathesis-{role}.txt").write_text(result.stdout + result.stderr)
+        assert result.returncode == 0, result.stdout[-6000:]
+        assert re.search(r"\d+ generated, \d+ passed", result.stdout), result.stdout[-2000:]
+    assert "unhandled error" not in daemon.log_text()
