@@ -1,9 +1,10 @@
-"""Command line: ``bridged run --config FILE`` and ``bridged check-config --config FILE``."""
+"""Command line: ``bridged run``, ``bridged check-config`` and ``bridged hash-token``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import sys
 
 from aiohttp import web
@@ -24,7 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", "-c", required=True, help="path to the YAML config")
+    hash_cmd = sub.add_parser(
+        "hash-token", help="print a new API token and its sha256 for api.tokens"
+    )
+    hash_cmd.add_argument("--stdin", action="store_true", help="hash the token read from standard input")
     args = parser.parse_args(argv)
+
+    if args.command == "hash-token":
+        return _hash_token(from_stdin=args.stdin)
 
     try:
         config = load_config(args.config)
@@ -48,6 +56,21 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return exc.exit_code
+    return 0
+
+
+def _hash_token(*, from_stdin: bool) -> int:
+    from .api.auth import hash_token
+
+    if from_stdin:
+        token = sys.stdin.readline().strip()
+        if len(token) < 16:
+            print("bridged: a token must have at least 16 characters", file=sys.stderr)
+            return EXIT_CONFIG
+        print(hash_token(token))
+        return 0
+    token = secrets.token_urlsafe(32)
+    print(f"token:  {token}\nsha256: {hash_token(token)}")
     return 0
 
 
