@@ -430,6 +430,8 @@ def _load_api(s: _Section) -> ApiConfig:
         digest = t.str("sha256", required=True).lower()
         if not _SHA256_RE.match(digest):
             raise ConfigError(t.key("sha256"), "must be the hex SHA-256 of the token (bridged hash-token)")
+        if digest == "0" * 64:
+            raise ConfigError(t.key("sha256"), "still holds the example placeholder; run bridged hash-token")
         if name in names:
             raise ConfigError(t.key("name"), f"duplicates token name {name!r}")
         names.add(name)

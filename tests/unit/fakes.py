@@ -35,8 +35,12 @@ _real_sleep = asyncio.sleep
 
 
 def example_data() -> dict[str, Any]:
-    """The shipped example config as a dict, with every ``change-me`` placeholder replaced."""
-    text = EXAMPLE_CONFIG.read_text(encoding="utf-8").replace("change-me", "s3cr3t-value")
+    """The shipped example config as a dict, with every placeholder (``change-me``, zero hash) replaced."""
+    text = (
+        EXAMPLE_CONFIG.read_text(encoding="utf-8")
+        .replace("change-me", "s3cr3t-value")
+        .replace("0" * 64, "a" * 64)
+    )
     data = yaml.safe_load(text)
     assert isinstance(data, dict)
     return data
