@@ -52,13 +52,13 @@ class TokenRegistry:
         return None if found is None else Principal(found.name, found.role)
 
 
-PRINCIPAL = "bridged.principal"
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 TOKENS = web.AppKey("tokens", TokenRegistry)
 
 
 def principal(request: web.Request) -> Principal:
     found = request.get(PRINCIPAL)
-    if not isinstance(found, Principal):
+    if found is None:
         raise Unauthorized()
     return found
 
