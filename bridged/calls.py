@@ -149,6 +149,8 @@ class Call:
     started: asyncio.Future[None] | None = None
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
+    # True while the worker handles an event: a SIGTERM drain waits for the step to finish.
+    handling: bool = False
 
     @property
     def label(self) -> str:
@@ -218,11 +220,21 @@ class CallEngine:
     # -- intake ----------------------------------------------------------------------------------
 
     def expect(self, pending: PendingCall) -> None:
-        now = time.monotonic()
-        for call_id, old in list(self._pending.items()):
-            if now - old.created > self.PENDING_TTL:
-                del self._pending[call_id]
         self._pending[pending.call_id] = pending
+        if pending.direction == "phone":
+            asyncio.get_running_loop().call_later(self.PENDING_TTL, self._expire_pending, pending.call_id)
+
+    def _expire_pending(self, call_id: str) -> None:
+        """The manager hung up between the FastAGI check and Stasis: close the row."""
+        pending = self._pending.pop(call_id, None)
+        if pending is None:
+            return
+        log.info("call %s: the manager's channel never reached Stasis", call_id)
+        self._background(
+            self.store.finish(
+                call_id, outcome=Outcome.MANAGER_ABANDONED.value, hangup_cause=None, ended_by="manager"
+            )
+        )
 
     async def start_api_call(self, pending: PendingCall) -> Call:
         """HTTP path: ring the manager first; the customer is dialled once the manager answers.
@@ -333,6 +345,7 @@ class CallEngine:
     async def _worker(self, call: Call) -> None:
         while call.state is not CallState.ENDED:
             event = await call.queue.get()
+            call.handling = True
             try:
                 await self._handle(call, event)
             except Exception:
@@ -340,6 +353,8 @@ class CallEngine:
                     "call %s: failed handling %s in state %s", call.id, event.get("type"), call.state
                 )
                 await self._abort(call)
+            finally:
+                call.handling = False
         self._forget(call)
 
     async def _handle(self, call: Call, event: dict[str, Any]) -> None:
@@ -678,7 +693,7 @@ class CallEngine:
         for call in list(self.calls.values()):
             call.queue.put_nowait({"type": "Reconcile", "alive": alive, "states": states})
         known = set(self.calls)
-        for row in await self.store.open_calls():
+        for row in await self.store.open_calls(self.config.ari.app):
             if row.id in known:
                 continue
             await self._adopt(row, alive, states)
@@ -785,7 +800,9 @@ class CallEngine:
         now = time.monotonic()
         fresh = sum(1 for p in self._pending.values() if now - p.created < 10.0)
         return fresh + sum(
-            1 for c in self.calls.values() if c.state not in (CallState.BRIDGED, CallState.ENDED)
+            1
+            for c in self.calls.values()
+            if c.handling or c.state not in (CallState.BRIDGED, CallState.ENDED)
         )
 
     async def shutdown(self) -> None:
