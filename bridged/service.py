@@ -103,6 +103,7 @@ class CallService:
             direction=direction,
             state=CallState.REQUESTED.value,
             manager_channel_id=manager_channel_id,
+            ari_app=self.config.ari.app,
         )
         await self.store.audit(
             actor=actor,

@@ -54,16 +54,18 @@ class Store:
         direction: str,
         state: str,
         manager_channel_id: str | None,
+        ari_app: str | None = None,
     ) -> None:
         await self.pool.execute(
-            "INSERT INTO calls (id, order_id, manager_id, direction, state, manager_channel_id)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO calls (id, order_id, manager_id, direction, state, manager_channel_id, ari_app)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
             call_id,
             order_id,
             manager_id,
             direction,
             state,
             manager_channel_id,
+            ari_app,
         )
 
     async def set_state(self, call_id: str, state: str) -> None:
@@ -116,9 +118,11 @@ class Store:
         row = await self.pool.fetchrow(f"SELECT {CALL_COLUMNS} FROM calls WHERE id = $1", call_id)
         return None if row is None else CallRow(**dict(row))
 
-    async def open_calls(self) -> list[CallRow]:
+    async def open_calls(self, ari_app: str) -> list[CallRow]:
+        """Calls of this daemon's Stasis application that have not ended."""
         rows = await self.pool.fetch(
-            f"SELECT {CALL_COLUMNS} FROM calls WHERE state <> 'ended' ORDER BY requested_at"
+            f"SELECT {CALL_COLUMNS} FROM calls WHERE state <> 'ended' AND ari_app = $1 ORDER BY requested_at",
+            ari_app,
         )
         return [CallRow(**dict(r)) for r in rows]
 

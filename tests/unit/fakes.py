@@ -348,6 +348,7 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
+        self.apps: dict[str, str | None] = {}
         self.audits: list[dict[str, Any]] = []
 
     def add_row(self, **fields: Any) -> dict[str, Any]:
@@ -383,8 +384,10 @@ class FakeStore:
         direction: str,
         state: str,
         manager_channel_id: str | None,
+        ari_app: str | None = None,
     ) -> None:
         assert call_id not in self.rows, "duplicate call id"
+        self.apps[call_id] = ari_app
         assert direction in ("phone", "api")  # the table's CHECK
         self.add_row(
             id=call_id,
@@ -443,8 +446,13 @@ class FakeStore:
         row = self.rows.get(call_id)
         return None if row is None else CallRow(**row)
 
-    async def open_calls(self) -> list[CallRow]:
-        rows = [r for r in self.rows.values() if r["state"] != "ended"]
+    async def open_calls(self, ari_app: str) -> list[CallRow]:
+        # Rows a test adds directly (add_row) belong to whichever app asks.
+        rows = [
+            r
+            for r in self.rows.values()
+            if r["state"] != "ended" and self.apps.get(r["id"], ari_app) in (ari_app, None)
+        ]
         rows.sort(key=lambda r: r["requested_at"])
         return [CallRow(**r) for r in rows]
 

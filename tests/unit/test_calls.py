@@ -741,3 +741,27 @@ def test_label_of_an_adopted_call_has_no_customer_name() -> None:
     named = replace(call, order=make_order(name='Ivan "the" Petrov'))
     assert named.label_caller_id == '"Order 123 Ivan P." <*7742>'
     assert NUMBER_DIGITS not in digits(named.label_caller_id)
+
+
+async def test_pending_call_whose_manager_never_reaches_stasis_is_closed(env: Env) -> None:
+    env.engine.PENDING_TTL = 0.05  # type: ignore[misc]
+    env.expect("call-x", "m-x")
+    row = await env.ended("call-x")
+    assert (row["outcome"], row["ended_by"]) == ("manager_abandoned", "manager")
+    # A late StasisStart for it is refused: nothing is originated.
+    env.engine.on_event(stasis_start("m-x", ["order", "call-x"], state="Ring"))
+    await wait_until(lambda: "m-x" in env.ari.hung_up() or env.ari.named("answer"), what="refusal")
+    assert not env.ari.named("originate")
+
+
+async def test_reconcile_adopts_only_this_apps_calls(env: Env) -> None:
+    env.store.add_row(id="mine", manager_id="anna", manager_channel_id="m1", customer_channel_id="c1",
+                      state="bridged", bridge_id="b1")
+    await env.store.insert_call(call_id="theirs", order_id="1", manager_id="anna", direction="phone",
+                                state="bridged", manager_channel_id="m2", ari_app="another-app")
+    env.ari.channels = {"m1": {"id": "m1", "state": "Up"}, "c1": {"id": "c1", "state": "Up"},
+                        "m2": {"id": "m2", "state": "Up"}}
+    await env.engine.reconcile()
+    assert "mine" in env.engine.calls
+    assert "theirs" not in env.engine.calls
+    assert "m2" not in env.ari.hung_up()
