@@ -61,7 +61,7 @@ async def to_page(request: web.Request) -> web.Response:
 
 async def static(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    types = {"ops.js": "text/javascript", "ops.css": "text/css"}
+    types = {"ops.js": "text/javascript", "ops.css": "text/css", "favicon.svg": "image/svg+xml"}
     if name not in types:
         raise web.HTTPNotFound()
     text = (STATIC / name).read_text(encoding="utf-8")

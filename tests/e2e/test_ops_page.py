@@ -1,0 +1,153 @@
+"""The /ops/ page in Debian's headless Chromium driven by Playwright: sign in with the keyboard, filter,
+play a recording made by a real call, see the listen in the audit list. A screenshot is kept as
+``artifacts/<test>/ops.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import (  # noqa: F401 - fixtures
+    add_order,
+    assert_not_leaked,
+    carrier,
+    dial,
+    new_customer_number,
+    new_order_id,
+    wait_for,
+)
+from .test_review_api import TOKENS, token_config
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    # The page plays audio after a button press anyway; this keeps a headless run from depending on it.
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+def _real_call(daemon, manager, trace_dir: Path, rig_alloc, numbers: list[str]) -> dict[str, Any]:
+    order, number = new_order_id(), new_customer_number()
+    numbers.append(number)
+    add_order(daemon.postgres, order, number, "Page Customer", manager.id)
+    calls_dir = trace_dir / manager.id
+    calls_dir.mkdir()
+    customer = carrier(calls_dir, rig_alloc, hold_ms=30000)
+    phone = dial(manager, calls_dir, f"*77{order}", hold_ms=3000)
+    assert phone.wait(timeout=60) == 0, phone.describe()
+    customer.wait(timeout=20)
+    return wait_for(
+        lambda: [r for r in daemon.call_rows(manager.id) if r["state"] == "ended" and r["recording_name"]],
+        15,
+        "ended row with a recording",
+    )[-1]
+
+
+def test_ops_page_sign_in_filter_play_and_audit(make_bridged, asterisk, trace_dir: Path, rig_alloc) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (scripts/bootstrap installs it)")
+    daemon = make_bridged(("pia", "pat"), extra=token_config())
+    pia, pat = daemon.managers
+    numbers: list[str] = []
+    row = _real_call(daemon, pia, trace_dir, rig_alloc, numbers)
+    _real_call(daemon, pat, trace_dir, rig_alloc, numbers)
+    recording = asterisk.recordings_dir / f"{row['recording_name']}.wav"
+    wait_for(recording.exists, 10, "recording file")
+    base = f"http://127.0.0.1:{daemon.http_port}"
+    admin_name, admin_token = TOKENS["admin"]
+
+    traffic: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            console_errors: list[str] = []
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            page.on("requestfailed", lambda r: console_errors.append(f"failed: {r.url}"))
+            page.on(
+                "response",
+                lambda r: console_errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None,
+            )
+
+            def keep(response: Any) -> None:
+                traffic.append(response.url)
+                kind = response.headers.get("content-type", "")
+                if not kind.startswith("audio/"):
+                    traffic.append(response.text())
+
+            page.on("response", keep)
+            page.goto(f"{base}/ops/")
+
+            # Sign in with the keyboard only: the token field has focus on load.
+            assert page.evaluate("document.activeElement.id") == "token"
+            page.keyboard.type(admin_token)
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#review:not([hidden])")
+            assert page.inner_text("#who-text") == f"Signed in as {admin_name} (admin)"
+            assert page.evaluate("document.activeElement.id") == "f-manager"
+            assert page.evaluate("sessionStorage.getItem('bridged.token')") == admin_token
+
+            # Filter by manager: only pia's call is left.
+            page.keyboard.type(pia.id)
+            page.keyboard.press("Enter")
+            page.wait_for_function(
+                "ids => { const rows = [...document.querySelectorAll('#calls tbody tr')];"
+                " return rows.length === 1 && rows[0].dataset.callId === ids; }",
+                arg=row["id"],
+            )
+            page.get_by_label("Reason for listening").fill("customer dispute")
+
+            # Play with the keyboard: focus the row's button, press Enter.
+            play = page.locator(f'#calls tr[data-call-id="{row["id"]}"] button.play')
+            play.focus()
+            page.keyboard.press("Enter")
+            page.wait_for_function(
+                "() => { const a = document.getElementById('player');"
+                " return a.readyState >= 2 && a.currentTime > 0 && !a.paused; }",
+                timeout=20000,
+            )
+            duration = page.evaluate("document.getElementById('player').duration")
+            assert duration > 1, duration
+
+            # The listen shows up in the audit list (refreshed after play).
+            page.wait_for_function(
+                "id => [...document.querySelectorAll('#audit-table tbody tr')].some(tr =>"
+                " tr.dataset.action === 'recording.listen' && tr.textContent.includes(id))",
+                arg=row["id"],
+            )
+            listen_row = page.locator("#audit-table tbody tr[data-action='recording.listen']").first
+            assert "customer dispute" in listen_row.inner_text()
+            assert admin_name in listen_row.inner_text()
+
+            out = trace_dir / "ops.png"
+            page.screenshot(path=str(out), full_page=True)
+            assert out.stat().st_size > 10_000
+            html = page.content()
+            assert not console_errors, console_errors
+        finally:
+            browser.close()
+
+    # Exactly one audited listen for the one press of Play.
+    audit = json.loads(
+        daemon.sql(
+            "SELECT coalesce(json_agg(a), '[]') FROM audit a"
+            f" WHERE action = 'recording.listen' AND call_id = '{row['id']}'"
+        ).strip()
+    )
+    assert [(a["actor"], a["reason"]) for a in audit] == [(admin_name, "customer dispute")]
+    # No customer number in the page or anywhere in what the browser received.
+    (trace_dir / "ops.html").write_text(html)
+    for number in numbers:
+        assert_not_leaked(number, page_html=html, network="\n".join(traffic))
