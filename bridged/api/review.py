@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from ..appkeys import CONFIG, STORE
@@ -401,10 +402,18 @@ async def _serve(
         response.headers["Content-Range"] = wanted.content_range(size)
     response.content_length = max(0, end - start + 1)
     await response.prepare(request)
-    if size > 0:
-        async for chunk in recording.chunks(start, end):
-            await response.write(chunk)
-    await response.write_eof()
+    try:
+        if size > 0:
+            async for chunk in recording.chunks(start, end):
+                await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:
+        # A player that seeks drops the connection mid-file; the listen was audited already.
+        log.debug("call %s: client left while the recording was being sent", call.id)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        # The source broke off after the headers went out: cut the connection, the length tells the rest.
+        log.error("call %s: recording source failed mid-stream: %s", call.id, type(exc).__name__)
+        response.force_close()
     return response
 
 

@@ -175,6 +175,8 @@ def rig(asterisk: Asterisk, shop: Postgres, rig_alloc) -> Iterator[Rig]:
         asterisk, shop, trace_dir, rig_alloc, ("rita", "rob"), token_config(), endpoint_files
     )
     rig = Rig(daemon, asterisk, shop, trace_dir, rig_alloc, [], {}, {}, [], endpoint_files)
+    # The database is shared by the session: start from the config's retention whatever ran before.
+    daemon.sql("DELETE FROM settings WHERE key = 'recording.retention_days'")
     try:
         rita, rob = daemon.managers
         rig.kept["rita1"] = rig.place_call(rita, "rita1")

@@ -388,3 +388,80 @@ async def test_ops_page_carries_no_data_and_strict_headers(served) -> None:
     assert resp.status == 200 and resp.content_type == "text/javascript"
     resp = await client.get("/ops/static/../__init__.py")
     assert resp.status == 404
+
+
+class _BrokenRecording:
+    size = 1000
+    content_type = "audio/wav"
+    closed = False
+
+    async def chunks(self, start: int, end: int):
+        yield b"RIFF" + b"\x00" * 96
+        raise OSError("Asterisk went away")
+
+    async def close(self) -> None:
+        type(self).closed = True
+
+
+class _BrokenSource:
+    name = "ari"
+
+    async def open(self, recording_name: str) -> _BrokenRecording:
+        return _BrokenRecording()
+
+    async def delete(self, recording_name: str) -> bool:
+        from bridged.recordings import SourceUnavailable
+
+        raise SourceUnavailable("Asterisk unreachable")
+
+
+async def test_source_failing_mid_stream_cuts_the_connection(served) -> None:
+    import aiohttp
+
+    client, store, app = served
+    app._state[RECORDINGS] = _BrokenSource()
+    resp = await client.get("/v1/calls/c1/recording", headers=_auth("ops"))
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    assert _BrokenRecording.closed
+    assert len(store.audits) == 1  # the listen was audited before the first byte
+
+
+class _RetentionStore:
+    def __init__(self, days: int | None) -> None:
+        self.days = days
+        self.due = [("c1", "bridged-c1"), ("c2", "bridged-c2")]
+        self.marked: list[str] = []
+
+    async def get_setting(self, key: str) -> Any:
+        from bridged.store import Setting
+
+        return None if self.days is None else Setting(key, self.days, NOW, "admin-1")
+
+    async def recordings_due(self, older_than: datetime, limit: int) -> list[tuple[str, str]]:
+        self.cutoff = older_than
+        return [d for d in self.due if d[0] not in self.marked][:limit]
+
+    async def mark_recording_purged(self, call_id: str, *, actor: str, details: dict[str, Any]) -> datetime:
+        self.marked.append(call_id)
+        return NOW
+
+
+async def test_retention_purges_past_the_cutoff_and_keeps_rows_when_the_source_is_down(
+    tmp_path: Path,
+) -> None:
+    store = _RetentionStore(30)
+    (tmp_path / "bridged-c1.wav").write_bytes(b"RIFF")
+    retention = Retention(store, FolderRecordings(tmp_path, "wav"), None)  # type: ignore[arg-type]
+    assert await retention.purge(now=NOW) == 2
+    assert store.cutoff == NOW - timedelta(days=30)
+    assert store.marked == ["c1", "c2"] and not (tmp_path / "bridged-c1.wav").exists()
+
+    down = _RetentionStore(30)
+    assert await Retention(down, _BrokenSource(), None).purge(now=NOW) == 0  # type: ignore[arg-type]
+    assert down.marked == []  # the rows still say the recordings exist, which is true
+
+    assert await Retention(_RetentionStore(None), _BrokenSource(), None).purge() == 0  # type: ignore[arg-type]
+    policy = await Retention(_RetentionStore(None), _BrokenSource(), 90).policy()  # type: ignore[arg-type]
+    assert (policy.days, policy.source) == (90, "config")
