@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -265,4 +266,45 @@ def test_daemon_killed_while_bridged_call_goes_on_and_row_is_finalized(
     ]
     assert (row["outcome"], row["ended_by"]) == ("completed", "manager"), row
     assert row["duration"] and row["duration"] > 5, row
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
+@pytest.mark.parametrize("recording", [False, True], ids=["two-party-bridge", "recorded-bridge"])
+def test_carrier_identity_update_mid_call_never_reaches_the_manager(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc, recording: bool
+) -> None:
+    """A carrier re-asserting the customer's identity mid-call (UPDATE with PAI/RPID, trusted by the trunk)
+    becomes a connected-line update that crosses the bridge: the manager's side must keep the label.
+
+    In a two-party bridge (recording off) the frame reaches the manager's channel, and only the
+    CONNECTED_LINE_SEND_SUB interception keeps the number out (checked: without it this test fails).
+    """
+    daemon = make_bridged(("julia",), recording=recording)
+    julia = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Nina Volkova", julia.id)
+
+    customer = carrier(trace_dir, rig_alloc, "carrier_answer_update", hold_ms=30000)
+    phone = dial(julia, trace_dir, f"*77{order}", hold_ms=8000)
+
+    def update_accepted() -> bool:
+        return bool(re.search(r"^SIP/2.0 200 OK\s*$(?:(?!^-{5}).)*^CSeq: \d+ UPDATE", customer.messages(), re.M | re.S))
+
+    wait_for(update_accepted, 20, "Asterisk accepting the carrier's identity UPDATE")
+    time.sleep(0.5)  # let the connected-line frame cross the bridge before reading both sides
+    channels = {c["id"]: c for c in json.loads(asterisk.ari_get("/channels"))}
+    customer_id = next(cid for cid in channels if cid.endswith("-customer"))
+    manager_id = next(cid for cid, c in channels.items() if c["name"].startswith(f"PJSIP/{julia.endpoint}-"))
+
+    def variable(channel: str, name: str) -> str:
+        return json.loads(asterisk.ari_get(f"/channels/{channel}/variable?variable={name}"))["value"]
+
+    # The trunk trusted the UPDATE: the customer channel now carries the number as its caller id...
+    assert number.lstrip("+") in re.sub(r"\D", "", variable(customer_id, "CALLERID(num)"))
+    # ...while the manager's side still only knows the order.
+    assert variable(manager_id, "CONNECTEDLINE(num)") == f"*77{order}"
+    assert variable(manager_id, "CONNECTEDLINE(name)").startswith(f"Order {order}")
+
+    assert phone.wait(timeout=60) == 0, phone.describe()
+    customer.wait(timeout=20)
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
