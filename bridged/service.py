@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .calls import CallEngine, CallState, PendingCall
 from .config import Config, Manager
 from .orders import LookupFailed, OrderDirectory, Refusal, is_valid_code, may_call
+from .redact import redact
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,9 @@ class CallService:
         self, manager: Manager, code: str, reason: Refusal, direction: str, actor: str
     ) -> Refused:
         # A refused attempt on a well-formed order code is still a call attempt: it gets its row.
+        # A code that did not resolve to an order is only what someone typed, and that may be a
+        # customer's number (a manager probing): stored masked unless it is a known order.
+        code = code if reason is Refusal.DENIED else redact(code)
         call_id = uuid.uuid4().hex
         await self.store.insert_call(
             call_id=call_id,

@@ -180,9 +180,14 @@ def test_unknown_and_malformed_codes_are_refused_and_the_next_call_works(
     )
     _refused_call(daemon, fedor, "*7712AB", trace_dir / "malformed", rig_alloc)
     assert wait_for(lambda: _prompt_played(asterisk, fedor.endpoint, "invalid"), 5, "malformed prompt")
+    # A manager keying in a customer's phone number instead of an order code: refused, and the
+    # number typed is not kept anywhere an operator reads.
+    probe = new_customer_number().lstrip("+")
+    _refused_call(daemon, fedor, f"*77{probe}", trace_dir / "probe", rig_alloc)
     reasons = [(a["outcome"], a["reason"]) for a in daemon.audit_rows(fedor.id)]
-    assert reasons == [("refused", "unknown_order"), ("refused", "invalid_code")], reasons
+    assert reasons == [("refused", "unknown_order"), ("refused", "invalid_code"), ("refused", "unknown_order")]
     assert "12AB" not in daemon.dump_database()
+    assert_not_leaked(probe, daemon_database=daemon.dump_database(), daemon_log=daemon.log_text())
 
     order, number = new_order_id(), new_customer_number()
     add_order(daemon.postgres, order, number, "Ilya Lebedev", fedor.id)
