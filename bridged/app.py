@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -159,8 +160,8 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     engine, events = app[ENGINE], app[EVENTS]
     tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(coro: object, name: str) -> None:
-        task = loop.create_task(coro, name=name)  # type: ignore[arg-type]
+    def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
+        task: asyncio.Task[None] = loop.create_task(coro, name=name)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

@@ -204,7 +204,7 @@ class _Section:
             return None
         return self.data[name]
 
-    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str:
         value = self._get(name, required and default is None)
         if value is None:
             return default  # type: ignore[return-value]
@@ -221,7 +221,7 @@ class _Section:
         return value
 
     def secret(self, name: str) -> str:
-        value = self.str(name, required=True)
+        value = self.text(name, required=True)
         if value in PLACEHOLDERS:
             raise ConfigError(self.key(name), "still holds the example placeholder; set a real value")
         return value
@@ -270,7 +270,7 @@ _APP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def _dsn(section: _Section, name: str) -> str:
-    dsn = section.str(name, required=True)
+    dsn = section.text(name, required=True)
     parsed = urlparse(dsn)
     if parsed.scheme not in ("postgres", "postgresql"):
         raise ConfigError(section.key(name), "must be a postgresql:// URL")
@@ -280,7 +280,7 @@ def _dsn(section: _Section, name: str) -> str:
 
 
 def _load_ari(s: _Section) -> AriConfig:
-    url = s.str("url", required=True)
+    url = s.text("url", required=True)
     parsed = urlparse(url)
     if (
         parsed.scheme not in ("http", "https")
@@ -290,12 +290,12 @@ def _load_ari(s: _Section) -> AriConfig:
         raise ConfigError(
             s.key("url"), "must be an http(s) URL ending in /ari, e.g. http://127.0.0.1:8088/ari"
         )
-    app = s.str("app", "bridged")
+    app = s.text("app", "bridged")
     if not _APP_RE.match(app):
         raise ConfigError(s.key("app"), "may hold only letters, digits, '-' and '_'")
     cfg = AriConfig(
         url=url.rstrip("/"),
-        username=s.str("username", required=True),
+        username=s.text("username", required=True),
         password=s.secret("password"),
         app=app,
         request_timeout=s.number("request_timeout", 5.0, minimum=0.1, maximum=60),
@@ -306,10 +306,10 @@ def _load_ari(s: _Section) -> AriConfig:
 
 
 def _load_orders(s: _Section) -> OrdersConfig:
-    query = s.str("query", required=True)
+    query = s.text("query", required=True)
     if "$1" not in query:
         raise ConfigError(s.key("query"), "must use $1 for the order id")
-    pattern = s.str("code_pattern", OrdersConfig.code_pattern)
+    pattern = s.text("code_pattern", OrdersConfig.code_pattern)
     try:
         re.compile(pattern)
     except re.error as exc:
@@ -334,10 +334,10 @@ def _load_managers(root: _Section) -> tuple[Manager, ...]:
     endpoints: set[str] = set()
     for index, item in enumerate(raw):
         s = _Section(item, f"managers[{index}]")
-        manager_id = s.str("id", required=True)
+        manager_id = s.text("id", required=True)
         if not _ID_RE.match(manager_id):
             raise ConfigError(s.key("id"), "may hold only letters, digits, '.', '-' and '_' (64 at most)")
-        endpoint = s.str("endpoint", required=True)
+        endpoint = s.text("endpoint", required=True)
         if not _ENDPOINT_RE.match(endpoint):
             raise ConfigError(s.key("endpoint"), "must be a PJSIP endpoint name")
         if manager_id in ids:
@@ -347,14 +347,14 @@ def _load_managers(root: _Section) -> tuple[Manager, ...]:
         ids.add(manager_id)
         endpoints.add(endpoint)
         managers.append(
-            Manager(id=manager_id, name=s.str("name", manager_id), endpoint=endpoint, team=s.opt_str("team"))
+            Manager(id=manager_id, name=s.text("name", manager_id), endpoint=endpoint, team=s.opt_str("team"))
         )
         s.finish()
     return tuple(managers)
 
 
 def _load_trunk(s: _Section) -> TrunkConfig:
-    dial = s.str("dial", required=True)
+    dial = s.text("dial", required=True)
     if "{number}" not in dial:
         raise ConfigError(s.key("dial"), "must contain {number}, e.g. PJSIP/{number}@carrier")
     if re.sub(r"\{number\}", "", dial).count("{") or "}" in re.sub(r"\{number\}", "", dial):
@@ -364,7 +364,7 @@ def _load_trunk(s: _Section) -> TrunkConfig:
         raise ConfigError(s.key("dial"), "must dial a PJSIP trunk directly (PJSIP/...)")
     cfg = TrunkConfig(
         dial=dial,
-        caller_id=s.str("caller_id", required=True),
+        caller_id=s.text("caller_id", required=True),
         ring_timeout=s.integer("ring_timeout", 30, minimum=5, maximum=300),
     )
     s.finish()
@@ -372,10 +372,10 @@ def _load_trunk(s: _Section) -> TrunkConfig:
 
 
 def _load_recording(s: _Section) -> RecordingConfig:
-    fmt = s.str("format", "wav")
+    fmt = s.text("format", "wav")
     if fmt not in ("wav", "gsm", "ulaw", "alaw", "sln", "wav49"):
         raise ConfigError(s.key("format"), "must be one of wav, gsm, ulaw, alaw, sln, wav49")
-    source = s.str("source", "ari")
+    source = s.text("source", "ari")
     if source not in RECORDING_SOURCES:
         raise ConfigError(s.key("source"), f"must be one of {', '.join(RECORDING_SOURCES)}")
     folder = s.opt_str("folder")
@@ -400,13 +400,13 @@ def _load_recording(s: _Section) -> RecordingConfig:
 
 
 def _load_agi(s: _Section) -> AgiConfig:
-    cfg = AgiConfig(host=s.str("host", "127.0.0.1"), port=s.integer("port", 4573, minimum=1, maximum=65535))
+    cfg = AgiConfig(host=s.text("host", "127.0.0.1"), port=s.integer("port", 4573, minimum=1, maximum=65535))
     s.finish()
     return cfg
 
 
 def _load_http(s: _Section) -> HttpConfig:
-    cfg = HttpConfig(host=s.str("host", "127.0.0.1"), port=s.integer("port", 8090, minimum=1, maximum=65535))
+    cfg = HttpConfig(host=s.text("host", "127.0.0.1"), port=s.integer("port", 8090, minimum=1, maximum=65535))
     s.finish()
     return cfg
 
@@ -423,11 +423,11 @@ def _load_api(s: _Section) -> ApiConfig:
     names: set[str] = set()
     for index, item in enumerate(raw):
         t = _Section(item, f"{s.key('tokens')}[{index}]")
-        name = t.str("name", required=True)
-        role = t.str("role", required=True)
+        name = t.text("name", required=True)
+        role = t.text("role", required=True)
         if role not in ROLES:
             raise ConfigError(t.key("role"), f"must be one of {', '.join(ROLES)}")
-        digest = t.str("sha256", required=True).lower()
+        digest = t.text("sha256", required=True).lower()
         if not _SHA256_RE.match(digest):
             raise ConfigError(t.key("sha256"), "must be the hex SHA-256 of the token (bridged hash-token)")
         if digest == "0" * 64:
@@ -470,13 +470,13 @@ def _load_webhook(s: _Section) -> WebhookConfig:
 
 def _load_prompts(s: _Section) -> Prompts:
     defaults = Prompts()
-    values = {name: s.str(name, getattr(defaults, name)) for name in Prompts.__dataclass_fields__}
+    values = {name: s.text(name, getattr(defaults, name)) for name in Prompts.__dataclass_fields__}
     s.finish()
     return Prompts(**values)
 
 
 def _load_logging(s: _Section) -> LoggingConfig:
-    level = s.str("level", "INFO").upper()
+    level = s.text("level", "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(s.key("level"), "must be DEBUG, INFO, WARNING or ERROR")
     cfg = LoggingConfig(level=level, json=s.boolean("json", False))
@@ -496,7 +496,7 @@ def parse_config(data: Any) -> Config:
     db.finish()
     orders = _load_orders(root.section("orders"))
     managers = _load_managers(root)
-    policy = root.str("policy", required=True)
+    policy = root.text("policy", required=True)
     if policy not in POLICIES:
         raise ConfigError("policy", f"must be one of {', '.join(POLICIES)}")
     if policy == "team":

@@ -64,7 +64,7 @@ class PhoneNumber:
     def __hash__(self) -> int:
         return hash(self._value)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("phone numbers are not serialisable")
 
 
