@@ -170,7 +170,7 @@ class Bridged:
             "logging": {"level": "DEBUG"},
         }
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         self.config_path.write_text(yaml.safe_dump(_merge(self.config(), self.extra)))
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -270,8 +270,8 @@ def make_bridged(
         file_name = f"test_{phones[0].endpoint}"
         asterisk.add_endpoints(file_name, conf)
         endpoint_files.append(file_name)
+        started.append(daemon)  # stopped at teardown even if it never becomes healthy
         daemon.start()
-        started.append(daemon)
         return daemon
 
     yield make
