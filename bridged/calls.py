@@ -421,17 +421,23 @@ class CallEngine:
     async def _on_manager_ready(self, call: Call) -> None:
         manager_channel = call.manager_channel_id
         assert manager_channel is not None and call.order is not None
-        if call.direction == "phone":
-            await self._label_manager(call)
-        await self._ringback(call)
         if not self.is_connected():
+            await self._prepare_manager(call)
             await self._refuse(call, Outcome.FAILED, self.config.prompts.unavailable)
             return
         call.customer_channel_id = f"{call.id}-customer"
         self._by_channel[call.customer_channel_id] = call
         self._transition(call, CallState.RINGING_CUSTOMER)
-        await self.store.set_channels(call.id, customer_channel_id=call.customer_channel_id)
-        await self._persist_state(call)
+        # Labelling the manager's phone (ARI) and recording the customer leg in the row (SQL) are
+        # independent: they run at once, which takes about a millisecond off every call's setup.
+        # Both finish before the customer is dialled, and a failure in either aborts the call
+        # only once the other is done (a late UPDATE must not overwrite the row's end).
+        results = await asyncio.gather(
+            self._prepare_manager(call), self._persist_customer_leg(call), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         trunk = self.config.trunk
         try:
             await self.ari.originate(
@@ -450,6 +456,17 @@ class CallEngine:
         if call.direction == "phone":  # an HTTP call's clock would include the manager picking up
             metrics.SETUP_SECONDS.observe(time.monotonic() - call.requested_at)
         log.info("call %s: customer leg %s originated", call.id, call.customer_channel_id)
+
+    async def _prepare_manager(self, call: Call) -> None:
+        if call.direction == "phone":
+            await self._label_manager(call)
+        await self._ringback(call)
+
+    async def _persist_customer_leg(self, call: Call) -> None:
+        # The row names the customer channel before it exists: a restarted daemon adopts it.
+        assert call.customer_channel_id is not None
+        await self.store.set_channels(call.id, customer_channel_id=call.customer_channel_id)
+        await self._persist_state(call)
 
     async def _ringback(self, call: Call) -> None:
         """Let the manager hear that the customer is being called."""
@@ -513,8 +530,16 @@ class CallEngine:
     async def _label_manager(self, call: Call) -> None:
         """Everything the manager's phone is told about the other side is the order label."""
         channel = call.manager_channel_id or ""
-        await self.ari.set_variable(channel, LABEL_VAR, call.label_caller_id)
-        await self.ari.set_variable(channel, "CONNECTED_LINE_SEND_SUB", LABEL_SUB)
+        # The label and the subroutine that sends it are plain variables, set at once; the
+        # connected line (which runs the subroutine) only after both are in place.
+        results = await asyncio.gather(
+            self.ari.set_variable(channel, LABEL_VAR, call.label_caller_id),
+            self.ari.set_variable(channel, "CONNECTED_LINE_SEND_SUB", LABEL_SUB),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         await self.ari.set_variable(channel, "CONNECTEDLINE(all)", call.label_caller_id)
 
     async def _on_customer_answered(self, call: Call) -> None:
