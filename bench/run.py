@@ -1,0 +1,695 @@
+"""bridged versus plain Asterisk on the real rig: setup latency, call rate, memory per call, CPU.
+
+    python -m bench.run [--quick] [--out bench/last-run.json]
+
+Runs as root; re-executes itself inside ``unshare -n`` (a private network namespace, so the rig's
+fixed ports are free) unless it already runs in one. Provisions the rig from ``rig/``: Asterisk 22 in
+the cached chroot, a throwaway PostgreSQL, SIPp phones and carrier (``bench/scenarios``: signalling
+only, no RTP). Both paths use the same Asterisk, the same hostile manager endpoint settings and the
+same carrier:
+
+* bridged: the manager dials ``*77<order>``; dialplan/bridged.conf asks bridged over FastAGI, the call
+  enters bridged's Stasis app, bridged originates the customer leg and bridges it;
+* baseline: the manager dials the same ``*77<order>`` into a context that runs
+  ``Dial(PJSIP/<number>@carrier)`` with the customer's number written in the dialplan.
+
+Figures (printed side by side and written as JSON):
+
+* setup latency: manager INVITE sent (SIPp ``-trace_msg`` timestamp; loopback, so that is when it reaches
+  Asterisk) to the customer INVITE received by the carrier SIPp; one call at a time, p50/p99;
+* call rate: the highest rate of a step ladder held for a while with < 1% failed calls (a call counts
+  as completed when the carrier saw it through to BYE and the manager's phone saw no error);
+* memory: bridged's RSS idle (after warm-up calls), with 100 bridged calls recorded, and with 500
+  bridged calls not recorded (separate daemons: recording is not reloadable); bytes per active call;
+* CPU: bridged's user+system seconds over the call-rate runs, per 1,000 calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from rig import Asterisk, Postgres, ensure_asterisk_root  # noqa: E402
+from rig.asterisk import manager_endpoint_conf  # noqa: E402
+from rig.sipp import SIPP, parse_trace  # noqa: E402
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+WORK = REPO_ROOT / "artifacts" / "bench"
+CARRIER_IP = "127.0.0.2"
+PG_PORT = 55433
+AGI_PORT = 4590
+HTTP_PORT = 8095
+ORDER = "4242"
+NUMBER = "+4930123456789"
+BRIDGED_EP = "benchmgr"
+BASELINE_EP = "benchbase"
+MANAGER_PORT = {BRIDGED_EP: 5200, BASELINE_EP: 5201}
+BASELINE_CONTEXT = "bench-baseline"
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+# -- processes ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SippRun:
+    proc: subprocess.Popen[bytes]
+    name: str
+    stat_file: Path
+    message_file: Path | None
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return -999
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            for sig, grace in ((signal.SIGUSR1, 3.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(timeout=grace)
+                    return
+                except subprocess.TimeoutExpired:
+                    continue
+
+    def stats(self) -> dict[str, int]:
+        """Cumulative counters from the last row of SIPp's ``-trace_stat`` CSV."""
+        try:
+            rows = [r for r in self.stat_file.read_text().splitlines() if r.strip()]
+        except FileNotFoundError:
+            return {}
+        if len(rows) < 2:
+            return {}
+        head = rows[0].split(";")
+        last = rows[-1].split(";")
+        out: dict[str, int] = {}
+        for key in ("TotalCallCreated", "SuccessfulCall(C)", "FailedCall(C)", "OutGoingCall(C)"):
+            if key in head:
+                with contextlib.suppress(ValueError):
+                    out[key] = int(last[head.index(key)])
+        return out
+
+    def messages(self) -> str:
+        return self.message_file.read_text(errors="replace") if self.message_file else ""
+
+
+def sipp(
+    name: str,
+    scenario: str,
+    *,
+    local_ip: str,
+    local_port: int,
+    media_port: int,
+    remote: str | None = None,
+    service: str | None = None,
+    keys: dict[str, str],
+    calls: int,
+    limit: int,
+    rate: float | None = None,
+    trace: bool = False,
+    timeout_s: int = 600,
+) -> SippRun:
+    out_dir = WORK / name
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    argv = [SIPP]
+    if remote:
+        argv.append(remote)
+    argv += ["-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", local_ip, "-p", str(local_port),
+             "-mi", local_ip, "-mp", str(media_port), "-t", "u1", "-m", str(calls), "-l", str(limit),
+             "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error", "-max_recv_loops", "2000",
+             "-trace_stat", "-stf", str(out_dir / "stat.csv"), "-fd", "1",
+             "-trace_err", "-error_file", str(out_dir / "errors.log")]
+    if rate is not None:
+        argv += ["-r", f"{rate:g}", "-rp", "1000"]
+    if service:
+        argv += ["-s", service]
+    message_file = None
+    if trace:
+        message_file = out_dir / "messages.log"
+        argv += ["-trace_msg", "-message_file", str(message_file)]
+    for key, value in keys.items():
+        argv += ["-key", key, value]
+    with open(out_dir / "output.log", "wb") as output:
+        proc = subprocess.Popen(argv, cwd=out_dir, stdin=subprocess.DEVNULL, stdout=output,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return SippRun(proc, name, out_dir / "stat.csv", message_file)
+
+
+class Daemon:
+    """One bridged process (``python -m bridged run``) with a config written for the bench."""
+
+    def __init__(
+        self, asterisk: Asterisk, postgres: Postgres, *, recording: bool, name: str, steps: bool = False
+    ) -> None:
+        self.steps = steps
+        self.asterisk = asterisk
+        self.postgres = postgres
+        self.recording = recording
+        self.dir = WORK / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "ari": {"url": self.asterisk.ari_url, "username": self.asterisk.ari_user,
+                    "password": self.asterisk.ari_password, "app": "bridged-bench", "reconnect_max_delay": 2},
+            "database": {"dsn": self.postgres.dsn("bridged"), "max_connections": 20},
+            "orders": {"dsn": self.postgres.dsn("shop"),
+                       "query": "SELECT customer_phone AS phone, customer_name, manager AS manager_id"
+                                " FROM orders WHERE id = CAST($1::text AS bigint)"},
+            "managers": [{"id": "bench", "name": "Bench", "endpoint": BRIDGED_EP}],
+            "policy": "any",
+            "trunk": {"dial": "PJSIP/{number}@carrier", "caller_id": '"Bench Shop" <+15550100>',
+                      "ring_timeout": 30},
+            "recording": {"enabled": self.recording, "format": "wav"},
+            "agi": {"host": "127.0.0.1", "port": AGI_PORT},
+            "http": {"host": "127.0.0.1", "port": HTTP_PORT},
+            "logging": {"level": "INFO"},
+        }
+
+    def start(self) -> None:
+        path = self.dir / "bridged.yaml"
+        path.write_text(yaml.safe_dump(self.config()))
+        with open(self.dir / "bridged.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.steps" if self.steps else "bridged",
+                 *([] if self.steps else ["run"]), "--config", str(path)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), cwd=REPO_ROOT,
+            )
+        wait_until(self.healthy, 30, "bridged /healthz")
+
+    def healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"bridged exited: {self.proc.returncode}; see {self.dir / 'bridged.log'}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/healthz", timeout=1) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value.replace("+Inf", "inf"))
+        return out
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- the rig --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    asterisk: Asterisk
+    postgres: Postgres
+
+    def channels(self) -> int:
+        return len(json.loads(self.asterisk.ari_get("/channels")))
+
+    def quiet(self, timeout: float = 60) -> None:
+        wait_until(lambda: self.channels() == 0, timeout, "Asterisk without channels", 0.5)
+        time.sleep(0.5)  # the last BYE/200 exchanges
+
+    def sql(self, query: str) -> str:
+        return self.postgres.execute("bridged", query).strip()
+
+    def outcomes_since(self, since: str) -> dict[str, int]:
+        out = self.sql(
+            "SELECT coalesce(json_object_agg(k, n), '{}') FROM (SELECT coalesce(outcome, state) AS k,"
+            f" count(*) AS n FROM calls WHERE requested_at >= '{since}' GROUP BY 1) t"
+        )
+        return json.loads(out or "{}")
+
+    def db_now(self) -> str:
+        return self.sql("SELECT now()::text")
+
+
+@contextlib.contextmanager
+def rig() -> Iterator[Rig]:
+    for ip in ("127.0.0.1", CARRIER_IP):
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
+        if ip != "127.0.0.1":
+            subprocess.run(["ip", "addr", "add", f"{ip}/8", "dev", "lo"], check=False, capture_output=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    postgres = Postgres(port=PG_PORT)
+    postgres.start()
+    asterisk = Asterisk(ensure_asterisk_root(), instance=f"bench-{os.getpid()}")
+    try:
+        asterisk.start()
+        for db in ("shop", "bridged"):
+            postgres.create_database(db)
+        postgres.execute("shop", "CREATE TABLE orders (id bigint PRIMARY KEY, customer_phone text,"
+                                 " customer_name text, manager text)")
+        postgres.execute("shop", f"INSERT INTO orders VALUES ({ORDER}, '{NUMBER}', 'Bench Customer', 'bench')")
+        conf = manager_endpoint_conf(
+            BRIDGED_EP, MANAGER_PORT[BRIDGED_EP], set_vars={"BRIDGED_AGI": f"agi://127.0.0.1:{AGI_PORT}"}
+        ) + "\n" + manager_endpoint_conf(BASELINE_EP, MANAGER_PORT[BASELINE_EP], context=BASELINE_CONTEXT)
+        asterisk.add_endpoints("bench", conf)
+        with open(asterisk.etc / "extensions.conf", "a") as ext:
+            # The baseline: what an admin would write without bridged, the number in the dialplan.
+            ext.write(f"\n[{BASELINE_CONTEXT}]\nexten => _*77X.,1,Dial(PJSIP/{NUMBER}@carrier,30)\n"
+                      " same => n,Hangup()\n")
+        asterisk.cli("dialplan reload")
+        yield Rig(asterisk, postgres)
+    finally:
+        asterisk.stop()
+        if not os.environ.get("BRIDGED_RIG_KEEP"):
+            asterisk.cleanup()
+        postgres.stop()
+
+
+# -- measurements ---------------------------------------------------------------------------------------
+
+
+# The carrier SIPp never stops by itself: a stray retransmitted BYE from an earlier phase would count
+# as one of its calls. It is stopped once the managers are done and Asterisk has no channel left.
+CARRIER_CALLS = 1_000_000
+
+
+def finish_carrier(r: Rig, carrier: SippRun) -> None:
+    with contextlib.suppress(TimeoutError):
+        r.quiet(60)
+    carrier.stop()
+
+
+def _ts(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+
+
+def first_invites(text: str, direction: str) -> list[float]:
+    """Time of the first INVITE per Call-ID in a SIPp trace, in order."""
+    seen: set[str] = set()
+    out = []
+    for message in parse_trace(text):
+        if message.direction == direction and message.is_request and message.method == "INVITE":
+            call_id = (message.header("Call-ID") or [""])[0]
+            if call_id not in seen:
+                seen.add(call_id)
+                out.append(_ts(message.timestamp))
+    return out
+
+
+def step_report(log_file: Path) -> list[str]:
+    """Median and count of each timed step in a ``bench.steps`` daemon's log."""
+    found: dict[str, list[float]] = {}
+    for line in log_file.read_text(errors="replace").splitlines():
+        match = re.search(r"STEP (\S+) ([0-9.]+)$", line)
+        if match:
+            found.setdefault(match[1], []).append(float(match[2]))
+    return [f"{name:<34} n={len(v):<5} p50={percentile(v, 50):.3f} ms  p99={percentile(v, 99):.3f} ms"
+            for name, v in sorted(found.items(), key=lambda kv: -percentile(kv[1], 50) * len(kv[1]))]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+@dataclass
+class Latency:
+    calls: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+
+
+def measure_latency(r: Rig, endpoint: str, calls: int, tag: str) -> Latency:
+    r.quiet()
+    carrier = sipp(f"{tag}-lat-carrier", "carrier", local_ip=CARRIER_IP, local_port=5060, media_port=31000,
+                   keys={"hold_ms": "60000", "ring_ms": "0"}, calls=CARRIER_CALLS, limit=5000, trace=True)
+    time.sleep(0.3)
+    manager = sipp(f"{tag}-lat-manager", "manager", local_ip="127.0.0.1", local_port=MANAGER_PORT[endpoint],
+                   media_port=32000, remote="127.0.0.1:5060", service=f"*77{ORDER}",
+                   keys={"user": endpoint, "hold_ms": "250"}, calls=calls, limit=1, rate=10, trace=True)
+    manager.wait(timeout=calls * 5 + 60)
+    finish_carrier(r, carrier)
+    sent = first_invites(manager.messages(), "sent")
+    received = first_invites(carrier.messages(), "received")
+    if len(sent) != calls or len(received) != calls:
+        raise RuntimeError(f"{tag}: {len(sent)} manager INVITEs, {len(received)} carrier INVITEs for {calls} calls")
+    deltas = [(b - a) * 1000 for a, b in zip(sent, received, strict=True)]
+    # The first calls warm caches and connection pools on both paths; leave them out.
+    deltas = deltas[min(5, calls // 10):]
+    return Latency(len(deltas), round(percentile(deltas, 50), 2), round(percentile(deltas, 99), 2),
+                   round(statistics.mean(deltas), 2), round(max(deltas), 2))
+
+
+@dataclass
+class RateStep:
+    rate: float
+    attempted: int
+    completed: int
+    failed: int
+    failed_pct: float
+    seconds: float
+    db_outcomes: dict[str, int] = field(default_factory=dict)
+
+
+def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) -> RateStep:
+    r.quiet(90)
+    total = max(1, int(rate * seconds))
+    hold_ms = 1000
+    since = r.db_now()
+    carrier = sipp(f"{tag}-rate{rate:g}-carrier", "carrier", local_ip=CARRIER_IP, local_port=5060,
+                   media_port=31000, keys={"hold_ms": "120000", "ring_ms": "0"}, calls=CARRIER_CALLS,
+                   limit=5000)
+    time.sleep(0.3)
+    started = time.monotonic()
+    manager = sipp(f"{tag}-rate{rate:g}-manager", "manager", local_ip="127.0.0.1",
+                   local_port=MANAGER_PORT[endpoint], media_port=32000, remote="127.0.0.1:5060",
+                   service=f"*77{ORDER}", keys={"user": endpoint, "hold_ms": str(hold_ms)}, calls=total,
+                   limit=max(50, int(rate * 10)), rate=rate)
+    manager.wait(timeout=seconds + 120)
+    elapsed = time.monotonic() - started
+    finish_carrier(r, carrier)
+    m, c = manager.stats(), carrier.stats()
+    attempted = m.get("OutGoingCall(C)", total) or total
+    completed = min(m.get("SuccessfulCall(C)", 0), c.get("SuccessfulCall(C)", 0))
+    failed = attempted - completed
+    step = RateStep(rate, attempted, completed, failed, round(100 * failed / attempted, 2), round(elapsed, 1))
+    if endpoint == BRIDGED_EP:
+        with contextlib.suppress(Exception):
+            wait_until(lambda: "bridged" not in r.outcomes_since(since), 30, "rows ended")
+        step.db_outcomes = r.outcomes_since(since)
+    return step
+
+
+def find_max_rate(r: Rig, endpoint: str, ladder: list[float], seconds: float, tag: str) -> tuple[float, list[RateStep]]:
+    best = 0.0
+    steps: list[RateStep] = []
+    for rate in ladder:
+        step = run_rate_step(r, endpoint, rate, seconds, tag)
+        steps.append(step)
+        log(f"  {tag} {rate:g} cps: {step.completed}/{step.attempted} completed ({step.failed_pct}% failed)"
+            + (f" rows {step.db_outcomes}" if step.db_outcomes else ""))
+        if step.failed_pct >= 1.0:
+            break
+        best = rate
+    return best, steps
+
+
+@dataclass
+class Memory:
+    calls: int
+    recording: bool
+    idle_rss: int
+    loaded_rss: int
+    bytes_per_call: int
+    bridged_seen: int
+    completed: int
+    dropped: int
+    outcomes: dict[str, int]
+
+
+def measure_memory(r: Rig, calls: int, recording: bool, hold_s: int, ramp_cps: float) -> Memory:
+    r.quiet(120)
+    daemon = Daemon(r.asterisk, r.postgres, recording=recording, name=f"mem{calls}")
+    daemon.start()
+    try:
+        # Warm-up: a few calls so that pools, caches and the first-call imports are in the idle figure.
+        warm = run_rate_step(r, BRIDGED_EP, 5, 2, f"mem{calls}-warm")
+        if warm.failed:
+            log(f"  warm-up had {warm.failed} failed calls")
+        r.quiet()
+        time.sleep(1)
+        idle = daemon.rss()
+        since = r.db_now()
+        carrier = sipp(f"mem{calls}-carrier", "carrier", local_ip=CARRIER_IP, local_port=5060, media_port=31000,
+                       keys={"hold_ms": str((hold_s + 120) * 1000), "ring_ms": "0"}, calls=CARRIER_CALLS,
+                       limit=5000)
+        time.sleep(0.3)
+        manager = sipp(f"mem{calls}-manager", "manager", local_ip="127.0.0.1", local_port=MANAGER_PORT[BRIDGED_EP],
+                       media_port=32000, remote="127.0.0.1:5060", service=f"*77{ORDER}",
+                       keys={"user": BRIDGED_EP, "hold_ms": str(hold_s * 1000)}, calls=calls, limit=calls,
+                       rate=ramp_cps)
+        peak_bridged = 0
+
+        def all_bridged() -> bool:
+            nonlocal peak_bridged
+            peak_bridged = max(peak_bridged, int(daemon.metrics().get("bridged_bridged_calls", 0)))
+            return peak_bridged >= calls
+
+        try:
+            wait_until(all_bridged, calls / ramp_cps + 60, f"{calls} bridged calls", 0.5)
+        except TimeoutError:
+            log(f"  only {peak_bridged} of {calls} calls were bridged at once")
+        time.sleep(1)
+        loaded = daemon.rss()
+        manager.wait(timeout=hold_s + calls / ramp_cps + 120)
+        finish_carrier(r, carrier)
+        with contextlib.suppress(Exception):
+            wait_until(lambda: "bridged" not in r.outcomes_since(since), 60, "rows ended")
+        outcomes = r.outcomes_since(since)
+        m = manager.stats()
+        ended_by_manager = int(r.sql(f"SELECT count(*) FROM calls WHERE requested_at >= '{since}'"
+                                     " AND outcome = 'completed' AND ended_by = 'manager'") or 0)
+        completed = min(m.get("SuccessfulCall(C)", 0), ended_by_manager)
+        return Memory(calls, recording, idle, loaded, int((loaded - idle) / max(peak_bridged, 1)),
+                      peak_bridged, completed, calls - completed, outcomes)
+    finally:
+        daemon.stop()
+
+
+# -- main -----------------------------------------------------------------------------------------------
+
+
+def in_private_netns() -> bool:
+    # A fresh `unshare -n` namespace has nothing but lo (if_nameindex asks the current namespace;
+    # /sys/class/net would show the namespace sysfs was mounted in).
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    ast = subprocess.run(["chroot", str(ensure_asterisk_root()), "asterisk", "-V"], capture_output=True, text=True)
+    sipp_v = subprocess.run([SIPP, "-v"], capture_output=True, text=True).stdout
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "asterisk": ast.stdout.strip(),
+        "sipp": (re.search(r"SIPp v[\S]+", sipp_v) or [sipp_v.strip()[:40]])[0],
+        "host": socket.gethostname(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls and shorter steps (about 3 minutes)")
+    parser.add_argument("--out", default=str(WORK / "results.json"), help="where to write the figures as JSON")
+    parser.add_argument("--steps", action="store_true",
+                        help="time every ARI request, SQL statement and AGI command (bench.steps) and "
+                        "print where bridged's setup time goes; slows bridged a little")
+    parser.add_argument("--only", choices=("latency", "rate", "memory"), action="append",
+                        help="run only these parts (repeatable)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: needs root (Asterisk chroot, network namespace)", file=sys.stderr)
+        return 2
+    if not in_private_netns():
+        if os.environ.get("BRIDGED_BENCH_NETNS"):
+            print("bench: still not in a private network namespace after unshare -n", file=sys.stderr)
+            return 2
+        cmd = [sys.executable, "-m", "bench.run", *(argv if argv is not None else sys.argv[1:])]
+        env = dict(os.environ, BRIDGED_BENCH_NETNS="1")
+        return subprocess.run(["unshare", "-n", "--", *cmd], cwd=REPO_ROOT, env=env).returncode
+
+    parts = set(args.only or ("latency", "rate", "memory"))
+    quick = args.quick
+    WORK.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"machine": machine(), "quick": quick,
+                               "command": "python -m bench.run" + (" --quick" if quick else ""),
+                               "started": datetime.now().isoformat(timespec="seconds")}
+    t0 = time.monotonic()
+    with rig() as r:
+        log("rig up: Asterisk, PostgreSQL; bridged starting")
+        daemon = Daemon(r.asterisk, r.postgres, recording=False, name="main", steps=args.steps)
+        daemon.start()
+        try:
+            if "latency" in parts:
+                n = 40 if quick else 200
+                log(f"setup latency: {n} sequential calls per path")
+                base = measure_latency(r, BASELINE_EP, n, "baseline")
+                log(f"  baseline {asdict(base)}")
+                brid = measure_latency(r, BRIDGED_EP, n, "bridged")
+                log(f"  bridged  {asdict(brid)}")
+                if args.steps:
+                    results["steps"] = step_report(daemon.dir / "bridged.log")
+                    for line in results["steps"]:
+                        log(f"    {line}")
+                metrics = daemon.metrics()
+                results["latency"] = {
+                    "baseline": asdict(base), "bridged": asdict(brid),
+                    "added_p50_ms": round(brid.p50_ms - base.p50_ms, 2),
+                    "added_p99_ms": round(brid.p99_ms - base.p99_ms, 2),
+                    "bridged_setup_histogram_count": metrics.get("bridged_call_setup_seconds_count"),
+                }
+            if "rate" in parts:
+                ladder = [10, 20, 30] if quick else [10, 20, 30, 40, 50, 60, 70]
+                seconds = 8 if quick else 15
+                log(f"call rate: ladder {ladder} cps, {seconds} s per step")
+                base_best, base_steps = find_max_rate(r, BASELINE_EP, ladder, seconds, "baseline")
+                cpu0, calls0 = daemon.cpu_seconds(), daemon.metrics().get("bridged_calls_started_total", 0)
+                brid_best, brid_steps = find_max_rate(r, BRIDGED_EP, ladder, seconds, "bridged")
+                cpu1, calls1 = daemon.cpu_seconds(), daemon.metrics().get("bridged_calls_started_total", 0)
+                handled = max(1, int(calls1 - calls0))
+                results["rate"] = {
+                    "seconds_per_step": seconds,
+                    "ladder": ladder,
+                    "baseline_max_cps": base_best,
+                    "bridged_max_cps": brid_best,
+                    "ratio": round(brid_best / base_best, 2) if base_best else None,
+                    "ladder_capped": base_best == ladder[-1],
+                    "baseline_steps": [asdict(s) for s in base_steps],
+                    "bridged_steps": [asdict(s) for s in brid_steps],
+                }
+                results["cpu"] = {
+                    "calls": handled,
+                    "cpu_seconds": round(cpu1 - cpu0, 2),
+                    "cpu_seconds_per_1000_calls": round((cpu1 - cpu0) / handled * 1000, 2),
+                }
+                log(f"  max cps baseline {base_best}, bridged {brid_best}; cpu {results['cpu']}")
+        finally:
+            daemon.stop()
+        if "memory" in parts:
+            hold = 20 if quick else 40
+            small, large = (50, 200) if quick else (100, 500)
+            log(f"memory: {small} recorded calls, then {large} unrecorded calls, held {hold} s")
+            results["memory"] = {
+                "recorded": asdict(measure_memory(r, small, True, hold, 25)),
+                "unrecorded": asdict(measure_memory(r, large, False, hold, 25)),
+            }
+            for key in ("recorded", "unrecorded"):
+                log(f"  {key}: {results['memory'][key]}")
+    results["seconds"] = round(time.monotonic() - t0)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(report(results))
+    return 0
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = ["", f"bridged bench ({results['command']}, {results.get('seconds', '?')} s)",
+             f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+             f"{results['machine']['asterisk']}", ""]
+    lat = results.get("latency")
+    if lat:
+        b, x = lat["baseline"], lat["bridged"]
+        lines += [
+            f"{'setup latency (ms)':<28}{'baseline':>12}{'bridged':>12}{'added':>10}{'target':>10}",
+            f"{'  p50':<28}{b['p50_ms']:>12}{x['p50_ms']:>12}{lat['added_p50_ms']:>10}{'< 5':>10}",
+            f"{'  p99':<28}{b['p99_ms']:>12}{x['p99_ms']:>12}{lat['added_p99_ms']:>10}{'< 20':>10}",
+            "",
+        ]
+    rate = results.get("rate")
+    if rate:
+        capped = " (baseline hit the top of the ladder)" if rate["ladder_capped"] else ""
+        lines += [
+            f"{'call rate, <1% failed (cps)':<28}{rate['baseline_max_cps']:>12}{rate['bridged_max_cps']:>12}"
+            f"{rate['ratio']!s:>10}{'>= 0.9':>10}{capped}",
+            "",
+        ]
+    cpu = results.get("cpu")
+    if cpu:
+        lines += [f"bridged CPU: {cpu['cpu_seconds_per_1000_calls']} s per 1000 calls ({cpu['calls']} calls)", ""]
+    mem = results.get("memory")
+    if mem:
+        for key in ("recorded", "unrecorded"):
+            m = mem[key]
+            lines.append(
+                f"memory, {m['calls']} calls ({key}): idle {m['idle_rss'] / 2**20:.1f} MiB, loaded "
+                f"{m['loaded_rss'] / 2**20:.1f} MiB, {m['bytes_per_call'] / 1024:.1f} KiB per call (target < 30), "
+                f"{m['bridged_seen']} bridged at once, {m['dropped']} dropped"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""``python -m bench.steps --config FILE``: bridged with every ARI request, SQL statement and FastAGI
+command timed, one ``STEP <what> <ms>`` log line each (for ``bench.run --steps``; not for production).
+
+The timing is done by wrapping the methods at their boundary (``AriClient._call``, the store's and the
+order directory's coroutines, the FastAGI command helper), so what is measured is exactly what the
+daemon awaits on a call's setup path.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+import time
+from typing import Any
+
+from bridged import agi, orders, store
+from bridged.__main__ import main
+from bridged.ari import client
+
+log = logging.getLogger("bench.steps")
+
+
+def _timed(name: str, fn: Any) -> Any:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            log.info("STEP %s %.3f", name, (time.perf_counter() - t0) * 1000)
+
+    return wrapper
+
+
+def _wrap_class(cls: type, prefix: str) -> None:
+    for attr, fn in list(vars(cls).items()):
+        if inspect.iscoroutinefunction(fn) and not attr.startswith("__"):
+            setattr(cls, attr, _timed(f"{prefix}.{attr}", fn))
+
+
+def install() -> None:
+    original_call = client.AriClient._call
+
+    @functools.wraps(original_call)
+    async def call(self: Any, op_name: str, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await original_call(self, op_name, *args, **kwargs)
+        finally:
+            log.info("STEP ari.%s %.3f", op_name, (time.perf_counter() - t0) * 1000)
+
+    client.AriClient._call = call  # type: ignore[method-assign]
+    _wrap_class(store.Store, "db")
+    orders.OrderDirectory.lookup = _timed("orders.lookup", orders.OrderDirectory.lookup)  # type: ignore[method-assign]
+    agi._command = _timed("agi.command", agi._command)
+    agi.get_var = _timed("agi.get_var", agi.get_var)
+    agi.AgiServer.order = _timed("agi.order(total)", agi.AgiServer.order)  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    install()
+    sys.exit(main(["run", *sys.argv[1:]]))
