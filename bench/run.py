@@ -139,18 +139,51 @@ def sipp(
     rate: float | None = None,
     trace: bool = False,
     timeout_s: int = 600,
+    hold_ms: int | None = None,
 ) -> SippRun:
     out_dir = WORK / name
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
+    text = (SCENARIOS / f"{scenario}.xml").read_text()
+    if hold_ms is not None:
+        text = text.replace("HOLD_MS", str(hold_ms))
+    scenario_file = out_dir / f"{scenario}.xml"
+    scenario_file.write_text(text)
     argv = [SIPP]
     if remote:
         argv.append(remote)
-    argv += ["-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", local_ip, "-p", str(local_port),
-             "-mi", local_ip, "-mp", str(media_port), "-t", "u1", "-m", str(calls), "-l", str(limit),
-             "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error", "-max_recv_loops", "2000",
-             "-trace_stat", "-stf", str(out_dir / "stat.csv"), "-fd", "1",
-             "-trace_err", "-error_file", str(out_dir / "errors.log")]
+    argv += [
+        "-sf",
+        str(scenario_file),
+        "-i",
+        local_ip,
+        "-p",
+        str(local_port),
+        "-mi",
+        local_ip,
+        "-mp",
+        str(media_port),
+        "-t",
+        "u1",
+        "-m",
+        str(calls),
+        "-l",
+        str(limit),
+        "-nostdin",
+        "-timeout",
+        f"{timeout_s}s",
+        "-timeout_error",
+        "-max_recv_loops",
+        "2000",
+        "-trace_stat",
+        "-stf",
+        str(out_dir / "stat.csv"),
+        "-fd",
+        "1",
+        "-trace_err",
+        "-error_file",
+        str(out_dir / "errors.log"),
+    ]
     if rate is not None:
         argv += ["-r", f"{rate:g}", "-rp", "1000"]
     if service:
@@ -162,8 +195,14 @@ def sipp(
     for key, value in keys.items():
         argv += ["-key", key, value]
     with open(out_dir / "output.log", "wb") as output:
-        proc = subprocess.Popen(argv, cwd=out_dir, stdin=subprocess.DEVNULL, stdout=output,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=out_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return SippRun(proc, name, out_dir / "stat.csv", message_file)
 
 
@@ -183,16 +222,26 @@ class Daemon:
 
     def config(self) -> dict[str, Any]:
         return {
-            "ari": {"url": self.asterisk.ari_url, "username": self.asterisk.ari_user,
-                    "password": self.asterisk.ari_password, "app": "bridged-bench", "reconnect_max_delay": 2},
+            "ari": {
+                "url": self.asterisk.ari_url,
+                "username": self.asterisk.ari_user,
+                "password": self.asterisk.ari_password,
+                "app": "bridged-bench",
+                "reconnect_max_delay": 2,
+            },
             "database": {"dsn": self.postgres.dsn("bridged"), "max_connections": 20},
-            "orders": {"dsn": self.postgres.dsn("shop"),
-                       "query": "SELECT customer_phone AS phone, customer_name, manager AS manager_id"
-                                " FROM orders WHERE id = CAST($1::text AS bigint)"},
+            "orders": {
+                "dsn": self.postgres.dsn("shop"),
+                "query": "SELECT customer_phone AS phone, customer_name, manager AS manager_id"
+                " FROM orders WHERE id = CAST($1::text AS bigint)",
+            },
             "managers": [{"id": "bench", "name": "Bench", "endpoint": BRIDGED_EP}],
             "policy": "any",
-            "trunk": {"dial": "PJSIP/{number}@carrier", "caller_id": '"Bench Shop" <+15550100>',
-                      "ring_timeout": 30},
+            "trunk": {
+                "dial": "PJSIP/{number}@carrier",
+                "caller_id": '"Bench Shop" <+15550100>',
+                "ring_timeout": 30,
+            },
             "recording": {"enabled": self.recording, "format": "wav"},
             "agi": {"host": "127.0.0.1", "port": AGI_PORT},
             "http": {"host": "127.0.0.1", "port": HTTP_PORT},
@@ -204,10 +253,19 @@ class Daemon:
         path.write_text(yaml.safe_dump(self.config()))
         with open(self.dir / "bridged.log", "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.steps" if self.steps else "bridged",
-                 *([] if self.steps else ["run"]), "--config", str(path)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), cwd=REPO_ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.steps" if self.steps else "bridged",
+                    *([] if self.steps else ["run"]),
+                    "--config",
+                    str(path),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+                cwd=REPO_ROOT,
             )
         wait_until(self.healthy, 30, "bridged /healthz")
 
@@ -312,17 +370,28 @@ def rig() -> Iterator[Rig]:
         asterisk.start()
         for db in ("shop", "bridged"):
             postgres.create_database(db)
-        postgres.execute("shop", "CREATE TABLE orders (id bigint PRIMARY KEY, customer_phone text,"
-                                 " customer_name text, manager text)")
-        postgres.execute("shop", f"INSERT INTO orders VALUES ({ORDER}, '{NUMBER}', 'Bench Customer', 'bench')")
-        conf = manager_endpoint_conf(
-            BRIDGED_EP, MANAGER_PORT[BRIDGED_EP], set_vars={"BRIDGED_AGI": f"agi://127.0.0.1:{AGI_PORT}"}
-        ) + "\n" + manager_endpoint_conf(BASELINE_EP, MANAGER_PORT[BASELINE_EP], context=BASELINE_CONTEXT)
+        postgres.execute(
+            "shop",
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer_phone text,"
+            " customer_name text, manager text)",
+        )
+        postgres.execute(
+            "shop", f"INSERT INTO orders VALUES ({ORDER}, '{NUMBER}', 'Bench Customer', 'bench')"
+        )
+        conf = (
+            manager_endpoint_conf(
+                BRIDGED_EP, MANAGER_PORT[BRIDGED_EP], set_vars={"BRIDGED_AGI": f"agi://127.0.0.1:{AGI_PORT}"}
+            )
+            + "\n"
+            + manager_endpoint_conf(BASELINE_EP, MANAGER_PORT[BASELINE_EP], context=BASELINE_CONTEXT)
+        )
         asterisk.add_endpoints("bench", conf)
         with open(asterisk.etc / "extensions.conf", "a") as ext:
             # The baseline: what an admin would write without bridged, the number in the dialplan.
-            ext.write(f"\n[{BASELINE_CONTEXT}]\nexten => _*77X.,1,Dial(PJSIP/{NUMBER}@carrier,30)\n"
-                      " same => n,Hangup()\n")
+            ext.write(
+                f"\n[{BASELINE_CONTEXT}]\nexten => _*77X.,1,Dial(PJSIP/{NUMBER}@carrier,30)\n"
+                " same => n,Hangup()\n"
+            )
         asterisk.cli("dialplan reload")
         yield Rig(asterisk, postgres)
     finally:
@@ -370,8 +439,10 @@ def step_report(log_file: Path) -> list[str]:
         match = re.search(r"STEP (\S+) ([0-9.]+)$", line)
         if match:
             found.setdefault(match[1], []).append(float(match[2]))
-    return [f"{name:<34} n={len(v):<5} p50={percentile(v, 50):.3f} ms  p99={percentile(v, 99):.3f} ms"
-            for name, v in sorted(found.items(), key=lambda kv: -percentile(kv[1], 50) * len(kv[1]))]
+    return [
+        f"{name:<34} n={len(v):<5} p50={percentile(v, 50):.3f} ms  p99={percentile(v, 99):.3f} ms"
+        for name, v in sorted(found.items(), key=lambda kv: -percentile(kv[1], 50) * len(kv[1]))
+    ]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -394,23 +465,51 @@ class Latency:
 
 def measure_latency(r: Rig, endpoint: str, calls: int, tag: str) -> Latency:
     r.quiet()
-    carrier = sipp(f"{tag}-lat-carrier", "carrier", local_ip=CARRIER_IP, local_port=5060, media_port=31000,
-                   keys={"hold_ms": "60000", "ring_ms": "0"}, calls=CARRIER_CALLS, limit=5000, trace=True)
+    carrier = sipp(
+        f"{tag}-lat-carrier",
+        "carrier",
+        local_ip=CARRIER_IP,
+        local_port=5060,
+        media_port=31000,
+        keys={"ring_ms": "0"},
+        calls=CARRIER_CALLS,
+        limit=5000,
+        trace=True,
+    )
     time.sleep(0.3)
-    manager = sipp(f"{tag}-lat-manager", "manager", local_ip="127.0.0.1", local_port=MANAGER_PORT[endpoint],
-                   media_port=32000, remote="127.0.0.1:5060", service=f"*77{ORDER}",
-                   keys={"user": endpoint, "hold_ms": "250"}, calls=calls, limit=1, rate=10, trace=True)
+    manager = sipp(
+        f"{tag}-lat-manager",
+        "manager",
+        local_ip="127.0.0.1",
+        local_port=MANAGER_PORT[endpoint],
+        media_port=32000,
+        remote="127.0.0.1:5060",
+        service=f"*77{ORDER}",
+        keys={"user": endpoint},
+        hold_ms=250,
+        calls=calls,
+        limit=1,
+        rate=10,
+        trace=True,
+    )
     manager.wait(timeout=calls * 5 + 60)
     finish_carrier(r, carrier)
     sent = first_invites(manager.messages(), "sent")
     received = first_invites(carrier.messages(), "received")
     if len(sent) != calls or len(received) != calls:
-        raise RuntimeError(f"{tag}: {len(sent)} manager INVITEs, {len(received)} carrier INVITEs for {calls} calls")
+        raise RuntimeError(
+            f"{tag}: {len(sent)} manager INVITEs, {len(received)} carrier INVITEs for {calls} calls"
+        )
     deltas = [(b - a) * 1000 for a, b in zip(sent, received, strict=True)]
     # The first calls warm caches and connection pools on both paths; leave them out.
-    deltas = deltas[min(5, calls // 10):]
-    return Latency(len(deltas), round(percentile(deltas, 50), 2), round(percentile(deltas, 99), 2),
-                   round(statistics.mean(deltas), 2), round(max(deltas), 2))
+    deltas = deltas[min(5, calls // 10) :]
+    return Latency(
+        len(deltas),
+        round(percentile(deltas, 50), 2),
+        round(percentile(deltas, 99), 2),
+        round(statistics.mean(deltas), 2),
+        round(max(deltas), 2),
+    )
 
 
 @dataclass
@@ -429,15 +528,32 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
     total = max(1, int(rate * seconds))
     hold_ms = 1000
     since = r.db_now()
-    carrier = sipp(f"{tag}-rate{rate:g}-carrier", "carrier", local_ip=CARRIER_IP, local_port=5060,
-                   media_port=31000, keys={"hold_ms": "120000", "ring_ms": "0"}, calls=CARRIER_CALLS,
-                   limit=5000)
+    carrier = sipp(
+        f"{tag}-rate{rate:g}-carrier",
+        "carrier",
+        local_ip=CARRIER_IP,
+        local_port=5060,
+        media_port=31000,
+        keys={"ring_ms": "0"},
+        calls=CARRIER_CALLS,
+        limit=5000,
+    )
     time.sleep(0.3)
     started = time.monotonic()
-    manager = sipp(f"{tag}-rate{rate:g}-manager", "manager", local_ip="127.0.0.1",
-                   local_port=MANAGER_PORT[endpoint], media_port=32000, remote="127.0.0.1:5060",
-                   service=f"*77{ORDER}", keys={"user": endpoint, "hold_ms": str(hold_ms)}, calls=total,
-                   limit=max(50, int(rate * 10)), rate=rate)
+    manager = sipp(
+        f"{tag}-rate{rate:g}-manager",
+        "manager",
+        local_ip="127.0.0.1",
+        local_port=MANAGER_PORT[endpoint],
+        media_port=32000,
+        remote="127.0.0.1:5060",
+        service=f"*77{ORDER}",
+        keys={"user": endpoint},
+        hold_ms=hold_ms,
+        calls=total,
+        limit=max(50, int(rate * 10)),
+        rate=rate,
+    )
     manager.wait(timeout=seconds + 120)
     elapsed = time.monotonic() - started
     finish_carrier(r, carrier)
@@ -453,14 +569,18 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
     return step
 
 
-def find_max_rate(r: Rig, endpoint: str, ladder: list[float], seconds: float, tag: str) -> tuple[float, list[RateStep]]:
+def find_max_rate(
+    r: Rig, endpoint: str, ladder: list[float], seconds: float, tag: str
+) -> tuple[float, list[RateStep]]:
     best = 0.0
     steps: list[RateStep] = []
     for rate in ladder:
         step = run_rate_step(r, endpoint, rate, seconds, tag)
         steps.append(step)
-        log(f"  {tag} {rate:g} cps: {step.completed}/{step.attempted} completed ({step.failed_pct}% failed)"
-            + (f" rows {step.db_outcomes}" if step.db_outcomes else ""))
+        log(
+            f"  {tag} {rate:g} cps: {step.completed}/{step.attempted} completed ({step.failed_pct}% failed)"
+            + (f" rows {step.db_outcomes}" if step.db_outcomes else "")
+        )
         if step.failed_pct >= 1.0:
             break
         best = rate
@@ -493,14 +613,31 @@ def measure_memory(r: Rig, calls: int, recording: bool, hold_s: int, ramp_cps: f
         time.sleep(1)
         idle = daemon.rss()
         since = r.db_now()
-        carrier = sipp(f"mem{calls}-carrier", "carrier", local_ip=CARRIER_IP, local_port=5060, media_port=31000,
-                       keys={"hold_ms": str((hold_s + 120) * 1000), "ring_ms": "0"}, calls=CARRIER_CALLS,
-                       limit=5000)
+        carrier = sipp(
+            f"mem{calls}-carrier",
+            "carrier",
+            local_ip=CARRIER_IP,
+            local_port=5060,
+            media_port=31000,
+            keys={"ring_ms": "0"},
+            calls=CARRIER_CALLS,
+            limit=5000,
+        )
         time.sleep(0.3)
-        manager = sipp(f"mem{calls}-manager", "manager", local_ip="127.0.0.1", local_port=MANAGER_PORT[BRIDGED_EP],
-                       media_port=32000, remote="127.0.0.1:5060", service=f"*77{ORDER}",
-                       keys={"user": BRIDGED_EP, "hold_ms": str(hold_s * 1000)}, calls=calls, limit=calls,
-                       rate=ramp_cps)
+        manager = sipp(
+            f"mem{calls}-manager",
+            "manager",
+            local_ip="127.0.0.1",
+            local_port=MANAGER_PORT[BRIDGED_EP],
+            media_port=32000,
+            remote="127.0.0.1:5060",
+            service=f"*77{ORDER}",
+            keys={"user": BRIDGED_EP},
+            hold_ms=hold_s * 1000,
+            calls=calls,
+            limit=calls,
+            rate=ramp_cps,
+        )
         peak_bridged = 0
 
         def all_bridged() -> bool:
@@ -520,11 +657,25 @@ def measure_memory(r: Rig, calls: int, recording: bool, hold_s: int, ramp_cps: f
             wait_until(lambda: "bridged" not in r.outcomes_since(since), 60, "rows ended")
         outcomes = r.outcomes_since(since)
         m = manager.stats()
-        ended_by_manager = int(r.sql(f"SELECT count(*) FROM calls WHERE requested_at >= '{since}'"
-                                     " AND outcome = 'completed' AND ended_by = 'manager'") or 0)
+        ended_by_manager = int(
+            r.sql(
+                f"SELECT count(*) FROM calls WHERE requested_at >= '{since}'"
+                " AND outcome = 'completed' AND ended_by = 'manager'"
+            )
+            or 0
+        )
         completed = min(m.get("SuccessfulCall(C)", 0), ended_by_manager)
-        return Memory(calls, recording, idle, loaded, int((loaded - idle) / max(peak_bridged, 1)),
-                      peak_bridged, completed, calls - completed, outcomes)
+        return Memory(
+            calls,
+            recording,
+            idle,
+            loaded,
+            int((loaded - idle) / max(peak_bridged, 1)),
+            peak_bridged,
+            completed,
+            calls - completed,
+            outcomes,
+        )
     finally:
         daemon.stop()
 
@@ -546,7 +697,9 @@ def machine() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    ast = subprocess.run(["chroot", str(ensure_asterisk_root()), "asterisk", "-V"], capture_output=True, text=True)
+    ast = subprocess.run(
+        ["chroot", str(ensure_asterisk_root()), "asterisk", "-V"], capture_output=True, text=True
+    )
     sipp_v = subprocess.run([SIPP, "-v"], capture_output=True, text=True).stdout
     return {
         "cpu": cpu,
@@ -562,13 +715,24 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls and shorter steps (about 3 minutes)")
-    parser.add_argument("--out", default=str(WORK / "results.json"), help="where to write the figures as JSON")
-    parser.add_argument("--steps", action="store_true",
-                        help="time every ARI request, SQL statement and AGI command (bench.steps) and "
-                        "print where bridged's setup time goes; slows bridged a little")
-    parser.add_argument("--only", choices=("latency", "rate", "memory"), action="append",
-                        help="run only these parts (repeatable)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer calls and shorter steps (about 3 minutes)"
+    )
+    parser.add_argument(
+        "--out", default=str(WORK / "results.json"), help="where to write the figures as JSON"
+    )
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="time every ARI request, SQL statement and AGI command (bench.steps) and "
+        "print where bridged's setup time goes; slows bridged a little",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("latency", "rate", "memory"),
+        action="append",
+        help="run only these parts (repeatable)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (Asterisk chroot, network namespace)", file=sys.stderr)
@@ -584,9 +748,12 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.only or ("latency", "rate", "memory"))
     quick = args.quick
     WORK.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"machine": machine(), "quick": quick,
-                               "command": "python -m bench.run" + (" --quick" if quick else ""),
-                               "started": datetime.now().isoformat(timespec="seconds")}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "quick": quick,
+        "command": "python -m bench.run" + (" --quick" if quick else ""),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
     t0 = time.monotonic()
     with rig() as r:
         log("rig up: Asterisk, PostgreSQL; bridged starting")
@@ -606,7 +773,8 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"    {line}")
                 metrics = daemon.metrics()
                 results["latency"] = {
-                    "baseline": asdict(base), "bridged": asdict(brid),
+                    "baseline": asdict(base),
+                    "bridged": asdict(brid),
                     "added_p50_ms": round(brid.p50_ms - base.p50_ms, 2),
                     "added_p99_ms": round(brid.p99_ms - base.p99_ms, 2),
                     "bridged_setup_histogram_count": metrics.get("bridged_call_setup_seconds_count"),
@@ -656,9 +824,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = ["", f"bridged bench ({results['command']}, {results.get('seconds', '?')} s)",
-             f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
-             f"{results['machine']['asterisk']}", ""]
+    lines = [
+        "",
+        f"bridged bench ({results['command']}, {results.get('seconds', '?')} s)",
+        f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"{results['machine']['asterisk']}",
+        "",
+    ]
     lat = results.get("latency")
     if lat:
         b, x = lat["baseline"], lat["bridged"]
@@ -678,14 +850,18 @@ def report(results: dict[str, Any]) -> str:
         ]
     cpu = results.get("cpu")
     if cpu:
-        lines += [f"bridged CPU: {cpu['cpu_seconds_per_1000_calls']} s per 1000 calls ({cpu['calls']} calls)", ""]
+        lines += [
+            f"bridged CPU: {cpu['cpu_seconds_per_1000_calls']} s per 1000 calls ({cpu['calls']} calls)",
+            "",
+        ]
     mem = results.get("memory")
     if mem:
         for key in ("recorded", "unrecorded"):
             m = mem[key]
             lines.append(
                 f"memory, {m['calls']} calls ({key}): idle {m['idle_rss'] / 2**20:.1f} MiB, loaded "
-                f"{m['loaded_rss'] / 2**20:.1f} MiB, {m['bytes_per_call'] / 1024:.1f} KiB per call (target < 30), "
+                f"{m['loaded_rss'] / 2**20:.1f} MiB, {m['bytes_per_call'] / 1024:.1f} KiB per call "
+                "(target < 30), "
                 f"{m['bridged_seen']} bridged at once, {m['dropped']} dropped"
             )
     return "\n".join(lines)
