@@ -325,11 +325,14 @@ class CallEngine:
         self._orphans.add(task)
         task.add_done_callback(self._orphans.discard)
 
-    async def _hangup_quietly(self, channel_id: str) -> None:
+    async def _hangup_quietly(self, channel_id: str, *, may_be_gone: bool = False) -> None:
+        """Hang a channel up; failures are logged, never raised (at debug when it may be gone already)."""
         try:
             await self.ari.hangup(channel_id)
         except AriError as exc:
-            log.warning("hangup of %s failed: %s", channel_id, exc)
+            log.log(
+                logging.DEBUG if may_be_gone else logging.WARNING, "hangup of %s failed: %s", channel_id, exc
+            )
 
     async def _refuse_stray(self, channel_id: str) -> None:
         try:
@@ -647,7 +650,7 @@ class CallEngine:
         call.outcome = outcome
         for channel_id in (call.manager_channel_id, call.customer_channel_id):
             if channel_id:
-                await self._hangup_quietly_if_alive(channel_id)
+                await self._hangup_quietly(channel_id, may_be_gone=True)
         if call.bridge_id:
             try:
                 await self.ari.destroy_bridge(call.bridge_id)
@@ -669,12 +672,6 @@ class CallEngine:
             reason=call.ended_by,
         )
         log.info("call %s ended: %s (by %s)", call.id, outcome, call.ended_by or "-")
-
-    async def _hangup_quietly_if_alive(self, channel_id: str) -> None:
-        try:
-            await self.ari.hangup(channel_id)
-        except AriError as exc:
-            log.debug("hangup of %s: %s", channel_id, exc)
 
     async def _abort(self, call: Call) -> None:
         if call.state is CallState.ENDED:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +40,18 @@ class CallRow:
         if self.answered_at is None or self.ended_at is None:
             return None
         return max(0.0, (self.ended_at - self.answered_at).total_seconds())
+
+
+def _filter_builder() -> tuple[list[str], list[Any], Callable[[Any], str]]:
+    """WHERE clauses and their arguments for a filtered listing: ``arg(v)`` returns the next ``$n``."""
+    where: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    return where, args, arg
 
 
 class Store:
@@ -252,13 +265,7 @@ class Store:
         limit: int = 50,
     ) -> list[ReviewCallRow]:
         """Newest first; ``before`` is the (requested_at, id) of the last row of the previous page."""
-        where: list[str] = []
-        args: list[Any] = []
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
+        where, args, arg = _filter_builder()
         if manager_id is not None:
             where.append(f"manager_id = {arg(manager_id)}")
         if order_id is not None:
@@ -298,13 +305,7 @@ class Store:
         before: tuple[datetime, int] | None = None,
         limit: int = 50,
     ) -> list[AuditRow]:
-        where: list[str] = []
-        args: list[Any] = []
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
+        where, args, arg = _filter_builder()
         if actor is not None:
             where.append(f"actor = {arg(actor)}")
         if action is not None:
