@@ -251,7 +251,7 @@ class Daemon:
     def start(self) -> None:
         path = self.dir / "bridged.yaml"
         path.write_text(yaml.safe_dump(self.config()))
-        with open(self.dir / "bridged.log", "ab") as out:
+        with open(self.dir / "bridged.log", "wb") as out:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -335,7 +335,12 @@ class Rig:
     postgres: Postgres
 
     def channels(self) -> int:
-        return len(json.loads(self.asterisk.ari_get("/channels")))
+        try:
+            return len(json.loads(self.asterisk.ari_get("/channels")))
+        except (OSError, ValueError):
+            # Asterisk's HTTP server drops requests when it is saturated (http.conf sessionlimit,
+            # 100 by default, shared with the daemon's ARI connections): not quiet yet, ask again.
+            return -1
 
     def quiet(self, timeout: float = 60) -> None:
         wait_until(lambda: self.channels() == 0, timeout, "Asterisk without channels", 0.5)
@@ -780,8 +785,8 @@ def main(argv: list[str] | None = None) -> int:
                     "bridged_setup_histogram_count": metrics.get("bridged_call_setup_seconds_count"),
                 }
             if "rate" in parts:
-                ladder = [10, 20, 30] if quick else [10, 20, 30, 40, 50, 60, 70]
-                seconds = 8 if quick else 15
+                ladder = [20, 40, 60] if quick else [20, 40, 60, 80, 100, 120, 140, 160]
+                seconds = 8 if quick else 10
                 log(f"call rate: ladder {ladder} cps, {seconds} s per step")
                 base_best, base_steps = find_max_rate(r, BASELINE_EP, ladder, seconds, "baseline")
                 cpu0, calls0 = daemon.cpu_seconds(), daemon.metrics().get("bridged_calls_started_total", 0)
