@@ -16,6 +16,7 @@ import re
 from panoramisk.fast_agi import Application, Request
 
 from . import metrics
+from .calls import LABEL_SUB, LABEL_VAR
 from .config import Config
 from .service import CallService, Refused
 
@@ -27,6 +28,7 @@ VAR_RESULT = "BRIDGED_RESULT"
 VAR_PROMPT = "BRIDGED_PROMPT"
 VAR_APP = "BRIDGED_APP"
 VAR_CALL = "BRIDGED_CALL"
+VAR_LABEL = LABEL_VAR
 
 _HEADER_LIMIT = 64 * 1024
 _DIGITS_TIMEOUT_MS = 8000
@@ -120,8 +122,9 @@ class AgiServer:
     async def order(self, request: Request) -> None:
         headers = request.headers
         channel_id = headers.get("agi_uniqueid") or None
-        endpoint = await get_var(request, "CHANNEL(endpoint)") or _endpoint_from_channel(
-            headers.get("agi_channel", "")
+        # The channel name gives the endpoint without a round trip; CHANNEL(endpoint) is the fallback.
+        endpoint = _endpoint_from_channel(headers.get("agi_channel", "")) or await get_var(
+            request, "CHANNEL(endpoint)"
         )
         manager = self.service.manager_for_endpoint(endpoint)
         if manager is None:
@@ -140,6 +143,10 @@ class AgiServer:
         if isinstance(outcome, Refused):
             await self._refused(request, outcome)
             return
+        # The label and the connected-line interception are in place before the channel enters
+        # Stasis: no identity update can reach the manager's phone without passing through them.
+        await set_var(request, VAR_LABEL, outcome.label_caller_id)
+        await set_var(request, "CONNECTED_LINE_SEND_SUB", LABEL_SUB)
         await set_var(request, VAR_APP, self.config.ari.app)
         await set_var(request, VAR_CALL, outcome.call_id)
         await set_var(request, VAR_RESULT, "ok")

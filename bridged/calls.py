@@ -122,6 +122,11 @@ def caller_id(name: str, number: str) -> str:
     return f'"{name}" <{number}>'
 
 
+def label_caller_id(order_id: str, label: str) -> str:
+    """What a manager's phone is shown as the other party; the number part redials the order."""
+    return caller_id(label, f"*77{order_id}")
+
+
 @dataclass
 class Call:
     id: str
@@ -160,8 +165,7 @@ class Call:
 
     @property
     def label_caller_id(self) -> str:
-        # The number part redials the order from the phone's call history.
-        return caller_id(self.label, f"*77{self.order_id}")
+        return label_caller_id(self.order_id, self.label)
 
 
 @dataclass
@@ -174,6 +178,10 @@ class PendingCall:
     direction: str
     manager_channel_id: str | None
     created: float = field(default_factory=time.monotonic)
+
+    @property
+    def label_caller_id(self) -> str:
+        return label_caller_id(self.order.id, self.order.label())
 
 
 def _channel_id(event: dict[str, Any], key: str = "channel") -> str | None:
@@ -461,6 +469,8 @@ class CallEngine:
         log.info("call %s: customer leg %s originated", call.id, call.customer_channel_id)
 
     async def _prepare_manager(self, call: Call) -> None:
+        # In this order: a ringback tone is a playback without end, and Asterisk runs later ARI
+        # commands on that channel (set_variable...) only once the playback is over.
         if call.direction == "phone":
             await self._label_manager(call)
         await self._ringback(call)
@@ -468,8 +478,7 @@ class CallEngine:
     async def _persist_customer_leg(self, call: Call) -> None:
         # The row names the customer channel before it exists: a restarted daemon adopts it.
         assert call.customer_channel_id is not None
-        await self.store.set_channels(call.id, customer_channel_id=call.customer_channel_id)
-        await self._persist_state(call)
+        await self.store.set_customer_leg(call.id, call.customer_channel_id, call.state.value)
 
     async def _ringback(self, call: Call) -> None:
         """Let the manager hear that the customer is being called."""
@@ -531,19 +540,13 @@ class CallEngine:
         await self._finish(call, outcome)
 
     async def _label_manager(self, call: Call) -> None:
-        """Everything the manager's phone is told about the other side is the order label."""
-        channel = call.manager_channel_id or ""
-        # The label and the subroutine that sends it are plain variables, set at once; the
-        # connected line (which runs the subroutine) only after both are in place.
-        results = await asyncio.gather(
-            self.ari.set_variable(channel, LABEL_VAR, call.label_caller_id),
-            self.ari.set_variable(channel, "CONNECTED_LINE_SEND_SUB", LABEL_SUB),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        await self.ari.set_variable(channel, "CONNECTEDLINE(all)", call.label_caller_id)
+        """Everything the manager's phone is told about the other side is the order label.
+
+        On the phone path the FastAGI reply has already set ``BRIDGED_LABEL`` and the
+        ``CONNECTED_LINE_SEND_SUB`` interception on the channel, before it entered Stasis; what is
+        left is the manager's connected line itself.
+        """
+        await self.ari.set_variable(call.manager_channel_id or "", "CONNECTEDLINE(all)", call.label_caller_id)
 
     async def _on_customer_answered(self, call: Call) -> None:
         if call.state is not CallState.RINGING_CUSTOMER:

@@ -97,7 +97,7 @@ class CallService:
         if not may_call(self.config, manager, order):
             return await self._refuse(manager, code, Refusal.DENIED, direction, actor)
         call_id = uuid.uuid4().hex
-        await self.store.insert_call(
+        await self.store.insert_call_audited(
             call_id=call_id,
             order_id=code,
             manager_id=manager.id,
@@ -105,13 +105,7 @@ class CallService:
             state=CallState.REQUESTED.value,
             manager_channel_id=manager_channel_id,
             ari_app=self.config.ari.app,
-        )
-        await self.store.audit(
             actor=actor,
-            action="call.request",
-            outcome="accepted",
-            call_id=call_id,
-            order_id=code,
             details={"manager_id": manager.id, "direction": direction},
         )
         pending = PendingCall(

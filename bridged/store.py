@@ -81,6 +81,14 @@ class Store:
             ari_app,
         )
 
+    async def set_customer_leg(self, call_id: str, customer_channel_id: str, state: str) -> None:
+        await self.pool.execute(
+            "UPDATE calls SET customer_channel_id = $2, state = $3 WHERE id = $1",
+            call_id,
+            customer_channel_id,
+            state,
+        )
+
     async def set_state(self, call_id: str, state: str) -> None:
         await self.pool.execute("UPDATE calls SET state = $2 WHERE id = $1", call_id, state)
 
@@ -138,6 +146,37 @@ class Store:
             ari_app,
         )
         return [CallRow(**dict(r)) for r in rows]
+
+    async def insert_call_audited(
+        self,
+        *,
+        call_id: str,
+        order_id: str,
+        manager_id: str,
+        direction: str,
+        state: str,
+        manager_channel_id: str | None,
+        ari_app: str | None,
+        actor: str,
+        details: dict[str, Any],
+    ) -> None:
+        """The call row and its accepted ``call.request`` audit row, in one statement."""
+        await self.pool.execute(
+            "WITH c AS (INSERT INTO calls"
+            " (id, order_id, manager_id, direction, state, manager_channel_id, ari_app)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, order_id)"
+            " INSERT INTO audit (actor, action, call_id, order_id, outcome, details)"
+            " SELECT $8, 'call.request', c.id, c.order_id, 'accepted', $9::jsonb FROM c",
+            call_id,
+            order_id,
+            manager_id,
+            direction,
+            state,
+            manager_channel_id,
+            ari_app,
+            actor,
+            json.dumps(details),
+        )
 
     async def audit(
         self,

@@ -398,6 +398,41 @@ class FakeStore:
             manager_channel_id=manager_channel_id,
         )
 
+    async def set_customer_leg(self, call_id: str, customer_channel_id: str, state: str) -> None:
+        await self.set_channels(call_id, customer_channel_id=customer_channel_id)
+        await self.set_state(call_id, state)
+
+    async def insert_call_audited(
+        self,
+        *,
+        call_id: str,
+        order_id: str,
+        manager_id: str,
+        direction: str,
+        state: str,
+        manager_channel_id: str | None,
+        ari_app: str | None,
+        actor: str,
+        details: dict[str, Any],
+    ) -> None:
+        await self.insert_call(
+            call_id=call_id,
+            order_id=order_id,
+            manager_id=manager_id,
+            direction=direction,
+            state=state,
+            manager_channel_id=manager_channel_id,
+            ari_app=ari_app,
+        )
+        await self.audit(
+            actor=actor,
+            action="call.request",
+            outcome="accepted",
+            call_id=call_id,
+            order_id=order_id,
+            details=details,
+        )
+
     async def set_state(self, call_id: str, state: str) -> None:
         if call_id in self.rows:
             self.rows[call_id]["state"] = state

@@ -18,7 +18,6 @@ import pytest
 import bridged.calls as calls_module
 from bridged.ari import AriClient, AriUnavailable
 from bridged.calls import (
-    LABEL_SUB,
     TRANSITIONS,
     Call,
     CallEngine,
@@ -177,10 +176,10 @@ async def test_happy_path_customer_hangs_up(env: Env) -> None:
     assert NUMBER_TAIL not in digits(orig["app_args"])
 
     # The manager's phone shows the order label, and is told so before the customer leg exists.
+    # (BRIDGED_LABEL and the CONNECTED_LINE_SEND_SUB interception come with the FastAGI reply,
+    # before Stasis: see test_agi.py.)
     manager_vars = ari.variables("m-a")
-    assert ("CONNECTED_LINE_SEND_SUB", LABEL_SUB) in manager_vars
     assert ("CONNECTEDLINE(all)", LABEL_CID) in manager_vars
-    assert ("BRIDGED_LABEL", LABEL_CID) in manager_vars
     methods = ari.methods()
     assert methods.index("originate") > max(i for i, m in enumerate(methods) if m == "set_variable")
     assert ari.named("ring") == [{"channel_id": "m-a"}]
@@ -765,3 +764,13 @@ async def test_reconcile_adopts_only_this_apps_calls(env: Env) -> None:
     assert "mine" in env.engine.calls
     assert "theirs" not in env.engine.calls
     assert "m2" not in env.ari.hung_up()
+
+
+async def test_manager_already_up_is_labelled_before_the_ringback_tone(env: Env) -> None:
+    # Asterisk runs ARI commands on a channel only after its current playback; the ringback tone
+    # never ends by itself, so the label must be set before it starts.
+    await env.ringing("call-t", "m-t", state="Up")
+    methods = [(m, kw.get("channel_id")) for m, kw in env.ari.calls]
+    label = methods.index(("set_variable", "m-t"))
+    tone = next(i for i, (m, kw) in enumerate(env.ari.calls) if m == "play" and kw["media"] == "tone:ring")
+    assert label < tone
