@@ -1,7 +1,7 @@
 """The FastAGI side of the phone path: who is calling, which order, may the call go ahead.
 
 Dialplan (dialplan/bridged.conf) runs ``AGI(agi://host:port/order,<code>)``; this handler answers with
-channel variables: ``BRIDGED_RESULT=ok`` plus ``BRIDGED_APP``/``BRIDGED_CALL`` for the Stasis hand-off,
+channel variables: ``BRIDGED_RESULT=ok`` plus ``BRIDGED_STASIS`` (the Stasis() arguments),
 or ``BRIDGED_RESULT=refused`` plus ``BRIDGED_PROMPT`` (a stock sound) to play before hangup. Any
 failure leaves ``BRIDGED_RESULT`` unset, and the dialplan plays its own error prompt: a manager never
 hangs in silence.
@@ -26,8 +26,8 @@ SCRIPT_ORDER = "order"
 # Channel variables shared with dialplan/bridged.conf.
 VAR_RESULT = "BRIDGED_RESULT"
 VAR_PROMPT = "BRIDGED_PROMPT"
-VAR_APP = "BRIDGED_APP"
-VAR_CALL = "BRIDGED_CALL"
+# The Stasis() arguments in one variable: "<app>,order,<call id>" (one AGI round trip, not two).
+VAR_STASIS = "BRIDGED_STASIS"
 VAR_LABEL = LABEL_VAR
 
 _HEADER_LIMIT = 64 * 1024
@@ -147,8 +147,7 @@ class AgiServer:
         # Stasis: no identity update can reach the manager's phone without passing through them.
         await set_var(request, VAR_LABEL, outcome.label_caller_id)
         await set_var(request, "CONNECTED_LINE_SEND_SUB", LABEL_SUB)
-        await set_var(request, VAR_APP, self.config.ari.app)
-        await set_var(request, VAR_CALL, outcome.call_id)
+        await set_var(request, VAR_STASIS, f"{self.config.ari.app},order,{outcome.call_id}")
         await set_var(request, VAR_RESULT, "ok")
 
     async def _refused(self, request: Request, refused: Refused) -> None:

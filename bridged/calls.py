@@ -469,11 +469,21 @@ class CallEngine:
         log.info("call %s: customer leg %s originated", call.id, call.customer_channel_id)
 
     async def _prepare_manager(self, call: Call) -> None:
-        # In this order: a ringback tone is a playback without end, and Asterisk runs later ARI
-        # commands on that channel (set_variable...) only once the playback is over.
-        if call.direction == "phone":
+        if call.direction != "phone":
+            await self._ringback(call)
+        elif call.manager_up:
+            # In this order: a ringback tone is a playback without end, and Asterisk runs later ARI
+            # commands on that channel (set_variable...) only once the playback is over.
             await self._label_manager(call)
-        await self._ringback(call)
+            await self._ringback(call)
+        else:
+            # A ring indication is no playback: label and indication may go at once.
+            results = await asyncio.gather(
+                self._label_manager(call), self._ringback(call), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
 
     async def _persist_customer_leg(self, call: Call) -> None:
         # The row names the customer channel before it exists: a restarted daemon adopts it.
