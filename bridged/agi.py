@@ -147,6 +147,7 @@ class AgiServer:
         # Stasis: no identity update can reach the manager's phone without passing through them.
         await set_var(request, VAR_LABEL, outcome.label_caller_id)
         await set_var(request, "CONNECTED_LINE_SEND_SUB", LABEL_SUB)
+        await set_var(request, "CONNECTEDLINE(all)", outcome.label_caller_id)
         await set_var(request, VAR_STASIS, f"{self.config.ari.app},order,{outcome.call_id}")
         await set_var(request, VAR_RESULT, "ok")
 

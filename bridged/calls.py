@@ -469,21 +469,9 @@ class CallEngine:
         log.info("call %s: customer leg %s originated", call.id, call.customer_channel_id)
 
     async def _prepare_manager(self, call: Call) -> None:
-        if call.direction != "phone":
-            await self._ringback(call)
-        elif call.manager_up:
-            # In this order: a ringback tone is a playback without end, and Asterisk runs later ARI
-            # commands on that channel (set_variable...) only once the playback is over.
-            await self._label_manager(call)
-            await self._ringback(call)
-        else:
-            # A ring indication is no playback: label and indication may go at once.
-            results = await asyncio.gather(
-                self._label_manager(call), self._ringback(call), return_exceptions=True
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+        # The manager's phone already shows the order label: the FastAGI reply set its connected
+        # line (phone path), or the label was its caller id on the originate (HTTP path).
+        await self._ringback(call)
 
     async def _persist_customer_leg(self, call: Call) -> None:
         # The row names the customer channel before it exists: a restarted daemon adopts it.
@@ -548,15 +536,6 @@ class CallEngine:
         else:
             outcome = Outcome.CANCELLED
         await self._finish(call, outcome)
-
-    async def _label_manager(self, call: Call) -> None:
-        """Everything the manager's phone is told about the other side is the order label.
-
-        On the phone path the FastAGI reply has already set ``BRIDGED_LABEL`` and the
-        ``CONNECTED_LINE_SEND_SUB`` interception on the channel, before it entered Stasis; what is
-        left is the manager's connected line itself.
-        """
-        await self.ari.set_variable(call.manager_channel_id or "", "CONNECTEDLINE(all)", call.label_caller_id)
 
     async def _on_customer_answered(self, call: Call) -> None:
         if call.state is not CallState.RINGING_CUSTOMER:

@@ -164,6 +164,7 @@ async def test_accepted_call_hands_over_to_stasis(agi: Agi) -> None:
     assert _set_vars(commands) == [
         'SET VARIABLE BRIDGED_LABEL "\\"Order 123 Ivan P.\\" <*77123>"',
         'SET VARIABLE CONNECTED_LINE_SEND_SUB "bridged-label,s,1"',
+        'SET VARIABLE CONNECTEDLINE(all) "\\"Order 123 Ivan P.\\" <*77123>"',
         f'SET VARIABLE BRIDGED_STASIS "bridged,order,{CALL_ID}"',
         'SET VARIABLE BRIDGED_RESULT "ok"',
     ]
