@@ -785,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
                     "bridged_setup_histogram_count": metrics.get("bridged_call_setup_seconds_count"),
                 }
             if "rate" in parts:
-                ladder = [20, 40, 60] if quick else [20, 40, 60, 80, 100, 120, 140, 160]
+                ladder = [20, 40, 60] if quick else [40, 80, 120, 140, 160, 200, 240, 280]
                 seconds = 8 if quick else 10
                 log(f"call rate: ladder {ladder} cps, {seconds} s per step")
                 base_best, base_steps = find_max_rate(r, BASELINE_EP, ladder, seconds, "baseline")
