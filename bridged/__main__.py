@@ -25,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", "-c", required=True, help="path to the YAML config")
-    hash_cmd = sub.add_parser(
-        "hash-token", help="print a new API token and its sha256 for api.tokens"
-    )
+    hash_cmd = sub.add_parser("hash-token", help="print a new API token and its sha256 for api.tokens")
     hash_cmd.add_argument("--stdin", action="store_true", help="hash the token read from standard input")
     args = parser.parse_args(argv)
 

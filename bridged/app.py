@@ -36,6 +36,7 @@ from .webhooks import WebhookSink
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Lifecycle:
     """What the service hooks change while the daemon runs (the app itself is frozen once started)."""
