@@ -57,6 +57,8 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
+ARI_CONNECTIONS = 40
+
 EXIT_CONFIG = 2
 EXIT_DATABASE = 3
 
@@ -81,7 +83,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 async def _calls(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    session = aiohttp.ClientSession()
+    # Asterisk's HTTP server serves at most http.conf sessionlimit (default 100) connections, the
+    # event websocket included; aiohttp's own default of 100 could take them all under load.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=ARI_CONNECTIONS))
     ari = AriClient(
         session,
         config.ari.url,
