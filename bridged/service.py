@@ -7,11 +7,10 @@ is decided twice.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .calls import CallEngine, CallState, PendingCall
+from .calls import CallEngine, CallState, PendingCall, new_call_id
 from .config import Config, Manager
 from .orders import LookupFailed, OrderDirectory, Refusal, is_valid_code, may_call
 from .redact import redact
@@ -96,7 +95,7 @@ class CallService:
             return await self._refuse(manager, code, Refusal.UNKNOWN_ORDER, direction, actor)
         if not may_call(self.config, manager, order):
             return await self._refuse(manager, code, Refusal.DENIED, direction, actor)
-        call_id = uuid.uuid4().hex
+        call_id = new_call_id()
         await self.store.insert_call_audited(
             call_id=call_id,
             order_id=code,
@@ -126,7 +125,7 @@ class CallService:
         # A code that did not resolve to an order is only what someone typed, and that may be a
         # customer's number (a manager probing): stored masked unless it is a known order.
         code = code if reason is Refusal.DENIED else redact(code)
-        call_id = uuid.uuid4().hex
+        call_id = new_call_id()
         await self.store.insert_call(
             call_id=call_id,
             order_id=code,

@@ -221,3 +221,11 @@ def test_plain_formatter_folds_traceback_into_one_line() -> None:
     assert output.count("\n") == 1
     assert "RuntimeError" in output and " | " in output
     assert not _leaks(output)
+
+
+def test_call_ids_survive_the_log_redaction() -> None:
+    from bridged.calls import new_call_id
+
+    ids = [new_call_id() for _ in range(2000)]
+    assert all(redact(f"call {i} bridged") == f"call {i} bridged" for i in ids)
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 for i in ids)
