@@ -268,6 +268,7 @@ class Daemon:
                 cwd=REPO_ROOT,
             )
         wait_until(self.healthy, 30, "bridged /healthz")
+        CPU_SOURCES["bridged"] = (self.proc.pid, False)
 
     def healthy(self) -> bool:
         assert self.proc is not None
@@ -370,9 +371,13 @@ def rig() -> Iterator[Rig]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     postgres = Postgres(port=PG_PORT)
     postgres.start()
+    assert postgres.proc is not None
+    CPU_SOURCES["postgres"] = (postgres.proc.pid, True)
     asterisk = Asterisk(ensure_asterisk_root(), instance=f"bench-{os.getpid()}")
     try:
         asterisk.start()
+        assert asterisk.proc is not None
+        CPU_SOURCES["asterisk"] = (asterisk.proc.pid, True)
         for db in ("shop", "bridged"):
             postgres.create_database(db)
         postgres.execute(
@@ -526,6 +531,50 @@ class RateStep:
     failed_pct: float
     seconds: float
     db_outcomes: dict[str, int] = field(default_factory=dict)
+    # CPU milliseconds per attempted call, by process group, over the whole step.
+    cpu_ms_per_call: dict[str, float] = field(default_factory=dict)
+
+
+# Processes whose CPU a rate step accounts for: name -> (pid, whole process tree?).
+CPU_SOURCES: dict[str, tuple[int, bool]] = {}
+
+
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_cpu(pid: int, tree: bool) -> float:
+    """CPU seconds of ``pid`` and, with ``tree``, of all its live descendants and every child any of
+    them has reaped (PostgreSQL's backends, Asterisk's helpers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc") if tree else [str(pid)]:
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stats[int(entry)] = _stat_fields(int(entry))
+    if pid not in stats:
+        return 0.0
+    members, frontier = {pid}, [pid]
+    while tree and frontier:
+        parent = frontier.pop()
+        for child, fields in stats.items():
+            if int(fields[1]) == parent and child not in members:  # ppid
+                members.add(child)
+                frontier.append(child)
+    total = 0
+    for member in members:
+        fields = stats[member]
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if tree:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime of reaped children
+    return total / ticks
+
+
+def cpu_snapshot() -> dict[str, float]:
+    snap = {name: process_cpu(pid, tree) for name, (pid, tree) in CPU_SOURCES.items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    snap["sipp"] = children.ru_utime + children.ru_stime  # both SIPp processes, reaped by the step
+    return snap
 
 
 def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) -> RateStep:
@@ -533,6 +582,7 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
     total = max(1, int(rate * seconds))
     hold_ms = 1000
     since = r.db_now()
+    cpu_before = cpu_snapshot()
     carrier = sipp(
         f"{tag}-rate{rate:g}-carrier",
         "carrier",
@@ -559,14 +609,43 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
         limit=max(50, int(rate * 10)),
         rate=rate,
     )
+    perf = None
+    if os.environ.get("BENCH_PERF_DIR"):  # a system-wide profile of the step, for `perf report`
+        perf = subprocess.Popen(
+            ["perf", "record", "-a", "-g", "-o", f"{os.environ['BENCH_PERF_DIR']}/{tag}-{rate:g}.data"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    spy = None
+    if os.environ.get("BENCH_PYSPY_DIR") and endpoint == BRIDGED_EP:  # collapsed stacks of bridged
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--nonblocking", "--format", "raw", "--rate", "200",
+             "-o", f"{os.environ['BENCH_PYSPY_DIR']}/{tag}-{rate:g}.txt", "-p", str(CPU_SOURCES["bridged"][0])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    events = None
+    if os.environ.get("BENCH_EVENTS_SPY"):  # count the ARI events Asterisk produces (ad hoc script)
+        events = subprocess.Popen(
+            [sys.executable, os.environ["BENCH_EVENTS_SPY"], r.asterisk.ari_url, r.asterisk.ari_user,
+             r.asterisk.ari_password, str(WORK / f"{tag}-{rate:g}-events.json")],
+        )
     manager.wait(timeout=seconds + 120)
     elapsed = time.monotonic() - started
+    for profiler in (perf, spy, events):
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait()
     finish_carrier(r, carrier)
+    cpu_after = cpu_snapshot()
     m, c = manager.stats(), carrier.stats()
     attempted = m.get("OutGoingCall(C)", total) or total
     completed = min(m.get("SuccessfulCall(C)", 0), c.get("SuccessfulCall(C)", 0))
     failed = attempted - completed
     step = RateStep(rate, attempted, completed, failed, round(100 * failed / attempted, 2), round(elapsed, 1))
+    step.cpu_ms_per_call = {
+        name: round((cpu_after[name] - cpu_before[name]) * 1000 / attempted, 2) for name in cpu_before
+    }
     if endpoint == BRIDGED_EP:
         with contextlib.suppress(Exception):
             wait_until(lambda: "bridged" not in r.outcomes_since(since), 30, "rows ended")
@@ -585,6 +664,7 @@ def find_max_rate(
         log(
             f"  {tag} {rate:g} cps: {step.completed}/{step.attempted} completed ({step.failed_pct}% failed)"
             + (f" rows {step.db_outcomes}" if step.db_outcomes else "")
+            + f" cpu ms/call {step.cpu_ms_per_call}"
         )
         if step.failed_pct >= 1.0:
             break
@@ -738,6 +818,10 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="run only these parts (repeatable)",
     )
+    parser.add_argument(
+        "--ladder", help="call-rate steps in calls per second, comma-separated (default 40,80,...,280)"
+    )
+    parser.add_argument("--step-seconds", type=float, help="seconds per call-rate step (default 10)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (Asterisk chroot, network namespace)", file=sys.stderr)
@@ -786,7 +870,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
             if "rate" in parts:
                 ladder = [20, 40, 60] if quick else [40, 80, 120, 140, 160, 200, 240, 280]
-                seconds = 8 if quick else 10
+                if args.ladder:
+                    ladder = [float(x) for x in args.ladder.split(",")]
+                seconds = args.step_seconds or (8 if quick else 10)
                 log(f"call rate: ladder {ladder} cps, {seconds} s per step")
                 base_best, base_steps = find_max_rate(r, BASELINE_EP, ladder, seconds, "baseline")
                 cpu0, calls0 = daemon.cpu_seconds(), daemon.metrics().get("bridged_calls_started_total", 0)

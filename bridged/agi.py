@@ -1,10 +1,10 @@
 """The FastAGI side of the phone path: who is calling, which order, may the call go ahead.
 
 Dialplan (dialplan/bridged.conf) runs ``AGI(agi://host:port/order,<code>)``; this handler answers with
-channel variables: ``BRIDGED_RESULT=ok`` plus ``BRIDGED_STASIS`` (the Stasis() arguments),
-or ``BRIDGED_RESULT=refused`` plus ``BRIDGED_PROMPT`` (a stock sound) to play before hangup. Any
-failure leaves ``BRIDGED_RESULT`` unset, and the dialplan plays its own error prompt: a manager never
-hangs in silence.
+one channel variable, ``BRIDGED_REPLY``: ``ok|<Stasis() arguments>|<label>`` (the dialplan then sets
+the label as the manager's connected line, installs the connected-line interception and enters
+Stasis), or ``refused|<prompt>`` (a stock sound to play before hangup). Any failure leaves it unset,
+and the dialplan plays its own error prompt: a manager never hangs in silence.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import re
 from panoramisk.fast_agi import Application, Request
 
 from . import metrics
-from .calls import LABEL_SUB, LABEL_VAR
 from .config import Config
 from .service import CallService, Refused
 
@@ -24,11 +23,10 @@ log = logging.getLogger(__name__)
 
 SCRIPT_ORDER = "order"
 # Channel variables shared with dialplan/bridged.conf.
-VAR_RESULT = "BRIDGED_RESULT"
-VAR_PROMPT = "BRIDGED_PROMPT"
-# The Stasis() arguments in one variable: "<app>,order,<call id>" (one AGI round trip, not two).
-VAR_STASIS = "BRIDGED_STASIS"
-VAR_LABEL = LABEL_VAR
+# The whole answer in one variable, one AGI round trip: "ok|<Stasis() arguments>|<label>" or
+# "refused|<prompt>". The dialplan takes it apart with CUT(); the label is last, so a "|" in it
+# (a customer's name) cannot shift the other fields.
+VAR_REPLY = "BRIDGED_REPLY"
 
 _HEADER_LIMIT = 64 * 1024
 _DIGITS_TIMEOUT_MS = 8000
@@ -143,15 +141,11 @@ class AgiServer:
         if isinstance(outcome, Refused):
             await self._refused(request, outcome)
             return
-        # The label and the connected-line interception are in place before the channel enters
-        # Stasis: no identity update can reach the manager's phone without passing through them.
-        await set_var(request, VAR_LABEL, outcome.label_caller_id)
-        await set_var(request, "CONNECTED_LINE_SEND_SUB", LABEL_SUB)
-        await set_var(request, "CONNECTEDLINE(all)", outcome.label_caller_id)
-        await set_var(request, VAR_STASIS, f"{self.config.ari.app},order,{outcome.call_id}")
-        await set_var(request, VAR_RESULT, "ok")
+        # The dialplan sets the label, the manager's connected line and the CONNECTED_LINE_SEND_SUB
+        # interception from this answer before the channel enters Stasis.
+        stasis_args = f"{self.config.ari.app},order,{outcome.call_id}"
+        await set_var(request, VAR_REPLY, f"ok|{stasis_args}|{outcome.label_caller_id}")
 
     async def _refused(self, request: Request, refused: Refused) -> None:
         metrics.CALLS_REFUSED.inc(refused.reason.value)
-        await set_var(request, VAR_PROMPT, self.service.prompt_for(refused.reason))
-        await set_var(request, VAR_RESULT, "refused")
+        await set_var(request, VAR_REPLY, f"refused|{self.service.prompt_for(refused.reason)}")

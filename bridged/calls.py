@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 # Dialplan subroutine (dialplan/bridged.conf) that replaces any connected-line update sent to a
 # manager's phone with the order label: the last guard against a carrier's identity reaching it.
+# The ARI events the engine acts on; Asterisk is asked to send its application nothing else.
+EVENT_TYPES = frozenset(
+    {"StasisStart", "StasisEnd", "ChannelHangupRequest", "ChannelDestroyed", "Dial", "PlaybackFinished"}
+)
 LABEL_SUB = "bridged-label,s,1"
 LABEL_VAR = "BRIDGED_LABEL"
 
@@ -164,6 +168,8 @@ class Call:
     announcement_playback_id: str | None = None
     ringback_playback_id: str | None = None
     manager_cause: int | None = None
+    # Legs Asterisk already hangs up (ChannelHangupRequest/ChannelDestroyed seen): not hung up again.
+    gone: set[str] = field(default_factory=set)
     # Resolved once the manager leg of an HTTP-triggered call has been originated (or not).
     started: asyncio.Future[None] | None = None
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
@@ -416,6 +422,8 @@ class CallEngine:
         elif kind in ("ChannelHangupRequest", "StasisEnd", "ChannelDestroyed") and (
             is_manager or is_customer
         ):
+            if kind != "StasisEnd":  # a channel leaving Stasis may still be up
+                call.gone.add(channel_id or "")
             cause = event.get("cause")
             if isinstance(cause, int) and is_customer and call.hangup_cause is None:
                 call.hangup_cause = cause
@@ -495,12 +503,13 @@ class CallEngine:
     async def _ringback(self, call: Call) -> None:
         """Let the manager hear that the customer is being called."""
         channel = call.manager_channel_id or ""
+        if not call.manager_up:
+            # A phone that dialled the code has been sent 180 Ringing by the dialplan right before
+            # Stasis() (dialplan/bridged.conf): no ARI request for it.
+            return
         try:
-            if call.manager_up:
-                call.ringback_playback_id = f"{call.id}-ringback-{next(self._seq)}"
-                await self.ari.play(channel, "tone:ring", playback_id=call.ringback_playback_id)
-            else:
-                await self.ari.ring(channel)
+            call.ringback_playback_id = f"{call.id}-ringback-{next(self._seq)}"
+            await self.ari.play(channel, "tone:ring", playback_id=call.ringback_playback_id)
         except AriError as exc:
             log.debug("call %s: ringback failed: %s", call.id, exc)
 
@@ -555,9 +564,6 @@ class CallEngine:
         if call.state is not CallState.RINGING_CUSTOMER:
             return
         customer = call.customer_channel_id or ""
-        # A carrier's PAI in its 200 OK may have replaced the customer channel's caller id with
-        # the customer's number (trust_id_inbound=yes); the bridge would copy it to the manager.
-        await self.ari.set_variable(customer, "CALLERID(all)", call.label_caller_id)
         announcement = self.config.recording.announcement if self.config.recording.enabled else None
         if announcement:
             self._transition(call, CallState.ANNOUNCING)
@@ -579,10 +585,14 @@ class CallEngine:
         bridge_id = f"{call.id}-bridge"
         await self.ari.create_bridge(bridge_id, type="mixing", name=f"bridged-{call.id}")
         call.bridge_id = bridge_id
-        # Guard again right before the join: the label on both sides, no join-time COLP.
+        # A carrier's PAI in its 200 OK may have replaced the customer channel's caller id with the
+        # customer's number (trust_id_inbound=yes), and a bridge join copies it to the manager as a
+        # connected-line update: the label goes in its place right before the join, and the join
+        # itself sends no connected-line update. Whatever Asterisk sends the manager later passes
+        # through CONNECTED_LINE_SEND_SUB (set before Stasis), which puts the label in its place;
+        # the manager's own connected line already is the label (set before its channel was answered).
         await self.ari.set_variable(customer, "CALLERID(all)", call.label_caller_id)
         await self.ari.add_channel(bridge_id, [manager, customer], inhibit_connected_line_updates=True)
-        await self.ari.set_variable(manager, "CONNECTEDLINE(all)", call.label_caller_id)
         call.answered_at = datetime.now(UTC)
         self._transition(call, CallState.BRIDGED)
         metrics.CALLS_BRIDGED.inc()
@@ -655,7 +665,7 @@ class CallEngine:
     async def _finish(self, call: Call, outcome: Outcome) -> None:
         call.outcome = outcome
         for channel_id in (call.manager_channel_id, call.customer_channel_id):
-            if channel_id:
+            if channel_id and channel_id not in call.gone:
                 await self._hangup_quietly(channel_id, may_be_gone=True)
         if call.bridge_id:
             try:
@@ -666,16 +676,13 @@ class CallEngine:
         metrics.CALLS_ENDED.inc(outcome.value)
         if call.started is not None and not call.started.done():
             call.started.set_result(None)
-        await self.store.finish(
-            call.id, outcome=outcome.value, hangup_cause=call.hangup_cause, ended_by=call.ended_by
-        )
-        await self.store.audit(
-            actor=call.manager.id,
-            action="call.end",
+        await self.store.finish_audited(
+            call.id,
             outcome=outcome.value,
-            call_id=call.id,
+            hangup_cause=call.hangup_cause,
+            ended_by=call.ended_by,
+            actor=call.manager.id,
             order_id=call.order_id,
-            reason=call.ended_by,
         )
         log.info("call %s ended: %s (by %s)", call.id, outcome, call.ended_by or "-")
 
@@ -715,6 +722,10 @@ class CallEngine:
         gap, so the truth is read back from ``GET /channels`` and the daemon's own rows.
         """
         self.reconnects += 1
+        try:
+            await self.ari.allow_events(self.config.ari.app, EVENT_TYPES)
+        except AriError as exc:  # every event still arrives; only slower
+            log.warning("ARI event filter not set: %s", exc)
         channels = {c["id"]: c for c in await self.ari.list_channels()}
         states = {cid: c.get("state", "") for cid, c in channels.items()}
         alive = set(channels)

@@ -10,7 +10,7 @@ from enum import StrEnum
 
 import asyncpg
 
-from . import metrics
+from . import db, metrics
 from .config import Config, Manager, OrdersConfig
 from .redact import PhoneNumber
 
@@ -57,7 +57,11 @@ class OrderDirectory:
         async with self._pool_lock:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
-                    self._config.dsn, min_size=0, max_size=5, timeout=self._config.timeout
+                    self._config.dsn,
+                    min_size=0,
+                    max_size=5,
+                    timeout=self._config.timeout,
+                    reset=db.release_as_is,  # the lookup is one SELECT: no round trip on release
                 )
             return self._pool
 

@@ -135,6 +135,34 @@ class Store:
             ended_at,
         )
 
+    async def finish_audited(
+        self,
+        call_id: str,
+        *,
+        outcome: str,
+        hangup_cause: int | None,
+        ended_by: str | None,
+        actor: str,
+        order_id: str | None,
+    ) -> None:
+        """End the row and write its ``call.end`` audit row, in one statement.
+
+        Idempotent like :meth:`finish`: a call that has already ended (say, by a daemon that
+        reconciled it after a restart) keeps its first ending and gets no second ``call.end`` row.
+        """
+        await self.pool.execute(
+            "WITH c AS (UPDATE calls SET state = 'ended', outcome = $2, hangup_cause = $3, ended_by = $4,"
+            " ended_at = now() WHERE id = $1 AND state <> 'ended' RETURNING id)"
+            " INSERT INTO audit (actor, action, call_id, order_id, outcome, reason)"
+            " SELECT $5, 'call.end', c.id, $6, $2, $4 FROM c",
+            call_id,
+            outcome,
+            hangup_cause,
+            ended_by,
+            actor,
+            order_id,
+        )
+
     async def get_call(self, call_id: str) -> CallRow | None:
         row = await self.pool.fetchrow(f"SELECT {CALL_COLUMNS} FROM calls WHERE id = $1", call_id)
         return None if row is None else CallRow(**dict(row))

@@ -26,6 +26,10 @@ class Operation:
     optional: tuple[str, ...] = ()
     # Parameters that travel in the JSON body (Swagger paramType "body"), e.g. originate's variables.
     body_params: tuple[str, ...] = ()
+    # Asterisk hands the whole JSON body over as the one body parameter: True sends that parameter's
+    # value as the body itself (eventFilter's {"allowed": [...]}); False sends {name: value} (originate,
+    # whose handler reads body["variables"]).
+    body_whole: bool = False
 
     @property
     def path_params(self) -> tuple[str, ...]:
@@ -42,8 +46,9 @@ def _op(
     required: tuple[str, ...] = (),
     optional: tuple[str, ...] = (),
     body_params: tuple[str, ...] = (),
+    body_whole: bool = False,
 ) -> Operation:
-    return Operation(method, path, required, optional, body_params)
+    return Operation(method, path, required, optional, body_params, body_whole)
 
 
 OPERATIONS: dict[str, Operation] = {
@@ -119,6 +124,13 @@ OPERATIONS: dict[str, Operation] = {
     "get_endpoint": _op("GET", "/endpoints/{tech}/{resource}"),
     "get_application": _op("GET", "/applications/{applicationName}"),
     "subscribe": _op("POST", "/applications/{applicationName}/subscription", required=("eventSource",)),
+    "filter_events": _op(
+        "PUT",
+        "/applications/{applicationName}/eventFilter",
+        optional=("filter",),
+        body_params=("filter",),
+        body_whole=True,
+    ),
     # recordings.json
     "list_stored_recordings": _op("GET", "/recordings/stored"),
     "get_stored_recording": _op("GET", "/recordings/stored/{recordingName}"),

@@ -85,6 +85,10 @@ def test_dialled_code_reaches_customer_and_never_leaks_the_number(
     assert sox_rms(recording) > 0.01
     (trace_dir / "recording.wav").write_bytes(recording.read_bytes())
 
+    # The audit trail: the request and the end of this call, one row each.
+    trail = [(a["action"], a["outcome"], a["reason"]) for a in daemon.audit_rows(anna.id) if a["call_id"] == row["id"]]
+    assert trail == [("call.request", "accepted", None), ("call.end", "completed", "manager")], trail
+
     # Both legs and the bridge are gone.
     wait_for(lambda: not json.loads(asterisk.ari_get("/channels")), 5, "no channels left")
     assert not [b for b in json.loads(asterisk.ari_get("/bridges")) if row["id"] in b["id"]]

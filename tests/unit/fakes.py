@@ -335,6 +335,10 @@ class FakeAri:
         await self._record("subscribe", app=app, event_sources=list(event_sources))
         return {"name": app}
 
+    async def allow_events(self, app: str, event_types: Any) -> dict[str, Any]:
+        await self._record("allow_events", app=app, event_types=sorted(event_types))
+        return {"name": app, "events_allowed": [{"type": t} for t in sorted(event_types)]}
+
 
 def not_found(operation: str) -> AriNotFound:
     return AriNotFound(operation, 404, f"ARI {operation} failed: HTTP 404: Channel not found")
@@ -475,6 +479,24 @@ class FakeStore:
             hangup_cause=hangup_cause,
             ended_by=ended_by,
             ended_at=ended_at or datetime.now(UTC),
+        )
+
+    async def finish_audited(
+        self,
+        call_id: str,
+        *,
+        outcome: str,
+        hangup_cause: int | None,
+        ended_by: str | None,
+        actor: str,
+        order_id: str | None,
+    ) -> None:
+        row = self.rows.get(call_id)
+        if row is None or row["state"] == "ended":
+            return
+        await self.finish(call_id, outcome=outcome, hangup_cause=hangup_cause, ended_by=ended_by)
+        await self.audit(
+            actor=actor, action="call.end", outcome=outcome, call_id=call_id, order_id=order_id, reason=ended_by
         )
 
     async def get_call(self, call_id: str) -> CallRow | None:

@@ -115,6 +115,16 @@ async def test_originate_encodes_params_and_body(fake: tuple[FakeAri, AriClient]
     assert req["json"] == {"variables": {"CALLERID(all)": "Order 42"}}
 
 
+async def test_event_filter_is_the_whole_body(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    ari.reply("PUT", "/ari/applications/bridged/eventFilter", body={"name": "bridged"})
+    await client.allow_events("bridged", ["StasisStart", "Dial", "StasisStart"])
+    req = ari.requests[0]
+    assert req["query"] == {}
+    # Asterisk reads "allowed" at the top of the body (the swagger's body parameter "filter" is the body).
+    assert req["json"] == {"allowed": [{"type": "Dial"}, {"type": "StasisStart"}]}
+
+
 async def test_originate_without_variables_sends_no_body(fake: tuple[FakeAri, AriClient]) -> None:
     ari, client = fake
     ari.reply("POST", "/ari/channels", body={"id": "c1"})

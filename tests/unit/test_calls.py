@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import bridged.calls as calls_module
-from bridged.ari import AriClient, AriUnavailable
+from bridged.ari import AriClient, AriError, AriUnavailable
 from bridged.calls import (
     TRANSITIONS,
     Call,
@@ -178,7 +178,7 @@ async def test_happy_path_customer_hangs_up(env: Env) -> None:
     # The manager's label, its connected line and the CONNECTED_LINE_SEND_SUB interception come with
     # the FastAGI reply, before Stasis (see test_agi.py): nothing about the manager is set here.
     assert ari.variables("m-a") == []
-    assert ari.named("ring") == [{"channel_id": "m-a"}]
+    assert ari.named("ring") == []  # the dialplan sent 180 Ringing before Stasis()
     assert ari.named("answer") == []
     assert env.engine.calls["call-a"].state is CallState.RINGING_CUSTOMER
 
@@ -246,6 +246,16 @@ async def test_happy_path_customer_hangs_up(env: Env) -> None:
     await settle()
     assert len(ari.calls) == before
     assert env.row("call-a")["outcome"] == "completed"
+
+
+async def test_a_leg_asterisk_already_hangs_up_is_not_hung_up_again(env: Env) -> None:
+    customer = await env.ringing("call-a", "m-a")
+    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+    await wait_until(lambda: env.row("call-a")["state"] == "bridged")
+    env.ari.calls.clear()
+    env.engine.on_event(hangup_request(customer, cause=16))
+    await env.ended("call-a")
+    assert env.ari.hung_up() == ["m-a"]
 
 
 async def test_manager_already_up_is_not_answered_again(env: Env) -> None:
@@ -552,6 +562,23 @@ async def test_reconcile_adopts_a_live_call(env: Env) -> None:
     assert {"bridge_id": "call-r-bridge"} in env.ari.named("destroy_bridge")
     assert row["outcome"] == "completed"
     assert row["ended_by"] == "customer"
+
+
+async def test_reconcile_asks_asterisk_for_the_events_the_engine_uses_only(env: Env) -> None:
+    await env.engine.reconcile()
+    [flt] = env.ari.named("allow_events")
+    assert flt["app"] == "bridged"
+    assert set(flt["event_types"]) >= {"StasisStart", "StasisEnd", "ChannelHangupRequest", "ChannelDestroyed"}
+    assert "ChannelVarset" not in flt["event_types"]
+    assert env.ari.methods()[0] == "allow_events"
+
+
+async def test_reconcile_goes_on_when_the_event_filter_fails(env: Env) -> None:
+    _bridged_row(env, "call-r")
+    env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
+    env.ari.errors["allow_events"] = AriError("filter_events", 500, "boom")
+    await env.engine.reconcile()
+    assert env.engine.calls["call-r"].state is CallState.BRIDGED
 
 
 async def test_reconcile_leg_gone_between_listing_and_subscription(env: Env) -> None:
