@@ -574,6 +574,9 @@ def cpu_snapshot() -> dict[str, float]:
     snap = {name: process_cpu(pid, tree) for name, (pid, tree) in CPU_SOURCES.items()}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     snap["sipp"] = children.ru_utime + children.ru_stime  # both SIPp processes, reaped by the step
+    # The whole machine's busy time (every process, interrupts included): what the parts add up to.
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    snap["machine"] = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
     return snap
 
 
@@ -619,16 +622,33 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
     spy = None
     if os.environ.get("BENCH_PYSPY_DIR") and endpoint == BRIDGED_EP:  # collapsed stacks of bridged
         spy = subprocess.Popen(
-            ["py-spy", "record", "--nonblocking", "--format", "raw", "--rate", "200",
-             "-o", f"{os.environ['BENCH_PYSPY_DIR']}/{tag}-{rate:g}.txt", "-p", str(CPU_SOURCES["bridged"][0])],
+            [
+                "py-spy",
+                "record",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "-o",
+                f"{os.environ['BENCH_PYSPY_DIR']}/{tag}-{rate:g}.txt",
+                "-p",
+                str(CPU_SOURCES["bridged"][0]),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
     events = None
     if os.environ.get("BENCH_EVENTS_SPY"):  # count the ARI events Asterisk produces (ad hoc script)
         events = subprocess.Popen(
-            [sys.executable, os.environ["BENCH_EVENTS_SPY"], r.asterisk.ari_url, r.asterisk.ari_user,
-             r.asterisk.ari_password, str(WORK / f"{tag}-{rate:g}-events.json")],
+            [
+                sys.executable,
+                os.environ["BENCH_EVENTS_SPY"],
+                r.asterisk.ari_url,
+                r.asterisk.ari_user,
+                r.asterisk.ari_password,
+                str(WORK / f"{tag}-{rate:g}-events.json"),
+            ],
         )
     manager.wait(timeout=seconds + 120)
     elapsed = time.monotonic() - started
@@ -822,6 +842,12 @@ def main(argv: list[str] | None = None) -> int:
         "--ladder", help="call-rate steps in calls per second, comma-separated (default 40,80,...,280)"
     )
     parser.add_argument("--step-seconds", type=float, help="seconds per call-rate step (default 10)")
+    parser.add_argument(
+        "--rate-path",
+        choices=("both", "bridged", "baseline"),
+        default="both",
+        help="which path the call-rate ladder runs on (default both)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (Asterisk chroot, network namespace)", file=sys.stderr)
@@ -874,9 +900,12 @@ def main(argv: list[str] | None = None) -> int:
                     ladder = [float(x) for x in args.ladder.split(",")]
                 seconds = args.step_seconds or (8 if quick else 10)
                 log(f"call rate: ladder {ladder} cps, {seconds} s per step")
-                base_best, base_steps = find_max_rate(r, BASELINE_EP, ladder, seconds, "baseline")
+                base_best, base_steps, brid_best, brid_steps = 0.0, [], 0.0, []
+                if args.rate_path in ("both", "baseline"):
+                    base_best, base_steps = find_max_rate(r, BASELINE_EP, ladder, seconds, "baseline")
                 cpu0, calls0 = daemon.cpu_seconds(), daemon.metrics().get("bridged_calls_started_total", 0)
-                brid_best, brid_steps = find_max_rate(r, BRIDGED_EP, ladder, seconds, "bridged")
+                if args.rate_path in ("both", "bridged"):
+                    brid_best, brid_steps = find_max_rate(r, BRIDGED_EP, ladder, seconds, "bridged")
                 cpu1, calls1 = daemon.cpu_seconds(), daemon.metrics().get("bridged_calls_started_total", 0)
                 handled = max(1, int(calls1 - calls0))
                 results["rate"] = {

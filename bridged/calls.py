@@ -128,6 +128,16 @@ def caller_id(name: str, number: str) -> str:
     return f'"{name}" <{number}>'
 
 
+def manager_leg_id(call_id: str) -> str:
+    """The channel id of an HTTP call's manager leg (bridged originates it)."""
+    return f"{call_id}-manager"
+
+
+def customer_leg_id(call_id: str) -> str:
+    """The channel id of a call's customer leg: known, and in the row, before the leg exists."""
+    return f"{call_id}-customer"
+
+
 def new_call_id() -> str:
     """A random call id that the log redaction leaves readable.
 
@@ -276,7 +286,7 @@ class CallEngine:
             order_id=pending.order.id,
             direction=pending.direction,
             order=pending.order,
-            manager_channel_id=f"{pending.call_id}-manager",
+            manager_channel_id=manager_leg_id(pending.call_id),
         )
         self._pending.pop(pending.call_id, None)
         call.started = asyncio.get_running_loop().create_future()
@@ -458,22 +468,18 @@ class CallEngine:
             await self._prepare_manager(call)
             await self._refuse(call, Outcome.FAILED, self.config.prompts.unavailable)
             return
-        call.customer_channel_id = f"{call.id}-customer"
+        # The row has named this channel since it was written (a restarted daemon adopts it).
+        call.customer_channel_id = customer_leg_id(call.id)
         self._by_channel[call.customer_channel_id] = call
         self._transition(call, CallState.RINGING_CUSTOMER)
-        # Labelling the manager's phone (ARI) and recording the customer leg in the row (SQL) are
-        # independent: they run at once, which takes about a millisecond off every call's setup.
-        # Both finish before the customer is dialled, and a failure in either aborts the call
-        # only once the other is done (a late UPDATE must not overwrite the row's end).
-        results = await asyncio.gather(
-            self._prepare_manager(call), self._persist_customer_leg(call), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        # The ringback, the customer's INVITE and the row's new state are independent: they go out
+        # at once, so no database round trip delays the customer's INVITE. All three finish before
+        # the next step, and a failure is acted on only then (a late UPDATE must not overwrite the
+        # row's end).
         trunk = self.config.trunk
-        try:
-            await self.ari.originate(
+        ringback, originated, persisted = await asyncio.gather(
+            self._prepare_manager(call),
+            self.ari.originate(
                 endpoint=trunk.dial.format(number=call.order.phone.dialable()),
                 app=self.config.ari.app,
                 app_args=f"customer,{call.id}",
@@ -481,11 +487,19 @@ class CallEngine:
                 caller_id=trunk.caller_id,
                 timeout=trunk.ring_timeout,
                 originator=manager_channel,
-            )
-        except AriError as exc:
-            log.warning("call %s: customer leg could not be originated: %s", call.id, exc)
+            ),
+            self._persist_state(call),
+            return_exceptions=True,
+        )
+        for result in (ringback, persisted):
+            if isinstance(result, BaseException):
+                raise result
+        if isinstance(originated, AriError):
+            log.warning("call %s: customer leg could not be originated: %s", call.id, originated)
             await self._refuse(call, Outcome.CUSTOMER_UNAVAILABLE, self.config.prompts.customer_unavailable)
             return
+        if isinstance(originated, BaseException):
+            raise originated
         if call.direction == "phone":  # an HTTP call's clock would include the manager picking up
             metrics.SETUP_SECONDS.observe(time.monotonic() - call.requested_at)
         log.info("call %s: customer leg %s originated", call.id, call.customer_channel_id)
@@ -494,11 +508,6 @@ class CallEngine:
         # The manager's phone already shows the order label: the FastAGI reply set its connected
         # line (phone path), or the label was its caller id on the originate (HTTP path).
         await self._ringback(call)
-
-    async def _persist_customer_leg(self, call: Call) -> None:
-        # The row names the customer channel before it exists: a restarted daemon adopts it.
-        assert call.customer_channel_id is not None
-        await self.store.set_customer_leg(call.id, call.customer_channel_id, call.state.value)
 
     async def _ringback(self, call: Call) -> None:
         """Let the manager hear that the customer is being called."""
@@ -525,8 +534,7 @@ class CallEngine:
         assert call.started is not None
         self._transition(call, CallState.RINGING_MANAGER)
         try:
-            await self.store.set_channels(call.id, manager_channel_id=call.manager_channel_id)
-            await self._persist_state(call)
+            await self._persist_state(call)  # the row has named the manager's channel since it was written
             await self.ari.originate(
                 endpoint=f"PJSIP/{call.manager.endpoint}",
                 app=self.config.ari.app,
@@ -750,7 +758,12 @@ class CallEngine:
         manager = self.config.manager_by_id(row.manager_id)
         legs = [c for c in (row.manager_channel_id, row.customer_channel_id) if c]
         live_legs = [c for c in legs if c in alive]
-        resumable = row.state in (CallState.BRIDGED, CallState.RINGING_CUSTOMER, CallState.ANNOUNCING)
+        state = CallState(row.state)
+        if state in (CallState.REQUESTED, CallState.RINGING_MANAGER) and row.customer_channel_id in alive:
+            # The customer leg exists only once it has been originated; the row's state update,
+            # sent along with the originate, had not landed when the daemon stopped.
+            state = CallState.RINGING_CUSTOMER
+        resumable = state in (CallState.BRIDGED, CallState.RINGING_CUSTOMER, CallState.ANNOUNCING)
         if manager is None or not resumable or len(live_legs) < 2:
             for channel_id in live_legs:
                 await self._hangup_quietly(channel_id)
@@ -778,7 +791,7 @@ class CallEngine:
             order_id=row.order_id,
             direction=row.direction,
             order=None,
-            state=CallState(row.state),
+            state=state,
             manager_channel_id=row.manager_channel_id,
             customer_channel_id=row.customer_channel_id,
             bridge_id=row.bridge_id,

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .calls import CallEngine, CallState, PendingCall, new_call_id
+from .calls import CallEngine, CallState, PendingCall, customer_leg_id, manager_leg_id, new_call_id
 from .config import Config, Manager
 from .orders import LookupFailed, OrderDirectory, Refusal, is_valid_code, may_call
 from .redact import redact
@@ -102,7 +102,9 @@ class CallService:
             manager_id=manager.id,
             direction=direction,
             state=CallState.REQUESTED.value,
-            manager_channel_id=manager_channel_id,
+            # The phone's channel, or the one bridged will originate to the manager (HTTP).
+            manager_channel_id=manager_channel_id or manager_leg_id(call_id),
+            customer_channel_id=customer_leg_id(call_id),
             ari_app=self.config.ari.app,
             actor=actor,
             details={"manager_id": manager.id, "direction": direction},

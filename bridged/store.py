@@ -81,27 +81,8 @@ class Store:
             ari_app,
         )
 
-    async def set_customer_leg(self, call_id: str, customer_channel_id: str, state: str) -> None:
-        await self.pool.execute(
-            "UPDATE calls SET customer_channel_id = $2, state = $3 WHERE id = $1",
-            call_id,
-            customer_channel_id,
-            state,
-        )
-
     async def set_state(self, call_id: str, state: str) -> None:
         await self.pool.execute("UPDATE calls SET state = $2 WHERE id = $1", call_id, state)
-
-    async def set_channels(
-        self, call_id: str, *, manager_channel_id: str | None = None, customer_channel_id: str | None = None
-    ) -> None:
-        await self.pool.execute(
-            "UPDATE calls SET manager_channel_id = coalesce($2, manager_channel_id),"
-            " customer_channel_id = coalesce($3, customer_channel_id) WHERE id = $1",
-            call_id,
-            manager_channel_id,
-            customer_channel_id,
-        )
 
     async def mark_bridged(
         self, call_id: str, *, answered_at: datetime, bridge_id: str, recording_name: str | None
@@ -187,12 +168,13 @@ class Store:
         ari_app: str | None,
         actor: str,
         details: dict[str, Any],
+        customer_channel_id: str | None = None,
     ) -> None:
         """The call row and its accepted ``call.request`` audit row, in one statement."""
         await self.pool.execute(
             "WITH c AS (INSERT INTO calls"
-            " (id, order_id, manager_id, direction, state, manager_channel_id, ari_app)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, order_id)"
+            " (id, order_id, manager_id, direction, state, manager_channel_id, ari_app, customer_channel_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $10) RETURNING id, order_id)"
             " INSERT INTO audit (actor, action, call_id, order_id, outcome, details)"
             " SELECT $8, 'call.request', c.id, c.order_id, 'accepted', $9::jsonb FROM c",
             call_id,
@@ -204,6 +186,7 @@ class Store:
             ari_app,
             actor,
             json.dumps(details),
+            customer_channel_id,
         )
 
     async def audit(

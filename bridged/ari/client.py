@@ -408,7 +408,9 @@ class AriClient:
         ``ChannelDialplan``, ``ChannelCallerId``... about 40 events per bridged call.
         """
         allowed = [{"type": t} for t in sorted(set(event_types))]
-        return await self._call("filter_events", {"applicationName": app}, {}, {"filter": {"allowed": allowed}})
+        return await self._call(
+            "filter_events", {"applicationName": app}, {}, {"filter": {"allowed": allowed}}
+        )
 
     # -- recordings -----------------------------------------------------------------------------------
 

@@ -402,10 +402,6 @@ class FakeStore:
             manager_channel_id=manager_channel_id,
         )
 
-    async def set_customer_leg(self, call_id: str, customer_channel_id: str, state: str) -> None:
-        await self.set_channels(call_id, customer_channel_id=customer_channel_id)
-        await self.set_state(call_id, state)
-
     async def insert_call_audited(
         self,
         *,
@@ -418,6 +414,7 @@ class FakeStore:
         ari_app: str | None,
         actor: str,
         details: dict[str, Any],
+        customer_channel_id: str | None = None,
     ) -> None:
         await self.insert_call(
             call_id=call_id,
@@ -428,6 +425,7 @@ class FakeStore:
             manager_channel_id=manager_channel_id,
             ari_app=ari_app,
         )
+        await self._set_channels(call_id, customer_channel_id=customer_channel_id)
         await self.audit(
             actor=actor,
             action="call.request",
@@ -441,7 +439,7 @@ class FakeStore:
         if call_id in self.rows:
             self.rows[call_id]["state"] = state
 
-    async def set_channels(
+    async def _set_channels(
         self, call_id: str, *, manager_channel_id: str | None = None, customer_channel_id: str | None = None
     ) -> None:
         row = self.rows.get(call_id)
@@ -496,7 +494,12 @@ class FakeStore:
             return
         await self.finish(call_id, outcome=outcome, hangup_cause=hangup_cause, ended_by=ended_by)
         await self.audit(
-            actor=actor, action="call.end", outcome=outcome, call_id=call_id, order_id=order_id, reason=ended_by
+            actor=actor,
+            action="call.end",
+            outcome=outcome,
+            call_id=call_id,
+            order_id=order_id,
+            reason=ended_by,
         )
 
     async def get_call(self, call_id: str) -> CallRow | None:

@@ -67,7 +67,12 @@ class Env:
 
     def expect(self, call_id: str, manager_channel: str | None, manager_id: str = "anna") -> None:
         # What CallService.request does before the manager's channel enters Stasis.
-        self.store.add_row(id=call_id, manager_id=manager_id, manager_channel_id=manager_channel)
+        self.store.add_row(
+            id=call_id,
+            manager_id=manager_id,
+            manager_channel_id=manager_channel,
+            customer_channel_id=calls_module.customer_leg_id(call_id),
+        )
         self.engine.expect(
             PendingCall(
                 call_id=call_id,
@@ -462,18 +467,19 @@ async def test_not_connected_refuses_without_originate(env: Env) -> None:
 
 
 async def test_failing_step_aborts_the_call(env: Env) -> None:
-    # The database fails while the customer leg is being recorded: the call is aborted cleanly and
-    # nobody is dialled (a customer leg the row does not name could not be adopted after a restart).
+    # The database fails while the row's state is updated (along with the customer's INVITE): the
+    # call is aborted cleanly, both legs hung up, and the row still gets its end.
     async def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("database gone")
 
-    env.store.set_customer_leg = broken  # type: ignore[method-assign]
+    env.store.set_state = broken  # type: ignore[method-assign]
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
     row = await env.ended("call-a")
     assert row["outcome"] == "failed"
-    assert "m-a" in env.ari.hung_up()
-    assert env.ari.named("originate") == []
+    [orig] = env.ari.named("originate")
+    assert set(env.ari.hung_up()) == {"m-a", orig["channel_id"]}
+    assert row["customer_channel_id"] == orig["channel_id"]
 
 
 # -- (g) strays ---------------------------------------------------------------------------------------
@@ -562,6 +568,23 @@ async def test_reconcile_adopts_a_live_call(env: Env) -> None:
     assert {"bridge_id": "call-r-bridge"} in env.ari.named("destroy_bridge")
     assert row["outcome"] == "completed"
     assert row["ended_by"] == "customer"
+
+
+@pytest.mark.parametrize("state", ["requested", "ringing_manager"])
+async def test_reconcile_adopts_a_call_whose_ringing_state_never_landed(env: Env, state: str) -> None:
+    # The daemon stopped right after originating the customer leg, before the row's state update
+    # (sent along with the originate) landed: both legs are up, so the customer is being rung.
+    _bridged_row(env, "call-r", answered=False, state=state)
+    env.ari.channels = {
+        "call-r-m": {"id": "call-r-m", "state": "Up"},
+        "call-r-customer": {"id": "call-r-customer", "state": "Ringing"},
+    }
+    await env.engine.reconcile()
+    call = env.engine.calls["call-r"]
+    assert call.state is CallState.RINGING_CUSTOMER
+    await settle()
+    assert env.ari.hung_up() == []
+    assert env.row("call-r")["state"] != "ended"
 
 
 async def test_reconcile_asks_asterisk_for_the_events_the_engine_uses_only(env: Env) -> None:
@@ -781,12 +804,28 @@ async def test_pending_call_whose_manager_never_reaches_stasis_is_closed(env: En
 
 
 async def test_reconcile_adopts_only_this_apps_calls(env: Env) -> None:
-    env.store.add_row(id="mine", manager_id="anna", manager_channel_id="m1", customer_channel_id="c1",
-                      state="bridged", bridge_id="b1")
-    await env.store.insert_call(call_id="theirs", order_id="1", manager_id="anna", direction="phone",
-                                state="bridged", manager_channel_id="m2", ari_app="another-app")
-    env.ari.channels = {"m1": {"id": "m1", "state": "Up"}, "c1": {"id": "c1", "state": "Up"},
-                        "m2": {"id": "m2", "state": "Up"}}
+    env.store.add_row(
+        id="mine",
+        manager_id="anna",
+        manager_channel_id="m1",
+        customer_channel_id="c1",
+        state="bridged",
+        bridge_id="b1",
+    )
+    await env.store.insert_call(
+        call_id="theirs",
+        order_id="1",
+        manager_id="anna",
+        direction="phone",
+        state="bridged",
+        manager_channel_id="m2",
+        ari_app="another-app",
+    )
+    env.ari.channels = {
+        "m1": {"id": "m1", "state": "Up"},
+        "c1": {"id": "c1", "state": "Up"},
+        "m2": {"id": "m2", "state": "Up"},
+    }
     await env.engine.reconcile()
     assert "mine" in env.engine.calls
     assert "theirs" not in env.engine.calls

@@ -84,5 +84,7 @@ def test_disabled_sink_publishes_nothing() -> None:
     config = make_config()
     sink = WebhookSink(WebhookConfig(), _Store(), None)  # type: ignore[arg-type]
     order = make_order()
-    sink.publish(Call(id="c", manager=config.managers[0], order_id="1", direction="api", order=order), CallState.ENDED)
+    sink.publish(
+        Call(id="c", manager=config.managers[0], order_id="1", direction="api", order=order), CallState.ENDED
+    )
     assert sink._queue.empty()
