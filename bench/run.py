@@ -639,16 +639,18 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
             stderr=subprocess.DEVNULL,
         )
     events = None
-    if os.environ.get("BENCH_EVENTS_SPY"):  # count the ARI events Asterisk produces (ad hoc script)
+    if os.environ.get("BENCH_EVENTS"):  # count the ARI events Asterisk produces (bench/events_spy.py)
         events = subprocess.Popen(
             [
                 sys.executable,
-                os.environ["BENCH_EVENTS_SPY"],
+                "-m",
+                "bench.events_spy",
                 r.asterisk.ari_url,
                 r.asterisk.ari_user,
                 r.asterisk.ari_password,
                 str(WORK / f"{tag}-{rate:g}-events.json"),
             ],
+            cwd=REPO_ROOT,
         )
     manager.wait(timeout=seconds + 120)
     elapsed = time.monotonic() - started
