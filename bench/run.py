@@ -841,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these parts (repeatable)",
     )
     parser.add_argument(
-        "--ladder", help="call-rate steps in calls per second, comma-separated (default 40,80,...,280)"
+        "--ladder", help="call-rate steps in calls per second, comma-separated (default 80,160,...,480)"
     )
     parser.add_argument("--step-seconds", type=float, help="seconds per call-rate step (default 10)")
     parser.add_argument(
@@ -897,7 +897,11 @@ def main(argv: list[str] | None = None) -> int:
                     "bridged_setup_histogram_count": metrics.get("bridged_call_setup_seconds_count"),
                 }
             if "rate" in parts:
-                ladder = [20, 40, 60] if quick else [40, 80, 120, 140, 160, 200, 240, 280]
+                ladder = (
+                    [20, 40, 60]
+                    if quick
+                    else [80, 160, 200, 240, 260, 280, 300, 320, 340, 360, 380, 400, 440, 480]
+                )
                 if args.ladder:
                     ladder = [float(x) for x in args.ladder.split(",")]
                 seconds = args.step_seconds or (8 if quick else 10)
@@ -945,6 +949,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cpu_breakdown(rate: dict[str, Any]) -> list[str]:
+    """CPU milliseconds per call of each part, both paths, at the highest rate both held."""
+    held = {
+        path: {step["rate"]: step for step in rate[f"{path}_steps"] if step["failed_pct"] < 1.0}
+        for path in ("baseline", "bridged")
+    }
+    common = sorted(set(held["baseline"]) & set(held["bridged"]))
+    if not common:
+        return []
+    at = common[-1]
+    parts = ["asterisk", "bridged", "postgres", "sipp", "machine"]
+    lines = [f"{f'CPU per call (ms) at {at:g} cps':<28}{'baseline':>12}{'bridged':>12}"]
+    for part in parts:
+        b = held["baseline"][at]["cpu_ms_per_call"].get(part, 0.0)
+        x = held["bridged"][at]["cpu_ms_per_call"].get(part, 0.0)
+        lines.append(f"{'  ' + part:<28}{b:>12}{x:>12}")
+    return [*lines, ""]
+
+
 def report(results: dict[str, Any]) -> str:
     lines = [
         "",
@@ -970,6 +993,8 @@ def report(results: dict[str, Any]) -> str:
             f"{rate['ratio']!s:>10}{'>= 0.9':>10}{capped}",
             "",
         ]
+    if rate:
+        lines += cpu_breakdown(rate)
     cpu = results.get("cpu")
     if cpu:
         lines += [

@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from . import metrics
-from .ari import AriClient, AriError, AriNotFound
+from .ari import AriClient, AriError, AriNotFound, AriUnavailable
 from .config import Config, Manager
 from .orders import Order
 from .redact import redact
@@ -389,6 +389,16 @@ class CallEngine:
             call.handling = True
             try:
                 await self._handle(call, event)
+            except AriUnavailable as exc:
+                # Asterisk down or overloaded: expected in operation, one line without a traceback.
+                log.warning(
+                    "call %s: aborted handling %s in state %s: %s",
+                    call.id,
+                    event.get("type"),
+                    call.state,
+                    exc,
+                )
+                await self._abort(call)
             except Exception:
                 log.exception(
                     "call %s: failed handling %s in state %s", call.id, event.get("type"), call.state

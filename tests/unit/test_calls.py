@@ -482,6 +482,23 @@ async def test_failing_step_aborts_the_call(env: Env) -> None:
     assert row["customer_channel_id"] == orig["channel_id"]
 
 
+async def test_asterisk_timing_out_aborts_the_call_with_one_line(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    customer = await env.ringing("call-a", "m-a")
+    env.ari.errors["answer"] = AriUnavailable(
+        "answer", 0, "ARI answer failed: Asterisk unreachable (TimeoutError)"
+    )
+    with caplog.at_level("WARNING", logger="bridged.calls"):
+        env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+        row = await env.ended("call-a")
+    assert row["outcome"] == "failed"
+    assert {"m-a", customer} <= set(env.ari.hung_up())
+    [record] = [r for r in caplog.records if "call-a" in r.getMessage() and r.levelname != "INFO"]
+    assert record.levelname == "WARNING" and record.exc_info is None
+    assert "Asterisk unreachable" in record.getMessage()
+
+
 # -- (g) strays ---------------------------------------------------------------------------------------
 
 
