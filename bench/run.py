@@ -245,7 +245,7 @@ class Daemon:
             "recording": {"enabled": self.recording, "format": "wav"},
             "agi": {"host": "127.0.0.1", "port": AGI_PORT},
             "http": {"host": "127.0.0.1", "port": HTTP_PORT},
-            "logging": {"level": "INFO"},
+            "logging": {"level": os.environ.get("BENCH_LOG_LEVEL", "INFO")},
         }
 
     def start(self) -> None:
@@ -343,6 +343,18 @@ class Rig:
             # 100 by default, shared with the daemon's ARI connections): not quiet yet, ask again.
             return -1
 
+    def leftover_channels(self) -> list[str]:
+        """What is still up: id, name, state, application, age (no caller ids: they may hold a number)."""
+        try:
+            channels = json.loads(self.asterisk.ari_get("/channels"))
+        except (OSError, ValueError):
+            return ["(Asterisk did not answer)"]
+        return [
+            f"{c['id']} {c['name']} {c['state']} {c.get('dialplan', {}).get('app_name', '')}"
+            f" since {c.get('creationtime', '?')}"
+            for c in channels
+        ][:20]
+
     def quiet(self, timeout: float = 60) -> None:
         wait_until(lambda: self.channels() == 0, timeout, "Asterisk without channels", 0.5)
         time.sleep(0.5)  # the last BYE/200 exchanges
@@ -420,8 +432,10 @@ CARRIER_CALLS = 1_000_000
 
 
 def finish_carrier(r: Rig, carrier: SippRun) -> None:
-    with contextlib.suppress(TimeoutError):
+    try:
         r.quiet(60)
+    except TimeoutError:
+        log(f"  channels left after 60 s: {r.leftover_channels()}")
     carrier.stop()
 
 

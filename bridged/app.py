@@ -129,6 +129,7 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
     engine.listeners.append(webhooks.publish)
     webhooks.start()
     runner = asyncio.create_task(events.run(), name="ari-events")
+    sweeper = asyncio.create_task(engine.sweep_strays_forever(), name="stray-sweep")
     if not await events.wait_connected(timeout=10):
         log.warning("ARI not reachable yet; retrying in the background, calls are refused until then")
     await agi.start()
@@ -138,11 +139,12 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
     finally:
         await agi.stop()
         await events.close()
-        runner.cancel()
-        try:
-            await runner
-        except (asyncio.CancelledError, Exception):
-            pass
+        for task in (runner, sweeper):
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
         await engine.shutdown()
         await webhooks.stop()
         await directory.close()

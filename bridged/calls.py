@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 # Dialplan subroutine (dialplan/bridged.conf) that replaces any connected-line update sent to a
 # manager's phone with the order label: the last guard against a carrier's identity reaching it.
+# A hangup Asterisk did not answer is retried after these delays (seconds), about 4 minutes in all.
+HANGUP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 60.0, 60.0)
+# How often channels in our application that belong to no call are looked for.
+STRAY_SWEEP_SECONDS = 60.0
+
 # The ARI events the engine acts on; Asterisk is asked to send its application nothing else.
 EVENT_TYPES = frozenset(
     {"StasisStart", "StasisEnd", "ChannelHangupRequest", "ChannelDestroyed", "Dial", "PlaybackFinished"}
@@ -364,13 +369,68 @@ class CallEngine:
         task.add_done_callback(self._orphans.discard)
 
     async def _hangup_quietly(self, channel_id: str, *, may_be_gone: bool = False) -> None:
-        """Hang a channel up; failures are logged, never raised (at debug when it may be gone already)."""
+        """Hang a channel up; failures are logged, never raised (at debug when it may be gone already).
+
+        A hangup Asterisk did not answer (overloaded, restarting) is retried in the background: lost,
+        it would leave a customer's line up with nobody on the other end.
+        """
         try:
             await self.ari.hangup(channel_id)
+        except AriUnavailable as exc:
+            log.warning("hangup of %s failed: %s; retrying", channel_id, exc)
+            self._background(self._retry_hangup(channel_id))
         except AriError as exc:
             log.log(
                 logging.DEBUG if may_be_gone else logging.WARNING, "hangup of %s failed: %s", channel_id, exc
             )
+
+    async def _retry_hangup(self, channel_id: str) -> None:
+        for attempt, delay in enumerate(HANGUP_RETRY_DELAYS, start=1):
+            await asyncio.sleep(delay)
+            try:
+                await self.ari.hangup(channel_id)
+            except AriNotFound:
+                return
+            except AriUnavailable:
+                continue
+            except AriError as exc:
+                log.warning("hangup of %s failed: %s", channel_id, exc)
+                return
+            log.info("hangup of %s done on retry %d", channel_id, attempt)
+            return
+        log.error(
+            "hangup of %s failed %d more times; the stray sweep will try again",
+            channel_id,
+            len(HANGUP_RETRY_DELAYS),
+        )
+
+    async def sweep_strays_forever(self, interval: float = STRAY_SWEEP_SECONDS) -> None:
+        """Every ``interval`` seconds, :meth:`sweep_strays` (runs for the daemon's lifetime)."""
+        suspects: set[str] = set()
+        while True:
+            await asyncio.sleep(interval)
+            if not self.is_connected():
+                suspects = set()  # the reconcile after the reconnect sweeps
+                continue
+            try:
+                suspects = await self.sweep_strays(suspects)
+            except AriError as exc:
+                log.debug("stray sweep skipped: %s", exc)
+
+    async def sweep_strays(self, suspects: set[str]) -> set[str]:
+        """Hang up the channels in our application that belong to no call; returns the next suspects.
+
+        Such a channel is one whose hangup was lost for good, or a customer leg Asterisk created after
+        its originate had timed out on our side. A channel is hung up only when two sweeps in a row
+        find it without a call, so a channel whose StasisStart is on its way is never touched.
+        """
+        app = await self.ari.get_application(self.config.ari.app)
+        unowned = {c for c in app.get("channel_ids", []) if c not in self._by_channel}
+        for channel_id in sorted(unowned & suspects):
+            log.warning("channel %s in our app belongs to no call; hanging it up", channel_id)
+            metrics.STRAY_CHANNELS.inc()
+            await self._hangup_quietly(channel_id)
+        return unowned - suspects
 
     async def _refuse_stray(self, channel_id: str) -> None:
         try:
@@ -442,7 +502,9 @@ class CallEngine:
         elif kind in ("ChannelHangupRequest", "StasisEnd", "ChannelDestroyed") and (
             is_manager or is_customer
         ):
-            if kind != "StasisEnd":  # a channel leaving Stasis may still be up
+            if kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft")):
+                # Asterisk hangs this leg up itself. Not so after StasisEnd (a channel leaving
+                # Stasis may stay up) or a soft hangup request (it may only interrupt the channel).
                 call.gone.add(channel_id or "")
             cause = event.get("cause")
             if isinstance(cause, int) and is_customer and call.hangup_cause is None:
@@ -762,6 +824,7 @@ class CallEngine:
         for channel_id in app.get("channel_ids", []):
             if channel_id not in owned:
                 log.warning("channel %s in our app belongs to no call; hanging it up", channel_id)
+                metrics.STRAY_CHANNELS.inc()
                 await self._hangup_quietly(channel_id)
 
     async def _adopt(self, row: CallRow, alive: set[str], states: dict[str, str]) -> None:

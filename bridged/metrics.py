@@ -120,6 +120,9 @@ ARI_RECONNECTS = Counter(
     "bridged_ari_connects_total", "ARI websocket connections made (the first one included)."
 )
 LOOKUP_ERRORS = Counter("bridged_order_lookup_errors_total", "Order lookups that failed (shop database).")
+STRAY_CHANNELS = Counter(
+    "bridged_stray_channels_total", "Channels in the application that belonged to no call and were hung up."
+)
 
 ALL: tuple[Counter | Histogram, ...] = (
     CALLS_STARTED,
@@ -129,6 +132,7 @@ ALL: tuple[Counter | Histogram, ...] = (
     SETUP_SECONDS,
     ARI_RECONNECTS,
     LOOKUP_ERRORS,
+    STRAY_CHANNELS,
 )
 
 

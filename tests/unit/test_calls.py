@@ -499,6 +499,37 @@ async def test_asterisk_timing_out_aborts_the_call_with_one_line(
     assert "Asterisk unreachable" in record.getMessage()
 
 
+async def test_a_hangup_asterisk_did_not_answer_is_retried(
+    env: Env, fast_sleep: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Under overload a hangup can time out; lost, it would leave the customer's line up for good.
+    customer = await env.ringing("call-a", "m-a")
+    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+    await wait_until(lambda: env.row("call-a")["state"] == "bridged")
+    failures = iter(
+        [AriUnavailable("hangup", 0, "ARI hangup failed: Asterisk unreachable (TimeoutError)")] * 2
+    )
+    env.ari.errors["hangup"] = lambda kw: next(failures, None) if kw["channel_id"] == customer else None
+    env.ari.calls.clear()
+    with caplog.at_level("INFO", logger="bridged.calls"):
+        env.engine.on_event(hangup_request("m-a"))
+        await env.ended("call-a")
+        await wait_until(lambda: env.ari.hung_up().count(customer) == 3, what="two retries")
+    assert any(m == "hangup" and kw["channel_id"] == customer for m, kw in env.ari.returned)
+    assert any("done on retry 2" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_stray_sweep_hangs_up_a_channel_without_a_call_found_twice(env: Env) -> None:
+    customer = await env.ringing("call-a", "m-a")
+    env.ari.app_channel_ids = ["m-a", customer, "stray-1"]
+    suspects = await env.engine.sweep_strays(set())
+    assert suspects == {"stray-1"} and env.ari.hung_up() == []
+    env.ari.app_channel_ids = ["m-a", customer, "stray-1", "new-2"]
+    suspects = await env.engine.sweep_strays(suspects)
+    assert env.ari.hung_up() == ["stray-1"]  # new-2 is only a suspect yet; the call's legs are owned
+    assert suspects == {"new-2"}
+
+
 # -- (g) strays ---------------------------------------------------------------------------------------
 
 
