@@ -588,9 +588,6 @@ def cpu_snapshot() -> dict[str, float]:
     snap = {name: process_cpu(pid, tree) for name, (pid, tree) in CPU_SOURCES.items()}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     snap["sipp"] = children.ru_utime + children.ru_stime  # both SIPp processes, reaped by the step
-    # The whole machine's busy time (every process, interrupts included): what the parts add up to.
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    snap["machine"] = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
     return snap
 
 
@@ -973,12 +970,15 @@ def cpu_breakdown(rate: dict[str, Any]) -> list[str]:
     if not common:
         return []
     at = common[-1]
-    parts = ["asterisk", "bridged", "postgres", "sipp", "machine"]
+    parts = ["asterisk", "bridged", "postgres", "sipp"]
     lines = [f"{f'CPU per call (ms) at {at:g} cps':<28}{'baseline':>12}{'bridged':>12}"]
+    totals = [0.0, 0.0]
     for part in parts:
         b = held["baseline"][at]["cpu_ms_per_call"].get(part, 0.0)
         x = held["bridged"][at]["cpu_ms_per_call"].get(part, 0.0)
+        totals = [totals[0] + b, totals[1] + x]
         lines.append(f"{'  ' + part:<28}{b:>12}{x:>12}")
+    lines.append(f"{'  all of them':<28}{round(totals[0], 2):>12}{round(totals[1], 2):>12}")
     return [*lines, ""]
 
 

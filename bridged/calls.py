@@ -255,6 +255,8 @@ class CallEngine:
         self._by_channel: dict[str, Call] = {}
         self._pending: dict[str, PendingCall] = {}
         self._orphans: set[asyncio.Task[Any]] = set()
+        # Hangups being retried: cancelled at shutdown (the next start's reconcile hangs up strays).
+        self._retries: set[asyncio.Task[None]] = set()
         self._seq = itertools.count(1)
         self.reconnects = 0
         # Called with (call, state) after every persisted state change, e.g. to queue webhooks.
@@ -378,7 +380,9 @@ class CallEngine:
             await self.ari.hangup(channel_id)
         except AriUnavailable as exc:
             log.warning("hangup of %s failed: %s; retrying", channel_id, exc)
-            self._background(self._retry_hangup(channel_id))
+            retry = asyncio.get_running_loop().create_task(self._retry_hangup(channel_id))
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
         except AriError as exc:
             log.log(
                 logging.DEBUG if may_be_gone else logging.WARNING, "hangup of %s failed: %s", channel_id, exc
@@ -935,7 +939,11 @@ class CallEngine:
         for call in list(self.calls.values()):
             if call.task is not None:
                 call.task.cancel()
-        for task in [c.task for c in self.calls.values() if c.task] + list(self._orphans):
+        for retry in self._retries:
+            retry.cancel()
+        for task in (
+            [c.task for c in self.calls.values() if c.task] + list(self._orphans) + list(self._retries)
+        ):
             try:
                 await task
             except (asyncio.CancelledError, Exception):

@@ -519,6 +519,18 @@ async def test_a_hangup_asterisk_did_not_answer_is_retried(
     assert any("done on retry 2" in r.getMessage() for r in caplog.records)
 
 
+async def test_shutdown_does_not_wait_for_hangups_being_retried(env: Env) -> None:
+    customer = await env.ringing("call-a", "m-a")
+    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+    await wait_until(lambda: env.row("call-a")["state"] == "bridged")
+    env.ari.errors["hangup"] = AriUnavailable(
+        "hangup", 0, "ARI hangup failed: Asterisk unreachable (TimeoutError)"
+    )
+    env.engine.on_event(hangup_request("m-a"))
+    await env.ended("call-a")
+    await asyncio.wait_for(env.engine.shutdown(), timeout=1)
+
+
 async def test_the_stray_sweep_hangs_up_a_channel_without_a_call_found_twice(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a")
     env.ari.app_channel_ids = ["m-a", customer, "stray-1"]
