@@ -353,7 +353,7 @@ class Rig:
             f"{c['id']} {c['name']} {c['state']} {c.get('dialplan', {}).get('app_name', '')}"
             f" since {c.get('creationtime', '?')}"
             for c in channels
-        ][:20]
+        ]
 
     def quiet(self, timeout: float = 60) -> None:
         wait_until(lambda: self.channels() == 0, timeout, "Asterisk without channels", 0.5)
@@ -431,12 +431,24 @@ def rig() -> Iterator[Rig]:
 CARRIER_CALLS = 1_000_000
 
 
-def finish_carrier(r: Rig, carrier: SippRun) -> None:
+def finish_carrier(r: Rig, carrier: SippRun) -> int:
+    """Wait for Asterisk to have no channel left; returns how many were still up after 60 s.
+
+    Those are listed and hung up (an overloaded step can leave calls SIPp gave up on, on either path),
+    so that the next step starts clean.
+    """
+    left = 0
     try:
         r.quiet(60)
     except TimeoutError:
-        log(f"  channels left after 60 s: {r.leftover_channels()}")
+        leftovers = r.leftover_channels()
+        left = len(leftovers)
+        log(f"  {left} channels left after 60 s, hung up now: {leftovers[:10]}")
+        r.asterisk.cli("channel request hangup all")
+        with contextlib.suppress(TimeoutError):
+            r.quiet(30)
     carrier.stop()
+    return left
 
 
 def _ts(stamp: str) -> float:
@@ -545,6 +557,8 @@ class RateStep:
     failed_pct: float
     seconds: float
     db_outcomes: dict[str, int] = field(default_factory=dict)
+    # Channels still up 60 s after the last call (hung up by the bench before the next step).
+    left_over: int = 0
     # CPU milliseconds per attempted call, by process group, over the whole step.
     cpu_ms_per_call: dict[str, float] = field(default_factory=dict)
 
@@ -669,13 +683,14 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait()
-    finish_carrier(r, carrier)
+    left_over = finish_carrier(r, carrier)
     cpu_after = cpu_snapshot()
     m, c = manager.stats(), carrier.stats()
     attempted = m.get("OutGoingCall(C)", total) or total
     completed = min(m.get("SuccessfulCall(C)", 0), c.get("SuccessfulCall(C)", 0))
     failed = attempted - completed
     step = RateStep(rate, attempted, completed, failed, round(100 * failed / attempted, 2), round(elapsed, 1))
+    step.left_over = left_over
     step.cpu_ms_per_call = {
         name: round((cpu_after[name] - cpu_before[name]) * 1000 / attempted, 2) for name in cpu_before
     }
