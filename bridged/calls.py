@@ -39,9 +39,20 @@ STRAY_SWEEP_SECONDS = 60.0
 
 # The ARI events the engine acts on; Asterisk is asked to send its application nothing else.
 EVENT_TYPES = frozenset(
-    {"StasisStart", "StasisEnd", "ChannelHangupRequest", "ChannelDestroyed", "Dial", "PlaybackFinished"}
+    {
+        "StasisStart",
+        "StasisEnd",
+        "ChannelHangupRequest",
+        "ChannelDestroyed",
+        "Dial",
+        "PlaybackFinished",
+        "ChannelTransfer",
+    }
 )
 LABEL_SUB = "bridged-label,s,1"
+# On both legs: a REFER becomes a ChannelTransfer event for us instead of a transfer Asterisk performs
+# (which would take the customer out of the recorded bridge and out of bridged's hands).
+NO_TRANSFERS = {"PJSIP_TRANSFER_HANDLING()": "ari-only"}
 LABEL_VAR = "BRIDGED_LABEL"
 
 
@@ -227,6 +238,14 @@ def _channel_id(event: dict[str, Any], key: str = "channel") -> str | None:
     return None
 
 
+def _transferer(event: dict[str, Any]) -> str | None:
+    """The channel that sent the REFER of a ChannelTransfer event."""
+    referred_by = event.get("referred_by")
+    if not isinstance(referred_by, dict):
+        return None
+    return _channel_id(referred_by, "source_channel")
+
+
 def _target_channel(event: dict[str, Any], key: str) -> str | None:
     target = (event.get(key) or {}).get("target_uri", "")
     if isinstance(target, str) and target.startswith("channel:"):
@@ -334,6 +353,7 @@ class CallEngine:
             _channel_id(event),
             _channel_id(event, "peer"),
             _target_channel(event, "playback"),
+            _transferer(event),
         ):
             if channel_id and channel_id in self._by_channel:
                 return self._by_channel[channel_id]
@@ -520,6 +540,10 @@ class CallEngine:
             await self._on_leg_gone(call, "manager" if is_manager else "customer", kind or "")
         elif kind == "Reconcile":
             await self._on_reconcile(call, event["alive"], event["states"])
+        elif kind == "ChannelTransfer":
+            # A new REFER comes without a state; the progress we report comes back with one.
+            if not event.get("state"):
+                await self._refuse_transfer(call, _transferer(event) or "")
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -563,6 +587,7 @@ class CallEngine:
                 caller_id=trunk.caller_id,
                 timeout=trunk.ring_timeout,
                 originator=manager_channel,
+                variables=NO_TRANSFERS,
             ),
             self._persist_state(call),
             return_exceptions=True,
@@ -619,7 +644,11 @@ class CallEngine:
                 # The manager's phone shows the order label as the caller; its number part redials the order.
                 caller_id=call.label_caller_id,
                 timeout=self.config.api.manager_ring_timeout,
-                variables={LABEL_VAR: call.label_caller_id, "CONNECTED_LINE_SEND_SUB": LABEL_SUB},
+                variables={
+                    LABEL_VAR: call.label_caller_id,
+                    "CONNECTED_LINE_SEND_SUB": LABEL_SUB,
+                    **NO_TRANSFERS,
+                },
             )
         except AriError as exc:
             log.warning("call %s: manager leg could not be originated: %s", call.id, exc)
@@ -723,6 +752,27 @@ class CallEngine:
             else:
                 outcome = Outcome.MANAGER_ABANDONED
         await self._finish(call, outcome)
+
+    async def _refuse_transfer(self, call: Call, channel_id: str) -> None:
+        """A leg asked to be transferred (SIP REFER): declined, and the call goes on as it was.
+
+        A transfer would take the customer out of the recorded bridge and out of bridged's control.
+        The requested destination is neither logged nor stored: it is whatever the phone sent.
+        """
+        side = "manager" if channel_id == call.manager_channel_id else "customer"
+        log.warning("call %s: the %s's phone asked for a transfer; declined", call.id, side)
+        try:
+            await self.ari.transfer_progress(channel_id, "channel_declined")
+        except AriError as exc:
+            log.warning("call %s: declining the transfer failed: %s", call.id, exc)
+        await self.store.audit(
+            actor=call.manager.id if side == "manager" else "customer",
+            action="call.transfer",
+            outcome="refused",
+            call_id=call.id,
+            order_id=call.order_id,
+            reason=f"{side} sent REFER",
+        )
 
     async def _refuse(self, call: Call, outcome: Outcome, prompt: str) -> None:
         """The call cannot go ahead: tell the manager with a prompt, then hang up."""

@@ -394,6 +394,12 @@ class AriClient:
 
     # -- applications ---------------------------------------------------------------------------------
 
+    async def transfer_progress(self, channel_id: str, states: str) -> None:
+        """Answer a REFER that Asterisk handed to us (``PJSIP_TRANSFER_HANDLING()=ari-only``):
+        ``channel_declined``, ``channel_unavailable``, ``channel_progress`` or ``channel_answered``
+        become the NOTIFY the phone gets."""
+        await self._call("transfer_progress", {"channelId": channel_id}, {"states": states})
+
     async def get_application(self, name: str) -> dict[str, Any]:
         return await self._call("get_application", {"applicationName": name}, {})
 

@@ -121,6 +121,7 @@ OPERATIONS: dict[str, Operation] = {
     ),
     # applications.json
     # endpoints.json
+    "transfer_progress": _op("POST", "/channels/{channelId}/transfer_progress", required=("states",)),
     "get_endpoint": _op("GET", "/endpoints/{tech}/{resource}"),
     "get_application": _op("GET", "/applications/{applicationName}"),
     "subscribe": _op("POST", "/applications/{applicationName}/subscription", required=("eventSource",)),

@@ -52,7 +52,11 @@ def test_demo_command_over_http(trace_dir: Path, asterisk_root: Path) -> None:
     """What a reader of the README runs (minus bootstrap/provisioning, done by the test command)."""
     run = subprocess.run(
         [sys.executable, "-m", "demo", "--http", "--artifacts", str(trace_dir / "demo")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
     (trace_dir / "demo-output.txt").write_text(run.stdout + run.stderr)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
@@ -65,7 +69,11 @@ def test_demo_command_over_http(trace_dir: Path, asterisk_root: Path) -> None:
 def test_sample_asterisk_config_loads(trace_dir: Path, asterisk_root: Path) -> None:
     """config/asterisk/ parses in Asterisk 22: the endpoints exist with the safe options, ARI answers."""
     run = subprocess.run(
-        [sys.executable, "-m", "demo.samples"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "demo.samples"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         stdin=subprocess.DEVNULL,
     )
     (trace_dir / "samples.json").write_text(run.stdout + run.stderr)
@@ -73,7 +81,12 @@ def test_sample_asterisk_config_loads(trace_dir: Path, asterisk_root: Path) -> N
     report = json.loads(run.stdout)
     assert report["endpoints"] == ["anna", "boris", "carrier"], report
     assert report["ari"] and report["bridged_managers_dialplan"], report
-    assert report["anna"] == {"context": "bridged-managers", "send_connected_line": "no", "send_pai": "false",
-                              "send_rpid": "false", "allow_transfer": "false"}, report
+    assert report["anna"] == {
+        "context": "bridged-managers",
+        "send_connected_line": "no",
+        "send_pai": "false",
+        "send_rpid": "false",
+        "allow_transfer": "false",
+    }, report
     assert report["carrier_trust_id_inbound"] == "false", report
     assert not report["errors"], report["errors"]

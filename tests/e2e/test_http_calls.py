@@ -38,7 +38,11 @@ from .harness import (
     wait_for,
 )
 
-TOKENS = {"shop": "shop-token-0123456789abcdef", "ops": "ops-token-0123456789abcdef", "admin": "admin-token-0123456789"}
+TOKENS = {
+    "shop": "shop-token-0123456789abcdef",
+    "ops": "ops-token-0123456789abcdef",
+    "admin": "admin-token-0123456789",
+}
 WEBHOOK_SECRET = "webhook-secret-0123456789"
 
 
@@ -49,8 +53,16 @@ def token_config() -> list[dict[str, str]]:
     ]
 
 
-def http(daemon: Bridged, method: str, path: str, body: Any = None, *, token: str | None = TOKENS["shop"],
-         headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+def http(
+    daemon: Bridged,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str | None = TOKENS["shop"],
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}{path}", data=data, method=method)
     if data is not None:
@@ -68,8 +80,15 @@ def http(daemon: Bridged, method: str, path: str, body: Any = None, *, token: st
         return exc.code, json.loads(payload) if payload else {}, dict(exc.headers)
 
 
-def manager_phone(manager: ManagerPhone, trace_dir: Path, scenario: str = "carrier_answer", *,
-                  hold_ms: int = 60000, ring_ms: int = 500, timeout_s: int = 90) -> Sipp:
+def manager_phone(
+    manager: ManagerPhone,
+    trace_dir: Path,
+    scenario: str = "carrier_answer",
+    *,
+    hold_ms: int = 60000,
+    ring_ms: int = 500,
+    timeout_s: int = 90,
+) -> Sipp:
     """The manager's softphone waiting for bridged's call (a UAS on the endpoint's contact port)."""
     sipp = Sipp.start(
         scenario,
@@ -128,8 +147,11 @@ class WebhookReceiver:
         return f"http://127.0.0.1:{self.port}/hook"
 
     def states(self, call_id: str) -> list[str]:
-        return [json.loads(body)["data"]["state"] for _, body in self.received
-                if json.loads(body)["data"]["call_id"] == call_id]
+        return [
+            json.loads(body)["data"]["state"]
+            for _, body in self.received
+            if json.loads(body)["data"]["call_id"] == call_id
+        ]
 
 
 def api_daemon(make_bridged, *managers: str, webhook_url: str | None = None, **options) -> Bridged:
@@ -151,7 +173,9 @@ def wait_state(daemon: Bridged, call_id: str, state: str, timeout: float = 30) -
 # -- the call ---------------------------------------------------------------------------------------
 
 
-def test_post_rings_manager_then_customer_and_never_leaks(make_bridged, asterisk, trace_dir: Path, rig_alloc) -> None:
+def test_post_rings_manager_then_customer_and_never_leaks(
+    make_bridged, asterisk, trace_dir: Path, rig_alloc
+) -> None:
     with WebhookReceiver(rig_alloc.sip_port() + 20000) as hook:
         daemon = api_daemon(make_bridged, "anna", webhook_url=hook.url)
         anna = daemon.managers[0]
@@ -186,8 +210,13 @@ def test_post_rings_manager_then_customer_and_never_leaks(make_bridged, asterisk
         assert SHOP_NUMBER_DIGITS in re.sub(r"\D", "", re.search(r"^From:.*$", customer_invite, re.M)[0])
         # ...and the number reached neither the manager's phone, nor the logs, nor the database.
         status, again, _ = http(daemon, "GET", f"/v1/calls/{call['id']}")
-        assert_not_leaked(number, manager_sip_trace=manager_trace, daemon_log=daemon.log_text(),
-                          daemon_database=daemon.dump_database(), http_response=json.dumps(again))
+        assert_not_leaked(
+            number,
+            manager_sip_trace=manager_trace,
+            daemon_log=daemon.log_text(),
+            daemon_database=daemon.dump_database(),
+            http_response=json.dumps(again),
+        )
 
         row = daemon.call_rows(anna.id)[-1]
         recording = asterisk.recordings_dir / f"{row['recording_name']}.wav"
@@ -205,8 +234,10 @@ def test_post_rings_manager_then_customer_and_never_leaks(make_bridged, asterisk
         assert_not_leaked(number, webhooks=" ".join(b.decode() for _, b in hook.received))
 
 
-@pytest.mark.parametrize(("scenario", "outcome"), [("carrier_noanswer", "manager_no_answer"),
-                                                   ("carrier_busy", "manager_no_answer")])
+@pytest.mark.parametrize(
+    ("scenario", "outcome"),
+    [("carrier_noanswer", "manager_no_answer"), ("carrier_busy", "manager_no_answer")],
+)
 def test_manager_not_answering_or_rejecting_never_dials_the_customer(
     make_bridged, trace_dir: Path, rig_alloc, scenario: str, outcome: str
 ) -> None:
@@ -259,7 +290,9 @@ def test_idempotent_retry_rings_once(make_bridged, trace_dir: Path, rig_alloc) -
     assert first[0] == second[0] == 202
     assert first[1]["id"] == second[1]["id"]
     assert second[2].get("Idempotent-Replayed") == "true"
-    status, error, _ = http(daemon, "POST", "/v1/calls", {"order_id": order + "9", "manager_id": dora.id}, headers=key)
+    status, error, _ = http(
+        daemon, "POST", "/v1/calls", {"order_id": order + "9", "manager_id": dora.id}, headers=key
+    )
     assert (status, error["error"]["id"]) == (422, "idempotency_key_reused")
     wait_state(daemon, first[1]["id"], "ended", timeout=30)
     assert phone.wait(timeout=15) == 0
@@ -307,8 +340,11 @@ def test_bad_input_gets_4xx_with_stable_error_ids(make_bridged, asterisk, trace_
         (dict(body={"order_id": "999999999", "manager_id": fedor.id}), 404, "unknown_order"),
         (dict(body={"order_id": "12AB", "manager_id": fedor.id}), 422, "invalid_order_id"),
         (dict(body={"order_id": order, "manager_id": fedor.id}), 403, "order_not_allowed"),
-        (dict(body={"order_id": order, "manager_id": fedor.id}, headers={"Idempotency-Key": "has space"}), 422,
-         "invalid_idempotency_key"),
+        (
+            dict(body={"order_id": order, "manager_id": fedor.id}, headers={"Idempotency-Key": "has space"}),
+            422,
+            "invalid_idempotency_key",
+        ),
     ]
     for kwargs, status, error_id in cases:
         got, body, _ = http(daemon, "POST", "/v1/calls", **kwargs)
@@ -320,17 +356,36 @@ def test_bad_input_gets_4xx_with_stable_error_ids(make_bridged, asterisk, trace_
     assert daemon.alive()
 
 
-def test_unregistered_manager_phone_is_refused_before_dialling(make_bridged, asterisk, trace_dir: Path, unique_name) -> None:
+def test_unregistered_manager_phone_is_refused_before_dialling(
+    make_bridged, asterisk, trace_dir: Path, unique_name
+) -> None:
     daemon = api_daemon(make_bridged, "gleb")
     endpoint = unique_name("offline")
-    asterisk.add_endpoints(f"test_{endpoint}", "\n".join([
-        f"[{endpoint}]", "type=endpoint", "transport=transport-udp", "context=bridged-managers", "disallow=all",
-        "allow=ulaw", f"aors={endpoint}", "", f"[{endpoint}]", "type=aor", "max_contacts=1", "",
-    ]))
+    asterisk.add_endpoints(
+        f"test_{endpoint}",
+        "\n".join(
+            [
+                f"[{endpoint}]",
+                "type=endpoint",
+                "transport=transport-udp",
+                "context=bridged-managers",
+                "disallow=all",
+                "allow=ulaw",
+                f"aors={endpoint}",
+                "",
+                f"[{endpoint}]",
+                "type=aor",
+                "max_contacts=1",
+                "",
+            ]
+        ),
+    )
     try:
         # A manager whose endpoint exists in Asterisk but has no registered contact.
         config = daemon.config()
-        config["managers"].append({"id": "offline-mgr", "name": "Off Line", "endpoint": endpoint, "team": "t"})
+        config["managers"].append(
+            {"id": "offline-mgr", "name": "Off Line", "endpoint": endpoint, "team": "t"}
+        )
         daemon.extra["managers"] = config["managers"]
         daemon.stop()
         daemon.start()
@@ -343,7 +398,9 @@ def test_unregistered_manager_phone_is_refused_before_dialling(make_bridged, ast
         print(f"unregistered manager answered in {elapsed * 1000:.0f} ms")
         assert not json.loads(asterisk.ari_get("/channels"))
         assert not [r for r in daemon.call_rows("offline-mgr")], "a call row was created"
-        audit = [a for a in daemon.audit_rows("token:shop-test") if a["details"].get("manager_id") == "offline-mgr"]
+        audit = [
+            a for a in daemon.audit_rows("token:shop-test") if a["details"].get("manager_id") == "offline-mgr"
+        ]
         assert [(a["outcome"], a["reason"]) for a in audit] == [("refused", "manager_not_registered")]
     finally:
         asterisk.remove_endpoints(f"test_{endpoint}")
@@ -362,7 +419,9 @@ def test_authorization_matrix(make_bridged) -> None:
     callers = {"none": None, "wrong": "not-a-token", **TOKENS}
     for (method, path), expected in endpoints.items():
         for caller, status in expected.items():
-            got, answer, _ = http(daemon, method, path, body if method == "POST" else None, token=callers[caller])
+            got, answer, _ = http(
+                daemon, method, path, body if method == "POST" else None, token=callers[caller]
+            )
             assert got == status, (method, path, caller, answer)
             if status in (401, 403):
                 assert answer["error"]["id"] == {401: "unauthorized", 403: "forbidden"}[status]
@@ -375,13 +434,28 @@ def test_openapi_schemathesis(make_bridged, trace_dir: Path) -> None:
     # Each role sees its own operations; together they cover every documented operation.
     for role in ("shop", "admin"):
         result = subprocess.run(
-            ["schemathesis", "run", f"http://127.0.0.1:{daemon.http_port}/v1/openapi.json",
-             "--header", f"Authorization: Bearer {TOKENS[role]}",
-             "--checks", "all",
-             "--exclude-checks", "positive_data_acceptance,use_after_free,ensure_resource_availability",
-             "--phases", "examples,coverage,fuzzing",
-             "--max-examples", "25", "--seed", "1", "--workers", "1"],
-            capture_output=True, text=True, timeout=300,
+            [
+                "schemathesis",
+                "run",
+                f"http://127.0.0.1:{daemon.http_port}/v1/openapi.json",
+                "--header",
+                f"Authorization: Bearer {TOKENS[role]}",
+                "--checks",
+                "all",
+                "--exclude-checks",
+                "positive_data_acceptance,use_after_free,ensure_resource_availability",
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--max-examples",
+                "25",
+                "--seed",
+                "1",
+                "--workers",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         (trace_dir / f"schemathesis-{role}.txt").write_text(result.stdout + result.stderr)
         assert result.returncode == 0, result.stdout[-6000:]

@@ -86,7 +86,11 @@ def test_dialled_code_reaches_customer_and_never_leaks_the_number(
     (trace_dir / "recording.wav").write_bytes(recording.read_bytes())
 
     # The audit trail: the request and the end of this call, one row each.
-    trail = [(a["action"], a["outcome"], a["reason"]) for a in daemon.audit_rows(anna.id) if a["call_id"] == row["id"]]
+    trail = [
+        (a["action"], a["outcome"], a["reason"])
+        for a in daemon.audit_rows(anna.id)
+        if a["call_id"] == row["id"]
+    ]
     assert trail == [("call.request", "accepted", None), ("call.end", "completed", "manager")], trail
 
     # Both legs and the bridge are gone.
@@ -189,7 +193,11 @@ def test_unknown_and_malformed_codes_are_refused_and_the_next_call_works(
     probe = new_customer_number().lstrip("+")
     _refused_call(daemon, fedor, f"*77{probe}", trace_dir / "probe", rig_alloc)
     reasons = [(a["outcome"], a["reason"]) for a in daemon.audit_rows(fedor.id)]
-    assert reasons == [("refused", "unknown_order"), ("refused", "invalid_code"), ("refused", "unknown_order")]
+    assert reasons == [
+        ("refused", "unknown_order"),
+        ("refused", "invalid_code"),
+        ("refused", "unknown_order"),
+    ]
     assert "12AB" not in daemon.dump_database()
     assert_not_leaked(probe, daemon_database=daemon.dump_database(), daemon_log=daemon.log_text())
 
@@ -297,7 +305,11 @@ def test_carrier_identity_update_mid_call_never_reaches_the_manager(
     phone = dial(julia, trace_dir, f"*77{order}", hold_ms=8000)
 
     def update_accepted() -> bool:
-        return bool(re.search(r"^SIP/2.0 200 OK\s*$(?:(?!^-{5}).)*^CSeq: \d+ UPDATE", customer.messages(), re.M | re.S))
+        return bool(
+            re.search(
+                r"^SIP/2.0 200 OK\s*$(?:(?!^-{5}).)*^CSeq: \d+ UPDATE", customer.messages(), re.M | re.S
+            )
+        )
 
     wait_for(update_accepted, 20, "Asterisk accepting the carrier's identity UPDATE")
     time.sleep(0.5)  # let the connected-line frame cross the bridge before reading both sides
@@ -317,3 +329,54 @@ def test_carrier_identity_update_mid_call_never_reaches_the_manager(
     assert phone.wait(timeout=60) == 0, phone.describe()
     customer.wait(timeout=20)
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
+def test_a_manager_transfer_is_declined_and_the_call_stays_bridged(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """The manager's phone sends a blind transfer (REFER) mid-call; the endpoint allows transfers
+    (allow_transfer defaults to yes). bridged has Asterisk hand the REFER over
+    (PJSIP_TRANSFER_HANDLING()=ari-only) and declines it: the customer stays in the recorded bridge.
+
+    Without the guard (checked by taking the dialplan line out) Asterisk performs the transfer itself
+    and tells the phone it succeeded (NOTIFY with "SIP/2.0 200 OK"), and this test fails.
+    """
+    daemon = make_bridged(("tomas",))
+    tomas = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Lev Orlov", tomas.id)
+
+    customer = carrier(trace_dir, rig_alloc, hold_ms=30000)
+    phone = Sipp.start(
+        "manager_refer",
+        local_ip="127.0.0.1",
+        local_port=tomas.sip_port,
+        remote="127.0.0.1:5060",
+        service=f"*77{order}",
+        keys={"user": tomas.endpoint, "refer_to": f"*77{order}", "refer_after_ms": "2000", "hold_ms": "4000"},
+        trace_dir=trace_dir,
+        rtp_port=tomas.rtp_port,
+        timeout_s=60,
+        name=f"manager_{tomas.endpoint}",
+    )
+    assert phone.wait(timeout=60) == 0, phone.describe()
+    customer.wait(timeout=20)
+
+    trace = phone.messages()
+    assert re.search(r"^REFER sip:", trace, re.M), "the manager never sent REFER"
+    # The REFER got an answer, and the transfer was reported as declined (a NOTIFY with 603).
+    assert re.search(r"^SIP/2.0 (202|603)", trace, re.M), trace[-2000:]
+    notifies = re.findall(r"^NOTIFY sip:.*?(?=^-{5}|\Z)", trace, re.M | re.S)
+    assert any(re.search(r"^SIP/2.0 603", n, re.M) for n in notifies), trace[-3000:]
+
+    # The customer stayed bridged until the manager hung up after the hold (not at the REFER).
+    row = wait_for(lambda: [r for r in daemon.call_rows(tomas.id) if r["state"] == "ended"], 10, "ended row")[
+        -1
+    ]
+    assert (row["outcome"], row["ended_by"]) == ("completed", "manager"), row
+    assert row["duration"] and row["duration"] > 5, row
+    trail = [(a["action"], a["outcome"]) for a in daemon.audit_rows(tomas.id) if a["call_id"] == row["id"]]
+    assert ("call.transfer", "refused") in trail, trail
+    assert json.loads(asterisk.ari_get("/asterisk/info"))  # Asterisk lived through it
+    wait_for(lambda: not json.loads(asterisk.ari_get("/channels")), 10, "no channels left")
+    assert_not_leaked(number, manager_sip_trace=trace, daemon_log=daemon.log_text())

@@ -31,12 +31,15 @@ def _wait_file_stable(path, timeout: float = 5.0) -> None:
         time.sleep(0.3)
 
 
-def _manager(asterisk: Asterisk, rig_alloc, unique_name, recording: str, *, context: str = "rig-smoke",
-             **set_vars: str) -> tuple[str, int]:
+def _manager(
+    asterisk: Asterisk, rig_alloc, unique_name, recording: str, *, context: str = "rig-smoke", **set_vars: str
+) -> tuple[str, int]:
     name = unique_name("smoke")
     port = rig_alloc.sip_port()
-    asterisk.add_endpoints(name, manager_endpoint_conf(name, port, context=context,
-                                                       set_vars={"RIG_RECORDING": recording, **set_vars}))
+    asterisk.add_endpoints(
+        name,
+        manager_endpoint_conf(name, port, context=context, set_vars={"RIG_RECORDING": recording, **set_vars}),
+    )
     return name, port
 
 
@@ -44,13 +47,29 @@ def test_call_through_asterisk_with_audio(asterisk, rig_alloc, unique_name, trac
     recording = unique_name("smoke-rec")
     name, port = _manager(asterisk, rig_alloc, unique_name, recording)
 
-    carrier = Sipp.start("carrier_answer", local_ip="127.0.0.2", local_port=5060, trace_dir=trace_dir,
-                         rtp_port=rig_alloc.rtp_port(), keys={"ring_ms": "500", "hold_ms": "15000"},
-                         timeout_s=20, name="carrier")
+    carrier = Sipp.start(
+        "carrier_answer",
+        local_ip="127.0.0.2",
+        local_port=5060,
+        trace_dir=trace_dir,
+        rtp_port=rig_alloc.rtp_port(),
+        keys={"ring_ms": "500", "hold_ms": "15000"},
+        timeout_s=20,
+        name="carrier",
+    )
     carrier.wait_listening()
-    manager = Sipp.start("manager_call", local_ip="127.0.0.1", local_port=port, remote=asterisk.sip_address,
-                         service=SMOKE_NUMBER, keys={"user": name, "dtmf": "", "hold_ms": "3000"},
-                         trace_dir=trace_dir, rtp_port=rig_alloc.rtp_port(), timeout_s=20, name="manager")
+    manager = Sipp.start(
+        "manager_call",
+        local_ip="127.0.0.1",
+        local_port=port,
+        remote=asterisk.sip_address,
+        service=SMOKE_NUMBER,
+        keys={"user": name, "dtmf": "", "hold_ms": "3000"},
+        trace_dir=trace_dir,
+        rtp_port=rig_alloc.rtp_port(),
+        timeout_s=20,
+        name="manager",
+    )
     try:
         assert manager.wait(timeout=25) == 0, manager.describe()
         assert carrier.wait(timeout=10) == 0, carrier.describe()
@@ -76,12 +95,27 @@ def test_call_through_asterisk_with_audio(asterisk, rig_alloc, unique_name, trac
 def test_busy_carrier_gives_manager_a_final_error(asterisk, rig_alloc, unique_name, trace_dir):
     name, port = _manager(asterisk, rig_alloc, unique_name, unique_name("smoke-busy"))
 
-    carrier = Sipp.start("carrier_busy", local_ip="127.0.0.2", local_port=5060, trace_dir=trace_dir,
-                         timeout_s=15, name="carrier")
+    carrier = Sipp.start(
+        "carrier_busy",
+        local_ip="127.0.0.2",
+        local_port=5060,
+        trace_dir=trace_dir,
+        timeout_s=15,
+        name="carrier",
+    )
     carrier.wait_listening()
-    manager = Sipp.start("manager_call", local_ip="127.0.0.1", local_port=port, remote=asterisk.sip_address,
-                         service=SMOKE_NUMBER, keys={"user": name, "dtmf": "", "hold_ms": "1000"},
-                         trace_dir=trace_dir, rtp_port=rig_alloc.rtp_port(), timeout_s=15, name="manager")
+    manager = Sipp.start(
+        "manager_call",
+        local_ip="127.0.0.1",
+        local_port=port,
+        remote=asterisk.sip_address,
+        service=SMOKE_NUMBER,
+        keys={"user": name, "dtmf": "", "hold_ms": "1000"},
+        trace_dir=trace_dir,
+        rtp_port=rig_alloc.rtp_port(),
+        timeout_s=15,
+        name="manager",
+    )
     try:
         assert manager.wait(timeout=20) == 0, manager.describe()
         assert carrier.wait(timeout=10) == 0, carrier.describe()
@@ -99,12 +133,27 @@ def test_busy_carrier_gives_manager_a_final_error(asterisk, rig_alloc, unique_na
 def test_no_answer_is_cancelled(asterisk, rig_alloc, unique_name, trace_dir):
     name, port = _manager(asterisk, rig_alloc, unique_name, unique_name("smoke-noans"), RIG_DIAL_TIMEOUT="2")
 
-    carrier = Sipp.start("carrier_noanswer", local_ip="127.0.0.2", local_port=5060, trace_dir=trace_dir,
-                         timeout_s=15, name="carrier")
+    carrier = Sipp.start(
+        "carrier_noanswer",
+        local_ip="127.0.0.2",
+        local_port=5060,
+        trace_dir=trace_dir,
+        timeout_s=15,
+        name="carrier",
+    )
     carrier.wait_listening()
-    manager = Sipp.start("manager_call", local_ip="127.0.0.1", local_port=port, remote=asterisk.sip_address,
-                         service=SMOKE_NUMBER, keys={"user": name, "dtmf": "", "hold_ms": "1000"},
-                         trace_dir=trace_dir, rtp_port=rig_alloc.rtp_port(), timeout_s=15, name="manager")
+    manager = Sipp.start(
+        "manager_call",
+        local_ip="127.0.0.1",
+        local_port=port,
+        remote=asterisk.sip_address,
+        service=SMOKE_NUMBER,
+        keys={"user": name, "dtmf": "", "hold_ms": "1000"},
+        trace_dir=trace_dir,
+        rtp_port=rig_alloc.rtp_port(),
+        timeout_s=15,
+        name="manager",
+    )
     try:
         assert manager.wait(timeout=20) == 0, manager.describe()
         assert carrier.wait(timeout=10) == 0, carrier.describe()
@@ -123,9 +172,18 @@ def test_no_answer_is_cancelled(asterisk, rig_alloc, unique_name, trace_dir):
 def test_dtmf_info_reaches_asterisk_and_asterisk_hangs_up(asterisk, rig_alloc, unique_name, trace_dir):
     name, port = _manager(asterisk, rig_alloc, unique_name, "unused", context="rig-dtmf")
 
-    manager = Sipp.start("manager_call", local_ip="127.0.0.1", local_port=port, remote=asterisk.sip_address,
-                         service="100", keys={"user": name, "dtmf": "4721", "hold_ms": "10000"},
-                         trace_dir=trace_dir, rtp_port=rig_alloc.rtp_port(), timeout_s=15, name="manager")
+    manager = Sipp.start(
+        "manager_call",
+        local_ip="127.0.0.1",
+        local_port=port,
+        remote=asterisk.sip_address,
+        service="100",
+        keys={"user": name, "dtmf": "4721", "hold_ms": "10000"},
+        trace_dir=trace_dir,
+        rtp_port=rig_alloc.rtp_port(),
+        timeout_s=15,
+        name="manager",
+    )
     try:
         assert manager.wait(timeout=20) == 0, manager.describe()
     finally:
@@ -144,13 +202,29 @@ def test_dtmf_info_reaches_asterisk_and_asterisk_hangs_up(asterisk, rig_alloc, u
 def test_carrier_hangs_up_first(asterisk, rig_alloc, unique_name, trace_dir):
     name, port = _manager(asterisk, rig_alloc, unique_name, unique_name("smoke-farend"))
 
-    carrier = Sipp.start("carrier_answer", local_ip="127.0.0.2", local_port=5060, trace_dir=trace_dir,
-                         rtp_port=rig_alloc.rtp_port(), keys={"ring_ms": "0", "hold_ms": "1000"},
-                         timeout_s=15, name="carrier")
+    carrier = Sipp.start(
+        "carrier_answer",
+        local_ip="127.0.0.2",
+        local_port=5060,
+        trace_dir=trace_dir,
+        rtp_port=rig_alloc.rtp_port(),
+        keys={"ring_ms": "0", "hold_ms": "1000"},
+        timeout_s=15,
+        name="carrier",
+    )
     carrier.wait_listening()
-    manager = Sipp.start("manager_call", local_ip="127.0.0.1", local_port=port, remote=asterisk.sip_address,
-                         service=SMOKE_NUMBER, keys={"user": name, "dtmf": "", "hold_ms": "10000"},
-                         trace_dir=trace_dir, rtp_port=rig_alloc.rtp_port(), timeout_s=15, name="manager")
+    manager = Sipp.start(
+        "manager_call",
+        local_ip="127.0.0.1",
+        local_port=port,
+        remote=asterisk.sip_address,
+        service=SMOKE_NUMBER,
+        keys={"user": name, "dtmf": "", "hold_ms": "10000"},
+        trace_dir=trace_dir,
+        rtp_port=rig_alloc.rtp_port(),
+        timeout_s=15,
+        name="manager",
+    )
     try:
         assert carrier.wait(timeout=20) == 0, carrier.describe()
         assert manager.wait(timeout=10) == 0, manager.describe()

@@ -327,6 +327,9 @@ class FakeAri:
         )
         return {"name": name, "format": format, "state": "recording"}
 
+    async def transfer_progress(self, channel_id: str, states: str) -> None:
+        await self._record("transfer_progress", channel_id=channel_id, states=states)
+
     async def get_application(self, name: str) -> dict[str, Any]:
         await self._record("get_application", name=name)
         return {"name": name, "channel_ids": list(self.app_channel_ids), "bridge_ids": []}

@@ -542,6 +542,37 @@ async def test_the_stray_sweep_hangs_up_a_channel_without_a_call_found_twice(env
     assert suspects == {"new-2"}
 
 
+async def test_a_transfer_request_is_declined_and_the_call_goes_on(env: Env) -> None:
+    customer = await env.ringing("call-a", "m-a")
+    [orig] = env.ari.named("originate")
+    assert orig["variables"] == {"PJSIP_TRANSFER_HANDLING()": "ari-only"}
+    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+    await wait_until(lambda: env.row("call-a")["state"] == "bridged")
+    env.engine.on_event(
+        {
+            "type": "ChannelTransfer",
+            "refer_to": {"requested_destination": {"destination": "sip:0049301234@pbx"}},
+            "referred_by": {"source_channel": {"id": "m-a"}, "bridge": {"id": "call-a-bridge"}},
+        }
+    )
+    await wait_until(lambda: env.ari.named("transfer_progress"))
+    # Asterisk echoes the progress we reported as another ChannelTransfer, with a state: not a new REFER.
+    env.engine.on_event(
+        {
+            "type": "ChannelTransfer",
+            "state": "channel_declined",
+            "referred_by": {"source_channel": {"id": "m-a"}},
+        }
+    )
+    await settle()
+    assert env.ari.named("transfer_progress") == [{"channel_id": "m-a", "states": "channel_declined"}]
+    await wait_until(lambda: any(a["action"] == "call.transfer" for a in env.store.audits))
+    [audit] = [a for a in env.store.audits if a["action"] == "call.transfer"]
+    assert (audit["actor"], audit["outcome"], audit["call_id"]) == ("anna", "refused", "call-a")
+    assert "0049301234" not in repr(env.store.audits)
+    assert env.row("call-a")["state"] == "bridged" and env.ari.hung_up() == []
+
+
 # -- (g) strays ---------------------------------------------------------------------------------------
 
 
