@@ -39,6 +39,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -67,8 +68,12 @@ ORDER = "4242"
 NUMBER = "+4930123456789"
 BRIDGED_EP = "benchmgr"
 BASELINE_EP = "benchbase"
-MANAGER_PORT = {BRIDGED_EP: 5200, BASELINE_EP: 5201}
+AGI_BASELINE_EP = "benchagi"
+MANAGER_PORT = {BRIDGED_EP: 5200, BASELINE_EP: 5201, AGI_BASELINE_EP: 5202}
 BASELINE_CONTEXT = "bench-baseline"
+# The baseline with a FastAGI round trip before its Dial(): what the FastAGI step costs Asterisk.
+AGI_BASELINE_CONTEXT = "bench-agi-baseline"
+STUB_AGI_PORT = 4599
 
 
 def log(message: str) -> None:
@@ -406,12 +411,20 @@ def rig() -> Iterator[Rig]:
             )
             + "\n"
             + manager_endpoint_conf(BASELINE_EP, MANAGER_PORT[BASELINE_EP], context=BASELINE_CONTEXT)
+            + "\n"
+            + manager_endpoint_conf(
+                AGI_BASELINE_EP, MANAGER_PORT[AGI_BASELINE_EP], context=AGI_BASELINE_CONTEXT
+            )
         )
         asterisk.add_endpoints("bench", conf)
         with open(asterisk.etc / "extensions.conf", "a") as ext:
             # The baseline: what an admin would write without bridged, the number in the dialplan.
             ext.write(
                 f"\n[{BASELINE_CONTEXT}]\nexten => _*77X.,1,Dial(PJSIP/{NUMBER}@carrier,30)\n"
+                " same => n,Hangup()\n"
+                f"\n[{AGI_BASELINE_CONTEXT}]\n"
+                f"exten => _*77X.,1,AGI(agi://127.0.0.1:{STUB_AGI_PORT}/order,${{EXTEN:3}})\n"
+                f" same => n,Dial(PJSIP/{NUMBER}@carrier,30)\n"
                 " same => n,Hangup()\n"
             )
         asterisk.cli("dialplan reload")
@@ -720,6 +733,37 @@ def find_max_rate(
     return best, steps
 
 
+def stub_agi_server(port: int) -> None:
+    """A FastAGI server that reads the request and answers with one SET VARIABLE, as bridged does;
+    runs in a daemon thread (its CPU is the bench's, not Asterisk's)."""
+
+    def serve() -> None:
+        server = socket.create_server(("127.0.0.1", port), backlog=512)
+        while True:
+            conn, _ = server.accept()
+            with conn, conn.makefile("rb") as lines:
+                while lines.readline() not in (b"", b"\n"):
+                    pass
+                conn.sendall(b'SET VARIABLE BRIDGED_REPLY "ok|bridged-bench,order,x|\\"Order 1\\" <*771>"\n')
+                lines.readline()
+
+    threading.Thread(target=serve, name="stub-agi", daemon=True).start()
+
+
+def measure_agi_cost(r: Rig, rate: float, seconds: float, rounds: int) -> dict[str, Any]:
+    """Asterisk's CPU per call for the plain Dial() baseline and for the same Dial() after a FastAGI
+    round trip, alternating, ``rounds`` times each."""
+    stub_agi_server(STUB_AGI_PORT)
+    runs: dict[str, list[float]] = {"dial": [], "agi_then_dial": []}
+    for _ in range(rounds):
+        for key, endpoint in (("dial", BASELINE_EP), ("agi_then_dial", AGI_BASELINE_EP)):
+            step = run_rate_step(r, endpoint, rate, seconds, f"agi-{key}")
+            runs[key].append(step.cpu_ms_per_call["asterisk"])
+            log(f"  {key} {rate:g} cps: {step.completed}/{step.attempted}, Asterisk {runs[key][-1]} ms/call")
+    dial, agi = statistics.median(runs["dial"]), statistics.median(runs["agi_then_dial"])
+    return {"rate": rate, "runs": runs, "asterisk_ms_per_call_fastagi": round(agi - dial, 2)}
+
+
 @dataclass
 class Memory:
     calls: int
@@ -862,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=("latency", "rate", "memory"),
+        choices=("latency", "rate", "memory", "agi"),
         action="append",
         help="run only these parts (repeatable)",
     )
@@ -958,6 +1002,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  max cps baseline {base_best}, bridged {brid_best}; cpu {results['cpu']}")
         finally:
             daemon.stop()
+        if "agi" in parts:  # not in the default run
+            log("FastAGI cost: Dial() with and without a FastAGI round trip before it, 160 cps")
+            results["agi"] = measure_agi_cost(r, 160, 10, 3)
+            log(f"  FastAGI costs Asterisk {results['agi']['asterisk_ms_per_call_fastagi']} ms per call")
         if "memory" in parts:
             hold = 20 if quick else 40
             small, large = (50, 200) if quick else (100, 500)
