@@ -120,6 +120,10 @@ ARI_RECONNECTS = Counter(
     "bridged_ari_connects_total", "ARI websocket connections made (the first one included)."
 )
 LOOKUP_ERRORS = Counter("bridged_order_lookup_errors_total", "Order lookups that failed (shop database).")
+API_DENIALS_FOLDED = Counter(
+    "bridged_api_denials_folded_total",
+    "Refused API requests over their client's audit quota, folded into its next audit row.",
+)
 STRAY_CHANNELS = Counter(
     "bridged_stray_channels_total", "Channels in the application that belonged to no call and were hung up."
 )
@@ -133,6 +137,7 @@ ALL: tuple[Counter | Histogram, ...] = (
     ARI_RECONNECTS,
     LOOKUP_ERRORS,
     STRAY_CHANNELS,
+    API_DENIALS_FOLDED,
 )
 
 

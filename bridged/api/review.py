@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .. import metrics
 from ..appkeys import CONFIG, STORE
 from ..recordings import (
     OpenRecording,
@@ -31,9 +32,12 @@ from ..store import AuditRow, ReviewCallRow, Store
 from . import openapi
 from .auth import ON_DENIED, PERMISSIONS, TOKENS, Handler, Principal, principal, requires
 from .errors import ApiError, CallNotFound, Unauthorized, read_json
+from .limits import DeniedAuditLimiter
 from .openapi import error_responses, secured
 
 log = logging.getLogger(__name__)
+# Caps the audit rows refused requests write per client (bridged.api.limits).
+DENIED_LIMITER: web.AppKey[DeniedAuditLimiter] = web.AppKey("denied_limiter", DeniedAuditLimiter)
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
@@ -232,7 +236,16 @@ def _client(request: web.Request) -> str | None:
 
 
 async def _audit_denied(request: web.Request, actor: str, outcome: str, details: dict[str, Any]) -> None:
-    details = {"method": request.method, "path": request.rel_url.path, "client": _client(request), **details}
+    client = _client(request)
+    limiter = request.app.get(DENIED_LIMITER)
+    if limiter is not None:
+        write, folded = limiter.admit(client)
+        if not write:
+            metrics.API_DENIALS_FOLDED.inc()
+            return
+        if folded:
+            details = {**details, "suppressed_before": folded}
+    details = {"method": request.method, "path": request.rel_url.path, "client": client, **details}
     try:
         await _store(request.app).audit(actor=actor, action="api.denied", outcome=outcome, details=details)
     except Exception as exc:
@@ -764,6 +777,7 @@ def setup(app: web.Application) -> None:
     from ..ops import setup as ops_setup
 
     app[ON_DENIED] = on_denied
+    app[DENIED_LIMITER] = DeniedAuditLimiter()
     app.router.add_get("/v1/calls", list_calls, allow_head=False)
     app.router.add_get("/v1/calls/{call_id}/recording", get_recording, allow_head=False)
     app.router.add_get("/v1/audit", list_audit, allow_head=False)

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridged.api import review
 from bridged.api.auth import TOKENS, TokenRegistry
 from bridged.api.errors import error_middleware
+from bridged.api.limits import DeniedAuditLimiter
 from bridged.appkeys import CONFIG, STORE
 from bridged.config import ApiToken, ConfigError, parse_config
 from bridged.recordings import (
@@ -465,3 +466,19 @@ async def test_retention_purges_past_the_cutoff_and_keeps_rows_when_the_source_i
     assert await Retention(_RetentionStore(None), _BrokenSource(), None).purge() == 0  # type: ignore[arg-type]
     policy = await Retention(_RetentionStore(None), _BrokenSource(), 90).policy()  # type: ignore[arg-type]
     assert (policy.days, policy.source) == (90, "config")
+
+
+async def test_refusals_beyond_a_clients_quota_are_folded_into_its_next_row(served) -> None:
+    client, store, app = served
+    clock = [0.0]
+    app._state[review.DENIED_LIMITER] = DeniedAuditLimiter(per_minute=2, clock=lambda: clock[0])
+    for _ in range(5):
+        resp = await client.get("/v1/calls", headers={"Authorization": "Bearer wrong"})
+        assert resp.status == 401  # every request is refused; only the audit rows are capped
+    assert len(store.audits) == 2
+    clock[0] += 60
+    resp = await client.get("/v1/audit")
+    assert resp.status == 401
+    assert len(store.audits) == 3
+    assert store.audits[-1]["details"]["suppressed_before"] == 3
+    assert "suppressed_before" not in store.audits[0]["details"]
