@@ -30,8 +30,6 @@ from .store import CallRow, Store
 
 log = logging.getLogger(__name__)
 
-# Dialplan subroutine (dialplan/bridged.conf) that replaces any connected-line update sent to a
-# manager's phone with the order label: the last guard against a carrier's identity reaching it.
 # A hangup Asterisk did not answer is retried after these delays (seconds), about 4 minutes in all.
 HANGUP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 60.0, 60.0)
 # How often channels in our application that belong to no call are looked for.
@@ -49,6 +47,8 @@ EVENT_TYPES = frozenset(
         "ChannelTransfer",
     }
 )
+# Dialplan subroutine (dialplan/bridged.conf) that replaces any connected-line update sent to a
+# manager's phone with the order label: the last guard against a carrier's identity reaching it.
 LABEL_SUB = "bridged-label,s,1"
 # On both legs: a REFER becomes a ChannelTransfer event for us instead of a transfer Asterisk performs
 # (which would take the customer out of the recorded bridge and out of bridged's hands).
