@@ -79,9 +79,9 @@ async def release_as_is(conn: asyncpg.Connection) -> None:
 
     asyncpg's default reset sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET
     ALL`` on every release: one more round trip for every statement run through the pool, half the
-    round trips a call made to PostgreSQL before this (see bench/RESULTS.md). bridged never leaves session state
-    behind on a pooled connection: no ``SET``, ``LISTEN`` or cursors, and the one advisory lock (the
-    migration's) is released in a ``finally`` on the same connection.
+    round trips a call made to PostgreSQL before this (see bench/RESULTS.md). bridged never leaves
+    session state behind on a pooled connection: no ``SET``, ``LISTEN`` or cursors, and the one
+    advisory lock (the migration's) is released in a ``finally`` on the same connection.
     """
 
 
