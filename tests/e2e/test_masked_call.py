@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from rig import Asterisk, Sipp
+from rig.asterisk import manager_endpoint_conf
 
 from .harness import (  # noqa: F401 - fixtures
     SHOP_NUMBER_DIGITS,
@@ -380,3 +383,45 @@ def test_a_manager_transfer_is_declined_and_the_call_stays_bridged(
     assert json.loads(asterisk.ari_get("/asterisk/info"))  # Asterisk lived through it
     wait_for(lambda: not json.loads(asterisk.ari_get("/channels")), 10, "no channels left")
     assert_not_leaked(number, manager_sip_trace=trace, daemon_log=daemon.log_text())
+
+
+def test_a_stasis_application_that_is_gone_gives_the_manager_a_prompt(
+    asterisk: Asterisk, trace_dir: Path, rig_alloc, unique_name
+) -> None:
+    """The daemon answered over FastAGI, but its Stasis application is no longer registered when the
+    channel gets there (the daemon restarted in between): Stasis() fails at once and the dialplan plays
+    please-try-call-later, then hangs up. Before, the phone got a bare failure response."""
+    asked = threading.Event()
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def stub_agi() -> None:  # answers like bridged, naming an application nobody registered
+        conn, _ = server.accept()
+        with conn, conn.makefile("rb") as lines:
+            while lines.readline() not in (b"", b"\n"):
+                pass
+            asked.set()
+            conn.sendall(b'SET VARIABLE BRIDGED_REPLY "ok|bridged-nobody,order,x|\\"Order 1\\" <*771>"\n')
+            lines.readline()
+
+    threading.Thread(target=stub_agi, daemon=True).start()
+    phone_info = ManagerPhone("nobody", unique_name("mgr"), rig_alloc.sip_port(), rig_alloc.rtp_port())
+    asterisk.add_endpoints(
+        f"test_{phone_info.endpoint}",
+        manager_endpoint_conf(
+            phone_info.endpoint, phone_info.sip_port, set_vars={"BRIDGED_AGI": f"agi://127.0.0.1:{port}"}
+        ),
+    )
+    try:
+        started = time.monotonic()
+        phone = dial(phone_info, trace_dir, "*771", hold_ms=20000)
+        assert phone.wait(timeout=40) == 0, phone.describe()
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+        asterisk.remove_endpoints(f"test_{phone_info.endpoint}")
+    assert asked.is_set()
+    trace = phone.messages()
+    # Answered (by Playback) and hung up by Asterisk once the prompt ended, long before the phone's hold.
+    assert re.search(r"^SIP/2.0 200 OK\s*$(?:(?!^-{5}).)*^CSeq: 1 INVITE", trace, re.M | re.S), trace[-2000:]
+    assert elapsed < 15, elapsed
