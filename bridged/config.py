@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -101,6 +102,8 @@ class AgiConfig:
 class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8090
+    # Reverse proxies whose X-Forwarded-For is believed (addresses or networks); none by default.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 ROLES = ("shop", "ops", "admin")
@@ -406,7 +409,21 @@ def _load_agi(s: _Section) -> AgiConfig:
 
 
 def _load_http(s: _Section) -> HttpConfig:
-    cfg = HttpConfig(host=s.text("host", "127.0.0.1"), port=s.integer("port", 8090, minimum=1, maximum=65535))
+    s.used.add("trusted_proxies")
+    raw = s.data.get("trusted_proxies") or []
+    if not isinstance(raw, list):
+        raise ConfigError(s.key("trusted_proxies"), "must be a list of addresses or networks")
+    proxies = []
+    for i, item in enumerate(raw):
+        try:
+            proxies.append(ip_network(str(item), strict=False))
+        except ValueError:
+            raise ConfigError(f"{s.key('trusted_proxies')}[{i}]", "is not an IP address or network") from None
+    cfg = HttpConfig(
+        host=s.text("host", "127.0.0.1"),
+        port=s.integer("port", 8090, minimum=1, maximum=65535),
+        trusted_proxies=tuple(proxies),
+    )
     s.finish()
     return cfg
 

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from ipaddress import ip_address
 from typing import Any
 
 import aiohttp
@@ -231,15 +232,42 @@ def audit_json(row: AuditRow) -> dict[str, Any]:
 
 
 def _client(request: web.Request) -> str | None:
-    # The peer address; behind a reverse proxy that is the proxy (X-Forwarded-For is not trusted).
-    return request.remote
+    """The client's address: the peer, or, when the peer is a trusted reverse proxy
+    (``http.trusted_proxies``), the last address in X-Forwarded-For that is not one of them."""
+    peer = request.remote
+    trusted = request.app[CONFIG].http.trusted_proxies
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [
+        h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()
+    ]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop if _is_address(hop) else peer
+    return hops[0] if hops else peer
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_trusted(address: str | None, trusted: tuple[Any, ...]) -> bool:
+    try:
+        ip = ip_address(address or "")
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
 
 
 async def _audit_denied(request: web.Request, actor: str, outcome: str, details: dict[str, Any]) -> None:
     client = _client(request)
     limiter = request.app.get(DENIED_LIMITER)
     if limiter is not None:
-        write, folded = limiter.admit(client)
+        write, folded = limiter.admit(client or "?")
         if not write:
             metrics.API_DENIALS_FOLDED.inc()
             return

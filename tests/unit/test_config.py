@@ -115,6 +115,16 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("logging level bogus", lambda d: _set(d, "logging.level", "LOUD"), "logging.level"),
     ("agi port text", lambda d: _set(d, "agi.port", "4573x"), "agi.port"),
     ("unknown prompt", lambda d: _set(d, "prompts.greeting", "hello"), "prompts.greeting"),
+    (
+        "trusted proxy not a list",
+        lambda d: _set(d, "http.trusted_proxies", "10.0.0.1"),
+        "http.trusted_proxies",
+    ),
+    (
+        "trusted proxy not an address",
+        lambda d: _set(d, "http.trusted_proxies", ["nginx"]),
+        "http.trusted_proxies[0]",
+    ),
 ]
 
 
@@ -126,6 +136,14 @@ def test_error_names_the_key(mutate: Callable[[dict[str, Any]], None], key: str)
         parse_config(data)
     assert info.value.key == key
     assert str(info.value).startswith(f"{key}: ")
+
+
+def test_trusted_proxies_load_as_networks() -> None:
+    data = example_data()
+    _set(data, "http.trusted_proxies", ["127.0.0.1", "10.1.0.0/16", "::1"])
+    proxies = parse_config(data).http.trusted_proxies
+    assert [str(p) for p in proxies] == ["127.0.0.1/32", "10.1.0.0/16", "::1/128"]
+    assert parse_config(example_data()).http.trusted_proxies == ()
 
 
 def test_team_policy_with_teams_loads() -> None:

@@ -7,6 +7,7 @@ import copy
 import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,20 @@ async def test_listen_is_audited_then_served(served) -> None:
         ("ops-1", "recording.listen", "c1", "dispute 42")
     ]
     assert store.audits[0]["details"]["client"] == "127.0.0.1"
+
+
+async def test_the_client_behind_a_trusted_proxy_is_the_forwarded_address(served) -> None:
+    client, store, app = served
+    config = app[CONFIG]
+    forwarded = {"X-Forwarded-For": "198.51.100.1, 203.0.113.9", **_auth("ops")}
+    # Not trusted (the default): the peer, whatever the header says.
+    await client.get("/v1/calls/c1/recording", headers=forwarded)
+    trusted = replace(config.http, trusted_proxies=(ip_network("127.0.0.1"), ip_network("203.0.113.0/24")))
+    app._state[CONFIG] = replace(config, http=trusted)
+    # Trusted: the last address before the trusted hops (the first one could be made up by the client).
+    await client.get("/v1/calls/c1/recording", headers=forwarded)
+    await client.get("/v1/calls/c1/recording", headers={"X-Forwarded-For": "not-an-ip", **_auth("ops")})
+    assert [a["details"]["client"] for a in store.audits] == ["127.0.0.1", "198.51.100.1", "127.0.0.1"]
 
 
 async def test_no_audit_row_no_recording(served) -> None:
