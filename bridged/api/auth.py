@@ -16,7 +16,9 @@ from .errors import Forbidden, Unauthorized
 PERMISSIONS: dict[str, frozenset[str]] = {
     "shop": frozenset({"calls.create", "calls.read", "calls.end"}),
     "ops": frozenset({"calls.list", "calls.read", "recordings.listen"}),
-    "admin": frozenset({"calls.list", "calls.read", "recordings.listen", "audit.read", "retention.write"}),
+    "admin": frozenset(
+        {"calls.list", "calls.read", "recordings.listen", "audit.read", "retention.read", "retention.write"}
+    ),
 }
 
 

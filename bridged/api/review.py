@@ -494,7 +494,7 @@ def retention_json(policy: RetentionPolicy) -> dict[str, Any]:
     }
 
 
-@audited("retention.write")
+@audited("retention.read")
 async def get_retention(request: web.Request) -> web.Response:
     Query(request, set())
     return web.json_response(retention_json(await request.app[RETENTION].policy()))
@@ -742,7 +742,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": secured(
             {
                 "operationId": "getRetention",
-                "summary": "Recording retention in force (retention.write)",
+                "summary": "Recording retention in force (retention.read)",
                 "responses": _RETENTION_OK,
             }
         ),

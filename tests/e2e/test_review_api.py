@@ -414,7 +414,7 @@ def _endpoints(rig: Rig) -> list[tuple[str, str, Any, str | None, dict[str, int]
         ("GET", "/v1/calls?limit=1", None, "calls.list", read),
         ("GET", f"/v1/calls/{call}/recording", None, "recordings.listen", read),
         ("GET", "/v1/audit?limit=1", None, "audit.read", admin),
-        ("GET", "/v1/retention", None, "retention.write", admin),
+        ("GET", "/v1/retention", None, "retention.read", admin),
         ("PUT", "/v1/retention", {"days": None}, "retention.write", admin),
         ("DELETE", "/v1/retention", None, "retention.write", admin),
         ("POST", "/v1/retention/purge", None, "retention.write", admin),
