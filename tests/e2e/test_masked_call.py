@@ -100,6 +100,18 @@ def test_dialled_code_reaches_customer_and_never_leaks_the_number(
     wait_for(lambda: not json.loads(asterisk.ari_get("/channels")), 5, "no channels left")
     assert not [b for b in json.loads(asterisk.ari_get("/bridges")) if row["id"] in b["id"]]
 
+    # Asterisk's CDRs of both legs (the customer's names the call id as its unique id) hold no number:
+    # the carrier's PAI had put it into the customer channel's caller id, and bridged replaced it.
+    cdr_file = asterisk.base / "log" / "cdr-csv" / "Master.csv"
+
+    def cdr_lines() -> list[str]:
+        text = cdr_file.read_text() if cdr_file.exists() else ""
+        return [line for line in text.splitlines() if row["id"] in line]
+
+    cdrs = wait_for(lambda: len(cdr_lines()) >= 2 and cdr_lines(), 10, "the call's two CDR records")
+    assert any(f"{row['id']}-customer" in line for line in cdrs), cdrs
+    assert_not_leaked(number, asterisk_cdr="\n".join(cdrs))
+
 
 def test_customer_hangs_up_first(make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc) -> None:
     daemon = make_bridged(("boris",))
