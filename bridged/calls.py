@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -45,6 +46,7 @@ EVENT_TYPES = frozenset(
         "Dial",
         "PlaybackFinished",
         "ChannelTransfer",
+        "ChannelCallerId",
     }
 )
 # Dialplan subroutine (dialplan/bridged.conf) that replaces any connected-line update sent to a
@@ -166,6 +168,12 @@ def new_call_id() -> str:
             return candidate
 
 
+def caller_number(value: str) -> str:
+    """The number part of a caller id string (``"Name" <number>`` or a bare number)."""
+    match = re.search(r"<([^<>]*)>\s*$", value)
+    return (match[1] if match else value).strip()
+
+
 def label_caller_id(order_id: str, label: str) -> str:
     """What a manager's phone is shown as the other party; the number part redials the order."""
     return caller_id(label, f"*77{order_id}")
@@ -194,6 +202,9 @@ class Call:
     announcement_playback_id: str | None = None
     ringback_playback_id: str | None = None
     manager_cause: int | None = None
+    # The customer leg's caller id was changed by the trunk (a carrier's identity headers) before the
+    # leg entered Stasis: the label goes back in before the bridge.
+    customer_caller_id_dirty: bool = False
     # Legs Asterisk already hangs up (ChannelHangupRequest/ChannelDestroyed seen): not hung up again.
     gone: set[str] = field(default_factory=set)
     # Resolved once the manager leg of an HTTP-triggered call has been originated (or not).
@@ -270,6 +281,7 @@ class CallEngine:
         self.ari = ari
         self.store = store
         self.is_connected = is_connected
+        self._shop_number = caller_number(config.trunk.caller_id)
         self.calls: dict[str, Call] = {}
         self._by_channel: dict[str, Call] = {}
         self._pending: dict[str, PendingCall] = {}
@@ -540,6 +552,8 @@ class CallEngine:
             await self._on_leg_gone(call, "manager" if is_manager else "customer", kind or "")
         elif kind == "Reconcile":
             await self._on_reconcile(call, event["alive"], event["states"])
+        elif kind == "ChannelCallerId" and is_customer:
+            await self._on_customer_caller_id(call, event)
         elif kind == "ChannelTransfer":
             # A new REFER comes without a state; the progress we report comes back with one.
             if not event.get("state"):
@@ -699,12 +713,12 @@ class CallEngine:
         await self.ari.create_bridge(bridge_id, type="mixing", name=f"bridged-{call.id}")
         call.bridge_id = bridge_id
         # A carrier's PAI in its 200 OK may have replaced the customer channel's caller id with the
-        # customer's number (trust_id_inbound=yes), and a bridge join copies it to the manager as a
-        # connected-line update: the label goes in its place right before the join, and the join
-        # itself sends no connected-line update. Whatever Asterisk sends the manager later passes
-        # through CONNECTED_LINE_SEND_SUB (set before Stasis), which puts the label in its place;
-        # the manager's own connected line already is the label (set before its channel was answered).
-        await self.ari.set_variable(customer, "CALLERID(all)", call.label_caller_id)
+        # customer's number (trust_id_inbound=yes; a ChannelCallerId event told us): the label goes
+        # back in before the join. The join itself sends no connected-line update, and whatever
+        # Asterisk sends the manager later passes through CONNECTED_LINE_SEND_SUB (set before Stasis),
+        # which puts the label in its place; the manager's own connected line already is the label.
+        if call.customer_caller_id_dirty:
+            await self._restore_customer_caller_id(call)
         await self.ari.add_channel(bridge_id, [manager, customer], inhibit_connected_line_updates=True)
         call.answered_at = datetime.now(UTC)
         self._transition(call, CallState.BRIDGED)
@@ -752,6 +766,33 @@ class CallEngine:
             else:
                 outcome = Outcome.MANAGER_ABANDONED
         await self._finish(call, outcome)
+
+    async def _on_customer_caller_id(self, call: Call, event: dict[str, Any]) -> None:
+        """The customer leg's caller id changed: a trunk that trusts the carrier's identity headers
+        (PAI/RPID in its 200 OK or in a mid-call UPDATE) put the customer's number there.
+
+        Nothing of it reaches the manager (joins inhibit connected-line updates, CONNECTED_LINE_SEND_SUB
+        replaces the rest), but Asterisk would write it into the leg's CDR: the label goes back in.
+        Carriers that send no identity cost no request.
+        """
+        caller = (event.get("channel") or {}).get("caller") or {}
+        number = caller.get("number") if isinstance(caller, dict) else None
+        if number in (f"*77{call.order_id}", self._shop_number):
+            return  # ours: the originate's caller id, or the label put back
+        if call.state is CallState.RINGING_CUSTOMER:
+            # Not in Stasis yet, so ARI cannot set its variables: done right before the bridge.
+            call.customer_caller_id_dirty = True
+            return
+        if call.state in (CallState.ANNOUNCING, CallState.BRIDGED):
+            await self._restore_customer_caller_id(call)
+
+    async def _restore_customer_caller_id(self, call: Call) -> None:
+        call.customer_caller_id_dirty = False
+        log.info("call %s: the trunk changed the customer leg's caller id; the label is put back", call.id)
+        try:
+            await self.ari.set_variable(call.customer_channel_id or "", "CALLERID(all)", call.label_caller_id)
+        except AriError as exc:
+            log.warning("call %s: putting the label back on the customer leg failed: %s", call.id, exc)
 
     async def _refuse_transfer(self, call: Call, channel_id: str) -> None:
         """A leg asked to be transferred (SIP REFER): declined, and the call goes on as it was.

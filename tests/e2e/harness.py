@@ -345,6 +345,22 @@ def assert_not_leaked(number: str, **texts: str) -> None:
         assert not leaks, f"customer number reached {where}: {leaks[:3]}"
 
 
+def call_cdrs(asterisk: Any, call_id: str) -> str:
+    """The CDR lines (cdr_csv) of both legs of a call, once Asterisk has written them.
+
+    The manager's leg names the call id in its Stasis() arguments (lastdata), the customer's in its
+    unique id (the channel id bridged chose)."""
+    cdr_file = asterisk.base / "log" / "cdr-csv" / "Master.csv"
+
+    def lines() -> list[str]:
+        text = cdr_file.read_text() if cdr_file.exists() else ""
+        return [line for line in text.splitlines() if call_id in line]
+
+    found = wait_for(lambda: len(lines()) >= 2 and lines(), 10, f"the CDRs of call {call_id}")
+    assert any(f"{call_id}-customer" in line for line in found), found
+    return "\n".join(found)
+
+
 def no_carrier_invite(carrier_sipp: Sipp) -> bool:
     return not invites(carrier_sipp.messages())
 

@@ -26,6 +26,7 @@ from .harness import (  # noqa: F401 - fixtures
     ManagerPhone,
     add_order,
     assert_not_leaked,
+    call_cdrs,
     carrier,
     dial,
     invites,
@@ -100,17 +101,9 @@ def test_dialled_code_reaches_customer_and_never_leaks_the_number(
     wait_for(lambda: not json.loads(asterisk.ari_get("/channels")), 5, "no channels left")
     assert not [b for b in json.loads(asterisk.ari_get("/bridges")) if row["id"] in b["id"]]
 
-    # Asterisk's CDRs of both legs (the customer's names the call id as its unique id) hold no number:
-    # the carrier's PAI had put it into the customer channel's caller id, and bridged replaced it.
-    cdr_file = asterisk.base / "log" / "cdr-csv" / "Master.csv"
-
-    def cdr_lines() -> list[str]:
-        text = cdr_file.read_text() if cdr_file.exists() else ""
-        return [line for line in text.splitlines() if row["id"] in line]
-
-    cdrs = wait_for(lambda: len(cdr_lines()) >= 2 and cdr_lines(), 10, "the call's two CDR records")
-    assert any(f"{row['id']}-customer" in line for line in cdrs), cdrs
-    assert_not_leaked(number, asterisk_cdr="\n".join(cdrs))
+    # Asterisk's CDRs of both legs hold no number: the carrier's PAI had put it into the customer
+    # channel's caller id, and bridged put the label back.
+    assert_not_leaked(number, asterisk_cdr=call_cdrs(asterisk, row["id"]))
 
 
 def test_customer_hangs_up_first(make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc) -> None:
@@ -335,15 +328,21 @@ def test_carrier_identity_update_mid_call_never_reaches_the_manager(
     def variable(channel: str, name: str) -> str:
         return json.loads(asterisk.ari_get(f"/channels/{channel}/variable?variable={name}"))["value"]
 
-    # The trunk trusted the UPDATE: the customer channel now carries the number as its caller id...
-    assert number.lstrip("+") in re.sub(r"\D", "", variable(customer_id, "CALLERID(num)"))
-    # ...while the manager's side still only knows the order.
+    # The trunk trusted the UPDATE and put the number into the customer channel's caller id; bridged
+    # saw it change and put the label back (else Asterisk would write the number into the leg's CDR).
+    wait_for(
+        lambda: "changed the customer leg's caller id" in daemon.log_text(), 10, "bridged seeing the change"
+    )
+    wait_for(lambda: variable(customer_id, "CALLERID(num)") == f"*77{order}", 5, "the label put back")
+    # The manager's side only ever knew the order.
     assert variable(manager_id, "CONNECTEDLINE(num)") == f"*77{order}"
     assert variable(manager_id, "CONNECTEDLINE(name)").startswith(f"Order {order}")
 
     assert phone.wait(timeout=60) == 0, phone.describe()
     customer.wait(timeout=20)
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+    row = wait_for(lambda: [r for r in daemon.call_rows(julia.id) if r["state"] == "ended"], 10, "ended")[-1]
+    assert_not_leaked(number, asterisk_cdr=call_cdrs(asterisk, row["id"]))
 
 
 def test_a_manager_transfer_is_declined_and_the_call_stays_bridged(

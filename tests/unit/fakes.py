@@ -126,6 +126,18 @@ def dial(peer_id: str, dialstatus: str, dialstring: str = "+15557654321@carrier"
     }
 
 
+def caller_id_changed(channel_id: str, number: str, name: str = "") -> dict[str, Any]:
+    # A trunk that trusts the carrier's identity headers (PAI/RPID) puts them into the channel's caller.
+    return {
+        "type": "ChannelCallerId",
+        "application": "bridged",
+        "caller_presentation": 0,
+        "caller_presentation_txt": "Presentation Allowed, Not Screened",
+        "channel": _channel(channel_id, "Up", name="PJSIP/carrier-00000002", number=number)
+        | {"caller": {"name": name, "number": number}},
+    }
+
+
 def playback_finished(playback_id: str, channel_id: str) -> dict[str, Any]:
     return {
         "type": "PlaybackFinished",

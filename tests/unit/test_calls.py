@@ -25,6 +25,7 @@ from bridged.calls import (
     InvalidTransition,
     Outcome,
     PendingCall,
+    caller_number,
     outcome_for_unanswered,
 )
 from bridged.config import Config, Prompts, RecordingConfig
@@ -36,6 +37,7 @@ from tests.unit.fakes import (
     NUMBER_TAIL,
     FakeAri,
     FakeStore,
+    caller_id_changed,
     channel_destroyed,
     dial,
     hangup_request,
@@ -204,14 +206,8 @@ async def test_happy_path_customer_hangs_up(env: Env) -> None:
     assert add["bridge_id"] == "call-a-bridge"
     assert sorted(add["channel_ids"]) == sorted(["m-a", customer])
     assert add["inhibit_connected_line_updates"] is True
-    # The customer's caller id (a carrier may have put the number there) is the label before the join.
-    cid_sets = [
-        i
-        for i, (m, kw) in enumerate(ari.calls)
-        if m == "set_variable" and kw["channel_id"] == customer and kw["variable"] == "CALLERID(all)"
-    ]
-    assert cid_sets and min(cid_sets) < methods.index("add_channel")
-    assert all(v == LABEL_CID for var, v in ari.variables(customer) if var == "CALLERID(all)")
+    # This carrier sent no identity: the customer leg's caller id is left alone (no request for it).
+    assert ari.variables(customer) == []
     assert methods.index("answer") < methods.index("add_channel")
     [rec] = ari.named("record_bridge")
     assert rec["bridge_id"] == "call-a-bridge"
@@ -251,6 +247,47 @@ async def test_happy_path_customer_hangs_up(env: Env) -> None:
     await settle()
     assert len(ari.calls) == before
     assert env.row("call-a")["outcome"] == "completed"
+
+
+def _customer_cid_sets(ari: FakeAri, customer: str) -> list[int]:
+    return [
+        i
+        for i, (m, kw) in enumerate(ari.calls)
+        if m == "set_variable" and kw["channel_id"] == customer and kw["variable"] == "CALLERID(all)"
+    ]
+
+
+async def test_carrier_identity_in_its_200_ok_is_replaced_by_the_label_before_the_bridge(env: Env) -> None:
+    customer = await env.ringing("call-pai", "m-pai")
+    ari = env.ari
+    # The trunk trusted the PAI of the carrier's 200 OK: the leg, not yet in Stasis, carries the number.
+    env.engine.on_event(caller_id_changed(customer, NUMBER, "Customer"))
+    await settle()
+    assert _customer_cid_sets(ari, customer) == []  # ARI cannot set variables before StasisStart
+    env.engine.on_event(stasis_start(customer, ["customer", "call-pai"], state="Up"))
+    await wait_until(lambda: env.row("call-pai")["state"] == "bridged")
+    sets = _customer_cid_sets(ari, customer)
+    assert len(sets) == 1 and sets[0] < ari.methods().index("add_channel")
+    assert ari.variables(customer) == [("CALLERID(all)", LABEL_CID)]
+
+
+async def test_carrier_identity_mid_call_is_replaced_and_our_own_caller_ids_are_left_alone(env: Env) -> None:
+    customer = await env.bridged("call-upd", "m-upd")
+    ari = env.ari
+    ari.calls.clear()
+    # Asterisk reports the label we put back and the shop's caller id of the originate: nothing to do.
+    env.engine.on_event(caller_id_changed(customer, "*77123", "Order 123 Ivan P."))
+    env.engine.on_event(caller_id_changed(customer, caller_number(env.config.trunk.caller_id), "Shop"))
+    await settle()
+    assert ari.calls == []
+    # A carrier's UPDATE with PAI, trusted by the trunk: the label goes back at once.
+    env.engine.on_event(caller_id_changed(customer, NUMBER, "Customer"))
+    await wait_until(lambda: bool(_customer_cid_sets(ari, customer)))
+    assert ari.variables(customer) == [("CALLERID(all)", LABEL_CID)]
+    # The manager's leg is never touched for it.
+    env.engine.on_event(caller_id_changed("m-upd", NUMBER, "Customer"))
+    await settle()
+    assert ari.variables("m-upd") == []
 
 
 async def test_a_leg_asterisk_already_hangs_up_is_not_hung_up_again(env: Env) -> None:
