@@ -17,6 +17,7 @@ from panoramisk.fast_agi import Application, Request
 
 from . import metrics
 from .config import Config
+from .orders import Refusal
 from .service import CallService, Refused
 
 log = logging.getLogger(__name__)
@@ -148,4 +149,7 @@ class AgiServer:
 
     async def _refused(self, request: Request, refused: Refused) -> None:
         metrics.CALLS_REFUSED.inc(refused.reason.value)
-        await set_var(request, VAR_REPLY, f"refused|{self.service.prompt_for(refused.reason)}")
+        # Overloaded: the dialplan rejects a phone still ringing with 503 rather than answering it for a
+        # prompt, which would cost an overloaded Asterisk seconds of media per refused call.
+        kind = "overloaded" if refused.reason is Refusal.OVERLOADED else "refused"
+        await set_var(request, VAR_REPLY, f"{kind}|{self.service.prompt_for(refused.reason)}")

@@ -282,6 +282,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
         bridged_calls=sum(1 for c in engine.calls.values() if c.state is CallState.BRIDGED),
         ari_connected=app[EVENTS].connected,
         draining=app[LIFECYCLE].draining,
+        ari_pending=engine.ari.pending,
+        ari_oldest_wait=engine.ari.oldest_wait(),
     )
     return web.Response(
         text=text, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"}

@@ -147,7 +147,15 @@ def reset() -> None:
         metric.reset()
 
 
-def render(*, active_calls: int, bridged_calls: int, ari_connected: bool, draining: bool) -> str:
+def render(
+    *,
+    active_calls: int,
+    bridged_calls: int,
+    ari_connected: bool,
+    draining: bool,
+    ari_pending: int = 0,
+    ari_oldest_wait: float = 0.0,
+) -> str:
     lines: list[str] = []
     lines += gauge_lines(
         "bridged_active_calls", "Calls owned by this daemon (any state before ended).", active_calls
@@ -159,6 +167,16 @@ def render(*, active_calls: int, bridged_calls: int, ari_connected: bool, draini
         "bridged_ari_connected", "1 while the ARI websocket is connected.", int(ari_connected)
     )
     lines += gauge_lines("bridged_draining", "1 after SIGTERM: new calls are refused.", int(draining))
+    lines += gauge_lines(
+        "bridged_ari_pending_requests",
+        "ARI requests waiting for Asterisk's answer.",
+        ari_pending,
+    )
+    lines += gauge_lines(
+        "bridged_ari_oldest_wait_seconds",
+        "How long the oldest of them has waited; from ari.max_request_wait on, new calls are refused.",
+        ari_oldest_wait,
+    )
     for metric in ALL:
         lines.extend(metric.lines())
     return "\n".join(lines) + "\n"

@@ -112,6 +112,7 @@ class Refusal(StrEnum):
     DENIED = "denied"
     LOOKUP_FAILED = "lookup_failed"
     UNAVAILABLE = "unavailable"
+    OVERLOADED = "overloaded"
 
 
 def is_valid_code(config: OrdersConfig, code: str) -> bool:

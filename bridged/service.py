@@ -41,6 +41,13 @@ class CallService:
         self.engine = engine
         self.is_connected = is_connected
 
+    def overloaded(self) -> bool:
+        """Asterisk is behind on bridged's ARI requests. A new call now could ring a customer and then
+        leave them alone on the line when a request times out; refused, it costs Asterisk only the
+        dialplan's prompt (no Stasis, no customer leg)."""
+        limit = self.config.ari.max_request_wait
+        return limit > 0 and self.engine.ari.oldest_wait() >= limit
+
     def manager_for_endpoint(self, endpoint: str) -> Manager | None:
         return self.config.manager_by_endpoint(endpoint)
 
@@ -86,6 +93,8 @@ class CallService:
             return Refused(Refusal.INVALID_CODE)
         if not self.is_connected():
             return await self._refuse(manager, code, Refusal.UNAVAILABLE, direction, actor)
+        if self.overloaded():
+            return await self._refuse(manager, code, Refusal.OVERLOADED, direction, actor)
         try:
             order = await self.directory.lookup(code)
         except LookupFailed as exc:
@@ -158,4 +167,5 @@ class CallService:
             Refusal.DENIED: prompts.denied,
             Refusal.LOOKUP_FAILED: prompts.lookup_failed,
             Refusal.UNAVAILABLE: prompts.unavailable,
+            Refusal.OVERLOADED: prompts.overloaded,
         }[reason]

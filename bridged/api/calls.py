@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import metrics
 from ..appkeys import CONFIG, ENGINE, SERVICE, STORE
 from ..calls import ManagerLegFailed
 from ..orders import Refusal
@@ -33,6 +34,7 @@ from .errors import (
     LookupUnavailable,
     ManagerNotRegistered,
     OrderNotAllowed,
+    Overloaded,
     TelephonyUnavailable,
     UnknownManager,
     UnknownOrder,
@@ -60,6 +62,7 @@ _REFUSAL_ERRORS: dict[Refusal, type[ApiError]] = {
     Refusal.DENIED: OrderNotAllowed,
     Refusal.LOOKUP_FAILED: LookupUnavailable,
     Refusal.UNAVAILABLE: TelephonyUnavailable,
+    Refusal.OVERLOADED: Overloaded,
     Refusal.UNKNOWN_MANAGER: UnknownManager,
 }
 
@@ -129,6 +132,7 @@ async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple
         raise ManagerNotRegistered()
     result = await service.request(manager, order_id, direction="api", manager_channel_id=None, actor=actor)
     if isinstance(result, Refused):
+        metrics.CALLS_REFUSED.inc(result.reason.value)
         raise _REFUSAL_ERRORS[result.reason]()
     try:
         call = await request.app[ENGINE].start_api_call(result)

@@ -61,6 +61,7 @@ IdempotencyConflict = _error(
 )
 LookupUnavailable = _error(503, "order_lookup_failed", "the shop's order database did not answer")
 TelephonyUnavailable = _error(503, "telephony_unavailable", "Asterisk is not connected")
+Overloaded = _error(503, "overloaded", "Asterisk is behind on bridged's requests; try again in a few seconds")
 
 
 def error_response(error: ApiError) -> web.Response:

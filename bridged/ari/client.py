@@ -7,8 +7,10 @@ with a query parameter or body in it: those carry dial strings and caller ids, i
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -118,6 +120,20 @@ class AriClient:
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": basic_auth_header(username, password)}
         self._request_timeout = request_timeout
+        # When each REST request still waiting for its answer was sent (in sending order).
+        self._waiting: dict[int, float] = {}
+        self._seq = itertools.count()
+
+    @property
+    def pending(self) -> int:
+        """REST requests sent and not yet answered (or failed)."""
+        return len(self._waiting)
+
+    def oldest_wait(self) -> float:
+        """Seconds the oldest unanswered REST request has waited: how far behind Asterisk is."""
+        for started in self._waiting.values():
+            return time.monotonic() - started
+        return 0.0
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -191,6 +207,8 @@ class AriClient:
         """Run one operation; JSON result, None for 204. Raises AriError subclasses or ValueError."""
         op, url, json_body = self._prepare(op_name, path_params, params, body)
         ids = self._ids(path_params)
+        token = next(self._seq)
+        self._waiting[token] = time.monotonic()
         try:
             async with self._session.request(
                 op.method,
@@ -217,6 +235,8 @@ class AriClient:
             raise AriUnavailable(
                 op_name, 0, f"ARI {op_name} failed: Asterisk unreachable ({type(exc).__name__})"
             ) from None
+        finally:
+            del self._waiting[token]
 
     async def _call_or_missing(
         self, op_name: str, path_params: Mapping[str, Any], params: Mapping[str, Any] | None = None

@@ -396,23 +396,21 @@ def test_a_manager_transfer_is_declined_and_the_call_stays_bridged(
     assert_not_leaked(number, manager_sip_trace=trace, daemon_log=daemon.log_text())
 
 
-def test_a_stasis_application_that_is_gone_gives_the_manager_a_prompt(
-    asterisk: Asterisk, trace_dir: Path, rig_alloc, unique_name
-) -> None:
-    """The daemon answered over FastAGI, but its Stasis application is no longer registered when the
-    channel gets there (the daemon restarted in between): Stasis() fails at once and the dialplan plays
-    please-try-call-later, then hangs up. Before, the phone got a bare failure response."""
+def _stub_agi_phone(asterisk: Asterisk, rig_alloc, unique_name, reply: str):
+    """A manager phone whose endpoint asks a stub FastAGI server that answers ``reply`` like bridged.
+
+    Returns (phone info, event set once asked, cleanup)."""
     asked = threading.Event()
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
 
-    def stub_agi() -> None:  # answers like bridged, naming an application nobody registered
+    def stub_agi() -> None:
         conn, _ = server.accept()
         with conn, conn.makefile("rb") as lines:
             while lines.readline() not in (b"", b"\n"):
                 pass
             asked.set()
-            conn.sendall(b'SET VARIABLE BRIDGED_REPLY "ok|bridged-nobody,order,x|\\"Order 1\\" <*771>"\n')
+            conn.sendall(f"SET VARIABLE BRIDGED_REPLY {reply}\n".encode())
             lines.readline()
 
     threading.Thread(target=stub_agi, daemon=True).start()
@@ -423,16 +421,53 @@ def test_a_stasis_application_that_is_gone_gives_the_manager_a_prompt(
             phone_info.endpoint, phone_info.sip_port, set_vars={"BRIDGED_AGI": f"agi://127.0.0.1:{port}"}
         ),
     )
+
+    def cleanup() -> None:
+        server.close()
+        asterisk.remove_endpoints(f"test_{phone_info.endpoint}")
+
+    return phone_info, asked, cleanup
+
+
+def test_a_stasis_application_that_is_gone_gives_the_manager_a_prompt(
+    asterisk: Asterisk, trace_dir: Path, rig_alloc, unique_name
+) -> None:
+    """The daemon answered over FastAGI, but its Stasis application is no longer registered when the
+    channel gets there (the daemon restarted in between): Stasis() fails at once and the dialplan plays
+    please-try-call-later, then hangs up. Before, the phone got a bare failure response."""
+    # Answers like bridged, naming an application nobody registered.
+    phone_info, asked, cleanup = _stub_agi_phone(
+        asterisk, rig_alloc, unique_name, '"ok|bridged-nobody,order,x|\\"Order 1\\" <*771>"'
+    )
     try:
         started = time.monotonic()
         phone = dial(phone_info, trace_dir, "*771", hold_ms=20000)
         assert phone.wait(timeout=40) == 0, phone.describe()
         elapsed = time.monotonic() - started
     finally:
-        server.close()
-        asterisk.remove_endpoints(f"test_{phone_info.endpoint}")
+        cleanup()
     assert asked.is_set()
     trace = phone.messages()
     # Answered (by Playback) and hung up by Asterisk once the prompt ended, long before the phone's hold.
     assert re.search(r"^SIP/2.0 200 OK\s*$(?:(?!^-{5}).)*^CSeq: 1 INVITE", trace, re.M | re.S), trace[-2000:]
     assert elapsed < 15, elapsed
+
+
+def test_an_overloaded_daemon_rejects_a_ringing_phone_with_503_and_answers_nothing(
+    asterisk: Asterisk, trace_dir: Path, rig_alloc, unique_name
+) -> None:
+    """bridged refuses new calls while Asterisk is behind on its ARI requests (unit-tested in
+    test_service.py); its FastAGI answer is then "overloaded", and the dialplan rejects the phone's
+    INVITE with 503 (cause 34) instead of answering it for a prompt."""
+    phone_info, asked, cleanup = _stub_agi_phone(
+        asterisk, rig_alloc, unique_name, '"overloaded|all-circuits-busy-now&please-try-call-later"'
+    )
+    try:
+        phone = dial(phone_info, trace_dir, "*771", hold_ms=20000)
+        phone.wait(timeout=40)
+    finally:
+        cleanup()
+    assert asked.is_set()
+    trace = phone.messages()
+    assert re.search(r"^SIP/2.0 503 ", trace, re.M), trace[-2000:]
+    assert not re.search(r"^SIP/2.0 200 OK\s*$(?:(?!^-{5}).)*^CSeq: 1 INVITE", trace, re.M | re.S)

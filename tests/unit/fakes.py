@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -190,20 +192,36 @@ class FakeAri:
         self.delays: dict[str, Any] = {}
         self.channels: dict[str, dict[str, Any]] = {}
         self.app_channel_ids: list[str] = []
+        self._waiting: dict[int, float] = {}  # as AriClient: when each unanswered request was sent
+        self._seq = itertools.count()
 
     async def _record(self, method: str, **kwargs: Any) -> None:
         self.calls.append((method, kwargs))
-        delay = self.delays.get(method)
-        if callable(delay):
-            delay = delay(kwargs)
-        if delay:
-            await _real_sleep(delay)
-        error = self.errors.get(method)
-        if callable(error) and not isinstance(error, BaseException):
-            error = error(kwargs)
-        if error is not None:
-            raise error
+        token = next(self._seq)
+        self._waiting[token] = time.monotonic()
+        try:
+            delay = self.delays.get(method)
+            if callable(delay):
+                delay = delay(kwargs)
+            if delay:
+                await _real_sleep(delay)
+            error = self.errors.get(method)
+            if callable(error) and not isinstance(error, BaseException):
+                error = error(kwargs)
+            if error is not None:
+                raise error
+        finally:
+            del self._waiting[token]
         self.returned.append((method, kwargs))
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    def oldest_wait(self) -> float:
+        for started in self._waiting.values():
+            return time.monotonic() - started
+        return 0.0
 
     # queries over the record
     def named(self, method: str) -> list[dict[str, Any]]:

@@ -183,6 +183,17 @@ async def test_refused_call_sets_prompt() -> None:
     assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "refused|im-sorry&feature-not-avail-line"']
 
 
+async def test_overloaded_is_its_own_answer_so_the_dialplan_can_reject_with_503() -> None:
+    agi = await _start(refuse=Refusal.OVERLOADED)
+    try:
+        commands = await session(agi.port, _headers())
+    finally:
+        await agi.server.stop()
+    assert _set_vars(commands) == [
+        'SET VARIABLE BRIDGED_REPLY "overloaded|all-circuits-busy-now&please-try-call-later"'
+    ]
+
+
 async def test_unknown_endpoint_is_refused(agi: Agi) -> None:
     commands = await session(
         agi.port, _headers(agi_channel="PJSIP/mallory-0000000a"), default_answers("mallory")

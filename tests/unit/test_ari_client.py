@@ -284,6 +284,37 @@ async def test_timeout_is_unavailable(fake: tuple[FakeAri, AriClient]) -> None:
     assert excinfo.value.status == 0
 
 
+async def test_pending_counts_requests_until_answered_or_failed(fake: tuple[FakeAri, AriClient]) -> None:
+    ari, client = fake
+    client._request_timeout = 0.5
+    release = asyncio.Event()
+
+    async def held() -> web.StreamResponse:
+        await release.wait()
+        return web.json_response([])
+
+    ari.replies[("GET", "/ari/channels")] = held
+    waiting = [asyncio.create_task(client.list_channels()) for _ in range(3)]
+    for _ in range(100):
+        if len(ari.requests) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert client.pending == 3
+    await asyncio.sleep(0.05)
+    assert 0.05 <= client.oldest_wait() < 5
+    release.set()
+    assert await asyncio.gather(*waiting) == [[], [], []]
+    assert client.pending == 0
+    assert client.oldest_wait() == 0.0
+    # Failures are counted out too: an error answer, and a request that timed out.
+    with pytest.raises(AriNotFound):
+        await client.answer("nope")
+    release.clear()
+    with pytest.raises(AriUnavailable):
+        await client.list_channels()
+    assert client.pending == 0
+
+
 async def test_stored_recording_file_streams_with_range(fake: tuple[FakeAri, AriClient]) -> None:
     ari, client = fake
     ari.reply("GET", "/ari/recordings/stored/r1/file", status=206, text="RIFF")

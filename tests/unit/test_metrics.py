@@ -31,7 +31,14 @@ def test_render_is_valid_exposition_with_help_and_type_for_every_family() -> Non
     metrics.CALLS_ENDED.inc("customer_busy")
     metrics.SETUP_SECONDS.observe(0.003)
     metrics.ARI_RECONNECTS.inc()
-    text = metrics.render(active_calls=3, bridged_calls=2, ari_connected=True, draining=False)
+    text = metrics.render(
+        active_calls=3,
+        bridged_calls=2,
+        ari_connected=True,
+        draining=False,
+        ari_pending=7,
+        ari_oldest_wait=0.25,
+    )
     assert text.endswith("\n")
     sample_re = re.compile(
         r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+Inf-]+$'
@@ -50,6 +57,8 @@ def test_render_is_valid_exposition_with_help_and_type_for_every_family() -> Non
     assert samples["bridged_bridged_calls"] == 2
     assert samples["bridged_ari_connected"] == 1
     assert samples["bridged_draining"] == 0
+    assert samples["bridged_ari_pending_requests"] == 7
+    assert samples["bridged_ari_oldest_wait_seconds"] == 0.25
     assert samples['bridged_calls_ended_total{outcome="completed"}'] == 2
     assert samples['bridged_calls_ended_total{outcome="customer_busy"}'] == 1
     assert samples["bridged_calls_started_total"] == 1

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -189,6 +190,51 @@ async def test_not_connected_is_unavailable(env: Env) -> None:
     assert env.directory.lookups == []
 
 
+async def test_asterisk_behind_on_requests_refuses_new_calls_until_it_catches_up() -> None:
+    config = make_config()
+    env = _env(replace(config, ari=replace(config.ari, max_request_wait=0.05)))
+    ari = env.engine.ari
+    anna = manager(env.config)
+    # Requests Asterisk has not answered yet, but only for a moment: calls go ahead.
+    ari.delays["answer"] = 30
+    held_requests = [asyncio.create_task(ari.answer(f"c-{i}")) for i in range(2)]
+    await asyncio.sleep(0)
+    assert ari.pending == 2
+    assert isinstance(
+        await env.service.request(anna, "123", direction="phone", manager_channel_id="m-0"), PendingCall
+    )
+    env.store.audits.clear()
+    env.engine._pending.clear()
+    # Once the oldest has waited max_request_wait, Asterisk is behind: new calls are refused.
+    await asyncio.sleep(0.06)
+    result = await env.service.request(anna, "123", direction="phone", manager_channel_id="m-1")
+    _refused_row(env, result, Refusal.OVERLOADED, "123")
+    assert env.directory.lookups == ["123"]  # the first call's only: refused before any work
+    assert env.service.prompt_for(Refusal.OVERLOADED) == env.config.prompts.overloaded
+    # Asterisk catches up: calls go ahead again.
+    for task in held_requests:
+        task.cancel()
+    await asyncio.gather(*held_requests, return_exceptions=True)
+    assert ari.pending == 0
+    assert isinstance(
+        await env.service.request(anna, "123", direction="phone", manager_channel_id="m-2"), PendingCall
+    )
+    await env.engine.shutdown()
+
+
+async def test_no_overload_guard_when_max_request_wait_is_zero() -> None:
+    config = make_config()
+    env = _env(replace(config, ari=replace(config.ari, max_request_wait=0)))
+    env.engine.ari.delays["answer"] = 30
+    held = asyncio.create_task(env.engine.ari.answer("c"))
+    await asyncio.sleep(0.05)
+    result = await env.service.request(manager(env.config), "123", direction="phone", manager_channel_id="m")
+    assert isinstance(result, PendingCall)
+    held.cancel()
+    await asyncio.gather(held, return_exceptions=True)
+    await env.engine.shutdown()
+
+
 async def test_success_registers_the_pending_call(env: Env) -> None:
     anna = manager(env.config)
     result = await env.service.request(anna, "123", direction="phone", manager_channel_id="1700000000.42")
@@ -226,3 +272,13 @@ def test_every_refusal_has_a_prompt() -> None:
     assert prompts[Refusal.DENIED] == e.config.prompts.denied
     assert prompts[Refusal.INVALID_CODE] == e.config.prompts.invalid_code
     assert all(prompts.values())
+
+
+def test_every_refusal_has_an_http_error_with_a_stable_id() -> None:
+    from bridged.api.calls import _REFUSAL_ERRORS
+
+    assert set(_REFUSAL_ERRORS) == set(Refusal)
+    ids = [error.error_id for error in _REFUSAL_ERRORS.values()]
+    assert len(set(ids)) == len(ids)
+    overloaded = _REFUSAL_ERRORS[Refusal.OVERLOADED]
+    assert (overloaded.status, overloaded.error_id) == (503, "overloaded")
