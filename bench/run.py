@@ -233,7 +233,7 @@ class Daemon:
                 "password": self.asterisk.ari_password,
                 "app": "bridged-bench",
                 "reconnect_max_delay": 2,
-                # BENCH_MAX_REQUEST_WAIT=0 runs without the overload guard (bridged's default is 1 s).
+                # BENCH_MAX_REQUEST_WAIT=0 runs without the overload guard (bridged's default is 2 s).
                 **(
                     {"max_request_wait": float(os.environ["BENCH_MAX_REQUEST_WAIT"])}
                     if os.environ.get("BENCH_MAX_REQUEST_WAIT")
@@ -580,6 +580,8 @@ class RateStep:
     left_over: int = 0
     # CPU milliseconds per attempted call, by process group, over the whole step.
     cpu_ms_per_call: dict[str, float] = field(default_factory=dict)
+    # Seconds waited before the step for the box to go quiet (the previous step's work to drain).
+    settled_seconds: float = 0.0
 
 
 # Processes whose CPU a rate step accounts for: name -> (pid, whole process tree?).
@@ -624,8 +626,25 @@ def cpu_snapshot() -> dict[str, float]:
     return snap
 
 
+def wait_quiet(limit: float = 60.0, busy: float = 0.1) -> float:
+    """Wait until Asterisk, bridged and PostgreSQL together use less than ``busy`` of a core.
+
+    After a heavy step Asterisk goes on for a while (its logger, CDR and stasis queues drain): without
+    this, that work is charged to the next step and slows it. Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = cpu_snapshot()
+        time.sleep(0.5)
+        after = cpu_snapshot()
+        used = sum(after[k] - before[k] for k in CPU_SOURCES) / 0.5
+        if used < busy:
+            break
+    return time.monotonic() - started
+
+
 def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) -> RateStep:
     r.quiet(90)
+    settled = wait_quiet()
     total = max(1, int(rate * seconds))
     hold_ms = 1000
     since = r.db_now()
@@ -710,6 +729,7 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
     failed = attempted - completed
     step = RateStep(rate, attempted, completed, failed, round(100 * failed / attempted, 2), round(elapsed, 1))
     step.left_over = left_over
+    step.settled_seconds = round(settled, 1)
     step.cpu_ms_per_call = {
         name: round((cpu_after[name] - cpu_before[name]) * 1000 / attempted, 2) for name in cpu_before
     }
@@ -720,23 +740,34 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
     return step
 
 
-def find_max_rate(
-    r: Rig, endpoint: str, ladder: list[float], seconds: float, tag: str
-) -> tuple[float, list[RateStep]]:
-    best = 0.0
-    steps: list[RateStep] = []
-    for rate in ladder:
-        step = run_rate_step(r, endpoint, rate, seconds, tag)
-        steps.append(step)
-        log(
-            f"  {tag} {rate:g} cps: {step.completed}/{step.attempted} completed ({step.failed_pct}% failed)"
-            + (f" rows {step.db_outcomes}" if step.db_outcomes else "")
-            + f" cpu ms/call {step.cpu_ms_per_call}"
-        )
-        if step.failed_pct >= 1.0:
+def find_max_rates(
+    r: Rig, paths: list[tuple[str, str]], ladder: list[float], seconds: float
+) -> dict[str, tuple[float, list[RateStep]]]:
+    """Climb the ladder on every path at once: at each rate each path still standing runs one step, the
+    order alternating from rate to rate. Asterisk gets slower as calls go through it (about 2 ms per call
+    on the bridged path after a full baseline ladder), so running one path's whole ladder before the
+    other's would charge the second path for the first one's calls."""
+    best = {tag: 0.0 for _, tag in paths}
+    steps: dict[str, list[RateStep]] = {tag: [] for _, tag in paths}
+    standing = list(paths)
+    for index, rate in enumerate(ladder):
+        if not standing:
             break
-        best = rate
-    return best, steps
+        for endpoint, tag in list(standing if index % 2 == 0 else reversed(standing)):
+            step = run_rate_step(r, endpoint, rate, seconds, tag)
+            steps[tag].append(step)
+            log(
+                f"  {tag} {rate:g} cps: {step.completed}/{step.attempted} completed"
+                + f" ({step.failed_pct}% failed)"
+                + (f" rows {step.db_outcomes}" if step.db_outcomes else "")
+                + f" cpu ms/call {step.cpu_ms_per_call}"
+                + (f" (waited {step.settled_seconds:g} s for quiet)" if step.settled_seconds >= 1 else "")
+            )
+            if step.failed_pct >= 1.0:
+                standing.remove((endpoint, tag))
+            else:
+                best[tag] = rate
+    return {tag: (best[tag], steps[tag]) for _, tag in paths}
 
 
 def stub_agi_server(port: int) -> None:
@@ -982,13 +1013,16 @@ def main(argv: list[str] | None = None) -> int:
                     ladder = [float(x) for x in args.ladder.split(",")]
                 seconds = args.step_seconds or (8 if quick else 10)
                 log(f"call rate: ladder {ladder} cps, {seconds} s per step")
-                base_best, base_steps, brid_best, brid_steps = 0.0, [], 0.0, []
-                if args.rate_path in ("both", "baseline"):
-                    base_best, base_steps = find_max_rate(r, BASELINE_EP, ladder, seconds, "baseline")
+                paths = [
+                    (endpoint, tag)
+                    for endpoint, tag in ((BASELINE_EP, "baseline"), (BRIDGED_EP, "bridged"))
+                    if args.rate_path in ("both", tag)
+                ]
                 cpu0, calls0 = daemon.cpu_seconds(), daemon.metrics().get("bridged_calls_started_total", 0)
-                if args.rate_path in ("both", "bridged"):
-                    brid_best, brid_steps = find_max_rate(r, BRIDGED_EP, ladder, seconds, "bridged")
+                climbed = find_max_rates(r, paths, ladder, seconds)
                 cpu1, calls1 = daemon.cpu_seconds(), daemon.metrics().get("bridged_calls_started_total", 0)
+                base_best, base_steps = climbed.get("baseline", (0.0, []))
+                brid_best, brid_steps = climbed.get("bridged", (0.0, []))
                 handled = max(1, int(calls1 - calls0))
                 results["rate"] = {
                     "seconds_per_step": seconds,
