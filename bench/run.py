@@ -233,7 +233,7 @@ class Daemon:
                 "password": self.asterisk.ari_password,
                 "app": "bridged-bench",
                 "reconnect_max_delay": 2,
-                # BENCH_MAX_REQUEST_WAIT=0 runs without the overload guard (bridged's default is 2 s).
+                # BENCH_MAX_REQUEST_WAIT=0 runs without the overload guard (bridged's default is 1 s).
                 **(
                     {"max_request_wait": float(os.environ["BENCH_MAX_REQUEST_WAIT"])}
                     if os.environ.get("BENCH_MAX_REQUEST_WAIT")

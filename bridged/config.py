@@ -40,7 +40,7 @@ class AriConfig:
     request_timeout: float = 5.0
     reconnect_max_delay: float = 30.0
     # New calls are refused while an ARI request has waited this long for Asterisk's answer (0: never).
-    max_request_wait: float = 2.0
+    max_request_wait: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -306,7 +306,7 @@ def _load_ari(s: _Section) -> AriConfig:
         app=app,
         request_timeout=s.number("request_timeout", 5.0, minimum=0.1, maximum=60),
         reconnect_max_delay=s.number("reconnect_max_delay", 30.0, minimum=0.5, maximum=600),
-        max_request_wait=s.number("max_request_wait", 2.0, minimum=0, maximum=60),
+        max_request_wait=s.number("max_request_wait", 1.0, minimum=0, maximum=60),
     )
     s.finish()
     return cfg
