@@ -7,6 +7,7 @@ is decided twice.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,18 @@ class Refused:
     call_id: str | None = None
 
 
+def shed_share(oldest_wait: float, limit: float) -> float:
+    """The share of new calls refused while the oldest ARI request has waited ``oldest_wait`` seconds.
+
+    None up to half of ``ari.max_request_wait``, then growing in proportion, all of them from the limit
+    on. An on/off switch at the limit refused in bursts: at the edge of capacity it refused up to 32% of
+    the calls where the ramp refused 8-9%, and at twice the sustainable rate it completed somewhat fewer
+    (bench/RESULTS.md). 0 turns the guard off."""
+    if limit <= 0 or oldest_wait <= limit / 2:
+        return 0.0
+    return min(1.0, (oldest_wait - limit / 2) / (limit / 2))
+
+
 class CallService:
     def __init__(
         self,
@@ -34,19 +47,21 @@ class CallService:
         engine: CallEngine,
         *,
         is_connected: Callable[[], bool],
+        random: Callable[[], float] = random.random,
     ) -> None:
         self.config = config
         self.store = store
         self.directory = directory
         self.engine = engine
         self.is_connected = is_connected
+        self._random = random
 
     def overloaded(self) -> bool:
         """Asterisk is behind on bridged's ARI requests. A new call now could ring a customer and then
-        leave them alone on the line when a request times out; refused, it costs Asterisk only the
-        dialplan's prompt (no Stasis, no customer leg)."""
-        limit = self.config.ari.max_request_wait
-        return limit > 0 and self.engine.ari.oldest_wait() >= limit
+        leave them alone on the line when a request times out; refused, it costs Asterisk a FastAGI
+        session and a 503 (no Stasis, no customer leg)."""
+        share = shed_share(self.engine.ari.oldest_wait(), self.config.ari.max_request_wait)
+        return share >= 1.0 or (share > 0.0 and self._random() < share)
 
     def manager_for_endpoint(self, endpoint: str) -> Manager | None:
         return self.config.manager_by_endpoint(endpoint)

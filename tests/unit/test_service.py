@@ -12,7 +12,7 @@ from bridged.calls import CallEngine, PendingCall
 from bridged.config import Config
 from bridged.orders import LookupFailed, Order, Refusal, is_valid_code, may_call
 from bridged.redact import digits
-from bridged.service import CallService, Refused
+from bridged.service import CallService, Refused, shed_share
 from tests.unit.fakes import NUMBER_TAIL, FakeAri, FakeStore, make_config, make_order, manager
 
 
@@ -219,6 +219,38 @@ async def test_asterisk_behind_on_requests_refuses_new_calls_until_it_catches_up
     assert isinstance(
         await env.service.request(anna, "123", direction="phone", manager_channel_id="m-2"), PendingCall
     )
+    await env.engine.shutdown()
+
+
+def test_shed_share_ramps_from_half_the_limit_to_the_limit() -> None:
+    assert shed_share(0.0, 1.0) == 0.0
+    assert shed_share(0.5, 1.0) == 0.0
+    assert shed_share(0.75, 1.0) == pytest.approx(0.5)
+    assert shed_share(1.0, 1.0) == 1.0
+    assert shed_share(7.0, 1.0) == 1.0
+    assert shed_share(7.0, 0.0) == 0.0  # guard off
+
+
+async def test_between_half_the_limit_and_the_limit_a_share_of_calls_is_refused() -> None:
+    config = make_config()
+    env = _env(replace(config, ari=replace(config.ari, max_request_wait=10.0)))
+    draws = iter([0.9, 0.1, 0.9, 0.1])
+    env.service._random = lambda: next(draws)
+    ari = env.engine.ari
+    ari.delays["answer"] = 30
+    held = asyncio.create_task(ari.answer("c"))
+    await asyncio.sleep(0)
+    # Pretend the request has waited 7.5 s of the 10 s limit: half of the new calls are refused.
+    ari._waiting = {k: v - 7.5 for k, v in ari._waiting.items()}
+    anna = manager(env.config)
+    results = [
+        await env.service.request(anna, "123", direction="phone", manager_channel_id=f"m-{i}")
+        for i in range(4)
+    ]
+    kinds = [r.reason if isinstance(r, Refused) else "accepted" for r in results]
+    assert kinds == ["accepted", Refusal.OVERLOADED, "accepted", Refusal.OVERLOADED]
+    held.cancel()
+    await asyncio.gather(held, return_exceptions=True)
     await env.engine.shutdown()
 
 
