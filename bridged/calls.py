@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from . import metrics
-from .ari import AriClient, AriError, AriNotFound, AriUnavailable
+from .ari import AriClient, AriError, AriNotFound, AriUnavailable, background_requests
 from .config import Config, Manager
 from .orders import Order
 from .redact import redact
@@ -424,7 +424,8 @@ class CallEngine:
         for attempt, delay in enumerate(HANGUP_RETRY_DELAYS, start=1):
             await asyncio.sleep(delay)
             try:
-                await self.ari.hangup(channel_id)
+                with background_requests():  # not a sign that calls being set up wait
+                    await self.ari.hangup(channel_id)
             except AriNotFound:
                 return
             except AriUnavailable:
@@ -449,7 +450,8 @@ class CallEngine:
                 suspects = set()  # the reconcile after the reconnect sweeps
                 continue
             try:
-                suspects = await self.sweep_strays(suspects)
+                with background_requests():
+                    suspects = await self.sweep_strays(suspects)
             except AriError as exc:
                 log.debug("stray sweep skipped: %s", exc)
 

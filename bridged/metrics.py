@@ -169,7 +169,7 @@ def render(
     lines += gauge_lines("bridged_draining", "1 after SIGTERM: new calls are refused.", int(draining))
     lines += gauge_lines(
         "bridged_ari_pending_requests",
-        "ARI requests waiting for Asterisk's answer.",
+        "ARI requests waiting for Asterisk's answer (background retries and sweeps left out).",
         ari_pending,
     )
     lines += gauge_lines(

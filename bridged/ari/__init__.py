@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .client import AriClient, basic_auth_header
+from .client import AriClient, background_requests, basic_auth_header, is_background
 from .errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
 from .events import AriEventStream, event_bridge_id, event_channel_id, event_type
 from .operations import OPERATIONS, Operation
@@ -17,8 +17,10 @@ __all__ = [
     "AriNotFound",
     "AriUnavailable",
     "Operation",
+    "background_requests",
     "basic_auth_header",
     "event_bridge_id",
     "event_channel_id",
     "event_type",
+    "is_background",
 ]

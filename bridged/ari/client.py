@@ -7,11 +7,13 @@ with a query parameter or body in it: those carry dial strings and caller ids, i
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -104,6 +106,29 @@ def _error_for(operation: str, status: int, text: str | None) -> AriError:
     return AriError(operation, status, message)
 
 
+_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("bridged_ari_background", default=False)
+
+
+@contextlib.contextmanager
+def background_requests() -> Iterator[None]:
+    """Requests made inside (in this task and the tasks it starts) are left out of
+    :attr:`AriClient.pending` and :meth:`AriClient.oldest_wait`.
+
+    For work nobody waits on, such as a hangup retried in the background or the stray sweep. A request
+    Asterisk never answers there must not make the overload guard refuse calls while everything else
+    is answered quickly.
+    """
+    token = _BACKGROUND.set(True)
+    try:
+        yield
+    finally:
+        _BACKGROUND.reset(token)
+
+
+def is_background() -> bool:
+    return _BACKGROUND.get()
+
+
 class AriClient:
     """Calls the ARI REST API. Methods return Asterisk's JSON as plain dicts/lists."""
 
@@ -126,7 +151,7 @@ class AriClient:
 
     @property
     def pending(self) -> int:
-        """REST requests sent and not yet answered (or failed)."""
+        """REST requests sent and not yet answered (or failed), background ones left out."""
         return len(self._waiting)
 
     def oldest_wait(self) -> float:
@@ -208,7 +233,9 @@ class AriClient:
         op, url, json_body = self._prepare(op_name, path_params, params, body)
         ids = self._ids(path_params)
         token = next(self._seq)
-        self._waiting[token] = time.monotonic()
+        tracked = not _BACKGROUND.get()
+        if tracked:
+            self._waiting[token] = time.monotonic()
         try:
             async with self._session.request(
                 op.method,
@@ -236,7 +263,8 @@ class AriClient:
                 op_name, 0, f"ARI {op_name} failed: Asterisk unreachable ({type(exc).__name__})"
             ) from None
         finally:
-            del self._waiting[token]
+            if tracked:
+                del self._waiting[token]
 
     async def _call_or_missing(
         self, op_name: str, path_params: Mapping[str, Any], params: Mapping[str, Any] | None = None

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from bridged.ari import AriNotFound
+from bridged.ari import AriNotFound, is_background
 from bridged.config import Config, Manager, parse_config
 from bridged.orders import Order
 from bridged.redact import PhoneNumber, digits
@@ -198,7 +198,9 @@ class FakeAri:
     async def _record(self, method: str, **kwargs: Any) -> None:
         self.calls.append((method, kwargs))
         token = next(self._seq)
-        self._waiting[token] = time.monotonic()
+        tracked = not is_background()
+        if tracked:
+            self._waiting[token] = time.monotonic()
         try:
             delay = self.delays.get(method)
             if callable(delay):
@@ -211,7 +213,8 @@ class FakeAri:
             if error is not None:
                 raise error
         finally:
-            del self._waiting[token]
+            if tracked:
+                del self._waiting[token]
         self.returned.append((method, kwargs))
 
     @property

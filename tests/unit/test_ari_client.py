@@ -25,6 +25,7 @@ from bridged.ari import (
     AriNotFound,
     AriUnavailable,
     Operation,
+    background_requests,
 )
 
 NUMBER = "5557654321"
@@ -312,6 +313,39 @@ async def test_pending_counts_requests_until_answered_or_failed(fake: tuple[Fake
     release.clear()
     with pytest.raises(AriUnavailable):
         await client.list_channels()
+    assert client.pending == 0
+
+
+async def test_background_requests_are_left_out_of_the_overload_signal(
+    fake: tuple[FakeAri, AriClient],
+) -> None:
+    ari, client = fake
+    client._request_timeout = 0.5
+    release = asyncio.Event()
+
+    async def held() -> web.StreamResponse:
+        await release.wait()
+        return web.json_response([])
+
+    ari.replies[("GET", "/ari/channels")] = held
+
+    async def in_background() -> list[Any]:
+        with background_requests():
+            return await client.list_channels()
+
+    stuck = asyncio.create_task(in_background())
+    for _ in range(100):
+        if ari.requests:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert (client.pending, client.oldest_wait()) == (0, 0.0)
+    # The same request from a call being set up counts.
+    waiting = asyncio.create_task(client.list_channels())
+    await asyncio.sleep(0.05)
+    assert client.pending == 1 and client.oldest_wait() > 0
+    release.set()
+    assert await stuck == [] and await waiting == []
     assert client.pending == 0
 
 

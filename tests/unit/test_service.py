@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from bridged.ari import AriUnavailable
 from bridged.calls import CallEngine, PendingCall
 from bridged.config import Config
 from bridged.orders import LookupFailed, Order, Refusal, is_valid_code, may_call
@@ -251,6 +252,21 @@ async def test_between_half_the_limit_and_the_limit_a_share_of_calls_is_refused(
     assert kinds == ["accepted", Refusal.OVERLOADED, "accepted", Refusal.OVERLOADED]
     held.cancel()
     await asyncio.gather(held, return_exceptions=True)
+    await env.engine.shutdown()
+
+
+async def test_a_stuck_background_hangup_retry_does_not_refuse_calls() -> None:
+    config = make_config()
+    env = _env(replace(config, ari=replace(config.ari, max_request_wait=0.05)))
+    env.engine.ari.delays["hangup"] = 30
+    env.engine.ari.errors["hangup"] = AriUnavailable("hangup", 0, "timed out")
+    retry = asyncio.create_task(env.engine._retry_hangup("stuck-channel"))
+    await asyncio.sleep(0.6)  # the first retry (0.5 s) hangs in Asterisk
+    assert env.engine.ari.named("hangup") == [{"channel_id": "stuck-channel", "reason": "normal"}]
+    result = await env.service.request(manager(env.config), "123", direction="phone", manager_channel_id="m")
+    assert isinstance(result, PendingCall)
+    retry.cancel()
+    await asyncio.gather(retry, return_exceptions=True)
     await env.engine.shutdown()
 
 
