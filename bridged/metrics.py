@@ -174,7 +174,8 @@ def render(
     )
     lines += gauge_lines(
         "bridged_ari_oldest_wait_seconds",
-        "How long the oldest of them has waited; from ari.max_request_wait on, new calls are refused.",
+        "How far behind Asterisk is: how long the oldest of them has waited, two stragglers left out;"
+        " from half of ari.max_request_wait on, new calls are refused.",
         ari_oldest_wait,
     )
     for metric in ALL:

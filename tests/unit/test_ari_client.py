@@ -340,13 +340,41 @@ async def test_background_requests_are_left_out_of_the_overload_signal(
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
     assert (client.pending, client.oldest_wait()) == (0, 0.0)
-    # The same request from a call being set up counts.
-    waiting = asyncio.create_task(client.list_channels())
+    # The same requests from calls being set up count.
+    waiting = [asyncio.create_task(client.list_channels()) for _ in range(AriClient.STRAGGLERS + 1)]
     await asyncio.sleep(0.05)
-    assert client.pending == 1 and client.oldest_wait() > 0
+    assert client.pending == AriClient.STRAGGLERS + 1 and client.oldest_wait() > 0
     release.set()
-    assert await stuck == [] and await waiting == []
+    assert await stuck == [] and await asyncio.gather(*waiting) == [[]] * (AriClient.STRAGGLERS + 1)
     assert client.pending == 0
+
+
+async def test_a_few_stuck_requests_are_left_out_of_the_overload_signal(
+    fake: tuple[FakeAri, AriClient],
+) -> None:
+    """A request or two stuck on their own (Asterisk answers the others) are not Asterisk being behind;
+    a queue of them is."""
+    ari, client = fake
+    client._request_timeout = 2.0
+    release = asyncio.Event()
+
+    async def held() -> web.StreamResponse:
+        await release.wait()
+        return web.json_response([])
+
+    ari.replies[("GET", "/ari/channels")] = held
+    ari.reply("GET", "/ari/asterisk/info", body={"system": {"version": "22.10.1"}})
+    stuck = [asyncio.create_task(client.list_channels()) for _ in range(AriClient.STRAGGLERS)]
+    await asyncio.sleep(0.15)
+    assert await client.get_info() == {"system": {"version": "22.10.1"}}
+    assert client.pending == AriClient.STRAGGLERS and client.oldest_wait() == 0.0
+    # One more waiting: now Asterisk is behind, by as long as that one has waited.
+    behind = asyncio.create_task(client.list_channels())
+    await asyncio.sleep(0.1)
+    assert client.pending == AriClient.STRAGGLERS + 1 and 0.05 <= client.oldest_wait() < 0.15
+    release.set()
+    assert await asyncio.gather(*stuck, behind) == [[]] * (AriClient.STRAGGLERS + 1)
+    assert (client.pending, client.oldest_wait()) == (0, 0.0)
 
 
 async def test_stored_recording_file_streams_with_range(fake: tuple[FakeAri, AriClient]) -> None:
