@@ -215,6 +215,10 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         tokens = app.get(TOKENS)  # the HTTP API's registry, when the API is set up
         if tokens is not None:
             tokens.replace(config.api.tokens)
+        purger = app.get(retention.RETENTION)
+        if purger is not None:
+            # The config's default; an admin's override over the API (kept in the database) still wins.
+            purger.default_days = config.recording.retention_days
 
     def on_sighup() -> None:
         if life.config_path is None or life.config is None:

@@ -1,9 +1,10 @@
-"""SIGHUP: take managers, policy and API tokens from the config file again, without dropping a call.
+"""SIGHUP: take managers, policy, API tokens and the recording retention from the config file again,
+without dropping a call.
 
 Only what an admin changes while calls are up is reloaded. Everything else (ARI, databases, ports,
-trunk, recording, prompts, logging) needs a restart; a change there is logged and not applied, so a
-half-applied config never exists. A file that does not validate is logged and ignored: the daemon keeps
-the config it runs with.
+trunk, the rest of recording, prompts, logging) needs a restart; a change there is logged and not
+applied, so a half-applied config never exists. A file that does not validate is logged and ignored:
+the daemon keeps the config it runs with. A retention set over the API still wins over the file's.
 
 Calls in progress keep the :class:`~bridged.config.Manager` they started with; a removed manager's
 call goes on to its end.
@@ -20,7 +21,7 @@ from .config import Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
-RELOADABLE = ("managers", "policy", "api.tokens")
+RELOADABLE = ("managers", "policy", "api.tokens", "recording.retention_days")
 
 
 def merge(current: Config, new: Config) -> tuple[Config, list[str]]:
@@ -28,15 +29,19 @@ def merge(current: Config, new: Config) -> tuple[Config, list[str]]:
     ignored = [
         f.name
         for f in dataclasses.fields(Config)
-        if f.name not in ("managers", "policy", "api") and getattr(current, f.name) != getattr(new, f.name)
+        if f.name not in ("managers", "policy", "api", "recording")
+        and getattr(current, f.name) != getattr(new, f.name)
     ]
     if dataclasses.replace(current.api, tokens=new.api.tokens) != new.api:
         ignored.append("api (except tokens)")
+    if dataclasses.replace(current.recording, retention_days=new.recording.retention_days) != new.recording:
+        ignored.append("recording (except retention_days)")
     merged = dataclasses.replace(
         current,
         managers=new.managers,
         policy=new.policy,
         api=dataclasses.replace(current.api, tokens=new.api.tokens),
+        recording=dataclasses.replace(current.recording, retention_days=new.recording.retention_days),
     )
     return merged, ignored
 
@@ -56,9 +61,10 @@ def reload_config(path: str | Path, current: Config, apply: Callable[[Config], N
         return current
     apply(merged)
     log.info(
-        "reload: applied (%d managers, policy %s, %d API tokens)",
+        "reload: applied (%d managers, policy %s, %d API tokens, recording retention %s)",
         len(merged.managers),
         merged.policy,
         len(merged.api.tokens),
+        "forever" if merged.recording.retention_days is None else f"{merged.recording.retention_days} days",
     )
     return merged

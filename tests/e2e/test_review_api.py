@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from rig import Asterisk, Postgres
 from rig.asterisk import manager_endpoint_conf
@@ -571,6 +573,28 @@ def test_retention_set_by_admin_survives_restart_and_purges_an_aged_recording(ri
     # The other recordings are untouched.
     assert all(rig.recording_path(r).exists() for r in rig.kept.values())
     assert http(daemon, "GET", "/v1/retention", role="admin").json()["source"] == "config"
+
+    # The config's retention is taken again on SIGHUP, without a restart.
+    original = daemon.config_path.read_text()
+    data = yaml.safe_load(original)
+    data.setdefault("recording", {})["retention_days"] = 90
+    try:
+        daemon.config_path.write_text(yaml.safe_dump(data))
+        _sighup(daemon)
+        policy = http(daemon, "GET", "/v1/retention", role="admin").json()
+        assert (policy["days"], policy["source"]) == (90, "config"), policy
+    finally:
+        daemon.config_path.write_text(original)
+        _sighup(daemon)
+    assert http(daemon, "GET", "/v1/retention", role="admin").json()["days"] is None
+
+
+def _sighup(daemon: Bridged) -> None:
+    """``systemctl reload``: wait until the daemon has applied the file."""
+    before = daemon.log_text().count("reload: applied")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: daemon.log_text().count("reload: applied") > before, 10, "reload applied")
 
 
 def test_scheduled_purge_from_the_folder(rig: Rig, asterisk: Asterisk, shop: Postgres) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,20 @@ def test_merge_reports_no_ignored_sections_for_identical_configs() -> None:
     current = parse_config(_config())
     merged, ignored = merge(current, parse_config(_config()))
     assert merged == current and ignored == []
+
+
+def test_recording_retention_is_applied_and_the_rest_of_recording_is_not(tmp_path: Path, caplog) -> None:
+    current = parse_config(_config(recording={"retention_days": 30}))
+    applied: list[Config] = []
+    longer = _write(tmp_path, _config(recording={"retention_days": 90}))
+    result = reload_config(longer, current, applied.append)
+    assert result is not None and applied == [result]
+    assert result.recording == dataclasses.replace(current.recording, retention_days=90)
+    # Retention back to "forever", and a format change that needs a restart in the same file.
+    with caplog.at_level(logging.WARNING):
+        result = reload_config(
+            _write(tmp_path, _config(recording={"format": "gsm"})), current, applied.append
+        )
+    assert result is not None and result.recording.retention_days is None
+    assert result.recording.format == current.recording.format == "wav"
+    assert "recording (except retention_days)" in caplog.text
