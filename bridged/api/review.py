@@ -356,7 +356,10 @@ _RECORDING_PARAMS = {"reason", "download"}
 
 @audited("recordings.listen")
 async def get_recording(request: web.Request) -> web.StreamResponse:
-    """Stream a call's recording (Range supported); the listen is audited before the first byte."""
+    """Stream a call's recording (Range supported); the listen is audited before the first byte.
+
+    HEAD answers with the same status and headers and no body (players ask for the length first); no
+    audio leaves, so it writes no listen row."""
     who = principal(request)
     q = Query(request, _RECORDING_PARAMS)
     reason = q.text("reason", MAX_REASON)
@@ -407,26 +410,28 @@ async def _serve(
             status=416,
             headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"},
         )
+    head = request.method == "HEAD"
     action = "recording.download" if download else "recording.listen"
-    try:
-        await _store(request.app).audit(
-            actor=who.name,
-            action=action,
-            outcome="granted",
-            reason=reason,
-            call_id=call.id,
-            order_id=call.order_id,
-            details={
-                "client": _client(request),
-                "role": who.role,
-                "range": None if wanted is None else wanted.content_range(size),
-                "source": request.app[RECORDINGS].name,
-            },
-        )
-    except Exception as exc:
-        log.error("call %s: listen by %s not audited, recording withheld: %s", call.id, who.name, exc)
-        raise AuditUnavailable() from None
-    log.info("call %s: recording %s by %s", call.id, action.split(".")[1], who.name)
+    if not head:
+        try:
+            await _store(request.app).audit(
+                actor=who.name,
+                action=action,
+                outcome="granted",
+                reason=reason,
+                call_id=call.id,
+                order_id=call.order_id,
+                details={
+                    "client": _client(request),
+                    "role": who.role,
+                    "range": None if wanted is None else wanted.content_range(size),
+                    "source": request.app[RECORDINGS].name,
+                },
+            )
+        except Exception as exc:
+            log.error("call %s: listen by %s not audited, recording withheld: %s", call.id, who.name, exc)
+            raise AuditUnavailable() from None
+        log.info("call %s: recording %s by %s", call.id, action.split(".")[1], who.name)
 
     start, end = (0, size - 1) if wanted is None else (wanted.start, wanted.end)
     response = web.StreamResponse(status=200 if wanted is None else 206)
@@ -443,6 +448,9 @@ async def _serve(
         response.headers["Content-Range"] = wanted.content_range(size)
     response.content_length = max(0, end - start + 1)
     await response.prepare(request)
+    if head:
+        await response.write_eof()
+        return response
     try:
         if size > 0:
             async for chunk in recording.chunks(start, end):
@@ -660,6 +668,28 @@ _AUDIO = {
     "audio/wav": {"schema": {"type": "string", "format": "binary"}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
 }
+
+
+def _headers_only(operation: dict[str, Any]) -> dict[str, Any]:
+    """A secured HEAD operation: its answers, errors included, have no body to describe."""
+    operation = secured(operation)
+    operation["responses"] = {
+        status: {"description": response["description"]}
+        for status, response in operation["responses"].items()
+    }
+    return operation
+
+
+_RECORDING_PARAMETERS = [
+    _param("call_id", "call id", {"type": "string"}, "path"),
+    _param(
+        "reason",
+        "why (kept in the audit trail; may be required by config)",
+        {"type": "string", "maxLength": MAX_REASON},
+    ),
+    _param("download", "as an attachment (audited as a download)", {"type": "boolean"}),
+    {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}},
+]
 _RETENTION_OK = {"200": {"description": "the retention in force", "content": _json("Retention")}}
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -692,23 +722,35 @@ PATHS: dict[str, dict[str, Any]] = {
                 "description": "Supports a single byte range (206, Content-Range; 416 past the end). "
                 "An audit row (who, call, reason, client address) is written before the first byte; "
                 "if it cannot be, 503 and nothing is served.",
-                "parameters": [
-                    _param("call_id", "call id", {"type": "string"}, "path"),
-                    _param(
-                        "reason",
-                        "why (kept in the audit trail; may be required by config)",
-                        {"type": "string", "maxLength": MAX_REASON},
-                    ),
-                    _param("download", "as an attachment (audited as a download)", {"type": "boolean"}),
-                    {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}},
-                ],
+                "parameters": _RECORDING_PARAMETERS,
                 "responses": {
                     "200": {"description": "the whole recording", "content": _AUDIO},
                     "206": {"description": "the range asked for", "content": _AUDIO},
                     **error_responses(404, 409, 410, 416, 422, 503),
                 },
             }
-        )
+        ),
+        "head": _headers_only(
+            {
+                "operationId": "headCallRecording",
+                "summary": "GET's status and headers (Content-Length, Content-Type, Accept-Ranges), no "
+                "body; writes no listen row (permission recordings.listen)",
+                "parameters": _RECORDING_PARAMETERS,
+                "responses": {
+                    str(status): {"description": description}
+                    for status, description in (
+                        (200, "the whole recording's headers"),
+                        (206, "the range's headers"),
+                        (404, "error"),
+                        (409, "error"),
+                        (410, "error"),
+                        (416, "error"),
+                        (422, "error"),
+                        (503, "error"),
+                    )
+                },
+            }
+        ),
     },
     "/v1/audit": {
         "get": secured(
@@ -807,7 +849,7 @@ def setup(app: web.Application) -> None:
     app[ON_DENIED] = on_denied
     app[DENIED_LIMITER] = DeniedAuditLimiter()
     app.router.add_get("/v1/calls", list_calls, allow_head=False)
-    app.router.add_get("/v1/calls/{call_id}/recording", get_recording, allow_head=False)
+    app.router.add_get("/v1/calls/{call_id}/recording", get_recording)  # and HEAD
     app.router.add_get("/v1/audit", list_audit, allow_head=False)
     app.router.add_get("/v1/retention", get_retention, allow_head=False)
     app.router.add_put("/v1/retention", put_retention)

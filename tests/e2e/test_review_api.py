@@ -319,6 +319,9 @@ def test_recording_whole_and_ranges_match_the_file_and_each_listen_is_audited(ri
     assert past.status == 416
     assert past.headers["Content-Range"] == f"bytes */{size}"
     assert past.json()["error"]["id"] == "range_not_satisfiable"
+    # HEAD: GET's headers from Asterisk's file, no audio, no listen row.
+    head = http(rig.daemon, "HEAD", path, role="ops")
+    assert (head.status, int(head.headers["Content-Length"]), head.body) == (200, size, b"")
 
     listens = _listens(rig, row["id"])
     assert [(a["actor"], a["outcome"]) for a in listens] == [
@@ -333,7 +336,7 @@ def test_recording_whole_and_ranges_match_the_file_and_each_listen_is_audited(ri
     assert listens[0]["details"]["range"] is None
     assert listens[0]["details"]["source"] == "ari"
     assert listens[1]["details"]["range"] == f"bytes 0-99/{size}"
-    # The 416 served nothing and left no listen row.
+    # The 416 and the HEAD served nothing and left no listen row.
     assert len(listens) == 4
     (rig.trace_dir / "served.wav").write_bytes(whole.body)
 

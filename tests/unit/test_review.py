@@ -286,6 +286,26 @@ async def test_listen_is_audited_then_served(served) -> None:
     assert store.audits[0]["details"]["client"] == "127.0.0.1"
 
 
+async def test_head_answers_the_headers_without_audio_or_a_listen_row(served) -> None:
+    client, store, _ = served
+    resp = await client.head("/v1/calls/c1/recording", headers=_auth("ops"))
+    assert resp.status == 200
+    assert (resp.headers["Content-Length"], resp.headers["Content-Type"]) == (str(len(WAV)), "audio/wav")
+    assert resp.headers["Accept-Ranges"] == "bytes"
+    assert await resp.read() == b""
+    ranged = await client.head("/v1/calls/c1/recording", headers={**_auth("ops"), "Range": "bytes=4-19"})
+    assert (ranged.status, ranged.headers["Content-Range"]) == (206, f"bytes 4-19/{len(WAV)}")
+    assert ranged.headers["Content-Length"] == "16"
+    # The same refusals as GET; a missing token is audited as a denial, a HEAD that passes is not.
+    assert (await client.head("/v1/calls/c3/recording", headers=_auth("ops"))).status == 410
+    assert (await client.head("/v1/calls/c1/recording", headers=_auth("shop"))).status == 403
+    assert (await client.head("/v1/calls/c1/recording")).status == 401
+    assert store.audits and not [a for a in store.audits if a["action"].startswith("recording.")]
+    # A GET after it is a listen, and the only one.
+    assert await (await client.get("/v1/calls/c1/recording", headers=_auth("ops"))).read() == WAV
+    assert [a["action"] for a in store.audits if a["action"].startswith("recording.")] == ["recording.listen"]
+
+
 async def test_the_client_behind_a_trusted_proxy_is_the_forwarded_address(served) -> None:
     client, store, app = served
     config = app[CONFIG]
