@@ -289,9 +289,11 @@ def dial(
     hold_ms: int = 4000,
     dtmf: str = "",
     timeout_s: int = 60,
+    scenario: str = "manager_call",
 ) -> Sipp:
+    """The manager's phone dials ``code`` (``scenario`` "manager_cancel": gives up while it rings)."""
     return Sipp.start(
-        "manager_call",
+        scenario,
         local_ip="127.0.0.1",
         local_port=manager.sip_port,
         remote="127.0.0.1:5060",

@@ -146,6 +146,39 @@ def test_star77_then_dtmf_order_code(make_bridged, trace_dir: Path, rig_alloc) -
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
 
 
+@pytest.mark.parametrize(
+    "keyed", [False, True], ids=["cancel-while-the-phone-rings", "bye-after-keying-the-code"]
+)
+def test_manager_giving_up_while_the_customer_rings_cancels_the_customer_leg(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc, keyed: bool
+) -> None:
+    """The customer's phone stops ringing as soon as the manager gives up, not at the ring timeout."""
+    daemon = make_bridged(("lena",), ring_timeout=60)
+    lena = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Anna Karenina", lena.id)
+    # Rings until cancelled; gives up long before the 60 s ring timeout would cancel it.
+    customer = carrier(trace_dir, rig_alloc, "carrier_noanswer", timeout_s=25)
+    if keyed:
+        # *77 (answered), the code keyed in, 2 s of ringback tone, then the manager hangs up (BYE).
+        phone = dial(lena, trace_dir, "*77", dtmf=f"{order}#", hold_ms=2000, timeout_s=40)
+    else:
+        # *77<order>: the phone hears ringback (180) and cancels 2 s later (CANCEL).
+        phone = dial(lena, trace_dir, f"*77{order}", scenario="manager_cancel", timeout_s=40)
+    assert phone.wait(timeout=40) == 0, phone.describe()
+    assert customer.wait(timeout=20) == 0, customer.describe()
+    assert re.search(rf"^INVITE sip:{re.escape(number)}@", customer.messages(), re.M)
+    assert re.search(r"^CANCEL sip:", customer.messages(), re.M), "the customer leg was not cancelled"
+    row = wait_for(lambda: [r for r in daemon.call_rows(lena.id) if r["state"] == "ended"], 10, "ended row")[
+        -1
+    ]
+    assert (row["outcome"], row["ended_by"], row["answered_at"]) == ("manager_abandoned", "manager", None), (
+        row
+    )
+    wait_for(lambda: not json.loads(asterisk.ari_get("/channels")), 5, "no channels left")
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
 # -- refusals ---------------------------------------------------------------------------------------
 
 
