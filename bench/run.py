@@ -199,6 +199,8 @@ def sipp(
         argv += ["-trace_msg", "-message_file", str(message_file)]
     for key, value in keys.items():
         argv += ["-key", key, value]
+    if PINNED["others"] is not None:
+        argv = ["taskset", "-c", PINNED["others"], *argv]
     with open(out_dir / "output.log", "wb") as output:
         proc = subprocess.Popen(
             argv,
@@ -587,6 +589,37 @@ class RateStep:
 # Processes whose CPU a rate step accounts for: name -> (pid, whole process tree?).
 CPU_SOURCES: dict[str, tuple[int, bool]] = {}
 
+# --pin: the CPU list Asterisk runs on, and the one for everything else (SIPp, bridged, PostgreSQL).
+PINNED: dict[str, str | None] = {"asterisk": None, "others": None}
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                parents[int(entry)] = int(_stat_fields(int(entry))[1])
+    members, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in members:
+                members.append(child)
+                frontier.append(child)
+    return members
+
+
+def pin(asterisk_cpus: str, other_cpus: str) -> None:
+    """Asterisk (every thread) on ``asterisk_cpus``; bridged, PostgreSQL (the postmaster's tree: new
+    backends inherit it) and the SIPp processes started from now on on ``other_cpus``. Models bridged
+    and its database on a host or core of their own, so the ratio measures Asterisk's work alone."""
+    PINNED.update(asterisk=asterisk_cpus, others=other_cpus)
+    for name, (pid, tree) in CPU_SOURCES.items():
+        cpus = asterisk_cpus if name == "asterisk" else other_cpus
+        for member in _tree(pid) if tree else [pid]:
+            subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(member)], check=False, capture_output=True)
+
 
 def _stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -957,6 +990,12 @@ def main(argv: list[str] | None = None) -> int:
         default="both",
         help="which path the call-rate ladder runs on (default both)",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="call rate with Asterisk alone on CPU 0 and SIPp, bridged and PostgreSQL on CPU 1 "
+        "(bridged on a core of its own: the ratio then measures Asterisk's work per path)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (Asterisk chroot, network namespace)", file=sys.stderr)
@@ -1018,6 +1057,10 @@ def main(argv: list[str] | None = None) -> int:
                     for endpoint, tag in ((BASELINE_EP, "baseline"), (BRIDGED_EP, "bridged"))
                     if args.rate_path in ("both", tag)
                 ]
+                if args.pin:
+                    pin("0", "1")
+                    log("  pinned: Asterisk on CPU 0; SIPp, bridged and PostgreSQL on CPU 1")
+                    results["pinned"] = dict(PINNED)
                 cpu0, calls0 = daemon.cpu_seconds(), daemon.metrics().get("bridged_calls_started_total", 0)
                 climbed = find_max_rates(r, paths, ladder, seconds)
                 cpu1, calls1 = daemon.cpu_seconds(), daemon.metrics().get("bridged_calls_started_total", 0)
@@ -1105,6 +1148,8 @@ def report(results: dict[str, Any]) -> str:
     rate = results.get("rate")
     if rate:
         capped = " (baseline hit the top of the ladder)" if rate["ladder_capped"] else ""
+        if results.get("pinned"):
+            capped += " (pinned: Asterisk alone on CPU 0)"
         lines += [
             f"{'call rate, <1% failed (cps)':<28}{rate['baseline_max_cps']:>12}{rate['bridged_max_cps']:>12}"
             f"{rate['ratio']!s:>10}{'>= 0.9':>10}{capped}",
