@@ -51,6 +51,17 @@ class FakeAri:
 
         self.replies[(method, path)] = make
 
+    def hold(self, method: str, path: str, body: Any) -> asyncio.Event:
+        """Answer ``body`` only once the returned event is set: Asterisk stuck on that request."""
+        release = asyncio.Event()
+
+        async def held() -> web.StreamResponse:
+            await release.wait()
+            return web.json_response(body)
+
+        self.replies[(method, path)] = held
+        return release
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.requests.append(
@@ -288,13 +299,7 @@ async def test_timeout_is_unavailable(fake: tuple[FakeAri, AriClient]) -> None:
 async def test_pending_counts_requests_until_answered_or_failed(fake: tuple[FakeAri, AriClient]) -> None:
     ari, client = fake
     client._request_timeout = 0.5
-    release = asyncio.Event()
-
-    async def held() -> web.StreamResponse:
-        await release.wait()
-        return web.json_response([])
-
-    ari.replies[("GET", "/ari/channels")] = held
+    release = ari.hold("GET", "/ari/channels", [])
     waiting = [asyncio.create_task(client.list_channels()) for _ in range(3)]
     for _ in range(100):
         if len(ari.requests) == 3:
@@ -321,13 +326,7 @@ async def test_background_requests_are_left_out_of_the_overload_signal(
 ) -> None:
     ari, client = fake
     client._request_timeout = 0.5
-    release = asyncio.Event()
-
-    async def held() -> web.StreamResponse:
-        await release.wait()
-        return web.json_response([])
-
-    ari.replies[("GET", "/ari/channels")] = held
+    release = ari.hold("GET", "/ari/channels", [])
 
     async def in_background() -> list[Any]:
         with background_requests():
@@ -356,13 +355,7 @@ async def test_a_few_stuck_requests_are_left_out_of_the_overload_signal(
     a queue of them is."""
     ari, client = fake
     client._request_timeout = 2.0
-    release = asyncio.Event()
-
-    async def held() -> web.StreamResponse:
-        await release.wait()
-        return web.json_response([])
-
-    ari.replies[("GET", "/ari/channels")] = held
+    release = ari.hold("GET", "/ari/channels", [])
     ari.reply("GET", "/ari/asterisk/info", body={"system": {"version": "22.10.1"}})
     stuck = [asyncio.create_task(client.list_channels()) for _ in range(AriClient.STRAGGLERS)]
     await asyncio.sleep(0.15)
