@@ -13,12 +13,14 @@ import signal
 import socket
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from rig import Asterisk, Sipp
 from rig.asterisk import manager_endpoint_conf
+from rig.sipp import parse_trace
 
 from .harness import (  # noqa: F401 - fixtures
     SHOP_NUMBER_DIGITS,
@@ -175,6 +177,63 @@ def test_manager_giving_up_while_the_customer_rings_cancels_the_customer_leg(
     assert (row["outcome"], row["ended_by"], row["answered_at"]) == ("manager_abandoned", "manager", None), (
         row
     )
+    wait_for(lambda: not json.loads(asterisk.ari_get("/channels")), 5, "no channels left")
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
+ANNOUNCEMENT = "conf-now-recording"  # about 2.3 s in the chroot's core sounds
+
+
+def _invite_ok(trace: str, direction: str) -> datetime | None:
+    """When the 200 OK to the INVITE was sent or received in a SIPp trace."""
+    for message in parse_trace(trace):
+        if message.direction == direction and message.status == 200 and message.method == "INVITE":
+            return datetime.strptime(message.timestamp, "%Y-%m-%d %H:%M:%S.%f")
+    return None
+
+
+def test_recording_announcement_is_played_to_the_customer_before_the_manager_is_connected(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    daemon = make_bridged(("olga",), announcement=ANNOUNCEMENT)
+    olga = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Ivan Petrov", olga.id)
+    customer = carrier(trace_dir, rig_alloc, hold_ms=30000)
+    phone = dial(olga, trace_dir, f"*77{order}", hold_ms=3000)
+    assert phone.wait(timeout=60) == 0, phone.describe()
+    customer.wait(timeout=20)
+    answered = _invite_ok(customer.messages(), "sent")
+    connected = _invite_ok(phone.messages(), "received")
+    assert answered and connected, "no 200 OK on one side"
+    # The manager's phone is answered only once the customer has heard the announcement out.
+    assert (connected - answered).total_seconds() > 1.8, (answered, connected)
+    assert _prompt_played(asterisk, "carrier", ANNOUNCEMENT), "announcement not played to the customer"
+    assert not _prompt_played(asterisk, olga.endpoint, ANNOUNCEMENT), "the manager heard the announcement"
+    row = wait_for(lambda: [r for r in daemon.call_rows(olga.id) if r["state"] == "ended"], 10, "ended row")[
+        -1
+    ]
+    assert (row["outcome"], row["ended_by"]) == ("completed", "manager"), row
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
+def test_customer_hanging_up_during_the_announcement_ends_the_managers_call_unconnected(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    daemon = make_bridged(("pavel",), announcement=ANNOUNCEMENT)
+    pavel = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Ivan Petrov", pavel.id)
+    # The customer answers and hangs up 0.5 s into the 2.3 s announcement.
+    customer = carrier(trace_dir, rig_alloc, hold_ms=500)
+    phone = dial(pavel, trace_dir, f"*77{order}", hold_ms=20000, timeout_s=40)
+    assert phone.wait(timeout=30) == 0, phone.describe()
+    assert customer.wait(timeout=20) == 0, customer.describe()
+    assert _invite_ok(phone.messages(), "received") is None, "the manager was answered into an empty call"
+    row = wait_for(lambda: [r for r in daemon.call_rows(pavel.id) if r["state"] == "ended"], 10, "ended row")[
+        -1
+    ]
+    assert (row["outcome"], row["ended_by"]) == ("customer_abandoned", "customer"), row
     wait_for(lambda: not json.loads(asterisk.ari_get("/channels")), 5, "no channels left")
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
 
