@@ -258,6 +258,26 @@ def test_manager_not_answering_or_rejecting_never_dials_the_customer(
     customer.stop()
 
 
+def test_manager_hanging_up_while_the_customer_rings_cancels_the_customer_leg(
+    make_bridged, trace_dir: Path, rig_alloc
+) -> None:
+    daemon = api_daemon(make_bridged, "lev", ring_timeout=60)
+    lev = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Olga S.", lev.id)
+    # The manager answers, hears ringback for 2 s and hangs up; the customer's phone would ring for 60 s.
+    phone = manager_phone(lev, trace_dir, hold_ms=2000)
+    customer = carrier(trace_dir, rig_alloc, "carrier_noanswer", timeout_s=25)
+    status, call, _ = http(daemon, "POST", "/v1/calls", {"order_id": order, "manager_id": lev.id})
+    assert status == 202, call
+    ended = wait_state(daemon, call["id"], "ended", timeout=20)
+    assert (ended["outcome"], ended["ended_by"]) == ("manager_abandoned", "manager"), ended
+    assert phone.wait(timeout=10) == 0, phone.describe()
+    assert customer.wait(timeout=10) == 0, customer.describe()
+    assert re.search(r"^CANCEL sip:", customer.messages(), re.M), "the customer leg was not cancelled"
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
 def test_delete_ends_a_bridged_call(make_bridged, trace_dir: Path, rig_alloc) -> None:
     daemon = api_daemon(make_bridged, "carla")
     carla = daemon.managers[0]
