@@ -386,12 +386,17 @@ def test_daemon_killed_while_bridged_call_goes_on_and_row_is_finalized(
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
 
 
-@pytest.mark.parametrize("recording", [False, True], ids=["two-party-bridge", "recorded-bridge"])
+@pytest.mark.parametrize(
+    ("recording", "method"),
+    [(False, "UPDATE"), (True, "UPDATE"), (False, "INVITE")],
+    ids=["two-party-bridge", "recorded-bridge", "re-invite"],
+)
 def test_carrier_identity_update_mid_call_never_reaches_the_manager(
-    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc, recording: bool
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc, recording: bool, method: str
 ) -> None:
-    """A carrier re-asserting the customer's identity mid-call (UPDATE with PAI/RPID, trusted by the trunk)
-    becomes a connected-line update that crosses the bridge: the manager's side must keep the label.
+    """A carrier re-asserting the customer's identity mid-call (an UPDATE or a re-INVITE with PAI/RPID,
+    trusted by the trunk) becomes a connected-line update that crosses the bridge: the manager's side
+    must keep the label.
 
     In a two-party bridge (recording off) the frame reaches the manager's channel, and only the
     CONNECTED_LINE_SEND_SUB interception keeps the number out (checked: without it this test fails).
@@ -401,17 +406,17 @@ def test_carrier_identity_update_mid_call_never_reaches_the_manager(
     order, number = new_order_id(), new_customer_number()
     add_order(daemon.postgres, order, number, "Nina Volkova", julia.id)
 
-    customer = carrier(trace_dir, rig_alloc, "carrier_answer_update", hold_ms=30000)
+    scenario = {"UPDATE": "carrier_answer_update", "INVITE": "carrier_answer_reinvite"}[method]
+    customer = carrier(trace_dir, rig_alloc, scenario, hold_ms=30000)
     phone = dial(julia, trace_dir, f"*77{order}", hold_ms=8000)
 
     def update_accepted() -> bool:
-        return bool(
-            re.search(
-                r"^SIP/2.0 200 OK\s*$(?:(?!^-{5}).)*^CSeq: \d+ UPDATE", customer.messages(), re.M | re.S
-            )
+        return any(
+            m.direction == "received" and m.status == 200 and m.method == method
+            for m in parse_trace(customer.messages())
         )
 
-    wait_for(update_accepted, 20, "Asterisk accepting the carrier's identity UPDATE")
+    wait_for(update_accepted, 20, f"Asterisk accepting the carrier's identity {method}")
     time.sleep(0.5)  # let the connected-line frame cross the bridge before reading both sides
     channels = {c["id"]: c for c in json.loads(asterisk.ari_get("/channels"))}
     customer_id = next(cid for cid in channels if cid.endswith("-customer"))
