@@ -20,6 +20,8 @@ class ApiError(Exception):
     status = 400
     error_id = "bad_request"
     message = "bad request"
+    # Seconds, sent as Retry-After: a 503 says when trying again makes sense.
+    retry_after: int | None = None
 
     def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message or self.message)
@@ -33,11 +35,11 @@ class ApiError(Exception):
         return {"error": error}
 
 
-def _error(status: int, error_id: str, message: str) -> type[ApiError]:
+def _error(status: int, error_id: str, message: str, *, retry_after: int | None = None) -> type[ApiError]:
     return type(
         "".join(p.title() for p in error_id.split("_")),
         (ApiError,),
-        {"status": status, "error_id": error_id, "message": message},
+        {"status": status, "error_id": error_id, "message": message, "retry_after": retry_after},
     )
 
 
@@ -59,13 +61,24 @@ CallEnded = _error(409, "call_ended", "the call has already ended")
 IdempotencyConflict = _error(
     422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
 )
-LookupUnavailable = _error(503, "order_lookup_failed", "the shop's order database did not answer")
-TelephonyUnavailable = _error(503, "telephony_unavailable", "Asterisk is not connected")
-Overloaded = _error(503, "overloaded", "Asterisk is behind on bridged's requests; try again in a few seconds")
+LookupUnavailable = _error(
+    503, "order_lookup_failed", "the shop's order database did not answer", retry_after=5
+)
+TelephonyUnavailable = _error(503, "telephony_unavailable", "Asterisk is not connected", retry_after=5)
+# The guard lets calls through again as soon as Asterisk has caught up, within a second or two.
+Overloaded = _error(
+    503,
+    "overloaded",
+    "Asterisk is behind on bridged's requests; try again in a few seconds",
+    retry_after=2,
+)
 
 
 def error_response(error: ApiError) -> web.Response:
-    return web.json_response(error.body(), status=error.status)
+    response = web.json_response(error.body(), status=error.status)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 @web.middleware

@@ -44,6 +44,11 @@ def error_responses(*statuses: int) -> dict[str, Any]:
         str(status): {
             "description": "error",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            **(
+                {"headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}}
+                if status == 503
+                else {}
+            ),
         }
         for status in statuses
     }

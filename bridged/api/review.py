@@ -89,12 +89,14 @@ class RecordingUnavailable(ApiError):
     status = 503
     error_id = "recording_unavailable"
     message = "the recording store did not answer"
+    retry_after = 5
 
 
 class AuditUnavailable(ApiError):
     status = 503
     error_id = "audit_unavailable"
     message = "the listen could not be audited, so the recording is not served"
+    retry_after = 5
 
 
 class InvalidRetention(ApiError):

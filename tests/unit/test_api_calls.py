@@ -68,6 +68,7 @@ async def test_overloaded_asterisk_gets_503_overloaded_before_any_ari_request(se
     body = await resp.json()
     assert resp.status == 503, body
     assert body["error"]["id"] == "overloaded"
+    assert resp.headers["Retry-After"] == "2"
     assert ari.calls == []  # not even the manager's registration check
     assert store.audits[-1]["outcome"] == "refused" and store.audits[-1]["reason"] == "overloaded"
     assert metrics.CALLS_REFUSED.value("overloaded") == refused_before + 1

@@ -325,6 +325,7 @@ async def test_no_audit_row_no_recording(served) -> None:
     store.fail_audit = True
     resp = await client.get("/v1/calls/c1/recording", headers=_auth("ops"))
     assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"
     body = await resp.json()
     assert body["error"]["id"] == "audit_unavailable"
     assert b"RIFF" not in await resp.read()
@@ -353,6 +354,7 @@ async def test_recording_errors(served) -> None:
     for call_id, (status, error_id) in cases.items():
         resp = await client.get(f"/v1/calls/{call_id}/recording", headers=_auth("ops"))
         assert (resp.status, (await resp.json())["error"]["id"]) == (status, error_id), call_id
+        assert "Retry-After" not in resp.headers  # only a 503 says when to try again
     assert store.audits == []
 
 
