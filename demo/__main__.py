@@ -30,26 +30,45 @@ def _in_private_netns() -> bool:
 def _reexec_in_netns(argv: list[str]) -> int:
     env = dict(os.environ, **{NETNS_MARK: "1"})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$0" -m demo "$@"',
-           sys.executable, *argv]
+    cmd = [
+        "unshare",
+        "-n",
+        "--",
+        "sh",
+        "-c",
+        'ip link set lo up && exec "$0" -m demo "$@"',
+        sys.executable,
+        *argv,
+    ]
     return subprocess.run(cmd, env=env, cwd=REPO_ROOT).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--http", action="store_true",
-                        help="place the call with POST /v1/calls (the manager's phone rings first)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep Asterisk's instance folder in the chroot after the demo")
-    parser.add_argument("--artifacts", type=Path, default=REPO_ROOT / "artifacts" / "demo",
-                        help="where SIP traces, bridged's log and the recording go (default artifacts/demo)")
+    parser = argparse.ArgumentParser(
+        prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="place the call with POST /v1/calls (the manager's phone rings first)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep Asterisk's instance folder in the chroot after the demo"
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=REPO_ROOT / "artifacts" / "demo",
+        help="where SIP traces, bridged's log and the recording go (default artifacts/demo)",
+    )
     args = parser.parse_args(argv)
 
     if os.geteuid() != 0:
-        print("demo: run as root (Asterisk runs in a chroot, the demo in its own network namespace)",
-              file=sys.stderr)
+        print(
+            "demo: run as root (Asterisk runs in a chroot, the demo in its own network namespace)",
+            file=sys.stderr,
+        )
         return 2
     if not _in_private_netns():
         return _reexec_in_netns(argv)
@@ -73,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {version.splitlines()[0] if version else 'Asterisk'}", flush=True)
         call = DemoCall(http=args.http)
         how = "POST /v1/calls" if args.http else f"the manager's phone dials *77{call.order_id}"
-        print(f"demo: order {call.order_id} of {call.customer_name} (manager {call.manager_id}); {how}; "
-              f"the carrier answers with the customer's number in P-Asserted-Identity ...", flush=True)
+        print(
+            f"demo: order {call.order_id} of {call.customer_name} (manager {call.manager_id}); {how}; "
+            f"the carrier answers with the customer's number in P-Asserted-Identity ...",
+            flush=True,
+        )
         result = run_demo(ast, pg, args.artifacts, call)
     except Exception as exc:  # noqa: BLE001 - the demo reports and exits 2
         print(f"demo: FAILED: {exc}", file=sys.stderr)
@@ -92,14 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         pg.stop()
 
     print(result.report())
-    print(f"\n(SIP traces, bridged.yaml, bridged.log, recording.wav in {args.artifacts}; "
-          f"{time.monotonic() - t0:.1f} s)")
+    print(
+        f"\n(SIP traces, bridged.yaml, bridged.log, recording.wav in {args.artifacts}; "
+        f"{time.monotonic() - t0:.1f} s)"
+    )
     if result.leaked:
         return 1
     if result.row.get("outcome") != "completed":
         outcome = result.row.get("outcome")
-        print(f"demo: the call did not complete (outcome {outcome}): the verdict proves little",
-              file=sys.stderr)
+        print(
+            f"demo: the call did not complete (outcome {outcome}): the verdict proves little", file=sys.stderr
+        )
         return 2
     return 0
 

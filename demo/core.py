@@ -76,8 +76,10 @@ class DemoResult:
             f"   recording:  {row.get('recording_name')}",
         ]
         if self.http_status is not None:
-            lines.append(f"   GET /v1/calls/{row.get('id')}: state={self.http_status.get('state')} "
-                         f"outcome={self.http_status.get('outcome')}")
+            lines.append(
+                f"   GET /v1/calls/{row.get('id')}: state={self.http_status.get('state')} "
+                f"outcome={self.http_status.get('outcome')}"
+            )
         lines += ["", "== recording"]
         if self.recording is not None:
             rms = f"{self.recording_rms:.3f}" if self.recording_rms is not None else "?"
@@ -86,8 +88,11 @@ class DemoResult:
             lines.append("   none")
         lines += ["", "== what the manager's phone was told about the other side (SIP headers received)"]
         lines += [f"   {line}" for line in self.identity_lines] or ["   (no identity headers)"]
-        lines += ["", "== what the customer's phone was shown (From of the INVITE the carrier received)",
-                  f"   {self.customer_saw or '?'}"]
+        lines += [
+            "",
+            "== what the customer's phone was shown (From of the INVITE the carrier received)",
+            f"   {self.customer_saw or '?'}",
+        ]
         lines += [
             "",
             f"== the customer's number ({_masked(self.call.customer_number)}, any format) in:",
@@ -112,13 +117,19 @@ class DemoBridged(Bridged):
         cfg = super().config()
         cfg["database"]["dsn"] = self.postgres.dsn(BRIDGED_DB)
         cfg["orders"]["dsn"] = self.orders_dsn or self.postgres.dsn(SHOP_DB)
-        cfg["managers"] = [{"id": m.id, "name": "Anna K.", "endpoint": m.endpoint, "team": "north"}
-                           for m in self.managers]
+        cfg["managers"] = [
+            {"id": m.id, "name": "Anna K.", "endpoint": m.endpoint, "team": "north"} for m in self.managers
+        ]
         cfg["trunk"]["caller_id"] = '"My Shop" <+15550100>'
         cfg["logging"]["level"] = "INFO"
         cfg["api"] = {
-            "tokens": [{"name": "demo-shop", "role": "shop",
-                        "sha256": hashlib.sha256(API_TOKEN.encode()).hexdigest()}],
+            "tokens": [
+                {
+                    "name": "demo-shop",
+                    "role": "shop",
+                    "sha256": hashlib.sha256(API_TOKEN.encode()).hexdigest(),
+                }
+            ],
         }
         return cfg
 
@@ -139,10 +150,30 @@ def prepare_shop(postgres: Postgres, call: DemoCall) -> None:
     )
 
 
-def _sipp(scenario: str, *, ip: str, port: int, rtp: int, trace_dir: Path, name: str,
-          keys: dict[str, str], remote: str | None = None, service: str | None = None) -> Sipp:
-    sipp = Sipp.start(scenario, local_ip=ip, local_port=port, remote=remote, service=service, keys=keys,
-                      trace_dir=trace_dir, rtp_port=rtp, timeout_s=60, name=name)
+def _sipp(
+    scenario: str,
+    *,
+    ip: str,
+    port: int,
+    rtp: int,
+    trace_dir: Path,
+    name: str,
+    keys: dict[str, str],
+    remote: str | None = None,
+    service: str | None = None,
+) -> Sipp:
+    sipp = Sipp.start(
+        scenario,
+        local_ip=ip,
+        local_port=port,
+        remote=remote,
+        service=service,
+        keys=keys,
+        trace_dir=trace_dir,
+        rtp_port=rtp,
+        timeout_s=60,
+        name=name,
+    )
     if remote is None:
         sipp.wait_listening()
     return sipp
@@ -195,8 +226,12 @@ def run_demo(
     workdir.mkdir(parents=True, exist_ok=True)
     prepare_shop(postgres, call)
 
-    manager = ManagerPhone(id=call.manager_id, endpoint=call.manager_endpoint,
-                           sip_port=call.manager_sip_port, rtp_port=call.manager_rtp_port)
+    manager = ManagerPhone(
+        id=call.manager_id,
+        endpoint=call.manager_endpoint,
+        sip_port=call.manager_sip_port,
+        rtp_port=call.manager_rtp_port,
+    )
     daemon = DemoBridged(asterisk, postgres, workdir, [manager], policy="own")
     endpoints_file = f"demo_{call.manager_endpoint}"
     asterisk.add_endpoints(
@@ -206,26 +241,47 @@ def run_demo(
     sipps: list[Sipp] = []
     try:
         daemon.start()
-        carrier = _sipp("carrier_answer", ip=CARRIER_IP, port=CARRIER_PORT, rtp=call.carrier_rtp_port,
-                        trace_dir=workdir, name="carrier", keys={"hold_ms": "30000", "ring_ms": "300"})
+        carrier = _sipp(
+            "carrier_answer",
+            ip=CARRIER_IP,
+            port=CARRIER_PORT,
+            rtp=call.carrier_rtp_port,
+            trace_dir=workdir,
+            name="carrier",
+            keys={"hold_ms": "30000", "ring_ms": "300"},
+        )
         sipps.append(carrier)
         http_status = None
         if call.http:
             # The manager's phone answers bridged's call (a UAS on its contact), then hangs up after hold_ms.
-            phone = _sipp("carrier_answer", ip="127.0.0.1", port=manager.sip_port, rtp=manager.rtp_port,
-                          trace_dir=workdir, name="manager",
-                          keys={"hold_ms": str(call.hold_ms), "ring_ms": "500"})
+            phone = _sipp(
+                "carrier_answer",
+                ip="127.0.0.1",
+                port=manager.sip_port,
+                rtp=manager.rtp_port,
+                trace_dir=workdir,
+                name="manager",
+                keys={"hold_ms": str(call.hold_ms), "ring_ms": "500"},
+            )
             sipps.append(phone)
-            status, body = _http(daemon.http_port, "POST", "/v1/calls",
-                                 {"order_id": call.order_id, "manager_id": manager.id})
+            status, body = _http(
+                daemon.http_port, "POST", "/v1/calls", {"order_id": call.order_id, "manager_id": manager.id}
+            )
             if status != 202:
                 raise RuntimeError(f"POST /v1/calls answered {status}: {body}")
             call_id = body["id"]
         else:
-            phone = _sipp("manager_call", ip="127.0.0.1", port=manager.sip_port, rtp=manager.rtp_port,
-                          trace_dir=workdir, name="manager", remote=asterisk.sip_address,
-                          service=f"*77{call.order_id}",
-                          keys={"user": manager.endpoint, "hold_ms": str(call.hold_ms), "dtmf": ""})
+            phone = _sipp(
+                "manager_call",
+                ip="127.0.0.1",
+                port=manager.sip_port,
+                rtp=manager.rtp_port,
+                trace_dir=workdir,
+                name="manager",
+                remote=asterisk.sip_address,
+                service=f"*77{call.order_id}",
+                keys={"user": manager.endpoint, "hold_ms": str(call.hold_ms), "dtmf": ""},
+            )
             sipps.append(phone)
             call_id = None
         if phone.wait(timeout=60) != 0:

@@ -43,8 +43,10 @@ def check_samples() -> dict[str, object]:
             "endpoints": names,
             "ari": bool(info.get("system")),
             "bridged_managers_dialplan": "'_*77.'" in managers or "_*77." in managers,
-            "anna": {opt: _option(anna, opt) for opt in
-                     ("context", "send_connected_line", "send_pai", "send_rpid", "allow_transfer")},
+            "anna": {
+                opt: _option(anna, opt)
+                for opt in ("context", "send_connected_line", "send_pai", "send_rpid", "allow_transfer")
+            },
             "carrier_trust_id_inbound": _option(ast.cli("pjsip show endpoint carrier"), "trust_id_inbound"),
             "errors": [line for line in ast.log_text().splitlines() if "ERROR" in line],
         }
@@ -66,8 +68,18 @@ def main() -> int:
         env = dict(os.environ, **{NETNS_MARK: "1"})
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         return subprocess.run(
-            ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$0" -m demo.samples',
-             sys.executable], env=env, cwd=REPO_ROOT).returncode
+            [
+                "unshare",
+                "-n",
+                "--",
+                "sh",
+                "-c",
+                'ip link set lo up && exec "$0" -m demo.samples',
+                sys.executable,
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+        ).returncode
     sys.path.insert(0, str(REPO_ROOT))
     print(json.dumps(check_samples(), indent=2))
     return 0

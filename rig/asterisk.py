@@ -26,29 +26,92 @@ CARRIER_PORT = 5060
 # Modules not needed by bridged or the rig and noisy/slow at load time. Everything else autoloads.
 NOLOAD = [
     # dialplan languages/switches we don't use
-    "pbx_lua.so", "pbx_ael.so", "res_ael_share.so", "pbx_dundi.so", "pbx_realtime.so",
+    "pbx_lua.so",
+    "pbx_ael.so",
+    "res_ael_share.so",
+    "pbx_dundi.so",
+    "pbx_realtime.so",
     # channel drivers other than PJSIP
-    "chan_iax2.so", "chan_unistim.so", "chan_motif.so", "chan_console.so", "chan_websocket.so",
-    "chan_audiosocket.so", "res_audiosocket.so",
+    "chan_iax2.so",
+    "chan_unistim.so",
+    "chan_motif.so",
+    "chan_console.so",
+    "chan_websocket.so",
+    "chan_audiosocket.so",
+    "res_audiosocket.so",
     # CDR/CEL back ends (cdr_csv kept: a leak test can read Master.csv)
-    "cdr_adaptive_odbc.so", "cdr_custom.so", "cdr_manager.so", "cdr_odbc.so", "cdr_pgsql.so", "cdr_radius.so",
-    "cdr_sqlite3_custom.so", "cdr_tds.so", "cel_custom.so", "cel_manager.so", "cel_odbc.so", "cel_pgsql.so",
-    "cel_radius.so", "cel_sqlite3_custom.so", "cel_tds.so", "res_cdrel_custom.so",
+    "cdr_adaptive_odbc.so",
+    "cdr_custom.so",
+    "cdr_manager.so",
+    "cdr_odbc.so",
+    "cdr_pgsql.so",
+    "cdr_radius.so",
+    "cdr_sqlite3_custom.so",
+    "cdr_tds.so",
+    "cel_custom.so",
+    "cel_manager.so",
+    "cel_odbc.so",
+    "cel_pgsql.so",
+    "cel_radius.so",
+    "cel_sqlite3_custom.so",
+    "cel_tds.so",
+    "res_cdrel_custom.so",
     # capture/monitoring/integrations
-    "res_hep.so", "res_hep_pjsip.so", "res_hep_rtcp.so", "res_snmp.so", "res_prometheus.so", "res_statsd.so",
-    "res_xmpp.so", "res_smdi.so", "res_calendar.so", "res_calendar_caldav.so", "res_calendar_ews.so",
-    "res_calendar_exchange.so", "res_calendar_icalendar.so", "res_phoneprov.so",
-    "res_pjsip_phoneprov_provider.so", "res_stir_shaken.so", "res_pjsip_stir_shaken.so", "res_aeap.so",
-    "res_speech_aeap.so", "res_stasis_test.so", "res_resolver_unbound.so", "res_corosync.so",
+    "res_hep.so",
+    "res_hep_pjsip.so",
+    "res_hep_rtcp.so",
+    "res_snmp.so",
+    "res_prometheus.so",
+    "res_statsd.so",
+    "res_xmpp.so",
+    "res_smdi.so",
+    "res_calendar.so",
+    "res_calendar_caldav.so",
+    "res_calendar_ews.so",
+    "res_calendar_exchange.so",
+    "res_calendar_icalendar.so",
+    "res_phoneprov.so",
+    "res_pjsip_phoneprov_provider.so",
+    "res_stir_shaken.so",
+    "res_pjsip_stir_shaken.so",
+    "res_aeap.so",
+    "res_speech_aeap.so",
+    "res_stasis_test.so",
+    "res_resolver_unbound.so",
+    "res_corosync.so",
     # realtime/odbc/ldap config back ends
-    "res_config_curl.so", "res_config_ldap.so", "res_config_odbc.so", "res_config_pgsql.so",
-    "res_config_sqlite3.so", "res_odbc.so", "res_odbc_transaction.so", "func_odbc.so",
+    "res_config_curl.so",
+    "res_config_ldap.so",
+    "res_config_odbc.so",
+    "res_config_pgsql.so",
+    "res_config_sqlite3.so",
+    "res_odbc.so",
+    "res_odbc_transaction.so",
+    "func_odbc.so",
     # apps that want config/hardware we don't have
-    "app_voicemail.so", "app_voicemail_odbc.so", "app_minivm.so", "app_festival.so", "app_jack.so",
-    "app_sms.so", "app_alarmreceiver.so", "app_adsiprog.so", "app_getcpeid.so", "res_adsi.so",
-    "res_pjsip_send_to_voicemail.so", "app_audiosocket.so", "app_amd.so", "app_followme.so", "app_queue.so",
-    "app_agent_pool.so", "app_confbridge.so", "app_page.so", "res_parking.so", "res_stun_monitor.so",
-    "res_pjsip_publish_asterisk.so", "res_pjsip_notify.so", "res_pjsip_config_wizard.so",
+    "app_voicemail.so",
+    "app_voicemail_odbc.so",
+    "app_minivm.so",
+    "app_festival.so",
+    "app_jack.so",
+    "app_sms.so",
+    "app_alarmreceiver.so",
+    "app_adsiprog.so",
+    "app_getcpeid.so",
+    "res_adsi.so",
+    "res_pjsip_send_to_voicemail.so",
+    "app_audiosocket.so",
+    "app_amd.so",
+    "app_followme.so",
+    "app_queue.so",
+    "app_agent_pool.so",
+    "app_confbridge.so",
+    "app_page.so",
+    "res_parking.so",
+    "res_stun_monitor.so",
+    "res_pjsip_publish_asterisk.so",
+    "res_pjsip_notify.so",
+    "res_pjsip_config_wizard.so",
 ]
 
 
@@ -174,11 +237,25 @@ class Asterisk:
     def write_config(self) -> None:
         if self.base.exists():
             shutil.rmtree(self.base)
-        for sub in ("etc/pjsip.d", "spool/recording", "spool/monitor", "spool/tmp", "spool/outgoing",
-                    "run", "log", "db", "cache", "moh", "lib/keys", "log/cdr-csv"):
+        for sub in (
+            "etc/pjsip.d",
+            "spool/recording",
+            "spool/monitor",
+            "spool/tmp",
+            "spool/outgoing",
+            "run",
+            "log",
+            "db",
+            "cache",
+            "moh",
+            "lib/keys",
+            "log/cdr-csv",
+        ):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         inner = self.inner
-        self._write("asterisk.conf", f"""
+        self._write(
+            "asterisk.conf",
+            f"""
             [directories]
             astcachedir => {inner}/cache
             astetcdir => {inner}/etc
@@ -203,16 +280,22 @@ class Asterisk:
             entityid = 02:00:00:00:00:01
             defaultlanguage = en
             hideconnect = yes
-            """)
+            """,
+        )
         noload = "\n".join(f"noload => {m}" for m in NOLOAD)
         self._write("modules.conf", f"[modules]\nautoload = yes\n{noload}\n")
-        self._write("http.conf", f"""
+        self._write(
+            "http.conf",
+            f"""
             [general]
             enabled = yes
             bindaddr = 127.0.0.1
             bindport = {self.http_port}
-            """)
-        self._write("ari.conf", f"""
+            """,
+        )
+        self._write(
+            "ari.conf",
+            f"""
             [general]
             enabled = yes
             pretty = no
@@ -223,29 +306,44 @@ class Asterisk:
             read_only = no
             password = {self._ari_password}
             password_format = plain
-            """)
-        self._write("logger.conf", """
+            """,
+        )
+        self._write(
+            "logger.conf",
+            """
             [general]
             dateformat = %F %T.%3q
 
             [logfiles]
             messages => notice,warning,error,verbose
             console => notice,warning,error
-            """)
+            """,
+        )
         self._write("manager.conf", "[general]\nenabled = no\n")
         self._write("cdr.conf", "[general]\nenable = yes\n\n[csv]\nusegmtime = yes\nloguniqueid = yes\n")
         self._write("rtp.conf", "[general]\nrtpstart = 10000\nrtpend = 19999\n")
         self._write("musiconhold.conf", f"[default]\nmode = files\ndirectory = {inner}/moh\n")
         _make_moh(self.base / "moh" / "rig-tone.wav")
         self._write("features.conf", "[general]\n")
-        for empty in ("websocket_client.conf", "res_http_media_cache.conf", "cli_aliases.conf",
-                      "pjsip_wizard.conf", "geolocation.conf", "pjproject.conf", "cel.conf", "acl.conf",
-                      "udptl.conf", "ccss.conf"):
+        for empty in (
+            "websocket_client.conf",
+            "res_http_media_cache.conf",
+            "cli_aliases.conf",
+            "pjsip_wizard.conf",
+            "geolocation.conf",
+            "pjproject.conf",
+            "cel.conf",
+            "acl.conf",
+            "udptl.conf",
+            "ccss.conf",
+        ):
             self._write(empty, "; intentionally empty (keeps the log free of 'missing config' errors)\n")
         stock = self.root / "etc" / "asterisk" / "indications.conf"  # ringback/busy tones for Dial's r option
         if stock.exists():
             shutil.copyfile(stock, self.etc / "indications.conf")
-        self._write("pjsip.conf", f"""
+        self._write(
+            "pjsip.conf",
+            f"""
             [global]
             type = global
             user_agent = bridged-rig
@@ -282,10 +380,13 @@ class Asterisk:
             match = {self.carrier_ip}
 
             #include pjsip.d/*.conf
-            """)
+            """,
+        )
         # pjsip's #include with a glob that matches nothing is fine, but keep a file there anyway.
         (self.etc / "pjsip.d" / "00-empty.conf").write_text("; per-test endpoints are written next to this\n")
-        self._write("extensions.conf", f"""
+        self._write(
+            "extensions.conf",
+            f"""
             [general]
             static = yes
             writeprotect = yes
@@ -312,7 +413,8 @@ class Asterisk:
              same => n,Read(DIGITS,,4,,,5)
              same => n,Verbose(1,RIG-DTMF ${{CHANNEL(endpoint)}} got ${{DIGITS}})
              same => n,Hangup()
-            """)
+            """,
+        )
         self._copy_dialplan()
 
     def _copy_dialplan(self) -> None:
@@ -334,7 +436,9 @@ class Asterisk:
         console = open(self.console_path, "wb")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
             ["chroot", str(self.root), "/usr/sbin/asterisk", *self._conf_arg(), "-f", "-n"],
-            stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         console.close()
@@ -372,8 +476,11 @@ class Asterisk:
         if proc is None or proc.poll() is not None:
             return
         try:
-            subprocess.run(["chroot", str(self.root), "/usr/sbin/asterisk", *self._conf_arg(), "-rx",
-                            "core stop now"], capture_output=True, timeout=5)
+            subprocess.run(
+                ["chroot", str(self.root), "/usr/sbin/asterisk", *self._conf_arg(), "-rx", "core stop now"],
+                capture_output=True,
+                timeout=5,
+            )
         except subprocess.TimeoutExpired:
             pass
         try:
@@ -397,13 +504,18 @@ class Asterisk:
     def cli(self, cmd: str, *, check: bool = True, timeout: float = 10.0) -> str:
         res = subprocess.run(
             ["chroot", str(self.root), "/usr/sbin/asterisk", *self._conf_arg(), "-rx", cmd],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and res.returncode != 0:
             raise AsteriskError(f"asterisk -rx {cmd!r} failed ({res.returncode}): {res.stdout}{res.stderr}")
         # The remote console prints this itself (no NIC inside the test's network namespace).
-        return "".join(line for line in res.stdout.splitlines(keepends=True)
-                       if not line.startswith("No ethernet interface found for seeding global EID"))
+        return "".join(
+            line
+            for line in res.stdout.splitlines(keepends=True)
+            if not line.startswith("No ethernet interface found for seeding global EID")
+        )
 
     def ari_get(self, path: str, timeout: float = 5.0) -> bytes:
         """Plain synchronous GET on ARI (for the rig itself and for test assertions)."""
@@ -464,7 +576,7 @@ def _endpoint_names(conf_text: str) -> list[str]:
     for raw in conf_text.splitlines():
         line = raw.split(";", 1)[0].strip()
         if line.startswith("[") and "]" in line:
-            section = line[1:line.index("]")]
+            section = line[1 : line.index("]")]
         elif section and line.replace(" ", "") == "type=endpoint" and section not in names:
             names.append(section)
     return names
@@ -473,5 +585,26 @@ def _endpoint_names(conf_text: str) -> list[str]:
 def _make_moh(path: Path) -> None:
     """A quiet 16-bit 8 kHz tone for the default music-on-hold class (format_wav)."""
     if shutil.which("sox"):
-        subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer", str(path),
-                        "synth", "5", "sine", "350", "vol", "0.2"], check=False, capture_output=True)
+        subprocess.run(
+            [
+                "sox",
+                "-n",
+                "-r",
+                "8000",
+                "-c",
+                "1",
+                "-b",
+                "16",
+                "-e",
+                "signed-integer",
+                str(path),
+                "synth",
+                "5",
+                "sine",
+                "350",
+                "vol",
+                "0.2",
+            ],
+            check=False,
+            capture_output=True,
+        )

@@ -58,9 +58,22 @@ class Postgres:
             for p in (self.dir, self.socket_dir):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
         subprocess.run(
-            self._as_user([str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                           "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
-            check=True, capture_output=True,
+            self._as_user(
+                [
+                    str(self.bin_dir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
         with open(self.data_dir / "postgresql.conf", "a") as f:
             f.write(
@@ -71,25 +84,37 @@ class Postgres:
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 "max_connections = 100\n"
             )
-        (self.data_dir / "pg_hba.conf").write_text(
-            "local all all trust\n"
-            "host all all 127.0.0.1/32 trust\n"
-        )
+        (self.data_dir / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
         log = open(self.log_path, "wb")  # noqa: SIM115
         if os.geteuid() == 0:
             pw = pwd.getpwnam(self.os_user)
             os.chown(self.log_path, pw.pw_uid, pw.pw_gid)
         self.proc = subprocess.Popen(
             self._as_user([str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise PostgresError(f"postgres exited ({self.proc.returncode}):\n{self.log_path.read_text()}")
-            res = subprocess.run([str(self.bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port),
-                                  "-U", "postgres", "-d", "postgres"], capture_output=True)
+            res = subprocess.run(
+                [
+                    str(self.bin_dir / "pg_isready"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                ],
+                capture_output=True,
+            )
             if res.returncode == 0:
                 return
             if time.monotonic() > deadline:
@@ -129,9 +154,27 @@ class Postgres:
     def execute(self, dbname: str, sql: str) -> str:
         """Run ``sql`` with psql (ON_ERROR_STOP); returns unaligned, tuples-only output."""
         res = subprocess.run(
-            [str(self.bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-A", "-t",
-             "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", dbname, "-c", sql],
-            capture_output=True, text=True,
+            [
+                str(self.bin_dir / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                dbname,
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
         )
         if res.returncode != 0:
             raise PostgresError(f"psql failed on {dbname}: {res.stderr.strip()}")

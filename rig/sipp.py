@@ -17,8 +17,25 @@ def make_tone_wav(path: Path, *, seconds: int = 10, freq: int = 440) -> Path:
     """A u-law 8 kHz mono WAV for ``rtp_stream`` (SIPp streams its payload as PCMU)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-e", "u-law", str(path),
-                    "synth", str(seconds), "sine", str(freq)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "sox",
+            "-n",
+            "-r",
+            "8000",
+            "-c",
+            "1",
+            "-e",
+            "u-law",
+            str(path),
+            "synth",
+            str(seconds),
+            "sine",
+            str(freq),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
@@ -119,18 +136,43 @@ class Sipp:
         argv = [SIPP]
         if remote:
             argv.append(remote)
-        argv += ["-sf", str(scenario), "-i", local_ip, "-p", str(local_port), "-t", "u1",
-                 "-m", str(calls), "-l", str(max(calls, 1)),
-                 "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error",
-                 "-trace_msg", "-message_file", str(trace_dir / f"{name}_messages.log"),
-                 "-trace_err", "-error_file", str(trace_dir / f"{name}_errors.log"),
-                 "-trace_screen", "-screen_file", str(trace_dir / f"{name}_screen.log"),
-                 "-trace_logs", "-log_file", str(trace_dir / f"{name}_logs.log"),
-                 "-max_recv_loops", "1000",
-                 # The hold loops tick every 250 ms through <nop>s; a BYE landing in that instant would
-                 # otherwise abort the call as "unexpected". Without abortunexp SIPp leaves it unanswered,
-                 # the peer retransmits (T1) and the retransmission is matched in the hold loop.
-                 "-default_behaviors", "all,-abortunexp"]
+        argv += [
+            "-sf",
+            str(scenario),
+            "-i",
+            local_ip,
+            "-p",
+            str(local_port),
+            "-t",
+            "u1",
+            "-m",
+            str(calls),
+            "-l",
+            str(max(calls, 1)),
+            "-nostdin",
+            "-timeout",
+            f"{timeout_s}s",
+            "-timeout_error",
+            "-trace_msg",
+            "-message_file",
+            str(trace_dir / f"{name}_messages.log"),
+            "-trace_err",
+            "-error_file",
+            str(trace_dir / f"{name}_errors.log"),
+            "-trace_screen",
+            "-screen_file",
+            str(trace_dir / f"{name}_screen.log"),
+            "-trace_logs",
+            "-log_file",
+            str(trace_dir / f"{name}_logs.log"),
+            "-max_recv_loops",
+            "1000",
+            # The hold loops tick every 250 ms through <nop>s; a BYE landing in that instant would
+            # otherwise abort the call as "unexpected". Without abortunexp SIPp leaves it unanswered,
+            # the peer retransmits (T1) and the retransmission is matched in the hold loop.
+            "-default_behaviors",
+            "all,-abortunexp",
+        ]
         if service:
             argv += ["-s", service]
         if rtp_port is not None:
@@ -140,8 +182,14 @@ class Sipp:
         argv += extra_args or []
         out = open(trace_dir / f"{name}_output.log", "wb")  # noqa: SIM115
         # cwd=trace_dir: rtp_stream file names in the scenarios are relative to it.
-        proc = subprocess.Popen(argv, cwd=trace_dir, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=trace_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         out.close()
         return cls(name, argv, trace_dir, proc)
 
@@ -202,8 +250,10 @@ class Sipp:
 
     def describe(self) -> str:
         """Everything useful for an assertion message."""
-        return (f"sipp {self.name} rc={self.proc.poll()}\nargv: {' '.join(self.argv)}\n"
-                f"--- output\n{self.output()[-3000:]}\n--- errors\n{self.errors()[-3000:]}")
+        return (
+            f"sipp {self.name} rc={self.proc.poll()}\nargv: {' '.join(self.argv)}\n"
+            f"--- output\n{self.output()[-3000:]}\n--- errors\n{self.errors()[-3000:]}"
+        )
 
     def __enter__(self) -> Sipp:
         return self
