@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # A hangup Asterisk did not answer is retried after these delays (seconds), about 4 minutes in all.
 HANGUP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 60.0, 60.0)
+# Ending a call's row when bridged's database did not answer: these waits, then once a minute.
+FINISH_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 # How often channels in our application that belong to no call are looked for.
 STRAY_SWEEP_SECONDS = 60.0
 
@@ -853,15 +855,48 @@ class CallEngine:
         metrics.CALLS_ENDED.inc(outcome.value)
         if call.started is not None and not call.started.done():
             call.started.set_result(None)
+        ended_at = datetime.now(UTC)
+        try:
+            await self._end_row(call)
+        except Exception as exc:
+            # The legs are down; the row must follow, or the call shows as going on until a restart.
+            log.warning("call %s: ending its row failed (%s); retrying", call.id, type(exc).__name__)
+            retry = asyncio.get_running_loop().create_task(self._retry_end_row(call, ended_at))
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
+        log.info("call %s ended: %s (by %s)", call.id, outcome, call.ended_by or "-")
+
+    async def _end_row(self, call: Call, ended_at: datetime | None = None) -> None:
+        assert call.outcome is not None
         await self.store.finish_audited(
             call.id,
-            outcome=outcome.value,
+            outcome=call.outcome.value,
             hangup_cause=call.hangup_cause,
             ended_by=call.ended_by,
             actor=call.manager.id,
             order_id=call.order_id,
+            ended_at=ended_at,
         )
-        log.info("call %s ended: %s (by %s)", call.id, outcome, call.ended_by or "-")
+
+    async def _retry_end_row(self, call: Call, ended_at: datetime) -> None:
+        """Until the database takes it (idempotent: a row ended meanwhile keeps its first ending).
+
+        A retried row gets the time the call really ended, not the time the database came back."""
+        delays = itertools.chain(FINISH_RETRY_DELAYS, itertools.repeat(60.0))
+        for attempt, delay in enumerate(delays, start=1):
+            await asyncio.sleep(delay)
+            try:
+                await self._end_row(call, ended_at)
+            except Exception as exc:
+                if attempt == len(FINISH_RETRY_DELAYS):
+                    log.error(
+                        "call %s: ending its row still fails (%s); retrying once a minute",
+                        call.id,
+                        type(exc).__name__,
+                    )
+                continue
+            log.info("call %s: row ended on retry %d", call.id, attempt)
+            return
 
     async def _abort(self, call: Call) -> None:
         if call.state is CallState.ENDED:

@@ -125,15 +125,17 @@ class Store:
         ended_by: str | None,
         actor: str,
         order_id: str | None,
+        ended_at: datetime | None = None,
     ) -> None:
         """End the row and write its ``call.end`` audit row, in one statement.
 
         Idempotent like :meth:`finish`: a call that has already ended (say, by a daemon that
         reconciled it after a restart) keeps its first ending and gets no second ``call.end`` row.
+        ``ended_at`` defaults to the database's now (a retry passes when the call really ended).
         """
         await self.pool.execute(
             "WITH c AS (UPDATE calls SET state = 'ended', outcome = $2, hangup_cause = $3, ended_by = $4,"
-            " ended_at = now() WHERE id = $1 AND state <> 'ended' RETURNING id)"
+            " ended_at = coalesce($7, now()) WHERE id = $1 AND state <> 'ended' RETURNING id)"
             " INSERT INTO audit (actor, action, call_id, order_id, outcome, reason)"
             " SELECT $5, 'call.end', c.id, $6, $2, $4 FROM c",
             call_id,
@@ -142,6 +144,7 @@ class Store:
             ended_by,
             actor,
             order_id,
+            ended_at,
         )
 
     async def get_call(self, call_id: str) -> CallRow | None:

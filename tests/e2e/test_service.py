@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -190,6 +191,39 @@ def test_healthz_is_503_when_the_database_is_gone(make_bridged, shop) -> None:
         shop.execute("postgres", "ALTER DATABASE bridged WITH ALLOW_CONNECTIONS true")
     wait_for(lambda: health(daemon)[0] == 200, 10, "healthz back to 200")
     assert daemon.alive()
+
+
+def test_a_call_ending_while_the_database_is_gone_gets_its_row_ended_when_it_is_back(
+    make_bridged, shop, trace_dir: Path, rig_alloc
+) -> None:
+    """The legs go down at once; the row is ended on retry, with the time the call really ended."""
+    daemon = make_bridged(("nina",))
+    nina = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Olga S.", nina.id)
+    customer = carrier(trace_dir, rig_alloc, hold_ms=60000, timeout_s=60)
+    phone = dial(nina, trace_dir, f"*77{order}", hold_ms=6000, timeout_s=60)
+    wait_for(lambda: rows_in(daemon, nina, "bridged"), 20, "bridged row")
+    shop.execute("postgres", "ALTER DATABASE bridged WITH ALLOW_CONNECTIONS false")
+    try:
+        shop.execute(
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'bridged'",
+        )
+        # The manager hangs up during the outage: the customer's leg is hung up all the same.
+        assert phone.wait(timeout=30) == 0, phone.describe()
+        assert customer.wait(timeout=10) == 0, customer.describe()
+        assert re.search(r"^BYE sip:", customer.messages(), re.M), "customer leg was not hung up"
+        time.sleep(4)  # the outage goes on: the first retries fail too
+    finally:
+        shop.execute("postgres", "ALTER DATABASE bridged WITH ALLOW_CONNECTIONS true")
+    row = wait_for(lambda: ended_rows(daemon, nina), 30, "row ended once the database is back")[-1]
+    assert (row["outcome"], row["ended_by"]) == ("completed", "manager"), row
+    # Ended when the manager hung up (6 s into the call), not when the database came back (4 s later).
+    assert 4 < row["duration"] < 8, row
+    assert "ending its row failed" in daemon.log_text() and "row ended on retry" in daemon.log_text()
+    assert daemon.alive()
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
 
 
 # -- systemd notify protocol -------------------------------------------------------------------------

@@ -524,11 +524,14 @@ class FakeStore:
         ended_by: str | None,
         actor: str,
         order_id: str | None,
+        ended_at: datetime | None = None,
     ) -> None:
         row = self.rows.get(call_id)
         if row is None or row["state"] == "ended":
             return
-        await self.finish(call_id, outcome=outcome, hangup_cause=hangup_cause, ended_by=ended_by)
+        await self.finish(
+            call_id, outcome=outcome, hangup_cause=hangup_cause, ended_by=ended_by, ended_at=ended_at
+        )
         await self.audit(
             actor=actor,
             action="call.end",

@@ -556,6 +556,34 @@ async def test_a_hangup_asterisk_did_not_answer_is_retried(
     assert any("done on retry 2" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_row_the_database_would_not_end_is_ended_on_retry_with_the_real_end_time(
+    env: Env, fast_sleep: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # bridged's database away when the call ends: the legs go down at once, the row follows later
+    # (else the call would show as going on, in the API and /ops/, until the next restart).
+    customer = await env.bridged("call-a", "m-a")
+    real = env.store.finish_audited
+    failures = [OSError("database gone"), OSError("database gone")]
+    attempts: list[dict[str, Any]] = []
+
+    async def flaky(call_id: str, **kw: Any) -> None:
+        attempts.append(kw)
+        if failures:
+            raise failures.pop()
+        await real(call_id, **kw)
+
+    env.store.finish_audited = flaky  # type: ignore[method-assign]
+    with caplog.at_level("INFO", logger="bridged.calls"):
+        env.engine.on_event(hangup_request("m-a"))
+        await wait_until(lambda: customer in env.ari.hung_up(), what="customer leg hung up")
+        row = await env.ended("call-a")
+    assert (row["outcome"], row["ended_by"]) == ("completed", "manager")
+    assert len(attempts) == 3 and attempts[0]["ended_at"] is None
+    assert attempts[1]["ended_at"] == attempts[2]["ended_at"] == row["ended_at"]  # when it really ended
+    assert [a["outcome"] for a in env.store.audits if a["action"] == "call.end"] == ["completed"]
+    assert any("row ended on retry 2" in r.getMessage() for r in caplog.records)
+
+
 async def test_shutdown_does_not_wait_for_hangups_being_retried(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a")
     env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
