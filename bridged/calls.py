@@ -11,12 +11,13 @@ only enqueues, so a slow call never stalls the others.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -33,8 +34,8 @@ log = logging.getLogger(__name__)
 
 # A hangup Asterisk did not answer is retried after these delays (seconds), about 4 minutes in all.
 HANGUP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 60.0, 60.0)
-# Ending a call's row when bridged's database did not answer: these waits, then once a minute.
-FINISH_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+# Writing a call's row when bridged's database did not take it: these waits, then once a minute.
+ROW_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 # How often channels in our application that belong to no call are looked for.
 STRAY_SWEEP_SECONDS = 60.0
 
@@ -215,6 +216,10 @@ class Call:
     task: asyncio.Task[None] | None = None
     # True while the worker handles an event: a SIGTERM drain waits for the step to finish.
     handling: bool = False
+    # Writes to the call's row the database did not take yet, oldest first (see CallEngine._write_row).
+    unwritten: collections.deque[tuple[str, Callable[[], Awaitable[None]]]] = field(
+        default_factory=collections.deque
+    )
 
     @property
     def label(self) -> str:
@@ -577,7 +582,48 @@ class CallEngine:
                 log.exception("call %s: state listener failed", call.id)
 
     async def _persist_state(self, call: Call) -> None:
-        await self.store.set_state(call.id, call.state.value)
+        state = call.state.value
+        await self._write_row(call, f"state {state}", lambda: self.store.set_state(call.id, state))
+
+    async def _write_row(self, call: Call, what: str, write: Callable[[], Awaitable[None]]) -> None:
+        """Write to the call's row without ever letting the database decide the call's fate.
+
+        A write the database does not take (bridged's PostgreSQL away for a moment) is kept and retried
+        in the background, in order with the call's later writes, while the call goes on: a bridged
+        call is not cut off because its bookkeeping failed. Every write is idempotent, so a retry after
+        an answer lost on the way is harmless."""
+        if call.unwritten:  # earlier writes are still waiting: this one goes after them
+            call.unwritten.append((what, write))
+            return
+        try:
+            await write()
+        except Exception as exc:
+            log.warning("call %s: %s not written (%s); retrying", call.id, what, type(exc).__name__)
+            call.unwritten.append((what, write))
+            retry = asyncio.get_running_loop().create_task(self._retry_row_writes(call))
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
+
+    async def _retry_row_writes(self, call: Call) -> None:
+        delays = itertools.chain(ROW_RETRY_DELAYS, itertools.repeat(60.0))
+        for attempt, delay in enumerate(delays, start=1):
+            await asyncio.sleep(delay)
+            try:
+                while call.unwritten:
+                    _, write = call.unwritten[0]
+                    await write()
+                    call.unwritten.popleft()
+            except Exception as exc:
+                if attempt == len(ROW_RETRY_DELAYS):
+                    log.error(
+                        "call %s: %s still not written (%s); retrying once a minute",
+                        call.id,
+                        call.unwritten[0][0],
+                        type(exc).__name__,
+                    )
+                continue
+            log.info("call %s: row written on retry %d", call.id, attempt)
+            return
 
     async def _on_manager_ready(self, call: Call) -> None:
         manager_channel = call.manager_channel_id
@@ -737,8 +783,13 @@ class CallEngine:
                 call.recording_name = name
             except AriError as exc:
                 log.error("call %s: recording could not start: %s", call.id, exc)
-        await self.store.mark_bridged(
-            call.id, answered_at=call.answered_at, bridge_id=bridge_id, recording_name=call.recording_name
+        answered_at, recording_name = call.answered_at, call.recording_name
+        await self._write_row(
+            call,
+            "bridged",
+            lambda: self.store.mark_bridged(
+                call.id, answered_at=answered_at, bridge_id=bridge_id, recording_name=recording_name
+            ),
         )
         log.info("call %s bridged (recording %s)", call.id, call.recording_name or "off")
 
@@ -810,13 +861,18 @@ class CallEngine:
             await self.ari.transfer_progress(channel_id, "channel_declined")
         except AriError as exc:
             log.warning("call %s: declining the transfer failed: %s", call.id, exc)
-        await self.store.audit(
-            actor=call.manager.id if side == "manager" else "customer",
-            action="call.transfer",
-            outcome="refused",
-            call_id=call.id,
-            order_id=call.order_id,
-            reason=f"{side} sent REFER",
+        actor = call.manager.id if side == "manager" else "customer"
+        await self._write_row(
+            call,
+            "transfer audit",
+            lambda: self.store.audit(
+                actor=actor,
+                action="call.transfer",
+                outcome="refused",
+                call_id=call.id,
+                order_id=call.order_id,
+                reason=f"{side} sent REFER",
+            ),
         )
 
     async def _refuse(self, call: Call, outcome: Outcome, prompt: str) -> None:
@@ -855,48 +911,23 @@ class CallEngine:
         metrics.CALLS_ENDED.inc(outcome.value)
         if call.started is not None and not call.started.done():
             call.started.set_result(None)
+        # The host's clock, as for answered_at: a retried write keeps when the call really ended.
         ended_at = datetime.now(UTC)
-        try:
-            await self._end_row(call)
-        except Exception as exc:
-            # The legs are down; the row must follow, or the call shows as going on until a restart.
-            log.warning("call %s: ending its row failed (%s); retrying", call.id, type(exc).__name__)
-            retry = asyncio.get_running_loop().create_task(self._retry_end_row(call, ended_at))
-            self._retries.add(retry)
-            retry.add_done_callback(self._retries.discard)
-        log.info("call %s ended: %s (by %s)", call.id, outcome, call.ended_by or "-")
-
-    async def _end_row(self, call: Call, ended_at: datetime | None = None) -> None:
-        assert call.outcome is not None
-        await self.store.finish_audited(
-            call.id,
-            outcome=call.outcome.value,
-            hangup_cause=call.hangup_cause,
-            ended_by=call.ended_by,
-            actor=call.manager.id,
-            order_id=call.order_id,
-            ended_at=ended_at,
+        outcome_value, hangup_cause, ended_by = outcome.value, call.hangup_cause, call.ended_by
+        await self._write_row(
+            call,
+            "end",
+            lambda: self.store.finish_audited(
+                call.id,
+                outcome=outcome_value,
+                hangup_cause=hangup_cause,
+                ended_by=ended_by,
+                actor=call.manager.id,
+                order_id=call.order_id,
+                ended_at=ended_at,
+            ),
         )
-
-    async def _retry_end_row(self, call: Call, ended_at: datetime) -> None:
-        """Until the database takes it (idempotent: a row ended meanwhile keeps its first ending).
-
-        A retried row gets the time the call really ended, not the time the database came back."""
-        delays = itertools.chain(FINISH_RETRY_DELAYS, itertools.repeat(60.0))
-        for attempt, delay in enumerate(delays, start=1):
-            await asyncio.sleep(delay)
-            try:
-                await self._end_row(call, ended_at)
-            except Exception as exc:
-                if attempt == len(FINISH_RETRY_DELAYS):
-                    log.error(
-                        "call %s: ending its row still fails (%s); retrying once a minute",
-                        call.id,
-                        type(exc).__name__,
-                    )
-                continue
-            log.info("call %s: row ended on retry %d", call.id, attempt)
-            return
+        log.info("call %s ended: %s (by %s)", call.id, outcome, call.ended_by or "-")
 
     async def _abort(self, call: Call) -> None:
         if call.state is CallState.ENDED:

@@ -82,14 +82,17 @@ class Store:
         )
 
     async def set_state(self, call_id: str, state: str) -> None:
-        await self.pool.execute("UPDATE calls SET state = $2 WHERE id = $1", call_id, state)
+        # Never back from ended: a write retried late (bridged's database was away) must not revive a row.
+        await self.pool.execute(
+            "UPDATE calls SET state = $2 WHERE id = $1 AND state <> 'ended'", call_id, state
+        )
 
     async def mark_bridged(
         self, call_id: str, *, answered_at: datetime, bridge_id: str, recording_name: str | None
     ) -> None:
         await self.pool.execute(
             "UPDATE calls SET state = 'bridged', answered_at = $2, bridge_id = $3, recording_name = $4"
-            " WHERE id = $1",
+            " WHERE id = $1 AND state <> 'ended'",
             call_id,
             answered_at,
             bridge_id,

@@ -22,6 +22,7 @@ import yaml
 
 from rig import Asterisk, Sipp
 from rig.asterisk import manager_endpoint_conf
+from rig.sipp import parse_trace
 
 from .harness import (  # noqa: F401 - fixtures
     CARRIER,
@@ -193,37 +194,42 @@ def test_healthz_is_503_when_the_database_is_gone(make_bridged, shop) -> None:
     assert daemon.alive()
 
 
-def test_a_call_ending_while_the_database_is_gone_gets_its_row_ended_when_it_is_back(
+def test_the_database_going_away_mid_call_cuts_nothing_and_the_row_catches_up(
     make_bridged, shop, trace_dir: Path, rig_alloc
 ) -> None:
-    """The legs go down at once; the row is ended on retry, with the time the call really ended."""
+    """bridged's PostgreSQL goes away while the customer rings: the call is still bridged and recorded,
+    the manager talks for 5 s and hangs up, and once the database is back the row is bridged, then
+    ended, with the times the call really had."""
     daemon = make_bridged(("nina",))
     nina = daemon.managers[0]
     order, number = new_order_id(), new_customer_number()
     add_order(daemon.postgres, order, number, "Olga S.", nina.id)
-    customer = carrier(trace_dir, rig_alloc, hold_ms=60000, timeout_s=60)
-    phone = dial(nina, trace_dir, f"*77{order}", hold_ms=6000, timeout_s=60)
-    wait_for(lambda: rows_in(daemon, nina, "bridged"), 20, "bridged row")
+    customer = carrier_for(trace_dir, rig_alloc, calls=1, ring_ms=3000, hold_ms=60000)
+    phone = dial(nina, trace_dir, f"*77{order}", hold_ms=5000, timeout_s=60)
+    wait_for(lambda: rows_in(daemon, nina, "ringing_customer"), 20, "customer ringing")
     shop.execute("postgres", "ALTER DATABASE bridged WITH ALLOW_CONNECTIONS false")
     try:
         shop.execute(
             "postgres",
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'bridged'",
         )
-        # The manager hangs up during the outage: the customer's leg is hung up all the same.
+        # The customer answers during the outage, the two talk, the manager hangs up.
         assert phone.wait(timeout=30) == 0, phone.describe()
         assert customer.wait(timeout=10) == 0, customer.describe()
         assert re.search(r"^BYE sip:", customer.messages(), re.M), "customer leg was not hung up"
-        time.sleep(4)  # the outage goes on: the first retries fail too
+        assert any(m.status == 200 and m.method == "INVITE" for m in parse_trace(phone.messages()))
+        time.sleep(2)  # the outage goes on: the first retries fail too
     finally:
         shop.execute("postgres", "ALTER DATABASE bridged WITH ALLOW_CONNECTIONS true")
     row = wait_for(lambda: ended_rows(daemon, nina), 30, "row ended once the database is back")[-1]
     assert (row["outcome"], row["ended_by"]) == ("completed", "manager"), row
-    # Ended when the manager hung up (6 s into the call), not when the database came back (4 s later).
-    assert 4 < row["duration"] < 8, row
-    assert "ending its row failed" in daemon.log_text() and "row ended on retry" in daemon.log_text()
+    assert row["recording_name"] and row["answered_at"], row
+    # 5 s of talk, not the 2 s more the database was away.
+    assert 4 < row["duration"] < 6.5, row
+    log_text = daemon.log_text()
+    assert "bridged not written" in log_text and "row written on retry" in log_text
     assert daemon.alive()
-    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=log_text)
 
 
 # -- systemd notify protocol -------------------------------------------------------------------------

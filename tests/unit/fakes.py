@@ -472,7 +472,7 @@ class FakeStore:
         )
 
     async def set_state(self, call_id: str, state: str) -> None:
-        if call_id in self.rows:
+        if call_id in self.rows and self.rows[call_id]["state"] != "ended":
             self.rows[call_id]["state"] = state
 
     async def _set_channels(
@@ -490,7 +490,7 @@ class FakeStore:
         self, call_id: str, *, answered_at: datetime, bridge_id: str, recording_name: str | None
     ) -> None:
         row = self.rows.get(call_id)
-        if row is not None:
+        if row is not None and row["state"] != "ended":
             row.update(
                 state="bridged", answered_at=answered_at, bridge_id=bridge_id, recording_name=recording_name
             )

@@ -97,6 +97,15 @@ class Env:
         assert customer
         return str(customer)
 
+    async def ringing_unpersisted(self, call_id: str, manager_channel: str) -> str:
+        """As :meth:`ringing`, for when the row's writes fail: waits on the engine, not the row."""
+        self.expect(call_id, manager_channel)
+        self.engine.on_event(stasis_start(manager_channel, ["order", call_id], state="Ring"))
+        await wait_until(
+            lambda: any(kw["app_args"] == f"customer,{call_id}" for kw in self.ari.named("originate"))
+        )
+        return calls_module.customer_leg_id(call_id)
+
     async def bridged(self, call_id: str, manager_channel: str) -> str:
         customer = await self.ringing(call_id, manager_channel)
         self.engine.on_event(stasis_start(customer, ["customer", call_id], state="Up"))
@@ -504,12 +513,9 @@ async def test_not_connected_refuses_without_originate(env: Env) -> None:
 
 
 async def test_failing_step_aborts_the_call(env: Env) -> None:
-    # The database fails while the row's state is updated (along with the customer's INVITE): the
+    # A step fails unexpectedly (a bug, not Asterisk being away) while the customer is dialled: the
     # call is aborted cleanly, both legs hung up, and the row still gets its end.
-    async def broken(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("database gone")
-
-    env.store.set_state = broken  # type: ignore[method-assign]
+    env.ari.errors["originate"] = RuntimeError("unexpected")
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
     row = await env.ended("call-a")
@@ -517,6 +523,41 @@ async def test_failing_step_aborts_the_call(env: Env) -> None:
     [orig] = env.ari.named("originate")
     assert set(env.ari.hung_up()) == {"m-a", orig["channel_id"]}
     assert row["customer_channel_id"] == orig["channel_id"]
+
+
+async def test_the_database_failing_mid_call_does_not_cut_the_call(
+    env: Env, fast_sleep: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # bridged's PostgreSQL goes away as the customer is dialled: the call goes on and is bridged; the
+    # row's writes are kept and retried in their order once the database is back.
+    down = True
+    real_set_state, real_mark_bridged = env.store.set_state, env.store.mark_bridged
+
+    async def set_state(call_id: str, state: str) -> None:
+        if down:
+            raise OSError("database gone")
+        await real_set_state(call_id, state)
+
+    async def mark_bridged(call_id: str, **kw: Any) -> None:
+        if down:
+            raise OSError("database gone")
+        await real_mark_bridged(call_id, **kw)
+
+    env.store.set_state = set_state  # type: ignore[method-assign]
+    env.store.mark_bridged = mark_bridged  # type: ignore[method-assign]
+    with caplog.at_level("INFO", logger="bridged.calls"):
+        customer = await env.ringing_unpersisted("call-a", "m-a")
+        env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+        await wait_until(lambda: env.engine.calls["call-a"].state is calls_module.CallState.BRIDGED)
+        assert len(env.ari.named("add_channel")) == 1 and env.ari.hung_up() == []
+        assert env.row("call-a")["state"] == "requested"  # nothing written yet
+        down = False
+        await wait_until(lambda: env.row("call-a")["state"] == "bridged", what="row caught up")
+    assert env.row("call-a")["bridge_id"] and env.row("call-a")["answered_at"]
+    assert any("row written on retry" in r.getMessage() for r in caplog.records)
+    env.engine.on_event(hangup_request("m-a"))
+    row = await env.ended("call-a")
+    assert (row["outcome"], row["ended_by"]) == ("completed", "manager")
 
 
 async def test_asterisk_timing_out_aborts_the_call_with_one_line(
@@ -578,10 +619,10 @@ async def test_a_row_the_database_would_not_end_is_ended_on_retry_with_the_real_
         await wait_until(lambda: customer in env.ari.hung_up(), what="customer leg hung up")
         row = await env.ended("call-a")
     assert (row["outcome"], row["ended_by"]) == ("completed", "manager")
-    assert len(attempts) == 3 and attempts[0]["ended_at"] is None
-    assert attempts[1]["ended_at"] == attempts[2]["ended_at"] == row["ended_at"]  # when it really ended
+    assert len(attempts) == 3
+    assert attempts[0]["ended_at"] == attempts[2]["ended_at"] == row["ended_at"]  # when it really ended
     assert [a["outcome"] for a in env.store.audits if a["action"] == "call.end"] == ["completed"]
-    assert any("row ended on retry 2" in r.getMessage() for r in caplog.records)
+    assert any("row written on retry 2" in r.getMessage() for r in caplog.records)
 
 
 async def test_shutdown_does_not_wait_for_hangups_being_retried(env: Env) -> None:
