@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 HANGUP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 60.0, 60.0)
 # Writing a call's row when bridged's database did not take it: these waits, then once a minute.
 ROW_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+# How long a stopping daemon gives those writes a last chance.
+LAST_ROW_WRITES_SECONDS = 2.0
 # How often channels in our application that belong to no call are looked for.
 STRAY_SWEEP_SECONDS = 60.0
 
@@ -295,6 +297,8 @@ class CallEngine:
         self._orphans: set[asyncio.Task[Any]] = set()
         # Hangups being retried: cancelled at shutdown (the next start's reconcile hangs up strays).
         self._retries: set[asyncio.Task[None]] = set()
+        # Calls whose row has writes the database did not take yet (kept after the call is forgotten).
+        self._unwritten: dict[str, Call] = {}
         self._seq = itertools.count(1)
         self.reconnects = 0
         # Called with (call, state) after every persisted state change, e.g. to queue webhooks.
@@ -600,19 +604,25 @@ class CallEngine:
         except Exception as exc:
             log.warning("call %s: %s not written (%s); retrying", call.id, what, type(exc).__name__)
             call.unwritten.append((what, write))
+            self._unwritten[call.id] = call
             retry = asyncio.get_running_loop().create_task(self._retry_row_writes(call))
             self._retries.add(retry)
             retry.add_done_callback(self._retries.discard)
+
+    async def _flush_row_writes(self, call: Call) -> None:
+        """The call's waiting writes, oldest first; raises at the first the database refuses."""
+        while call.unwritten:
+            _, write = call.unwritten[0]
+            await write()
+            call.unwritten.popleft()
+        self._unwritten.pop(call.id, None)
 
     async def _retry_row_writes(self, call: Call) -> None:
         delays = itertools.chain(ROW_RETRY_DELAYS, itertools.repeat(60.0))
         for attempt, delay in enumerate(delays, start=1):
             await asyncio.sleep(delay)
             try:
-                while call.unwritten:
-                    _, write = call.unwritten[0]
-                    await write()
-                    call.unwritten.popleft()
+                await self._flush_row_writes(call)
             except Exception as exc:
                 if attempt == len(ROW_RETRY_DELAYS):
                     log.error(
@@ -1107,3 +1117,18 @@ class CallEngine:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
+        await self._last_row_writes()
+
+    async def _last_row_writes(self) -> None:
+        """On the way out, one last try at the rows the database has not taken yet; what is still
+        refused is left to the next start, whose reconcile ends those rows from what Asterisk has."""
+        if not self._unwritten:
+            return
+        try:
+            async with asyncio.timeout(LAST_ROW_WRITES_SECONDS):
+                for call in list(self._unwritten.values()):
+                    await self._flush_row_writes(call)
+            log.info("rows brought up to date before stopping")
+        except Exception as exc:
+            left = sum(len(call.unwritten) for call in self._unwritten.values())
+            log.error("stopping with %d writes to call rows not done (%s)", left, type(exc).__name__)

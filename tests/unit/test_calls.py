@@ -625,6 +625,35 @@ async def test_a_row_the_database_would_not_end_is_ended_on_retry_with_the_real_
     assert any("row written on retry 2" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("back", [True, False], ids=["database-back", "database-still-away"])
+async def test_stopping_gives_waiting_row_writes_a_last_try(
+    env: Env, caplog: pytest.LogCaptureFixture, back: bool
+) -> None:
+    await env.bridged("call-a", "m-a")
+    real = env.store.finish_audited
+    down = True
+
+    async def finish_audited(call_id: str, **kw: Any) -> None:
+        if down:
+            raise OSError("database gone")
+        await real(call_id, **kw)
+
+    env.store.finish_audited = finish_audited  # type: ignore[method-assign]
+    env.engine.on_event(hangup_request("m-a"))
+    await wait_until(lambda: "call-a" not in env.engine.calls, what="call over")
+    assert env.row("call-a")["state"] == "bridged"
+    down = not back
+    with caplog.at_level("INFO", logger="bridged.calls"):
+        # Before the first retry is due (1 s): only the last try can write the row.
+        await asyncio.wait_for(env.engine.shutdown(), timeout=calls_module.LAST_ROW_WRITES_SECONDS + 1)
+    if back:
+        assert (env.row("call-a")["state"], env.row("call-a")["outcome"]) == ("ended", "completed")
+        assert any("rows brought up to date before stopping" in r.getMessage() for r in caplog.records)
+    else:
+        assert env.row("call-a")["state"] == "bridged"  # the next start's reconcile ends it
+        assert any("1 writes to call rows not done" in r.getMessage() for r in caplog.records)
+
+
 async def test_shutdown_does_not_wait_for_hangups_being_retried(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a")
     env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
