@@ -22,17 +22,8 @@ import pytest
 
 from rig import Asterisk
 
-from .harness import (  # noqa: F401 - fixtures
-    Bridged,
-    ManagerPhone,
-    add_order,
-    assert_not_leaked,
-    carrier,
-    dial,
-    new_customer_number,
-    new_order_id,
-    wait_for,
-)
+from . import harness
+from .harness import Bridged, ManagerPhone, wait_for
 from .test_ops_page import CHROMIUM, CHROMIUM_ARGS
 from .test_review_api import TOKENS, http, token_config
 from .test_service import samples
@@ -65,10 +56,10 @@ def _call(
     daemon: Bridged, manager: ManagerPhone, trace_dir: Path, rig_alloc, *, hold_ms: int
 ) -> tuple[dict[str, Any], str]:
     """A real answered call the manager hangs up after ``hold_ms``; its ended, judged row."""
-    order, number = new_order_id(), new_customer_number()
-    add_order(daemon.postgres, order, number, "Rita Fault", manager.id)
-    customer = carrier(trace_dir, rig_alloc, hold_ms=60000)
-    phone = dial(manager, trace_dir, f"*77{order}", hold_ms=hold_ms)
+    order, number = harness.new_order_id(), harness.new_customer_number()
+    harness.add_order(daemon.postgres, order, number, "Rita Fault", manager.id)
+    customer = harness.carrier(trace_dir, rig_alloc, hold_ms=60000)
+    phone = harness.dial(manager, trace_dir, f"*77{order}", hold_ms=hold_ms)
     assert phone.wait(timeout=60) == 0, phone.describe()  # the manager's phone completed its call
     customer.wait(timeout=20)
     row = wait_for(
@@ -148,7 +139,7 @@ def test_a_disk_that_fills_up_mid_call_truncates_the_recording_and_the_call_goes
     error = rf"ERROR bridged\.calls: call {row['id']}: recording \S+ truncated: Asterisk stopped it after"
     assert re.search(rf"{error} \d s while the call went on", log), log[-2000:]
     assert "recording truncated" in _ops_row_text(daemon, row["id"], trace_dir)
-    assert_not_leaked(number, daemon_log=log)
+    harness.assert_not_leaked(number, daemon_log=log)
 
 
 @pytest.mark.parametrize("fault", ["read-only", "full-before"])
