@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import signal
 import subprocess
+import urllib.error
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -163,6 +165,58 @@ def test_a_folder_nothing_can_be_written_to_fails_the_recording_and_the_call_goe
     assert re.search(rf"ERROR bridged\.calls: call {row['id']}: recording \S+ failed", daemon.log_text())
     if fault == "read-only":
         assert "recording failed" in _ops_row_text(daemon, row["id"], trace_dir)
+
+
+def _recording_live(asterisk: Asterisk, name: str) -> bool:
+    try:
+        asterisk.ari_get(f"/recordings/live/{name}")
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return False
+        raise
+    return True
+
+
+def test_a_recording_cut_short_while_bridged_was_down_is_found_truncated_after_the_restart(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """Its RecordingFinished went to no one: the restarted daemon finds it no longer live."""
+    daemon = make_bridged(("kira",), extra=token_config())
+    kira = daemon.managers[0]
+    order, number = harness.new_order_id(), harness.new_customer_number()
+    harness.add_order(daemon.postgres, order, number, "Kira Restart", kira.id)
+    with recordings_on_tmpfs(asterisk):
+        customer = harness.carrier(trace_dir, rig_alloc, hold_ms=120000, timeout_s=150)
+        phone = harness.dial(kira, trace_dir, f"*77{order}", hold_ms=20000, timeout_s=150)
+        [row] = wait_for(
+            lambda: [r for r in daemon.call_rows(kira.id) if r["state"] == "bridged"], 30, "bridged row"
+        )
+        daemon.stop(signal.SIGKILL)
+        wait_for(
+            lambda: not _recording_live(asterisk, row["recording_name"]),
+            30,
+            "Asterisk to end the recording at the full disk",
+        )
+        daemon.start()
+        # Adopted while still bridged (found no longer recording), or ended by the manager before
+        # (found stopped while its bridge stood): truncated either way, and never taken for complete.
+        judged = wait_for(
+            lambda: [r for r in daemon.call_rows(kira.id) if r["recording_state"]], 30, "recording judged"
+        )
+        assert judged[0]["recording_state"] == "truncated", judged
+        assert phone.wait(timeout=60) == 0, phone.describe()
+        assert customer.wait(timeout=20) == 0, customer.describe()
+    [ended] = wait_for(
+        lambda: [r for r in daemon.call_rows(kira.id) if r["state"] == "ended"], 10, "ended row"
+    )
+    assert (ended["outcome"], ended["recording_state"]) == ("completed", "truncated"), ended
+    # Judged by the restarted daemon's reconcile, not by the file check after the call.
+    log = daemon.log_text()
+    error = rf"ERROR bridged\.calls: call {row['id']}: recording \S+ truncated"
+    reason = "(it ended while bridged was not listening|no longer recording when found)"
+    assert re.search(f"{error}: {reason}", log), log[-2000:]
+    assert _metrics(daemon)['bridged_recordings_failed_total{state="truncated"}'] == 1
+    harness.assert_not_leaked(number, daemon_log=log)
 
 
 def test_recordings_are_whole_again_once_the_folder_is_back(
