@@ -27,6 +27,9 @@ from . import metrics
 from .ari import AriClient, AriError, AriNotFound, AriUnavailable, background_requests
 from .config import Config, Manager
 from .orders import Order
+from .recording_state import END_EVENTS as RECORDING_END_EVENTS
+from .recording_state import EVENTS as RECORDING_EVENTS
+from .recording_state import RecordingState, StoredFile, judge_end_event, judge_file
 from .redact import redact
 from .store import CallRow, Store
 
@@ -40,6 +43,9 @@ ROW_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 LAST_ROW_WRITES_SECONDS = 2.0
 # How often channels in our application that belong to no call are looked for.
 STRAY_SWEEP_SECONDS = 60.0
+# After a call, how long its recording's last event is waited for (Asterisk sends it as the bridge goes,
+# within milliseconds) before the stored file is judged instead.
+RECORDING_SETTLE_SECONDS = 5.0
 
 # The ARI events the engine acts on; Asterisk is asked to send its application nothing else.
 EVENT_TYPES = frozenset(
@@ -52,6 +58,7 @@ EVENT_TYPES = frozenset(
         "PlaybackFinished",
         "ChannelTransfer",
         "ChannelCallerId",
+        *RECORDING_EVENTS,
     }
 )
 # Dialplan subroutine (dialplan/bridged.conf) that replaces any connected-line update sent to a
@@ -207,6 +214,11 @@ class Call:
     announcement_playback_id: str | None = None
     ringback_playback_id: str | None = None
     manager_cause: int | None = None
+    # The recording's clock (host time): from the answer to its request (an adopted call: from the
+    # answer) to bridged stopping it; and what it was judged to hold, once known.
+    recording_started_at: datetime | None = None
+    recording_stopped_at: datetime | None = None
+    recording_state: RecordingState | None = None
     # The customer leg's caller id was changed by the trunk (a carrier's identity headers) before the
     # leg entered Stasis: the label goes back in before the bridge.
     customer_caller_id_dirty: bool = False
@@ -248,6 +260,13 @@ class PendingCall:
     @property
     def label_caller_id(self) -> str:
         return label_caller_id(self.order.id, self.order.label())
+
+
+def _recording_state(value: str | None) -> RecordingState | None:
+    try:
+        return None if value is None else RecordingState(value)
+    except ValueError:
+        return None
 
 
 def _channel_id(event: dict[str, Any], key: str = "channel") -> str | None:
@@ -293,6 +312,10 @@ class CallEngine:
         self._shop_number = caller_number(config.trunk.caller_id)
         self.calls: dict[str, Call] = {}
         self._by_channel: dict[str, Call] = {}
+        # Calls by the name of their recording, until its end has been judged (which may be after the call).
+        self._by_recording: dict[str, Call] = {}
+        # Ended calls whose worker still waits for their recording's last event.
+        self._settling: dict[str, Call] = {}
         self._pending: dict[str, PendingCall] = {}
         self._orphans: set[asyncio.Task[Any]] = set()
         # Hangups being retried: cancelled at shutdown (the next start's reconcile hangs up strays).
@@ -372,6 +395,9 @@ class CallEngine:
                 self._background(self._hangup_quietly(channel_id))
 
     def _route(self, event: dict[str, Any]) -> Call | None:
+        recording = event.get("recording")
+        if isinstance(recording, dict):
+            return self._by_recording.get(str(recording.get("name")))
         for channel_id in (
             _channel_id(event),
             _channel_id(event, "peer"),
@@ -516,6 +542,8 @@ class CallEngine:
             finally:
                 call.handling = False
         self._forget(call)
+        if call.recording_name is not None and call.recording_state is None:
+            await self._settle_recording(call)
 
     async def _handle(self, call: Call, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -571,6 +599,10 @@ class CallEngine:
             # A new REFER comes without a state; the progress we report comes back with one.
             if not event.get("state"):
                 await self._refuse_transfer(call, _transferer(event) or "")
+        elif kind in RECORDING_END_EVENTS:
+            await self._on_recording_end(call, event)
+        elif kind == "RecordingStarted":
+            log.debug("call %s: recording %s started", call.id, call.recording_name)
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -783,16 +815,7 @@ class CallEngine:
         call.answered_at = datetime.now(UTC)
         self._transition(call, CallState.BRIDGED)
         metrics.CALLS_BRIDGED.inc()
-        recording = self.config.recording
-        if recording.enabled:
-            name = f"bridged-{call.id}"
-            try:
-                await self.ari.record_bridge(
-                    bridge_id, name=name, format=recording.format, if_exists="overwrite"
-                )
-                call.recording_name = name
-            except AriError as exc:
-                log.error("call %s: recording could not start: %s", call.id, exc)
+        not_recorded = await self._start_recording(call, bridge_id)
         answered_at, recording_name = call.answered_at, call.recording_name
         await self._write_row(
             call,
@@ -802,6 +825,147 @@ class CallEngine:
             ),
         )
         log.info("call %s bridged (recording %s)", call.id, call.recording_name or "off")
+        if not_recorded is not None:
+            await self._set_recording_state(
+                call, RecordingState.FAILED, f"Asterisk did not start it: {not_recorded}"
+            )
+
+    # -- the recording ---------------------------------------------------------------------------
+
+    async def _start_recording(self, call: Call, bridge_id: str) -> str | None:
+        """Record the bridge; returns why Asterisk refused, or None (recording, or recording is off)."""
+        recording = self.config.recording
+        if not recording.enabled:
+            return None
+        name = f"bridged-{call.id}"
+        # Its events may arrive before the answer to the request.
+        self._by_recording[name] = call
+        try:
+            await self.ari.record_bridge(bridge_id, name=name, format=recording.format, if_exists="overwrite")
+        except AriError as exc:
+            self._by_recording.pop(name, None)
+            return str(exc)
+        call.recording_name = name
+        call.recording_started_at = datetime.now(UTC)
+        return None
+
+    def _recorded_seconds(self, call: Call) -> float | None:
+        """How long the recording should be: from its start to bridged stopping it (or now)."""
+        if call.recording_started_at is None:
+            return None
+        stopped = call.recording_stopped_at or datetime.now(UTC)
+        return max(0.0, (stopped - call.recording_started_at).total_seconds())
+
+    async def _on_recording_end(self, call: Call, event: dict[str, Any]) -> None:
+        """Asterisk's last event for the call's recording: RecordingFinished or RecordingFailed.
+
+        Asterisk 22 reports a full disk or a folder it cannot write to as RecordingFinished (state
+        ``done``) at the first failed write, while the bridge goes on: a recording that finishes before
+        bridged stopped it was cut short (rig/NOTES.md, "Recording failures").
+        """
+        recording = event.get("recording") or {}
+        if call.recording_state is not None or recording.get("name") != call.recording_name:
+            return
+        kind = str(event.get("type"))
+        duration = recording.get("duration")
+        if not isinstance(duration, int) or isinstance(duration, bool):
+            duration = None
+        early = call.recording_stopped_at is None
+        expected = self._recorded_seconds(call)
+        state = judge_end_event(kind, duration, ended_early=early, expected_seconds=expected)
+        if kind == "RecordingFailed":
+            why = f"Asterisk reported it failed ({str(recording.get('cause') or 'no cause')[:80]})"
+        elif duration is None:
+            state, why = await self._judge_by_file(
+                call.recording_name, RecordingState.TRUNCATED if early else RecordingState.UNKNOWN, expected
+            )
+            why = f"no duration in its end event; {why}"
+        elif early:
+            why = f"Asterisk stopped it after {duration} s while the call went on (see Asterisk's log)"
+        else:
+            why = f"{duration} s recorded of {expected or 0:.0f} s bridged"
+        assert state is not None
+        await self._set_recording_state(call, state, why)
+
+    async def _judge_by_file(
+        self, name: str | None, otherwise: RecordingState, expected: float | None
+    ) -> tuple[RecordingState, str]:
+        """A recording whose end event was missed, judged by what Asterisk stored (see judge_file)."""
+        name = name or ""
+        try:
+            with background_requests():
+                info = await self.ari.get_stored_recording(name)
+                size = None if info is None else await self.ari.stored_recording_size(name)
+        except AriError as exc:
+            return RecordingState.UNKNOWN, f"its file could not be checked ({exc})"
+        stored = StoredFile(size, str((info or {}).get("format") or ""))
+        found = "no file" if size is None else f"a file of {size} bytes"
+        return judge_file(stored, otherwise, expected), f"Asterisk has {found}"
+
+    async def _live_recording(self, name: str) -> bool | None:
+        """Whether Asterisk is still recording under ``name``; None when it did not answer."""
+        try:
+            with background_requests():
+                live = await self.ari.get_live_recording(name)
+        except AriError:
+            return None
+        return live is not None and live.get("state") in ("queued", "recording", "paused")
+
+    async def _check_live_recording(self, call: Call) -> None:
+        """After a reconnect: a recording that ended while the events were not heard ended early (only a
+        failure ends a bridge recording before bridged destroys the bridge)."""
+        if await self._live_recording(call.recording_name or "") is False:
+            state, why = await self._judge_by_file(call.recording_name, RecordingState.TRUNCATED, None)
+            await self._set_recording_state(call, state, f"it ended while bridged was not listening; {why}")
+
+    async def _settle_recording(self, call: Call) -> None:
+        """After the call, wait for its recording's last event, then judge it (by the file if it never
+        comes). Stopped meanwhile, the state is left ``unknown`` rather than taken for complete."""
+        self._settling[call.id] = call
+        deadline = asyncio.get_running_loop().time() + RECORDING_SETTLE_SECONDS
+        try:
+            while call.recording_state is None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await call.queue.get()
+                except TimeoutError:
+                    state, why = await self._judge_by_file(
+                        call.recording_name, RecordingState.UNKNOWN, self._recorded_seconds(call)
+                    )
+                    await self._set_recording_state(call, state, f"Asterisk sent no end event; {why}")
+                    break
+                if event.get("type") in RECORDING_END_EVENTS:
+                    await self._on_recording_end(call, event)
+        except asyncio.CancelledError:
+            if call.recording_state is None:
+                await self._set_recording_state(
+                    call, RecordingState.UNKNOWN, "bridged stopped before Asterisk reported its end"
+                )
+            raise
+        except Exception:
+            log.exception("call %s: judging the recording failed", call.id)
+        finally:
+            self._settling.pop(call.id, None)
+            self._by_recording.pop(call.recording_name or "", None)
+
+    def _report_recording(self, call_id: str, name: str | None, state: RecordingState, why: str) -> None:
+        if state is RecordingState.COMPLETE:
+            log.info("call %s: recording %s complete (%s)", call_id, name, why)
+        elif state is RecordingState.UNKNOWN:
+            metrics.RECORDINGS_UNVERIFIED.inc()
+            log.warning("call %s: recording %s could not be checked: %s", call_id, name, why)
+        else:
+            metrics.RECORDINGS_FAILED.inc(state.value)
+            log.error("call %s: recording %s %s: %s", call_id, name or "-", state.value, why)
+
+    async def _set_recording_state(self, call: Call, state: RecordingState, why: str) -> None:
+        call.recording_state = state
+        self._by_recording.pop(call.recording_name or "", None)
+        self._report_recording(call.id, call.recording_name, state, why)
+        value = state.value
+        await self._write_row(
+            call, f"recording {value}", lambda: self.store.set_recording_state(call.id, value)
+        )
 
     async def _on_leg_gone(self, call: Call, side: str, kind: str) -> None:
         if call.state is CallState.ENDED:
@@ -912,6 +1076,9 @@ class CallEngine:
         for channel_id in (call.manager_channel_id, call.customer_channel_id):
             if channel_id and channel_id not in call.gone:
                 await self._hangup_quietly(channel_id, may_be_gone=True)
+        if call.recording_name is not None and call.recording_stopped_at is None:
+            # Destroying the bridge ends the recording: a RecordingFinished from now on is no early end.
+            call.recording_stopped_at = datetime.now(UTC)
         if call.bridge_id:
             try:
                 await self.ari.destroy_bridge(call.bridge_id)
@@ -1013,11 +1180,16 @@ class CallEngine:
         if manager is None or not resumable or len(live_legs) < 2:
             for channel_id in live_legs:
                 await self._hangup_quietly(channel_id)
+            unjudged = row.recording_name is not None and row.recording_state is None
+            recording_live = await self._live_recording(row.recording_name or "") if unjudged else None
+            bridge_found = False
             if row.bridge_id:
                 try:
-                    await self.ari.destroy_bridge(row.bridge_id)
+                    bridge_found = await self.ari.destroy_bridge(row.bridge_id)
                 except AriError:
                     pass
+            if unjudged:
+                await self._judge_adopted_recording(row, recording_live, bridge_found)
             outcome = Outcome.COMPLETED if row.answered_at else Outcome.FAILED
             metrics.CALLS_ENDED.inc(outcome.value)
             await self.store.finish(row.id, outcome=outcome.value, hangup_cause=None, ended_by="unknown")
@@ -1044,7 +1216,13 @@ class CallEngine:
             recording_name=row.recording_name,
             answered_at=row.answered_at,
             manager_up=states.get(row.manager_channel_id or "") == "Up",
+            recording_started_at=row.answered_at,
+            recording_state=_recording_state(row.recording_state),
         )
+        if call.recording_name is not None and call.recording_state is None:
+            # Still to be judged: its events come to this daemon now (the Reconcile below first checks
+            # that it did not end while none was listening).
+            self._by_recording[call.recording_name] = call
         sources = [f"channel:{c}" for c in live_legs]
         if row.bridge_id:
             sources.append(f"bridge:{row.bridge_id}")
@@ -1056,6 +1234,24 @@ class CallEngine:
         log.info("call %s adopted in state %s", call.id, call.state)
         # A leg may have gone between the listing and the subscription.
         call.queue.put_nowait({"type": "Reconcile", "alive": None, "states": None})
+
+    async def _judge_adopted_recording(self, row: CallRow, live: bool | None, bridge_found: bool) -> None:
+        """The recording of a call that ended while bridged was away (its events are lost).
+
+        Still recording when found: it ran through the whole conversation (Asterisk ends a bridge
+        recording at its first failed write), so complete if its file holds audio. Ended while its
+        bridge still stood: cut short. Bridge gone too (Asterisk restarted): unknown. Either way failed
+        when the file holds no audio. Nothing is taken for complete without a sign of it."""
+        if live and bridge_found:
+            otherwise = RecordingState.COMPLETE
+        elif live is False and bridge_found:
+            otherwise = RecordingState.TRUNCATED
+        else:
+            otherwise = RecordingState.UNKNOWN
+        state, why = await self._judge_by_file(row.recording_name, otherwise, None)
+        live_text = {True: "still recording", False: "no longer recording", None: "not known to be recording"}
+        self._report_recording(row.id, row.recording_name, state, f"{live_text[live]} when found; {why}")
+        await self.store.set_recording_state(row.id, state.value)
 
     async def _on_reconcile(self, call: Call, alive: set[str] | None, states: dict[str, str] | None) -> None:
         if alive is None:
@@ -1092,6 +1288,8 @@ class CallEngine:
         elif call.state is CallState.ANNOUNCING and call.announcement_playback_id is None:
             # Adopted mid-announcement: its PlaybackFinished cannot be matched any more; bridge now.
             await self._bridge(call)
+        if call.state is CallState.BRIDGED and call.recording_name and call.recording_state is None:
+            await self._check_live_recording(call)
 
     def setting_up(self) -> int:
         """Calls between request and bridge (or prompt and hangup): what a SIGTERM drain waits for."""
@@ -1105,14 +1303,13 @@ class CallEngine:
 
     async def shutdown(self) -> None:
         """Stop the workers; calls stay up in Asterisk and are adopted by the next start."""
-        for call in list(self.calls.values()):
-            if call.task is not None:
-                call.task.cancel()
+        # Workers of ended calls still waiting for their recording's end too (they leave it unknown).
+        workers = [c.task for c in (*self.calls.values(), *self._settling.values()) if c.task is not None]
+        for worker in workers:
+            worker.cancel()
         for retry in self._retries:
             retry.cancel()
-        for task in (
-            [c.task for c in self.calls.values() if c.task] + list(self._orphans) + list(self._retries)
-        ):
+        for task in workers + list(self._orphans) + list(self._retries):
             try:
                 await task
             except (asyncio.CancelledError, Exception):

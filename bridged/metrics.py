@@ -127,6 +127,15 @@ API_DENIALS_FOLDED = Counter(
 STRAY_CHANNELS = Counter(
     "bridged_stray_channels_total", "Channels in the application that belonged to no call and were hung up."
 )
+RECORDINGS_FAILED = Counter(
+    "bridged_recordings_failed_total",
+    "Call recordings that do not hold the whole conversation, by state (truncated, failed).",
+    "state",
+)
+RECORDINGS_UNVERIFIED = Counter(
+    "bridged_recordings_unverified_total",
+    "Call recordings whose end bridged could not check (state unknown: events missed, file unreadable).",
+)
 
 ALL: tuple[Counter | Histogram, ...] = (
     CALLS_STARTED,
@@ -138,6 +147,8 @@ ALL: tuple[Counter | Histogram, ...] = (
     LOOKUP_ERRORS,
     STRAY_CHANNELS,
     API_DENIALS_FOLDED,
+    RECORDINGS_FAILED,
+    RECORDINGS_UNVERIFIED,
 )
 
 

@@ -12,7 +12,7 @@ import asyncpg
 
 CALL_COLUMNS = (
     "id, order_id, manager_id, direction, state, outcome, hangup_cause, requested_at, answered_at, "
-    "ended_at, recording_name, manager_channel_id, customer_channel_id, bridge_id, ended_by"
+    "ended_at, recording_name, manager_channel_id, customer_channel_id, bridge_id, ended_by, recording_state"
 )
 
 
@@ -33,6 +33,13 @@ class CallRow:
     customer_channel_id: str | None
     bridge_id: str | None
     ended_by: str | None
+    # complete, truncated, failed or unknown (bridged.recording_state); None: not recorded or not known yet
+    recording_state: str | None = None
+
+    @property
+    def recording_usable(self) -> bool:
+        """A recording was made and something of it is there to listen to."""
+        return self.recording_name is not None and self.recording_state != "failed"
 
     @property
     def duration(self) -> float | None:
@@ -98,6 +105,10 @@ class Store:
             bridge_id,
             recording_name,
         )
+
+    async def set_recording_state(self, call_id: str, state: str) -> None:
+        # Also on an ended row: the recording's end is judged when Asterisk reports it, after the call.
+        await self.pool.execute("UPDATE calls SET recording_state = $2 WHERE id = $1", call_id, state)
 
     async def finish(
         self,
@@ -332,10 +343,15 @@ class Store:
             where.append(f"requested_at >= {arg(since)}")
         if until is not None:
             where.append(f"requested_at < {arg(until)}")
+        # As ReviewCallRow.recording_available: a failed recording (nothing in it) is no recording.
+        available = (
+            "recording_name IS NOT NULL AND recording_purged_at IS NULL"
+            " AND recording_state IS DISTINCT FROM 'failed'"
+        )
         if has_recording is True:
-            where.append("recording_name IS NOT NULL AND recording_purged_at IS NULL")
+            where.append(available)
         elif has_recording is False:
-            where.append("(recording_name IS NULL OR recording_purged_at IS NOT NULL)")
+            where.append(f"NOT ({available})")
         if before is not None:
             where.append(f"(requested_at, id) < ({arg(before[0])}, {arg(before[1])})")
         sql = (
@@ -460,7 +476,7 @@ class Store:
 
 REVIEW_CALL_COLUMNS = (
     "id, order_id, manager_id, direction, state, outcome, hangup_cause, requested_at, answered_at, "
-    "ended_at, ended_by, recording_name, recording_purged_at"
+    "ended_at, ended_by, recording_name, recording_purged_at, recording_state"
 )
 
 
@@ -481,10 +497,15 @@ class ReviewCallRow:
     ended_by: str | None
     recording_name: str | None
     recording_purged_at: datetime | None
+    recording_state: str | None = None
 
     @property
     def recording_available(self) -> bool:
-        return self.recording_name is not None and self.recording_purged_at is None
+        return (
+            self.recording_name is not None
+            and self.recording_purged_at is None
+            and self.recording_state != "failed"
+        )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from .. import metrics
 from ..appkeys import CONFIG, ENGINE, SERVICE, STORE
 from ..calls import ManagerLegFailed
 from ..orders import Refusal
+from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
 from ..service import Refused
 from ..store import CallRow
 from ..webhooks import api_state
@@ -85,7 +86,8 @@ def call_json(row: CallRow) -> dict[str, Any]:
         "ended_at": _iso(row.ended_at),
         "duration_seconds": row.duration,
         "ended_by": row.ended_by,
-        "has_recording": row.recording_name is not None,
+        "has_recording": row.recording_usable,
+        "recording_state": row.recording_state,
     }
 
 
@@ -252,6 +254,7 @@ SCHEMAS = {
             "duration_seconds",
             "ended_by",
             "has_recording",
+            "recording_state",
         ],
         "properties": {
             "id": {"type": "string"},
@@ -281,7 +284,11 @@ SCHEMAS = {
             "ended_at": _TIMESTAMP,
             "duration_seconds": {"type": ["number", "null"]},
             "ended_by": {"type": ["string", "null"]},
-            "has_recording": {"type": "boolean"},
+            "has_recording": {
+                "type": "boolean",
+                "description": "a recording was made and holds audio (see recording_state)",
+            },
+            "recording_state": RECORDING_STATE_SCHEMA,
         },
     },
 }

@@ -21,6 +21,8 @@ from aiohttp import web
 
 from .. import metrics
 from ..appkeys import CONFIG, STORE
+from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
+from ..recording_state import RecordingState
 from ..recordings import (
     OpenRecording,
     RangeNotSatisfiable,
@@ -212,6 +214,7 @@ def call_json(row: ReviewCallRow) -> dict[str, Any]:
         "recording": {
             "available": row.recording_available,
             "purged_at": _iso(row.recording_purged_at),
+            "state": row.recording_state,
         },
     }
 
@@ -372,7 +375,7 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
     call = await store.get_review_call(request.match_info["call_id"])
     if call is None:
         raise CallNotFound()
-    if call.recording_name is None:
+    if call.recording_name is None or call.recording_state == RecordingState.FAILED:
         raise RecordingNotFound()
     if call.recording_purged_at is not None:
         raise RecordingPurged(details={"purged_at": _iso(call.recording_purged_at)})
@@ -603,8 +606,12 @@ SCHEMAS: dict[str, Any] = {
             "duration_seconds": {"type": ["number", "null"]},
             "recording": {
                 "type": "object",
-                "required": ["available", "purged_at"],
-                "properties": {"available": {"type": "boolean"}, "purged_at": _TIME},
+                "required": ["available", "purged_at", "state"],
+                "properties": {
+                    "available": {"type": "boolean"},
+                    "purged_at": _TIME,
+                    "state": RECORDING_STATE_SCHEMA,
+                },
             },
         },
     },

@@ -535,3 +535,25 @@ class AriClient:
             finally:
                 resp.release()
         return resp
+
+    async def stored_recording_size(self, name: str) -> int | None:
+        """The size in bytes of a stored recording's file; None when Asterisk has no such recording.
+
+        Its ``StoredRecording`` carries only name and format, so the size is the file's Content-Length
+        (Asterisk 22 sends one; the body is read when it does not).
+        """
+        try:
+            resp = await self.stored_recording_file(name)
+        except AriNotFound:
+            return None
+        try:
+            if resp.content_length is not None:
+                return resp.content_length
+            try:
+                return len(await resp.read())
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise AriUnavailable(
+                    "stored_recording_file", 0, f"ARI stored_recording_file failed: {type(exc).__name__}"
+                ) from None
+        finally:
+            resp.release()

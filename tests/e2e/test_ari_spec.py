@@ -15,6 +15,7 @@ import pytest
 
 from bridged.ari.client import basic_auth_header
 from bridged.ari.operations import OPERATIONS, Operation
+from bridged.calls import EVENT_TYPES
 
 pytestmark = pytest.mark.e2e
 
@@ -105,3 +106,15 @@ async def test_operations_match_live_spec(asterisk: Any) -> None:
     resources = await fetch_resources(asterisk.ari_url, asterisk.ari_user, asterisk.ari_password)
     assert {"channels", "bridges", "applications", "recordings", "playbacks", "asterisk"} <= set(resources)
     assert check_operations(resources) == []
+
+
+async def test_the_events_bridged_asks_for_are_asterisks_with_the_fields_it_reads(asterisk: Any) -> None:
+    """A misspelt type in the app's event filter would silently never arrive."""
+    resources = await fetch_resources(asterisk.ari_url, asterisk.ari_user, asterisk.ari_password)
+    models = resources["events"]["models"]
+    assert sorted(EVENT_TYPES - set(models)) == []
+    for kind in ("RecordingStarted", "RecordingFinished", "RecordingFailed"):
+        assert models[kind]["properties"]["recording"]["type"] == "LiveRecording"
+    live = resources["recordings"]["models"]["LiveRecording"]["properties"]
+    assert {"name", "state", "duration", "cause", "target_uri"} <= set(live)
+    assert {"done", "failed"} <= set(live["state"]["allowableValues"]["values"])

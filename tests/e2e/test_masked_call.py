@@ -90,6 +90,13 @@ def test_dialled_code_reaches_customer_and_never_leaks_the_number(
     assert recording.stat().st_size > 44 * 10, recording.stat().st_size
     assert sox_rms(recording) > 0.01
     (trace_dir / "recording.wav").write_bytes(recording.read_bytes())
+    # Asterisk reported the recording's end with the bridge's, as long as the call: complete.
+    judged = wait_for(
+        lambda: [r for r in daemon.call_rows(anna.id) if r["id"] == row["id"] and r["recording_state"]],
+        10,
+        "the recording judged",
+    )
+    assert judged[0]["recording_state"] == "complete", judged
 
     # The audit trail: the request and the end of this call, one row each.
     trail = [

@@ -109,7 +109,7 @@ class Rig:
     endpoint_files: list[str]
 
     def place_call(self, manager: ManagerPhone, name: str, *, hold_ms: int = 3000) -> dict[str, Any]:
-        """A real answered call by order code; the ended row once its recording file is on disk."""
+        """A real answered call by order code; the ended row once its recording is judged and on disk."""
         order, number = new_order_id(), new_customer_number()
         self.numbers.append(number)
         add_order(self.postgres, order, number, "Review Customer", manager.id)
@@ -123,12 +123,12 @@ class Rig:
             lambda: [
                 r
                 for r in self.daemon.call_rows(manager.id)
-                if r["order_id"] == order and r["state"] == "ended" and r["recording_name"]
+                if r["order_id"] == order and r["state"] == "ended" and r["recording_state"]
             ],
             15,
             f"ended row of {name}",
         )[-1]
-        assert row["outcome"] == "completed", row
+        assert (row["outcome"], row["recording_state"]) == ("completed", "complete"), row
         wait_for(lambda: self.recording_path(row).exists(), 10, "recording file")
         return row
 
@@ -231,7 +231,8 @@ def test_call_list_filters(rig: Rig) -> None:
     page = _calls(rig, f"manager={rita.id}")
     assert _ids(page) == _db_ids(rig, f"manager_id = '{rita.id}'")
     assert len(page["items"]) == 4 and page["next_cursor"] is None
-    assert all(c["recording"] == {"available": True, "purged_at": None} for c in page["items"])
+    whole = {"available": True, "purged_at": None, "state": "complete"}
+    assert all(c["recording"] == whole for c in page["items"])
     first = page["items"][-1]
     assert first["id"] == rig.kept["rita1"]["id"]
     assert first["outcome"] == "completed" and first["duration_seconds"] > 1
@@ -244,7 +245,7 @@ def test_call_list_filters(rig: Rig) -> None:
     refused = _calls(rig, f"manager={rob.id}&has_recording=false")
     assert _ids(refused) == [rig.refused["id"]]
     assert refused["items"][0]["outcome"] == "unknown_order"
-    assert refused["items"][0]["recording"] == {"available": False, "purged_at": None}
+    assert refused["items"][0]["recording"] == {"available": False, "purged_at": None, "state": None}
     assert _ids(_calls(rig, f"manager={rob.id}&outcome=unknown_order")) == [rig.refused["id"]]
     assert _ids(_calls(rig, f"manager={rob.id}&has_recording=true")) == [rig.kept["rob1"]["id"]]
 

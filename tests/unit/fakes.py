@@ -154,6 +154,31 @@ def playback_finished(playback_id: str, channel_id: str) -> dict[str, Any]:
     }
 
 
+def recording_event(
+    kind: str, name: str, bridge_id: str, *, duration: int | None = None, cause: str | None = None
+) -> dict[str, Any]:
+    """RecordingStarted/Finished/Failed as Asterisk 22 sends them for a bridge recording (measured on the
+    rig: a full disk ends one with RecordingFinished, state done, and the whole seconds written)."""
+    state = {"RecordingStarted": "recording", "RecordingFinished": "done", "RecordingFailed": "failed"}[kind]
+    recording: dict[str, Any] = {
+        "name": name,
+        "format": "wav",
+        "state": state,
+        "target_uri": f"bridge:{bridge_id}",
+    }
+    if duration is not None:
+        recording["duration"] = duration
+    if cause is not None:
+        recording["cause"] = cause
+    return {
+        "type": kind,
+        "timestamp": "2026-01-01T10:00:08.000+0000",
+        "recording": recording,
+        "asterisk_id": "02:00:00:00:00:01",
+        "application": "bridged",
+    }
+
+
 # -- waiting --------------------------------------------------------------------------------------------
 
 
@@ -192,6 +217,10 @@ class FakeAri:
         self.delays: dict[str, Any] = {}
         self.channels: dict[str, dict[str, Any]] = {}
         self.app_channel_ids: list[str] = []
+        # Recordings Asterisk is making (name -> LiveRecording) and has stored (name -> (format, bytes)).
+        self.live_recordings: dict[str, dict[str, Any]] = {}
+        self.stored_recordings: dict[str, tuple[str, int]] = {}
+        self.gone_bridges: set[str] = set()  # destroy_bridge answers 404 (False) for these
         self._waiting: dict[int, float] = {}  # as AriClient: when each unanswered request was sent
         self._seq = itertools.count()
 
@@ -335,7 +364,7 @@ class FakeAri:
 
     async def destroy_bridge(self, bridge_id: str) -> bool:
         await self._record("destroy_bridge", bridge_id=bridge_id)
-        return True
+        return bridge_id not in self.gone_bridges
 
     async def record_bridge(
         self,
@@ -359,6 +388,20 @@ class FakeAri:
             max_duration_seconds=max_duration_seconds,
         )
         return {"name": name, "format": format, "state": "recording"}
+
+    async def get_live_recording(self, name: str) -> dict[str, Any] | None:
+        await self._record("get_live_recording", name=name)
+        return self.live_recordings.get(name)
+
+    async def get_stored_recording(self, name: str) -> dict[str, Any] | None:
+        await self._record("get_stored_recording", name=name)
+        stored = self.stored_recordings.get(name)
+        return None if stored is None else {"name": name, "format": stored[0]}
+
+    async def stored_recording_size(self, name: str) -> int | None:
+        await self._record("stored_recording_size", name=name)
+        stored = self.stored_recordings.get(name)
+        return None if stored is None else stored[1]
 
     async def transfer_progress(self, channel_id: str, states: str) -> None:
         await self._record("transfer_progress", channel_id=channel_id, states=states)
@@ -408,6 +451,7 @@ class FakeStore:
             "customer_channel_id": None,
             "bridge_id": None,
             "ended_by": None,
+            "recording_state": None,
         }
         unknown = set(fields) - set(row)
         assert not unknown, unknown
@@ -494,6 +538,10 @@ class FakeStore:
             row.update(
                 state="bridged", answered_at=answered_at, bridge_id=bridge_id, recording_name=recording_name
             )
+
+    async def set_recording_state(self, call_id: str, state: str) -> None:
+        if call_id in self.rows:
+            self.rows[call_id]["recording_state"] = state
 
     async def finish(
         self,

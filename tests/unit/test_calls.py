@@ -646,12 +646,14 @@ async def test_stopping_gives_waiting_row_writes_a_last_try(
     with caplog.at_level("INFO", logger="bridged.calls"):
         # Before the first retry is due (1 s): only the last try can write the row.
         await asyncio.wait_for(env.engine.shutdown(), timeout=calls_module.LAST_ROW_WRITES_SECONDS + 1)
+    # Behind the end waits the recording's state: stopped before Asterisk reported its end, unknown.
     if back:
         assert (env.row("call-a")["state"], env.row("call-a")["outcome"]) == ("ended", "completed")
+        assert env.row("call-a")["recording_state"] == "unknown"
         assert any("rows brought up to date before stopping" in r.getMessage() for r in caplog.records)
     else:
         assert env.row("call-a")["state"] == "bridged"  # the next start's reconcile ends it
-        assert any("1 writes to call rows not done" in r.getMessage() for r in caplog.records)
+        assert any("2 writes to call rows not done" in r.getMessage() for r in caplog.records)
 
 
 async def test_shutdown_does_not_wait_for_hangups_being_retried(env: Env) -> None:

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bridged.api import review
 from bridged.api.auth import TOKENS, TokenRegistry
+from bridged.api.calls import call_json
 from bridged.api.errors import error_middleware
 from bridged.api.limits import DeniedAuditLimiter
 from bridged.appkeys import CONFIG, STORE
@@ -30,7 +31,7 @@ from bridged.recordings import (
     parse_range,
 )
 from bridged.retention import RECORDINGS, RETENTION, Retention
-from bridged.store import ReviewCallRow
+from bridged.store import CallRow, ReviewCallRow
 
 from .fakes import example_data, make_config
 
@@ -356,6 +357,40 @@ async def test_recording_errors(served) -> None:
         assert (resp.status, (await resp.json())["error"]["id"]) == (status, error_id), call_id
         assert "Retry-After" not in resp.headers  # only a 503 says when to try again
     assert store.audits == []
+
+
+async def test_the_recordings_state_is_shown_and_a_failed_one_is_not_served(served) -> None:
+    client, store, app = served
+    store.calls["c4"] = _call("c4", 8, recording_state="truncated")
+    store.calls["c5"] = _call("c5", 7, recording_state="failed")
+    folder = Path(app[CONFIG].recording.folder or "")
+    (folder / "bridged-c4.wav").write_bytes(WAV)
+    (folder / "bridged-c5.wav").write_bytes(b"")  # what a full disk leaves: an empty file
+    page = await (await client.get("/v1/calls", headers=_auth("ops"))).json()
+    recordings = {c["id"]: c["recording"] for c in page["items"]}
+    assert recordings["c4"] == {"available": True, "purged_at": None, "state": "truncated"}
+    assert recordings["c5"] == {"available": False, "purged_at": None, "state": "failed"}
+    assert recordings["c2"] == {"available": False, "purged_at": None, "state": None}
+    # A truncated recording is served (what there is of it); a failed one holds nothing to serve.
+    assert (await client.get("/v1/calls/c4/recording", headers=_auth("ops"))).status == 200
+    resp = await client.get("/v1/calls/c5/recording", headers=_auth("ops"))
+    assert (resp.status, (await resp.json())["error"]["id"]) == (404, "recording_not_found")
+    assert [a["call_id"] for a in store.audits] == ["c4"]
+
+
+def test_the_shops_call_json_says_whether_the_recording_holds_audio() -> None:
+    review_row = _call("c1", 1, recording_state="truncated")
+    row = CallRow(
+        **{k: v for k, v in review_row.__dict__.items() if k != "recording_purged_at"},
+        manager_channel_id="m",
+        customer_channel_id="c",
+        bridge_id="b",
+    )
+    assert (call_json(row)["has_recording"], call_json(row)["recording_state"]) == (True, "truncated")
+    row = replace(row, recording_state="failed")
+    assert (call_json(row)["has_recording"], call_json(row)["recording_state"]) == (False, "failed")
+    row = replace(row, recording_name=None, recording_state=None)
+    assert (call_json(row)["has_recording"], call_json(row)["recording_state"]) == (False, None)
 
 
 async def test_reason_required_by_config(served) -> None:

@@ -158,6 +158,13 @@
     }
   }
 
+  // A recording that does not hold the whole conversation is marked on its row (README, "Recordings").
+  const RECORDING_MARKS = {
+    truncated: "recording truncated",
+    failed: "recording failed",
+    unknown: "recording not verified",
+  };
+
   function callRow(call) {
     const tr = document.createElement("tr");
     tr.dataset.callId = call.id;
@@ -167,6 +174,8 @@
     cell(tr, (call.outcome || call.state).replace(/_/g, " "));
     cell(tr, call.duration_seconds === null ? "" : formatDuration(call.duration_seconds), "num");
     const td = cell(tr, "");
+    const state = call.recording.state;
+    const mark = Object.hasOwn(RECORDING_MARKS, state) ? RECORDING_MARKS[state] : null;
     if (call.recording.available) {
       const button = document.createElement("button");
       button.type = "button";
@@ -177,8 +186,15 @@
       td.appendChild(button);
     } else if (call.recording.purged_at) {
       td.textContent = "purged " + when(call.recording.purged_at);
-    } else {
+    } else if (!mark) {
       td.textContent = "none";
+    }
+    if (mark) {
+      tr.dataset.recordingState = state;
+      const span = document.createElement("span");
+      span.className = "recording-mark recording-" + state;
+      span.textContent = mark;
+      td.appendChild(span);
     }
     return tr;
   }
