@@ -10,8 +10,12 @@ from __future__ import annotations
 import logging
 import re
 
-# 7+ digits, optionally with +, spaces, dots, dashes, slashes or parentheses between them.
-_PHONE_RE = re.compile(r"\+?\(?\d(?:[\s().\-/]{0,2}\d){6,}")
+# 7+ digits, optionally with +, spaces, dots, dashes, slashes or parentheses between them, or control
+# and invisible format characters (which the log formatters then escape: a number spread out with
+# them must not come out readable).
+_PHONE_RE = re.compile(
+    r"\+?\(?\d(?:[\s().\-/\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]{0,2}\d){6,}"
+)
 MASK = "<redacted>"
 
 
