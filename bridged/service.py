@@ -119,6 +119,10 @@ class CallService:
             return await self._refuse(manager, code, Refusal.UNKNOWN_ORDER, direction, actor)
         if not may_call(self.config, manager, order):
             return await self._refuse(manager, code, Refusal.DENIED, direction, actor)
+        if order.phone is None:
+            # Dialling what is left of a value that is not a valid number reaches a stranger. The value
+            # itself goes nowhere: not in the log, not in the audit row.
+            return await self._refuse(manager, code, Refusal.INVALID_PHONE, direction, actor)
         call_id = new_call_id()
         await self.store.insert_call_audited(
             call_id=call_id,
@@ -139,6 +143,7 @@ class CallService:
             manager=manager,
             direction=direction,
             manager_channel_id=manager_channel_id,
+            label=self.engine.labeller.label(order.id, order.customer_name),
         )
         self.engine.expect(pending)
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
@@ -150,7 +155,7 @@ class CallService:
         # A refused attempt on a well-formed order code is still a call attempt: it gets its row.
         # A code that did not resolve to an order is only what someone typed, and that may be a
         # customer's number (a manager probing): stored masked unless it is a known order.
-        code = code if reason is Refusal.DENIED else redact(code)
+        code = code if reason in (Refusal.DENIED, Refusal.INVALID_PHONE) else redact(code)
         call_id = new_call_id()
         await self.store.insert_call(
             call_id=call_id,
@@ -183,4 +188,5 @@ class CallService:
             Refusal.LOOKUP_FAILED: prompts.lookup_failed,
             Refusal.UNAVAILABLE: prompts.unavailable,
             Refusal.OVERLOADED: prompts.overloaded,
+            Refusal.INVALID_PHONE: prompts.invalid_phone,
         }[reason]

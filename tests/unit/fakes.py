@@ -20,6 +20,7 @@ import yaml
 
 from bridged.ari import AriNotFound, is_background
 from bridged.config import Config, Manager, parse_config
+from bridged.labels import Label, Labeller
 from bridged.orders import Order
 from bridged.redact import PhoneNumber, digits
 from bridged.store import CallRow
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "config" / "bridged.example.yaml"
 
 # The customer's number: it may appear in the originate endpoint and nowhere else.
-NUMBER = "+15557654321"
+NUMBER = "+14157654321"
 NUMBER_DIGITS = digits(NUMBER)
 # Tail of the number, to catch partial leaks (e.g. the number without its country code).
 NUMBER_TAIL = NUMBER_DIGITS[-7:]
@@ -56,6 +57,11 @@ def make_config(**overrides: Any) -> Config:
 
 def make_order(order_id: str = "123", manager_id: str | None = "anna", name: str = "Ivan Petrov") -> Order:
     return Order(id=order_id, phone=PhoneNumber(NUMBER), customer_name=name, manager_id=manager_id)
+
+
+def make_label(order_id: str = "123", name: str = "") -> Label:
+    """The label the default template gives (what the engine's labeller builds with the example config)."""
+    return Labeller().label(order_id, name)
 
 
 def manager(config: Config, manager_id: str = "anna") -> Manager:
@@ -116,7 +122,7 @@ def channel_destroyed(channel_id: str, cause: int = 16, state: str = "Down") -> 
     }
 
 
-def dial(peer_id: str, dialstatus: str, dialstring: str = "+15557654321@carrier") -> dict[str, Any]:
+def dial(peer_id: str, dialstatus: str, dialstring: str = "+14157654321@carrier") -> dict[str, Any]:
     # Originated channels: no "caller", the "peer" is the dialled channel; the dial string is the number.
     return {
         "type": "Dial",

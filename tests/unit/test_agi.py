@@ -8,12 +8,13 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from bridged import metrics
 from bridged.agi import AgiServer
 from bridged.calls import PendingCall
 from bridged.config import AgiConfig, Config, Manager
 from bridged.orders import Refusal
 from bridged.service import CallService, Refused
-from tests.unit.fakes import make_config, make_order, wait_until
+from tests.unit.fakes import make_config, make_label, make_order, wait_until
 
 CALL_ID = "c0ffeec0ffee"
 
@@ -48,6 +49,7 @@ class FakeService:
             manager=manager,
             direction=direction,
             manager_channel_id=manager_channel_id,
+            label=make_label(code, "Ivan Petrov"),
         )
 
     def prompt_for(self, reason: Refusal) -> str:
@@ -257,6 +259,17 @@ async def test_peer_hanging_up_mid_command(agi: Agi) -> None:
     await writer.wait_closed()
     await asyncio.wait_for(_finished(agi, 1), timeout=2)
     assert agi.service.requests == []
+
+
+async def test_invalid_phone_is_refused_with_its_prompt() -> None:
+    agi = await _start(refuse=Refusal.INVALID_PHONE)
+    refused_before = metrics.CALLS_REFUSED.value("invalid_phone")
+    try:
+        commands = await session(agi.port, _headers())
+    finally:
+        await agi.server.stop()
+    assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "refused|cannot-complete-as-dialed"']
+    assert metrics.CALLS_REFUSED.value("invalid_phone") == refused_before + 1
 
 
 async def test_oversized_headers_are_dropped(agi: Agi) -> None:
