@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .calls import CallEngine, CallState, PendingCall, customer_leg_id, manager_leg_id, new_call_id
+from .calls import CallEngine, CallState, Outcome, PendingCall, customer_leg_id, manager_leg_id, new_call_id
 from .config import Config, Manager
 from .orders import LookupFailed, OrderDirectory, Refusal, is_valid_code, may_call
 from .redact import redact
@@ -75,6 +75,21 @@ class CallService:
         )
         log.info("call refused: endpoint %s is no manager", endpoint)
         return Refused(Refusal.UNKNOWN_MANAGER)
+
+    async def abandoned_while_keying(self, manager: Manager) -> None:
+        """The manager hung up while keying the order code in after ``*77``: an ordinary end.
+
+        Audited as an attempt with outcome ``manager_abandoned``; no call row, as for a malformed
+        code: no order was named (what was keyed so far is not known, and could have been anything).
+        """
+        await self.store.audit(
+            actor=manager.id,
+            action="call.request",
+            outcome=Outcome.MANAGER_ABANDONED.value,
+            reason="keying_code",
+            details={"manager_id": manager.id, "direction": "phone"},
+        )
+        log.info("manager %s hung up while keying the order code in", manager.id)
 
     async def manager_reachable(self, manager: Manager) -> bool:
         """Whether the manager's phone can be rung: Asterisk knows the endpoint and it is not offline."""

@@ -1,4 +1,5 @@
-"""Dirty shop data on the real rig: names that are the customer's number, phone values that are no number.
+"""Dirty shop data on the real rig: names that are the customer's number, phone values that are no number,
+a manager hanging up while keying the code in.
 
 The manager endpoints are hostile (send_pai, send_rpid, send_connected_line, trust_id_outbound) and the
 carrier answers with the customer's number in P-Asserted-Identity to a trunk that trusts it: whatever the
@@ -193,3 +194,27 @@ def test_an_invalid_phone_over_http_is_422_and_nobody_rings(make_bridged, trace_
     assert not invites(phone.messages()), "the manager's phone rang for a call that cannot be made"
     assert not invites(customer.messages()), "a customer leg was dialled"
     assert_not_leaked(number, daemon_log=daemon.log_text(), daemon_database=daemon.dump_database())
+
+
+def test_manager_hanging_up_while_keying_the_code_is_manager_abandoned(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    daemon = make_bridged(("egor",))
+    egor = daemon.managers[0]
+    customer = carrier(trace_dir, rig_alloc, hold_ms=3000, timeout_s=30)
+    # *77 without a code: Asterisk answers and plays the enter-the-code prompt (FastAGI GET DATA);
+    # the phone hangs up 1.5 s in, while the prompt is still playing.
+    phone = dial(egor, trace_dir, "*77", dtmf="", hold_ms=1500, timeout_s=30)
+    assert phone.wait(timeout=30) == 0, phone.describe()
+    assert re.search(r"^BYE sip:", phone.messages(), re.M), phone.messages()[-500:]
+    audit = wait_for(lambda: daemon.audit_rows(egor.id), 10, "the attempt's audit row")
+    assert [(a["action"], a["outcome"], a["reason"]) for a in audit] == [
+        ("call.request", "manager_abandoned", "keying_code")
+    ]
+    assert daemon.call_rows(egor.id) == []  # no order was named
+    log = daemon.log_text()
+    assert "hung up while keying the order code in" in log
+    assert " ERROR " not in log and "Traceback" not in log, log[-2000:]
+    customer.stop()
+    assert not invites(customer.messages())
+    assert daemon.alive()

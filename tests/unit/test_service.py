@@ -357,3 +357,19 @@ def test_every_refusal_has_an_http_error_with_a_stable_id() -> None:
     assert len(set(ids)) == len(ids)
     overloaded = _REFUSAL_ERRORS[Refusal.OVERLOADED]
     assert (overloaded.status, overloaded.error_id) == (503, "overloaded")
+
+
+async def test_hanging_up_while_keying_the_code_is_an_audited_attempt(env: Env) -> None:
+    await env.service.abandoned_while_keying(manager(env.config))
+    assert env.store.rows == {}  # no order was named
+    assert env.store.audits == [
+        {
+            "actor": "anna",
+            "action": "call.request",
+            "outcome": "manager_abandoned",
+            "reason": "keying_code",
+            "call_id": None,
+            "order_id": None,
+            "details": {"manager_id": "anna", "direction": "phone"},
+        }
+    ]
