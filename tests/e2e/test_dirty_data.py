@@ -57,6 +57,20 @@ def _shown_names(trace: str) -> set[str]:
     return {name for _, value in _IDENTITY_HEADERS.findall(trace) for name in re.findall(r'"([^"]*)"', value)}
 
 
+def _assert_number_nowhere(
+    number: str, daemon, asterisk: Asterisk, call_id: str, trace: str, **more: str
+) -> None:
+    """Not in any SIP message the manager's phone received, bridged's log or database, or either leg's CDR."""
+    assert_not_leaked(
+        number,
+        manager_sip_trace=trace,
+        daemon_log=daemon.log_text(),
+        daemon_database=daemon.dump_database(),
+        asterisk_cdr=call_cdrs(asterisk, call_id),
+        **more,
+    )
+
+
 def _assert_label_is_the_order_alone(trace: str, order: str) -> None:
     shown = _shown_names(trace)
     assert f"Order {order}" in shown, shown
@@ -86,13 +100,7 @@ def test_a_name_that_is_the_number_never_reaches_the_manager(
 
     manager_trace = phone.messages()
     _assert_label_is_the_order_alone(manager_trace, order)
-    assert_not_leaked(
-        number,
-        manager_sip_trace=manager_trace,
-        daemon_log=daemon.log_text(),
-        daemon_database=daemon.dump_database(),
-        asterisk_cdr=call_cdrs(asterisk, row["id"]),
-    )
+    _assert_number_nowhere(number, daemon, asterisk, row["id"], manager_trace)
 
 
 def test_a_name_that_is_the_number_never_reaches_the_manager_over_http(
@@ -119,13 +127,8 @@ def test_a_name_that_is_the_number_never_reaches_the_manager_over_http(
     assert from_line and f'"Order {order} Olga S."' in from_line[0], from_line
     shown = _shown_names(manager_trace)
     assert not [name for name in shown if ascii_digits(name.replace(order, ""))], shown
-    assert_not_leaked(
-        number,
-        manager_sip_trace=manager_trace,
-        daemon_log=daemon.log_text(),
-        daemon_database=daemon.dump_database(),
-        asterisk_cdr=call_cdrs(asterisk, call["id"]),
-        http_response=json.dumps(ended),
+    _assert_number_nowhere(
+        number, daemon, asterisk, call["id"], manager_trace, http_response=json.dumps(ended)
     )
 
 

@@ -7,10 +7,13 @@ renamed parameter in the real code breaks the tests instead of silently passing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import io
 import itertools
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +25,7 @@ from bridged.ari import AriNotFound, is_background
 from bridged.config import Config, Manager, parse_config
 from bridged.labels import Label, Labeller
 from bridged.orders import Order
-from bridged.redact import PhoneNumber, digits
+from bridged.redact import PhoneNumber, RedactingFilter, digits
 from bridged.store import CallRow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +60,24 @@ def make_config(**overrides: Any) -> Config:
 
 def make_order(order_id: str = "123", manager_id: str | None = "anna", name: str = "Ivan Petrov") -> Order:
     return Order(id=order_id, phone=PhoneNumber(NUMBER), customer_name=name, manager_id=manager_id)
+
+
+@contextlib.contextmanager
+def filtered_logger(name: str, formatter: logging.Formatter) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger writing through bridged's RedactingFilter and ``formatter`` into a buffer."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(formatter)
+    log = logging.getLogger(name)
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    try:
+        yield log, stream
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
 
 
 def make_label(order_id: str = "123", name: str = "") -> Label:

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridged.logs import JsonFormatter, PlainFormatter, escape_controls
-from bridged.redact import MASK, RedactingFilter, digits
+from bridged.redact import MASK, digits
+from tests.unit.fakes import filtered_logger
 
 _RAW = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
@@ -21,19 +22,8 @@ _RAW = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 @pytest.fixture(params=[PlainFormatter, JsonFormatter], ids=["plain", "json"])
 def pipeline(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, io.StringIO]]:
     """The handler set-up of bridged.logs.setup_logging, writing to a buffer."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(RedactingFilter())
-    handler.setFormatter(request.param())
-    log = logging.getLogger(f"bridged.test_logs.{request.param.__name__}")
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
-    try:
-        yield log, stream
-    finally:
-        log.removeHandler(handler)
-        log.propagate = True
+    with filtered_logger(f"bridged.test_logs.{request.param.__name__}", request.param()) as pair:
+        yield pair
 
 
 def _raw_controls(line: str) -> list[str]:

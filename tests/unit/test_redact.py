@@ -14,6 +14,7 @@ from bridged.logs import JsonFormatter, PlainFormatter
 from bridged.orders import Order
 from bridged.phones import parse_phone
 from bridged.redact import MASK, PhoneNumber, RedactingFilter, digits, redact
+from tests.unit.fakes import filtered_logger
 
 NUMBER = "+14157654321"
 
@@ -102,19 +103,10 @@ def test_phone_number_refuses_pickling() -> None:
 
 @pytest.fixture
 def captured() -> Iterator[tuple[logging.Logger, io.StringIO]]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(RedactingFilter())
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    log = logging.getLogger("bridged.test_redact")
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
-    try:
-        yield log, stream
-    finally:
-        log.removeHandler(handler)
-        log.propagate = True
+    with filtered_logger(
+        "bridged.test_redact", logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    ) as pair:
+        yield pair
 
 
 def _leaks(output: str) -> bool:
