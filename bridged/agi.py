@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from typing import Any
 
 from panoramisk.fast_agi import Application, Request
 
@@ -38,8 +39,26 @@ class AgiError(Exception):
     pass
 
 
+class ManagerHungUp(Exception):
+    """The manager's channel hung up while a command ran (or before it): Asterisk answers ``HANGUP``
+    or 511 (a dead channel), or ends the session."""
+
+
+async def _send(request: Request, command: str) -> dict[str, Any]:
+    try:
+        reply: dict[str, Any] = await request.send_command(command)
+    except ValueError:
+        # panoramisk cannot parse the empty read of a closed connection: Asterisk ended the session.
+        raise ManagerHungUp(command.split()[0]) from None
+    except ConnectionError as exc:
+        raise ManagerHungUp(command.split()[0]) from exc
+    if reply.get("error") == "AGIResultHangup" or reply.get("status_code") == 511:
+        raise ManagerHungUp(command.split()[0])
+    return reply
+
+
 async def _command(request: Request, command: str) -> str:
-    reply = await request.send_command(command)
+    reply = await _send(request, command)
     if "error" in reply:
         raise AgiError(f"{command.split()[0]}: {reply.get('error')}")
     result = reply.get("result")
@@ -111,6 +130,9 @@ class AgiServer:
                 return
             request = Request(app=self._app, headers=headers, reader=reader, writer=writer)
             await self.order(request)
+        except ManagerHungUp as exc:
+            # The manager gave up while bridged was answering: an ordinary end, no error.
+            log.info("FastAGI: the manager hung up during %s", exc)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
             log.warning("FastAGI connection dropped: %s", type(exc).__name__)
         except Exception:
@@ -132,12 +154,11 @@ class AgiServer:
             return
         code = headers.get("agi_arg_1", "").strip()
         if not code:
-            code = await _command(
-                request,
-                f"GET DATA {self.config.prompts.enter_code} {_DIGITS_TIMEOUT_MS} {_MAX_DIGITS}",
-            )
-            if code in ("-1", "(timeout)"):
-                code = ""
+            try:
+                code = await self._read_code(request)
+            except ManagerHungUp:
+                await self.service.abandoned_while_keying(manager)
+                return
         outcome = await self.service.request(manager, code, direction="phone", manager_channel_id=channel_id)
         if isinstance(outcome, Refused):
             await self._refused(request, outcome)
@@ -146,6 +167,25 @@ class AgiServer:
         # interception from this answer before the channel enters Stasis.
         stasis_args = f"{self.config.ari.app},order,{outcome.call_id}"
         await set_var(request, VAR_REPLY, f"ok|{stasis_args}|{outcome.label_caller_id}")
+
+    async def _read_code(self, request: Request) -> str:
+        """The order code keyed in after ``*77`` (``""`` when none came in time).
+
+        Asterisk answers GET DATA with ``result=-1`` when the channel hung up during the prompt or the
+        wait, then sends ``HANGUP``; -1 also comes from a prompt that failed on a live channel, which
+        a CHANNEL STATUS tells apart (a dead channel answers ``HANGUP`` or 511 to it).
+        """
+        reply = await _send(
+            request, f"GET DATA {self.config.prompts.enter_code} {_DIGITS_TIMEOUT_MS} {_MAX_DIGITS}"
+        )
+        if reply.get("error") == "AGIAppError":  # result=-1
+            await _send(request, "CHANNEL STATUS")
+            raise AgiError("GET DATA failed on a live channel (is the enter_code prompt installed?)")
+        if "error" in reply:
+            raise AgiError(f"GET DATA: {reply.get('error')}")
+        result = reply.get("result")
+        code = str(result[0]) if isinstance(result, tuple) else ""
+        return "" if code in ("-1", "(timeout)") else code
 
     async def _refused(self, request: Request, refused: Refused) -> None:
         metrics.CALLS_REFUSED.inc(refused.reason.value)

@@ -26,6 +26,7 @@ from typing import Any
 from . import metrics
 from .ari import AriClient, AriError, AriNotFound, AriUnavailable, background_requests
 from .config import Config, Manager
+from .labels import Label, Labeller
 from .orders import Order
 from .recording_state import END_EVENTS as RECORDING_END_EVENTS
 from .recording_state import EVENTS as RECORDING_EVENTS
@@ -153,11 +154,6 @@ def outcome_for_unanswered(cause: int | None, dialstatus: str | None) -> Outcome
     return Outcome.CUSTOMER_UNAVAILABLE
 
 
-def caller_id(name: str, number: str) -> str:
-    name = name.replace('"', "").replace("\\", "")
-    return f'"{name}" <{number}>'
-
-
 def manager_leg_id(call_id: str) -> str:
     """The channel id of an HTTP call's manager leg (bridged originates it)."""
     return f"{call_id}-manager"
@@ -186,11 +182,6 @@ def caller_number(value: str) -> str:
     return (match[1] if match else value).strip()
 
 
-def label_caller_id(order_id: str, label: str) -> str:
-    """What a manager's phone is shown as the other party; the number part redials the order."""
-    return caller_id(label, f"*77{order_id}")
-
-
 @dataclass
 class Call:
     id: str
@@ -198,6 +189,9 @@ class Call:
     order_id: str
     direction: str
     order: Order | None  # None for a call adopted after a restart: its number is never needed again
+    # What the manager's phone is shown as the other party (bridged.labels; the name is not kept in
+    # the row, so an adopted call's label is the order alone).
+    label: Label = field(kw_only=True)
     state: CallState = CallState.REQUESTED
     manager_channel_id: str | None = None
     customer_channel_id: str | None = None
@@ -236,14 +230,8 @@ class Call:
     )
 
     @property
-    def label(self) -> str:
-        if self.order is not None:
-            return self.order.label()
-        return f"Order {self.order_id}"
-
-    @property
     def label_caller_id(self) -> str:
-        return label_caller_id(self.order_id, self.label)
+        return self.label.caller_id
 
 
 @dataclass
@@ -255,11 +243,12 @@ class PendingCall:
     manager: Manager
     direction: str
     manager_channel_id: str | None
+    label: Label = field(kw_only=True)
     created: float = field(default_factory=time.monotonic)
 
     @property
     def label_caller_id(self) -> str:
-        return label_caller_id(self.order.id, self.order.label())
+        return self.label.caller_id
 
 
 def _recording_state(value: str | None) -> RecordingState | None:
@@ -310,6 +299,8 @@ class CallEngine:
         self.store = store
         self.is_connected = is_connected
         self._shop_number = caller_number(config.trunk.caller_id)
+        # The one label builder: the service labels the calls it accepts with it too.
+        self.labeller = Labeller(config.labels.template, config.labels.name_style)
         self.calls: dict[str, Call] = {}
         self._by_channel: dict[str, Call] = {}
         # Calls by the name of their recording, until its end has been judged (which may be after the call).
@@ -358,6 +349,7 @@ class CallEngine:
             order_id=pending.order.id,
             direction=pending.direction,
             order=pending.order,
+            label=pending.label,
             manager_channel_id=manager_leg_id(pending.call_id),
         )
         self._pending.pop(pending.call_id, None)
@@ -420,6 +412,7 @@ class CallEngine:
             order_id=pending.order.id,
             direction=pending.direction,
             order=pending.order,
+            label=pending.label,
             manager_channel_id=channel_id,
         )
         call.manager_up = (event.get("channel") or {}).get("state") == "Up"
@@ -669,7 +662,8 @@ class CallEngine:
 
     async def _on_manager_ready(self, call: Call) -> None:
         manager_channel = call.manager_channel_id
-        assert manager_channel is not None and call.order is not None
+        # The service refuses an order without a valid number before any call exists.
+        assert manager_channel is not None and call.order is not None and call.order.phone is not None
         if not self.is_connected():
             await self._prepare_manager(call)
             await self._refuse(call, Outcome.FAILED, self.config.prompts.unavailable)
@@ -1006,7 +1000,7 @@ class CallEngine:
         """
         caller = (event.get("channel") or {}).get("caller") or {}
         number = caller.get("number") if isinstance(caller, dict) else None
-        if number in (f"*77{call.order_id}", self._shop_number):
+        if number in (call.label.number, self._shop_number):
             return  # ours: the originate's caller id, or the label put back
         if call.state is CallState.RINGING_CUSTOMER:
             # Not in Stasis yet, so ARI cannot set its variables: done right before the bridge.
@@ -1209,6 +1203,7 @@ class CallEngine:
             order_id=row.order_id,
             direction=row.direction,
             order=None,
+            label=self.labeller.label(row.order_id),
             state=state,
             manager_channel_id=row.manager_channel_id,
             customer_channel_id=row.customer_channel_id,

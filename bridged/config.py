@@ -16,6 +16,9 @@ from urllib.parse import urlparse
 
 import yaml
 
+from .labels import DEFAULT_NAME_STYLE, DEFAULT_TEMPLATE, NAME_STYLES, template_problem
+from .phones import DIAL_FORMATS, region_known
+
 POLICIES = ("own", "team", "any")
 
 # Values shipped in the example config that must never reach production unchanged.
@@ -57,6 +60,19 @@ class OrdersConfig:
     timeout: float = 2.0
     # What a manager may key in as an order code; anything else is refused before any lookup.
     code_pattern: str = r"[0-9]{1,12}"
+    # The region of national numbers in the shop's data (e.g. "RU": "8 916 ..." is +7 916 ...); None:
+    # every number must carry its country code.
+    default_region: str | None = None
+    # How the trunk dial string's {number} is written (bridged.phones.DIAL_FORMATS).
+    dial_format: str = "e164"
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    """What a manager's phone shows as the other party (bridged.labels)."""
+
+    template: str = DEFAULT_TEMPLATE
+    name_style: str = DEFAULT_NAME_STYLE
 
 
 @dataclass(frozen=True)
@@ -152,6 +168,7 @@ class Prompts:
     no_answer: str = "vm-nobodyavail"
     customer_unavailable: str = "number-not-answering"
     congestion: str = "all-circuits-busy-now"
+    invalid_phone: str = "cannot-complete-as-dialed"
 
 
 @dataclass(frozen=True)
@@ -168,6 +185,7 @@ class Config:
     managers: tuple[Manager, ...]
     policy: str
     trunk: TrunkConfig
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     agi: AgiConfig = field(default_factory=AgiConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -321,11 +339,21 @@ def _load_orders(s: _Section) -> OrdersConfig:
         re.compile(pattern)
     except re.error as exc:
         raise ConfigError(s.key("code_pattern"), f"is not a valid regular expression: {exc}") from None
+    region = s.opt_str("default_region")
+    if region is not None and not region_known(region):
+        raise ConfigError(s.key("default_region"), "must be a two-letter region code such as RU or DE")
+    dial_format = s.text("dial_format", "e164")
+    if dial_format not in DIAL_FORMATS:
+        raise ConfigError(s.key("dial_format"), f"must be one of {', '.join(DIAL_FORMATS)}")
+    if dial_format == "national" and region is None:
+        raise ConfigError(s.key("dial_format"), "national needs orders.default_region")
     cfg = OrdersConfig(
         dsn=_dsn(s, "dsn"),
         query=query,
         timeout=s.number("timeout", 2.0, minimum=0.05, maximum=30),
         code_pattern=pattern,
+        default_region=region,
+        dial_format=dial_format,
     )
     s.finish()
     return cfg
@@ -374,6 +402,19 @@ def _load_trunk(s: _Section) -> TrunkConfig:
         caller_id=s.text("caller_id", required=True),
         ring_timeout=s.integer("ring_timeout", 30, minimum=5, maximum=300),
     )
+    s.finish()
+    return cfg
+
+
+def _load_labels(s: _Section) -> LabelsConfig:
+    template = s.text("template", DEFAULT_TEMPLATE)
+    problem = template_problem(template)
+    if problem is not None:
+        raise ConfigError(s.key("template"), problem)
+    style = s.text("name_style", DEFAULT_NAME_STYLE)
+    if style not in NAME_STYLES:
+        raise ConfigError(s.key("name_style"), f"must be one of {', '.join(NAME_STYLES)}")
+    cfg = LabelsConfig(template=template, name_style=style)
     s.finish()
     return cfg
 
@@ -531,6 +572,7 @@ def parse_config(data: Any) -> Config:
         managers=managers,
         policy=policy,
         trunk=_load_trunk(root.section("trunk")),
+        labels=_load_labels(root.section("labels", required=False)),
         recording=_load_recording(root.section("recording", required=False)),
         agi=_load_agi(root.section("agi", required=False)),
         http=_load_http(root.section("http", required=False)),

@@ -4,10 +4,32 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import unicodedata
 from datetime import UTC, datetime
 
 from .redact import RedactingFilter
+
+# Characters that must not reach a log line raw: controls (an ESC sequence recolours or rewrites a
+# terminal, CR overwrites the line, NUL truncates), format characters (a bidi override reverses what
+# follows), line and paragraph separators, lone surrogates (unwritable as UTF-8). Anything from a URL,
+# a SIP value or a shop's row may hold them. Letters of any script stay as they are.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# Printable ASCII and the Latin, Greek and Cyrillic blocks hold none of those (U+00AD aside): not looked at.
+_MAYBE_ESCAPED = re.compile(r"[^\x20-\x7e\u00a0-\u00ac\u00ae-\u05ff]")
+
+
+def _escape_char(ch: str) -> str:
+    if unicodedata.category(ch) not in _ESCAPED_CATEGORIES:
+        return ch
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control or format character written as an escape (``\\x1b``, ``\\u202e``)."""
+    return _MAYBE_ESCAPED.sub(lambda m: _escape_char(m.group(0)), text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -16,10 +38,11 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": escape_controls(record.getMessage()),
         }
         if record.exc_text:
-            entry["exc"] = record.exc_text
+            entry["exc"] = escape_controls(record.exc_text)
+        # json escapes only C0 controls itself: DEL, C1 and format characters were done above.
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -35,7 +58,7 @@ class PlainFormatter(logging.Formatter):
         if record.exc_text:
             record.exc_text = record.exc_text.replace("\n", " | ")
         # logging.Formatter joins message and traceback (and stack) with a newline: fold those too.
-        return super().format(record).replace("\n", " | ")
+        return escape_controls(super().format(record).replace("\n", " | "))
 
 
 def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:

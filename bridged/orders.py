@@ -12,6 +12,7 @@ import asyncpg
 
 from . import db, metrics
 from .config import Config, Manager, OrdersConfig
+from .phones import InvalidPhone, parse_phone
 from .redact import PhoneNumber
 
 log = logging.getLogger(__name__)
@@ -20,23 +21,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Order:
     id: str
-    phone: PhoneNumber
+    # None: the shop's value is not a valid number (the call is refused, never dialled).
+    phone: PhoneNumber | None
     customer_name: str
     manager_id: str | None
-
-    def label(self) -> str:
-        """What a manager's phone shows: the order and a short customer name, never the number."""
-        return f"Order {self.id} {short_name(self.customer_name)}".strip()
-
-
-def short_name(full_name: str) -> str:
-    """'Ivan Petrov' -> 'Ivan P.'; keeps what a manager needs to greet the customer."""
-    parts = [p for p in re.split(r"\s+", full_name.strip()) if p]
-    if not parts:
-        return ""
-    if len(parts) == 1:
-        return parts[0][:24]
-    return f"{parts[0][:24]} {parts[-1][0]}."
 
 
 class LookupFailed(Exception):
@@ -83,19 +71,21 @@ class OrderDirectory:
         except KeyError:
             metrics.LOOKUP_ERRORS.inc()
             raise LookupFailed("query must return phone, customer_name and manager_id") from None
-        if not phone:
-            return None
-        try:
-            number = PhoneNumber(str(phone))
-        except ValueError:
-            metrics.LOOKUP_ERRORS.inc()
-            raise LookupFailed("order has a malformed phone number") from None
         return Order(
             id=order_id,
-            phone=number,
+            # An order without a number is a known order that cannot be called: refused as invalid_phone.
+            phone=None if phone is None else self._parse_phone(phone),
             customer_name=str(name or ""),
             manager_id=None if manager_id is None else str(manager_id),
         )
+
+    def _parse_phone(self, value: object) -> PhoneNumber | None:
+        try:
+            return parse_phone(
+                str(value), region=self._config.default_region, dial_format=self._config.dial_format
+            )
+        except InvalidPhone:
+            return None
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -113,6 +103,7 @@ class Refusal(StrEnum):
     LOOKUP_FAILED = "lookup_failed"
     UNAVAILABLE = "unavailable"
     OVERLOADED = "overloaded"
+    INVALID_PHONE = "invalid_phone"
 
 
 def is_valid_code(config: OrdersConfig, code: str) -> bool:

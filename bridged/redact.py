@@ -10,9 +10,14 @@ from __future__ import annotations
 import logging
 import re
 
-# 7+ digits, optionally with +, spaces, dots, dashes, slashes or parentheses between them.
-_PHONE_RE = re.compile(r"\+?\(?\d(?:[\s().\-/]{0,2}\d){6,}")
+# 7+ digits, optionally with +, spaces, dots, dashes, slashes or parentheses between them, or control
+# and invisible format characters (which the log formatters then escape: a number spread out with
+# them must not come out readable).
+_PHONE_RE = re.compile(
+    r"\+?\(?\d(?:[\s().\-/\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]{0,2}\d){6,}"
+)
 MASK = "<redacted>"
+_DIAL_STRING_RE = re.compile(r"\+?[0-9]{3,20}")
 
 
 # Asterisk unique ids ("1764413784.12", "host-1764413784.12") are an epoch and a sequence number;
@@ -37,17 +42,18 @@ def digits(text: str) -> str:
 
 
 class PhoneNumber:
-    """A customer's number. Only :meth:`dialable` reveals it, and only the trunk dial string uses it."""
+    """A customer's number. Only :meth:`dialable` reveals it, and only the trunk dial string uses it.
+
+    Built by :func:`bridged.phones.parse_phone` from a validated number; holds the dial string itself
+    (``+`` and ASCII digits), nothing else.
+    """
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
-        cleaned = "".join(ch for ch in value.strip() if ch.isdigit() or ch == "+")
-        if cleaned.count("+") > 1 or ("+" in cleaned and not cleaned.startswith("+")):
-            raise ValueError("malformed phone number")
-        if len(digits(cleaned)) < 3:
-            raise ValueError("phone number too short")
-        self._value = cleaned
+    def __init__(self, dial_string: str) -> None:
+        if not _DIAL_STRING_RE.fullmatch(dial_string):
+            raise ValueError("not a dial string (an optional '+' and ASCII digits)")
+        self._value = dial_string
 
     def dialable(self) -> str:
         return self._value

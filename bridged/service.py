@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .calls import CallEngine, CallState, PendingCall, customer_leg_id, manager_leg_id, new_call_id
+from .calls import CallEngine, CallState, Outcome, PendingCall, customer_leg_id, manager_leg_id, new_call_id
 from .config import Config, Manager
 from .orders import LookupFailed, OrderDirectory, Refusal, is_valid_code, may_call
 from .redact import redact
@@ -76,6 +76,21 @@ class CallService:
         log.info("call refused: endpoint %s is no manager", endpoint)
         return Refused(Refusal.UNKNOWN_MANAGER)
 
+    async def abandoned_while_keying(self, manager: Manager) -> None:
+        """The manager hung up while keying the order code in after ``*77``: an ordinary end.
+
+        Audited as an attempt with outcome ``manager_abandoned``; no call row, as for a malformed
+        code: no order was named (what was keyed so far is not known, and could have been anything).
+        """
+        await self.store.audit(
+            actor=manager.id,
+            action="call.request",
+            outcome=Outcome.MANAGER_ABANDONED.value,
+            reason="keying_code",
+            details={"manager_id": manager.id, "direction": "phone"},
+        )
+        log.info("manager %s hung up while keying the order code in", manager.id)
+
     async def manager_reachable(self, manager: Manager) -> bool:
         """Whether the manager's phone can be rung: Asterisk knows the endpoint and it is not offline."""
         snapshot = await self.engine.ari.get_endpoint("PJSIP", manager.endpoint)
@@ -119,6 +134,10 @@ class CallService:
             return await self._refuse(manager, code, Refusal.UNKNOWN_ORDER, direction, actor)
         if not may_call(self.config, manager, order):
             return await self._refuse(manager, code, Refusal.DENIED, direction, actor)
+        if order.phone is None:
+            # Dialling what is left of a value that is not a valid number reaches a stranger. The value
+            # itself goes nowhere: not in the log, not in the audit row.
+            return await self._refuse(manager, code, Refusal.INVALID_PHONE, direction, actor)
         call_id = new_call_id()
         await self.store.insert_call_audited(
             call_id=call_id,
@@ -139,6 +158,7 @@ class CallService:
             manager=manager,
             direction=direction,
             manager_channel_id=manager_channel_id,
+            label=self.engine.labeller.label(order.id, order.customer_name),
         )
         self.engine.expect(pending)
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
@@ -150,7 +170,7 @@ class CallService:
         # A refused attempt on a well-formed order code is still a call attempt: it gets its row.
         # A code that did not resolve to an order is only what someone typed, and that may be a
         # customer's number (a manager probing): stored masked unless it is a known order.
-        code = code if reason is Refusal.DENIED else redact(code)
+        code = code if reason in (Refusal.DENIED, Refusal.INVALID_PHONE) else redact(code)
         call_id = new_call_id()
         await self.store.insert_call(
             call_id=call_id,
@@ -183,4 +203,5 @@ class CallService:
             Refusal.LOOKUP_FAILED: prompts.lookup_failed,
             Refusal.UNAVAILABLE: prompts.unavailable,
             Refusal.OVERLOADED: prompts.overloaded,
+            Refusal.INVALID_PHONE: prompts.invalid_phone,
         }[reason]

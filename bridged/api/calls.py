@@ -53,6 +53,10 @@ IdempotencyInProgress = _error(
     409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being handled"
 )
 ManagerUnavailable = _error(409, "manager_unavailable", "the manager's phone could not be called")
+# The order exists, but its phone value is not a valid number: it is never dialled.
+InvalidPhone = _error(
+    422, "invalid_phone", "the order's phone number is not a valid number; it was not dialled"
+)
 
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ID_MAX = 64
@@ -65,6 +69,7 @@ _REFUSAL_ERRORS: dict[Refusal, type[ApiError]] = {
     Refusal.UNAVAILABLE: TelephonyUnavailable,
     Refusal.OVERLOADED: Overloaded,
     Refusal.UNKNOWN_MANAGER: UnknownManager,
+    Refusal.INVALID_PHONE: InvalidPhone,
 }
 
 
@@ -277,7 +282,8 @@ SCHEMAS = {
                 "type": ["string", "null"],
                 "description": "completed, manager_no_answer, manager_unavailable, manager_abandoned, "
                 "customer_busy, customer_no_answer, customer_unavailable, customer_congestion, "
-                "customer_abandoned, cancelled, denied, unknown_order, lookup_failed, unavailable, failed",
+                "customer_abandoned, cancelled, denied, unknown_order, invalid_phone, lookup_failed, "
+                "unavailable, overloaded, failed",
             },
             "requested_at": {"type": "string", "format": "date-time"},
             "answered_at": _TIMESTAMP,
@@ -320,6 +326,12 @@ openapi.register(
                     "responses": {
                         "202": {"description": "the manager's phone is ringing", "content": _CALL},
                         **openapi.error_responses(400, 404, 409, 413, 415, 422, 503),
+                        "422": {
+                            **openapi.error_responses(422)["422"],
+                            "description": "invalid_request, invalid_order_id, invalid_idempotency_key, "
+                            "idempotency_key_reused, or invalid_phone (the order's phone value is not a "
+                            "valid number: nobody was dialled)",
+                        },
                     },
                 }
             )

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -65,14 +66,20 @@ def new_order_id() -> str:
     return str(next(_orders) * 10 + int(time.time()) % 7)
 
 
+def ascii_digits(text: str) -> str:
+    """The decimal digits of ``text`` in any script (fullwidth, Arabic-Indic, ...), as ASCII digits."""
+    return "".join(str(unicodedata.decimal(ch)) for ch in text if unicodedata.decimal(ch, None) is not None)
+
+
 def number_leaks(text: str, number: str) -> list[str]:
-    """Lines of ``text`` that carry the number in any formatting (digits only are compared).
+    """Lines of ``text`` that carry the number in any formatting and any script's digits (digits only
+    are compared).
 
     The national significant part (without the country code) is enough to identify a customer, so
     that is what is searched for.
     """
-    needle = re.sub(r"\D", "", number)[-9:]
-    return [line for line in text.splitlines() if needle in re.sub(r"\D", "", line)]
+    needle = ascii_digits(number)[-9:]
+    return [line for line in text.splitlines() if needle in ascii_digits(line)]
 
 
 def setup_shop(postgres: Postgres) -> None:

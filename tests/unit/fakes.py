@@ -7,10 +7,13 @@ renamed parameter in the real code breaks the tests instead of silently passing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import io
 import itertools
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,15 +23,16 @@ import yaml
 
 from bridged.ari import AriNotFound, is_background
 from bridged.config import Config, Manager, parse_config
+from bridged.labels import Label, Labeller
 from bridged.orders import Order
-from bridged.redact import PhoneNumber, digits
+from bridged.redact import PhoneNumber, RedactingFilter, digits
 from bridged.store import CallRow
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "config" / "bridged.example.yaml"
 
 # The customer's number: it may appear in the originate endpoint and nowhere else.
-NUMBER = "+15557654321"
+NUMBER = "+14157654321"
 NUMBER_DIGITS = digits(NUMBER)
 # Tail of the number, to catch partial leaks (e.g. the number without its country code).
 NUMBER_TAIL = NUMBER_DIGITS[-7:]
@@ -56,6 +60,29 @@ def make_config(**overrides: Any) -> Config:
 
 def make_order(order_id: str = "123", manager_id: str | None = "anna", name: str = "Ivan Petrov") -> Order:
     return Order(id=order_id, phone=PhoneNumber(NUMBER), customer_name=name, manager_id=manager_id)
+
+
+@contextlib.contextmanager
+def filtered_logger(name: str, formatter: logging.Formatter) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger writing through bridged's RedactingFilter and ``formatter`` into a buffer."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(formatter)
+    log = logging.getLogger(name)
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    try:
+        yield log, stream
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+
+
+def make_label(order_id: str = "123", name: str = "") -> Label:
+    """The label the default template gives (what the engine's labeller builds with the example config)."""
+    return Labeller().label(order_id, name)
 
 
 def manager(config: Config, manager_id: str = "anna") -> Manager:
@@ -116,7 +143,7 @@ def channel_destroyed(channel_id: str, cause: int = 16, state: str = "Down") -> 
     }
 
 
-def dial(peer_id: str, dialstatus: str, dialstring: str = "+15557654321@carrier") -> dict[str, Any]:
+def dial(peer_id: str, dialstatus: str, dialstring: str = "+14157654321@carrier") -> dict[str, Any]:
     # Originated channels: no "caller", the "peer" is the dialled channel; the dial string is the number.
     return {
         "type": "Dial",

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
 import pytest
 
+from bridged import metrics
 from bridged.agi import AgiServer
 from bridged.calls import PendingCall
 from bridged.config import AgiConfig, Config, Manager
 from bridged.orders import Refusal
 from bridged.service import CallService, Refused
-from tests.unit.fakes import make_config, make_order, wait_until
+from tests.unit.fakes import make_config, make_label, make_order, wait_until
 
 CALL_ID = "c0ffeec0ffee"
 
@@ -26,9 +28,13 @@ class FakeService:
         self.refuse = refuse
         self.requests: list[tuple[str, str, str, str | None]] = []
         self.unknown: list[str] = []
+        self.abandoned: list[str] = []
 
     def manager_for_endpoint(self, endpoint: str) -> Manager | None:
         return self.config.manager_by_endpoint(endpoint)
+
+    async def abandoned_while_keying(self, manager: Manager) -> None:
+        self.abandoned.append(manager.id)
 
     async def refuse_unknown_manager(self, endpoint: str) -> Refused:
         self.unknown.append(endpoint)
@@ -48,6 +54,7 @@ class FakeService:
             manager=manager,
             direction=direction,
             manager_channel_id=manager_channel_id,
+            label=make_label(code, "Ivan Petrov"),
         )
 
     def prompt_for(self, reason: Refusal) -> str:
@@ -244,7 +251,7 @@ async def test_peer_closing_before_the_blank_line(agi: Agi) -> None:
     assert _set_vars(commands)[-1].startswith('SET VARIABLE BRIDGED_REPLY "ok|')
 
 
-async def test_peer_hanging_up_mid_command(agi: Agi) -> None:
+async def test_peer_hanging_up_mid_command(agi: Agi, caplog: pytest.LogCaptureFixture) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", agi.port)
     # *77 without a code: the server's first command asks for the digits; the peer hangs up then.
     for key, value in _headers(agi_arg_1="").items():
@@ -257,6 +264,72 @@ async def test_peer_hanging_up_mid_command(agi: Agi) -> None:
     await writer.wait_closed()
     await asyncio.wait_for(_finished(agi, 1), timeout=2)
     assert agi.service.requests == []
+    assert agi.service.abandoned == ["anna"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# What Asterisk 22 sends a FastAGI server when the channel hangs up around GET DATA: "200 result=-1"
+# then "HANGUP" during the prompt or the wait; "HANGUP" first when it hung up before the command ran;
+# 511 for a command on a channel that is already dead.
+HANGUPS = {
+    "during GET DATA": ["200 result=-1", "HANGUP"],
+    "before GET DATA": ["HANGUP", "511 Command Not Permitted on a dead channel or intercept routine"],
+    "dead channel": ["511 Command Not Permitted on a dead channel or intercept routine"],
+}
+
+
+@pytest.mark.parametrize("lines", HANGUPS.values(), ids=HANGUPS.keys())
+async def test_manager_hanging_up_while_keying_the_code_is_manager_abandoned(
+    agi: Agi, caplog: pytest.LogCaptureFixture, lines: list[str]
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridged.agi")
+    pending = list(lines)
+
+    def answer(command: str) -> str:
+        if command.startswith("GET DATA ") or command == "CHANNEL STATUS":
+            # Asterisk sends HANGUP on its own, without a command: it arrives with the reply before it.
+            out = "\n".join(pending) if command.startswith("GET DATA ") else "511 Command Not Permitted"
+            pending.clear()
+            return out
+        return "510 Invalid or unknown command"
+
+    commands = await session(agi.port, _headers(agi_arg_1=""), answer)
+    await asyncio.wait_for(_finished(agi, 1), timeout=2)
+    assert agi.service.abandoned == ["anna"]
+    assert agi.service.requests == []
+    assert _set_vars(commands) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+async def test_get_data_failing_on_a_live_channel_is_no_hangup(
+    agi: Agi, caplog: pytest.LogCaptureFixture
+) -> None:
+    # result=-1 with the channel still up (a missing prompt file): not the manager's doing.
+    def answer(command: str) -> str:
+        if command.startswith("GET DATA "):
+            return "200 result=-1"
+        if command == "CHANNEL STATUS":
+            return "200 result=6"
+        return "200 result=1"
+
+    commands = await session(agi.port, _headers(agi_arg_1=""), answer)
+    await asyncio.wait_for(_finished(agi, 1), timeout=2)
+    assert "CHANNEL STATUS" in commands
+    assert agi.service.abandoned == [] and agi.service.requests == []
+    # No answer: the dialplan plays its own error prompt; the failure is logged as one.
+    assert _set_vars(commands) == []
+    assert "GET DATA failed on a live channel" in caplog.text
+
+
+async def test_invalid_phone_is_refused_with_its_prompt() -> None:
+    agi = await _start(refuse=Refusal.INVALID_PHONE)
+    refused_before = metrics.CALLS_REFUSED.value("invalid_phone")
+    try:
+        commands = await session(agi.port, _headers())
+    finally:
+        await agi.server.stop()
+    assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "refused|cannot-complete-as-dialed"']
+    assert metrics.CALLS_REFUSED.value("invalid_phone") == refused_before + 1
 
 
 async def test_oversized_headers_are_dropped(agi: Agi) -> None:

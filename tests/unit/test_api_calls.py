@@ -74,3 +74,25 @@ async def test_overloaded_asterisk_gets_503_overloaded_before_any_ari_request(se
     assert metrics.CALLS_REFUSED.value("overloaded") == refused_before + 1
     held.cancel()
     await asyncio.gather(held, return_exceptions=True)
+
+
+async def test_an_order_without_a_valid_number_is_422_invalid_phone_and_nobody_is_dialled(
+    served: Any,
+) -> None:
+    client, ari, store = served
+    service = client.server.app[SERVICE]
+    service.directory.orders["124"] = replace(make_order("124", manager_id="anna"), phone=None)
+    refused_before = metrics.CALLS_REFUSED.value("invalid_phone")
+    resp = await client.post(
+        "/v1/calls",
+        json={"order_id": "124", "manager_id": "anna"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    body = await resp.json()
+    assert resp.status == 422, body
+    assert body["error"]["id"] == "invalid_phone"
+    assert ari.named("originate") == []
+    [row] = store.rows.values()
+    assert (row["order_id"], row["outcome"], row["direction"]) == ("124", "invalid_phone", "api")
+    assert store.audits[-1]["reason"] == "invalid_phone" and store.audits[-1]["order_id"] == "124"
+    assert metrics.CALLS_REFUSED.value("invalid_phone") == refused_before + 1

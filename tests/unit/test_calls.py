@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +33,6 @@ from bridged.redact import digits
 from bridged.store import Store
 from tests.unit.fakes import (
     NUMBER,
-    NUMBER_DIGITS,
     NUMBER_TAIL,
     FakeAri,
     FakeStore,
@@ -42,6 +41,7 @@ from tests.unit.fakes import (
     dial,
     hangup_request,
     make_config,
+    make_label,
     make_order,
     manager,
     not_found,
@@ -82,6 +82,7 @@ class Env:
                 manager=manager(self.config, manager_id),
                 direction="phone",
                 manager_channel_id=manager_channel,
+                label=make_label("123", "Ivan Petrov"),
             )
         )
 
@@ -928,7 +929,13 @@ def test_every_transition_outside_the_table_is_refused() -> None:
     for old in CallState:
         for new in CallState:
             call = Call(
-                id="t", manager=manager(config), order_id="1", direction="phone", order=None, state=old
+                id="t",
+                manager=manager(config),
+                order_id="1",
+                direction="phone",
+                order=None,
+                state=old,
+                label=make_label("1"),
             )
             if new in TRANSITIONS[old]:
                 engine._transition(call, new)
@@ -1010,14 +1017,17 @@ def test_prompts_are_media_lists() -> None:
     assert engine._prompt_for(Outcome.FAILED) == Prompts().customer_unavailable
 
 
-def test_label_of_an_adopted_call_has_no_customer_name() -> None:
-    config = make_config()
-    call = Call(id="x", manager=manager(config), order_id="42", direction="phone", order=None)
-    assert call.label == "Order 42"
+async def test_label_of_an_adopted_call_has_no_customer_name(env: Env) -> None:
+    # The row keeps the order id only: an adopted call's label is the order alone, built by the
+    # engine's one labeller (what a ChannelCallerId restore then puts on the customer leg).
+    _bridged_row(env, "call-r")
+    env.store.rows["call-r"]["order_id"] = "42"
+    env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
+    await env.engine.reconcile()
+    call = env.engine.calls["call-r"]
+    assert call.label.text == "Order 42"
     assert call.label_caller_id == '"Order 42" <*7742>'
-    named = replace(call, order=make_order(name='Ivan "the" Petrov'))
-    assert named.label_caller_id == '"Order 123 Ivan P." <*7742>'
-    assert NUMBER_DIGITS not in digits(named.label_caller_id)
+    assert env.engine.labeller.label("42", 'Ivan "the" Petrov').caller_id == '"Order 42 Ivan P." <*7742>'
 
 
 async def test_pending_call_whose_manager_never_reaches_stasis_is_closed(env: Env) -> None:

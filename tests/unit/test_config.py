@@ -192,3 +192,66 @@ def test_cli_check_config(tmp_path: Path) -> None:
     result = _check_config(good)
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
+
+
+LABEL_AND_PHONE_ERRORS: list[tuple[str, Any, str]] = [
+    ("labels.template", "Order {name}", "must contain {order}"),
+    ("labels.template", "Order {order} {phone}", "may use only the {order} and {name} placeholders"),
+    ("labels.template", "Order {order!r}", "may use only the {order} and {name} placeholders"),
+    ("labels.template", "Order {order} {order}", "may use each placeholder once"),
+    (
+        "labels.template",
+        "Order 1 {order}",
+        "may hold only letters, spaces and - ' . # besides {order} and {name}",
+    ),
+    (
+        "labels.template",
+        "sip:{order}@shop",
+        "may hold only letters, spaces and - ' . # besides {order} and {name}",
+    ),
+    (
+        "labels.template",
+        "Order\x1b{order}",
+        "may hold only letters, spaces and - ' . # besides {order} and {name}",
+    ),
+    (
+        "labels.template",
+        "{order",
+        "is not a valid template (a '{' or '}' without its pair; use only {order} and {name})",
+    ),
+    ("labels.template", "Order {order} " + "x" * 30, "must be at most 40 characters"),
+    ("labels.template", "", "must be a non-empty string"),
+    ("labels.name_style", "full", "must be one of first_last_initial"),
+    ("labels.colour", "blue", "is not a known key"),
+    ("orders.default_region", "XX", "must be a two-letter region code such as RU or DE"),
+    ("orders.default_region", "Russia", "must be a two-letter region code such as RU or DE"),
+    ("orders.dial_format", "e.164", "must be one of e164, e164_no_plus, national"),
+    ("orders.dial_format", "national", "national needs orders.default_region"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), LABEL_AND_PHONE_ERRORS)
+def test_label_and_phone_settings_are_validated(key: str, value: Any, message: str) -> None:
+    data = copy.deepcopy(example_data())
+    data.setdefault("labels", {})
+    _set(data, key, value)
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert (info.value.key, info.value.message) == (key, message)
+
+
+def test_label_and_phone_settings_load() -> None:
+    config = parse_config(example_data())
+    # The example documents the defaults.
+    assert (config.labels.template, config.labels.name_style) == (
+        "Order {order} {name}",
+        "first_last_initial",
+    )
+    assert (config.orders.default_region, config.orders.dial_format) == (None, "e164")
+    assert config.prompts.invalid_phone == "cannot-complete-as-dialed"
+    data = example_data()
+    data["labels"] = {"template": "Заказ № {order} {name}"}
+    data["orders"].update(default_region="RU", dial_format="national")
+    config = parse_config(data)
+    assert config.labels.template == "Заказ № {order} {name}"
+    assert (config.orders.default_region, config.orders.dial_format) == ("RU", "national")

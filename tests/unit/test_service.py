@@ -50,6 +50,9 @@ def _env(config: Config | None = None, *, fail: bool = False) -> Env:
             "123": make_order("123", manager_id="anna"),
             "456": make_order("456", manager_id="boris"),
             "789": make_order("789", manager_id=None),
+            # Known orders whose phone value is not a valid number (OrderDirectory parsed it).
+            "321": replace(make_order("321", manager_id="anna"), phone=None),
+            "654": replace(make_order("654", manager_id="boris"), phone=None),
         },
         fail=fail,
     )
@@ -143,6 +146,28 @@ async def test_policy_own_denies_an_order_without_manager(env: Env) -> None:
         manager(env.config), "789", direction="phone", manager_channel_id="m-1"
     )
     _refused_row(env, result, Refusal.DENIED, "789")
+
+
+async def test_an_order_without_a_valid_number_is_refused_and_nobody_is_dialled(env: Env) -> None:
+    result = await env.service.request(
+        manager(env.config), "321", direction="phone", manager_channel_id="m-1"
+    )
+    # A known order: its id stays in the row and the audit entry; the phone value goes nowhere.
+    _refused_row(env, result, Refusal.INVALID_PHONE, "321")
+    assert env.engine.ari.named("originate") == []
+    assert (
+        env.service.prompt_for(Refusal.INVALID_PHONE)
+        == env.config.prompts.invalid_phone
+        == ("cannot-complete-as-dialed")
+    )
+
+
+async def test_policy_comes_before_the_phone_check(env: Env) -> None:
+    # Another manager's order says "denied", not whether its customer's number is any good.
+    result = await env.service.request(
+        manager(env.config), "654", direction="phone", manager_channel_id="m-1"
+    )
+    _refused_row(env, result, Refusal.DENIED, "654")
 
 
 async def test_policy_team_allows_a_teammates_order() -> None:
@@ -288,6 +313,8 @@ async def test_success_registers_the_pending_call(env: Env) -> None:
     result = await env.service.request(anna, "123", direction="phone", manager_channel_id="1700000000.42")
     assert isinstance(result, PendingCall)
     assert result.order.id == "123"
+    # Labelled by the engine's labeller (the one every label comes from).
+    assert result.label_caller_id == '"Order 123 Ivan P." <*77123>'
     assert result.manager == anna
     assert result.manager_channel_id == "1700000000.42"
     assert env.engine._pending[result.call_id] is result
@@ -330,3 +357,19 @@ def test_every_refusal_has_an_http_error_with_a_stable_id() -> None:
     assert len(set(ids)) == len(ids)
     overloaded = _REFUSAL_ERRORS[Refusal.OVERLOADED]
     assert (overloaded.status, overloaded.error_id) == (503, "overloaded")
+
+
+async def test_hanging_up_while_keying_the_code_is_an_audited_attempt(env: Env) -> None:
+    await env.service.abandoned_while_keying(manager(env.config))
+    assert env.store.rows == {}  # no order was named
+    assert env.store.audits == [
+        {
+            "actor": "anna",
+            "action": "call.request",
+            "outcome": "manager_abandoned",
+            "reason": "keying_code",
+            "call_id": None,
+            "order_id": None,
+            "details": {"manager_id": "anna", "direction": "phone"},
+        }
+    ]

@@ -10,7 +10,7 @@ from bridged.calls import Call, CallState, Outcome
 from bridged.config import WebhookConfig
 from bridged.webhooks import WebhookSink, api_state, backoff, sign, verify
 
-from .fakes import make_config, make_order
+from .fakes import make_config, make_label, make_order
 
 SECRET = "a-webhook-secret-of-length"
 
@@ -62,7 +62,14 @@ async def test_publish_never_blocks_and_carries_no_number() -> None:
     sink = WebhookSink(WebhookConfig(url="http://127.0.0.1:9/hook", secret=SECRET), store, None)  # type: ignore[arg-type]
     sink.start()
     order = make_order()
-    call = Call(id="c1", manager=config.managers[0], order_id=order.id, direction="api", order=order)
+    call = Call(
+        id="c1",
+        manager=config.managers[0],
+        order_id=order.id,
+        direction="api",
+        order=order,
+        label=make_label(),
+    )
     for state in (CallState.RINGING_MANAGER, CallState.RINGING_CUSTOMER, CallState.BRIDGED):
         sink.publish(call, state)  # returns at once although the store is stuck
     call.outcome = Outcome.COMPLETED
@@ -85,6 +92,9 @@ def test_disabled_sink_publishes_nothing() -> None:
     sink = WebhookSink(WebhookConfig(), _Store(), None)  # type: ignore[arg-type]
     order = make_order()
     sink.publish(
-        Call(id="c", manager=config.managers[0], order_id="1", direction="api", order=order), CallState.ENDED
+        Call(
+            id="c", manager=config.managers[0], order_id="1", direction="api", order=order, label=make_label()
+        ),
+        CallState.ENDED,
     )
     assert sink._queue.empty()

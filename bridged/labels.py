@@ -1,0 +1,196 @@
+"""The order label: all a manager's phone is ever shown about the other party.
+
+One builder for every label, on both paths and every leg (the FastAGI answer, the HTTP path's manager
+leg, the customer leg's caller id put back, adopted calls): ``"Order 123 Ivan P." <*77123>``.
+
+The customer's name comes from the shop's database, where a large share of "names" are whatever
+customers typed: a phone number, a number and a name, a SIP URI, digits of other scripts, control
+characters. So the name part keeps letters only (of any script) and a little punctuation inside words;
+no digit of any script survives, nor URI syntax, quotes or control characters, and it is bounded.
+The order part holds only characters that are safe in SIP, AGI quoting and the dialplan's ``CUT`` on
+``|``; the number part (``*77<order>``) redials the order from the phone's call history.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from dataclasses import dataclass
+
+DEFAULT_TEMPLATE = "Order {order} {name}"
+# How the customer's name is shortened: "Ivan Petrov" -> "Ivan P." (first word, initial of the last).
+NAME_STYLES = ("first_last_initial",)
+DEFAULT_NAME_STYLE = "first_last_initial"
+
+NAME_MAX = 24
+ORDER_MAX = 24
+TEMPLATE_MAX = 40  # the template as written, placeholders included
+# The whole label: template text (at most TEMPLATE_MAX - len("{order}") characters) plus the order
+# and name parts. Holds by construction; the builder also cuts to it.
+LABEL_MAX = TEMPLATE_MAX + ORDER_MAX + NAME_MAX
+DIAL_BACK_PREFIX = "*77"
+
+# An order id shown and dialled back as it is: ASCII letters, digits and '.', '-', '_' only (valid in
+# a SIP URI's user part and a caller id number, and nothing the dialplan or AGI quoting treats as syntax).
+_SAFE_ORDER_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{ORDER_MAX}}}")
+_SAFE_ORDER_CHAR_RE = re.compile(r"[^A-Za-z0-9._-]")
+# Syntax of SIP URIs, SIP quoted strings, AGI quoting and the dialplan's CUT on '|'.
+URI_CHARACTERS = frozenset('@<>:;/\\"%=?&|,')
+# Characters that are never shown: controls, format characters (bidi overrides, zero-width joiners),
+# surrogates, private use, unassigned; line and paragraph separators become spaces.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+_BREAKS = frozenset({"Zs", "Zl", "Zp"})
+# Punctuation kept inside a word of a name: "Anna-Maria", "O'Neil", "D'Arcy", "St. John".
+_WORD_PUNCTUATION = frozenset("-'.\u2019")
+# ...and besides those, in a template's own text.
+_TEMPLATE_PUNCTUATION = frozenset("#")
+# A token holding any of these is an address (SIP URI, e-mail, URL, "<sip:...>"), not part of a name.
+_ADDRESS_MARKS = frozenset("@:/\\<>")
+
+
+def is_digit_like(ch: str) -> bool:
+    """A digit or number of any script: decimal digits, fullwidth, Arabic-Indic, superscripts,
+    circled and Roman numerals, CJK numerals."""
+    return unicodedata.category(ch) in ("Nd", "No", "Nl") or ch.isdigit() or ch.isnumeric()
+
+
+def is_forbidden(ch: str) -> bool:
+    """Never part of a label's text: digits of any script, URI syntax, control and format characters."""
+    return (
+        is_digit_like(ch)
+        or ch in URI_CHARACTERS
+        or unicodedata.category(ch) in _INVISIBLE
+        or unicodedata.category(ch) in ("Zl", "Zp")
+    )
+
+
+def _keeps(ch: str) -> bool:
+    """What a word of a name may hold: letters and combining marks of any script, and a little
+    punctuation. Anything else (digits, symbols, URI syntax, controls) ends the word."""
+    if is_forbidden(ch):
+        return False
+    category = unicodedata.category(ch)
+    return category[0] in ("L", "M") or ch in _WORD_PUNCTUATION
+
+
+def _words(name: str) -> list[str]:
+    """The words of a name that hold at least one letter, after NFKC; addresses are left out whole."""
+    text = unicodedata.normalize("NFKC", name)
+    tokens = [t for t in text.split() if not _ADDRESS_MARKS.intersection(t)]
+    cleaned = "".join(ch if _keeps(ch) else " " for ch in " ".join(tokens))
+    # NFKC once more: a combining mark left alone after a removed character could compose anew, and
+    # the result must be as stable as what it was built from.
+    words = unicodedata.normalize("NFKC", cleaned).split()
+    return [w for w in words if any(unicodedata.category(ch)[0] == "L" for ch in w) and all(map(_keeps, w))]
+
+
+def _template_keeps(ch: str) -> bool:
+    """What a template's own text may hold: letters, spaces and a little punctuation, as written and
+    after NFKC ("№" is "No"); no digits, URI syntax, braces or control characters."""
+    return not is_forbidden(ch) and all(
+        c == " " or c in _TEMPLATE_PUNCTUATION or _keeps(c) for c in unicodedata.normalize("NFKC", ch)
+    )
+
+
+def _initial(word: str) -> str:
+    return next(ch for ch in word if unicodedata.category(ch)[0] == "L")
+
+
+def safe_name(full_name: str, style: str = DEFAULT_NAME_STYLE) -> str:
+    """The name part of a label: 'Ivan Petrov' -> 'Ivan P.'; '' when nothing of the name is a name.
+
+    ``first_last_initial``: the first word and the initial of the last one, as a manager greets the customer.
+    """
+    if style not in NAME_STYLES:
+        raise ValueError(f"unknown name style {style!r}")
+    words = _words(full_name)
+    if not words:
+        return ""
+    if len(words) == 1:
+        return words[0][:NAME_MAX]
+    initial = f" {_initial(words[-1])}."
+    return words[0][: NAME_MAX - len(initial)] + initial
+
+
+def safe_order(order_id: str) -> str:
+    """The order part of a label: the order id when it is safe as it is, else its safe characters
+    (cut to ORDER_MAX with a trailing '…' that shows it was cut)."""
+    if _SAFE_ORDER_RE.fullmatch(order_id):
+        return order_id
+    kept = _SAFE_ORDER_CHAR_RE.sub("", order_id)
+    return kept if len(kept) <= ORDER_MAX else kept[: ORDER_MAX - 1] + "\u2026"
+
+
+def dial_back(order_id: str) -> str:
+    """The label's number part: ``*77<order>``, which redials the order from the phone's history.
+
+    An order id that is not safe as it is (a configured ``orders.code_pattern`` may allow anything)
+    gets plain ``*77`` (which asks for the code) rather than a cut-down id that could be another order.
+    """
+    if _SAFE_ORDER_RE.fullmatch(order_id):
+        return DIAL_BACK_PREFIX + order_id
+    return DIAL_BACK_PREFIX
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` cannot be a label template (the config error's message), or None."""
+    if len(template) > TEMPLATE_MAX:
+        return f"must be at most {TEMPLATE_MAX} characters"
+    try:
+        pieces = list(string.Formatter().parse(template))
+    except ValueError:
+        return "is not a valid template (a '{' or '}' without its pair; use only {order} and {name})"
+    fields: list[str] = []
+    for literal, field_name, spec, conversion in pieces:
+        if not all(map(_template_keeps, literal)):
+            return "may hold only letters, spaces and - ' . # besides {order} and {name}"
+        if field_name is None:
+            continue
+        if field_name not in ("order", "name") or spec or conversion:
+            return "may use only the {order} and {name} placeholders"
+        fields.append(field_name)
+    if "order" not in fields:
+        return "must contain {order}"
+    if len(fields) != len(set(fields)):
+        return "may use each placeholder once"
+    return None
+
+
+@dataclass(frozen=True)
+class Label:
+    """A call's label: ``text`` on the phone's screen, ``number`` (``*77<order>``) to redial."""
+
+    text: str
+    number: str
+
+    @property
+    def caller_id(self) -> str:
+        """The label as a caller id string (``CALLERID(all)``, ``CONNECTEDLINE(all)``, originate)."""
+        # No quote or backslash can be in the text (see is_forbidden): nothing to escape.
+        return f'"{self.text}" <{self.number}>'
+
+
+@dataclass(frozen=True)
+class Labeller:
+    """Builds labels from the configured ``labels.template`` and ``labels.name_style``."""
+
+    template: str = DEFAULT_TEMPLATE
+    name_style: str = DEFAULT_NAME_STYLE
+
+    def __post_init__(self) -> None:
+        problem = template_problem(self.template)
+        if problem is not None:
+            raise ValueError(f"label template {problem}")
+        if self.name_style not in NAME_STYLES:
+            raise ValueError(f"unknown name style {self.name_style!r}")
+
+    def text(self, order_id: str, customer_name: str = "") -> str:
+        text = self.template.format(
+            order=safe_order(order_id), name=safe_name(customer_name, self.name_style)
+        )
+        # An empty name leaves the template's spaces around it: collapsed and trimmed.
+        return " ".join(text.split())[:LABEL_MAX]
+
+    def label(self, order_id: str, customer_name: str = "") -> Label:
+        return Label(text=self.text(order_id, customer_name), number=dial_back(order_id))

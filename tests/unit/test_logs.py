@@ -1,0 +1,79 @@
+"""Log lines: control and format characters from URLs, SIP values or shop rows never leave a formatter raw."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import unicodedata
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from bridged.logs import JsonFormatter, PlainFormatter, escape_controls
+from bridged.redact import MASK, digits
+from tests.unit.fakes import filtered_logger
+
+_RAW = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
+@pytest.fixture(params=[PlainFormatter, JsonFormatter], ids=["plain", "json"])
+def pipeline(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """The handler set-up of bridged.logs.setup_logging, writing to a buffer."""
+    with filtered_logger(f"bridged.test_logs.{request.param.__name__}", request.param()) as pair:
+        yield pair
+
+
+def _raw_controls(line: str) -> list[str]:
+    return [ch for ch in line if unicodedata.category(ch) in _RAW]
+
+
+# The test empties the fixture's buffer itself for each input.
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(st.characters(exclude_categories=()), max_size=80))
+@example(value="\x1b[2J\x1b[31mred\r\nINFO fake: line\x00\x7f\x85\u2028\u202eevil\ufeff")
+def test_no_control_character_leaves_a_formatter(
+    pipeline: tuple[logging.Logger, io.StringIO], value: str
+) -> None:
+    log, stream = pipeline
+    stream.seek(0)
+    stream.truncate()
+    log.warning("GET %s from %r", value, value)
+    try:
+        raise ValueError(value)
+    except ValueError:
+        log.exception("failed on %s", value)
+    output = stream.getvalue()
+    lines = output.split("\n")
+    # One line per record, each ended by the handler's "\n" and nothing else.
+    assert len(lines) == 3 and lines[-1] == "", output
+    for line in lines[:2]:
+        assert not _raw_controls(line), line
+
+
+def test_escapes_are_readable_and_cyrillic_stays(pipeline: tuple[logging.Logger, io.StringIO]) -> None:
+    log, stream = pipeline
+    log.warning("path %s", "/v1/calls/\x1b[31mИван\u202e\x00")
+    line = stream.getvalue().splitlines()[0]
+    text = json.loads(line)["msg"] if line.startswith("{") else line
+    assert "/v1/calls/\\x1b[31mИван\\u202e\\x00" in text
+
+
+def test_a_number_spread_out_with_control_characters_is_still_masked(
+    pipeline: tuple[logging.Logger, io.StringIO],
+) -> None:
+    log, stream = pipeline
+    log.warning("value %s", "\x00".join("+79161234567"))
+    log.warning("value %s", "\u200b".join("89161234567"))
+    output = stream.getvalue()
+    assert "9161234567" not in digits(output.replace("\\x00", "").replace("\\u200b", ""))
+    assert output.count(MASK) == 2
+
+
+def test_escape_controls() -> None:
+    assert escape_controls("a\tb\x1b\x7f\x9f\u00ad\u2028\U000e0001 é Ж 中") == (
+        "a\\x09b\\x1b\\x7f\\x9f\\xad\\u2028\\U000e0001 é Ж 中"
+    )
+    assert escape_controls("plain") == "plain"

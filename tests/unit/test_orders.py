@@ -1,0 +1,63 @@
+"""OrderDirectory.lookup: the shop's row becomes an Order; its phone value is parsed, never trusted."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from bridged.orders import LookupFailed, OrderDirectory
+from tests.unit.fakes import make_config
+
+
+class FakePool:
+    """The one asyncpg.Pool method the lookup uses."""
+
+    def __init__(self, row: dict[str, Any] | None) -> None:
+        self.row = row
+        self.queries: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def fetchrow(self, query: str, *args: Any) -> dict[str, Any] | None:
+        self.queries.append((query, args))
+        return self.row
+
+
+def _directory(row: dict[str, Any] | None, **orders: Any) -> OrderDirectory:
+    config = make_config().orders
+    directory = OrderDirectory(replace(config, **orders))
+    directory._pool = FakePool(row)  # type: ignore[assignment]
+    return directory
+
+
+def _row(phone: Any, name: str = "Ivan Petrov", manager_id: str | None = "anna") -> dict[str, Any]:
+    return {"phone": phone, "customer_name": name, "manager_id": manager_id}
+
+
+async def test_a_valid_number_becomes_its_dial_string() -> None:
+    order = await _directory(_row("+7 (916) 123-45-67")).lookup("123")
+    assert order is not None and order.phone is not None
+    assert order.phone.dialable() == "+79161234567"
+    assert (order.id, order.customer_name, order.manager_id) == ("123", "Ivan Petrov", "anna")
+
+
+async def test_default_region_and_dial_format_apply() -> None:
+    order = await _directory(_row("8 916 123-45-67"), default_region="RU", dial_format="national").lookup("1")
+    assert order is not None and order.phone is not None and order.phone.dialable() == "89161234567"
+    # Without a region the same value has no country code: not dialled.
+    order = await _directory(_row("8 916 123-45-67")).lookup("1")
+    assert order is not None and order.phone is None
+
+
+@pytest.mark.parametrize("phone", ["+7916123456@evil.example", "1" * 60, "9161234567", "", None, 79161234567])
+async def test_a_value_that_is_not_a_valid_number_is_a_known_order_without_a_number(phone: Any) -> None:
+    order = await _directory(_row(phone)).lookup("123")
+    assert order is not None
+    assert order.phone is None
+    assert order.id == "123" and order.manager_id == "anna"
+
+
+async def test_unknown_order_and_broken_query() -> None:
+    assert await _directory(None).lookup("123") is None
+    with pytest.raises(LookupFailed):
+        await _directory({"phone": "+79161234567"}).lookup("123")
