@@ -113,6 +113,8 @@ class Refusal(StrEnum):
     LOOKUP_FAILED = "lookup_failed"
     UNAVAILABLE = "unavailable"
     OVERLOADED = "overloaded"
+    # bridged's own database did not take the call's row: the call is not placed.
+    DATABASE_UNAVAILABLE = "database_unavailable"
 
 
 def is_valid_code(config: OrdersConfig, code: str) -> bool:
