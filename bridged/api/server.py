@@ -92,6 +92,8 @@ def raw_response(status: int, error_id: str, message: str, *, retry_after: int |
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
 
 
+# How long a refused connection is kept half-closed, its input dropped, before it is closed.
+_LINGER_SECONDS = 2.0
 _HEADER_TIMEOUT = raw_response(408, "request_timeout", "the request's headers did not arrive in time")
 _TOO_MANY = raw_response(
     503, "too_many_connections", "this client has too many connections open", retry_after=5
@@ -129,7 +131,7 @@ class PeerCounter:
 
 
 class GuardedRequestHandler(RequestHandler):
-    __slots__ = ("_guard", "_host", "_head_timer", "_in_request", "_close_after_response")
+    __slots__ = ("_guard", "_host", "_head_timer", "_in_request", "_close_after_response", "_refusing")
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -138,6 +140,8 @@ class GuardedRequestHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_request = False
         self._close_after_response = False
+        # Answered and closing: what the client still sends is read and dropped (see _answer_and_close).
+        self._refusing: asyncio.TimerHandle | None = None
 
     # -- connection limits and the header timeout ------------------------------------------------
 
@@ -155,12 +159,16 @@ class GuardedRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        if self._refusing is not None:
+            self._refusing.cancel()
         if self._host is not None:
             self._guard.peers.release(self._host)
             self._host = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refusing is not None:
+            return
         # Between requests a keep-alive connection idles under aiohttp's keepalive_timeout; the first
         # byte of the next request starts that request's header clock.
         if data and not self._in_request:
@@ -202,11 +210,20 @@ class GuardedRequestHandler(RequestHandler):
         self._answer_and_close(_HEADER_TIMEOUT)
 
     def _answer_and_close(self, answer: bytes) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            with suppress(OSError, RuntimeError):
-                transport.write(answer)
-        self.force_close()
+        """Send ``answer`` and close. Closing a socket with unread input makes the kernel reset the
+        connection, and a reset can reach the client before the answer does: so the answer goes out
+        with a FIN (half-close), what the client still sends is dropped unread, and the connection is
+        closed a moment later (or when the client closes it)."""
+        self._disarm()
+        transport = self.transport  # asyncio's or uvloop's (which is no asyncio.Transport subclass)
+        if transport is None or transport.is_closing():
+            self.force_close()
+            return
+        with suppress(OSError, RuntimeError):
+            transport.write(answer)
+            if transport.can_write_eof():
+                transport.write_eof()
+        self._refusing = asyncio.get_running_loop().call_later(_LINGER_SECONDS, self.force_close)
 
     # -- aiohttp's own error answers ---------------------------------------------------------------
 

@@ -37,6 +37,8 @@ async def _hello(request: web.Request) -> web.Response:
 
 Serve = Callable[..., Awaitable[int]]
 
+# Every test runs on asyncio's loop and on uvloop's (tests/unit/conftest.py).
+
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
