@@ -3,7 +3,8 @@
 While PostgreSQL is away a call attempt is refused (503 ``database_unavailable``, or a prompt on the
 phone), and the attempt's own record, its refused call row and audit row, cannot be written either. It
 is kept here, in memory and in order, and retried in the background (after 1, 2, 5, 10 and 30 s, then
-once a minute) with the time the attempt really happened, and once more when bridged stops. What is
+once a minute, and at once when a later write goes through) with the time the attempt really happened,
+and once more when bridged stops. What is
 kept is bounded (``LIMIT`` rows): beyond it, or when bridged stops with the database still away, rows are
 lost, and each loss is logged and counted (``bridged_deferred_writes_lost_total``). Nothing else is lost
 silently either: every refusal is logged when it happens and counted by reason in
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -31,18 +33,14 @@ Write = Callable[[], Awaitable[None]]
 
 
 class DeferredWrites:
-    def __init__(
-        self,
-        *,
-        limit: int = LIMIT,
-        delays: tuple[float, ...] = RETRY_DELAYS,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    def __init__(self, *, limit: int = LIMIT, delays: tuple[float, ...] = RETRY_DELAYS) -> None:
         self.limit = limit
         self._delays = delays
-        self._sleep = sleep
         self._pending: collections.deque[tuple[str, Write]] = collections.deque()
         self._task: asyncio.Task[None] | None = None
+        # Set when a write goes through while others wait: the database is back, no need to wait for
+        # the next retry.
+        self._back = asyncio.Event()
 
     @property
     def pending(self) -> int:
@@ -51,12 +49,15 @@ class DeferredWrites:
     async def write(self, what: str, write: Write, *, try_now: bool = True) -> bool:
         """Write now, or keep the write for later if the database is away (``try_now`` False: it was
         found away a moment ago; do not wait on it twice). True if written now."""
-        if try_now and not self._pending:  # with writes waiting, this one goes after them
+        if try_now:
             try:
                 await write()
-                return True
             except DatabaseUnavailable as exc:
                 log.warning("%s not written, bridged's database is unavailable (%s); retrying", what, exc)
+            else:
+                if self._pending:
+                    self._back.set()
+                return True
         self._keep(what, write)
         return False
 
@@ -86,7 +87,9 @@ class DeferredWrites:
 
     async def _retry(self) -> None:
         for attempt, delay in enumerate(itertools.chain(self._delays, itertools.repeat(60.0)), start=1):
-            await self._sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._back.wait(), delay)
+            self._back.clear()
             try:
                 await self._flush()
             except DatabaseUnavailable as exc:

@@ -97,13 +97,24 @@ async def test_writes_are_kept_while_the_database_is_away_and_written_in_order_o
     table = Table()
     deferred = DeferredWrites(delays=(0.01,) * 3)
     assert await deferred.write("a", table.writer("a")) is False
-    # With a write waiting, the next is not tried (no second wait on a database known to be away).
-    table.down = False
     assert await deferred.write("b", table.writer("b")) is False
-    assert deferred.pending == 2
+    assert await deferred.write("c", table.writer("c"), try_now=False) is False
+    assert deferred.pending == 3 and table.rows == []
+    table.down = False
     await wait_until(lambda: deferred.pending == 0)
-    assert table.rows == ["a", "b"]
-    assert await deferred.write("c", table.writer("c")) is True
+    assert table.rows == ["a", "b", "c"]
+    assert await deferred.write("d", table.writer("d")) is True
+    await deferred.close()
+
+
+async def test_a_write_that_goes_through_flushes_the_kept_ones_without_waiting_for_the_next_retry() -> None:
+    table = Table()
+    deferred = DeferredWrites(delays=(3600.0,))
+    await deferred.write("a", table.writer("a"))
+    table.down = False
+    assert await deferred.write("b", table.writer("b")) is True  # not held up behind "a"
+    await wait_until(lambda: deferred.pending == 0)  # long before the hour the retry would wait
+    assert table.rows == ["b", "a"]
     await deferred.close()
 
 
