@@ -19,9 +19,9 @@ from bridged.api.errors import error_middleware
 from bridged.api.params import read_json
 from bridged.api.server import GuardedAppRunner
 from bridged.appkeys import CONFIG
-from bridged.config import HttpConfig
+from bridged.config import ConfigError, HttpConfig, parse_config
 
-from .fakes import make_config
+from .fakes import example_data, make_config
 
 SECRET = "+79161234567"  # stands for anything a client may send: it must come back nowhere
 DEADLINE = 10.0  # generous: a bound on waiting, not a measure of speed
@@ -248,3 +248,29 @@ async def test_trusted_proxies_are_not_capped(serve: Serve) -> None:
     assert _split(await asyncio.wait_for(reader.read(), DEADLINE))[0] == 200
     for _, w in held:
         w.close()
+
+
+def test_the_limits_default_and_are_read_from_the_config() -> None:
+    assert (make_config().http.header_timeout, make_config().http.max_connections_per_client) == (10.0, 50)
+    data = example_data()
+    data["http"].update(header_timeout=2.5, body_timeout=60, max_connections_per_client=500)
+    http = parse_config(data).http
+    assert (http.header_timeout, http.body_timeout, http.max_connections_per_client) == (2.5, 60.0, 500)
+
+
+@pytest.mark.parametrize(
+    ("keys", "key"),
+    [
+        ({"header_timeout": 0}, "http.header_timeout"),
+        ({"header_timeout": "10"}, "http.header_timeout"),
+        ({"body_timeout": -1}, "http.body_timeout"),
+        ({"max_connections_per_client": 0}, "http.max_connections_per_client"),
+        ({"max_connections_per_client": 1.5}, "http.max_connections_per_client"),
+    ],
+)
+def test_bad_limits_are_refused_naming_the_key(keys: dict[str, Any], key: str) -> None:
+    data = example_data()
+    data["http"].update(keys)
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data)
+    assert raised.value.key == key
