@@ -146,6 +146,7 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
             except (asyncio.CancelledError, Exception):
                 pass
         await engine.shutdown()
+        await service.close()  # a last try at refused attempts' rows the database did not take
         await webhooks.stop()
         await directory.close()
         await session.close()

@@ -122,6 +122,11 @@ class HttpConfig:
     port: int = 8090
     # Reverse proxies whose X-Forwarded-For is believed (addresses or networks); none by default.
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Seconds a client has for a request's line and headers, and for its body, before the connection is
+    # closed (408); connections one client address may hold open at once (trusted proxies excepted).
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections_per_client: int = 50
 
 
 ROLES = ("shop", "ops", "admin")
@@ -468,6 +473,9 @@ def _load_http(s: _Section) -> HttpConfig:
         host=s.text("host", "127.0.0.1"),
         port=s.integer("port", 8090, minimum=1, maximum=65535),
         trusted_proxies=tuple(proxies),
+        header_timeout=s.number("header_timeout", 10.0, minimum=0.1, maximum=300),
+        body_timeout=s.number("body_timeout", 30.0, minimum=0.1, maximum=3600),
+        max_connections_per_client=s.integer("max_connections_per_client", 50, minimum=1, maximum=100_000),
     )
     s.finish()
     return cfg

@@ -124,6 +124,22 @@ API_DENIALS_FOLDED = Counter(
     "bridged_api_denials_folded_total",
     "Refused API requests over their client's audit quota, folded into its next audit row.",
 )
+DEFERRED_WRITES = Counter(
+    "bridged_deferred_writes_total",
+    "Rows about refused call attempts bridged's database did not take at once, kept to retry.",
+)
+DEFERRED_WRITES_LOST = Counter(
+    "bridged_deferred_writes_lost_total",
+    "Kept rows given up on: over the limit, refused by the database, or still waiting when bridged stopped.",
+)
+HTTP_HEADER_TIMEOUTS = Counter(
+    "bridged_http_header_timeouts_total",
+    "HTTP connections closed because a request's line and headers did not arrive within http.header_timeout.",
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "bridged_http_connections_refused_total",
+    "HTTP connections refused: the client already had http.max_connections_per_client open.",
+)
 STRAY_CHANNELS = Counter(
     "bridged_stray_channels_total", "Channels in the application that belonged to no call and were hung up."
 )
@@ -149,6 +165,10 @@ ALL: tuple[Counter | Histogram, ...] = (
     API_DENIALS_FOLDED,
     RECORDINGS_FAILED,
     RECORDINGS_UNVERIFIED,
+    DEFERRED_WRITES,
+    DEFERRED_WRITES_LOST,
+    HTTP_HEADER_TIMEOUTS,
+    HTTP_CONNECTIONS_REFUSED,
 )
 
 

@@ -104,6 +104,8 @@ class Refusal(StrEnum):
     UNAVAILABLE = "unavailable"
     OVERLOADED = "overloaded"
     INVALID_PHONE = "invalid_phone"
+    # bridged's own database did not take the call's row: the call is not placed.
+    DATABASE_UNAVAILABLE = "database_unavailable"
 
 
 def is_valid_code(config: OrdersConfig, code: str) -> bool:

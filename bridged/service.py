@@ -6,16 +6,19 @@ is decided twice.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from .calls import CallEngine, CallState, Outcome, PendingCall, customer_leg_id, manager_leg_id, new_call_id
 from .config import Config, Manager
+from .deferred import DeferredWrites
 from .orders import LookupFailed, OrderDirectory, Refusal, is_valid_code, may_call
 from .redact import redact
-from .store import Store
+from .store import DatabaseUnavailable, Store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,35 @@ class CallService:
         self.engine = engine
         self.is_connected = is_connected
         self._random = random
+        # Rows about refused attempts that bridged's database did not take (it was away): written later.
+        self.deferred = DeferredWrites()
+
+    async def close(self) -> None:
+        await self.deferred.close()
+
+    async def audit_refusal(
+        self,
+        *,
+        actor: str,
+        reason: str,
+        details: dict[str, object] | None = None,
+        order_id: str | None = None,
+    ) -> None:
+        """The refused ``call.request`` audit row of an attempt that got no call row; kept and written
+        later if bridged's database is away (the refusal itself stands either way)."""
+        at = datetime.now(UTC)
+        await self.deferred.write(
+            f"refused call.request ({reason}) audit row",
+            lambda: self.store.audit(
+                actor=actor,
+                action="call.request",
+                outcome="refused",
+                reason=reason,
+                order_id=order_id,
+                details=dict(details or {}),
+                at=at,
+            ),
+        )
 
     def overloaded(self) -> bool:
         """Asterisk is behind on bridged's ARI requests. A new call now could ring a customer and then
@@ -67,12 +99,7 @@ class CallService:
         return self.config.manager_by_endpoint(endpoint)
 
     async def refuse_unknown_manager(self, endpoint: str) -> Refused:
-        await self.store.audit(
-            actor=f"endpoint:{endpoint}"[:80],
-            action="call.request",
-            outcome="refused",
-            reason=Refusal.UNKNOWN_MANAGER.value,
-        )
+        await self.audit_refusal(actor=f"endpoint:{endpoint}"[:80], reason=Refusal.UNKNOWN_MANAGER.value)
         log.info("call refused: endpoint %s is no manager", endpoint)
         return Refused(Refusal.UNKNOWN_MANAGER)
 
@@ -104,54 +131,66 @@ class CallService:
         direction: str,
         manager_channel_id: str | None,
         actor: str | None = None,
+        created_by: str | None = None,
     ) -> PendingCall | Refused:
         """Check a request and, if it may go ahead, register the call for the engine.
 
-        ``actor`` is who asked (the manager on the phone path, the API token on the HTTP path).
+        ``actor`` is who asked (the manager on the phone path, the API token on the HTTP path);
+        ``created_by`` the API client the call belongs to (None on the phone path).
         """
         actor = actor or manager.id
+        refuse = functools.partial(
+            self._refuse, manager, code, direction=direction, actor=actor, created_by=created_by
+        )
         if not is_valid_code(self.config.orders, code):
             # The raw input is not stored: a manager could have typed anything, even a number.
-            await self.store.audit(
-                actor=actor,
-                action="call.request",
-                outcome="refused",
-                reason=Refusal.INVALID_CODE.value,
-                details={"manager_id": manager.id},
+            await self.audit_refusal(
+                actor=actor, reason=Refusal.INVALID_CODE.value, details={"manager_id": manager.id}
             )
             log.info("call refused for %s: malformed order code", manager.id)
             return Refused(Refusal.INVALID_CODE)
         if not self.is_connected():
-            return await self._refuse(manager, code, Refusal.UNAVAILABLE, direction, actor)
+            return await refuse(Refusal.UNAVAILABLE)
         if self.overloaded():
-            return await self._refuse(manager, code, Refusal.OVERLOADED, direction, actor)
+            return await refuse(Refusal.OVERLOADED)
         try:
             order = await self.directory.lookup(code)
         except LookupFailed as exc:
             log.warning("order lookup failed for order %s: %s", code, exc)
-            return await self._refuse(manager, code, Refusal.LOOKUP_FAILED, direction, actor)
+            return await refuse(Refusal.LOOKUP_FAILED)
         if order is None:
-            return await self._refuse(manager, code, Refusal.UNKNOWN_ORDER, direction, actor)
+            return await refuse(Refusal.UNKNOWN_ORDER)
         if not may_call(self.config, manager, order):
-            return await self._refuse(manager, code, Refusal.DENIED, direction, actor)
+            return await refuse(Refusal.DENIED)
         if order.phone is None:
             # Dialling what is left of a value that is not a valid number reaches a stranger. The value
             # itself goes nowhere: not in the log, not in the audit row.
-            return await self._refuse(manager, code, Refusal.INVALID_PHONE, direction, actor)
+            return await refuse(Refusal.INVALID_PHONE)
         call_id = new_call_id()
-        await self.store.insert_call_audited(
-            call_id=call_id,
-            order_id=code,
-            manager_id=manager.id,
-            direction=direction,
-            state=CallState.REQUESTED.value,
-            # The phone's channel, or the one bridged will originate to the manager (HTTP).
-            manager_channel_id=manager_channel_id or manager_leg_id(call_id),
-            customer_channel_id=customer_leg_id(call_id),
-            ari_app=self.config.ari.app,
-            actor=actor,
-            details={"manager_id": manager.id, "direction": direction},
-        )
+        try:
+            await self.store.insert_call_audited(
+                call_id=call_id,
+                order_id=code,
+                manager_id=manager.id,
+                direction=direction,
+                state=CallState.REQUESTED.value,
+                # The phone's channel, or the one bridged will originate to the manager (HTTP).
+                manager_channel_id=manager_channel_id or manager_leg_id(call_id),
+                customer_channel_id=customer_leg_id(call_id),
+                ari_app=self.config.ari.app,
+                actor=actor,
+                details={"manager_id": manager.id, "direction": direction},
+                created_by=created_by,
+            )
+        except DatabaseUnavailable as exc:
+            # No row, no call: a call bridged cannot record is not placed (a restart could not adopt it).
+            log.warning(
+                "call for %s on order %s refused: bridged's database is unavailable (%s)",
+                manager.id,
+                code,
+                exc,
+            )
+            return await refuse(Refusal.DATABASE_UNAVAILABLE)
         pending = PendingCall(
             call_id=call_id,
             order=order,
@@ -165,30 +204,37 @@ class CallService:
         return pending
 
     async def _refuse(
-        self, manager: Manager, code: str, reason: Refusal, direction: str, actor: str
+        self,
+        manager: Manager,
+        code: str,
+        reason: Refusal,
+        *,
+        direction: str,
+        actor: str,
+        created_by: str | None,
     ) -> Refused:
         # A refused attempt on a well-formed order code is still a call attempt: it gets its row.
         # A code that did not resolve to an order is only what someone typed, and that may be a
         # customer's number (a manager probing): stored masked unless it is a known order.
-        code = code if reason in (Refusal.DENIED, Refusal.INVALID_PHONE) else redact(code)
+        known_order = reason in (Refusal.DENIED, Refusal.INVALID_PHONE, Refusal.DATABASE_UNAVAILABLE)
+        code = code if known_order else redact(code)
         call_id = new_call_id()
-        await self.store.insert_call(
-            call_id=call_id,
-            order_id=code,
-            manager_id=manager.id,
-            direction=direction,
-            state=CallState.REQUESTED.value,
-            manager_channel_id=None,
-        )
-        await self.store.finish(call_id, outcome=reason.value, hangup_cause=None, ended_by=None)
-        await self.store.audit(
-            actor=actor,
-            action="call.request",
-            outcome="refused",
-            reason=reason.value,
-            call_id=call_id,
-            order_id=code,
-            details={"manager_id": manager.id, "direction": direction},
+        at = datetime.now(UTC)
+        await self.deferred.write(
+            f"refused call {call_id} ({reason})",
+            lambda: self.store.insert_refused_call(
+                call_id=call_id,
+                order_id=code,
+                manager_id=manager.id,
+                direction=direction,
+                outcome=reason.value,
+                at=at,
+                actor=actor,
+                details={"manager_id": manager.id, "direction": direction},
+                created_by=created_by,
+            ),
+            # The database was found away a moment ago: keep the row without waiting on it again.
+            try_now=reason is not Refusal.DATABASE_UNAVAILABLE,
         )
         log.info("call %s refused for %s on order %s: %s", call_id, manager.id, code, reason)
         return Refused(reason, call_id)
@@ -204,4 +250,5 @@ class CallService:
             Refusal.UNAVAILABLE: prompts.unavailable,
             Refusal.OVERLOADED: prompts.overloaded,
             Refusal.INVALID_PHONE: prompts.invalid_phone,
+            Refusal.DATABASE_UNAVAILABLE: prompts.unavailable,
         }[reason]

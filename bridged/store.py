@@ -2,18 +2,64 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from collections.abc import Callable
+import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
 CALL_COLUMNS = (
     "id, order_id, manager_id, direction, state, outcome, hangup_cause, requested_at, answered_at, "
-    "ended_at, recording_name, manager_channel_id, customer_channel_id, bridge_id, ended_by, recording_state"
+    "ended_at, recording_name, manager_channel_id, customer_channel_id, bridge_id, ended_by, recording_state,"
+    " created_by"
 )
+
+
+class DatabaseUnavailable(Exception):
+    """bridged's own database did not answer: down, refusing connections, restarting, out of
+    connections. The message is the underlying exception's type only (its text may quote values)."""
+
+
+# What PostgreSQL being away (or the way to it) looks like through asyncpg. Anything else (a constraint,
+# a bad value) is a bug to see, not an outage to wait out.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08: the connection broke
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+    # 55000 at connect: the database does not accept connections now (ALLOW_CONNECTIONS false)
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable(type(exc).__name__) from exc
+
+    return wrapper
+
+
+def _unavailable_as_one_type(cls: type[Any]) -> type[Any]:
+    """Class decorator: every public coroutine method raises DatabaseUnavailable for an outage, so callers
+    catch one type, in one place, whatever asyncpg raised."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+            setattr(cls, name, _translated(member))
+    return cls
 
 
 @dataclass(frozen=True)
@@ -41,6 +87,9 @@ class CallRow:
         """A recording was made and something of it is there to listen to."""
         return self.recording_name is not None and self.recording_state != "failed"
 
+    # The API client (token name) that placed the call; None for a call dialled from a phone.
+    created_by: str | None = None
+
     @property
     def duration(self) -> float | None:
         """Seconds of conversation (answer to end)."""
@@ -61,6 +110,10 @@ def _filter_builder() -> tuple[list[str], list[Any], Callable[[Any], str]]:
     return where, args, arg
 
 
+CURSOR_SECRET_KEY = "api.cursor_secret"
+
+
+@_unavailable_as_one_type
 class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -186,12 +239,14 @@ class Store:
         actor: str,
         details: dict[str, Any],
         customer_channel_id: str | None = None,
+        created_by: str | None = None,
     ) -> None:
         """The call row and its accepted ``call.request`` audit row, in one statement."""
         await self.pool.execute(
             "WITH c AS (INSERT INTO calls"
-            " (id, order_id, manager_id, direction, state, manager_channel_id, ari_app, customer_channel_id)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $10) RETURNING id, order_id)"
+            " (id, order_id, manager_id, direction, state, manager_channel_id, ari_app, customer_channel_id,"
+            " created_by)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11) RETURNING id, order_id)"
             " INSERT INTO audit (actor, action, call_id, order_id, outcome, details)"
             " SELECT $8, 'call.request', c.id, c.order_id, 'accepted', $9::jsonb FROM c",
             call_id,
@@ -204,6 +259,40 @@ class Store:
             actor,
             json.dumps(details),
             customer_channel_id,
+            created_by,
+        )
+
+    async def insert_refused_call(
+        self,
+        *,
+        call_id: str,
+        order_id: str,
+        manager_id: str,
+        direction: str,
+        outcome: str,
+        at: datetime,
+        actor: str,
+        details: dict[str, Any],
+        created_by: str | None = None,
+    ) -> None:
+        """A refused call attempt: its row, ended at once with ``outcome``, and its refused
+        ``call.request`` audit row, both at ``at`` (when it was refused: a write retried once the database
+        is back keeps the real time). One statement; a retry of one that did go through adds nothing."""
+        await self.pool.execute(
+            "WITH c AS (INSERT INTO calls (id, order_id, manager_id, direction, state, outcome,"
+            " requested_at, ended_at, created_by) VALUES ($1, $2, $3, $4, 'ended', $5, $6, $6, $9)"
+            " ON CONFLICT (id) DO NOTHING RETURNING id, order_id)"
+            " INSERT INTO audit (at, actor, action, call_id, order_id, outcome, reason, details)"
+            " SELECT $6, $7, 'call.request', c.id, c.order_id, 'refused', $5, $8::jsonb FROM c",
+            call_id,
+            order_id,
+            manager_id,
+            direction,
+            outcome,
+            at,
+            actor,
+            json.dumps(details),
+            created_by,
         )
 
     async def audit(
@@ -216,10 +305,12 @@ class Store:
         call_id: str | None = None,
         order_id: str | None = None,
         details: dict[str, Any] | None = None,
+        at: datetime | None = None,
     ) -> None:
+        """``at`` defaults to the database's now (a write retried later passes when it happened)."""
         await self.pool.execute(
-            "INSERT INTO audit (actor, action, call_id, order_id, outcome, reason, details)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
+            "INSERT INTO audit (at, actor, action, call_id, order_id, outcome, reason, details)"
+            " VALUES (coalesce($8, now()), $1, $2, $3, $4, $5, $6, $7::jsonb)",
             actor,
             action,
             call_id,
@@ -227,7 +318,27 @@ class Store:
             outcome,
             reason,
             json.dumps(details or {}),
+            at,
         )
+
+    async def cursor_secret(self) -> str:
+        """The secret the API signs its pagination cursors with: made once, kept in ``settings``, so
+        cursors outlive a restart and hold across daemons sharing this database."""
+        for _ in range(2):
+            value = await self.pool.fetchval(
+                "WITH made AS (INSERT INTO settings (key, value, updated_by)"
+                " VALUES ($1, to_jsonb($2::text), 'bridged') ON CONFLICT (key) DO NOTHING RETURNING value)"
+                " SELECT value FROM made UNION ALL SELECT value FROM settings WHERE key = $1 LIMIT 1",
+                CURSOR_SECRET_KEY,
+                secrets.token_hex(32),
+            )
+            # None: another daemon made it in the same instant, after this statement's snapshot.
+            if value is not None:
+                secret = json.loads(value)
+                if isinstance(secret, str) and len(secret) >= 32:
+                    return secret
+                raise ValueError(f"settings {CURSOR_SECRET_KEY} holds no usable secret")
+        raise ValueError(f"settings {CURSOR_SECRET_KEY} could not be read")
 
     # -- Idempotency-Key (HTTP POST /v1/calls) --------------------------------------------------
 

@@ -13,11 +13,21 @@ from ..config import ApiToken
 from .errors import Forbidden, Unauthorized
 
 # What each role may do. admin includes everything ops may do; shop is the shop admin's backend.
+# calls.any_client: the role's calls.* permissions reach every call, not only those its token placed
+# (a shop token reads and ends its own calls only; phone calls belong to no token).
 PERMISSIONS: dict[str, frozenset[str]] = {
     "shop": frozenset({"calls.create", "calls.read", "calls.end"}),
-    "ops": frozenset({"calls.list", "calls.read", "recordings.listen"}),
+    "ops": frozenset({"calls.list", "calls.read", "calls.any_client", "recordings.listen"}),
     "admin": frozenset(
-        {"calls.list", "calls.read", "recordings.listen", "audit.read", "retention.read", "retention.write"}
+        {
+            "calls.list",
+            "calls.read",
+            "calls.any_client",
+            "recordings.listen",
+            "audit.read",
+            "retention.read",
+            "retention.write",
+        }
     ),
 }
 

@@ -11,24 +11,27 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from .. import metrics
 from ..appkeys import CONFIG, ENGINE, SERVICE, STORE
-from ..calls import ManagerLegFailed
+from ..calls import Call, ManagerLegFailed
 from ..orders import Refusal
 from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
 from ..service import Refused
-from ..store import CallRow
+from ..store import CallRow, DatabaseUnavailable
 from ..webhooks import api_state
 from . import openapi
-from .auth import principal, requires
+from .auth import Principal, principal, requires
 from .errors import (
     ApiError,
     CallEnded,
     CallNotFound,
+    DatabaseDown,
     IdempotencyConflict,
     InvalidOrderId,
     InvalidRequest,
@@ -40,8 +43,8 @@ from .errors import (
     UnknownManager,
     UnknownOrder,
     _error,
-    read_json,
 )
+from .params import path_id, read_json
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ _REFUSAL_ERRORS: dict[Refusal, type[ApiError]] = {
     Refusal.OVERLOADED: Overloaded,
     Refusal.UNKNOWN_MANAGER: UnknownManager,
     Refusal.INVALID_PHONE: InvalidPhone,
+    Refusal.DATABASE_UNAVAILABLE: DatabaseDown,
 }
 
 
@@ -115,30 +119,31 @@ def _parse_create(body: Any) -> tuple[str, str]:
     return values["order_id"], values["manager_id"]
 
 
+def _actor(who: Principal) -> str:
+    return f"token:{who.name}"
+
+
 async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple[int, dict[str, Any]]:
     config = request.app[CONFIG]
     service = request.app[SERVICE]
-    store = request.app[STORE]
     who = principal(request)
-    actor = f"token:{who.name}"
+    actor = _actor(who)
     manager = config.manager_by_id(manager_id)
     if manager is None:
-        await store.audit(actor=actor, action="call.request", outcome="refused", reason="unknown_manager")
+        await service.audit_refusal(actor=actor, reason="unknown_manager")
         raise UnknownManager()
     if not service.is_connected():
         raise TelephonyUnavailable()
     # Before anyone is dialled: a phone that is not registered would only ring into the void. (Not while
     # Asterisk is behind: the request below refuses the call without another ARI request.)
     if not service.overloaded() and not await service.manager_reachable(manager):
-        await store.audit(
-            actor=actor,
-            action="call.request",
-            outcome="refused",
-            reason="manager_not_registered",
-            details={"manager_id": manager.id},
+        await service.audit_refusal(
+            actor=actor, reason="manager_not_registered", details={"manager_id": manager.id}
         )
         raise ManagerNotRegistered()
-    result = await service.request(manager, order_id, direction="api", manager_channel_id=None, actor=actor)
+    result = await service.request(
+        manager, order_id, direction="api", manager_channel_id=None, actor=actor, created_by=who.name
+    )
     if isinstance(result, Refused):
         metrics.CALLS_REFUSED.inc(result.reason.value)
         raise _REFUSAL_ERRORS[result.reason]()
@@ -146,9 +151,34 @@ async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple
         call = await request.app[ENGINE].start_api_call(result)
     except ManagerLegFailed:
         raise ManagerUnavailable(details={"call_id": result.call_id}) from None
-    row = await store.get_call(call.id)
-    assert row is not None
-    return 202, call_json(row)
+    try:
+        row = await request.app[STORE].get_call(call.id)
+    except DatabaseUnavailable:
+        row = None  # gone since the row was written: the call rings all the same
+    return 202, call_json(row or _live_row(call, who))
+
+
+def _live_row(call: Call, who: Principal) -> CallRow:
+    """The answer for a call that is ringing when its row cannot be read back (bridged's database went
+    away a moment after taking it): what this daemon knows."""
+    return CallRow(
+        id=call.id,
+        order_id=call.order_id,
+        manager_id=call.manager.id,
+        direction=call.direction,
+        state=call.state.value,
+        outcome=None,
+        hangup_cause=None,
+        requested_at=datetime.now(UTC),
+        answered_at=None,
+        ended_at=None,
+        recording_name=None,
+        manager_channel_id=None,
+        customer_channel_id=None,
+        bridge_id=None,
+        ended_by=None,
+        created_by=who.name,
+    )
 
 
 @requires("calls.create")
@@ -166,9 +196,18 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     who = principal(request)
     request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    claimed, first_hash, first_status, first_response = await store.claim_idempotency_key(
-        who.name, key, request_hash, keep_hours=config.api.idempotency_hours
-    )
+    try:
+        claimed, first_hash, first_status, first_response = await store.claim_idempotency_key(
+            who.name, key, request_hash, keep_hours=config.api.idempotency_hours
+        )
+    except DatabaseUnavailable as exc:
+        # Without the key's record a retry could ring twice: refused like any attempt without its row.
+        log.warning("call request by %s refused: bridged's database is unavailable (%s)", who.name, exc)
+        metrics.CALLS_REFUSED.inc(Refusal.DATABASE_UNAVAILABLE.value)
+        await request.app[SERVICE].audit_refusal(
+            actor=_actor(who), reason=Refusal.DATABASE_UNAVAILABLE.value, details={"manager_id": manager_id}
+        )
+        raise DatabaseDown() from None
     if not claimed:
         if first_hash != request_hash:
             raise IdempotencyConflict()
@@ -180,14 +219,27 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     except ApiError as exc:
         status, payload = exc.status, exc.body()
     except BaseException:
-        await store.release_idempotency_key(who.name, key)
+        await _settle_key(request, who, key, None, None)
         raise
-    if status >= 500:
-        # A transient failure is not remembered: the retry may succeed.
-        await store.release_idempotency_key(who.name, key)
-    else:
-        await store.store_idempotent_response(who.name, key, status, payload)
+    # A transient failure is not remembered: the retry may succeed.
+    await _settle_key(request, who, key, *((None, None) if status >= 500 else (status, payload)))
     return _created(status, payload)
+
+
+async def _settle_key(
+    request: web.Request, who: Principal, key: str, status: int | None, payload: dict[str, Any] | None
+) -> None:
+    """Remember the answer for the key, or (``status`` None) release it. Kept and written later if
+    bridged's database is away: until then a retry is told the first request is still being handled."""
+    store = request.app[STORE]
+
+    def write() -> Awaitable[None]:
+        if status is None:
+            return store.release_idempotency_key(who.name, key)
+        return store.store_idempotent_response(who.name, key, status, payload)
+
+    what = "Idempotency-Key release" if status is None else "Idempotency-Key answer"
+    await request.app[SERVICE].deferred.write(what, write)
 
 
 def _created(status: int, payload: dict[str, Any], *, replayed: bool = False) -> web.Response:
@@ -199,36 +251,52 @@ def _created(status: int, payload: dict[str, Any], *, replayed: bool = False) ->
     return response
 
 
+def may_see(who: Principal, row: CallRow) -> bool:
+    """A shop token sees the calls it placed; a role with ``calls.any_client`` sees every call."""
+    return who.may("calls.any_client") or (row.created_by is not None and row.created_by == who.name)
+
+
+async def _visible_call(request: web.Request) -> CallRow:
+    """The path's call, if this token may see it. Another client's call answers as one that does not
+    exist: a shop learns nothing about calls that are not its own, not even that they exist."""
+    row = await request.app[STORE].get_call(path_id(request))
+    if row is None or not may_see(principal(request), row):
+        raise CallNotFound()
+    return row
+
+
 @requires("calls.read")
 async def get_call(request: web.Request) -> web.StreamResponse:
-    row = await request.app[STORE].get_call(request.match_info["call_id"])
-    if row is None:
-        raise CallNotFound()
-    return web.json_response(call_json(row))
+    return web.json_response(call_json(await _visible_call(request)))
 
 
 @requires("calls.end")
 async def end_call(request: web.Request) -> web.StreamResponse:
-    store = request.app[STORE]
-    call_id = request.match_info["call_id"]
-    row = await store.get_call(call_id)
-    if row is None:
-        raise CallNotFound()
+    row = await _visible_call(request)
     if row.state == "ended":
         raise CallEnded()
     who = principal(request)
-    if not request.app[ENGINE].terminate(call_id):
+    if not request.app[ENGINE].terminate(row.id):
         raise CallEnded("the call is not live on this daemon")
-    await store.audit(
-        actor=f"token:{who.name}", action="call.end_requested", outcome="accepted", call_id=call_id
+    store = request.app[STORE]
+    call_id = row.id
+    await request.app[SERVICE].deferred.write(
+        f"call {call_id} end request audit row",
+        lambda: store.audit(
+            actor=_actor(who), action="call.end_requested", outcome="accepted", call_id=call_id
+        ),
     )
     # Answer with the ended call when that is quick (it normally takes a few milliseconds).
-    for _ in range(40):
-        row = await store.get_call(call_id)
-        if row is not None and row.state == "ended":
-            break
-        await asyncio.sleep(0.05)
-    assert row is not None
+    try:
+        for _ in range(40):
+            found = await store.get_call(call_id)
+            if found is not None:
+                row = found
+            if row.state == "ended":
+                break
+            await asyncio.sleep(0.05)
+    except DatabaseUnavailable:
+        pass  # the call is ending all the same; the answer is the last row read
     return web.json_response(call_json(row), status=202)
 
 
@@ -300,7 +368,7 @@ SCHEMAS = {
 }
 
 _CALL = {"application/json": {"schema": {"$ref": "#/components/schemas/Call"}}}
-_CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_CALL_ID = openapi.CALL_ID_PARAMETER
 
 openapi.register(
     {
@@ -325,7 +393,7 @@ openapi.register(
                     },
                     "responses": {
                         "202": {"description": "the manager's phone is ringing", "content": _CALL},
-                        **openapi.error_responses(400, 404, 409, 413, 415, 422, 503),
+                        **openapi.error_responses(400, 404, 408, 409, 413, 415, 422, 503),
                         "422": {
                             **openapi.error_responses(422)["422"],
                             "description": "invalid_request, invalid_order_id, invalid_idempotency_key, "
@@ -341,21 +409,23 @@ openapi.register(
                 {
                     "operationId": "getCall",
                     "summary": "A call's state and outcome",
+                    "description": "A shop token sees the calls it placed; ops and admin tokens see all. "
+                    "Another client's call, or a call dialled from a phone, is 404 call_not_found to a shop.",
                     "parameters": [_CALL_ID],
                     "responses": {
                         "200": {"description": "the call", "content": _CALL},
-                        **openapi.error_responses(404),
+                        **openapi.error_responses(404, 503),
                     },
                 }
             ),
             "delete": openapi.secured(
                 {
                     "operationId": "endCall",
-                    "summary": "End a call that is ringing or bridged",
+                    "summary": "End a call that is ringing or bridged (one this token placed)",
                     "parameters": [_CALL_ID],
                     "responses": {
                         "202": {"description": "the call is ending or has ended", "content": _CALL},
-                        **openapi.error_responses(404, 409),
+                        **openapi.error_responses(404, 409, 503),
                     },
                 }
             ),

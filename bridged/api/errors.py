@@ -6,12 +6,13 @@ a 500 with id ``internal`` and no detail (the log has it, redacted).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
+from ..store import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ class ApiError(Exception):
     message = "bad request"
     # Seconds, sent as Retry-After: a 503 says when trying again makes sense.
     retry_after: int | None = None
+    # The connection is closed after the answer (the rest of the request was not read).
+    close_connection = False
 
     def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message or self.message)
@@ -35,11 +38,19 @@ class ApiError(Exception):
         return {"error": error}
 
 
-def _error(status: int, error_id: str, message: str, *, retry_after: int | None = None) -> type[ApiError]:
+def _error(
+    status: int, error_id: str, message: str, *, retry_after: int | None = None, close: bool = False
+) -> type[ApiError]:
     return type(
         "".join(p.title() for p in error_id.split("_")),
         (ApiError,),
-        {"status": status, "error_id": error_id, "message": message, "retry_after": retry_after},
+        {
+            "status": status,
+            "error_id": error_id,
+            "message": message,
+            "retry_after": retry_after,
+            "close_connection": close,
+        },
     )
 
 
@@ -49,6 +60,7 @@ NotFound = _error(404, "not_found", "no such resource")
 MethodNotAllowed = _error(405, "method_not_allowed", "method not allowed")
 InvalidJson = _error(400, "invalid_json", "the body is not valid JSON")
 InvalidRequest = _error(422, "invalid_request", "the request is not valid")
+RequestTimeout = _error(408, "request_timeout", "the request body did not arrive in time", close=True)
 BodyTooLarge = _error(413, "body_too_large", "the request body is too large")
 UnsupportedMediaType = _error(415, "unsupported_media_type", "send application/json")
 UnknownManager = _error(404, "unknown_manager", "no such manager")
@@ -65,6 +77,9 @@ LookupUnavailable = _error(
     503, "order_lookup_failed", "the shop's order database did not answer", retry_after=5
 )
 TelephonyUnavailable = _error(503, "telephony_unavailable", "Asterisk is not connected", retry_after=5)
+DatabaseDown = _error(
+    503, "database_unavailable", "bridged's database did not answer; try again shortly", retry_after=5
+)
 # The guard lets calls through again as soon as Asterisk has caught up, within a second or two.
 Overloaded = _error(
     503,
@@ -74,11 +89,32 @@ Overloaded = _error(
 )
 
 
+class InvalidParameter(ApiError):
+    status = 422
+    error_id = "invalid_parameter"
+    message = "a query parameter is not valid"
+
+
+class InvalidCursor(ApiError):
+    status = 422
+    error_id = "invalid_cursor"
+    message = "the cursor is not one this endpoint gave out"
+
+
 def error_response(error: ApiError) -> web.Response:
     response = web.json_response(error.body(), status=error.status)
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(error.retry_after)
+    if error.close_connection:
+        response.force_close()
     return response
+
+
+def route_name(request: web.Request) -> str:
+    """The route's pattern (``/v1/calls/{call_id}``) for a log line: the path itself is the client's and
+    may hold anything."""
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "?"
 
 
 @web.middleware
@@ -89,6 +125,10 @@ async def error_middleware(
         return await handler(request)
     except ApiError as exc:
         return error_response(exc)
+    except DatabaseUnavailable as exc:
+        # Store-level: every handler's database calls end up here when PostgreSQL is away.
+        log.warning("%s %s: bridged's database is unavailable (%s)", request.method, route_name(request), exc)
+        return error_response(DatabaseDown())
     except web.HTTPRequestEntityTooLarge:
         return error_response(BodyTooLarge())
     except web.HTTPNotFound:
@@ -105,19 +145,5 @@ async def error_middleware(
             )
         raise
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.rel_url.path)
+        log.exception("unhandled error on %s %s", request.method, route_name(request))
         return web.json_response({"error": {"id": "internal", "message": "internal error"}}, status=500)
-
-
-async def read_json(request: web.Request, max_bytes: int) -> Any:
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise BodyTooLarge()
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType()
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise BodyTooLarge()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidJson() from None

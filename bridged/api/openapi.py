@@ -32,6 +32,16 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+# Call ids in paths: what params.path_id accepts (anything else is 404 call_not_found, as an unknown id).
+CALL_ID_PARAMETER: dict[str, Any] = {
+    "name": "call_id",
+    "in": "path",
+    "required": True,
+    "description": "call id",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+}
+
+
 def register(paths: dict[str, dict[str, Any]], schemas: dict[str, Any] | None = None) -> None:
     for path, operations in paths.items():
         _PATHS.setdefault(path, {}).update(operations)

@@ -7,12 +7,9 @@ No response here carries a phone number: the call rows hold none, and channel id
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from ipaddress import ip_address
 from typing import Any
 
@@ -34,9 +31,11 @@ from ..retention import RECORDINGS, RETENTION, RetentionPolicy
 from ..store import AuditRow, ReviewCallRow, Store
 from . import openapi
 from .auth import ON_DENIED, PERMISSIONS, TOKENS, Handler, Principal, principal, requires
-from .errors import ApiError, CallNotFound, Unauthorized, read_json
+from .cursors import CURSORS, CursorCodec, CursorKeeper
+from .errors import ApiError, CallNotFound, Unauthorized
 from .limits import DeniedAuditLimiter
 from .openapi import error_responses, secured
+from .params import Query, path_id, read_json
 
 log = logging.getLogger(__name__)
 # Caps the audit rows refused requests write per client (bridged.api.limits).
@@ -44,23 +43,12 @@ DENIED_LIMITER: web.AppKey[DeniedAuditLimiter] = web.AppKey("denied_limiter", De
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
+MAX_CURSOR = 400
 MAX_REASON = 500
 ANONYMOUS = "anonymous"
 
 
 # -- errors -----------------------------------------------------------------------------------------
-
-
-class InvalidParameter(ApiError):
-    status = 422
-    error_id = "invalid_parameter"
-    message = "a query parameter is not valid"
-
-
-class InvalidCursor(ApiError):
-    status = 422
-    error_id = "invalid_cursor"
-    message = "the cursor is not one this endpoint gave out"
 
 
 class ReasonRequired(ApiError):
@@ -105,89 +93,6 @@ class InvalidRetention(ApiError):
     status = 422
     error_id = "invalid_retention"
     message = 'send {"days": <1..36500> or null}'
-
-
-# -- cursors: opaque to clients, (timestamp, id) of the last row of the page inside -----------------
-
-
-def encode_cursor(kind: str, at: datetime, row_id: str | int) -> str:
-    raw = json.dumps([kind, at.isoformat(), row_id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def decode_cursor(kind: str, cursor: str) -> tuple[datetime, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        found_kind, at, row_id = json.loads(raw)
-        when = datetime.fromisoformat(at)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor() from None
-    if found_kind != kind or when.tzinfo is None:
-        raise InvalidCursor()
-    if kind == "calls" and not isinstance(row_id, str):
-        raise InvalidCursor()
-    if kind == "audit" and (not isinstance(row_id, int) or isinstance(row_id, bool)):
-        raise InvalidCursor()
-    return when, row_id
-
-
-# -- query parameters -------------------------------------------------------------------------------
-
-
-class Query:
-    """Typed access to a request's query string; unknown parameters are refused (a typo is no filter)."""
-
-    def __init__(self, request: web.Request, known: set[str]) -> None:
-        self.query = request.query
-        for name in self.query:
-            if name not in known:
-                raise InvalidParameter(f"unknown query parameter {name!r}", details={"parameter": name})
-        for name in known:
-            if len(self.query.getall(name, [])) > 1:
-                raise InvalidParameter(f"{name} is given more than once", details={"parameter": name})
-
-    def text(self, name: str, max_length: int = 200) -> str | None:
-        value = self.query.get(name)
-        if value is None:
-            return None
-        value = value.strip()
-        if not value or len(value) > max_length or any(ord(c) < 32 for c in value):
-            raise InvalidParameter(
-                f"{name} must be 1 to {max_length} printable characters", details={"parameter": name}
-            )
-        return value
-
-    def time(self, name: str) -> datetime | None:
-        value = self.query.get(name)
-        if value is None:
-            return None
-        # A "+" of an offset left unencoded in the URL arrives as a space.
-        try:
-            when = datetime.fromisoformat(value.strip().replace(" ", "+"))
-        except ValueError:
-            raise InvalidParameter(
-                f"{name} must be an ISO 8601 time, e.g. 2026-01-31T09:00:00Z", details={"parameter": name}
-            ) from None
-        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-    def boolean(self, name: str) -> bool | None:
-        value = self.query.get(name)
-        if value is None:
-            return None
-        lowered = value.strip().lower()
-        if lowered in ("true", "1", "yes"):
-            return True
-        if lowered in ("false", "0", "no"):
-            return False
-        raise InvalidParameter(f"{name} must be true or false", details={"parameter": name})
-
-    def limit(self) -> int:
-        value = self.query.get("limit")
-        if value is None:
-            return DEFAULT_LIMIT
-        if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
-            raise InvalidParameter(f"limit must be 1 to {MAX_LIMIT}", details={"parameter": "limit"})
-        return int(value)
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -324,6 +229,10 @@ def _store(app: web.Application) -> Store:
     return app[STORE]
 
 
+async def _cursors(app: web.Application) -> CursorCodec:
+    return await app[CURSORS].codec(_store(app).cursor_secret)
+
+
 # -- handlers ---------------------------------------------------------------------------------------
 
 _CALL_FILTERS = {"manager", "order", "outcome", "from", "to", "has_recording", "limit", "cursor"}
@@ -333,22 +242,25 @@ _CALL_FILTERS = {"manager", "order", "outcome", "from", "to", "has_recording", "
 async def list_calls(request: web.Request) -> web.Response:
     """The call history, newest first, one page at a time."""
     q = Query(request, _CALL_FILTERS)
-    limit = q.limit()
-    cursor = q.text("cursor", 400)
-    before = decode_cursor("calls", cursor) if cursor else None
+    limit = q.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    manager_id, order_id, outcome = q.text("manager", 64), q.text("order", 64), q.text("outcome", 64)
+    since, until, has_recording = q.time("from"), q.time("to"), q.boolean("has_recording")
+    cursor = q.text("cursor", MAX_CURSOR)
+    cursors = await _cursors(request.app)
+    before = cursors.decode_calls(cursor) if cursor else None
     rows = await _store(request.app).list_calls(
-        manager_id=q.text("manager", 64),
-        order_id=q.text("order", 64),
-        outcome=q.text("outcome", 64),
-        since=q.time("from"),
-        until=q.time("to"),
-        has_recording=q.boolean("has_recording"),
+        manager_id=manager_id,
+        order_id=order_id,
+        outcome=outcome,
+        since=since,
+        until=until,
+        has_recording=has_recording,
         before=before,
         limit=limit + 1,
     )
     page = rows[:limit]
     next_cursor = (
-        encode_cursor("calls", page[-1].requested_at, page[-1].id) if len(rows) > limit and page else None
+        cursors.encode("calls", page[-1].requested_at, page[-1].id) if len(rows) > limit and page else None
     )
     return web.json_response(
         {"items": [call_json(r) for r in page], "next_cursor": next_cursor},
@@ -372,7 +284,7 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
     if reason is None and request.app[CONFIG].recording.require_reason:
         raise ReasonRequired()
     store = _store(request.app)
-    call = await store.get_review_call(request.match_info["call_id"])
+    call = await store.get_review_call(path_id(request))
     if call is None:
         raise CallNotFound()
     if call.recording_name is None or call.recording_state == RecordingState.FAILED:
@@ -478,20 +390,23 @@ _AUDIT_FILTERS = {"actor", "action", "call", "from", "to", "limit", "cursor"}
 async def list_audit(request: web.Request) -> web.Response:
     """The audit trail, newest first, one page at a time."""
     q = Query(request, _AUDIT_FILTERS)
-    limit = q.limit()
-    cursor = q.text("cursor", 400)
-    before = decode_cursor("audit", cursor) if cursor else None
+    limit = q.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    actor, action, call_id = q.text("actor", 200), q.text("action", 64), q.id("call")
+    since, until = q.time("from"), q.time("to")
+    cursor = q.text("cursor", MAX_CURSOR)
+    cursors = await _cursors(request.app)
+    before = cursors.decode_audit(cursor) if cursor else None
     rows = await _store(request.app).list_audit(
-        actor=q.text("actor", 200),
-        action=q.text("action", 64),
-        call_id=q.text("call", 64),
-        since=q.time("from"),
-        until=q.time("to"),
+        actor=actor,
+        action=action,
+        call_id=call_id,
+        since=since,
+        until=until,
         before=before,
         limit=limit + 1,
     )
     page = rows[:limit]
-    next_cursor = encode_cursor("audit", page[-1].at, page[-1].id) if len(rows) > limit and page else None
+    next_cursor = cursors.encode("audit", page[-1].at, page[-1].id) if len(rows) > limit and page else None
     return web.json_response(
         {"items": [audit_json(r) for r in page], "next_cursor": next_cursor},
         headers={"Cache-Control": "no-store"},
@@ -561,6 +476,19 @@ async def me(request: web.Request) -> web.Response:
 
 _STR = {"type": "string"}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+# A time filter: what params.parse_time accepts (JSON Schema cannot say "years 1970 to 9999").
+_TIME_FILTER = {"type": "string", "format": "date-time", "maxLength": 64}
+_TIME_NOTE = "; ISO 8601, 1970 to 9999, UTC when no offset is given"
+
+
+def _text(max_length: int) -> dict[str, Any]:
+    """A text parameter: what params.parse_text accepts (no control characters)."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_length,
+        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$",
+    }
 
 
 def _param(name: str, description: str, schema: dict[str, Any], where: str = "query") -> dict[str, Any]:
@@ -583,7 +511,7 @@ _PAGE = [
         f"rows per page (default {DEFAULT_LIMIT})",
         {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
     ),
-    _param("cursor", "next_cursor of the previous page", {"type": "string", "maxLength": 400}),
+    _param("cursor", "next_cursor of the previous page", {"type": "string", "maxLength": MAX_CURSOR}),
 ]
 
 SCHEMAS: dict[str, Any] = {
@@ -690,12 +618,8 @@ def _headers_only(operation: dict[str, Any]) -> dict[str, Any]:
 
 
 _RECORDING_PARAMETERS = [
-    _param("call_id", "call id", {"type": "string"}, "path"),
-    _param(
-        "reason",
-        "why (kept in the audit trail; may be required by config)",
-        {"type": "string", "maxLength": MAX_REASON},
-    ),
+    openapi.CALL_ID_PARAMETER,
+    _param("reason", "why (kept in the audit trail; may be required by config)", _text(MAX_REASON)),
     _param("download", "as an attachment (audited as a download)", {"type": "boolean"}),
     {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}},
 ]
@@ -708,17 +632,17 @@ PATHS: dict[str, dict[str, Any]] = {
                 "operationId": "listCalls",
                 "summary": "Call history, newest first (permission calls.list)",
                 "parameters": [
-                    _param("manager", "manager id", {"type": "string", "maxLength": 64}),
-                    _param("order", "order id", {"type": "string", "maxLength": 64}),
-                    _param("outcome", "e.g. completed, customer_busy", {"type": "string", "maxLength": 64}),
-                    _param("from", "requested at or after", {"type": "string", "format": "date-time"}),
-                    _param("to", "requested before", {"type": "string", "format": "date-time"}),
+                    _param("manager", "manager id", _text(64)),
+                    _param("order", "order id", _text(64)),
+                    _param("outcome", "e.g. completed, customer_busy", _text(64)),
+                    _param("from", "requested at or after" + _TIME_NOTE, _TIME_FILTER),
+                    _param("to", "requested before" + _TIME_NOTE, _TIME_FILTER),
                     _param("has_recording", "a recording is available (not purged)", {"type": "boolean"}),
                     *_PAGE,
                 ],
                 "responses": {
                     "200": {"description": "one page", "content": _json("ReviewCallPage")},
-                    **error_responses(422),
+                    **error_responses(422, 503),
                 },
             }
         )
@@ -767,24 +691,16 @@ PATHS: dict[str, dict[str, Any]] = {
                 "operationId": "listAudit",
                 "summary": "The audit trail, newest first (permission audit.read)",
                 "parameters": [
-                    _param(
-                        "actor",
-                        "token or manager name, 'anonymous', 'retention'",
-                        {"type": "string", "maxLength": 200},
-                    ),
-                    _param(
-                        "action",
-                        "e.g. recording.listen, api.denied, call.request",
-                        {"type": "string", "maxLength": 64},
-                    ),
-                    _param("call", "call id", {"type": "string", "maxLength": 64}),
-                    _param("from", "at or after", {"type": "string", "format": "date-time"}),
-                    _param("to", "before", {"type": "string", "format": "date-time"}),
+                    _param("actor", "token or manager name, 'anonymous', 'retention'", _text(200)),
+                    _param("action", "e.g. recording.listen, api.denied, call.request", _text(64)),
+                    _param("call", "call id", openapi.CALL_ID_PARAMETER["schema"]),
+                    _param("from", "at or after" + _TIME_NOTE, _TIME_FILTER),
+                    _param("to", "before" + _TIME_NOTE, _TIME_FILTER),
                     *_PAGE,
                 ],
                 "responses": {
                     "200": {"description": "one page", "content": _json("AuditPage")},
-                    **error_responses(422),
+                    **error_responses(422, 503),
                 },
             }
         )
@@ -794,7 +710,7 @@ PATHS: dict[str, dict[str, Any]] = {
             {
                 "operationId": "getRetention",
                 "summary": "Recording retention in force (retention.read)",
-                "responses": _RETENTION_OK,
+                "responses": {**_RETENTION_OK, **error_responses(503)},
             }
         ),
         "put": secured(
@@ -802,14 +718,14 @@ PATHS: dict[str, dict[str, Any]] = {
                 "operationId": "setRetention",
                 "summary": "Set the recording retention; kept across restarts; audited (retention.write)",
                 "requestBody": {"required": True, "content": _json("RetentionChange")},
-                "responses": {**_RETENTION_OK, **error_responses(400, 413, 415, 422)},
+                "responses": {**_RETENTION_OK, **error_responses(400, 408, 413, 415, 422, 503)},
             }
         ),
         "delete": secured(
             {
                 "operationId": "resetRetention",
                 "summary": "Back to the config's retention (retention.write)",
-                "responses": _RETENTION_OK,
+                "responses": {**_RETENTION_OK, **error_responses(503)},
             }
         ),
     },
@@ -857,6 +773,7 @@ def setup(app: web.Application) -> None:
 
     app[ON_DENIED] = on_denied
     app[DENIED_LIMITER] = DeniedAuditLimiter()
+    app[CURSORS] = CursorKeeper()
     app.router.add_get("/v1/calls", list_calls, allow_head=False)
     app.router.add_get("/v1/calls/{call_id}/recording", get_recording)  # and HEAD
     app.router.add_get("/v1/audit", list_audit, allow_head=False)

@@ -31,6 +31,7 @@ from .harness import (
     add_order,
     assert_not_leaked,
     carrier,
+    dial,
     invites,
     new_customer_number,
     new_order_id,
@@ -42,14 +43,19 @@ TOKENS = {
     "shop": "shop-token-0123456789abcdef",
     "ops": "ops-token-0123456789abcdef",
     "admin": "admin-token-0123456789",
+    "shop2": "another-shop-token-0123456789",  # a second API client with the shop role
 }
 WEBHOOK_SECRET = "webhook-secret-0123456789"
 
 
 def token_config() -> list[dict[str, str]]:
     return [
-        {"name": f"{role}-test", "role": role, "sha256": hashlib.sha256(token.encode()).hexdigest()}
-        for role, token in TOKENS.items()
+        {
+            "name": f"{key}-test",
+            "role": key.rstrip("0123456789"),
+            "sha256": hashlib.sha256(token.encode()).hexdigest(),
+        }
+        for key, token in TOKENS.items()
     ]
 
 
@@ -154,10 +160,18 @@ class WebhookReceiver:
         ]
 
 
-def api_daemon(make_bridged, *managers: str, webhook_url: str | None = None, **options) -> Bridged:
+def api_daemon(
+    make_bridged,
+    *managers: str,
+    webhook_url: str | None = None,
+    extra_http: dict[str, Any] | None = None,
+    **options,
+) -> Bridged:
     extra: dict[str, Any] = {"api": {"tokens": token_config(), "manager_ring_timeout": 5}}
     if webhook_url:
         extra["webhook"] = {"url": webhook_url, "secret": WEBHOOK_SECRET, "timeout": 2}
+    if extra_http:
+        extra["http"] = extra_http
     return make_bridged(managers or ("anna",), extra=extra, **options)
 
 
@@ -295,6 +309,59 @@ def test_delete_ends_a_bridged_call(make_bridged, trace_dir: Path, rig_alloc) ->
     assert phone.wait(timeout=10) == 0 and customer.wait(timeout=10) == 0
     status, body, _ = http(daemon, "DELETE", f"/v1/calls/{call['id']}")
     assert (status, body["error"]["id"]) == (409, "call_ended")
+
+
+def test_a_shop_token_sees_and_ends_only_its_own_calls(make_bridged, trace_dir: Path, rig_alloc) -> None:
+    """Two shop clients: each reads and ends only the calls it placed (another's, and a phone call, are
+    404 as if they did not exist); ops and admin read them all."""
+    daemon = api_daemon(make_bridged, "vera", "yuri")
+    vera, yuri = daemon.managers
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Anna O.", vera.id)
+    # A phone call: yuri dials an order that does not exist (refused, but a call row of the phone path).
+    phone_call = dial(yuri, trace_dir, "*77999999999", hold_ms=1000, timeout_s=30)
+    phone_row = wait_for(lambda: daemon.call_rows(yuri.id), 20, "the phone call's row")[0]
+    assert phone_row["direction"] == "phone" and phone_row["created_by"] is None
+    phone_call.wait(timeout=30)
+
+    phone = manager_phone(vera, trace_dir, "carrier_noanswer", timeout_s=40)
+    status, call, _ = http(daemon, "POST", "/v1/calls", {"order_id": order, "manager_id": vera.id})
+    assert status == 202, call
+    wait_state(daemon, call["id"], "ringing_manager")
+    row = daemon.call_rows(vera.id)[-1]
+    assert row["created_by"] == "shop-test"
+
+    expected = {
+        (call["id"], "shop"): 200,
+        (call["id"], "shop2"): 404,
+        (call["id"], "ops"): 200,
+        (call["id"], "admin"): 200,
+        (phone_row["id"], "shop"): 404,
+        (phone_row["id"], "shop2"): 404,
+        (phone_row["id"], "ops"): 200,
+        (phone_row["id"], "admin"): 200,
+    }
+    for (call_id, caller), want in expected.items():
+        got, body, _ = http(daemon, "GET", f"/v1/calls/{call_id}", token=TOKENS[caller])
+        assert got == want, (call_id, caller, body)
+        if want == 404:
+            assert body == {"error": {"id": "call_not_found", "message": "no such call"}}
+    # The other shop cannot end the call; it still rings; its owner can.
+    got, body, _ = http(daemon, "DELETE", f"/v1/calls/{call['id']}", token=TOKENS["shop2"])
+    assert (got, body["error"]["id"]) == (404, "call_not_found")
+    got, body, _ = http(daemon, "DELETE", f"/v1/calls/{phone_row['id']}", token=TOKENS["shop"])
+    assert (got, body["error"]["id"]) == (404, "call_not_found")
+    assert http(daemon, "GET", f"/v1/calls/{call['id']}")[1]["state"] == "ringing_manager"
+    got, body, _ = http(daemon, "DELETE", f"/v1/calls/{call['id']}", token=TOKENS["shop"])
+    assert got == 202, body
+    ended = wait_state(daemon, call["id"], "ended", timeout=10)
+    assert ended["ended_by"] == "api"
+    assert phone.wait(timeout=15) == 0, phone.describe()
+    # Only the owner's request is in the audit trail.
+    ends = daemon.sql(
+        f"SELECT string_agg(actor, ',') FROM audit WHERE action = 'call.end_requested' AND call_id = '{call['id']}'"
+    )
+    assert ends.strip() == "token:shop-test"
 
 
 def test_idempotent_retry_rings_once(make_bridged, trace_dir: Path, rig_alloc) -> None:
@@ -447,12 +514,27 @@ def test_authorization_matrix(make_bridged) -> None:
                 assert answer["error"]["id"] == {401: "unauthorized", 403: "forbidden"}[status]
 
 
+# Checks left out, and why: positive_data_acceptance (valid input is refused by design: an order that
+# does not exist, a manager whose phone is not registered); use_after_free (DELETE ends a call, whose row
+# stays readable: a call is never deleted); ensure_resource_availability (a call placed is read back with
+# the token that placed it, which is not schemathesis's guess of who should see it).
+SCHEMATHESIS_EXCLUDED = "positive_data_acceptance,use_after_free,ensure_resource_availability"
+SCHEMATHESIS_EXAMPLES = 40
+
+
 def test_openapi_schemathesis(make_bridged, trace_dir: Path) -> None:
+    """Every operation, every role, positive and negative (and boundary) data: no 500, and every answer
+    as the OpenAPI document says (status, content type, headers, body schema)."""
     daemon = api_daemon(make_bridged, "ivan")
     status, document, _ = http(daemon, "GET", "/v1/openapi.json", token=None)
     assert status == 200 and document["openapi"].startswith("3.1")
-    # Each role sees its own operations; together they cover every documented operation.
-    for role in ("shop", "admin"):
+    # A page of history to page through (list endpoints with a cursor).
+    ivan = daemon.managers[0]
+    for _ in range(3):
+        http(daemon, "POST", "/v1/calls", {"order_id": "999999999", "manager_id": ivan.id})
+    started = time.monotonic()
+    for role in ("shop", "ops", "admin"):
+        role_started = time.monotonic()
         result = subprocess.run(
             [
                 "schemathesis",
@@ -463,21 +545,30 @@ def test_openapi_schemathesis(make_bridged, trace_dir: Path) -> None:
                 "--checks",
                 "all",
                 "--exclude-checks",
-                "positive_data_acceptance,use_after_free,ensure_resource_availability",
+                SCHEMATHESIS_EXCLUDED,
+                "--mode",
+                "all",
                 "--phases",
                 "examples,coverage,fuzzing",
+                "--generation-allow-x00",
+                "true",
                 "--max-examples",
-                "25",
+                str(SCHEMATHESIS_EXAMPLES),
                 "--seed",
                 "1",
                 "--workers",
                 "1",
+                "--no-color",
             ],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
         )
         (trace_dir / f"schemathesis-{role}.txt").write_text(result.stdout + result.stderr)
-        assert result.returncode == 0, result.stdout[-6000:]
+        print(f"schemathesis as {role}: {time.monotonic() - role_started:.0f} s")
+        assert result.returncode == 0, result.stdout[-8000:]
         assert re.search(r"\d+ generated, \d+ passed", result.stdout), result.stdout[-2000:]
-    assert "unhandled error" not in daemon.log_text()
+    print(f"schemathesis, every role: {time.monotonic() - started:.0f} s")
+    log_text = daemon.log_text()
+    assert "unhandled error" not in log_text and "Traceback" not in log_text
+    assert daemon.alive()

@@ -232,6 +232,51 @@ def test_the_database_going_away_mid_call_cuts_nothing_and_the_row_catches_up(
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=log_text)
 
 
+def test_a_phone_call_while_the_database_is_down_hears_a_prompt_and_its_row_comes_later(
+    make_bridged, asterisk, shop, trace_dir: Path, rig_alloc
+) -> None:
+    """bridged's PostgreSQL is away when a manager dials an order: no call is placed (a call without its
+    row could not be adopted after a restart), the manager hears prompts.unavailable, the refusal is
+    counted, and its row is written once the database is back."""
+    daemon = make_bridged(("wanda",))
+    wanda = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Olga S.", wanda.id)
+    customer = carrier_for(trace_dir, rig_alloc, calls=1)
+    shop.execute("postgres", "ALTER DATABASE bridged WITH ALLOW_CONNECTIONS false")
+    try:
+        shop.execute(
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'bridged'",
+        )
+        phone = dial(wanda, trace_dir, f"*77{order}", hold_ms=20000, timeout_s=40)
+        assert phone.wait(timeout=30) == 0, phone.describe()
+        assert wait_for(
+            lambda: _prompt_played(asterisk, wanda.endpoint, "please-try-call-later"), 5, "the prompt"
+        )
+        assert no_carrier_invite(customer), "the customer was dialled"
+        status, text = get(daemon, "/metrics")
+        assert samples(text)['bridged_calls_refused_total{reason="database_unavailable"}'] == 1
+    finally:
+        shop.execute("postgres", "ALTER DATABASE bridged WITH ALLOW_CONNECTIONS true")
+        customer.stop()
+    row = wait_for(
+        lambda: daemon.call_rows(wanda.id), 30, "the refused call's row once the database is back"
+    )[0]
+    assert (row["outcome"], row["direction"], row["order_id"], row["created_by"]) == (
+        "database_unavailable",
+        "phone",
+        order,
+        None,
+    )
+    assert [(a["outcome"], a["reason"]) for a in daemon.audit_rows(wanda.id)] == [
+        ("refused", "database_unavailable")
+    ]
+    log_text = daemon.log_text()
+    assert "FastAGI handler failed" not in log_text and daemon.alive()
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=log_text)
+
+
 # -- systemd notify protocol -------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import inspect
 import io
 import itertools
 import logging
@@ -26,7 +27,7 @@ from bridged.config import Config, Manager, parse_config
 from bridged.labels import Label, Labeller
 from bridged.orders import Order
 from bridged.redact import PhoneNumber, RedactingFilter, digits
-from bridged.store import CallRow
+from bridged.store import CallRow, DatabaseUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "config" / "bridged.example.yaml"
@@ -479,6 +480,7 @@ class FakeStore:
             "bridge_id": None,
             "ended_by": None,
             "recording_state": None,
+            "created_by": None,
         }
         unknown = set(fields) - set(row)
         assert not unknown, unknown
@@ -522,6 +524,7 @@ class FakeStore:
         actor: str,
         details: dict[str, Any],
         customer_channel_id: str | None = None,
+        created_by: str | None = None,
     ) -> None:
         await self.insert_call(
             call_id=call_id,
@@ -532,6 +535,7 @@ class FakeStore:
             manager_channel_id=manager_channel_id,
             ari_app=ari_app,
         )
+        self.rows[call_id]["created_by"] = created_by
         await self._set_channels(call_id, customer_channel_id=customer_channel_id)
         await self.audit(
             actor=actor,
@@ -540,6 +544,44 @@ class FakeStore:
             call_id=call_id,
             order_id=order_id,
             details=details,
+        )
+
+    async def insert_refused_call(
+        self,
+        *,
+        call_id: str,
+        order_id: str,
+        manager_id: str,
+        direction: str,
+        outcome: str,
+        at: datetime,
+        actor: str,
+        details: dict[str, Any],
+        created_by: str | None = None,
+    ) -> None:
+        if call_id in self.rows:  # ON CONFLICT DO NOTHING: a retry adds nothing
+            return
+        assert direction in ("phone", "api")
+        self.add_row(
+            id=call_id,
+            order_id=order_id,
+            manager_id=manager_id,
+            direction=direction,
+            state="ended",
+            outcome=outcome,
+            requested_at=at,
+            ended_at=at,
+            created_by=created_by,
+        )
+        await self.audit(
+            actor=actor,
+            action="call.request",
+            outcome="refused",
+            reason=outcome,
+            call_id=call_id,
+            order_id=order_id,
+            details=details,
+            at=at,
         )
 
     async def set_state(self, call_id: str, state: str) -> None:
@@ -640,6 +682,7 @@ class FakeStore:
         call_id: str | None = None,
         order_id: str | None = None,
         details: dict[str, Any] | None = None,
+        at: datetime | None = None,
     ) -> None:
         self.audits.append(
             {
@@ -650,5 +693,32 @@ class FakeStore:
                 "call_id": call_id,
                 "order_id": order_id,
                 "details": details or {},
+                # Only a write that passes its own time (a retried one) has one here.
+                **({"at": at} if at is not None else {}),
             }
         )
+
+
+class DownStore(FakeStore):
+    """A FakeStore whose every method raises DatabaseUnavailable while ``down`` is set (bridged's
+    PostgreSQL away), as the real Store does for any outage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.refused: list[str] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        found = super().__getattribute__(name)
+        if (
+            name.startswith("_")
+            or not inspect.iscoroutinefunction(found)
+            or not super().__getattribute__("down")
+        ):
+            return found
+
+        async def unavailable(*args: Any, **kwargs: Any) -> Any:
+            self.refused.append(name)
+            raise DatabaseUnavailable("ConnectionRefusedError")
+
+        return unavailable

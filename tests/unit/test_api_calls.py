@@ -1,4 +1,5 @@
-"""POST /v1/calls while Asterisk is behind on bridged's ARI requests: 503 "overloaded", no ARI request made."""
+"""The click-to-call handlers over fakes: 503 "overloaded" while Asterisk is behind, 503
+"database_unavailable" while bridged's database is away, and calls scoped to the token that placed them."""
 
 from __future__ import annotations
 
@@ -21,17 +22,26 @@ from bridged.calls import CallEngine
 from bridged.config import ApiToken
 from bridged.service import CallService
 
-from .fakes import FakeAri, FakeStore, make_config, make_order
+from .fakes import DownStore, FakeAri, make_config, make_order, wait_until
 from .test_service import FakeDirectory
 
 TOKEN = "shop-token"
+TOKENS_BY_NAME = {
+    "shop-1": ("shop", TOKEN),
+    "shop-2": ("shop", "other-shop-token"),
+    "ops-1": ("ops", "ops-token"),
+}
+
+
+def auth(name: str = "shop-1") -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS_BY_NAME[name][1]}"}
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[TestClient, FakeAri, FakeStore]]:
+async def served() -> AsyncIterator[tuple[TestClient, FakeAri, DownStore]]:
     config = make_config()
     config = replace(config, ari=replace(config.ari, max_request_wait=0.05))
-    ari, store = FakeAri(), FakeStore()
+    ari, store = FakeAri(), DownStore()
     engine = CallEngine(config, ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
     directory = FakeDirectory({"123": make_order("123", manager_id="anna")})
     service = CallService(config, store, directory, engine, is_connected=lambda: True)  # type: ignore[arg-type]
@@ -41,7 +51,10 @@ async def served() -> AsyncIterator[tuple[TestClient, FakeAri, FakeStore]]:
     app[ENGINE] = engine
     app[SERVICE] = service
     app[TOKENS] = TokenRegistry(
-        (ApiToken(name="shop-1", role="shop", sha256=hashlib.sha256(TOKEN.encode()).hexdigest()),)
+        tuple(
+            ApiToken(name=name, role=role, sha256=hashlib.sha256(token.encode()).hexdigest())
+            for name, (role, token) in TOKENS_BY_NAME.items()
+        )
     )
     api_calls.setup(app)
     client = TestClient(TestServer(app))
@@ -96,3 +109,82 @@ async def test_an_order_without_a_valid_number_is_422_invalid_phone_and_nobody_i
     assert (row["order_id"], row["outcome"], row["direction"]) == ("124", "invalid_phone", "api")
     assert store.audits[-1]["reason"] == "invalid_phone" and store.audits[-1]["order_id"] == "124"
     assert metrics.CALLS_REFUSED.value("invalid_phone") == refused_before + 1
+
+
+async def _place(client: TestClient, who: str = "shop-1") -> dict[str, Any]:
+    resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth(who))
+    body = await resp.json()
+    assert resp.status == 202, body
+    return body
+
+
+async def test_a_shop_token_reads_and_ends_only_the_calls_it_placed(served: Any) -> None:
+    client, ari, store = served
+    call = await _place(client)
+    assert store.rows[call["id"]]["created_by"] == "shop-1"
+    store.add_row(id="phone-call", state="bridged")  # dialled from a phone: no token's
+    for who, call_id, status in [
+        ("shop-1", call["id"], 200),
+        ("shop-2", call["id"], 404),
+        ("shop-1", "phone-call", 404),
+        ("ops-1", call["id"], 200),
+        ("ops-1", "phone-call", 200),
+    ]:
+        resp = await client.get(f"/v1/calls/{call_id}", headers=auth(who))
+        body = await resp.json()
+        assert resp.status == status, (who, call_id, body)
+        if status == 404:
+            assert body["error"]["id"] == "call_not_found"  # as if it did not exist
+    # Another shop cannot end it either, and trying changes nothing.
+    resp = await client.delete(f"/v1/calls/{call['id']}", headers=auth("shop-2"))
+    assert (resp.status, (await resp.json())["error"]["id"]) == (404, "call_not_found")
+    assert not ari.hung_up()
+    assert store.rows[call["id"]]["state"] != "ended"
+    # ops may read every call but end none (no calls.end), as before.
+    resp = await client.delete(f"/v1/calls/{call['id']}", headers=auth("ops-1"))
+    assert resp.status == 403
+    resp = await client.delete(f"/v1/calls/{call['id']}", headers=auth("shop-1"))
+    assert resp.status == 202
+
+
+@pytest.mark.parametrize("call_id", ["%00", "a%00b", "%ED%A0%80", "x" * 65, "%F0%9F%93%9E"])
+async def test_a_path_id_that_cannot_be_an_id_is_404(served: Any, call_id: str) -> None:
+    client, _, store = served
+    resp = await client.get(f"/v1/calls/{call_id}", headers=auth())
+    assert (resp.status, (await resp.json())["error"]["id"]) == (404, "call_not_found")
+
+
+async def test_post_while_bridgeds_database_is_away_is_503_and_the_attempt_is_written_later(
+    served: Any,
+) -> None:
+    client, ari, store = served
+    from bridged.deferred import DeferredWrites
+
+    client.app[SERVICE].deferred = DeferredWrites(delays=(0.01,) * 5)
+    refused = metrics.CALLS_REFUSED.value("database_unavailable")
+    store.down = True
+    resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth())
+    body = await resp.json()
+    assert (resp.status, body["error"]["id"]) == (503, "database_unavailable"), body
+    assert resp.headers["Retry-After"] == "5"
+    assert metrics.CALLS_REFUSED.value("database_unavailable") == refused + 1
+    assert ari.named("originate") == []  # nobody was rung
+    store.down = False
+    await wait_until(lambda: store.rows)
+    [row] = store.rows.values()
+    assert (row["outcome"], row["direction"], row["created_by"]) == ("database_unavailable", "api", "shop-1")
+    assert [(a["actor"], a["reason"]) for a in store.audits] == [("token:shop-1", "database_unavailable")]
+
+
+async def test_reads_while_bridgeds_database_is_away_are_503(served: Any) -> None:
+    client, _, store = served
+    call = await _place(client)
+    store.down = True
+    for method in ("GET", "DELETE"):
+        resp = await client.request(method, f"/v1/calls/{call['id']}", headers=auth())
+        body = await resp.json()
+        assert (resp.status, body["error"]["id"], resp.headers["Retry-After"]) == (
+            503,
+            "database_unavailable",
+            "5",
+        )

@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridged.api import review
 from bridged.api.auth import TOKENS, TokenRegistry
 from bridged.api.calls import call_json
-from bridged.api.errors import error_middleware
+from bridged.api.cursors import CursorCodec
+from bridged.api.errors import InvalidCursor, error_middleware
 from bridged.api.limits import DeniedAuditLimiter
 from bridged.appkeys import CONFIG, STORE
 from bridged.config import ApiToken, ConfigError, parse_config
@@ -35,36 +36,49 @@ from bridged.store import CallRow, ReviewCallRow
 
 from .fakes import example_data, make_config
 
-# -- cursors ----------------------------------------------------------------------------------------
+# -- cursors (more, generated, in test_params.py) ----------------------------------------------------
+
+CODEC = CursorCodec("0123456789abcdef" * 4)
 
 
 def test_cursor_round_trip_keeps_microseconds_and_id() -> None:
     at = datetime(2026, 3, 1, 10, 20, 30, 123456, tzinfo=UTC)
-    cursor = review.encode_cursor("calls", at, "c-123")
+    cursor = CODEC.encode("calls", at, "c-123")
     assert "=" not in cursor and "/" not in cursor and "+" not in cursor  # URL-safe as it is
-    assert review.decode_cursor("calls", cursor) == (at, "c-123")
-    audit_cursor = review.encode_cursor("audit", at, 42)
-    assert review.decode_cursor("audit", audit_cursor) == (at, 42)
+    assert CODEC.decode_calls(cursor) == (at, "c-123")
+    assert CODEC.decode_audit(CODEC.encode("audit", at, 42)) == (at, 42)
 
 
 @pytest.mark.parametrize(
     "cursor",
-    ["", "not base64!", "e30", "WyJjYWxscyJd", review.encode_cursor("audit", datetime.now(UTC), 1)],
+    ["", "not base64!", "e30", "WyJjYWxscyJd", CODEC.encode("audit", datetime.now(UTC), 1)],
 )
 def test_bad_or_foreign_cursors_are_refused(cursor: str) -> None:
-    with pytest.raises(review.InvalidCursor):
-        review.decode_cursor("calls", cursor)
+    with pytest.raises(InvalidCursor):
+        CODEC.decode_calls(cursor)
 
 
-def test_cursor_with_a_naive_time_or_wrong_id_type_is_refused() -> None:
+def test_cursor_with_a_naive_time_or_wrong_id_type_is_refused_even_when_signed() -> None:
     import base64
     import json
 
-    naive = base64.urlsafe_b64encode(json.dumps(["calls", "2026-01-01T00:00:00", "x"]).encode()).decode()
-    with pytest.raises(review.InvalidCursor):
-        review.decode_cursor("calls", naive)
-    with pytest.raises(review.InvalidCursor):
-        review.decode_cursor("audit", review.encode_cursor("audit", datetime.now(UTC), "7"))
+    def signed(fields: list[Any]) -> str:
+        payload = base64.urlsafe_b64encode(json.dumps(fields).encode()).rstrip(b"=").decode()
+        return f"{payload}.{CODEC._sign(payload)}"
+
+    assert CODEC.decode_calls(signed(["calls", "2026-01-01T00:00:00+00:00", "x"]))[1] == "x"
+    for fields in (
+        ["calls", "0001-01-01T00:00:00+05:00", "x"],  # before 1970 (and no datetime in UTC)
+        ["calls", "2026-01-01T00:00:00", "x\u0000"],
+        ["audit", "2026-01-01T00:00:00+00:00", "7"],
+        ["audit", "2026-01-01T00:00:00+00:00", True],
+        ["audit", "2026-01-01T00:00:00+00:00", 2**63],
+    ):
+        with pytest.raises(InvalidCursor):
+            (CODEC.decode_audit if fields[0] == "audit" else CODEC.decode_calls)(signed(fields))
+    # Signed with another secret: refused whatever it holds.
+    with pytest.raises(InvalidCursor):
+        CODEC.decode_calls(CursorCodec("f" * 64).encode("calls", datetime.now(UTC), "x"))
 
 
 # -- byte ranges ------------------------------------------------------------------------------------
@@ -206,6 +220,9 @@ class ReviewStore:
 
     async def get_review_call(self, call_id: str) -> ReviewCallRow | None:
         return self.calls.get(call_id)
+
+    async def cursor_secret(self) -> str:
+        return "0123456789abcdef" * 4
 
     async def list_calls(self, **filters: Any) -> list[ReviewCallRow]:
         rows = sorted(self.calls.values(), key=lambda r: (r.requested_at, r.id), reverse=True)

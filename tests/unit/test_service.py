@@ -107,6 +107,8 @@ def _refused_row(env: Env, result: object, reason: Refusal, order_id: str) -> No
     assert row["direction"] == "phone"
     assert row["manager_channel_id"] is None
     [entry] = env.store.audits
+    # The audit row and the call row have the time of the refusal (one written later keeps it).
+    assert entry.pop("at") == row["requested_at"] == row["ended_at"]
     assert entry == {
         "actor": "anna",
         "action": "call.request",

@@ -1,0 +1,235 @@
+"""bridged's own database away: one exception type for any outage (Store), and the rows of refused
+attempts kept and written once it is back (DeferredWrites, CallService)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from bridged import metrics
+from bridged.deferred import DeferredWrites
+from bridged.orders import Refusal
+from bridged.service import Refused
+from bridged.store import DatabaseUnavailable, Store
+
+from .fakes import DownStore, manager, wait_until
+from .test_service import _env
+
+
+class BrokenPool:
+    """An asyncpg pool whose every statement raises ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def execute(self, *args: Any) -> None:
+        raise self.error
+
+    fetch = fetchrow = fetchval = execute
+
+
+OUTAGES = [
+    ConnectionRefusedError(111, "Connect call failed"),
+    TimeoutError(),
+    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError('database "bridged" is not accepting connections'),
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+]
+
+
+@pytest.mark.parametrize("error", OUTAGES, ids=lambda e: type(e).__name__)
+async def test_every_outage_is_database_unavailable(error: BaseException) -> None:
+    store = Store(BrokenPool(error))  # type: ignore[arg-type]
+    with pytest.raises(DatabaseUnavailable) as raised:
+        await store.get_call("c1")
+    assert str(raised.value) == type(error).__name__  # the type only: the text may quote values
+    with pytest.raises(DatabaseUnavailable):
+        await store.audit(actor="a", action="b", outcome="c")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.UniqueViolationError("duplicate key"),
+        ValueError("a bug"),
+        asyncpg.exceptions.DataError("x"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_other_errors_are_not_mistaken_for_an_outage(error: BaseException) -> None:
+    with pytest.raises(type(error)):
+        await Store(BrokenPool(error)).get_call("c1")  # type: ignore[arg-type]
+
+
+def test_every_public_store_method_translates() -> None:
+    for name, member in vars(Store).items():
+        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+            assert hasattr(member, "__wrapped__"), name
+
+
+# -- DeferredWrites ---------------------------------------------------------------------------------
+
+
+class Table:
+    """Rows written through a database that can be away."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.rows: list[str] = []
+
+    def writer(self, row: str) -> Any:
+        async def write() -> None:
+            if self.down:
+                raise DatabaseUnavailable("OSError")
+            self.rows.append(row)
+
+        return write
+
+
+async def test_writes_are_kept_while_the_database_is_away_and_written_in_order_once_back() -> None:
+    table = Table()
+    deferred = DeferredWrites(delays=(0.01,) * 3)
+    assert await deferred.write("a", table.writer("a")) is False
+    assert await deferred.write("b", table.writer("b")) is False
+    assert await deferred.write("c", table.writer("c"), try_now=False) is False
+    assert deferred.pending == 3 and table.rows == []
+    table.down = False
+    await wait_until(lambda: deferred.pending == 0)
+    assert table.rows == ["a", "b", "c"]
+    assert await deferred.write("d", table.writer("d")) is True
+    await deferred.close()
+
+
+async def test_a_write_that_goes_through_flushes_the_kept_ones_without_waiting_for_the_next_retry() -> None:
+    table = Table()
+    deferred = DeferredWrites(delays=(3600.0,))
+    await deferred.write("a", table.writer("a"))
+    table.down = False
+    assert await deferred.write("b", table.writer("b")) is True  # not held up behind "a"
+    await wait_until(lambda: deferred.pending == 0)  # long before the hour the retry would wait
+    assert table.rows == ["b", "a"]
+    await deferred.close()
+
+
+async def test_beyond_the_limit_a_write_is_lost_and_counted() -> None:
+    table = Table()
+    deferred = DeferredWrites(limit=2, delays=(60.0,))
+    lost = metrics.DEFERRED_WRITES_LOST.value()
+    for row in "abc":
+        await deferred.write(row, table.writer(row))
+    assert deferred.pending == 2
+    assert metrics.DEFERRED_WRITES_LOST.value() == lost + 1
+    table.down = False
+    await deferred.close()  # the last try writes what was kept
+    assert table.rows == ["a", "b"]
+
+
+async def test_a_write_the_database_refuses_for_good_does_not_hold_up_the_others() -> None:
+    table = Table()
+    deferred = DeferredWrites(delays=(0.01,) * 3)
+
+    async def broken() -> None:
+        if table.down:
+            raise DatabaseUnavailable("OSError")
+        raise asyncpg.exceptions.UniqueViolationError("duplicate key")
+
+    await deferred.write("broken", broken)
+    await deferred.write("a", table.writer("a"))
+    table.down = False
+    await wait_until(lambda: deferred.pending == 0)
+    assert table.rows == ["a"]
+    await deferred.close()
+
+
+async def test_stopping_with_the_database_still_away_counts_what_is_lost() -> None:
+    table = Table()
+    deferred = DeferredWrites(delays=(60.0,))
+    lost = metrics.DEFERRED_WRITES_LOST.value()
+    await deferred.write("a", table.writer("a"))
+    await deferred.write("b", table.writer("b"))
+    await deferred.close()
+    assert metrics.DEFERRED_WRITES_LOST.value() == lost + 2
+    assert deferred.pending == 0
+
+
+# -- CallService with the database away -------------------------------------------------------------
+
+
+def _down_env() -> Any:
+    env = _env()
+    store = DownStore()
+    env.store = store
+    env.service.store = store
+    env.engine.store = store  # type: ignore[assignment]
+    env.service.deferred = DeferredWrites(delays=(0.01,) * 5)
+    return env
+
+
+async def test_a_call_whose_row_cannot_be_written_is_refused_and_its_row_written_later() -> None:
+    env = _down_env()
+    env.store.down = True
+    before = datetime.now(UTC)
+    result = await env.service.request(
+        manager(env.config), "123", direction="phone", manager_channel_id="m-1"
+    )
+    assert isinstance(result, Refused) and result.reason is Refusal.DATABASE_UNAVAILABLE
+    assert env.service.prompt_for(result.reason) == env.config.prompts.unavailable
+    assert env.engine._pending == {}  # the engine is never told about a call without a row
+    # Tried once (the call's own row), and the refusal's row not tried again at once.
+    assert env.store.refused == ["insert_call_audited"]
+    assert env.store.rows == {}
+    env.store.down = False
+    await wait_until(lambda: env.store.rows)
+    [row] = env.store.rows.values()
+    assert (row["outcome"], row["order_id"], row["state"]) == ("database_unavailable", "123", "ended")
+    assert before <= row["requested_at"] <= datetime.now(UTC)  # when it happened, not when written
+    [entry] = env.store.audits
+    assert (entry["outcome"], entry["reason"], entry["at"]) == (
+        "refused",
+        "database_unavailable",
+        row["requested_at"],
+    )
+    await env.engine.shutdown()
+
+
+@pytest.mark.parametrize(("code", "reason"), [("999", Refusal.UNKNOWN_ORDER), ("12a", Refusal.INVALID_CODE)])
+async def test_a_refusal_while_the_database_is_away_keeps_its_reason_and_its_row(
+    code: str, reason: Refusal
+) -> None:
+    env = _down_env()
+    env.store.down = True
+    result = await env.service.request(manager(env.config), code, direction="phone", manager_channel_id="m-1")
+    assert isinstance(result, Refused) and result.reason is reason  # the manager hears the real reason
+    env.store.down = False
+    await wait_until(lambda: env.store.audits)
+    assert [(a["reason"], a["actor"]) for a in env.store.audits] == [(reason.value, "anna")]
+    await env.engine.shutdown()
+
+
+async def test_an_unknown_endpoint_while_the_database_is_away() -> None:
+    env = _down_env()
+    env.store.down = True
+    assert (await env.service.refuse_unknown_manager("mallory")).reason is Refusal.UNKNOWN_MANAGER
+    env.store.down = False
+    await wait_until(lambda: env.store.audits)
+    assert env.store.audits[0]["actor"] == "endpoint:mallory"
+    await env.engine.shutdown()
+
+
+async def test_close_gives_kept_rows_a_last_try() -> None:
+    env = _down_env()
+    env.service.deferred = DeferredWrites(delays=(60.0,))
+    env.store.down = True
+    await env.service.request(manager(env.config), "999", direction="phone", manager_channel_id="m-1")
+    env.store.down = False
+    await env.service.close()
+    assert [r["outcome"] for r in env.store.rows.values()] == ["unknown_order"]
+    await asyncio.sleep(0)
+    await env.engine.shutdown()
