@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"bridged: invalid config: {exc}", file=sys.stderr)
+        count = len(exc.problems)
+        print(
+            f"bridged: invalid config {args.config} ({count} problem{'s' if count > 1 else ''}):",
+            *exc.lines,
+            sep="\n  ",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     if args.command == "check-config":
         print(f"{args.config}: OK ({len(config.managers)} managers, policy {config.policy})")
