@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import secrets
 import sys
 
 import uvloop
 from aiohttp import web
 
-from .app import EXIT_CONFIG, StartupError, make_app
+from .app import EXIT_CONFIG, Exit, StartupError, make_app
 from .config import ConfigError, load_config
 from .logs import setup_logging
 
 log = logging.getLogger("bridged")
+
+# What binding the HTTP listener fails with when the address is taken or not this host's.
+_LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return exc.exit_code
-    return 0
+    except OSError as exc:
+        # The database and FastAGI failures are StartupErrors already; what is left is the HTTP site,
+        # which aiohttp binds last.
+        if exc.errno not in _LISTEN_ERRNOS:
+            raise
+        where = f"{config.http.host}:{config.http.port}"
+        log.error("cannot start: cannot listen for HTTP on %s: %s", where, os.strerror(exc.errno))
+        return Exit.LISTEN
+    return Exit.OK
 
 
 def _hash_token(*, from_stdin: bool) -> int:
