@@ -88,6 +88,10 @@ def _option(text: str, name: str) -> str | None:
 
 
 def main() -> int:
+    sys.path.insert(0, str(REPO_ROOT))
+    from rig.system import ensure_sbin_on_path
+
+    ensure_sbin_on_path()  # the re-exec below runs `ip`, from /usr/sbin
     if os.geteuid() != 0:
         print("demo.samples: run as root", file=sys.stderr)
         return 2
@@ -107,7 +111,6 @@ def main() -> int:
             env=env,
             cwd=REPO_ROOT,
         ).returncode
-    sys.path.insert(0, str(REPO_ROOT))
     print(json.dumps(check_samples(), indent=2))
     return 0
 
