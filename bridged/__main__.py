@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.metadata
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ _LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridged", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bridged {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("run", "run the daemon in the foreground"),
@@ -78,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: cannot listen for HTTP on %s: %s", where, os.strerror(exc.errno))
         return Exit.LISTEN
     return Exit.OK
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("bridged")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _hash_token(*, from_stdin: bool) -> int:
