@@ -15,12 +15,17 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from .harness import REPO_ROOT
+
+pytestmark = (
+    pytest.mark.registry
+)  # pip installs from the package registry (scripts/test runs it outside unshare -n)
 
 INSTALL = REPO_ROOT / "scripts" / "install"
 LOCK = REPO_ROOT / "requirements" / "constraints.txt"
@@ -54,6 +59,8 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not Path("/usr/bin/python3").exists():
         pytest.fail("scripts/install makes the virtualenv from /usr/bin/python3 (Debian's python3)")
+    if [name for _, name in socket.if_nameindex()] == ["lo"]:
+        pytest.fail("pip needs the package registry: run this test outside `unshare -n` (scripts/test does)")
     root = tmp_path_factory.mktemp("install") / "root"
     result = _install(root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -15,17 +15,30 @@ from .harness import REPO_ROOT
 MINIMAL_PATH = "/usr/bin:/bin"
 
 
-def _minimal_env(trace_dir: Path) -> dict[str, str]:
+def _run_with_minimal_path(
+    argv: list[str], trace_dir: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
     env = {"PATH": MINIMAL_PATH, "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
     for name in ("BRIDGED_RIG_CACHE", "BRIDGED_RIG_PG_BIN"):
         if name in os.environ:
             env[name] = os.environ[name]
     env["BRIDGED_RIG_ARTIFACTS"] = str(trace_dir / "artifacts")
-    return env
+    run = subprocess.run(
+        argv,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    (trace_dir / "output.txt").write_text(run.stdout + run.stderr)
+    return run
 
 
 def test_the_rig_runs_without_sbin_on_path(trace_dir: Path, asterisk_root: Path) -> None:
-    run = subprocess.run(
+    smoke = "tests/e2e/test_rig_smoke.py"
+    run = _run_with_minimal_path(
         [
             "/usr/bin/unshare",
             "-n",
@@ -36,32 +49,18 @@ def test_the_rig_runs_without_sbin_on_path(trace_dir: Path, asterisk_root: Path)
             "-q",
             "-p",
             "no:cacheprovider",
-            "tests/e2e/test_rig_smoke.py::test_call_through_asterisk_with_audio",
-            "tests/e2e/test_rig_smoke.py::test_postgres_throwaway_cluster",
+            f"{smoke}::test_call_through_asterisk_with_audio",
+            f"{smoke}::test_postgres_throwaway_cluster",
         ],
-        cwd=REPO_ROOT,
-        env=_minimal_env(trace_dir),
-        capture_output=True,
-        text=True,
+        trace_dir,
         timeout=300,
-        stdin=subprocess.DEVNULL,
     )
-    (trace_dir / "pytest-output.txt").write_text(run.stdout + run.stderr)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "2 passed" in run.stdout
 
 
 def test_the_sample_check_runs_without_sbin_on_path(trace_dir: Path, asterisk_root: Path) -> None:
     """``python -m demo.samples`` re-executes itself with ``ip link set lo up`` in a new namespace."""
-    run = subprocess.run(
-        [sys.executable, "-m", "demo.samples"],
-        cwd=REPO_ROOT,
-        env=_minimal_env(trace_dir),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-    (trace_dir / "samples.json").write_text(run.stdout + run.stderr)
+    run = _run_with_minimal_path([sys.executable, "-m", "demo.samples"], trace_dir, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert '"ari": true' in run.stdout
