@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import importlib.metadata
 import logging
+import os
 import secrets
 import sys
 
 import uvloop
 
 from .api.server import run_app
-from .app import EXIT_CONFIG, StartupError, make_app
+from .app import EXIT_CONFIG, Exit, StartupError, make_app
 from .config import ConfigError, load_config
 from .logs import setup_logging
 
 log = logging.getLogger("bridged")
 
+# What binding the HTTP listener fails with when the address is taken or not this host's.
+_LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridged", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bridged {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("run", "run the daemon in the foreground"),
@@ -36,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"bridged: invalid config: {exc}", file=sys.stderr)
+        count = len(exc.problems)
+        print(
+            f"bridged: invalid config {args.config} ({count} problem{'s' if count > 1 else ''}):",
+            *exc.lines,
+            sep="\n  ",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     if args.command == "check-config":
         print(f"{args.config}: OK ({len(config.managers)} managers, policy {config.policy})")
@@ -55,7 +68,22 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return exc.exit_code
-    return 0
+    except OSError as exc:
+        # The database and FastAGI failures are StartupErrors already; what is left is the HTTP site,
+        # which aiohttp binds last.
+        if exc.errno not in _LISTEN_ERRNOS:
+            raise
+        where = f"{config.http.host}:{config.http.port}"
+        log.error("cannot start: cannot listen for HTTP on %s: %s", where, os.strerror(exc.errno))
+        return Exit.LISTEN
+    return Exit.OK
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("bridged")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _hash_token(*, from_stdin: bool) -> int:

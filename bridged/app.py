@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import aiohttp
+import asyncpg
 from aiohttp import web
 
 from . import db, metrics, retention
@@ -26,7 +29,7 @@ from .appkeys import AGI, CONFIG, ENGINE, EVENTS, SERVICE, STORE
 from .ari import AriClient
 from .ari.events import AriEventStream
 from .calls import CallEngine, CallState
-from .config import Config
+from .config import Config, describe_dsn
 from .orders import OrderDirectory
 from .reload import reload_config
 from .service import CallService
@@ -50,17 +53,64 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
 
 class StartupError(Exception):
-    """A dependency could not be reached at start; ``exit_code`` tells which."""
+    """bridged cannot start; ``exit_code`` (one of :class:`Exit`) tells systemd whether to retry."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
 
+class Exit(IntEnum):
+    """Exit status of ``bridged run``: one meaning each (README, systemd/bridged.service)."""
+
+    OK = 0  # stopped (SIGTERM, SIGINT)
+    CRASH = 1  # an unexpected error (a traceback in the log): restarted
+    CONFIG = 2  # the config file is invalid: needs an admin
+    DATABASE_UNREACHABLE = 3  # bridged's database does not answer (yet): restarted
+    SCHEMA_TOO_NEW = 4  # the database was migrated by a newer bridged: needs an admin
+    DATABASE_REFUSED = 5  # the database said no (password, role, database, privileges): needs an admin
+    LISTEN = 6  # the HTTP or FastAGI address cannot be listened on (in use, not local): restarted
+
+
+# What systemd must not retry (RestartPreventExitStatus=): retrying cannot fix them.
+NEEDS_ADMIN = frozenset({Exit.CONFIG, Exit.SCHEMA_TOO_NEW, Exit.DATABASE_REFUSED})
+
+EXIT_CONFIG = Exit.CONFIG
+
 ARI_CONNECTIONS = 40
 
-EXIT_CONFIG = 2
-EXIT_DATABASE = 3
+# Not up yet, or busy: a later start may succeed.
+_DB_NOT_YET = (
+    OSError,
+    TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+# Up, and saying no to bridged: wrong password or role, no such database, no right to migrate.
+_DB_REFUSED = (
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InsufficientPrivilegeError,
+)
+
+
+def database_startup_error(exc: BaseException, dsn: str) -> StartupError | None:
+    """The StartupError for what connecting and migrating raised (None: not a known start-up failure).
+
+    The message names the target (user, host, port, database), never the password."""
+    target = describe_dsn(dsn)
+    if isinstance(exc, db.SchemaTooNew):
+        return StartupError(f"database {target}: {exc}; upgrade bridged", Exit.SCHEMA_TOO_NEW)
+    if isinstance(exc, _DB_REFUSED):
+        # asyncpg's message is the server's (e.g. 'password authentication failed for user "bridged"').
+        return StartupError(
+            f"database {target} refused bridged: {type(exc).__name__}: {exc}", Exit.DATABASE_REFUSED
+        )
+    if isinstance(exc, _DB_NOT_YET):
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        return StartupError(f"database {target} not reachable: {reason}", Exit.DATABASE_UNREACHABLE)
+    return None
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -72,10 +122,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             max_size=config.database.max_connections,
         )
         await db.migrate(pool)
-    except (OSError, TimeoutError) as exc:
-        raise StartupError(f"database unreachable: {type(exc).__name__}", EXIT_DATABASE) from None
-    except db.SchemaTooNew as exc:
-        raise StartupError(str(exc), EXIT_DATABASE) from None
+    except Exception as exc:
+        error = database_startup_error(exc, config.database.dsn)
+        if error is None:
+            raise
+        raise error from None
     app[STORE] = Store(pool)
     yield
     await pool.close()
@@ -131,10 +182,17 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
     runner = asyncio.create_task(events.run(), name="ari-events")
     sweeper = asyncio.create_task(engine.sweep_strays_forever(), name="stray-sweep")
     if not await events.wait_connected(timeout=10):
-        log.warning("ARI not reachable yet; retrying in the background, calls are refused until then")
-    await agi.start()
-    log.info("bridged ready (app %s)", config.ari.app)
+        # "bridged ready" comes from the readiness hook once connected (_service).
+        log.warning(
+            "bridged started, still connecting to ARI at %s; calls are refused until then", config.ari.url
+        )
     try:
+        try:
+            await agi.start()
+        except OSError as exc:
+            where = f"{config.agi.host}:{config.agi.port}"
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(f"cannot listen for FastAGI on {where}: {reason}", Exit.LISTEN) from None
         yield
     finally:
         await agi.stop()
@@ -176,7 +234,9 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     async def ready() -> None:
         # Type=notify: "started" means the database is migrated (earlier context) and ARI is connected.
         await events.wait_connected(timeout=None)
-        notifier.ready(f"serving app {app[CONFIG].ari.app}")
+        config = app[CONFIG]
+        log.info("bridged ready (app %s, ARI %s)", config.ari.app, config.ari.url)
+        notifier.ready(f"serving app {config.ari.app}")
 
     async def watchdog(interval: float) -> None:
         # The ping proves the event loop turns; a wedged loop stops it and systemd restarts the unit.

@@ -51,7 +51,7 @@ def reload_config(path: str | Path, current: Config, apply: Callable[[Config], N
     try:
         new = load_config(path)
     except ConfigError as exc:
-        log.error("reload: %s is invalid, keeping the running config: %s", path, exc)
+        log.error("reload: %s is invalid, keeping the running config: %s", path, "; ".join(exc.lines))
         return None
     merged, ignored = merge(current, new)
     if ignored:

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    sys.path.insert(0, str(REPO_ROOT))
+    from rig.system import ensure_sbin_on_path
+
+    ensure_sbin_on_path()  # the re-exec below runs `ip`, from /usr/sbin
     if os.geteuid() != 0:
         print(
             "demo: run as root (Asterisk runs in a chroot, the demo in its own network namespace)",
@@ -73,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     if not _in_private_netns():
         return _reexec_in_netns(argv)
 
-    sys.path.insert(0, str(REPO_ROOT))
     from demo.core import DemoCall, run_demo
     from rig import Asterisk, Postgres, ensure_asterisk_root
 

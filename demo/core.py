@@ -1,6 +1,6 @@
 """One demo call on an Asterisk and a PostgreSQL that are already running.
 
-The settings are the hostile ones of the end-to-end tests ("Making the tests honest" in ASTERISK.md): the
+The settings are the hostile ones of the end-to-end tests ("Making the tests honest" in docs/asterisk.md): the
 manager's endpoint accepts every identity header (``send_pai``, ``send_rpid``), the carrier trunk trusts the
 carrier's identity, and the carrier answers with the customer's number in P-Asserted-Identity. If bridged let
 the number through, the manager's SIP trace would show it.

@@ -14,11 +14,15 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "config" / "asterisk"
 NETNS_MARK = "BRIDGED_SAMPLES_NETNS"
+# What a manager's phone could put into its Request-URI to reach the trunk through dial-string syntax.
+HOSTILE = "anna&PJSIP/15550001111@carrier"
 
 
 def check_samples() -> dict[str, object]:
@@ -30,6 +34,11 @@ def check_samples() -> dict[str, object]:
             super().write_config()
             for name in ("http.conf", "ari.conf", "pjsip.conf", "extensions.conf"):
                 shutil.copyfile(SAMPLES / name, self.etc / name)
+            # Not part of the sample: two local calls into its [managers] context, one with a hostile
+            # extension (dial-string syntax reaching the trunk), one with a colleague's name.
+            with open(self.etc / "extensions.conf", "a") as conf:
+                conf.write(f"\n[samples-probe]\nexten => hostile,1,Goto(managers,{HOSTILE},1)\n")
+                conf.write("exten => colleague,1,Goto(managers,boris,1)\n")
 
     ast = SampleAsterisk(ensure_asterisk_root(), ari_password="change-me", instance=f"samples-{os.getpid()}")
     try:
@@ -39,6 +48,8 @@ def check_samples() -> dict[str, object]:
         managers = ast.cli("dialplan show bridged-managers", check=False)
         info = json.loads(ast.ari_get("/asterisk/info"))
         anna = ast.cli("pjsip show endpoint anna")
+        # Before the probes: dialling the colleague (not registered) logs errors of its own.
+        errors = [line for line in ast.log_text().splitlines() if "ERROR" in line]
         return {
             "endpoints": names,
             "ari": bool(info.get("system")),
@@ -48,11 +59,27 @@ def check_samples() -> dict[str, object]:
                 for opt in ("context", "send_connected_line", "send_pai", "send_rpid", "allow_transfer")
             },
             "carrier_trust_id_inbound": _option(ast.cli("pjsip show endpoint carrier"), "trust_id_inbound"),
-            "errors": [line for line in ast.log_text().splitlines() if "ERROR" in line],
+            "managers_dial": {name: _probe(ast, name) for name in ("hostile", "colleague")},
+            "errors": errors,
         }
     finally:
         ast.stop()
         ast.cleanup()
+
+
+def _probe(ast: Any, name: str) -> list[str]:
+    """The dialplan applications the sample's [managers] context ran for probe ``name``, e.g.
+    ``["GotoIf", "Dial", "Hangup"]`` (from Asterisk's verbose log)."""
+    mark = len(ast.log_text())
+    ast.cli(f"channel originate Local/{name}@samples-probe application Wait 1")
+    ran: list[str] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ran = re.findall(r"Executing \[[^\]]*@managers:\d+\] (\w+)\(", ast.log_text()[mark:])
+        if ran and ran[-1] == "Hangup":
+            break
+        time.sleep(0.1)
+    return ran
 
 
 def _option(text: str, name: str) -> str | None:
@@ -61,6 +88,10 @@ def _option(text: str, name: str) -> str | None:
 
 
 def main() -> int:
+    sys.path.insert(0, str(REPO_ROOT))
+    from rig.system import ensure_sbin_on_path
+
+    ensure_sbin_on_path()  # the re-exec below runs `ip`, from /usr/sbin
     if os.geteuid() != 0:
         print("demo.samples: run as root", file=sys.stderr)
         return 2
@@ -80,7 +111,6 @@ def main() -> int:
             env=env,
             cwd=REPO_ROOT,
         ).returncode
-    sys.path.insert(0, str(REPO_ROOT))
     print(json.dumps(check_samples(), indent=2))
     return 0
 

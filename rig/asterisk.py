@@ -355,7 +355,7 @@ class Asterisk:
             bind = 127.0.0.1:{self.sip_port}
 
             ; The carrier trunk is hostile on purpose: it trusts the carrier's P-Asserted-Identity and
-            ; connected-line updates (see /work/shared/ASTERISK.md, "Making the tests honest").
+            ; connected-line updates (see docs/asterisk.md, "Making the tests honest").
             [carrier]
             type = endpoint
             transport = transport-udp

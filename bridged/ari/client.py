@@ -419,7 +419,7 @@ class AriClient:
         role: str | None = None,
     ) -> None:
         # inhibitConnectedLineUpdates defaults to on: a bridge join otherwise copies the customer's caller
-        # id into the manager's connected line (see ASTERISK.md).
+        # id into the manager's connected line (see docs/asterisk.md).
         params = {
             "channel": list(channel_ids),
             "role": role,

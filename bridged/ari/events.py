@@ -92,6 +92,8 @@ class AriEventStream:
         self._url = ws_url_from_base(base_url).with_query({"app": app, "subscribeAll": "false"})
         self._headers = {"Authorization": basic_auth_header(username, password)}
         self._app = app
+        # For messages: the base URL only (the websocket URL's query is harmless, but keep it short).
+        self._base_url = base_url
         self._handler = handler
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -158,17 +160,23 @@ class AriEventStream:
                     if exc.status in (401, 403):
                         # Credentials are wrong; a config reload may fix them, so retry, but slowly.
                         log.error(
-                            "ARI websocket for app %s refused: HTTP %d (check ari.conf)",
+                            "ARI websocket for app %s at %s refused: HTTP %d (check ari.username and"
+                            " ari.password against ari.conf)",
                             self._app,
+                            self._base_url,
                             exc.status,
                         )
                         delay = self._max_backoff
                     else:
-                        log.warning("ARI websocket handshake failed: HTTP %d", exc.status)
+                        log.warning(
+                            "ARI websocket handshake with %s failed: HTTP %d", self._base_url, exc.status
+                        )
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     # No str(exc): aiohttp puts the URL in some messages, and the ws URL is harmless, but
                     # keep one rule for every transport error in this package.
-                    log.warning("ARI websocket connection failed: %s", type(exc).__name__)
+                    log.warning(
+                        "ARI websocket connection to %s failed: %s", self._base_url, type(exc).__name__
+                    )
                 if self._closing.is_set():
                     break
                 if time.monotonic() - started > _STABLE_AFTER and not self._reconcile_failed:

@@ -12,16 +12,20 @@ import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from rig import Asterisk, Postgres, ensure_asterisk_root
+from rig.asterisk import manager_endpoint_conf
+
+from .harness import Bridged, ManagerPhone, setup_shop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO_ROOT / "artifacts"
+# BRIDGED_RIG_ARTIFACTS: another folder (a test that runs the rig inside another test uses it).
+ARTIFACTS = Path(os.environ.get("BRIDGED_RIG_ARTIFACTS", REPO_ROOT / "artifacts"))
 E2E_DIR = Path(__file__).resolve().parent
 CARRIER_IP = "127.0.0.2"
 POSTGRES_PORT = 55432
@@ -43,8 +47,11 @@ def _can_bind(ip: str) -> bool:
 
 
 def _ensure_loopback() -> None:
-    """Bring lo up (a fresh `unshare -n` namespace has it down) and make sure 127.0.0.2 is usable."""
-    if not _can_bind("127.0.0.1"):
+    """Bring lo up (a fresh `unshare -n` namespace has it down) and make sure 127.0.0.2 is usable.
+
+    Always asked for: binding 127.0.0.1 works even while lo is down (only sending fails), so a bind
+    test cannot tell. Setting an up interface up is a no-op."""
+    if os.geteuid() == 0:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
     if not _can_bind(CARRIER_IP):
         subprocess.run(["ip", "addr", "add", f"{CARRIER_IP}/8", "dev", "lo"], check=False)
@@ -114,6 +121,7 @@ def asterisk(asterisk_root: Path) -> Iterator[Asterisk]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
+    _ensure_loopback()
     pg = Postgres(port=POSTGRES_PORT)
     pg.start()
     try:
@@ -132,5 +140,47 @@ def trace_dir(request: pytest.FixtureRequest) -> Path:
     return path
 
 
-# bridged-as-a-subprocess fixtures shared by the end-to-end tests.
-from .harness import make_bridged, shop  # noqa: E402, F401
+# -- bridged-as-a-subprocess fixtures shared by the end-to-end tests (here, not in harness.py: the demo
+# imports the harness and runs without pytest installed).
+
+
+@pytest.fixture(scope="session")
+def shop(postgres: Postgres) -> Postgres:
+    setup_shop(postgres)
+    return postgres
+
+
+@pytest.fixture
+def make_bridged(
+    asterisk: Asterisk, shop: Postgres, trace_dir: Path, unique_name, rig_alloc
+) -> Iterator[Callable[..., Bridged]]:
+    started: list[Bridged] = []
+    endpoint_files: list[str] = []
+
+    def make(manager_ids: tuple[str, ...] = ("anna",), **options) -> Bridged:
+        phones = [
+            ManagerPhone(
+                id=f"{m}{rig_alloc.unique_name('')}",
+                endpoint=unique_name("mgr"),
+                sip_port=rig_alloc.sip_port(),
+                rtp_port=rig_alloc.rtp_port(),
+            )
+            for m in manager_ids
+        ]
+        daemon = Bridged(asterisk, shop, trace_dir, phones, **options)
+        conf = "\n".join(
+            manager_endpoint_conf(p.endpoint, p.sip_port, set_vars={"BRIDGED_AGI": daemon.agi_url})
+            for p in phones
+        )
+        file_name = f"test_{phones[0].endpoint}"
+        asterisk.add_endpoints(file_name, conf)
+        endpoint_files.append(file_name)
+        started.append(daemon)  # stopped at teardown even if it never becomes healthy
+        daemon.start()
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+    for name in endpoint_files:
+        asterisk.remove_endpoints(name)

@@ -13,16 +13,14 @@ import time
 import unicodedata
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from rig import Asterisk, Postgres, Sipp
-from rig.asterisk import manager_endpoint_conf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHOP_DB = "shop"
@@ -244,48 +242,6 @@ class Bridged:
 # -- fixtures and SIPp helpers shared by the end-to-end tests ---------------------------------------
 
 CARRIER = ("127.0.0.2", 5060)
-
-
-@pytest.fixture(scope="session")
-def shop(postgres: Postgres) -> Postgres:
-    setup_shop(postgres)
-    return postgres
-
-
-@pytest.fixture
-def make_bridged(
-    asterisk: Asterisk, shop: Postgres, trace_dir: Path, unique_name, rig_alloc
-) -> Iterator[Callable[..., Bridged]]:
-    started: list[Bridged] = []
-    endpoint_files: list[str] = []
-
-    def make(manager_ids: tuple[str, ...] = ("anna",), **options) -> Bridged:
-        phones = [
-            ManagerPhone(
-                id=f"{m}{rig_alloc.unique_name('')}",
-                endpoint=unique_name("mgr"),
-                sip_port=rig_alloc.sip_port(),
-                rtp_port=rig_alloc.rtp_port(),
-            )
-            for m in manager_ids
-        ]
-        daemon = Bridged(asterisk, shop, trace_dir, phones, **options)
-        conf = "\n".join(
-            manager_endpoint_conf(p.endpoint, p.sip_port, set_vars={"BRIDGED_AGI": daemon.agi_url})
-            for p in phones
-        )
-        file_name = f"test_{phones[0].endpoint}"
-        asterisk.add_endpoints(file_name, conf)
-        endpoint_files.append(file_name)
-        started.append(daemon)  # stopped at teardown even if it never becomes healthy
-        daemon.start()
-        return daemon
-
-    yield make
-    for daemon in started:
-        daemon.stop()
-    for name in endpoint_files:
-        asterisk.remove_endpoints(name)
 
 
 def dial(

@@ -67,7 +67,8 @@ def test_demo_command_over_http(trace_dir: Path, asterisk_root: Path) -> None:
 
 
 def test_sample_asterisk_config_loads(trace_dir: Path, asterisk_root: Path) -> None:
-    """config/asterisk/ parses in Asterisk 22: the endpoints exist with the safe options, ARI answers."""
+    """config/asterisk/ parses in Asterisk 22: the endpoints exist with the safe options, ARI answers, and
+    the managers' sample context cannot be talked into dialling the trunk."""
     run = subprocess.run(
         [sys.executable, "-m", "demo.samples"],
         cwd=REPO_ROOT,
@@ -89,4 +90,10 @@ def test_sample_asterisk_config_loads(trace_dir: Path, asterisk_root: Path) -> N
         "allow_transfer": "false",
     }, report
     assert report["carrier_trust_id_inbound"] == "false", report
+    # The managers' context dials a colleague, and refuses an extension carrying dial-string syntax
+    # (demo.samples.HOSTILE) before any Dial().
+    assert report["managers_dial"] == {
+        "hostile": ["GotoIf", "Hangup"],
+        "colleague": ["GotoIf", "Dial", "Hangup"],
+    }
     assert not report["errors"], report["errors"]

@@ -255,3 +255,176 @@ def test_label_and_phone_settings_load() -> None:
     config = parse_config(data)
     assert config.labels.template == "Заказ № {order} {name}"
     assert (config.orders.default_region, config.orders.dial_format) == ("RU", "national")
+
+
+# -- the whole file at once: YAML reasons, duplicate keys, typos, numbers read from YAML ------------
+
+
+def _example_text() -> str:
+    """The shipped example, placeholders replaced: a valid file an admin then edits."""
+    return (
+        EXAMPLE_CONFIG.read_text(encoding="utf-8")
+        .replace("change-me", "s3cr3t-value")
+        .replace("0" * 64, "a" * 64)
+    )
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith(needle))
+
+
+def _problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "bridged.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == "\n".join(info.value.lines)
+    return info.value.lines
+
+
+def test_the_example_text_loads(tmp_path: Path) -> None:
+    path = tmp_path / "bridged.yaml"
+    path.write_text(_example_text(), encoding="utf-8")
+    assert load_config(path).policy == "own"
+
+
+def test_a_key_written_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    text = _example_text() + "policy: any\n"
+    first, last = _line_of(text, "policy: own"), len(text.splitlines())
+    assert _problems(tmp_path, text) == [
+        f"policy: is set twice (lines {first} and {last}); YAML would keep the last: keep one"
+    ]
+
+
+def test_duplicates_inside_sections_and_list_items_name_their_path(tmp_path: Path) -> None:
+    text = _example_text()
+    text = text.replace(
+        "  password: s3cr3t-value\n", "  password: s3cr3t-value\n  password: other-value\n", 1
+    )
+    text = text.replace("    endpoint: boris\n", "    endpoint: boris\n    endpoint: anna\n", 1)
+    lines = text.splitlines()
+    pw = [i for i, line in enumerate(lines, 1) if line.startswith("  password:")][:2]
+    ep = [i for i, line in enumerate(lines, 1) if line.startswith("    endpoint:")][1:3]
+    assert _problems(tmp_path, text) == [
+        f"ari.password: is set twice (lines {pw[0]} and {pw[1]}); YAML would keep the last: keep one",
+        f"managers[1].endpoint: is set twice (lines {ep[0]} and {ep[1]}); YAML would keep the last: keep one",
+    ]
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    text = _example_text().replace(
+        "trunk:\n", "x-trunk: &trunk\n  ring_timeout: 20\ntrunk:\n  <<: *trunk\n", 1
+    )
+    # Only the unknown anchor holder is reported: "<<" and the key it brings are not a duplicate.
+    assert _problems(tmp_path, text) == ["x-trunk: is not a known key; did you mean 'trunk'?"]
+
+
+def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
+    text = (
+        _example_text()
+        .replace("  username: bridged\n", "  usrname: bridged\n", 1)
+        .replace("""  caller_id: '"My Shop" <+15550100>'""", "  caller_id: 79161234567", 1)
+        .replace("  ring_timeout: 30\n", "  ring_timeout: 1\n", 1)
+        .replace("policy: own", "policy: everyone", 1)
+        .replace("  host: 127.0.0.1\n  port: 4573\n", "  host: 0.0.0.0\n  port: 4573\n", 1)
+        .replace("  level: INFO", "  levle: INFO", 1)
+    )
+    assert _problems(tmp_path, text) == [
+        "ari.username: is required",
+        "ari.usrname: is not a known key; did you mean 'username'?",
+        "policy: must be one of own, team, any",
+        "trunk.caller_id: must be a string; YAML read 79161234567 as a number: quote it",
+        "trunk.ring_timeout: must be between 5 and 300",
+        "agi.host: 0.0.0.0 is not a loopback address; FastAGI has no authentication, so whoever reaches the"
+        " port can place calls as any manager: keep it on 127.0.0.1, or set agi.allow_remote: true and let"
+        " only Asterisk reach the port (firewall)",
+        "logging.levle: is not a known key; did you mean 'level'?",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "ari: [unclosed\n",
+            "<file>: is not valid YAML: line 2, column 1: expected ',' or ']', but got '<stream end>'"
+            " (while parsing a flow sequence at line 1, column 6)",
+        ),
+        (
+            "ari:\n\turl: http://127.0.0.1:8088/ari\n",
+            "<file>: is not valid YAML: line 2, column 1: found character '\\t' that cannot start any token"
+            " (while scanning for the next token)",
+        ),
+        (
+            "policy: 'own\n",
+            "<file>: is not valid YAML: line 2, column 1: found unexpected end of stream"
+            " (while scanning a quoted scalar at line 1, column 9)",
+        ),
+    ],
+    ids=["unclosed bracket", "tab", "unclosed quote"],
+)
+def test_yaml_errors_keep_the_parsers_reason(tmp_path: Path, text: str, message: str) -> None:
+    assert _problems(tmp_path, text) == [message]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (79161234567, "must be a string; YAML read 79161234567 as a number: quote it"),
+        (1.5, "must be a string; YAML read 1.5 as a number: quote it"),
+        (True, "must be a string; YAML read a yes/no/true/false word as a boolean: quote it"),
+        (["a"], "must be a string"),
+        ("  ", "must be a non-empty string"),
+    ],
+)
+def test_a_value_yaml_did_not_read_as_text_says_why(value: Any, message: str) -> None:
+    data = example_data()
+    data["trunk"]["caller_id"] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert info.value.problems == [("trunk.caller_id", message)]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "localhost"])
+def test_agi_on_loopback_needs_nothing(host: str) -> None:
+    data = example_data()
+    data["agi"]["host"] = host
+    assert parse_config(data).agi.host == host
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "pbx.example.org"])
+def test_agi_off_loopback_needs_allow_remote(host: str) -> None:
+    data = example_data()
+    data["agi"]["host"] = host
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert info.value.key == "agi.host"
+    assert info.value.message.startswith(f"{host} is not a loopback address; FastAGI has no authentication")
+    data["agi"]["allow_remote"] = True
+    config = parse_config(data)
+    assert (config.agi.host, config.agi.allow_remote) == (host, True)
+
+
+def test_a_bad_section_does_not_bury_the_rest_under_required_keys() -> None:
+    data = example_data()
+    data["ari"] = "http://127.0.0.1:8088/ari"
+    del data["trunk"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert info.value.problems == [("ari", "must be a mapping"), ("trunk", "is required")]
+
+
+def test_cli_prints_each_problem_on_its_own_line(tmp_path: Path) -> None:
+    data = example_data()
+    data["ari"]["usrname"] = data["ari"].pop("username")
+    data["policy"] = "all"
+    path = tmp_path / "bridged.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = _check_config(path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"bridged: invalid config {path} (3 problems):",
+        "  ari.username: is required",
+        "  ari.usrname: is not a known key; did you mean 'username'?",
+        "  policy: must be one of own, team, any",
+    ]

@@ -101,7 +101,11 @@ def test_unit_file_has_what_a_well_kept_service_needs() -> None:
     assert single["Type"] == "notify"
     assert single["NotifyAccess"] == "main"
     assert single["Restart"] == "on-failure"
-    assert single["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # The layout of scripts/install: the virtualenv at /opt/bridged, the config in /etc/bridged.
+    check = "/opt/bridged/bin/bridged check-config --config /etc/bridged/bridged.yaml"
+    assert unit["ExecStartPre"] == [f"-{check}"]
+    assert unit["ExecStart"] == ["/opt/bridged/bin/bridged run --config /etc/bridged/bridged.yaml"]
+    assert unit["ExecReload"] == [check, "/bin/kill -HUP $MAINPID"]  # a bad file fails the reload
     assert single["User"] == "bridged"
     assert int(single["WatchdogSec"].rstrip("s")) > 0
     # The drain (bridged.app.DRAIN_TIMEOUT) must fit in the stop timeout.
@@ -125,7 +129,6 @@ def test_unit_file_has_what_a_well_kept_service_needs() -> None:
     assert "@system-service" in unit["SystemCallFilter"]
     # Nothing writable but the runtime directory: the daemon keeps no files (recordings stay in Asterisk).
     assert single["ReadWritePaths"] in ("", "/run/bridged")
-    assert "/usr/bin/bridged run --config /etc/bridged/bridged.yaml" in single["ExecStart"]
 
 
 def _analyze() -> str:
@@ -146,12 +149,13 @@ def _analyze() -> str:
 def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:
     """``systemd-analyze verify`` on the unit as installed. verify checks every directive, the
     dependencies and that each Exec* binary exists and is executable; bridged is not installed at
-    /usr/bin on a test machine, so the check runs in a root holding this host's systemd units (for
-    sysinit.target and friends) and executable stand-ins for /usr/bin/bridged and /bin/kill."""
+    /opt/bridged on a test machine, so the check runs in a root holding this host's systemd units (for
+    sysinit.target and friends) and executable stand-ins for /opt/bridged/bin/bridged and /bin/kill.
+    tests/e2e/test_install.py verifies the unit as scripts/install writes it, with the real virtualenv."""
     analyze = _analyze()
     root = tmp_path / "root"
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
-    for binary in ("usr/bin/bridged", "bin/kill"):
+    for binary in ("opt/bridged/bin/bridged", "bin/kill"):
         stub = root / binary
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\nexit 0\n")
