@@ -16,6 +16,7 @@ import subprocess
 import textwrap
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,10 @@ def manager_endpoint_conf(
     """A deliberately hostile manager phone: it accepts every identity update Asterisk can send it.
 
     ``send_pai``/``send_rpid``/``send_connected_line``/``trust_id_outbound`` make any connected-line update
-    that carries the customer's number visible in the manager SIPp trace. No auth; identified by From user.
+    that carries the customer's number visible in the manager SIPp trace; ``send_diversion`` (Asterisk's
+    default) and ``send_history_info`` do the same for the redirecting party (an inbound call's Diversion or
+    History-Info, which an originate with ``originator`` copies: docs/asterisk.md, "Inbound calls"). No
+    auth; identified by From user.
 
     ``sip_port=None`` is a phone that is not registered: an AOR without a contact (ARI reports the
     endpoint ``offline``; see offline_manager_endpoint_conf). ``qualify_frequency`` > 0 makes Asterisk
@@ -158,6 +162,8 @@ def manager_endpoint_conf(
         "send_rpid=yes",
         "send_connected_line=yes",
         "trust_id_outbound=yes",
+        "send_diversion=yes",
+        "send_history_info=yes",
         "identify_by=username",
         "rtp_symmetric=no",
         f"aors={name}",
@@ -616,11 +622,28 @@ class Asterisk:
 
     def ari_get(self, path: str, timeout: float = 5.0) -> bytes:
         """Plain synchronous GET on ARI (for the rig itself and for test assertions)."""
-        req = urllib.request.Request(self.ari_url + path)
+        with urllib.request.urlopen(self._ari_request("GET", path), timeout=timeout) as resp:
+            return resp.read()
+
+    def ari(
+        self, method: str, path: str, params: dict[str, str] | None = None, *, timeout: float = 5.0
+    ) -> tuple[int, Any]:
+        """One synchronous ARI request with query ``params``: ``(status, JSON body or None)``; an HTTP
+        error is returned, not raised (a test asserts on it)."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        try:
+            with urllib.request.urlopen(self._ari_request(method, path + query), timeout=timeout) as resp:
+                body = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        return status, json.loads(body) if body else None
+
+    def _ari_request(self, method: str, path: str) -> urllib.request.Request:
+        req = urllib.request.Request(self.ari_url + path, method=method)
         token = base64.b64encode(f"{self._ari_user}:{self._ari_password}".encode()).decode()
         req.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.read()
+        return req
 
     def add_endpoints(self, name: str, conf_text: str, *, timeout: float = 10.0) -> list[str]:
         """Write ``pjsip.d/<name>.conf``, reload res_pjsip and wait until every endpoint in it is known.
