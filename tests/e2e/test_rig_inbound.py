@@ -229,7 +229,7 @@ def test_a_ringing_phone_hung_up_as_answered_elsewhere_is_told_so(
     asterisk: Asterisk, trace_dir: Path, rig_alloc, unique_name
 ) -> None:
     """What the losers of a ring group see: ARI's hangup reason answered_elsewhere becomes a CANCEL with
-    Reason: SIP;cause=200 (phones then show no missed call)."""
+    Reason: SIP;cause=200 (how a phone learns that the call was answered elsewhere)."""
     name, port = _manager(asterisk, rig_alloc, unique_name)
     phone = ring_phone(
         name, port, trace_dir=trace_dir, rtp_port=rig_alloc.rtp_port(), ring_ms=NEVER_MS, timeout_s=20
