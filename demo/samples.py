@@ -46,6 +46,7 @@ def check_samples() -> dict[str, object]:
         endpoints = ast.cli("pjsip show endpoints")
         names = sorted(set(re.findall(r"^\s*Endpoint:\s+([\w-]+)", endpoints, re.M)))
         managers = ast.cli("dialplan show bridged-managers", check=False)
+        carrier = ast.cli("dialplan show from-carrier", check=False)
         info = json.loads(ast.ari_get("/asterisk/info"))
         anna = ast.cli("pjsip show endpoint anna")
         # Before the probes: dialling the colleague (not registered) logs errors of its own.
@@ -56,9 +57,19 @@ def check_samples() -> dict[str, object]:
             "bridged_managers_dialplan": "'_*77.'" in managers or "_*77." in managers,
             "anna": {
                 opt: _option(anna, opt)
-                for opt in ("context", "send_connected_line", "send_pai", "send_rpid", "allow_transfer")
+                for opt in (
+                    "context",
+                    "send_connected_line",
+                    "send_pai",
+                    "send_rpid",
+                    "send_diversion",
+                    "send_history_info",
+                    "allow_transfer",
+                )
             },
             "carrier_trust_id_inbound": _option(ast.cli("pjsip show endpoint carrier"), "trust_id_inbound"),
+            # The carrier's extensions that go on to bridged-inbound (the shop's numbers).
+            "carrier_to_bridged": re.findall(r"'([^']+)' =>\s+1\. Goto\(bridged-inbound,", carrier),
             "managers_dial": {name: _probe(ast, name) for name in ("hostile", "colleague")},
             "errors": errors,
         }

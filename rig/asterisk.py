@@ -8,20 +8,31 @@ e2e tests run in their own network namespace (``unshare -n``).
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import shutil
 import subprocess
 import textwrap
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DIALPLAN_SRC = REPO_ROOT / "dialplan" / "bridged.conf"
 
 CARRIER_IP = "127.0.0.2"
 CARRIER_PORT = 5060
+# Where the carrier's calls land (the sample config/asterisk/extensions.conf has the same context): the
+# shop's numbers go on to bridged-inbound (dialplan/bridged.conf), the rig's own test extensions to
+# rig-inbound.
+CARRIER_CONTEXT = "from-carrier"
+# The shop's numbers (DIDs) on the rig: the carrier calls one of them (carrier_inbound.xml, -s <DID>).
+# The first is the shop's caller id on outbound calls too (tests/e2e/harness.py SHOP_CALLER_ID).
+SHOP_DIDS = ("+15550100", "+15550101")
 
 # Modules not needed by bridged or the rig and noisy/slow at load time. Everything else autoloads.
 NOLOAD = [
@@ -117,16 +128,26 @@ NOLOAD = [
 
 def manager_endpoint_conf(
     name: str,
-    sip_port: int,
+    sip_port: int | None,
     *,
     set_vars: dict[str, str] | None = None,
     context: str = "bridged-managers",
     host: str = "127.0.0.1",
+    qualify_frequency: int = 0,
 ) -> str:
     """A deliberately hostile manager phone: it accepts every identity update Asterisk can send it.
 
     ``send_pai``/``send_rpid``/``send_connected_line``/``trust_id_outbound`` make any connected-line update
-    that carries the customer's number visible in the manager SIPp trace. No auth; identified by From user.
+    that carries the customer's number visible in the manager SIPp trace; ``send_diversion`` (Asterisk's
+    default) and ``send_history_info`` do the same for the redirecting party (an inbound call's Diversion or
+    History-Info, which an originate with ``originator`` copies: docs/asterisk.md, "Inbound calls"). No
+    auth; identified by From user.
+
+    ``sip_port=None`` is a phone that is not registered: an AOR without a contact (ARI reports the
+    endpoint ``offline``; see offline_manager_endpoint_conf). ``qualify_frequency`` > 0 makes Asterisk
+    send OPTIONS to the contact every that many seconds: a contact on a port nobody answers turns
+    ``Unreachable`` and the endpoint ``offline`` (a SIPp UAS scenario does not answer OPTIONS, so keep it 0
+    for live phones).
     """
     lines = [
         f"[{name}]",
@@ -141,19 +162,61 @@ def manager_endpoint_conf(
         "send_rpid=yes",
         "send_connected_line=yes",
         "trust_id_outbound=yes",
+        "send_diversion=yes",
+        "send_history_info=yes",
         "identify_by=username",
         "rtp_symmetric=no",
         f"aors={name}",
     ]
     for key, value in (set_vars or {}).items():
         lines.append(f"set_var={key}={value}")
-    lines += [
-        "",
-        f"[{name}]",
-        "type=aor",
-        f"contact=sip:{name}@{host}:{sip_port}",
-        "",
-    ]
+    lines += ["", f"[{name}]", "type=aor"]
+    if sip_port is None:
+        lines.append("max_contacts=1")  # room for a REGISTER, none yet
+    else:
+        lines.append(f"contact=sip:{name}@{host}:{sip_port}")
+    if qualify_frequency:
+        lines += [f"qualify_frequency={qualify_frequency}", "qualify_timeout=0.5"]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def offline_manager_endpoint_conf(name: str, **kwargs: Any) -> str:
+    """A manager whose phone is not registered (an AOR without a contact).
+
+    ``GET /endpoints/PJSIP/<name>`` says ``"state": "offline"`` and an originate to it fails at once (see
+    docs/asterisk.md, "Inbound calls")."""
+    return manager_endpoint_conf(name, None, **kwargs)
+
+
+def carrier_endpoint_conf(
+    carrier_ip: str = CARRIER_IP,
+    carrier_port: int = CARRIER_PORT,
+    *,
+    context: str = CARRIER_CONTEXT,
+    **options: str,
+) -> str:
+    """The carrier trunk, hostile on purpose: it trusts the carrier's P-Asserted-Identity/Remote-Party-ID
+    and connected-line updates (see docs/asterisk.md, "Making the tests honest"). ``options`` override or
+    add endpoint options (``trust_id_inbound="no"``)."""
+    endpoint = {
+        "type": "endpoint",
+        "transport": "transport-udp",
+        "context": context,
+        "disallow": "all",
+        "allow": "ulaw",
+        "direct_media": "no",
+        "trust_id_inbound": "yes",
+        "trust_connected_line": "yes",
+        "send_pai": "yes",
+        "send_rpid": "yes",
+        "rtp_symmetric": "no",
+        "aors": "carrier",
+        **options,
+    }
+    lines = ["[carrier]", *(f"{key} = {value}" for key, value in endpoint.items())]
+    lines += ["", "[carrier]", "type = aor", f"contact = sip:{carrier_ip}:{carrier_port}"]
+    lines += ["", "[carrier]", "type = identify", "endpoint = carrier", f"match = {carrier_ip}", ""]
     return "\n".join(lines)
 
 
@@ -174,6 +237,7 @@ class Asterisk:
         sip_port: int = 5060,
         carrier_ip: str = CARRIER_IP,
         carrier_port: int = CARRIER_PORT,
+        carrier_context: str = CARRIER_CONTEXT,
         dialplan_src: Path = DIALPLAN_SRC,
         instance: str | None = None,
     ) -> None:
@@ -188,6 +252,7 @@ class Asterisk:
         self.sip_port = sip_port
         self.carrier_ip = carrier_ip
         self.carrier_port = carrier_port
+        self.carrier_context = carrier_context
         self.dialplan_src = Path(dialplan_src)
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_seconds: float | None = None
@@ -354,36 +419,19 @@ class Asterisk:
             protocol = udp
             bind = 127.0.0.1:{self.sip_port}
 
-            ; The carrier trunk is hostile on purpose: it trusts the carrier's P-Asserted-Identity and
-            ; connected-line updates (see docs/asterisk.md, "Making the tests honest").
-            [carrier]
-            type = endpoint
-            transport = transport-udp
-            context = from-carrier
-            disallow = all
-            allow = ulaw
-            direct_media = no
-            trust_id_inbound = yes
-            trust_connected_line = yes
-            send_pai = yes
-            send_rpid = yes
-            rtp_symmetric = no
-            aors = carrier
-
-            [carrier]
-            type = aor
-            contact = sip:{self.carrier_ip}:{self.carrier_port}
-
-            [carrier]
-            type = identify
-            endpoint = carrier
-            match = {self.carrier_ip}
+            ; The carrier trunk (pjsip-carrier.conf, rewritten by configure_carrier()).
+            #include pjsip-carrier.conf
 
             #include pjsip.d/*.conf
             """,
         )
+        self._write_carrier()
         # pjsip's #include with a glob that matches nothing is fine, but keep a file there anyway.
         (self.etc / "pjsip.d" / "00-empty.conf").write_text("; per-test endpoints are written next to this\n")
+        (self.etc / "extensions.d").mkdir(exist_ok=True)
+        (self.etc / "extensions.d" / "00-empty.conf").write_text("; per-test contexts go next to this\n")
+        # One line per DID, indented like the text around it (dedent below).
+        dids = "\n            ".join(f"exten => {d},1,Goto(bridged-inbound,${{EXTEN}},1)" for d in SHOP_DIDS)
         self._write(
             "extensions.conf",
             f"""
@@ -413,9 +461,64 @@ class Asterisk:
              same => n,Read(DIGITS,,4,,,5)
              same => n,Verbose(1,RIG-DTMF ${{CHANNEL(endpoint)}} got ${{DIGITS}})
              same => n,Hangup()
+
+            ; The carrier's calls (the carrier endpoint's context), as in the sample extensions.conf: the
+            ; shop's numbers (SHOP_DIDS) go to bridged-inbound (dialplan/bridged.conf), the rig's own test
+            ; extensions (rig-*, never a number) to rig-inbound, anything else is refused (404).
+            [from-carrier]
+            include => rig-inbound
+            {dids}
+            exten => _X.,1,Hangup(1)
+            exten => _+X.,1,Hangup(1)
+
+            ; Inbound self-tests (tests/e2e/test_rig_inbound.py): carrier_inbound.xml calls -s rig-<what>.
+            ; Every call first logs what Asterisk made of the carrier's identity headers, in verbose lines
+            ; "RIG-INBOUND <uniqueid> <field>=<value>" (the rig's own log: it may hold test numbers).
+            [rig-inbound]
+            exten => _rig-.,1,Verbose(1,RIG-INBOUND ${{UNIQUEID}} exten=${{EXTEN}})
+             same => n,Verbose(1,RIG-INBOUND ${{UNIQUEID}} caller=${{CALLERID(all)}})
+             same => n,Verbose(1,RIG-INBOUND ${{UNIQUEID}} pres=${{CALLERID(pres)}})
+             same => n,Verbose(1,RIG-INBOUND ${{UNIQUEID}} connected=${{CONNECTEDLINE(all)}})
+             same => n,Verbose(1,RIG-INBOUND ${{UNIQUEID}} redirecting-from=${{REDIRECTING(from-num)}})
+             same => n,Verbose(1,RIG-INBOUND ${{UNIQUEID}} redirecting-orig=${{REDIRECTING(orig-num)}})
+             same => n,Verbose(1,RIG-INBOUND ${{UNIQUEID}} redirecting-to=${{REDIRECTING(to-num)}})
+             same => n,Verbose(1,RIG-INBOUND ${{UNIQUEID}} redirecting-reason=${{REDIRECTING(reason)}})
+             same => n,Verbose(1,RIG-INBOUND ${{UNIQUEID}} redirecting-count=${{REDIRECTING(count)}})
+             same => n,Goto(rig-inbound-do,${{EXTEN}},1)
+
+            [rig-inbound-do]
+            ; answer and send the caller's audio back until the carrier hangs up
+            exten => rig-answer,1,Answer()
+             same => n,Echo()
+            ; answer, a short prompt, then Asterisk hangs up (sends the BYE)
+            exten => rig-answer-hangup,1,Answer()
+             same => n,Playback(beep)
+             same => n,Hangup()
+            ; 180 and nothing more (the carrier gives up: CANCEL)
+            exten => rig-ring,1,Ringing()
+             same => n,Wait(120)
+            ; 183 with early media (a tone) until the carrier gives up
+            exten => rig-progress,1,Progress()
+             same => n,Playtones(ring)
+             same => n,Wait(120)
+            ; a final failure answer with this SIP code, e.g. rig-reject-486
+            exten => _rig-reject-XXX,1,PJSIPHangup(${{EXTEN:11}})
+            ; a plain Dial() of a (manager) endpoint: rig-dial-<endpoint>, ring time RIG_DIAL_TIMEOUT (20 s)
+            exten => _rig-dial-.,1,Set(TMO=${{IF($["${{RIG_DIAL_TIMEOUT}}" = ""]?20:${{RIG_DIAL_TIMEOUT}})}})
+             same => n,Dial(PJSIP/${{FILTER(a-z0-9,${{EXTEN:9}})}},${{TMO}})
+             same => n,Verbose(1,RIG-INBOUND-DIAL ${{UNIQUEID}} ${{DIALSTATUS}} ${{HANGUPCAUSE}})
+             same => n,Hangup()
+
+            ; Per-test contexts (add_dialplan()).
+            #include extensions.d/*.conf
             """,
         )
         self._copy_dialplan()
+
+    def _write_carrier(self, **options: str) -> None:
+        options = {"context": self.carrier_context, **options}
+        conf = carrier_endpoint_conf(self.carrier_ip, self.carrier_port, **options)
+        (self.etc / "pjsip-carrier.conf").write_text(conf)
 
     def _copy_dialplan(self) -> None:
         dst = self.etc / "bridged.conf"
@@ -519,11 +622,28 @@ class Asterisk:
 
     def ari_get(self, path: str, timeout: float = 5.0) -> bytes:
         """Plain synchronous GET on ARI (for the rig itself and for test assertions)."""
-        req = urllib.request.Request(self.ari_url + path)
+        with urllib.request.urlopen(self._ari_request("GET", path), timeout=timeout) as resp:
+            return resp.read()
+
+    def ari(
+        self, method: str, path: str, params: dict[str, str] | None = None, *, timeout: float = 5.0
+    ) -> tuple[int, Any]:
+        """One synchronous ARI request with query ``params``: ``(status, JSON body or None)``; an HTTP
+        error is returned, not raised (a test asserts on it)."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        try:
+            with urllib.request.urlopen(self._ari_request(method, path + query), timeout=timeout) as resp:
+                body = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        return status, json.loads(body) if body else None
+
+    def _ari_request(self, method: str, path: str) -> urllib.request.Request:
+        req = urllib.request.Request(self.ari_url + path, method=method)
         token = base64.b64encode(f"{self._ari_user}:{self._ari_password}".encode()).decode()
         req.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.read()
+        return req
 
     def add_endpoints(self, name: str, conf_text: str, *, timeout: float = 10.0) -> list[str]:
         """Write ``pjsip.d/<name>.conf``, reload res_pjsip and wait until every endpoint in it is known.
@@ -551,6 +671,39 @@ class Asterisk:
             path.unlink()
             self._endpoints.pop(name, None)
             self.cli("module reload res_pjsip.so")
+
+    def configure_carrier(self, **options: str) -> None:
+        """Rewrite the carrier trunk with ``options`` over the rig's (hostile) ones and reload res_pjsip;
+        no options puts the rig's own back. ``context`` is the carrier endpoint's context.
+
+        The instance is shared by a test session: a test that changes the carrier restores it
+        (``try: ... finally: asterisk.configure_carrier()``)."""
+        self._write_carrier(**options)
+        self.cli("module reload res_pjsip.so")
+        expected = {key: value for key, value in options.items() if key in ("context", "trust_id_inbound")}
+        deadline = time.monotonic() + 10
+        while True:
+            out = self.cli("pjsip show endpoint carrier", check=False)
+            if all(_show_value(out, key) == _pjsip_bool(value) for key, value in expected.items()):
+                return
+            if time.monotonic() > deadline:
+                raise AsteriskError(f"carrier options {expected} not applied after reload:\n{out}")
+            time.sleep(0.1)
+
+    def add_dialplan(self, name: str, text: str) -> None:
+        """Write ``extensions.d/<name>.conf`` (contexts of one test) and reload the dialplan."""
+        (self.etc / "extensions.d" / f"{name}.conf").write_text(textwrap.dedent(text).lstrip())
+        self.cli("dialplan reload")
+
+    def remove_dialplan(self, name: str) -> None:
+        path = self.etc / "extensions.d" / f"{name}.conf"
+        if path.exists():
+            path.unlink()
+            self.cli("dialplan reload")
+
+    def endpoint_state(self, technology_name: str) -> str:
+        """ARI's ``state`` of an endpoint (``PJSIP/anna``): ``online``, ``offline`` or ``unknown``."""
+        return str(json.loads(self.ari_get(f"/endpoints/{technology_name}"))["state"])
 
     def reload_dialplan(self) -> None:
         """Copy dialplan/bridged.conf again and run ``dialplan reload``."""
@@ -580,6 +733,17 @@ def _endpoint_names(conf_text: str) -> list[str]:
         elif section and line.replace(" ", "") == "type=endpoint" and section not in names:
             names.append(section)
     return names
+
+
+def _show_value(text: str, name: str) -> str | None:
+    """One option's value in ``pjsip show endpoint`` output."""
+    match = re.search(rf"^\s*{re.escape(name)}\s*:\s*(\S*)", text, re.M)
+    return match[1] if match else None
+
+
+def _pjsip_bool(value: str) -> str:
+    """How ``pjsip show endpoint`` prints an option value (booleans as true/false)."""
+    return {"yes": "true", "no": "false"}.get(value, value)
 
 
 def _make_moh(path: Path) -> None:

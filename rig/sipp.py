@@ -260,3 +260,102 @@ class Sipp:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# The final answers manager_ring.xml can give (SIPp reads a response code at load time: one message each).
+RING_FINALS = (200, 404, 480, 486, 503, 603)
+# A ring_ms longer than any test: the phone that never answers (it rings until CANCEL).
+NEVER_MS = 3_600_000
+INBOUND_IDENTITIES = ("pai", "rpid", "history", "anonymous")
+
+
+def call_in(
+    caller: str,
+    did: str,
+    *,
+    trace_dir: Path,
+    rtp_port: int,
+    identity: str = "pai",
+    hold_ms: int = 30000,
+    cancel_ms: int = 0,
+    update_ms: int = 0,
+    update_method: str = "UPDATE",
+    asterisk: str = "127.0.0.1:5060",
+    local_ip: str = "127.0.0.2",
+    local_port: int = 5060,
+    timeout_s: int = 60,
+    calls: int = 1,
+    name: str | None = None,
+) -> Sipp:
+    """The carrier calls the shop's number ``did`` as the customer ``caller`` (carrier_inbound.xml).
+
+    ``identity``: where the INVITE carries the number (pai, rpid, history, anonymous: see the scenario).
+    ``cancel_ms`` > 0: the caller hangs up if nobody answered by then. ``update_ms`` > 0: the carrier
+    re-asserts the number mid-call in an ``update_method`` (UPDATE or INVITE). Exit code 0 also for a
+    final error answer (busy, ...): assert on the trace.
+    """
+    if identity not in INBOUND_IDENTITIES:
+        raise ValueError(f"identity must be one of {INBOUND_IDENTITIES}")
+    if update_method not in ("UPDATE", "INVITE"):
+        raise ValueError("update_method must be UPDATE or INVITE")
+    return Sipp.start(
+        "carrier_inbound",
+        local_ip=local_ip,
+        local_port=local_port,
+        remote=asterisk,
+        service=did,
+        keys={
+            "caller": caller,
+            "identity": identity,
+            "hold_ms": str(hold_ms),
+            "cancel_ms": str(cancel_ms),
+            "update_ms": str(update_ms),
+            "update_method": update_method,
+        },
+        trace_dir=trace_dir,
+        rtp_port=rtp_port,
+        timeout_s=timeout_s,
+        calls=calls,
+        name=name or "carrier_inbound",
+    )
+
+
+def ring_phone(
+    endpoint: str,
+    sip_port: int,
+    *,
+    trace_dir: Path,
+    rtp_port: int,
+    final: int = 200,
+    ring_ms: int = 500,
+    hold_ms: int = 30000,
+    local_ip: str = "127.0.0.1",
+    timeout_s: int = 60,
+    calls: int = 1,
+    name: str | None = None,
+) -> Sipp:
+    """A manager's phone waiting to be rung (manager_ring.xml) on its endpoint's contact port.
+
+    It rings ``ring_ms``, then answers (``final=200``, holding ``hold_ms``) or refuses with ``final``
+    (486 busy, 603 decline, ...); ``ring_ms=NEVER_MS`` rings until Asterisk sends CANCEL. Waits until
+    SIPp listens.
+    """
+    if final not in RING_FINALS:
+        raise ValueError(f"final must be one of {RING_FINALS}")
+    sipp = Sipp.start(
+        "manager_ring",
+        local_ip=local_ip,
+        local_port=sip_port,
+        keys={
+            "ring_ms": str(ring_ms),
+            "final": str(final),
+            "hold_ms": str(hold_ms),
+        },
+        trace_dir=trace_dir,
+        rtp_port=rtp_port,
+        timeout_s=timeout_s,
+        calls=calls,
+        name=name or f"manager_{endpoint}",
+    )
+    sipp.wait_listening()
+    return sipp

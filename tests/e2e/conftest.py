@@ -157,7 +157,11 @@ def make_bridged(
     started: list[Bridged] = []
     endpoint_files: list[str] = []
 
-    def make(manager_ids: tuple[str, ...] = ("anna",), **options) -> Bridged:
+    def make(
+        manager_ids: tuple[str, ...] = ("anna",), *, offline: tuple[str, ...] = (), **options
+    ) -> Bridged:
+        """bridged with these managers' phones on the rig; the ones in ``offline`` are not registered
+        (their endpoint's AOR has no contact: ARI says "offline", an originate fails at once)."""
         phones = [
             ManagerPhone(
                 id=f"{m}{rig_alloc.unique_name('')}",
@@ -167,9 +171,14 @@ def make_bridged(
             )
             for m in manager_ids
         ]
+        unregistered = {p.endpoint for m, p in zip(manager_ids, phones, strict=True) if m in offline}
         daemon = Bridged(asterisk, shop, trace_dir, phones, **options)
         conf = "\n".join(
-            manager_endpoint_conf(p.endpoint, p.sip_port, set_vars={"BRIDGED_AGI": daemon.agi_url})
+            manager_endpoint_conf(
+                p.endpoint,
+                None if p.endpoint in unregistered else p.sip_port,
+                set_vars={"BRIDGED_AGI": daemon.agi_url},
+            )
             for p in phones
         )
         file_name = f"test_{phones[0].endpoint}"

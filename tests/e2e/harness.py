@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from rig import Asterisk, Postgres, Sipp
+from rig import SHOP_DIDS, Asterisk, Postgres, Sipp, call_in, ring_phone
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHOP_DB = "shop"
@@ -290,6 +290,60 @@ def carrier(
     )
     sipp.wait_listening()
     return sipp
+
+
+def customer_calls(
+    trace_dir: Path,
+    rig_alloc: Any,
+    number: str,
+    *,
+    did: str = SHOP_DIDS[0],
+    identity: str = "pai",
+    hold_ms: int = 30000,
+    cancel_ms: int = 0,
+    update_ms: int = 0,
+    update_method: str = "UPDATE",
+    timeout_s: int = 60,
+) -> Sipp:
+    """The customer calls the shop's number back through the carrier (rig/scenarios/carrier_inbound.xml):
+    ``number`` in From and P-Asserted-Identity (``identity``: pai, rpid, history, anonymous)."""
+    return call_in(
+        number,
+        did,
+        trace_dir=trace_dir,
+        rtp_port=rig_alloc.rtp_port(),
+        identity=identity,
+        hold_ms=hold_ms,
+        cancel_ms=cancel_ms,
+        update_ms=update_ms,
+        update_method=update_method,
+        timeout_s=timeout_s,
+        name=f"carrier_inbound_{identity}",
+    )
+
+
+def phone_rings(
+    manager: ManagerPhone,
+    trace_dir: Path,
+    *,
+    final: int = 200,
+    ring_ms: int = 500,
+    hold_ms: int = 30000,
+    timeout_s: int = 60,
+) -> Sipp:
+    """The manager's phone waits to be rung (rig/scenarios/manager_ring.xml): it answers after ``ring_ms``
+    (``final=200``), refuses with ``final`` (486, 480, 603, ...), or rings until CANCEL
+    (``ring_ms=rig.NEVER_MS``)."""
+    return ring_phone(
+        manager.endpoint,
+        manager.sip_port,
+        trace_dir=trace_dir,
+        rtp_port=manager.rtp_port,
+        final=final,
+        ring_ms=ring_ms,
+        hold_ms=hold_ms,
+        timeout_s=timeout_s,
+    )
 
 
 def invites(trace: str) -> list[str]:

@@ -87,9 +87,12 @@ def test_sample_asterisk_config_loads(trace_dir: Path, asterisk_root: Path) -> N
         "send_connected_line": "no",
         "send_pai": "false",
         "send_rpid": "false",
+        "send_diversion": "false",
+        "send_history_info": "false",
         "allow_transfer": "false",
     }, report
     assert report["carrier_trust_id_inbound"] == "false", report
+    assert report["carrier_to_bridged"] == ["+15550100"], report
     # The managers' context dials a colleague, and refuses an extension carrying dial-string syntax
     # (demo.samples.HOSTILE) before any Dial().
     assert report["managers_dial"] == {
