@@ -106,7 +106,9 @@ def asterisk(asterisk_root: Path) -> Iterator[Asterisk]:
         yield ast
     finally:
         ast.stop()
-        out = ARTIFACTS / "_session"
+        # One folder per shard when scripts/test runs several at once (BRIDGED_TEST_SHARD=i/n).
+        shard = os.environ.get("BRIDGED_TEST_SHARD", "").split("/")[0]
+        out = ARTIFACTS / ("_session" + (f"-shard{shard}" if shard else ""))
         out.mkdir(parents=True, exist_ok=True)
         logs = ((ast.log_path, "asterisk-messages.log"), (ast.console_path, "asterisk-console.log"))
         for src, name in logs:

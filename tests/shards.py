@@ -1,0 +1,63 @@
+"""Which pytest run takes which test file when scripts/test runs the suite in several shards at once.
+
+The end-to-end tests spend most of their time waiting on SIP timers, hold times and prompts, not on the
+CPU, so two shards (each in its own network namespace with its own Asterisk and PostgreSQL) finish in
+a little more than half the time on two cores. Files are dealt out by their measured duration, longest
+first, each to the shard with the least so far; the unit tests stay in shard 0. The table only has to be
+roughly right: a file missing from it counts as ``DEFAULT_SECONDS``.
+
+Measured with ``pytest --durations=0 tests/e2e`` (setup + call + teardown per file), 2026-12-01, 2 cores.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+
+DEFAULT_SECONDS = 30.0
+UNIT_SECONDS = 40.0  # every test outside tests/e2e together, pinned to shard 0
+
+SECONDS: dict[str, float] = {
+    "test_masked_call.py": 151,
+    "test_service.py": 120,
+    "test_http_calls.py": 66,
+    "test_recording_faults.py": 59,
+    "test_dirty_data.py": 48,
+    "test_rig_inbound.py": 35,
+    "test_review_api.py": 32,
+    "test_startup.py": 19,
+    "test_demo.py": 19,
+    "test_http_hostile.py": 13,
+    "test_ops_page.py": 12,
+    "test_rig_smoke.py": 12,
+    "test_minimal_path.py": 12,
+    "test_ari_spec.py": 1,
+}
+
+
+def parse(spec: str) -> tuple[int, int]:
+    """``"1/2"`` -> (1, 2): shard 1 of 2, counted from 1. Raises ValueError on anything else."""
+    index, _, count = spec.partition("/")
+    i, n = int(index), int(count)
+    if not 1 <= i <= n:
+        raise ValueError(f"shard {spec!r}: want i/n with 1 <= i <= n")
+    return i, n
+
+
+def assign(e2e_files: list[str], count: int) -> dict[str, int]:
+    """File name -> shard (1-based), deterministic for a given set of files."""
+    loads = [0.0] * count
+    loads[0] += UNIT_SECONDS
+    shards: dict[str, int] = {}
+    for name in sorted(e2e_files, key=lambda f: (-SECONDS.get(f, DEFAULT_SECONDS), f)):
+        target = min(range(count), key=lambda i: (loads[i], i))
+        loads[target] += SECONDS.get(name, DEFAULT_SECONDS)
+        shards[name] = target + 1
+    return shards
+
+
+def shard_of(path: str, e2e_dir: str, shards: dict[str, int]) -> int:
+    """The shard of a test file: its e2e file's, or 1 for anything outside tests/e2e."""
+    p = PurePath(path)
+    if PurePath(e2e_dir) in p.parents:
+        return shards[p.name]
+    return 1
