@@ -1,8 +1,10 @@
-"""One Asterisk 22 per test session, run inside the cached chroot with a config set written from scratch.
+"""Asterisk 22 nodes for a test session, run inside the cached chroot with a config set written from scratch.
 
-Everything of one instance lives under ``ROOT/srv/rig-<pid>/`` (etc, spool, run, log, db, lib, cache) so
-several sessions can share the chroot. Ports are fixed (SIP 127.0.0.1:5060, HTTP/ARI 127.0.0.1:8088): the
-e2e tests run in their own network namespace (``unshare -n``).
+Everything of one instance lives under ``ROOT/srv/rig-<pid>/`` (node 1) or ``ROOT/srv/rig-<pid>-<n>/``
+(node n: etc, spool, run, log, db, lib, cache) so several sessions and several nodes share the chroot.
+Ports are fixed and each node has a loopback address of its own (node 1: SIP 127.0.0.1:5060, HTTP/ARI
+127.0.0.1:8088; a second node e.g. 127.0.0.3 with the same ports): the e2e tests run in their own network
+namespace (``unshare -n``), where all of 127.0.0.0/8 is local.
 """
 
 from __future__ import annotations
@@ -33,6 +35,23 @@ CARRIER_CONTEXT = "from-carrier"
 # The shop's numbers (DIDs) on the rig: the carrier calls one of them (carrier_inbound.xml, -s <DID>).
 # The first is the shop's caller id on outbound calls too (tests/e2e/harness.py SHOP_CALLER_ID).
 SHOP_DIDS = ("+15550100", "+15550101")
+
+# Asterisk binds RTP on 0.0.0.0 whatever the SIP address: each node takes its own slice of ports so two
+# nodes never race for one, and a trace tells them apart. SIPp media stays at 30000 and up.
+NODE1_RTP_PORTS = (10000, 19999)
+OTHER_NODES_RTP_BASE = 20000
+OTHER_NODES_RTP_SLICE = 2000
+
+
+def node_rtp_ports(node: int) -> tuple[int, int]:
+    """Node 1 keeps 10000-19999; node n >= 2 gets 2000 ports from 20000 (node 2: 20000-21999)."""
+    if node < 1 or node > 6:
+        raise ValueError(f"node {node}: the rig has RTP ports for nodes 1 to 6")
+    if node == 1:
+        return NODE1_RTP_PORTS
+    start = OTHER_NODES_RTP_BASE + (node - 2) * OTHER_NODES_RTP_SLICE
+    return start, start + OTHER_NODES_RTP_SLICE - 1
+
 
 # Modules not needed by bridged or the rig and noisy/slow at load time. Everything else autoloads.
 NOLOAD = [
@@ -134,6 +153,7 @@ def manager_endpoint_conf(
     context: str = "bridged-managers",
     host: str = "127.0.0.1",
     qualify_frequency: int = 0,
+    registered: bool = False,
 ) -> str:
     """A deliberately hostile manager phone: it accepts every identity update Asterisk can send it.
 
@@ -148,6 +168,10 @@ def manager_endpoint_conf(
     send OPTIONS to the contact every that many seconds: a contact on a port nobody answers turns
     ``Unreachable`` and the endpoint ``offline`` (a SIPp UAS scenario does not answer OPTIONS, so keep it 0
     for live phones).
+
+    ``registered``: no static contact; the phone must REGISTER (``rig/scenarios/manager_register.xml``) on
+    the node that is to reach it, as a real phone does (one contact, a new one replaces the old). A node
+    the phone is not registered on then has the endpoint without a contact (``sip_port`` is unused).
     """
     lines = [
         f"[{name}]",
@@ -171,7 +195,9 @@ def manager_endpoint_conf(
     for key, value in (set_vars or {}).items():
         lines.append(f"set_var={key}={value}")
     lines += ["", f"[{name}]", "type=aor"]
-    if sip_port is None:
+    if registered:
+        lines += ["max_contacts=1", "remove_existing=yes"]
+    elif sip_port is None:
         lines.append("max_contacts=1")  # room for a REGISTER, none yet
     else:
         lines.append(f"contact=sip:{name}@{host}:{sip_port}")
@@ -225,7 +251,12 @@ class AsteriskError(RuntimeError):
 
 
 class Asterisk:
-    """Runs ``/usr/sbin/asterisk -f -n`` in ``root`` with configuration under ``root/srv/rig-<pid>``."""
+    """Runs ``/usr/sbin/asterisk -f -n`` in ``root`` with configuration under ``root/srv/rig-<pid>[-<node>]``.
+
+    ``node`` (1, 2, ...) and ``address`` make further nodes in the same network namespace: SIP, HTTP/ARI
+    bind on ``address`` (RTP on 0.0.0.0 with a port range per node, see ``node_rtp_ports``), and the
+    instance folder, system name and entity id differ. The carrier is identified by its address on each.
+    """
 
     def __init__(
         self,
@@ -240,9 +271,14 @@ class Asterisk:
         carrier_context: str = CARRIER_CONTEXT,
         dialplan_src: Path = DIALPLAN_SRC,
         instance: str | None = None,
+        node: int = 1,
+        address: str = "127.0.0.1",
     ) -> None:
         self.root = Path(root)
-        self.instance = instance or f"rig-{os.getpid()}"
+        self.node = node
+        self.address = address
+        self.rtp_ports = node_rtp_ports(node)
+        self.instance = instance or (f"rig-{os.getpid()}" if node == 1 else f"rig-{os.getpid()}-{node}")
         self.inner = Path("/srv") / self.instance  # path as seen inside the chroot
         self.base = self.root / self.inner.relative_to("/")  # path as seen from the host
         self.etc = self.base / "etc"
@@ -261,7 +297,7 @@ class Asterisk:
     # ---- properties -------------------------------------------------------------------------------------
     @property
     def ari_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/ari"
+        return f"http://{self.address}:{self.http_port}/ari"
 
     @property
     def ari_user(self) -> str:
@@ -291,7 +327,7 @@ class Asterisk:
 
     @property
     def sip_address(self) -> str:
-        return f"127.0.0.1:{self.sip_port}"
+        return f"{self.address}:{self.sip_port}"
 
     # ---- configuration ----------------------------------------------------------------------------------
     def _write(self, name: str, text: str) -> None:
@@ -341,8 +377,8 @@ class Asterisk:
             nofork = yes
             quiet = no
             timestamp = yes
-            systemname = rig
-            entityid = 02:00:00:00:00:01
+            systemname = {"rig" if self.node == 1 else f"rig-{self.node}"}
+            entityid = 02:00:00:00:00:{self.node:02x}
             defaultlanguage = en
             hideconnect = yes
             """,
@@ -354,7 +390,7 @@ class Asterisk:
             f"""
             [general]
             enabled = yes
-            bindaddr = 127.0.0.1
+            bindaddr = {self.address}
             bindport = {self.http_port}
             """,
         )
@@ -364,7 +400,7 @@ class Asterisk:
             [general]
             enabled = yes
             pretty = no
-            allowed_origins = http://127.0.0.1:{self.http_port}
+            allowed_origins = http://{self.address}:{self.http_port}
 
             [{self._ari_user}]
             type = user
@@ -386,7 +422,8 @@ class Asterisk:
         )
         self._write("manager.conf", "[general]\nenabled = no\n")
         self._write("cdr.conf", "[general]\nenable = yes\n\n[csv]\nusegmtime = yes\nloguniqueid = yes\n")
-        self._write("rtp.conf", "[general]\nrtpstart = 10000\nrtpend = 19999\n")
+        rtp_start, rtp_end = self.rtp_ports
+        self._write("rtp.conf", f"[general]\nrtpstart = {rtp_start}\nrtpend = {rtp_end}\n")
         self._write("musiconhold.conf", f"[default]\nmode = files\ndirectory = {inner}/moh\n")
         _make_moh(self.base / "moh" / "rig-tone.wav")
         self._write("features.conf", "[general]\n")
@@ -417,7 +454,7 @@ class Asterisk:
             [transport-udp]
             type = transport
             protocol = udp
-            bind = 127.0.0.1:{self.sip_port}
+            bind = {self.address}:{self.sip_port}
 
             ; The carrier trunk (pjsip-carrier.conf, rewritten by configure_carrier()).
             #include pjsip-carrier.conf

@@ -28,6 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("BRIDGED_RIG_ARTIFACTS", REPO_ROOT / "artifacts"))
 E2E_DIR = Path(__file__).resolve().parent
 CARRIER_IP = "127.0.0.2"
+# The second Asterisk node (fixture asterisk_b): SIP, RTP and ARI on this address, same ports as node 1.
+NODE_B_IP = "127.0.0.3"
 POSTGRES_PORT = 55432
 
 
@@ -46,17 +48,20 @@ def _can_bind(ip: str) -> bool:
             return False
 
 
-def _ensure_loopback() -> None:
-    """Bring lo up (a fresh `unshare -n` namespace has it down) and make sure 127.0.0.2 is usable.
+def _ensure_loopback(*extra: str) -> None:
+    """Bring lo up (a fresh `unshare -n` namespace has it down) and make sure 127.0.0.2 (and ``extra``
+    addresses) are usable.
 
     Always asked for: binding 127.0.0.1 works even while lo is down (only sending fails), so a bind
     test cannot tell. Setting an up interface up is a no-op."""
     if os.geteuid() == 0:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
-    if not _can_bind(CARRIER_IP):
-        subprocess.run(["ip", "addr", "add", f"{CARRIER_IP}/8", "dev", "lo"], check=False)
-    if not (_can_bind("127.0.0.1") and _can_bind(CARRIER_IP)):
-        pytest.skip("loopback 127.0.0.1/127.0.0.2 not usable (run inside `unshare -n` as root)")
+    addresses = ("127.0.0.1", CARRIER_IP, *extra)
+    for address in addresses[1:]:
+        if not _can_bind(address):
+            subprocess.run(["ip", "addr", "add", f"{address}/8", "dev", "lo"], check=False)
+    if not all(_can_bind(address) for address in addresses):
+        pytest.skip(f"loopback {', '.join(addresses)} not usable (run inside `unshare -n` as root)")
 
 
 @dataclass
@@ -97,10 +102,9 @@ def asterisk_root() -> Path:
     return ensure_asterisk_root()
 
 
-@pytest.fixture(scope="session")
-def asterisk(asterisk_root: Path) -> Iterator[Asterisk]:
-    _ensure_loopback()
-    ast = Asterisk(asterisk_root)
+def _run_node(ast: Asterisk, prefix: str) -> Iterator[Asterisk]:
+    """Start a node for the session; at its end stop it and keep its log and CDRs in artifacts/_session/
+    (``<prefix>-messages.log``, ``<prefix>-console.log``, ``<prefix>-cdr.csv``)."""
     ast.start()
     try:
         yield ast
@@ -110,15 +114,30 @@ def asterisk(asterisk_root: Path) -> Iterator[Asterisk]:
         shard = os.environ.get("BRIDGED_TEST_SHARD", "").split("/")[0]
         out = ARTIFACTS / ("_session" + (f"-shard{shard}" if shard else ""))
         out.mkdir(parents=True, exist_ok=True)
-        logs = ((ast.log_path, "asterisk-messages.log"), (ast.console_path, "asterisk-console.log"))
-        for src, name in logs:
+        files = (
+            (ast.log_path, "messages.log"),
+            (ast.console_path, "console.log"),
+            (ast.base / "log" / "cdr-csv" / "Master.csv", "cdr.csv"),
+        )
+        for src, name in files:
             if src.exists():
-                shutil.copyfile(src, out / name)
-        cdr = ast.base / "log" / "cdr-csv" / "Master.csv"
-        if cdr.exists():
-            shutil.copyfile(cdr, out / "asterisk-cdr.csv")
+                shutil.copyfile(src, out / f"{prefix}-{name}")
         if not os.environ.get("BRIDGED_RIG_KEEP"):
             ast.cleanup()
+
+
+@pytest.fixture(scope="session")
+def asterisk(asterisk_root: Path) -> Iterator[Asterisk]:
+    _ensure_loopback()
+    yield from _run_node(Asterisk(asterisk_root), "asterisk")
+
+
+@pytest.fixture(scope="session")
+def asterisk_b(asterisk_root: Path) -> Iterator[Asterisk]:
+    """A second Asterisk node on 127.0.0.3 (SIP 5060, ARI 8088, RTP 20000-21999), started only for the
+    sessions that ask for it; same carrier (127.0.0.2, identified by address) and ARI user as node 1."""
+    _ensure_loopback(NODE_B_IP)
+    yield from _run_node(Asterisk(asterisk_root, node=2, address=NODE_B_IP), "asterisk-b")
 
 
 @pytest.fixture(scope="session")

@@ -253,13 +253,15 @@ def dial(
     dtmf: str = "",
     timeout_s: int = 60,
     scenario: str = "manager_call",
+    remote: str = "127.0.0.1:5060",
 ) -> Sipp:
-    """The manager's phone dials ``code`` (``scenario`` "manager_cancel": gives up while it rings)."""
+    """The manager's phone dials ``code`` (``scenario`` "manager_cancel": gives up while it rings)
+    through the node at ``remote`` (node 1 unless told: ``asterisk_b.sip_address``)."""
     return Sipp.start(
         scenario,
         local_ip="127.0.0.1",
         local_port=manager.sip_port,
-        remote="127.0.0.1:5060",
+        remote=remote,
         service=code,
         keys={"user": manager.endpoint, "hold_ms": str(hold_ms), "dtmf": dtmf},
         trace_dir=trace_dir,
@@ -277,6 +279,7 @@ def carrier(
     hold_ms: int = 30000,
     ring_ms: int = 300,
     timeout_s: int = 60,
+    calls: int = 1,
 ) -> Sipp:
     sipp = Sipp.start(
         scenario,
@@ -285,6 +288,7 @@ def carrier(
         keys={"hold_ms": str(hold_ms), "ring_ms": str(ring_ms)},
         trace_dir=trace_dir,
         rtp_port=rig_alloc.rtp_port(),
+        calls=calls,
         timeout_s=timeout_s,
         name=f"carrier_{scenario}",
     )
