@@ -1,10 +1,8 @@
 """The FastAGI side of the phone path: who is calling, which order, may the call go ahead.
 
 Dialplan (dialplan/bridged.conf) runs ``AGI(agi://host:port/order,<code>)``; this handler answers with
-one channel variable, ``BRIDGED_REPLY``: ``ok|<Stasis() arguments>|<label>`` (the dialplan then sets
-the label as the manager's connected line, installs the connected-line interception and enters
-Stasis), or ``refused|<prompt>`` (a stock sound to play before hangup). Any failure leaves it unset,
-and the dialplan plays its own error prompt: a manager never hangs in silence.
+one channel variable (the contract is bridged.dialplan). Any failure leaves it unset, and the dialplan
+plays its own error prompt: a manager never hangs in silence.
 """
 
 from __future__ import annotations
@@ -16,19 +14,12 @@ from typing import Any
 
 from panoramisk.fast_agi import Application, Request
 
-from . import metrics
+from . import dialplan, metrics
 from .config import Config
 from .orders import Refusal
 from .service import CallService, Refused
 
 log = logging.getLogger(__name__)
-
-SCRIPT_ORDER = "order"
-# Channel variables shared with dialplan/bridged.conf.
-# The whole answer in one variable, one AGI round trip: "ok|<Stasis() arguments>|<label>" or
-# "refused|<prompt>". The dialplan takes it apart with CUT(); the label is last, so a "|" in it
-# (a customer's name) cannot shift the other fields.
-VAR_REPLY = "BRIDGED_REPLY"
 
 _HEADER_LIMIT = 64 * 1024
 _DIGITS_TIMEOUT_MS = 8000
@@ -93,7 +84,7 @@ class AgiServer:
         self.config = config
         self.service = service
         self._app = Application()
-        self._app.add_route(SCRIPT_ORDER, self.order)
+        self._app.add_route(dialplan.AGI_SCRIPT, self.order)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -125,7 +116,7 @@ class AgiServer:
                 if sep:
                     headers[key] = value
             script = headers.get("agi_network_script", "")
-            if script != SCRIPT_ORDER:
+            if script != dialplan.AGI_SCRIPT:
                 log.warning("FastAGI request for unknown script %r", script[:40])
                 return
             request = Request(app=self._app, headers=headers, reader=reader, writer=writer)
@@ -165,8 +156,8 @@ class AgiServer:
             return
         # The dialplan sets the label, the manager's connected line and the CONNECTED_LINE_SEND_SUB
         # interception from this answer before the channel enters Stasis.
-        stasis_args = f"{self.config.ari.app},order,{outcome.call_id}"
-        await set_var(request, VAR_REPLY, f"ok|{stasis_args}|{outcome.label_caller_id}")
+        stasis_args = f"{self.config.ari.app},{dialplan.app_args(dialplan.Leg.ORDER, outcome.call_id)}"
+        await set_var(request, dialplan.REPLY, dialplan.reply_ok(stasis_args, outcome.label_caller_id))
 
     async def _read_code(self, request: Request) -> str:
         """The order code keyed in after ``*77`` (``""`` when none came in time).
@@ -191,5 +182,6 @@ class AgiServer:
         metrics.CALLS_REFUSED.inc(refused.reason.value)
         # Overloaded: the dialplan rejects a phone still ringing with 503 rather than answering it for a
         # prompt, which would cost an overloaded Asterisk seconds of media per refused call.
-        kind = "overloaded" if refused.reason is Refusal.OVERLOADED else "refused"
-        await set_var(request, VAR_REPLY, f"{kind}|{self.service.prompt_for(refused.reason)}")
+        prompt = self.service.prompt_for(refused.reason)
+        overloaded = refused.reason is Refusal.OVERLOADED
+        await set_var(request, dialplan.REPLY, dialplan.reply_refused(prompt, overloaded=overloaded))

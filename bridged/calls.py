@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from . import metrics
+from . import dialplan, metrics
 from .ari import AriClient, AriError, AriNotFound, AriUnavailable, background_requests
 from .config import Config, Manager
 from .labels import Label, Labeller
@@ -62,13 +62,6 @@ EVENT_TYPES = frozenset(
         *RECORDING_EVENTS,
     }
 )
-# Dialplan subroutine (dialplan/bridged.conf) that replaces any connected-line update sent to a
-# manager's phone with the order label: the last guard against a carrier's identity reaching it.
-LABEL_SUB = "bridged-label,s,1"
-# On both legs: a REFER becomes a ChannelTransfer event for us instead of a transfer Asterisk performs
-# (which would take the customer out of the recorded bridge and out of bridged's hands).
-NO_TRANSFERS = {"PJSIP_TRANSFER_HANDLING()": "ari-only"}
-LABEL_VAR = "BRIDGED_LABEL"
 
 
 class CallState(StrEnum):
@@ -372,10 +365,10 @@ class CallEngine:
         """Called by the websocket reader for every event; never blocks."""
         kind = event.get("type")
         if kind == "StasisStart":
-            args = event.get("args") or []
+            legs = dialplan.parse_app_args(event.get("args") or [])
             channel_id = _channel_id(event)
-            if args and args[0] == "order" and len(args) > 1 and channel_id:
-                self._start_phone_call(str(args[1]), channel_id, event)
+            if legs is not None and legs[0] is dialplan.Leg.ORDER and channel_id:
+                self._start_phone_call(legs[1], channel_id, event)
                 return
         call = self._route(event)
         if call is not None:
@@ -682,12 +675,12 @@ class CallEngine:
             self.ari.originate(
                 endpoint=trunk.dial.format(number=call.order.phone.dialable()),
                 app=self.config.ari.app,
-                app_args=f"customer,{call.id}",
+                app_args=dialplan.app_args(dialplan.Leg.CUSTOMER, call.id),
                 channel_id=call.customer_channel_id,
                 caller_id=trunk.caller_id,
                 timeout=trunk.ring_timeout,
                 originator=manager_channel,
-                variables=NO_TRANSFERS,
+                variables=dialplan.NO_TRANSFERS,
             ),
             self._persist_state(call),
             return_exceptions=True,
@@ -739,16 +732,12 @@ class CallEngine:
             await self.ari.originate(
                 endpoint=f"PJSIP/{call.manager.endpoint}",
                 app=self.config.ari.app,
-                app_args=f"manager,{call.id}",
+                app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
                 channel_id=call.manager_channel_id,
                 # The manager's phone shows the order label as the caller; its number part redials the order.
                 caller_id=call.label_caller_id,
                 timeout=self.config.api.manager_ring_timeout,
-                variables={
-                    LABEL_VAR: call.label_caller_id,
-                    "CONNECTED_LINE_SEND_SUB": LABEL_SUB,
-                    **NO_TRANSFERS,
-                },
+                variables=dialplan.label_variables(call.label_caller_id),
             )
         except AriError as exc:
             log.warning("call %s: manager leg could not be originated: %s", call.id, exc)
