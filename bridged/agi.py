@@ -16,7 +16,7 @@ from panoramisk.fast_agi import Application, Request
 
 from . import dialplan, metrics
 from .config import Config
-from .orders import Refusal
+from .outcomes import Refusal, refusal_prompt
 from .service import CallService, Refused
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,6 @@ class AgiServer:
         metrics.CALLS_REFUSED.inc(refused.reason.value)
         # Overloaded: the dialplan rejects a phone still ringing with 503 rather than answering it for a
         # prompt, which would cost an overloaded Asterisk seconds of media per refused call.
-        prompt = self.service.prompt_for(refused.reason)
+        prompt = refusal_prompt(self.config.prompts, refused.reason)
         overloaded = refused.reason is Refusal.OVERLOADED
         await set_var(request, dialplan.REPLY, dialplan.reply_refused(prompt, overloaded=overloaded))

@@ -28,6 +28,7 @@ from .ari import AriClient, AriError, AriNotFound, AriUnavailable, background_re
 from .config import Config, Manager
 from .labels import Label, Labeller
 from .orders import Order
+from .outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
 from .recording_state import END_EVENTS as RECORDING_END_EVENTS
 from .recording_state import EVENTS as RECORDING_EVENTS
 from .recording_state import RecordingState, StoredFile, judge_end_event, judge_file
@@ -89,62 +90,12 @@ TRANSITIONS: dict[CallState, frozenset[CallState]] = {
 }
 
 
-class Outcome(StrEnum):
-    COMPLETED = "completed"
-    CUSTOMER_BUSY = "customer_busy"
-    CUSTOMER_NO_ANSWER = "customer_no_answer"
-    CUSTOMER_UNAVAILABLE = "customer_unavailable"
-    CUSTOMER_CONGESTION = "customer_congestion"
-    CUSTOMER_ABANDONED = "customer_abandoned"
-    MANAGER_ABANDONED = "manager_abandoned"
-    MANAGER_NO_ANSWER = "manager_no_answer"
-    MANAGER_UNAVAILABLE = "manager_unavailable"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
-
 class InvalidTransition(Exception):
     pass
 
 
 class ManagerLegFailed(Exception):
     """The manager's phone could not be called (HTTP path)."""
-
-
-# Q.850 causes of a customer leg that never answered.
-_CAUSE_OUTCOMES = {
-    17: Outcome.CUSTOMER_BUSY,
-    18: Outcome.CUSTOMER_NO_ANSWER,
-    19: Outcome.CUSTOMER_NO_ANSWER,
-    34: Outcome.CUSTOMER_CONGESTION,
-    38: Outcome.CUSTOMER_CONGESTION,
-    41: Outcome.CUSTOMER_CONGESTION,
-    42: Outcome.CUSTOMER_CONGESTION,
-    44: Outcome.CUSTOMER_CONGESTION,
-}
-_DIALSTATUS_OUTCOMES = {
-    "BUSY": Outcome.CUSTOMER_BUSY,
-    "NOANSWER": Outcome.CUSTOMER_NO_ANSWER,
-    "CONGESTION": Outcome.CUSTOMER_CONGESTION,
-    "CHANUNAVAIL": Outcome.CUSTOMER_UNAVAILABLE,
-}
-
-
-# Causes of a manager leg (HTTP path) that was not answered: rang out, declined or busy.
-_MANAGER_NO_ANSWER_CAUSES = {16, 17, 18, 19, 21}
-
-
-def manager_outcome_for_unanswered(cause: int | None) -> Outcome:
-    return Outcome.MANAGER_NO_ANSWER if cause in _MANAGER_NO_ANSWER_CAUSES else Outcome.MANAGER_UNAVAILABLE
-
-
-def outcome_for_unanswered(cause: int | None, dialstatus: str | None) -> Outcome:
-    """Why the customer leg ended before answer, from the Dial status or else the hangup cause."""
-    if dialstatus and dialstatus in _DIALSTATUS_OUTCOMES:
-        return _DIALSTATUS_OUTCOMES[dialstatus]
-    if cause is not None and cause in _CAUSE_OUTCOMES:
-        return _CAUSE_OUTCOMES[cause]
-    return Outcome.CUSTOMER_UNAVAILABLE
 
 
 def manager_leg_id(call_id: str) -> str:
@@ -959,7 +910,7 @@ class CallEngine:
                     return  # wait for the cause, which ChannelDestroyed carries
                 outcome = outcome_for_unanswered(call.hangup_cause, call.dialstatus)
                 log.info("call %s: customer leg ended unanswered: %s", call.id, outcome)
-                await self._refuse(call, outcome, self._prompt_for(outcome))
+                await self._refuse(call, outcome, outcome_prompt(self.config.prompts, outcome))
                 return
             if call.state is CallState.REFUSING:
                 return
@@ -1107,14 +1058,6 @@ class CallEngine:
 
     def _media(self, sounds: str) -> list[str]:
         return [f"sound:{name}" for name in sounds.split("&") if name]
-
-    def _prompt_for(self, outcome: Outcome) -> str:
-        prompts = self.config.prompts
-        return {
-            Outcome.CUSTOMER_BUSY: prompts.busy,
-            Outcome.CUSTOMER_NO_ANSWER: prompts.no_answer,
-            Outcome.CUSTOMER_CONGESTION: prompts.congestion,
-        }.get(outcome, prompts.customer_unavailable)
 
     # -- reconnects ------------------------------------------------------------------------------
 

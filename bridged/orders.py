@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 
 import asyncpg
 
@@ -91,21 +90,6 @@ class OrderDirectory:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-
-
-class Refusal(StrEnum):
-    """Why a call does not go ahead; the values are stable ids (audit rows, HTTP errors)."""
-
-    UNKNOWN_MANAGER = "unknown_manager"
-    INVALID_CODE = "invalid_code"
-    UNKNOWN_ORDER = "unknown_order"
-    DENIED = "denied"
-    LOOKUP_FAILED = "lookup_failed"
-    UNAVAILABLE = "unavailable"
-    OVERLOADED = "overloaded"
-    INVALID_PHONE = "invalid_phone"
-    # bridged's own database did not take the call's row: the call is not placed.
-    DATABASE_UNAVAILABLE = "database_unavailable"
 
 
 def is_valid_code(config: OrdersConfig, code: str) -> bool:

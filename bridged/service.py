@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .calls import CallEngine, CallState, Outcome, PendingCall, customer_leg_id, manager_leg_id, new_call_id
+from .calls import CallEngine, CallState, PendingCall, customer_leg_id, manager_leg_id, new_call_id
 from .config import Config, Manager
 from .deferred import DeferredWrites
-from .orders import LookupFailed, OrderDirectory, Refusal, is_valid_code, may_call
+from .orders import LookupFailed, OrderDirectory, is_valid_code, may_call
+from .outcomes import Outcome, Refusal
 from .redact import redact
 from .store import DatabaseUnavailable, Store
 
@@ -238,17 +239,3 @@ class CallService:
         )
         log.info("call %s refused for %s on order %s: %s", call_id, manager.id, code, reason)
         return Refused(reason, call_id)
-
-    def prompt_for(self, reason: Refusal) -> str:
-        prompts = self.config.prompts
-        return {
-            Refusal.UNKNOWN_MANAGER: prompts.unknown_manager,
-            Refusal.INVALID_CODE: prompts.invalid_code,
-            Refusal.UNKNOWN_ORDER: prompts.unknown_order,
-            Refusal.DENIED: prompts.denied,
-            Refusal.LOOKUP_FAILED: prompts.lookup_failed,
-            Refusal.UNAVAILABLE: prompts.unavailable,
-            Refusal.OVERLOADED: prompts.overloaded,
-            Refusal.INVALID_PHONE: prompts.invalid_phone,
-            Refusal.DATABASE_UNAVAILABLE: prompts.unavailable,
-        }[reason]

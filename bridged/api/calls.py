@@ -20,7 +20,7 @@ from aiohttp import web
 from .. import metrics
 from ..appkeys import CONFIG, ENGINE, SERVICE, STORE
 from ..calls import Call, ManagerLegFailed
-from ..orders import Refusal
+from ..outcomes import Outcome, Refusal
 from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
 from ..service import Refused
 from ..store import CallRow, DatabaseUnavailable
@@ -33,16 +33,11 @@ from .errors import (
     CallNotFound,
     DatabaseDown,
     IdempotencyConflict,
-    InvalidOrderId,
     InvalidRequest,
-    LookupUnavailable,
     ManagerNotRegistered,
-    OrderNotAllowed,
-    Overloaded,
-    TelephonyUnavailable,
-    UnknownManager,
-    UnknownOrder,
     _error,
+    outcome_error,
+    refusal_error,
 )
 from .params import path_id, read_json
 
@@ -55,26 +50,9 @@ InvalidIdempotencyKey = _error(
 IdempotencyInProgress = _error(
     409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being handled"
 )
-ManagerUnavailable = _error(409, "manager_unavailable", "the manager's phone could not be called")
-# The order exists, but its phone value is not a valid number: it is never dialled.
-InvalidPhone = _error(
-    422, "invalid_phone", "the order's phone number is not a valid number; it was not dialled"
-)
 
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ID_MAX = 64
-
-_REFUSAL_ERRORS: dict[Refusal, type[ApiError]] = {
-    Refusal.INVALID_CODE: InvalidOrderId,
-    Refusal.UNKNOWN_ORDER: UnknownOrder,
-    Refusal.DENIED: OrderNotAllowed,
-    Refusal.LOOKUP_FAILED: LookupUnavailable,
-    Refusal.UNAVAILABLE: TelephonyUnavailable,
-    Refusal.OVERLOADED: Overloaded,
-    Refusal.UNKNOWN_MANAGER: UnknownManager,
-    Refusal.INVALID_PHONE: InvalidPhone,
-    Refusal.DATABASE_UNAVAILABLE: DatabaseDown,
-}
 
 
 def _iso(value: Any) -> str | None:
@@ -131,9 +109,9 @@ async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple
     manager = config.manager_by_id(manager_id)
     if manager is None:
         await service.audit_refusal(actor=actor, reason="unknown_manager")
-        raise UnknownManager()
+        raise refusal_error(Refusal.UNKNOWN_MANAGER)
     if not service.is_connected():
-        raise TelephonyUnavailable()
+        raise refusal_error(Refusal.UNAVAILABLE)
     # Before anyone is dialled: a phone that is not registered would only ring into the void. (Not while
     # Asterisk is behind: the request below refuses the call without another ARI request.)
     if not service.overloaded() and not await service.manager_reachable(manager):
@@ -146,11 +124,11 @@ async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple
     )
     if isinstance(result, Refused):
         metrics.CALLS_REFUSED.inc(result.reason.value)
-        raise _REFUSAL_ERRORS[result.reason]()
+        raise refusal_error(result.reason)
     try:
         call = await request.app[ENGINE].start_api_call(result)
     except ManagerLegFailed:
-        raise ManagerUnavailable(details={"call_id": result.call_id}) from None
+        raise outcome_error(Outcome.MANAGER_UNAVAILABLE, details={"call_id": result.call_id}) from None
     try:
         row = await request.app[STORE].get_call(call.id)
     except DatabaseUnavailable:

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..outcomes import OUTCOME_ERRORS, REFUSALS, HttpError, Outcome, Refusal
 from ..store import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -63,30 +64,30 @@ InvalidRequest = _error(422, "invalid_request", "the request is not valid")
 RequestTimeout = _error(408, "request_timeout", "the request body did not arrive in time", close=True)
 BodyTooLarge = _error(413, "body_too_large", "the request body is too large")
 UnsupportedMediaType = _error(415, "unsupported_media_type", "send application/json")
-UnknownManager = _error(404, "unknown_manager", "no such manager")
-UnknownOrder = _error(404, "unknown_order", "no such order")
-InvalidOrderId = _error(422, "invalid_order_id", "the order id is not well-formed")
-OrderNotAllowed = _error(403, "order_not_allowed", "this manager may not call this order's customer")
 ManagerNotRegistered = _error(409, "manager_not_registered", "the manager's phone is not registered")
 CallNotFound = _error(404, "call_not_found", "no such call")
 CallEnded = _error(409, "call_ended", "the call has already ended")
 IdempotencyConflict = _error(
     422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
 )
-LookupUnavailable = _error(
-    503, "order_lookup_failed", "the shop's order database did not answer", retry_after=5
-)
-TelephonyUnavailable = _error(503, "telephony_unavailable", "Asterisk is not connected", retry_after=5)
-DatabaseDown = _error(
-    503, "database_unavailable", "bridged's database did not answer; try again shortly", retry_after=5
-)
-# The guard lets calls through again as soon as Asterisk has caught up, within a second or two.
-Overloaded = _error(
-    503,
-    "overloaded",
-    "Asterisk is behind on bridged's requests; try again in a few seconds",
-    retry_after=2,
-)
+
+
+def _from(http: HttpError) -> type[ApiError]:
+    return _error(http.status, http.error_id, http.message, retry_after=http.retry_after)
+
+
+# A refused call and the one outcome that fails a POST, as bridged.outcomes says.
+_REFUSAL_ERRORS = {reason: _from(meaning.http) for reason, meaning in REFUSALS.items()}
+_OUTCOME_ERRORS = {outcome: _from(http) for outcome, http in OUTCOME_ERRORS.items()}
+DatabaseDown = _REFUSAL_ERRORS[Refusal.DATABASE_UNAVAILABLE]
+
+
+def refusal_error(reason: Refusal, *, details: dict[str, Any] | None = None) -> ApiError:
+    return _REFUSAL_ERRORS[reason](details=details)
+
+
+def outcome_error(outcome: Outcome, *, details: dict[str, Any] | None = None) -> ApiError:
+    return _OUTCOME_ERRORS[outcome](details=details)
 
 
 class InvalidParameter(ApiError):

@@ -14,8 +14,7 @@ from importlib import resources
 from aiohttp import web
 
 from ..appkeys import CONFIG
-from ..calls import Outcome
-from ..orders import Refusal
+from ..outcomes import Outcome, Refusal
 
 STATIC = resources.files("bridged.ops") / "static"
 

@@ -13,8 +13,8 @@ from bridged import metrics
 from bridged.agi import AgiServer
 from bridged.calls import PendingCall
 from bridged.config import AgiConfig, Config, Manager
-from bridged.orders import Refusal
-from bridged.service import CallService, Refused
+from bridged.outcomes import Refusal
+from bridged.service import Refused
 from tests.unit.fakes import make_config, make_label, make_order, wait_until
 
 CALL_ID = "c0ffeec0ffee"
@@ -56,9 +56,6 @@ class FakeService:
             manager_channel_id=manager_channel_id,
             label=make_label(code, "Ivan Petrov"),
         )
-
-    def prompt_for(self, reason: Refusal) -> str:
-        return CallService.prompt_for(self, reason)  # type: ignore[arg-type]
 
 
 class TrackedAgiServer(AgiServer):

@@ -23,12 +23,10 @@ from bridged.calls import (
     CallEngine,
     CallState,
     InvalidTransition,
-    Outcome,
     PendingCall,
     caller_number,
-    outcome_for_unanswered,
 )
-from bridged.config import Config, Prompts, RecordingConfig
+from bridged.config import Config, RecordingConfig
 from bridged.redact import digits
 from bridged.store import Store
 from tests.unit.fakes import (
@@ -464,13 +462,6 @@ async def test_unanswered_outcomes(
     row = await env.ended("call-a")
     assert row["outcome"] == outcome
     assert row["hangup_cause"] == cause
-
-
-def test_outcome_for_unanswered_prefers_dialstatus() -> None:
-    assert outcome_for_unanswered(17, "NOANSWER") is Outcome.CUSTOMER_NO_ANSWER
-    assert outcome_for_unanswered(19, "RINGING") is Outcome.CUSTOMER_NO_ANSWER
-    assert outcome_for_unanswered(None, None) is Outcome.CUSTOMER_UNAVAILABLE
-    assert outcome_for_unanswered(16, "") is Outcome.CUSTOMER_UNAVAILABLE
 
 
 # -- (f) the customer leg cannot be originated -------------------------------------------------------
@@ -1013,8 +1004,6 @@ async def test_slow_hangup_of_one_call_does_not_block_another(env: Env) -> None:
 def test_prompts_are_media_lists() -> None:
     engine = CallEngine(make_config(), FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
     assert engine._media("a&b&&c") == ["sound:a", "sound:b", "sound:c"]
-    assert engine._prompt_for(Outcome.CUSTOMER_BUSY) == Prompts().busy
-    assert engine._prompt_for(Outcome.FAILED) == Prompts().customer_unavailable
 
 
 async def test_label_of_an_adopted_call_has_no_customer_name(env: Env) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from bridged import metrics
 from bridged.deferred import DeferredWrites
-from bridged.orders import Refusal
+from bridged.outcomes import Refusal, refusal_prompt
 from bridged.service import Refused
 from bridged.store import DatabaseUnavailable, Store
 
@@ -180,7 +180,7 @@ async def test_a_call_whose_row_cannot_be_written_is_refused_and_its_row_written
         manager(env.config), "123", direction="phone", manager_channel_id="m-1"
     )
     assert isinstance(result, Refused) and result.reason is Refusal.DATABASE_UNAVAILABLE
-    assert env.service.prompt_for(result.reason) == env.config.prompts.unavailable
+    assert refusal_prompt(env.config.prompts, result.reason) == env.config.prompts.unavailable
     assert env.engine._pending == {}  # the engine is never told about a call without a row
     # Tried once (the call's own row), and the refusal's row not tried again at once.
     assert env.store.refused == ["insert_call_audited"]

@@ -11,7 +11,8 @@ import pytest
 from bridged.ari import AriUnavailable
 from bridged.calls import CallEngine, PendingCall
 from bridged.config import Config
-from bridged.orders import LookupFailed, Order, Refusal, is_valid_code, may_call
+from bridged.orders import LookupFailed, Order, is_valid_code, may_call
+from bridged.outcomes import Refusal, refusal_prompt
 from bridged.redact import digits
 from bridged.service import CallService, Refused, shed_share
 from tests.unit.fakes import NUMBER_TAIL, FakeAri, FakeStore, make_config, make_order, manager
@@ -158,7 +159,7 @@ async def test_an_order_without_a_valid_number_is_refused_and_nobody_is_dialled(
     _refused_row(env, result, Refusal.INVALID_PHONE, "321")
     assert env.engine.ari.named("originate") == []
     assert (
-        env.service.prompt_for(Refusal.INVALID_PHONE)
+        refusal_prompt(env.config.prompts, Refusal.INVALID_PHONE)
         == env.config.prompts.invalid_phone
         == ("cannot-complete-as-dialed")
     )
@@ -238,7 +239,7 @@ async def test_asterisk_behind_on_requests_refuses_new_calls_until_it_catches_up
     result = await env.service.request(anna, "123", direction="phone", manager_channel_id="m-1")
     _refused_row(env, result, Refusal.OVERLOADED, "123")
     assert env.directory.lookups == ["123"]  # the first call's only: refused before any work
-    assert env.service.prompt_for(Refusal.OVERLOADED) == env.config.prompts.overloaded
+    assert refusal_prompt(env.config.prompts, Refusal.OVERLOADED) == env.config.prompts.overloaded
     # Asterisk catches up: calls go ahead again.
     for task in held_requests:
         task.cancel()
@@ -341,24 +342,6 @@ async def test_unknown_manager_is_audited(env: Env) -> None:
     assert env.store.audits[-1]["reason"] == "unknown_manager"
     assert env.service.manager_for_endpoint("boris") == manager(env.config, "boris")
     assert env.service.manager_for_endpoint("mallory") is None
-
-
-def test_every_refusal_has_a_prompt() -> None:
-    e = _env()
-    prompts = {reason: e.service.prompt_for(reason) for reason in Refusal}
-    assert prompts[Refusal.DENIED] == e.config.prompts.denied
-    assert prompts[Refusal.INVALID_CODE] == e.config.prompts.invalid_code
-    assert all(prompts.values())
-
-
-def test_every_refusal_has_an_http_error_with_a_stable_id() -> None:
-    from bridged.api.calls import _REFUSAL_ERRORS
-
-    assert set(_REFUSAL_ERRORS) == set(Refusal)
-    ids = [error.error_id for error in _REFUSAL_ERRORS.values()]
-    assert len(set(ids)) == len(ids)
-    overloaded = _REFUSAL_ERRORS[Refusal.OVERLOADED]
-    assert (overloaded.status, overloaded.error_id) == (503, "overloaded")
 
 
 async def test_hanging_up_while_keying_the_code_is_an_audited_attempt(env: Env) -> None:

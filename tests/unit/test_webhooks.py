@@ -6,8 +6,9 @@ import asyncio
 import hashlib
 import hmac
 
-from bridged.calls import Call, CallState, Outcome
+from bridged.calls import Call, CallState
 from bridged.config import WebhookConfig
+from bridged.outcomes import Outcome
 from bridged.webhooks import WebhookSink, api_state, backoff, sign, verify
 
 from .fakes import make_config, make_label, make_order
