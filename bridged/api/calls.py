@@ -109,15 +109,18 @@ async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple
     manager = config.manager_by_id(manager_id)
     if manager is None:
         await service.audit_refusal(actor=actor, reason="unknown_manager")
+        metrics.CALLS_REFUSED.inc(Refusal.UNKNOWN_MANAGER.value)
+        log.info("call refused for %s: unknown manager", actor)
         raise refusal_error(Refusal.UNKNOWN_MANAGER)
-    if not service.is_connected():
-        raise refusal_error(Refusal.UNAVAILABLE)
     # Before anyone is dialled: a phone that is not registered would only ring into the void. (Not while
-    # Asterisk is behind: the request below refuses the call without another ARI request.)
-    if not service.overloaded() and not await service.manager_reachable(manager):
+    # Asterisk is away or behind: the request below refuses the call, with its row, without another ARI
+    # request.)
+    if service.is_connected() and not service.overloaded() and not await service.manager_reachable(manager):
         await service.audit_refusal(
             actor=actor, reason="manager_not_registered", details={"manager_id": manager.id}
         )
+        metrics.CALLS_REFUSED.inc("manager_not_registered")
+        log.info("call refused for %s: manager %s's phone is not registered", actor, manager.id)
         raise ManagerNotRegistered()
     result = await service.request(
         manager, order_id, direction="api", manager_channel_id=None, actor=actor, created_by=who.name

@@ -188,3 +188,43 @@ async def test_reads_while_bridgeds_database_is_away_are_503(served: Any) -> Non
             "database_unavailable",
             "5",
         )
+
+
+async def test_a_call_refused_while_asterisk_is_away_gets_its_row_audit_and_count(served: Any) -> None:
+    # As on the phone path: a refused attempt on a well-formed order is a call attempt with its row.
+    client, ari, store = served
+    client.server.app[SERVICE].is_connected = lambda: False
+    refused = metrics.CALLS_REFUSED.value("unavailable")
+    resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth())
+    body = await resp.json()
+    assert (resp.status, body["error"]["id"], resp.headers["Retry-After"]) == (
+        503,
+        "telephony_unavailable",
+        "5",
+    )
+    assert ari.calls == []  # no registration check either
+    [row] = store.rows.values()
+    assert (row["outcome"], row["direction"], row["created_by"]) == ("unavailable", "api", "shop-1")
+    assert [(a["actor"], a["outcome"], a["reason"]) for a in store.audits] == [
+        ("token:shop-1", "refused", "unavailable")
+    ]
+    assert metrics.CALLS_REFUSED.value("unavailable") == refused + 1
+
+
+async def test_an_unknown_manager_or_unregistered_phone_is_a_counted_refusal(served: Any) -> None:
+    client, ari, store = served
+    unknown = metrics.CALLS_REFUSED.value("unknown_manager")
+    resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "nobody"}, headers=auth())
+    assert (resp.status, (await resp.json())["error"]["id"]) == (404, "unknown_manager")
+    assert metrics.CALLS_REFUSED.value("unknown_manager") == unknown + 1
+
+    async def offline(tech: str, resource: str) -> dict[str, Any]:
+        return {"technology": tech, "resource": resource, "state": "offline", "channel_ids": []}
+
+    ari.get_endpoint = offline
+    unregistered = metrics.CALLS_REFUSED.value("manager_not_registered")
+    resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth())
+    assert (resp.status, (await resp.json())["error"]["id"]) == (409, "manager_not_registered")
+    assert metrics.CALLS_REFUSED.value("manager_not_registered") == unregistered + 1
+    assert [a["reason"] for a in store.audits] == ["unknown_manager", "manager_not_registered"]
+    assert store.rows == {}  # no order was looked up: these are audited attempts without a call row
