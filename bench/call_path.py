@@ -159,7 +159,7 @@ async def walk() -> ReadingOrder:
     order = {"phone": NUMBER, "customer_name": "Ivan Petrov", "manager_id": "anna"}
     directory._pool = _Pool(ended, order)
     engine = CallEngine(config, ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
-    service = CallService(config, store, directory, engine, is_connected=lambda: True)
+    service = CallService(config, store, directory, engine, accepting_calls=lambda: True)
     agi = AgiServer(config, service)
     await agi.start()
     assert agi._server is not None

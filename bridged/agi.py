@@ -14,7 +14,7 @@ from typing import Any
 
 from panoramisk.fast_agi import Application, Request
 
-from . import dialplan, metrics
+from . import dialplan
 from .config import Config
 from .outcomes import Refusal, refusal_prompt
 from .service import CallService, Refused
@@ -133,31 +133,32 @@ class AgiServer:
 
     async def order(self, request: Request) -> None:
         headers = request.headers
-        channel_id = headers.get("agi_uniqueid") or None
         # The channel name gives the endpoint without a round trip; CHANNEL(endpoint) is the fallback.
         endpoint = _endpoint_from_channel(headers.get("agi_channel", "")) or await get_var(
             request, "CHANNEL(endpoint)"
         )
-        manager = self.service.manager_for_endpoint(endpoint)
-        if manager is None:
-            refused = await self.service.refuse_unknown_manager(endpoint or "?")
-            await self._refused(request, refused)
-            return
-        code = headers.get("agi_arg_1", "").strip()
-        if not code:
+
+        async def read_code() -> str | None:
             try:
-                code = await self._read_code(request)
+                return await self._read_code(request)
             except ManagerHungUp:
-                await self.service.abandoned_while_keying(manager)
-                return
-        outcome = await self.service.request(manager, code, direction="phone", manager_channel_id=channel_id)
-        if isinstance(outcome, Refused):
-            await self._refused(request, outcome)
+                return None
+
+        placed = await self.service.place_from_phone(
+            endpoint,
+            headers.get("agi_arg_1", "").strip(),
+            headers.get("agi_uniqueid") or None,
+            read_code=read_code,
+        )
+        if placed is None:
+            return  # the manager hung up while keying the code in
+        if isinstance(placed, Refused):
+            await self._refused(request, placed)
             return
         # The dialplan sets the label, the manager's connected line and the CONNECTED_LINE_SEND_SUB
         # interception from this answer before the channel enters Stasis.
-        stasis_args = f"{self.config.ari.app},{dialplan.app_args(dialplan.Leg.ORDER, outcome.call_id)}"
-        await set_var(request, dialplan.REPLY, dialplan.reply_ok(stasis_args, outcome.label_caller_id))
+        stasis_args = f"{self.config.ari.app},{dialplan.app_args(dialplan.Leg.ORDER, placed.call_id)}"
+        await set_var(request, dialplan.REPLY, dialplan.reply_ok(stasis_args, placed.label_caller_id))
 
     async def _read_code(self, request: Request) -> str:
         """The order code keyed in after ``*77`` (``""`` when none came in time).
@@ -179,7 +180,6 @@ class AgiServer:
         return "" if code in ("-1", "(timeout)") else code
 
     async def _refused(self, request: Request, refused: Refused) -> None:
-        metrics.CALLS_REFUSED.inc(refused.reason.value)
         # Overloaded: the dialplan rejects a phone still ringing with 503 rather than answering it for a
         # prompt, which would cost an overloaded Asterisk seconds of media per refused call.
         prompt = refusal_prompt(self.config.prompts, refused.reason)

@@ -171,7 +171,7 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
     )
     holder["events"] = events
     directory = OrderDirectory(config.orders)
-    service = CallService(config, app[STORE], directory, engine, is_connected=accepting)
+    service = CallService(config, app[STORE], directory, engine, accepting_calls=accepting)
     app[ENGINE] = engine
     app[SERVICE] = service
     app[EVENTS] = events

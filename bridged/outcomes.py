@@ -19,6 +19,8 @@ class Refusal(StrEnum):
     """Why a call does not go ahead; the values are stable ids (audit rows, call rows, metrics)."""
 
     UNKNOWN_MANAGER = "unknown_manager"
+    # HTTP path: the manager's phone is not registered (it would only ring into the void).
+    MANAGER_NOT_REGISTERED = "manager_not_registered"
     INVALID_CODE = "invalid_code"
     UNKNOWN_ORDER = "unknown_order"
     DENIED = "denied"
@@ -64,6 +66,10 @@ class RefusalMeaning:
 REFUSALS: dict[Refusal, RefusalMeaning] = {
     Refusal.UNKNOWN_MANAGER: RefusalMeaning(
         "unknown_manager", HttpError(404, "unknown_manager", "no such manager")
+    ),
+    # Only the HTTP path refuses this one (a phone that dialled is registered); its prompt is for form's sake.
+    Refusal.MANAGER_NOT_REGISTERED: RefusalMeaning(
+        "unavailable", HttpError(409, "manager_not_registered", "the manager's phone is not registered")
     ),
     Refusal.INVALID_CODE: RefusalMeaning(
         "invalid_code", HttpError(422, "invalid_order_id", "the order id is not well-formed")

@@ -7,51 +7,25 @@ rows and audit trail. No response carries a customer's number.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import re
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from .. import metrics
-from ..appkeys import CONFIG, ENGINE, SERVICE, STORE
-from ..calls import Call, ManagerLegFailed
-from ..outcomes import Outcome, Refusal
+from ..appkeys import CONFIG, SERVICE, STORE
+from ..calls import Call
 from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
-from ..service import Refused
+from ..service import NotStarted, Refused
 from ..store import CallRow, DatabaseUnavailable
 from ..webhooks import api_state
-from . import openapi
+from . import idempotency, openapi
 from .auth import Principal, principal, requires
-from .errors import (
-    ApiError,
-    CallEnded,
-    CallNotFound,
-    DatabaseDown,
-    IdempotencyConflict,
-    InvalidRequest,
-    ManagerNotRegistered,
-    _error,
-    outcome_error,
-    refusal_error,
-)
+from .errors import ApiError, CallEnded, CallNotFound, InvalidRequest, outcome_error, refusal_error
 from .params import path_id, read_json
 
 log = logging.getLogger(__name__)
 
-
-InvalidIdempotencyKey = _error(
-    422, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters"
-)
-IdempotencyInProgress = _error(
-    409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being handled"
-)
-
-_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ID_MAX = 64
 
 
@@ -97,46 +71,18 @@ def _parse_create(body: Any) -> tuple[str, str]:
     return values["order_id"], values["manager_id"]
 
 
-def _actor(who: Principal) -> str:
-    return f"token:{who.name}"
-
-
 async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple[int, dict[str, Any]]:
-    config = request.app[CONFIG]
-    service = request.app[SERVICE]
     who = principal(request)
-    actor = _actor(who)
-    manager = config.manager_by_id(manager_id)
-    if manager is None:
-        await service.audit_refusal(actor=actor, reason="unknown_manager")
-        metrics.CALLS_REFUSED.inc(Refusal.UNKNOWN_MANAGER.value)
-        log.info("call refused for %s: unknown manager", actor)
-        raise refusal_error(Refusal.UNKNOWN_MANAGER)
-    # Before anyone is dialled: a phone that is not registered would only ring into the void. (Not while
-    # Asterisk is away or behind: the request below refuses the call, with its row, without another ARI
-    # request.)
-    if service.is_connected() and not service.overloaded() and not await service.manager_reachable(manager):
-        await service.audit_refusal(
-            actor=actor, reason="manager_not_registered", details={"manager_id": manager.id}
-        )
-        metrics.CALLS_REFUSED.inc("manager_not_registered")
-        log.info("call refused for %s: manager %s's phone is not registered", actor, manager.id)
-        raise ManagerNotRegistered()
-    result = await service.request(
-        manager, order_id, direction="api", manager_channel_id=None, actor=actor, created_by=who.name
-    )
-    if isinstance(result, Refused):
-        metrics.CALLS_REFUSED.inc(result.reason.value)
-        raise refusal_error(result.reason)
+    placed = await request.app[SERVICE].place_from_api(who.name, manager_id, order_id)
+    if isinstance(placed, Refused):
+        raise refusal_error(placed.reason)
+    if isinstance(placed, NotStarted):
+        raise outcome_error(placed.outcome, details={"call_id": placed.call_id})
     try:
-        call = await request.app[ENGINE].start_api_call(result)
-    except ManagerLegFailed:
-        raise outcome_error(Outcome.MANAGER_UNAVAILABLE, details={"call_id": result.call_id}) from None
-    try:
-        row = await request.app[STORE].get_call(call.id)
+        row = await request.app[STORE].get_call(placed.id)
     except DatabaseUnavailable:
         row = None  # gone since the row was written: the call rings all the same
-    return 202, call_json(row or _live_row(call, who))
+    return 202, call_json(row or _live_row(placed, who))
 
 
 def _live_row(call: Call, who: Principal) -> CallRow:
@@ -165,62 +111,30 @@ def _live_row(call: Call, who: Principal) -> CallRow:
 @requires("calls.create")
 async def create_call(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not _KEY_RE.match(key):
-        raise InvalidIdempotencyKey()
+    key = idempotency.key_of(request)
     body = await read_json(request, config.api.max_body_bytes)
     order_id, manager_id = _parse_create(body)
     if key is None:
         status, payload = await _create(request, order_id, manager_id)
         return _created(status, payload)
-
-    store = request.app[STORE]
     who = principal(request)
-    request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    try:
-        claimed, first_hash, first_status, first_response = await store.claim_idempotency_key(
-            who.name, key, request_hash, keep_hours=config.api.idempotency_hours
-        )
-    except DatabaseUnavailable as exc:
+    first = await idempotency.claim(request, who.name, key, body)
+    if isinstance(first, idempotency.Unrecorded):
         # Without the key's record a retry could ring twice: refused like any attempt without its row.
-        log.warning("call request by %s refused: bridged's database is unavailable (%s)", who.name, exc)
-        metrics.CALLS_REFUSED.inc(Refusal.DATABASE_UNAVAILABLE.value)
-        await request.app[SERVICE].audit_refusal(
-            actor=_actor(who), reason=Refusal.DATABASE_UNAVAILABLE.value, details={"manager_id": manager_id}
-        )
-        raise DatabaseDown() from None
-    if not claimed:
-        if first_hash != request_hash:
-            raise IdempotencyConflict()
-        if first_status is None:
-            raise IdempotencyInProgress()
-        return _created(first_status, first_response, replayed=True)
+        refused = await request.app[SERVICE].refuse_unrecorded(who.name, manager_id)
+        raise refusal_error(refused.reason)
+    if first is not None:
+        return _created(*first, replayed=True)
     try:
         status, payload = await _create(request, order_id, manager_id)
     except ApiError as exc:
         status, payload = exc.status, exc.body()
     except BaseException:
-        await _settle_key(request, who, key, None, None)
+        await idempotency.settle(request, who.name, key, None, None)
         raise
     # A transient failure is not remembered: the retry may succeed.
-    await _settle_key(request, who, key, *((None, None) if status >= 500 else (status, payload)))
+    await idempotency.settle(request, who.name, key, *((None, None) if status >= 500 else (status, payload)))
     return _created(status, payload)
-
-
-async def _settle_key(
-    request: web.Request, who: Principal, key: str, status: int | None, payload: dict[str, Any] | None
-) -> None:
-    """Remember the answer for the key, or (``status`` None) release it. Kept and written later if
-    bridged's database is away: until then a retry is told the first request is still being handled."""
-    store = request.app[STORE]
-
-    def write() -> Awaitable[None]:
-        if status is None:
-            return store.release_idempotency_key(who.name, key)
-        return store.store_idempotent_response(who.name, key, status, payload)
-
-    what = "Idempotency-Key release" if status is None else "Idempotency-Key answer"
-    await request.app[SERVICE].deferred.write(what, write)
 
 
 def _created(status: int, payload: dict[str, Any], *, replayed: bool = False) -> web.Response:
@@ -256,17 +170,10 @@ async def end_call(request: web.Request) -> web.StreamResponse:
     row = await _visible_call(request)
     if row.state == "ended":
         raise CallEnded()
-    who = principal(request)
-    if not request.app[ENGINE].terminate(row.id):
+    if not await request.app[SERVICE].end_from_api(principal(request).name, row.id):
         raise CallEnded("the call is not live on this daemon")
     store = request.app[STORE]
     call_id = row.id
-    await request.app[SERVICE].deferred.write(
-        f"call {call_id} end request audit row",
-        lambda: store.audit(
-            actor=_actor(who), action="call.end_requested", outcome="accepted", call_id=call_id
-        ),
-    )
     # Answer with the ended call when that is quick (it normally takes a few milliseconds).
     try:
         for _ in range(40):

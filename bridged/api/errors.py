@@ -64,11 +64,16 @@ InvalidRequest = _error(422, "invalid_request", "the request is not valid")
 RequestTimeout = _error(408, "request_timeout", "the request body did not arrive in time", close=True)
 BodyTooLarge = _error(413, "body_too_large", "the request body is too large")
 UnsupportedMediaType = _error(415, "unsupported_media_type", "send application/json")
-ManagerNotRegistered = _error(409, "manager_not_registered", "the manager's phone is not registered")
 CallNotFound = _error(404, "call_not_found", "no such call")
 CallEnded = _error(409, "call_ended", "the call has already ended")
 IdempotencyConflict = _error(
     422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
+)
+InvalidIdempotencyKey = _error(
+    422, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters"
+)
+IdempotencyInProgress = _error(
+    409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being handled"
 )
 
 

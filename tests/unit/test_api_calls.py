@@ -44,7 +44,7 @@ async def served() -> AsyncIterator[tuple[TestClient, FakeAri, DownStore]]:
     ari, store = FakeAri(), DownStore()
     engine = CallEngine(config, ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
     directory = FakeDirectory({"123": make_order("123", manager_id="anna")})
-    service = CallService(config, store, directory, engine, is_connected=lambda: True)  # type: ignore[arg-type]
+    service = CallService(config, store, directory, engine, accepting_calls=lambda: True)  # type: ignore[arg-type]
     app = web.Application(middlewares=[error_middleware])
     app[CONFIG] = config
     app[STORE] = store  # type: ignore[assignment]
@@ -193,7 +193,7 @@ async def test_reads_while_bridgeds_database_is_away_are_503(served: Any) -> Non
 async def test_a_call_refused_while_asterisk_is_away_gets_its_row_audit_and_count(served: Any) -> None:
     # As on the phone path: a refused attempt on a well-formed order is a call attempt with its row.
     client, ari, store = served
-    client.server.app[SERVICE].is_connected = lambda: False
+    client.server.app[SERVICE].accepting_calls = lambda: False
     refused = metrics.CALLS_REFUSED.value("unavailable")
     resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth())
     body = await resp.json()

@@ -17,8 +17,8 @@ from bridged.outcomes import Refusal, refusal_prompt
 from bridged.service import Refused
 from bridged.store import DatabaseUnavailable, Store
 
-from .fakes import DownStore, manager, wait_until
-from .test_service import _env
+from .fakes import DownStore, wait_until
+from .test_service import _env, _no_code
 
 
 class BrokenPool:
@@ -176,9 +176,7 @@ async def test_a_call_whose_row_cannot_be_written_is_refused_and_its_row_written
     env = _down_env()
     env.store.down = True
     before = datetime.now(UTC)
-    result = await env.service.request(
-        manager(env.config), "123", direction="phone", manager_channel_id="m-1"
-    )
+    result = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(result, Refused) and result.reason is Refusal.DATABASE_UNAVAILABLE
     assert refusal_prompt(env.config.prompts, result.reason) == env.config.prompts.unavailable
     assert env.engine._pending == {}  # the engine is never told about a call without a row
@@ -205,7 +203,7 @@ async def test_a_refusal_while_the_database_is_away_keeps_its_reason_and_its_row
 ) -> None:
     env = _down_env()
     env.store.down = True
-    result = await env.service.request(manager(env.config), code, direction="phone", manager_channel_id="m-1")
+    result = await env.service.place_from_phone("anna", code, "m-1", read_code=_no_code)
     assert isinstance(result, Refused) and result.reason is reason  # the manager hears the real reason
     env.store.down = False
     await wait_until(lambda: env.store.audits)
@@ -216,7 +214,8 @@ async def test_a_refusal_while_the_database_is_away_keeps_its_reason_and_its_row
 async def test_an_unknown_endpoint_while_the_database_is_away() -> None:
     env = _down_env()
     env.store.down = True
-    assert (await env.service.refuse_unknown_manager("mallory")).reason is Refusal.UNKNOWN_MANAGER
+    refused = await env.service.place_from_phone("mallory", "123", "m-1", read_code=_no_code)
+    assert isinstance(refused, Refused) and refused.reason is Refusal.UNKNOWN_MANAGER
     env.store.down = False
     await wait_until(lambda: env.store.audits)
     assert env.store.audits[0]["actor"] == "endpoint:mallory"
@@ -227,7 +226,7 @@ async def test_close_gives_kept_rows_a_last_try() -> None:
     env = _down_env()
     env.service.deferred = DeferredWrites(delays=(60.0,))
     env.store.down = True
-    await env.service.request(manager(env.config), "999", direction="phone", manager_channel_id="m-1")
+    await env.service.place_from_phone("anna", "999", "m-1", read_code=_no_code)
     env.store.down = False
     await env.service.close()
     assert [r["outcome"] for r in env.store.rows.values()] == ["unknown_order"]
