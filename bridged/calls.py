@@ -693,9 +693,12 @@ class CallEngine:
         except AriError as exc:
             log.warning("call %s: manager leg could not be originated: %s", call.id, exc)
             call.ended_by = "bridged"
+            # Taken from the call first: _finish answers a waiting POST with the ended call, and this
+            # one is to be answered with the failure (once the row has ended).
+            started, call.started = call.started, None
             await self._finish(call, Outcome.MANAGER_UNAVAILABLE)
-            if not call.started.done():
-                call.started.set_exception(ManagerLegFailed(str(exc)))
+            if not started.done():
+                started.set_exception(ManagerLegFailed(str(exc)))
             return
         if not call.started.done():
             call.started.set_result(None)

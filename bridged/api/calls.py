@@ -282,6 +282,12 @@ openapi.register(
                     "responses": {
                         "202": {"description": "the manager's phone is ringing", "content": _CALL},
                         **openapi.error_responses(400, 404, 408, 409, 413, 415, 422, 503),
+                        "409": {
+                            **openapi.error_responses(409)["409"],
+                            "description": "idempotency_key_in_use, manager_not_registered, or "
+                            "manager_unavailable (the manager's phone could not be called: the call, named "
+                            "in details.call_id, has ended)",
+                        },
                         "422": {
                             **openapi.error_responses(422)["422"],
                             "description": "invalid_request, invalid_order_id, invalid_idempotency_key, "

@@ -18,6 +18,7 @@ from bridged.api import calls as api_calls
 from bridged.api.auth import TOKENS, TokenRegistry
 from bridged.api.errors import error_middleware
 from bridged.appkeys import CONFIG, ENGINE, SERVICE, STORE
+from bridged.ari import AriUnavailable
 from bridged.calls import CallEngine
 from bridged.config import ApiToken
 from bridged.service import CallService
@@ -228,3 +229,13 @@ async def test_an_unknown_manager_or_unregistered_phone_is_a_counted_refusal(ser
     assert metrics.CALLS_REFUSED.value("manager_not_registered") == unregistered + 1
     assert [a["reason"] for a in store.audits] == ["unknown_manager", "manager_not_registered"]
     assert store.rows == {}  # no order was looked up: these are audited attempts without a call row
+
+
+async def test_a_manager_leg_that_cannot_be_originated_is_409_manager_unavailable(served: Any) -> None:
+    client, ari, store = served
+    ari.errors["originate"] = AriUnavailable("originate", 0, "timed out")
+    resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth())
+    body = await resp.json()
+    assert (resp.status, body["error"]["id"]) == (409, "manager_unavailable"), body
+    row = store.rows[body["error"]["details"]["call_id"]]
+    assert (row["state"], row["outcome"], row["ended_by"]) == ("ended", "manager_unavailable", "bridged")

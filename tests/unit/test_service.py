@@ -13,9 +13,9 @@ from bridged.ari import AriUnavailable
 from bridged.calls import Call, CallEngine, PendingCall
 from bridged.config import Config
 from bridged.orders import LookupFailed, Order, is_valid_code, may_call
-from bridged.outcomes import Refusal, refusal_prompt
+from bridged.outcomes import Outcome, Refusal, refusal_prompt
 from bridged.redact import digits
-from bridged.service import CallService, Refused, shed_share
+from bridged.service import CallService, NotStarted, Refused, shed_share
 from tests.unit.fakes import NUMBER_TAIL, FakeAri, FakeStore, make_config, make_order, manager
 
 
@@ -369,3 +369,11 @@ async def test_hanging_up_while_keying_the_code_is_an_audited_attempt(env: Env) 
             "details": {"manager_id": "anna", "direction": "phone"},
         }
     ]
+
+
+async def test_an_api_call_whose_manager_leg_cannot_be_originated_did_not_start(env: Env) -> None:
+    env.engine.ari.errors["originate"] = AriUnavailable("originate", 0, "timed out")
+    result = await env.service.place_from_api("shop-1", "anna", "123")
+    assert isinstance(result, NotStarted) and result.outcome is Outcome.MANAGER_UNAVAILABLE
+    row = env.store.rows[result.call_id]
+    assert (row["state"], row["outcome"], row["created_by"]) == ("ended", "manager_unavailable", "shop-1")
