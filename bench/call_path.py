@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bridged.agi import AgiServer  # noqa: E402
 from bridged.calls import CallEngine  # noqa: E402
-from bridged.config import AgiConfig  # noqa: E402
+from bridged.config import AgiConfig, ConfigHolder  # noqa: E402, ConfigHolder
 from bridged.orders import OrderDirectory  # noqa: E402
 from bridged.service import CallService  # noqa: E402
 from bridged.store import Store  # noqa: E402
@@ -158,9 +158,10 @@ async def walk() -> ReadingOrder:
     directory = OrderDirectory(config.orders)
     order = {"phone": NUMBER, "customer_name": "Ivan Petrov", "manager_id": "anna"}
     directory._pool = _Pool(ended, order)
-    engine = CallEngine(config, ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
-    service = CallService(config, store, directory, engine, accepting_calls=lambda: True)
-    agi = AgiServer(config, service)
+    holder = ConfigHolder(config)
+    engine = CallEngine(holder, ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
+    service = CallService(holder, store, directory, engine, accepting_calls=lambda: True)
+    agi = AgiServer(holder, service)
     await agi.start()
     assert agi._server is not None
     port = agi._server.sockets[0].getsockname()[1]

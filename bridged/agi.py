@@ -15,7 +15,7 @@ from typing import Any
 from panoramisk.fast_agi import Application, Request
 
 from . import dialplan
-from .config import Config
+from .config import Config, ConfigHolder
 from .outcomes import Refusal, refusal_prompt
 from .service import CallService, Refused
 
@@ -80,12 +80,16 @@ def _endpoint_from_channel(name: str) -> str:
 
 
 class AgiServer:
-    def __init__(self, config: Config, service: CallService) -> None:
-        self.config = config
+    def __init__(self, config: ConfigHolder, service: CallService) -> None:
+        self._config = config
         self.service = service
         self._app = Application()
         self._app.add_route(dialplan.AGI_SCRIPT, self.order)
         self._server: asyncio.Server | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._config.current
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(

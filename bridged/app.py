@@ -24,12 +24,11 @@ from aiohttp import web
 from . import db, metrics, retention
 from .agi import AgiServer
 from .api import routes
-from .api.auth import TOKENS
 from .appkeys import AGI, CONFIG, ENGINE, EVENTS, SERVICE, STORE
 from .ari import AriClient
 from .ari.events import AriEventStream
 from .calls import CallEngine, CallState
-from .config import Config, describe_dsn
+from .config import Config, ConfigHolder, describe_dsn
 from .orders import OrderDirectory
 from .reload import reload_config
 from .service import CallService
@@ -46,7 +45,6 @@ class Lifecycle:
 
     config_path: str | None = None
     draining: bool = False
-    config: Config | None = None  # the config in force, after SIGHUP reloads
 
 
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
@@ -114,7 +112,7 @@ def database_startup_error(exc: BaseException, dsn: str) -> StartupError | None:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
+    config = app[CONFIG].current
     try:
         pool = await db.create_pool(
             config.database.dsn,
@@ -133,7 +131,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _calls(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
+    config = app[CONFIG].current
     # Asterisk's HTTP server serves at most http.conf sessionlimit (default 100) connections, the
     # event websocket included; aiohttp's own default of 100 could take them all under load.
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=ARI_CONNECTIONS))
@@ -153,7 +151,7 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
         # New calls only while connected and not draining (SIGTERM): the service refuses the rest.
         return is_connected() and not app[LIFECYCLE].draining
 
-    engine = CallEngine(config, ari, app[STORE], is_connected=is_connected)
+    engine = CallEngine(app[CONFIG], ari, app[STORE], is_connected=is_connected)
 
     async def on_connect() -> None:
         metrics.ARI_RECONNECTS.inc()
@@ -171,11 +169,11 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
     )
     holder["events"] = events
     directory = OrderDirectory(config.orders)
-    service = CallService(config, app[STORE], directory, engine, accepting_calls=accepting)
+    service = CallService(app[CONFIG], app[STORE], directory, engine, accepting_calls=accepting)
     app[ENGINE] = engine
     app[SERVICE] = service
     app[EVENTS] = events
-    app[AGI] = agi = AgiServer(config, service)
+    app[AGI] = agi = AgiServer(app[CONFIG], service)
     webhooks = WebhookSink(config.webhook, app[STORE], session)
     engine.listeners.append(webhooks.publish)
     webhooks.start()
@@ -221,7 +219,6 @@ _DB_CHECK_TIMEOUT = 1.0
 async def _service(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     life = app[LIFECYCLE]
-    life.config = app[CONFIG]
     notifier = Notifier()
     engine, events = app[ENGINE], app[EVENTS]
     tasks: set[asyncio.Task[None]] = set()
@@ -234,7 +231,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     async def ready() -> None:
         # Type=notify: "started" means the database is migrated (earlier context) and ARI is connected.
         await events.wait_connected(timeout=None)
-        config = app[CONFIG]
+        config = app[CONFIG].current
         log.info("bridged ready (app %s, ARI %s)", config.ari.app, config.ari.url)
         notifier.ready(f"serving app {config.ari.app}")
 
@@ -269,25 +266,17 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         spawn(drain(), "drain")
 
     def apply(config: Config) -> None:
-        life.config = config
-        engine.config = config
-        app[SERVICE].config = config
-        app[AGI].config = config
-        tokens = app.get(TOKENS)  # the HTTP API's registry, when the API is set up
-        if tokens is not None:
-            tokens.replace(config.api.tokens)
-        purger = app.get(retention.RETENTION)
-        if purger is not None:
-            # The config's default; an admin's override over the API (kept in the database) still wins.
-            purger.default_days = config.recording.retention_days
+        # Every component reads the holder's config when it needs a value (the API's tokens, the
+        # retention's default: an admin's override over the API, kept in the database, still wins).
+        app[CONFIG].current = config
 
     def on_sighup() -> None:
-        if life.config_path is None or life.config is None:
+        if life.config_path is None:
             log.warning("SIGHUP ignored: no config file to reload")
             return
         notifier.reloading("reloading managers and tokens")
-        reload_config(life.config_path, life.config, apply)
-        notifier.ready(f"serving app {app[CONFIG].ari.app}")
+        reload_config(life.config_path, app[CONFIG].current, apply)
+        notifier.ready(f"serving app {app[CONFIG].current.ari.app}")
 
     spawn(ready(), "sd-ready")
     if notifier.watchdog_interval:
@@ -357,7 +346,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 def make_app(config: Config, *, config_path: str | None = None) -> web.Application:
     app = web.Application()
-    app[CONFIG] = config
+    app[CONFIG] = ConfigHolder(config)
     app[LIFECYCLE] = Lifecycle(config_path=config_path)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_calls)
@@ -365,5 +354,5 @@ def make_app(config: Config, *, config_path: str | None = None) -> web.Applicati
     app.cleanup_ctx.append(_service)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
-    routes.setup(app, config)
+    routes.setup(app)
     return app

@@ -7,11 +7,11 @@ from aiohttp import web
 from .agi import AgiServer
 from .ari.events import AriEventStream
 from .calls import CallEngine
-from .config import Config
+from .config import ConfigHolder
 from .service import CallService
 from .store import Store
 
-CONFIG = web.AppKey("config", Config)
+CONFIG = web.AppKey("config", ConfigHolder)
 STORE = web.AppKey("store", Store)
 ENGINE = web.AppKey("engine", CallEngine)
 AGI = web.AppKey("agi", AgiServer)

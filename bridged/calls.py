@@ -25,7 +25,7 @@ from typing import Any
 
 from . import dialplan, metrics
 from .ari import AriClient, AriError, AriNotFound, AriUnavailable, background_requests
-from .config import Config, Manager
+from .config import Config, ConfigHolder, Manager
 from .labels import Label, Labeller
 from .orders import Order
 from .outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
@@ -232,19 +232,19 @@ class CallEngine:
 
     def __init__(
         self,
-        config: Config,
+        config: ConfigHolder,
         ari: AriClient,
         store: Store,
         *,
         is_connected: Callable[[], bool],
     ) -> None:
-        self.config = config
+        self._config = config
         self.ari = ari
         self.store = store
         self.is_connected = is_connected
-        self._shop_number = caller_number(config.trunk.caller_id)
+        self._shop_number = caller_number(self.config.trunk.caller_id)
         # The one label builder: the service labels the calls it accepts with it too.
-        self.labeller = Labeller(config.labels.template, config.labels.name_style)
+        self.labeller = Labeller(self.config.labels.template, self.config.labels.name_style)
         self.calls: dict[str, Call] = {}
         self._by_channel: dict[str, Call] = {}
         # Calls by the name of their recording, until its end has been judged (which may be after the call).
@@ -261,6 +261,10 @@ class CallEngine:
         self.reconnects = 0
         # Called with (call, state) after every persisted state change, e.g. to queue webhooks.
         self.listeners: list[Callable[[Call, CallState], None]] = []
+
+    @property
+    def config(self) -> Config:
+        return self._config.current
 
     # -- intake ----------------------------------------------------------------------------------
 

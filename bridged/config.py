@@ -229,6 +229,14 @@ class Config:
         return None
 
 
+class ConfigHolder:
+    """The config in force. Components keep the holder and read ``current`` when they need a value, so a
+    SIGHUP reload (bridged.reload) reaches every one of them with one assignment."""
+
+    def __init__(self, config: Config) -> None:
+        self.current = config
+
+
 class _Problems:
     """Every problem found in one file, the first one per key (a bad value is reported once, not again
     by each check that reads its stand-in)."""

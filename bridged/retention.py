@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -36,9 +36,10 @@ class RetentionPolicy:
 
 
 class Retention:
-    def __init__(self, store: Store, source: RecordingSource, default_days: int | None) -> None:
+    def __init__(self, store: Store, source: RecordingSource, default_days: Callable[[], int | None]) -> None:
         self.store = store
         self.source = source
+        # The config's retention (the config in force's, after reloads): what an API setting overrides.
         self.default_days = default_days
         # One pass at a time: the schedule and an admin's "purge now" may meet.
         self._lock = asyncio.Lock()
@@ -46,7 +47,7 @@ class Retention:
     async def policy(self) -> RetentionPolicy:
         setting = await self.store.get_setting(RETENTION_KEY)
         if setting is None:
-            return RetentionPolicy(self.default_days, "config")
+            return RetentionPolicy(self.default_days(), "config")
         return RetentionPolicy(setting.value, "api", setting.updated_at, setting.updated_by)
 
     async def set_days(self, days: int | None, *, actor: str) -> RetentionPolicy:
@@ -59,7 +60,7 @@ class Retention:
     async def reset(self, *, actor: str) -> RetentionPolicy:
         await self.store.delete_setting(RETENTION_KEY, actor=actor, audit_action="retention.change")
         log.info("retention reset to the config default by %s", actor)
-        return RetentionPolicy(self.default_days, "config")
+        return RetentionPolicy(self.default_days(), "config")
 
     async def purge(self, now: datetime | None = None) -> int:
         """Delete every recording past the retention; the number purged."""
@@ -110,13 +111,13 @@ RETENTION = web.AppKey("retention", Retention)
 
 async def context(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the recording source for the review API and the scheduled retention pass."""
-    config = app[CONFIG].recording
+    config = app[CONFIG].current.recording
     source: RecordingSource
     if config.source == "folder" and config.folder is not None:
         source = FolderRecordings(config.folder, config.format)
     else:
         source = AriRecordings(app[ENGINE].ari)
-    retention = Retention(app[STORE], source, config.retention_days)
+    retention = Retention(app[STORE], source, lambda: app[CONFIG].current.recording.retention_days)
     app[RECORDINGS] = source
     app[RETENTION] = retention
     task = asyncio.create_task(retention.run(config.purge_interval), name="retention")

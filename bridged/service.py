@@ -30,7 +30,7 @@ from .calls import (
     manager_leg_id,
     new_call_id,
 )
-from .config import Config, Manager
+from .config import Config, ConfigHolder, Manager
 from .deferred import DeferredWrites
 from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
 from .outcomes import Outcome, Refusal
@@ -78,7 +78,7 @@ def api_actor(client: str) -> str:
 class CallService:
     def __init__(
         self,
-        config: Config,
+        config: ConfigHolder,
         store: Store,
         directory: OrderDirectory,
         engine: CallEngine,
@@ -86,7 +86,7 @@ class CallService:
         accepting_calls: Callable[[], bool],
         random: Callable[[], float] = random.random,
     ) -> None:
-        self.config = config
+        self._config = config
         self.store = store
         self.directory = directory
         self.engine = engine
@@ -95,6 +95,10 @@ class CallService:
         self._random = random
         # Rows about refused attempts that bridged's database did not take (it was away): written later.
         self.deferred = DeferredWrites()
+
+    @property
+    def config(self) -> Config:
+        return self._config.current
 
     async def close(self) -> None:
         await self.deferred.close()

@@ -46,10 +46,9 @@ class Principal:
 
 
 class TokenRegistry:
-    def __init__(self, tokens: tuple[ApiToken, ...]) -> None:
-        self._tokens = tokens
+    """The configured tokens, read at each request (``tokens``: the config in force's, after reloads)."""
 
-    def replace(self, tokens: tuple[ApiToken, ...]) -> None:
+    def __init__(self, tokens: Callable[[], tuple[ApiToken, ...]]) -> None:
         self._tokens = tokens
 
     def authenticate(self, authorization: str | None) -> Principal | None:
@@ -58,7 +57,7 @@ class TokenRegistry:
         digest = hash_token(authorization[len("Bearer ") :].strip())
         found: ApiToken | None = None
         # Compare against every token so the time taken does not depend on which one matched.
-        for token in self._tokens:
+        for token in self._tokens():
             if hmac.compare_digest(digest, token.sha256):
                 found = token
         return None if found is None else Principal(found.name, found.role)

@@ -110,7 +110,7 @@ def _live_row(call: Call, who: Principal) -> CallRow:
 
 @requires("calls.create")
 async def create_call(request: web.Request) -> web.StreamResponse:
-    config = request.app[CONFIG]
+    config = request.app[CONFIG].current
     key = idempotency.key_of(request)
     body = await read_json(request, config.api.max_body_bytes)
     order_id, manager_id = _parse_create(body)

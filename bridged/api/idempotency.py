@@ -43,7 +43,7 @@ async def claim(
     request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     try:
         claimed, first_hash, first_status, first_response = await request.app[STORE].claim_idempotency_key(
-            client, key, request_hash, keep_hours=request.app[CONFIG].api.idempotency_hours
+            client, key, request_hash, keep_hours=request.app[CONFIG].current.api.idempotency_hours
         )
     except DatabaseUnavailable:
         return Unrecorded()

@@ -178,7 +178,7 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         raise UnsupportedMediaType()
     raw = bytearray()
     try:
-        async with asyncio.timeout(request.app[CONFIG].http.body_timeout):
+        async with asyncio.timeout(request.app[CONFIG].current.http.body_timeout):
             # read() returns what has arrived so far, not the whole body: read to the end.
             while chunk := await request.content.read(max_bytes + 1 - len(raw)):
                 raw += chunk

@@ -145,7 +145,7 @@ def _client(request: web.Request) -> str | None:
     """The client's address: the peer, or, when the peer is a trusted reverse proxy
     (``http.trusted_proxies``), the last address in X-Forwarded-For that is not one of them."""
     peer = request.remote
-    trusted = request.app[CONFIG].http.trusted_proxies
+    trusted = request.app[CONFIG].current.http.trusted_proxies
     if not trusted or not _is_trusted(peer, trusted):
         return peer
     hops = [
@@ -281,7 +281,7 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
     q = Query(request, _RECORDING_PARAMS)
     reason = q.text("reason", MAX_REASON)
     download = bool(q.boolean("download"))
-    if reason is None and request.app[CONFIG].recording.require_reason:
+    if reason is None and request.app[CONFIG].current.recording.require_reason:
         raise ReasonRequired()
     store = _store(request.app)
     call = await store.get_review_call(path_id(request))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..config import Config
+from ..appkeys import CONFIG
 from . import calls as calls_api
 from . import openapi
 from . import review as review_api
@@ -12,9 +12,9 @@ from .auth import TOKENS, TokenRegistry
 from .errors import error_middleware
 
 
-def setup(app: web.Application, config: Config) -> None:
+def setup(app: web.Application) -> None:
     app.middlewares.append(error_middleware)
-    app[TOKENS] = TokenRegistry(config.api.tokens)
+    app[TOKENS] = TokenRegistry(lambda: app[CONFIG].current.api.tokens)
     calls_api.setup(app)
     review_api.setup(app)
     openapi.setup(app)

@@ -50,7 +50,7 @@ def render_page(*, require_reason: bool) -> str:
 
 
 async def page(request: web.Request) -> web.Response:
-    body = render_page(require_reason=request.app[CONFIG].recording.require_reason)
+    body = render_page(require_reason=request.app[CONFIG].current.recording.require_reason)
     return web.Response(text=body, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from bridged.agi import AgiServer
 from bridged.calls import PendingCall
-from bridged.config import AgiConfig, Config
+from bridged.config import AgiConfig, Config, ConfigHolder
 from bridged.outcomes import Refusal
 from bridged.service import ReadCode, Refused
 from tests.unit.fakes import make_config, make_label, make_order, wait_until
@@ -60,7 +60,7 @@ class FakeService:
 class TrackedAgiServer(AgiServer):
     """Counts finished connections, so a test can tell a handler returned (did not hang or spin)."""
 
-    def __init__(self, config: Config, service: FakeService) -> None:
+    def __init__(self, config: ConfigHolder, service: FakeService) -> None:
         super().__init__(config, service)  # type: ignore[arg-type]
         self.finished = 0
 
@@ -81,7 +81,7 @@ class Agi:
 async def _start(refuse: Refusal | None = None) -> Agi:
     config = replace(make_config(), agi=AgiConfig(host="127.0.0.1", port=0))
     service = FakeService(config, refuse)
-    server = TrackedAgiServer(config, service)
+    server = TrackedAgiServer(ConfigHolder(config), service)
     await server.start()
     assert server._server is not None
     port = server._server.sockets[0].getsockname()[1]

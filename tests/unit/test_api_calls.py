@@ -20,7 +20,7 @@ from bridged.api.errors import error_middleware
 from bridged.appkeys import CONFIG, ENGINE, SERVICE, STORE
 from bridged.ari import AriUnavailable
 from bridged.calls import CallEngine
-from bridged.config import ApiToken
+from bridged.config import ApiToken, ConfigHolder
 from bridged.service import CallService
 
 from .fakes import DownStore, FakeAri, make_config, make_order, wait_until
@@ -43,20 +43,19 @@ async def served() -> AsyncIterator[tuple[TestClient, FakeAri, DownStore]]:
     config = make_config()
     config = replace(config, ari=replace(config.ari, max_request_wait=0.05))
     ari, store = FakeAri(), DownStore()
-    engine = CallEngine(config, ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
+    engine = CallEngine(ConfigHolder(config), ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
     directory = FakeDirectory({"123": make_order("123", manager_id="anna")})
-    service = CallService(config, store, directory, engine, accepting_calls=lambda: True)  # type: ignore[arg-type]
+    service = CallService(ConfigHolder(config), store, directory, engine, accepting_calls=lambda: True)  # type: ignore[arg-type]
     app = web.Application(middlewares=[error_middleware])
-    app[CONFIG] = config
+    app[CONFIG] = ConfigHolder(config)
     app[STORE] = store  # type: ignore[assignment]
     app[ENGINE] = engine
     app[SERVICE] = service
-    app[TOKENS] = TokenRegistry(
-        tuple(
-            ApiToken(name=name, role=role, sha256=hashlib.sha256(token.encode()).hexdigest())
-            for name, (role, token) in TOKENS_BY_NAME.items()
-        )
+    tokens = tuple(
+        ApiToken(name=name, role=role, sha256=hashlib.sha256(token.encode()).hexdigest())
+        for name, (role, token) in TOKENS_BY_NAME.items()
     )
+    app[TOKENS] = TokenRegistry(lambda: tokens)
     api_calls.setup(app)
     client = TestClient(TestServer(app))
     await client.start_server()

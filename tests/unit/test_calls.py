@@ -26,7 +26,7 @@ from bridged.calls import (
     PendingCall,
     caller_number,
 )
-from bridged.config import Config, RecordingConfig
+from bridged.config import Config, ConfigHolder, RecordingConfig
 from bridged.redact import digits
 from bridged.store import Store
 from tests.unit.fakes import (
@@ -139,7 +139,7 @@ def assert_no_number_leak(ari: FakeAri, store: FakeStore) -> None:
 async def _make_env(config: Config) -> Env:
     ari, store = FakeAri(), FakeStore()
     connected = {"up": True}
-    engine = CallEngine(config, ari, store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
+    engine = CallEngine(ConfigHolder(config), ari, store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
     return Env(config, ari, store, engine, connected)
 
 
@@ -913,7 +913,7 @@ async def test_reconcile_live_call_customer_answered_meanwhile(env: Env) -> None
 
 def test_every_transition_outside_the_table_is_refused() -> None:
     config = make_config()
-    engine = CallEngine(config, FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
+    engine = CallEngine(ConfigHolder(config), FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
     assert set(TRANSITIONS) == set(CallState)
     assert TRANSITIONS[CallState.ENDED] == frozenset()
     refused = allowed = 0
@@ -1002,7 +1002,7 @@ async def test_slow_hangup_of_one_call_does_not_block_another(env: Env) -> None:
 
 
 def test_prompts_are_media_lists() -> None:
-    engine = CallEngine(make_config(), FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
+    engine = CallEngine(ConfigHolder(make_config()), FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
     assert engine._media("a&b&&c") == ["sound:a", "sound:b", "sound:c"]
 
 

@@ -19,7 +19,7 @@ from bridged.api.errors import error_middleware
 from bridged.api.params import read_json
 from bridged.api.server import GuardedAppRunner
 from bridged.appkeys import CONFIG
-from bridged.config import ConfigError, HttpConfig, parse_config
+from bridged.config import ConfigError, ConfigHolder, HttpConfig, parse_config
 
 from .fakes import example_data, make_config
 
@@ -48,7 +48,7 @@ async def serve() -> AsyncIterator[Serve]:
         config = make_config()
         config = replace(config, http=replace(HttpConfig(host="127.0.0.1", port=0), **http))
         app = web.Application(middlewares=[error_middleware])
-        app[CONFIG] = config
+        app[CONFIG] = ConfigHolder(config)
         app.router.add_post("/echo", _echo)
         app.router.add_get("/hello", _hello)
         runner = GuardedAppRunner(app, config.http, access_log=None)

@@ -22,7 +22,7 @@ from bridged.api.cursors import CursorCodec
 from bridged.api.errors import InvalidCursor, error_middleware
 from bridged.api.limits import DeniedAuditLimiter
 from bridged.appkeys import CONFIG, STORE
-from bridged.config import ApiToken, ConfigError, parse_config
+from bridged.config import ApiToken, ConfigError, ConfigHolder, parse_config
 from bridged.recordings import (
     ByteRange,
     FolderRecordings,
@@ -266,17 +266,16 @@ async def served(tmp_path: Path):
     config = make_config()
     config = replace(config, recording=replace(config.recording, source="folder", folder=str(tmp_path)))
     app = web.Application(middlewares=[error_middleware])
-    app[CONFIG] = config
+    app[CONFIG] = ConfigHolder(config)
     app[STORE] = store  # type: ignore[assignment]
-    app[TOKENS] = TokenRegistry(
-        tuple(
-            ApiToken(name=f"{role}-1", role=role, sha256=hashlib.sha256(t.encode()).hexdigest())
-            for t, role in TOKENS_PLAIN.items()
-        )
+    tokens = tuple(
+        ApiToken(name=f"{role}-1", role=role, sha256=hashlib.sha256(t.encode()).hexdigest())
+        for t, role in TOKENS_PLAIN.items()
     )
+    app[TOKENS] = TokenRegistry(lambda: tokens)
     source = FolderRecordings(tmp_path, "wav")
     app[RECORDINGS] = source
-    app[RETENTION] = Retention(store, source, None)  # type: ignore[arg-type]
+    app[RETENTION] = Retention(store, source, lambda: None)  # type: ignore[arg-type]
     review.setup(app)
     client = TestClient(TestServer(app))
     await client.start_server()
@@ -326,12 +325,12 @@ async def test_head_answers_the_headers_without_audio_or_a_listen_row(served) ->
 
 async def test_the_client_behind_a_trusted_proxy_is_the_forwarded_address(served) -> None:
     client, store, app = served
-    config = app[CONFIG]
+    config = app[CONFIG].current
     forwarded = {"X-Forwarded-For": "198.51.100.1, 203.0.113.9", **_auth("ops")}
     # Not trusted (the default): the peer, whatever the header says.
     await client.get("/v1/calls/c1/recording", headers=forwarded)
     trusted = replace(config.http, trusted_proxies=(ip_network("127.0.0.1"), ip_network("203.0.113.0/24")))
-    app._state[CONFIG] = replace(config, http=trusted)
+    app[CONFIG].current = replace(config, http=trusted)
     # Trusted: the last address before the trusted hops (the first one could be made up by the client).
     await client.get("/v1/calls/c1/recording", headers=forwarded)
     await client.get("/v1/calls/c1/recording", headers={"X-Forwarded-For": "not-an-ip", **_auth("ops")})
@@ -380,7 +379,7 @@ async def test_the_recordings_state_is_shown_and_a_failed_one_is_not_served(serv
     client, store, app = served
     store.calls["c4"] = _call("c4", 8, recording_state="truncated")
     store.calls["c5"] = _call("c5", 7, recording_state="failed")
-    folder = Path(app[CONFIG].recording.folder or "")
+    folder = Path(app[CONFIG].current.recording.folder or "")
     (folder / "bridged-c4.wav").write_bytes(WAV)
     (folder / "bridged-c5.wav").write_bytes(b"")  # what a full disk leaves: an empty file
     page = await (await client.get("/v1/calls", headers=_auth("ops"))).json()
@@ -412,8 +411,8 @@ def test_the_shops_call_json_says_whether_the_recording_holds_audio() -> None:
 
 async def test_reason_required_by_config(served) -> None:
     client, store, app = served
-    config = app[CONFIG]
-    app._state[CONFIG] = replace(config, recording=replace(config.recording, require_reason=True))
+    config = app[CONFIG].current
+    app[CONFIG].current = replace(config, recording=replace(config.recording, require_reason=True))
     resp = await client.get("/v1/calls/c1/recording", headers=_auth("ops"))
     assert resp.status == 422 and (await resp.json())["error"]["id"] == "reason_required"
     resp = await client.get("/v1/calls/c1/recording?reason=quality%20check", headers=_auth("ops"))
@@ -543,17 +542,17 @@ async def test_retention_purges_past_the_cutoff_and_keeps_rows_when_the_source_i
 ) -> None:
     store = _RetentionStore(30)
     (tmp_path / "bridged-c1.wav").write_bytes(b"RIFF")
-    retention = Retention(store, FolderRecordings(tmp_path, "wav"), None)  # type: ignore[arg-type]
+    retention = Retention(store, FolderRecordings(tmp_path, "wav"), lambda: None)  # type: ignore[arg-type]
     assert await retention.purge(now=NOW) == 2
     assert store.cutoff == NOW - timedelta(days=30)
     assert store.marked == ["c1", "c2"] and not (tmp_path / "bridged-c1.wav").exists()
 
     down = _RetentionStore(30)
-    assert await Retention(down, _BrokenSource(), None).purge(now=NOW) == 0  # type: ignore[arg-type]
+    assert await Retention(down, _BrokenSource(), lambda: None).purge(now=NOW) == 0  # type: ignore[arg-type]
     assert down.marked == []  # the rows still say the recordings exist, which is true
 
-    assert await Retention(_RetentionStore(None), _BrokenSource(), None).purge() == 0  # type: ignore[arg-type]
-    policy = await Retention(_RetentionStore(None), _BrokenSource(), 90).policy()  # type: ignore[arg-type]
+    assert await Retention(_RetentionStore(None), _BrokenSource(), lambda: None).purge() == 0  # type: ignore[arg-type]
+    policy = await Retention(_RetentionStore(None), _BrokenSource(), lambda: 90).policy()  # type: ignore[arg-type]
     assert (policy.days, policy.source) == (90, "config")
 
 

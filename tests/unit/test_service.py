@@ -11,7 +11,7 @@ import pytest
 from bridged import metrics
 from bridged.ari import AriUnavailable
 from bridged.calls import Call, CallEngine, PendingCall
-from bridged.config import Config
+from bridged.config import Config, ConfigHolder
 from bridged.orders import LookupFailed, Order, is_valid_code, may_call
 from bridged.outcomes import Outcome, Refusal, refusal_prompt
 from bridged.redact import digits
@@ -59,9 +59,9 @@ def _env(config: Config | None = None, *, fail: bool = False) -> Env:
         fail=fail,
     )
     connected = {"up": True}
-    engine = CallEngine(config, FakeAri(), store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
+    engine = CallEngine(ConfigHolder(config), FakeAri(), store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
     service = CallService(
-        config,
+        ConfigHolder(config),
         store,  # type: ignore[arg-type]
         directory,  # type: ignore[arg-type]
         engine,
