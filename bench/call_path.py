@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bridged.agi import AgiServer  # noqa: E402
-from bridged.calls import CallEngine  # noqa: E402
+from bridged.calls.engine import CallEngine  # noqa: E402
 from bridged.config import AgiConfig, ConfigHolder  # noqa: E402, ConfigHolder
 from bridged.orders import OrderDirectory  # noqa: E402
 from bridged.service import CallService  # noqa: E402

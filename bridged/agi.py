@@ -15,7 +15,7 @@ from typing import Any
 from panoramisk.fast_agi import Application, Request
 
 from . import dialplan
-from .config import Config, ConfigHolder
+from .config import ConfigHolder
 from .outcomes import Refusal, refusal_prompt
 from .service import CallService, Refused
 
@@ -81,21 +81,17 @@ def _endpoint_from_channel(name: str) -> str:
 
 class AgiServer:
     def __init__(self, config: ConfigHolder, service: CallService) -> None:
-        self._config = config
+        self.config = config
         self.service = service
         self._app = Application()
         self._app.add_route(dialplan.AGI_SCRIPT, self.order)
         self._server: asyncio.Server | None = None
 
-    @property
-    def config(self) -> Config:
-        return self._config.current
-
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._connection, self.config.agi.host, self.config.agi.port
+            self._connection, self.config.current.agi.host, self.config.current.agi.port
         )
-        log.info("FastAGI listening on %s:%s", self.config.agi.host, self.config.agi.port)
+        log.info("FastAGI listening on %s:%s", self.config.current.agi.host, self.config.current.agi.port)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -161,7 +157,7 @@ class AgiServer:
             return
         # The dialplan sets the label, the manager's connected line and the CONNECTED_LINE_SEND_SUB
         # interception from this answer before the channel enters Stasis.
-        stasis_args = f"{self.config.ari.app},{dialplan.app_args(dialplan.Leg.ORDER, placed.call_id)}"
+        stasis_args = f"{self.config.current.ari.app},{dialplan.app_args(dialplan.Leg.ORDER, placed.call_id)}"
         await set_var(request, dialplan.REPLY, dialplan.reply_ok(stasis_args, placed.label_caller_id))
 
     async def _read_code(self, request: Request) -> str:
@@ -172,7 +168,7 @@ class AgiServer:
         a CHANNEL STATUS tells apart (a dead channel answers ``HANGUP`` or 511 to it).
         """
         reply = await _send(
-            request, f"GET DATA {self.config.prompts.enter_code} {_DIGITS_TIMEOUT_MS} {_MAX_DIGITS}"
+            request, f"GET DATA {self.config.current.prompts.enter_code} {_DIGITS_TIMEOUT_MS} {_MAX_DIGITS}"
         )
         if reply.get("error") == "AGIAppError":  # result=-1
             await _send(request, "CHANNEL STATUS")
@@ -186,6 +182,6 @@ class AgiServer:
     async def _refused(self, request: Request, refused: Refused) -> None:
         # Overloaded: the dialplan rejects a phone still ringing with 503 rather than answering it for a
         # prompt, which would cost an overloaded Asterisk seconds of media per refused call.
-        prompt = refusal_prompt(self.config.prompts, refused.reason)
+        prompt = refusal_prompt(self.config.current.prompts, refused.reason)
         overloaded = refused.reason is Refusal.OVERLOADED
         await set_var(request, dialplan.REPLY, dialplan.reply_refused(prompt, overloaded=overloaded))

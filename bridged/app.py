@@ -27,7 +27,8 @@ from .api import routes
 from .appkeys import AGI, CONFIG, ENGINE, EVENTS, SERVICE, STORE
 from .ari import AriClient
 from .ari.events import AriEventStream
-from .calls import CallEngine, CallState
+from .calls.engine import CallEngine
+from .calls.model import CallState
 from .config import Config, ConfigHolder, describe_dsn
 from .orders import OrderDirectory
 from .reload import reload_config
@@ -155,7 +156,7 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
 
     async def on_connect() -> None:
         metrics.ARI_RECONNECTS.inc()
-        await engine.reconcile()
+        await engine.reconciler.reconcile()
 
     events = AriEventStream(
         session,
@@ -178,7 +179,7 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
     engine.listeners.append(webhooks.publish)
     webhooks.start()
     runner = asyncio.create_task(events.run(), name="ari-events")
-    sweeper = asyncio.create_task(engine.sweep_strays_forever(), name="stray-sweep")
+    sweeper = asyncio.create_task(engine.reconciler.sweep_strays_forever(), name="stray-sweep")
     if not await events.wait_connected(timeout=10):
         # "bridged ready" comes from the readiness hook once connected (_service).
         log.warning(

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from .agi import AgiServer
 from .ari.events import AriEventStream
-from .calls import CallEngine
+from .calls.engine import CallEngine
 from .config import ConfigHolder
 from .service import CallService
 from .store import Store

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from . import metrics
-from .calls import (
+from .calls.engine import CallEngine
+from .calls.model import (
     Call,
-    CallEngine,
     CallState,
     ManagerLegFailed,
     PendingCall,
@@ -30,7 +30,7 @@ from .calls import (
     manager_leg_id,
     new_call_id,
 )
-from .config import Config, ConfigHolder, Manager
+from .config import ConfigHolder, Manager
 from .deferred import DeferredWrites
 from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
 from .outcomes import Outcome, Refusal
@@ -86,7 +86,7 @@ class CallService:
         accepting_calls: Callable[[], bool],
         random: Callable[[], float] = random.random,
     ) -> None:
-        self._config = config
+        self.config = config
         self.store = store
         self.directory = directory
         self.engine = engine
@@ -95,10 +95,6 @@ class CallService:
         self._random = random
         # Rows about refused attempts that bridged's database did not take (it was away): written later.
         self.deferred = DeferredWrites()
-
-    @property
-    def config(self) -> Config:
-        return self._config.current
 
     async def close(self) -> None:
         await self.deferred.close()
@@ -112,7 +108,7 @@ class CallService:
 
         A :class:`PendingCall` waits for ``channel_id`` to enter Stasis; None: the manager hung up while
         keying the code in (nothing is left to answer)."""
-        manager = self.config.manager_by_endpoint(endpoint)
+        manager = self.config.current.manager_by_endpoint(endpoint)
         if manager is None:
             log.info("call refused: endpoint %s is no manager", endpoint or "?")
             return await self._refused_attempt(
@@ -135,7 +131,7 @@ class CallService:
 
         Returns the call once its manager leg has been originated."""
         actor = api_actor(client)
-        manager = self.config.manager_by_id(manager_id)
+        manager = self.config.current.manager_by_id(manager_id)
         if manager is None:
             log.info("call refused for %s: unknown manager", actor)
             return await self._refused_attempt(Refusal.UNKNOWN_MANAGER, actor=actor)
@@ -203,7 +199,7 @@ class CallService:
 
         ``actor`` is who asked (the manager on the phone path, the API token on the HTTP path);
         ``created_by`` the API client the call belongs to (None on the phone path)."""
-        if not is_valid_code(self.config.orders, code):
+        if not is_valid_code(self.config.current.orders, code):
             # The raw input is not stored: a manager could have typed anything, even a number.
             log.info("call refused for %s: malformed order code", manager.id)
             return await self._refused_attempt(
@@ -226,7 +222,7 @@ class CallService:
                 # The phone's channel, or the one bridged will originate to the manager (HTTP).
                 manager_channel_id=manager_channel_id or manager_leg_id(call_id),
                 customer_channel_id=customer_leg_id(call_id),
-                ari_app=self.config.ari.app,
+                ari_app=self.config.current.ari.app,
                 actor=actor,
                 details={"manager_id": manager.id, "direction": direction},
                 created_by=created_by,
@@ -265,7 +261,7 @@ class CallService:
             return Refusal.LOOKUP_FAILED
         if order is None:
             return Refusal.UNKNOWN_ORDER
-        if not may_call(self.config, manager, order):
+        if not may_call(self.config.current, manager, order):
             return Refusal.DENIED
         if order.phone is None:
             # Dialling what is left of a value that is not a valid number reaches a stranger. The value
@@ -277,7 +273,7 @@ class CallService:
         """Asterisk is behind on bridged's ARI requests. A new call now could ring a customer and then
         leave them alone on the line when a request times out; refused, it costs Asterisk a FastAGI
         session and a 503 (no Stasis, no customer leg)."""
-        share = shed_share(self.engine.ari.oldest_wait(), self.config.ari.max_request_wait)
+        share = shed_share(self.engine.ari.oldest_wait(), self.config.current.ari.max_request_wait)
         return share >= 1.0 or (share > 0.0 and self._random() < share)
 
     async def _manager_reachable(self, manager: Manager) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from .calls import Call, CallState
+from .calls.model import Call, CallState
 from .config import WebhookConfig
 from .store import Store
 

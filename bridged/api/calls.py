@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..appkeys import CONFIG, SERVICE, STORE
-from ..calls import Call
+from ..calls.model import Call
 from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
 from ..service import NotStarted, Refused
 from ..store import CallRow, DatabaseUnavailable

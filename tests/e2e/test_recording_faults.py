@@ -140,7 +140,7 @@ def test_a_disk_that_fills_up_mid_call_truncates_the_recording_and_the_call_goes
     # Told by Asterisk's RecordingFinished during the call (it passed the app's event filter), not made
     # up for from the file afterwards.
     log = daemon.log_text()
-    error = rf"ERROR bridged\.calls: call {row['id']}: recording \S+ truncated: Asterisk stopped it after"
+    error = rf"ERROR bridged\.calls\.recording: call {row['id']}: recording \S+ truncated: Asterisk stopped it after"
     assert re.search(rf"{error} \d s while the call went on", log), log[-2000:]
     assert "recording truncated" in _ops_row_text(daemon, row["id"], trace_dir)
     harness.assert_not_leaked(number, daemon_log=log)
@@ -164,7 +164,9 @@ def test_a_folder_nothing_can_be_written_to_fails_the_recording_and_the_call_goe
     resp = http(daemon, "GET", f"/v1/calls/{row['id']}/recording", role="ops")
     assert (resp.status, resp.json()["error"]["id"]) == (404, "recording_not_found")
     assert _metrics(daemon)['bridged_recordings_failed_total{state="failed"}'] == 1
-    assert re.search(rf"ERROR bridged\.calls: call {row['id']}: recording \S+ failed", daemon.log_text())
+    assert re.search(
+        rf"ERROR bridged\.calls\.recording: call {row['id']}: recording \S+ failed", daemon.log_text()
+    )
     if fault == "read-only":
         assert "recording failed" in _ops_row_text(daemon, row["id"], trace_dir)
 
@@ -214,7 +216,7 @@ def test_a_recording_cut_short_while_bridged_was_down_is_found_truncated_after_t
     assert (ended["outcome"], ended["recording_state"]) == ("completed", "truncated"), ended
     # Judged by the restarted daemon's reconcile, not by the file check after the call.
     log = daemon.log_text()
-    error = rf"ERROR bridged\.calls: call {row['id']}: recording \S+ truncated"
+    error = rf"ERROR bridged\.calls\.recording: call {row['id']}: recording \S+ truncated"
     reason = "(it ended while bridged was not listening|no longer recording when found)"
     assert re.search(f"{error}: {reason}", log), log[-2000:]
     assert _metrics(daemon)['bridged_recordings_failed_total{state="truncated"}'] == 1

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from bridged.agi import AgiServer
-from bridged.calls import PendingCall
+from bridged.calls.model import PendingCall
 from bridged.config import AgiConfig, Config, ConfigHolder
 from bridged.outcomes import Refusal
 from bridged.service import ReadCode, Refused

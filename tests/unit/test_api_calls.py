@@ -19,7 +19,7 @@ from bridged.api.auth import TOKENS, TokenRegistry
 from bridged.api.errors import error_middleware
 from bridged.appkeys import CONFIG, ENGINE, SERVICE, STORE
 from bridged.ari import AriUnavailable
-from bridged.calls import CallEngine
+from bridged.calls.engine import CallEngine
 from bridged.config import ApiToken, ConfigHolder
 from bridged.service import CallService
 

@@ -8,25 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-import bridged.calls as calls_module
+import bridged
 from bridged.ari import AriClient, AriError, AriUnavailable
-from bridged.calls import (
+from bridged.calls import legs as legs_module
+from bridged.calls import rows as rows_module
+from bridged.calls.engine import REACTIONS, CallEngine
+from bridged.calls.model import (
     TRANSITIONS,
     Call,
-    CallEngine,
     CallState,
+    Event,
     InvalidTransition,
     PendingCall,
     caller_number,
+    customer_leg_id,
 )
 from bridged.config import Config, ConfigHolder, RecordingConfig
+from bridged.outcomes import Outcome
 from bridged.redact import digits
 from bridged.store import Store
 from tests.unit.fakes import (
@@ -71,7 +78,7 @@ class Env:
             id=call_id,
             manager_id=manager_id,
             manager_channel_id=manager_channel,
-            customer_channel_id=calls_module.customer_leg_id(call_id),
+            customer_channel_id=customer_leg_id(call_id),
         )
         self.engine.expect(
             PendingCall(
@@ -103,7 +110,7 @@ class Env:
         await wait_until(
             lambda: any(kw["app_args"] == f"customer,{call_id}" for kw in self.ari.named("originate"))
         )
-        return calls_module.customer_leg_id(call_id)
+        return customer_leg_id(call_id)
 
     async def bridged(self, call_id: str, manager_channel: str) -> str:
         customer = await self.ringing(call_id, manager_channel)
@@ -540,7 +547,7 @@ async def test_the_database_failing_mid_call_does_not_cut_the_call(
     with caplog.at_level("INFO", logger="bridged.calls"):
         customer = await env.ringing_unpersisted("call-a", "m-a")
         env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
-        await wait_until(lambda: env.engine.calls["call-a"].state is calls_module.CallState.BRIDGED)
+        await wait_until(lambda: env.engine.calls["call-a"].state is CallState.BRIDGED)
         assert len(env.ari.named("add_channel")) == 1 and env.ari.hung_up() == []
         assert env.row("call-a")["state"] == "requested"  # nothing written yet
         down = False
@@ -637,7 +644,7 @@ async def test_stopping_gives_waiting_row_writes_a_last_try(
     down = not back
     with caplog.at_level("INFO", logger="bridged.calls"):
         # Before the first retry is due (1 s): only the last try can write the row.
-        await asyncio.wait_for(env.engine.shutdown(), timeout=calls_module.LAST_ROW_WRITES_SECONDS + 1)
+        await asyncio.wait_for(env.engine.shutdown(), timeout=rows_module.LAST_ROW_WRITES_SECONDS + 1)
     # Behind the end waits the recording's state: stopped before Asterisk reported its end, unknown.
     if back:
         assert (env.row("call-a")["state"], env.row("call-a")["outcome"]) == ("ended", "completed")
@@ -663,10 +670,10 @@ async def test_shutdown_does_not_wait_for_hangups_being_retried(env: Env) -> Non
 async def test_the_stray_sweep_hangs_up_a_channel_without_a_call_found_twice(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a")
     env.ari.app_channel_ids = ["m-a", customer, "stray-1"]
-    suspects = await env.engine.sweep_strays(set())
+    suspects = await env.engine.reconciler.sweep_strays(set())
     assert suspects == {"stray-1"} and env.ari.hung_up() == []
     env.ari.app_channel_ids = ["m-a", customer, "stray-1", "new-2"]
-    suspects = await env.engine.sweep_strays(suspects)
+    suspects = await env.engine.reconciler.sweep_strays(suspects)
     assert env.ari.hung_up() == ["stray-1"]  # new-2 is only a suspect yet; the call's legs are owned
     assert suspects == {"new-2"}
 
@@ -712,7 +719,7 @@ def fast_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
     async def quick(delay: float, result: Any = None) -> Any:
         return await real(0, result)
 
-    monkeypatch.setattr(calls_module.asyncio, "sleep", quick)
+    monkeypatch.setattr(legs_module.asyncio, "sleep", quick)
 
 
 async def test_stasis_start_for_unknown_call_is_hung_up(env: Env, fast_sleep: None) -> None:
@@ -764,7 +771,7 @@ async def test_reconcile_adopts_a_live_call(env: Env) -> None:
     _bridged_row(env, "call-r")
     env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
     env.ari.app_channel_ids = ["call-r-m", "call-r-customer", "stray-1"]
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
 
     assert env.ari.named("subscribe") == [
         {
@@ -799,7 +806,7 @@ async def test_reconcile_adopts_a_call_whose_ringing_state_never_landed(env: Env
         "call-r-m": {"id": "call-r-m", "state": "Up"},
         "call-r-customer": {"id": "call-r-customer", "state": "Ringing"},
     }
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     call = env.engine.calls["call-r"]
     assert call.state is CallState.RINGING_CUSTOMER
     await settle()
@@ -808,7 +815,7 @@ async def test_reconcile_adopts_a_call_whose_ringing_state_never_landed(env: Env
 
 
 async def test_reconcile_asks_asterisk_for_the_events_the_engine_uses_only(env: Env) -> None:
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     [flt] = env.ari.named("allow_events")
     assert flt["app"] == "bridged"
     assert set(flt["event_types"]) >= {"StasisStart", "StasisEnd", "ChannelHangupRequest", "ChannelDestroyed"}
@@ -820,7 +827,7 @@ async def test_reconcile_goes_on_when_the_event_filter_fails(env: Env) -> None:
     _bridged_row(env, "call-r")
     env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
     env.ari.errors["allow_events"] = AriError("filter_events", 500, "boom")
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     assert env.engine.calls["call-r"].state is CallState.BRIDGED
 
 
@@ -834,7 +841,7 @@ async def test_reconcile_leg_gone_between_listing_and_subscription(env: Env) -> 
         return {}
 
     env.ari.subscribe = vanish  # type: ignore[method-assign]
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     row = await env.ended("call-r")
     assert row["outcome"] == "completed"
     assert "call-r-m" in env.ari.hung_up()
@@ -843,7 +850,7 @@ async def test_reconcile_leg_gone_between_listing_and_subscription(env: Env) -> 
 async def test_reconcile_one_leg_gone(env: Env) -> None:
     _bridged_row(env, "call-r")
     env.ari.channels = {"call-r-m": {"id": "call-r-m", "state": "Up"}}
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     row = env.row("call-r")
     assert row["state"] == "ended"
     assert row["outcome"] == "completed"
@@ -863,7 +870,7 @@ async def test_reconcile_one_leg_gone(env: Env) -> None:
 async def test_reconcile_both_legs_gone(env: Env, answered: bool, state: str, outcome: str) -> None:
     _bridged_row(env, "call-r", answered=answered, state=state)
     env.store.add_row(id="call-done", state="ended", outcome="completed")
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     row = env.row("call-r")
     assert row["state"] == "ended"
     assert row["outcome"] == outcome
@@ -882,7 +889,7 @@ async def test_reconcile_row_of_a_removed_manager_is_finished(env: Env) -> None:
         answered_at=datetime.now(UTC),
     )
     env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     assert env.row("call-r")["state"] == "ended"
     assert sorted(env.ari.hung_up()) == ["call-r-customer", "call-r-m"]
 
@@ -891,7 +898,7 @@ async def test_reconcile_live_call_whose_customer_left(env: Env) -> None:
     customer = await env.bridged("call-a", "m-a")
     env.ari.channels = {"m-a": {"id": "m-a", "state": "Up"}}
     env.ari.app_channel_ids = ["m-a"]
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     row = await env.ended("call-a")
     assert row["outcome"] == "completed"
     assert row["ended_by"] == "customer"
@@ -903,7 +910,7 @@ async def test_reconcile_live_call_customer_answered_meanwhile(env: Env) -> None
     customer = await env.ringing("call-a", "m-a")
     env.ari.channels = {"m-a": {"id": "m-a", "state": "Ring"}, customer: {"id": customer, "state": "Up"}}
     env.ari.app_channel_ids = ["m-a", customer]
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
     assert env.ari.hung_up() == []
 
@@ -911,36 +918,91 @@ async def test_reconcile_live_call_customer_answered_meanwhile(env: Env) -> None
 # -- (i) the transition table ------------------------------------------------------------------------
 
 
+def _call_in(config: Config, state: CallState) -> Call:
+    return Call(
+        id="t",
+        manager=manager(config),
+        order_id="1",
+        direction="phone",
+        order=None,
+        state=state,
+        label=make_label("1"),
+        manager_channel_id="t-m",
+        customer_channel_id="t-customer",
+    )
+
+
 def test_every_transition_outside_the_table_is_refused() -> None:
     config = make_config()
     engine = CallEngine(ConfigHolder(config), FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
+    seen: list[CallState] = []
+    engine.listeners.append(lambda call, state: seen.append(state))
     assert set(TRANSITIONS) == set(CallState)
     assert TRANSITIONS[CallState.ENDED] == frozenset()
     refused = allowed = 0
     for old in CallState:
         for new in CallState:
-            call = Call(
-                id="t",
-                manager=manager(config),
-                order_id="1",
-                direction="phone",
-                order=None,
-                state=old,
-                label=make_label("1"),
-            )
+            call = _call_in(config, old)
             if new in TRANSITIONS[old]:
-                engine._transition(call, new)
-                assert call.state is new
+                engine.steps._transition(call, new)
+                assert call.state is new and seen[-1] is new
                 allowed += 1
             else:
                 with pytest.raises(InvalidTransition):
-                    engine._transition(call, new)
+                    engine.steps._transition(call, new)
                 assert call.state is old
                 refused += 1
-    assert allowed == sum(len(v) for v in TRANSITIONS.values())
+    assert allowed == sum(len(v) for v in TRANSITIONS.values()) == len(seen)
     assert refused == len(CallState) ** 2 - allowed
     # Every live state can end.
     assert all(CallState.ENDED in TRANSITIONS[s] for s in CallState if s is not CallState.ENDED)
+
+
+def test_nothing_but_the_transition_sets_a_calls_state() -> None:
+    # Every state change goes through the table: one assignment to .state in the whole package.
+    package = Path(bridged.__file__).parent
+    found = [
+        f"{path.relative_to(package)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if re.search(r"\.state\s*=(?!=)", line)
+    ]
+    assert len(found) == 1 and found[0].startswith("calls/steps.py:"), found
+    assert "call.state = new" in (package / "calls" / "steps.py").read_text(encoding="utf-8")
+
+
+LIVE_STATES = [s for s in CallState if s is not CallState.ENDED]
+
+
+def test_the_reaction_table_has_no_row_for_an_ended_call() -> None:
+    assert all(state is not CallState.ENDED for state, _ in REACTIONS)
+    assert {event for _, event in REACTIONS} <= set(Event)
+
+
+@pytest.mark.parametrize("state", LIVE_STATES)
+@pytest.mark.parametrize("event", [Event.MANAGER_GONE, Event.TERMINATE])
+async def test_in_every_live_state_the_managers_leg_gone_or_an_end_request_ends_the_call(
+    state: CallState, event: Event
+) -> None:
+    e = await _make_env(make_config())
+    call = _call_in(e.config, state)
+    call.started = asyncio.get_running_loop().create_future()  # an HTTP call's POST may wait on it
+    await e.engine.react(call, event, {})
+    assert call.state is CallState.ENDED
+    assert e.store.audits == [] or e.store.audits[-1]["action"] == "call.end"
+    await e.engine.shutdown()
+
+
+@pytest.mark.parametrize("state", LIVE_STATES)
+async def test_an_abort_in_any_live_state_ends_the_call_through_the_table(state: CallState) -> None:
+    e = await _make_env(make_config())
+    seen: list[CallState] = []
+    e.engine.listeners.append(lambda call, new: seen.append(new))
+    call = _call_in(e.config, state)
+    await e.engine.steps.abort(call)
+    assert call.state is CallState.ENDED and seen == [CallState.ENDED]
+    assert call.outcome is Outcome.FAILED
+    await e.engine.shutdown()
 
 
 # -- (j) ordering and independence -------------------------------------------------------------------
@@ -1002,8 +1064,7 @@ async def test_slow_hangup_of_one_call_does_not_block_another(env: Env) -> None:
 
 
 def test_prompts_are_media_lists() -> None:
-    engine = CallEngine(ConfigHolder(make_config()), FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
-    assert engine._media("a&b&&c") == ["sound:a", "sound:b", "sound:c"]
+    assert legs_module.media("a&b&&c") == ["sound:a", "sound:b", "sound:c"]
 
 
 async def test_label_of_an_adopted_call_has_no_customer_name(env: Env) -> None:
@@ -1012,7 +1073,7 @@ async def test_label_of_an_adopted_call_has_no_customer_name(env: Env) -> None:
     _bridged_row(env, "call-r")
     env.store.rows["call-r"]["order_id"] = "42"
     env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     call = env.engine.calls["call-r"]
     assert call.label.text == "Order 42"
     assert call.label_caller_id == '"Order 42" <*7742>'
@@ -1053,7 +1114,7 @@ async def test_reconcile_adopts_only_this_apps_calls(env: Env) -> None:
         "c1": {"id": "c1", "state": "Up"},
         "m2": {"id": "m2", "state": "Up"},
     }
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     assert "mine" in env.engine.calls
     assert "theirs" not in env.engine.calls
     assert "m2" not in env.ari.hung_up()

@@ -113,7 +113,7 @@ def test_recording_retention_is_applied_and_the_rest_of_recording_is_not(tmp_pat
 async def test_a_reload_reaches_every_component_through_the_one_holder(tmp_path: Path) -> None:
     from bridged.agi import AgiServer
     from bridged.api.auth import TokenRegistry, hash_token
-    from bridged.calls import CallEngine
+    from bridged.calls.engine import CallEngine
     from bridged.retention import Retention
     from bridged.service import CallService
     from tests.unit.fakes import FakeAri, FakeStore
@@ -137,7 +137,7 @@ async def test_a_reload_reaches_every_component_through_the_one_holder(tmp_path:
     reload_config(path, holder.current, lambda config: setattr(holder, "current", config))
 
     for component in (engine, service, agi):
-        assert component.config.manager_by_endpoint("boris") is not None, component
+        assert component.config.current.manager_by_endpoint("boris") is not None, component
     assert tokens.authenticate("Bearer new-shop-token-123") is not None
     assert retention.default_days() == 30
     await engine.shutdown()

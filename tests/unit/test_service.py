@@ -10,7 +10,8 @@ import pytest
 
 from bridged import metrics
 from bridged.ari import AriUnavailable
-from bridged.calls import Call, CallEngine, PendingCall
+from bridged.calls.engine import CallEngine
+from bridged.calls.model import Call, PendingCall
 from bridged.config import Config, ConfigHolder
 from bridged.orders import LookupFailed, Order, is_valid_code, may_call
 from bridged.outcomes import Outcome, Refusal, refusal_prompt
@@ -283,7 +284,7 @@ async def test_a_stuck_background_hangup_retry_does_not_refuse_calls() -> None:
     env = _env(replace(config, ari=replace(config.ari, max_request_wait=0.05)))
     env.engine.ari.delays["hangup"] = 30
     env.engine.ari.errors["hangup"] = AriUnavailable("hangup", 0, "timed out")
-    retry = asyncio.create_task(env.engine._retry_hangup("stuck-channel"))
+    retry = asyncio.create_task(env.engine.legs.retry_hangup("stuck-channel"))
     await asyncio.sleep(0.6)  # the first retry (0.5 s) hangs in Asterisk
     assert env.engine.ari.named("hangup") == [{"channel_id": "stuck-channel", "reason": "normal"}]
     result = await env.service.place_from_phone("anna", "123", "m", read_code=_no_code)

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import hmac
 
-from bridged.calls import Call, CallState
+from bridged.calls.model import Call, CallState
 from bridged.config import WebhookConfig
 from bridged.outcomes import Outcome
 from bridged.webhooks import WebhookSink, api_state, backoff, sign, verify
