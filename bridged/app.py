@@ -175,7 +175,7 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
     app[SERVICE] = service
     app[EVENTS] = events
     app[AGI] = agi = AgiServer(app[CONFIG], service)
-    webhooks = WebhookSink(config.webhook, app[STORE], session)
+    webhooks = WebhookSink(config.webhook, app[STORE].outbox, session)
     engine.listeners.append(webhooks.publish)
     webhooks.start()
     runner = asyncio.create_task(events.run(), name="ari-events")

@@ -45,20 +45,20 @@ class Retention:
         self._lock = asyncio.Lock()
 
     async def policy(self) -> RetentionPolicy:
-        setting = await self.store.get_setting(RETENTION_KEY)
+        setting = await self.store.settings.get(RETENTION_KEY)
         if setting is None:
             return RetentionPolicy(self.default_days(), "config")
         return RetentionPolicy(setting.value, "api", setting.updated_at, setting.updated_by)
 
     async def set_days(self, days: int | None, *, actor: str) -> RetentionPolicy:
-        setting = await self.store.put_setting(
+        setting = await self.store.settings.put(
             RETENTION_KEY, days, actor=actor, audit_action="retention.change"
         )
         log.info("retention set to %s days by %s", "forever" if days is None else days, actor)
         return RetentionPolicy(days, "api", setting.updated_at, setting.updated_by)
 
     async def reset(self, *, actor: str) -> RetentionPolicy:
-        await self.store.delete_setting(RETENTION_KEY, actor=actor, audit_action="retention.change")
+        await self.store.settings.delete(RETENTION_KEY, actor=actor, audit_action="retention.change")
         log.info("retention reset to the config default by %s", actor)
         return RetentionPolicy(self.default_days(), "config")
 
@@ -71,7 +71,7 @@ class Retention:
             cutoff = (now or datetime.now(UTC)) - timedelta(days=policy.days)
             purged = 0
             while True:
-                due = await self.store.recordings_due(cutoff, _BATCH)
+                due = await self.store.calls.recordings_due(cutoff, _BATCH)
                 for call_id, name in due:
                     try:
                         found = await self.source.delete(name)
@@ -79,7 +79,7 @@ class Retention:
                         # Try again next pass; the row still says the recording is there, which is true.
                         log.warning("retention: recording of call %s not deleted: %s", call_id, exc)
                         return purged
-                    marked = await self.store.mark_recording_purged(
+                    marked = await self.store.calls.mark_recording_purged(
                         call_id,
                         actor=ACTOR,
                         details={

@@ -31,11 +31,12 @@ from .calls.model import (
     new_call_id,
 )
 from .config import ConfigHolder, Manager
-from .deferred import DeferredWrites
 from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
 from .outcomes import Outcome, Refusal
 from .redact import redact
-from .store import DatabaseUnavailable, Store
+from .store import Store
+from .store.base import DatabaseUnavailable
+from .store.deferred import DeferredWrites
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class CallService:
         actor = api_actor(client)
         await self.deferred.write(
             f"call {call_id} end request audit row",
-            lambda: self.store.audit(
+            lambda: self.store.audit.add(
                 actor=actor, action="call.end_requested", outcome="accepted", call_id=call_id
             ),
         )
@@ -213,7 +214,7 @@ class CallService:
             return await refuse(found)
         call_id = new_call_id()
         try:
-            await self.store.insert_call_audited(
+            await self.store.calls.insert_audited(
                 call_id=call_id,
                 order_id=code,
                 manager_id=manager.id,
@@ -289,7 +290,7 @@ class CallService:
         Audited as an attempt with outcome ``manager_abandoned``; no call row, as for a malformed
         code: no order was named (what was keyed so far is not known, and could have been anything).
         """
-        await self.store.audit(
+        await self.store.audit.add(
             actor=manager.id,
             action="call.request",
             outcome=Outcome.MANAGER_ABANDONED.value,
@@ -307,7 +308,7 @@ class CallService:
         at = datetime.now(UTC)
         await self.deferred.write(
             f"refused call.request ({reason}) audit row",
-            lambda: self.store.audit(
+            lambda: self.store.audit.add(
                 actor=actor,
                 action="call.request",
                 outcome="refused",
@@ -338,7 +339,7 @@ class CallService:
         at = datetime.now(UTC)
         await self.deferred.write(
             f"refused call {call_id} ({reason})",
-            lambda: self.store.insert_refused_call(
+            lambda: self.store.calls.insert_refused(
                 call_id=call_id,
                 order_id=code,
                 manager_id=manager.id,

@@ -25,7 +25,7 @@ import aiohttp
 
 from .calls.model import Call, CallState
 from .config import WebhookConfig
-from .store import Store
+from .store.outbox import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ def backoff(attempts: int) -> float:
 
 
 class WebhookSink:
-    def __init__(self, config: WebhookConfig, store: Store, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: WebhookConfig, outbox: WebhookOutbox, session: aiohttp.ClientSession) -> None:
         self.config = config
-        self.store = store
+        self.outbox = outbox
         self.session = session
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._wake = asyncio.Event()
@@ -125,7 +125,7 @@ class WebhookSink:
         while True:
             call_id, payload = await self._queue.get()
             try:
-                await self.store.queue_webhook(call_id, payload)
+                await self.outbox.queue(call_id, payload)
                 self._wake.set()
             except Exception:
                 log.exception("webhook event for call %s could not be queued", call_id)
@@ -136,7 +136,7 @@ class WebhookSink:
         limit = asyncio.Semaphore(_PARALLEL)
         while True:
             try:
-                due = await self.store.due_webhooks(_BATCH)
+                due = await self.outbox.due(_BATCH)
             except Exception:
                 log.exception("webhook outbox unreadable")
                 due = []
@@ -172,11 +172,11 @@ class WebhookSink:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 ok, error = False, type(exc).__name__
         if ok:
-            await self.store.webhook_delivered(outbox_id)
+            await self.outbox.delivered(outbox_id)
             return
         attempts += 1
         retry_in = None if attempts >= self.config.max_attempts else backoff(attempts)
-        await self.store.webhook_failed(outbox_id, error=error, retry_in=retry_in)
+        await self.outbox.failed(outbox_id, error=error, retry_in=retry_in)
         log.warning(
             "webhook delivery %d failed (%s), attempt %d%s",
             outbox_id,

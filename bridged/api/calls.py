@@ -17,7 +17,8 @@ from ..appkeys import CONFIG, SERVICE, STORE
 from ..calls.model import Call
 from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
 from ..service import NotStarted, Refused
-from ..store import CallRow, DatabaseUnavailable
+from ..store.base import DatabaseUnavailable
+from ..store.calls import CallRow
 from ..webhooks import api_state
 from . import idempotency, openapi
 from .auth import Principal, principal, requires
@@ -79,7 +80,7 @@ async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple
     if isinstance(placed, NotStarted):
         raise outcome_error(placed.outcome, details={"call_id": placed.call_id})
     try:
-        row = await request.app[STORE].get_call(placed.id)
+        row = await request.app[STORE].calls.get(placed.id)
     except DatabaseUnavailable:
         row = None  # gone since the row was written: the call rings all the same
     return 202, call_json(row or _live_row(placed, who))
@@ -154,7 +155,7 @@ def may_see(who: Principal, row: CallRow) -> bool:
 async def _visible_call(request: web.Request) -> CallRow:
     """The path's call, if this token may see it. Another client's call answers as one that does not
     exist: a shop learns nothing about calls that are not its own, not even that they exist."""
-    row = await request.app[STORE].get_call(path_id(request))
+    row = await request.app[STORE].calls.get(path_id(request))
     if row is None or not may_see(principal(request), row):
         raise CallNotFound()
     return row
@@ -177,7 +178,7 @@ async def end_call(request: web.Request) -> web.StreamResponse:
     # Answer with the ended call when that is quick (it normally takes a few milliseconds).
     try:
         for _ in range(40):
-            found = await store.get_call(call_id)
+            found = await store.calls.get(call_id)
             if found is not None:
                 row = found
             if row.state == "ended":

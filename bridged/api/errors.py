@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from ..outcomes import OUTCOME_ERRORS, REFUSALS, HttpError, Outcome, Refusal
-from ..store import DatabaseUnavailable
+from ..store.base import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 

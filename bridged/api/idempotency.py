@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from ..appkeys import CONFIG, SERVICE, STORE
-from ..store import DatabaseUnavailable
+from ..store.base import DatabaseUnavailable
 from .errors import IdempotencyConflict, IdempotencyInProgress, InvalidIdempotencyKey
 
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -42,7 +42,7 @@ async def claim(
     handled, is refused (422, 409)."""
     request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     try:
-        claimed, first_hash, first_status, first_response = await request.app[STORE].claim_idempotency_key(
+        claimed, first_hash, first_status, first_response = await request.app[STORE].idempotency.claim(
             client, key, request_hash, keep_hours=request.app[CONFIG].current.api.idempotency_hours
         )
     except DatabaseUnavailable:
@@ -64,8 +64,8 @@ async def settle(
 
     def write() -> Awaitable[None]:
         if status is None:
-            return store.release_idempotency_key(client, key)
-        return store.store_idempotent_response(client, key, status, payload)
+            return store.idempotency.release(client, key)
+        return store.idempotency.remember(client, key, status, payload)
 
     what = "Idempotency-Key release" if status is None else "Idempotency-Key answer"
     await request.app[SERVICE].deferred.write(what, write)

@@ -28,7 +28,9 @@ from ..recordings import (
     parse_range,
 )
 from ..retention import RECORDINGS, RETENTION, RetentionPolicy
-from ..store import AuditRow, ReviewCallRow, Store
+from ..store import Store
+from ..store.audit import AuditRow
+from ..store.calls import CallRow
 from . import openapi
 from .auth import ON_DENIED, PERMISSIONS, TOKENS, Handler, Principal, principal, requires
 from .cursors import CURSORS, CursorCodec, CursorKeeper
@@ -99,7 +101,7 @@ def _iso(when: datetime | None) -> str | None:
     return None if when is None else when.isoformat()
 
 
-def call_json(row: ReviewCallRow) -> dict[str, Any]:
+def call_json(row: CallRow) -> dict[str, Any]:
     duration = None
     if row.answered_at is not None and row.ended_at is not None:
         duration = round(max(0.0, (row.ended_at - row.answered_at).total_seconds()), 3)
@@ -185,7 +187,9 @@ async def _audit_denied(request: web.Request, actor: str, outcome: str, details:
             details = {**details, "suppressed_before": folded}
     details = {"method": request.method, "path": request.rel_url.path, "client": client, **details}
     try:
-        await _store(request.app).audit(actor=actor, action="api.denied", outcome=outcome, details=details)
+        await _store(request.app).audit.add(
+            actor=actor, action="api.denied", outcome=outcome, details=details
+        )
     except Exception as exc:
         # The refusal stands either way; losing its audit row must not turn it into a 500.
         log.error("denied request not audited (%s %s): %s", request.method, request.rel_url.path, exc)
@@ -230,7 +234,7 @@ def _store(app: web.Application) -> Store:
 
 
 async def _cursors(app: web.Application) -> CursorCodec:
-    return await app[CURSORS].codec(_store(app).cursor_secret)
+    return await app[CURSORS].codec(_store(app).settings.cursor_secret)
 
 
 # -- handlers ---------------------------------------------------------------------------------------
@@ -248,7 +252,7 @@ async def list_calls(request: web.Request) -> web.Response:
     cursor = q.text("cursor", MAX_CURSOR)
     cursors = await _cursors(request.app)
     before = cursors.decode_calls(cursor) if cursor else None
-    rows = await _store(request.app).list_calls(
+    rows = await _store(request.app).calls.page(
         manager_id=manager_id,
         order_id=order_id,
         outcome=outcome,
@@ -284,7 +288,7 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
     if reason is None and request.app[CONFIG].current.recording.require_reason:
         raise ReasonRequired()
     store = _store(request.app)
-    call = await store.get_review_call(path_id(request))
+    call = await store.calls.get(path_id(request))
     if call is None:
         raise CallNotFound()
     if call.recording_name is None or call.recording_state == RecordingState.FAILED:
@@ -312,7 +316,7 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
 async def _serve(
     request: web.Request,
     who: Principal,
-    call: ReviewCallRow,
+    call: CallRow,
     recording: OpenRecording,
     *,
     reason: str | None,
@@ -331,7 +335,7 @@ async def _serve(
     action = "recording.download" if download else "recording.listen"
     if not head:
         try:
-            await _store(request.app).audit(
+            await _store(request.app).audit.add(
                 actor=who.name,
                 action=action,
                 outcome="granted",
@@ -396,7 +400,7 @@ async def list_audit(request: web.Request) -> web.Response:
     cursor = q.text("cursor", MAX_CURSOR)
     cursors = await _cursors(request.app)
     before = cursors.decode_audit(cursor) if cursor else None
-    rows = await _store(request.app).list_audit(
+    rows = await _store(request.app).audit.page(
         actor=actor,
         action=action,
         call_id=call_id,

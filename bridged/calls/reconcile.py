@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .. import metrics
 from ..ari import AriError, background_requests
 from ..outcomes import Outcome
-from ..store import CallRow
+from ..store.calls import CallRow
 from .model import Call, CallState
 from .recording import recording_state_of
 
@@ -48,7 +48,7 @@ class Reconciler:
         for call in list(engine.calls.values()):
             call.queue.put_nowait({"type": "Reconcile", "alive": alive, "states": states})
         known = set(engine.calls)
-        for row in await engine.rows.store.open_calls(app_name):
+        for row in await engine.rows.store.calls.open_calls(app_name):
             if row.id not in known:
                 await self._adopt(row, alive, states)
         owned = engine.owned_channels()

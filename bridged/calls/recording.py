@@ -18,7 +18,7 @@ from .. import metrics
 from ..ari import AriClient, AriError, background_requests
 from ..config import ConfigHolder
 from ..recording_state import END_EVENTS, RecordingState, StoredFile, judge_end_event, judge_file
-from ..store import CallRow
+from ..store.calls import CallRow
 from .model import Call
 from .rows import Rows
 

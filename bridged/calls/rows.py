@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 
 from ..outcomes import Outcome
 from ..recording_state import RecordingState
-from ..store import CallRow, Store
+from ..store import Store
+from ..store.calls import CallRow
 from ..tasks import Tasks
 from .model import Call, RowWrite
 
@@ -40,7 +41,7 @@ class Rows:
 
     async def state(self, call: Call) -> None:
         state = call.state.value
-        await self._write(call, f"state {state}", lambda: self.store.set_state(call.id, state))
+        await self._write(call, f"state {state}", lambda: self.store.calls.set_state(call.id, state))
 
     async def bridged(self, call: Call) -> None:
         assert call.answered_at is not None and call.bridge_id is not None
@@ -48,7 +49,7 @@ class Rows:
         await self._write(
             call,
             "bridged",
-            lambda: self.store.mark_bridged(
+            lambda: self.store.calls.mark_bridged(
                 call.id, answered_at=answered_at, bridge_id=bridge_id, recording_name=recording_name
             ),
         )
@@ -61,7 +62,7 @@ class Rows:
         await self._write(
             call,
             "end",
-            lambda: self.store.finish_audited(
+            lambda: self.store.calls.finish_audited(
                 call.id,
                 outcome=outcome.value,
                 hangup_cause=hangup_cause,
@@ -74,14 +75,16 @@ class Rows:
 
     async def recording(self, call: Call, state: RecordingState) -> None:
         value = state.value
-        await self._write(call, f"recording {value}", lambda: self.store.set_recording_state(call.id, value))
+        await self._write(
+            call, f"recording {value}", lambda: self.store.calls.set_recording_state(call.id, value)
+        )
 
     async def transfer_refused(self, call: Call, side: str) -> None:
         actor = call.manager.id if side == "manager" else "customer"
         await self._write(
             call,
             "transfer audit",
-            lambda: self.store.audit(
+            lambda: self.store.audit.add(
                 actor=actor,
                 action="call.transfer",
                 outcome="refused",
@@ -95,14 +98,14 @@ class Rows:
 
     async def abandoned_before_stasis(self, call_id: str) -> None:
         """The manager hung up between the FastAGI answer and Stasis: the row is closed."""
-        await self.store.finish(
+        await self.store.calls.finish(
             call_id, outcome=Outcome.MANAGER_ABANDONED.value, hangup_cause=None, ended_by="manager"
         )
 
     async def ended_unseen(self, row: CallRow, outcome: Outcome) -> None:
         """A call that ended while bridged was away (found at a reconnect): the row's end, audited."""
-        await self.store.finish(row.id, outcome=outcome.value, hangup_cause=None, ended_by="unknown")
-        await self.store.audit(
+        await self.store.calls.finish(row.id, outcome=outcome.value, hangup_cause=None, ended_by="unknown")
+        await self.store.audit.add(
             actor="bridged",
             action="call.end",
             outcome=outcome.value,
@@ -112,7 +115,7 @@ class Rows:
         )
 
     async def recording_of(self, call_id: str, state: RecordingState) -> None:
-        await self.store.set_recording_state(call_id, state.value)
+        await self.store.calls.set_recording_state(call_id, state.value)
 
     # -- the retry machinery ----------------------------------------------------------------------
 

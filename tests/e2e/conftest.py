@@ -10,8 +10,6 @@ import itertools
 import os
 import re
 import shutil
-import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,42 +19,19 @@ import pytest
 from rig import Asterisk, Postgres, ensure_asterisk_root
 from rig.asterisk import manager_endpoint_conf
 
+from ..netns import ensure_loopback
 from .harness import Bridged, ManagerPhone, setup_shop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # BRIDGED_RIG_ARTIFACTS: another folder (a test that runs the rig inside another test uses it).
 ARTIFACTS = Path(os.environ.get("BRIDGED_RIG_ARTIFACTS", REPO_ROOT / "artifacts"))
 E2E_DIR = Path(__file__).resolve().parent
-CARRIER_IP = "127.0.0.2"
-POSTGRES_PORT = 55432
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if E2E_DIR in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.e2e)
-
-
-def _can_bind(ip: str) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((ip, 0))
-            return True
-        except OSError:
-            return False
-
-
-def _ensure_loopback() -> None:
-    """Bring lo up (a fresh `unshare -n` namespace has it down) and make sure 127.0.0.2 is usable.
-
-    Always asked for: binding 127.0.0.1 works even while lo is down (only sending fails), so a bind
-    test cannot tell. Setting an up interface up is a no-op."""
-    if os.geteuid() == 0:
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
-    if not _can_bind(CARRIER_IP):
-        subprocess.run(["ip", "addr", "add", f"{CARRIER_IP}/8", "dev", "lo"], check=False)
-    if not (_can_bind("127.0.0.1") and _can_bind(CARRIER_IP)):
-        pytest.skip("loopback 127.0.0.1/127.0.0.2 not usable (run inside `unshare -n` as root)")
 
 
 @dataclass
@@ -99,7 +74,7 @@ def asterisk_root() -> Path:
 
 @pytest.fixture(scope="session")
 def asterisk(asterisk_root: Path) -> Iterator[Asterisk]:
-    _ensure_loopback()
+    ensure_loopback()
     ast = Asterisk(asterisk_root)
     ast.start()
     try:
@@ -117,17 +92,6 @@ def asterisk(asterisk_root: Path) -> Iterator[Asterisk]:
             shutil.copyfile(cdr, out / "asterisk-cdr.csv")
         if not os.environ.get("BRIDGED_RIG_KEEP"):
             ast.cleanup()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    _ensure_loopback()
-    pg = Postgres(port=POSTGRES_PORT)
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture

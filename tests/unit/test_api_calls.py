@@ -158,7 +158,7 @@ async def test_post_while_bridgeds_database_is_away_is_503_and_the_attempt_is_wr
     served: Any,
 ) -> None:
     client, ari, store = served
-    from bridged.deferred import DeferredWrites
+    from bridged.store.deferred import DeferredWrites
 
     client.app[SERVICE].deferred = DeferredWrites(delays=(0.01,) * 5)
     refused = metrics.CALLS_REFUSED.value("database_unavailable")

@@ -35,11 +35,14 @@ from bridged.calls.model import (
 from bridged.config import Config, ConfigHolder, RecordingConfig
 from bridged.outcomes import Outcome
 from bridged.redact import digits
-from bridged.store import Store
+from bridged.store.audit import AuditTrail
+from bridged.store.calls import CallRows
 from tests.unit.fakes import (
     NUMBER,
     NUMBER_TAIL,
     FakeAri,
+    FakeAuditTrail,
+    FakeCallRows,
     FakeStore,
     caller_id_changed,
     channel_destroyed,
@@ -163,7 +166,7 @@ async def env() -> AsyncIterator[Env]:
 
 @pytest.mark.parametrize(
     ("fake", "real"),
-    [(FakeAri, AriClient), (FakeStore, Store)],
+    [(FakeAri, AriClient), (FakeCallRows, CallRows), (FakeAuditTrail, AuditTrail)],
 )
 def test_fakes_mirror_real_signatures(fake: type, real: type) -> None:
     for name, member in vars(fake).items():
@@ -530,7 +533,7 @@ async def test_the_database_failing_mid_call_does_not_cut_the_call(
     # bridged's PostgreSQL goes away as the customer is dialled: the call goes on and is bridged; the
     # row's writes are kept and retried in their order once the database is back.
     down = True
-    real_set_state, real_mark_bridged = env.store.set_state, env.store.mark_bridged
+    real_set_state, real_mark_bridged = env.store.calls.set_state, env.store.calls.mark_bridged
 
     async def set_state(call_id: str, state: str) -> None:
         if down:
@@ -542,8 +545,8 @@ async def test_the_database_failing_mid_call_does_not_cut_the_call(
             raise OSError("database gone")
         await real_mark_bridged(call_id, **kw)
 
-    env.store.set_state = set_state  # type: ignore[method-assign]
-    env.store.mark_bridged = mark_bridged  # type: ignore[method-assign]
+    env.store.calls.set_state = set_state  # type: ignore[method-assign]
+    env.store.calls.mark_bridged = mark_bridged  # type: ignore[method-assign]
     with caplog.at_level("INFO", logger="bridged.calls"):
         customer = await env.ringing_unpersisted("call-a", "m-a")
         env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
@@ -602,7 +605,7 @@ async def test_a_row_the_database_would_not_end_is_ended_on_retry_with_the_real_
     # bridged's database away when the call ends: the legs go down at once, the row follows later
     # (else the call would show as going on, in the API and /ops/, until the next restart).
     customer = await env.bridged("call-a", "m-a")
-    real = env.store.finish_audited
+    real = env.store.calls.finish_audited
     failures = [OSError("database gone"), OSError("database gone")]
     attempts: list[dict[str, Any]] = []
 
@@ -612,7 +615,7 @@ async def test_a_row_the_database_would_not_end_is_ended_on_retry_with_the_real_
             raise failures.pop()
         await real(call_id, **kw)
 
-    env.store.finish_audited = flaky  # type: ignore[method-assign]
+    env.store.calls.finish_audited = flaky  # type: ignore[method-assign]
     with caplog.at_level("INFO", logger="bridged.calls"):
         env.engine.on_event(hangup_request("m-a"))
         await wait_until(lambda: customer in env.ari.hung_up(), what="customer leg hung up")
@@ -629,7 +632,7 @@ async def test_stopping_gives_waiting_row_writes_a_last_try(
     env: Env, caplog: pytest.LogCaptureFixture, back: bool
 ) -> None:
     await env.bridged("call-a", "m-a")
-    real = env.store.finish_audited
+    real = env.store.calls.finish_audited
     down = True
 
     async def finish_audited(call_id: str, **kw: Any) -> None:
@@ -637,7 +640,7 @@ async def test_stopping_gives_waiting_row_writes_a_last_try(
             raise OSError("database gone")
         await real(call_id, **kw)
 
-    env.store.finish_audited = finish_audited  # type: ignore[method-assign]
+    env.store.calls.finish_audited = finish_audited  # type: ignore[method-assign]
     env.engine.on_event(hangup_request("m-a"))
     await wait_until(lambda: "call-a" not in env.engine.calls, what="call over")
     assert env.row("call-a")["state"] == "bridged"
@@ -1100,14 +1103,8 @@ async def test_reconcile_adopts_only_this_apps_calls(env: Env) -> None:
         state="bridged",
         bridge_id="b1",
     )
-    await env.store.insert_call(
-        call_id="theirs",
-        order_id="1",
-        manager_id="anna",
-        direction="phone",
-        state="bridged",
-        manager_channel_id="m2",
-        ari_app="another-app",
+    env.store.add_row(
+        id="theirs", manager_id="anna", state="bridged", manager_channel_id="m2", ari_app="another-app"
     )
     env.ari.channels = {
         "m1": {"id": "m1", "state": "Up"},

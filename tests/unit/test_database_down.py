@@ -12,10 +12,16 @@ import asyncpg
 import pytest
 
 from bridged import metrics
-from bridged.deferred import DeferredWrites
 from bridged.outcomes import Refusal, refusal_prompt
 from bridged.service import Refused
-from bridged.store import DatabaseUnavailable, Store
+from bridged.store import Store
+from bridged.store.audit import AuditTrail
+from bridged.store.base import DatabaseUnavailable
+from bridged.store.calls import CallRows
+from bridged.store.deferred import DeferredWrites
+from bridged.store.idempotency import IdempotencyKeys
+from bridged.store.outbox import WebhookOutbox
+from bridged.store.settings import Settings
 
 from .fakes import DownStore, wait_until
 from .test_service import _env, _no_code
@@ -48,10 +54,12 @@ OUTAGES = [
 async def test_every_outage_is_database_unavailable(error: BaseException) -> None:
     store = Store(BrokenPool(error))  # type: ignore[arg-type]
     with pytest.raises(DatabaseUnavailable) as raised:
-        await store.get_call("c1")
+        await store.calls.get("c1")
     assert str(raised.value) == type(error).__name__  # the type only: the text may quote values
     with pytest.raises(DatabaseUnavailable):
-        await store.audit(actor="a", action="b", outcome="c")
+        await store.audit.add(actor="a", action="b", outcome="c")
+    with pytest.raises(DatabaseUnavailable):
+        await store.settings.get("k")
 
 
 @pytest.mark.parametrize(
@@ -65,13 +73,19 @@ async def test_every_outage_is_database_unavailable(error: BaseException) -> Non
 )
 async def test_other_errors_are_not_mistaken_for_an_outage(error: BaseException) -> None:
     with pytest.raises(type(error)):
-        await Store(BrokenPool(error)).get_call("c1")  # type: ignore[arg-type]
+        await Store(BrokenPool(error)).calls.get("c1")  # type: ignore[arg-type]
 
 
-def test_every_public_store_method_translates() -> None:
-    for name, member in vars(Store).items():
-        if not name.startswith("_") and inspect.iscoroutinefunction(member):
-            assert hasattr(member, "__wrapped__"), name
+@pytest.mark.parametrize("aggregate", [CallRows, AuditTrail, IdempotencyKeys, WebhookOutbox, Settings])
+def test_every_public_store_method_translates(aggregate: type) -> None:
+    methods = [
+        m for n, m in vars(aggregate).items() if not n.startswith("_") and inspect.iscoroutinefunction(m)
+    ]
+    assert methods
+    for member in methods:
+        assert hasattr(member, "__wrapped__"), member.__name__
+    # And the store holds one of each.
+    assert {type(a) for a in vars(Store(None)).values()} >= {aggregate}
 
 
 # -- DeferredWrites ---------------------------------------------------------------------------------
@@ -181,7 +195,7 @@ async def test_a_call_whose_row_cannot_be_written_is_refused_and_its_row_written
     assert refusal_prompt(env.config.prompts, result.reason) == env.config.prompts.unavailable
     assert env.engine._pending == {}  # the engine is never told about a call without a row
     # Tried once (the call's own row), and the refusal's row not tried again at once.
-    assert env.store.refused == ["insert_call_audited"]
+    assert env.store.refused == ["insert_audited"]
     assert env.store.rows == {}
     env.store.down = False
     await wait_until(lambda: env.store.rows)

@@ -191,7 +191,7 @@ async def test_a_folder_asterisk_cannot_write_to_marks_the_recording_failed(env:
     assert env.engine.calls["call-a"].state is CallState.BRIDGED
     assert metrics.RECORDINGS_FAILED.value("failed") == 1
     # The shop sees no recording; the row keeps its name (retention still deletes whatever file is left).
-    row = await env.store.get_call("call-a")
+    row = await env.store.calls.get("call-a")
     assert row is not None and row.recording_name == "bridged-call-a" and not row.recording_usable
 
 

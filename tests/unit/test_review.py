@@ -32,7 +32,8 @@ from bridged.recordings import (
     parse_range,
 )
 from bridged.retention import RECORDINGS, RETENTION, Retention
-from bridged.store import CallRow, ReviewCallRow
+from bridged.store.calls import CallRow
+from bridged.store.settings import Setting
 
 from .fakes import example_data, make_config
 
@@ -206,32 +207,35 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 class ReviewStore:
-    """The Store methods the review endpoints use, in memory; ``fail_audit`` breaks audit inserts."""
+    """The store aggregates the review endpoints use, in memory; ``fail_audit`` breaks audit inserts."""
 
     def __init__(self) -> None:
-        self.calls: dict[str, ReviewCallRow] = {}
+        self.rows: dict[str, CallRow] = {}
         self.audits: list[dict[str, Any]] = []
         self.fail_audit = False
+        self.calls = self
+        self.audit = self
+        self.settings = self
 
-    async def audit(self, **row: Any) -> None:
+    async def add(self, **row: Any) -> None:  # audit
         if self.fail_audit:
             raise OSError("database gone")
         self.audits.append(row)
 
-    async def get_review_call(self, call_id: str) -> ReviewCallRow | None:
-        return self.calls.get(call_id)
+    async def get(self, call_id: str) -> CallRow | None:  # calls
+        return self.rows.get(call_id)
 
-    async def cursor_secret(self) -> str:
+    async def cursor_secret(self) -> str:  # settings
         return "0123456789abcdef" * 4
 
-    async def list_calls(self, **filters: Any) -> list[ReviewCallRow]:
-        rows = sorted(self.calls.values(), key=lambda r: (r.requested_at, r.id), reverse=True)
+    async def page(self, **filters: Any) -> list[CallRow]:  # calls
+        rows = sorted(self.rows.values(), key=lambda r: (r.requested_at, r.id), reverse=True)
         if filters.get("before"):
             rows = [r for r in rows if (r.requested_at, r.id) < filters["before"]]
         return rows[: filters["limit"]]
 
 
-def _call(call_id: str, minutes_ago: int, **kw: Any) -> ReviewCallRow:
+def _call(call_id: str, minutes_ago: int, **kw: Any) -> CallRow:
     at = NOW - timedelta(minutes=minutes_ago)
     values: dict[str, Any] = {
         "id": call_id,
@@ -247,9 +251,12 @@ def _call(call_id: str, minutes_ago: int, **kw: Any) -> ReviewCallRow:
         "ended_by": "manager",
         "recording_name": f"bridged-{call_id}",
         "recording_purged_at": None,
+        "manager_channel_id": None,
+        "customer_channel_id": None,
+        "bridge_id": None,
     }
     values.update(kw)
-    return ReviewCallRow(**values)
+    return CallRow(**values)
 
 
 TOKENS_PLAIN = {"shop-token": "shop", "ops-token": "ops", "admin-token": "admin"}
@@ -259,9 +266,9 @@ WAV = b"RIFF" + bytes(range(256)) * 40
 @pytest.fixture
 async def served(tmp_path: Path):
     store = ReviewStore()
-    store.calls["c1"] = _call("c1", 10)
-    store.calls["c2"] = _call("c2", 5, recording_name=None, outcome="customer_busy")
-    store.calls["c3"] = _call("c3", 1, recording_purged_at=NOW)
+    store.rows["c1"] = _call("c1", 10)
+    store.rows["c2"] = _call("c2", 5, recording_name=None, outcome="customer_busy")
+    store.rows["c3"] = _call("c3", 1, recording_purged_at=NOW)
     (tmp_path / "bridged-c1.wav").write_bytes(WAV)
     config = make_config()
     config = replace(config, recording=replace(config.recording, source="folder", folder=str(tmp_path)))
@@ -377,8 +384,8 @@ async def test_recording_errors(served) -> None:
 
 async def test_the_recordings_state_is_shown_and_a_failed_one_is_not_served(served) -> None:
     client, store, app = served
-    store.calls["c4"] = _call("c4", 8, recording_state="truncated")
-    store.calls["c5"] = _call("c5", 7, recording_state="failed")
+    store.rows["c4"] = _call("c4", 8, recording_state="truncated")
+    store.rows["c5"] = _call("c5", 7, recording_state="failed")
     folder = Path(app[CONFIG].current.recording.folder or "")
     (folder / "bridged-c4.wav").write_bytes(WAV)
     (folder / "bridged-c5.wav").write_bytes(b"")  # what a full disk leaves: an empty file
@@ -395,13 +402,7 @@ async def test_the_recordings_state_is_shown_and_a_failed_one_is_not_served(serv
 
 
 def test_the_shops_call_json_says_whether_the_recording_holds_audio() -> None:
-    review_row = _call("c1", 1, recording_state="truncated")
-    row = CallRow(
-        **{k: v for k, v in review_row.__dict__.items() if k != "recording_purged_at"},
-        manager_channel_id="m",
-        customer_channel_id="c",
-        bridge_id="b",
-    )
+    row = _call("c1", 1, recording_state="truncated")
     assert (call_json(row)["has_recording"], call_json(row)["recording_state"]) == (True, "truncated")
     row = replace(row, recording_state="failed")
     assert (call_json(row)["has_recording"], call_json(row)["recording_state"]) == (False, "failed")
@@ -522,10 +523,10 @@ class _RetentionStore:
         self.days = days
         self.due = [("c1", "bridged-c1"), ("c2", "bridged-c2")]
         self.marked: list[str] = []
+        self.settings = self
+        self.calls = self
 
-    async def get_setting(self, key: str) -> Any:
-        from bridged.store import Setting
-
+    async def get(self, key: str) -> Any:  # settings
         return None if self.days is None else Setting(key, self.days, NOW, "admin-1")
 
     async def recordings_due(self, older_than: datetime, limit: int) -> list[tuple[str, str]]:

@@ -49,11 +49,11 @@ class _Store:
         self.queued: list[tuple[str, dict]] = []
         self.release = asyncio.Event()
 
-    async def queue_webhook(self, call_id: str, payload: dict) -> None:
+    async def queue(self, call_id: str, payload: dict) -> None:
         await self.release.wait()  # a stuck database must not hold the publisher up
         self.queued.append((call_id, payload))
 
-    async def due_webhooks(self, limit: int) -> list:
+    async def due(self, limit: int) -> list:
         return []
 
 

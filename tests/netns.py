@@ -1,0 +1,38 @@
+"""The test run's private network namespace (``unshare -n``): its loopback, for the rig's fixed ports.
+
+The rig's PostgreSQL (tests/db and tests/e2e), Asterisk and SIPp bind fixed ports on 127.0.0.1 and
+127.0.0.2; inside a private namespace of their own, runs never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+CARRIER_IP = "127.0.0.2"
+POSTGRES_PORT = 55432
+
+
+def _can_bind(ip: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((ip, 0))
+            return True
+        except OSError:
+            return False
+
+
+def ensure_loopback() -> None:
+    """Bring lo up (a fresh `unshare -n` namespace has it down) and make sure 127.0.0.2 is usable.
+
+    Always asked for: binding 127.0.0.1 works even while lo is down (only sending fails), so a bind
+    test cannot tell. Setting an up interface up is a no-op."""
+    if os.geteuid() == 0:
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
+    if not _can_bind(CARRIER_IP):
+        subprocess.run(["ip", "addr", "add", f"{CARRIER_IP}/8", "dev", "lo"], check=False)
+    if not (_can_bind("127.0.0.1") and _can_bind(CARRIER_IP)):
+        pytest.skip("loopback 127.0.0.1/127.0.0.2 not usable (run inside `unshare -n` as root)")
