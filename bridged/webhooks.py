@@ -36,12 +36,6 @@ _PARALLEL = 4
 _MAX_BACKOFF = 300.0
 
 
-def api_state(state: CallState | str) -> str:
-    """The state as the HTTP API and webhooks name it."""
-    value = CallState(state)
-    return "ending" if value is CallState.REFUSING else value.value
-
-
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"t={timestamp},v1={mac.hexdigest()}"
@@ -92,7 +86,7 @@ class WebhookSink:
                 "order_id": call.order_id,
                 "manager_id": call.manager.id,
                 "direction": call.direction,
-                "state": api_state(state),
+                "state": state.value,
                 "outcome": call.outcome.value if call.outcome and state is CallState.ENDED else None,
             },
         }

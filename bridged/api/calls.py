@@ -1,7 +1,8 @@
-"""Click-to-call: ``POST /v1/calls``, ``GET /v1/calls/{id}``, ``DELETE /v1/calls/{id}``.
+"""Calls: ``POST /v1/calls`` (click-to-call), ``GET /v1/calls/{id}``, ``DELETE /v1/calls/{id}``, and the
+history ``GET /v1/calls``; one representation of a call (:func:`call_json`) for all of them.
 
-Thin handlers over the services the phone path uses: the same policy, the same call engine, the same
-rows and audit trail. No response carries a customer's number.
+Thin handlers: they parse, ask the CallService (which decides, as for the phone path), and translate its
+answer. No response carries a customer's number.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
 from ..service import NotStarted, Refused
 from ..store.base import DatabaseUnavailable
 from ..store.calls import CallRow
-from ..webhooks import api_state
 from . import idempotency, openapi
-from .auth import Principal, principal, requires
+from .auth import Principal, audited, principal, requires
+from .cursors import DEFAULT_LIMIT, MAX_LIMIT, PAGE_PARAMETERS, Listing
+from .cursors import MAX_LENGTH as MAX_CURSOR
 from .errors import ApiError, CallEnded, CallNotFound, InvalidRequest, outcome_error, refusal_error
-from .params import path_id, read_json
+from .params import Query, path_id, read_json
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +37,25 @@ def _iso(value: Any) -> str | None:
 
 
 def call_json(row: CallRow) -> dict[str, Any]:
-    """The public representation of a call (also used by the review API)."""
+    """A call as every endpoint shows it (``Call`` in the OpenAPI document). No phone number: the row
+    holds none, and its channel and bridge ids are left out."""
+    duration = row.duration
     return {
         "id": row.id,
         "order_id": row.order_id,
         "manager_id": row.manager_id,
         "direction": row.direction,
-        "state": api_state(row.state),
+        "state": row.state,
         "outcome": row.outcome,
+        "hangup_cause": row.hangup_cause,
+        "ended_by": row.ended_by,
         "requested_at": _iso(row.requested_at),
         "answered_at": _iso(row.answered_at),
         "ended_at": _iso(row.ended_at),
-        "duration_seconds": row.duration,
-        "ended_by": row.ended_by,
-        "has_recording": row.recording_usable,
+        "duration_seconds": None if duration is None else round(duration, 3),
+        "has_recording": row.recording_available,
         "recording_state": row.recording_state,
+        "recording_purged_at": _iso(row.recording_purged_at),
     }
 
 
@@ -161,6 +167,26 @@ async def _visible_call(request: web.Request) -> CallRow:
     return row
 
 
+_LIST_FILTERS = {"manager", "order", "outcome", "from", "to", "has_recording"} | PAGE_PARAMETERS
+
+
+@audited("calls.list")
+async def list_calls(request: web.Request) -> web.Response:
+    """The call history, newest first, one page at a time."""
+    q = Query(request, _LIST_FILTERS)
+    listing = Listing("calls", request.app[STORE].calls.page, lambda r: (r.requested_at, r.id), call_json)
+    return await listing.page(
+        request,
+        q,
+        manager_id=q.text("manager", 64),
+        order_id=q.text("order", 64),
+        outcome=q.text("outcome", 64),
+        since=q.time("from"),
+        until=q.time("to"),
+        has_recording=q.boolean("has_recording"),
+    )
+
+
 @requires("calls.read")
 async def get_call(request: web.Request) -> web.StreamResponse:
     return web.json_response(call_json(await _visible_call(request)))
@@ -189,8 +215,8 @@ async def end_call(request: web.Request) -> web.StreamResponse:
     return web.json_response(call_json(row), status=202)
 
 
-_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
-SCHEMAS = {
+_TIMESTAMP = openapi.TIME
+SCHEMAS: dict[str, Any] = {
     "CreateCall": {
         "type": "object",
         "additionalProperties": False,
@@ -203,6 +229,7 @@ SCHEMAS = {
     "Call": {
         "type": "object",
         "additionalProperties": False,
+        "description": "A call, as every endpoint shows it. It never carries a phone number.",
         "required": [
             "id",
             "order_id",
@@ -210,13 +237,15 @@ SCHEMAS = {
             "direction",
             "state",
             "outcome",
+            "hangup_cause",
+            "ended_by",
             "requested_at",
             "answered_at",
             "ended_at",
             "duration_seconds",
-            "ended_by",
             "has_recording",
             "recording_state",
+            "recording_purged_at",
         ],
         "properties": {
             "id": {"type": "string"},
@@ -234,34 +263,64 @@ SCHEMAS = {
                     "ending",
                     "ended",
                 ],
+                "description": "ending: the manager hears why the call did not go ahead, then is hung up",
             },
             "outcome": {
                 "type": ["string", "null"],
                 "description": "completed, manager_no_answer, manager_unavailable, manager_abandoned, "
                 "customer_busy, customer_no_answer, customer_unavailable, customer_congestion, "
-                "customer_abandoned, cancelled, denied, unknown_order, invalid_phone, lookup_failed, "
-                "unavailable, overloaded, failed",
+                "customer_abandoned, cancelled, failed; a refused attempt's reason: denied, unknown_order, "
+                "invalid_phone, lookup_failed, unavailable, overloaded, database_unavailable",
             },
             "requested_at": {"type": "string", "format": "date-time"},
             "answered_at": _TIMESTAMP,
             "ended_at": _TIMESTAMP,
-            "duration_seconds": {"type": ["number", "null"]},
+            "hangup_cause": {"type": ["integer", "null"], "description": "Q.850 cause of the customer leg"},
             "ended_by": {"type": ["string", "null"]},
+            "duration_seconds": {"type": ["number", "null"]},
             "has_recording": {
                 "type": "boolean",
-                "description": "a recording was made and holds audio (see recording_state)",
+                "description": "a recording was made, holds audio (see recording_state) and was not purged",
             },
             "recording_state": RECORDING_STATE_SCHEMA,
+            "recording_purged_at": {
+                **_TIMESTAMP,
+                "description": "when the retention deleted the recording (the call's row stays)",
+            },
         },
     },
 }
 
-_CALL = {"application/json": {"schema": {"$ref": "#/components/schemas/Call"}}}
+SCHEMAS["CallPage"] = openapi.page_of("Call")
+_CALL = openapi.json_content("Call")
 _CALL_ID = openapi.CALL_ID_PARAMETER
 
 openapi.register(
     {
         "/v1/calls": {
+            "get": openapi.secured(
+                {
+                    "operationId": "listCalls",
+                    "summary": "Call history, newest first (permission calls.list)",
+                    "parameters": [
+                        openapi.param("manager", "manager id", openapi.text(64)),
+                        openapi.param("order", "order id", openapi.text(64)),
+                        openapi.param("outcome", "e.g. completed, customer_busy", openapi.text(64)),
+                        openapi.param(
+                            "from", "requested at or after" + openapi.TIME_NOTE, openapi.TIME_FILTER
+                        ),
+                        openapi.param("to", "requested before" + openapi.TIME_NOTE, openapi.TIME_FILTER),
+                        openapi.param(
+                            "has_recording", "a recording is available (not purged)", {"type": "boolean"}
+                        ),
+                        *openapi.page_parameters(DEFAULT_LIMIT, MAX_LIMIT, MAX_CURSOR),
+                    ],
+                    "responses": {
+                        "200": {"description": "one page", "content": openapi.json_content("CallPage")},
+                        **openapi.error_responses(422, 503),
+                    },
+                }
+            ),
             "post": openapi.secured(
                 {
                     "operationId": "createCall",
@@ -297,7 +356,7 @@ openapi.register(
                         },
                     },
                 }
-            )
+            ),
         },
         "/v1/calls/{call_id}": {
             "get": openapi.secured(
@@ -332,5 +391,6 @@ openapi.register(
 
 def setup(app: web.Application) -> None:
     app.router.add_post("/v1/calls", create_call)
+    app.router.add_get("/v1/calls", list_calls, allow_head=False)
     app.router.add_get("/v1/calls/{call_id}", get_call)
     app.router.add_delete("/v1/calls/{call_id}", end_call)

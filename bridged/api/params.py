@@ -21,6 +21,7 @@ from multidict import MultiMapping
 
 from ..appkeys import CONFIG
 from .errors import (
+    ApiError,
     BodyTooLarge,
     CallNotFound,
     InvalidJson,
@@ -50,7 +51,7 @@ def printable(value: str) -> bool:
     return not any(unicodedata.category(ch) in _REFUSED_CATEGORIES for ch in value)
 
 
-def _invalid(name: str, message: str) -> InvalidParameter:
+def _invalid(name: str, message: str) -> ApiError:
     return InvalidParameter(f"{name} {message}", details={"parameter": name})
 
 

@@ -58,10 +58,10 @@ REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     (S.BRIDGED, E.CUSTOMER_LEFT): ended(O.COMPLETED, "customer"),
     (S.BRIDGED, E.TERMINATE): ended_on_request(O.COMPLETED),
     # the manager hears a prompt (why the call did not go ahead), then is hung up
-    (S.REFUSING, E.PROMPT_DONE): Steps.hang_up_manager,
-    (S.REFUSING, E.MANAGER_LEFT): ended(O.FAILED, "manager", unless_decided=True),
-    (S.REFUSING, E.CUSTOMER_LEFT): ignore,  # bridged hung it up before the prompt
-    (S.REFUSING, E.TERMINATE): ended_on_request(O.CANCELLED, unless_decided=True),
+    (S.ENDING, E.PROMPT_DONE): Steps.hang_up_manager,
+    (S.ENDING, E.MANAGER_LEFT): ended(O.FAILED, "manager", unless_decided=True),
+    (S.ENDING, E.CUSTOMER_LEFT): ignore,  # bridged hung it up before the prompt
+    (S.ENDING, E.TERMINATE): ended_on_request(O.CANCELLED, unless_decided=True),
     # in any other state
     (ANY, E.MANAGER_LEFT): ended(O.MANAGER_ABANDONED, "manager"),
     (ANY, E.CUSTOMER_LEFT): ended(O.CUSTOMER_ABANDONED, "customer"),

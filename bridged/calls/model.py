@@ -33,7 +33,7 @@ class CallState(StrEnum):
     RINGING_CUSTOMER = "ringing_customer"
     ANNOUNCING = "announcing"
     BRIDGED = "bridged"
-    REFUSING = "refusing"  # a prompt is being played to the manager before hangup
+    ENDING = "ending"  # the manager hears a prompt (why the call did not go ahead) before the hangup
     ENDED = "ended"
 
 
@@ -41,15 +41,15 @@ class CallState(StrEnum):
 # (InvalidTransition). Every live state may end: that is how a call is aborted.
 TRANSITIONS: dict[CallState, frozenset[CallState]] = {
     CallState.REQUESTED: frozenset(
-        {CallState.RINGING_MANAGER, CallState.RINGING_CUSTOMER, CallState.REFUSING, CallState.ENDED}
+        {CallState.RINGING_MANAGER, CallState.RINGING_CUSTOMER, CallState.ENDING, CallState.ENDED}
     ),
-    CallState.RINGING_MANAGER: frozenset({CallState.RINGING_CUSTOMER, CallState.REFUSING, CallState.ENDED}),
+    CallState.RINGING_MANAGER: frozenset({CallState.RINGING_CUSTOMER, CallState.ENDING, CallState.ENDED}),
     CallState.RINGING_CUSTOMER: frozenset(
-        {CallState.ANNOUNCING, CallState.BRIDGED, CallState.REFUSING, CallState.ENDED}
+        {CallState.ANNOUNCING, CallState.BRIDGED, CallState.ENDING, CallState.ENDED}
     ),
-    CallState.ANNOUNCING: frozenset({CallState.BRIDGED, CallState.REFUSING, CallState.ENDED}),
+    CallState.ANNOUNCING: frozenset({CallState.BRIDGED, CallState.ENDING, CallState.ENDED}),
     CallState.BRIDGED: frozenset({CallState.ENDED}),
-    CallState.REFUSING: frozenset({CallState.ENDED}),
+    CallState.ENDING: frozenset({CallState.ENDED}),
     CallState.ENDED: frozenset(),
 }
 

@@ -264,7 +264,7 @@ class Steps:
         call.ended_by = call.ended_by or "bridged"
         if call.customer_channel_id:
             await self.legs.hang_up(call.customer_channel_id)
-        self._transition(call, CallState.REFUSING)
+        self._transition(call, CallState.ENDING)
         await self.rows.state(call)
         await self.legs.stop_ringback(call)
         try:

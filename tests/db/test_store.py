@@ -218,3 +218,35 @@ async def test_recordings_past_the_retention_are_purged_once_and_audited(store: 
     assert [(r.actor, r.call_id, r.outcome, r.details) for r in purges] == [
         ("retention", "old", "purged", {"file_found": True})
     ]
+
+
+async def test_a_row_left_refusing_by_an_older_bridged_is_ending_after_the_migration(cluster: Any) -> None:
+    from bridged import db
+
+    name = "bridged_db_migration_0007"
+    cluster.drop_database(name)
+    cluster.create_database(name)
+    pool = await db.create_pool(cluster.dsn(name), min_size=1, max_size=2)
+    try:
+        older = [m for m in db.migrations() if m.version < 7]
+        await pool.execute(
+            "CREATE TABLE bridged_schema (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in older:
+            await pool.execute(migration.sql)
+            await pool.execute(
+                "INSERT INTO bridged_schema (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+        await pool.execute(
+            "INSERT INTO calls (id, order_id, manager_id, direction, state) VALUES"
+            " ('old', '1', 'anna', 'phone', 'refusing'), ('live', '2', 'anna', 'phone', 'bridged')"
+        )
+        assert await db.migrate(pool) >= 7
+        states = dict(await pool.fetch("SELECT id, state FROM calls"))
+        assert states == {"old": "ending", "live": "bridged"}
+    finally:
+        await pool.close()
+        cluster.drop_database(name)

@@ -422,7 +422,7 @@ async def test_busy_plays_prompt_then_hangs_up_manager(env: Env) -> None:
     assert env.row("call-a")["state"] == "ringing_customer"
     assert env.ari.named("play") == []
     env.engine.on_event(channel_destroyed(customer, cause=17))
-    await wait_until(lambda: env.row("call-a")["state"] == "refusing")
+    await wait_until(lambda: env.row("call-a")["state"] == "ending")
     await wait_until(lambda: len(env.ari.named("play")) == 1)
 
     assert env.ari.named("answer") == [{"channel_id": "m-a"}]
@@ -482,7 +482,7 @@ async def test_originate_failure_plays_prompt(env: Env) -> None:
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
     await wait_until(lambda: len(env.ari.named("play")) == 1)
-    assert env.row("call-a")["state"] == "refusing"
+    assert env.row("call-a")["state"] == "ending"
     play = env.play_for("m-a")
     assert play["media"] == ["sound:number-not-answering"]
     env.engine.on_event(playback_finished(play["playback_id"], "m-a"))

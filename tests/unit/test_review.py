@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridged.api import review
-from bridged.api.auth import TOKENS, TokenRegistry
+from bridged.api import routes
+from bridged.api.auth import DENIED_LIMITER
 from bridged.api.calls import call_json
 from bridged.api.cursors import CursorCodec
-from bridged.api.errors import InvalidCursor, error_middleware
+from bridged.api.errors import InvalidCursor
 from bridged.api.limits import DeniedAuditLimiter
 from bridged.appkeys import CONFIG, STORE
 from bridged.config import ApiToken, ConfigError, ConfigHolder, parse_config
@@ -272,18 +272,18 @@ async def served(tmp_path: Path):
     (tmp_path / "bridged-c1.wav").write_bytes(WAV)
     config = make_config()
     config = replace(config, recording=replace(config.recording, source="folder", folder=str(tmp_path)))
-    app = web.Application(middlewares=[error_middleware])
-    app[CONFIG] = ConfigHolder(config)
-    app[STORE] = store  # type: ignore[assignment]
     tokens = tuple(
         ApiToken(name=f"{role}-1", role=role, sha256=hashlib.sha256(t.encode()).hexdigest())
         for t, role in TOKENS_PLAIN.items()
     )
-    app[TOKENS] = TokenRegistry(lambda: tokens)
+    config = replace(config, api=replace(config.api, tokens=tokens))
+    app = web.Application()
+    app[CONFIG] = ConfigHolder(config)
+    app[STORE] = store  # type: ignore[assignment]
     source = FolderRecordings(tmp_path, "wav")
     app[RECORDINGS] = source
     app[RETENTION] = Retention(store, source, lambda: None)  # type: ignore[arg-type]
-    review.setup(app)
+    routes.setup(app)
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
@@ -390,10 +390,12 @@ async def test_the_recordings_state_is_shown_and_a_failed_one_is_not_served(serv
     (folder / "bridged-c4.wav").write_bytes(WAV)
     (folder / "bridged-c5.wav").write_bytes(b"")  # what a full disk leaves: an empty file
     page = await (await client.get("/v1/calls", headers=_auth("ops"))).json()
-    recordings = {c["id"]: c["recording"] for c in page["items"]}
-    assert recordings["c4"] == {"available": True, "purged_at": None, "state": "truncated"}
-    assert recordings["c5"] == {"available": False, "purged_at": None, "state": "failed"}
-    assert recordings["c2"] == {"available": False, "purged_at": None, "state": None}
+    recordings = {
+        c["id"]: (c["has_recording"], c["recording_purged_at"], c["recording_state"]) for c in page["items"]
+    }
+    assert recordings["c4"] == (True, None, "truncated")
+    assert recordings["c5"] == (False, None, "failed")
+    assert recordings["c2"] == (False, None, None)
     # A truncated recording is served (what there is of it); a failed one holds nothing to serve.
     assert (await client.get("/v1/calls/c4/recording", headers=_auth("ops"))).status == 200
     resp = await client.get("/v1/calls/c5/recording", headers=_auth("ops"))
@@ -401,12 +403,30 @@ async def test_the_recordings_state_is_shown_and_a_failed_one_is_not_served(serv
     assert [a["call_id"] for a in store.audits] == ["c4"]
 
 
-def test_the_shops_call_json_says_whether_the_recording_holds_audio() -> None:
-    row = _call("c1", 1, recording_state="truncated")
-    assert (call_json(row)["has_recording"], call_json(row)["recording_state"]) == (True, "truncated")
+def test_one_call_json_says_whether_a_recording_is_there_to_hear() -> None:
+    row = _call("c1", 1, recording_state="truncated", state="ending", hangup_cause=17)
+    shown = call_json(row)
+    assert (shown["has_recording"], shown["recording_state"], shown["recording_purged_at"]) == (
+        True,
+        "truncated",
+        None,
+    )
+    assert (shown["state"], shown["hangup_cause"], shown["duration_seconds"]) == ("ending", 17, 60.0)
+    assert not {
+        "recording_name",
+        "manager_channel_id",
+        "customer_channel_id",
+        "bridge_id",
+        "created_by",
+    } & set(shown)
     row = replace(row, recording_state="failed")
     assert (call_json(row)["has_recording"], call_json(row)["recording_state"]) == (False, "failed")
-    row = replace(row, recording_name=None, recording_state=None)
+    row = replace(row, recording_state="complete", recording_purged_at=NOW)
+    assert (call_json(row)["has_recording"], call_json(row)["recording_purged_at"]) == (
+        False,
+        NOW.isoformat(),
+    )
+    row = replace(row, recording_name=None, recording_state=None, recording_purged_at=None)
     assert (call_json(row)["has_recording"], call_json(row)["recording_state"]) == (False, None)
 
 
@@ -442,7 +462,7 @@ async def test_call_list_pages(served) -> None:
     resp = await client.get("/v1/calls?limit=2", headers=_auth("ops"))
     page = await resp.json()
     assert [c["id"] for c in page["items"]] == ["c3", "c2"] and page["next_cursor"]
-    assert page["items"][0]["recording"]["available"] is False and page["items"][0]["recording"]["purged_at"]
+    assert page["items"][0]["has_recording"] is False and page["items"][0]["recording_purged_at"]
     resp = await client.get(f"/v1/calls?limit=2&cursor={page['next_cursor']}", headers=_auth("ops"))
     page = await resp.json()
     assert [c["id"] for c in page["items"]] == ["c1"] and page["next_cursor"] is None
@@ -560,7 +580,7 @@ async def test_retention_purges_past_the_cutoff_and_keeps_rows_when_the_source_i
 async def test_refusals_beyond_a_clients_quota_are_folded_into_its_next_row(served) -> None:
     client, store, app = served
     clock = [0.0]
-    app._state[review.DENIED_LIMITER] = DeniedAuditLimiter(per_minute=2, clock=lambda: clock[0])
+    app._state[DENIED_LIMITER] = DeniedAuditLimiter(per_minute=2, clock=lambda: clock[0])
     for _ in range(5):
         resp = await client.get("/v1/calls", headers={"Authorization": "Bearer wrong"})
         assert resp.status == 401  # every request is refused; only the audit rows are capped

@@ -9,7 +9,7 @@ import hmac
 from bridged.calls.model import Call, CallState
 from bridged.config import WebhookConfig
 from bridged.outcomes import Outcome
-from bridged.webhooks import WebhookSink, api_state, backoff, sign, verify
+from bridged.webhooks import WebhookSink, backoff, sign, verify
 
 from .fakes import make_config, make_label, make_order
 
@@ -37,11 +37,6 @@ def test_backoff_grows_and_is_capped() -> None:
     assert all(0.5 <= backoff(1) <= 2.0 for _ in range(50))
     assert all(backoff(6) >= 32 for _ in range(50))
     assert all(backoff(30) <= 300 for _ in range(50))
-
-
-def test_api_state_names() -> None:
-    assert api_state(CallState.REFUSING) == "ending"
-    assert api_state("ringing_manager") == "ringing_manager"
 
 
 class _Store:
