@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from bridged import metrics
+from bridged.api import server
 from bridged.api.errors import error_middleware
 from bridged.api.params import read_json
 from bridged.api.server import GuardedAppRunner
@@ -274,3 +275,24 @@ def test_bad_limits_are_refused_naming_the_key(keys: dict[str, Any], key: str) -
     with pytest.raises(ConfigError) as raised:
         parse_config(data)
     assert raised.value.key == key
+
+
+async def test_a_start_that_fails_closes_what_was_opened_before() -> None:
+    # serve() sets the application up; a cleanup context that fails must not leave the ones before it
+    # (the database pool, the ARI session...) open.
+    events: list[str] = []
+
+    async def opened(app: web.Application) -> AsyncIterator[None]:
+        events.append("open")
+        yield
+        events.append("closed")
+
+    async def failing(app: web.Application) -> AsyncIterator[None]:
+        raise RuntimeError("cannot start")
+        yield  # pragma: no cover - a generator that fails before its first step
+
+    app = web.Application()
+    app.cleanup_ctx.extend([opened, failing])
+    with pytest.raises(RuntimeError, match="cannot start"):
+        await server.serve(app, HttpConfig(host="127.0.0.1", port=0))
+    assert events == ["open", "closed"]
