@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from .appkeys import CONFIG, ENGINE, STORE
+from .appkeys import ARI, CONFIG, STORE
 from .recordings import AriRecordings, FolderRecordings, RecordingSource, SourceUnavailable
 from .store import Store
 
@@ -116,7 +116,7 @@ async def context(app: web.Application) -> AsyncIterator[None]:
     if config.source == "folder" and config.folder is not None:
         source = FolderRecordings(config.folder, config.format)
     else:
-        source = AriRecordings(app[ENGINE].ari)
+        source = AriRecordings(app[ARI])
     retention = Retention(app[STORE], source, lambda: app[CONFIG].current.recording.retention_days)
     app[RECORDINGS] = source
     app[RETENTION] = retention
