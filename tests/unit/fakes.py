@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from bridged.ari import AriNotFound, is_background
-from bridged.config import Config, Manager, parse_config
+from bridged.config import Config, Manager
+from bridged.configfile import parse_config
 from bridged.labels import Label, Labeller
 from bridged.orders import Order
 from bridged.redact import PhoneNumber, RedactingFilter, digits

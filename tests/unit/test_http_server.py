@@ -20,7 +20,8 @@ from bridged.api.errors import error_middleware
 from bridged.api.params import read_json
 from bridged.api.server import GuardedAppRunner
 from bridged.appkeys import CONFIG
-from bridged.config import ConfigError, ConfigHolder, HttpConfig, parse_config
+from bridged.config import ConfigError, ConfigHolder, HttpConfig
+from bridged.configfile import parse_config
 
 from .fakes import example_data, make_config
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from bridged.config import Config, ConfigHolder, parse_config
+from bridged.config import Config, ConfigHolder
+from bridged.configfile import parse_config
 from bridged.reload import merge, reload_config
 
 BASE: dict[str, Any] = {

@@ -22,7 +22,8 @@ from bridged.api.cursors import CursorCodec
 from bridged.api.errors import InvalidCursor
 from bridged.api.limits import DeniedAuditLimiter
 from bridged.appkeys import CONFIG, STORE
-from bridged.config import ApiToken, ConfigError, ConfigHolder, parse_config
+from bridged.config import ApiToken, ConfigError, ConfigHolder
+from bridged.configfile import parse_config
 from bridged.recordings import (
     ByteRange,
     FolderRecordings,
