@@ -23,8 +23,20 @@ from aiohttp import web
 from . import db, hooks, metrics, retention
 from .agi import AgiServer
 from .api import routes
-from .appkeys import AGI, ARI, CONFIG, ENGINE, EVENTS, HTTP_SESSION, ORDERS, SERVICE, STORE, WEBHOOKS
-from .ari import AriClient
+from .appkeys import (
+    AGI,
+    ARI,
+    ARI_ACCESS,
+    CONFIG,
+    ENGINE,
+    EVENTS,
+    HTTP_SESSION,
+    ORDERS,
+    SERVICE,
+    STORE,
+    WEBHOOKS,
+)
+from .ari import AriAccess, AriClient
 from .ari.events import AriEventStream
 from .calls.engine import CallEngine
 from .config import Config, ConfigHolder, describe_dsn
@@ -128,9 +140,8 @@ async def _ari(app: web.Application) -> AsyncIterator[None]:
     # event websocket included; aiohttp's own default of 100 could take them all under load.
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=ARI_CONNECTIONS))
     app[HTTP_SESSION] = session
-    app[ARI] = AriClient(
-        session, config.url, config.username, config.password, request_timeout=config.request_timeout
-    )
+    app[ARI_ACCESS] = access = AriAccess(config.url, config.username, config.password)
+    app[ARI] = AriClient(session, access, request_timeout=config.request_timeout)
     yield
     await session.close()
 
@@ -178,9 +189,7 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
 
     app[EVENTS] = events = AriEventStream(
         app[HTTP_SESSION],
-        config.url,
-        config.username,
-        config.password,
+        app[ARI_ACCESS],
         config.app,
         handler=engine.on_event,
         on_connect=on_connect,

@@ -6,7 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from .agi import AgiServer
-from .ari import AriClient
+from .ari import AriAccess, AriClient
 from .ari.events import AriEventStream
 from .calls.engine import CallEngine
 from .config import ConfigHolder
@@ -23,5 +23,6 @@ SERVICE = web.AppKey("service", CallService)
 EVENTS = web.AppKey("events", AriEventStream)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 ARI = web.AppKey("ari", AriClient)
+ARI_ACCESS = web.AppKey("ari_access", AriAccess)
 ORDERS = web.AppKey("orders", OrderDirectory)
 WEBHOOKS = web.AppKey("webhooks", WebhookSink)

@@ -114,16 +114,7 @@ class CallEngine:
         self.rows = Rows(store, self._retries)
         self.legs = Legs(config, ari, self._retries)
         self.recordings = Recordings(config, ari, self.rows)
-        self.steps = Steps(
-            config,
-            ari,
-            self.rows,
-            self.legs,
-            self.recordings,
-            register_leg=self._by_channel.__setitem__,
-            react=self.react,
-            is_connected=is_connected,
-        )
+        self.steps = Steps(self)
         self.reconciler = Reconciler(self)
         # Called with (call, state) after every state change, e.g. to queue webhooks.
         self.listeners = self.steps.listeners
@@ -210,6 +201,10 @@ class CallEngine:
             if channel_id:
                 self._by_channel[channel_id] = call
         call.task = asyncio.get_running_loop().create_task(self._worker(call), name=f"call-{call.id}")
+
+    def register_leg(self, channel_id: str, call: Call) -> None:
+        """The call's events on a leg it has just named are routed to it."""
+        self._by_channel[channel_id] = call
 
     def owned_channels(self) -> set[str]:
         return set(self._by_channel)

@@ -12,17 +12,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import dialplan, metrics
-from ..ari import AriClient, AriError, AriNotFound
-from ..config import ConfigHolder
+from ..ari import AriError, AriNotFound
 from ..outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
 from ..recording_state import RecordingState
-from .legs import Legs
 from .model import TRANSITIONS, Call, CallState, Event, InvalidTransition, ManagerLegFailed, customer_leg_id
-from .recording import Recordings
-from .rows import Rows
+
+if TYPE_CHECKING:
+    from .engine import CallEngine
 
 log = logging.getLogger(__name__)
 
@@ -30,26 +29,13 @@ Reaction = Callable[["Steps", Call, dict[str, Any]], Awaitable[None]]
 
 
 class Steps:
-    def __init__(
-        self,
-        config: ConfigHolder,
-        ari: AriClient,
-        rows: Rows,
-        legs: Legs,
-        recordings: Recordings,
-        *,
-        register_leg: Callable[[str, Call], None],
-        react: Callable[[Call, Event, dict[str, Any]], Awaitable[None]],
-        is_connected: Callable[[], bool],
-    ) -> None:
-        self.config = config
-        self.ari = ari
-        self.rows = rows
-        self.legs = legs
-        self.recordings = recordings
-        self._register_leg = register_leg
-        self._react = react
-        self._is_connected = is_connected
+    """The engine's reactions; they work with the engine's parts (its ARI client, legs, rows and
+    recordings) and hand what they find back to the engine (a leg to route, an event to react to)."""
+
+    def __init__(self, engine: CallEngine) -> None:
+        self.engine = engine
+        self.config, self.ari, self.legs, self.rows = engine.config, engine.ari, engine.legs, engine.rows
+        self.recordings = engine.recordings
         # Called with (call, state) after every state change, e.g. to queue webhooks.
         self.listeners: list[Callable[[Call, CallState], None]] = []
 
@@ -72,13 +58,13 @@ class Steps:
         manager_channel = call.manager_channel_id
         # The service refuses an order without a valid number before any call exists.
         assert manager_channel is not None and call.order is not None and call.order.phone is not None
-        if not self._is_connected():
+        if not self.engine.is_connected():
             await self.legs.ringback(call)
             await self.refuse(call, Outcome.FAILED, self.config.current.prompts.unavailable)
             return
         # The row has named this channel since it was written (a restarted daemon adopts it).
         call.customer_channel_id = customer_leg_id(call.id)
-        self._register_leg(call.customer_channel_id, call)
+        self.engine.register_leg(call.customer_channel_id, call)
         self._transition(call, CallState.RINGING_CUSTOMER)
         # The ringback, the customer's INVITE and the row's new state are independent: they go out
         # at once, so no database round trip delays the customer's INVITE. All three finish before
@@ -240,15 +226,15 @@ class Steps:
                     states[channel_id] = snapshot.get("state", "")
         customer = call.customer_channel_id
         if call.manager_channel_id and call.manager_channel_id not in alive:
-            await self._react(call, Event.MANAGER_GONE, {})
+            await self.engine.react(call, Event.MANAGER_GONE, {})
         elif customer and customer not in alive and call.state in _CUSTOMER_UP:
-            await self._react(call, Event.CUSTOMER_GONE, {})
+            await self.engine.react(call, Event.CUSTOMER_GONE, {})
         elif call.state is CallState.RINGING_CUSTOMER and states.get(customer or "") == "Up":
             # The customer answered while bridged was away (its StasisStart is lost).
-            await self._react(call, Event.CUSTOMER_IN_STASIS, {})
+            await self.engine.react(call, Event.CUSTOMER_IN_STASIS, {})
         elif call.state is CallState.ANNOUNCING and call.announcement_playback_id is None:
             # Adopted mid-announcement: its PlaybackFinished cannot be matched any more; bridge now.
-            await self._react(call, Event.ANNOUNCEMENT_DONE, {})
+            await self.engine.react(call, Event.ANNOUNCEMENT_DONE, {})
         if call.state is CallState.BRIDGED and call.recording_name and call.recording_state is None:
             await self.recordings.check_live(call)
 
