@@ -35,50 +35,6 @@ class ManagerHungUp(Exception):
     or 511 (a dead channel), or ends the session."""
 
 
-async def _send(request: Request, command: str) -> dict[str, Any]:
-    try:
-        reply: dict[str, Any] = await request.send_command(command)
-    except ValueError:
-        # panoramisk cannot parse the empty read of a closed connection: Asterisk ended the session.
-        raise ManagerHungUp(command.split()[0]) from None
-    except ConnectionError as exc:
-        raise ManagerHungUp(command.split()[0]) from exc
-    if reply.get("error") == "AGIResultHangup" or reply.get("status_code") == 511:
-        raise ManagerHungUp(command.split()[0])
-    return reply
-
-
-async def _command(request: Request, command: str) -> str:
-    reply = await _send(request, command)
-    if "error" in reply:
-        raise AgiError(f"{command.split()[0]}: {reply.get('error')}")
-    result = reply.get("result")
-    if isinstance(result, tuple):
-        return str(result[0])
-    return "" if result is None else str(result)
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-async def set_var(request: Request, name: str, value: str) -> None:
-    await _command(request, f"SET VARIABLE {name} {_quote(value)}")
-
-
-async def get_var(request: Request, name: str) -> str:
-    reply = await request.send_command(f"GET VARIABLE {name}")
-    result = reply.get("result")
-    if isinstance(result, tuple) and result[0] == "1":
-        return result[1].strip("()") if len(result) > 1 else ""
-    return ""
-
-
-def _endpoint_from_channel(name: str) -> str:
-    match = re.match(r"^PJSIP/(.+)-[0-9a-f]{8}$", name)
-    return match[1] if match else ""
-
-
 class AgiServer:
     def __init__(self, config: ConfigHolder, service: CallService) -> None:
         self.config = config
@@ -158,7 +114,7 @@ class AgiServer:
         # The dialplan sets the label, the manager's connected line and the CONNECTED_LINE_SEND_SUB
         # interception from this answer before the channel enters Stasis.
         stasis_args = f"{self.config.current.ari.app},{dialplan.app_args(dialplan.Leg.ORDER, placed.call_id)}"
-        await set_var(request, dialplan.REPLY, dialplan.reply_ok(stasis_args, placed.label_caller_id))
+        await set_var(request, dialplan.REPLY, dialplan.reply_ok(stasis_args, placed.label.caller_id))
 
     async def _read_code(self, request: Request) -> str:
         """The order code keyed in after ``*77`` (``""`` when none came in time).
@@ -185,3 +141,47 @@ class AgiServer:
         prompt = refusal_prompt(self.config.current.prompts, refused.reason)
         overloaded = refused.reason is Refusal.OVERLOADED
         await set_var(request, dialplan.REPLY, dialplan.reply_refused(prompt, overloaded=overloaded))
+
+
+def _endpoint_from_channel(name: str) -> str:
+    match = re.match(r"^PJSIP/(.+)-[0-9a-f]{8}$", name)
+    return match[1] if match else ""
+
+
+async def get_var(request: Request, name: str) -> str:
+    reply = await request.send_command(f"GET VARIABLE {name}")
+    result = reply.get("result")
+    if isinstance(result, tuple) and result[0] == "1":
+        return result[1].strip("()") if len(result) > 1 else ""
+    return ""
+
+
+async def set_var(request: Request, name: str, value: str) -> None:
+    await _command(request, f"SET VARIABLE {name} {_quote(value)}")
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def _command(request: Request, command: str) -> str:
+    reply = await _send(request, command)
+    if "error" in reply:
+        raise AgiError(f"{command.split()[0]}: {reply.get('error')}")
+    result = reply.get("result")
+    if isinstance(result, tuple):
+        return str(result[0])
+    return "" if result is None else str(result)
+
+
+async def _send(request: Request, command: str) -> dict[str, Any]:
+    try:
+        reply: dict[str, Any] = await request.send_command(command)
+    except ValueError:
+        # panoramisk cannot parse the empty read of a closed connection: Asterisk ended the session.
+        raise ManagerHungUp(command.split()[0]) from None
+    except ConnectionError as exc:
+        raise ManagerHungUp(command.split()[0]) from exc
+    if reply.get("error") == "AGIResultHangup" or reply.get("status_code") == 511:
+        raise ManagerHungUp(command.split()[0])
+    return reply

@@ -38,20 +38,6 @@ class OrderDirectory:
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
 
-    async def _get_pool(self) -> asyncpg.Pool:
-        # Created lazily with min_size=0: the daemon starts, and keeps serving refusals with a
-        # prompt, while the shop's database is down.
-        async with self._pool_lock:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    self._config.dsn,
-                    min_size=0,
-                    max_size=5,
-                    timeout=self._config.timeout,
-                    reset=db.release_as_is,  # the lookup is one SELECT: no round trip on release
-                )
-            return self._pool
-
     async def lookup(self, order_id: str) -> Order | None:
         try:
             async with asyncio.timeout(self._config.timeout):
@@ -77,6 +63,20 @@ class OrderDirectory:
             customer_name=str(name or ""),
             manager_id=None if manager_id is None else str(manager_id),
         )
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        # Created lazily with min_size=0: the daemon starts, and keeps serving refusals with a
+        # prompt, while the shop's database is down.
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._config.dsn,
+                    min_size=0,
+                    max_size=5,
+                    timeout=self._config.timeout,
+                    reset=db.release_as_is,  # the lookup is one SELECT: no round trip on release
+                )
+            return self._pool
 
     def _parse_phone(self, value: object) -> PhoneNumber | None:
         try:

@@ -59,23 +59,6 @@ class NotStarted:
 ReadCode = Callable[[], Awaitable[str | None]]
 
 
-def shed_share(oldest_wait: float, limit: float) -> float:
-    """The share of new calls refused while the oldest ARI request has waited ``oldest_wait`` seconds.
-
-    None up to half of ``ari.max_request_wait``, then growing in proportion, all of them from the limit
-    on. An on/off switch at the limit refused in bursts: at the edge of capacity it refused up to 32% of
-    the calls where the ramp refused 8-9%, and at twice the sustainable rate it completed somewhat fewer
-    (bench/RESULTS.md). 0 turns the guard off."""
-    if limit <= 0 or oldest_wait <= limit / 2:
-        return 0.0
-    return min(1.0, (oldest_wait - limit / 2) / (limit / 2))
-
-
-def api_actor(client: str) -> str:
-    """Who asked, in audit rows, for an API client (a token's name)."""
-    return f"token:{client}"
-
-
 class CallService:
     def __init__(
         self,
@@ -355,3 +338,20 @@ class CallService:
         )
         log.info("call %s refused for %s on order %s: %s", call_id, manager.id, code, reason)
         return Refused(reason, call_id)
+
+
+def shed_share(oldest_wait: float, limit: float) -> float:
+    """The share of new calls refused while the oldest ARI request has waited ``oldest_wait`` seconds.
+
+    None up to half of ``ari.max_request_wait``, then growing in proportion, all of them from the limit
+    on. An on/off switch at the limit refused in bursts: at the edge of capacity it refused up to 32% of
+    the calls where the ramp refused 8-9%, and at twice the sustainable rate it completed somewhat fewer
+    (bench/RESULTS.md). 0 turns the guard off."""
+    if limit <= 0 or oldest_wait <= limit / 2:
+        return 0.0
+    return min(1.0, (oldest_wait - limit / 2) / (limit / 2))
+
+
+def api_actor(client: str) -> str:
+    """Who asked, in audit rows, for an API client (a token's name)."""
+    return f"token:{client}"

@@ -249,15 +249,6 @@ class CallEngine:
         if happened is not None:
             await self.react(call, happened, event)
 
-    async def react(self, call: Call, happened: Event, event: dict[str, Any]) -> None:
-        """What the call's state does with what happened: its row in REACTIONS (see there)."""
-        left = LEFT_FOR_GONE.get(happened, happened)
-        for key in ((call.state, happened), (call.state, left), (ANY, happened), (ANY, left)):
-            if key in REACTIONS:
-                if call.state is not CallState.ENDED:
-                    await REACTIONS[key](self.steps, call, event)
-                return
-
     def _read(self, call: Call, event: dict[str, Any]) -> Event | None:
         """What an event means for the call, as REACTIONS is keyed (None: nothing to react to); and what
         it tells whatever the call's state, noted before the state reacts: the legs Asterisk hangs up,
@@ -300,6 +291,15 @@ class CallEngine:
         elif kind == "RecordingStarted":
             log.debug("call %s: recording %s started", call.id, call.recording_name)
         return None
+
+    async def react(self, call: Call, happened: Event, event: dict[str, Any]) -> None:
+        """What the call's state does with what happened: its row in REACTIONS (see there)."""
+        left = LEFT_FOR_GONE.get(happened, happened)
+        for key in ((call.state, happened), (call.state, left), (ANY, happened), (ANY, left)):
+            if key in REACTIONS:
+                if call.state is not CallState.ENDED:
+                    await REACTIONS[key](self.steps, call, event)
+                return
 
     # -- the daemon's lifecycle -------------------------------------------------------------------
 

@@ -39,6 +39,12 @@ class Legs:
 
     # -- hangups ----------------------------------------------------------------------------------
 
+    async def hang_up_all(self, call: Call) -> None:
+        """Both legs, but for those Asterisk is hanging up already."""
+        for channel_id in (call.manager_channel_id, call.customer_channel_id):
+            if channel_id and channel_id not in call.gone:
+                await self.hang_up(channel_id, may_be_gone=True)
+
     async def hang_up(self, channel_id: str, *, may_be_gone: bool = False) -> None:
         """Hang a channel up; failures are logged, never raised (at debug when it may be gone already).
 
@@ -54,12 +60,6 @@ class Legs:
             log.log(
                 logging.DEBUG if may_be_gone else logging.WARNING, "hangup of %s failed: %s", channel_id, exc
             )
-
-    async def hang_up_all(self, call: Call) -> None:
-        """Both legs, but for those Asterisk is hanging up already."""
-        for channel_id in (call.manager_channel_id, call.customer_channel_id):
-            if channel_id and channel_id not in call.gone:
-                await self.hang_up(channel_id, may_be_gone=True)
 
     async def retry_hangup(self, channel_id: str) -> None:
         for attempt, delay in enumerate(HANGUP_RETRY_DELAYS, start=1):
@@ -145,7 +145,7 @@ class Legs:
         call.customer_caller_id_dirty = False
         log.info("call %s: the trunk changed the customer leg's caller id; the label is put back", call.id)
         try:
-            await self.ari.set_variable(call.customer_channel_id or "", "CALLERID(all)", call.label_caller_id)
+            await self.ari.set_variable(call.customer_channel_id or "", "CALLERID(all)", call.label.caller_id)
         except AriError as exc:
             log.warning("call %s: putting the label back on the customer leg failed: %s", call.id, exc)
 

@@ -164,10 +164,6 @@ class Call:
     # Writes to the call's row the database did not take yet, oldest first (bridged.calls.rows).
     unwritten: collections.deque[tuple[str, RowWrite]] = field(default_factory=collections.deque)
 
-    @property
-    def label_caller_id(self) -> str:
-        return self.label.caller_id
-
 
 @dataclass
 class PendingCall:
@@ -180,10 +176,6 @@ class PendingCall:
     manager_channel_id: str | None
     label: Label = field(kw_only=True)
     created: float = field(default_factory=time.monotonic)
-
-    @property
-    def label_caller_id(self) -> str:
-        return self.label.caller_id
 
     def call(self, manager_channel_id: str | None) -> Call:
         """The call this becomes, its manager's leg being ``manager_channel_id``."""

@@ -28,6 +28,34 @@ log = logging.getLogger(__name__)
 Reaction = Callable[["Steps", Call, dict[str, Any]], Awaitable[None]]
 
 
+# -- reactions the table builds: what ends a call, and what does nothing --------------------------------
+
+
+async def ignore(steps: Steps, call: Call, event: dict[str, Any]) -> None:
+    """Nothing to do in this state (the table says why)."""
+
+
+def ended(outcome: Outcome, by: str, *, unless_decided: bool = False) -> Reaction:
+    """End the call with ``outcome`` (``unless_decided``: the outcome the call has already, if any), ended
+    by ``by`` unless something else ended it first."""
+
+    async def end(steps: Steps, call: Call, event: dict[str, Any]) -> None:
+        call.ended_by = call.ended_by or by
+        await steps.finish(call, (call.outcome or outcome) if unless_decided else outcome)
+
+    return end
+
+
+def ended_on_request(outcome: Outcome, *, unless_decided: bool = False) -> Reaction:
+    """An API client ended the call (``DELETE /v1/calls/{id}``): ended by ``api``, whatever came before."""
+
+    async def end(steps: Steps, call: Call, event: dict[str, Any]) -> None:
+        call.ended_by = "api"
+        await steps.finish(call, (call.outcome or outcome) if unless_decided else outcome)
+
+    return end
+
+
 class Steps:
     """The engine's reactions; they work with the engine's parts (its ARI client, legs, rows and
     recordings) and hand what they find back to the engine (a leg to route, an event to react to)."""
@@ -118,9 +146,9 @@ class Steps:
                 app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
                 channel_id=call.manager_channel_id,
                 # The manager's phone shows the order label as the caller; its number part redials the order.
-                caller_id=call.label_caller_id,
+                caller_id=call.label.caller_id,
                 timeout=self.config.current.api.manager_ring_timeout,
-                variables=dialplan.label_variables(call.label_caller_id),
+                variables=dialplan.label_variables(call.label.caller_id),
             )
         except AriError as exc:
             log.warning("call %s: manager leg could not be originated: %s", call.id, exc)
@@ -302,31 +330,3 @@ def transferer(event: dict[str, Any]) -> str | None:
     source = referred_by.get("source_channel")
     channel_id = source.get("id") if isinstance(source, dict) else None
     return channel_id if isinstance(channel_id, str) else None
-
-
-# -- reactions the table builds from what they end the call with -------------------------------------
-
-
-async def ignore(steps: Steps, call: Call, event: dict[str, Any]) -> None:
-    """Nothing to do in this state (the table says why)."""
-
-
-def ended(outcome: Outcome, by: str, *, unless_decided: bool = False) -> Reaction:
-    """End the call with ``outcome`` (``unless_decided``: the outcome the call has already, if any), ended
-    by ``by`` unless something else ended it first."""
-
-    async def end(steps: Steps, call: Call, event: dict[str, Any]) -> None:
-        call.ended_by = call.ended_by or by
-        await steps.finish(call, (call.outcome or outcome) if unless_decided else outcome)
-
-    return end
-
-
-def ended_on_request(outcome: Outcome, *, unless_decided: bool = False) -> Reaction:
-    """An API client ended the call (``DELETE /v1/calls/{id}``): ended by ``api``, whatever came before."""
-
-    async def end(steps: Steps, call: Call, event: dict[str, Any]) -> None:
-        call.ended_by = "api"
-        await steps.finish(call, (call.outcome or outcome) if unless_decided else outcome)
-
-    return end

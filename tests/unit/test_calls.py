@@ -1079,7 +1079,7 @@ async def test_label_of_an_adopted_call_has_no_customer_name(env: Env) -> None:
     await env.engine.reconciler.reconcile()
     call = env.engine.calls["call-r"]
     assert call.label.text == "Order 42"
-    assert call.label_caller_id == '"Order 42" <*7742>'
+    assert call.label.caller_id == '"Order 42" <*7742>'
     assert env.engine.labeller.label("42", 'Ivan "the" Petrov').caller_id == '"Order 42 Ivan P." <*7742>'
 
 

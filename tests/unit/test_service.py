@@ -313,7 +313,7 @@ async def test_success_registers_the_pending_call(env: Env) -> None:
     assert isinstance(result, PendingCall)
     assert result.order.id == "123"
     # Labelled by the engine's labeller (the one every label comes from).
-    assert result.label_caller_id == '"Order 123 Ivan P." <*77123>'
+    assert result.label.caller_id == '"Order 123 Ivan P." <*77123>'
     assert result.manager == anna
     assert result.manager_channel_id == "1700000000.42"
     assert env.engine._pending[result.call_id] is result
