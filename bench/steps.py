@@ -15,9 +15,14 @@ import sys
 import time
 from typing import Any
 
-from bridged import agi, orders, store
+from bridged import agi, orders
 from bridged.__main__ import main
 from bridged.ari import client
+from bridged.store.audit import AuditTrail
+from bridged.store.calls import CallRows
+from bridged.store.idempotency import IdempotencyKeys
+from bridged.store.outbox import WebhookOutbox
+from bridged.store.settings import Settings
 
 log = logging.getLogger("bench.steps")
 
@@ -52,7 +57,8 @@ def install() -> None:
             log.info("STEP ari.%s %.3f", op_name, (time.perf_counter() - t0) * 1000)
 
     client.AriClient._call = call  # type: ignore[method-assign]
-    _wrap_class(store.Store, "db")
+    for aggregate in (CallRows, AuditTrail, IdempotencyKeys, WebhookOutbox, Settings):
+        _wrap_class(aggregate, "db")
     orders.OrderDirectory.lookup = _timed("orders.lookup", orders.OrderDirectory.lookup)  # type: ignore[method-assign]
     agi._command = _timed("agi.command", agi._command)
     agi.get_var = _timed("agi.get_var", agi.get_var)

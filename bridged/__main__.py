@@ -14,7 +14,8 @@ import uvloop
 
 from .api.server import run_app
 from .app import EXIT_CONFIG, Exit, StartupError, make_app
-from .config import ConfigError, load_config
+from .config import ConfigError
+from .configfile import load_config
 from .logs import setup_logging
 
 log = logging.getLogger("bridged")

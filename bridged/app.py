@@ -1,9 +1,11 @@
-"""The daemon's lifecycle as an aiohttp application: each resource owned by a cleanup context.
+"""The daemon as an aiohttp application: one cleanup context per resource.
 
-Start order: database (and migrations), ARI client and event stream, call engine, FastAGI, then the
-service hooks (systemd readiness and watchdog, SIGTERM drain, SIGHUP reload). Teardown runs in reverse
-and only for what started. Calls in progress are left up in Asterisk on stop: the next start adopts
-them (see CallEngine.reconcile).
+Start order (RESOURCES): bridged's database (and migrations), the HTTP session and ARI client, the shop's
+order directory, the webhook sink, the call engine (and its stray sweep), the call service, the ARI event
+stream, the FastAGI server, the recording source and retention, then the service hooks (bridged.hooks:
+systemd readiness and watchdog, SIGTERM drain, SIGHUP reload). Teardown runs in reverse and only for what
+started, so a start that fails half-way closes exactly what it had opened. Calls in progress are left
+up in Asterisk on stop: the next start adopts them (bridged.calls.reconcile).
 """
 
 from __future__ import annotations
@@ -11,45 +13,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from enum import IntEnum
-from typing import Any
 
 import aiohttp
 import asyncpg
 from aiohttp import web
 
-from . import db, metrics, retention
+from . import db, hooks, metrics, retention
 from .agi import AgiServer
 from .api import routes
-from .api.auth import TOKENS
-from .appkeys import AGI, CONFIG, ENGINE, EVENTS, SERVICE, STORE
-from .ari import AriClient
+from .appkeys import (
+    AGI,
+    ARI,
+    ARI_ACCESS,
+    CONFIG,
+    ENGINE,
+    EVENTS,
+    HTTP_SESSION,
+    ORDERS,
+    SERVICE,
+    STORE,
+    WEBHOOKS,
+)
+from .ari import AriAccess, AriClient
 from .ari.events import AriEventStream
-from .calls import CallEngine, CallState
-from .config import Config, describe_dsn
+from .calls.engine import CallEngine
+from .config import Config, ConfigHolder, describe_dsn
+from .hooks import LIFECYCLE, Lifecycle
 from .orders import OrderDirectory
-from .reload import reload_config
 from .service import CallService
 from .store import Store
-from .systemd import Notifier
 from .webhooks import WebhookSink
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Lifecycle:
-    """What the service hooks change while the daemon runs (the app itself is frozen once started)."""
-
-    config_path: str | None = None
-    draining: bool = False
-    config: Config | None = None  # the config in force, after SIGHUP reloads
-
-
-LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
 
 class StartupError(Exception):
@@ -114,256 +111,149 @@ def database_startup_error(exc: BaseException, dsn: str) -> StartupError | None:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
+    config = app[CONFIG].current
     try:
         pool = await db.create_pool(
             config.database.dsn,
             min_size=config.database.min_connections,
             max_size=config.database.max_connections,
         )
+    except Exception as exc:
+        raise _database_error(exc, config.database.dsn) from None
+    try:
         await db.migrate(pool)
     except Exception as exc:
-        error = database_startup_error(exc, config.database.dsn)
-        if error is None:
-            raise
-        raise error from None
+        await pool.close()
+        raise _database_error(exc, config.database.dsn) from None
     app[STORE] = Store(pool)
     yield
     await pool.close()
 
 
-async def _calls(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
+def _database_error(exc: Exception, dsn: str) -> BaseException:
+    return database_startup_error(exc, dsn) or exc
+
+
+async def _ari(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG].current.ari
     # Asterisk's HTTP server serves at most http.conf sessionlimit (default 100) connections, the
     # event websocket included; aiohttp's own default of 100 could take them all under load.
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=ARI_CONNECTIONS))
-    ari = AriClient(
-        session,
-        config.ari.url,
-        config.ari.username,
-        config.ari.password,
-        request_timeout=config.ari.request_timeout,
-    )
-    holder: dict[str, AriEventStream] = {}
+    app[HTTP_SESSION] = session
+    app[ARI_ACCESS] = access = AriAccess(config.url, config.username, config.password)
+    app[ARI] = AriClient(session, access, request_timeout=config.request_timeout)
+    yield
+    await session.close()
 
-    def is_connected() -> bool:
-        return "events" in holder and holder["events"].connected
 
-    def accepting() -> bool:
-        # New calls only while connected and not draining (SIGTERM): the service refuses the rest.
-        return is_connected() and not app[LIFECYCLE].draining
+async def _orders(app: web.Application) -> AsyncIterator[None]:
+    app[ORDERS] = directory = OrderDirectory(app[CONFIG].current.orders)
+    yield
+    await directory.close()
 
-    engine = CallEngine(config, ari, app[STORE], is_connected=is_connected)
 
-    async def on_connect() -> None:
-        metrics.ARI_RECONNECTS.inc()
-        await engine.reconcile()
-
-    events = AriEventStream(
-        session,
-        config.ari.url,
-        config.ari.username,
-        config.ari.password,
-        config.ari.app,
-        handler=engine.on_event,
-        on_connect=on_connect,
-        max_backoff=config.ari.reconnect_max_delay,
-    )
-    holder["events"] = events
-    directory = OrderDirectory(config.orders)
-    service = CallService(config, app[STORE], directory, engine, is_connected=accepting)
-    app[ENGINE] = engine
-    app[SERVICE] = service
-    app[EVENTS] = events
-    app[AGI] = agi = AgiServer(config, service)
-    webhooks = WebhookSink(config.webhook, app[STORE], session)
-    engine.listeners.append(webhooks.publish)
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    app[WEBHOOKS] = webhooks = WebhookSink(app[CONFIG].current.webhook, app[STORE].outbox, app[HTTP_SESSION])
     webhooks.start()
-    runner = asyncio.create_task(events.run(), name="ari-events")
-    sweeper = asyncio.create_task(engine.sweep_strays_forever(), name="stray-sweep")
-    if not await events.wait_connected(timeout=10):
-        # "bridged ready" comes from the readiness hook once connected (_service).
-        log.warning(
-            "bridged started, still connecting to ARI at %s; calls are refused until then", config.ari.url
-        )
-    try:
-        try:
-            await agi.start()
-        except OSError as exc:
-            where = f"{config.agi.host}:{config.agi.port}"
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise StartupError(f"cannot listen for FastAGI on {where}: {reason}", Exit.LISTEN) from None
-        yield
-    finally:
-        await agi.stop()
-        await events.close()
-        for task in (runner, sweeper):
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-        await engine.shutdown()
-        await service.close()  # a last try at refused attempts' rows the database did not take
-        await webhooks.stop()
-        await directory.close()
-        await session.close()
+    yield
+    await webhooks.stop()  # what is queued is persisted (bounded); undelivered rows stay in the outbox
 
 
-# -- service hooks (systemd, signals, health, metrics) ---------------------------------------------
-
-# How long SIGTERM waits for calls still being set up (ringing, announcing, prompting) to be bridged
-# or to end; bridged calls need no wait, they survive the restart. Below the unit's TimeoutStopSec.
-DRAIN_TIMEOUT = 25.0
-_DB_CHECK_TIMEOUT = 1.0
+async def _engine(app: web.Application) -> AsyncIterator[None]:
+    app[ENGINE] = engine = CallEngine(
+        app[CONFIG], app[ARI], app[STORE], is_connected=lambda: ari_connected(app)
+    )
+    engine.listeners.append(app[WEBHOOKS].publish)
+    sweeper = asyncio.create_task(engine.reconciler.sweep_strays_forever(), name="stray-sweep")
+    yield
+    sweeper.cancel()
+    await asyncio.gather(sweeper, return_exceptions=True)
+    await engine.shutdown()  # the workers stop; the calls stay up in Asterisk for the next start
 
 
 async def _service(app: web.Application) -> AsyncIterator[None]:
-    loop = asyncio.get_running_loop()
-    life = app[LIFECYCLE]
-    life.config = app[CONFIG]
-    notifier = Notifier()
-    engine, events = app[ENGINE], app[EVENTS]
-    tasks: set[asyncio.Task[None]] = set()
+    app[SERVICE] = service = CallService(
+        app[CONFIG], app[STORE], app[ORDERS], app[ENGINE], accepting_calls=lambda: accepting_calls(app)
+    )
+    yield
+    await service.close()  # a last try at refused attempts' rows the database did not take
 
-    def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
-        task: asyncio.Task[None] = loop.create_task(coro, name=name)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
 
-    async def ready() -> None:
-        # Type=notify: "started" means the database is migrated (earlier context) and ARI is connected.
-        await events.wait_connected(timeout=None)
-        config = app[CONFIG]
-        log.info("bridged ready (app %s, ARI %s)", config.ari.app, config.ari.url)
-        notifier.ready(f"serving app {config.ari.app}")
+async def _events(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG].current.ari
+    engine = app[ENGINE]
 
-    async def watchdog(interval: float) -> None:
-        # The ping proves the event loop turns; a wedged loop stops it and systemd restarts the unit.
-        while True:
-            notifier.watchdog()
-            await asyncio.sleep(interval)
+    async def on_connect() -> None:
+        metrics.ARI_RECONNECTS.inc()
+        await engine.reconciler.reconcile()
 
-    async def drain() -> None:
-        life.draining = True
-        notifier.stopping("draining: new calls refused")
-        deadline = loop.time() + DRAIN_TIMEOUT
-        waited = False
-        while (busy := engine.setting_up()) and loop.time() < deadline:
-            if not waited:
-                log.info("SIGTERM: draining; waiting for %d calls being set up", busy)
-                waited = True
-            await asyncio.sleep(0.1)
-        bridged = sum(1 for c in engine.calls.values() if c.state is CallState.BRIDGED)
-        log.info(
-            "SIGTERM: stopping; %d bridged calls stay up for the next start, %d still being set up",
-            bridged,
-            engine.setting_up(),
-        )
-        loop.call_soon(_graceful_exit)
-
-    def on_sigterm() -> None:
-        if life.draining:
-            loop.call_soon(_graceful_exit)  # a second SIGTERM: stop now
-            return
-        spawn(drain(), "drain")
-
-    def apply(config: Config) -> None:
-        life.config = config
-        engine.config = config
-        app[SERVICE].config = config
-        app[AGI].config = config
-        tokens = app.get(TOKENS)  # the HTTP API's registry, when the API is set up
-        if tokens is not None:
-            tokens.replace(config.api.tokens)
-        purger = app.get(retention.RETENTION)
-        if purger is not None:
-            # The config's default; an admin's override over the API (kept in the database) still wins.
-            purger.default_days = config.recording.retention_days
-
-    def on_sighup() -> None:
-        if life.config_path is None or life.config is None:
-            log.warning("SIGHUP ignored: no config file to reload")
-            return
-        notifier.reloading("reloading managers and tokens")
-        reload_config(life.config_path, life.config, apply)
-        notifier.ready(f"serving app {app[CONFIG].ari.app}")
-
-    spawn(ready(), "sd-ready")
-    if notifier.watchdog_interval:
-        spawn(watchdog(notifier.watchdog_interval), "sd-watchdog")
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    app[EVENTS] = events = AriEventStream(
+        app[HTTP_SESSION],
+        app[ARI_ACCESS],
+        config.app,
+        handler=engine.on_event,
+        on_connect=on_connect,
+        max_backoff=config.reconnect_max_delay,
+    )
+    runner = asyncio.create_task(events.run(), name="ari-events")
     try:
+        if not await events.wait_connected(timeout=10):
+            # "bridged ready" comes from the readiness hook once connected (bridged.hooks).
+            log.warning(
+                "bridged started, still connecting to ARI at %s; calls are refused until then", config.url
+            )
         yield
     finally:
-        notifier.stopping("stopping")
-        loop.remove_signal_handler(signal.SIGHUP)
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        notifier.close()
+        await events.close()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
 
 
-def _graceful_exit() -> None:
-    # Raised from a loop callback, GracefulExit (a SystemExit) leaves run_app's loop, which then runs
-    # the cleanup contexts in reverse, as for SIGINT.
-    raise web.GracefulExit()
-
-
-async def _database_ok(app: web.Application) -> bool:
+async def _fastagi(app: web.Application) -> AsyncIterator[None]:
+    app[AGI] = agi = AgiServer(app[CONFIG], app[SERVICE])
     try:
-        async with asyncio.timeout(_DB_CHECK_TIMEOUT):
-            await app[STORE].pool.fetchval("SELECT 1")
-        return True
-    except Exception:
-        return False
+        await agi.start()
+    except OSError as exc:
+        config = app[CONFIG].current.agi
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartupError(
+            f"cannot listen for FastAGI on {config.host}:{config.port}: {reason}", Exit.LISTEN
+        ) from None
+    yield
+    await agi.stop()
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """For a load balancer: 200 only while ARI is connected, the database answers and not draining."""
-    app = request.app
-    ari_ok = app[EVENTS].connected
-    db_ok = await _database_ok(app)
-    draining = app[LIFECYCLE].draining
-    ok = ari_ok and db_ok and not draining
-    return web.json_response(
-        {
-            "status": "ok" if ok else "unavailable",
-            "ari": "connected" if ari_ok else "disconnected",
-            "database": "ok" if db_ok else "unreachable",
-            "draining": draining,
-            "active_calls": len(app[ENGINE].calls),
-        },
-        status=200 if ok else 503,
-    )
+def ari_connected(app: web.Application) -> bool:
+    return EVENTS in app and app[EVENTS].connected
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    app = request.app
-    engine = app[ENGINE]
-    text = metrics.render(
-        active_calls=len(engine.calls),
-        bridged_calls=sum(1 for c in engine.calls.values() if c.state is CallState.BRIDGED),
-        ari_connected=app[EVENTS].connected,
-        draining=app[LIFECYCLE].draining,
-        ari_pending=engine.ari.pending,
-        ari_oldest_wait=engine.ari.oldest_wait(),
-    )
-    return web.Response(
-        text=text, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"}
-    )
+def accepting_calls(app: web.Application) -> bool:
+    """New calls are taken while ARI is connected and the daemon is not draining (SIGTERM)."""
+    return ari_connected(app) and not app[LIFECYCLE].draining
+
+
+# Each resource's cleanup context, in start order: each is opened by its own context, so a start that
+# fails at one closes only (and all of) those opened before it, in reverse.
+RESOURCES = (
+    _database,
+    _ari,
+    _orders,
+    _webhooks,
+    _engine,
+    _service,
+    _events,
+    _fastagi,
+    retention.context,  # the recording source for the review API and the scheduled retention pass
+    hooks.context,  # systemd readiness and watchdog, SIGTERM drain, SIGHUP reload
+)
 
 
 def make_app(config: Config, *, config_path: str | None = None) -> web.Application:
     app = web.Application()
-    app[CONFIG] = config
+    app[CONFIG] = ConfigHolder(config)
     app[LIFECYCLE] = Lifecycle(config_path=config_path)
-    app.cleanup_ctx.append(_database)
-    app.cleanup_ctx.append(_calls)
-    app.cleanup_ctx.append(retention.context)  # recording source and retention (ops review)
-    app.cleanup_ctx.append(_service)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_handler)
-    routes.setup(app, config)
+    app.cleanup_ctx.extend(RESOURCES)
+    app.router.add_get("/healthz", hooks.healthz)
+    app.router.add_get("/metrics", hooks.metrics_handler)
+    routes.setup(app)
     return app

@@ -49,52 +49,52 @@ _TEMPLATE_PUNCTUATION = frozenset("#")
 _ADDRESS_MARKS = frozenset("@:/\\<>")
 
 
-def is_digit_like(ch: str) -> bool:
-    """A digit or number of any script: decimal digits, fullwidth, Arabic-Indic, superscripts,
-    circled and Roman numerals, CJK numerals."""
-    return unicodedata.category(ch) in ("Nd", "No", "Nl") or ch.isdigit() or ch.isnumeric()
+@dataclass(frozen=True)
+class Label:
+    """A call's label: ``text`` on the phone's screen, ``number`` (``*77<order>``) to redial."""
+
+    text: str
+    number: str
+
+    @property
+    def caller_id(self) -> str:
+        """The label as a caller id string (``CALLERID(all)``, ``CONNECTEDLINE(all)``, originate)."""
+        # No quote or backslash can be in the text (see is_forbidden): nothing to escape.
+        return f'"{self.text}" <{self.number}>'
 
 
-def is_forbidden(ch: str) -> bool:
-    """Never part of a label's text: digits of any script, URI syntax, control and format characters."""
-    return (
-        is_digit_like(ch)
-        or ch in URI_CHARACTERS
-        or unicodedata.category(ch) in _INVISIBLE
-        or unicodedata.category(ch) in ("Zl", "Zp")
-    )
+@dataclass(frozen=True)
+class Labeller:
+    """Builds labels from the configured ``labels.template`` and ``labels.name_style``."""
+
+    template: str = DEFAULT_TEMPLATE
+    name_style: str = DEFAULT_NAME_STYLE
+
+    def __post_init__(self) -> None:
+        problem = template_problem(self.template)
+        if problem is not None:
+            raise ValueError(f"label template {problem}")
+        if self.name_style not in NAME_STYLES:
+            raise ValueError(f"unknown name style {self.name_style!r}")
+
+    def label(self, order_id: str, customer_name: str = "") -> Label:
+        return Label(text=self.text(order_id, customer_name), number=dial_back(order_id))
+
+    def text(self, order_id: str, customer_name: str = "") -> str:
+        text = self.template.format(
+            order=safe_order(order_id), name=safe_name(customer_name, self.name_style)
+        )
+        # An empty name leaves the template's spaces around it: collapsed and trimmed.
+        return " ".join(text.split())[:LABEL_MAX]
 
 
-def _keeps(ch: str) -> bool:
-    """What a word of a name may hold: letters and combining marks of any script, and a little
-    punctuation. Anything else (digits, symbols, URI syntax, controls) ends the word."""
-    if is_forbidden(ch):
-        return False
-    category = unicodedata.category(ch)
-    return category[0] in ("L", "M") or ch in _WORD_PUNCTUATION
-
-
-def _words(name: str) -> list[str]:
-    """The words of a name that hold at least one letter, after NFKC; addresses are left out whole."""
-    text = unicodedata.normalize("NFKC", name)
-    tokens = [t for t in text.split() if not _ADDRESS_MARKS.intersection(t)]
-    cleaned = "".join(ch if _keeps(ch) else " " for ch in " ".join(tokens))
-    # NFKC once more: a combining mark left alone after a removed character could compose anew, and
-    # the result must be as stable as what it was built from.
-    words = unicodedata.normalize("NFKC", cleaned).split()
-    return [w for w in words if any(unicodedata.category(ch)[0] == "L" for ch in w) and all(map(_keeps, w))]
-
-
-def _template_keeps(ch: str) -> bool:
-    """What a template's own text may hold: letters, spaces and a little punctuation, as written and
-    after NFKC ("№" is "No"); no digits, URI syntax, braces or control characters."""
-    return not is_forbidden(ch) and all(
-        c == " " or c in _TEMPLATE_PUNCTUATION or _keeps(c) for c in unicodedata.normalize("NFKC", ch)
-    )
-
-
-def _initial(word: str) -> str:
-    return next(ch for ch in word if unicodedata.category(ch)[0] == "L")
+def safe_order(order_id: str) -> str:
+    """The order part of a label: the order id when it is safe as it is, else its safe characters
+    (cut to ORDER_MAX with a trailing '…' that shows it was cut)."""
+    if _SAFE_ORDER_RE.fullmatch(order_id):
+        return order_id
+    kept = _SAFE_ORDER_CHAR_RE.sub("", order_id)
+    return kept if len(kept) <= ORDER_MAX else kept[: ORDER_MAX - 1] + "\u2026"
 
 
 def safe_name(full_name: str, style: str = DEFAULT_NAME_STYLE) -> str:
@@ -113,13 +113,44 @@ def safe_name(full_name: str, style: str = DEFAULT_NAME_STYLE) -> str:
     return words[0][: NAME_MAX - len(initial)] + initial
 
 
-def safe_order(order_id: str) -> str:
-    """The order part of a label: the order id when it is safe as it is, else its safe characters
-    (cut to ORDER_MAX with a trailing '…' that shows it was cut)."""
-    if _SAFE_ORDER_RE.fullmatch(order_id):
-        return order_id
-    kept = _SAFE_ORDER_CHAR_RE.sub("", order_id)
-    return kept if len(kept) <= ORDER_MAX else kept[: ORDER_MAX - 1] + "\u2026"
+def _words(name: str) -> list[str]:
+    """The words of a name that hold at least one letter, after NFKC; addresses are left out whole."""
+    text = unicodedata.normalize("NFKC", name)
+    tokens = [t for t in text.split() if not _ADDRESS_MARKS.intersection(t)]
+    cleaned = "".join(ch if _keeps(ch) else " " for ch in " ".join(tokens))
+    # NFKC once more: a combining mark left alone after a removed character could compose anew, and
+    # the result must be as stable as what it was built from.
+    words = unicodedata.normalize("NFKC", cleaned).split()
+    return [w for w in words if any(unicodedata.category(ch)[0] == "L" for ch in w) and all(map(_keeps, w))]
+
+
+def _keeps(ch: str) -> bool:
+    """What a word of a name may hold: letters and combining marks of any script, and a little
+    punctuation. Anything else (digits, symbols, URI syntax, controls) ends the word."""
+    if is_forbidden(ch):
+        return False
+    category = unicodedata.category(ch)
+    return category[0] in ("L", "M") or ch in _WORD_PUNCTUATION
+
+
+def is_forbidden(ch: str) -> bool:
+    """Never part of a label's text: digits of any script, URI syntax, control and format characters."""
+    return (
+        is_digit_like(ch)
+        or ch in URI_CHARACTERS
+        or unicodedata.category(ch) in _INVISIBLE
+        or unicodedata.category(ch) in ("Zl", "Zp")
+    )
+
+
+def is_digit_like(ch: str) -> bool:
+    """A digit or number of any script: decimal digits, fullwidth, Arabic-Indic, superscripts,
+    circled and Roman numerals, CJK numerals."""
+    return unicodedata.category(ch) in ("Nd", "No", "Nl") or ch.isdigit() or ch.isnumeric()
+
+
+def _initial(word: str) -> str:
+    return next(ch for ch in word if unicodedata.category(ch)[0] == "L")
 
 
 def dial_back(order_id: str) -> str:
@@ -157,40 +188,9 @@ def template_problem(template: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Label:
-    """A call's label: ``text`` on the phone's screen, ``number`` (``*77<order>``) to redial."""
-
-    text: str
-    number: str
-
-    @property
-    def caller_id(self) -> str:
-        """The label as a caller id string (``CALLERID(all)``, ``CONNECTEDLINE(all)``, originate)."""
-        # No quote or backslash can be in the text (see is_forbidden): nothing to escape.
-        return f'"{self.text}" <{self.number}>'
-
-
-@dataclass(frozen=True)
-class Labeller:
-    """Builds labels from the configured ``labels.template`` and ``labels.name_style``."""
-
-    template: str = DEFAULT_TEMPLATE
-    name_style: str = DEFAULT_NAME_STYLE
-
-    def __post_init__(self) -> None:
-        problem = template_problem(self.template)
-        if problem is not None:
-            raise ValueError(f"label template {problem}")
-        if self.name_style not in NAME_STYLES:
-            raise ValueError(f"unknown name style {self.name_style!r}")
-
-    def text(self, order_id: str, customer_name: str = "") -> str:
-        text = self.template.format(
-            order=safe_order(order_id), name=safe_name(customer_name, self.name_style)
-        )
-        # An empty name leaves the template's spaces around it: collapsed and trimmed.
-        return " ".join(text.split())[:LABEL_MAX]
-
-    def label(self, order_id: str, customer_name: str = "") -> Label:
-        return Label(text=self.text(order_id, customer_name), number=dial_back(order_id))
+def _template_keeps(ch: str) -> bool:
+    """What a template's own text may hold: letters, spaces and a little punctuation, as written and
+    after NFKC ("№" is "No"); no digits, URI syntax, braces or control characters."""
+    return not is_forbidden(ch) and all(
+        c == " " or c in _TEMPLATE_PUNCTUATION or _keeps(c) for c in unicodedata.normalize("NFKC", ch)
+    )

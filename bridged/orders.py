@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 
 import asyncpg
 
@@ -39,20 +38,6 @@ class OrderDirectory:
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
 
-    async def _get_pool(self) -> asyncpg.Pool:
-        # Created lazily with min_size=0: the daemon starts, and keeps serving refusals with a
-        # prompt, while the shop's database is down.
-        async with self._pool_lock:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    self._config.dsn,
-                    min_size=0,
-                    max_size=5,
-                    timeout=self._config.timeout,
-                    reset=db.release_as_is,  # the lookup is one SELECT: no round trip on release
-                )
-            return self._pool
-
     async def lookup(self, order_id: str) -> Order | None:
         try:
             async with asyncio.timeout(self._config.timeout):
@@ -79,6 +64,20 @@ class OrderDirectory:
             manager_id=None if manager_id is None else str(manager_id),
         )
 
+    async def _get_pool(self) -> asyncpg.Pool:
+        # Created lazily with min_size=0: the daemon starts, and keeps serving refusals with a
+        # prompt, while the shop's database is down.
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._config.dsn,
+                    min_size=0,
+                    max_size=5,
+                    timeout=self._config.timeout,
+                    reset=db.release_as_is,  # the lookup is one SELECT: no round trip on release
+                )
+            return self._pool
+
     def _parse_phone(self, value: object) -> PhoneNumber | None:
         try:
             return parse_phone(
@@ -91,21 +90,6 @@ class OrderDirectory:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-
-
-class Refusal(StrEnum):
-    """Why a call does not go ahead; the values are stable ids (audit rows, HTTP errors)."""
-
-    UNKNOWN_MANAGER = "unknown_manager"
-    INVALID_CODE = "invalid_code"
-    UNKNOWN_ORDER = "unknown_order"
-    DENIED = "denied"
-    LOOKUP_FAILED = "lookup_failed"
-    UNAVAILABLE = "unavailable"
-    OVERLOADED = "overloaded"
-    INVALID_PHONE = "invalid_phone"
-    # bridged's own database did not take the call's row: the call is not placed.
-    DATABASE_UNAVAILABLE = "database_unavailable"
 
 
 def is_valid_code(config: OrdersConfig, code: str) -> bool:

@@ -37,21 +37,6 @@ def region_known(region: str) -> bool:
     return region in phonenumbers.SUPPORTED_REGIONS
 
 
-def _ascii_digits(value: str) -> str | None:
-    """The value's digits as ASCII (any script's decimal digits count), or None if it holds anything
-    but digits, separators, spaces and one leading '+'."""
-    out = []
-    for index, ch in enumerate(value):
-        if ch in "+\uff0b" and not value[:index].strip():
-            continue
-        decimal = unicodedata.decimal(ch, None)
-        if decimal is not None:
-            out.append(str(decimal))
-        elif not (ch in _SEPARATORS or unicodedata.category(ch) in ("Zs", "Pd")):
-            return None
-    return "".join(out)
-
-
 def parse_phone(value: str, *, region: str | None, dial_format: str = "e164") -> PhoneNumber:
     """The number to dial for the shop's ``value``; raises :class:`InvalidPhone`.
 
@@ -88,3 +73,18 @@ def parse_phone(value: str, *, region: str | None, dial_format: str = "e164") ->
         # Regions with no single international prefix get "+" from libphonenumber: kept.
         return PhoneNumber(("+" if dialled.lstrip().startswith("+") else "") + digits)
     return PhoneNumber(e164)
+
+
+def _ascii_digits(value: str) -> str | None:
+    """The value's digits as ASCII (any script's decimal digits count), or None if it holds anything
+    but digits, separators, spaces and one leading '+'."""
+    out = []
+    for index, ch in enumerate(value):
+        if ch in "+\uff0b" and not value[:index].strip():
+            continue
+        decimal = unicodedata.decimal(ch, None)
+        if decimal is not None:
+            out.append(str(decimal))
+        elif not (ch in _SEPARATORS or unicodedata.category(ch) in ("Zs", "Pd")):
+            return None
+    return "".join(out)

@@ -17,7 +17,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
+from .configfile import load_config
 
 log = logging.getLogger(__name__)
 

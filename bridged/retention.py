@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from .appkeys import CONFIG, ENGINE, STORE
+from .appkeys import ARI, CONFIG, STORE
 from .recordings import AriRecordings, FolderRecordings, RecordingSource, SourceUnavailable
 from .store import Store
 
@@ -36,30 +36,31 @@ class RetentionPolicy:
 
 
 class Retention:
-    def __init__(self, store: Store, source: RecordingSource, default_days: int | None) -> None:
+    def __init__(self, store: Store, source: RecordingSource, default_days: Callable[[], int | None]) -> None:
         self.store = store
         self.source = source
+        # The config's retention (the config in force's, after reloads): what an API setting overrides.
         self.default_days = default_days
         # One pass at a time: the schedule and an admin's "purge now" may meet.
         self._lock = asyncio.Lock()
 
     async def policy(self) -> RetentionPolicy:
-        setting = await self.store.get_setting(RETENTION_KEY)
+        setting = await self.store.settings.get(RETENTION_KEY)
         if setting is None:
-            return RetentionPolicy(self.default_days, "config")
+            return RetentionPolicy(self.default_days(), "config")
         return RetentionPolicy(setting.value, "api", setting.updated_at, setting.updated_by)
 
     async def set_days(self, days: int | None, *, actor: str) -> RetentionPolicy:
-        setting = await self.store.put_setting(
+        setting = await self.store.settings.put(
             RETENTION_KEY, days, actor=actor, audit_action="retention.change"
         )
         log.info("retention set to %s days by %s", "forever" if days is None else days, actor)
         return RetentionPolicy(days, "api", setting.updated_at, setting.updated_by)
 
     async def reset(self, *, actor: str) -> RetentionPolicy:
-        await self.store.delete_setting(RETENTION_KEY, actor=actor, audit_action="retention.change")
+        await self.store.settings.delete(RETENTION_KEY, actor=actor, audit_action="retention.change")
         log.info("retention reset to the config default by %s", actor)
-        return RetentionPolicy(self.default_days, "config")
+        return RetentionPolicy(self.default_days(), "config")
 
     async def purge(self, now: datetime | None = None) -> int:
         """Delete every recording past the retention; the number purged."""
@@ -70,7 +71,7 @@ class Retention:
             cutoff = (now or datetime.now(UTC)) - timedelta(days=policy.days)
             purged = 0
             while True:
-                due = await self.store.recordings_due(cutoff, _BATCH)
+                due = await self.store.calls.recordings_due(cutoff, _BATCH)
                 for call_id, name in due:
                     try:
                         found = await self.source.delete(name)
@@ -78,7 +79,7 @@ class Retention:
                         # Try again next pass; the row still says the recording is there, which is true.
                         log.warning("retention: recording of call %s not deleted: %s", call_id, exc)
                         return purged
-                    marked = await self.store.mark_recording_purged(
+                    marked = await self.store.calls.mark_recording_purged(
                         call_id,
                         actor=ACTOR,
                         details={
@@ -110,13 +111,13 @@ RETENTION = web.AppKey("retention", Retention)
 
 async def context(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the recording source for the review API and the scheduled retention pass."""
-    config = app[CONFIG].recording
+    config = app[CONFIG].current.recording
     source: RecordingSource
     if config.source == "folder" and config.folder is not None:
         source = FolderRecordings(config.folder, config.format)
     else:
-        source = AriRecordings(app[ENGINE].ari)
-    retention = Retention(app[STORE], source, config.retention_days)
+        source = AriRecordings(app[ARI])
+    retention = Retention(app[STORE], source, lambda: app[CONFIG].current.recording.retention_days)
     app[RECORDINGS] = source
     app[RETENTION] = retention
     task = asyncio.create_task(retention.run(config.purge_interval), name="retention")

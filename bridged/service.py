@@ -1,7 +1,13 @@
-"""The use case both triggers share: may this manager call this order's customer now?
+"""The one place that decides whether a call goes ahead: one entry per trigger.
 
-The phone path (FastAGI) and the HTTP path ask the same :class:`CallService`; nothing about a call
-is decided twice.
+- :meth:`CallService.place_from_phone`: a manager dialled ``*77<order>`` (FastAGI, bridged.agi);
+- :meth:`CallService.place_from_api`: a shop's backend asked for a call (``POST /v1/calls``);
+- :meth:`CallService.end_from_api`: a shop's backend ends one (``DELETE /v1/calls/{id}``).
+
+Each answers in domain terms (a call, or a :class:`Refused` with its :class:`~bridged.outcomes.Refusal`);
+the FastAGI handler and the HTTP handlers only translate the answer (bridged.outcomes says into what).
+"Manager unknown", "phone not registered", overload and policy are decided here, once for both paths,
+and every refusal is audited, logged and counted here.
 """
 
 from __future__ import annotations
@@ -9,16 +15,28 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .calls import CallEngine, CallState, Outcome, PendingCall, customer_leg_id, manager_leg_id, new_call_id
-from .config import Config, Manager
-from .deferred import DeferredWrites
-from .orders import LookupFailed, OrderDirectory, Refusal, is_valid_code, may_call
+from . import metrics
+from .calls.engine import CallEngine
+from .calls.model import (
+    Call,
+    CallState,
+    ManagerLegFailed,
+    PendingCall,
+    customer_leg_id,
+    manager_leg_id,
+    new_call_id,
+)
+from .config import ConfigHolder, Manager
+from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
+from .outcomes import Outcome, Refusal
 from .redact import redact
-from .store import DatabaseUnavailable, Store
+from .store import Store
+from .store.base import DatabaseUnavailable
+from .store.deferred import DeferredWrites
 
 log = logging.getLogger(__name__)
 
@@ -26,37 +44,38 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Refused:
     reason: Refusal
-    call_id: str | None = None
+    call_id: str | None = None  # the refused attempt's row, when it has one
 
 
-def shed_share(oldest_wait: float, limit: float) -> float:
-    """The share of new calls refused while the oldest ARI request has waited ``oldest_wait`` seconds.
+@dataclass(frozen=True)
+class NotStarted:
+    """An HTTP call that ended before it began: its manager leg could not be originated."""
 
-    None up to half of ``ari.max_request_wait``, then growing in proportion, all of them from the limit
-    on. An on/off switch at the limit refused in bursts: at the edge of capacity it refused up to 32% of
-    the calls where the ramp refused 8-9%, and at twice the sustainable rate it completed somewhat fewer
-    (bench/RESULTS.md). 0 turns the guard off."""
-    if limit <= 0 or oldest_wait <= limit / 2:
-        return 0.0
-    return min(1.0, (oldest_wait - limit / 2) / (limit / 2))
+    outcome: Outcome
+    call_id: str
+
+
+# The phone path's way to ask the manager for the order code: the code, or None if they hung up.
+ReadCode = Callable[[], Awaitable[str | None]]
 
 
 class CallService:
     def __init__(
         self,
-        config: Config,
+        config: ConfigHolder,
         store: Store,
         directory: OrderDirectory,
         engine: CallEngine,
         *,
-        is_connected: Callable[[], bool],
+        accepting_calls: Callable[[], bool],
         random: Callable[[], float] = random.random,
     ) -> None:
         self.config = config
         self.store = store
         self.directory = directory
         self.engine = engine
-        self.is_connected = is_connected
+        # Connected to Asterisk and not draining (SIGTERM): new calls are taken.
+        self.accepting_calls = accepting_calls
         self._random = random
         # Rows about refused attempts that bridged's database did not take (it was away): written later.
         self.deferred = DeferredWrites()
@@ -64,111 +83,121 @@ class CallService:
     async def close(self) -> None:
         await self.deferred.close()
 
-    async def audit_refusal(
-        self,
-        *,
-        actor: str,
-        reason: str,
-        details: dict[str, object] | None = None,
-        order_id: str | None = None,
-    ) -> None:
-        """The refused ``call.request`` audit row of an attempt that got no call row; kept and written
-        later if bridged's database is away (the refusal itself stands either way)."""
-        at = datetime.now(UTC)
+    # -- the triggers ------------------------------------------------------------------------------
+
+    async def place_from_phone(
+        self, endpoint: str, code: str, channel_id: str | None, *, read_code: ReadCode
+    ) -> PendingCall | Refused | None:
+        """``*77<code>`` from the phone of ``endpoint`` (``code`` empty: ``read_code`` asks for it).
+
+        A :class:`PendingCall` waits for ``channel_id`` to enter Stasis; None: the manager hung up while
+        keying the code in (nothing is left to answer)."""
+        manager = self.config.current.manager_by_endpoint(endpoint)
+        if manager is None:
+            log.info("call refused: endpoint %s is no manager", endpoint or "?")
+            return await self._refused_attempt(
+                Refusal.UNKNOWN_MANAGER, actor=f"endpoint:{endpoint or '?'}"[:80]
+            )
+        if not code:
+            keyed = await read_code()
+            if keyed is None:
+                await self._abandoned_while_keying(manager)
+                return None
+            code = keyed
+        return await self._decide(
+            manager, code, direction="phone", manager_channel_id=channel_id, actor=manager.id
+        )
+
+    async def place_from_api(
+        self, client: str, manager_id: str, order_id: str
+    ) -> Call | Refused | NotStarted:
+        """A call asked for by API client ``client``: rings the manager, and the customer once they answer.
+
+        Returns the call once its manager leg has been originated."""
+        actor = api_actor(client)
+        manager = self.config.current.manager_by_id(manager_id)
+        if manager is None:
+            log.info("call refused for %s: unknown manager", actor)
+            return await self._refused_attempt(Refusal.UNKNOWN_MANAGER, actor=actor)
+        overloaded = self._overloaded()
+        # Before anyone is dialled: a phone that is not registered would only ring into the void. (Not
+        # while Asterisk is away or behind: the decision below refuses the call, with its row, without
+        # another ARI request.)
+        if self.accepting_calls() and not overloaded and not await self._manager_reachable(manager):
+            log.info("call refused for %s: manager %s's phone is not registered", actor, manager.id)
+            return await self._refused_attempt(
+                Refusal.MANAGER_NOT_REGISTERED, actor=actor, details={"manager_id": manager.id}
+            )
+        decided = await self._decide(
+            manager,
+            order_id,
+            direction="api",
+            manager_channel_id=None,
+            actor=actor,
+            created_by=client,
+            overloaded=overloaded,
+        )
+        if isinstance(decided, Refused):
+            return decided
+        try:
+            return await self.engine.start_api_call(decided)
+        except ManagerLegFailed:
+            return NotStarted(Outcome.MANAGER_UNAVAILABLE, decided.call_id)
+
+    async def end_from_api(self, client: str, call_id: str) -> bool:
+        """End a live call on request; False if this daemon has no such live call."""
+        if not self.engine.terminate(call_id):
+            return False
+        actor = api_actor(client)
         await self.deferred.write(
-            f"refused call.request ({reason}) audit row",
-            lambda: self.store.audit(
-                actor=actor,
-                action="call.request",
-                outcome="refused",
-                reason=reason,
-                order_id=order_id,
-                details=dict(details or {}),
-                at=at,
+            f"call {call_id} end request audit row",
+            lambda: self.store.audit.add(
+                actor=actor, action="call.end_requested", outcome="accepted", call_id=call_id
             ),
         )
+        return True
 
-    def overloaded(self) -> bool:
-        """Asterisk is behind on bridged's ARI requests. A new call now could ring a customer and then
-        leave them alone on the line when a request times out; refused, it costs Asterisk a FastAGI
-        session and a 503 (no Stasis, no customer leg)."""
-        share = shed_share(self.engine.ari.oldest_wait(), self.config.ari.max_request_wait)
-        return share >= 1.0 or (share > 0.0 and self._random() < share)
-
-    def manager_for_endpoint(self, endpoint: str) -> Manager | None:
-        return self.config.manager_by_endpoint(endpoint)
-
-    async def refuse_unknown_manager(self, endpoint: str) -> Refused:
-        await self.audit_refusal(actor=f"endpoint:{endpoint}"[:80], reason=Refusal.UNKNOWN_MANAGER.value)
-        log.info("call refused: endpoint %s is no manager", endpoint)
-        return Refused(Refusal.UNKNOWN_MANAGER)
-
-    async def abandoned_while_keying(self, manager: Manager) -> None:
-        """The manager hung up while keying the order code in after ``*77``: an ordinary end.
-
-        Audited as an attempt with outcome ``manager_abandoned``; no call row, as for a malformed
-        code: no order was named (what was keyed so far is not known, and could have been anything).
-        """
-        await self.store.audit(
-            actor=manager.id,
-            action="call.request",
-            outcome=Outcome.MANAGER_ABANDONED.value,
-            reason="keying_code",
-            details={"manager_id": manager.id, "direction": "phone"},
+    async def refuse_unrecorded(self, client: str, manager_id: str) -> Refused:
+        """A request whose Idempotency-Key could not be recorded (bridged's database is away): refused,
+        as any attempt bridged cannot keep a record of (a retry could otherwise ring twice)."""
+        log.warning("call request by %s refused: bridged's database is unavailable", client)
+        return await self._refused_attempt(
+            Refusal.DATABASE_UNAVAILABLE, actor=api_actor(client), details={"manager_id": manager_id}
         )
-        log.info("manager %s hung up while keying the order code in", manager.id)
 
-    async def manager_reachable(self, manager: Manager) -> bool:
-        """Whether the manager's phone can be rung: Asterisk knows the endpoint and it is not offline."""
-        snapshot = await self.engine.ari.get_endpoint("PJSIP", manager.endpoint)
-        return snapshot is not None and snapshot.get("state") != "offline"
+    # -- deciding ----------------------------------------------------------------------------------
 
-    async def request(
+    async def _decide(
         self,
         manager: Manager,
         code: str,
         *,
         direction: str,
         manager_channel_id: str | None,
-        actor: str | None = None,
+        actor: str,
         created_by: str | None = None,
+        overloaded: bool | None = None,
     ) -> PendingCall | Refused:
-        """Check a request and, if it may go ahead, register the call for the engine.
+        """May ``manager`` call the customer of order ``code`` now? If so, the call's row is written and
+        the call is registered with the engine.
 
         ``actor`` is who asked (the manager on the phone path, the API token on the HTTP path);
-        ``created_by`` the API client the call belongs to (None on the phone path).
-        """
-        actor = actor or manager.id
+        ``created_by`` the API client the call belongs to (None on the phone path)."""
+        if not is_valid_code(self.config.current.orders, code):
+            # The raw input is not stored: a manager could have typed anything, even a number.
+            log.info("call refused for %s: malformed order code", manager.id)
+            return await self._refused_attempt(
+                Refusal.INVALID_CODE, actor=actor, details={"manager_id": manager.id}
+            )
         refuse = functools.partial(
             self._refuse, manager, code, direction=direction, actor=actor, created_by=created_by
         )
-        if not is_valid_code(self.config.orders, code):
-            # The raw input is not stored: a manager could have typed anything, even a number.
-            await self.audit_refusal(
-                actor=actor, reason=Refusal.INVALID_CODE.value, details={"manager_id": manager.id}
-            )
-            log.info("call refused for %s: malformed order code", manager.id)
-            return Refused(Refusal.INVALID_CODE)
-        if not self.is_connected():
-            return await refuse(Refusal.UNAVAILABLE)
-        if self.overloaded():
-            return await refuse(Refusal.OVERLOADED)
-        try:
-            order = await self.directory.lookup(code)
-        except LookupFailed as exc:
-            log.warning("order lookup failed for order %s: %s", code, exc)
-            return await refuse(Refusal.LOOKUP_FAILED)
-        if order is None:
-            return await refuse(Refusal.UNKNOWN_ORDER)
-        if not may_call(self.config, manager, order):
-            return await refuse(Refusal.DENIED)
-        if order.phone is None:
-            # Dialling what is left of a value that is not a valid number reaches a stranger. The value
-            # itself goes nowhere: not in the log, not in the audit row.
-            return await refuse(Refusal.INVALID_PHONE)
+        found = await self._order_for(manager, code, overloaded)
+        if isinstance(found, Refusal):
+            return await refuse(found)
         call_id = new_call_id()
         try:
-            await self.store.insert_call_audited(
+            await self.store.calls.insert_audited(
                 call_id=call_id,
                 order_id=code,
                 manager_id=manager.id,
@@ -177,7 +206,7 @@ class CallService:
                 # The phone's channel, or the one bridged will originate to the manager (HTTP).
                 manager_channel_id=manager_channel_id or manager_leg_id(call_id),
                 customer_channel_id=customer_leg_id(call_id),
-                ari_app=self.config.ari.app,
+                ari_app=self.config.current.ari.app,
                 actor=actor,
                 details={"manager_id": manager.id, "direction": direction},
                 created_by=created_by,
@@ -193,15 +222,85 @@ class CallService:
             return await refuse(Refusal.DATABASE_UNAVAILABLE)
         pending = PendingCall(
             call_id=call_id,
-            order=order,
+            order=found,
             manager=manager,
             direction=direction,
             manager_channel_id=manager_channel_id,
-            label=self.engine.labeller.label(order.id, order.customer_name),
+            label=self.engine.labeller.label(found.id, found.customer_name),
         )
         self.engine.expect(pending)
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
         return pending
+
+    async def _order_for(self, manager: Manager, code: str, overloaded: bool | None) -> Order | Refusal:
+        """The order, if a call to its customer may go ahead now; else why not."""
+        if not self.accepting_calls():
+            return Refusal.UNAVAILABLE
+        if self._overloaded() if overloaded is None else overloaded:
+            return Refusal.OVERLOADED
+        try:
+            order = await self.directory.lookup(code)
+        except LookupFailed as exc:
+            log.warning("order lookup failed for order %s: %s", code, exc)
+            return Refusal.LOOKUP_FAILED
+        if order is None:
+            return Refusal.UNKNOWN_ORDER
+        if not may_call(self.config.current, manager, order):
+            return Refusal.DENIED
+        if order.phone is None:
+            # Dialling what is left of a value that is not a valid number reaches a stranger. The value
+            # itself goes nowhere: not in the log, not in the audit row.
+            return Refusal.INVALID_PHONE
+        return order
+
+    def _overloaded(self) -> bool:
+        """Asterisk is behind on bridged's ARI requests. A new call now could ring a customer and then
+        leave them alone on the line when a request times out; refused, it costs Asterisk a FastAGI
+        session and a 503 (no Stasis, no customer leg)."""
+        share = shed_share(self.engine.ari.oldest_wait(), self.config.current.ari.max_request_wait)
+        return share >= 1.0 or (share > 0.0 and self._random() < share)
+
+    async def _manager_reachable(self, manager: Manager) -> bool:
+        """Whether the manager's phone can be rung: Asterisk knows the endpoint and it is not offline."""
+        snapshot = await self.engine.ari.get_endpoint("PJSIP", manager.endpoint)
+        return snapshot is not None and snapshot.get("state") != "offline"
+
+    # -- what is written about an attempt ----------------------------------------------------------
+
+    async def _abandoned_while_keying(self, manager: Manager) -> None:
+        """The manager hung up while keying the order code in after ``*77``: an ordinary end.
+
+        Audited as an attempt with outcome ``manager_abandoned``; no call row, as for a malformed
+        code: no order was named (what was keyed so far is not known, and could have been anything).
+        """
+        await self.store.audit.add(
+            actor=manager.id,
+            action="call.request",
+            outcome=Outcome.MANAGER_ABANDONED.value,
+            reason="keying_code",
+            details={"manager_id": manager.id, "direction": "phone"},
+        )
+        log.info("manager %s hung up while keying the order code in", manager.id)
+
+    async def _refused_attempt(
+        self, reason: Refusal, *, actor: str, details: dict[str, object] | None = None
+    ) -> Refused:
+        """An attempt refused before it named an order: its refused ``call.request`` audit row and no call
+        row; kept and written later if bridged's database is away (the refusal itself stands either way)."""
+        metrics.CALLS_REFUSED.inc(reason.value)
+        at = datetime.now(UTC)
+        await self.deferred.write(
+            f"refused call.request ({reason}) audit row",
+            lambda: self.store.audit.add(
+                actor=actor,
+                action="call.request",
+                outcome="refused",
+                reason=reason.value,
+                details=dict(details or {}),
+                at=at,
+            ),
+        )
+        return Refused(reason)
 
     async def _refuse(
         self,
@@ -216,13 +315,14 @@ class CallService:
         # A refused attempt on a well-formed order code is still a call attempt: it gets its row.
         # A code that did not resolve to an order is only what someone typed, and that may be a
         # customer's number (a manager probing): stored masked unless it is a known order.
+        metrics.CALLS_REFUSED.inc(reason.value)
         known_order = reason in (Refusal.DENIED, Refusal.INVALID_PHONE, Refusal.DATABASE_UNAVAILABLE)
         code = code if known_order else redact(code)
         call_id = new_call_id()
         at = datetime.now(UTC)
         await self.deferred.write(
             f"refused call {call_id} ({reason})",
-            lambda: self.store.insert_refused_call(
+            lambda: self.store.calls.insert_refused(
                 call_id=call_id,
                 order_id=code,
                 manager_id=manager.id,
@@ -239,16 +339,19 @@ class CallService:
         log.info("call %s refused for %s on order %s: %s", call_id, manager.id, code, reason)
         return Refused(reason, call_id)
 
-    def prompt_for(self, reason: Refusal) -> str:
-        prompts = self.config.prompts
-        return {
-            Refusal.UNKNOWN_MANAGER: prompts.unknown_manager,
-            Refusal.INVALID_CODE: prompts.invalid_code,
-            Refusal.UNKNOWN_ORDER: prompts.unknown_order,
-            Refusal.DENIED: prompts.denied,
-            Refusal.LOOKUP_FAILED: prompts.lookup_failed,
-            Refusal.UNAVAILABLE: prompts.unavailable,
-            Refusal.OVERLOADED: prompts.overloaded,
-            Refusal.INVALID_PHONE: prompts.invalid_phone,
-            Refusal.DATABASE_UNAVAILABLE: prompts.unavailable,
-        }[reason]
+
+def shed_share(oldest_wait: float, limit: float) -> float:
+    """The share of new calls refused while the oldest ARI request has waited ``oldest_wait`` seconds.
+
+    None up to half of ``ari.max_request_wait``, then growing in proportion, all of them from the limit
+    on. An on/off switch at the limit refused in bursts: at the edge of capacity it refused up to 32% of
+    the calls where the ramp refused 8-9%, and at twice the sustainable rate it completed somewhat fewer
+    (bench/RESULTS.md). 0 turns the guard off."""
+    if limit <= 0 or oldest_wait <= limit / 2:
+        return 0.0
+    return min(1.0, (oldest_wait - limit / 2) / (limit / 2))
+
+
+def api_actor(client: str) -> str:
+    """Who asked, in audit rows, for an API client (a token's name)."""
+    return f"token:{client}"

@@ -23,9 +23,9 @@ from typing import Any
 
 import aiohttp
 
-from .calls import Call, CallState
+from .calls.model import Call, CallState
 from .config import WebhookConfig
-from .store import Store
+from .store.outbox import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,6 @@ EVENT_HEADER = "X-Bridged-Event"
 _BATCH = 20
 _PARALLEL = 4
 _MAX_BACKOFF = 300.0
-
-
-def api_state(state: CallState | str) -> str:
-    """The state as the HTTP API and webhooks name it."""
-    value = CallState(state)
-    return "ending" if value is CallState.REFUSING else value.value
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -67,9 +61,9 @@ def backoff(attempts: int) -> float:
 
 
 class WebhookSink:
-    def __init__(self, config: WebhookConfig, store: Store, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: WebhookConfig, outbox: WebhookOutbox, session: aiohttp.ClientSession) -> None:
         self.config = config
-        self.store = store
+        self.outbox = outbox
         self.session = session
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._wake = asyncio.Event()
@@ -92,7 +86,7 @@ class WebhookSink:
                 "order_id": call.order_id,
                 "manager_id": call.manager.id,
                 "direction": call.direction,
-                "state": api_state(state),
+                "state": state.value,
                 "outcome": call.outcome.value if call.outcome and state is CallState.ENDED else None,
             },
         }
@@ -125,7 +119,7 @@ class WebhookSink:
         while True:
             call_id, payload = await self._queue.get()
             try:
-                await self.store.queue_webhook(call_id, payload)
+                await self.outbox.queue(call_id, payload)
                 self._wake.set()
             except Exception:
                 log.exception("webhook event for call %s could not be queued", call_id)
@@ -136,7 +130,7 @@ class WebhookSink:
         limit = asyncio.Semaphore(_PARALLEL)
         while True:
             try:
-                due = await self.store.due_webhooks(_BATCH)
+                due = await self.outbox.due(_BATCH)
             except Exception:
                 log.exception("webhook outbox unreadable")
                 due = []
@@ -172,11 +166,11 @@ class WebhookSink:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 ok, error = False, type(exc).__name__
         if ok:
-            await self.store.webhook_delivered(outbox_id)
+            await self.outbox.delivered(outbox_id)
             return
         attempts += 1
         retry_in = None if attempts >= self.config.max_attempts else backoff(attempts)
-        await self.store.webhook_failed(outbox_id, error=error, retry_in=retry_in)
+        await self.outbox.failed(outbox_id, error=error, retry_in=retry_in)
         log.warning(
             "webhook delivery %d failed (%s), attempt %d%s",
             outbox_id,

@@ -1,11 +1,12 @@
-"""Put the repo root on sys.path so tests can import the rig/ package (it is not installed), and split the
-suite for scripts/test's pytest runs (BRIDGED_TEST_PHASE, BRIDGED_TEST_SHARD)."""
+"""Put the repo root on sys.path so tests can import the rig/ package (it is not installed), split the
+suite for scripts/test's pytest runs (BRIDGED_TEST_PHASE, BRIDGED_TEST_SHARD), and hold the one throwaway
+PostgreSQL cluster of a session (tests/db and tests/e2e share it)."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,21 @@ import pytest
 ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from rig import Postgres  # noqa: E402
+
+from .netns import POSTGRES_PORT, ensure_loopback  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    ensure_loopback()
+    pg = Postgres(port=POSTGRES_PORT)
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

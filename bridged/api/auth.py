@@ -1,16 +1,31 @@
-"""Bearer tokens with roles. Tokens are configured as SHA-256 hashes and compared in constant time."""
+"""Who is asking, and what they may do: bearer tokens with roles, and the audit row of every denial.
+
+Tokens are configured as SHA-256 hashes and compared in constant time. Every 403 leaves an ``api.denied``
+audit row; so does a 401 on the endpoints that ask for it (:func:`audited`); the rows one client address
+writes are capped (bridged.api.limits), never dropped silently.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import Any
 
 from aiohttp import web
 
+from .. import metrics
+from ..appkeys import CONFIG, STORE
 from ..config import ApiToken
 from .errors import Forbidden, Unauthorized
+from .limits import DeniedAuditLimiter
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"
 
 # What each role may do. admin includes everything ops may do; shop is the shop admin's backend.
 # calls.any_client: the role's calls.* permissions reach every call, not only those its token placed
@@ -46,10 +61,9 @@ class Principal:
 
 
 class TokenRegistry:
-    def __init__(self, tokens: tuple[ApiToken, ...]) -> None:
-        self._tokens = tokens
+    """The configured tokens, read at each request (``tokens``: the config in force's, after reloads)."""
 
-    def replace(self, tokens: tuple[ApiToken, ...]) -> None:
+    def __init__(self, tokens: Callable[[], tuple[ApiToken, ...]]) -> None:
         self._tokens = tokens
 
     def authenticate(self, authorization: str | None) -> Principal | None:
@@ -58,7 +72,7 @@ class TokenRegistry:
         digest = hash_token(authorization[len("Bearer ") :].strip())
         found: ApiToken | None = None
         # Compare against every token so the time taken does not depend on which one matched.
-        for token in self._tokens:
+        for token in self._tokens():
             if hmac.compare_digest(digest, token.sha256):
                 found = token
         return None if found is None else Principal(found.name, found.role)
@@ -79,7 +93,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def requires(permission: str) -> Callable[[Handler], Handler]:
-    """Decorator: the request must carry a valid token whose role has ``permission``."""
+    """Decorator: the request must carry a valid token whose role has ``permission`` (401, 403: audited)."""
 
     def wrap(handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
@@ -88,20 +102,101 @@ def requires(permission: str) -> Callable[[Handler], Handler]:
                 raise Unauthorized()
             request[PRINCIPAL] = who
             if not who.may(permission):
-                on_denied = request.app.get(ON_DENIED)
-                if on_denied is not None:
-                    await on_denied(request, who, permission)
+                await _audit_denied(
+                    request, who.name, "forbidden", {"permission": permission, "role": who.role}
+                )
                 raise Forbidden()
             return await handler(request)
 
-        checked.__name__ = handler.__name__
-        checked.__doc__ = handler.__doc__
-        setattr(checked, "permission", permission)  # noqa: B010 - read by the OpenAPI builder
-        return checked
+        return _named(checked, handler, permission)
 
     return wrap
 
 
-DeniedHook = Callable[[web.Request, Principal, str], Awaitable[None]]
-# Optional hook (set by the app) to audit denied requests.
-ON_DENIED: web.AppKey[DeniedHook] = web.AppKey("on_denied")
+def audited(permission: str) -> Callable[[Handler], Handler]:
+    """``requires(permission)``, plus an audit row for a missing or unknown token (401)."""
+
+    def wrap(handler: Handler) -> Handler:
+        checked = requires(permission)(handler)
+
+        async def with_audit(request: web.Request) -> web.StreamResponse:
+            try:
+                return await checked(request)
+            except Unauthorized:
+                await audit_unauthenticated(request, permission)
+                raise
+
+        return _named(with_audit, handler, permission)
+
+    return wrap
+
+
+def _named(wrapper: Handler, handler: Handler, permission: str) -> Handler:
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    setattr(wrapper, "permission", permission)  # noqa: B010 - read by the OpenAPI builder
+    return wrapper
+
+
+# -- auditing denials -------------------------------------------------------------------------------
+
+# Caps the audit rows refused requests write per client (bridged.api.limits).
+DENIED_LIMITER: web.AppKey[DeniedAuditLimiter] = web.AppKey("denied_limiter", DeniedAuditLimiter)
+
+
+async def audit_unauthenticated(request: web.Request, permission: str | None) -> None:
+    header = request.headers.get("Authorization")
+    details: dict[str, Any] = {"token": "invalid" if header else "none"}
+    if permission is not None:
+        details["permission"] = permission
+    await _audit_denied(request, ANONYMOUS, "unauthenticated", details)
+
+
+async def _audit_denied(request: web.Request, actor: str, outcome: str, details: dict[str, Any]) -> None:
+    client = client_address(request)
+    limiter = request.app.get(DENIED_LIMITER)
+    if limiter is not None:
+        write, folded = limiter.admit(client or "?")
+        if not write:
+            metrics.API_DENIALS_FOLDED.inc()
+            return
+        if folded:
+            details = {**details, "suppressed_before": folded}
+    details = {"method": request.method, "path": request.rel_url.path, "client": client, **details}
+    try:
+        await request.app[STORE].audit.add(actor=actor, action="api.denied", outcome=outcome, details=details)
+    except Exception as exc:
+        # The refusal stands either way; losing its audit row must not turn it into a 500.
+        log.error("denied request not audited (%s %s): %s", request.method, request.rel_url.path, exc)
+
+
+def client_address(request: web.Request) -> str | None:
+    """The client's address: the peer, or, when the peer is a trusted reverse proxy
+    (``http.trusted_proxies``), the last address in X-Forwarded-For that is not one of them."""
+    peer = request.remote
+    trusted = request.app[CONFIG].current.http.trusted_proxies
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [
+        h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()
+    ]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop if _is_address(hop) else peer
+    return hops[0] if hops else peer
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_trusted(address: str | None, trusted: tuple[Any, ...]) -> bool:
+    try:
+        ip = ip_address(address or "")
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)

@@ -1,80 +1,35 @@
-"""Click-to-call: ``POST /v1/calls``, ``GET /v1/calls/{id}``, ``DELETE /v1/calls/{id}``.
+"""Calls: ``POST /v1/calls`` (click-to-call), ``GET /v1/calls/{id}``, ``DELETE /v1/calls/{id}``, and the
+history ``GET /v1/calls``; one representation of a call (:func:`call_json`) for all of them.
 
-Thin handlers over the services the phone path uses: the same policy, the same call engine, the same
-rows and audit trail. No response carries a customer's number.
+Thin handlers: they parse, ask the CallService (which decides, as for the phone path), and translate its
+answer. No response carries a customer's number.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import re
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from .. import metrics
-from ..appkeys import CONFIG, ENGINE, SERVICE, STORE
-from ..calls import Call, ManagerLegFailed
-from ..orders import Refusal
+from ..appkeys import CONFIG, SERVICE, STORE
+from ..calls.model import Call
 from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
-from ..service import Refused
-from ..store import CallRow, DatabaseUnavailable
-from ..webhooks import api_state
-from . import openapi
-from .auth import Principal, principal, requires
-from .errors import (
-    ApiError,
-    CallEnded,
-    CallNotFound,
-    DatabaseDown,
-    IdempotencyConflict,
-    InvalidOrderId,
-    InvalidRequest,
-    LookupUnavailable,
-    ManagerNotRegistered,
-    OrderNotAllowed,
-    Overloaded,
-    TelephonyUnavailable,
-    UnknownManager,
-    UnknownOrder,
-    _error,
-)
-from .params import path_id, read_json
+from ..service import NotStarted, Refused
+from ..store.base import DatabaseUnavailable
+from ..store.calls import CallRow
+from . import idempotency, openapi
+from .auth import Principal, audited, principal, requires
+from .cursors import DEFAULT_LIMIT, MAX_LIMIT, PAGE_PARAMETERS, Listing
+from .cursors import MAX_LENGTH as MAX_CURSOR
+from .errors import ApiError, CallEnded, CallNotFound, InvalidRequest, outcome_error, refusal_error
+from .params import Query, path_id, read_json
 
 log = logging.getLogger(__name__)
 
-
-InvalidIdempotencyKey = _error(
-    422, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters"
-)
-IdempotencyInProgress = _error(
-    409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being handled"
-)
-ManagerUnavailable = _error(409, "manager_unavailable", "the manager's phone could not be called")
-# The order exists, but its phone value is not a valid number: it is never dialled.
-InvalidPhone = _error(
-    422, "invalid_phone", "the order's phone number is not a valid number; it was not dialled"
-)
-
-_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ID_MAX = 64
-
-_REFUSAL_ERRORS: dict[Refusal, type[ApiError]] = {
-    Refusal.INVALID_CODE: InvalidOrderId,
-    Refusal.UNKNOWN_ORDER: UnknownOrder,
-    Refusal.DENIED: OrderNotAllowed,
-    Refusal.LOOKUP_FAILED: LookupUnavailable,
-    Refusal.UNAVAILABLE: TelephonyUnavailable,
-    Refusal.OVERLOADED: Overloaded,
-    Refusal.UNKNOWN_MANAGER: UnknownManager,
-    Refusal.INVALID_PHONE: InvalidPhone,
-    Refusal.DATABASE_UNAVAILABLE: DatabaseDown,
-}
 
 
 def _iso(value: Any) -> str | None:
@@ -82,21 +37,25 @@ def _iso(value: Any) -> str | None:
 
 
 def call_json(row: CallRow) -> dict[str, Any]:
-    """The public representation of a call (also used by the review API)."""
+    """A call as every endpoint shows it (``Call`` in the OpenAPI document). No phone number: the row
+    holds none, and its channel and bridge ids are left out."""
+    duration = row.duration
     return {
         "id": row.id,
         "order_id": row.order_id,
         "manager_id": row.manager_id,
         "direction": row.direction,
-        "state": api_state(row.state),
+        "state": row.state,
         "outcome": row.outcome,
+        "hangup_cause": row.hangup_cause,
+        "ended_by": row.ended_by,
         "requested_at": _iso(row.requested_at),
         "answered_at": _iso(row.answered_at),
         "ended_at": _iso(row.ended_at),
-        "duration_seconds": row.duration,
-        "ended_by": row.ended_by,
-        "has_recording": row.recording_usable,
+        "duration_seconds": None if duration is None else round(duration, 3),
+        "has_recording": row.recording_available,
         "recording_state": row.recording_state,
+        "recording_purged_at": _iso(row.recording_purged_at),
     }
 
 
@@ -119,43 +78,18 @@ def _parse_create(body: Any) -> tuple[str, str]:
     return values["order_id"], values["manager_id"]
 
 
-def _actor(who: Principal) -> str:
-    return f"token:{who.name}"
-
-
 async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple[int, dict[str, Any]]:
-    config = request.app[CONFIG]
-    service = request.app[SERVICE]
     who = principal(request)
-    actor = _actor(who)
-    manager = config.manager_by_id(manager_id)
-    if manager is None:
-        await service.audit_refusal(actor=actor, reason="unknown_manager")
-        raise UnknownManager()
-    if not service.is_connected():
-        raise TelephonyUnavailable()
-    # Before anyone is dialled: a phone that is not registered would only ring into the void. (Not while
-    # Asterisk is behind: the request below refuses the call without another ARI request.)
-    if not service.overloaded() and not await service.manager_reachable(manager):
-        await service.audit_refusal(
-            actor=actor, reason="manager_not_registered", details={"manager_id": manager.id}
-        )
-        raise ManagerNotRegistered()
-    result = await service.request(
-        manager, order_id, direction="api", manager_channel_id=None, actor=actor, created_by=who.name
-    )
-    if isinstance(result, Refused):
-        metrics.CALLS_REFUSED.inc(result.reason.value)
-        raise _REFUSAL_ERRORS[result.reason]()
+    placed = await request.app[SERVICE].place_from_api(who.name, manager_id, order_id)
+    if isinstance(placed, Refused):
+        raise refusal_error(placed.reason)
+    if isinstance(placed, NotStarted):
+        raise outcome_error(placed.outcome, details={"call_id": placed.call_id})
     try:
-        call = await request.app[ENGINE].start_api_call(result)
-    except ManagerLegFailed:
-        raise ManagerUnavailable(details={"call_id": result.call_id}) from None
-    try:
-        row = await request.app[STORE].get_call(call.id)
+        row = await request.app[STORE].calls.get(placed.id)
     except DatabaseUnavailable:
         row = None  # gone since the row was written: the call rings all the same
-    return 202, call_json(row or _live_row(call, who))
+    return 202, call_json(row or _live_row(placed, who))
 
 
 def _live_row(call: Call, who: Principal) -> CallRow:
@@ -183,63 +117,31 @@ def _live_row(call: Call, who: Principal) -> CallRow:
 
 @requires("calls.create")
 async def create_call(request: web.Request) -> web.StreamResponse:
-    config = request.app[CONFIG]
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not _KEY_RE.match(key):
-        raise InvalidIdempotencyKey()
+    config = request.app[CONFIG].current
+    key = idempotency.key_of(request)
     body = await read_json(request, config.api.max_body_bytes)
     order_id, manager_id = _parse_create(body)
     if key is None:
         status, payload = await _create(request, order_id, manager_id)
         return _created(status, payload)
-
-    store = request.app[STORE]
     who = principal(request)
-    request_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    try:
-        claimed, first_hash, first_status, first_response = await store.claim_idempotency_key(
-            who.name, key, request_hash, keep_hours=config.api.idempotency_hours
-        )
-    except DatabaseUnavailable as exc:
+    first = await idempotency.claim(request, who.name, key, body)
+    if isinstance(first, idempotency.Unrecorded):
         # Without the key's record a retry could ring twice: refused like any attempt without its row.
-        log.warning("call request by %s refused: bridged's database is unavailable (%s)", who.name, exc)
-        metrics.CALLS_REFUSED.inc(Refusal.DATABASE_UNAVAILABLE.value)
-        await request.app[SERVICE].audit_refusal(
-            actor=_actor(who), reason=Refusal.DATABASE_UNAVAILABLE.value, details={"manager_id": manager_id}
-        )
-        raise DatabaseDown() from None
-    if not claimed:
-        if first_hash != request_hash:
-            raise IdempotencyConflict()
-        if first_status is None:
-            raise IdempotencyInProgress()
-        return _created(first_status, first_response, replayed=True)
+        refused = await request.app[SERVICE].refuse_unrecorded(who.name, manager_id)
+        raise refusal_error(refused.reason)
+    if first is not None:
+        return _created(*first, replayed=True)
     try:
         status, payload = await _create(request, order_id, manager_id)
     except ApiError as exc:
         status, payload = exc.status, exc.body()
     except BaseException:
-        await _settle_key(request, who, key, None, None)
+        await idempotency.settle(request, who.name, key, None, None)
         raise
     # A transient failure is not remembered: the retry may succeed.
-    await _settle_key(request, who, key, *((None, None) if status >= 500 else (status, payload)))
+    await idempotency.settle(request, who.name, key, *((None, None) if status >= 500 else (status, payload)))
     return _created(status, payload)
-
-
-async def _settle_key(
-    request: web.Request, who: Principal, key: str, status: int | None, payload: dict[str, Any] | None
-) -> None:
-    """Remember the answer for the key, or (``status`` None) release it. Kept and written later if
-    bridged's database is away: until then a retry is told the first request is still being handled."""
-    store = request.app[STORE]
-
-    def write() -> Awaitable[None]:
-        if status is None:
-            return store.release_idempotency_key(who.name, key)
-        return store.store_idempotent_response(who.name, key, status, payload)
-
-    what = "Idempotency-Key release" if status is None else "Idempotency-Key answer"
-    await request.app[SERVICE].deferred.write(what, write)
 
 
 def _created(status: int, payload: dict[str, Any], *, replayed: bool = False) -> web.Response:
@@ -259,10 +161,30 @@ def may_see(who: Principal, row: CallRow) -> bool:
 async def _visible_call(request: web.Request) -> CallRow:
     """The path's call, if this token may see it. Another client's call answers as one that does not
     exist: a shop learns nothing about calls that are not its own, not even that they exist."""
-    row = await request.app[STORE].get_call(path_id(request))
+    row = await request.app[STORE].calls.get(path_id(request))
     if row is None or not may_see(principal(request), row):
         raise CallNotFound()
     return row
+
+
+_LIST_FILTERS = {"manager", "order", "outcome", "from", "to", "has_recording"} | PAGE_PARAMETERS
+
+
+@audited("calls.list")
+async def list_calls(request: web.Request) -> web.Response:
+    """The call history, newest first, one page at a time."""
+    q = Query(request, _LIST_FILTERS)
+    listing = Listing("calls", request.app[STORE].calls.page, lambda r: (r.requested_at, r.id), call_json)
+    return await listing.page(
+        request,
+        q,
+        manager_id=q.text("manager", 64),
+        order_id=q.text("order", 64),
+        outcome=q.text("outcome", 64),
+        since=q.time("from"),
+        until=q.time("to"),
+        has_recording=q.boolean("has_recording"),
+    )
 
 
 @requires("calls.read")
@@ -275,21 +197,14 @@ async def end_call(request: web.Request) -> web.StreamResponse:
     row = await _visible_call(request)
     if row.state == "ended":
         raise CallEnded()
-    who = principal(request)
-    if not request.app[ENGINE].terminate(row.id):
+    if not await request.app[SERVICE].end_from_api(principal(request).name, row.id):
         raise CallEnded("the call is not live on this daemon")
     store = request.app[STORE]
     call_id = row.id
-    await request.app[SERVICE].deferred.write(
-        f"call {call_id} end request audit row",
-        lambda: store.audit(
-            actor=_actor(who), action="call.end_requested", outcome="accepted", call_id=call_id
-        ),
-    )
     # Answer with the ended call when that is quick (it normally takes a few milliseconds).
     try:
         for _ in range(40):
-            found = await store.get_call(call_id)
+            found = await store.calls.get(call_id)
             if found is not None:
                 row = found
             if row.state == "ended":
@@ -300,8 +215,8 @@ async def end_call(request: web.Request) -> web.StreamResponse:
     return web.json_response(call_json(row), status=202)
 
 
-_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
-SCHEMAS = {
+_TIMESTAMP = openapi.TIME
+SCHEMAS: dict[str, Any] = {
     "CreateCall": {
         "type": "object",
         "additionalProperties": False,
@@ -314,6 +229,7 @@ SCHEMAS = {
     "Call": {
         "type": "object",
         "additionalProperties": False,
+        "description": "A call, as every endpoint shows it. It never carries a phone number.",
         "required": [
             "id",
             "order_id",
@@ -321,13 +237,15 @@ SCHEMAS = {
             "direction",
             "state",
             "outcome",
+            "hangup_cause",
+            "ended_by",
             "requested_at",
             "answered_at",
             "ended_at",
             "duration_seconds",
-            "ended_by",
             "has_recording",
             "recording_state",
+            "recording_purged_at",
         ],
         "properties": {
             "id": {"type": "string"},
@@ -345,34 +263,64 @@ SCHEMAS = {
                     "ending",
                     "ended",
                 ],
+                "description": "ending: the manager hears why the call did not go ahead, then is hung up",
             },
             "outcome": {
                 "type": ["string", "null"],
                 "description": "completed, manager_no_answer, manager_unavailable, manager_abandoned, "
                 "customer_busy, customer_no_answer, customer_unavailable, customer_congestion, "
-                "customer_abandoned, cancelled, denied, unknown_order, invalid_phone, lookup_failed, "
-                "unavailable, overloaded, failed",
+                "customer_abandoned, cancelled, failed; a refused attempt's reason: denied, unknown_order, "
+                "invalid_phone, lookup_failed, unavailable, overloaded, database_unavailable",
             },
             "requested_at": {"type": "string", "format": "date-time"},
             "answered_at": _TIMESTAMP,
             "ended_at": _TIMESTAMP,
-            "duration_seconds": {"type": ["number", "null"]},
+            "hangup_cause": {"type": ["integer", "null"], "description": "Q.850 cause of the customer leg"},
             "ended_by": {"type": ["string", "null"]},
+            "duration_seconds": {"type": ["number", "null"]},
             "has_recording": {
                 "type": "boolean",
-                "description": "a recording was made and holds audio (see recording_state)",
+                "description": "a recording was made, holds audio (see recording_state) and was not purged",
             },
             "recording_state": RECORDING_STATE_SCHEMA,
+            "recording_purged_at": {
+                **_TIMESTAMP,
+                "description": "when the retention deleted the recording (the call's row stays)",
+            },
         },
     },
 }
 
-_CALL = {"application/json": {"schema": {"$ref": "#/components/schemas/Call"}}}
+SCHEMAS["CallPage"] = openapi.page_of("Call")
+_CALL = openapi.json_content("Call")
 _CALL_ID = openapi.CALL_ID_PARAMETER
 
 openapi.register(
     {
         "/v1/calls": {
+            "get": openapi.secured(
+                {
+                    "operationId": "listCalls",
+                    "summary": "Call history, newest first (permission calls.list)",
+                    "parameters": [
+                        openapi.param("manager", "manager id", openapi.text(64)),
+                        openapi.param("order", "order id", openapi.text(64)),
+                        openapi.param("outcome", "e.g. completed, customer_busy", openapi.text(64)),
+                        openapi.param(
+                            "from", "requested at or after" + openapi.TIME_NOTE, openapi.TIME_FILTER
+                        ),
+                        openapi.param("to", "requested before" + openapi.TIME_NOTE, openapi.TIME_FILTER),
+                        openapi.param(
+                            "has_recording", "a recording is available (not purged)", {"type": "boolean"}
+                        ),
+                        *openapi.page_parameters(DEFAULT_LIMIT, MAX_LIMIT, MAX_CURSOR),
+                    ],
+                    "responses": {
+                        "200": {"description": "one page", "content": openapi.json_content("CallPage")},
+                        **openapi.error_responses(422, 503),
+                    },
+                }
+            ),
             "post": openapi.secured(
                 {
                     "operationId": "createCall",
@@ -394,6 +342,12 @@ openapi.register(
                     "responses": {
                         "202": {"description": "the manager's phone is ringing", "content": _CALL},
                         **openapi.error_responses(400, 404, 408, 409, 413, 415, 422, 503),
+                        "409": {
+                            **openapi.error_responses(409)["409"],
+                            "description": "idempotency_key_in_use, manager_not_registered, or "
+                            "manager_unavailable (the manager's phone could not be called: the call, named "
+                            "in details.call_id, has ended)",
+                        },
                         "422": {
                             **openapi.error_responses(422)["422"],
                             "description": "invalid_request, invalid_order_id, invalid_idempotency_key, "
@@ -402,7 +356,7 @@ openapi.register(
                         },
                     },
                 }
-            )
+            ),
         },
         "/v1/calls/{call_id}": {
             "get": openapi.secured(
@@ -437,5 +391,6 @@ openapi.register(
 
 def setup(app: web.Application) -> None:
     app.router.add_post("/v1/calls", create_call)
+    app.router.add_get("/v1/calls", list_calls, allow_head=False)
     app.router.add_get("/v1/calls/{call_id}", get_call)
     app.router.add_delete("/v1/calls/{call_id}", end_call)

@@ -18,15 +18,22 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
+from ..appkeys import STORE
 from .errors import InvalidCursor, InvalidParameter
-from .params import ID_RE, parse_time
+from .params import ID_RE, Query, parse_time
 
 MAX_LENGTH = 400
+# Rows per page: when no limit is asked for, and at most.
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+PAGE_PARAMETERS = frozenset({"limit", "cursor"})
 _SIGNATURE_BYTES = 16
 _FORM = re.compile(r"([A-Za-z0-9_-]{1,340})\.([A-Za-z0-9_-]{22})")
 _AUDIT_ID_MAX = 2**63 - 1  # bigserial
@@ -104,3 +111,36 @@ class CursorKeeper:
 
 
 CURSORS: web.AppKey[CursorKeeper] = web.AppKey("cursors", CursorKeeper)
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Listing(Generic[T]):
+    """One listing endpoint's rows: ``kind`` names its cursors, ``fetch`` reads a page of rows with the
+    endpoint's filters, ``key`` is a row's (time, id) as the listing orders them, ``item`` its JSON."""
+
+    kind: str
+    fetch: Callable[..., Awaitable[Sequence[T]]]
+    key: Callable[[T], tuple[datetime, str | int]]
+    item: Callable[[T], dict[str, Any]]
+
+    async def page(self, request: web.Request, q: Query, **filters: Any) -> web.Response:
+        """``{"items": [...], "next_cursor": ...}``: at most ``limit`` rows after the ``cursor``'s row, newest
+        first. One row more than the page is read: it says whether there is a next page."""
+        limit = q.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        cursor = q.text("cursor", MAX_LENGTH)
+        codec = await request.app[CURSORS].codec(request.app[STORE].settings.cursor_secret)
+        rows = await self.fetch(
+            **filters, before=codec.decode(self.kind, cursor) if cursor else None, limit=limit + 1
+        )
+        page = rows[:limit]
+        more = len(rows) > limit and page
+        return web.json_response(
+            {
+                "items": [self.item(r) for r in page],
+                "next_cursor": codec.encode(self.kind, *self.key(page[-1])) if more else None,
+            },
+            headers={"Cache-Control": "no-store"},
+        )

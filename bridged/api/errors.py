@@ -12,7 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..store import DatabaseUnavailable
+from ..outcomes import OUTCOME_ERRORS, REFUSALS, HttpError, Outcome, Refusal
+from ..store.base import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,17 @@ class ApiError(Exception):
     # The connection is closed after the answer (the rest of the request was not read).
     close_connection = False
 
-    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message or self.message)
         self.message = message or self.message
         self.details = details
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"id": self.error_id, "message": self.message}
@@ -54,55 +62,69 @@ def _error(
     )
 
 
+# -- the request itself ----------------------------------------------------------------------------
 Unauthorized = _error(401, "unauthorized", "a valid bearer token is required")
 Forbidden = _error(403, "forbidden", "this token's role may not do that")
 NotFound = _error(404, "not_found", "no such resource")
 MethodNotAllowed = _error(405, "method_not_allowed", "method not allowed")
 InvalidJson = _error(400, "invalid_json", "the body is not valid JSON")
 InvalidRequest = _error(422, "invalid_request", "the request is not valid")
+InvalidParameter = _error(422, "invalid_parameter", "a query parameter is not valid")
+InvalidCursor = _error(422, "invalid_cursor", "the cursor is not one this endpoint gave out")
 RequestTimeout = _error(408, "request_timeout", "the request body did not arrive in time", close=True)
 BodyTooLarge = _error(413, "body_too_large", "the request body is too large")
 UnsupportedMediaType = _error(415, "unsupported_media_type", "send application/json")
-UnknownManager = _error(404, "unknown_manager", "no such manager")
-UnknownOrder = _error(404, "unknown_order", "no such order")
-InvalidOrderId = _error(422, "invalid_order_id", "the order id is not well-formed")
-OrderNotAllowed = _error(403, "order_not_allowed", "this manager may not call this order's customer")
-ManagerNotRegistered = _error(409, "manager_not_registered", "the manager's phone is not registered")
+
+# -- calls ------------------------------------------------------------------------------------------
 CallNotFound = _error(404, "call_not_found", "no such call")
 CallEnded = _error(409, "call_ended", "the call has already ended")
 IdempotencyConflict = _error(
     422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
 )
-LookupUnavailable = _error(
-    503, "order_lookup_failed", "the shop's order database did not answer", retry_after=5
+InvalidIdempotencyKey = _error(
+    422, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters"
 )
-TelephonyUnavailable = _error(503, "telephony_unavailable", "Asterisk is not connected", retry_after=5)
-DatabaseDown = _error(
-    503, "database_unavailable", "bridged's database did not answer; try again shortly", retry_after=5
-)
-# The guard lets calls through again as soon as Asterisk has caught up, within a second or two.
-Overloaded = _error(
-    503,
-    "overloaded",
-    "Asterisk is behind on bridged's requests; try again in a few seconds",
-    retry_after=2,
+IdempotencyInProgress = _error(
+    409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being handled"
 )
 
+# -- recordings and retention -----------------------------------------------------------------------
+ReasonRequired = _error(422, "reason_required", "listening to a recording needs a reason (?reason=...)")
+RecordingNotFound = _error(404, "recording_not_found", "this call has no recording")
+RecordingPurged = _error(410, "recording_purged", "the recording was deleted by the retention policy")
+RecordingInProgress = _error(
+    409, "recording_in_progress", "the call is still going on; its recording is not finished"
+)
+RangeNotSatisfiable = _error(416, "range_not_satisfiable", "the range is past the recording's end")
+RecordingUnavailable = _error(
+    503, "recording_unavailable", "the recording store did not answer", retry_after=5
+)
+AuditUnavailable = _error(
+    503, "audit_unavailable", "the listen could not be audited, so the recording is not served", retry_after=5
+)
+InvalidRetention = _error(422, "invalid_retention", 'send {"days": <1..36500> or null}')
 
-class InvalidParameter(ApiError):
-    status = 422
-    error_id = "invalid_parameter"
-    message = "a query parameter is not valid"
+
+def _from(http: HttpError) -> type[ApiError]:
+    return _error(http.status, http.error_id, http.message, retry_after=http.retry_after)
 
 
-class InvalidCursor(ApiError):
-    status = 422
-    error_id = "invalid_cursor"
-    message = "the cursor is not one this endpoint gave out"
+# -- a refused call and the one outcome that fails a POST, as bridged.outcomes says ------------------
+_REFUSAL_ERRORS = {reason: _from(meaning.http) for reason, meaning in REFUSALS.items()}
+_OUTCOME_ERRORS = {outcome: _from(http) for outcome, http in OUTCOME_ERRORS.items()}
+DatabaseDown = _REFUSAL_ERRORS[Refusal.DATABASE_UNAVAILABLE]
+
+
+def refusal_error(reason: Refusal, *, details: dict[str, Any] | None = None) -> ApiError:
+    return _REFUSAL_ERRORS[reason](details=details)
+
+
+def outcome_error(outcome: Outcome, *, details: dict[str, Any] | None = None) -> ApiError:
+    return _OUTCOME_ERRORS[outcome](details=details)
 
 
 def error_response(error: ApiError) -> web.Response:
-    response = web.json_response(error.body(), status=error.status)
+    response = web.json_response(error.body(), status=error.status, headers=error.headers)
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(error.retry_after)
     if error.close_connection:

@@ -42,6 +42,61 @@ CALL_ID_PARAMETER: dict[str, Any] = {
 }
 
 
+# Building blocks of the feature modules' descriptions.
+STR: dict[str, Any] = {"type": "string"}
+TIME: dict[str, Any] = {"type": ["string", "null"], "format": "date-time"}
+# A time filter: what params.parse_time accepts (JSON Schema cannot say "years 1970 to 9999").
+TIME_FILTER: dict[str, Any] = {"type": "string", "format": "date-time", "maxLength": 64}
+TIME_NOTE = "; ISO 8601, 1970 to 9999, UTC when no offset is given"
+
+
+def text(max_length: int) -> dict[str, Any]:
+    """A text parameter: what params.parse_text accepts (no control characters)."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_length,
+        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$",
+    }
+
+
+def param(name: str, description: str, schema: dict[str, Any], where: str = "query") -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "description": description,
+        "schema": schema,
+    }
+
+
+def json_content(ref: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+
+
+def page_of(ref: str) -> dict[str, Any]:
+    """The schema of one page of a listing of ``ref``."""
+    return {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": f"#/components/schemas/{ref}"}},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    }
+
+
+def page_parameters(default: int, maximum: int, cursor_max: int) -> list[dict[str, Any]]:
+    return [
+        param(
+            "limit",
+            f"rows per page (default {default})",
+            {"type": "integer", "minimum": 1, "maximum": maximum},
+        ),
+        param("cursor", "next_cursor of the previous page", {"type": "string", "maxLength": cursor_max}),
+    ]
+
+
 def register(paths: dict[str, dict[str, Any]], schemas: dict[str, Any] | None = None) -> None:
     for path, operations in paths.items():
         _PATHS.setdefault(path, {}).update(operations)

@@ -21,6 +21,7 @@ from multidict import MultiMapping
 
 from ..appkeys import CONFIG
 from .errors import (
+    ApiError,
     BodyTooLarge,
     CallNotFound,
     InvalidJson,
@@ -50,7 +51,7 @@ def printable(value: str) -> bool:
     return not any(unicodedata.category(ch) in _REFUSED_CATEGORIES for ch in value)
 
 
-def _invalid(name: str, message: str) -> InvalidParameter:
+def _invalid(name: str, message: str) -> ApiError:
     return InvalidParameter(f"{name} {message}", details={"parameter": name})
 
 
@@ -178,7 +179,7 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         raise UnsupportedMediaType()
     raw = bytearray()
     try:
-        async with asyncio.timeout(request.app[CONFIG].http.body_timeout):
+        async with asyncio.timeout(request.app[CONFIG].current.http.body_timeout):
             # read() returns what has arrived so far, not the whole body: read to the end.
             while chunk := await request.content.read(max_bytes + 1 - len(raw)):
                 raw += chunk

@@ -1,20 +1,22 @@
-"""Wires the API's feature modules into the aiohttp application."""
+"""The HTTP API's router: every resource's module, and the /ops/ page, mounted on the application."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..config import Config
-from . import calls as calls_api
-from . import openapi
-from . import review as review_api
-from .auth import TOKENS, TokenRegistry
+from .. import ops
+from ..appkeys import CONFIG
+from . import audit, calls, me, openapi, recordings, retention
+from .auth import DENIED_LIMITER, TOKENS, TokenRegistry
+from .cursors import CURSORS, CursorKeeper
 from .errors import error_middleware
+from .limits import DeniedAuditLimiter
 
 
-def setup(app: web.Application, config: Config) -> None:
+def setup(app: web.Application) -> None:
     app.middlewares.append(error_middleware)
-    app[TOKENS] = TokenRegistry(config.api.tokens)
-    calls_api.setup(app)
-    review_api.setup(app)
-    openapi.setup(app)
+    app[TOKENS] = TokenRegistry(lambda: app[CONFIG].current.api.tokens)
+    app[DENIED_LIMITER] = DeniedAuditLimiter()
+    app[CURSORS] = CursorKeeper()
+    for resource in (calls, recordings, audit, retention, me, openapi, ops):
+        resource.setup(app)

@@ -309,8 +309,9 @@ async def serve(app: web.Application, config: HttpConfig) -> None:
     # run_app's defaults: SIGINT/SIGTERM raise GracefulExit (the app installs its own SIGTERM drain),
     # idle keep-alive connections are closed after 75 s; no access log (URLs may carry anything).
     runner = GuardedAppRunner(app, config, handle_signals=True, access_log=None, keepalive_timeout=75.0)
-    await runner.setup()
     try:
+        # Inside the try: a start that fails at one cleanup context closes the ones started before it.
+        await runner.setup()
         await web.TCPSite(runner, config.host, config.port).start()
         await asyncio.Event().wait()  # until cancelled (GracefulExit stops the loop, then cancels)
     finally:

@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +24,7 @@ from yarl import URL
 from .errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
 from .operations import OPERATIONS, Operation
 
-__all__ = ["AriClient", "basic_auth_header"]
+__all__ = ["AriAccess", "AriClient", "basic_auth_header"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,20 @@ def basic_auth_header(username: str, password: str) -> str:
     if encode is not None:
         return str(encode(username, password))
     return aiohttp.BasicAuth(username, password).encode()
+
+
+@dataclass(frozen=True)
+class AriAccess:
+    """Where Asterisk's ARI is (``http://host:8088/ari``) and the user bridged logs in as: what the REST
+    client and the event websocket both need."""
+
+    base_url: str
+    username: str
+    password: str = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": basic_auth_header(self.username, self.password)}
 
 
 def _encode_value(value: Any) -> str:
@@ -133,17 +148,11 @@ class AriClient:
     """Calls the ARI REST API. Methods return Asterisk's JSON as plain dicts/lists."""
 
     def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        base_url: str,
-        username: str,
-        password: str,
-        *,
-        request_timeout: float = 5.0,
+        self, session: aiohttp.ClientSession, access: AriAccess, *, request_timeout: float = 5.0
     ) -> None:
         self._session = session
-        self._base_url = base_url.rstrip("/")
-        self._headers = {"Authorization": basic_auth_header(username, password)}
+        self._base_url = access.base_url.rstrip("/")
+        self._headers = access.headers
         self._request_timeout = request_timeout
         # When each REST request still waiting for its answer was sent (in sending order).
         self._waiting: dict[int, float] = {}

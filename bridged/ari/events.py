@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from .client import basic_auth_header
+from .client import AriAccess
 
 __all__ = ["AriEventStream", "event_bridge_id", "event_channel_id", "event_type", "ws_url_from_base"]
 
@@ -75,9 +75,7 @@ class AriEventStream:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        base_url: str,
-        username: str,
-        password: str,
+        access: AriAccess,
         app: str,
         *,
         handler: Callable[[dict[str, Any]], None],
@@ -89,11 +87,11 @@ class AriEventStream:
         connect_timeout: float = 10.0,
     ) -> None:
         self._session = session
-        self._url = ws_url_from_base(base_url).with_query({"app": app, "subscribeAll": "false"})
-        self._headers = {"Authorization": basic_auth_header(username, password)}
+        self._url = ws_url_from_base(access.base_url).with_query({"app": app, "subscribeAll": "false"})
+        self._headers = access.headers
         self._app = app
         # For messages: the base URL only (the websocket URL's query is harmless, but keep it short).
-        self._base_url = base_url
+        self._base_url = access.base_url
         self._handler = handler
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect

@@ -14,8 +14,7 @@ from importlib import resources
 from aiohttp import web
 
 from ..appkeys import CONFIG
-from ..calls import Outcome
-from ..orders import Refusal
+from ..outcomes import Outcome, Refusal
 
 STATIC = resources.files("bridged.ops") / "static"
 
@@ -51,7 +50,7 @@ def render_page(*, require_reason: bool) -> str:
 
 
 async def page(request: web.Request) -> web.Response:
-    body = render_page(require_reason=request.app[CONFIG].recording.require_reason)
+    body = render_page(require_reason=request.app[CONFIG].current.recording.require_reason)
     return web.Response(text=body, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
 
 

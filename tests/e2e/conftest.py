@@ -10,8 +10,6 @@ import itertools
 import os
 import re
 import shutil
-import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,47 +19,21 @@ import pytest
 from rig import Asterisk, Postgres, ensure_asterisk_root
 from rig.asterisk import manager_endpoint_conf
 
+from ..netns import ensure_loopback
 from .harness import Bridged, ManagerPhone, setup_shop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # BRIDGED_RIG_ARTIFACTS: another folder (a test that runs the rig inside another test uses it).
 ARTIFACTS = Path(os.environ.get("BRIDGED_RIG_ARTIFACTS", REPO_ROOT / "artifacts"))
 E2E_DIR = Path(__file__).resolve().parent
-CARRIER_IP = "127.0.0.2"
 # The second Asterisk node (fixture asterisk_b): SIP, RTP and ARI on this address, same ports as node 1.
 NODE_B_IP = "127.0.0.3"
-POSTGRES_PORT = 55432
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if E2E_DIR in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.e2e)
-
-
-def _can_bind(ip: str) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((ip, 0))
-            return True
-        except OSError:
-            return False
-
-
-def _ensure_loopback(*extra: str) -> None:
-    """Bring lo up (a fresh `unshare -n` namespace has it down) and make sure 127.0.0.2 (and ``extra``
-    addresses) are usable.
-
-    Always asked for: binding 127.0.0.1 works even while lo is down (only sending fails), so a bind
-    test cannot tell. Setting an up interface up is a no-op."""
-    if os.geteuid() == 0:
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
-    addresses = ("127.0.0.1", CARRIER_IP, *extra)
-    for address in addresses[1:]:
-        if not _can_bind(address):
-            subprocess.run(["ip", "addr", "add", f"{address}/8", "dev", "lo"], check=False)
-    if not all(_can_bind(address) for address in addresses):
-        pytest.skip(f"loopback {', '.join(addresses)} not usable (run inside `unshare -n` as root)")
 
 
 @dataclass
@@ -128,7 +100,7 @@ def _run_node(ast: Asterisk, prefix: str) -> Iterator[Asterisk]:
 
 @pytest.fixture(scope="session")
 def asterisk(asterisk_root: Path) -> Iterator[Asterisk]:
-    _ensure_loopback()
+    ensure_loopback()
     yield from _run_node(Asterisk(asterisk_root), "asterisk")
 
 
@@ -136,19 +108,8 @@ def asterisk(asterisk_root: Path) -> Iterator[Asterisk]:
 def asterisk_b(asterisk_root: Path) -> Iterator[Asterisk]:
     """A second Asterisk node on 127.0.0.3 (SIP 5060, ARI 8088, RTP 20000-21999), started only for the
     sessions that ask for it; same carrier (127.0.0.2, identified by address) and ARI user as node 1."""
-    _ensure_loopback(NODE_B_IP)
+    ensure_loopback(NODE_B_IP)
     yield from _run_node(Asterisk(asterisk_root, node=2, address=NODE_B_IP), "asterisk-b")
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    _ensure_loopback()
-    pg = Postgres(port=POSTGRES_PORT)
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture

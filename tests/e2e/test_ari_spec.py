@@ -15,7 +15,7 @@ import pytest
 
 from bridged.ari.client import basic_auth_header
 from bridged.ari.operations import OPERATIONS, Operation
-from bridged.calls import EVENT_TYPES
+from bridged.calls.engine import EVENT_TYPES
 
 pytestmark = pytest.mark.e2e
 

@@ -132,15 +132,19 @@ def test_a_disk_that_fills_up_mid_call_truncates_the_recording_and_the_call_goes
     assert row["recording_state"] == "truncated", row
 
     review, shop = _api_views(daemon, rita, row["id"])
-    assert review["recording"] == {"available": True, "purged_at": None, "state": "truncated"}
-    assert (shop["has_recording"], shop["recording_state"]) == (True, "truncated")
+    assert review == shop  # one representation of a call
+    assert (shop["has_recording"], shop["recording_state"], shop["recording_purged_at"]) == (
+        True,
+        "truncated",
+        None,
+    )
     values = _metrics(daemon)
     assert values['bridged_recordings_failed_total{state="truncated"}'] == 1
     assert 'bridged_recordings_failed_total{state="failed"}' not in values
     # Told by Asterisk's RecordingFinished during the call (it passed the app's event filter), not made
     # up for from the file afterwards.
     log = daemon.log_text()
-    error = rf"ERROR bridged\.calls: call {row['id']}: recording \S+ truncated: Asterisk stopped it after"
+    error = rf"ERROR bridged\.calls\.recording: call {row['id']}: recording \S+ truncated: Asterisk stopped it after"
     assert re.search(rf"{error} \d s while the call went on", log), log[-2000:]
     assert "recording truncated" in _ops_row_text(daemon, row["id"], trace_dir)
     harness.assert_not_leaked(number, daemon_log=log)
@@ -159,12 +163,18 @@ def test_a_folder_nothing_can_be_written_to_fails_the_recording_and_the_call_goe
     assert row["recording_state"] == "failed", row
 
     review, shop = _api_views(daemon, fred, row["id"])
-    assert review["recording"] == {"available": False, "purged_at": None, "state": "failed"}
-    assert (shop["has_recording"], shop["recording_state"]) == (False, "failed")
+    assert review == shop
+    assert (shop["has_recording"], shop["recording_state"], shop["recording_purged_at"]) == (
+        False,
+        "failed",
+        None,
+    )
     resp = http(daemon, "GET", f"/v1/calls/{row['id']}/recording", role="ops")
     assert (resp.status, resp.json()["error"]["id"]) == (404, "recording_not_found")
     assert _metrics(daemon)['bridged_recordings_failed_total{state="failed"}'] == 1
-    assert re.search(rf"ERROR bridged\.calls: call {row['id']}: recording \S+ failed", daemon.log_text())
+    assert re.search(
+        rf"ERROR bridged\.calls\.recording: call {row['id']}: recording \S+ failed", daemon.log_text()
+    )
     if fault == "read-only":
         assert "recording failed" in _ops_row_text(daemon, row["id"], trace_dir)
 
@@ -214,7 +224,7 @@ def test_a_recording_cut_short_while_bridged_was_down_is_found_truncated_after_t
     assert (ended["outcome"], ended["recording_state"]) == ("completed", "truncated"), ended
     # Judged by the restarted daemon's reconcile, not by the file check after the call.
     log = daemon.log_text()
-    error = rf"ERROR bridged\.calls: call {row['id']}: recording \S+ truncated"
+    error = rf"ERROR bridged\.calls\.recording: call {row['id']}: recording \S+ truncated"
     reason = "(it ended while bridged was not listening|no longer recording when found)"
     assert re.search(f"{error}: {reason}", log), log[-2000:]
     assert _metrics(daemon)['bridged_recordings_failed_total{state="truncated"}'] == 1
@@ -230,6 +240,10 @@ def test_recordings_are_whole_again_once_the_folder_is_back(
     assert row["recording_state"] == "complete", row
     assert (asterisk.recordings_dir / f"{row['recording_name']}.wav").stat().st_size > 16000 * 3
     review, shop = _api_views(daemon, nina, row["id"])
-    assert review["recording"] == {"available": True, "purged_at": None, "state": "complete"}
-    assert (shop["has_recording"], shop["recording_state"]) == (True, "complete")
+    assert review == shop
+    assert (shop["has_recording"], shop["recording_state"], shop["recording_purged_at"]) == (
+        True,
+        "complete",
+        None,
+    )
     assert not any(k.startswith("bridged_recordings_failed_total{") for k in _metrics(daemon))

@@ -231,8 +231,10 @@ def test_call_list_filters(rig: Rig) -> None:
     page = _calls(rig, f"manager={rita.id}")
     assert _ids(page) == _db_ids(rig, f"manager_id = '{rita.id}'")
     assert len(page["items"]) == 4 and page["next_cursor"] is None
-    whole = {"available": True, "purged_at": None, "state": "complete"}
-    assert all(c["recording"] == whole for c in page["items"])
+    whole = (True, None, "complete")
+    assert all(
+        (c["has_recording"], c["recording_purged_at"], c["recording_state"]) == whole for c in page["items"]
+    )
     first = page["items"][-1]
     assert first["id"] == rig.kept["rita1"]["id"]
     assert first["outcome"] == "completed" and first["duration_seconds"] > 1
@@ -245,7 +247,12 @@ def test_call_list_filters(rig: Rig) -> None:
     refused = _calls(rig, f"manager={rob.id}&has_recording=false")
     assert _ids(refused) == [rig.refused["id"]]
     assert refused["items"][0]["outcome"] == "unknown_order"
-    assert refused["items"][0]["recording"] == {"available": False, "purged_at": None, "state": None}
+    listed = refused["items"][0]
+    assert (listed["has_recording"], listed["recording_purged_at"], listed["recording_state"]) == (
+        False,
+        None,
+        None,
+    )
     assert _ids(_calls(rig, f"manager={rob.id}&outcome=unknown_order")) == [rig.refused["id"]]
     assert _ids(_calls(rig, f"manager={rob.id}&has_recording=true")) == [rig.kept["rob1"]["id"]]
 
@@ -563,7 +570,7 @@ def test_retention_set_by_admin_survives_restart_and_purges_an_aged_recording(ri
     assert not rig.recording_path(row).exists()
     assert not _ari_has(rig.asterisk, row["recording_name"])
     listed = _calls(rig, f"order={row['order_id']}")["items"][0]
-    assert listed["recording"]["available"] is False and listed["recording"]["purged_at"]
+    assert listed["has_recording"] is False and listed["recording_purged_at"]
     assert listed["outcome"] == "completed" and listed["duration_seconds"] > 1  # metadata kept
     gone = http(daemon, "GET", f"/v1/calls/{row['id']}/recording", role="ops")
     assert (gone.status, gone.json()["error"]["id"]) == (410, "recording_purged")

@@ -23,11 +23,13 @@ from typing import Any
 import yaml
 
 from bridged.ari import AriNotFound, is_background
-from bridged.config import Config, Manager, parse_config
+from bridged.config import Config, Manager
+from bridged.configfile import parse_config
 from bridged.labels import Label, Labeller
 from bridged.orders import Order
 from bridged.redact import PhoneNumber, RedactingFilter, digits
-from bridged.store import CallRow, DatabaseUnavailable
+from bridged.store.base import DatabaseUnavailable
+from bridged.store.calls import CallRow
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "config" / "bridged.example.yaml"
@@ -455,14 +457,17 @@ def not_found(operation: str) -> AriNotFound:
 
 
 class FakeStore:
-    """Mirrors ``Store``: call rows in a dict (column -> value), audit rows in a list."""
+    """Mirrors ``Store``'s ``calls`` and ``audit`` aggregates: call rows in a dict (column -> value), audit
+    rows in a list. tests/db runs the same contract against the real store on PostgreSQL."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.apps: dict[str, str | None] = {}
         self.audits: list[dict[str, Any]] = []
+        self.calls = FakeCallRows(self)
+        self.audit = FakeAuditTrail(self)
 
-    def add_row(self, **fields: Any) -> dict[str, Any]:
+    def add_row(self, *, ari_app: str | None = None, **fields: Any) -> dict[str, Any]:
         row: dict[str, Any] = {
             "id": "",
             "order_id": "123",
@@ -481,198 +486,25 @@ class FakeStore:
             "ended_by": None,
             "recording_state": None,
             "created_by": None,
+            "recording_purged_at": None,
         }
         unknown = set(fields) - set(row)
         assert not unknown, unknown
+        assert fields.get("direction", "phone") in ("phone", "api")  # the table's CHECK
         row.update(fields)
         self.rows[row["id"]] = row
+        if ari_app is not None:
+            self.apps[row["id"]] = ari_app
         return row
 
-    async def insert_call(
-        self,
-        *,
-        call_id: str,
-        order_id: str,
-        manager_id: str,
-        direction: str,
-        state: str,
-        manager_channel_id: str | None,
-        ari_app: str | None = None,
-    ) -> None:
-        assert call_id not in self.rows, "duplicate call id"
-        self.apps[call_id] = ari_app
-        assert direction in ("phone", "api")  # the table's CHECK
-        self.add_row(
-            id=call_id,
-            order_id=order_id,
-            manager_id=manager_id,
-            direction=direction,
-            state=state,
-            manager_channel_id=manager_channel_id,
-        )
 
-    async def insert_call_audited(
-        self,
-        *,
-        call_id: str,
-        order_id: str,
-        manager_id: str,
-        direction: str,
-        state: str,
-        manager_channel_id: str | None,
-        ari_app: str | None,
-        actor: str,
-        details: dict[str, Any],
-        customer_channel_id: str | None = None,
-        created_by: str | None = None,
-    ) -> None:
-        await self.insert_call(
-            call_id=call_id,
-            order_id=order_id,
-            manager_id=manager_id,
-            direction=direction,
-            state=state,
-            manager_channel_id=manager_channel_id,
-            ari_app=ari_app,
-        )
-        self.rows[call_id]["created_by"] = created_by
-        await self._set_channels(call_id, customer_channel_id=customer_channel_id)
-        await self.audit(
-            actor=actor,
-            action="call.request",
-            outcome="accepted",
-            call_id=call_id,
-            order_id=order_id,
-            details=details,
-        )
+class FakeAuditTrail:
+    """Mirrors ``AuditTrail``."""
 
-    async def insert_refused_call(
-        self,
-        *,
-        call_id: str,
-        order_id: str,
-        manager_id: str,
-        direction: str,
-        outcome: str,
-        at: datetime,
-        actor: str,
-        details: dict[str, Any],
-        created_by: str | None = None,
-    ) -> None:
-        if call_id in self.rows:  # ON CONFLICT DO NOTHING: a retry adds nothing
-            return
-        assert direction in ("phone", "api")
-        self.add_row(
-            id=call_id,
-            order_id=order_id,
-            manager_id=manager_id,
-            direction=direction,
-            state="ended",
-            outcome=outcome,
-            requested_at=at,
-            ended_at=at,
-            created_by=created_by,
-        )
-        await self.audit(
-            actor=actor,
-            action="call.request",
-            outcome="refused",
-            reason=outcome,
-            call_id=call_id,
-            order_id=order_id,
-            details=details,
-            at=at,
-        )
+    def __init__(self, store: FakeStore) -> None:
+        self._store = store
 
-    async def set_state(self, call_id: str, state: str) -> None:
-        if call_id in self.rows and self.rows[call_id]["state"] != "ended":
-            self.rows[call_id]["state"] = state
-
-    async def _set_channels(
-        self, call_id: str, *, manager_channel_id: str | None = None, customer_channel_id: str | None = None
-    ) -> None:
-        row = self.rows.get(call_id)
-        if row is None:
-            return
-        if manager_channel_id is not None:
-            row["manager_channel_id"] = manager_channel_id
-        if customer_channel_id is not None:
-            row["customer_channel_id"] = customer_channel_id
-
-    async def mark_bridged(
-        self, call_id: str, *, answered_at: datetime, bridge_id: str, recording_name: str | None
-    ) -> None:
-        row = self.rows.get(call_id)
-        if row is not None and row["state"] != "ended":
-            row.update(
-                state="bridged", answered_at=answered_at, bridge_id=bridge_id, recording_name=recording_name
-            )
-
-    async def set_recording_state(self, call_id: str, state: str) -> None:
-        if call_id in self.rows:
-            self.rows[call_id]["recording_state"] = state
-
-    async def finish(
-        self,
-        call_id: str,
-        *,
-        outcome: str,
-        hangup_cause: int | None,
-        ended_by: str | None,
-        ended_at: datetime | None = None,
-    ) -> None:
-        row = self.rows.get(call_id)
-        if row is None or row["state"] == "ended":
-            return
-        row.update(
-            state="ended",
-            outcome=outcome,
-            hangup_cause=hangup_cause,
-            ended_by=ended_by,
-            ended_at=ended_at or datetime.now(UTC),
-        )
-
-    async def finish_audited(
-        self,
-        call_id: str,
-        *,
-        outcome: str,
-        hangup_cause: int | None,
-        ended_by: str | None,
-        actor: str,
-        order_id: str | None,
-        ended_at: datetime | None = None,
-    ) -> None:
-        row = self.rows.get(call_id)
-        if row is None or row["state"] == "ended":
-            return
-        await self.finish(
-            call_id, outcome=outcome, hangup_cause=hangup_cause, ended_by=ended_by, ended_at=ended_at
-        )
-        await self.audit(
-            actor=actor,
-            action="call.end",
-            outcome=outcome,
-            call_id=call_id,
-            order_id=order_id,
-            reason=ended_by,
-        )
-
-    async def get_call(self, call_id: str) -> CallRow | None:
-        row = self.rows.get(call_id)
-        return None if row is None else CallRow(**row)
-
-    async def open_calls(self, ari_app: str) -> list[CallRow]:
-        # Rows a test adds directly (add_row) belong to whichever app asks.
-        rows = [
-            r
-            for r in self.rows.values()
-            if r["state"] != "ended" and self.apps.get(r["id"], ari_app) in (ari_app, None)
-        ]
-        rows.sort(key=lambda r: r["requested_at"])
-        return [CallRow(**r) for r in rows]
-
-    async def audit(
+    async def add(
         self,
         *,
         actor: str,
@@ -684,7 +516,7 @@ class FakeStore:
         details: dict[str, Any] | None = None,
         at: datetime | None = None,
     ) -> None:
-        self.audits.append(
+        self._store.audits.append(
             {
                 "actor": actor,
                 "action": action,
@@ -699,6 +531,187 @@ class FakeStore:
         )
 
 
+class FakeCallRows:
+    """Mirrors ``CallRows`` (the methods the engine and the service use)."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self._store = store
+
+    @property
+    def _rows(self) -> dict[str, dict[str, Any]]:
+        return self._store.rows
+
+    async def insert_audited(
+        self,
+        *,
+        call_id: str,
+        order_id: str,
+        manager_id: str,
+        direction: str,
+        state: str,
+        manager_channel_id: str | None,
+        ari_app: str | None,
+        actor: str,
+        details: dict[str, Any],
+        customer_channel_id: str | None = None,
+        created_by: str | None = None,
+    ) -> None:
+        assert call_id not in self._rows, "duplicate call id"
+        self._store.add_row(
+            id=call_id,
+            order_id=order_id,
+            manager_id=manager_id,
+            direction=direction,
+            state=state,
+            manager_channel_id=manager_channel_id,
+            customer_channel_id=customer_channel_id,
+            created_by=created_by,
+        )
+        self._store.apps[call_id] = ari_app
+        await self._store.audit.add(
+            actor=actor,
+            action="call.request",
+            outcome="accepted",
+            call_id=call_id,
+            order_id=order_id,
+            details=details,
+        )
+
+    async def insert_refused(
+        self,
+        *,
+        call_id: str,
+        order_id: str,
+        manager_id: str,
+        direction: str,
+        outcome: str,
+        at: datetime,
+        actor: str,
+        details: dict[str, Any],
+        created_by: str | None = None,
+    ) -> None:
+        if call_id in self._rows:  # ON CONFLICT DO NOTHING: a retry adds nothing
+            return
+        self._store.add_row(
+            id=call_id,
+            order_id=order_id,
+            manager_id=manager_id,
+            direction=direction,
+            state="ended",
+            outcome=outcome,
+            requested_at=at,
+            ended_at=at,
+            created_by=created_by,
+        )
+        await self._store.audit.add(
+            actor=actor,
+            action="call.request",
+            outcome="refused",
+            reason=outcome,
+            call_id=call_id,
+            order_id=order_id,
+            details=details,
+            at=at,
+        )
+
+    def _live(self, call_id: str) -> dict[str, Any] | None:
+        """The row, unless it has ended (what every write but the recording's skips)."""
+        row = self._rows.get(call_id)
+        return None if row is None or row["state"] == "ended" else row
+
+    async def set_state(self, call_id: str, state: str) -> None:
+        if (row := self._live(call_id)) is not None:
+            row["state"] = state
+
+    async def mark_bridged(
+        self, call_id: str, *, answered_at: datetime, bridge_id: str, recording_name: str | None
+    ) -> None:
+        if (row := self._live(call_id)) is not None:
+            row.update(
+                state="bridged", answered_at=answered_at, bridge_id=bridge_id, recording_name=recording_name
+            )
+
+    async def set_recording_state(self, call_id: str, state: str) -> None:
+        if call_id in self._rows:
+            self._rows[call_id]["recording_state"] = state
+
+    async def finish(
+        self,
+        call_id: str,
+        *,
+        outcome: str,
+        hangup_cause: int | None,
+        ended_by: str | None,
+        ended_at: datetime | None = None,
+    ) -> None:
+        if (row := self._live(call_id)) is not None:
+            row.update(
+                state="ended",
+                outcome=outcome,
+                hangup_cause=hangup_cause,
+                ended_by=ended_by,
+                ended_at=ended_at or datetime.now(UTC),
+            )
+
+    async def finish_audited(
+        self,
+        call_id: str,
+        *,
+        outcome: str,
+        hangup_cause: int | None,
+        ended_by: str | None,
+        actor: str,
+        order_id: str | None,
+        ended_at: datetime | None = None,
+    ) -> None:
+        if self._live(call_id) is None:
+            return
+        await self.finish(
+            call_id, outcome=outcome, hangup_cause=hangup_cause, ended_by=ended_by, ended_at=ended_at
+        )
+        await self._store.audit.add(
+            actor=actor,
+            action="call.end",
+            outcome=outcome,
+            call_id=call_id,
+            order_id=order_id,
+            reason=ended_by,
+        )
+
+    async def get(self, call_id: str) -> CallRow | None:
+        row = self._rows.get(call_id)
+        return None if row is None else CallRow(**row)
+
+    async def open_calls(self, ari_app: str) -> list[CallRow]:
+        # Rows a test adds directly (add_row without ari_app) belong to whichever app asks.
+        rows = [
+            r
+            for r in self._rows.values()
+            if r["state"] != "ended" and self._store.apps.get(r["id"], ari_app) in (ari_app, None)
+        ]
+        rows.sort(key=lambda r: r["requested_at"])
+        return [CallRow(**r) for r in rows]
+
+
+class _Outage:
+    """An aggregate whose every coroutine method raises DatabaseUnavailable while its store is down."""
+
+    def __init__(self, store: DownStore, aggregate: object) -> None:
+        self._store = store
+        self._aggregate = aggregate
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._aggregate, name)
+        if name.startswith("_") or not inspect.iscoroutinefunction(found) or not self._store.down:
+            return found
+
+        async def unavailable(*args: Any, **kwargs: Any) -> Any:
+            self._store.refused.append(name)
+            raise DatabaseUnavailable("ConnectionRefusedError")
+
+        return unavailable
+
+
 class DownStore(FakeStore):
     """A FakeStore whose every method raises DatabaseUnavailable while ``down`` is set (bridged's
     PostgreSQL away), as the real Store does for any outage."""
@@ -707,18 +720,5 @@ class DownStore(FakeStore):
         super().__init__()
         self.down = False
         self.refused: list[str] = []
-
-    def __getattribute__(self, name: str) -> Any:
-        found = super().__getattribute__(name)
-        if (
-            name.startswith("_")
-            or not inspect.iscoroutinefunction(found)
-            or not super().__getattribute__("down")
-        ):
-            return found
-
-        async def unavailable(*args: Any, **kwargs: Any) -> Any:
-            self.refused.append(name)
-            raise DatabaseUnavailable("ConnectionRefusedError")
-
-        return unavailable
+        self.calls = _Outage(self, self.calls)  # type: ignore[assignment]
+        self.audit = _Outage(self, self.audit)  # type: ignore[assignment]

@@ -18,8 +18,9 @@ from bridged.api import calls as api_calls
 from bridged.api.auth import TOKENS, TokenRegistry
 from bridged.api.errors import error_middleware
 from bridged.appkeys import CONFIG, ENGINE, SERVICE, STORE
-from bridged.calls import CallEngine
-from bridged.config import ApiToken
+from bridged.ari import AriUnavailable
+from bridged.calls.engine import CallEngine
+from bridged.config import ApiToken, ConfigHolder
 from bridged.service import CallService
 
 from .fakes import DownStore, FakeAri, make_config, make_order, wait_until
@@ -42,20 +43,19 @@ async def served() -> AsyncIterator[tuple[TestClient, FakeAri, DownStore]]:
     config = make_config()
     config = replace(config, ari=replace(config.ari, max_request_wait=0.05))
     ari, store = FakeAri(), DownStore()
-    engine = CallEngine(config, ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
+    engine = CallEngine(ConfigHolder(config), ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
     directory = FakeDirectory({"123": make_order("123", manager_id="anna")})
-    service = CallService(config, store, directory, engine, is_connected=lambda: True)  # type: ignore[arg-type]
+    service = CallService(ConfigHolder(config), store, directory, engine, accepting_calls=lambda: True)  # type: ignore[arg-type]
     app = web.Application(middlewares=[error_middleware])
-    app[CONFIG] = config
+    app[CONFIG] = ConfigHolder(config)
     app[STORE] = store  # type: ignore[assignment]
     app[ENGINE] = engine
     app[SERVICE] = service
-    app[TOKENS] = TokenRegistry(
-        tuple(
-            ApiToken(name=name, role=role, sha256=hashlib.sha256(token.encode()).hexdigest())
-            for name, (role, token) in TOKENS_BY_NAME.items()
-        )
+    tokens = tuple(
+        ApiToken(name=name, role=role, sha256=hashlib.sha256(token.encode()).hexdigest())
+        for name, (role, token) in TOKENS_BY_NAME.items()
     )
+    app[TOKENS] = TokenRegistry(lambda: tokens)
     api_calls.setup(app)
     client = TestClient(TestServer(app))
     await client.start_server()
@@ -158,7 +158,7 @@ async def test_post_while_bridgeds_database_is_away_is_503_and_the_attempt_is_wr
     served: Any,
 ) -> None:
     client, ari, store = served
-    from bridged.deferred import DeferredWrites
+    from bridged.store.deferred import DeferredWrites
 
     client.app[SERVICE].deferred = DeferredWrites(delays=(0.01,) * 5)
     refused = metrics.CALLS_REFUSED.value("database_unavailable")
@@ -188,3 +188,53 @@ async def test_reads_while_bridgeds_database_is_away_are_503(served: Any) -> Non
             "database_unavailable",
             "5",
         )
+
+
+async def test_a_call_refused_while_asterisk_is_away_gets_its_row_audit_and_count(served: Any) -> None:
+    # As on the phone path: a refused attempt on a well-formed order is a call attempt with its row.
+    client, ari, store = served
+    client.server.app[SERVICE].accepting_calls = lambda: False
+    refused = metrics.CALLS_REFUSED.value("unavailable")
+    resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth())
+    body = await resp.json()
+    assert (resp.status, body["error"]["id"], resp.headers["Retry-After"]) == (
+        503,
+        "telephony_unavailable",
+        "5",
+    )
+    assert ari.calls == []  # no registration check either
+    [row] = store.rows.values()
+    assert (row["outcome"], row["direction"], row["created_by"]) == ("unavailable", "api", "shop-1")
+    assert [(a["actor"], a["outcome"], a["reason"]) for a in store.audits] == [
+        ("token:shop-1", "refused", "unavailable")
+    ]
+    assert metrics.CALLS_REFUSED.value("unavailable") == refused + 1
+
+
+async def test_an_unknown_manager_or_unregistered_phone_is_a_counted_refusal(served: Any) -> None:
+    client, ari, store = served
+    unknown = metrics.CALLS_REFUSED.value("unknown_manager")
+    resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "nobody"}, headers=auth())
+    assert (resp.status, (await resp.json())["error"]["id"]) == (404, "unknown_manager")
+    assert metrics.CALLS_REFUSED.value("unknown_manager") == unknown + 1
+
+    async def offline(tech: str, resource: str) -> dict[str, Any]:
+        return {"technology": tech, "resource": resource, "state": "offline", "channel_ids": []}
+
+    ari.get_endpoint = offline
+    unregistered = metrics.CALLS_REFUSED.value("manager_not_registered")
+    resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth())
+    assert (resp.status, (await resp.json())["error"]["id"]) == (409, "manager_not_registered")
+    assert metrics.CALLS_REFUSED.value("manager_not_registered") == unregistered + 1
+    assert [a["reason"] for a in store.audits] == ["unknown_manager", "manager_not_registered"]
+    assert store.rows == {}  # no order was looked up: these are audited attempts without a call row
+
+
+async def test_a_manager_leg_that_cannot_be_originated_is_409_manager_unavailable(served: Any) -> None:
+    client, ari, store = served
+    ari.errors["originate"] = AriUnavailable("originate", 0, "timed out")
+    resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth())
+    body = await resp.json()
+    assert (resp.status, body["error"]["id"]) == (409, "manager_unavailable"), body
+    row = store.rows[body["error"]["details"]["call_id"]]
+    assert (row["state"], row["outcome"], row["ended_by"]) == ("ended", "manager_unavailable", "bridged")

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from bridged.ari import (
     OPERATIONS,
+    AriAccess,
     AriBadRequest,
     AriClient,
     AriConflict,
@@ -89,7 +90,9 @@ async def fake() -> AsyncIterator[tuple[FakeAri, AriClient]]:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     async with aiohttp.ClientSession() as session:
-        client = AriClient(session, str(server.make_url("/ari")), "bridged", "s3cret", request_timeout=2.0)
+        client = AriClient(
+            session, AriAccess(str(server.make_url("/ari")), "bridged", "s3cret"), request_timeout=2.0
+        )
         yield ari, client
     await server.close()
 
@@ -274,7 +277,8 @@ def _refused_port() -> int:
 
 async def test_connection_refused_is_unavailable() -> None:
     async with aiohttp.ClientSession() as session:
-        client = AriClient(session, f"http://127.0.0.1:{_refused_port()}/ari", "u", "p", request_timeout=2.0)
+        access = AriAccess(f"http://127.0.0.1:{_refused_port()}/ari", "u", "p")
+        client = AriClient(session, access, request_timeout=2.0)
         with pytest.raises(AriUnavailable) as excinfo:
             await client.originate(endpoint=ENDPOINT, app="bridged")
     assert excinfo.value.status == 0

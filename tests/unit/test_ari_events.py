@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from bridged.ari import AriAccess
 from bridged.ari.events import AriEventStream, event_bridge_id, event_channel_id, ws_url_from_base
 
 NUMBER = "5557654321"
@@ -88,7 +89,7 @@ def make_stream(
 
     kwargs.setdefault("min_backoff", 0.01)
     kwargs.setdefault("max_backoff", 0.05)
-    return AriEventStream(session, base, "bridged", "s3cret", "bridged", handler=handler, **kwargs)
+    return AriEventStream(session, AriAccess(base, "bridged", "s3cret"), "bridged", handler=handler, **kwargs)
 
 
 async def wait_for(predicate: Any, limit: float = 3.0) -> None:
@@ -223,7 +224,11 @@ async def test_close_while_reconnecting_ends_run() -> None:
     async with aiohttp.ClientSession() as session:
         # Nothing listens on port 9 of loopback: every attempt is refused.
         stream = AriEventStream(
-            session, "http://127.0.0.1:9/ari", "u", "p", "bridged", handler=lambda e: None, min_backoff=5
+            session,
+            AriAccess("http://127.0.0.1:9/ari", "u", "p"),
+            "bridged",
+            handler=lambda e: None,
+            min_backoff=5,
         )
         task = asyncio.create_task(stream.run())
         await asyncio.sleep(0.1)

@@ -8,33 +8,41 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-import bridged.calls as calls_module
+import bridged
 from bridged.ari import AriClient, AriError, AriUnavailable
-from bridged.calls import (
+from bridged.calls import legs as legs_module
+from bridged.calls import rows as rows_module
+from bridged.calls.engine import REACTIONS, CallEngine
+from bridged.calls.model import (
     TRANSITIONS,
     Call,
-    CallEngine,
     CallState,
+    Event,
     InvalidTransition,
-    Outcome,
     PendingCall,
     caller_number,
-    outcome_for_unanswered,
+    customer_leg_id,
 )
-from bridged.config import Config, Prompts, RecordingConfig
+from bridged.config import Config, ConfigHolder, RecordingConfig
+from bridged.outcomes import Outcome
 from bridged.redact import digits
-from bridged.store import Store
+from bridged.store.audit import AuditTrail
+from bridged.store.calls import CallRows
 from tests.unit.fakes import (
     NUMBER,
     NUMBER_TAIL,
     FakeAri,
+    FakeAuditTrail,
+    FakeCallRows,
     FakeStore,
     caller_id_changed,
     channel_destroyed,
@@ -73,7 +81,7 @@ class Env:
             id=call_id,
             manager_id=manager_id,
             manager_channel_id=manager_channel,
-            customer_channel_id=calls_module.customer_leg_id(call_id),
+            customer_channel_id=customer_leg_id(call_id),
         )
         self.engine.expect(
             PendingCall(
@@ -105,7 +113,7 @@ class Env:
         await wait_until(
             lambda: any(kw["app_args"] == f"customer,{call_id}" for kw in self.ari.named("originate"))
         )
-        return calls_module.customer_leg_id(call_id)
+        return customer_leg_id(call_id)
 
     async def bridged(self, call_id: str, manager_channel: str) -> str:
         customer = await self.ringing(call_id, manager_channel)
@@ -141,7 +149,7 @@ def assert_no_number_leak(ari: FakeAri, store: FakeStore) -> None:
 async def _make_env(config: Config) -> Env:
     ari, store = FakeAri(), FakeStore()
     connected = {"up": True}
-    engine = CallEngine(config, ari, store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
+    engine = CallEngine(ConfigHolder(config), ari, store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
     return Env(config, ari, store, engine, connected)
 
 
@@ -158,7 +166,7 @@ async def env() -> AsyncIterator[Env]:
 
 @pytest.mark.parametrize(
     ("fake", "real"),
-    [(FakeAri, AriClient), (FakeStore, Store)],
+    [(FakeAri, AriClient), (FakeCallRows, CallRows), (FakeAuditTrail, AuditTrail)],
 )
 def test_fakes_mirror_real_signatures(fake: type, real: type) -> None:
     for name, member in vars(fake).items():
@@ -414,7 +422,7 @@ async def test_busy_plays_prompt_then_hangs_up_manager(env: Env) -> None:
     assert env.row("call-a")["state"] == "ringing_customer"
     assert env.ari.named("play") == []
     env.engine.on_event(channel_destroyed(customer, cause=17))
-    await wait_until(lambda: env.row("call-a")["state"] == "refusing")
+    await wait_until(lambda: env.row("call-a")["state"] == "ending")
     await wait_until(lambda: len(env.ari.named("play")) == 1)
 
     assert env.ari.named("answer") == [{"channel_id": "m-a"}]
@@ -466,13 +474,6 @@ async def test_unanswered_outcomes(
     assert row["hangup_cause"] == cause
 
 
-def test_outcome_for_unanswered_prefers_dialstatus() -> None:
-    assert outcome_for_unanswered(17, "NOANSWER") is Outcome.CUSTOMER_NO_ANSWER
-    assert outcome_for_unanswered(19, "RINGING") is Outcome.CUSTOMER_NO_ANSWER
-    assert outcome_for_unanswered(None, None) is Outcome.CUSTOMER_UNAVAILABLE
-    assert outcome_for_unanswered(16, "") is Outcome.CUSTOMER_UNAVAILABLE
-
-
 # -- (f) the customer leg cannot be originated -------------------------------------------------------
 
 
@@ -481,7 +482,7 @@ async def test_originate_failure_plays_prompt(env: Env) -> None:
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
     await wait_until(lambda: len(env.ari.named("play")) == 1)
-    assert env.row("call-a")["state"] == "refusing"
+    assert env.row("call-a")["state"] == "ending"
     play = env.play_for("m-a")
     assert play["media"] == ["sound:number-not-answering"]
     env.engine.on_event(playback_finished(play["playback_id"], "m-a"))
@@ -532,7 +533,7 @@ async def test_the_database_failing_mid_call_does_not_cut_the_call(
     # bridged's PostgreSQL goes away as the customer is dialled: the call goes on and is bridged; the
     # row's writes are kept and retried in their order once the database is back.
     down = True
-    real_set_state, real_mark_bridged = env.store.set_state, env.store.mark_bridged
+    real_set_state, real_mark_bridged = env.store.calls.set_state, env.store.calls.mark_bridged
 
     async def set_state(call_id: str, state: str) -> None:
         if down:
@@ -544,12 +545,12 @@ async def test_the_database_failing_mid_call_does_not_cut_the_call(
             raise OSError("database gone")
         await real_mark_bridged(call_id, **kw)
 
-    env.store.set_state = set_state  # type: ignore[method-assign]
-    env.store.mark_bridged = mark_bridged  # type: ignore[method-assign]
+    env.store.calls.set_state = set_state  # type: ignore[method-assign]
+    env.store.calls.mark_bridged = mark_bridged  # type: ignore[method-assign]
     with caplog.at_level("INFO", logger="bridged.calls"):
         customer = await env.ringing_unpersisted("call-a", "m-a")
         env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
-        await wait_until(lambda: env.engine.calls["call-a"].state is calls_module.CallState.BRIDGED)
+        await wait_until(lambda: env.engine.calls["call-a"].state is CallState.BRIDGED)
         assert len(env.ari.named("add_channel")) == 1 and env.ari.hung_up() == []
         assert env.row("call-a")["state"] == "requested"  # nothing written yet
         down = False
@@ -604,7 +605,7 @@ async def test_a_row_the_database_would_not_end_is_ended_on_retry_with_the_real_
     # bridged's database away when the call ends: the legs go down at once, the row follows later
     # (else the call would show as going on, in the API and /ops/, until the next restart).
     customer = await env.bridged("call-a", "m-a")
-    real = env.store.finish_audited
+    real = env.store.calls.finish_audited
     failures = [OSError("database gone"), OSError("database gone")]
     attempts: list[dict[str, Any]] = []
 
@@ -614,7 +615,7 @@ async def test_a_row_the_database_would_not_end_is_ended_on_retry_with_the_real_
             raise failures.pop()
         await real(call_id, **kw)
 
-    env.store.finish_audited = flaky  # type: ignore[method-assign]
+    env.store.calls.finish_audited = flaky  # type: ignore[method-assign]
     with caplog.at_level("INFO", logger="bridged.calls"):
         env.engine.on_event(hangup_request("m-a"))
         await wait_until(lambda: customer in env.ari.hung_up(), what="customer leg hung up")
@@ -631,7 +632,7 @@ async def test_stopping_gives_waiting_row_writes_a_last_try(
     env: Env, caplog: pytest.LogCaptureFixture, back: bool
 ) -> None:
     await env.bridged("call-a", "m-a")
-    real = env.store.finish_audited
+    real = env.store.calls.finish_audited
     down = True
 
     async def finish_audited(call_id: str, **kw: Any) -> None:
@@ -639,14 +640,14 @@ async def test_stopping_gives_waiting_row_writes_a_last_try(
             raise OSError("database gone")
         await real(call_id, **kw)
 
-    env.store.finish_audited = finish_audited  # type: ignore[method-assign]
+    env.store.calls.finish_audited = finish_audited  # type: ignore[method-assign]
     env.engine.on_event(hangup_request("m-a"))
     await wait_until(lambda: "call-a" not in env.engine.calls, what="call over")
     assert env.row("call-a")["state"] == "bridged"
     down = not back
     with caplog.at_level("INFO", logger="bridged.calls"):
         # Before the first retry is due (1 s): only the last try can write the row.
-        await asyncio.wait_for(env.engine.shutdown(), timeout=calls_module.LAST_ROW_WRITES_SECONDS + 1)
+        await asyncio.wait_for(env.engine.shutdown(), timeout=rows_module.LAST_ROW_WRITES_SECONDS + 1)
     # Behind the end waits the recording's state: stopped before Asterisk reported its end, unknown.
     if back:
         assert (env.row("call-a")["state"], env.row("call-a")["outcome"]) == ("ended", "completed")
@@ -672,10 +673,10 @@ async def test_shutdown_does_not_wait_for_hangups_being_retried(env: Env) -> Non
 async def test_the_stray_sweep_hangs_up_a_channel_without_a_call_found_twice(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a")
     env.ari.app_channel_ids = ["m-a", customer, "stray-1"]
-    suspects = await env.engine.sweep_strays(set())
+    suspects = await env.engine.reconciler.sweep_strays(set())
     assert suspects == {"stray-1"} and env.ari.hung_up() == []
     env.ari.app_channel_ids = ["m-a", customer, "stray-1", "new-2"]
-    suspects = await env.engine.sweep_strays(suspects)
+    suspects = await env.engine.reconciler.sweep_strays(suspects)
     assert env.ari.hung_up() == ["stray-1"]  # new-2 is only a suspect yet; the call's legs are owned
     assert suspects == {"new-2"}
 
@@ -721,7 +722,7 @@ def fast_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
     async def quick(delay: float, result: Any = None) -> Any:
         return await real(0, result)
 
-    monkeypatch.setattr(calls_module.asyncio, "sleep", quick)
+    monkeypatch.setattr(legs_module.asyncio, "sleep", quick)
 
 
 async def test_stasis_start_for_unknown_call_is_hung_up(env: Env, fast_sleep: None) -> None:
@@ -773,7 +774,7 @@ async def test_reconcile_adopts_a_live_call(env: Env) -> None:
     _bridged_row(env, "call-r")
     env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
     env.ari.app_channel_ids = ["call-r-m", "call-r-customer", "stray-1"]
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
 
     assert env.ari.named("subscribe") == [
         {
@@ -808,7 +809,7 @@ async def test_reconcile_adopts_a_call_whose_ringing_state_never_landed(env: Env
         "call-r-m": {"id": "call-r-m", "state": "Up"},
         "call-r-customer": {"id": "call-r-customer", "state": "Ringing"},
     }
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     call = env.engine.calls["call-r"]
     assert call.state is CallState.RINGING_CUSTOMER
     await settle()
@@ -817,7 +818,7 @@ async def test_reconcile_adopts_a_call_whose_ringing_state_never_landed(env: Env
 
 
 async def test_reconcile_asks_asterisk_for_the_events_the_engine_uses_only(env: Env) -> None:
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     [flt] = env.ari.named("allow_events")
     assert flt["app"] == "bridged"
     assert set(flt["event_types"]) >= {"StasisStart", "StasisEnd", "ChannelHangupRequest", "ChannelDestroyed"}
@@ -829,7 +830,7 @@ async def test_reconcile_goes_on_when_the_event_filter_fails(env: Env) -> None:
     _bridged_row(env, "call-r")
     env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
     env.ari.errors["allow_events"] = AriError("filter_events", 500, "boom")
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     assert env.engine.calls["call-r"].state is CallState.BRIDGED
 
 
@@ -843,7 +844,7 @@ async def test_reconcile_leg_gone_between_listing_and_subscription(env: Env) -> 
         return {}
 
     env.ari.subscribe = vanish  # type: ignore[method-assign]
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     row = await env.ended("call-r")
     assert row["outcome"] == "completed"
     assert "call-r-m" in env.ari.hung_up()
@@ -852,7 +853,7 @@ async def test_reconcile_leg_gone_between_listing_and_subscription(env: Env) -> 
 async def test_reconcile_one_leg_gone(env: Env) -> None:
     _bridged_row(env, "call-r")
     env.ari.channels = {"call-r-m": {"id": "call-r-m", "state": "Up"}}
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     row = env.row("call-r")
     assert row["state"] == "ended"
     assert row["outcome"] == "completed"
@@ -872,7 +873,7 @@ async def test_reconcile_one_leg_gone(env: Env) -> None:
 async def test_reconcile_both_legs_gone(env: Env, answered: bool, state: str, outcome: str) -> None:
     _bridged_row(env, "call-r", answered=answered, state=state)
     env.store.add_row(id="call-done", state="ended", outcome="completed")
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     row = env.row("call-r")
     assert row["state"] == "ended"
     assert row["outcome"] == outcome
@@ -891,7 +892,7 @@ async def test_reconcile_row_of_a_removed_manager_is_finished(env: Env) -> None:
         answered_at=datetime.now(UTC),
     )
     env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     assert env.row("call-r")["state"] == "ended"
     assert sorted(env.ari.hung_up()) == ["call-r-customer", "call-r-m"]
 
@@ -900,7 +901,7 @@ async def test_reconcile_live_call_whose_customer_left(env: Env) -> None:
     customer = await env.bridged("call-a", "m-a")
     env.ari.channels = {"m-a": {"id": "m-a", "state": "Up"}}
     env.ari.app_channel_ids = ["m-a"]
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     row = await env.ended("call-a")
     assert row["outcome"] == "completed"
     assert row["ended_by"] == "customer"
@@ -912,7 +913,7 @@ async def test_reconcile_live_call_customer_answered_meanwhile(env: Env) -> None
     customer = await env.ringing("call-a", "m-a")
     env.ari.channels = {"m-a": {"id": "m-a", "state": "Ring"}, customer: {"id": customer, "state": "Up"}}
     env.ari.app_channel_ids = ["m-a", customer]
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
     assert env.ari.hung_up() == []
 
@@ -920,36 +921,91 @@ async def test_reconcile_live_call_customer_answered_meanwhile(env: Env) -> None
 # -- (i) the transition table ------------------------------------------------------------------------
 
 
+def _call_in(config: Config, state: CallState) -> Call:
+    return Call(
+        id="t",
+        manager=manager(config),
+        order_id="1",
+        direction="phone",
+        order=None,
+        state=state,
+        label=make_label("1"),
+        manager_channel_id="t-m",
+        customer_channel_id="t-customer",
+    )
+
+
 def test_every_transition_outside_the_table_is_refused() -> None:
     config = make_config()
-    engine = CallEngine(config, FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
+    engine = CallEngine(ConfigHolder(config), FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
+    seen: list[CallState] = []
+    engine.listeners.append(lambda call, state: seen.append(state))
     assert set(TRANSITIONS) == set(CallState)
     assert TRANSITIONS[CallState.ENDED] == frozenset()
     refused = allowed = 0
     for old in CallState:
         for new in CallState:
-            call = Call(
-                id="t",
-                manager=manager(config),
-                order_id="1",
-                direction="phone",
-                order=None,
-                state=old,
-                label=make_label("1"),
-            )
+            call = _call_in(config, old)
             if new in TRANSITIONS[old]:
-                engine._transition(call, new)
-                assert call.state is new
+                engine.steps._transition(call, new)
+                assert call.state is new and seen[-1] is new
                 allowed += 1
             else:
                 with pytest.raises(InvalidTransition):
-                    engine._transition(call, new)
+                    engine.steps._transition(call, new)
                 assert call.state is old
                 refused += 1
-    assert allowed == sum(len(v) for v in TRANSITIONS.values())
+    assert allowed == sum(len(v) for v in TRANSITIONS.values()) == len(seen)
     assert refused == len(CallState) ** 2 - allowed
     # Every live state can end.
     assert all(CallState.ENDED in TRANSITIONS[s] for s in CallState if s is not CallState.ENDED)
+
+
+def test_nothing_but_the_transition_sets_a_calls_state() -> None:
+    # Every state change goes through the table: one assignment to .state in the whole package.
+    package = Path(bridged.__file__).parent
+    found = [
+        f"{path.relative_to(package)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if re.search(r"\.state\s*=(?!=)", line)
+    ]
+    assert len(found) == 1 and found[0].startswith("calls/steps.py:"), found
+    assert "call.state = new" in (package / "calls" / "steps.py").read_text(encoding="utf-8")
+
+
+LIVE_STATES = [s for s in CallState if s is not CallState.ENDED]
+
+
+def test_the_reaction_table_has_no_row_for_an_ended_call() -> None:
+    assert all(state is not CallState.ENDED for state, _ in REACTIONS)
+    assert {event for _, event in REACTIONS} <= set(Event)
+
+
+@pytest.mark.parametrize("state", LIVE_STATES)
+@pytest.mark.parametrize("event", [Event.MANAGER_GONE, Event.TERMINATE])
+async def test_in_every_live_state_the_managers_leg_gone_or_an_end_request_ends_the_call(
+    state: CallState, event: Event
+) -> None:
+    e = await _make_env(make_config())
+    call = _call_in(e.config, state)
+    call.started = asyncio.get_running_loop().create_future()  # an HTTP call's POST may wait on it
+    await e.engine.react(call, event, {})
+    assert call.state is CallState.ENDED
+    assert e.store.audits == [] or e.store.audits[-1]["action"] == "call.end"
+    await e.engine.shutdown()
+
+
+@pytest.mark.parametrize("state", LIVE_STATES)
+async def test_an_abort_in_any_live_state_ends_the_call_through_the_table(state: CallState) -> None:
+    e = await _make_env(make_config())
+    seen: list[CallState] = []
+    e.engine.listeners.append(lambda call, new: seen.append(new))
+    call = _call_in(e.config, state)
+    await e.engine.steps.abort(call)
+    assert call.state is CallState.ENDED and seen == [CallState.ENDED]
+    assert call.outcome is Outcome.FAILED
+    await e.engine.shutdown()
 
 
 # -- (j) ordering and independence -------------------------------------------------------------------
@@ -1011,10 +1067,7 @@ async def test_slow_hangup_of_one_call_does_not_block_another(env: Env) -> None:
 
 
 def test_prompts_are_media_lists() -> None:
-    engine = CallEngine(make_config(), FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
-    assert engine._media("a&b&&c") == ["sound:a", "sound:b", "sound:c"]
-    assert engine._prompt_for(Outcome.CUSTOMER_BUSY) == Prompts().busy
-    assert engine._prompt_for(Outcome.FAILED) == Prompts().customer_unavailable
+    assert legs_module.media("a&b&&c") == ["sound:a", "sound:b", "sound:c"]
 
 
 async def test_label_of_an_adopted_call_has_no_customer_name(env: Env) -> None:
@@ -1023,10 +1076,10 @@ async def test_label_of_an_adopted_call_has_no_customer_name(env: Env) -> None:
     _bridged_row(env, "call-r")
     env.store.rows["call-r"]["order_id"] = "42"
     env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     call = env.engine.calls["call-r"]
     assert call.label.text == "Order 42"
-    assert call.label_caller_id == '"Order 42" <*7742>'
+    assert call.label.caller_id == '"Order 42" <*7742>'
     assert env.engine.labeller.label("42", 'Ivan "the" Petrov').caller_id == '"Order 42 Ivan P." <*7742>'
 
 
@@ -1050,21 +1103,15 @@ async def test_reconcile_adopts_only_this_apps_calls(env: Env) -> None:
         state="bridged",
         bridge_id="b1",
     )
-    await env.store.insert_call(
-        call_id="theirs",
-        order_id="1",
-        manager_id="anna",
-        direction="phone",
-        state="bridged",
-        manager_channel_id="m2",
-        ari_app="another-app",
+    env.store.add_row(
+        id="theirs", manager_id="anna", state="bridged", manager_channel_id="m2", ari_app="another-app"
     )
     env.ari.channels = {
         "m1": {"id": "m1", "state": "Up"},
         "c1": {"id": "c1", "state": "Up"},
         "m2": {"id": "m2", "state": "Up"},
     }
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     assert "mine" in env.engine.calls
     assert "theirs" not in env.engine.calls
     assert "m2" not in env.ari.hung_up()

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bridged.config import ConfigError, load_config, parse_config
+from bridged.config import ConfigError
+from bridged.configfile import load_config, parse_config
 from tests.unit.fakes import EXAMPLE_CONFIG, ROOT, example_data
 
 

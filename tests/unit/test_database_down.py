@@ -12,13 +12,19 @@ import asyncpg
 import pytest
 
 from bridged import metrics
-from bridged.deferred import DeferredWrites
-from bridged.orders import Refusal
+from bridged.outcomes import Refusal, refusal_prompt
 from bridged.service import Refused
-from bridged.store import DatabaseUnavailable, Store
+from bridged.store import Store
+from bridged.store.audit import AuditTrail
+from bridged.store.base import DatabaseUnavailable
+from bridged.store.calls import CallRows
+from bridged.store.deferred import DeferredWrites
+from bridged.store.idempotency import IdempotencyKeys
+from bridged.store.outbox import WebhookOutbox
+from bridged.store.settings import Settings
 
-from .fakes import DownStore, manager, wait_until
-from .test_service import _env
+from .fakes import DownStore, wait_until
+from .test_service import _env, _no_code
 
 
 class BrokenPool:
@@ -48,10 +54,12 @@ OUTAGES = [
 async def test_every_outage_is_database_unavailable(error: BaseException) -> None:
     store = Store(BrokenPool(error))  # type: ignore[arg-type]
     with pytest.raises(DatabaseUnavailable) as raised:
-        await store.get_call("c1")
+        await store.calls.get("c1")
     assert str(raised.value) == type(error).__name__  # the type only: the text may quote values
     with pytest.raises(DatabaseUnavailable):
-        await store.audit(actor="a", action="b", outcome="c")
+        await store.audit.add(actor="a", action="b", outcome="c")
+    with pytest.raises(DatabaseUnavailable):
+        await store.settings.get("k")
 
 
 @pytest.mark.parametrize(
@@ -65,13 +73,19 @@ async def test_every_outage_is_database_unavailable(error: BaseException) -> Non
 )
 async def test_other_errors_are_not_mistaken_for_an_outage(error: BaseException) -> None:
     with pytest.raises(type(error)):
-        await Store(BrokenPool(error)).get_call("c1")  # type: ignore[arg-type]
+        await Store(BrokenPool(error)).calls.get("c1")  # type: ignore[arg-type]
 
 
-def test_every_public_store_method_translates() -> None:
-    for name, member in vars(Store).items():
-        if not name.startswith("_") and inspect.iscoroutinefunction(member):
-            assert hasattr(member, "__wrapped__"), name
+@pytest.mark.parametrize("aggregate", [CallRows, AuditTrail, IdempotencyKeys, WebhookOutbox, Settings])
+def test_every_public_store_method_translates(aggregate: type) -> None:
+    methods = [
+        m for n, m in vars(aggregate).items() if not n.startswith("_") and inspect.iscoroutinefunction(m)
+    ]
+    assert methods
+    for member in methods:
+        assert hasattr(member, "__wrapped__"), member.__name__
+    # And the store holds one of each.
+    assert {type(a) for a in vars(Store(None)).values()} >= {aggregate}
 
 
 # -- DeferredWrites ---------------------------------------------------------------------------------
@@ -176,14 +190,12 @@ async def test_a_call_whose_row_cannot_be_written_is_refused_and_its_row_written
     env = _down_env()
     env.store.down = True
     before = datetime.now(UTC)
-    result = await env.service.request(
-        manager(env.config), "123", direction="phone", manager_channel_id="m-1"
-    )
+    result = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(result, Refused) and result.reason is Refusal.DATABASE_UNAVAILABLE
-    assert env.service.prompt_for(result.reason) == env.config.prompts.unavailable
+    assert refusal_prompt(env.config.prompts, result.reason) == env.config.prompts.unavailable
     assert env.engine._pending == {}  # the engine is never told about a call without a row
     # Tried once (the call's own row), and the refusal's row not tried again at once.
-    assert env.store.refused == ["insert_call_audited"]
+    assert env.store.refused == ["insert_audited"]
     assert env.store.rows == {}
     env.store.down = False
     await wait_until(lambda: env.store.rows)
@@ -205,7 +217,7 @@ async def test_a_refusal_while_the_database_is_away_keeps_its_reason_and_its_row
 ) -> None:
     env = _down_env()
     env.store.down = True
-    result = await env.service.request(manager(env.config), code, direction="phone", manager_channel_id="m-1")
+    result = await env.service.place_from_phone("anna", code, "m-1", read_code=_no_code)
     assert isinstance(result, Refused) and result.reason is reason  # the manager hears the real reason
     env.store.down = False
     await wait_until(lambda: env.store.audits)
@@ -216,7 +228,8 @@ async def test_a_refusal_while_the_database_is_away_keeps_its_reason_and_its_row
 async def test_an_unknown_endpoint_while_the_database_is_away() -> None:
     env = _down_env()
     env.store.down = True
-    assert (await env.service.refuse_unknown_manager("mallory")).reason is Refusal.UNKNOWN_MANAGER
+    refused = await env.service.place_from_phone("mallory", "123", "m-1", read_code=_no_code)
+    assert isinstance(refused, Refused) and refused.reason is Refusal.UNKNOWN_MANAGER
     env.store.down = False
     await wait_until(lambda: env.store.audits)
     assert env.store.audits[0]["actor"] == "endpoint:mallory"
@@ -227,7 +240,7 @@ async def test_close_gives_kept_rows_a_last_try() -> None:
     env = _down_env()
     env.service.deferred = DeferredWrites(delays=(60.0,))
     env.store.down = True
-    await env.service.request(manager(env.config), "999", direction="phone", manager_channel_id="m-1")
+    await env.service.place_from_phone("anna", "999", "m-1", read_code=_no_code)
     env.store.down = False
     await env.service.close()
     assert [r["outcome"] for r in env.store.rows.values()] == ["unknown_order"]

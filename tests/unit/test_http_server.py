@@ -15,11 +15,13 @@ import pytest
 from aiohttp import web
 
 from bridged import metrics
+from bridged.api import server
 from bridged.api.errors import error_middleware
 from bridged.api.params import read_json
 from bridged.api.server import GuardedAppRunner
 from bridged.appkeys import CONFIG
-from bridged.config import ConfigError, HttpConfig, parse_config
+from bridged.config import ConfigError, ConfigHolder, HttpConfig
+from bridged.configfile import parse_config
 
 from .fakes import example_data, make_config
 
@@ -48,7 +50,7 @@ async def serve() -> AsyncIterator[Serve]:
         config = make_config()
         config = replace(config, http=replace(HttpConfig(host="127.0.0.1", port=0), **http))
         app = web.Application(middlewares=[error_middleware])
-        app[CONFIG] = config
+        app[CONFIG] = ConfigHolder(config)
         app.router.add_post("/echo", _echo)
         app.router.add_get("/hello", _hello)
         runner = GuardedAppRunner(app, config.http, access_log=None)
@@ -274,3 +276,24 @@ def test_bad_limits_are_refused_naming_the_key(keys: dict[str, Any], key: str) -
     with pytest.raises(ConfigError) as raised:
         parse_config(data)
     assert raised.value.key == key
+
+
+async def test_a_start_that_fails_closes_what_was_opened_before() -> None:
+    # serve() sets the application up; a cleanup context that fails must not leave the ones before it
+    # (the database pool, the ARI session...) open.
+    events: list[str] = []
+
+    async def opened(app: web.Application) -> AsyncIterator[None]:
+        events.append("open")
+        yield
+        events.append("closed")
+
+    async def failing(app: web.Application) -> AsyncIterator[None]:
+        raise RuntimeError("cannot start")
+        yield  # pragma: no cover - a generator that fails before its first step
+
+    app = web.Application()
+    app.cleanup_ctx.extend([opened, failing])
+    with pytest.raises(RuntimeError, match="cannot start"):
+        await server.serve(app, HttpConfig(host="127.0.0.1", port=0))
+    assert events == ["open", "closed"]

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import bridged.calls as calls_module
 from bridged import metrics
 from bridged.ari import AriUnavailable
-from bridged.calls import EVENT_TYPES, CallState
+from bridged.calls import recording as recording_module
+from bridged.calls.engine import EVENT_TYPES
+from bridged.calls.model import CallState
 from bridged.config import RecordingConfig
 from bridged.recording_state import (
     SLACK_SECONDS,
@@ -151,7 +152,7 @@ async def test_a_recording_that_runs_to_the_end_of_the_call_is_complete(env: Env
     await wait_until(lambda: env.row("call-a")["recording_state"] == "complete")
     assert row["outcome"] == "completed"
     assert metrics.RECORDINGS_FAILED.value("truncated") == metrics.RECORDINGS_FAILED.value("failed") == 0
-    assert env.engine._by_recording == {} and env.engine._settling == {}
+    assert env.engine.recordings.by_name == {} and env.engine.recordings.settling == {}
 
 
 async def test_disk_full_mid_call_marks_the_recording_truncated_and_the_call_goes_on(
@@ -190,7 +191,7 @@ async def test_a_folder_asterisk_cannot_write_to_marks_the_recording_failed(env:
     assert env.engine.calls["call-a"].state is CallState.BRIDGED
     assert metrics.RECORDINGS_FAILED.value("failed") == 1
     # The shop sees no recording; the row keeps its name (retention still deletes whatever file is left).
-    row = await env.store.get_call("call-a")
+    row = await env.store.calls.get("call-a")
     assert row is not None and row.recording_name == "bridged-call-a" and not row.recording_usable
 
 
@@ -238,7 +239,7 @@ async def test_a_recording_asterisk_would_not_start_is_failed(env: Env) -> None:
     await wait_until(lambda: env.row("call-a")["recording_state"] == "failed")
     assert env.row("call-a")["recording_name"] is None
     assert env.engine.calls["call-a"].state is CallState.BRIDGED
-    assert env.engine._by_recording == {}
+    assert env.engine.recordings.by_name == {}
 
 
 async def test_recording_off_leaves_the_state_empty() -> None:
@@ -249,7 +250,7 @@ async def test_recording_off_leaves_the_state_empty() -> None:
         row = await e.ended("call-a")
         await settle()
         assert row["recording_state"] is None
-        assert e.engine._settling == {}
+        assert e.engine.recordings.settling == {}
     finally:
         await e.engine.shutdown()
     assert e.row("call-a")["recording_state"] is None
@@ -274,7 +275,7 @@ async def test_a_missed_end_event_is_made_up_for_by_the_file(
     error: Exception | None,
     state: str,
 ) -> None:
-    monkeypatch.setattr(calls_module, "RECORDING_SETTLE_SECONDS", 0.05)
+    monkeypatch.setattr(recording_module, "RECORDING_SETTLE_SECONDS", 0.05)
     await env.bridged("call-a", "m-a")
     call = env.engine.calls["call-a"]
     assert call.recording_started_at is not None
@@ -286,14 +287,14 @@ async def test_a_missed_end_event_is_made_up_for_by_the_file(
     env.engine.on_event(hangup_request("m-a"))
     await env.ended("call-a")
     await wait_until(lambda: env.row("call-a")["recording_state"] == state, what=state)
-    assert env.engine._settling == {}
+    assert env.engine.recordings.settling == {}
 
 
 async def test_stopping_before_the_end_event_leaves_the_recording_unknown(env: Env) -> None:
     await env.bridged("call-a", "m-a")
     env.engine.on_event(hangup_request("m-a"))
     await env.ended("call-a")
-    assert "call-a" in env.engine._settling
+    assert "call-a" in env.engine.recordings.settling
     await env.engine.shutdown()
     assert env.row("call-a")["recording_state"] == "unknown"
     assert metrics.RECORDINGS_UNVERIFIED.value() == 1
@@ -308,7 +309,7 @@ async def test_a_recording_that_ended_during_a_reconnect_is_truncated(env: Env) 
     env.ari.app_channel_ids = ["m-a", customer]
     env.ari.stored_recordings["bridged-call-a"] = ("wav", wav_bytes(3))
     # No live recording any more: its RecordingFinished went out while the websocket was down.
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     await wait_until(lambda: env.row("call-a")["recording_state"] == "truncated")
     assert env.engine.calls["call-a"].state is CallState.BRIDGED
 
@@ -318,7 +319,7 @@ async def test_a_recording_still_live_after_a_reconnect_is_left_to_its_events(en
     env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("m-a", customer)}
     env.ari.app_channel_ids = ["m-a", customer]
     env.ari.live_recordings["bridged-call-a"] = {"name": "bridged-call-a", "state": "recording"}
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     await wait_until(
         lambda: any(kw["name"] == "bridged-call-a" for kw in env.ari.named("get_live_recording"))
     )
@@ -335,7 +336,7 @@ async def test_an_adopted_call_keeps_its_recording_judged(env: Env, live: bool) 
     env.ari.stored_recordings["bridged-call-r"] = ("wav", wav_bytes(5))
     if live:
         env.ari.live_recordings["bridged-call-r"] = {"name": "bridged-call-r", "state": "recording"}
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     assert env.engine.calls["call-r"].state is CallState.BRIDGED
     if live:
         # Still recording: the new daemon hears its end (here: a disk that fills up later).
@@ -368,7 +369,7 @@ async def test_a_call_that_ended_while_bridged_was_away_gets_its_recording_judge
         env.ari.gone_bridges.add("call-r-bridge")
     if stored is not None:
         env.ari.stored_recordings["bridged-call-r"] = stored
-    await env.engine.reconcile()
+    await env.engine.reconciler.reconcile()
     row = env.row("call-r")
     assert (row["state"], row["outcome"], row["recording_state"]) == ("ended", "completed", state)
     # Looked at while the bridge stood, judged by the file once the bridge was gone.
@@ -380,6 +381,6 @@ async def test_a_call_that_ended_while_bridged_was_away_gets_its_recording_judge
 async def test_a_recording_judged_before_a_restart_is_not_judged_again(env: Env) -> None:
     row = _bridged_row(env, "call-r")
     row["recording_state"] = "truncated"
-    await env.engine.reconcile()  # both legs gone: the call is ended
+    await env.engine.reconciler.reconcile()  # both legs gone: the call is ended
     assert env.row("call-r")["recording_state"] == "truncated"
     assert not {"get_live_recording", "get_stored_recording"} & set(env.ari.methods())

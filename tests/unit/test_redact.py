@@ -226,7 +226,7 @@ def test_plain_formatter_folds_traceback_into_one_line() -> None:
 
 
 def test_call_ids_survive_the_log_redaction() -> None:
-    from bridged.calls import new_call_id
+    from bridged.calls.model import new_call_id
 
     ids = [new_call_id() for _ in range(2000)]
     assert all(redact(f"call {i} bridged") == f"call {i} bridged" for i in ids)

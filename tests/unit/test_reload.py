@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from bridged.config import Config, parse_config
+from bridged.config import Config, ConfigHolder
+from bridged.configfile import parse_config
 from bridged.reload import merge, reload_config
 
 BASE: dict[str, Any] = {
@@ -108,3 +109,36 @@ def test_recording_retention_is_applied_and_the_rest_of_recording_is_not(tmp_pat
     assert result is not None and result.recording.retention_days is None
     assert result.recording.format == current.recording.format == "wav"
     assert "recording (except retention_days)" in caplog.text
+
+
+async def test_a_reload_reaches_every_component_through_the_one_holder(tmp_path: Path) -> None:
+    from bridged.agi import AgiServer
+    from bridged.api.auth import TokenRegistry, hash_token
+    from bridged.calls.engine import CallEngine
+    from bridged.retention import Retention
+    from bridged.service import CallService
+    from tests.unit.fakes import FakeAri, FakeStore
+
+    holder = ConfigHolder(parse_config(_config()))
+    engine = CallEngine(holder, FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
+    service = CallService(holder, FakeStore(), None, engine, accepting_calls=lambda: True)  # type: ignore[arg-type]
+    agi = AgiServer(holder, service)
+    tokens = TokenRegistry(lambda: holder.current.api.tokens)
+    retention = Retention(FakeStore(), None, lambda: holder.current.recording.retention_days)  # type: ignore[arg-type]
+    assert tokens.authenticate("Bearer new-shop-token-123") is None
+
+    path = _write(
+        tmp_path,
+        _config(
+            managers=[{"id": "anna", "endpoint": "anna"}, {"id": "boris", "endpoint": "boris"}],
+            api={"tokens": [{"name": "shop", "role": "shop", "sha256": hash_token("new-shop-token-123")}]},
+            recording={"retention_days": 30},
+        ),
+    )
+    reload_config(path, holder.current, lambda config: setattr(holder, "current", config))
+
+    for component in (engine, service, agi):
+        assert component.config.current.manager_by_endpoint("boris") is not None, component
+    assert tokens.authenticate("Bearer new-shop-token-123") is not None
+    assert retention.default_days() == 30
+    await engine.shutdown()

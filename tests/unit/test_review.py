@@ -15,14 +15,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridged.api import review
-from bridged.api.auth import TOKENS, TokenRegistry
+from bridged.api import routes
+from bridged.api.auth import DENIED_LIMITER
 from bridged.api.calls import call_json
 from bridged.api.cursors import CursorCodec
-from bridged.api.errors import InvalidCursor, error_middleware
+from bridged.api.errors import InvalidCursor
 from bridged.api.limits import DeniedAuditLimiter
 from bridged.appkeys import CONFIG, STORE
-from bridged.config import ApiToken, ConfigError, parse_config
+from bridged.config import ApiToken, ConfigError, ConfigHolder
+from bridged.configfile import parse_config
 from bridged.recordings import (
     ByteRange,
     FolderRecordings,
@@ -32,7 +33,8 @@ from bridged.recordings import (
     parse_range,
 )
 from bridged.retention import RECORDINGS, RETENTION, Retention
-from bridged.store import CallRow, ReviewCallRow
+from bridged.store.calls import CallRow
+from bridged.store.settings import Setting
 
 from .fakes import example_data, make_config
 
@@ -206,32 +208,35 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 class ReviewStore:
-    """The Store methods the review endpoints use, in memory; ``fail_audit`` breaks audit inserts."""
+    """The store aggregates the review endpoints use, in memory; ``fail_audit`` breaks audit inserts."""
 
     def __init__(self) -> None:
-        self.calls: dict[str, ReviewCallRow] = {}
+        self.rows: dict[str, CallRow] = {}
         self.audits: list[dict[str, Any]] = []
         self.fail_audit = False
+        self.calls = self
+        self.audit = self
+        self.settings = self
 
-    async def audit(self, **row: Any) -> None:
+    async def add(self, **row: Any) -> None:  # audit
         if self.fail_audit:
             raise OSError("database gone")
         self.audits.append(row)
 
-    async def get_review_call(self, call_id: str) -> ReviewCallRow | None:
-        return self.calls.get(call_id)
+    async def get(self, call_id: str) -> CallRow | None:  # calls
+        return self.rows.get(call_id)
 
-    async def cursor_secret(self) -> str:
+    async def cursor_secret(self) -> str:  # settings
         return "0123456789abcdef" * 4
 
-    async def list_calls(self, **filters: Any) -> list[ReviewCallRow]:
-        rows = sorted(self.calls.values(), key=lambda r: (r.requested_at, r.id), reverse=True)
+    async def page(self, **filters: Any) -> list[CallRow]:  # calls
+        rows = sorted(self.rows.values(), key=lambda r: (r.requested_at, r.id), reverse=True)
         if filters.get("before"):
             rows = [r for r in rows if (r.requested_at, r.id) < filters["before"]]
         return rows[: filters["limit"]]
 
 
-def _call(call_id: str, minutes_ago: int, **kw: Any) -> ReviewCallRow:
+def _call(call_id: str, minutes_ago: int, **kw: Any) -> CallRow:
     at = NOW - timedelta(minutes=minutes_ago)
     values: dict[str, Any] = {
         "id": call_id,
@@ -247,9 +252,12 @@ def _call(call_id: str, minutes_ago: int, **kw: Any) -> ReviewCallRow:
         "ended_by": "manager",
         "recording_name": f"bridged-{call_id}",
         "recording_purged_at": None,
+        "manager_channel_id": None,
+        "customer_channel_id": None,
+        "bridge_id": None,
     }
     values.update(kw)
-    return ReviewCallRow(**values)
+    return CallRow(**values)
 
 
 TOKENS_PLAIN = {"shop-token": "shop", "ops-token": "ops", "admin-token": "admin"}
@@ -259,25 +267,24 @@ WAV = b"RIFF" + bytes(range(256)) * 40
 @pytest.fixture
 async def served(tmp_path: Path):
     store = ReviewStore()
-    store.calls["c1"] = _call("c1", 10)
-    store.calls["c2"] = _call("c2", 5, recording_name=None, outcome="customer_busy")
-    store.calls["c3"] = _call("c3", 1, recording_purged_at=NOW)
+    store.rows["c1"] = _call("c1", 10)
+    store.rows["c2"] = _call("c2", 5, recording_name=None, outcome="customer_busy")
+    store.rows["c3"] = _call("c3", 1, recording_purged_at=NOW)
     (tmp_path / "bridged-c1.wav").write_bytes(WAV)
     config = make_config()
     config = replace(config, recording=replace(config.recording, source="folder", folder=str(tmp_path)))
-    app = web.Application(middlewares=[error_middleware])
-    app[CONFIG] = config
-    app[STORE] = store  # type: ignore[assignment]
-    app[TOKENS] = TokenRegistry(
-        tuple(
-            ApiToken(name=f"{role}-1", role=role, sha256=hashlib.sha256(t.encode()).hexdigest())
-            for t, role in TOKENS_PLAIN.items()
-        )
+    tokens = tuple(
+        ApiToken(name=f"{role}-1", role=role, sha256=hashlib.sha256(t.encode()).hexdigest())
+        for t, role in TOKENS_PLAIN.items()
     )
+    config = replace(config, api=replace(config.api, tokens=tokens))
+    app = web.Application()
+    app[CONFIG] = ConfigHolder(config)
+    app[STORE] = store  # type: ignore[assignment]
     source = FolderRecordings(tmp_path, "wav")
     app[RECORDINGS] = source
-    app[RETENTION] = Retention(store, source, None)  # type: ignore[arg-type]
-    review.setup(app)
+    app[RETENTION] = Retention(store, source, lambda: None)  # type: ignore[arg-type]
+    routes.setup(app)
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
@@ -326,12 +333,12 @@ async def test_head_answers_the_headers_without_audio_or_a_listen_row(served) ->
 
 async def test_the_client_behind_a_trusted_proxy_is_the_forwarded_address(served) -> None:
     client, store, app = served
-    config = app[CONFIG]
+    config = app[CONFIG].current
     forwarded = {"X-Forwarded-For": "198.51.100.1, 203.0.113.9", **_auth("ops")}
     # Not trusted (the default): the peer, whatever the header says.
     await client.get("/v1/calls/c1/recording", headers=forwarded)
     trusted = replace(config.http, trusted_proxies=(ip_network("127.0.0.1"), ip_network("203.0.113.0/24")))
-    app._state[CONFIG] = replace(config, http=trusted)
+    app[CONFIG].current = replace(config, http=trusted)
     # Trusted: the last address before the trusted hops (the first one could be made up by the client).
     await client.get("/v1/calls/c1/recording", headers=forwarded)
     await client.get("/v1/calls/c1/recording", headers={"X-Forwarded-For": "not-an-ip", **_auth("ops")})
@@ -378,16 +385,18 @@ async def test_recording_errors(served) -> None:
 
 async def test_the_recordings_state_is_shown_and_a_failed_one_is_not_served(served) -> None:
     client, store, app = served
-    store.calls["c4"] = _call("c4", 8, recording_state="truncated")
-    store.calls["c5"] = _call("c5", 7, recording_state="failed")
-    folder = Path(app[CONFIG].recording.folder or "")
+    store.rows["c4"] = _call("c4", 8, recording_state="truncated")
+    store.rows["c5"] = _call("c5", 7, recording_state="failed")
+    folder = Path(app[CONFIG].current.recording.folder or "")
     (folder / "bridged-c4.wav").write_bytes(WAV)
     (folder / "bridged-c5.wav").write_bytes(b"")  # what a full disk leaves: an empty file
     page = await (await client.get("/v1/calls", headers=_auth("ops"))).json()
-    recordings = {c["id"]: c["recording"] for c in page["items"]}
-    assert recordings["c4"] == {"available": True, "purged_at": None, "state": "truncated"}
-    assert recordings["c5"] == {"available": False, "purged_at": None, "state": "failed"}
-    assert recordings["c2"] == {"available": False, "purged_at": None, "state": None}
+    recordings = {
+        c["id"]: (c["has_recording"], c["recording_purged_at"], c["recording_state"]) for c in page["items"]
+    }
+    assert recordings["c4"] == (True, None, "truncated")
+    assert recordings["c5"] == (False, None, "failed")
+    assert recordings["c2"] == (False, None, None)
     # A truncated recording is served (what there is of it); a failed one holds nothing to serve.
     assert (await client.get("/v1/calls/c4/recording", headers=_auth("ops"))).status == 200
     resp = await client.get("/v1/calls/c5/recording", headers=_auth("ops"))
@@ -395,25 +404,37 @@ async def test_the_recordings_state_is_shown_and_a_failed_one_is_not_served(serv
     assert [a["call_id"] for a in store.audits] == ["c4"]
 
 
-def test_the_shops_call_json_says_whether_the_recording_holds_audio() -> None:
-    review_row = _call("c1", 1, recording_state="truncated")
-    row = CallRow(
-        **{k: v for k, v in review_row.__dict__.items() if k != "recording_purged_at"},
-        manager_channel_id="m",
-        customer_channel_id="c",
-        bridge_id="b",
+def test_one_call_json_says_whether_a_recording_is_there_to_hear() -> None:
+    row = _call("c1", 1, recording_state="truncated", state="ending", hangup_cause=17)
+    shown = call_json(row)
+    assert (shown["has_recording"], shown["recording_state"], shown["recording_purged_at"]) == (
+        True,
+        "truncated",
+        None,
     )
-    assert (call_json(row)["has_recording"], call_json(row)["recording_state"]) == (True, "truncated")
+    assert (shown["state"], shown["hangup_cause"], shown["duration_seconds"]) == ("ending", 17, 60.0)
+    assert not {
+        "recording_name",
+        "manager_channel_id",
+        "customer_channel_id",
+        "bridge_id",
+        "created_by",
+    } & set(shown)
     row = replace(row, recording_state="failed")
     assert (call_json(row)["has_recording"], call_json(row)["recording_state"]) == (False, "failed")
-    row = replace(row, recording_name=None, recording_state=None)
+    row = replace(row, recording_state="complete", recording_purged_at=NOW)
+    assert (call_json(row)["has_recording"], call_json(row)["recording_purged_at"]) == (
+        False,
+        NOW.isoformat(),
+    )
+    row = replace(row, recording_name=None, recording_state=None, recording_purged_at=None)
     assert (call_json(row)["has_recording"], call_json(row)["recording_state"]) == (False, None)
 
 
 async def test_reason_required_by_config(served) -> None:
     client, store, app = served
-    config = app[CONFIG]
-    app._state[CONFIG] = replace(config, recording=replace(config.recording, require_reason=True))
+    config = app[CONFIG].current
+    app[CONFIG].current = replace(config, recording=replace(config.recording, require_reason=True))
     resp = await client.get("/v1/calls/c1/recording", headers=_auth("ops"))
     assert resp.status == 422 and (await resp.json())["error"]["id"] == "reason_required"
     resp = await client.get("/v1/calls/c1/recording?reason=quality%20check", headers=_auth("ops"))
@@ -442,7 +463,7 @@ async def test_call_list_pages(served) -> None:
     resp = await client.get("/v1/calls?limit=2", headers=_auth("ops"))
     page = await resp.json()
     assert [c["id"] for c in page["items"]] == ["c3", "c2"] and page["next_cursor"]
-    assert page["items"][0]["recording"]["available"] is False and page["items"][0]["recording"]["purged_at"]
+    assert page["items"][0]["has_recording"] is False and page["items"][0]["recording_purged_at"]
     resp = await client.get(f"/v1/calls?limit=2&cursor={page['next_cursor']}", headers=_auth("ops"))
     page = await resp.json()
     assert [c["id"] for c in page["items"]] == ["c1"] and page["next_cursor"] is None
@@ -523,10 +544,10 @@ class _RetentionStore:
         self.days = days
         self.due = [("c1", "bridged-c1"), ("c2", "bridged-c2")]
         self.marked: list[str] = []
+        self.settings = self
+        self.calls = self
 
-    async def get_setting(self, key: str) -> Any:
-        from bridged.store import Setting
-
+    async def get(self, key: str) -> Any:  # settings
         return None if self.days is None else Setting(key, self.days, NOW, "admin-1")
 
     async def recordings_due(self, older_than: datetime, limit: int) -> list[tuple[str, str]]:
@@ -543,24 +564,24 @@ async def test_retention_purges_past_the_cutoff_and_keeps_rows_when_the_source_i
 ) -> None:
     store = _RetentionStore(30)
     (tmp_path / "bridged-c1.wav").write_bytes(b"RIFF")
-    retention = Retention(store, FolderRecordings(tmp_path, "wav"), None)  # type: ignore[arg-type]
+    retention = Retention(store, FolderRecordings(tmp_path, "wav"), lambda: None)  # type: ignore[arg-type]
     assert await retention.purge(now=NOW) == 2
     assert store.cutoff == NOW - timedelta(days=30)
     assert store.marked == ["c1", "c2"] and not (tmp_path / "bridged-c1.wav").exists()
 
     down = _RetentionStore(30)
-    assert await Retention(down, _BrokenSource(), None).purge(now=NOW) == 0  # type: ignore[arg-type]
+    assert await Retention(down, _BrokenSource(), lambda: None).purge(now=NOW) == 0  # type: ignore[arg-type]
     assert down.marked == []  # the rows still say the recordings exist, which is true
 
-    assert await Retention(_RetentionStore(None), _BrokenSource(), None).purge() == 0  # type: ignore[arg-type]
-    policy = await Retention(_RetentionStore(None), _BrokenSource(), 90).policy()  # type: ignore[arg-type]
+    assert await Retention(_RetentionStore(None), _BrokenSource(), lambda: None).purge() == 0  # type: ignore[arg-type]
+    policy = await Retention(_RetentionStore(None), _BrokenSource(), lambda: 90).policy()  # type: ignore[arg-type]
     assert (policy.days, policy.source) == (90, "config")
 
 
 async def test_refusals_beyond_a_clients_quota_are_folded_into_its_next_row(served) -> None:
     client, store, app = served
     clock = [0.0]
-    app._state[review.DENIED_LIMITER] = DeniedAuditLimiter(per_minute=2, clock=lambda: clock[0])
+    app._state[DENIED_LIMITER] = DeniedAuditLimiter(per_minute=2, clock=lambda: clock[0])
     for _ in range(5):
         resp = await client.get("/v1/calls", headers={"Authorization": "Bearer wrong"})
         assert resp.status == 401  # every request is refused; only the audit rows are capped

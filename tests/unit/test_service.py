@@ -8,12 +8,15 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from bridged import metrics
 from bridged.ari import AriUnavailable
-from bridged.calls import CallEngine, PendingCall
-from bridged.config import Config
-from bridged.orders import LookupFailed, Order, Refusal, is_valid_code, may_call
+from bridged.calls.engine import CallEngine
+from bridged.calls.model import Call, PendingCall
+from bridged.config import Config, ConfigHolder
+from bridged.orders import LookupFailed, Order, is_valid_code, may_call
+from bridged.outcomes import Outcome, Refusal, refusal_prompt
 from bridged.redact import digits
-from bridged.service import CallService, Refused, shed_share
+from bridged.service import CallService, NotStarted, Refused, shed_share
 from tests.unit.fakes import NUMBER_TAIL, FakeAri, FakeStore, make_config, make_order, manager
 
 
@@ -57,15 +60,20 @@ def _env(config: Config | None = None, *, fail: bool = False) -> Env:
         fail=fail,
     )
     connected = {"up": True}
-    engine = CallEngine(config, FakeAri(), store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
+    engine = CallEngine(ConfigHolder(config), FakeAri(), store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
     service = CallService(
-        config,
+        ConfigHolder(config),
         store,  # type: ignore[arg-type]
         directory,  # type: ignore[arg-type]
         engine,
-        is_connected=lambda: connected["up"],
+        accepting_calls=lambda: connected["up"],
     )
     return Env(config, store, directory, engine, service, connected)
+
+
+async def _no_code() -> str:
+    """What the phone path's code prompt gives when nothing was keyed in (or none was needed)."""
+    return ""
 
 
 @pytest.fixture
@@ -81,7 +89,7 @@ async def env() -> AsyncIterator[Env]:
 
 @pytest.mark.parametrize("code", ["", "12a", "5557654321000", " 123", "12;DROP", "+15557654321"])
 async def test_invalid_code_is_refused_without_storing_the_input(env: Env, code: str) -> None:
-    result = await env.service.request(manager(env.config), code, direction="phone", manager_channel_id="m-1")
+    result = await env.service.place_from_phone("anna", code, "m-1", read_code=_no_code)
     assert result == Refused(Refusal.INVALID_CODE)
     assert env.directory.lookups == []
     assert env.store.rows == {}
@@ -122,43 +130,37 @@ def _refused_row(env: Env, result: object, reason: Refusal, order_id: str) -> No
 
 
 async def test_unknown_order(env: Env) -> None:
-    result = await env.service.request(
-        manager(env.config), "999", direction="phone", manager_channel_id="m-1"
-    )
+    result = await env.service.place_from_phone("anna", "999", "m-1", read_code=_no_code)
     _refused_row(env, result, Refusal.UNKNOWN_ORDER, "999")
     assert env.directory.lookups == ["999"]
 
 
 async def test_lookup_failure() -> None:
     e = _env(fail=True)
-    result = await e.service.request(manager(e.config), "123", direction="phone", manager_channel_id="m-1")
+    result = await e.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     _refused_row(e, result, Refusal.LOOKUP_FAILED, "123")
 
 
 async def test_policy_own_denies_another_managers_order(env: Env) -> None:
     assert env.config.policy == "own"
-    result = await env.service.request(
-        manager(env.config), "456", direction="phone", manager_channel_id="m-1"
-    )
+    result = await env.service.place_from_phone("anna", "456", "m-1", read_code=_no_code)
     _refused_row(env, result, Refusal.DENIED, "456")
 
 
 async def test_policy_own_denies_an_order_without_manager(env: Env) -> None:
-    result = await env.service.request(
-        manager(env.config), "789", direction="phone", manager_channel_id="m-1"
-    )
+    result = await env.service.place_from_phone("anna", "789", "m-1", read_code=_no_code)
     _refused_row(env, result, Refusal.DENIED, "789")
 
 
 async def test_an_order_without_a_valid_number_is_refused_and_nobody_is_dialled(env: Env) -> None:
-    result = await env.service.request(
-        manager(env.config), "321", direction="phone", manager_channel_id="m-1"
-    )
+    refused_before = metrics.CALLS_REFUSED.value("invalid_phone")
+    result = await env.service.place_from_phone("anna", "321", "m-1", read_code=_no_code)
+    assert metrics.CALLS_REFUSED.value("invalid_phone") == refused_before + 1
     # A known order: its id stays in the row and the audit entry; the phone value goes nowhere.
     _refused_row(env, result, Refusal.INVALID_PHONE, "321")
     assert env.engine.ari.named("originate") == []
     assert (
-        env.service.prompt_for(Refusal.INVALID_PHONE)
+        refusal_prompt(env.config.prompts, Refusal.INVALID_PHONE)
         == env.config.prompts.invalid_phone
         == ("cannot-complete-as-dialed")
     )
@@ -166,18 +168,18 @@ async def test_an_order_without_a_valid_number_is_refused_and_nobody_is_dialled(
 
 async def test_policy_comes_before_the_phone_check(env: Env) -> None:
     # Another manager's order says "denied", not whether its customer's number is any good.
-    result = await env.service.request(
-        manager(env.config), "654", direction="phone", manager_channel_id="m-1"
-    )
+    result = await env.service.place_from_phone("anna", "654", "m-1", read_code=_no_code)
     _refused_row(env, result, Refusal.DENIED, "654")
 
 
 async def test_policy_team_allows_a_teammates_order() -> None:
     e = _env(make_config(policy="team"))
     try:
-        result = await e.service.request(manager(e.config), "456", direction="api", manager_channel_id=None)
-        assert isinstance(result, PendingCall)
-        assert e.store.rows[result.call_id]["direction"] == "api"
+        result = await e.service.place_from_api("shop-1", "anna", "456")
+        assert isinstance(result, Call)
+        row = e.store.rows[result.id]
+        assert (row["direction"], row["created_by"]) == ("api", "shop-1")
+        assert e.store.audits[-1]["actor"] == "token:shop-1"
     finally:
         await e.engine.shutdown()
 
@@ -211,9 +213,7 @@ def test_is_valid_code_is_a_full_match() -> None:
 
 async def test_not_connected_is_unavailable(env: Env) -> None:
     env.connected["up"] = False
-    result = await env.service.request(
-        manager(env.config), "123", direction="phone", manager_channel_id="m-1"
-    )
+    result = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     _refused_row(env, result, Refusal.UNAVAILABLE, "123")
     assert env.directory.lookups == []
 
@@ -222,30 +222,29 @@ async def test_asterisk_behind_on_requests_refuses_new_calls_until_it_catches_up
     config = make_config()
     env = _env(replace(config, ari=replace(config.ari, max_request_wait=0.05)))
     ari = env.engine.ari
-    anna = manager(env.config)
     # Requests Asterisk has not answered yet, but only for a moment: calls go ahead.
     ari.delays["answer"] = 30
     held_requests = [asyncio.create_task(ari.answer(f"c-{i}")) for i in range(2)]
     await asyncio.sleep(0)
     assert ari.pending == 2
     assert isinstance(
-        await env.service.request(anna, "123", direction="phone", manager_channel_id="m-0"), PendingCall
+        await env.service.place_from_phone("anna", "123", "m-0", read_code=_no_code), PendingCall
     )
     env.store.audits.clear()
     env.engine._pending.clear()
     # Once the oldest has waited max_request_wait, Asterisk is behind: new calls are refused.
     await asyncio.sleep(0.06)
-    result = await env.service.request(anna, "123", direction="phone", manager_channel_id="m-1")
+    result = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     _refused_row(env, result, Refusal.OVERLOADED, "123")
     assert env.directory.lookups == ["123"]  # the first call's only: refused before any work
-    assert env.service.prompt_for(Refusal.OVERLOADED) == env.config.prompts.overloaded
+    assert refusal_prompt(env.config.prompts, Refusal.OVERLOADED) == env.config.prompts.overloaded
     # Asterisk catches up: calls go ahead again.
     for task in held_requests:
         task.cancel()
     await asyncio.gather(*held_requests, return_exceptions=True)
     assert ari.pending == 0
     assert isinstance(
-        await env.service.request(anna, "123", direction="phone", manager_channel_id="m-2"), PendingCall
+        await env.service.place_from_phone("anna", "123", "m-2", read_code=_no_code), PendingCall
     )
     await env.engine.shutdown()
 
@@ -270,10 +269,8 @@ async def test_between_half_the_limit_and_the_limit_a_share_of_calls_is_refused(
     await asyncio.sleep(0)
     # Pretend the request has waited 7.5 s of the 10 s limit: half of the new calls are refused.
     ari._waiting = {k: v - 7.5 for k, v in ari._waiting.items()}
-    anna = manager(env.config)
     results = [
-        await env.service.request(anna, "123", direction="phone", manager_channel_id=f"m-{i}")
-        for i in range(4)
+        await env.service.place_from_phone("anna", "123", f"m-{i}", read_code=_no_code) for i in range(4)
     ]
     kinds = [r.reason if isinstance(r, Refused) else "accepted" for r in results]
     assert kinds == ["accepted", Refusal.OVERLOADED, "accepted", Refusal.OVERLOADED]
@@ -287,10 +284,10 @@ async def test_a_stuck_background_hangup_retry_does_not_refuse_calls() -> None:
     env = _env(replace(config, ari=replace(config.ari, max_request_wait=0.05)))
     env.engine.ari.delays["hangup"] = 30
     env.engine.ari.errors["hangup"] = AriUnavailable("hangup", 0, "timed out")
-    retry = asyncio.create_task(env.engine._retry_hangup("stuck-channel"))
+    retry = asyncio.create_task(env.engine.legs.retry_hangup("stuck-channel"))
     await asyncio.sleep(0.6)  # the first retry (0.5 s) hangs in Asterisk
     assert env.engine.ari.named("hangup") == [{"channel_id": "stuck-channel", "reason": "normal"}]
-    result = await env.service.request(manager(env.config), "123", direction="phone", manager_channel_id="m")
+    result = await env.service.place_from_phone("anna", "123", "m", read_code=_no_code)
     assert isinstance(result, PendingCall)
     retry.cancel()
     await asyncio.gather(retry, return_exceptions=True)
@@ -303,7 +300,7 @@ async def test_no_overload_guard_when_max_request_wait_is_zero() -> None:
     env.engine.ari.delays["answer"] = 30
     held = asyncio.create_task(env.engine.ari.answer("c"))
     await asyncio.sleep(0.05)
-    result = await env.service.request(manager(env.config), "123", direction="phone", manager_channel_id="m")
+    result = await env.service.place_from_phone("anna", "123", "m", read_code=_no_code)
     assert isinstance(result, PendingCall)
     held.cancel()
     await asyncio.gather(held, return_exceptions=True)
@@ -312,11 +309,11 @@ async def test_no_overload_guard_when_max_request_wait_is_zero() -> None:
 
 async def test_success_registers_the_pending_call(env: Env) -> None:
     anna = manager(env.config)
-    result = await env.service.request(anna, "123", direction="phone", manager_channel_id="1700000000.42")
+    result = await env.service.place_from_phone("anna", "123", "1700000000.42", read_code=_no_code)
     assert isinstance(result, PendingCall)
     assert result.order.id == "123"
     # Labelled by the engine's labeller (the one every label comes from).
-    assert result.label_caller_id == '"Order 123 Ivan P." <*77123>'
+    assert result.label.caller_id == '"Order 123 Ivan P." <*77123>'
     assert result.manager == anna
     assert result.manager_channel_id == "1700000000.42"
     assert env.engine._pending[result.call_id] is result
@@ -330,39 +327,37 @@ async def test_success_registers_the_pending_call(env: Env) -> None:
     assert entry["outcome"] == "accepted"
     assert entry["call_id"] == result.call_id
     # Each request gets its own call id.
-    again = await env.service.request(anna, "123", direction="phone", manager_channel_id=None)
+    again = await env.service.place_from_phone("anna", "123", None, read_code=_no_code)
     assert isinstance(again, PendingCall) and again.call_id != result.call_id
 
 
 async def test_unknown_manager_is_audited(env: Env) -> None:
-    result = await env.service.refuse_unknown_manager("mallory")
+    result = await env.service.place_from_phone("mallory", "123", "m-1", read_code=_no_code)
     assert result == Refused(Refusal.UNKNOWN_MANAGER)
     assert env.store.audits[-1]["actor"] == "endpoint:mallory"
     assert env.store.audits[-1]["reason"] == "unknown_manager"
-    assert env.service.manager_for_endpoint("boris") == manager(env.config, "boris")
-    assert env.service.manager_for_endpoint("mallory") is None
+    assert env.store.rows == {} and env.directory.lookups == []
+    result = await env.service.place_from_api("shop-1", "mallory", "123")
+    assert result == Refused(Refusal.UNKNOWN_MANAGER)
+    assert env.store.audits[-1]["actor"] == "token:shop-1"
+    # boris is known by his endpoint: his request is decided (denied: not his order).
+    boris = await env.service.place_from_phone("boris", "123", "m-2", read_code=_no_code)
+    assert isinstance(boris, Refused) and boris.reason is Refusal.DENIED
 
 
-def test_every_refusal_has_a_prompt() -> None:
-    e = _env()
-    prompts = {reason: e.service.prompt_for(reason) for reason in Refusal}
-    assert prompts[Refusal.DENIED] == e.config.prompts.denied
-    assert prompts[Refusal.INVALID_CODE] == e.config.prompts.invalid_code
-    assert all(prompts.values())
+async def test_an_empty_code_is_asked_for(env: Env) -> None:
+    async def keyed() -> str:
+        return "123"
 
-
-def test_every_refusal_has_an_http_error_with_a_stable_id() -> None:
-    from bridged.api.calls import _REFUSAL_ERRORS
-
-    assert set(_REFUSAL_ERRORS) == set(Refusal)
-    ids = [error.error_id for error in _REFUSAL_ERRORS.values()]
-    assert len(set(ids)) == len(ids)
-    overloaded = _REFUSAL_ERRORS[Refusal.OVERLOADED]
-    assert (overloaded.status, overloaded.error_id) == (503, "overloaded")
+    result = await env.service.place_from_phone("anna", "", "m-1", read_code=keyed)
+    assert isinstance(result, PendingCall) and result.order.id == "123"
 
 
 async def test_hanging_up_while_keying_the_code_is_an_audited_attempt(env: Env) -> None:
-    await env.service.abandoned_while_keying(manager(env.config))
+    async def hung_up() -> None:
+        return None
+
+    assert await env.service.place_from_phone("anna", "", "m-1", read_code=hung_up) is None
     assert env.store.rows == {}  # no order was named
     assert env.store.audits == [
         {
@@ -375,3 +370,11 @@ async def test_hanging_up_while_keying_the_code_is_an_audited_attempt(env: Env) 
             "details": {"manager_id": "anna", "direction": "phone"},
         }
     ]
+
+
+async def test_an_api_call_whose_manager_leg_cannot_be_originated_did_not_start(env: Env) -> None:
+    env.engine.ari.errors["originate"] = AriUnavailable("originate", 0, "timed out")
+    result = await env.service.place_from_api("shop-1", "anna", "123")
+    assert isinstance(result, NotStarted) and result.outcome is Outcome.MANAGER_UNAVAILABLE
+    row = env.store.rows[result.call_id]
+    assert (row["state"], row["outcome"], row["created_by"]) == ("ended", "manager_unavailable", "shop-1")

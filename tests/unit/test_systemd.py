@@ -109,7 +109,7 @@ def test_unit_file_has_what_a_well_kept_service_needs() -> None:
     assert single["User"] == "bridged"
     assert int(single["WatchdogSec"].rstrip("s")) > 0
     # The drain (bridged.app.DRAIN_TIMEOUT) must fit in the stop timeout.
-    from bridged.app import DRAIN_TIMEOUT
+    from bridged.hooks import DRAIN_TIMEOUT
 
     assert int(single["TimeoutStopSec"].rstrip("s")) > DRAIN_TIMEOUT
     for dependency in ("postgresql.service", "asterisk.service", "network-online.target"):

@@ -6,9 +6,10 @@ import asyncio
 import hashlib
 import hmac
 
-from bridged.calls import Call, CallState, Outcome
+from bridged.calls.model import Call, CallState
 from bridged.config import WebhookConfig
-from bridged.webhooks import WebhookSink, api_state, backoff, sign, verify
+from bridged.outcomes import Outcome
+from bridged.webhooks import WebhookSink, backoff, sign, verify
 
 from .fakes import make_config, make_label, make_order
 
@@ -38,21 +39,16 @@ def test_backoff_grows_and_is_capped() -> None:
     assert all(backoff(30) <= 300 for _ in range(50))
 
 
-def test_api_state_names() -> None:
-    assert api_state(CallState.REFUSING) == "ending"
-    assert api_state("ringing_manager") == "ringing_manager"
-
-
 class _Store:
     def __init__(self) -> None:
         self.queued: list[tuple[str, dict]] = []
         self.release = asyncio.Event()
 
-    async def queue_webhook(self, call_id: str, payload: dict) -> None:
+    async def queue(self, call_id: str, payload: dict) -> None:
         await self.release.wait()  # a stuck database must not hold the publisher up
         self.queued.append((call_id, payload))
 
-    async def due_webhooks(self, limit: int) -> list:
+    async def due(self, limit: int) -> list:
         return []
 
 

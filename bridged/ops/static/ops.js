@@ -174,9 +174,9 @@
     cell(tr, (call.outcome || call.state).replace(/_/g, " "));
     cell(tr, call.duration_seconds === null ? "" : formatDuration(call.duration_seconds), "num");
     const td = cell(tr, "");
-    const state = call.recording.state;
+    const state = call.recording_state;
     const mark = Object.hasOwn(RECORDING_MARKS, state) ? RECORDING_MARKS[state] : null;
-    if (call.recording.available) {
+    if (call.has_recording) {
       const button = document.createElement("button");
       button.type = "button";
       button.className = "play";
@@ -184,8 +184,8 @@
       button.setAttribute("aria-label", "Play recording of order " + call.order_id + ", " + when(call.requested_at));
       button.addEventListener("click", () => play(call, button));
       td.appendChild(button);
-    } else if (call.recording.purged_at) {
-      td.textContent = "purged " + when(call.recording.purged_at);
+    } else if (call.recording_purged_at) {
+      td.textContent = "purged " + when(call.recording_purged_at);
     } else if (!mark) {
       td.textContent = "none";
     }

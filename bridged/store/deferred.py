@@ -20,8 +20,8 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 
-from . import metrics
-from .store import DatabaseUnavailable
+from .. import metrics
+from .base import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 

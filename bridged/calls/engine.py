@@ -1,0 +1,356 @@
+"""The call engine: every live call of this daemon, the ARI events routed to them, and what each state
+does with each event (REACTIONS, the state machine on one screen; the transitions are in model.py).
+
+Events for one call are handled in order by that call's own worker task: the websocket reader only
+enqueues, so a slow call never stalls the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import dialplan, metrics
+from ..ari import AriClient, AriUnavailable
+from ..config import ConfigHolder
+from ..labels import Labeller
+from ..outcomes import Outcome as O
+from ..recording_state import END_EVENTS as RECORDING_END_EVENTS
+from ..recording_state import EVENTS as RECORDING_EVENTS
+from ..store import Store
+from ..tasks import Tasks
+from .legs import Legs
+from .model import LEFT_FOR_GONE, Call, CallState, Event, PendingCall, caller_number, manager_leg_id
+from .model import CallState as S
+from .model import Event as E
+from .reconcile import Reconciler
+from .recording import Recordings
+from .rows import Rows
+from .steps import Reaction, Steps, ended, ended_on_request, ignore, transferer
+
+log = logging.getLogger(__name__)
+
+# What each state does with each event. A pair not listed is ignored; a row under ANY applies in every
+# state without a row of its own for the event; a leg that is gone (*_GONE: ChannelDestroyed, with its
+# cause) is reacted to as a leg that left (*_LEFT) where a state has no row for it being gone.
+ANY = None
+REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
+    # the phone path: the manager's channel is in Stasis, the customer is called
+    (S.REQUESTED, E.MANAGER_IN_STASIS): Steps.ring_customer,
+    # the HTTP path: bridged rings the manager first, then the customer once they answer
+    (S.REQUESTED, E.ORIGINATE_MANAGER): Steps.ring_manager,
+    (S.RINGING_MANAGER, E.MANAGER_IN_STASIS): Steps.manager_answered,
+    (S.RINGING_MANAGER, E.MANAGER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
+    (S.RINGING_MANAGER, E.MANAGER_GONE): Steps.manager_unreached,
+    # the customer's phone rings
+    (S.RINGING_CUSTOMER, E.CUSTOMER_IN_STASIS): Steps.customer_answered,
+    (S.RINGING_CUSTOMER, E.CUSTOMER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
+    (S.RINGING_CUSTOMER, E.CUSTOMER_GONE): Steps.customer_unreached,
+    (S.RINGING_CUSTOMER, E.CUSTOMER_CALLER_ID): Steps.caller_id_for_later,
+    # the customer hears that the call is recorded, then the legs are bridged
+    (S.ANNOUNCING, E.ANNOUNCEMENT_DONE): Steps.bridge,
+    (S.ANNOUNCING, E.CUSTOMER_CALLER_ID): Steps.restore_caller_id,
+    (S.BRIDGED, E.CUSTOMER_CALLER_ID): Steps.restore_caller_id,
+    (S.BRIDGED, E.MANAGER_LEFT): ended(O.COMPLETED, "manager"),
+    (S.BRIDGED, E.CUSTOMER_LEFT): ended(O.COMPLETED, "customer"),
+    (S.BRIDGED, E.TERMINATE): ended_on_request(O.COMPLETED),
+    # the manager hears a prompt (why the call did not go ahead), then is hung up
+    (S.ENDING, E.PROMPT_DONE): Steps.hang_up_manager,
+    (S.ENDING, E.MANAGER_LEFT): ended(O.FAILED, "manager", unless_decided=True),
+    (S.ENDING, E.CUSTOMER_LEFT): ignore,  # bridged hung it up before the prompt
+    (S.ENDING, E.TERMINATE): ended_on_request(O.CANCELLED, unless_decided=True),
+    # in any other state
+    (ANY, E.MANAGER_LEFT): ended(O.MANAGER_ABANDONED, "manager"),
+    (ANY, E.CUSTOMER_LEFT): ended(O.CUSTOMER_ABANDONED, "customer"),
+    (ANY, E.TERMINATE): ended_on_request(O.CANCELLED),
+    (ANY, E.TRANSFER_ASKED): Steps.decline_transfer,
+    (ANY, E.RECORDING_ENDED): Steps.judge_recording,
+    (ANY, E.RECONCILE): Steps.recheck,
+}
+
+
+# The ARI events the engine acts on; Asterisk is asked to send its application nothing else.
+EVENT_TYPES = frozenset(
+    {
+        "StasisStart",
+        "StasisEnd",
+        "ChannelHangupRequest",
+        "ChannelDestroyed",
+        "Dial",
+        "PlaybackFinished",
+        "ChannelTransfer",
+        "ChannelCallerId",
+        *RECORDING_EVENTS,
+    }
+)
+_LEG_EVENTS = frozenset({"ChannelHangupRequest", "StasisEnd", "ChannelDestroyed"})
+
+
+class CallEngine:
+    """Owns every live call of this daemon and routes ARI events to them."""
+
+    PENDING_TTL = 60.0
+    event_types = EVENT_TYPES
+
+    def __init__(
+        self, config: ConfigHolder, ari: AriClient, store: Store, *, is_connected: Callable[[], bool]
+    ) -> None:
+        self.config = config
+        self.ari = ari
+        self.is_connected = is_connected
+        self._shop_number = caller_number(self.config.current.trunk.caller_id)
+        # The one label builder: the service labels the calls it accepts with it too.
+        self.labeller = Labeller(self.config.current.labels.template, self.config.current.labels.name_style)
+        self.calls: dict[str, Call] = {}
+        self._by_channel: dict[str, Call] = {}
+        self._pending: dict[str, PendingCall] = {}
+        # Tasks that run to their end (awaited at shutdown), and retries (cancelled at shutdown: the next
+        # start's reconcile hangs up strays and ends rows).
+        self._background = Tasks()
+        self._retries = Tasks()
+        self.rows = Rows(store, self._retries)
+        self.legs = Legs(config, ari, self._retries)
+        self.recordings = Recordings(config, ari, self.rows)
+        self.steps = Steps(self)
+        self.reconciler = Reconciler(self)
+        # Called with (call, state) after every state change, e.g. to queue webhooks.
+        self.listeners = self.steps.listeners
+
+    # -- intake -----------------------------------------------------------------------------------
+
+    def expect(self, pending: PendingCall) -> None:
+        self._pending[pending.call_id] = pending
+        if pending.direction == "phone":
+            asyncio.get_running_loop().call_later(self.PENDING_TTL, self._expire_pending, pending.call_id)
+
+    def _expire_pending(self, call_id: str) -> None:
+        """The manager hung up between the FastAGI check and Stasis: close the row."""
+        if self._pending.pop(call_id, None) is not None:
+            log.info("call %s: the manager's channel never reached Stasis", call_id)
+            self._background.spawn(self.rows.abandoned_before_stasis(call_id), name=f"expire-{call_id}")
+
+    async def start_api_call(self, pending: PendingCall) -> Call:
+        """HTTP path: ring the manager first; the customer is dialled once the manager answers.
+
+        Returns when the manager leg has been originated; raises :class:`ManagerLegFailed` if it
+        could not be.
+        """
+        call = pending.call(manager_leg_id(pending.call_id))
+        self._pending.pop(pending.call_id, None)
+        call.started = asyncio.get_running_loop().create_future()
+        metrics.CALLS_STARTED.inc()
+        self.register(call)
+        call.queue.put_nowait({"type": "OriginateManager"})
+        await asyncio.shield(call.started)
+        return call
+
+    def terminate(self, call_id: str) -> bool:
+        """End a live call on request (HTTP DELETE); False if this daemon has no such live call."""
+        call = self.calls.get(call_id)
+        if call is None or call.state is CallState.ENDED:
+            return False
+        call.queue.put_nowait({"type": "Terminate"})
+        return True
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Called by the websocket reader for every event; never blocks."""
+        kind = event.get("type")
+        channel_id = channel_of(event)
+        if kind == "StasisStart":
+            legs = dialplan.parse_app_args(event.get("args") or [])
+            if legs is not None and legs[0] is dialplan.Leg.ORDER and channel_id:
+                self._start_phone_call(legs[1], channel_id, event)
+                return
+        call = self._route(event)
+        if call is not None:
+            call.queue.put_nowait(event)
+        elif kind == "StasisStart" and channel_id:
+            log.warning("channel %s entered Stasis without a call; hanging it up", channel_id)
+            self._background.spawn(self.legs.hang_up(channel_id), name=f"stray-{channel_id}")
+
+    def _route(self, event: dict[str, Any]) -> Call | None:
+        if isinstance(event.get("recording"), dict):
+            return self.recordings.call_of(event)
+        target = (event.get("playback") or {}).get("target_uri", "")
+        playback = (
+            target[len("channel:") :] if isinstance(target, str) and target.startswith("channel:") else None
+        )
+        for channel_id in (channel_of(event), channel_of(event, "peer"), playback, transferer(event)):
+            if channel_id and channel_id in self._by_channel:
+                return self._by_channel[channel_id]
+        return None
+
+    def _start_phone_call(self, call_id: str, channel_id: str, event: dict[str, Any]) -> None:
+        pending = self._pending.pop(call_id, None)
+        if pending is None or (pending.manager_channel_id and pending.manager_channel_id != channel_id):
+            log.warning("call %s: no pending request for channel %s; refusing", call_id, channel_id)
+            self._background.spawn(self.legs.refuse_stray(channel_id), name=f"stray-{channel_id}")
+            return
+        call = pending.call(channel_id)
+        call.manager_up = (event.get("channel") or {}).get("state") == "Up"
+        metrics.CALLS_STARTED.inc()
+        self.register(call)
+        call.queue.put_nowait(event)
+
+    def register(self, call: Call) -> None:
+        self.calls[call.id] = call
+        for channel_id in (call.manager_channel_id, call.customer_channel_id):
+            if channel_id:
+                self._by_channel[channel_id] = call
+        call.task = asyncio.get_running_loop().create_task(self._worker(call), name=f"call-{call.id}")
+
+    def register_leg(self, channel_id: str, call: Call) -> None:
+        """The call's events on a leg it has just named are routed to it."""
+        self._by_channel[channel_id] = call
+
+    def owned_channels(self) -> set[str]:
+        return set(self._by_channel)
+
+    def _forget(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+        for channel_id in (call.manager_channel_id, call.customer_channel_id):
+            if channel_id and self._by_channel.get(channel_id) is call:
+                del self._by_channel[channel_id]
+
+    # -- the worker -------------------------------------------------------------------------------
+
+    async def _worker(self, call: Call) -> None:
+        while call.state is not CallState.ENDED:
+            event = await call.queue.get()
+            call.handling = True
+            try:
+                await self._handle(call, event)
+            except AriUnavailable as exc:
+                # Asterisk down or overloaded: expected in operation, one line without a traceback.
+                log.warning(
+                    "call %s: aborted handling %s in state %s: %s",
+                    call.id,
+                    event.get("type"),
+                    call.state,
+                    exc,
+                )
+                await self.steps.abort(call)
+            except Exception:
+                log.exception(
+                    "call %s: failed handling %s in state %s", call.id, event.get("type"), call.state
+                )
+                await self.steps.abort(call)
+            finally:
+                call.handling = False
+        self._forget(call)
+        if call.recording_name is not None and call.recording_state is None:
+            await self.recordings.settle(call)
+
+    async def _handle(self, call: Call, event: dict[str, Any]) -> None:
+        happened = self._read(call, event)
+        if happened is not None:
+            await self.react(call, happened, event)
+
+    def _read(self, call: Call, event: dict[str, Any]) -> Event | None:
+        """What an event means for the call, as REACTIONS is keyed (None: nothing to react to); and what
+        it tells whatever the call's state, noted before the state reacts: the legs Asterisk hangs up,
+        hangup causes, the Dial status, the playbacks that are over."""
+        kind = event.get("type")
+        legs = {call.manager_channel_id: "manager", call.customer_channel_id: "customer"}
+        side = legs.get(channel_of(event) or "-")
+        if kind in _INTERNAL:
+            return _INTERNAL[kind]
+        if kind == "StasisStart" and side is not None:
+            return E.MANAGER_IN_STASIS if side == "manager" else E.CUSTOMER_IN_STASIS
+        if kind in _LEG_EVENTS and side is not None:
+            _note_leg_end(call, event, side == "manager")
+            gone = kind == "ChannelDestroyed"
+            if side == "manager":
+                return E.MANAGER_GONE if gone else E.MANAGER_LEFT
+            return E.CUSTOMER_GONE if gone else E.CUSTOMER_LEFT
+        if kind == "Dial" and channel_of(event, "peer") == call.customer_channel_id:
+            # Dial events carry the dial string (the number): keep only the status.
+            if status := event.get("dialstatus"):
+                call.dialstatus = str(status)
+        elif kind == "PlaybackFinished":
+            playback_id = (event.get("playback") or {}).get("id")
+            if playback_id and playback_id == call.announcement_playback_id:
+                call.announcement_playback_id = None
+                return E.ANNOUNCEMENT_DONE
+            if playback_id and playback_id == call.prompt_playback_id:
+                call.prompt_playback_id = None
+                return E.PROMPT_DONE
+        elif kind == "ChannelCallerId" and side == "customer":
+            caller = (event.get("channel") or {}).get("caller") or {}
+            number = caller.get("number") if isinstance(caller, dict) else None
+            # Ours (the originate's caller id, or the label put back): nothing to restore.
+            return None if number in (call.label.number, self._shop_number) else E.CUSTOMER_CALLER_ID
+        elif kind == "ChannelTransfer":
+            # A new REFER comes without a state; the progress we report comes back with one.
+            return None if event.get("state") else E.TRANSFER_ASKED
+        elif kind in RECORDING_END_EVENTS:
+            return E.RECORDING_ENDED
+        elif kind == "RecordingStarted":
+            log.debug("call %s: recording %s started", call.id, call.recording_name)
+        return None
+
+    async def react(self, call: Call, happened: Event, event: dict[str, Any]) -> None:
+        """What the call's state does with what happened: its row in REACTIONS (see there)."""
+        left = LEFT_FOR_GONE.get(happened, happened)
+        for key in ((call.state, happened), (call.state, left), (ANY, happened), (ANY, left)):
+            if key in REACTIONS:
+                if call.state is not CallState.ENDED:
+                    await REACTIONS[key](self.steps, call, event)
+                return
+
+    # -- the daemon's lifecycle -------------------------------------------------------------------
+
+    def setting_up(self) -> int:
+        """Calls between request and bridge (or prompt and hangup): what a SIGTERM drain waits for."""
+        now = time.monotonic()
+        fresh = sum(1 for p in self._pending.values() if now - p.created < 10.0)
+        return fresh + sum(
+            1
+            for c in self.calls.values()
+            if c.handling or c.state not in (CallState.BRIDGED, CallState.ENDED)
+        )
+
+    async def shutdown(self) -> None:
+        """Stop the workers; calls stay up in Asterisk and are adopted by the next start."""
+        # Workers of ended calls still waiting for their recording's end too (they leave it unknown).
+        calls = (*self.calls.values(), *self.recordings.settling.values())
+        workers = [c.task for c in calls if c.task is not None]
+        for worker in workers:
+            worker.cancel()
+        self._retries.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await self._background.wait()
+        await self._retries.wait()
+        await self.rows.last_writes()
+
+
+# bridged's own events, queued to a call's worker like Asterisk's.
+_INTERNAL = {"OriginateManager": E.ORIGINATE_MANAGER, "Terminate": E.TERMINATE, "Reconcile": E.RECONCILE}
+
+
+def _note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:
+    kind = event.get("type")
+    if kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft")):
+        # Asterisk hangs this leg up itself. Not so after StasisEnd (a channel leaving Stasis may stay up)
+        # or a soft hangup request (it may only interrupt the channel).
+        call.gone.add(channel_of(event) or "")
+    cause = event.get("cause")
+    if not isinstance(cause, int):
+        return
+    if not manager and call.hangup_cause is None:
+        call.hangup_cause = cause
+    if manager and call.manager_cause is None:
+        call.manager_cause = cause
+        if call.state is CallState.RINGING_MANAGER:
+            call.hangup_cause = cause
+
+
+def channel_of(event: dict[str, Any], key: str = "channel") -> str | None:
+    channel = event.get(key)
+    if isinstance(channel, dict):
+        value = channel.get("id")
+        return value if isinstance(value, str) else None
+    return None

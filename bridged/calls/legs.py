@@ -1,0 +1,157 @@
+"""What bridged does to the channels of its calls over ARI besides the calls' own steps: hangups that
+must happen (retried while Asterisk does not answer), the ringback tone, prompts and announcements, the
+label put back on a customer leg, a declined transfer, and a stray channel turned away."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+from ..ari import AriClient, AriError, AriNotFound, AriUnavailable, background_requests
+from ..config import ConfigHolder
+from ..tasks import Tasks
+from .model import Call
+
+log = logging.getLogger(__name__)
+
+# A hangup Asterisk did not answer is retried after these delays (seconds), about 4 minutes in all.
+HANGUP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 60.0, 60.0)
+# How long a stray channel hears the "unavailable" prompt before it is hung up.
+STRAY_PROMPT_SECONDS = 3
+
+
+def media(sounds: str) -> list[str]:
+    """A prompt's sounds (``a&b``, as the config writes them) as ARI media URIs."""
+    return [f"sound:{name}" for name in sounds.split("&") if name]
+
+
+class Legs:
+    def __init__(self, config: ConfigHolder, ari: AriClient, retries: Tasks) -> None:
+        self.config = config
+        self.ari = ari
+        # Hangups being retried: cancelled at shutdown (the next start's reconcile hangs up strays).
+        self._retries = retries
+        self._seq = itertools.count(1)
+
+    def playback_id(self, call: Call, what: str) -> str:
+        return f"{call.id}-{what}-{next(self._seq)}"
+
+    # -- hangups ----------------------------------------------------------------------------------
+
+    async def hang_up_all(self, call: Call) -> None:
+        """Both legs, but for those Asterisk is hanging up already."""
+        for channel_id in (call.manager_channel_id, call.customer_channel_id):
+            if channel_id and channel_id not in call.gone:
+                await self.hang_up(channel_id, may_be_gone=True)
+
+    async def hang_up(self, channel_id: str, *, may_be_gone: bool = False) -> None:
+        """Hang a channel up; failures are logged, never raised (at debug when it may be gone already).
+
+        A hangup Asterisk did not answer (overloaded, restarting) is retried in the background: lost,
+        it would leave a customer's line up with nobody on the other end.
+        """
+        try:
+            await self.ari.hangup(channel_id)
+        except AriUnavailable as exc:
+            log.warning("hangup of %s failed: %s; retrying", channel_id, exc)
+            self._retries.spawn(self.retry_hangup(channel_id), name=f"hangup-{channel_id}")
+        except AriError as exc:
+            log.log(
+                logging.DEBUG if may_be_gone else logging.WARNING, "hangup of %s failed: %s", channel_id, exc
+            )
+
+    async def retry_hangup(self, channel_id: str) -> None:
+        for attempt, delay in enumerate(HANGUP_RETRY_DELAYS, start=1):
+            await asyncio.sleep(delay)
+            try:
+                with background_requests():  # not a sign that calls being set up wait
+                    await self.ari.hangup(channel_id)
+            except AriNotFound:
+                return
+            except AriUnavailable:
+                continue
+            except AriError as exc:
+                log.warning("hangup of %s failed: %s", channel_id, exc)
+                return
+            log.info("hangup of %s done on retry %d", channel_id, attempt)
+            return
+        log.error(
+            "hangup of %s failed %d more times; the stray sweep will try again",
+            channel_id,
+            len(HANGUP_RETRY_DELAYS),
+        )
+
+    async def refuse_stray(self, channel_id: str) -> None:
+        """A channel that entered Stasis without a call it belongs to: a prompt, then hangup."""
+        try:
+            await self.ari.answer(channel_id)
+            await self.ari.play(channel_id, media(self.config.current.prompts.unavailable))
+            await asyncio.sleep(STRAY_PROMPT_SECONDS)
+        except AriError:
+            pass
+        await self.hang_up(channel_id)
+
+    # -- what the manager hears -------------------------------------------------------------------
+
+    async def ringback(self, call: Call) -> None:
+        """Let the manager hear that the customer is being called.
+
+        The manager's phone already shows the order label: the FastAGI reply set its connected line
+        (phone path), or the label was its caller id on the originate (HTTP path)."""
+        if not call.manager_up:
+            # A phone that dialled the code has been sent 180 Ringing by the dialplan right before
+            # Stasis() (dialplan/bridged.conf): no ARI request for it.
+            return
+        try:
+            call.ringback_playback_id = self.playback_id(call, "ringback")
+            await self.ari.play(
+                call.manager_channel_id or "", "tone:ring", playback_id=call.ringback_playback_id
+            )
+        except AriError as exc:
+            log.debug("call %s: ringback failed: %s", call.id, exc)
+
+    async def stop_ringback(self, call: Call) -> None:
+        if call.ringback_playback_id:
+            playback_id, call.ringback_playback_id = call.ringback_playback_id, None
+            try:
+                await self.ari.stop_playback(playback_id)
+            except AriError as exc:
+                log.debug("call %s: stopping ringback failed: %s", call.id, exc)
+
+    async def answer_manager(self, call: Call) -> None:
+        if not call.manager_up:
+            await self.ari.answer(call.manager_channel_id or "")
+            call.manager_up = True
+
+    async def prompt(self, call: Call, sounds: str) -> None:
+        """Play ``sounds`` to the manager (answering the channel first); raises what ARI raises."""
+        await self.answer_manager(call)
+        call.prompt_playback_id = self.playback_id(call, "prompt")
+        await self.ari.play(call.manager_channel_id or "", media(sounds), playback_id=call.prompt_playback_id)
+
+    async def announce(self, call: Call, sounds: str) -> None:
+        """Play ``sounds`` (the recording announcement) to the customer."""
+        call.announcement_playback_id = self.playback_id(call, "announce")
+        await self.ari.play(
+            call.customer_channel_id or "", media(sounds), playback_id=call.announcement_playback_id
+        )
+
+    # -- what the legs carry ----------------------------------------------------------------------
+
+    async def restore_customer_caller_id(self, call: Call) -> None:
+        """The trunk put a carrier's identity (the customer's number) on the customer leg: the label goes
+        back in, so that Asterisk does not write the number into the leg's CDR."""
+        call.customer_caller_id_dirty = False
+        log.info("call %s: the trunk changed the customer leg's caller id; the label is put back", call.id)
+        try:
+            await self.ari.set_variable(call.customer_channel_id or "", "CALLERID(all)", call.label.caller_id)
+        except AriError as exc:
+            log.warning("call %s: putting the label back on the customer leg failed: %s", call.id, exc)
+
+    async def decline_transfer(self, call: Call, channel_id: str, side: str) -> None:
+        log.warning("call %s: the %s's phone asked for a transfer; declined", call.id, side)
+        try:
+            await self.ari.transfer_progress(channel_id, "channel_declined")
+        except AriError as exc:
+            log.warning("call %s: declining the transfer failed: %s", call.id, exc)

@@ -1,0 +1,190 @@
+"""A masked call as data: its states and the transitions between them, the events it reacts to, the
+call itself, and the ids of its legs.
+
+A call links a manager's channel and a customer's channel (originated by bridged, on the trunk) in a
+mixing bridge. The customer's number is used exactly once, in the trunk dial string of the originate
+request; everything a manager's channel can see is an order label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from ..config import Manager
+from ..labels import Label
+from ..orders import Order
+from ..outcomes import Outcome
+from ..recording_state import RecordingState
+from ..redact import redact
+
+
+class CallState(StrEnum):
+    REQUESTED = "requested"
+    RINGING_MANAGER = "ringing_manager"
+    RINGING_CUSTOMER = "ringing_customer"
+    ANNOUNCING = "announcing"
+    BRIDGED = "bridged"
+    ENDING = "ending"  # the manager hears a prompt (why the call did not go ahead) before the hangup
+    ENDED = "ended"
+
+
+# Every state change a call may make (bridged.calls.steps makes them); anything else is a bug
+# (InvalidTransition). Every live state may end: that is how a call is aborted.
+TRANSITIONS: dict[CallState, frozenset[CallState]] = {
+    CallState.REQUESTED: frozenset(
+        {CallState.RINGING_MANAGER, CallState.RINGING_CUSTOMER, CallState.ENDING, CallState.ENDED}
+    ),
+    CallState.RINGING_MANAGER: frozenset({CallState.RINGING_CUSTOMER, CallState.ENDING, CallState.ENDED}),
+    CallState.RINGING_CUSTOMER: frozenset(
+        {CallState.ANNOUNCING, CallState.BRIDGED, CallState.ENDING, CallState.ENDED}
+    ),
+    CallState.ANNOUNCING: frozenset({CallState.BRIDGED, CallState.ENDING, CallState.ENDED}),
+    CallState.BRIDGED: frozenset({CallState.ENDED}),
+    CallState.ENDING: frozenset({CallState.ENDED}),
+    CallState.ENDED: frozenset(),
+}
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+class Event(StrEnum):
+    """What happened to a call, as its reactions are keyed (bridged.calls.engine.REACTIONS)."""
+
+    ORIGINATE_MANAGER = "originate_manager"  # an HTTP call was accepted: ring the manager
+    TERMINATE = "terminate"  # an API client asked to end the call
+    RECONCILE = "reconcile"  # the event stream (re)connected: check the legs against Asterisk
+    MANAGER_IN_STASIS = "manager_in_stasis"  # the manager's channel entered bridged's application
+    CUSTOMER_IN_STASIS = "customer_in_stasis"  # the customer answered
+    # A leg left: its hangup was requested or it left Stasis (its cause may still be to come) ...
+    MANAGER_LEFT = "manager_left"
+    CUSTOMER_LEFT = "customer_left"
+    # ... or is gone (ChannelDestroyed, with its cause). A leg that is gone has left: where a state
+    # has no reaction to *_GONE, its reaction to *_LEFT applies.
+    MANAGER_GONE = "manager_gone"
+    CUSTOMER_GONE = "customer_gone"
+    ANNOUNCEMENT_DONE = "announcement_done"  # the recording announcement to the customer finished
+    PROMPT_DONE = "prompt_done"  # the prompt to the manager finished
+    CUSTOMER_CALLER_ID = "customer_caller_id"  # the trunk put someone's identity on the customer leg
+    TRANSFER_ASKED = "transfer_asked"  # a leg sent a REFER
+    RECORDING_ENDED = "recording_ended"  # Asterisk's last event about the call's recording
+
+
+# Where a state has no reaction to a leg being gone, it reacts as to the leg having left.
+LEFT_FOR_GONE = {Event.MANAGER_GONE: Event.MANAGER_LEFT, Event.CUSTOMER_GONE: Event.CUSTOMER_LEFT}
+
+
+class ManagerLegFailed(Exception):
+    """The manager's phone could not be called (HTTP path)."""
+
+
+def manager_leg_id(call_id: str) -> str:
+    """The channel id of an HTTP call's manager leg (bridged originates it)."""
+    return f"{call_id}-manager"
+
+
+def customer_leg_id(call_id: str) -> str:
+    """The channel id of a call's customer leg: known, and in the row, before the leg exists."""
+    return f"{call_id}-customer"
+
+
+def new_call_id() -> str:
+    """A random call id that the log redaction leaves readable.
+
+    About half of all hex UUIDs hold a run of 7+ digits, which the phone-number mask would blank out
+    in every log line about that call; those are drawn again.
+    """
+    while True:
+        candidate = uuid.uuid4().hex
+        if redact(candidate) == candidate:
+            return candidate
+
+
+def caller_number(value: str) -> str:
+    """The number part of a caller id string (``"Name" <number>`` or a bare number)."""
+    match = re.search(r"<([^<>]*)>\s*$", value)
+    return (match[1] if match else value).strip()
+
+
+RowWrite = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Call:
+    id: str
+    manager: Manager
+    order_id: str
+    direction: str
+    order: Order | None  # None for a call adopted after a restart: its number is never needed again
+    # What the manager's phone is shown as the other party (bridged.labels; the name is not kept in
+    # the row, so an adopted call's label is the order alone).
+    label: Label = field(kw_only=True)
+    state: CallState = CallState.REQUESTED
+    manager_channel_id: str | None = None
+    customer_channel_id: str | None = None
+    bridge_id: str | None = None
+    recording_name: str | None = None
+    outcome: Outcome | None = None
+    hangup_cause: int | None = None
+    dialstatus: str | None = None
+    ended_by: str | None = None
+    requested_at: float = field(default_factory=time.monotonic)
+    answered_at: datetime | None = None
+    manager_up: bool = False
+    prompt_playback_id: str | None = None
+    announcement_playback_id: str | None = None
+    ringback_playback_id: str | None = None
+    manager_cause: int | None = None
+    # The recording's clock (host time): from the answer to its request (an adopted call: from the
+    # answer) to bridged stopping it; and what it was judged to hold, once known.
+    recording_started_at: datetime | None = None
+    recording_stopped_at: datetime | None = None
+    recording_state: RecordingState | None = None
+    # The customer leg's caller id was changed by the trunk (a carrier's identity headers) before the
+    # leg entered Stasis: the label goes back in before the bridge.
+    customer_caller_id_dirty: bool = False
+    # Legs Asterisk already hangs up (ChannelHangupRequest/ChannelDestroyed seen): not hung up again.
+    gone: set[str] = field(default_factory=set)
+    # Resolved once the manager leg of an HTTP-triggered call has been originated (or not).
+    started: asyncio.Future[None] | None = None
+    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    # True while the worker handles an event: a SIGTERM drain waits for the step to finish.
+    handling: bool = False
+    # Writes to the call's row the database did not take yet, oldest first (bridged.calls.rows).
+    unwritten: collections.deque[tuple[str, RowWrite]] = field(default_factory=collections.deque)
+
+
+@dataclass
+class PendingCall:
+    """A call accepted by the service, waiting for its manager channel to enter Stasis."""
+
+    call_id: str
+    order: Order
+    manager: Manager
+    direction: str
+    manager_channel_id: str | None
+    label: Label = field(kw_only=True)
+    created: float = field(default_factory=time.monotonic)
+
+    def call(self, manager_channel_id: str | None) -> Call:
+        """The call this becomes, its manager's leg being ``manager_channel_id``."""
+        return Call(
+            id=self.call_id,
+            manager=self.manager,
+            order_id=self.order.id,
+            direction=self.direction,
+            order=self.order,
+            label=self.label,
+            manager_channel_id=manager_channel_id,
+        )

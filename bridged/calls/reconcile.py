@@ -1,0 +1,159 @@
+"""The engine set straight with Asterisk: after each (re)connect of the event stream, and by a sweep.
+
+Asterisk keeps channels in Stasis while the websocket is down but drops the events of the gap, so the
+truth is read back from ``GET /channels`` and the daemon's own rows: calls still up are adopted (and
+checked leg by leg, as a RECONCILE event through the reaction table), calls that ended meanwhile are
+finished, and channels in the application that belong to no call are hung up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from .. import metrics
+from ..ari import AriError, background_requests
+from ..outcomes import Outcome
+from ..store.calls import CallRow
+from .model import Call, CallState
+from .recording import recording_state_of
+
+if TYPE_CHECKING:
+    from .engine import CallEngine
+
+log = logging.getLogger(__name__)
+
+# How often channels in our application that belong to no call are looked for.
+STRAY_SWEEP_SECONDS = 60.0
+# The states an adopted call goes on from; any other is finished.
+_RESUMABLE = frozenset({CallState.RINGING_CUSTOMER, CallState.ANNOUNCING, CallState.BRIDGED})
+
+
+class Reconciler:
+    def __init__(self, engine: CallEngine) -> None:
+        self.engine = engine
+
+    async def reconcile(self) -> None:
+        """After each websocket (re)connect: adopt calls still up, finish those that ended meanwhile."""
+        engine = self.engine
+        app_name = engine.config.current.ari.app
+        try:
+            await engine.ari.allow_events(app_name, engine.event_types)
+        except AriError as exc:  # every event still arrives; only slower
+            log.warning("ARI event filter not set: %s", exc)
+        channels = {c["id"]: c for c in await engine.ari.list_channels()}
+        states = {cid: c.get("state", "") for cid, c in channels.items()}
+        alive = set(channels)
+        for call in list(engine.calls.values()):
+            call.queue.put_nowait({"type": "Reconcile", "alive": alive, "states": states})
+        known = set(engine.calls)
+        for row in await engine.rows.store.calls.open_calls(app_name):
+            if row.id not in known:
+                await self._adopt(row, alive, states)
+        owned = engine.owned_channels()
+        try:
+            app = await engine.ari.get_application(app_name)
+        except AriError:
+            return
+        await self._hang_up_strays([c for c in app.get("channel_ids", []) if c not in owned])
+
+    async def _adopt(self, row: CallRow, alive: set[str], states: dict[str, str]) -> None:
+        engine = self.engine
+        manager = engine.config.current.manager_by_id(row.manager_id)
+        live_legs = [c for c in (row.manager_channel_id, row.customer_channel_id) if c and c in alive]
+        state = CallState(row.state)
+        if state in (CallState.REQUESTED, CallState.RINGING_MANAGER) and row.customer_channel_id in alive:
+            # The customer leg exists only once it has been originated; the row's state update,
+            # sent along with the originate, had not landed when the daemon stopped.
+            state = CallState.RINGING_CUSTOMER
+        if manager is None or state not in _RESUMABLE or len(live_legs) < 2:
+            await self._end_unseen(row, live_legs)
+            return
+        call = Call(
+            id=row.id,
+            manager=manager,
+            order_id=row.order_id,
+            direction=row.direction,
+            order=None,
+            label=engine.labeller.label(row.order_id),
+            state=state,
+            manager_channel_id=row.manager_channel_id,
+            customer_channel_id=row.customer_channel_id,
+            bridge_id=row.bridge_id,
+            recording_name=row.recording_name,
+            answered_at=row.answered_at,
+            manager_up=states.get(row.manager_channel_id or "") == "Up",
+            recording_started_at=row.answered_at,
+            recording_state=recording_state_of(row.recording_state),
+        )
+        # Still to be judged: its events come to this daemon now (the Reconcile below first checks that
+        # it did not end while none was listening).
+        engine.recordings.watch(call)
+        sources = [f"channel:{c}" for c in live_legs]
+        if row.bridge_id:
+            sources.append(f"bridge:{row.bridge_id}")
+        try:
+            await engine.ari.subscribe(engine.config.current.ari.app, sources)
+        except AriError as exc:
+            log.warning("call %s: resubscribe failed: %s", row.id, exc)
+        engine.register(call)
+        log.info("call %s adopted in state %s", call.id, call.state)
+        # A leg may have gone between the listing and the subscription.
+        call.queue.put_nowait({"type": "Reconcile", "alive": None, "states": None})
+
+    async def _end_unseen(self, row: CallRow, live_legs: list[str]) -> None:
+        """A call that cannot go on (or ended while bridged was away): its legs hung up, its recording
+        judged from what is left, its row ended."""
+        engine = self.engine
+        for channel_id in live_legs:
+            await engine.legs.hang_up(channel_id)
+        unjudged = row.recording_name is not None and row.recording_state is None
+        recording_live = await engine.recordings.live(row.recording_name or "") if unjudged else None
+        bridge_found = False
+        if row.bridge_id:
+            try:
+                bridge_found = await engine.ari.destroy_bridge(row.bridge_id)
+            except AriError:
+                pass
+        if unjudged:
+            await engine.recordings.judge_unseen(row, recording_live, bridge_found)
+        outcome = Outcome.COMPLETED if row.answered_at else Outcome.FAILED
+        metrics.CALLS_ENDED.inc(outcome.value)
+        await engine.rows.ended_unseen(row, outcome)
+        log.info("call %s finalized after reconnect: %s", row.id, outcome)
+
+    # -- strays -----------------------------------------------------------------------------------
+
+    async def sweep_strays_forever(self, interval: float = STRAY_SWEEP_SECONDS) -> None:
+        """Every ``interval`` seconds, :meth:`sweep_strays` (runs for the daemon's lifetime)."""
+        suspects: set[str] = set()
+        while True:
+            await asyncio.sleep(interval)
+            if not self.engine.is_connected():
+                suspects = set()  # the reconcile after the reconnect sweeps
+                continue
+            try:
+                with background_requests():
+                    suspects = await self.sweep_strays(suspects)
+            except AriError as exc:
+                log.debug("stray sweep skipped: %s", exc)
+
+    async def sweep_strays(self, suspects: set[str]) -> set[str]:
+        """Hang up the channels in our application that belong to no call; returns the next suspects.
+
+        Such a channel is one whose hangup was lost for good, or a customer leg Asterisk created after
+        its originate had timed out on our side. A channel is hung up only when two sweeps in a row
+        find it without a call, so a channel whose StasisStart is on its way is never touched.
+        """
+        app = await self.engine.ari.get_application(self.engine.config.current.ari.app)
+        owned = self.engine.owned_channels()
+        unowned = {c for c in app.get("channel_ids", []) if c not in owned}
+        await self._hang_up_strays(sorted(unowned & suspects))
+        return unowned - suspects
+
+    async def _hang_up_strays(self, channel_ids: list[str]) -> None:
+        for channel_id in channel_ids:
+            log.warning("channel %s in our app belongs to no call; hanging it up", channel_id)
+            metrics.STRAY_CHANNELS.inc()
+            await self.engine.legs.hang_up(channel_id)

@@ -1,0 +1,173 @@
+"""Every write to a call's row once the call is under way, and their retry while bridged's database is away.
+
+The service writes the row when it accepts a call (and the row of a refused attempt); from then on
+what happens to the call reaches its row through :class:`Rows` only. A write the database does not
+take (bridged's PostgreSQL away for a moment) is kept and retried in the background, in order with the
+call's later writes, while the call goes on: a bridged call is not cut off because its bookkeeping
+failed. Every write is idempotent, so a retry after an answer lost on the way is harmless, and none
+revives a row that has ended (the store's guard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from datetime import UTC, datetime
+
+from ..outcomes import Outcome
+from ..recording_state import RecordingState
+from ..store import Store
+from ..store.calls import CallRow
+from ..tasks import Tasks
+from .model import Call, RowWrite
+
+log = logging.getLogger(__name__)
+
+# Writing a call's row when bridged's database did not take it: these waits, then once a minute.
+ROW_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+# How long a stopping daemon gives those writes a last chance.
+LAST_ROW_WRITES_SECONDS = 2.0
+
+
+class Rows:
+    def __init__(self, store: Store, retries: Tasks) -> None:
+        self.store = store
+        self._retries = retries
+        # Calls whose row has writes the database did not take yet (kept after the call is forgotten).
+        self._unwritten: dict[str, Call] = {}
+
+    # -- what a live call writes ------------------------------------------------------------------
+
+    async def state(self, call: Call) -> None:
+        state = call.state.value
+        await self._write(call, f"state {state}", lambda: self.store.calls.set_state(call.id, state))
+
+    async def bridged(self, call: Call) -> None:
+        assert call.answered_at is not None and call.bridge_id is not None
+        answered_at, bridge_id, recording_name = call.answered_at, call.bridge_id, call.recording_name
+        await self._write(
+            call,
+            "bridged",
+            lambda: self.store.calls.mark_bridged(
+                call.id, answered_at=answered_at, bridge_id=bridge_id, recording_name=recording_name
+            ),
+        )
+
+    async def ended(self, call: Call, outcome: Outcome) -> None:
+        """The row's end and its ``call.end`` audit row."""
+        # The host's clock, as for answered_at: a retried write keeps when the call really ended.
+        ended_at = datetime.now(UTC)
+        hangup_cause, ended_by = call.hangup_cause, call.ended_by
+        await self._write(
+            call,
+            "end",
+            lambda: self.store.calls.finish_audited(
+                call.id,
+                outcome=outcome.value,
+                hangup_cause=hangup_cause,
+                ended_by=ended_by,
+                actor=call.manager.id,
+                order_id=call.order_id,
+                ended_at=ended_at,
+            ),
+        )
+
+    async def recording(self, call: Call, state: RecordingState) -> None:
+        value = state.value
+        await self._write(
+            call, f"recording {value}", lambda: self.store.calls.set_recording_state(call.id, value)
+        )
+
+    async def transfer_refused(self, call: Call, side: str) -> None:
+        actor = call.manager.id if side == "manager" else "customer"
+        await self._write(
+            call,
+            "transfer audit",
+            lambda: self.store.audit.add(
+                actor=actor,
+                action="call.transfer",
+                outcome="refused",
+                call_id=call.id,
+                order_id=call.order_id,
+                reason=f"{side} sent REFER",
+            ),
+        )
+
+    # -- rows without a live call -----------------------------------------------------------------
+
+    async def abandoned_before_stasis(self, call_id: str) -> None:
+        """The manager hung up between the FastAGI answer and Stasis: the row is closed."""
+        await self.store.calls.finish(
+            call_id, outcome=Outcome.MANAGER_ABANDONED.value, hangup_cause=None, ended_by="manager"
+        )
+
+    async def ended_unseen(self, row: CallRow, outcome: Outcome) -> None:
+        """A call that ended while bridged was away (found at a reconnect): the row's end, audited."""
+        await self.store.calls.finish(row.id, outcome=outcome.value, hangup_cause=None, ended_by="unknown")
+        await self.store.audit.add(
+            actor="bridged",
+            action="call.end",
+            outcome=outcome.value,
+            call_id=row.id,
+            order_id=row.order_id,
+            reason="ended while bridged was disconnected",
+        )
+
+    async def recording_of(self, call_id: str, state: RecordingState) -> None:
+        await self.store.calls.set_recording_state(call_id, state.value)
+
+    # -- the retry machinery ----------------------------------------------------------------------
+
+    async def _write(self, call: Call, what: str, write: RowWrite) -> None:
+        """Write to the call's row without ever letting the database decide the call's fate."""
+        if call.unwritten:  # earlier writes are still waiting: this one goes after them
+            call.unwritten.append((what, write))
+            return
+        try:
+            await write()
+        except Exception as exc:
+            log.warning("call %s: %s not written (%s); retrying", call.id, what, type(exc).__name__)
+            call.unwritten.append((what, write))
+            self._unwritten[call.id] = call
+            self._retries.spawn(self._retry(call), name=f"row-{call.id}")
+
+    async def _flush(self, call: Call) -> None:
+        """The call's waiting writes, oldest first; raises at the first the database refuses."""
+        while call.unwritten:
+            _, write = call.unwritten[0]
+            await write()
+            call.unwritten.popleft()
+        self._unwritten.pop(call.id, None)
+
+    async def _retry(self, call: Call) -> None:
+        delays = itertools.chain(ROW_RETRY_DELAYS, itertools.repeat(60.0))
+        for attempt, delay in enumerate(delays, start=1):
+            await asyncio.sleep(delay)
+            try:
+                await self._flush(call)
+            except Exception as exc:
+                if attempt == len(ROW_RETRY_DELAYS):
+                    log.error(
+                        "call %s: %s still not written (%s); retrying once a minute",
+                        call.id,
+                        call.unwritten[0][0],
+                        type(exc).__name__,
+                    )
+                continue
+            log.info("call %s: row written on retry %d", call.id, attempt)
+            return
+
+    async def last_writes(self) -> None:
+        """On the way out, one last try at the rows the database has not taken yet; what is still
+        refused is left to the next start, whose reconcile ends those rows from what Asterisk has."""
+        if not self._unwritten:
+            return
+        try:
+            async with asyncio.timeout(LAST_ROW_WRITES_SECONDS):
+                for call in list(self._unwritten.values()):
+                    await self._flush(call)
+            log.info("rows brought up to date before stopping")
+        except Exception as exc:
+            left = sum(len(call.unwritten) for call in self._unwritten.values())
+            log.error("stopping with %d writes to call rows not done (%s)", left, type(exc).__name__)

@@ -1,0 +1,332 @@
+"""What a call does in reaction to an event: the steps the engine's reaction table names.
+
+Each reaction takes the call and the ARI event (or bridged's own) that set it off. The table
+(bridged.calls.engine.REACTIONS) says which reaction each state has to each event; the steps below
+only do them, in the order a call normally takes: the manager's leg, the customer's, the bridge, the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .. import dialplan, metrics
+from ..ari import AriError, AriNotFound
+from ..outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
+from ..recording_state import RecordingState
+from .model import TRANSITIONS, Call, CallState, Event, InvalidTransition, ManagerLegFailed, customer_leg_id
+
+if TYPE_CHECKING:
+    from .engine import CallEngine
+
+log = logging.getLogger(__name__)
+
+Reaction = Callable[["Steps", Call, dict[str, Any]], Awaitable[None]]
+
+
+# -- reactions the table builds: what ends a call, and what does nothing --------------------------------
+
+
+async def ignore(steps: Steps, call: Call, event: dict[str, Any]) -> None:
+    """Nothing to do in this state (the table says why)."""
+
+
+def ended(outcome: Outcome, by: str, *, unless_decided: bool = False) -> Reaction:
+    """End the call with ``outcome`` (``unless_decided``: the outcome the call has already, if any), ended
+    by ``by`` unless something else ended it first."""
+
+    async def end(steps: Steps, call: Call, event: dict[str, Any]) -> None:
+        call.ended_by = call.ended_by or by
+        await steps.finish(call, (call.outcome or outcome) if unless_decided else outcome)
+
+    return end
+
+
+def ended_on_request(outcome: Outcome, *, unless_decided: bool = False) -> Reaction:
+    """An API client ended the call (``DELETE /v1/calls/{id}``): ended by ``api``, whatever came before."""
+
+    async def end(steps: Steps, call: Call, event: dict[str, Any]) -> None:
+        call.ended_by = "api"
+        await steps.finish(call, (call.outcome or outcome) if unless_decided else outcome)
+
+    return end
+
+
+class Steps:
+    """The engine's reactions; they work with the engine's parts (its ARI client, legs, rows and
+    recordings) and hand what they find back to the engine (a leg to route, an event to react to)."""
+
+    def __init__(self, engine: CallEngine) -> None:
+        self.engine = engine
+        self.config, self.ari, self.legs, self.rows = engine.config, engine.ari, engine.legs, engine.rows
+        self.recordings = engine.recordings
+        # Called with (call, state) after every state change, e.g. to queue webhooks.
+        self.listeners: list[Callable[[Call, CallState], None]] = []
+
+    def _transition(self, call: Call, new: CallState) -> None:
+        """The one place a call changes state: along TRANSITIONS (model.py), or InvalidTransition."""
+        if new not in TRANSITIONS[call.state]:
+            raise InvalidTransition(f"{call.state} -> {new}")
+        log.info("call %s state %s -> %s", call.id, call.state, new)
+        call.state = new
+        for listener in self.listeners:
+            try:
+                listener(call, new)
+            except Exception:
+                log.exception("call %s: state listener failed", call.id)
+
+    # -- the manager's leg ------------------------------------------------------------------------
+
+    async def ring_customer(self, call: Call, event: dict[str, Any]) -> None:
+        """The manager's channel is in Stasis: originate the customer's leg on the trunk."""
+        manager_channel = call.manager_channel_id
+        # The service refuses an order without a valid number before any call exists.
+        assert manager_channel is not None and call.order is not None and call.order.phone is not None
+        if not self.engine.is_connected():
+            await self.legs.ringback(call)
+            await self.refuse(call, Outcome.FAILED, self.config.current.prompts.unavailable)
+            return
+        # The row has named this channel since it was written (a restarted daemon adopts it).
+        call.customer_channel_id = customer_leg_id(call.id)
+        self.engine.register_leg(call.customer_channel_id, call)
+        self._transition(call, CallState.RINGING_CUSTOMER)
+        # The ringback, the customer's INVITE and the row's new state are independent: they go out
+        # at once, so no database round trip delays the customer's INVITE. All three finish before
+        # the next step, and a failure is acted on only then (a late UPDATE must not overwrite the
+        # row's end).
+        trunk = self.config.current.trunk
+        ringback, originated, persisted = await asyncio.gather(
+            self.legs.ringback(call),
+            self.ari.originate(
+                endpoint=trunk.dial.format(number=call.order.phone.dialable()),
+                app=self.config.current.ari.app,
+                app_args=dialplan.app_args(dialplan.Leg.CUSTOMER, call.id),
+                channel_id=call.customer_channel_id,
+                caller_id=trunk.caller_id,
+                timeout=trunk.ring_timeout,
+                originator=manager_channel,
+                variables=dialplan.NO_TRANSFERS,
+            ),
+            self.rows.state(call),
+            return_exceptions=True,
+        )
+        for result in (ringback, persisted):
+            if isinstance(result, BaseException):
+                raise result
+        if isinstance(originated, AriError):
+            log.warning("call %s: customer leg could not be originated: %s", call.id, originated)
+            await self.refuse(
+                call, Outcome.CUSTOMER_UNAVAILABLE, self.config.current.prompts.customer_unavailable
+            )
+            return
+        if isinstance(originated, BaseException):
+            raise originated
+        if call.direction == "phone":  # an HTTP call's clock would include the manager picking up
+            metrics.SETUP_SECONDS.observe(time.monotonic() - call.requested_at)
+        log.info("call %s: customer leg %s originated", call.id, call.customer_channel_id)
+
+    async def manager_answered(self, call: Call, event: dict[str, Any]) -> None:
+        """HTTP path: the manager picked up the leg bridged rang."""
+        call.manager_up = True
+        await self.ring_customer(call, event)
+
+    async def ring_manager(self, call: Call, event: dict[str, Any]) -> None:
+        """HTTP path: ring the manager first (the customer is dialled once they answer)."""
+        assert call.started is not None
+        self._transition(call, CallState.RINGING_MANAGER)
+        try:
+            await self.rows.state(call)  # the row has named the manager's channel since it was written
+            await self.ari.originate(
+                endpoint=f"PJSIP/{call.manager.endpoint}",
+                app=self.config.current.ari.app,
+                app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
+                channel_id=call.manager_channel_id,
+                # The manager's phone shows the order label as the caller; its number part redials the order.
+                caller_id=call.label.caller_id,
+                timeout=self.config.current.api.manager_ring_timeout,
+                variables=dialplan.label_variables(call.label.caller_id),
+            )
+        except AriError as exc:
+            log.warning("call %s: manager leg could not be originated: %s", call.id, exc)
+            call.ended_by = "bridged"
+            # Taken from the call first: finish() answers a waiting POST with the ended call, and this
+            # one is to be answered with the failure (once the row has ended).
+            started, call.started = call.started, None
+            await self.finish(call, Outcome.MANAGER_UNAVAILABLE)
+            if not started.done():
+                started.set_exception(ManagerLegFailed(str(exc)))
+            return
+        if not call.started.done():
+            call.started.set_result(None)
+        log.info("call %s: manager leg %s originated", call.id, call.manager_channel_id)
+
+    async def manager_unreached(self, call: Call, event: dict[str, Any]) -> None:
+        """HTTP path: the manager's phone rang out, declined, or could not be rung (by the leg's cause)."""
+        call.ended_by = call.ended_by or "manager"
+        await self.finish(call, manager_outcome_for_unanswered(call.manager_cause))
+
+    # -- the customer's leg -----------------------------------------------------------------------
+
+    async def customer_answered(self, call: Call, event: dict[str, Any]) -> None:
+        recording = self.config.current.recording
+        announcement = recording.announcement if recording.enabled else None
+        if announcement:
+            self._transition(call, CallState.ANNOUNCING)
+            await self.rows.state(call)
+            await self.legs.announce(call, announcement)
+            return
+        await self.bridge(call, event)
+
+    async def customer_unreached(self, call: Call, event: dict[str, Any]) -> None:
+        """The customer's leg ended unanswered: the manager hears why (busy, no answer, ...)."""
+        outcome = outcome_for_unanswered(call.hangup_cause, call.dialstatus)
+        log.info("call %s: customer leg ended unanswered: %s", call.id, outcome)
+        await self.refuse(call, outcome, outcome_prompt(self.config.current.prompts, outcome))
+
+    async def caller_id_for_later(self, call: Call, event: dict[str, Any]) -> None:
+        # Not in Stasis yet, so ARI cannot set its variables: done right before the bridge.
+        call.customer_caller_id_dirty = True
+
+    async def restore_caller_id(self, call: Call, event: dict[str, Any]) -> None:
+        """Nothing of a carrier's identity reaches the manager (joins inhibit connected-line updates,
+        CONNECTED_LINE_SEND_SUB replaces the rest), but Asterisk would write it into the leg's CDR."""
+        await self.legs.restore_customer_caller_id(call)
+
+    # -- the bridge -------------------------------------------------------------------------------
+
+    async def bridge(self, call: Call, event: dict[str, Any]) -> None:
+        manager = call.manager_channel_id or ""
+        customer = call.customer_channel_id or ""
+        await self.legs.stop_ringback(call)
+        await self.legs.answer_manager(call)
+        bridge = f"{call.id}-bridge"
+        await self.ari.create_bridge(bridge, type="mixing", name=f"bridged-{call.id}")
+        call.bridge_id = bridge
+        # A carrier's PAI in its 200 OK may have replaced the customer channel's caller id with the
+        # customer's number (trust_id_inbound=yes; a ChannelCallerId event told us): the label goes
+        # back in before the join. The join itself sends no connected-line update, and whatever
+        # Asterisk sends the manager later passes through CONNECTED_LINE_SEND_SUB (set before Stasis),
+        # which puts the label in its place; the manager's own connected line already is the label.
+        if call.customer_caller_id_dirty:
+            await self.legs.restore_customer_caller_id(call)
+        await self.ari.add_channel(bridge, [manager, customer], inhibit_connected_line_updates=True)
+        call.answered_at = datetime.now(UTC)
+        self._transition(call, CallState.BRIDGED)
+        metrics.CALLS_BRIDGED.inc()
+        not_recorded = await self.recordings.start(call)
+        await self.rows.bridged(call)
+        log.info("call %s bridged (recording %s)", call.id, call.recording_name or "off")
+        if not_recorded is not None:
+            await self.recordings.set_state(
+                call, RecordingState.FAILED, f"Asterisk did not start it: {not_recorded}"
+            )
+
+    async def decline_transfer(self, call: Call, event: dict[str, Any]) -> None:
+        """A leg asked to be transferred (SIP REFER): declined, and the call goes on as it was.
+
+        A transfer would take the customer out of the recorded bridge and out of bridged's control.
+        The requested destination is neither logged nor stored: it is whatever the phone sent."""
+        channel_id = transferer(event) or ""
+        side = "manager" if channel_id == call.manager_channel_id else "customer"
+        await self.legs.decline_transfer(call, channel_id, side)
+        await self.rows.transfer_refused(call, side)
+
+    async def judge_recording(self, call: Call, event: dict[str, Any]) -> None:
+        await self.recordings.on_end(call, event)
+
+    # -- after a reconnect ------------------------------------------------------------------------
+
+    async def recheck(self, call: Call, event: dict[str, Any]) -> None:
+        """The event stream (re)connected: what happened to the call's legs meanwhile, as events.
+
+        ``alive``/``states``: the channels Asterisk has and their states (None: ask for this call's)."""
+        alive: set[str] | None = event.get("alive")
+        states: dict[str, str] = event.get("states") or {}
+        if alive is None:
+            alive = set()
+            for channel_id in (call.manager_channel_id, call.customer_channel_id):
+                if channel_id and (snapshot := await self.ari.get_channel(channel_id)) is not None:
+                    alive.add(channel_id)
+                    states[channel_id] = snapshot.get("state", "")
+        customer = call.customer_channel_id
+        if call.manager_channel_id and call.manager_channel_id not in alive:
+            await self.engine.react(call, Event.MANAGER_GONE, {})
+        elif customer and customer not in alive and call.state in _CUSTOMER_UP:
+            await self.engine.react(call, Event.CUSTOMER_GONE, {})
+        elif call.state is CallState.RINGING_CUSTOMER and states.get(customer or "") == "Up":
+            # The customer answered while bridged was away (its StasisStart is lost).
+            await self.engine.react(call, Event.CUSTOMER_IN_STASIS, {})
+        elif call.state is CallState.ANNOUNCING and call.announcement_playback_id is None:
+            # Adopted mid-announcement: its PlaybackFinished cannot be matched any more; bridge now.
+            await self.engine.react(call, Event.ANNOUNCEMENT_DONE, {})
+        if call.state is CallState.BRIDGED and call.recording_name and call.recording_state is None:
+            await self.recordings.check_live(call)
+
+    # -- the end ----------------------------------------------------------------------------------
+
+    async def hang_up_manager(self, call: Call, event: dict[str, Any]) -> None:
+        """The prompt was played: the call is over for the manager too."""
+        await self.legs.hang_up(call.manager_channel_id or "")
+
+    async def refuse(self, call: Call, outcome: Outcome, prompt: str) -> None:
+        """The call cannot go ahead: tell the manager with a prompt, then hang up."""
+        call.outcome = outcome
+        call.ended_by = call.ended_by or "bridged"
+        if call.customer_channel_id:
+            await self.legs.hang_up(call.customer_channel_id)
+        self._transition(call, CallState.ENDING)
+        await self.rows.state(call)
+        await self.legs.stop_ringback(call)
+        try:
+            await self.legs.prompt(call, prompt)
+        except AriNotFound:
+            await self.finish(call, outcome)
+        except AriError as exc:
+            log.warning("call %s: prompt failed: %s", call.id, exc)
+            await self.legs.hang_up(call.manager_channel_id or "")
+
+    async def finish(self, call: Call, outcome: Outcome) -> None:
+        call.outcome = outcome
+        await self.legs.hang_up_all(call)
+        self.recordings.stopped(call)
+        if call.bridge_id:
+            try:
+                await self.ari.destroy_bridge(call.bridge_id)
+            except AriError as exc:
+                log.warning("call %s: bridge teardown failed: %s", call.id, exc)
+        self._transition(call, CallState.ENDED)
+        metrics.CALLS_ENDED.inc(outcome.value)
+        if call.started is not None and not call.started.done():
+            call.started.set_result(None)
+        await self.rows.ended(call, outcome)
+        log.info("call %s ended: %s (by %s)", call.id, outcome, call.ended_by or "-")
+
+    async def abort(self, call: Call) -> None:
+        """A step failed: the call ends (failed, unless it had an outcome already), whatever its state."""
+        if call.state is CallState.ENDED:
+            return
+        try:
+            await self.finish(call, call.outcome or Outcome.FAILED)
+        except Exception:
+            log.exception("call %s: abort failed", call.id)
+            if call.state is not CallState.ENDED:
+                self._transition(call, CallState.ENDED)
+
+
+# The states in which a customer's leg that disappeared ended the call (before, it did not exist yet;
+# after, it was hung up by bridged).
+_CUSTOMER_UP = frozenset({CallState.RINGING_CUSTOMER, CallState.ANNOUNCING, CallState.BRIDGED})
+
+
+def transferer(event: dict[str, Any]) -> str | None:
+    """The channel that sent the REFER of a ChannelTransfer event."""
+    referred_by = event.get("referred_by")
+    if not isinstance(referred_by, dict):
+        return None
+    source = referred_by.get("source_channel")
+    channel_id = source.get("id") if isinstance(source, dict) else None
+    return channel_id if isinstance(channel_id, str) else None

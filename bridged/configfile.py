@@ -1,0 +1,568 @@
+"""The config file: YAML read strictly and loaded into bridged.config's dataclasses, checked at start.
+
+Every error names the key it is about (``trunk.dial``, ``managers[2].endpoint``) and every error of a
+file is reported at once, so that ``bridged check-config`` tells an admin exactly what to fix in one
+go. A key written twice in a mapping is an error (YAML would silently keep the last one: a
+``policy: any`` below a ``policy: own`` would widen access without a word).
+
+Adding a key: read it with the ``_Section`` helpers (``s.text``, ``s.integer``, ...) in its section's
+loader; report a bad value with ``s.error(name, message)`` (loading goes on, so the next problems are
+reported too) or ``raise ConfigError(s.key(name), message)`` (the rest of that section is skipped).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+from typing import Any, TypeVar, cast
+from urllib.parse import urlparse
+
+import yaml
+
+from . import yamlstrict
+from .config import (
+    PLACEHOLDERS,
+    POLICIES,
+    RECORDING_SOURCES,
+    ROLES,
+    AgiConfig,
+    ApiConfig,
+    ApiToken,
+    AriConfig,
+    Config,
+    ConfigError,
+    DatabaseConfig,
+    HttpConfig,
+    LabelsConfig,
+    LoggingConfig,
+    Manager,
+    OrdersConfig,
+    Prompts,
+    RecordingConfig,
+    TrunkConfig,
+    WebhookConfig,
+)
+from .labels import DEFAULT_NAME_STYLE, DEFAULT_TEMPLATE, NAME_STYLES, template_problem
+from .phones import DIAL_FORMATS, region_known
+
+
+class _Problems:
+    """Every problem found in one file, the first one per key (a bad value is reported once, not again
+    by each check that reads its stand-in)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, str] = {}
+
+    def add(self, key: str, message: str) -> None:
+        self.items.setdefault(key, message)
+
+    def extend(self, error: ConfigError) -> None:
+        for key, message in error.problems:
+            self.add(key, message)
+
+    def error(self) -> ConfigError:
+        (key, message), *more = self.items.items()
+        return ConfigError(key, message, *more)
+
+    def check(self) -> None:
+        if self.items:
+            raise self.error()
+
+
+T = TypeVar("T")
+
+
+def _as_text_problem(value: Any) -> str:
+    # YAML turns unquoted 79161234567 into an int and yes/no into booleans: say so, an admin sees
+    # the value they typed and would not guess why it is "not a string".
+    if isinstance(value, bool):
+        return "must be a string; YAML read a yes/no/true/false word as a boolean: quote it"
+    if isinstance(value, int | float):
+        return f"must be a string; YAML read {value!r} as a number: quote it"
+    return "must be a string"
+
+
+class _Section:
+    """Typed access to one mapping of the YAML, remembering its dotted path for errors.
+
+    A getter that meets a bad value records the problem and returns a stand-in (the default, or an
+    empty value) so that loading goes on and every problem of the file is reported; the caller's
+    :class:`_Problems` raises them all at the end.
+    """
+
+    def __init__(self, data: Any, path: str, problems: _Problems) -> None:
+        self.problems = problems
+        self.path = path
+        self.used: set[str] = set()
+        # A section that is missing or not a mapping reported that already: its keys stay quiet.
+        self.broken = False
+        if not isinstance(data, Mapping):
+            problems.add(path or "<root>", "must be a mapping")
+            data, self.broken = {}, True
+        self.data: Mapping[Any, Any] = data
+        for name, first, second in getattr(data, "duplicates", ()):
+            self.error(name, f"is set twice (lines {first} and {second}); YAML would keep the last: keep one")
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, message: str) -> None:
+        """Record a problem with this section's key ``name``; loading goes on."""
+        self.problems.add(self.key(name), message)
+
+    def child(self, data: Any, path: str) -> _Section:
+        """A mapping inside this one (a list item), reporting into the same problems."""
+        return _Section(data, path, self.problems)
+
+    def _get(self, name: str, required: bool) -> Any:
+        self.used.add(name)
+        if name not in self.data or self.data[name] is None:
+            if required and not self.broken:
+                self.error(name, "is required")
+            return None
+        return self.data[name]
+
+    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self._get(name, required and default is None)
+        stand_in = "" if default is None else default
+        if value is None:
+            return stand_in
+        if not isinstance(value, str):
+            self.error(name, _as_text_problem(value))
+            return stand_in
+        if not value.strip():
+            self.error(name, "must be a non-empty string")
+            return stand_in
+        return value
+
+    def opt_str(self, name: str) -> str | None:
+        value = self._get(name, False)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            self.error(name, _as_text_problem(value))
+            return None
+        return value
+
+    def secret(self, name: str) -> str:
+        value = self.text(name, required=True)
+        if value in PLACEHOLDERS:
+            self.error(name, "still holds the example placeholder; set a real value")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(name, "must be a number")
+            return default
+        if not minimum <= value <= maximum:
+            self.error(name, f"must be between {minimum} and {maximum}")
+            return default
+        return float(value)
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(name, "must be an integer")
+            return default
+        if not minimum <= value <= maximum:
+            self.error(name, f"must be between {minimum} and {maximum}")
+            return default
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(name, "must be true or false")
+            return default
+        return value
+
+    def items(self, name: str, *, required: bool = False, what: str = "a list") -> list[Any]:
+        """A list value (empty when absent or bad)."""
+        value = self._get(name, required)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.error(name, f"must be {what}")
+            return []
+        return value
+
+    def section(self, name: str, *, required: bool = True) -> _Section:
+        value = self._get(name, required)
+        section = self.child({} if value is None else value, self.key(name))
+        section.broken = section.broken or value is None
+        return section
+
+    def load(self, name: str, loader: Callable[[_Section], T], *, required: bool = True) -> T:
+        """``loader(self.section(name))``; a ConfigError it raises is recorded with the others."""
+        try:
+            return loader(self.section(name, required=required))
+        except ConfigError as exc:
+            self.problems.extend(exc)
+            # Never used: parse_config raises with every problem before building anything from it.
+            return cast(T, None)
+
+    def finish(self) -> None:
+        """Report every key nobody asked for, with the known key it most resembles."""
+        known = sorted(self.used)
+        for name in sorted(set(map(str, self.data)) - self.used):
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            self.error(name, f"is not a known key{hint}")
+
+
+_ENDPOINT_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_APP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _dsn(section: _Section, name: str) -> str:
+    dsn = section.text(name, required=True)
+    if not dsn:
+        return dsn
+    parsed = urlparse(dsn)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        section.error(name, "must be a postgresql:// URL")
+    elif parsed.password and parsed.password in PLACEHOLDERS:
+        section.error(name, "still holds the example placeholder password")
+    return dsn
+
+
+def _load_ari(s: _Section) -> AriConfig:
+    url = s.text("url", required=True)
+    parsed = urlparse(url)
+    if url and (
+        parsed.scheme not in ("http", "https")
+        or not parsed.netloc
+        or not parsed.path.rstrip("/").endswith("/ari")
+    ):
+        s.error("url", "must be an http(s) URL ending in /ari, e.g. http://127.0.0.1:8088/ari")
+    app = s.text("app", "bridged")
+    if not _APP_RE.match(app):
+        s.error("app", "may hold only letters, digits, '-' and '_'")
+    cfg = AriConfig(
+        url=url.rstrip("/"),
+        username=s.text("username", required=True),
+        password=s.secret("password"),
+        app=app,
+        request_timeout=s.number("request_timeout", 5.0, minimum=0.1, maximum=60),
+        reconnect_max_delay=s.number("reconnect_max_delay", 30.0, minimum=0.5, maximum=600),
+        max_request_wait=s.number("max_request_wait", 1.0, minimum=0, maximum=60),
+    )
+    s.finish()
+    return cfg
+
+
+def _load_database(s: _Section) -> DatabaseConfig:
+    cfg = DatabaseConfig(
+        dsn=_dsn(s, "dsn"),
+        min_connections=s.integer("min_connections", 1, minimum=0, maximum=100),
+        max_connections=s.integer("max_connections", 10, minimum=1, maximum=100),
+    )
+    s.finish()
+    return cfg
+
+
+def _load_orders(s: _Section) -> OrdersConfig:
+    query = s.text("query", required=True)
+    if query and "$1" not in query:
+        s.error("query", "must use $1 for the order id")
+    pattern = s.text("code_pattern", OrdersConfig.code_pattern)
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        s.error("code_pattern", f"is not a valid regular expression: {exc}")
+    region = s.opt_str("default_region")
+    if region is not None and not region_known(region):
+        s.error("default_region", "must be a two-letter region code such as RU or DE")
+    dial_format = s.text("dial_format", "e164")
+    if dial_format not in DIAL_FORMATS:
+        s.error("dial_format", f"must be one of {', '.join(DIAL_FORMATS)}")
+    elif dial_format == "national" and region is None:
+        s.error("dial_format", "national needs orders.default_region")
+    cfg = OrdersConfig(
+        dsn=_dsn(s, "dsn"),
+        query=query,
+        timeout=s.number("timeout", 2.0, minimum=0.05, maximum=30),
+        code_pattern=pattern,
+        default_region=region,
+        dial_format=dial_format,
+    )
+    s.finish()
+    return cfg
+
+
+def _load_managers(root: _Section) -> tuple[Manager, ...]:
+    raw = root.items("managers", required=True, what="a non-empty list")
+    if not raw and "managers" in root.data:
+        root.error("managers", "must be a non-empty list")
+    managers: list[Manager] = []
+    ids: set[str] = set()
+    endpoints: set[str] = set()
+    for index, item in enumerate(raw):
+        s = root.child(item, f"managers[{index}]")
+        manager_id = s.text("id", required=True)
+        if manager_id and not _ID_RE.match(manager_id):
+            s.error("id", "may hold only letters, digits, '.', '-' and '_' (64 at most)")
+        endpoint = s.text("endpoint", required=True)
+        if endpoint and not _ENDPOINT_RE.match(endpoint):
+            s.error("endpoint", "must be a PJSIP endpoint name")
+        if manager_id in ids:
+            s.error("id", f"duplicates manager id {manager_id!r}")
+        if endpoint in endpoints:
+            s.error("endpoint", f"endpoint {endpoint!r} belongs to another manager")
+        ids.add(manager_id)
+        endpoints.add(endpoint)
+        managers.append(
+            Manager(id=manager_id, name=s.text("name", manager_id), endpoint=endpoint, team=s.opt_str("team"))
+        )
+        s.finish()
+    return tuple(managers)
+
+
+def _dial_problem(dial: str) -> str | None:
+    others = dial.replace("{number}", "")
+    if "{number}" not in dial:
+        return "must contain {number}, e.g. PJSIP/{number}@carrier"
+    if "{" in others or "}" in others:
+        return "may use only the {number} placeholder"
+    if not dial.startswith("PJSIP/"):
+        # Local/ channels put the number into channel names, BRIDGEPEER and CDRs (docs/asterisk.md).
+        return "must dial a PJSIP trunk directly (PJSIP/...)"
+    return None
+
+
+def _load_trunk(s: _Section) -> TrunkConfig:
+    dial = s.text("dial", required=True)
+    problem = _dial_problem(dial)
+    if dial and problem:
+        s.error("dial", problem)
+    cfg = TrunkConfig(
+        dial=dial,
+        caller_id=s.text("caller_id", required=True),
+        ring_timeout=s.integer("ring_timeout", 30, minimum=5, maximum=300),
+    )
+    s.finish()
+    return cfg
+
+
+def _load_labels(s: _Section) -> LabelsConfig:
+    template = s.text("template", DEFAULT_TEMPLATE)
+    problem = template_problem(template)
+    if problem is not None:
+        s.error("template", problem)
+    style = s.text("name_style", DEFAULT_NAME_STYLE)
+    if style not in NAME_STYLES:
+        s.error("name_style", f"must be one of {', '.join(NAME_STYLES)}")
+    cfg = LabelsConfig(template=template, name_style=style)
+    s.finish()
+    return cfg
+
+
+def _load_recording(s: _Section) -> RecordingConfig:
+    fmt = s.text("format", "wav")
+    if fmt not in ("wav", "gsm", "ulaw", "alaw", "sln", "wav49"):
+        s.error("format", "must be one of wav, gsm, ulaw, alaw, sln, wav49")
+    source = s.text("source", "ari")
+    if source not in RECORDING_SOURCES:
+        s.error("source", f"must be one of {', '.join(RECORDING_SOURCES)}")
+    folder = s.opt_str("folder")
+    if source == "folder" and folder is None:
+        s.error("folder", "is required when recording.source is 'folder'")
+    if folder is not None and not Path(folder).is_absolute():
+        s.error("folder", "must be an absolute path (Asterisk's <astspooldir>/recording)")
+    retention = s._get("retention_days", False)
+    retention_days = None if retention is None else s.integer("retention_days", 0, minimum=1, maximum=36500)
+    cfg = RecordingConfig(
+        enabled=s.boolean("enabled", True),
+        format=fmt,
+        announcement=s.opt_str("announcement"),
+        source=source,
+        folder=folder,
+        require_reason=s.boolean("require_reason", False),
+        retention_days=retention_days,
+        purge_interval=s.integer("purge_interval", 3600, minimum=1, maximum=7 * 86400),
+    )
+    s.finish()
+    return cfg
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _load_agi(s: _Section) -> AgiConfig:
+    cfg = AgiConfig(
+        host=s.text("host", "127.0.0.1"),
+        port=s.integer("port", 4573, minimum=1, maximum=65535),
+        allow_remote=s.boolean("allow_remote", False),
+    )
+    if not cfg.allow_remote and not _is_loopback(cfg.host):
+        s.error(
+            "host",
+            f"{cfg.host} is not a loopback address; FastAGI has no authentication, so whoever reaches "
+            "the port can place calls as any manager: keep it on 127.0.0.1, or set agi.allow_remote: true "
+            "and let only Asterisk reach the port (firewall)",
+        )
+    s.finish()
+    return cfg
+
+
+def _load_http(s: _Section) -> HttpConfig:
+    proxies = []
+    for i, item in enumerate(s.items("trusted_proxies", what="a list of addresses or networks")):
+        try:
+            proxies.append(ip_network(str(item), strict=False))
+        except ValueError:
+            s.error(f"trusted_proxies[{i}]", "is not an IP address or network")
+    cfg = HttpConfig(
+        host=s.text("host", "127.0.0.1"),
+        port=s.integer("port", 8090, minimum=1, maximum=65535),
+        trusted_proxies=tuple(proxies),
+        header_timeout=s.number("header_timeout", 10.0, minimum=0.1, maximum=300),
+        body_timeout=s.number("body_timeout", 30.0, minimum=0.1, maximum=3600),
+        max_connections_per_client=s.integer("max_connections_per_client", 50, minimum=1, maximum=100_000),
+    )
+    s.finish()
+    return cfg
+
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _load_api(s: _Section) -> ApiConfig:
+    tokens: list[ApiToken] = []
+    names: set[str] = set()
+    for index, item in enumerate(s.items("tokens")):
+        t = s.child(item, f"{s.key('tokens')}[{index}]")
+        name = t.text("name", required=True)
+        role = t.text("role", required=True)
+        if role and role not in ROLES:
+            t.error("role", f"must be one of {', '.join(ROLES)}")
+        digest = t.text("sha256", required=True).lower()
+        if digest and not _SHA256_RE.match(digest):
+            t.error("sha256", "must be the hex SHA-256 of the token (bridged hash-token)")
+        elif digest == "0" * 64:
+            t.error("sha256", "still holds the example placeholder; run bridged hash-token")
+        if name in names:
+            t.error("name", f"duplicates token name {name!r}")
+        names.add(name)
+        tokens.append(ApiToken(name=name, role=role, sha256=digest))
+        t.finish()
+    cfg = ApiConfig(
+        tokens=tuple(tokens),
+        max_body_bytes=s.integer("max_body_bytes", 16384, minimum=256, maximum=1048576),
+        manager_ring_timeout=s.integer("manager_ring_timeout", 30, minimum=5, maximum=300),
+        idempotency_hours=s.integer("idempotency_hours", 24, minimum=1, maximum=24 * 30),
+    )
+    s.finish()
+    return cfg
+
+
+def _load_webhook(s: _Section) -> WebhookConfig:
+    url = s.opt_str("url")
+    if url is not None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            s.error("url", "must be an http(s) URL")
+    secret = s.opt_str("secret")
+    if url is not None and secret is None:
+        s.error("secret", "is required when webhook.url is set")
+    if secret is not None and (secret in PLACEHOLDERS or len(secret) < 16):
+        s.error("secret", "must be a real secret of at least 16 characters")
+    cfg = WebhookConfig(
+        url=url,
+        secret=secret,
+        timeout=s.number("timeout", 5.0, minimum=0.1, maximum=60),
+        max_attempts=s.integer("max_attempts", 10, minimum=1, maximum=100),
+    )
+    s.finish()
+    return cfg
+
+
+def _load_prompts(s: _Section) -> Prompts:
+    defaults = Prompts()
+    values = {name: s.text(name, getattr(defaults, name)) for name in Prompts.__dataclass_fields__}
+    s.finish()
+    return Prompts(**values)
+
+
+def _load_logging(s: _Section) -> LoggingConfig:
+    level = s.text("level", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        s.error("level", "must be DEBUG, INFO, WARNING or ERROR")
+    cfg = LoggingConfig(level=level, json=s.boolean("json", False))
+    s.finish()
+    return cfg
+
+
+def _load_policy(root: _Section, managers: tuple[Manager, ...]) -> str:
+    policy = root.text("policy", required=True)
+    if policy and policy not in POLICIES:
+        root.error("policy", f"must be one of {', '.join(POLICIES)}")
+    if policy == "team":
+        for index, manager in enumerate(managers):
+            if manager.team is None:
+                root.error(f"managers[{index}].team", "is required when policy is 'team'")
+    return policy
+
+
+def parse_config(data: Any) -> Config:
+    """Validate ``data`` (the parsed YAML); a ConfigError lists every problem found."""
+    problems = _Problems()
+    root = _Section(data, "", problems)
+    try:
+        ari = root.load("ari", _load_ari)
+        database = root.load("database", _load_database)
+        orders = root.load("orders", _load_orders)
+        managers = _load_managers(root)
+        config = Config(
+            ari=ari,
+            database=database,
+            orders=orders,
+            managers=managers,
+            policy=_load_policy(root, managers),
+            trunk=root.load("trunk", _load_trunk),
+            labels=root.load("labels", _load_labels, required=False),
+            recording=root.load("recording", _load_recording, required=False),
+            agi=root.load("agi", _load_agi, required=False),
+            http=root.load("http", _load_http, required=False),
+            api=root.load("api", _load_api, required=False),
+            webhook=root.load("webhook", _load_webhook, required=False),
+            prompts=root.load("prompts", _load_prompts, required=False),
+            logging=root.load("logging", _load_logging, required=False),
+        )
+        root.finish()
+    except ConfigError as exc:  # a check that raised instead of recording: keep what was found before
+        problems.extend(exc)
+        raise problems.error() from None
+    problems.check()
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("<file>", f"{path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = yamlstrict.load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("<file>", f"is not valid YAML: {yamlstrict.problem(exc)}") from None
+    return parse_config(data)

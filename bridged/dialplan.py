@@ -1,0 +1,93 @@
+"""The contract between bridged and ``dialplan/bridged.conf``: every name both sides use, in one place.
+
+The dialplan sends ``*77<order>`` (or ``*77`` and the code by DTMF) to bridged's FastAGI script
+``order`` with the code in ``BRIDGED_CODE``; bridged answers in one channel variable, ``BRIDGED_REPLY``:
+
+- ``ok|<Stasis() arguments>|<label>``: the dialplan sets the label (``BRIDGED_LABEL``) as the manager's
+  connected line, installs the connected-line interception (``CONNECTED_LINE_SEND_SUB`` =
+  ``bridged-label,s,1``), hands REFERs to bridged (``PJSIP_TRANSFER_HANDLING()=ari-only``) and enters
+  ``Stasis(<app>,order,<call id>)``. The label is the last field, so a ``|`` in it cannot shift the others;
+- ``refused|<prompt>``: a stock sound to play before hangup;
+- ``overloaded|<prompt>``: a phone still ringing is rejected with 503 (cause 34), an answered one hears
+  the prompt.
+
+Channels bridged originates itself enter Stasis with ``customer,<call id>`` or ``manager,<call id>``.
+tests/unit/test_dialplan.py reads ``dialplan/bridged.conf`` and checks it against this module.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+# -- channel variables ------------------------------------------------------------------------------
+
+CODE = "BRIDGED_CODE"  # the order code dialled, or empty (bridged asks for it over FastAGI)
+REPLY = "BRIDGED_REPLY"  # bridged's FastAGI answer (see the module's docstring)
+RESULT = "BRIDGED_RESULT"  # the dialplan's own: the answer's first field
+LABEL = "BRIDGED_LABEL"  # the order label as a caller id string, read by the label subroutine
+AGI_URL = "BRIDGED_AGI"  # optional, per endpoint or in [globals]: a daemon not on the default address
+VARIABLES = frozenset({CODE, REPLY, RESULT, LABEL, AGI_URL})
+
+# The FastAGI script the dialplan runs: AGI(agi://host:port/order,${BRIDGED_CODE}).
+AGI_SCRIPT = "order"
+
+# -- the answer -------------------------------------------------------------------------------------
+
+OK = "ok"
+REFUSED = "refused"
+OVERLOADED = "overloaded"
+REPLY_KINDS = frozenset({OK, REFUSED, OVERLOADED})
+SEPARATOR = "|"
+
+
+def reply_ok(stasis_args: str, label: str) -> str:
+    return SEPARATOR.join((OK, stasis_args, label))
+
+
+def reply_refused(prompt: str, *, overloaded: bool = False) -> str:
+    return SEPARATOR.join((OVERLOADED if overloaded else REFUSED, prompt))
+
+
+# -- the connected-line interception and transfers --------------------------------------------------
+
+# Asterisk's variable naming the subroutine every connected-line update to the channel goes through.
+SEND_SUB = "CONNECTED_LINE_SEND_SUB"
+LABEL_CONTEXT = "bridged-label"
+# The subroutine that puts the order label in place of any connected line sent to a manager's phone.
+LABEL_SUB = f"{LABEL_CONTEXT},s,1"
+# On both legs: a REFER becomes a ChannelTransfer event for bridged instead of a transfer Asterisk
+# performs (which would take the customer out of the recorded bridge and out of bridged's hands).
+TRANSFER_HANDLING = "PJSIP_TRANSFER_HANDLING()"
+NO_TRANSFERS = {TRANSFER_HANDLING: "ari-only"}
+
+
+def label_variables(label_caller_id: str) -> dict[str, str]:
+    """What the dialplan sets on a phone's channel from an ``ok`` answer, for a manager leg bridged
+    originates itself: the label and its interception, and no transfers."""
+    return {LABEL: label_caller_id, SEND_SUB: LABEL_SUB, **NO_TRANSFERS}
+
+
+# -- Stasis arguments -------------------------------------------------------------------------------
+
+
+class Leg(StrEnum):
+    """The first Stasis argument: which leg of which call a channel entering the application is."""
+
+    ORDER = "order"  # a manager's phone that dialled *77 (the dialplan's Stasis())
+    MANAGER = "manager"  # the manager leg bridged originates (HTTP path)
+    CUSTOMER = "customer"  # the customer leg bridged originates
+
+
+def app_args(leg: Leg, call_id: str) -> str:
+    """The Stasis arguments after the application's name: ``<leg>,<call id>``."""
+    return f"{leg.value},{call_id}"
+
+
+def parse_app_args(args: list[str]) -> tuple[Leg, str] | None:
+    """``(leg, call id)`` of a StasisStart's ``args``; None for anything else."""
+    if len(args) < 2:
+        return None
+    try:
+        return Leg(args[0]), str(args[1])
+    except ValueError:
+        return None

@@ -1,0 +1,25 @@
+"""bridged's own PostgreSQL, one class per aggregate, each with its own SQL (hand-written, ``$n``
+parameters, explicit column lists): ``store.calls``, ``store.audit``, ``store.idempotency``,
+``store.outbox``, ``store.settings``. Every public method raises
+:class:`~bridged.store.base.DatabaseUnavailable` for an outage, whatever asyncpg raised.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from .audit import AuditTrail
+from .calls import CallRows
+from .idempotency import IdempotencyKeys
+from .outbox import WebhookOutbox
+from .settings import Settings
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.calls = CallRows(pool)
+        self.audit = AuditTrail(pool)
+        self.idempotency = IdempotencyKeys(pool)
+        self.outbox = WebhookOutbox(pool)
+        self.settings = Settings(pool)

@@ -1,0 +1,81 @@
+"""The ``audit`` table: who did what, when, with which outcome and why. Rows are only ever added."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .base import Aggregate, Page, unavailable_as_one_type
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    call_id: str | None
+    order_id: str | None
+    outcome: str
+    reason: str | None
+    details: dict[str, Any]
+
+
+@unavailable_as_one_type
+class AuditTrail(Aggregate):
+    async def add(
+        self,
+        *,
+        actor: str,
+        action: str,
+        outcome: str,
+        reason: str | None = None,
+        call_id: str | None = None,
+        order_id: str | None = None,
+        details: dict[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """``at`` defaults to the database's now (a write retried later passes when it happened)."""
+        await self.pool.execute(
+            "INSERT INTO audit (at, actor, action, call_id, order_id, outcome, reason, details)"
+            " VALUES (coalesce($8, now()), $1, $2, $3, $4, $5, $6, $7::jsonb)",
+            actor,
+            action,
+            call_id,
+            order_id,
+            outcome,
+            reason,
+            json.dumps(details or {}),
+            at,
+        )
+
+    async def page(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        call_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: tuple[datetime, int] | None = None,
+        limit: int = 50,
+    ) -> list[AuditRow]:
+        """Newest first; ``before`` is the (at, id) of the last row of the previous page."""
+        query = (
+            Page("SELECT id, at, actor, action, call_id, order_id, outcome, reason, details FROM audit", "at")
+            .where("actor = {}", actor)
+            .where("action = {}", action)
+            .where("call_id = {}", call_id)
+            .where("at >= {}", since)
+            .where("at < {}", until)
+        )
+        rows = await self.pool.fetch(query.sql(before, limit), *query.args)
+        out: list[AuditRow] = []
+        for r in rows:
+            values = dict(r)
+            details = values.pop("details")
+            parsed = json.loads(details) if isinstance(details, str) else details
+            out.append(AuditRow(**values, details=parsed))
+        return out

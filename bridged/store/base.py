@@ -1,0 +1,98 @@
+"""What every aggregate of bridged's own database shares: one exception for an outage, and keyset pages.
+
+Each aggregate (calls, audit, idempotency keys, webhook outbox, settings) is one class holding its own
+hand-written ``$n`` SQL with explicit column lists; this module has what they have in common.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+import asyncpg
+
+
+class DatabaseUnavailable(Exception):
+    """bridged's own database did not answer: down, refusing connections, restarting, out of
+    connections. The message is the underlying exception's type only (its text may quote values)."""
+
+
+# What PostgreSQL being away (or the way to it) looks like through asyncpg. Anything else (a constraint,
+# a bad value) is a bug to see, not an outage to wait out.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08: the connection broke
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+    # 55000 at connect: the database does not accept connections now (ALLOW_CONNECTIONS false)
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+def _translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable(type(exc).__name__) from exc
+
+    return wrapper
+
+
+def unavailable_as_one_type(cls: type[T]) -> type[T]:
+    """Class decorator: every public coroutine method raises DatabaseUnavailable for an outage, so callers
+    catch one type, in one place, whatever asyncpg raised."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+            setattr(cls, name, _translated(member))
+    return cls
+
+
+class Aggregate:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+
+class Page:
+    """A filtered listing, newest first, one page at a time.
+
+    Keyset pagination: the next page starts after the ``(time, id)`` of the previous page's last row
+    (``before``), so a row written meanwhile neither shifts a page nor appears twice, and each page costs
+    an index range scan however deep it is (``(time DESC, id DESC)`` indexes: migrations 0001, 0003).
+    ``where(clause, value)`` adds ``clause`` with ``{}`` standing for the value's ``$n``.
+    """
+
+    def __init__(self, select: str, time_column: str) -> None:
+        self._select = select
+        self._time = time_column
+        self._where: list[str] = []
+        self.args: list[Any] = []
+
+    def _arg(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def where(self, clause: str, value: Any = None) -> Page:
+        """Add a condition; with a ``value`` other than None, ``{}`` in it is that value's ``$n``. A
+        condition whose value is None is left out (an absent filter)."""
+        if "{}" not in clause:
+            self._where.append(clause)
+        elif value is not None:
+            self._where.append(clause.format(self._arg(value)))
+        return self
+
+    def sql(self, before: tuple[datetime, Any] | None, limit: int) -> str:
+        if before is not None:
+            self._where.append(f"({self._time}, id) < ({self._arg(before[0])}, {self._arg(before[1])})")
+        where = " WHERE " + " AND ".join(self._where) if self._where else ""
+        return f"{self._select}{where} ORDER BY {self._time} DESC, id DESC LIMIT {self._arg(limit)}"

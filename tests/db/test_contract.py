@@ -1,0 +1,210 @@
+"""One contract, two stores: what the engine and the service rely on from ``store.calls`` and
+``store.audit``, checked against the unit tests' FakeStore and against the real SQL on PostgreSQL.
+
+The unit tests of the engine and the service run on FakeStore; these tests are why that is enough: every
+guard the fake keeps (an ended row is never revived, an end is audited once, a refused attempt's row,
+the rows a daemon adopts) is the real store's too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from bridged.store import Store
+from tests.unit.fakes import FakeStore
+
+AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+AUDIT_KEYS = ("actor", "action", "outcome", "reason", "call_id", "order_id", "details")
+
+
+@pytest.fixture(params=["fake", "postgres"])
+def calls_store(request: pytest.FixtureRequest) -> Store | FakeStore:
+    if request.param == "fake":
+        return FakeStore()
+    found: Store = request.getfixturevalue("store")
+    return found
+
+
+async def audits(store: Store | FakeStore) -> list[dict[str, Any]]:
+    """Every audit row, oldest first, as the fake keeps them (without the time)."""
+    if isinstance(store, FakeStore):
+        return [{k: a[k] for k in AUDIT_KEYS} for a in store.audits]
+    rows = await store.audit.page(limit=1000)
+    return [{k: getattr(r, k) for k in AUDIT_KEYS} for r in reversed(rows)]
+
+
+async def _accept(store: Store | FakeStore, call_id: str = "c1", **extra: Any) -> None:
+    await store.calls.insert_audited(
+        call_id=call_id,
+        order_id="123",
+        manager_id="anna",
+        direction=extra.pop("direction", "phone"),
+        state="requested",
+        manager_channel_id=f"{call_id}-m",
+        customer_channel_id=f"{call_id}-customer",
+        ari_app=extra.pop("ari_app", "bridged"),
+        actor=extra.pop("actor", "anna"),
+        details={"manager_id": "anna", "direction": "phone"},
+        **extra,
+    )
+
+
+async def test_an_accepted_call_has_its_row_and_one_accepted_audit_row(
+    calls_store: Store | FakeStore,
+) -> None:
+    await _accept(calls_store, created_by="shop-1", actor="token:shop-1", direction="api")
+    row = await calls_store.calls.get("c1")
+    assert row is not None
+    assert (row.state, row.order_id, row.manager_id, row.direction) == ("requested", "123", "anna", "api")
+    assert (row.manager_channel_id, row.customer_channel_id, row.created_by) == (
+        "c1-m",
+        "c1-customer",
+        "shop-1",
+    )
+    assert (row.outcome, row.answered_at, row.ended_at, row.recording_name) == (None, None, None, None)
+    assert await audits(calls_store) == [
+        {
+            "actor": "token:shop-1",
+            "action": "call.request",
+            "outcome": "accepted",
+            "reason": None,
+            "call_id": "c1",
+            "order_id": "123",
+            "details": {"manager_id": "anna", "direction": "phone"},
+        }
+    ]
+    assert await calls_store.calls.get("nope") is None
+
+
+async def test_an_ended_row_is_never_revived_and_its_end_is_audited_once(
+    calls_store: Store | FakeStore,
+) -> None:
+    await _accept(calls_store)
+    await calls_store.calls.set_state("c1", "ringing_customer")
+    ended_at = AT + timedelta(seconds=70)
+    end = {"hangup_cause": 16, "actor": "anna", "order_id": "123"}
+    await calls_store.calls.finish_audited(
+        "c1", outcome="completed", ended_by="manager", ended_at=ended_at, **end
+    )
+    # Writes retried late (bridged's database was away) and a second end: none of them change the row.
+    await calls_store.calls.set_state("c1", "bridged")
+    await calls_store.calls.mark_bridged("c1", answered_at=AT, bridge_id="b", recording_name="bridged-c1")
+    await calls_store.calls.finish("c1", outcome="failed", hangup_cause=None, ended_by="unknown")
+    await calls_store.calls.finish_audited("c1", outcome="cancelled", ended_by="api", **end)
+    row = await calls_store.calls.get("c1")
+    assert row is not None
+    assert (row.state, row.outcome, row.ended_by, row.hangup_cause) == ("ended", "completed", "manager", 16)
+    assert (row.ended_at, row.answered_at, row.bridge_id, row.recording_name) == (ended_at, None, None, None)
+    ends = [a for a in await audits(calls_store) if a["action"] == "call.end"]
+    assert ends == [
+        {
+            "actor": "anna",
+            "action": "call.end",
+            "outcome": "completed",
+            "reason": "manager",
+            "call_id": "c1",
+            "order_id": "123",
+            "details": {},
+        }
+    ]
+
+
+async def test_a_bridged_call_and_its_recording_state_also_after_its_end(
+    calls_store: Store | FakeStore,
+) -> None:
+    await _accept(calls_store)
+    await calls_store.calls.mark_bridged(
+        "c1", answered_at=AT, bridge_id="c1-bridge", recording_name="bridged-c1"
+    )
+    row = await calls_store.calls.get("c1")
+    assert row is not None
+    assert (row.state, row.answered_at, row.bridge_id, row.recording_name) == (
+        "bridged",
+        AT,
+        "c1-bridge",
+        "bridged-c1",
+    )
+    await calls_store.calls.finish("c1", outcome="completed", hangup_cause=16, ended_by="customer")
+    # The recording's end is judged when Asterisk reports it, which may be after the call's.
+    await calls_store.calls.set_recording_state("c1", "truncated")
+    row = await calls_store.calls.get("c1")
+    assert row is not None and (row.state, row.recording_state) == ("ended", "truncated")
+    assert row.ended_at is not None and row.recording_usable and row.recording_available
+
+
+async def test_a_refused_attempt_is_one_ended_row_and_one_refused_audit_row_even_when_retried(
+    calls_store: Store | FakeStore,
+) -> None:
+    refused = {
+        "call_id": "r1",
+        "order_id": "999",
+        "manager_id": "anna",
+        "direction": "api",
+        "outcome": "unknown_order",
+        "at": AT,
+        "actor": "token:shop-1",
+        "details": {"manager_id": "anna", "direction": "api"},
+        "created_by": "shop-1",
+    }
+    await calls_store.calls.insert_refused(**refused)
+    await calls_store.calls.insert_refused(**refused)  # a retry of a write that had gone through
+    row = await calls_store.calls.get("r1")
+    assert row is not None
+    assert (row.state, row.outcome, row.requested_at, row.ended_at) == ("ended", "unknown_order", AT, AT)
+    assert (row.direction, row.created_by, row.manager_channel_id) == ("api", "shop-1", None)
+    assert await audits(calls_store) == [
+        {
+            "actor": "token:shop-1",
+            "action": "call.request",
+            "outcome": "refused",
+            "reason": "unknown_order",
+            "call_id": "r1",
+            "order_id": "999",
+            "details": {"manager_id": "anna", "direction": "api"},
+        }
+    ]
+
+
+async def test_open_calls_are_this_apps_unended_rows_oldest_first(calls_store: Store | FakeStore) -> None:
+    for call_id, app in (("a1", "bridged"), ("b1", "another"), ("a2", "bridged"), ("a3", "bridged")):
+        await _accept(calls_store, call_id, ari_app=app)
+    await calls_store.calls.finish("a2", outcome="completed", hangup_cause=None, ended_by="manager")
+    found = await calls_store.calls.open_calls("bridged")
+    assert [r.id for r in found] == ["a1", "a3"]
+    assert [r.id for r in await calls_store.calls.open_calls("another")] == ["b1"]
+
+
+async def test_audit_rows_keep_their_own_time_when_given(calls_store: Store | FakeStore) -> None:
+    await calls_store.audit.add(
+        actor="anna", action="call.request", outcome="refused", reason="invalid_code", at=AT
+    )
+    await calls_store.audit.add(
+        actor="token:x", action="api.denied", outcome="forbidden", details={"role": "shop"}
+    )
+    assert await audits(calls_store) == [
+        dict.fromkeys(AUDIT_KEYS)
+        | {
+            "actor": "anna",
+            "action": "call.request",
+            "outcome": "refused",
+            "reason": "invalid_code",
+            "details": {},
+        },
+        dict.fromkeys(AUDIT_KEYS)
+        | {"actor": "token:x", "action": "api.denied", "outcome": "forbidden", "details": {"role": "shop"}},
+    ]
+    if isinstance(calls_store, Store):
+        oldest = (await calls_store.audit.page(limit=10))[-1]
+        assert oldest.at == AT
+
+
+def test_the_rows_both_stores_give_are_the_same_type() -> None:
+    fake = FakeStore()
+    row = fake.add_row(id="x")
+    from bridged.store.calls import CallRow
+
+    assert set(row) == {f.name for f in dataclasses.fields(CallRow)}

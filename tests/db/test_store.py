@@ -1,0 +1,252 @@
+"""The store's SQL on PostgreSQL: pagination, idempotency keys, the webhook outbox, settings, the
+recording purge. (What the engine and the service rely on is in test_contract.py, against the fake too.)"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bridged.store import Store
+from bridged.store.settings import CURSOR_SECRET_KEY
+
+AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+async def _refused(store: Store, call_id: str, at: datetime, **extra: Any) -> None:
+    """A call row at a time of our choosing (a refused attempt's requested_at is when it was refused)."""
+    await store.calls.insert_refused(
+        call_id=call_id,
+        order_id=extra.get("order_id", "123"),
+        manager_id=extra.get("manager_id", "anna"),
+        direction="phone",
+        outcome=extra.get("outcome", "denied"),
+        at=at,
+        actor="anna",
+        details={},
+    )
+
+
+async def _all_pages(store: Store, limit: int, **filters: Any) -> list[list[str]]:
+    pages: list[list[str]] = []
+    before = None
+    while True:
+        rows = await store.calls.page(before=before, limit=limit, **filters)
+        if not rows:
+            return pages
+        pages.append([r.id for r in rows])
+        before = (rows[-1].requested_at, rows[-1].id)
+
+
+async def test_call_pages_are_newest_first_with_ties_broken_by_id_and_no_row_twice(store: Store) -> None:
+    # Three rows share one time: the id orders them, and a page boundary among them loses none.
+    times = {"a": AT, "b": AT, "c": AT, "d": AT - timedelta(minutes=1), "e": AT + timedelta(minutes=1)}
+    for call_id, at in times.items():
+        await _refused(store, call_id, at)
+    assert await _all_pages(store, 2) == [["e", "c"], ["b", "a"], ["d"]]
+    assert await _all_pages(store, 10) == [["e", "c", "b", "a", "d"]]
+    assert await _all_pages(store, 1) == [["e"], ["c"], ["b"], ["a"], ["d"]]
+
+
+async def test_call_page_filters_and_their_boundaries(store: Store) -> None:
+    await _refused(store, "early", AT - timedelta(hours=1), manager_id="boris", outcome="unknown_order")
+    await _refused(store, "at", AT, order_id="456")
+    await _refused(store, "late", AT + timedelta(hours=1))
+    ids = [[r.id for r in await store.calls.page(**f)] for f in ({"since": AT}, {"until": AT})]
+    assert ids == [["late", "at"], ["early"]]  # from is inclusive, to exclusive
+    assert [r.id for r in await store.calls.page(manager_id="boris")] == ["early"]
+    assert [r.id for r in await store.calls.page(order_id="456")] == ["at"]
+    assert [r.id for r in await store.calls.page(outcome="unknown_order")] == ["early"]
+    assert [r.id for r in await store.calls.page(manager_id="boris", outcome="denied")] == []
+
+
+async def _recorded(store: Store, call_id: str, recording_state: str | None = None) -> None:
+    await store.calls.insert_audited(
+        call_id=call_id,
+        order_id="123",
+        manager_id="anna",
+        direction="phone",
+        state="requested",
+        manager_channel_id=f"{call_id}-m",
+        ari_app="bridged",
+        actor="anna",
+        details={},
+    )
+    await store.calls.mark_bridged(
+        call_id, answered_at=AT, bridge_id="b", recording_name=f"bridged-{call_id}"
+    )
+    await store.calls.finish(call_id, outcome="completed", hangup_cause=16, ended_by="manager")
+    if recording_state is not None:
+        await store.calls.set_recording_state(call_id, recording_state)
+
+
+async def test_has_recording_means_a_recording_with_audio_that_was_not_purged(store: Store) -> None:
+    await _recorded(store, "kept", "complete")
+    await _recorded(store, "cut", "truncated")
+    await _recorded(store, "failed", "failed")
+    await _recorded(store, "purged", "complete")
+    await store.calls.mark_recording_purged("purged", actor="retention", details={})
+    await _refused(store, "none", AT)
+    with_recording = {r.id for r in await store.calls.page(has_recording=True)}
+    without = {r.id for r in await store.calls.page(has_recording=False)}
+    assert with_recording == {"kept", "cut"}
+    assert without == {"failed", "purged", "none"}
+    rows = {r.id: r for r in await store.calls.page()}
+    assert all(rows[i].recording_available for i in with_recording)
+    assert not any(rows[i].recording_available for i in without)
+
+
+async def test_audit_pages_are_newest_first_with_ties_broken_by_id(store: Store) -> None:
+    for n, at in enumerate((AT, AT, AT - timedelta(seconds=1), AT + timedelta(seconds=1))):
+        await store.audit.add(actor=f"a{n}", action="call.request", outcome="refused", at=at)
+    pages: list[list[str]] = []
+    before = None
+    while rows := await store.audit.page(before=before, limit=2):
+        pages.append([r.actor for r in rows])
+        before = (rows[-1].at, rows[-1].id)
+    assert pages == [["a3", "a1"], ["a0", "a2"]]
+    assert [r.actor for r in await store.audit.page(since=AT, until=AT + timedelta(seconds=1))] == [
+        "a1",
+        "a0",
+    ]
+    assert [r.actor for r in await store.audit.page(actor="a2")] == ["a2"]
+
+
+async def test_idempotency_claim_replay_and_release(store: Store) -> None:
+    keys = store.idempotency
+    assert await keys.claim("shop-1", "k", "h1", keep_hours=24) == (True, None, None, None)
+    # A retry while the first request is being handled, then after its answer was remembered.
+    assert await keys.claim("shop-1", "k", "h1", keep_hours=24) == (False, "h1", None, None)
+    await keys.remember("shop-1", "k", 202, {"id": "c1"})
+    assert await keys.claim("shop-1", "k", "h1", keep_hours=24) == (False, "h1", 202, {"id": "c1"})
+    await keys.release("shop-1", "k")  # an answered key is not released
+    assert await keys.claim("shop-1", "k", "h2", keep_hours=24) == (False, "h1", 202, {"id": "c1"})
+    # Keys are per token; a released key may be claimed again.
+    assert await keys.claim("shop-2", "k", "h1", keep_hours=24) == (True, None, None, None)
+    await keys.release("shop-2", "k")
+    assert await keys.claim("shop-2", "k", "h3", keep_hours=24) == (True, None, None, None)
+
+
+async def test_an_expired_idempotency_key_is_forgotten(store: Store) -> None:
+    await store.idempotency.claim("shop-1", "k", "h1", keep_hours=24)
+    await store.pool.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+    assert await store.idempotency.claim("shop-1", "k", "h2", keep_hours=24) == (True, None, None, None)
+
+
+async def test_the_outbox_due_delivered_failed_and_given_up(store: Store) -> None:
+    outbox = store.outbox
+    for call_id in ("c1", "c2", "c3"):
+        await outbox.queue(call_id, {"call_id": call_id})
+    due = await outbox.due(10)
+    assert [(json.loads(payload)["call_id"], attempts) for _, payload, attempts in due] == [
+        ("c1", 0),
+        ("c2", 0),
+        ("c3", 0),
+    ]
+    first, second, third = (outbox_id for outbox_id, _, _ in due)
+    await outbox.delivered(first)
+    await outbox.failed(second, error="x" * 500, retry_in=3600.0)  # retried in an hour: not due now
+    await outbox.failed(third, error="HTTP 500", retry_in=0.0)  # due again at once
+    assert [(i, a) for i, _, a in await outbox.due(10)] == [(third, 1)]
+    await outbox.failed(third, error="HTTP 500", retry_in=None)  # given up
+    assert await outbox.due(10) == []
+    rows = {r["id"]: r for r in await store.pool.fetch("SELECT * FROM webhook_outbox")}
+    assert rows[first]["delivered_at"] is not None and rows[first]["attempts"] == 1
+    assert len(rows[second]["last_error"]) == 200 and rows[second]["failed_at"] is None
+    assert rows[third]["failed_at"] is not None and rows[third]["attempts"] == 2
+    assert len(await outbox.due(1)) == 0 and await outbox.due(0) == []
+
+
+async def test_a_setting_and_its_audit_row_go_together(store: Store) -> None:
+    settings = store.settings
+    assert await settings.get("recording.retention_days") is None
+    put = await settings.put("recording.retention_days", 30, actor="admin-1", audit_action="retention.change")
+    found = await settings.get("recording.retention_days")
+    assert found is not None and (found.value, found.updated_by, found.updated_at) == (
+        30,
+        "admin-1",
+        put.updated_at,
+    )
+    await settings.put("recording.retention_days", None, actor="admin-2", audit_action="retention.change")
+    again = await settings.get("recording.retention_days")
+    assert again is not None and (again.value, again.updated_by) == (None, "admin-2")
+    await settings.delete("recording.retention_days", actor="admin-1", audit_action="retention.change")
+    assert await settings.get("recording.retention_days") is None
+    trail = [(r.actor, r.outcome, r.details) for r in reversed(await store.audit.page())]
+    assert trail == [
+        ("admin-1", "changed", {"key": "recording.retention_days", "value": 30}),
+        ("admin-2", "changed", {"key": "recording.retention_days", "value": None}),
+        ("admin-1", "reset", {"key": "recording.retention_days"}),
+    ]
+
+
+async def test_the_cursor_secret_is_made_once_and_kept(store: Store) -> None:
+    secret = await store.settings.cursor_secret()
+    assert len(secret) >= 32 and await store.settings.cursor_secret() == secret
+    kept = await store.settings.get(CURSOR_SECRET_KEY)
+    assert kept is not None and kept.value == secret
+
+
+async def test_recordings_past_the_retention_are_purged_once_and_audited(store: Store) -> None:
+    await _recorded(store, "old")
+    await _recorded(store, "young")
+    await store.pool.execute("UPDATE calls SET requested_at = $1 WHERE id = 'old'", AT - timedelta(days=40))
+    await store.calls.insert_audited(
+        call_id="live",
+        order_id="1",
+        manager_id="anna",
+        direction="phone",
+        state="bridged",
+        manager_channel_id="m",
+        ari_app="bridged",
+        actor="anna",
+        details={},
+    )
+    await store.calls.mark_bridged("live", answered_at=AT, bridge_id="b", recording_name="bridged-live")
+    await store.pool.execute("UPDATE calls SET requested_at = $1 WHERE id = 'live'", AT - timedelta(days=40))
+    cutoff = AT - timedelta(days=30)
+    assert await store.calls.recordings_due(cutoff, 10) == [("old", "bridged-old")]  # not the live call's
+    purged_at = await store.calls.mark_recording_purged(
+        "old", actor="retention", details={"file_found": True}
+    )
+    assert purged_at is not None
+    assert await store.calls.mark_recording_purged("old", actor="retention", details={}) is None
+    assert await store.calls.recordings_due(cutoff, 10) == []
+    row = await store.calls.get("old")
+    assert row is not None and row.recording_purged_at == purged_at and not row.recording_available
+    purges = [r for r in await store.audit.page(action="recording.purge")]
+    assert [(r.actor, r.call_id, r.outcome, r.details) for r in purges] == [
+        ("retention", "old", "purged", {"file_found": True})
+    ]
+
+
+async def test_a_row_left_refusing_by_an_older_bridged_is_ending_after_the_migration(cluster: Any) -> None:
+    from bridged import db
+
+    name = "bridged_db_migration_0007"
+    cluster.drop_database(name)
+    cluster.create_database(name)
+    pool = await db.create_pool(cluster.dsn(name), min_size=1, max_size=2)
+    try:
+        older = [m for m in db.migrations() if m.version < 7]
+        await pool.execute(
+            "CREATE TABLE bridged_schema (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in older:
+            await pool.execute(migration.sql)
+            await pool.execute(
+                "INSERT INTO bridged_schema (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+        await pool.execute(
+            "INSERT INTO calls (id, order_id, manager_id, direction, state) VALUES"
+            " ('old', '1', 'anna', 'phone', 'refusing'), ('live', '2', 'anna', 'phone', 'bridged')"
+        )
+        assert await db.migrate(pool) >= 7
+        states = dict(await pool.fetch("SELECT id, state FROM calls"))
+        assert states == {"old": "ending", "live": "bridged"}
+    finally:
+        await pool.close()
+        cluster.drop_database(name)

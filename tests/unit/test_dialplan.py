@@ -1,0 +1,97 @@
+"""bridged.dialplan against dialplan/bridged.conf: every name the module holds is used there, and every
+name there is one the module knows."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridged import dialplan
+
+CONF = Path(__file__).resolve().parents[2] / "dialplan" / "bridged.conf"
+TEXT = CONF.read_text(encoding="utf-8")
+# The dialplan without its comments: what Asterisk runs.
+CODE = "\n".join(line.split(";", 1)[0] for line in TEXT.splitlines())
+
+
+def test_every_bridged_variable_is_known_and_used() -> None:
+    assert set(re.findall(r"\bBRIDGED_[A-Z_]+\b", TEXT)) == dialplan.VARIABLES
+    for name in dialplan.VARIABLES:
+        assert re.search(rf"\b{name}\b", CODE), f"{name} is not used by the dialplan"
+
+
+def test_the_fastagi_script_is_the_one_bridged_serves() -> None:
+    scripts = re.findall(r"AGI\([^)]*/([A-Za-z_]+),\$\{" + dialplan.CODE + r"\}\)", CODE)
+    assert scripts and set(scripts) == {dialplan.AGI_SCRIPT}
+    assert len(scripts) == len(re.findall(r"\bAGI\(", CODE))  # no other AGI() call
+
+
+def test_every_answer_kind_is_handled_and_no_other() -> None:
+    kinds = set(re.findall(r'"\$\{' + dialplan.RESULT + r'\}" = "([a-z]+)"', CODE))
+    assert kinds == dialplan.REPLY_KINDS
+    assert f"Set({dialplan.RESULT}=${{CUT({dialplan.REPLY},|,1)}})" in CODE
+
+
+def _cut(reply: str, spec: str) -> str:
+    """Asterisk's ${CUT(var,|,N)} and ${CUT(var,|,N-)}."""
+    fields = reply.split(dialplan.SEPARATOR)
+    if spec.endswith("-"):
+        return dialplan.SEPARATOR.join(fields[int(spec[:-1]) - 1 :])
+    return fields[int(spec) - 1]
+
+
+def _cuts_of(target: str) -> list[str]:
+    """The CUT field specs the dialplan applies to BRIDGED_REPLY where it reads ``target``."""
+    return re.findall(target + r"\$\{CUT\(" + dialplan.REPLY + r",\|,([0-9]+-?)\)\}", CODE)
+
+
+@given(
+    call_id=st.text("0123456789abcdef", min_size=1, max_size=32),
+    label=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
+)
+def test_the_dialplan_takes_the_ok_answer_apart_as_bridged_builds_it(call_id: str, label: str) -> None:
+    stasis_args = f"bridged,{dialplan.app_args(dialplan.Leg.ORDER, call_id)}"
+    reply = dialplan.reply_ok(stasis_args, label)
+    [label_spec] = _cuts_of(re.escape(f"Set({dialplan.LABEL}="))
+    [stasis_spec] = _cuts_of(re.escape("Stasis("))
+    assert _cut(reply, "1") == dialplan.OK
+    assert _cut(reply, stasis_spec) == stasis_args
+    assert _cut(reply, label_spec) == label  # even with a "|" in it: the label is last
+
+
+@pytest.mark.parametrize("overloaded", [False, True])
+def test_the_dialplan_plays_the_prompt_of_a_refusal(overloaded: bool) -> None:
+    reply = dialplan.reply_refused("im-sorry&feature-not-avail-line", overloaded=overloaded)
+    [prompt_spec] = _cuts_of(re.escape("Playback("))
+    assert _cut(reply, "1") == (dialplan.OVERLOADED if overloaded else dialplan.REFUSED)
+    assert _cut(reply, prompt_spec) == "im-sorry&feature-not-avail-line"
+
+
+def test_the_label_subroutine_and_the_transfer_handling() -> None:
+    assert f"Set({dialplan.SEND_SUB}={dialplan.LABEL_SUB})" in CODE
+    assert f"[{dialplan.LABEL_CONTEXT}]" in CODE
+    context, extension, priority = dialplan.LABEL_SUB.split(",")
+    routine = CODE.split(f"[{context}]", 1)[1]
+    assert f"exten => {extension},{priority},Set(CONNECTEDLINE(all,i)=${{{dialplan.LABEL}}})" in routine
+    [(name, value)] = dialplan.NO_TRANSFERS.items()
+    assert f"Set({name}={value})" in CODE
+    # What bridged sets on a manager leg it originates is what the dialplan sets on a phone's channel.
+    assert dialplan.label_variables('"Order 1" <*771>') == {
+        dialplan.LABEL: '"Order 1" <*771>',
+        dialplan.SEND_SUB: dialplan.LABEL_SUB,
+        name: value,
+    }
+
+
+@pytest.mark.parametrize("leg", list(dialplan.Leg))
+def test_stasis_arguments_round_trip(leg: dialplan.Leg) -> None:
+    assert dialplan.parse_app_args(dialplan.app_args(leg, "c0ffee").split(",")) == (leg, "c0ffee")
+
+
+@pytest.mark.parametrize("args", [[], ["order"], ["dial", "1"], [5, "1"]])
+def test_other_stasis_arguments_are_no_call(args: list[object]) -> None:
+    assert dialplan.parse_app_args(args) is None  # type: ignore[arg-type]
