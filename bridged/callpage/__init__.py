@@ -53,6 +53,7 @@ from ..api.params import read_json
 from ..appkeys import CONFIG, SERVICE, STORE
 from ..config import LinksConfig
 from ..links import LinkProblem, LinkRefused, SignedLink
+from ..ops import static_file
 from ..outcomes import Outcome
 from ..store.base import DatabaseUnavailable
 from ..store.calls import CallRow
@@ -407,11 +408,7 @@ _STATIC_TYPES = {"call.js": "text/javascript", "call.css": "text/css"}
 
 
 async def static(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    if name not in _STATIC_TYPES:
-        raise web.HTTPNotFound()
-    text = (STATIC / name).read_text(encoding="utf-8")
-    return web.Response(text=text, content_type=_STATIC_TYPES[name], charset="utf-8", headers=PAGE_HEADERS)
+    return static_file(request, STATIC, _STATIC_TYPES, PAGE_HEADERS)
 
 
 def setup(app: web.Application) -> None:

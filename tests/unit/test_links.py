@@ -11,6 +11,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
@@ -26,8 +28,7 @@ from hypothesis import strategies as st
 from bridged import callpage, links
 from bridged.api import calls as api_calls
 from bridged.api.errors import error_middleware
-from bridged.appkeys import CONFIG, ENGINE, SERVICE, STORE
-from bridged.calls.engine import CallEngine
+from bridged.appkeys import CONFIG, STORE
 from bridged.calls.model import CallState
 from bridged.config import ConfigError, ConfigHolder, LinksConfig
 from bridged.configfile import parse_config
@@ -36,6 +37,7 @@ from bridged.outcomes import Outcome
 from bridged.service import CallService
 
 from .fakes import NUMBER_DIGITS, ROOT, DownStore, FakeAri, example_data, make_config, make_order
+from .test_api_calls import call_app
 from .test_service import FakeDirectory
 
 README = ROOT / "README.md"
@@ -254,6 +256,25 @@ def test_manager_token_settings_name_their_key(token: dict[str, Any], message: s
     )
 
 
+def test_check_config_names_the_link_and_token_keys(tmp_path: Path) -> None:
+    data = copy.deepcopy(example_data())
+    data["links"] = {"secret": "too-short"}
+    data["api"]["tokens"].append(_token(manager="nobody"))
+    path = tmp_path / "bridged.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "bridged", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "links.secret: must be 32 to 256 printable ASCII characters" in result.stderr
+    assert "api.tokens[1].manager: 'nobody' is not the id of a manager" in result.stderr
+    assert "too-short" not in result.stderr  # a secret, even a bad one, is not printed
+
+
 # -- the page's words --------------------------------------------------------------------------------
 
 
@@ -299,24 +320,16 @@ class Served:
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
     config = make_config(links=LinksConfig(secret=SECRET, max_age=600))
-    ari, store = FakeAri(), DownStore()
-    engine = CallEngine(ConfigHolder(config), ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
-    directory = FakeDirectory({"123": make_order("123", manager_id="anna")})
-    service = CallService(ConfigHolder(config), store, directory, engine, accepting_calls=lambda: True)  # type: ignore[arg-type]
-    app = web.Application(middlewares=[error_middleware])
-    app[CONFIG] = ConfigHolder(config)
-    app[STORE] = store  # type: ignore[assignment]
-    app[ENGINE] = engine
-    app[SERVICE] = service
-    api_calls.setup(app)
-    callpage.setup(app)
-    client = TestClient(TestServer(app))
+    built = call_app(config, {"123": make_order("123", manager_id="anna")})
+    api_calls.setup(built.app)
+    callpage.setup(built.app)
+    client = TestClient(TestServer(built.app))
     await client.start_server()
     try:
-        yield Served(client, ari, store, service, directory)
+        yield Served(client, built.ari, built.store, built.service, built.directory)
     finally:
         await client.close()
-        await engine.shutdown()
+        await built.engine.shutdown()
 
 
 def _query(fields: dict[str, str]) -> str:
@@ -520,3 +533,56 @@ def test_the_link_key_and_capability_are_derived_not_stored_secrets() -> None:
     cap = links.capability(SECRET, link)
     assert cap != link.sig and links.capability(SECRET, link) == cap
     assert links.capability(SECRET[::-1], link) != cap
+
+
+_QUERY_PARTS = st.lists(
+    st.tuples(
+        st.sampled_from(["order", "manager", "exp", "sig", "x", "Sig", "order[]", ""]),
+        st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=70),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(parts=_QUERY_PARTS, tamper=st.booleans())
+def test_any_query_string_gets_a_refusal_page_and_an_audit_row_that_holds_none_of_it(
+    parts: list[tuple[str, str]], tamper: bool
+) -> None:
+    """Generated query strings (percent-encoded as a browser would, or a signed link with one generated
+    value in place of its own): a 4xx page, never a 500, and an audit row without any of the values."""
+
+    async def check() -> None:
+        config = make_config(links=LinksConfig(secret=SECRET))
+        store = DownStore()
+        app = web.Application(middlewares=[error_middleware])
+        app[CONFIG] = ConfigHolder(config)
+        app[STORE] = store  # type: ignore[assignment]
+        callpage.setup(app)
+        fields = dict(parts)
+        if tamper and parts:
+            exp = int(time.time()) + 60
+            good = {"order": "123", "manager": "anna", "exp": str(exp)}
+            good["sig"] = links.signature(SECRET, "123", "anna", exp)
+            name, value = parts[0]
+            fields = {**good, name: value}
+            if fields == good:
+                return  # a value that happens to be the link's own: a good link
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/c", params=list(fields.items()))
+            text = await resp.text()
+        assert resp.status in (400, 403, 410), (resp.status, text[:300])
+        assert "<script" not in text and resp.headers["Cache-Control"] == "no-store"
+        # Nothing of the request is kept but what bridged itself says about it (and, only for a valid
+        # signature, the signed order and manager).
+        [row] = store.audits
+        signed = row["actor"] == "link:anna"
+        assert (row["action"], row["outcome"], row["call_id"]) == ("link.refused", "refused", None)
+        assert row["actor"] in ("link", "link:anna") and row["order_id"] == ("123" if signed else None)
+        assert row["reason"] in {p.value for p in LinkProblem}
+        assert set(row["details"]) == {"method", "path", "client"} | (
+            {"manager_id", "exp"} if signed else set()
+        )
+        assert (row["details"]["path"], row["details"].get("manager_id", "anna")) == ("/c", "anna")
+
+    asyncio.run(check())

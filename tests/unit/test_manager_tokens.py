@@ -10,19 +10,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridged.api import routes
 from bridged.api.auth import PERMISSIONS, Principal, TokenRegistry
 from bridged.api.openapi import document
-from bridged.appkeys import CONFIG, ENGINE, SERVICE, STORE
-from bridged.calls.engine import CallEngine
-from bridged.config import ApiToken, ConfigHolder
-from bridged.service import CallService
+from bridged.config import ApiToken
 
 from .fakes import DownStore, FakeAri, make_config, make_order
-from .test_service import FakeDirectory
+from .test_api_calls import call_app
 
 TOKENS = {
     # name: (role, token, bound manager)
@@ -55,22 +51,14 @@ async def served() -> AsyncIterator[Served]:
     )
     config = make_config()
     config = replace(config, api=replace(config.api, tokens=tokens), policy="team")
-    ari, store = FakeAri(), DownStore()
-    engine = CallEngine(ConfigHolder(config), ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
     # 123 is anna's order, 124 boris's (same team "north"), 125 nobody's.
-    directory = FakeDirectory(
-        {
-            "123": make_order("123", manager_id="anna"),
-            "124": make_order("124", manager_id="boris"),
-            "125": make_order("125", manager_id=None),
-        }
-    )
-    service = CallService(ConfigHolder(config), store, directory, engine, accepting_calls=lambda: True)  # type: ignore[arg-type]
-    app = web.Application()
-    app[CONFIG] = ConfigHolder(config)
-    app[STORE] = store  # type: ignore[assignment]
-    app[ENGINE] = engine
-    app[SERVICE] = service
+    orders = {
+        "123": make_order("123", manager_id="anna"),
+        "124": make_order("124", manager_id="boris"),
+        "125": make_order("125", manager_id=None),
+    }
+    built = call_app(config, orders, middleware=False)  # routes.setup adds it
+    app, ari, store, engine = built.app, built.ari, built.store, built.engine
     routes.setup(app)
     app[routes.TOKENS] = TokenRegistry(lambda: tokens)
     client = TestClient(TestServer(app))
