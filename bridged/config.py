@@ -132,7 +132,9 @@ class HttpConfig:
     max_connections_per_client: int = 50
 
 
-ROLES = ("shop", "ops", "admin")
+# manager: a token bound to one manager (``ApiToken.manager``): it places, reads and ends that manager's
+# calls only (bridged.api.auth).
+ROLES = ("shop", "ops", "admin", "manager")
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,8 @@ class ApiToken:
     name: str
     role: str
     sha256: str  # hex digest of the token; the token itself is never stored
+    # The manager id a "manager" token is bound to (None for every other role).
+    manager: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,16 @@ class ApiConfig:
     manager_ring_timeout: int = 30
     # How long an Idempotency-Key is remembered, in hours.
     idempotency_hours: int = 24
+
+
+@dataclass(frozen=True)
+class LinksConfig:
+    """Signed click-to-call links (``GET /c?order=..&manager=..&exp=..&sig=..``, bridged.links)."""
+
+    # The shop's HMAC-SHA256 key for links; None: links are off (``/c`` answers 404).
+    secret: str | None = None
+    # Seconds a link may live: one whose exp is further ahead than this is refused (default 10 minutes).
+    max_age: int = 600
 
 
 @dataclass(frozen=True)
@@ -198,6 +212,7 @@ class Config:
     agi: AgiConfig = field(default_factory=AgiConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    links: LinksConfig = field(default_factory=LinksConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     prompts: Prompts = field(default_factory=Prompts)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -37,6 +37,7 @@ from .config import (
     DatabaseConfig,
     HttpConfig,
     LabelsConfig,
+    LinksConfig,
     LoggingConfig,
     Manager,
     OrdersConfig,
@@ -461,7 +462,13 @@ def _load_api(s: _Section) -> ApiConfig:
         if name in names:
             t.error("name", f"duplicates token name {name!r}")
         names.add(name)
-        tokens.append(ApiToken(name=name, role=role, sha256=digest))
+        manager = t.opt_str("manager")
+        if role == "manager" and manager is None:
+            t.error("manager", "is required for role manager: the id of the manager the token acts as")
+        elif role != "manager" and manager is not None:
+            t.error("manager", "binds only a token of role manager; remove it or set role: manager")
+            manager = None
+        tokens.append(ApiToken(name=name, role=role, sha256=digest, manager=manager))
         t.finish()
     cfg = ApiConfig(
         tokens=tuple(tokens),
@@ -471,6 +478,33 @@ def _load_api(s: _Section) -> ApiConfig:
     )
     s.finish()
     return cfg
+
+
+# A link secret is typed into a shop's code as well as here: printable ASCII only, so that PHP, Python and
+# a template engine all feed the same bytes to HMAC whatever their file encoding.
+_LINK_SECRET_RE = re.compile(r"^[\x21-\x7e]{32,256}$")
+
+
+def _load_links(s: _Section) -> LinksConfig:
+    secret = s.opt_str("secret")
+    if secret is not None and secret in PLACEHOLDERS:
+        s.error("secret", "still holds the example placeholder; set a real value (e.g. openssl rand -hex 32)")
+    elif secret is not None and not _LINK_SECRET_RE.match(secret):
+        s.error(
+            "secret",
+            "must be 32 to 256 printable ASCII characters without spaces (e.g. openssl rand -hex 32)",
+        )
+    cfg = LinksConfig(secret=secret, max_age=s.integer("max_age", 600, minimum=10, maximum=86400))
+    s.finish()
+    return cfg
+
+
+def _check_token_managers(root: _Section, api: ApiConfig, managers: tuple[Manager, ...]) -> None:
+    """A manager token must name a configured manager (one removed later would bind it to nobody)."""
+    known = {m.id for m in managers}
+    for index, token in enumerate(api.tokens):
+        if token.manager is not None and token.manager not in known:
+            root.error(f"api.tokens[{index}].manager", f"{token.manager!r} is not the id of a manager")
 
 
 def _load_webhook(s: _Section) -> WebhookConfig:
@@ -542,10 +576,13 @@ def parse_config(data: Any) -> Config:
             agi=root.load("agi", _load_agi, required=False),
             http=root.load("http", _load_http, required=False),
             api=root.load("api", _load_api, required=False),
+            links=root.load("links", _load_links, required=False),
             webhook=root.load("webhook", _load_webhook, required=False),
             prompts=root.load("prompts", _load_prompts, required=False),
             logging=root.load("logging", _load_logging, required=False),
         )
+        if config.api is not None:
+            _check_token_managers(root, config.api, managers)
         root.finish()
     except ConfigError as exc:  # a check that raised instead of recording: keep what was found before
         problems.extend(exc)

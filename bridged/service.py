@@ -1,7 +1,8 @@
 """The one place that decides whether a call goes ahead: one entry per trigger.
 
 - :meth:`CallService.place_from_phone`: a manager dialled ``*77<order>`` (FastAGI, bridged.agi);
-- :meth:`CallService.place_from_api`: a shop's backend asked for a call (``POST /v1/calls``);
+- :meth:`CallService.place_from_api`: a shop's backend asked for a call (``POST /v1/calls``), or a manager
+  opened a signed link (``/c``, bridged.callpage);
 - :meth:`CallService.end_from_api`: a shop's backend ends one (``DELETE /v1/calls/{id}``).
 
 Each answers in domain terms (a call, or a :class:`Refused` with its :class:`~bridged.outcomes.Refusal`);
@@ -109,12 +110,13 @@ class CallService:
         )
 
     async def place_from_api(
-        self, client: str, manager_id: str, order_id: str
+        self, client: str, manager_id: str, order_id: str, *, actor: str | None = None
     ) -> Call | Refused | NotStarted:
         """A call asked for by API client ``client``: rings the manager, and the customer once they answer.
 
-        Returns the call once its manager leg has been originated."""
-        actor = api_actor(client)
+        ``actor`` names who asked in the audit trail (default: the token, ``token:<client>``; a signed
+        link says ``link:<manager>``). Returns the call once its manager leg has been originated."""
+        actor = actor or api_actor(client)
         manager = self.config.current.manager_by_id(manager_id)
         if manager is None:
             log.info("call refused for %s: unknown manager", actor)
@@ -144,11 +146,11 @@ class CallService:
         except ManagerLegFailed:
             return NotStarted(Outcome.MANAGER_UNAVAILABLE, decided.call_id)
 
-    async def end_from_api(self, client: str, call_id: str) -> bool:
+    async def end_from_api(self, client: str, call_id: str, *, actor: str | None = None) -> bool:
         """End a live call on request; False if this daemon has no such live call."""
         if not self.engine.terminate(call_id):
             return False
-        actor = api_actor(client)
+        actor = actor or api_actor(client)
         await self.deferred.write(
             f"call {call_id} end request audit row",
             lambda: self.store.audit.add(
@@ -157,12 +159,13 @@ class CallService:
         )
         return True
 
-    async def refuse_unrecorded(self, client: str, manager_id: str) -> Refused:
-        """A request whose Idempotency-Key could not be recorded (bridged's database is away): refused,
-        as any attempt bridged cannot keep a record of (a retry could otherwise ring twice)."""
+    async def refuse_unrecorded(self, client: str, manager_id: str, *, actor: str | None = None) -> Refused:
+        """A request whose Idempotency-Key (or signed link) could not be recorded (bridged's database is
+        away): refused, as any attempt bridged cannot keep a record of (a retry could otherwise ring
+        twice)."""
         log.warning("call request by %s refused: bridged's database is unavailable", client)
         return await self._refused_attempt(
-            Refusal.DATABASE_UNAVAILABLE, actor=api_actor(client), details={"manager_id": manager_id}
+            Refusal.DATABASE_UNAVAILABLE, actor=actor or api_actor(client), details={"manager_id": manager_id}
         )
 
     # -- deciding ----------------------------------------------------------------------------------

@@ -30,8 +30,12 @@ ANONYMOUS = "anonymous"
 # What each role may do. admin includes everything ops may do; shop is the shop admin's backend.
 # calls.any_client: the role's calls.* permissions reach every call, not only those its token placed
 # (a shop token reads and ends its own calls only; phone calls belong to no token).
+# manager: a token bound to one manager (api.tokens[].manager), for a script in a page that manager
+# uses: it places calls only as that manager and reads and ends only that manager's calls (see
+# :meth:`Principal.owns`); it may not list calls, listen to recordings, or read the audit trail.
 PERMISSIONS: dict[str, frozenset[str]] = {
     "shop": frozenset({"calls.create", "calls.read", "calls.end"}),
+    "manager": frozenset({"calls.create", "calls.read", "calls.end"}),
     "ops": frozenset({"calls.list", "calls.read", "calls.any_client", "recordings.listen"}),
     "admin": frozenset(
         {
@@ -55,9 +59,22 @@ def hash_token(token: str) -> str:
 class Principal:
     name: str
     role: str
+    # The manager a "manager" token is bound to; None for every other role.
+    manager_id: str | None = None
 
     def may(self, permission: str) -> bool:
         return permission in PERMISSIONS.get(self.role, frozenset())
+
+    def owns(self, *, manager_id: str, created_by: str | None) -> bool:
+        """Whether a call (its manager and the client that placed it) is this token's to read and end:
+        any call with ``calls.any_client``; the bound manager's calls for a manager token (placed by
+        any client, by a link or from the desk phone: they are that manager's own calls); else the
+        calls the token placed itself (a phone call belongs to no token)."""
+        if self.may("calls.any_client"):
+            return True
+        if self.manager_id is not None:
+            return manager_id == self.manager_id
+        return created_by is not None and created_by == self.name
 
 
 class TokenRegistry:
@@ -75,7 +92,13 @@ class TokenRegistry:
         for token in self._tokens():
             if hmac.compare_digest(digest, token.sha256):
                 found = token
-        return None if found is None else Principal(found.name, found.role)
+        if found is None:
+            return None
+        # A manager token without its binding would be no one's: it is refused like an unknown token
+        # (the config check makes this unreachable, this keeps it so if that check ever changes).
+        if found.role == "manager" and not found.manager:
+            return None
+        return Principal(found.name, found.role, found.manager if found.role == "manager" else None)
 
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
@@ -102,7 +125,7 @@ def requires(permission: str) -> Callable[[Handler], Handler]:
                 raise Unauthorized()
             request[PRINCIPAL] = who
             if not who.may(permission):
-                await _audit_denied(
+                await audit_denied(
                     request, who.name, "forbidden", {"permission": permission, "role": who.role}
                 )
                 raise Forbidden()
@@ -149,10 +172,22 @@ async def audit_unauthenticated(request: web.Request, permission: str | None) ->
     details: dict[str, Any] = {"token": "invalid" if header else "none"}
     if permission is not None:
         details["permission"] = permission
-    await _audit_denied(request, ANONYMOUS, "unauthenticated", details)
+    await audit_denied(request, ANONYMOUS, "unauthenticated", details)
 
 
-async def _audit_denied(request: web.Request, actor: str, outcome: str, details: dict[str, Any]) -> None:
+async def audit_denied(
+    request: web.Request,
+    actor: str,
+    outcome: str,
+    details: dict[str, Any],
+    *,
+    action: str = "api.denied",
+    reason: str | None = None,
+    order_id: str | None = None,
+    call_id: str | None = None,
+) -> None:
+    """The audit row of a refused request, within the per-client quota (bridged.api.limits); its loss
+    never turns the refusal into a 500."""
     client = client_address(request)
     limiter = request.app.get(DENIED_LIMITER)
     if limiter is not None:
@@ -164,7 +199,15 @@ async def _audit_denied(request: web.Request, actor: str, outcome: str, details:
             details = {**details, "suppressed_before": folded}
     details = {"method": request.method, "path": request.rel_url.path, "client": client, **details}
     try:
-        await request.app[STORE].audit.add(actor=actor, action="api.denied", outcome=outcome, details=details)
+        await request.app[STORE].audit.add(
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            reason=reason,
+            details=details,
+            order_id=order_id,
+            call_id=call_id,
+        )
     except Exception as exc:
         # The refusal stands either way; losing its audit row must not turn it into a 500.
         log.error("denied request not audited (%s %s): %s", request.method, request.rel_url.path, exc)

@@ -21,10 +21,18 @@ from ..service import NotStarted, Refused
 from ..store.base import DatabaseUnavailable
 from ..store.calls import CallRow
 from . import idempotency, openapi
-from .auth import Principal, audited, principal, requires
+from .auth import Principal, audit_denied, audited, principal, requires
 from .cursors import DEFAULT_LIMIT, MAX_LIMIT, PAGE_PARAMETERS, Listing
 from .cursors import MAX_LENGTH as MAX_CURSOR
-from .errors import ApiError, CallEnded, CallNotFound, InvalidRequest, outcome_error, refusal_error
+from .errors import (
+    ApiError,
+    CallEnded,
+    CallNotFound,
+    InvalidRequest,
+    OtherManager,
+    outcome_error,
+    refusal_error,
+)
 from .params import Query, path_id, read_json
 
 log = logging.getLogger(__name__)
@@ -59,7 +67,8 @@ def call_json(row: CallRow) -> dict[str, Any]:
     }
 
 
-def _parse_create(body: Any) -> tuple[str, str]:
+def _parse_create(body: Any, *, manager_optional: bool = False) -> tuple[str, str | None]:
+    """(order_id, manager_id); manager_id None only when ``manager_optional`` (a manager token's own)."""
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
     unknown = sorted(set(body) - {"order_id", "manager_id"})
@@ -68,6 +77,8 @@ def _parse_create(body: Any) -> tuple[str, str]:
     values: dict[str, str] = {}
     for name in ("order_id", "manager_id"):
         value = body.get(name)
+        if value is None and name == "manager_id" and manager_optional:
+            continue
         if value is None:
             raise InvalidRequest(f"{name} is required", details={"field": name})
         if not isinstance(value, str):
@@ -75,12 +86,30 @@ def _parse_create(body: Any) -> tuple[str, str]:
         if not 1 <= len(value) <= _ID_MAX:
             raise InvalidRequest(f"{name} must be 1-{_ID_MAX} characters", details={"field": name})
         values[name] = value
-    return values["order_id"], values["manager_id"]
+    return values["order_id"], values.get("manager_id")
 
 
-async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple[int, dict[str, Any]]:
-    who = principal(request)
-    placed = await request.app[SERVICE].place_from_api(who.name, manager_id, order_id)
+async def _as_whom(request: web.Request, who: Principal, asked: str | None) -> str:
+    """The manager a call is placed as: the one asked for, or a manager token's own. A manager token
+    asking for anyone else is refused (403, audited; the id it asked for is not stored: it is the
+    client's text)."""
+    if who.manager_id is None:
+        if asked is None:  # _parse_create requires it of every other role
+            raise InvalidRequest("manager_id is required", details={"field": "manager_id"})
+        return asked
+    if asked is not None and asked != who.manager_id:
+        details = {"permission": "calls.create", "role": who.role, "manager_id": who.manager_id}
+        await audit_denied(request, who.name, "forbidden", {**details, "reason": "other_manager"})
+        raise OtherManager(f"this token places calls only as manager {who.manager_id}")
+    return who.manager_id
+
+
+async def place(
+    request: web.Request, client: str, order_id: str, manager_id: str, *, actor: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Place a call for API client ``client`` through the service (as ``POST /v1/calls`` and a signed
+    link do): 202 and the call, or the refusal raised as its ApiError."""
+    placed = await request.app[SERVICE].place_from_api(client, manager_id, order_id, actor=actor)
     if isinstance(placed, Refused):
         raise refusal_error(placed.reason)
     if isinstance(placed, NotStarted):
@@ -89,10 +118,14 @@ async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple
         row = await request.app[STORE].calls.get(placed.id)
     except DatabaseUnavailable:
         row = None  # gone since the row was written: the call rings all the same
-    return 202, call_json(row or _live_row(placed, who))
+    return 202, call_json(row or _live_row(placed, client))
 
 
-def _live_row(call: Call, who: Principal) -> CallRow:
+async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple[int, dict[str, Any]]:
+    return await place(request, principal(request).name, order_id, manager_id)
+
+
+def _live_row(call: Call, client: str) -> CallRow:
     """The answer for a call that is ringing when its row cannot be read back (bridged's database went
     away a moment after taking it): what this daemon knows."""
     return CallRow(
@@ -111,7 +144,7 @@ def _live_row(call: Call, who: Principal) -> CallRow:
         customer_channel_id=None,
         bridge_id=None,
         ended_by=None,
-        created_by=who.name,
+        created_by=client,
     )
 
 
@@ -120,11 +153,12 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG].current
     key = idempotency.key_of(request)
     body = await read_json(request, config.api.max_body_bytes)
-    order_id, manager_id = _parse_create(body)
+    who = principal(request)
+    order_id, asked = _parse_create(body, manager_optional=who.manager_id is not None)
+    manager_id = await _as_whom(request, who, asked)
     if key is None:
         status, payload = await _create(request, order_id, manager_id)
         return _created(status, payload)
-    who = principal(request)
     first = await idempotency.claim(request, who.name, key, body)
     if isinstance(first, idempotency.Unrecorded):
         # Without the key's record a retry could ring twice: refused like any attempt without its row.
@@ -154,8 +188,9 @@ def _created(status: int, payload: dict[str, Any], *, replayed: bool = False) ->
 
 
 def may_see(who: Principal, row: CallRow) -> bool:
-    """A shop token sees the calls it placed; a role with ``calls.any_client`` sees every call."""
-    return who.may("calls.any_client") or (row.created_by is not None and row.created_by == who.name)
+    """A shop token sees the calls it placed, a manager token its manager's calls, a role with
+    ``calls.any_client`` every call (:meth:`Principal.owns`)."""
+    return who.owns(manager_id=row.manager_id, created_by=row.created_by)
 
 
 async def _visible_call(request: web.Request) -> CallRow:
@@ -194,10 +229,16 @@ async def get_call(request: web.Request) -> web.StreamResponse:
 
 @requires("calls.end")
 async def end_call(request: web.Request) -> web.StreamResponse:
-    row = await _visible_call(request)
+    row = await end(request, await _visible_call(request), principal(request).name)
+    return web.json_response(call_json(row), status=202)
+
+
+async def end(request: web.Request, row: CallRow, client: str, *, actor: str | None = None) -> CallRow:
+    """End a live call for ``client`` (as ``DELETE /v1/calls/{id}`` and a link's page do); the row as it
+    is once ended, or as last read if that takes more than a moment. 409 call_ended if it is not live."""
     if row.state == "ended":
         raise CallEnded()
-    if not await request.app[SERVICE].end_from_api(principal(request).name, row.id):
+    if not await request.app[SERVICE].end_from_api(client, row.id, actor=actor):
         raise CallEnded("the call is not live on this daemon")
     store = request.app[STORE]
     call_id = row.id
@@ -212,7 +253,7 @@ async def end_call(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(0.05)
     except DatabaseUnavailable:
         pass  # the call is ending all the same; the answer is the last row read
-    return web.json_response(call_json(row), status=202)
+    return row
 
 
 _TIMESTAMP = openapi.TIME
@@ -220,10 +261,16 @@ SCHEMAS: dict[str, Any] = {
     "CreateCall": {
         "type": "object",
         "additionalProperties": False,
-        "required": ["order_id", "manager_id"],
+        "required": ["order_id"],
         "properties": {
             "order_id": {"type": "string", "minLength": 1, "maxLength": _ID_MAX},
-            "manager_id": {"type": "string", "minLength": 1, "maxLength": _ID_MAX},
+            "manager_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": _ID_MAX,
+                "description": "required, except with a manager token: then its own manager (another "
+                "is 403 other_manager)",
+            },
         },
     },
     "Call": {
@@ -325,6 +372,8 @@ openapi.register(
                 {
                     "operationId": "createCall",
                     "summary": "Ring a manager, then connect them with the customer of an order",
+                    "description": "A shop token names the manager; a manager token places calls as its "
+                    "own manager only (403 other_manager for another), under the same policy as *77.",
                     "parameters": [
                         {
                             "name": "Idempotency-Key",
@@ -342,6 +391,11 @@ openapi.register(
                     "responses": {
                         "202": {"description": "the manager's phone is ringing", "content": _CALL},
                         **openapi.error_responses(400, 404, 408, 409, 413, 415, 422, 503),
+                        "403": {
+                            **openapi.error_responses(403)["403"],
+                            "description": "forbidden (the role may not place calls), order_not_allowed "
+                            "(the policy), or other_manager (a manager token naming another manager)",
+                        },
                         "409": {
                             **openapi.error_responses(409)["409"],
                             "description": "idempotency_key_in_use, manager_not_registered, or "
@@ -363,8 +417,8 @@ openapi.register(
                 {
                     "operationId": "getCall",
                     "summary": "A call's state and outcome",
-                    "description": "A shop token sees the calls it placed; ops and admin tokens see all. "
-                    "Another client's call, or a call dialled from a phone, is 404 call_not_found to a shop.",
+                    "description": "A shop token sees the calls it placed, a manager token its manager's "
+                    "calls; ops and admin tokens see all. Any other call is 404 call_not_found to them.",
                     "parameters": [_CALL_ID],
                     "responses": {
                         "200": {"description": "the call", "content": _CALL},
@@ -375,7 +429,8 @@ openapi.register(
             "delete": openapi.secured(
                 {
                     "operationId": "endCall",
-                    "summary": "End a call that is ringing or bridged (one this token placed)",
+                    "summary": "End a call that is ringing or bridged (one this token placed; a manager "
+                    "token: one of its manager's)",
                     "parameters": [_CALL_ID],
                     "responses": {
                         "202": {"description": "the call is ending or has ended", "content": _CALL},

@@ -76,6 +76,7 @@ BodyTooLarge = _error(413, "body_too_large", "the request body is too large")
 UnsupportedMediaType = _error(415, "unsupported_media_type", "send application/json")
 
 # -- calls ------------------------------------------------------------------------------------------
+OtherManager = _error(403, "other_manager", "this token places calls only as its own manager")
 CallNotFound = _error(404, "call_not_found", "no such call")
 CallEnded = _error(409, "call_ended", "the call has already ended")
 IdempotencyConflict = _error(
@@ -87,6 +88,20 @@ InvalidIdempotencyKey = _error(
 IdempotencyInProgress = _error(
     409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being handled"
 )
+
+# -- signed call links (bridged.callpage): the message is what the link's page shows the manager --------
+LinksDisabled = _error(404, "links_disabled", "Call links are not enabled on this bridged.")
+LinkMalformed = _error(
+    400, "link_malformed", "This is not a whole call link; open it again from the shop admin."
+)
+LinkInvalid = _error(403, "link_invalid", "This link is not valid; open it again from the shop admin.")
+LinkExpired = _error(410, "link_expired", "This link has expired, ask for a new one.")
+LinkTooLong = _error(
+    403, "link_too_long", "This link is valid for longer than bridged allows; ask for a new one."
+)
+LinkInUse = _error(409, "link_in_use", "This call is being placed; one moment.")
+LinkUnknown = _error(404, "link_unknown", "This call can no longer be followed here.")
+CrossSite = _error(403, "cross_site_request", "This request did not come from the call page.")
 
 # -- recordings and retention -----------------------------------------------------------------------
 ReasonRequired = _error(422, "reason_required", "listening to a recording needs a reason (?reason=...)")

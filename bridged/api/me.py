@@ -1,9 +1,11 @@
-"""``GET /v1/me``: who this token is and what it may do (the /ops/ page adapts to it)."""
+"""``GET /v1/me``: who this token is, what it may do, and the manager a manager token is bound to (the
+/ops/ page adapts to it)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from ..config import ROLES
 from . import openapi
 from .auth import PERMISSIONS, TOKENS, audit_unauthenticated
 from .errors import Unauthorized
@@ -16,9 +18,14 @@ async def me(request: web.Request) -> web.Response:
     if who is None:
         await audit_unauthenticated(request, None)
         raise Unauthorized()
-    return web.json_response(
-        {"name": who.name, "role": who.role, "permissions": sorted(PERMISSIONS.get(who.role, ()))}
-    )
+    answer: dict[str, object] = {
+        "name": who.name,
+        "role": who.role,
+        "permissions": sorted(PERMISSIONS.get(who.role, ())),
+    }
+    if who.manager_id is not None:
+        answer["manager_id"] = who.manager_id
+    return web.json_response(answer)
 
 
 openapi.register(
@@ -41,8 +48,13 @@ openapi.register(
             "required": ["name", "role", "permissions"],
             "properties": {
                 "name": openapi.STR,
-                "role": {"type": "string", "enum": ["shop", "ops", "admin"]},
+                "role": {"type": "string", "enum": list(ROLES)},
                 "permissions": {"type": "array", "items": openapi.STR},
+                "manager_id": {
+                    **openapi.STR,
+                    "description": "a manager token's manager: the only one it places, reads and ends "
+                    "calls of (absent for other roles)",
+                },
             },
         }
     },

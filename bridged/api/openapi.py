@@ -122,7 +122,9 @@ def error_responses(*statuses: int) -> dict[str, Any]:
 def secured(operation: dict[str, Any]) -> dict[str, Any]:
     operation = copy.deepcopy(operation)
     operation["security"] = [{"bearer": []}]
-    operation.setdefault("responses", {}).update(error_responses(401, 403))
+    responses = operation.setdefault("responses", {})
+    for status, response in error_responses(401, 403).items():
+        responses.setdefault(status, response)  # an operation may say more about its own 403
     return operation
 
 

@@ -1,10 +1,11 @@
-"""The HTTP API's router: every resource's module, and the /ops/ page, mounted on the application."""
+"""The HTTP API's router: every resource's module, the /ops/ page and the signed links' /c page, mounted on
+the application."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from .. import ops
+from .. import callpage, ops
 from ..appkeys import CONFIG
 from . import audit, calls, me, openapi, recordings, retention
 from .auth import DENIED_LIMITER, TOKENS, TokenRegistry
@@ -18,5 +19,5 @@ def setup(app: web.Application) -> None:
     app[TOKENS] = TokenRegistry(lambda: app[CONFIG].current.api.tokens)
     app[DENIED_LIMITER] = DeniedAuditLimiter()
     app[CURSORS] = CursorKeeper()
-    for resource in (calls, recordings, audit, retention, me, openapi, ops):
+    for resource in (calls, recordings, audit, retention, me, openapi, ops, callpage):
         resource.setup(app)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 from importlib import resources
+from importlib.abc import Traversable
 
 from aiohttp import web
 
@@ -58,13 +59,23 @@ async def to_page(request: web.Request) -> web.Response:
     raise web.HTTPPermanentRedirect("/ops/")
 
 
-async def static(request: web.Request) -> web.StreamResponse:
+def static_file(
+    request: web.Request, folder: Traversable, types: dict[str, str], headers: dict[str, str]
+) -> web.Response:
+    """The file the path names, if it is one of ``types`` (name -> content type): nothing else of the
+    package is reachable."""
     name = request.match_info["name"]
-    types = {"ops.js": "text/javascript", "ops.css": "text/css", "favicon.svg": "image/svg+xml"}
     if name not in types:
         raise web.HTTPNotFound()
-    text = (STATIC / name).read_text(encoding="utf-8")
-    return web.Response(text=text, content_type=types[name], charset="utf-8", headers=SECURITY_HEADERS)
+    text = (folder / name).read_text(encoding="utf-8")
+    return web.Response(text=text, content_type=types[name], charset="utf-8", headers=headers)
+
+
+_STATIC_TYPES = {"ops.js": "text/javascript", "ops.css": "text/css", "favicon.svg": "image/svg+xml"}
+
+
+async def static(request: web.Request) -> web.StreamResponse:
+    return static_file(request, STATIC, _STATIC_TYPES, SECURITY_HEADERS)
 
 
 def setup(app: web.Application) -> None:

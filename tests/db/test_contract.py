@@ -208,3 +208,51 @@ def test_the_rows_both_stores_give_are_the_same_type() -> None:
     from bridged.store.calls import CallRow
 
     assert set(row) == {f.name for f in dataclasses.fields(CallRow)}
+
+
+# -- signed call links: claimed once, settled or released, found by capability -----------------------
+
+
+async def _claim(store: Store | FakeStore, key: str = "k1", cap: str = "cap1") -> Any:
+    return await store.links.claim(
+        key, order_id="123", manager_id="anna", expires_at=AT + timedelta(days=3650), capability_hash=cap
+    )
+
+
+async def test_a_link_is_claimed_once_and_answers_with_its_first_answer(
+    calls_store: Store | FakeStore,
+) -> None:
+    assert await _claim(calls_store) is None
+    in_progress = await _claim(calls_store)
+    assert (in_progress.status, in_progress.call_id, in_progress.order_id) == (None, None, "123")
+    assert await calls_store.links.by_capability("cap1") is not None
+    await calls_store.links.settle("k1", status=202, response={"call_id": "c9"}, call_id="c9")
+    again = await _claim(calls_store)
+    assert (again.status, again.call_id, again.response, again.manager_id) == (
+        202,
+        "c9",
+        {"call_id": "c9"},
+        "anna",
+    )
+    found = await calls_store.links.by_capability("cap1")
+    assert found is not None and found.call_id == "c9"
+    assert await calls_store.links.by_capability("cap2") is None
+    # A settled link is not released: its call stands.
+    await calls_store.links.release("k1")
+    assert (await calls_store.links.find("k1")).call_id == "c9"
+
+
+async def test_a_released_link_may_be_claimed_again(calls_store: Store | FakeStore) -> None:
+    assert await _claim(calls_store) is None
+    await calls_store.links.release("k1")
+    assert await calls_store.links.find("k1") is None
+    assert await _claim(calls_store) is None
+    await calls_store.links.settle(
+        "k1", status=403, response={"error": {"id": "order_not_allowed"}}, call_id=None
+    )
+    refused = await _claim(calls_store)
+    assert (refused.status, refused.call_id, refused.response) == (
+        403,
+        None,
+        {"error": {"id": "order_not_allowed"}},
+    )

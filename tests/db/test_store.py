@@ -250,3 +250,28 @@ async def test_a_row_left_refusing_by_an_older_bridged_is_ending_after_the_migra
     finally:
         await pool.close()
         cluster.drop_database(name)
+
+
+async def test_link_rows_are_kept_until_expired_and_past_their_capability(store: Store) -> None:
+    """A replay must never ring again: a link's row outlives the link, and the capability's 24 hours."""
+    now = datetime.now(UTC)
+    await store.links.claim(
+        "old", order_id="1", manager_id="anna", expires_at=now - timedelta(hours=30), capability_hash="c-old"
+    )
+    await store.links.claim(
+        "live",
+        order_id="2",
+        manager_id="anna",
+        expires_at=now + timedelta(minutes=5),
+        capability_hash="c-live",
+    )
+    await store.pool.execute("UPDATE call_links SET created_at = now() - interval '2 days'")
+    # Not yet expired (however old its row): kept, so opening it again shows its call.
+    await store.links.claim(
+        "new", order_id="3", manager_id="anna", expires_at=now + timedelta(minutes=5), capability_hash="c-new"
+    )
+    assert await store.links.find("old") is None
+    assert await store.links.find("live") is not None
+    # Past 24 hours, a capability follows nothing.
+    assert await store.links.by_capability("c-live") is None
+    assert await store.links.by_capability("c-new") is not None

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,10 +141,16 @@ def make_bridged(
     endpoint_files: list[str] = []
 
     def make(
-        manager_ids: tuple[str, ...] = ("anna",), *, offline: tuple[str, ...] = (), **options
+        manager_ids: tuple[str, ...] = ("anna",),
+        *,
+        offline: tuple[str, ...] = (),
+        extra_for: Callable[[list[ManagerPhone]], dict[str, Any]] | None = None,
+        **options,
     ) -> Bridged:
         """bridged with these managers' phones on the rig; the ones in ``offline`` are not registered
-        (their endpoint's AOR has no contact: ARI says "offline", an originate fails at once)."""
+        (their endpoint's AOR has no contact: ARI says "offline", an originate fails at once).
+        ``extra_for(phones)``: the config's ``extra`` made once the managers' ids are known (a token
+        bound to one of them)."""
         phones = [
             ManagerPhone(
                 id=f"{m}{rig_alloc.unique_name('')}",
@@ -154,6 +161,8 @@ def make_bridged(
             for m in manager_ids
         ]
         unregistered = {p.endpoint for m, p in zip(manager_ids, phones, strict=True) if m in offline}
+        if extra_for is not None:
+            options["extra"] = extra_for(phones)
         daemon = Bridged(asterisk, shop, trace_dir, phones, **options)
         conf = "\n".join(
             manager_endpoint_conf(

@@ -44,16 +44,19 @@ TOKENS = {
     "ops": "ops-token-0123456789abcdef",
     "admin": "admin-token-0123456789",
     "shop2": "another-shop-token-0123456789",  # a second API client with the shop role
+    "manager": "manager-token-0123456789abcdef",  # bound to the daemon's first manager
 }
 WEBHOOK_SECRET = "webhook-secret-0123456789"
 
 
-def token_config() -> list[dict[str, str]]:
+def token_config(manager_id: str) -> list[dict[str, str]]:
+    """Every token of TOKENS; the manager token is bound to ``manager_id``."""
     return [
         {
             "name": f"{key}-test",
             "role": key.rstrip("0123456789"),
             "sha256": hashlib.sha256(token.encode()).hexdigest(),
+            **({"manager": manager_id} if key == "manager" else {}),
         }
         for key, token in TOKENS.items()
     ]
@@ -167,12 +170,15 @@ def api_daemon(
     extra_http: dict[str, Any] | None = None,
     **options,
 ) -> Bridged:
-    extra: dict[str, Any] = {"api": {"tokens": token_config(), "manager_ring_timeout": 5}}
-    if webhook_url:
-        extra["webhook"] = {"url": webhook_url, "secret": WEBHOOK_SECRET, "timeout": 2}
-    if extra_http:
-        extra["http"] = extra_http
-    return make_bridged(managers or ("anna",), extra=extra, **options)
+    def extra_for(phones: list[ManagerPhone]) -> dict[str, Any]:
+        extra: dict[str, Any] = {"api": {"tokens": token_config(phones[0].id), "manager_ring_timeout": 5}}
+        if webhook_url:
+            extra["webhook"] = {"url": webhook_url, "secret": WEBHOOK_SECRET, "timeout": 2}
+        if extra_http:
+            extra["http"] = extra_http
+        return extra
+
+    return make_bridged(managers or ("anna",), extra_for=extra_for, **options)
 
 
 def wait_state(daemon: Bridged, call_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
@@ -497,21 +503,82 @@ def test_authorization_matrix(make_bridged) -> None:
     daemon = api_daemon(make_bridged, "hanna")
     body = {"order_id": "1", "manager_id": "nobody"}
     # (method, path, body) -> expected status per caller; 404 means the request got past authorization.
+    # The manager token (bound to hanna) may not place a call as "nobody": 403 other_manager.
     endpoints = {
-        ("POST", "/v1/calls"): {"none": 401, "wrong": 401, "shop": 404, "ops": 403, "admin": 403},
-        ("GET", "/v1/calls/none"): {"none": 401, "wrong": 401, "shop": 404, "ops": 404, "admin": 404},
-        ("DELETE", "/v1/calls/none"): {"none": 401, "wrong": 401, "shop": 404, "ops": 403, "admin": 403},
-        ("GET", "/v1/openapi.json"): {"none": 200, "wrong": 200, "shop": 200, "ops": 200, "admin": 200},
+        ("POST", "/v1/calls"): {
+            "none": 401,
+            "wrong": 401,
+            "shop": 404,
+            "ops": 403,
+            "admin": 403,
+            "manager": 403,
+        },
+        ("GET", "/v1/calls/none"): {
+            "none": 401,
+            "wrong": 401,
+            "shop": 404,
+            "ops": 404,
+            "admin": 404,
+            "manager": 404,
+        },
+        ("DELETE", "/v1/calls/none"): {
+            "none": 401,
+            "wrong": 401,
+            "shop": 404,
+            "ops": 403,
+            "admin": 403,
+            "manager": 404,
+        },
+        ("GET", "/v1/calls"): {
+            "none": 401,
+            "wrong": 401,
+            "shop": 403,
+            "ops": 200,
+            "admin": 200,
+            "manager": 403,
+        },
+        ("GET", "/v1/audit"): {
+            "none": 401,
+            "wrong": 401,
+            "shop": 403,
+            "ops": 403,
+            "admin": 200,
+            "manager": 403,
+        },
+        ("GET", "/v1/me"): {"none": 401, "wrong": 401, "shop": 200, "ops": 200, "admin": 200, "manager": 200},
+        ("GET", "/v1/openapi.json"): {
+            "none": 200,
+            "wrong": 200,
+            "shop": 200,
+            "ops": 200,
+            "admin": 200,
+            "manager": 200,
+        },
     }
     callers = {"none": None, "wrong": "not-a-token", **TOKENS}
+    del callers["shop2"]
     for (method, path), expected in endpoints.items():
+        assert set(expected) == set(callers), (method, path)
         for caller, status in expected.items():
             got, answer, _ = http(
                 daemon, method, path, body if method == "POST" else None, token=callers[caller]
             )
             assert got == status, (method, path, caller, answer)
             if status in (401, 403):
-                assert answer["error"]["id"] == {401: "unauthorized", 403: "forbidden"}[status]
+                other = method == "POST" and caller == "manager"
+                want = {401: "unauthorized", 403: "other_manager" if other else "forbidden"}[status]
+                assert answer["error"]["id"] == want, (method, path, caller, answer)
+    hanna = daemon.managers[0]
+    status, me, _ = http(daemon, "GET", "/v1/me", token=TOKENS["manager"])
+    assert (me["role"], me["manager_id"]) == ("manager", hanna.id)
+    # Every 403 of the manager token is in the audit trail, the asked-for manager's id left out.
+    denied = [a for a in daemon.audit_rows("manager-test") if a["action"] == "api.denied"]
+    assert sorted(a["details"].get("reason", a["details"]["permission"]) for a in denied) == [
+        "audit.read",
+        "calls.list",
+        "other_manager",
+    ]
+    assert "nobody" not in json.dumps(denied)
 
 
 # Checks left out, and why: positive_data_acceptance (valid input is refused by design: an order that
@@ -533,7 +600,7 @@ def test_openapi_schemathesis(make_bridged, trace_dir: Path) -> None:
     for _ in range(3):
         http(daemon, "POST", "/v1/calls", {"order_id": "999999999", "manager_id": ivan.id})
     started = time.monotonic()
-    for role in ("shop", "ops", "admin"):
+    for role in ("shop", "ops", "admin", "manager"):
         role_started = time.monotonic()
         result = subprocess.run(
             [

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,20 @@ CHROMIUM_ARGS = [
 ]
 
 
+@contextmanager
+def headless_chromium() -> Iterator[Any]:
+    """Debian's Chromium, headless, through Playwright (the test is skipped where either is missing)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (scripts/bootstrap installs it)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def _real_call(daemon, manager, trace_dir: Path, rig_alloc, numbers: list[str]) -> dict[str, Any]:
     order, number = new_order_id(), new_customer_number()
     numbers.append(number)
@@ -55,7 +71,7 @@ def _real_call(daemon, manager, trace_dir: Path, rig_alloc, numbers: list[str]) 
 
 
 def test_ops_page_sign_in_filter_play_and_audit(make_bridged, asterisk, trace_dir: Path, rig_alloc) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     if not shutil.which(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (scripts/bootstrap installs it)")
     daemon = make_bridged(("pia", "pat"), extra=token_config())
@@ -69,75 +85,71 @@ def test_ops_page_sign_in_filter_play_and_audit(make_bridged, asterisk, trace_di
     admin_name, admin_token = TOKENS["admin"]
 
     traffic: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 768})
-            console_errors: list[str] = []
-            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-            page.on("requestfailed", lambda r: console_errors.append(f"failed: {r.url}"))
-            page.on(
-                "response",
-                lambda r: console_errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None,
-            )
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        console_errors: list[str] = []
+        page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+        page.on("requestfailed", lambda r: console_errors.append(f"failed: {r.url}"))
+        page.on(
+            "response",
+            lambda r: console_errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None,
+        )
 
-            def keep(response: Any) -> None:
-                traffic.append(response.url)
-                kind = response.headers.get("content-type", "")
-                if not kind.startswith("audio/"):
-                    traffic.append(response.text())
+        def keep(response: Any) -> None:
+            traffic.append(response.url)
+            kind = response.headers.get("content-type", "")
+            if not kind.startswith("audio/"):
+                traffic.append(response.text())
 
-            page.on("response", keep)
-            page.goto(f"{base}/ops/")
+        page.on("response", keep)
+        page.goto(f"{base}/ops/")
 
-            # Sign in with the keyboard only: the token field has focus on load.
-            assert page.evaluate("document.activeElement.id") == "token"
-            page.keyboard.type(admin_token)
-            page.keyboard.press("Enter")
-            page.wait_for_selector("#review:not([hidden])")
-            assert page.inner_text("#who-text") == f"Signed in as {admin_name} (admin)"
-            assert page.evaluate("document.activeElement.id") == "f-manager"
-            assert page.evaluate("sessionStorage.getItem('bridged.token')") == admin_token
+        # Sign in with the keyboard only: the token field has focus on load.
+        assert page.evaluate("document.activeElement.id") == "token"
+        page.keyboard.type(admin_token)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#review:not([hidden])")
+        assert page.inner_text("#who-text") == f"Signed in as {admin_name} (admin)"
+        assert page.evaluate("document.activeElement.id") == "f-manager"
+        assert page.evaluate("sessionStorage.getItem('bridged.token')") == admin_token
 
-            # Filter by manager: only pia's call is left.
-            page.keyboard.type(pia.id)
-            page.keyboard.press("Enter")
-            page.wait_for_function(
-                "ids => { const rows = [...document.querySelectorAll('#calls tbody tr')];"
-                " return rows.length === 1 && rows[0].dataset.callId === ids; }",
-                arg=row["id"],
-            )
-            page.get_by_label("Reason for listening").fill("customer dispute")
+        # Filter by manager: only pia's call is left.
+        page.keyboard.type(pia.id)
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            "ids => { const rows = [...document.querySelectorAll('#calls tbody tr')];"
+            " return rows.length === 1 && rows[0].dataset.callId === ids; }",
+            arg=row["id"],
+        )
+        page.get_by_label("Reason for listening").fill("customer dispute")
 
-            # Play with the keyboard: focus the row's button, press Enter.
-            play = page.locator(f'#calls tr[data-call-id="{row["id"]}"] button.play')
-            play.focus()
-            page.keyboard.press("Enter")
-            page.wait_for_function(
-                "() => { const a = document.getElementById('player');"
-                " return a.readyState >= 2 && a.currentTime > 0 && !a.paused; }",
-                timeout=20000,
-            )
-            duration = page.evaluate("document.getElementById('player').duration")
-            assert duration > 1, duration
+        # Play with the keyboard: focus the row's button, press Enter.
+        play = page.locator(f'#calls tr[data-call-id="{row["id"]}"] button.play')
+        play.focus()
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            "() => { const a = document.getElementById('player');"
+            " return a.readyState >= 2 && a.currentTime > 0 && !a.paused; }",
+            timeout=20000,
+        )
+        duration = page.evaluate("document.getElementById('player').duration")
+        assert duration > 1, duration
 
-            # The listen shows up in the audit list (refreshed after play).
-            page.wait_for_function(
-                "id => [...document.querySelectorAll('#audit-table tbody tr')].some(tr =>"
-                " tr.dataset.action === 'recording.listen' && tr.textContent.includes(id))",
-                arg=row["id"],
-            )
-            listen_row = page.locator("#audit-table tbody tr[data-action='recording.listen']").first
-            assert "customer dispute" in listen_row.inner_text()
-            assert admin_name in listen_row.inner_text()
+        # The listen shows up in the audit list (refreshed after play).
+        page.wait_for_function(
+            "id => [...document.querySelectorAll('#audit-table tbody tr')].some(tr =>"
+            " tr.dataset.action === 'recording.listen' && tr.textContent.includes(id))",
+            arg=row["id"],
+        )
+        listen_row = page.locator("#audit-table tbody tr[data-action='recording.listen']").first
+        assert "customer dispute" in listen_row.inner_text()
+        assert admin_name in listen_row.inner_text()
 
-            out = trace_dir / "ops.png"
-            page.screenshot(path=str(out), full_page=True)
-            assert out.stat().st_size > 10_000
-            html = page.content()
-            assert not console_errors, console_errors
-        finally:
-            browser.close()
+        out = trace_dir / "ops.png"
+        page.screenshot(path=str(out), full_page=True)
+        assert out.stat().st_size > 10_000
+        html = page.content()
+        assert not console_errors, console_errors
 
     # Exactly one audited listen for the one press of Play.
     audit = json.loads(

@@ -26,7 +26,7 @@ from rig import Asterisk
 
 from . import harness
 from .harness import Bridged, ManagerPhone, wait_for
-from .test_ops_page import CHROMIUM, CHROMIUM_ARGS
+from .test_ops_page import headless_chromium
 from .test_review_api import TOKENS, http, token_config
 from .test_service import samples
 
@@ -96,22 +96,16 @@ def _api_views(daemon: Bridged, manager: ManagerPhone, call_id: str) -> tuple[di
 
 def _ops_row_text(daemon: Bridged, call_id: str, trace_dir: Path) -> str:
     """What /ops/ shows in the call's recording cell, signed in as ops in Chromium."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (scripts/bootstrap installs it)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 768})
-            page.goto(f"http://127.0.0.1:{daemon.http_port}/ops/")
-            page.keyboard.type(TOKENS["ops"][1])
-            page.keyboard.press("Enter")
-            cell = page.locator(f'#calls tr[data-call-id="{call_id}"] td').last
-            cell.locator(".recording-mark").wait_for(timeout=10000)
-            page.screenshot(path=str(trace_dir / "ops.png"), full_page=True)
-            return cell.inner_text()
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.goto(f"http://127.0.0.1:{daemon.http_port}/ops/")
+        page.keyboard.type(TOKENS["ops"][1])
+        page.keyboard.press("Enter")
+        cell = page.locator(f'#calls tr[data-call-id="{call_id}"] td').last
+        cell.locator(".recording-mark").wait_for(timeout=10000)
+        page.screenshot(path=str(trace_dir / "ops.png"), full_page=True)
+        text: str = cell.inner_text()
+        return text
 
 
 def test_a_disk_that_fills_up_mid_call_truncates_the_recording_and_the_call_goes_on(

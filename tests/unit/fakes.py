@@ -30,6 +30,7 @@ from bridged.orders import Order
 from bridged.redact import PhoneNumber, RedactingFilter, digits
 from bridged.store.base import DatabaseUnavailable
 from bridged.store.calls import CallRow
+from bridged.store.links import LinkUse
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "config" / "bridged.example.yaml"
@@ -457,15 +458,18 @@ def not_found(operation: str) -> AriNotFound:
 
 
 class FakeStore:
-    """Mirrors ``Store``'s ``calls`` and ``audit`` aggregates: call rows in a dict (column -> value), audit
-    rows in a list. tests/db runs the same contract against the real store on PostgreSQL."""
+    """Mirrors ``Store``'s ``calls``, ``audit`` and ``links`` aggregates: call rows in a dict (column ->
+    value), audit rows in a list, link rows in a dict. tests/db runs the same contract against the real
+    store on PostgreSQL."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.apps: dict[str, str | None] = {}
         self.audits: list[dict[str, Any]] = []
+        self.link_rows: dict[str, dict[str, Any]] = {}
         self.calls = FakeCallRows(self)
         self.audit = FakeAuditTrail(self)
+        self.links = FakeCallLinks(self)
 
     def add_row(self, *, ari_app: str | None = None, **fields: Any) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -693,6 +697,62 @@ class FakeCallRows:
         return [CallRow(**r) for r in rows]
 
 
+class FakeCallLinks:
+    """Mirrors ``CallLinks`` (rows never expire here: a test that needs that runs on PostgreSQL)."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self._store = store
+
+    @staticmethod
+    def _use(row: dict[str, Any]) -> LinkUse:
+        return LinkUse(
+            order_id=row["order_id"],
+            manager_id=row["manager_id"],
+            call_id=row["call_id"],
+            status=row["status"],
+            response=copy.deepcopy(row["response"]),
+        )
+
+    async def claim(
+        self, sig_hash: str, *, order_id: str, manager_id: str, expires_at: datetime, capability_hash: str
+    ) -> LinkUse | None:
+        rows = self._store.link_rows
+        if sig_hash in rows:
+            return self._use(rows[sig_hash])
+        assert all(r["capability_hash"] != capability_hash for r in rows.values()), "UNIQUE"
+        rows[sig_hash] = {
+            "order_id": order_id,
+            "manager_id": manager_id,
+            "expires_at": expires_at,
+            "capability_hash": capability_hash,
+            "call_id": None,
+            "status": None,
+            "response": None,
+        }
+        return None
+
+    async def settle(self, sig_hash: str, *, status: int, response: Any, call_id: str | None) -> None:
+        if sig_hash in self._store.link_rows:
+            self._store.link_rows[sig_hash].update(
+                status=status, response=copy.deepcopy(response), call_id=call_id
+            )
+
+    async def release(self, sig_hash: str) -> None:
+        row = self._store.link_rows.get(sig_hash)
+        if row is not None and row["status"] is None:
+            del self._store.link_rows[sig_hash]
+
+    async def find(self, sig_hash: str) -> LinkUse | None:
+        row = self._store.link_rows.get(sig_hash)
+        return None if row is None else self._use(row)
+
+    async def by_capability(self, capability_hash: str) -> LinkUse | None:
+        for row in self._store.link_rows.values():
+            if row["capability_hash"] == capability_hash:
+                return self._use(row)
+        return None
+
+
 class _Outage:
     """An aggregate whose every coroutine method raises DatabaseUnavailable while its store is down."""
 
@@ -722,3 +782,4 @@ class DownStore(FakeStore):
         self.refused: list[str] = []
         self.calls = _Outage(self, self.calls)  # type: ignore[assignment]
         self.audit = _Outage(self, self.audit)  # type: ignore[assignment]
+        self.links = _Outage(self, self.links)  # type: ignore[assignment]

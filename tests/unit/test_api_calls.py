@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -20,7 +20,8 @@ from bridged.api.errors import error_middleware
 from bridged.appkeys import CONFIG, ENGINE, SERVICE, STORE
 from bridged.ari import AriUnavailable
 from bridged.calls.engine import CallEngine
-from bridged.config import ApiToken, ConfigHolder
+from bridged.config import ApiToken, Config, ConfigHolder
+from bridged.orders import Order
 from bridged.service import CallService
 
 from .fakes import DownStore, FakeAri, make_config, make_order, wait_until
@@ -38,19 +39,37 @@ def auth(name: str = "shop-1") -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS_BY_NAME[name][1]}"}
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[TestClient, FakeAri, DownStore]]:
-    config = make_config()
-    config = replace(config, ari=replace(config.ari, max_request_wait=0.05))
+@dataclass
+class CallApp:
+    """An aiohttp application with the real call service and engine over fakes (no routes yet)."""
+
+    app: web.Application
+    ari: FakeAri
+    store: DownStore
+    engine: CallEngine
+    service: CallService
+    directory: FakeDirectory
+
+
+def call_app(config: Config, orders: dict[str, Order], *, middleware: bool = True) -> CallApp:
     ari, store = FakeAri(), DownStore()
     engine = CallEngine(ConfigHolder(config), ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
-    directory = FakeDirectory({"123": make_order("123", manager_id="anna")})
+    directory = FakeDirectory(orders)
     service = CallService(ConfigHolder(config), store, directory, engine, accepting_calls=lambda: True)  # type: ignore[arg-type]
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware] if middleware else [])
     app[CONFIG] = ConfigHolder(config)
     app[STORE] = store  # type: ignore[assignment]
     app[ENGINE] = engine
     app[SERVICE] = service
+    return CallApp(app, ari, store, engine, service, directory)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[TestClient, FakeAri, DownStore]]:
+    config = make_config()
+    config = replace(config, ari=replace(config.ari, max_request_wait=0.05))
+    built = call_app(config, {"123": make_order("123", manager_id="anna")})
+    app, ari, store, engine = built.app, built.ari, built.store, built.engine
     tokens = tuple(
         ApiToken(name=name, role=role, sha256=hashlib.sha256(token.encode()).hexdigest())
         for name, (role, token) in TOKENS_BY_NAME.items()

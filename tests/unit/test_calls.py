@@ -37,11 +37,13 @@ from bridged.outcomes import Outcome
 from bridged.redact import digits
 from bridged.store.audit import AuditTrail
 from bridged.store.calls import CallRows
+from bridged.store.links import CallLinks
 from tests.unit.fakes import (
     NUMBER,
     NUMBER_TAIL,
     FakeAri,
     FakeAuditTrail,
+    FakeCallLinks,
     FakeCallRows,
     FakeStore,
     caller_id_changed,
@@ -166,7 +168,12 @@ async def env() -> AsyncIterator[Env]:
 
 @pytest.mark.parametrize(
     ("fake", "real"),
-    [(FakeAri, AriClient), (FakeCallRows, CallRows), (FakeAuditTrail, AuditTrail)],
+    [
+        (FakeAri, AriClient),
+        (FakeCallRows, CallRows),
+        (FakeAuditTrail, AuditTrail),
+        (FakeCallLinks, CallLinks),
+    ],
 )
 def test_fakes_mirror_real_signatures(fake: type, real: type) -> None:
     for name, member in vars(fake).items():

@@ -142,3 +142,18 @@ async def test_a_reload_reaches_every_component_through_the_one_holder(tmp_path:
     assert tokens.authenticate("Bearer new-shop-token-123") is not None
     assert retention.default_days() == 30
     await engine.shutdown()
+
+
+def test_a_new_link_secret_and_a_manager_token_are_applied(tmp_path: Path, caplog) -> None:
+    """A leaked link secret is replaced without a restart; a manager token comes with its binding."""
+    old_secret, new_secret = "a" * 40, "b" * 40
+    current = parse_config(_config(links={"secret": old_secret}))
+    token = {"name": "anna-page", "role": "manager", "manager": "anna", "sha256": "c" * 64}
+    path = _write(tmp_path, _config(links={"secret": new_secret, "max_age": 120}, api={"tokens": [token]}))
+    with caplog.at_level(logging.WARNING, logger="bridged.reload"):
+        result = reload_config(path, current, lambda _: None)
+    assert result is not None
+    assert (result.links.secret, result.links.max_age) == (new_secret, 120)
+    assert [(t.role, t.manager) for t in result.api.tokens] == [("manager", "anna")]
+    assert "need a restart" not in caplog.text
+    assert old_secret not in caplog.text and new_secret not in caplog.text

@@ -1,0 +1,419 @@
+"""``/c``: the page a signed click-to-call link opens (bridged.links), and the requests its script makes.
+
+- ``GET /c?order=..&manager=..&exp=..&sig=..`` checks the link and answers a page; it never places a call.
+  Link previews, prefetchers and mail scanners fetch URLs: a fetch alone rings nobody. A refused link
+  (malformed, tampered, expired, valid for too long) gets a page saying so in the shop's words and an
+  audit row (``link.refused``: the order id only when the signature is valid, never the link's sig).
+- ``POST /c/place`` (the page's script, same origin, the signed fields in a JSON body) places the call as
+  ``POST /v1/calls`` does (the same service entry, policy, rows, audit, webhooks), at most once per link:
+  the link is claimed first (``call_links``, keyed by the signature's hash) and opening it again, or two
+  openings at once, answers with that call (``link.replayed`` audit row) instead of ringing again. It
+  returns the call's progress and a capability, derived from the link, to follow it with.
+- ``GET /c/call`` and ``DELETE /c/call`` (``Authorization: Capability <hex>``): the call's progress in
+  words ("Ringing your phone", "Ringing the customer", "Connected", "Ended: ..."), and "End call".
+
+The page and its script carry no token and no call data beyond the order id: progress is the call's state
+and outcome in words, never a number. Every answer is ``no-store`` with ``Referrer-Policy: no-referrer``
+(the signed URL goes to no one), and the page has a strict CSP (its own script and stylesheet only) and
+refuses to be framed (``frame-ancestors 'none'``): a shop admin opens it in a small window or a tab.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from .. import links
+from ..api import calls as api_calls
+from ..api.auth import audit_denied
+from ..api.errors import (
+    ApiError,
+    CallEnded,
+    CrossSite,
+    LinkExpired,
+    LinkInUse,
+    LinkInvalid,
+    LinkMalformed,
+    LinksDisabled,
+    LinkTooLong,
+    LinkUnknown,
+    error_response,
+    refusal_error,
+)
+from ..api.params import read_json
+from ..appkeys import CONFIG, SERVICE, STORE
+from ..config import LinksConfig
+from ..links import LinkProblem, LinkRefused, SignedLink
+from ..ops import static_file
+from ..outcomes import Outcome
+from ..store.base import DatabaseUnavailable
+from ..store.calls import CallRow
+from ..store.links import LinkUse
+
+log = logging.getLogger(__name__)
+
+STATIC = resources.files("bridged.callpage") / "static"
+
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+# Every answer under /c: nothing is cached or indexed, the signed URL is sent to no one as a referrer,
+# and the page is not framed (clickjacking) nor scriptable by the window that opened it.
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Robots-Tag": "noindex, nofollow",
+}
+PAGE_HEADERS = {
+    **HEADERS,
+    "Content-Security-Policy": _CSP,
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+_PROBLEM_ERRORS: dict[LinkProblem, type[ApiError]] = {
+    LinkProblem.MALFORMED: LinkMalformed,
+    LinkProblem.BAD_SIGNATURE: LinkInvalid,
+    LinkProblem.EXPIRED: LinkExpired,
+    LinkProblem.TOO_LONG: LinkTooLong,
+}
+
+# What the page says for a call the service did not place (by the API's error id); any other error shows
+# the API's own message.
+REFUSAL_WORDS = {
+    "order_not_allowed": "You may not call the customer of order {order}.",
+    "unknown_order": "There is no order {order}.",
+    "invalid_order_id": "{order} is not an order number bridged accepts.",
+    "invalid_phone": "The customer of order {order} has no valid phone number; nobody was called.",
+    "unknown_manager": "This link names a manager bridged does not know; ask for a new one.",
+    "manager_not_registered": "Your phone is not connected; switch it on and ask for a new link.",
+    "manager_unavailable": "Your phone could not be called.",
+    "telephony_unavailable": "bridged cannot place calls right now; try again in a minute.",
+    "overloaded": "bridged is busy right now; try again in a few seconds.",
+    "order_lookup_failed": "The shop's order database did not answer; try again in a minute.",
+    "database_unavailable": "bridged cannot place calls right now; try again in a minute.",
+}
+
+# The call's state, as the page shows it: (phase, words). "ended" adds the outcome in words.
+PHASES = {
+    "requested": ("ringing_manager", "Ringing your phone"),
+    "ringing_manager": ("ringing_manager", "Ringing your phone"),
+    "ringing_customer": ("ringing_customer", "Ringing the customer"),
+    "announcing": ("connecting", "The customer answered; connecting"),
+    "bridged": ("connected", "Connected"),
+    "ending": ("ending", "Ending the call"),
+    "ended": ("ended", "Ended"),
+}
+LIVE_STATES = frozenset({"requested", "ringing_manager", "ringing_customer", "announcing", "bridged"})
+OUTCOME_WORDS = {
+    Outcome.COMPLETED: "call completed",
+    Outcome.CUSTOMER_BUSY: "the customer's line was busy",
+    Outcome.CUSTOMER_NO_ANSWER: "the customer did not answer",
+    Outcome.CUSTOMER_UNAVAILABLE: "the customer could not be reached",
+    Outcome.CUSTOMER_CONGESTION: "the network was busy; try again later",
+    Outcome.CUSTOMER_ABANDONED: "the customer hung up before you were connected",
+    Outcome.MANAGER_ABANDONED: "you hung up before the customer answered",
+    Outcome.MANAGER_NO_ANSWER: "your phone was not answered",
+    Outcome.MANAGER_UNAVAILABLE: "your phone could not be called",
+    Outcome.CANCELLED: "the call was cancelled",
+    Outcome.FAILED: "the call failed",
+}
+
+_CAPABILITY_RE = re.compile(r"Capability ([0-9a-f]{64})")
+_MAX_BODY = 1024
+
+
+def client_of(manager: str) -> str:
+    """The API client a link's call belongs to (``created_by``), and who asked in its audit rows."""
+    return f"link:{manager}"
+
+
+def progress(state: str, outcome: str | None, order_id: str) -> dict[str, Any]:
+    """A call as the page shows it: no id, no channel, no number; its phase, in words."""
+    phase, words = PHASES.get(state, ("unknown", state.replace("_", " ")))
+    if state == "ended" and outcome:
+        try:
+            outcome_words = OUTCOME_WORDS[Outcome(outcome)]
+        except ValueError:
+            outcome_words = outcome.replace("_", " ")
+        words = f"Ended: {outcome_words}"
+    return {
+        "order_id": order_id,
+        "state": state,
+        "outcome": outcome,
+        "phase": phase,
+        "text": words,
+        "live": state in LIVE_STATES,
+    }
+
+
+def progress_of(row: CallRow) -> dict[str, Any]:
+    return progress(row.state, row.outcome, row.order_id)
+
+
+# -- the page ----------------------------------------------------------------------------------------
+
+
+def render(*, status: int, text: str, order: str | None, phase: str, script: bool) -> web.Response:
+    template = (STATIC / "call.html").read_text(encoding="utf-8")
+    script_tag = '<script src="/c/static/call.js" defer></script>' if script else ""
+    body = (
+        template.replace("{{title}}", html.escape(f"Order {order}" if order else "Call link"))
+        .replace("{{status}}", html.escape(text))
+        .replace("{{phase}}", html.escape(phase))
+        .replace("{{script}}", script_tag)
+    )
+    return web.Response(
+        status=status, text=body, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS
+    )
+
+
+async def page(request: web.Request) -> web.Response:
+    """The link's page. Checks the link (and audits a refused one); places nothing."""
+    config = request.app[CONFIG].current.links
+    secret = config.secret
+    if secret is None:
+        error = LinksDisabled()
+        return render(status=error.status, text=error.message, order=None, phase="refused", script=False)
+    query = {name: request.query.getall(name) for name in request.query}
+    try:
+        link = _checked(secret, config, links.fields_of(query))
+    except LinkRefused as refused:
+        error = await _refused(request, refused)
+        order = refused.link.order if refused.link else None
+        return render(status=error.status, text=error.message, order=order, phase="refused", script=False)
+    return render(
+        status=200,
+        text=f"Calling the customer of order {link.order}…",
+        order=link.order,
+        phase="placing",
+        script=True,
+    )
+
+
+def _checked(secret: str, config: LinksConfig, link: SignedLink) -> SignedLink:
+    return links.verify(secret, link, now=time.time(), max_age=config.max_age)
+
+
+async def _refused(request: web.Request, refused: LinkRefused) -> ApiError:
+    """Audit a refused link (within the client's quota of such rows) and say why it was refused."""
+    link = refused.link
+    details: dict[str, Any] = {}
+    call_id = None
+    if link is not None:
+        details = {"manager_id": link.manager, "exp": link.expires}
+        try:
+            earlier = await request.app[STORE].links.find(link.key)
+        except DatabaseUnavailable:
+            earlier = None
+        call_id = earlier.call_id if earlier is not None else None
+    await audit_denied(
+        request,
+        client_of(link.manager) if link else "link",
+        "refused",
+        details,
+        action="link.refused",
+        reason=refused.problem.value,
+        order_id=link.order if link else None,
+        call_id=call_id,
+    )
+    return _PROBLEM_ERRORS[refused.problem]()
+
+
+def _same_origin(request: web.Request) -> None:
+    """The page's own script is same-origin; a browser says so (Fetch Metadata). Clients without the
+    header (not a browser) need the link's fields or its capability anyway."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        raise CrossSite()
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _json_endpoint(handler: Handler) -> Handler:
+    """Errors of the script's requests carry /c's headers too (no-store, no referrer)."""
+
+    @functools.wraps(handler)
+    async def answering(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except ApiError as error:
+            response = error_response(error)
+            response.headers.update(HEADERS)
+            return response
+
+    return answering
+
+
+def _answer(payload: dict[str, Any], status: int = 200) -> web.Response:
+    return web.json_response(payload, status=status, headers=HEADERS)
+
+
+def _refusal(status: int, body: dict[str, Any], order: str) -> web.Response:
+    """A call the service did not place, in the shop's words (the API's message where it has none)."""
+    error = dict(body.get("error") or {})
+    words = REFUSAL_WORDS.get(str(error.get("id")))
+    if words is not None:
+        error["message"] = words.format(order=order)
+    error.pop("details", None)  # a refused call's id is of no use to the page
+    return _answer({"error": error}, status)
+
+
+# -- placing the call --------------------------------------------------------------------------------
+
+
+@_json_endpoint
+async def place(request: web.Request) -> web.Response:
+    """``POST /c/place``: the link's call, placed once; a second opening answers with the first."""
+    config = request.app[CONFIG].current.links
+    secret = config.secret
+    if secret is None:
+        raise LinksDisabled()
+    _same_origin(request)
+    body = await read_json(request, _MAX_BODY)
+    try:
+        if not isinstance(body, dict):
+            raise LinkRefused(LinkProblem.MALFORMED)
+        link = _checked(secret, config, links.fields_of(body))
+    except LinkRefused as refused:
+        raise await _refused(request, refused) from None
+    capability = links.capability(secret, link)
+    client = client_of(link.manager)
+    store = request.app[STORE]
+    try:
+        earlier = await store.links.claim(
+            link.key,
+            order_id=link.order,
+            manager_id=link.manager,
+            expires_at=datetime.fromtimestamp(link.expires, UTC),
+            capability_hash=links.capability_hash(capability),
+        )
+    except DatabaseUnavailable:
+        # Without the claim a second opening could ring again: refused like any unrecorded attempt.
+        unrecorded = await request.app[SERVICE].refuse_unrecorded(client, link.manager, actor=client)
+        error = refusal_error(unrecorded.reason)
+        return _refusal(error.status, error.body(), link.order)
+    if earlier is not None:
+        return await _replayed(request, link, earlier, capability)
+    try:
+        status, payload = await api_calls.place(request, client, link.order, link.manager, actor=client)
+    except ApiError as exc:
+        status, payload = exc.status, exc.body()
+    except BaseException:
+        await _settle(request, link, None, None)
+        raise
+    call_id = payload.get("id") if status == 202 else None
+    # As an Idempotency-Key: a transient failure is not kept, opening the link again may place the call.
+    await _settle(request, link, *((None, None) if status >= 500 else (status, payload)))
+    if call_id is None:
+        return _refusal(status, payload, link.order)
+    log.info("call %s placed by a link for manager %s", call_id, link.manager)
+    call = progress(payload["state"], payload["outcome"], payload["order_id"])
+    return _answer({"progress": call, "capability": capability}, 202)
+
+
+async def _settle(request: web.Request, link: SignedLink, status: int | None, payload: Any) -> None:
+    """Keep the first opening's answer for the next ones, or (``status`` None) free the link."""
+    store = request.app[STORE]
+
+    def write() -> Any:
+        if status is None:
+            return store.links.release(link.key)
+        call_id = payload.get("id") if status == 202 else None
+        kept = {"call_id": call_id} if call_id else payload
+        return store.links.settle(link.key, status=status, response=kept, call_id=call_id)
+
+    what = "call link release" if status is None else "call link answer"
+    await request.app[SERVICE].deferred.write(what, write)
+
+
+async def _replayed(
+    request: web.Request, link: SignedLink, earlier: LinkUse, capability: str
+) -> web.Response:
+    if earlier.status is None:
+        raise LinkInUse()  # a first opening is placing the call right now: the script asks again
+    store = request.app[STORE]
+    await request.app[SERVICE].deferred.write(
+        "call link replay audit row",
+        lambda: store.audit.add(
+            actor=client_of(link.manager),
+            action="link.replayed",
+            outcome="shown",
+            call_id=earlier.call_id,
+            order_id=link.order,
+            details={"manager_id": link.manager, "status": earlier.status},
+        ),
+    )
+    if earlier.call_id is None:
+        return _refusal(earlier.status, earlier.response or {}, link.order)
+    row = await store.calls.get(earlier.call_id)
+    if row is None:
+        raise LinkUnknown()
+    return _answer({"progress": progress_of(row), "capability": capability})
+
+
+# -- following and ending the call -------------------------------------------------------------------
+
+
+async def _call_of(request: web.Request) -> tuple[LinkUse, CallRow]:
+    _same_origin(request)
+    found = _CAPABILITY_RE.fullmatch(request.headers.get("Authorization", ""))
+    use = None
+    if found is not None:
+        use = await request.app[STORE].links.by_capability(links.capability_hash(found[1]))
+    if use is None or use.call_id is None:
+        await audit_denied(request, "link", "refused", {}, action="link.refused", reason="unknown_capability")
+        raise LinkUnknown()
+    row = await request.app[STORE].calls.get(use.call_id)
+    if row is None:
+        raise LinkUnknown()
+    return use, row
+
+
+@_json_endpoint
+async def follow(request: web.Request) -> web.Response:
+    """``GET /c/call``: the progress of the link's call."""
+    _, row = await _call_of(request)
+    return _answer({"progress": progress_of(row)})
+
+
+@_json_endpoint
+async def end(request: web.Request) -> web.Response:
+    """``DELETE /c/call``: "End call" on the page, as ``DELETE /v1/calls/{id}`` would."""
+    use, row = await _call_of(request)
+    if row.state == "ended":
+        return _answer({"progress": progress_of(row)})
+    client = client_of(use.manager_id)
+    try:
+        row = await api_calls.end(request, row, client, actor=client)
+    except CallEnded:
+        row = await request.app[STORE].calls.get(row.id) or row
+    return _answer({"progress": progress_of(row)}, 202)
+
+
+# -- static files ------------------------------------------------------------------------------------
+
+_STATIC_TYPES = {"call.js": "text/javascript", "call.css": "text/css"}
+
+
+async def static(request: web.Request) -> web.Response:
+    return static_file(request, STATIC, _STATIC_TYPES, PAGE_HEADERS)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/c", page)
+    app.router.add_post("/c/place", place)
+    app.router.add_get("/c/call", follow, allow_head=False)
+    app.router.add_delete("/c/call", end)
+    app.router.add_get("/c/static/{name}", static)

@@ -1,0 +1,284 @@
+"""Signed click-to-call links on the real rig, driven in Debian's headless Chromium (Playwright): the page
+a link opens places the call through bridged (the manager's SIPp phone rings with the order label, then
+the carrier's SIPp customer), shows its progress and outcome in words, shows the same call when opened
+again (one INVITE at the carrier), ends it with "End call", and refuses expired and tampered links with a
+page and an audit row. No digit of the customer's number in the page, what the browser sent and received,
+or the audit rows. Screenshots: ``artifacts/<test>/*.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bridged.links import make_link
+
+from .harness import (
+    Bridged,
+    ManagerPhone,
+    add_order,
+    assert_not_leaked,
+    carrier,
+    invites,
+    new_customer_number,
+    new_order_id,
+    phone_rings,
+    wait_for,
+)
+from .test_ops_page import headless_chromium
+
+SECRET = "e2e-link-secret-4f1c9a7b2d6e8f0a3b5c7d9e"
+PHASE_TIMEOUT_MS = 30_000
+
+
+def _daemon(make_bridged, customer_name: str) -> tuple[Bridged, ManagerPhone, str, str]:
+    """bridged with links on, its manager, and an order of theirs: (daemon, manager, order, number)."""
+    daemon = make_bridged(("anna",), extra={"links": {"secret": SECRET, "max_age": 600}})
+    anna = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, customer_name, anna.id)
+    return daemon, anna, order, number
+
+
+def _link(daemon: Bridged, order: str, manager: str, ttl: int = 300, **change: str) -> str:
+    url = make_link(f"http://127.0.0.1:{daemon.http_port}", SECRET, order, manager, int(time.time()) + ttl)
+    for name, value in change.items():
+        url = re.sub(rf"([?&]{name}=)[^&]*", lambda m, v=value: m[1] + v, url)
+    return url
+
+
+class Browser:
+    """One headless Chromium; every page it opens records what it sent and received."""
+
+    def __init__(self, browser: Any, trace_dir: Path) -> None:
+        self.browser = browser
+        self.trace_dir = trace_dir
+        self.traffic: list[str] = []
+        self.problems: list[str] = []
+
+    def open(self, url: str) -> Any:
+        page = self.browser.new_page(viewport={"width": 460, "height": 340})
+        page.on("console", lambda m: self.problems.append(m.text) if m.type == "error" else None)
+        page.on("request", self._request)
+        page.on("response", self._response)
+        page.goto(url)
+        return page
+
+    def _request(self, request: Any) -> None:
+        self.traffic.append(f"> {request.method} {request.url} {request.headers} {request.post_data or ''}")
+
+    def _response(self, response: Any) -> None:
+        try:
+            body = response.text()
+        except Exception as exc:  # a response the page navigated away from
+            body = f"<unreadable: {type(exc).__name__}>"
+        self.traffic.append(f"< {response.status} {response.url} {response.headers}\n{body}")
+
+    def snapshot(self, page: Any, name: str) -> str:
+        page.screenshot(path=str(self.trace_dir / f"{name}.png"))
+        html = page.content()
+        (self.trace_dir / f"{name}.html").write_text(html)
+        return html + "\n" + page.inner_text("body")
+
+
+@contextmanager
+def chromium(trace_dir: Path) -> Iterator[Browser]:
+    with headless_chromium() as browser:
+        yield Browser(browser, trace_dir)
+
+
+def wait_phase(page: Any, phase: str) -> str:
+    page.wait_for_function(
+        "phase => document.getElementById('status').dataset.phase === phase",
+        arg=phase,
+        timeout=PHASE_TIMEOUT_MS,
+    )
+    text: str = page.inner_text("#status")
+    return text
+
+
+def _audit(daemon: Bridged, action: str) -> list[dict[str, Any]]:
+    out = daemon.sql(f"SELECT coalesce(json_agg(a ORDER BY id), '[]') FROM audit a WHERE action = '{action}'")
+    return json.loads(out.strip())
+
+
+def test_a_link_rings_the_manager_then_the_customer_and_the_page_follows_the_call(
+    make_bridged, trace_dir: Path, rig_alloc
+) -> None:
+    daemon, anna, order, number = _daemon(make_bridged, "Ivan Petrov")
+    phone = phone_rings(anna, trace_dir, ring_ms=2500, hold_ms=60000)
+    customer = carrier(trace_dir, rig_alloc, hold_ms=5000, ring_ms=3000)
+    url = _link(daemon, order, anna.id)
+
+    with chromium(trace_dir) as browser:
+        page = browser.open(url)
+        assert page.title() == f"Order {order} · bridged"
+        assert wait_phase(page, "ringing_manager") == "Ringing your phone"
+        assert wait_phase(page, "ringing_customer") == "Ringing the customer"
+        assert wait_phase(page, "connected") == "Connected"
+        assert page.is_visible("#end")
+        seen = browser.snapshot(page, "connected")
+
+        # Opened again while connected (a second click in the admin): the same call, no second ring.
+        again = browser.open(url)
+        assert wait_phase(again, "connected") == "Connected"
+
+        # The customer hangs up after 5 s: both pages show the outcome.
+        assert wait_phase(page, "ended") == "Ended: call completed"
+        assert wait_phase(again, "ended") == "Ended: call completed"
+        assert not page.is_visible("#end")
+        seen += browser.snapshot(page, "ended") + browser.snapshot(again, "again")
+        problems = list(browser.problems)
+        traffic = "\n".join(browser.traffic)
+
+    assert not problems, problems
+    assert customer.wait(timeout=15) == 0, customer.describe()
+    assert phone.wait(timeout=15) == 0, phone.describe()
+    # The manager's phone rang once, shown the order label; the carrier got one INVITE, for the number.
+    [manager_invite] = invites(phone.messages())
+    assert f"Order {order}" in re.search(r"^From:.*$", manager_invite, re.M)[0]
+    [customer_invite] = invites(customer.messages())
+    assert re.search(rf"^INVITE sip:{re.escape(number)}@", customer_invite, re.M)
+
+    [row] = daemon.call_rows(anna.id)
+    assert (row["outcome"], row["ended_by"], row["created_by"]) == (
+        "completed",
+        "customer",
+        f"link:{anna.id}",
+    )
+    [accepted] = [a for a in _audit(daemon, "call.request") if a["call_id"] == row["id"]]
+    assert (accepted["actor"], accepted["outcome"]) == (f"link:{anna.id}", "accepted")
+    replays = [r for r in _audit(daemon, "link.replayed") if r["order_id"] == order]
+    assert [(r["call_id"], r["order_id"]) for r in replays] == [(row["id"], order)]
+    # What the page offered: no call id, no token; the POST carried the signed fields from its own URL.
+    assert row["id"] not in seen and "Bearer" not in traffic
+    assert '"order":"' + order in traffic.replace(" ", "")
+    assert_not_leaked(
+        number,
+        page_html_and_text=seen,
+        browser_traffic=traffic,
+        audit_and_calls=daemon.dump_database(),
+        manager_sip_trace=phone.messages(),
+        daemon_log=daemon.log_text(),
+    )
+
+
+def test_end_call_on_the_page_cancels_the_ringing_customer(make_bridged, trace_dir: Path, rig_alloc) -> None:
+    daemon, anna, order, number = _daemon(make_bridged, "Olga S.")
+    phone = phone_rings(anna, trace_dir, ring_ms=500, hold_ms=60000)
+    customer = carrier(trace_dir, rig_alloc, "carrier_noanswer", timeout_s=40)
+
+    with chromium(trace_dir) as browser:
+        page = browser.open(_link(daemon, order, anna.id))
+        wait_phase(page, "ringing_customer")
+        page.click("#end")
+        assert wait_phase(page, "ended") == "Ended: the call was cancelled"
+        seen = browser.snapshot(page, "ended")
+        traffic = "\n".join(browser.traffic)
+
+    assert customer.wait(timeout=15) == 0, customer.describe()
+    assert phone.wait(timeout=15) == 0, phone.describe()
+    assert re.search(r"^CANCEL sip:", customer.messages(), re.M), "the customer leg was not cancelled"
+    [row] = daemon.call_rows(anna.id)
+    assert (row["outcome"], row["ended_by"]) == ("cancelled", "api")
+    [end] = [a for a in _audit(daemon, "call.end_requested") if a["call_id"] == row["id"]]
+    assert (end["actor"], end["call_id"]) == (f"link:{anna.id}", row["id"])
+    assert_not_leaked(number, page=seen, browser_traffic=traffic, audit_and_calls=daemon.dump_database())
+
+
+def test_expired_and_tampered_links_get_a_page_and_an_audit_row_and_ring_nobody(
+    make_bridged, trace_dir: Path, rig_alloc
+) -> None:
+    daemon, anna, order, number = _daemon(make_bridged, "Anna O.")
+    other_order = new_order_id()
+    add_order(daemon.postgres, other_order, new_customer_number(), "Lev T.", anna.id)
+    customer = carrier(trace_dir, rig_alloc, hold_ms=5000, timeout_s=30)
+    good = _link(daemon, order, anna.id)
+    cases = [
+        # (name, url, status, words, reason, order named in the audit row)
+        (
+            "expired",
+            _link(daemon, order, anna.id, ttl=-10),
+            410,
+            "This link has expired, ask for a new one.",
+            "expired",
+            order,
+        ),
+        (
+            "tampered-order",
+            re.sub(r"order=\d+", f"order={other_order}", good),
+            403,
+            "This link is not valid",
+            "bad_signature",
+            None,
+        ),
+        (
+            "tampered-sig",
+            good[:-4] + ("0000" if not good.endswith("0000") else "1111"),
+            403,
+            "This link is not valid",
+            "bad_signature",
+            None,
+        ),
+        (
+            "too-long",
+            _link(daemon, order, anna.id, ttl=7200),
+            403,
+            "longer than bridged allows",
+            "too_long",
+            order,
+        ),
+        ("cut-short", good.split("&sig=")[0], 400, "not a whole call link", "malformed", None),
+    ]
+    with chromium(trace_dir) as browser:
+        for name, url, _status, words, _reason, _named in cases:
+            page = browser.open(url)
+            assert page.evaluate("document.getElementById('status').dataset.phase") == "refused", name
+            assert words in page.inner_text("#status"), (name, page.inner_text("#status"))
+            assert page.locator("script").count() == 0, name  # no script: nothing can be placed
+            browser.snapshot(page, name)
+        statuses = [
+            int(line.split()[1]) for line in browser.traffic if line.startswith("< ") and "/c?" in line
+        ]
+        traffic = "\n".join(browser.traffic)
+    assert statuses == [case[2] for case in cases]
+
+    refused = _audit(daemon, "link.refused")[-len(cases) :]  # the database is the session's
+    assert [(r["reason"], r["order_id"]) for r in refused] == [(c[4], c[5]) for c in cases]
+    assert all(r["actor"] == (f"link:{anna.id}" if r["order_id"] else "link") for r in refused)
+    assert other_order not in json.dumps(refused)  # a tampered link's order is nobody's word
+    assert not daemon.call_rows(anna.id) and not invites(customer.messages())
+    customer.stop()
+    assert_not_leaked(number, browser_traffic=traffic, audit=json.dumps(refused))
+
+
+def test_a_link_replayed_after_it_expired_gets_the_expired_page(
+    make_bridged, trace_dir: Path, rig_alloc
+) -> None:
+    """A link used within its life, opened again after it: the expired page and an audit row naming the call
+    it placed; the carrier still got one INVITE."""
+    daemon, anna, order, number = _daemon(make_bridged, "Petr I.")
+    phone = phone_rings(anna, trace_dir, ring_ms=500, hold_ms=1500)
+    customer = carrier(trace_dir, rig_alloc, "carrier_noanswer", timeout_s=40)
+    url = _link(daemon, order, anna.id, ttl=6)
+    with chromium(trace_dir) as browser:
+        page = browser.open(url)
+        assert wait_phase(page, "ended").startswith("Ended: ")  # the manager hangs up while it rings
+        wait_for(lambda: time.time() > int(re.search(r"exp=(\d+)", url)[1]) + 1, 15, "the link to expire")
+        page = browser.open(url)
+        assert page.inner_text("#status") == "This link has expired, ask for a new one."
+        browser.snapshot(page, "replayed")
+    assert phone.wait(timeout=15) == 0 and customer.wait(timeout=15) == 0
+    assert len(invites(customer.messages())) == 1
+    [row] = daemon.call_rows(anna.id)
+    [refused] = [r for r in _audit(daemon, "link.refused") if r["order_id"] == order]
+    assert (refused["reason"], refused["call_id"], refused["actor"]) == (
+        "expired",
+        row["id"],
+        f"link:{anna.id}",
+    )
