@@ -16,11 +16,13 @@ def cache_dir() -> Path:
 
 
 def ensure_asterisk_root(cache: Path | None = None) -> Path:
-    """Return the chroot holding Asterisk 22, building it first if needed (several minutes the first time)."""
+    """Return the chroot holding Asterisk 22, building it first if needed (several minutes the first time).
+
+    The script is run every time: it alone knows the packages the rig needs, returns at once when the
+    marker lists them all, and adds those a cache made before is missing (that needs the network: run it
+    outside a test's private network namespace, as scripts/test does)."""
     cache = cache or cache_dir()
     root = cache / "root"
-    if (root / MARKER).exists():
-        return root
     subprocess.run([str(SCRIPT), str(cache)], check=True)
     if not (root / MARKER).exists():
         raise RuntimeError(f"{SCRIPT} finished but {root / MARKER} is missing")
