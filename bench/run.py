@@ -814,7 +814,7 @@ def stub_agi_server(port: int) -> None:
             with conn, conn.makefile("rb") as lines:
                 while lines.readline() not in (b"", b"\n"):
                     pass
-                conn.sendall(b'SET VARIABLE BRIDGED_REPLY "ok|bridged-bench,order,x|\\"Order 1\\" <*771>"\n')
+                conn.sendall(b'SET VARIABLE BRIDGED_REPLY "ok|en|bridged-bench,order,x|\\"Order 1\\" <*771>"\n')
                 lines.readline()
 
     threading.Thread(target=serve, name="stub-agi", daemon=True).start()
