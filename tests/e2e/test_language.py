@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,6 +104,22 @@ def _assert_label_only(trace_bytes: bytes, order: str, shown: str) -> None:
         assert label.match(value), (header, value)
 
 
+def _answered_call(
+    make_bridged, trace_dir: Path, rig_alloc, customer_name: str, **options: Any
+) -> tuple[Any, ...]:
+    """A Russian shop's daemon with one manager, who dials ``*77<order>``; the customer answers and the
+    manager hangs up after 3 s. (daemon, order, number, the phone's SIPp, the carrier's SIPp)."""
+    daemon = make_bridged(("mira",), extra=RUSSIAN, **options)
+    mira = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, customer_name, mira.id)
+    customer = carrier(trace_dir, rig_alloc, hold_ms=30000)
+    phone = dial(mira, trace_dir, f"*77{order}", hold_ms=3000)
+    assert phone.wait(timeout=60) == 0, phone.describe()
+    customer.wait(timeout=20)
+    return daemon, order, number, phone, customer
+
+
 # -- the prompts the rig has ------------------------------------------------------------------------
 
 
@@ -172,14 +189,7 @@ def test_a_direct_code_in_russian_shows_the_label_in_the_first_answer(
 ) -> None:
     """*77<order>: the label is in the phone's 180/200 identity headers from the start, the URI user part
     redials the order."""
-    daemon = make_bridged(("gleb",), extra=RUSSIAN)
-    gleb = daemon.managers[0]
-    order, number = new_order_id(), new_customer_number()
-    add_order(daemon.postgres, order, number, "Иван Петров", gleb.id)
-    customer = carrier(trace_dir, rig_alloc, hold_ms=30000)
-    phone = dial(gleb, trace_dir, f"*77{order}", hold_ms=3000)
-    assert phone.wait(timeout=60) == 0, phone.describe()
-    customer.wait(timeout=20)
+    daemon, order, number, phone, _ = _answered_call(make_bridged, trace_dir, rig_alloc, "Иван Петров")
     trace = phone.message_file.read_bytes()
     _assert_label_only(trace, order, f"Заказ {order} Иван П.")
     ok = next(
@@ -281,14 +291,10 @@ def test_a_converted_announcement_is_played_to_the_customer_in_its_language_and_
     try:
         info = subprocess.run(["soxi", str(installed)], capture_output=True, text=True, check=True).stdout
         assert re.search(r"Channels\s*: 1\b", info) and re.search(r"Sample Rate\s*: 8000\b", info), info
-        daemon = make_bridged(("lida",), announcement=name, extra=RUSSIAN)
+        daemon, order, _, phone, customer = _answered_call(
+            make_bridged, trace_dir, rig_alloc, "Лидия Орлова", announcement=name
+        )
         lida = daemon.managers[0]
-        order, number = new_order_id(), new_customer_number()
-        add_order(daemon.postgres, order, number, "Лидия Орлова", lida.id)
-        customer = carrier(trace_dir, rig_alloc, hold_ms=30000)
-        phone = dial(lida, trace_dir, f"*77{order}", hold_ms=3000)
-        assert phone.wait(timeout=60) == 0, phone.describe()
-        customer.wait(timeout=20)
     finally:
         installed.unlink(missing_ok=True)
     wait_for(
