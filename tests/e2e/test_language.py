@@ -35,6 +35,7 @@ from .test_http_calls import http, manager_phone, token_config, wait_state
 from .test_masked_call import _invite_ok, _stub_agi_phone
 
 RUSSIAN = {"language": "ru"}
+PROVISION = "run scripts/provision-asterisk outside the tests' network namespace"
 # About 2.3 s in either language; Debian's sounds have no "this call is recorded" (README).
 STOCK_ANNOUNCEMENT = "conf-now-recording"
 
@@ -71,7 +72,7 @@ def _assert_played_in_russian(asterisk: Asterisk, root: Path, channel: str, soun
     # Asterisk took sounds/ru/<sound> (it looks there first): the Russian file is there, and is not the
     # English one.
     russian, english = _sound_file(root, "ru", sound), _sound_file(root, "en", sound)
-    assert russian is not None, f"no Russian {sound} on the rig"
+    assert russian is not None, f"no Russian {sound} on the rig ({PROVISION})"
     assert english is None or russian.read_bytes() != english.read_bytes()
 
 
@@ -133,7 +134,7 @@ def test_every_default_prompt_is_in_the_rigs_stock_sounds_of_its_language(
     sounds = {s for name in Prompts.__dataclass_fields__ for s in getattr(prompts, name).split("&")}
     sounds.add(STOCK_ANNOUNCEMENT)
     missing = sorted(s for s in sounds if _sound_file(asterisk_root, language, s) is None)
-    assert not missing, f"{language}: {missing}"
+    assert not missing, f"{language}: {missing} (a cache from before the language: {PROVISION})"
 
 
 # -- the phone path ---------------------------------------------------------------------------------
