@@ -139,7 +139,7 @@ async def _fastagi(port: int, channel_id: str) -> str:
 
 async def _call(engine: CallEngine, ari: FakeAri, port: int, ended: asyncio.Event) -> None:
     reply = await _fastagi(port, "m-1")
-    call_id = reply.split("|")[1].split(",")[2]
+    call_id = reply.split("|")[2].split(",")[2]  # ok|<language>|<app>,order,<call id>|<label>
     engine.on_event(stasis_start("m-1", ["order", call_id], state="Ring"))
     await wait_until(lambda: bool(ari.named("originate")), what="the customer leg")
     customer = ari.named("originate")[0]["channel_id"]

@@ -803,6 +803,10 @@ def find_max_rates(
     return {tag: (best[tag], steps[tag]) for _, tag in paths}
 
 
+# An answer shaped like bridged's (bridged.dialplan.reply_ok); the AGI baseline's dialplan ignores it.
+STUB_REPLY = b'SET VARIABLE BRIDGED_REPLY "ok|en|bridged-bench,order,x|\\"Order 1\\" <*771>"\n'
+
+
 def stub_agi_server(port: int) -> None:
     """A FastAGI server that reads the request and answers with one SET VARIABLE, as bridged does;
     runs in a daemon thread (its CPU is the bench's, not Asterisk's)."""
@@ -814,7 +818,7 @@ def stub_agi_server(port: int) -> None:
             with conn, conn.makefile("rb") as lines:
                 while lines.readline() not in (b"", b"\n"):
                     pass
-                conn.sendall(b'SET VARIABLE BRIDGED_REPLY "ok|bridged-bench,order,x|\\"Order 1\\" <*771>"\n')
+                conn.sendall(STUB_REPLY)
                 lines.readline()
 
     threading.Thread(target=serve, name="stub-agi", daemon=True).start()

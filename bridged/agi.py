@@ -113,8 +113,10 @@ class AgiServer:
             return
         # The dialplan sets the label, the manager's connected line and the CONNECTED_LINE_SEND_SUB
         # interception from this answer before the channel enters Stasis.
-        stasis_args = f"{self.config.current.ari.app},{dialplan.app_args(dialplan.Leg.ORDER, placed.call_id)}"
-        await set_var(request, dialplan.REPLY, dialplan.reply_ok(stasis_args, placed.label.caller_id))
+        config = self.config.current
+        stasis_args = f"{config.ari.app},{dialplan.app_args(dialplan.Leg.ORDER, placed.call_id)}"
+        reply = dialplan.reply_ok(config.language, stasis_args, placed.label.caller_id)
+        await set_var(request, dialplan.REPLY, reply)
 
     async def _read_code(self, request: Request) -> str:
         """The order code keyed in after ``*77`` (``""`` when none came in time).
@@ -123,8 +125,13 @@ class AgiServer:
         wait, then sends ``HANGUP``; -1 also comes from a prompt that failed on a live channel, which
         a CHANNEL STATUS tells apart (a dead channel answers ``HANGUP`` or 511 to it).
         """
+        config = self.config.current
+        # The prompt comes before the answer that sets the channel's language: set here, unless the
+        # channel has it already (its endpoint's language=; Asterisk says which in agi_language).
+        if request.headers.get("agi_language") != config.language:
+            await set_var(request, dialplan.CHANNEL_LANGUAGE, config.language)
         reply = await _send(
-            request, f"GET DATA {self.config.current.prompts.enter_code} {_DIGITS_TIMEOUT_MS} {_MAX_DIGITS}"
+            request, f"GET DATA {config.prompts.enter_code} {_DIGITS_TIMEOUT_MS} {_MAX_DIGITS}"
         )
         if reply.get("error") == "AGIAppError":  # result=-1
             await _send(request, "CHANNEL STATUS")
@@ -138,9 +145,11 @@ class AgiServer:
     async def _refused(self, request: Request, refused: Refused) -> None:
         # Overloaded: the dialplan rejects a phone still ringing with 503 rather than answering it for a
         # prompt, which would cost an overloaded Asterisk seconds of media per refused call.
-        prompt = refusal_prompt(self.config.current.prompts, refused.reason)
+        config = self.config.current
+        prompt = refusal_prompt(config.prompts, refused.reason)
         overloaded = refused.reason is Refusal.OVERLOADED
-        await set_var(request, dialplan.REPLY, dialplan.reply_refused(prompt, overloaded=overloaded))
+        reply = dialplan.reply_refused(config.language, prompt, overloaded=overloaded)
+        await set_var(request, dialplan.REPLY, reply)
 
 
 def _endpoint_from_channel(name: str) -> str:

@@ -174,9 +174,16 @@ class WebhookConfig:
     max_attempts: int = 10
 
 
+# The languages bridged has defaults for (prompts, the label template, the /ops/ page): what the config's
+# ``language`` may be. Asterisk plays a prompt from sounds/<language>/ (CHANNEL(language) on every leg).
+LANGUAGES = ("en", "ru")
+DEFAULT_LANGUAGE = "en"
+
+
 @dataclass(frozen=True)
 class Prompts:
-    """Stock Asterisk sounds the manager hears when a call cannot go ahead."""
+    """Stock Asterisk sounds the manager hears when a call cannot go ahead (English defaults; see
+    DEFAULT_PROMPTS for each language's)."""
 
     enter_code: str = "vm-enter-num-to-call"
     unknown_manager: str = "ss-noservice"
@@ -191,6 +198,18 @@ class Prompts:
     customer_unavailable: str = "number-not-answering"
     congestion: str = "all-circuits-busy-now"
     invalid_phone: str = "cannot-complete-as-dialed"
+
+
+# Each language's defaults: names that Debian's stock sounds of that language hold (asterisk-core-sounds-
+# <language>-gsm; tests/e2e/test_language.py checks every one against the rig). The Russian set has the
+# English names but one: "please try your call again later" is pls-try-call-later there.
+DEFAULT_PROMPTS: dict[str, Prompts] = {
+    "en": Prompts(),
+    "ru": Prompts(
+        unavailable="pls-try-call-later",
+        overloaded="all-circuits-busy-now&pls-try-call-later",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -216,6 +235,9 @@ class Config:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     prompts: Prompts = field(default_factory=Prompts)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # The language of every prompt bridged plays or has the dialplan play, to managers and customers
+    # (CHANNEL(language) on each leg), and of the defaults of ``prompts`` and ``labels.template``.
+    language: str = DEFAULT_LANGUAGE
 
     def manager_by_endpoint(self, endpoint: str) -> Manager | None:
         for manager in self.managers:

@@ -24,6 +24,9 @@ import yaml
 
 from . import yamlstrict
 from .config import (
+    DEFAULT_LANGUAGE,
+    DEFAULT_PROMPTS,
+    LANGUAGES,
     PLACEHOLDERS,
     POLICIES,
     RECORDING_SOURCES,
@@ -46,7 +49,7 @@ from .config import (
     TrunkConfig,
     WebhookConfig,
 )
-from .labels import DEFAULT_NAME_STYLE, DEFAULT_TEMPLATE, NAME_STYLES, template_problem
+from .labels import DEFAULT_NAME_STYLE, NAME_STYLES, default_template, template_problem
 from .phones import DIAL_FORMATS, region_known
 
 
@@ -356,8 +359,8 @@ def _load_trunk(s: _Section) -> TrunkConfig:
     return cfg
 
 
-def _load_labels(s: _Section) -> LabelsConfig:
-    template = s.text("template", DEFAULT_TEMPLATE)
+def _load_labels(s: _Section, language: str) -> LabelsConfig:
+    template = s.text("template", default_template(language))
     problem = template_problem(template)
     if problem is not None:
         s.error("template", problem)
@@ -367,6 +370,23 @@ def _load_labels(s: _Section) -> LabelsConfig:
     cfg = LabelsConfig(template=template, name_style=style)
     s.finish()
     return cfg
+
+
+# A prompt as the config writes it: Asterisk sound names (a path below the sounds folder, or an absolute
+# one, without extension) joined by '&'. Nothing else: the dialplan's Playback() and CUT on '|' take it
+# as it is, so ',', '|', quotes and spaces would become syntax there.
+_SOUND_RE = re.compile(r"/?[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
+_SOUND_PROBLEM = (
+    "must be Asterisk sound names (letters, digits, '_', '-', '.', '/'; no extension) joined by '&'"
+)
+
+
+def _sound(s: _Section, name: str, value: str | None) -> None:
+    """Report ``value`` (a prompt as the config writes it) if it is not sound names joined by '&'."""
+    if value is not None and not all(
+        _SOUND_RE.fullmatch(part) and ".." not in part.split("/") for part in value.split("&")
+    ):
+        s.error(name, _SOUND_PROBLEM)
 
 
 def _load_recording(s: _Section) -> RecordingConfig:
@@ -381,12 +401,14 @@ def _load_recording(s: _Section) -> RecordingConfig:
         s.error("folder", "is required when recording.source is 'folder'")
     if folder is not None and not Path(folder).is_absolute():
         s.error("folder", "must be an absolute path (Asterisk's <astspooldir>/recording)")
+    announcement = s.opt_str("announcement")
+    _sound(s, "announcement", announcement)
     retention = s._get("retention_days", False)
     retention_days = None if retention is None else s.integer("retention_days", 0, minimum=1, maximum=36500)
     cfg = RecordingConfig(
         enabled=s.boolean("enabled", True),
         format=fmt,
-        announcement=s.opt_str("announcement"),
+        announcement=announcement,
         source=source,
         folder=folder,
         require_reason=s.boolean("require_reason", False),
@@ -528,11 +550,24 @@ def _load_webhook(s: _Section) -> WebhookConfig:
     return cfg
 
 
-def _load_prompts(s: _Section) -> Prompts:
-    defaults = Prompts()
+def _load_prompts(s: _Section, language: str) -> Prompts:
+    defaults = DEFAULT_PROMPTS.get(language, Prompts())
     values = {name: s.text(name, getattr(defaults, name)) for name in Prompts.__dataclass_fields__}
+    for name, value in values.items():
+        _sound(s, name, value)
     s.finish()
     return Prompts(**values)
+
+
+def _load_language(root: _Section) -> str:
+    language = root.text("language", DEFAULT_LANGUAGE)
+    if language not in LANGUAGES:
+        root.error(
+            "language",
+            f"must be one of {', '.join(LANGUAGES)} (those bridged has default prompts and labels for)",
+        )
+        return DEFAULT_LANGUAGE
+    return language
 
 
 def _load_logging(s: _Section) -> LoggingConfig:
@@ -564,6 +599,7 @@ def parse_config(data: Any) -> Config:
         database = root.load("database", _load_database)
         orders = root.load("orders", _load_orders)
         managers = _load_managers(root)
+        language = _load_language(root)
         config = Config(
             ari=ari,
             database=database,
@@ -571,15 +607,16 @@ def parse_config(data: Any) -> Config:
             managers=managers,
             policy=_load_policy(root, managers),
             trunk=root.load("trunk", _load_trunk),
-            labels=root.load("labels", _load_labels, required=False),
+            labels=root.load("labels", lambda s: _load_labels(s, language), required=False),
             recording=root.load("recording", _load_recording, required=False),
             agi=root.load("agi", _load_agi, required=False),
             http=root.load("http", _load_http, required=False),
             api=root.load("api", _load_api, required=False),
             links=root.load("links", _load_links, required=False),
             webhook=root.load("webhook", _load_webhook, required=False),
-            prompts=root.load("prompts", _load_prompts, required=False),
+            prompts=root.load("prompts", lambda s: _load_prompts(s, language), required=False),
             logging=root.load("logging", _load_logging, required=False),
+            language=language,
         )
         if config.api is not None:
             _check_token_managers(root, config.api, managers)

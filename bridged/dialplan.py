@@ -1,15 +1,17 @@
 """The contract between bridged and ``dialplan/bridged.conf``: every name both sides use, in one place.
 
 The dialplan sends ``*77<order>`` (or ``*77`` and the code by DTMF) to bridged's FastAGI script
-``order`` with the code in ``BRIDGED_CODE``; bridged answers in one channel variable, ``BRIDGED_REPLY``:
+``order`` with the code in ``BRIDGED_CODE``; bridged answers in one channel variable, ``BRIDGED_REPLY``,
+whose second field is always the language of the prompts (the config's ``language``), which the dialplan
+sets as ``CHANNEL(language)`` first, so that every prompt the manager hears comes from ``sounds/<language>/``:
 
-- ``ok|<Stasis() arguments>|<label>``: the dialplan sets the label (``BRIDGED_LABEL``) as the manager's
-  connected line, installs the connected-line interception (``CONNECTED_LINE_SEND_SUB`` =
+- ``ok|<language>|<Stasis() arguments>|<label>``: the dialplan sets the label (``BRIDGED_LABEL``) as the
+  manager's connected line, installs the connected-line interception (``CONNECTED_LINE_SEND_SUB`` =
   ``bridged-label,s,1``), hands REFERs to bridged (``PJSIP_TRANSFER_HANDLING()=ari-only``) and enters
   ``Stasis(<app>,order,<call id>)``. The label is the last field, so a ``|`` in it cannot shift the others;
-- ``refused|<prompt>``: a stock sound to play before hangup;
-- ``overloaded|<prompt>``: a phone still ringing is rejected with 503 (cause 34), an answered one hears
-  the prompt.
+- ``refused|<language>|<prompt>``: a stock sound to play before hangup;
+- ``overloaded|<language>|<prompt>``: a phone still ringing is rejected with 503 (cause 34), an answered
+  one hears the prompt.
 
 Channels bridged originates itself enter Stasis with ``customer,<call id>`` or ``manager,<call id>``.
 tests/unit/test_dialplan.py reads ``dialplan/bridged.conf`` and checks it against this module.
@@ -40,12 +42,20 @@ REPLY_KINDS = frozenset({OK, REFUSED, OVERLOADED})
 SEPARATOR = "|"
 
 
-def reply_ok(stasis_args: str, label: str) -> str:
-    return SEPARATOR.join((OK, stasis_args, label))
+def reply_ok(language: str, stasis_args: str, label: str) -> str:
+    return SEPARATOR.join((OK, language, stasis_args, label))
 
 
-def reply_refused(prompt: str, *, overloaded: bool = False) -> str:
-    return SEPARATOR.join((OVERLOADED if overloaded else REFUSED, prompt))
+def reply_refused(language: str, prompt: str, *, overloaded: bool = False) -> str:
+    return SEPARATOR.join((OVERLOADED if overloaded else REFUSED, language, prompt))
+
+
+# -- the language of the prompts --------------------------------------------------------------------
+
+# Asterisk looks a sound up in sounds/<CHANNEL(language)>/ first. Set on every leg bridged handles: by the
+# dialplan from the answer on a phone's channel, as an originate variable on the legs bridged dials
+# (bridged.calls.legs.leg_variables).
+CHANNEL_LANGUAGE = "CHANNEL(language)"
 
 
 # -- the connected-line interception and transfers --------------------------------------------------
@@ -63,8 +73,8 @@ NO_TRANSFERS = {TRANSFER_HANDLING: "ari-only"}
 
 def label_variables(label_caller_id: str) -> dict[str, str]:
     """What the dialplan sets on a phone's channel from an ``ok`` answer, for a manager leg bridged
-    originates itself: the label and its interception, and no transfers."""
-    return {LABEL: label_caller_id, SEND_SUB: LABEL_SUB, **NO_TRANSFERS}
+    originates itself: the label and its interception (no transfers and the language: every leg's)."""
+    return {LABEL: label_caller_id, SEND_SUB: LABEL_SUB}
 
 
 # -- Stasis arguments -------------------------------------------------------------------------------

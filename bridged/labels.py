@@ -19,8 +19,18 @@ import unicodedata
 from dataclasses import dataclass
 
 DEFAULT_TEMPLATE = "Order {order} {name}"
-# How the customer's name is shortened: "Ivan Petrov" -> "Ivan P." (first word, initial of the last).
-NAME_STYLES = ("first_last_initial",)
+# The default template in each of the config's languages (config ``language``); labels.template overrides.
+DEFAULT_TEMPLATES = {"en": DEFAULT_TEMPLATE, "ru": "Заказ {order} {name}"}
+# How the customer's name is shortened, by its words (those left after the digit-free sanitiser):
+# - first_last_initial: the first word and the initial of the last ("Ivan Petrov" -> "Ivan P.",
+#   "Иван Петров" -> "Иван П."), for names stored given name first;
+# - last_first_initial: the first word and the initial of the second ("Иванов Иван Петрович" ->
+#   "Иванов И."), for names stored family name first ("Фамилия Имя Отчество");
+# - first_patronymic: of three words or more, the second and the third ("Иванов Иван Петрович" ->
+#   "Иван Петрович", the polite Russian address), the third as an initial when both do not fit; of two,
+#   the second ("Иванов Иван" -> "Иван"); of one, that word;
+# - first_word: the first word alone ("Иван Петров" -> "Иван", "Иванов Иван Петрович" -> "Иванов").
+NAME_STYLES = ("first_last_initial", "last_first_initial", "first_patronymic", "first_word")
 DEFAULT_NAME_STYLE = "first_last_initial"
 
 NAME_MAX = 24
@@ -97,20 +107,40 @@ def safe_order(order_id: str) -> str:
     return kept if len(kept) <= ORDER_MAX else kept[: ORDER_MAX - 1] + "\u2026"
 
 
+def default_template(language: str) -> str:
+    """The label template of a language when labels.template is not set (English for any other)."""
+    return DEFAULT_TEMPLATES.get(language, DEFAULT_TEMPLATE)
+
+
 def safe_name(full_name: str, style: str = DEFAULT_NAME_STYLE) -> str:
     """The name part of a label: 'Ivan Petrov' -> 'Ivan P.'; '' when nothing of the name is a name.
 
-    ``first_last_initial``: the first word and the initial of the last one, as a manager greets the customer.
+    ``style`` (NAME_STYLES) picks the words shown, as a manager greets the customer; every style works on
+    the words the sanitiser left, so none can bring back a digit, URI syntax or a control character.
     """
     if style not in NAME_STYLES:
         raise ValueError(f"unknown name style {style!r}")
     words = _words(full_name)
     if not words:
         return ""
-    if len(words) == 1:
+    if len(words) == 1 or style == "first_word":
         return words[0][:NAME_MAX]
-    initial = f" {_initial(words[-1])}."
-    return words[0][: NAME_MAX - len(initial)] + initial
+    if style == "first_patronymic":
+        if len(words) == 2:
+            return words[1][:NAME_MAX]
+        given, patronymic = words[1], words[2]
+        if len(given) + 1 + len(patronymic) <= NAME_MAX:
+            return f"{given} {patronymic}"
+        return _with_initial(given, patronymic)
+    # first_last_initial: the initial of the last word; last_first_initial: of the second (the given
+    # name after the family name; a patronymic after it is left out).
+    return _with_initial(words[0], words[-1] if style == "first_last_initial" else words[1])
+
+
+def _with_initial(word: str, other: str) -> str:
+    """``word`` and the initial of ``other`` ("Ivan P."), ``word`` cut so that both fit NAME_MAX."""
+    initial = f" {_initial(other)}."
+    return word[: NAME_MAX - len(initial)] + initial
 
 
 def _words(name: str) -> list[str]:
@@ -120,8 +150,17 @@ def _words(name: str) -> list[str]:
     cleaned = "".join(ch if _keeps(ch) else " " for ch in " ".join(tokens))
     # NFKC once more: a combining mark left alone after a removed character could compose anew, and
     # the result must be as stable as what it was built from.
-    words = unicodedata.normalize("NFKC", cleaned).split()
+    words = [_without_leading_marks(w) for w in unicodedata.normalize("NFKC", cleaned).split()]
     return [w for w in words if any(unicodedata.category(ch)[0] == "L" for ch in w) and all(map(_keeps, w))]
+
+
+def _without_leading_marks(word: str) -> str:
+    """A combining mark at the start of a word belongs to nothing ("A\u00b8B" is "A \u0327B" after NFKC):
+    dropped, so a word begins with what it shows, and its initial is its first character."""
+    start = 0
+    while start < len(word) and unicodedata.category(word[start])[0] == "M":
+        start += 1
+    return word[start:]
 
 
 def _keeps(ch: str) -> bool:

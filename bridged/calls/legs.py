@@ -1,15 +1,18 @@
 """What bridged does to the channels of its calls over ARI besides the calls' own steps: hangups that
 must happen (retried while Asterisk does not answer), the ringback tone, prompts and announcements, the
-label put back on a customer leg, a declined transfer, and a stray channel turned away."""
+label put back on a customer leg, a declined transfer, a stray channel turned away; and the variables
+every leg bridged originates carries (:func:`leg_variables`)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+from collections.abc import Mapping
 
+from .. import dialplan
 from ..ari import AriClient, AriError, AriNotFound, AriUnavailable, background_requests
-from ..config import ConfigHolder
+from ..config import Config, ConfigHolder
 from ..tasks import Tasks
 from .model import Call
 
@@ -24,6 +27,14 @@ STRAY_PROMPT_SECONDS = 3
 def media(sounds: str) -> list[str]:
     """A prompt's sounds (``a&b``, as the config writes them) as ARI media URIs."""
     return [f"sound:{name}" for name in sounds.split("&") if name]
+
+
+def leg_variables(config: Config, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The channel variables of every leg bridged originates (each ``originate`` passes these): prompts
+    and announcements in the shop's language (``CHANNEL(language)``, so that Asterisk plays
+    ``sounds/<language>/...``), a REFER handed to bridged rather than performed by Asterisk; and ``extra``
+    (a manager leg's label and its interception, bridged.dialplan.label_variables)."""
+    return {dialplan.CHANNEL_LANGUAGE: config.language, **dialplan.NO_TRANSFERS, **(extra or {})}
 
 
 class Legs:
@@ -86,7 +97,9 @@ class Legs:
         """A channel that entered Stasis without a call it belongs to: a prompt, then hangup."""
         try:
             await self.ari.answer(channel_id)
-            await self.ari.play(channel_id, media(self.config.current.prompts.unavailable))
+            config = self.config.current
+            # Not ours, so its language is whatever its endpoint said: the prompt names it.
+            await self.ari.play(channel_id, media(config.prompts.unavailable), lang=config.language)
             await asyncio.sleep(STRAY_PROMPT_SECONDS)
         except AriError:
             pass

@@ -18,6 +18,7 @@ from .. import dialplan, metrics
 from ..ari import AriError, AriNotFound
 from ..outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
 from ..recording_state import RecordingState
+from .legs import leg_variables
 from .model import TRANSITIONS, Call, CallState, Event, InvalidTransition, ManagerLegFailed, customer_leg_id
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class Steps:
                 caller_id=trunk.caller_id,
                 timeout=trunk.ring_timeout,
                 originator=manager_channel,
-                variables=dialplan.NO_TRANSFERS,
+                variables=leg_variables(self.config.current),
             ),
             self.rows.state(call),
             return_exceptions=True,
@@ -148,7 +149,7 @@ class Steps:
                 # The manager's phone shows the order label as the caller; its number part redials the order.
                 caller_id=call.label.caller_id,
                 timeout=self.config.current.api.manager_ring_timeout,
-                variables=dialplan.label_variables(call.label.caller_id),
+                variables=leg_variables(self.config.current, dialplan.label_variables(call.label.caller_id)),
             )
         except AriError as exc:
             log.warning("call %s: manager leg could not be originated: %s", call.id, exc)

@@ -4,6 +4,12 @@ The page holds no call data itself: after sign-in its script asks the API with t
 typed (kept in sessionStorage, sent as a Bearer header). Recordings are fetched into a blob for the
 ``<audio>`` element, because ``<audio src>`` cannot send an Authorization header; one press of Play is
 one audited listen.
+
+In English and Russian: the server picks the language of ``<html lang>`` from the browser's
+``Accept-Language`` (the shop's ``language`` when it names neither), the script holds every visible
+string per language and a switch on the page overrides the choice (remembered in localStorage). Dates,
+durations and counts follow the viewer's locale (Intl). API error ids stay English slugs; the script
+maps the ones it knows to messages in the page's language.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from importlib.abc import Traversable
 from aiohttp import web
 
 from ..appkeys import CONFIG
+from ..config import LANGUAGES
 from ..outcomes import Outcome, Refusal
 
 STATIC = resources.files("bridged.ops") / "static"
@@ -31,12 +38,36 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
 }
+# The page itself depends on the request's Accept-Language.
+PAGE_HEADERS = {**SECURITY_HEADERS, "Vary": "Accept-Language"}
 
 # The outcome filter offers what calls can end with (engine outcomes and refusals), from their enums.
 OUTCOMES = tuple(dict.fromkeys([o.value for o in Outcome] + [r.value for r in Refusal]))
 
 
-def render_page(*, require_reason: bool) -> str:
+def choose_language(accept_language: str | None, fallback: str) -> str:
+    """The page's language: the first of LANGUAGES the browser asks for (by ``q``, then by order; a
+    region such as ``ru-RU`` counts as its language), else ``fallback``.
+
+    Any text is accepted and never echoed: a malformed entry is skipped."""
+    wanted: list[tuple[float, int, str]] = []
+    for index, entry in enumerate((accept_language or "")[:1000].split(",")):
+        tag, _, params = entry.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        primary = tag.strip().split("-")[0].lower()
+        if primary in LANGUAGES and 0 < quality <= 1:
+            wanted.append((-quality, index, primary))
+    return min(wanted)[2] if wanted else fallback
+
+
+def render_page(*, require_reason: bool, language: str = "en") -> str:
     template = (STATIC / "index.html").read_text(encoding="utf-8")
     options = "\n".join(
         f'            <option value="{html.escape(o)}">{html.escape(o.replace("_", " "))}</option>'
@@ -45,14 +76,18 @@ def render_page(*, require_reason: bool) -> str:
     reason_hint = "required" if require_reason else "optional"
     return (
         template.replace("{{outcome_options}}", options)
+        .replace("{{lang}}", language if language in LANGUAGES else "en")
         .replace("{{reason_required}}", "true" if require_reason else "false")
+        .replace("{{reason_hint_key}}", f"reason_{reason_hint}")
         .replace("{{reason_hint}}", reason_hint)
     )
 
 
 async def page(request: web.Request) -> web.Response:
-    body = render_page(require_reason=request.app[CONFIG].current.recording.require_reason)
-    return web.Response(text=body, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
+    config = request.app[CONFIG].current
+    language = choose_language(request.headers.get("Accept-Language"), config.language)
+    body = render_page(require_reason=config.recording.require_reason, language=language)
+    return web.Response(text=body, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS)
 
 
 async def to_page(request: web.Request) -> web.Response:

@@ -541,7 +541,7 @@ def test_a_stasis_application_that_is_gone_gives_the_manager_a_prompt(
     please-try-call-later, then hangs up. Before, the phone got a bare failure response."""
     # Answers like bridged, naming an application nobody registered.
     phone_info, asked, cleanup = _stub_agi_phone(
-        asterisk, rig_alloc, unique_name, '"ok|bridged-nobody,order,x|\\"Order 1\\" <*771>"'
+        asterisk, rig_alloc, unique_name, '"ok|en|bridged-nobody,order,x|\\"Order 1\\" <*771>"'
     )
     try:
         started = time.monotonic()
@@ -564,7 +564,7 @@ def test_an_overloaded_daemon_rejects_a_ringing_phone_with_503_and_answers_nothi
     test_service.py); its FastAGI answer is then "overloaded", and the dialplan rejects the phone's
     INVITE with 503 (cause 34) instead of answering it for a prompt."""
     phone_info, asked, cleanup = _stub_agi_phone(
-        asterisk, rig_alloc, unique_name, '"overloaded|all-circuits-busy-now&please-try-call-later"'
+        asterisk, rig_alloc, unique_name, '"overloaded|en|all-circuits-busy-now&please-try-call-later"'
     )
     try:
         phone = dial(phone_info, trace_dir, "*771", hold_ms=20000)

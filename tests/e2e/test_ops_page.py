@@ -6,6 +6,7 @@ play a recording made by a real call, see the listen in the audit list. A screen
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -163,3 +164,88 @@ def test_ops_page_sign_in_filter_play_and_audit(make_bridged, asterisk, trace_di
     (trace_dir / "ops.html").write_text(html)
     for number in numbers:
         assert_not_leaked(number, page_html=html, network="\n".join(traffic))
+
+
+def _russian_calls_shown(n: int) -> str:
+    """Russian plural forms (CLDR): 1, 21 звонок; 2-4, 22-24 звонка; 5-20, 25 звонков."""
+    if n % 10 == 1 and n % 100 != 11:
+        return f"Показан {n} звонок."
+    if 2 <= n % 10 <= 4 and not 12 <= n % 100 <= 14:
+        return f"Показаны {n} звонка."
+    return f"Показано {n} звонков."
+
+
+RUSSIAN_DATE = re.compile(r"^\d{1,2} [а-я]+\.? \d{4} г\., \d{1,2}:\d{2}:\d{2}$")
+ENGLISH_DATE = re.compile(r"^[A-Z][a-z]{2} \d{1,2}, \d{4}, \d{1,2}:\d{2}:\d{2}\s?[AP]M$")
+
+
+def test_ops_page_in_russian_by_accept_language_and_in_english_by_the_switch(
+    make_bridged, trace_dir: Path, rig_alloc
+) -> None:
+    """A browser asking for Russian gets the page in Russian (headings, outcomes, the date of a real call
+    in the Russian format, an API error id as a Russian message); the switch turns it English, and the
+    choice outlives a reload although the browser still asks for Russian."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (scripts/bootstrap installs it)")
+    daemon = make_bridged(("rita",), extra=token_config())
+    rita = daemon.managers[0]
+    row = _real_call(daemon, rita, trace_dir, rig_alloc, [])
+    base = f"http://127.0.0.1:{daemon.http_port}"
+    _, ops_token = TOKENS["ops"]
+    row_selector = f'#calls tr[data-call-id="{row["id"]}"]'
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(
+                locale="ru-RU", extra_http_headers={"Accept-Language": "ru-RU,ru;q=0.9,en;q=0.5"}
+            )
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(f"{base}/ops/")
+            assert page.evaluate("document.documentElement.lang") == "ru"
+            assert page.inner_text("#signin-title") == "Войти"
+            assert page.title() == "bridged · обзор звонков"
+            page.fill("#token", ops_token)
+            page.keyboard.press("Enter")
+            page.wait_for_selector(row_selector)
+            assert page.inner_text("#calls-title") == "Звонки"
+            assert page.inner_text("#who-text").startswith("Вы вошли как ")
+            shown = page.locator("#calls tbody tr").count()  # the session's database has earlier calls too
+            assert page.inner_text("#calls-status") == _russian_calls_shown(shown)
+            cells = page.locator(f"{row_selector} td").all_inner_texts()
+            assert RUSSIAN_DATE.match(cells[0]), cells
+            assert cells[3] == "состоялся", cells  # the outcome "completed"
+            assert re.search("[а-я]", cells[4]), cells  # the talk time, in Russian units
+            assert page.locator(f"{row_selector} button.play").inner_text() == "Слушать"
+            assert page.locator("#f-outcome option[value='customer_busy']").inner_text() == "клиент занят"
+            page.screenshot(path=str(trace_dir / "ops-ru.png"), full_page=True)
+
+            # An API error id (invalid_parameter: an order filter longer than 64 characters) in Russian.
+            page.fill("#f-order", "9" * 65)
+            page.keyboard.press("Enter")
+            page.wait_for_function(
+                "() => document.getElementById('calls-status').textContent"
+                " === 'Не удалось загрузить звонки: неверный параметр запроса'"
+            )
+            page.fill("#f-order", "")
+            page.keyboard.press("Enter")
+            page.wait_for_selector(row_selector)
+
+            # The switch: English at once, the rows and the status redone; remembered across a reload.
+            page.select_option("#lang", "en")
+            assert page.inner_text("#calls-title") == "Calls"
+            assert page.inner_text("#calls-status") == f"{shown} call{'' if shown == 1 else 's'} shown."
+            assert ENGLISH_DATE.match(page.locator(f"{row_selector} td").first.inner_text())
+            assert page.evaluate("localStorage.getItem('bridged.lang')") == "en"
+            page.reload()
+            page.wait_for_selector(row_selector)  # the token is still in the tab's sessionStorage
+            assert page.evaluate("document.documentElement.lang") == "en"
+            assert page.inner_text("#calls-title") == "Calls"
+            assert page.inner_text("#signin-title") == "Sign in"
+            page.screenshot(path=str(trace_dir / "ops-en.png"), full_page=True)
+            assert not [e for e in errors if "422" not in e], errors
+        finally:
+            browser.close()

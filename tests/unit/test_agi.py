@@ -12,9 +12,11 @@ import pytest
 from bridged.agi import AgiServer
 from bridged.calls.model import PendingCall
 from bridged.config import AgiConfig, Config, ConfigHolder
+from bridged.configfile import parse_config
+from bridged.labels import Labeller
 from bridged.outcomes import Refusal
 from bridged.service import ReadCode, Refused
-from tests.unit.fakes import make_config, make_label, make_order, wait_until
+from tests.unit.fakes import example_data, make_config, make_order, wait_until
 
 CALL_ID = "c0ffeec0ffee"
 
@@ -22,9 +24,12 @@ CALL_ID = "c0ffeec0ffee"
 class FakeService:
     """Mirrors the CallService surface the AGI handler uses; records every request."""
 
+    customer_name = "Ivan Petrov"
+
     def __init__(self, config: Config, refuse: Refusal | None = None) -> None:
         self.config = config
         self.refuse = refuse
+        self.labeller = Labeller(config.labels.template, config.labels.name_style)
         self.requests: list[tuple[str, str, str, str | None]] = []
         self.unknown: list[str] = []
         self.abandoned: list[str] = []
@@ -53,7 +58,7 @@ class FakeService:
             manager=manager,
             direction="phone",
             manager_channel_id=channel_id,
-            label=make_label(code, "Ivan Petrov"),
+            label=self.labeller.label(code, self.customer_name),
         )
 
 
@@ -78,8 +83,8 @@ class Agi:
     port: int
 
 
-async def _start(refuse: Refusal | None = None) -> Agi:
-    config = replace(make_config(), agi=AgiConfig(host="127.0.0.1", port=0))
+async def _start(refuse: Refusal | None = None, config: Config | None = None) -> Agi:
+    config = replace(config or make_config(), agi=AgiConfig(host="127.0.0.1", port=0))
     service = FakeService(config, refuse)
     server = TrackedAgiServer(ConfigHolder(config), service)
     await server.start()
@@ -166,7 +171,7 @@ async def test_accepted_call_hands_over_to_stasis(agi: Agi) -> None:
     assert not any(c.startswith("GET VARIABLE") for c in commands)
     # One round trip: the Stasis() arguments and the label, which the dialplan takes apart.
     assert _set_vars(commands) == [
-        f'SET VARIABLE BRIDGED_REPLY "ok|bridged,order,{CALL_ID}|\\"Order 123 Ivan P.\\" <*77123>"',
+        f'SET VARIABLE BRIDGED_REPLY "ok|en|bridged,order,{CALL_ID}|\\"Order 123 Ivan P.\\" <*77123>"',
     ]
     assert not any(c.startswith("GET DATA") for c in commands)
     assert agi.service.requests == [("anna", "123", "phone", "1767261600.17")]
@@ -183,7 +188,7 @@ async def test_refused_call_sets_prompt() -> None:
         commands = await session(agi.port, _headers())
     finally:
         await agi.server.stop()
-    assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "refused|im-sorry&feature-not-avail-line"']
+    assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "refused|en|im-sorry&feature-not-avail-line"']
 
 
 async def test_overloaded_is_its_own_answer_so_the_dialplan_can_reject_with_503() -> None:
@@ -193,7 +198,7 @@ async def test_overloaded_is_its_own_answer_so_the_dialplan_can_reject_with_503(
     finally:
         await agi.server.stop()
     assert _set_vars(commands) == [
-        'SET VARIABLE BRIDGED_REPLY "overloaded|all-circuits-busy-now&please-try-call-later"'
+        'SET VARIABLE BRIDGED_REPLY "overloaded|en|all-circuits-busy-now&please-try-call-later"'
     ]
 
 
@@ -203,7 +208,7 @@ async def test_unknown_endpoint_is_refused(agi: Agi) -> None:
     )
     assert agi.service.unknown == ["mallory"]
     assert agi.service.requests == []
-    assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "refused|ss-noservice"']
+    assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "refused|en|ss-noservice"']
 
 
 async def test_endpoint_falls_back_to_the_channel_name(agi: Agi) -> None:
@@ -225,7 +230,7 @@ async def test_get_data_timeout_is_an_empty_code(agi: Agi) -> None:
     commands = await session(agi.port, _headers(agi_arg_1=""), default_answers(digits=""))
     assert any(c.startswith("GET DATA ") for c in commands)
     assert agi.service.requests == [("anna", "", "phone", "1767261600.17")]
-    assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "refused|invalid"']
+    assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "refused|en|invalid"']
 
 
 async def test_unknown_script_gets_no_commands(agi: Agi) -> None:
@@ -323,7 +328,7 @@ async def test_invalid_phone_is_refused_with_its_prompt() -> None:
         commands = await session(agi.port, _headers())
     finally:
         await agi.server.stop()
-    assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "refused|cannot-complete-as-dialed"']
+    assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "refused|en|cannot-complete-as-dialed"']
 
 
 async def test_oversized_headers_are_dropped(agi: Agi) -> None:
@@ -345,3 +350,43 @@ async def test_oversized_headers_are_dropped(agi: Agi) -> None:
     finally:
         writer.close()
     assert agi.service.requests == []
+
+
+# -- the language of the prompts --------------------------------------------------------------------
+
+
+def _russian() -> Config:
+    data = example_data()
+    data["language"] = "ru"
+    return parse_config(data)
+
+
+async def test_the_answer_names_the_language_and_carries_a_cyrillic_label_intact() -> None:
+    agi = await _start(config=_russian())
+    agi.service.customer_name = "Иван Петров"
+    try:
+        commands = await session(agi.port, _headers())  # decoded as strict UTF-8
+    finally:
+        await agi.server.stop()
+    # Still one round trip: the dialplan sets CHANNEL(language) from the answer's second field.
+    assert _set_vars(commands) == [
+        f'SET VARIABLE BRIDGED_REPLY "ok|ru|bridged,order,{CALL_ID}|\\"Заказ 123 Иван П.\\" <*77123>"',
+    ]
+
+
+@pytest.mark.parametrize(("channel_language", "set_first"), [("en", True), ("ru", False)])
+async def test_the_code_prompt_is_played_in_the_configured_language(
+    channel_language: str, set_first: bool
+) -> None:
+    """The code is asked for before the answer that sets the language: the handler sets it first,
+    unless the channel has it already (Asterisk's agi_language header)."""
+    agi = await _start(config=_russian())
+    try:
+        commands = await session(
+            agi.port, _headers(agi_arg_1="", agi_language=channel_language), default_answers(digits="456")
+        )
+    finally:
+        await agi.server.stop()
+    get_data = next(i for i, c in enumerate(commands) if c.startswith("GET DATA "))
+    assert ('SET VARIABLE CHANNEL(language) "ru"' in commands[:get_data]) is set_first
+    assert commands[-1].startswith('SET VARIABLE BRIDGED_REPLY "ok|ru|')

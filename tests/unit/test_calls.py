@@ -397,6 +397,39 @@ async def test_announcement_then_bridge() -> None:
     assert_no_number_leak(e.ari, e.store)
 
 
+async def test_the_customer_leg_hears_the_announcement_in_the_shops_language() -> None:
+    """The customer leg is originated with CHANNEL(language), so that Asterisk plays the announcement
+    (and any prompt) from sounds/<language>/: the play request itself names no language."""
+    config = make_config(language="ru", recording=RecordingConfig(enabled=True, announcement="custom/rec"))
+    e = await _make_env(config)
+    try:
+        customer = await e.ringing("call-a", "m-a")
+        [orig] = e.ari.named("originate")
+        assert orig["variables"]["CHANNEL(language)"] == "ru"
+        e.engine.on_event(stasis_start(customer, ["customer", "call-a"]))
+        await wait_until(lambda: e.row("call-a")["state"] == "announcing")
+        play = e.play_for(customer)
+        assert (play["media"], play["lang"]) == (["sound:custom/rec"], None)
+    finally:
+        await e.engine.shutdown()
+    assert_no_number_leak(e.ari, e.store)
+
+
+async def test_a_stray_channel_hears_the_prompt_in_the_shops_language(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A channel that is no call's was not originated by bridged: its language is its endpoint's, so
+    the play request names the language."""
+    monkeypatch.setattr(legs_module, "STRAY_PROMPT_SECONDS", 0)
+    e = await _make_env(make_config(language="ru"))
+    try:
+        await e.engine.legs.refuse_stray("stray-1")
+        play = e.play_for("stray-1")
+        assert (play["media"], play["lang"]) == ([f"sound:{e.config.prompts.unavailable}"], "ru")
+    finally:
+        await e.engine.shutdown()
+
+
 async def test_recording_disabled_or_failing_still_bridges() -> None:
     e = await _make_env(make_config(recording=RecordingConfig(enabled=False)))
     try:
@@ -691,7 +724,7 @@ async def test_the_stray_sweep_hangs_up_a_channel_without_a_call_found_twice(env
 async def test_a_transfer_request_is_declined_and_the_call_goes_on(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a")
     [orig] = env.ari.named("originate")
-    assert orig["variables"] == {"PJSIP_TRANSFER_HANDLING()": "ari-only"}
+    assert orig["variables"] == {"PJSIP_TRANSFER_HANDLING()": "ari-only", "CHANNEL(language)": "en"}
     env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
     env.engine.on_event(

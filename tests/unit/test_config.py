@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridged.config import ConfigError
+from bridged.config import DEFAULT_PROMPTS, ConfigError
 from bridged.configfile import load_config, parse_config
 from tests.unit.fakes import EXAMPLE_CONFIG, ROOT, example_data
 
@@ -115,7 +115,7 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("bad app name", lambda d: _set(d, "ari.app", "my app"), "ari.app"),
     ("logging level bogus", lambda d: _set(d, "logging.level", "LOUD"), "logging.level"),
     ("agi port text", lambda d: _set(d, "agi.port", "4573x"), "agi.port"),
-    ("unknown prompt", lambda d: _set(d, "prompts.greeting", "hello"), "prompts.greeting"),
+    ("unknown prompt", lambda d: d.update(prompts={"greeting": "hello"}), "prompts.greeting"),
     (
         "trusted proxy not a list",
         lambda d: _set(d, "http.trusted_proxies", "10.0.0.1"),
@@ -222,7 +222,11 @@ LABEL_AND_PHONE_ERRORS: list[tuple[str, Any, str]] = [
     ),
     ("labels.template", "Order {order} " + "x" * 30, "must be at most 40 characters"),
     ("labels.template", "", "must be a non-empty string"),
-    ("labels.name_style", "full", "must be one of first_last_initial"),
+    (
+        "labels.name_style",
+        "full",
+        "must be one of first_last_initial, last_first_initial, first_patronymic, first_word",
+    ),
     ("labels.colour", "blue", "is not a known key"),
     ("orders.default_region", "XX", "must be a two-letter region code such as RU or DE"),
     ("orders.default_region", "Russia", "must be a two-letter region code such as RU or DE"),
@@ -429,3 +433,92 @@ def test_cli_prints_each_problem_on_its_own_line(tmp_path: Path) -> None:
         "  ari.usrname: is not a known key; did you mean 'username'?",
         "  policy: must be one of own, team, any",
     ]
+
+
+# -- the language: prompts, label template, validation ------------------------------------------------
+
+
+def _with(**top: Any) -> dict[str, Any]:
+    data = example_data()
+    data.update(top)
+    return data
+
+
+def test_the_language_defaults_to_english_and_chooses_the_defaults_of_prompts_and_labels() -> None:
+    english = parse_config(example_data())
+    assert english.language == "en"
+    assert english.labels.template == "Order {order} {name}"
+    assert english.prompts == DEFAULT_PROMPTS["en"]
+    assert english.prompts.unavailable == "please-try-call-later"
+    russian = parse_config(_with(language="ru"))
+    assert russian.language == "ru"
+    assert russian.labels.template == "Заказ {order} {name}"
+    assert russian.prompts == DEFAULT_PROMPTS["ru"]
+    # Debian's Russian sounds name this one differently; the rest are the English names.
+    assert russian.prompts.unavailable == "pls-try-call-later"
+    assert russian.prompts.overloaded == "all-circuits-busy-now&pls-try-call-later"
+    assert russian.prompts.busy == english.prompts.busy == "vm-theperson&vm-isonphone"
+
+
+def test_a_prompt_or_a_template_set_in_the_file_wins_over_the_languages_default() -> None:
+    data = _with(language="ru", prompts={"unavailable": "custom/later"})
+    data["labels"] = {"template": "Order {order} {name}", "name_style": "last_first_initial"}
+    config = parse_config(data)
+    assert config.prompts.unavailable == "custom/later"
+    assert config.prompts.overloaded == "all-circuits-busy-now&pls-try-call-later"  # the others: ru
+    assert (config.labels.template, config.labels.name_style) == (
+        "Order {order} {name}",
+        "last_first_initial",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("de", "must be one of en, ru (those bridged has default prompts and labels for)"),
+        ("RU", "must be one of en, ru (those bridged has default prompts and labels for)"),
+        ("ru|x", "must be one of en, ru (those bridged has default prompts and labels for)"),
+        (7, "must be a string; YAML read 7 as a number: quote it"),
+        ("", "must be a non-empty string"),
+    ],
+)
+def test_the_language_is_validated(value: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_with(language=value))
+    assert info.value.lines == [f"language: {message}"]
+
+
+SOUND_PROBLEM = (
+    "must be Asterisk sound names (letters, digits, '_', '-', '.', '/'; no extension) joined by '&'"
+)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("prompts.denied", "im-sorry&feature-not-avail-line", None),
+        ("prompts.denied", "custom/shop/denied", None),
+        ("prompts.denied", "/var/lib/bridged/sounds/denied", None),
+        ("prompts.denied", "im-sorry|x", SOUND_PROBLEM),  # the dialplan's CUT on '|'
+        ("prompts.denied", "im-sorry,3", SOUND_PROBLEM),  # Playback()'s options
+        ("prompts.denied", "im sorry", SOUND_PROBLEM),
+        ("prompts.denied", "a&&b", SOUND_PROBLEM),
+        ("prompts.denied", "../../etc/passwd", SOUND_PROBLEM),
+        ("prompts.denied", "im-sorry)", SOUND_PROBLEM),
+        ("prompts.denied", "звонок", SOUND_PROBLEM),
+        ("recording.announcement", "custom/call-recorded", None),
+        ("recording.announcement", "custom/call recorded", SOUND_PROBLEM),
+        ("recording.announcement", "beep&custom/x|y", SOUND_PROBLEM),
+    ],
+)
+def test_prompts_and_the_announcement_are_sound_names(key: str, value: str, problem: str | None) -> None:
+    data = example_data()
+    section, name = key.split(".")
+    data[section] = {**(data.get(section) or {}), name: value}
+    if problem is None:
+        config = parse_config(data)
+        assert getattr(getattr(config, section), name) == value
+        return
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert info.value.lines == [f"{key}: {problem}"]

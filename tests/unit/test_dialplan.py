@@ -11,6 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridged import dialplan
+from bridged.calls.legs import leg_variables
+from bridged.config import DEFAULT_PROMPTS, LANGUAGES
+from tests.unit.fakes import make_config
 
 CONF = Path(__file__).resolve().parents[2] / "dialplan" / "bridged.conf"
 TEXT = CONF.read_text(encoding="utf-8")
@@ -52,23 +55,43 @@ def _cuts_of(target: str) -> list[str]:
 @given(
     call_id=st.text("0123456789abcdef", min_size=1, max_size=32),
     label=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
+    language=st.sampled_from(LANGUAGES),
 )
-def test_the_dialplan_takes_the_ok_answer_apart_as_bridged_builds_it(call_id: str, label: str) -> None:
+def test_the_dialplan_takes_the_ok_answer_apart_as_bridged_builds_it(
+    call_id: str, label: str, language: str
+) -> None:
     stasis_args = f"bridged,{dialplan.app_args(dialplan.Leg.ORDER, call_id)}"
-    reply = dialplan.reply_ok(stasis_args, label)
+    reply = dialplan.reply_ok(language, stasis_args, label)
     [label_spec] = _cuts_of(re.escape(f"Set({dialplan.LABEL}="))
     [stasis_spec] = _cuts_of(re.escape("Stasis("))
+    [language_spec] = _cuts_of(re.escape(f"Set({dialplan.CHANNEL_LANGUAGE}="))
     assert _cut(reply, "1") == dialplan.OK
+    assert _cut(reply, language_spec) == language
     assert _cut(reply, stasis_spec) == stasis_args
     assert _cut(reply, label_spec) == label  # even with a "|" in it: the label is last
 
 
 @pytest.mark.parametrize("overloaded", [False, True])
-def test_the_dialplan_plays_the_prompt_of_a_refusal(overloaded: bool) -> None:
-    reply = dialplan.reply_refused("im-sorry&feature-not-avail-line", overloaded=overloaded)
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_dialplan_plays_the_prompt_of_a_refusal_in_the_answers_language(
+    overloaded: bool, language: str
+) -> None:
+    reply = dialplan.reply_refused(language, "im-sorry&feature-not-avail-line", overloaded=overloaded)
     [prompt_spec] = _cuts_of(re.escape("Playback("))
+    [language_spec] = _cuts_of(re.escape(f"Set({dialplan.CHANNEL_LANGUAGE}="))
     assert _cut(reply, "1") == (dialplan.OVERLOADED if overloaded else dialplan.REFUSED)
     assert _cut(reply, prompt_spec) == "im-sorry&feature-not-avail-line"
+    assert _cut(reply, language_spec) == language
+
+
+def test_the_language_is_set_before_any_prompt_and_the_fallback_prompt_exists_in_each_language() -> None:
+    lines = CODE.splitlines()
+    [set_language] = [i for i, line in enumerate(lines) if f"Set({dialplan.CHANNEL_LANGUAGE}=" in line]
+    plays = [i for i, line in enumerate(lines) if "Playback(" in line]
+    assert plays and min(plays) > set_language
+    # What the dialplan plays on its own when bridged cannot: each language's "try later" by its name.
+    fallback = next(line for line in lines if "(unavailable),Playback(" in line)
+    assert f"?{DEFAULT_PROMPTS['ru'].unavailable}:{DEFAULT_PROMPTS['en'].unavailable})" in fallback
 
 
 def test_the_label_subroutine_and_the_transfer_handling() -> None:
@@ -80,10 +103,12 @@ def test_the_label_subroutine_and_the_transfer_handling() -> None:
     [(name, value)] = dialplan.NO_TRANSFERS.items()
     assert f"Set({name}={value})" in CODE
     # What bridged sets on a manager leg it originates is what the dialplan sets on a phone's channel.
-    assert dialplan.label_variables('"Order 1" <*771>') == {
+    config = make_config(language="ru")
+    assert leg_variables(config, dialplan.label_variables('"Order 1" <*771>')) == {
         dialplan.LABEL: '"Order 1" <*771>',
         dialplan.SEND_SUB: dialplan.LABEL_SUB,
         name: value,
+        dialplan.CHANNEL_LANGUAGE: "ru",
     }
 
 

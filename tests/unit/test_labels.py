@@ -14,11 +14,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bridged.labels import (
+    DEFAULT_TEMPLATE,
+    DEFAULT_TEMPLATES,
     LABEL_MAX,
     NAME_MAX,
+    NAME_STYLES,
     ORDER_MAX,
     URI_CHARACTERS,
     Labeller,
+    _words,
+    default_template,
     dial_back,
     is_digit_like,
     safe_name,
@@ -116,15 +121,38 @@ def _assert_clean_name_part(part: str) -> None:
 )  # Roman, circled, superscript, fraction, CJK numerals
 @example(name="x" * 10_000)
 def test_the_name_part_holds_no_digit_uri_or_control_character(name: str) -> None:
-    _assert_clean_name_part(safe_name(name))
+    for style in NAME_STYLES:
+        _assert_clean_name_part(safe_name(name, style))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=names, style=st.sampled_from(NAME_STYLES))
+@example(name="A\u00b8B", style="first_last_initial")  # NFKC: "A \u0327B", a word that began with a mark
+def test_every_style_shows_only_words_of_the_name(name: str, style: str) -> None:
+    """Whatever the style, the name part is made of the sanitised words (or their initials): a style
+    cannot bring back anything the sanitiser dropped, nor invent a letter."""
+    words = _words(name)
+    shown = safe_name(name, style)
+    if not words:
+        assert shown == ""
+        return
+    for piece in shown.split():
+        assert any(w.startswith(piece.removesuffix(".")) for w in words), (name, style, shown)
 
 
 @settings(max_examples=500, deadline=None)
-@given(order_id=order_ids, name=names, template=st.one_of(st.just("Order {order} {name}"), templates()))
-def test_the_label_holds_no_digit_beyond_the_order_ids_own(order_id: str, name: str, template: str) -> None:
+@given(
+    order_id=order_ids,
+    name=names,
+    template=st.one_of(st.sampled_from(sorted(DEFAULT_TEMPLATES.values())), templates()),
+    style=st.sampled_from(NAME_STYLES),
+)
+def test_the_label_holds_no_digit_beyond_the_order_ids_own(
+    order_id: str, name: str, template: str, style: str
+) -> None:
     if template_problem(template) is not None:
         return
-    labeller = Labeller(template=template)
+    labeller = Labeller(template=template, name_style=style)
     label = labeller.label(order_id, name)
     order_part = safe_order(order_id)
     assert len(label.text) <= LABEL_MAX
@@ -169,6 +197,63 @@ def test_the_label_holds_no_digit_beyond_the_order_ids_own(order_id: str, name: 
 )
 def test_name_parts(name: str, shown: str) -> None:
     assert safe_name(name) == shown
+
+
+# One row per name, one column per style (NAME_STYLES order): first_last_initial, last_first_initial,
+# first_patronymic, first_word.
+STYLED = [
+    ("Иван Петров", "Иван П.", "Иван П.", "Петров", "Иван"),
+    ("Иванов Иван Петрович", "Иванов П.", "Иванов И.", "Иван Петрович", "Иванов"),
+    ("Иванов Иван", "Иванов И.", "Иванов И.", "Иван", "Иванов"),
+    ("Иванов И. П.", "Иванов П.", "Иванов И.", "И. П.", "Иванов"),
+    ("Иванов", "Иванов", "Иванов", "Иванов", "Иванов"),
+    (
+        "Петров-Водкин Кузьма Сергеевич",
+        "Петров-Водкин С.",
+        "Петров-Водкин К.",
+        "Кузьма Сергеевич",
+        "Петров-Водкин",
+    ),
+    # The patronymic becomes an initial when both do not fit NAME_MAX.
+    (
+        "Константинопольская Александра Константиновна",
+        "Константинопольская К.",
+        "Константинопольская А.",
+        "Александра К.",
+        "Константинопольская",
+    ),
+    ("Ivan Petrov", "Ivan P.", "Ivan P.", "Petrov", "Ivan"),
+    ("  ", "", "", "", ""),
+    # The sanitiser first: a number, an address, digits inside a word never reach any style.
+    ("+7 916 123-45-67", "", "", "", ""),
+    ("Иванов +7 916 123-45-67 Иван", "Иванов И.", "Иванов И.", "Иван", "Иванов"),
+    ("Иванов <sip:+79161234567@evil> Иван Петрович", "Иванов П.", "Иванов И.", "Иван Петрович", "Иванов"),
+    ("Иванов Иван8916 Петрович", "Иванов П.", "Иванов И.", "Иван Петрович", "Иванов"),
+]
+
+
+@pytest.mark.parametrize(("name", "shown"), [(row[0], row[1:]) for row in STYLED])
+def test_name_styles(name: str, shown: tuple[str, ...]) -> None:
+    assert tuple(safe_name(name, style) for style in NAME_STYLES) == shown
+
+
+def test_an_unknown_style_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown name style"):
+        safe_name("Ivan Petrov", "full")
+    with pytest.raises(ValueError, match="unknown name style"):
+        Labeller(name_style="full")
+
+
+def test_the_default_template_follows_the_language() -> None:
+    assert default_template("en") == DEFAULT_TEMPLATE == "Order {order} {name}"
+    assert default_template("ru") == "Заказ {order} {name}"
+    for template in DEFAULT_TEMPLATES.values():
+        assert template_problem(template) is None
+    label = Labeller(default_template("ru"), "last_first_initial").label("123", "Иванов Иван Петрович")
+    assert label.caller_id == '"Заказ 123 Иванов И." <*77123>'
+    assert (
+        Labeller(default_template("ru")).label("123", "+7 916 123-45-67").caller_id == '"Заказ 123" <*77123>'
+    )
 
 
 def test_labels_as_the_manager_sees_them() -> None:

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridged.api import routes
 from bridged.api.auth import DENIED_LIMITER
@@ -22,8 +24,9 @@ from bridged.api.cursors import CursorCodec
 from bridged.api.errors import InvalidCursor
 from bridged.api.limits import DeniedAuditLimiter
 from bridged.appkeys import CONFIG, STORE
-from bridged.config import ApiToken, ConfigError, ConfigHolder
+from bridged.config import LANGUAGES, ApiToken, ConfigError, ConfigHolder
 from bridged.configfile import parse_config
+from bridged.ops import choose_language
 from bridged.recordings import (
     ByteRange,
     FolderRecordings,
@@ -499,6 +502,46 @@ async def test_ops_page_carries_no_data_and_strict_headers(served) -> None:
     assert resp.status == 200 and resp.content_type == "text/javascript"
     resp = await client.get("/ops/static/../__init__.py")
     assert resp.status == 404
+
+
+async def test_ops_page_language_follows_accept_language(served) -> None:
+    client, _, _ = served
+    cases = {
+        "ru-RU,ru;q=0.9,en-US;q=0.8,en;q=0.7": "ru",
+        "en-GB,en;q=0.9,ru;q=0.8": "en",
+        "de-DE,de;q=0.9,ru;q=0.5,en;q=0.4": "ru",
+        "en;q=0.2, ru;q=0.8": "ru",
+        "de-DE": "en",  # neither: the shop's language (en in the example config)
+    }
+    for header, language in cases.items():
+        resp = await client.get("/ops/", headers={"Accept-Language": header})
+        assert f'<html lang="{language}">' in await resp.text(), header
+        assert resp.headers["Vary"] == "Accept-Language"
+
+
+@pytest.mark.parametrize(
+    ("header", "fallback", "chosen"),
+    [
+        (None, "ru", "ru"),
+        ("", "en", "en"),
+        ("*", "ru", "ru"),
+        ("RU", "en", "ru"),
+        ("ru;q=0", "en", "en"),  # q=0: not acceptable
+        ("ru;q=abc, en", "ru", "en"),
+        ("ru;q=2", "en", "en"),
+        ("en, ru", "ru", "en"),  # equal q: the first
+        (";;,,;q=;", "en", "en"),
+        ("\x00ru\u202e, \U0001f600", "en", "en"),
+        ("x" * 5000 + ",ru", "en", "en"),  # past the first 1000 characters
+    ],
+)
+def test_choose_language(header: str | None, fallback: str, chosen: str) -> None:
+    assert choose_language(header, fallback) == chosen
+
+
+@given(st.text(max_size=300), st.sampled_from(LANGUAGES))
+def test_choose_language_takes_any_text(header: str, fallback: str) -> None:
+    assert choose_language(header, fallback) in LANGUAGES
 
 
 class _BrokenRecording:

@@ -13,11 +13,12 @@ from bridged.ari import AriUnavailable
 from bridged.calls.engine import CallEngine
 from bridged.calls.model import Call, PendingCall
 from bridged.config import Config, ConfigHolder
+from bridged.configfile import parse_config
 from bridged.orders import LookupFailed, Order, is_valid_code, may_call
 from bridged.outcomes import Outcome, Refusal, refusal_prompt
 from bridged.redact import digits
 from bridged.service import CallService, NotStarted, Refused, shed_share
-from tests.unit.fakes import NUMBER_TAIL, FakeAri, FakeStore, make_config, make_order, manager
+from tests.unit.fakes import NUMBER_TAIL, FakeAri, FakeStore, example_data, make_config, make_order, manager
 
 
 class FakeDirectory:
@@ -378,3 +379,26 @@ async def test_an_api_call_whose_manager_leg_cannot_be_originated_did_not_start(
     assert isinstance(result, NotStarted) and result.outcome is Outcome.MANAGER_UNAVAILABLE
     row = env.store.rows[result.call_id]
     assert (row["state"], row["outcome"], row["created_by"]) == ("ended", "manager_unavailable", "shop-1")
+
+
+async def test_an_api_call_in_russian_rings_the_manager_with_a_russian_label_and_language() -> None:
+    """The HTTP path's manager leg: the label (the language's default template, the customer's
+    Cyrillic name) as its caller id and connected line, and the language for its prompts."""
+    data = example_data()
+    data["language"] = "ru"
+    data["labels"] = {"name_style": "last_first_initial"}
+    e = _env(parse_config(data))
+    e.directory.orders["123"] = make_order("123", manager_id="anna", name="Иванов Иван Петрович")
+    try:
+        result = await e.service.place_from_api("shop-1", "anna", "123")
+        assert isinstance(result, Call)
+        [orig] = e.engine.ari.named("originate")
+        assert orig["caller_id"] == '"Заказ 123 Иванов И." <*77123>'
+        assert orig["variables"] == {
+            "CHANNEL(language)": "ru",
+            "PJSIP_TRANSFER_HANDLING()": "ari-only",
+            "BRIDGED_LABEL": '"Заказ 123 Иванов И." <*77123>',
+            "CONNECTED_LINE_SEND_SUB": "bridged-label,s,1",
+        }
+    finally:
+        await e.engine.shutdown()

@@ -1,11 +1,306 @@
 // The ops page: speaks the review API with the token kept in sessionStorage. No framework, no build.
 // Everything from the API is put into the page with textContent, never as HTML.
+// In English and Russian: every visible string is in MESSAGES; the server's <html lang> (from the
+// browser's Accept-Language) chooses, the language switch overrides (localStorage). Dates, durations and
+// counts are formatted with Intl in the viewer's locale. API error ids are English slugs: ERROR_IDS maps
+// the ones the page meets to messages; an unknown one shows the API's own message.
 "use strict";
 
 (function () {
   const TOKEN_KEY = "bridged.token";
+  const LANG_KEY = "bridged.lang";
   const $ = (id) => document.getElementById(id);
-  const state = { me: null, callsCursor: null, auditCursor: null, objectUrl: null };
+  const state = {
+    me: null,
+    callsCursor: null,
+    auditCursor: null,
+    objectUrl: null,
+    calls: [],
+    audit: [],
+    callsStatus: null,
+    auditStatus: null,
+  };
+
+  // -- languages ----------------------------------------------------------------------------------
+
+  const MESSAGES = {
+    en: {
+      title: "bridged · call review",
+      subtitle: "call review",
+      language: "Language",
+      sign_in: "Sign in",
+      sign_out: "Sign out",
+      token: "Access token",
+      token_hint: "Your token stays in this browser tab only and is forgotten when the tab closes.",
+      calls: "Calls",
+      manager: "Manager",
+      order: "Order",
+      outcome: "Outcome",
+      from: "From",
+      to: "To",
+      recording: "Recording",
+      any: "any",
+      recording_available: "available",
+      recording_none_or_purged: "none or purged",
+      apply_filters: "Apply filters",
+      clear: "Clear",
+      player: "Player",
+      reason: "Reason for listening",
+      reason_required: "(required, kept in the audit trail)",
+      reason_optional: "(optional, kept in the audit trail)",
+      no_recording_loaded: "No recording loaded.",
+      calls_caption: "Calls, newest first",
+      requested: "Requested",
+      talk_time: "Talk time",
+      older_calls: "Older calls",
+      audit_trail: "Audit trail",
+      actor: "Actor",
+      action: "Action",
+      call: "Call",
+      show: "Show",
+      audit_caption: "Audit trail, newest first",
+      when: "When",
+      reason_column: "Reason",
+      client: "Client",
+      older_entries: "Older entries",
+      session_expired: "Your session is no longer valid; sign in again.",
+      enter_token: "Enter your access token.",
+      token_may_not_review: "This token ({role}) may not review calls.",
+      token_not_accepted: "That token was not accepted.",
+      sign_in_failed: "Sign-in failed: {message}",
+      signed_in_as: "Signed in as {name} ({role})",
+      loading_calls: "Loading calls…",
+      calls_shown: { one: "{n} call shown.", other: "{n} calls shown." },
+      no_calls: "No calls match.",
+      calls_failed: "Could not load calls: {message}",
+      mark_truncated: "recording truncated",
+      mark_failed: "recording failed",
+      mark_unknown: "recording not verified",
+      play: "Play",
+      play_label: "Play recording of order {order}, {when}",
+      purged: "purged {ago}",
+      none: "none",
+      give_reason: "Give a reason for listening first.",
+      loading_recording: "Loading the recording of order {order}…",
+      playing: "Playing: order {order}, {when}",
+      loaded: "Loaded: order {order} (press play in the player).",
+      play_failed: "Could not play the recording: {message}",
+      loading_audit: "Loading the audit trail…",
+      no_entries: "No entries match.",
+      audit_failed: "Could not load the audit trail: {message}",
+      "action.recording.listen": "recording listened to",
+      "action.recording.download": "recording downloaded",
+      "action.recording.purge": "recording purged",
+      "action.api.denied": "API request denied",
+      "action.call.request": "call requested",
+      "action.retention.change": "retention changed",
+    },
+    ru: {
+      title: "bridged · обзор звонков",
+      subtitle: "обзор звонков",
+      language: "Язык",
+      sign_in: "Войти",
+      sign_out: "Выйти",
+      token: "Токен доступа",
+      token_hint: "Токен хранится только в этой вкладке браузера и забывается, когда вкладку закрывают.",
+      calls: "Звонки",
+      manager: "Менеджер",
+      order: "Заказ",
+      outcome: "Итог",
+      from: "С",
+      to: "По",
+      recording: "Запись",
+      any: "любой",
+      recording_available: "есть",
+      recording_none_or_purged: "нет или удалена",
+      apply_filters: "Применить",
+      clear: "Сбросить",
+      player: "Проигрыватель",
+      reason: "Причина прослушивания",
+      reason_required: "(обязательно, сохраняется в журнале)",
+      reason_optional: "(необязательно, сохраняется в журнале)",
+      no_recording_loaded: "Запись не загружена.",
+      calls_caption: "Звонки, сначала новые",
+      requested: "Запрошен",
+      talk_time: "Разговор",
+      older_calls: "Более ранние звонки",
+      audit_trail: "Журнал действий",
+      actor: "Кто",
+      action: "Действие",
+      call: "Звонок",
+      show: "Показать",
+      audit_caption: "Журнал действий, сначала новые",
+      when: "Когда",
+      reason_column: "Причина",
+      client: "Клиент",
+      older_entries: "Более ранние записи",
+      session_expired: "Сеанс больше не действителен; войдите снова.",
+      enter_token: "Введите токен доступа.",
+      token_may_not_review: "С этим токеном ({role}) нельзя просматривать звонки.",
+      token_not_accepted: "Этот токен не принят.",
+      sign_in_failed: "Не удалось войти: {message}",
+      signed_in_as: "Вы вошли как {name} ({role})",
+      loading_calls: "Загрузка звонков…",
+      calls_shown: {
+        one: "Показан {n} звонок.",
+        few: "Показаны {n} звонка.",
+        many: "Показано {n} звонков.",
+        other: "Показано {n} звонка.",
+      },
+      no_calls: "Нет подходящих звонков.",
+      calls_failed: "Не удалось загрузить звонки: {message}",
+      mark_truncated: "запись обрезана",
+      mark_failed: "запись не удалась",
+      mark_unknown: "запись не проверена",
+      play: "Слушать",
+      play_label: "Слушать запись заказа {order}, {when}",
+      purged: "удалена {ago}",
+      none: "нет",
+      give_reason: "Сначала укажите причину прослушивания.",
+      loading_recording: "Загрузка записи заказа {order}…",
+      playing: "Звучит: заказ {order}, {when}",
+      loaded: "Загружено: заказ {order} (нажмите «воспроизвести» в проигрывателе).",
+      play_failed: "Не удалось воспроизвести запись: {message}",
+      loading_audit: "Загрузка журнала…",
+      no_entries: "Нет подходящих записей.",
+      audit_failed: "Не удалось загрузить журнал: {message}",
+      "action.recording.listen": "прослушивание записи",
+      "action.recording.download": "скачивание записи",
+      "action.recording.purge": "удаление записи",
+      "action.api.denied": "отказ в доступе к API",
+      "action.call.request": "запрос звонка",
+      "action.retention.change": "изменение срока хранения",
+    },
+  };
+
+  // Outcomes and states of calls (their ids are the API's), by language.
+  const OUTCOMES = {
+    en: {},
+    ru: {
+      completed: "состоялся",
+      customer_busy: "клиент занят",
+      customer_no_answer: "клиент не ответил",
+      customer_unavailable: "клиент недоступен",
+      customer_congestion: "линия перегружена",
+      customer_abandoned: "клиент положил трубку",
+      manager_abandoned: "менеджер положил трубку",
+      manager_no_answer: "менеджер не ответил",
+      manager_unavailable: "менеджер недоступен",
+      cancelled: "отменён",
+      failed: "сбой",
+      unknown_manager: "неизвестный менеджер",
+      manager_not_registered: "телефон менеджера не в сети",
+      invalid_code: "неверный код заказа",
+      unknown_order: "неизвестный заказ",
+      denied: "запрещено",
+      lookup_failed: "база заказов не ответила",
+      unavailable: "Asterisk недоступен",
+      overloaded: "перегрузка",
+      invalid_phone: "неверный номер клиента",
+      database_unavailable: "база bridged недоступна",
+      requested: "запрошен",
+      ringing_manager: "звонит менеджеру",
+      ringing_customer: "звонит клиенту",
+      announcing: "объявление",
+      bridged: "идёт разговор",
+      ending: "завершается",
+      ended: "завершён",
+    },
+  };
+
+  // API error ids (stable English slugs) the page may meet, by language; others show the API's message.
+  const ERROR_IDS = {
+    en: {},
+    ru: {
+      unauthorized: "нужен действительный токен",
+      forbidden: "роли этого токена это не разрешено",
+      invalid_parameter: "неверный параметр запроса",
+      invalid_cursor: "неверный курсор страницы",
+      call_not_found: "звонок не найден",
+      reason_required: "для прослушивания нужна причина",
+      recording_not_found: "у звонка нет записи",
+      recording_purged: "запись удалена по сроку хранения",
+      recording_in_progress: "звонок ещё идёт, запись не закончена",
+      recording_unavailable: "хранилище записей не ответило",
+      audit_unavailable: "прослушивание нельзя занести в журнал, поэтому запись не выдана",
+      database_unavailable: "база данных bridged не ответила",
+      request_timeout: "запрос не пришёл вовремя",
+      network: "нет связи с сервером",
+    },
+  };
+
+  let lang = initialLanguage();
+
+  function initialLanguage() {
+    let saved = null;
+    try {
+      saved = localStorage.getItem(LANG_KEY);
+    } catch (e) {
+      // storage disabled: the server's choice stands
+    }
+    if (saved && Object.hasOwn(MESSAGES, saved)) return saved;
+    const served = document.documentElement.lang;
+    return Object.hasOwn(MESSAGES, served) ? served : "en";
+  }
+
+  // The viewer's own locale when it is of the page's language (en-GB keeps its dates), else the language.
+  function locale() {
+    const mine = (navigator.languages || [navigator.language]).find(
+      (tag) => tag && tag.split("-")[0].toLowerCase() === lang,
+    );
+    return mine || lang;
+  }
+
+  function t(key, params) {
+    let text = Object.hasOwn(MESSAGES[lang], key) ? MESSAGES[lang][key] : MESSAGES.en[key];
+    if (text === undefined) text = key;
+    if (typeof text === "object") {
+      const n = params && typeof params.n === "number" ? params.n : 0;
+      const form = new Intl.PluralRules(locale()).select(n);
+      text = text[form] || text.other;
+      params = Object.assign({}, params, { n: new Intl.NumberFormat(locale()).format(n) });
+    }
+    return text.replace(/\{(\w+)\}/g, (whole, name) =>
+      params && Object.hasOwn(params, name) ? String(params[name]) : whole,
+    );
+  }
+
+  function outcomeName(id) {
+    const names = OUTCOMES[lang];
+    return Object.hasOwn(names, id) ? names[id] : String(id).replace(/_/g, " ");
+  }
+
+  function errorMessage(e) {
+    const known = ERROR_IDS[lang];
+    return e && e.id && Object.hasOwn(known, e.id) ? known[e.id] : (e && e.message) || String(e);
+  }
+
+  function applyLanguage() {
+    document.documentElement.lang = lang;
+    for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+    for (const option of $("f-outcome").options) {
+      if (option.value) option.textContent = outcomeName(option.value);
+    }
+    for (const option of document.querySelectorAll("option[data-action-label]")) {
+      option.textContent = actionName(option.value);
+    }
+    $("lang").value = lang;
+    if (state.me) $("who-text").textContent = t("signed_in_as", { name: state.me.name, role: state.me.role });
+    if (!state.objectUrl) $("now-playing").textContent = t("no_recording_loaded");
+    renderCalls();
+    renderAudit();
+  }
+
+  function switchLanguage(next) {
+    if (!Object.hasOwn(MESSAGES, next)) return;
+    lang = next;
+    try {
+      localStorage.setItem(LANG_KEY, next);
+    } catch (e) {
+      // storage disabled: the switch lasts as long as the page
+    }
+    applyLanguage();
+  }
 
   function token() {
     return sessionStorage.getItem(TOKEN_KEY);
@@ -21,7 +316,12 @@
 
   async function api(path, options = {}) {
     const headers = Object.assign({ Authorization: "Bearer " + token() }, options.headers || {});
-    const response = await fetch(path, Object.assign({}, options, { headers, cache: "no-store" }));
+    let response;
+    try {
+      response = await fetch(path, Object.assign({}, options, { headers, cache: "no-store" }));
+    } catch (e) {
+      throw new ApiFailure(0, "network", String(e.message || e));
+    }
     if (!response.ok) {
       let id = "http_" + response.status;
       let message = response.statusText || "request failed";
@@ -33,7 +333,7 @@
         // not a JSON error body
       }
       if (response.status === 401 && path !== "/v1/me") {
-        signOut("Your session is no longer valid; sign in again.");
+        signOut(t("session_expired"));
       }
       throw new ApiFailure(response.status, id, message);
     }
@@ -51,8 +351,24 @@
 
   function when(iso) {
     if (!iso) return "";
-    const d = new Date(iso);
-    return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
+    return new Intl.DateTimeFormat(locale(), { dateStyle: "medium", timeStyle: "medium" }).format(new Date(iso));
+  }
+
+  // "3 days ago" in the viewer's language, in the largest unit that is at least one.
+  function ago(iso) {
+    const seconds = (new Date(iso).getTime() - Date.now()) / 1000;
+    const units = [
+      ["year", 31536000],
+      ["month", 2592000],
+      ["day", 86400],
+      ["hour", 3600],
+      ["minute", 60],
+    ];
+    const format = new Intl.RelativeTimeFormat(locale(), { numeric: "auto" });
+    for (const [unit, size] of units) {
+      if (Math.abs(seconds) >= size) return format.format(Math.round(seconds / size), unit);
+    }
+    return format.format(Math.round(seconds), "second");
   }
 
   function localToIso(value) {
@@ -77,7 +393,7 @@
     error.textContent = "";
     const value = input.value.trim();
     if (!value) {
-      error.textContent = "Enter your access token.";
+      error.textContent = t("enter_token");
       input.focus();
       return;
     }
@@ -92,16 +408,17 @@
       const me = await (await api("/v1/me")).json();
       if (!me.permissions.includes("calls.list")) {
         sessionStorage.removeItem(TOKEN_KEY);
-        error.textContent = "This token (" + me.role + ") may not review calls.";
+        error.textContent = t("token_may_not_review", { role: me.role });
         return false;
       }
       state.me = me;
     } catch (e) {
       sessionStorage.removeItem(TOKEN_KEY);
-      error.textContent = e.status === 401 ? "That token was not accepted." : "Sign-in failed: " + e.message;
+      error.textContent =
+        e.status === 401 ? t("token_not_accepted") : t("sign_in_failed", { message: errorMessage(e) });
       return false;
     }
-    $("who-text").textContent = "Signed in as " + state.me.name + " (" + state.me.role + ")";
+    $("who-text").textContent = t("signed_in_as", { name: state.me.name, role: state.me.role });
     $("who").hidden = false;
     $("signin").hidden = true;
     $("review").hidden = false;
@@ -116,6 +433,9 @@
     sessionStorage.removeItem(TOKEN_KEY);
     state.me = null;
     resetPlayer();
+    state.calls = [];
+    state.audit = [];
+    state.callsStatus = state.auditStatus = null;
     $("calls").tBodies[0].replaceChildren();
     $("audit-table").tBodies[0].replaceChildren();
     $("review").hidden = true;
@@ -139,31 +459,43 @@
     };
   }
 
+  // A status line is kept as a message key and its parameters, so that a switch of language redoes it.
+  function setStatus(which, key, params) {
+    state[which] = key ? { key, params } : null;
+    renderStatus(which);
+  }
+
+  function renderStatus(which) {
+    const status = state[which];
+    $(which === "callsStatus" ? "calls-status" : "audit-status").textContent = status
+      ? t(status.key, status.params)
+      : "";
+  }
+
   async function loadCalls(reset) {
-    const status = $("calls-status");
-    const body = $("calls").tBodies[0];
     if (reset) state.callsCursor = null;
     const params = Object.assign(callFilters(), { limit: 25, cursor: state.callsCursor });
-    status.textContent = "Loading calls…";
+    setStatus("callsStatus", "loading_calls");
     try {
       const page = await (await api("/v1/calls" + query(params))).json();
-      if (reset) body.replaceChildren();
-      for (const call of page.items) body.appendChild(callRow(call));
+      state.calls = reset ? page.items : state.calls.concat(page.items);
       state.callsCursor = page.next_cursor;
       $("calls-more").hidden = !page.next_cursor;
-      const shown = body.rows.length;
-      status.textContent = shown ? shown + " call" + (shown === 1 ? "" : "s") + " shown." : "No calls match.";
+      const shown = state.calls.length;
+      setStatus("callsStatus", shown ? "calls_shown" : "no_calls", { n: shown });
+      renderCalls();
     } catch (e) {
-      status.textContent = "Could not load calls: " + e.message;
+      setStatus("callsStatus", "calls_failed", { message: errorMessage(e) });
     }
   }
 
+  function renderCalls() {
+    $("calls").tBodies[0].replaceChildren(...state.calls.map(callRow));
+    renderStatus("callsStatus");
+  }
+
   // A recording that does not hold the whole conversation is marked on its row (README, "Recordings").
-  const RECORDING_MARKS = {
-    truncated: "recording truncated",
-    failed: "recording failed",
-    unknown: "recording not verified",
-  };
+  const RECORDING_MARKS = { truncated: "mark_truncated", failed: "mark_failed", unknown: "mark_unknown" };
 
   function callRow(call) {
     const tr = document.createElement("tr");
@@ -171,23 +503,24 @@
     cell(tr, when(call.requested_at));
     cell(tr, call.manager_id);
     cell(tr, call.order_id);
-    cell(tr, (call.outcome || call.state).replace(/_/g, " "));
+    cell(tr, outcomeName(call.outcome || call.state));
     cell(tr, call.duration_seconds === null ? "" : formatDuration(call.duration_seconds), "num");
     const td = cell(tr, "");
     const state = call.recording_state;
-    const mark = Object.hasOwn(RECORDING_MARKS, state) ? RECORDING_MARKS[state] : null;
+    const mark = Object.hasOwn(RECORDING_MARKS, state) ? t(RECORDING_MARKS[state]) : null;
     if (call.has_recording) {
       const button = document.createElement("button");
       button.type = "button";
       button.className = "play";
-      button.textContent = "Play";
-      button.setAttribute("aria-label", "Play recording of order " + call.order_id + ", " + when(call.requested_at));
+      button.textContent = t("play");
+      button.setAttribute("aria-label", t("play_label", { order: call.order_id, when: when(call.requested_at) }));
       button.addEventListener("click", () => play(call, button));
       td.appendChild(button);
     } else if (call.recording_purged_at) {
-      td.textContent = "purged " + when(call.recording_purged_at);
+      td.textContent = t("purged", { ago: ago(call.recording_purged_at) });
+      td.title = when(call.recording_purged_at);
     } else if (!mark) {
-      td.textContent = "none";
+      td.textContent = t("none");
     }
     if (mark) {
       tr.dataset.recordingState = state;
@@ -199,9 +532,16 @@
     return tr;
   }
 
+  // Talk time in the viewer's locale: "1 min, 5 sec", "1 мин 5 с".
   function formatDuration(seconds) {
     const s = Math.round(seconds);
-    return Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0");
+    const parts = { minutes: Math.floor(s / 60), seconds: s % 60 };
+    if (typeof Intl.DurationFormat === "function") {
+      return new Intl.DurationFormat(locale(), { style: "short" }).format(parts);
+    }
+    const unit = (value, name) =>
+      new Intl.NumberFormat(locale(), { style: "unit", unit: name, unitDisplay: "short" }).format(value);
+    return parts.minutes ? unit(parts.minutes, "minute") + " " + unit(parts.seconds, "second") : unit(s, "second");
   }
 
   // -- player ---------------------------------------------------------------------------------------
@@ -213,7 +553,7 @@
     audio.load();
     if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
     state.objectUrl = null;
-    $("now-playing").textContent = "No recording loaded.";
+    $("now-playing").textContent = t("no_recording_loaded");
   }
 
   async function play(call, button) {
@@ -221,12 +561,12 @@
     const reason = $("reason").value.trim();
     error.textContent = "";
     if (!reason && document.body.dataset.reasonRequired === "true") {
-      error.textContent = "Give a reason for listening first.";
+      error.textContent = t("give_reason");
       $("reason").focus();
       return;
     }
     button.disabled = true;
-    $("now-playing").textContent = "Loading the recording of order " + call.order_id + "…";
+    $("now-playing").textContent = t("loading_recording", { order: call.order_id });
     try {
       // One request, one audit row: the whole file goes into a blob the <audio> element can seek in.
       const response = await api("/v1/calls/" + encodeURIComponent(call.id) + "/recording" + query({ reason }));
@@ -235,16 +575,16 @@
       state.objectUrl = URL.createObjectURL(blob);
       const audio = $("player");
       audio.src = state.objectUrl;
-      $("now-playing").textContent = "Playing: order " + call.order_id + ", " + when(call.requested_at);
+      $("now-playing").textContent = t("playing", { order: call.order_id, when: when(call.requested_at) });
       try {
         await audio.play();
       } catch (e) {
-        $("now-playing").textContent = "Loaded: order " + call.order_id + " (press play in the player).";
+        $("now-playing").textContent = t("loaded", { order: call.order_id });
       }
       if (!$("audit").hidden) await loadAudit(true);
     } catch (e) {
-      error.textContent = "Could not play the recording: " + e.message;
-      $("now-playing").textContent = "No recording loaded.";
+      error.textContent = t("play_failed", { message: errorMessage(e) });
+      $("now-playing").textContent = t("no_recording_loaded");
     } finally {
       button.disabled = false;
     }
@@ -253,8 +593,6 @@
   // -- audit ----------------------------------------------------------------------------------------
 
   async function loadAudit(reset) {
-    const status = $("audit-status");
-    const body = $("audit-table").tBodies[0];
     if (reset) state.auditCursor = null;
     const f = $("audit-filters").elements;
     const params = {
@@ -264,33 +602,47 @@
       limit: 25,
       cursor: state.auditCursor,
     };
-    status.textContent = "Loading the audit trail…";
+    setStatus("auditStatus", "loading_audit");
     try {
       const page = await (await api("/v1/audit" + query(params))).json();
-      if (reset) body.replaceChildren();
-      for (const entry of page.items) {
-        const tr = document.createElement("tr");
-        tr.dataset.action = entry.action;
-        cell(tr, when(entry.at));
-        cell(tr, entry.actor);
-        cell(tr, entry.action);
-        cell(tr, entry.call_id || "");
-        cell(tr, entry.outcome);
-        cell(tr, entry.reason || "");
-        cell(tr, (entry.details && entry.details.client) || "");
-        body.appendChild(tr);
-      }
+      state.audit = reset ? page.items : state.audit.concat(page.items);
       state.auditCursor = page.next_cursor;
       $("audit-more").hidden = !page.next_cursor;
-      status.textContent = body.rows.length ? "" : "No entries match.";
+      setStatus("auditStatus", state.audit.length ? null : "no_entries");
+      renderAudit();
     } catch (e) {
-      status.textContent = "Could not load the audit trail: " + e.message;
+      setStatus("auditStatus", "audit_failed", { message: errorMessage(e) });
     }
+  }
+
+  function renderAudit() {
+    $("audit-table").tBodies[0].replaceChildren(...state.audit.map(auditRow));
+    renderStatus("auditStatus");
+  }
+
+  function actionName(action) {
+    const key = "action." + action;
+    return Object.hasOwn(MESSAGES.en, key) ? t(key) : action;
+  }
+
+  function auditRow(entry) {
+    const tr = document.createElement("tr");
+    tr.dataset.action = entry.action;
+    cell(tr, when(entry.at));
+    cell(tr, entry.actor);
+    cell(tr, actionName(entry.action));
+    cell(tr, entry.call_id || "");
+    cell(tr, entry.outcome);
+    cell(tr, entry.reason || "");
+    cell(tr, (entry.details && entry.details.client) || "");
+    return tr;
   }
 
   // -- wiring ---------------------------------------------------------------------------------------
 
   document.addEventListener("DOMContentLoaded", () => {
+    applyLanguage();
+    $("lang").addEventListener("change", (e) => switchLanguage(e.target.value));
     $("signin-form").addEventListener("submit", signIn);
     $("sign-out").addEventListener("click", () => signOut(""));
     $("filters").addEventListener("submit", (e) => {
