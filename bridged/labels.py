@@ -155,10 +155,13 @@ def _words(name: str) -> list[str]:
 
 
 def _without_leading_marks(word: str) -> str:
-    """A combining mark at the start of a word belongs to nothing ("A\u00b8B" is "A \u0327B" after NFKC):
-    dropped, so a word begins with what it shows, and its initial is its first character."""
+    """A word begins with a letter: a combining mark at its start belongs to nothing ("A\u00b8B" is
+    "A \u0327B" after NFKC), and punctuation there is what is left of something removed ("B0'A" is "B 'A"
+    once the digit is gone). Dropped, so a word's initial is its first character."""
     start = 0
-    while start < len(word) and unicodedata.category(word[start])[0] == "M":
+    while start < len(word) and (
+        unicodedata.category(word[start])[0] == "M" or word[start] in _WORD_PUNCTUATION
+    ):
         start += 1
     return word[start:]
 

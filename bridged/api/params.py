@@ -84,12 +84,17 @@ def parse_bool(value: str, name: str) -> bool:
     raise _invalid(name, "must be true or false")
 
 
+# A UTC offset with seconds ("+00:00:00.000001"): no zone has one, and Debian 12's Python 3.11.2 drops the
+# offset's fraction when it parses one (2000-01-01T00:00:00+00:00:00.000001 came back a microsecond off).
+_OFFSET_WITH_SECONDS = re.compile(r"T[^+-]*[+-]\d{2}:?\d{2}:?\d{2}")
+
+
 def parse_time(value: str, name: str) -> datetime:
     """ISO 8601, in UTC when no offset is given; returned in UTC, years 1970 to 9999."""
     # A "+" of an offset left unencoded in the URL arrives as a space.
     text = value.strip().replace(" ", "+")
     refusal = _invalid(name, "must be an ISO 8601 time from 1970 to 9999, e.g. 2026-01-31T09:00:00Z")
-    if not text.isascii() or len(text) > _TIME_MAX_LENGTH:
+    if not text.isascii() or len(text) > _TIME_MAX_LENGTH or _OFFSET_WITH_SECONDS.search(text):
         raise refusal
     try:
         when = datetime.fromisoformat(text)

@@ -229,7 +229,9 @@ def test_http_path_in_russian_label_announcement_and_the_managers_prompt(
     """POST /v1/calls: the manager's phone rings showing the Cyrillic label (From, PAI, RPID), the
     customer leg hears the announcement in Russian; a second call whose customer is busy plays the
     busy prompt to the manager's leg in Russian (both legs bridged originated carry the language)."""
-    api = {"tokens": token_config(), "manager_ring_timeout": 5}
+    # The shop's token places the call; the manager-bound one needs a manager id known before start.
+    shop_tokens = [t for t in token_config("-") if t["role"] != "manager"]
+    api = {"tokens": shop_tokens, "manager_ring_timeout": 5}
     daemon = make_bridged(("dina",), announcement=STOCK_ANNOUNCEMENT, extra={**RUSSIAN, "api": api})
     dina = daemon.managers[0]
     endpoint = f"PJSIP/{dina.endpoint}"

@@ -128,6 +128,7 @@ def test_the_name_part_holds_no_digit_uri_or_control_character(name: str) -> Non
 @settings(max_examples=300, deadline=None)
 @given(name=names, style=st.sampled_from(NAME_STYLES))
 @example(name="A\u00b8B", style="first_last_initial")  # NFKC: "A \u0327B", a word that began with a mark
+@example(name="B0'A", style="first_last_initial")  # "B 'A" once the digit is gone: a word began with "'"
 def test_every_style_shows_only_words_of_the_name(name: str, style: str) -> None:
     """Whatever the style, the name part is made of the sanitised words (or their initials): a style
     cannot bring back anything the sanitiser dropped, nor invent a letter."""
