@@ -142,3 +142,19 @@ async def test_a_reload_reaches_every_component_through_the_one_holder(tmp_path:
     assert tokens.authenticate("Bearer new-shop-token-123") is not None
     assert retention.default_days() == 30
     await engine.shutdown()
+
+
+def test_the_inbound_routing_follows_the_managers_on_reload(tmp_path: Path) -> None:
+    """A fallback names managers: a reload that replaces them takes the new fallback with them."""
+    inbound = {"numbers": ["+15550100"], "fallback": ["anna"], "secret": "s" * 32}
+    current = parse_config(_config(inbound=inbound))
+    path = _write(
+        tmp_path,
+        _config(
+            managers=[{"id": "boris", "endpoint": "boris"}],
+            inbound={**inbound, "fallback": ["boris"], "ring_group": "simultaneous"},
+        ),
+    )
+    result = reload_config(path, current, lambda c: None)
+    assert result is not None
+    assert (result.inbound.fallback, result.inbound.ring_group) == (("boris",), "simultaneous")
