@@ -98,6 +98,12 @@ class Labeller:
         """An inbound caller who withholds their number."""
         return ANONYMOUS
 
+    def of_caller(self, order_id: str | None, customer_name: str = "", ref: str | None = None) -> Label:
+        """An inbound caller's label: their order's, else their reference's, else ``Anonymous``."""
+        if order_id is not None:
+            return self.label(order_id, customer_name)
+        return self.caller(ref) if ref else ANONYMOUS
+
     def text(self, order_id: str, customer_name: str = "") -> str:
         text = self.template.format(
             order=safe_order(order_id), name=safe_name(customer_name, self.name_style)

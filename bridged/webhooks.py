@@ -84,6 +84,7 @@ class WebhookSink:
             "data": {
                 "call_id": call.id,
                 "order_id": call.order_id,
+                "caller_ref": call.caller_ref,
                 "manager_id": call.manager.id,
                 "direction": call.direction,
                 "state": state.value,

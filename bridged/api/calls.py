@@ -56,6 +56,7 @@ def call_json(row: CallRow) -> dict[str, Any]:
         "has_recording": row.recording_available,
         "recording_state": row.recording_state,
         "recording_purged_at": _iso(row.recording_purged_at),
+        "caller_ref": row.caller_ref,
     }
 
 
@@ -246,12 +247,25 @@ SCHEMAS: dict[str, Any] = {
             "has_recording",
             "recording_state",
             "recording_purged_at",
+            "caller_ref",
         ],
         "properties": {
             "id": {"type": "string"},
-            "order_id": {"type": "string"},
-            "manager_id": {"type": "string"},
-            "direction": {"type": "string", "enum": ["phone", "api"]},
+            "order_id": {
+                "type": ["string", "null"],
+                "description": "null only for an inbound call from a caller without an order",
+            },
+            "manager_id": {
+                "type": ["string", "null"],
+                "description": "the manager who placed or answered the call; for a missed inbound call the "
+                "manager it was for (null when the caller has no order and no manager talked to them before)",
+            },
+            "direction": {
+                "type": "string",
+                "enum": ["phone", "api", "inbound"],
+                "description": "phone: a manager dialled *77; api: POST /v1/calls; inbound: a customer "
+                "called the shop's number",
+            },
             "state": {
                 "type": "string",
                 "enum": [
@@ -269,8 +283,9 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["string", "null"],
                 "description": "completed, manager_no_answer, manager_unavailable, manager_abandoned, "
                 "customer_busy, customer_no_answer, customer_unavailable, customer_congestion, "
-                "customer_abandoned, cancelled, failed; a refused attempt's reason: denied, unknown_order, "
-                "invalid_phone, lookup_failed, unavailable, overloaded, database_unavailable",
+                "customer_abandoned, cancelled, failed, missed (an inbound call nobody answered, the "
+                "caller hanging up while managers rang included); a refused attempt's reason: denied, "
+                "unknown_order, invalid_phone, lookup_failed, unavailable, overloaded, database_unavailable",
             },
             "requested_at": {"type": "string", "format": "date-time"},
             "answered_at": _TIMESTAMP,
@@ -286,6 +301,13 @@ SCHEMAS: dict[str, Any] = {
             "recording_purged_at": {
                 **_TIMESTAMP,
                 "description": "when the retention deleted the recording (the call's row stays)",
+            },
+            "caller_ref": {
+                "type": ["string", "null"],
+                "pattern": "^[A-Z]{1,24}$",
+                "description": "an inbound caller without an order: letters derived from a keyed hash of "
+                "their number (the same on every call, never the number); what their manager's phone showed "
+                "as 'Customer <ref>'. null otherwise, and for a withheld number",
             },
         },
     },
@@ -305,7 +327,7 @@ openapi.register(
                     "parameters": [
                         openapi.param("manager", "manager id", openapi.text(64)),
                         openapi.param("order", "order id", openapi.text(64)),
-                        openapi.param("outcome", "e.g. completed, customer_busy", openapi.text(64)),
+                        openapi.param("outcome", "e.g. completed, customer_busy, missed", openapi.text(64)),
                         openapi.param(
                             "from", "requested at or after" + openapi.TIME_NOTE, openapi.TIME_FILTER
                         ),

@@ -123,12 +123,15 @@ RowWrite = Callable[[], Awaitable[None]]
 class Call:
     id: str
     manager: Manager
-    order_id: str
+    # None only for an inbound caller without an order (caller_ref names them, if their number is known).
+    order_id: str | None
     direction: str
     order: Order | None  # None for a call adopted after a restart: its number is never needed again
     # What the manager's phone is shown as the other party (bridged.labels; the name is not kept in
     # the row, so an adopted call's label is the order alone).
     label: Label = field(kw_only=True)
+    # An inbound caller without an order: letters derived from the keyed hash of their number (the row's).
+    caller_ref: str | None = field(default=None, kw_only=True)
     state: CallState = CallState.REQUESTED
     manager_channel_id: str | None = None
     customer_channel_id: str | None = None

@@ -60,7 +60,7 @@ class Reconciler:
 
     async def _adopt(self, row: CallRow, alive: set[str], states: dict[str, str]) -> None:
         engine = self.engine
-        manager = engine.config.current.manager_by_id(row.manager_id)
+        manager = None if row.manager_id is None else engine.config.current.manager_by_id(row.manager_id)
         live_legs = [c for c in (row.manager_channel_id, row.customer_channel_id) if c and c in alive]
         state = CallState(row.state)
         if state in (CallState.REQUESTED, CallState.RINGING_MANAGER) and row.customer_channel_id in alive:
@@ -76,7 +76,8 @@ class Reconciler:
             order_id=row.order_id,
             direction=row.direction,
             order=None,
-            label=engine.labeller.label(row.order_id),
+            label=engine.labeller.of_caller(row.order_id, ref=row.caller_ref),
+            caller_ref=row.caller_ref,
             state=state,
             manager_channel_id=row.manager_channel_id,
             customer_channel_id=row.customer_channel_id,
