@@ -502,3 +502,25 @@ def test_a_reverse_query_must_take_the_callers_number() -> None:
     )
     data["orders"]["reverse_query"] = ""
     assert parse_config(data).orders.reverse_query is None
+
+
+def test_check_config_says_when_the_shops_database_could_not_be_asked(tmp_path: Path) -> None:
+    """Offline, the file is still checked and valid (exit 0), and the output says what was not checked."""
+    data = example_data()
+    data["orders"]["dsn"] = "postgresql://shop_reader:pw@127.0.0.1:9/shop"  # nobody listens on port 9
+    path = tmp_path / "bridged.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = _check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert "the shop's database shop_reader@127.0.0.1:9/shop did not answer" in result.stdout
+    assert "orders.query and orders.reverse_query were not checked" in result.stdout
+    assert "pw" not in result.stdout.replace(str(path), "")
+    offline = subprocess.run(
+        [sys.executable, "-m", "bridged", "check-config", "--offline", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert "not checked: --offline" in offline.stdout
