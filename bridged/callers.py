@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .phones import InvalidPhone, parse_phone
 from .redact import PhoneNumber
@@ -54,6 +55,45 @@ class Caller:
 
 
 ANONYMOUS = Caller(key=None, ref=None)
+
+
+@dataclass(frozen=True)
+class InboundCaller:
+    """What the inbound channel's StasisStart says about the call, read once and never logged or kept."""
+
+    # The caller id number as Asterisk has it (the customer's number, for all but a withheld caller).
+    number: str = field(repr=False)
+    # CALLERID(pres), which the dialplan passes as the Stasis argument after "inbound".
+    presentation: str
+    # The shop's number that was called (the extension of [bridged-inbound]).
+    did: str
+    # The channel has a redirecting party (the carrier's Diversion or History-Info): a number too.
+    redirected: bool
+
+
+def read_stasis_start(event: dict[str, Any]) -> InboundCaller:
+    """The inbound caller of a StasisStart event of [bridged-inbound] (docs/asterisk.md, "Inbound calls":
+    ``channel.caller``, ``channel.dialplan.exten``, ``channel.caller_rdnis`` when there is one)."""
+    channel = event.get("channel")
+    channel = channel if isinstance(channel, dict) else {}
+    caller = channel.get("caller")
+    number = caller.get("number") if isinstance(caller, dict) else None
+    dialplan = channel.get("dialplan")
+    did = dialplan.get("exten") if isinstance(dialplan, dict) else None
+    args = event.get("args")
+    presentation = args[1] if isinstance(args, list) and len(args) > 1 else None
+    return InboundCaller(
+        number=number if isinstance(number, str) else "",
+        presentation=presentation if isinstance(presentation, str) else "",
+        did=did if isinstance(did, str) else "",
+        redirected=bool(channel.get("caller_rdnis")),
+    )
+
+
+def is_shop_number(numbers: tuple[str, ...], did: str) -> bool:
+    """Whether ``did`` is one of the shop's numbers (``inbound.numbers``), compared by their digits."""
+    digits = _ascii_digits(did)
+    return bool(digits) and any(_ascii_digits(number) == digits for number in numbers)
 
 
 def withheld_presentation(presentation: str) -> bool:

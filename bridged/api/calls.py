@@ -99,7 +99,7 @@ def _live_row(call: Call, who: Principal) -> CallRow:
     return CallRow(
         id=call.id,
         order_id=call.order_id,
-        manager_id=call.manager.id,
+        manager_id=call.manager.id if call.manager is not None else None,
         direction=call.direction,
         state=call.state.value,
         outcome=None,

@@ -36,6 +36,7 @@ from bridged.config import Config, ConfigHolder, RecordingConfig
 from bridged.outcomes import Outcome
 from bridged.redact import digits
 from bridged.store.audit import AuditTrail
+from bridged.store.callers import StickyCallers
 from bridged.store.calls import CallRows
 from tests.unit.fakes import (
     NUMBER,
@@ -43,6 +44,7 @@ from tests.unit.fakes import (
     FakeAri,
     FakeAuditTrail,
     FakeCallRows,
+    FakeStickyCallers,
     FakeStore,
     caller_id_changed,
     channel_destroyed,
@@ -166,7 +168,12 @@ async def env() -> AsyncIterator[Env]:
 
 @pytest.mark.parametrize(
     ("fake", "real"),
-    [(FakeAri, AriClient), (FakeCallRows, CallRows), (FakeAuditTrail, AuditTrail)],
+    [
+        (FakeAri, AriClient),
+        (FakeCallRows, CallRows),
+        (FakeAuditTrail, AuditTrail),
+        (FakeStickyCallers, StickyCallers),
+    ],
 )
 def test_fakes_mirror_real_signatures(fake: type, real: type) -> None:
     for name, member in vars(fake).items():
