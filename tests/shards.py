@@ -22,6 +22,7 @@ SECONDS: dict[str, float] = {
     "test_http_calls.py": 66,
     "test_recording_faults.py": 59,
     "test_dirty_data.py": 48,
+    "test_inbound.py": 93,  # measured 2026-12-01 (issue 13)
     "test_rig_inbound.py": 35,
     "test_review_api.py": 32,
     "test_startup.py": 19,

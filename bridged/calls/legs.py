@@ -166,8 +166,10 @@ class Legs:
 
     async def clear_redirecting(self, call: Call) -> None:
         """Empty an inbound caller's redirecting party (a forwarded call's Diversion or History-Info: the
-        caller's number): nothing bridged originates takes it from this channel, and no copy stays."""
-        empty = {"REDIRECTING(from-all)": "", "REDIRECTING(to-all)": "", "REDIRECTING(count)": "0"}
+        caller's number): nothing bridged originates takes it from this channel, and no copy stays.
+        Option ``i``: set without sending a redirecting update, which the caller's channel would send the
+        carrier as "181 Call Is Being Forwarded" (one per value, measured on the rig)."""
+        empty = {"REDIRECTING(from-all,i)": "", "REDIRECTING(to-all,i)": "", "REDIRECTING(count,i)": "0"}
         await self._set_all(call, empty, "emptying the redirecting party of")
 
     async def _set_all(self, call: Call, values: dict[str, str], what: str) -> None:

@@ -307,7 +307,7 @@ class Steps:
             elif isinstance(result, BaseException):
                 raise result
             else:
-                log.info("call %s: ringing manager %s (%s)", call.id, manager.id, leg)
+                log.info("call %s: ringing manager %s on leg %s", call.id, manager.id, leg)
         return any(leg in call.ring.legs for leg in legs)
 
     # -- the customer's leg -----------------------------------------------------------------------

@@ -143,7 +143,10 @@ def make_bridged(
         manager_ids: tuple[str, ...] = ("anna",), *, offline: tuple[str, ...] = (), **options
     ) -> Bridged:
         """bridged with these managers' phones on the rig; the ones in ``offline`` are not registered
-        (their endpoint's AOR has no contact: ARI says "offline", an originate fails at once)."""
+        (their endpoint's AOR has no contact: ARI says "offline", an originate fails at once).
+
+        ``extra`` may be a function of the managers' phones (their ids are made here), returning the
+        config merged over the generated one."""
         phones = [
             ManagerPhone(
                 id=f"{m}{rig_alloc.unique_name('')}",
@@ -154,6 +157,8 @@ def make_bridged(
             for m in manager_ids
         ]
         unregistered = {p.endpoint for m, p in zip(manager_ids, phones, strict=True) if m in offline}
+        if callable(options.get("extra")):
+            options["extra"] = options["extra"](phones)
         daemon = Bridged(asterisk, shop, trace_dir, phones, **options)
         conf = "\n".join(
             manager_endpoint_conf(

@@ -255,9 +255,9 @@ async def test_the_callers_redirecting_party_is_emptied(env: Env) -> None:
     await env.call_in("in-r", redirected=True)
     assert sorted(env.ari.variables("in-r")) == sorted(
         [
-            ("REDIRECTING(from-all)", ""),
-            ("REDIRECTING(to-all)", ""),
-            ("REDIRECTING(count)", "0"),
+            ("REDIRECTING(from-all,i)", ""),
+            ("REDIRECTING(to-all,i)", ""),
+            ("REDIRECTING(count,i)", "0"),
             ("CALLERID(all)", LABEL),
             ("CALLERID(ani-all)", LABEL),
         ]
