@@ -118,9 +118,10 @@ class CallService:
         )
 
     async def place_from_api(
-        self, client: str, manager_id: str, order_id: str
+        self, client: str, manager_id: str, order_id: str, *, callback_of: str | None = None
     ) -> Call | Refused | NotStarted:
-        """A call asked for by API client ``client``: rings the manager, and the customer once they answer.
+        """A call asked for by API client ``client``: rings the manager, and the customer once they answer
+        (``callback_of``: the missed inbound call it calls back, for the audit trail).
 
         Returns the call once its manager leg has been originated."""
         actor = api_actor(client)
@@ -145,6 +146,7 @@ class CallService:
             actor=actor,
             created_by=client,
             overloaded=overloaded,
+            callback_of=callback_of,
         )
         if isinstance(decided, Refused):
             return decided
@@ -284,6 +286,7 @@ class CallService:
         actor: str,
         created_by: str | None = None,
         overloaded: bool | None = None,
+        callback_of: str | None = None,
     ) -> PendingCall | Refused:
         """May ``manager`` call the customer of order ``code`` now? If so, the call's row is written and
         the call is registered with the engine.
@@ -315,7 +318,11 @@ class CallService:
                 customer_channel_id=customer_leg_id(call_id),
                 ari_app=self.config.current.ari.app,
                 actor=actor,
-                details={"manager_id": manager.id, "direction": direction},
+                details={
+                    "manager_id": manager.id,
+                    "direction": direction,
+                    **({"callback_of": callback_of} if callback_of else {}),
+                },
                 created_by=created_by,
             )
         except DatabaseUnavailable as exc:

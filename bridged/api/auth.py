@@ -30,14 +30,18 @@ ANONYMOUS = "anonymous"
 # What each role may do. admin includes everything ops may do; shop is the shop admin's backend.
 # calls.any_client: the role's calls.* permissions reach every call, not only those its token placed
 # (a shop token reads and ends its own calls only; phone calls belong to no token).
+# calls.callback: call back the customer of a missed inbound call (POST /v1/calls with callback_of, from
+# /ops/): an ordinary masked call whose order and manager bridged takes from the missed call's row, so
+# the role cannot pick who is rung; calls.create (any order, any manager) stays with the shop's backend.
 PERMISSIONS: dict[str, frozenset[str]] = {
     "shop": frozenset({"calls.create", "calls.read", "calls.end"}),
-    "ops": frozenset({"calls.list", "calls.read", "calls.any_client", "recordings.listen"}),
+    "ops": frozenset({"calls.list", "calls.read", "calls.any_client", "calls.callback", "recordings.listen"}),
     "admin": frozenset(
         {
             "calls.list",
             "calls.read",
             "calls.any_client",
+            "calls.callback",
             "recordings.listen",
             "audit.read",
             "retention.read",
@@ -92,8 +96,10 @@ def principal(request: web.Request) -> Principal:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def requires(permission: str) -> Callable[[Handler], Handler]:
-    """Decorator: the request must carry a valid token whose role has ``permission`` (401, 403: audited)."""
+def requires(permission: str, *alternatives: str) -> Callable[[Handler], Handler]:
+    """Decorator: the request must carry a valid token whose role has ``permission`` or one of the
+    ``alternatives`` (401, 403: audited). A handler that takes an alternative checks what it allows
+    with :func:`forbid_unless`."""
 
     def wrap(handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
@@ -101,16 +107,21 @@ def requires(permission: str) -> Callable[[Handler], Handler]:
             if who is None:
                 raise Unauthorized()
             request[PRINCIPAL] = who
-            if not who.may(permission):
-                await _audit_denied(
-                    request, who.name, "forbidden", {"permission": permission, "role": who.role}
-                )
-                raise Forbidden()
+            if not any(who.may(p) for p in (permission, *alternatives)):
+                await forbid_unless(request, permission)
             return await handler(request)
 
         return _named(checked, handler, permission)
 
     return wrap
+
+
+async def forbid_unless(request: web.Request, *permissions: str) -> None:
+    """403 (audited, naming the first permission) unless the request's token has one of ``permissions``."""
+    who = principal(request)
+    if not any(who.may(p) for p in permissions):
+        await _audit_denied(request, who.name, "forbidden", {"permission": permissions[0], "role": who.role})
+        raise Forbidden()
 
 
 def audited(permission: str) -> Callable[[Handler], Handler]:

@@ -21,11 +21,19 @@ from ..service import NotStarted, Refused
 from ..store.base import DatabaseUnavailable
 from ..store.calls import CallRow
 from . import idempotency, openapi
-from .auth import Principal, audited, principal, requires
+from .auth import Principal, audited, forbid_unless, principal, requires
 from .cursors import DEFAULT_LIMIT, MAX_LIMIT, PAGE_PARAMETERS, Listing
 from .cursors import MAX_LENGTH as MAX_CURSOR
-from .errors import ApiError, CallEnded, CallNotFound, InvalidRequest, outcome_error, refusal_error
-from .params import Query, path_id, read_json
+from .errors import (
+    ApiError,
+    CallbackNotPossible,
+    CallEnded,
+    CallNotFound,
+    InvalidRequest,
+    outcome_error,
+    refusal_error,
+)
+from .params import ID_RE, Query, path_id, read_json
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +68,20 @@ def call_json(row: CallRow) -> dict[str, Any]:
     }
 
 
-def _parse_create(body: Any) -> tuple[str, str]:
+def _parse_create(body: Any) -> tuple[str, str] | str:
+    """``(order_id, manager_id)``, or the id of the missed call to call back (``callback_of``)."""
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
-    unknown = sorted(set(body) - {"order_id", "manager_id"})
+    unknown = sorted(set(body) - {"order_id", "manager_id", "callback_of"})
     if unknown:
         raise InvalidRequest(f"unknown field: {unknown[0][:40]}", details={"field": unknown[0][:40]})
+    if "callback_of" in body:
+        value = body["callback_of"]
+        if set(body) != {"callback_of"}:
+            raise InvalidRequest("callback_of comes alone: the order and the manager are the missed call's")
+        if not isinstance(value, str) or not ID_RE.fullmatch(value):
+            raise InvalidRequest("callback_of must be a call id", details={"field": "callback_of"})
+        return value
     values: dict[str, str] = {}
     for name in ("order_id", "manager_id"):
         value = body.get(name)
@@ -79,9 +95,28 @@ def _parse_create(body: Any) -> tuple[str, str]:
     return values["order_id"], values["manager_id"]
 
 
-async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple[int, dict[str, Any]]:
+async def _missed_call(request: web.Request, call_id: str) -> tuple[str, str]:
+    """The order and manager of a missed inbound call this token may see, to call the customer back."""
+    row = await request.app[STORE].calls.get(call_id)
+    if row is None or not may_see(principal(request), row):
+        raise CallNotFound()
+    if (
+        row.direction != "inbound"
+        or row.outcome != "missed"
+        or row.order_id is None
+        or row.manager_id is None
+    ):
+        raise CallbackNotPossible()
+    return row.order_id, row.manager_id
+
+
+async def _create(
+    request: web.Request, order_id: str, manager_id: str, callback_of: str | None = None
+) -> tuple[int, dict[str, Any]]:
     who = principal(request)
-    placed = await request.app[SERVICE].place_from_api(who.name, manager_id, order_id)
+    placed = await request.app[SERVICE].place_from_api(
+        who.name, manager_id, order_id, callback_of=callback_of
+    )
     if isinstance(placed, Refused):
         raise refusal_error(placed.reason)
     if isinstance(placed, NotStarted):
@@ -116,14 +151,21 @@ def _live_row(call: Call, who: Principal) -> CallRow:
     )
 
 
-@requires("calls.create")
+@requires("calls.create", "calls.callback")
 async def create_call(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG].current
     key = idempotency.key_of(request)
     body = await read_json(request, config.api.max_body_bytes)
-    order_id, manager_id = _parse_create(body)
+    parsed = _parse_create(body)
+    if isinstance(parsed, str):  # a call back of a missed call: its order and manager
+        await forbid_unless(request, "calls.callback", "calls.create")
+        callback_of: str | None = parsed
+        order_id, manager_id = await _missed_call(request, parsed)
+    else:
+        await forbid_unless(request, "calls.create")
+        callback_of, (order_id, manager_id) = None, parsed
     if key is None:
-        status, payload = await _create(request, order_id, manager_id)
+        status, payload = await _create(request, order_id, manager_id, callback_of)
         return _created(status, payload)
     who = principal(request)
     first = await idempotency.claim(request, who.name, key, body)
@@ -134,7 +176,7 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     if first is not None:
         return _created(*first, replayed=True)
     try:
-        status, payload = await _create(request, order_id, manager_id)
+        status, payload = await _create(request, order_id, manager_id, callback_of)
     except ApiError as exc:
         status, payload = exc.status, exc.body()
     except BaseException:
@@ -219,13 +261,26 @@ async def end_call(request: web.Request) -> web.StreamResponse:
 _TIMESTAMP = openapi.TIME
 SCHEMAS: dict[str, Any] = {
     "CreateCall": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["order_id", "manager_id"],
-        "properties": {
-            "order_id": {"type": "string", "minLength": 1, "maxLength": _ID_MAX},
-            "manager_id": {"type": "string", "minLength": 1, "maxLength": _ID_MAX},
-        },
+        "description": "An order and the manager to connect with its customer (permission calls.create); "
+        "or callback_of alone: a missed inbound call whose customer is called back, with the missed call's "
+        "order and manager (permission calls.callback or calls.create)",
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["order_id", "manager_id"],
+                "properties": {
+                    "order_id": {"type": "string", "minLength": 1, "maxLength": _ID_MAX},
+                    "manager_id": {"type": "string", "minLength": 1, "maxLength": _ID_MAX},
+                },
+            },
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["callback_of"],
+                "properties": {"callback_of": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}},
+            },
+        ],
     },
     "Call": {
         "type": "object",
@@ -305,9 +360,10 @@ SCHEMAS: dict[str, Any] = {
             "caller_ref": {
                 "type": ["string", "null"],
                 "pattern": "^[A-Z]{1,24}$",
-                "description": "an inbound caller without an order: letters derived from a keyed hash of "
-                "their number (the same on every call, never the number); what their manager's phone showed "
-                "as 'Customer <ref>'. null otherwise, and for a withheld number",
+                "description": "an inbound call's caller: letters derived from a keyed hash of their "
+                "number (the same on every call of theirs, never the number), shown on the manager's phone "
+                "as 'Customer <ref>' when the caller has no order. null for a withheld number and on other "
+                "calls",
             },
         },
     },
@@ -346,7 +402,8 @@ openapi.register(
             "post": openapi.secured(
                 {
                     "operationId": "createCall",
-                    "summary": "Ring a manager, then connect them with the customer of an order",
+                    "summary": "Ring a manager, then connect them with the customer of an order (or call "
+                    "back the customer of a missed inbound call)",
                     "parameters": [
                         {
                             "name": "Idempotency-Key",
@@ -366,9 +423,10 @@ openapi.register(
                         **openapi.error_responses(400, 404, 408, 409, 413, 415, 422, 503),
                         "409": {
                             **openapi.error_responses(409)["409"],
-                            "description": "idempotency_key_in_use, manager_not_registered, or "
+                            "description": "idempotency_key_in_use, manager_not_registered, "
                             "manager_unavailable (the manager's phone could not be called: the call, named "
-                            "in details.call_id, has ended)",
+                            "in details.call_id, has ended), or callback_not_possible (callback_of names a "
+                            "call that is not a missed inbound call with an order and a manager)",
                         },
                         "422": {
                             **openapi.error_responses(422)["422"],

@@ -87,6 +87,11 @@ InvalidIdempotencyKey = _error(
 IdempotencyInProgress = _error(
     409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being handled"
 )
+CallbackNotPossible = _error(
+    409,
+    "callback_not_possible",
+    "only a missed inbound call whose caller has an order and a manager can be called back",
+)
 
 # -- recordings and retention -----------------------------------------------------------------------
 ReasonRequired = _error(422, "reason_required", "listening to a recording needs a reason (?reason=...)")
