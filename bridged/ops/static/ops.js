@@ -5,7 +5,7 @@
 (function () {
   const TOKEN_KEY = "bridged.token";
   const $ = (id) => document.getElementById(id);
-  const state = { me: null, callsCursor: null, auditCursor: null, objectUrl: null };
+  const state = { me: null, callsCursor: null, missedCursor: null, auditCursor: null, objectUrl: null };
 
   function token() {
     return sessionStorage.getItem(TOKEN_KEY);
@@ -107,6 +107,7 @@
     $("review").hidden = false;
     $("audit").hidden = !state.me.permissions.includes("audit.read");
     await loadCalls(true);
+    await loadMissed(true);
     if (!$("audit").hidden) await loadAudit(true);
     $("f-manager").focus();
     return true;
@@ -117,6 +118,7 @@
     state.me = null;
     resetPlayer();
     $("calls").tBodies[0].replaceChildren();
+    $("missed-table").tBodies[0].replaceChildren();
     $("audit-table").tBodies[0].replaceChildren();
     $("review").hidden = true;
     $("who").hidden = true;
@@ -169,8 +171,8 @@
     const tr = document.createElement("tr");
     tr.dataset.callId = call.id;
     cell(tr, when(call.requested_at));
-    cell(tr, call.manager_id);
-    cell(tr, call.order_id);
+    cell(tr, call.manager_id || "");
+    cell(tr, callerText(call));
     cell(tr, (call.outcome || call.state).replace(/_/g, " "));
     cell(tr, call.duration_seconds === null ? "" : formatDuration(call.duration_seconds), "num");
     const td = cell(tr, "");
@@ -197,6 +199,77 @@
       td.appendChild(span);
     }
     return tr;
+  }
+
+  // Who the other party was: the order (an inbound caller without one: their reference; withheld: anonymous).
+  function callerText(call) {
+    if (call.order_id) return call.order_id;
+    if (call.direction !== "inbound") return "";
+    return call.caller_ref ? "customer " + call.caller_ref : "anonymous";
+  }
+
+  // -- missed calls -----------------------------------------------------------------------------------
+
+  async function loadMissed(reset) {
+    const status = $("missed-status");
+    const body = $("missed-table").tBodies[0];
+    if (reset) state.missedCursor = null;
+    status.textContent = "Loading missed calls…";
+    try {
+      const params = { outcome: "missed", limit: 25, cursor: state.missedCursor };
+      const page = await (await api("/v1/calls" + query(params))).json();
+      if (reset) body.replaceChildren();
+      for (const call of page.items) body.appendChild(missedRow(call));
+      state.missedCursor = page.next_cursor;
+      $("missed-more").hidden = !page.next_cursor;
+      status.textContent = body.rows.length ? "" : "No missed calls.";
+    } catch (e) {
+      status.textContent = "Could not load missed calls: " + e.message;
+    }
+  }
+
+  function missedRow(call) {
+    const tr = document.createElement("tr");
+    tr.dataset.callId = call.id;
+    cell(tr, when(call.requested_at));
+    cell(tr, call.order_id ? "order " + call.order_id : callerText(call));
+    cell(tr, call.manager_id || "");
+    const td = cell(tr, "");
+    if (!call.order_id || !call.manager_id) {
+      // bridged calls an order's customer, never a number: a caller without an order cannot be called back.
+      td.textContent = call.order_id ? "no manager to call back" : "no order: cannot call back";
+    } else if (state.me.permissions.includes("calls.callback")) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "callback";
+      button.textContent = "Call back";
+      button.setAttribute("aria-label", "Call back the customer of order " + call.order_id);
+      button.addEventListener("click", () => callBack(call, button, td));
+      td.appendChild(button);
+    }
+    return tr;
+  }
+
+  async function callBack(call, button, td) {
+    button.disabled = true;
+    const status = $("missed-status");
+    status.textContent = "Calling back order " + call.order_id + "…";
+    try {
+      // The button stays disabled while the request runs: one press, one call.
+      const response = await api("/v1/calls", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ callback_of: call.id }),
+      });
+      const placed = await response.json();
+      td.dataset.callbackId = placed.id;
+      td.replaceChildren(document.createTextNode("calling back: " + call.manager_id + "'s phone rings"));
+      status.textContent = "Manager " + call.manager_id + "'s phone is ringing for order " + call.order_id + ".";
+      await loadCalls(true);
+    } catch (e) {
+      status.textContent = "Could not call back order " + call.order_id + ": " + e.message;
+      button.disabled = false;
+    }
   }
 
   function formatDuration(seconds) {
@@ -299,6 +372,7 @@
     });
     $("filters").addEventListener("reset", () => setTimeout(() => loadCalls(true), 0));
     $("calls-more").addEventListener("click", () => loadCalls(false));
+    $("missed-more").addEventListener("click", () => loadMissed(false));
     $("audit-filters").addEventListener("submit", (e) => {
       e.preventDefault();
       loadAudit(true);
