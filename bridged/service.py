@@ -178,8 +178,9 @@ class CallService:
 
     async def take_inbound(self, call: Call, caller: InboundCaller) -> InboundPlan | TurnedAway:
         """A customer called ``caller.did``: who they are (their order, the manager who last talked to
-        them), whom to ring in which order, what the managers' phones show, and the call's row. The
-        caller's number is read here and goes no further than the shop's reverse lookup."""
+        them), whom to ring in which order, what the managers' phones show, and the call's row (written
+        by the plan's ``write_row`` while the first phones ring: refused there if bridged's database is
+        away). The caller's number is read here and goes no further than the shop's reverse lookup."""
         config = self.config.current
         inbound = config.inbound
         if not inbound.enabled or inbound.secret is None or not is_shop_number(inbound.numbers, caller.did):
@@ -201,26 +202,31 @@ class CallService:
         order_id = order.id if order else sticky.order_id if sticky else None
         label = self.engine.labeller.of_caller(order_id, order.customer_name if order else "", who.ref)
         how = _identified_by(who, order, sticky)
-        try:
-            await self.store.calls.insert_audited(
-                call_id=call.id,
-                order_id=order_id,
-                manager_id=route.first.id if route.first else None,
-                direction=INBOUND,
-                state=CallState.REQUESTED.value,
-                manager_channel_id=None,
-                customer_channel_id=call.customer_channel_id,
-                ari_app=config.ari.app,
-                actor="customer",
-                details={"direction": INBOUND, "identified_by": how},
-                caller_ref=who.ref,
-            )
-        except DatabaseUnavailable as exc:
-            log.warning("call %s refused: bridged's database is unavailable (%s)", call.id, exc)
-            return await self._turn_away(call, who, Refusal.DATABASE_UNAVAILABLE, order_id)
+
+        async def write_row() -> TurnedAway | None:
+            try:
+                await self.store.calls.insert_audited(
+                    call_id=call.id,
+                    order_id=order_id,
+                    manager_id=route.first.id if route.first else None,
+                    direction=INBOUND,
+                    state=CallState.RINGING_MANAGER.value,
+                    manager_channel_id=None,
+                    customer_channel_id=call.customer_channel_id,
+                    ari_app=config.ari.app,
+                    actor="customer",
+                    details={"direction": INBOUND, "identified_by": how},
+                    caller_ref=who.ref,
+                )
+            except DatabaseUnavailable as exc:
+                log.warning("call %s refused: bridged's database is unavailable (%s)", call.id, exc)
+                return await self._turn_away(call, who, Refusal.DATABASE_UNAVAILABLE, order_id)
+            return None
+
         rung = " then ".join("+".join(m.id for m in step) for step in route.steps) or "nobody"
         log.info("call %s accepted: inbound, caller identified by %s; ringing %s", call.id, how, rung)
         return InboundPlan(
+            write_row=write_row,
             steps=route.steps,
             manager=route.first,
             order_id=order_id,

@@ -157,10 +157,20 @@ class Ringing:
 
 
 @dataclass(frozen=True)
+class TurnedAway:
+    """An inbound call bridged does not take (its attempt's row, if any, is the service's): the caller
+    hears ``prompt`` and is hung up."""
+
+    prompt: str
+
+
+@dataclass(frozen=True)
 class InboundPlan:
     """An inbound call the service took (bridged.service.CallService.take_inbound): whom it rings and
-    what their phones show. Its row is written."""
+    what their phones show. ``write_row`` writes its row, in state ``ringing_manager`` (while the first
+    phones are rung); it answers TurnedAway if bridged's database did not take it."""
 
+    write_row: Callable[[], Awaitable[TurnedAway | None]]
     steps: tuple[tuple[Manager, ...], ...]
     # The manager the call is for (its row's until someone answers): the one who last talked to the
     # caller, else the manager of their order; None for a caller bridged cannot tell.
@@ -169,14 +179,6 @@ class InboundPlan:
     label: Label
     caller_key: str | None
     caller_ref: str | None
-
-
-@dataclass(frozen=True)
-class TurnedAway:
-    """An inbound call bridged does not take (its attempt's row, if any, is the service's): the caller
-    hears ``prompt`` and is hung up."""
-
-    prompt: str
 
 
 @dataclass

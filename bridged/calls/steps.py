@@ -206,17 +206,26 @@ class Steps:
         call.caller_ref = decided.caller_ref
         call.ring = Ringing(collections.deque(decided.steps), caller_key=decided.caller_key)
         self._transition(call, CallState.RINGING_MANAGER)
-        # The first phones, the caller's label and the row's state are independent: at once.
+        # The first phones and the call's row (written in this state) at once, so that no database round
+        # trip delays the managers' INVITEs; both are done before the call goes on.
         first = call.ring.steps.popleft() if call.ring.steps else ()
-        rung, labelled, persisted = await asyncio.gather(
-            self._ring_managers(call, first),
-            self.legs.label_customer_leg(call),
-            self.rows.state(call),
-            return_exceptions=True,
+        rung, written = await asyncio.gather(
+            self._ring_managers(call, first), decided.write_row(), return_exceptions=True
         )
-        for result in (rung, labelled, persisted):
+        for result in (rung, written):
             if isinstance(result, BaseException):
                 raise result
+        if isinstance(written, TurnedAway):
+            # No row, no call: the phones just rung stop (a call bridged cannot record is not placed).
+            ringing, call.ring.legs = list(call.ring.legs), {}
+            for leg in ringing:
+                await self.legs.hang_up(leg, may_be_gone=True)
+            call.has_row = False
+            await self.refuse(call, Outcome.FAILED, written.prompt)
+            return
+        # The caller's channel carries the label from now on (its CDR included); after the originate, which
+        # it would only slow down.
+        await self.legs.label_customer_leg(call)
         if not rung:
             await self._ring_next(call)
 

@@ -428,7 +428,11 @@ async def test_bridgeds_database_down_turns_the_caller_away_with_a_prompt(env: E
 
     env.store.calls.insert_audited = down  # type: ignore[method-assign]
     call = await env.call_in("in-14")
-    assert env.rung(call) == []
+    # The row is written while the first phone rings (no database round trip before the INVITE); not
+    # taken, the phone stops at once and nobody else is rung.
+    assert env.rung(call) == ["anna"]
+    assert env.leg_of(call, "anna") in env.ari.hung_up()
+    assert call.ring is not None and call.ring.legs == {}
     [play] = env.ari.named("play")
     assert play["channel_id"] == "in-14" and play["media"] == ["sound:please-try-call-later"]
     env.engine.on_event(playback_finished(play["playback_id"], "in-14"))
