@@ -555,73 +555,78 @@ class Latency:
 
 
 def measure_latency(r: Rig, endpoint: str, calls: int, tag: str) -> Latency:
-    r.quiet()
-    carrier = sipp(
-        f"{tag}-lat-carrier",
-        "carrier",
-        local_ip=CARRIER_IP,
-        local_port=5060,
-        media_port=31000,
-        keys={"ring_ms": "0"},
-        calls=CARRIER_CALLS,
-        limit=5000,
-        trace=True,
-    )
-    time.sleep(0.3)
-    manager = sipp(
-        f"{tag}-lat-manager",
-        "manager",
-        local_ip="127.0.0.1",
-        local_port=MANAGER_PORT[endpoint],
-        media_port=32000,
-        remote="127.0.0.1:5060",
+    """The manager dials ``*77<order>`` ``calls`` times, one call at a time: the manager's INVITE sent to
+    the carrier receiving the customer leg's INVITE."""
+    return _one_at_a_time(
+        r,
+        calls,
+        callee=(f"{tag}-lat-carrier", "carrier", CARRIER_IP, 5060, 31000, {"ring_ms": "0"}),
+        caller=(
+            f"{tag}-lat-manager",
+            "manager",
+            "127.0.0.1",
+            MANAGER_PORT[endpoint],
+            32000,
+            {"user": endpoint},
+        ),
         service=f"*77{ORDER}",
-        keys={"user": endpoint},
-        hold_ms=250,
-        calls=calls,
-        limit=1,
-        rate=10,
-        trace=True,
     )
-    manager.wait(timeout=calls * 5 + 60)
-    finish_carrier(r, carrier)
-    return _latency(tag, calls, manager.messages(), carrier.messages())
 
 
 def measure_inbound_latency(r: Rig, did: str, calls: int, tag: str) -> Latency:
     """A customer calls ``did`` ``calls`` times, one call at a time: the carrier's INVITE sent to the
-    manager's phone receiving its INVITE (both SIPp traces; loopback)."""
+    manager's phone receiving its INVITE. The bench's scenarios swap roles: ``carrier.xml`` (a UAS that
+    answers and waits for the BYE) is the manager's phone, ``manager.xml`` (a UAC) the carrier delivering
+    the customer's call (From: the customer's number)."""
+    return _one_at_a_time(
+        r,
+        calls,
+        callee=(f"{tag}-in-phone", "carrier", "127.0.0.1", MANAGER_PORT[INBOUND_EP], 33000, {"ring_ms": "0"}),
+        caller=(f"{tag}-in-carrier", "manager", CARRIER_IP, 5060, 34000, {"user": INBOUND_NUMBER}),
+        service=did,
+    )
+
+
+# A SIPp party of a timed call: run name, scenario, address, SIP port, media port, keys.
+Party = tuple[str, str, str, int, int, dict[str, str]]
+
+
+def _one_at_a_time(r: Rig, calls: int, *, callee: Party, caller: Party, service: str) -> Latency:
+    """``calls`` calls from ``caller`` to ``service`` at 10/s, one at a time, answered by ``callee``: the
+    setup latency from the caller's INVITE sent to the callee's received (both SIPp traces; loopback)."""
     r.quiet()
-    phone = sipp(
-        f"{tag}-in-phone",
-        "carrier",  # a UAS that answers and waits for the BYE: the manager's phone here
-        local_ip="127.0.0.1",
-        local_port=MANAGER_PORT[INBOUND_EP],
-        media_port=33000,
-        keys={"ring_ms": "0"},
+    name, scenario, ip, port, media, keys = callee
+    answering = sipp(
+        name,
+        scenario,
+        local_ip=ip,
+        local_port=port,
+        media_port=media,
+        keys=keys,
         calls=CARRIER_CALLS,
         limit=5000,
         trace=True,
     )
     time.sleep(0.3)
-    customer = sipp(
-        f"{tag}-in-carrier",
-        "manager",  # a UAC: the carrier delivering the customer's call (From: the customer's number)
-        local_ip=CARRIER_IP,
-        local_port=5060,
-        media_port=34000,
+    name, scenario, ip, port, media, keys = caller
+    calling = sipp(
+        name,
+        scenario,
+        local_ip=ip,
+        local_port=port,
+        media_port=media,
         remote="127.0.0.1:5060",
-        service=did,
-        keys={"user": INBOUND_NUMBER},
+        service=service,
+        keys=keys,
         hold_ms=250,
         calls=calls,
         limit=1,
         rate=10,
         trace=True,
     )
-    customer.wait(timeout=calls * 5 + 60)
-    finish_carrier(r, phone)
-    return _latency(tag, calls, customer.messages(), phone.messages())
+    calling.wait(timeout=calls * 5 + 60)
+    finish_carrier(r, answering)
+    return _latency(name, calls, calling.messages(), answering.messages())
 
 
 def _latency(tag: str, calls: int, caller_trace: str, callee_trace: str) -> Latency:
@@ -1033,6 +1038,26 @@ def machine() -> dict[str, Any]:
     }
 
 
+def side_by_side(base: Latency, brid: Latency) -> dict[str, Any]:
+    """A latency measured on both paths, logged, and what bridged adds."""
+    log(f"  baseline {asdict(base)}")
+    log(f"  bridged  {asdict(brid)}")
+    return {
+        "baseline": asdict(base),
+        "bridged": asdict(brid),
+        "added_p50_ms": round(brid.p50_ms - base.p50_ms, 2),
+        "added_p99_ms": round(brid.p99_ms - base.p99_ms, 2),
+    }
+
+
+def logged_steps(daemon: Daemon) -> list[str]:
+    """The per-step timing of a ``bench.steps`` daemon so far, logged."""
+    lines = step_report(daemon.dir / "bridged.log")
+    for line in lines:
+        log(f"    {line}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -1096,42 +1121,26 @@ def main(argv: list[str] | None = None) -> int:
         daemon = Daemon(r.asterisk, r.postgres, recording=False, name="main", steps=args.steps)
         daemon.start()
         try:
+            n = 40 if quick else 200
             if "latency" in parts:
-                n = 40 if quick else 200
                 log(f"setup latency: {n} sequential calls per path")
-                base = measure_latency(r, BASELINE_EP, n, "baseline")
-                log(f"  baseline {asdict(base)}")
-                brid = measure_latency(r, BRIDGED_EP, n, "bridged")
-                log(f"  bridged  {asdict(brid)}")
+                results["latency"] = side_by_side(
+                    measure_latency(r, BASELINE_EP, n, "baseline"),
+                    measure_latency(r, BRIDGED_EP, n, "bridged"),
+                )
                 if args.steps:
-                    results["steps"] = step_report(daemon.dir / "bridged.log")
-                    for line in results["steps"]:
-                        log(f"    {line}")
-                metrics = daemon.metrics()
-                results["latency"] = {
-                    "baseline": asdict(base),
-                    "bridged": asdict(brid),
-                    "added_p50_ms": round(brid.p50_ms - base.p50_ms, 2),
-                    "added_p99_ms": round(brid.p99_ms - base.p99_ms, 2),
-                    "bridged_setup_histogram_count": metrics.get("bridged_call_setup_seconds_count"),
-                }
+                    results["steps"] = logged_steps(daemon)
+                results["latency"]["bridged_setup_histogram_count"] = daemon.metrics().get(
+                    "bridged_call_setup_seconds_count"
+                )
             if "inbound" in parts:  # not in the default run
-                n = 40 if quick else 200
-                log(f"inbound setup latency: {n} sequential customer calls per path")
-                base = measure_inbound_latency(r, INBOUND_BASELINE_DID, n, "baseline")
-                log(f"  plain Dial() {asdict(base)}")
-                brid = measure_inbound_latency(r, INBOUND_DID, n, "bridged")
-                log(f"  bridged      {asdict(brid)}")
+                log(f"inbound setup latency: {n} sequential customer calls per path (baseline: Dial())")
+                results["inbound_latency"] = side_by_side(
+                    measure_inbound_latency(r, INBOUND_BASELINE_DID, n, "baseline"),
+                    measure_inbound_latency(r, INBOUND_DID, n, "bridged"),
+                )
                 if args.steps:
-                    results["inbound_steps"] = step_report(daemon.dir / "bridged.log")
-                    for line in results["inbound_steps"]:
-                        log(f"    {line}")
-                results["inbound_latency"] = {
-                    "baseline": asdict(base),
-                    "bridged": asdict(brid),
-                    "added_p50_ms": round(brid.p50_ms - base.p50_ms, 2),
-                    "added_p99_ms": round(brid.p99_ms - base.p99_ms, 2),
-                }
+                    results["inbound_steps"] = logged_steps(daemon)
             if "rate" in parts:
                 ladder = (
                     [20, 40, 60]
@@ -1226,24 +1235,18 @@ def report(results: dict[str, Any]) -> str:
         f"{results['machine']['asterisk']}",
         "",
     ]
-    lat = results.get("latency")
-    if lat:
-        b, x = lat["baseline"], lat["bridged"]
-        lines += [
-            f"{'setup latency (ms)':<28}{'baseline':>12}{'bridged':>12}{'added':>10}{'target':>10}",
-            f"{'  p50':<28}{b['p50_ms']:>12}{x['p50_ms']:>12}{lat['added_p50_ms']:>10}{'< 5':>10}",
-            f"{'  p99':<28}{b['p99_ms']:>12}{x['p99_ms']:>12}{lat['added_p99_ms']:>10}{'< 20':>10}",
-            "",
-        ]
-    inbound = results.get("inbound_latency")
-    if inbound:
-        b, x = inbound["baseline"], inbound["bridged"]
-        lines += [
-            f"{'inbound setup (ms)':<28}{'Dial()':>12}{'bridged':>12}{'added':>10}{'target':>10}",
-            f"{'  p50':<28}{b['p50_ms']:>12}{x['p50_ms']:>12}{inbound['added_p50_ms']:>10}{'<= 5':>10}",
-            f"{'  p99':<28}{b['p99_ms']:>12}{x['p99_ms']:>12}{inbound['added_p99_ms']:>10}{'':>10}",
-            "",
-        ]
+    for key, title, baseline, targets in (
+        ("latency", "setup latency (ms)", "baseline", ("< 5", "< 20")),
+        ("inbound_latency", "inbound setup (ms)", "Dial()", ("<= 5", "")),
+    ):
+        if lat := results.get(key):
+            b, x = lat["baseline"], lat["bridged"]
+            lines += [
+                f"{title:<28}{baseline:>12}{'bridged':>12}{'added':>10}{'target':>10}",
+                f"{'  p50':<28}{b['p50_ms']:>12}{x['p50_ms']:>12}{lat['added_p50_ms']:>10}{targets[0]:>10}",
+                f"{'  p99':<28}{b['p99_ms']:>12}{x['p99_ms']:>12}{lat['added_p99_ms']:>10}{targets[1]:>10}",
+                "",
+            ]
     rate = results.get("rate")
     if rate:
         capped = " (baseline hit the top of the ladder)" if rate["ladder_capped"] else ""
