@@ -29,8 +29,11 @@ def route(config: Config, *, sticky: str | None, order_manager: str | None) -> R
     steps: list[tuple[Manager, ...]] = []
 
     def add(managers: Iterable[Manager | None], *, together: bool) -> None:
-        fresh = [m for m in managers if m is not None and m.id not in seen]
-        seen.update(m.id for m in fresh)
+        fresh: list[Manager] = []
+        for manager in managers:
+            if manager is not None and manager.id not in seen:
+                seen.add(manager.id)
+                fresh.append(manager)
         if together and fresh:
             steps.append(tuple(fresh))
         else:

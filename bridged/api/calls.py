@@ -332,7 +332,9 @@ SCHEMAS: dict[str, Any] = {
                     "ending",
                     "ended",
                 ],
-                "description": "ending: the manager hears why the call did not go ahead, then is hung up",
+                "description": "ending: the manager hears why the call did not go ahead, then is hung up "
+                "(an inbound call: the caller hears that nobody answered); ringing_manager: on an inbound "
+                "call, the managers' phones ring while the caller hears ringing",
             },
             "outcome": {
                 "type": ["string", "null"],

@@ -14,9 +14,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from bridged.ari import AriError
-from bridged.callers import identify
+from bridged.callers import identify, read_stasis_start
 from bridged.calls.engine import INBOUND_REACTIONS, REACTIONS, CallEngine
 from bridged.calls.model import Call, CallState, Event, Ringing
 from bridged.config import Config, ConfigHolder, InboundConfig, Manager
@@ -49,6 +51,9 @@ MANAGERS = (
     Manager("dave", "Dave", "dave", "south"),
 )
 LABEL = '"Order 123 Ivan P." <*77123>'
+
+
+_BASE = make_config(managers=MANAGERS)
 
 
 def inbound_config(**inbound: Any) -> Config:
@@ -588,3 +593,64 @@ async def test_a_restarted_daemon_ends_an_inbound_call_that_was_still_ringing_as
     row = env.store.rows["in-b"]
     assert (row["state"], row["outcome"]) == ("ended", "missed")
     assert "in-b" not in env.engine.calls
+
+
+# -- generated input -------------------------------------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    event=st.fixed_dictionaries(
+        {},
+        optional={
+            "args": _JSON,
+            "channel": st.fixed_dictionaries(
+                {}, optional={"caller": _JSON, "dialplan": _JSON, "caller_rdnis": _JSON, "id": _JSON}
+            )
+            | _JSON,
+        },
+    )
+)
+def test_any_stasis_start_shape_is_read_without_failing(event: dict[str, Any]) -> None:
+    """Events are Asterisk's, but their fields are read defensively: any shape gives strings or empties."""
+    caller = read_stasis_start(event)
+    assert isinstance(caller.number, str) and isinstance(caller.presentation, str)
+    assert isinstance(caller.did, str) and isinstance(caller.redirected, bool)
+    assert "number=" not in repr(caller)  # never printed
+
+
+@given(
+    sticky=st.sampled_from([None, "anna", "boris", "carol", "dave", "gone"]),
+    order=st.sampled_from([None, "anna", "boris", "carol", "dave", "gone"]),
+    fallback=st.lists(st.sampled_from(["anna", "boris", "carol", "dave", "gone"]), max_size=4),
+    ring_group=st.sampled_from(["sequential", "simultaneous"]),
+    ring_team=st.booleans(),
+)
+@example(sticky=None, order=None, fallback=["anna", "anna"], ring_group="sequential", ring_team=False)
+@settings(deadline=None)
+def test_every_ring_plan_rings_each_manager_once_and_ends_with_the_fallback(
+    sticky: str | None, order: str | None, fallback: list[str], ring_group: str, ring_team: bool
+) -> None:
+    inbound = InboundConfig(
+        numbers=(DID,), fallback=tuple(fallback), secret=SECRET, ring_group=ring_group, ring_team=ring_team
+    )
+    config = replace(_BASE, inbound=inbound)
+    found = route(config, sticky=sticky, order_manager=order)
+    rung = [m.id for step in found.steps for m in step]
+    assert len(rung) == len(set(rung)) and "gone" not in rung
+    assert all(step for step in found.steps)
+    known = {m.id for m in MANAGERS}
+    firsts = [m for m in dict.fromkeys((sticky, order)) if m in known]
+    assert rung[: len(firsts)] == firsts  # the sticky manager, then the order's, each alone
+    assert all(len(step) == 1 for step in found.steps[: len(firsts)])
+    assert set(m for m in fallback if m in known) <= set(rung)
+    if ring_group == "sequential":
+        assert all(len(step) == 1 for step in found.steps)
+    assert (found.first.id if found.first else None) == (firsts[0] if firsts else None)
