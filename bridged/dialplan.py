@@ -14,6 +14,12 @@ sets as ``CHANNEL(language)`` first, so that every prompt the manager hears come
   one hears the prompt.
 
 Channels bridged originates itself enter Stasis with ``customer,<call id>`` or ``manager,<call id>``.
+
+A customer calling the shop's number reaches ``[bridged-inbound]`` (the carrier's context sends the
+shop's DIDs there), which sends 180, hands REFERs to bridged and enters
+``Stasis(<BRIDGED_APP, default bridged>,inbound,<CALLERID(pres)>)``: the caller's presentation, never
+their number (the arguments end up in the CDR's ``lastdata``). A failed ``Stasis()`` plays a prompt.
+
 tests/unit/test_dialplan.py reads ``dialplan/bridged.conf`` and checks it against this module.
 """
 
@@ -28,7 +34,14 @@ REPLY = "BRIDGED_REPLY"  # bridged's FastAGI answer (see the module's docstring)
 RESULT = "BRIDGED_RESULT"  # the dialplan's own: the answer's first field
 LABEL = "BRIDGED_LABEL"  # the order label as a caller id string, read by the label subroutine
 AGI_URL = "BRIDGED_AGI"  # optional, per endpoint or in [globals]: a daemon not on the default address
-VARIABLES = frozenset({CODE, REPLY, RESULT, LABEL, AGI_URL})
+# Optional, in [globals] or set_var= on the carrier endpoint: the Stasis application inbound calls go to
+# (ari.app), when it is not DEFAULT_APP.
+APP = "BRIDGED_APP"
+VARIABLES = frozenset({CODE, REPLY, RESULT, LABEL, AGI_URL, APP})
+
+# Where the carrier's calls to the shop's numbers go, and the application they enter without BRIDGED_APP.
+INBOUND_CONTEXT = "bridged-inbound"
+DEFAULT_APP = "bridged"
 
 # The FastAGI script the dialplan runs: AGI(agi://host:port/order,${BRIDGED_CODE}).
 AGI_SCRIPT = "order"
@@ -84,8 +97,11 @@ class Leg(StrEnum):
     """The first Stasis argument: which leg of which call a channel entering the application is."""
 
     ORDER = "order"  # a manager's phone that dialled *77 (the dialplan's Stasis())
-    MANAGER = "manager"  # the manager leg bridged originates (HTTP path)
+    MANAGER = "manager"  # a manager leg bridged originates (HTTP path, inbound calls)
     CUSTOMER = "customer"  # the customer leg bridged originates
+    # A customer calling the shop (bridged-inbound's Stasis()): the second argument is the caller's
+    # presentation (CALLERID(pres)), not a call id; bridged makes the call.
+    INBOUND = "inbound"
 
 
 def app_args(leg: Leg, call_id: str) -> str:
@@ -94,7 +110,8 @@ def app_args(leg: Leg, call_id: str) -> str:
 
 
 def parse_app_args(args: list[str]) -> tuple[Leg, str] | None:
-    """``(leg, call id)`` of a StasisStart's ``args``; None for anything else."""
+    """``(leg, call id)`` of a StasisStart's ``args`` (``(INBOUND, presentation)`` for an inbound call);
+    None for anything else."""
     if len(args) < 2:
         return None
     try:

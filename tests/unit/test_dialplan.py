@@ -120,3 +120,43 @@ def test_stasis_arguments_round_trip(leg: dialplan.Leg) -> None:
 @pytest.mark.parametrize("args", [[], ["order"], ["dial", "1"], [5, "1"]])
 def test_other_stasis_arguments_are_no_call(args: list[object]) -> None:
     assert dialplan.parse_app_args(args) is None  # type: ignore[arg-type]
+
+
+def _context(name: str) -> str:
+    """One context of the dialplan (without comments), up to the next one."""
+    return CODE.split(f"[{name}]", 1)[1].split("\n[", 1)[0]
+
+
+def test_inbound_calls_enter_bridgeds_application_with_the_presentation_only() -> None:
+    inbound = _context(dialplan.INBOUND_CONTEXT)
+    stasis = re.findall(r"Stasis\(([^,]+),(.*)\)$", inbound, re.M)
+    assert stasis == [
+        (dialplan.DEFAULT_APP, f"{dialplan.Leg.INBOUND.value},${{CALLERID(pres)}}"),
+        (f"${{{dialplan.APP}}}", f"{dialplan.Leg.INBOUND.value},${{CALLERID(pres)}}"),
+    ]
+    assert dialplan.parse_app_args(["inbound", "prohib_not_screened"]) == (
+        dialplan.Leg.INBOUND,
+        "prohib_not_screened",
+    )
+    # The caller hears ringing, a REFER goes to bridged, and a failed Stasis() is a prompt.
+    [(name, value)] = dialplan.NO_TRANSFERS.items()
+    assert f"Set({name}={value})" in inbound
+    assert inbound.index("Ringing()") < inbound.index("Stasis(")
+    assert 'GotoIf($["${STASISSTATUS}" != "FAILED"]?done)' in inbound
+    assert "Playback(please-try-call-later)" in inbound
+
+
+def test_nothing_in_the_inbound_context_dials_or_copies_the_callers_identity() -> None:
+    """No Dial(), no Local/ channel, no caller id number in any application's data (CDR lastdata)."""
+    inbound = _context(dialplan.INBOUND_CONTEXT)
+    for forbidden in (
+        "Dial(",
+        "Local/",
+        "CALLERID(num",
+        "CALLERID(all",
+        "CALLERID(ani",
+        "REDIRECTING(",
+        "AGI(",
+    ):
+        assert forbidden not in inbound, forbidden
+    assert re.search(r"^exten => _\[\+0-9\]\.,1,", inbound, re.M)
