@@ -5,19 +5,18 @@ file is reported at once, so that ``bridged check-config`` tells an admin exactl
 go. A key written twice in a mapping is an error (YAML would silently keep the last one: a
 ``policy: any`` below a ``policy: own`` would widen access without a word).
 
-Adding a key: read it with the ``_Section`` helpers (``s.text``, ``s.integer``, ...) in its section's
-loader; report a bad value with ``s.error(name, message)`` (loading goes on, so the next problems are
-reported too) or ``raise ConfigError(s.key(name), message)`` (the rest of that section is skipped).
+Adding a key: read it with the helpers of bridged.configsection's ``Section`` (``s.text``,
+``s.integer``, ...) in its section's loader; report a bad value with ``s.error(name, message)``
+(loading goes on, so the next problems are reported too) or ``raise ConfigError(s.key(name),
+message)`` (the rest of that section is skipped).
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Callable, Mapping
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
@@ -52,187 +51,16 @@ from .config import (
     TrunkConfig,
     WebhookConfig,
 )
+from .configsection import Problems, Section, as_text_problem
 from .labels import DEFAULT_NAME_STYLE, NAME_STYLES, default_template, template_problem
 from .phones import DIAL_FORMATS, region_known
-
-
-class _Problems:
-    """Every problem found in one file, the first one per key (a bad value is reported once, not again
-    by each check that reads its stand-in)."""
-
-    def __init__(self) -> None:
-        self.items: dict[str, str] = {}
-
-    def add(self, key: str, message: str) -> None:
-        self.items.setdefault(key, message)
-
-    def extend(self, error: ConfigError) -> None:
-        for key, message in error.problems:
-            self.add(key, message)
-
-    def error(self) -> ConfigError:
-        (key, message), *more = self.items.items()
-        return ConfigError(key, message, *more)
-
-    def check(self) -> None:
-        if self.items:
-            raise self.error()
-
-
-T = TypeVar("T")
-
-
-def _as_text_problem(value: Any) -> str:
-    # YAML turns unquoted 79161234567 into an int and yes/no into booleans: say so, an admin sees
-    # the value they typed and would not guess why it is "not a string".
-    if isinstance(value, bool):
-        return "must be a string; YAML read a yes/no/true/false word as a boolean: quote it"
-    if isinstance(value, int | float):
-        return f"must be a string; YAML read {value!r} as a number: quote it"
-    return "must be a string"
-
-
-class _Section:
-    """Typed access to one mapping of the YAML, remembering its dotted path for errors.
-
-    A getter that meets a bad value records the problem and returns a stand-in (the default, or an
-    empty value) so that loading goes on and every problem of the file is reported; the caller's
-    :class:`_Problems` raises them all at the end.
-    """
-
-    def __init__(self, data: Any, path: str, problems: _Problems) -> None:
-        self.problems = problems
-        self.path = path
-        self.used: set[str] = set()
-        # A section that is missing or not a mapping reported that already: its keys stay quiet.
-        self.broken = False
-        if not isinstance(data, Mapping):
-            problems.add(path or "<root>", "must be a mapping")
-            data, self.broken = {}, True
-        self.data: Mapping[Any, Any] = data
-        for name, first, second in getattr(data, "duplicates", ()):
-            self.error(name, f"is set twice (lines {first} and {second}); YAML would keep the last: keep one")
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def error(self, name: str, message: str) -> None:
-        """Record a problem with this section's key ``name``; loading goes on."""
-        self.problems.add(self.key(name), message)
-
-    def child(self, data: Any, path: str) -> _Section:
-        """A mapping inside this one (a list item), reporting into the same problems."""
-        return _Section(data, path, self.problems)
-
-    def _get(self, name: str, required: bool) -> Any:
-        self.used.add(name)
-        if name not in self.data or self.data[name] is None:
-            if required and not self.broken:
-                self.error(name, "is required")
-            return None
-        return self.data[name]
-
-    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self._get(name, required and default is None)
-        stand_in = "" if default is None else default
-        if value is None:
-            return stand_in
-        if not isinstance(value, str):
-            self.error(name, _as_text_problem(value))
-            return stand_in
-        if not value.strip():
-            self.error(name, "must be a non-empty string")
-            return stand_in
-        return value
-
-    def opt_str(self, name: str) -> str | None:
-        value = self._get(name, False)
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            self.error(name, _as_text_problem(value))
-            return None
-        return value
-
-    def secret(self, name: str) -> str:
-        value = self.text(name, required=True)
-        if value in PLACEHOLDERS:
-            self.error(name, "still holds the example placeholder; set a real value")
-        return value
-
-    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
-        value = self._get(name, False)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(name, "must be a number")
-            return default
-        if not minimum <= value <= maximum:
-            self.error(name, f"must be between {minimum} and {maximum}")
-            return default
-        return float(value)
-
-    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
-        value = self._get(name, False)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(name, "must be an integer")
-            return default
-        if not minimum <= value <= maximum:
-            self.error(name, f"must be between {minimum} and {maximum}")
-            return default
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self._get(name, False)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.error(name, "must be true or false")
-            return default
-        return value
-
-    def items(self, name: str, *, required: bool = False, what: str = "a list") -> list[Any]:
-        """A list value (empty when absent or bad)."""
-        value = self._get(name, required)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.error(name, f"must be {what}")
-            return []
-        return value
-
-    def section(self, name: str, *, required: bool = True) -> _Section:
-        value = self._get(name, required)
-        section = self.child({} if value is None else value, self.key(name))
-        section.broken = section.broken or value is None
-        return section
-
-    def load(self, name: str, loader: Callable[[_Section], T], *, required: bool = True) -> T:
-        """``loader(self.section(name))``; a ConfigError it raises is recorded with the others."""
-        try:
-            return loader(self.section(name, required=required))
-        except ConfigError as exc:
-            self.problems.extend(exc)
-            # Never used: parse_config raises with every problem before building anything from it.
-            return cast(T, None)
-
-    def finish(self) -> None:
-        """Report every key nobody asked for, with the known key it most resembles."""
-        known = sorted(self.used)
-        for name in sorted(set(map(str, self.data)) - self.used):
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            self.error(name, f"is not a known key{hint}")
-
 
 _ENDPOINT_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _APP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def _dsn(section: _Section, name: str) -> str:
+def _dsn(section: Section, name: str) -> str:
     dsn = section.text(name, required=True)
     if not dsn:
         return dsn
@@ -244,7 +72,7 @@ def _dsn(section: _Section, name: str) -> str:
     return dsn
 
 
-def _load_ari(s: _Section) -> AriConfig:
+def _load_ari(s: Section) -> AriConfig:
     url = s.text("url", required=True)
     parsed = urlparse(url)
     if url and (
@@ -269,7 +97,7 @@ def _load_ari(s: _Section) -> AriConfig:
     return cfg
 
 
-def _load_database(s: _Section) -> DatabaseConfig:
+def _load_database(s: Section) -> DatabaseConfig:
     cfg = DatabaseConfig(
         dsn=_dsn(s, "dsn"),
         min_connections=s.integer("min_connections", 1, minimum=0, maximum=100),
@@ -279,7 +107,7 @@ def _load_database(s: _Section) -> DatabaseConfig:
     return cfg
 
 
-def _load_orders(s: _Section) -> OrdersConfig:
+def _load_orders(s: Section) -> OrdersConfig:
     query = s.text("query", required=True)
     if query and "$1" not in query:
         s.error("query", "must use $1 for the order id")
@@ -312,7 +140,7 @@ def _load_orders(s: _Section) -> OrdersConfig:
     return cfg
 
 
-def _load_managers(root: _Section) -> tuple[Manager, ...]:
+def _load_managers(root: Section) -> tuple[Manager, ...]:
     raw = root.items("managers", required=True, what="a non-empty list")
     if not raw and "managers" in root.data:
         root.error("managers", "must be a non-empty list")
@@ -352,7 +180,7 @@ def _dial_problem(dial: str) -> str | None:
     return None
 
 
-def _load_trunk(s: _Section) -> TrunkConfig:
+def _load_trunk(s: Section) -> TrunkConfig:
     dial = s.text("dial", required=True)
     problem = _dial_problem(dial)
     if dial and problem:
@@ -366,7 +194,7 @@ def _load_trunk(s: _Section) -> TrunkConfig:
     return cfg
 
 
-def _load_labels(s: _Section, language: str) -> LabelsConfig:
+def _load_labels(s: Section, language: str) -> LabelsConfig:
     template = s.text("template", default_template(language))
     problem = template_problem(template)
     if problem is not None:
@@ -388,7 +216,7 @@ _SOUND_PROBLEM = (
 )
 
 
-def _sound(s: _Section, name: str, value: str | None) -> None:
+def _sound(s: Section, name: str, value: str | None) -> None:
     """Report ``value`` (a prompt as the config writes it) if it is not sound names joined by '&'."""
     if value is not None and not all(
         _SOUND_RE.fullmatch(part) and ".." not in part.split("/") for part in value.split("&")
@@ -396,7 +224,7 @@ def _sound(s: _Section, name: str, value: str | None) -> None:
         s.error(name, _SOUND_PROBLEM)
 
 
-def _load_recording(s: _Section) -> RecordingConfig:
+def _load_recording(s: Section) -> RecordingConfig:
     fmt = s.text("format", "wav")
     if fmt not in ("wav", "gsm", "ulaw", "alaw", "sln", "wav49"):
         s.error("format", "must be one of wav, gsm, ulaw, alaw, sln, wav49")
@@ -435,7 +263,7 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def _load_agi(s: _Section) -> AgiConfig:
+def _load_agi(s: Section) -> AgiConfig:
     cfg = AgiConfig(
         host=s.text("host", "127.0.0.1"),
         port=s.integer("port", 4573, minimum=1, maximum=65535),
@@ -452,7 +280,7 @@ def _load_agi(s: _Section) -> AgiConfig:
     return cfg
 
 
-def _load_http(s: _Section) -> HttpConfig:
+def _load_http(s: Section) -> HttpConfig:
     proxies = []
     for i, item in enumerate(s.items("trusted_proxies", what="a list of addresses or networks")):
         try:
@@ -474,7 +302,7 @@ def _load_http(s: _Section) -> HttpConfig:
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _load_api(s: _Section) -> ApiConfig:
+def _load_api(s: Section) -> ApiConfig:
     tokens: list[ApiToken] = []
     names: set[str] = set()
     for index, item in enumerate(s.items("tokens")):
@@ -514,7 +342,7 @@ def _load_api(s: _Section) -> ApiConfig:
 _LINK_SECRET_RE = re.compile(r"^[\x21-\x7e]{32,256}$")
 
 
-def _load_links(s: _Section) -> LinksConfig:
+def _load_links(s: Section) -> LinksConfig:
     secret = s.opt_str("secret")
     if secret is not None and secret in PLACEHOLDERS:
         s.error("secret", "still holds the example placeholder; set a real value (e.g. openssl rand -hex 32)")
@@ -528,7 +356,7 @@ def _load_links(s: _Section) -> LinksConfig:
     return cfg
 
 
-def _check_token_managers(root: _Section, api: ApiConfig, managers: tuple[Manager, ...]) -> None:
+def _check_token_managers(root: Section, api: ApiConfig, managers: tuple[Manager, ...]) -> None:
     """A manager token must name a configured manager (one removed later would bind it to nobody)."""
     known = {m.id for m in managers}
     for index, token in enumerate(api.tokens):
@@ -536,7 +364,7 @@ def _check_token_managers(root: _Section, api: ApiConfig, managers: tuple[Manage
             root.error(f"api.tokens[{index}].manager", f"{token.manager!r} is not the id of a manager")
 
 
-def _load_webhook(s: _Section) -> WebhookConfig:
+def _load_webhook(s: Section) -> WebhookConfig:
     url = s.opt_str("url")
     if url is not None:
         parsed = urlparse(url)
@@ -557,7 +385,7 @@ def _load_webhook(s: _Section) -> WebhookConfig:
     return cfg
 
 
-def _load_prompts(s: _Section, language: str) -> Prompts:
+def _load_prompts(s: Section, language: str) -> Prompts:
     defaults = DEFAULT_PROMPTS.get(language, Prompts())
     values = {name: s.text(name, getattr(defaults, name)) for name in Prompts.__dataclass_fields__}
     for name, value in values.items():
@@ -566,7 +394,7 @@ def _load_prompts(s: _Section, language: str) -> Prompts:
     return Prompts(**values)
 
 
-def _load_language(root: _Section) -> str:
+def _load_language(root: Section) -> str:
     language = root.text("language", DEFAULT_LANGUAGE)
     if language not in LANGUAGES:
         root.error(
@@ -581,11 +409,11 @@ def _load_language(root: _Section) -> str:
 _DID_RE = re.compile(r"^\+?[0-9][0-9 ().-]{1,30}$")
 
 
-def _load_inbound(s: _Section) -> InboundConfig:
+def _load_inbound(s: Section) -> InboundConfig:
     numbers: list[str] = []
     for index, item in enumerate(s.items("numbers", what="a list of the shop's numbers")):
         if not isinstance(item, str):
-            s.error(f"numbers[{index}]", _as_text_problem(item))
+            s.error(f"numbers[{index}]", as_text_problem(item))
         elif not _DID_RE.match(item):
             s.error(f"numbers[{index}]", "must be a phone number: an optional '+' and digits")
         else:
@@ -593,7 +421,7 @@ def _load_inbound(s: _Section) -> InboundConfig:
     fallback: list[str] = []
     for index, item in enumerate(s.items("fallback", what="a list of manager ids")):
         if not isinstance(item, str):
-            s.error(f"fallback[{index}]", _as_text_problem(item))
+            s.error(f"fallback[{index}]", as_text_problem(item))
         else:
             fallback.append(item)
     ring_group = s.text("ring_group", "sequential")
@@ -620,14 +448,14 @@ def _load_inbound(s: _Section) -> InboundConfig:
     return cfg
 
 
-def _check_inbound_managers(root: _Section, inbound: InboundConfig, managers: tuple[Manager, ...]) -> None:
+def _check_inbound_managers(root: Section, inbound: InboundConfig, managers: tuple[Manager, ...]) -> None:
     known = {m.id for m in managers}
     for index, manager_id in enumerate(inbound.fallback):
         if manager_id not in known:
             root.error(f"inbound.fallback[{index}]", f"{manager_id!r} is not a manager id")
 
 
-def _load_logging(s: _Section) -> LoggingConfig:
+def _load_logging(s: Section) -> LoggingConfig:
     level = s.text("level", "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         s.error("level", "must be DEBUG, INFO, WARNING or ERROR")
@@ -636,7 +464,7 @@ def _load_logging(s: _Section) -> LoggingConfig:
     return cfg
 
 
-def _load_policy(root: _Section, managers: tuple[Manager, ...]) -> str:
+def _load_policy(root: Section, managers: tuple[Manager, ...]) -> str:
     policy = root.text("policy", required=True)
     if policy and policy not in POLICIES:
         root.error("policy", f"must be one of {', '.join(POLICIES)}")
@@ -649,8 +477,8 @@ def _load_policy(root: _Section, managers: tuple[Manager, ...]) -> str:
 
 def parse_config(data: Any) -> Config:
     """Validate ``data`` (the parsed YAML); a ConfigError lists every problem found."""
-    problems = _Problems()
-    root = _Section(data, "", problems)
+    problems = Problems()
+    root = Section(data, "", problems)
     try:
         ari = root.load("ari", _load_ari)
         database = root.load("database", _load_database)

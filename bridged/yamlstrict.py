@@ -16,7 +16,8 @@ class Mapping(dict[Any, Any]):
 
 
 class StrictLoader(yaml.SafeLoader):
-    """SafeLoader whose mappings report duplicate keys (``_Section`` turns them into errors)."""
+    """SafeLoader whose mappings report duplicate keys (bridged.configsection.Section turns them into
+    errors)."""
 
     def construct_strict_map(self, node: yaml.MappingNode) -> Iterable[Mapping]:
         data = Mapping()
