@@ -1,6 +1,6 @@
 """bridged's own PostgreSQL, one class per aggregate, each with its own SQL (hand-written, ``$n``
 parameters, explicit column lists): ``store.calls``, ``store.audit``, ``store.idempotency``,
-``store.outbox``, ``store.settings``, ``store.links``. Every public method raises
+``store.outbox``, ``store.settings``, ``store.links``, ``store.leases``. Every public method raises
 :class:`~bridged.store.base.DatabaseUnavailable` for an outage, whatever asyncpg raised.
 """
 
@@ -11,6 +11,7 @@ import asyncpg
 from .audit import AuditTrail
 from .calls import CallRows
 from .idempotency import IdempotencyKeys
+from .leases import AppLeases
 from .links import CallLinks
 from .outbox import WebhookOutbox
 from .settings import Settings
@@ -25,3 +26,4 @@ class Store:
         self.outbox = WebhookOutbox(pool)
         self.settings = Settings(pool)
         self.links = CallLinks(pool)
+        self.leases = AppLeases(pool)
