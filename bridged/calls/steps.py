@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import dialplan, metrics
 from ..ari import AriError, AriNotFound
+from ..ari.nodes import set_node
 from ..outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
 from ..recording_state import RecordingState
 from .legs import leg_variables
@@ -141,16 +142,7 @@ class Steps:
         self._transition(call, CallState.RINGING_MANAGER)
         try:
             await self.rows.state(call)  # the row has named the manager's channel since it was written
-            await self.ari.originate(
-                endpoint=f"PJSIP/{call.manager.endpoint}",
-                app=self.config.current.ari.app,
-                app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
-                channel_id=call.manager_channel_id,
-                # The manager's phone shows the order label as the caller; its number part redials the order.
-                caller_id=call.label.caller_id,
-                timeout=self.config.current.api.manager_ring_timeout,
-                variables=leg_variables(self.config.current, dialplan.label_variables(call.label.caller_id)),
-            )
+            await self._originate_manager(call)
         except AriError as exc:
             log.warning("call %s: manager leg could not be originated: %s", call.id, exc)
             call.ended_by = "bridged"
@@ -164,6 +156,36 @@ class Steps:
         if not call.started.done():
             call.started.set_result(None)
         log.info("call %s: manager leg %s originated", call.id, call.manager_channel_id)
+
+    async def _originate_manager(self, call: Call) -> None:
+        """The manager's leg, on the call's node; where Asterisk cannot build it (500 "Allocation failed":
+        the phone is not registered there, it moved since it was asked), on the next node it may be on."""
+        while True:
+            try:
+                await self.ari.originate(
+                    endpoint=f"PJSIP/{call.manager.endpoint}",
+                    app=self.config.current.ari.app,
+                    app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
+                    channel_id=call.manager_channel_id,
+                    # The manager's phone shows the order label as the caller; its number part redials
+                    # the order.
+                    caller_id=call.label.caller_id,
+                    timeout=self.config.current.api.manager_ring_timeout,
+                    variables=leg_variables(
+                        self.config.current, dialplan.label_variables(call.label.caller_id)
+                    ),
+                )
+                return
+            except AriError as exc:
+                if not (call.other_nodes and allocation_failed(exc)):
+                    raise
+            node, call.other_nodes = call.other_nodes[0], call.other_nodes[1:]
+            log.info(
+                "call %s: the manager's phone is not on node %s; trying node %s", call.id, call.node, node
+            )
+            call.node = node
+            set_node(node)  # this worker's requests go there from now on
+            await self.rows.node(call)
 
     async def manager_unreached(self, call: Call, event: dict[str, Any]) -> None:
         """HTTP path: the manager's phone rang out, declined, or could not be rung (by the leg's cause)."""
@@ -321,6 +343,12 @@ class Steps:
 # The states in which a customer's leg that disappeared ended the call (before, it did not exist yet;
 # after, it was hung up by bridged).
 _CUSTOMER_UP = frozenset({CallState.RINGING_CUSTOMER, CallState.ANNOUNCING, CallState.BRIDGED})
+
+
+def allocation_failed(exc: AriError) -> bool:
+    """Asterisk could not build the channel: ``500 {"error": "Allocation failed"}``, e.g. an endpoint
+    without a contact (docs/asterisk.md, "Two nodes")."""
+    return exc.status == 500 and "Allocation failed" in str(exc)
 
 
 def transferer(event: dict[str, Any]) -> str | None:
