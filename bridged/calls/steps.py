@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .. import dialplan, metrics
-from ..ari import AriError, AriNotFound
+from ..ari import AriConflict, AriError, AriNotFound
 from ..ari.nodes import set_node
 from ..outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
 from ..recording_state import RecordingState
@@ -227,7 +227,12 @@ class Steps:
         await self.legs.stop_ringback(call)
         await self.legs.answer_manager(call)
         bridge = f"{call.id}-bridge"
-        await self.ari.create_bridge(bridge, type="mixing", name=f"bridged-{call.id}")
+        try:
+            await self.ari.create_bridge(bridge, type="mixing", name=f"bridged-{call.id}")
+        except AriConflict:
+            # The bridge's id is the call's own: a daemon that died after creating it (this one before a
+            # restart, or another whose call this one adopted) left it empty, and it is used as it is.
+            log.info("call %s: its bridge exists already (made before an adoption); joined", call.id)
         call.bridge_id = bridge
         # A carrier's PAI in its 200 OK may have replaced the customer channel's caller id with the
         # customer's number (trust_id_inbound=yes; a ChannelCallerId event told us): the label goes
