@@ -21,7 +21,11 @@ Figures (printed side by side and written as JSON):
   as completed when the carrier saw it through to BYE and the manager's phone saw no error);
 * memory: bridged's RSS idle (after warm-up calls), with 100 bridged calls recorded, and with 500
   bridged calls not recorded (separate daemons: recording is not reloadable); bytes per active call;
-* CPU: bridged's user+system seconds over the call-rate runs, per 1,000 calls.
+* CPU: bridged's user+system seconds over the call-rate runs, per 1,000 calls;
+* inbound setup latency (``--only inbound``, not in the default run): a customer calling the shop, the
+  carrier SIPp's INVITE sent to the manager's phone SIPp receiving its INVITE, through bridged's inbound
+  path (``[bridged-inbound]``, Stasis, the reverse lookup, the sticky manager, the call's row, the
+  originate) against a plain ``Dial()`` of the same manager endpoint; one call at a time, p50/p99.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from rig import Asterisk, Postgres, ensure_asterisk_root  # noqa: E402
+from rig import SHOP_DIDS, Asterisk, Postgres, ensure_asterisk_root  # noqa: E402
 from rig.asterisk import manager_endpoint_conf  # noqa: E402
 from rig.sipp import SIPP, parse_trace  # noqa: E402
 
@@ -69,7 +73,16 @@ NUMBER = "+4930123456789"
 BRIDGED_EP = "benchmgr"
 BASELINE_EP = "benchbase"
 AGI_BASELINE_EP = "benchagi"
-MANAGER_PORT = {BRIDGED_EP: 5200, BASELINE_EP: 5201, AGI_BASELINE_EP: 5202}
+# Inbound: the manager whose phone the customer's calls reach, on either path; the customer and their order.
+INBOUND_EP = "benchin"
+INBOUND_NUMBER = "+4930123456788"
+INBOUND_ORDER = "4243"
+INBOUND_SECRET = "bench-inbound-secret-0123456789abcdef"
+# The shop's number (bridged-inbound) and one a plain Dial() of the same endpoint answers.
+INBOUND_DID = SHOP_DIDS[0]
+INBOUND_BASELINE_DID = "+15550199"
+INBOUND_BASELINE_CONTEXT = "bench-inbound-baseline"
+MANAGER_PORT = {BRIDGED_EP: 5200, BASELINE_EP: 5201, AGI_BASELINE_EP: 5202, INBOUND_EP: 5203}
 BASELINE_CONTEXT = "bench-baseline"
 # The baseline with a FastAGI round trip before its Dial(): what the FastAGI step costs Asterisk.
 AGI_BASELINE_CONTEXT = "bench-agi-baseline"
@@ -247,8 +260,16 @@ class Daemon:
                 "dsn": self.postgres.dsn("shop"),
                 "query": "SELECT customer_phone AS phone, customer_name, manager AS manager_id"
                 " FROM orders WHERE id = CAST($1::text AS bigint)",
+                "reverse_query": "SELECT id::text AS order_id, customer_name, manager AS manager_id"
+                " FROM orders WHERE customer_phone = $1 ORDER BY id DESC LIMIT 1",
             },
-            "managers": [{"id": "bench", "name": "Bench", "endpoint": BRIDGED_EP}],
+            "managers": [
+                {"id": "bench", "name": "Bench", "endpoint": BRIDGED_EP},
+                {"id": "benchin", "name": "Bench Inbound", "endpoint": INBOUND_EP},
+            ],
+            # The customer's calls: their order's manager (benchin) first; the whole path (reverse lookup,
+            # sticky manager, row) on every call.
+            "inbound": {"numbers": [INBOUND_DID], "fallback": ["benchin"], "secret": INBOUND_SECRET},
             "policy": "any",
             "trunk": {
                 "dial": "PJSIP/{number}@carrier",
@@ -413,6 +434,10 @@ def rig() -> Iterator[Rig]:
         postgres.execute(
             "shop", f"INSERT INTO orders VALUES ({ORDER}, '{NUMBER}', 'Bench Customer', 'bench')"
         )
+        postgres.execute(
+            "shop",
+            f"INSERT INTO orders VALUES ({INBOUND_ORDER}, '{INBOUND_NUMBER}', 'Bench Caller', 'benchin')",
+        )
         conf = (
             manager_endpoint_conf(
                 BRIDGED_EP, MANAGER_PORT[BRIDGED_EP], set_vars={"BRIDGED_AGI": f"agi://127.0.0.1:{AGI_PORT}"}
@@ -423,6 +448,8 @@ def rig() -> Iterator[Rig]:
             + manager_endpoint_conf(
                 AGI_BASELINE_EP, MANAGER_PORT[AGI_BASELINE_EP], context=AGI_BASELINE_CONTEXT
             )
+            + "\n"
+            + manager_endpoint_conf(INBOUND_EP, MANAGER_PORT[INBOUND_EP])
         )
         asterisk.add_endpoints("bench", conf)
         with open(asterisk.etc / "extensions.conf", "a") as ext:
@@ -434,8 +461,15 @@ def rig() -> Iterator[Rig]:
                 f"exten => _*77X.,1,AGI(agi://127.0.0.1:{STUB_AGI_PORT}/order,${{EXTEN:3}})\n"
                 f" same => n,Dial(PJSIP/{NUMBER}@carrier,30)\n"
                 " same => n,Hangup()\n"
+                # Inbound baseline: the carrier's call to another number Dial()s the same manager
+                # endpoint, as a PBX without bridged would (and hands it the caller's number).
+                f"\n[from-carrier]\nexten => {INBOUND_BASELINE_DID},1,Goto({INBOUND_BASELINE_CONTEXT},s,1)\n"
+                f"\n[{INBOUND_BASELINE_CONTEXT}]\nexten => s,1,Dial(PJSIP/{INBOUND_EP},30)\n"
+                " same => n,Hangup()\n"
             )
         asterisk.cli("dialplan reload")
+        # [bridged-inbound] enters the bench daemon's application (an admin sets it in [globals]).
+        asterisk.cli("dialplan set global BRIDGED_APP bridged-bench")
         yield Rig(asterisk, postgres)
     finally:
         asterisk.stop()
@@ -521,42 +555,86 @@ class Latency:
 
 
 def measure_latency(r: Rig, endpoint: str, calls: int, tag: str) -> Latency:
+    """The manager dials ``*77<order>`` ``calls`` times, one call at a time: the manager's INVITE sent to
+    the carrier receiving the customer leg's INVITE."""
+    return _one_at_a_time(
+        r,
+        calls,
+        callee=(f"{tag}-lat-carrier", "carrier", CARRIER_IP, 5060, 31000, {"ring_ms": "0"}),
+        caller=(
+            f"{tag}-lat-manager",
+            "manager",
+            "127.0.0.1",
+            MANAGER_PORT[endpoint],
+            32000,
+            {"user": endpoint},
+        ),
+        service=f"*77{ORDER}",
+    )
+
+
+def measure_inbound_latency(r: Rig, did: str, calls: int, tag: str) -> Latency:
+    """A customer calls ``did`` ``calls`` times, one call at a time: the carrier's INVITE sent to the
+    manager's phone receiving its INVITE. The bench's scenarios swap roles: ``carrier.xml`` (a UAS that
+    answers and waits for the BYE) is the manager's phone, ``manager.xml`` (a UAC) the carrier delivering
+    the customer's call (From: the customer's number)."""
+    return _one_at_a_time(
+        r,
+        calls,
+        callee=(f"{tag}-in-phone", "carrier", "127.0.0.1", MANAGER_PORT[INBOUND_EP], 33000, {"ring_ms": "0"}),
+        caller=(f"{tag}-in-carrier", "manager", CARRIER_IP, 5060, 34000, {"user": INBOUND_NUMBER}),
+        service=did,
+    )
+
+
+# A SIPp party of a timed call: run name, scenario, address, SIP port, media port, keys.
+Party = tuple[str, str, str, int, int, dict[str, str]]
+
+
+def _one_at_a_time(r: Rig, calls: int, *, callee: Party, caller: Party, service: str) -> Latency:
+    """``calls`` calls from ``caller`` to ``service`` at 10/s, one at a time, answered by ``callee``: the
+    setup latency from the caller's INVITE sent to the callee's received (both SIPp traces; loopback)."""
     r.quiet()
-    carrier = sipp(
-        f"{tag}-lat-carrier",
-        "carrier",
-        local_ip=CARRIER_IP,
-        local_port=5060,
-        media_port=31000,
-        keys={"ring_ms": "0"},
+    name, scenario, ip, port, media, keys = callee
+    answering = sipp(
+        name,
+        scenario,
+        local_ip=ip,
+        local_port=port,
+        media_port=media,
+        keys=keys,
         calls=CARRIER_CALLS,
         limit=5000,
         trace=True,
     )
     time.sleep(0.3)
-    manager = sipp(
-        f"{tag}-lat-manager",
-        "manager",
-        local_ip="127.0.0.1",
-        local_port=MANAGER_PORT[endpoint],
-        media_port=32000,
+    name, scenario, ip, port, media, keys = caller
+    calling = sipp(
+        name,
+        scenario,
+        local_ip=ip,
+        local_port=port,
+        media_port=media,
         remote="127.0.0.1:5060",
-        service=f"*77{ORDER}",
-        keys={"user": endpoint},
+        service=service,
+        keys=keys,
         hold_ms=250,
         calls=calls,
         limit=1,
         rate=10,
         trace=True,
     )
-    manager.wait(timeout=calls * 5 + 60)
-    finish_carrier(r, carrier)
-    sent = first_invites(manager.messages(), "sent")
-    received = first_invites(carrier.messages(), "received")
+    calling.wait(timeout=calls * 5 + 60)
+    finish_carrier(r, answering)
+    return _latency(name, calls, calling.messages(), answering.messages())
+
+
+def _latency(tag: str, calls: int, caller_trace: str, callee_trace: str) -> Latency:
+    """Setup latency from the caller's INVITE sent to the callee's received, one call at a time."""
+    sent = first_invites(caller_trace, "sent")
+    received = first_invites(callee_trace, "received")
     if len(sent) != calls or len(received) != calls:
-        raise RuntimeError(
-            f"{tag}: {len(sent)} manager INVITEs, {len(received)} carrier INVITEs for {calls} calls"
-        )
+        raise RuntimeError(f"{tag}: {len(sent)} INVITEs sent, {len(received)} received for {calls} calls")
     deltas = [(b - a) * 1000 for a, b in zip(sent, received, strict=True)]
     # The first calls warm caches and connection pools on both paths; leave them out.
     deltas = deltas[min(5, calls // 10) :]
@@ -964,6 +1042,26 @@ def machine() -> dict[str, Any]:
     }
 
 
+def side_by_side(base: Latency, brid: Latency) -> dict[str, Any]:
+    """A latency measured on both paths, logged, and what bridged adds."""
+    log(f"  baseline {asdict(base)}")
+    log(f"  bridged  {asdict(brid)}")
+    return {
+        "baseline": asdict(base),
+        "bridged": asdict(brid),
+        "added_p50_ms": round(brid.p50_ms - base.p50_ms, 2),
+        "added_p99_ms": round(brid.p99_ms - base.p99_ms, 2),
+    }
+
+
+def logged_steps(daemon: Daemon) -> list[str]:
+    """The per-step timing of a ``bench.steps`` daemon so far, logged."""
+    lines = step_report(daemon.dir / "bridged.log")
+    for line in lines:
+        log(f"    {line}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -980,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=("latency", "rate", "memory", "agi"),
+        choices=("latency", "rate", "memory", "agi", "inbound"),
         action="append",
         help="run only these parts (repeatable)",
     )
@@ -1027,25 +1125,26 @@ def main(argv: list[str] | None = None) -> int:
         daemon = Daemon(r.asterisk, r.postgres, recording=False, name="main", steps=args.steps)
         daemon.start()
         try:
+            n = 40 if quick else 200
             if "latency" in parts:
-                n = 40 if quick else 200
                 log(f"setup latency: {n} sequential calls per path")
-                base = measure_latency(r, BASELINE_EP, n, "baseline")
-                log(f"  baseline {asdict(base)}")
-                brid = measure_latency(r, BRIDGED_EP, n, "bridged")
-                log(f"  bridged  {asdict(brid)}")
+                results["latency"] = side_by_side(
+                    measure_latency(r, BASELINE_EP, n, "baseline"),
+                    measure_latency(r, BRIDGED_EP, n, "bridged"),
+                )
                 if args.steps:
-                    results["steps"] = step_report(daemon.dir / "bridged.log")
-                    for line in results["steps"]:
-                        log(f"    {line}")
-                metrics = daemon.metrics()
-                results["latency"] = {
-                    "baseline": asdict(base),
-                    "bridged": asdict(brid),
-                    "added_p50_ms": round(brid.p50_ms - base.p50_ms, 2),
-                    "added_p99_ms": round(brid.p99_ms - base.p99_ms, 2),
-                    "bridged_setup_histogram_count": metrics.get("bridged_call_setup_seconds_count"),
-                }
+                    results["steps"] = logged_steps(daemon)
+                results["latency"]["bridged_setup_histogram_count"] = daemon.metrics().get(
+                    "bridged_call_setup_seconds_count"
+                )
+            if "inbound" in parts:  # not in the default run
+                log(f"inbound setup latency: {n} sequential customer calls per path (baseline: Dial())")
+                results["inbound_latency"] = side_by_side(
+                    measure_inbound_latency(r, INBOUND_BASELINE_DID, n, "baseline"),
+                    measure_inbound_latency(r, INBOUND_DID, n, "bridged"),
+                )
+                if args.steps:
+                    results["inbound_steps"] = logged_steps(daemon)
             if "rate" in parts:
                 ladder = (
                     [20, 40, 60]
@@ -1140,15 +1239,18 @@ def report(results: dict[str, Any]) -> str:
         f"{results['machine']['asterisk']}",
         "",
     ]
-    lat = results.get("latency")
-    if lat:
-        b, x = lat["baseline"], lat["bridged"]
-        lines += [
-            f"{'setup latency (ms)':<28}{'baseline':>12}{'bridged':>12}{'added':>10}{'target':>10}",
-            f"{'  p50':<28}{b['p50_ms']:>12}{x['p50_ms']:>12}{lat['added_p50_ms']:>10}{'< 5':>10}",
-            f"{'  p99':<28}{b['p99_ms']:>12}{x['p99_ms']:>12}{lat['added_p99_ms']:>10}{'< 20':>10}",
-            "",
-        ]
+    for key, title, baseline, targets in (
+        ("latency", "setup latency (ms)", "baseline", ("< 5", "< 20")),
+        ("inbound_latency", "inbound setup (ms)", "Dial()", ("<= 5", "")),
+    ):
+        if lat := results.get(key):
+            b, x = lat["baseline"], lat["bridged"]
+            lines += [
+                f"{title:<28}{baseline:>12}{'bridged':>12}{'added':>10}{'target':>10}",
+                f"{'  p50':<28}{b['p50_ms']:>12}{x['p50_ms']:>12}{lat['added_p50_ms']:>10}{targets[0]:>10}",
+                f"{'  p99':<28}{b['p99_ms']:>12}{x['p99_ms']:>12}{lat['added_p99_ms']:>10}{targets[1]:>10}",
+                "",
+            ]
     rate = results.get("rate")
     if rate:
         capped = " (baseline hit the top of the ladder)" if rate["ladder_capped"] else ""

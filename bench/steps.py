@@ -15,10 +15,11 @@ import sys
 import time
 from typing import Any
 
-from bridged import agi, orders
+from bridged import agi, orders, service
 from bridged.__main__ import main
 from bridged.ari import client
 from bridged.store.audit import AuditTrail
+from bridged.store.callers import StickyCallers
 from bridged.store.calls import CallRows
 from bridged.store.idempotency import IdempotencyKeys
 from bridged.store.outbox import WebhookOutbox
@@ -57,9 +58,15 @@ def install() -> None:
             log.info("STEP ari.%s %.3f", op_name, (time.perf_counter() - t0) * 1000)
 
     client.AriClient._call = call  # type: ignore[method-assign]
-    for aggregate in (CallRows, AuditTrail, IdempotencyKeys, WebhookOutbox, Settings):
+    for aggregate in (CallRows, AuditTrail, IdempotencyKeys, WebhookOutbox, Settings, StickyCallers):
         _wrap_class(aggregate, "db")
     orders.OrderDirectory.lookup = _timed("orders.lookup", orders.OrderDirectory.lookup)  # type: ignore[method-assign]
+    orders.OrderDirectory.reverse_lookup = _timed(  # type: ignore[method-assign]
+        "orders.reverse_lookup", orders.OrderDirectory.reverse_lookup
+    )
+    service.CallService.take_inbound = _timed(  # type: ignore[method-assign]
+        "service.take_inbound(total)", service.CallService.take_inbound
+    )
     agi._command = _timed("agi.command", agi._command)
     agi.get_var = _timed("agi.get_var", agi.get_var)
     agi.AgiServer.order = _timed("agi.order(total)", agi.AgiServer.order)  # type: ignore[method-assign]

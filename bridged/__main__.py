@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import importlib.metadata
 import logging
@@ -14,9 +15,10 @@ import uvloop
 
 from .api.server import run_app
 from .app import EXIT_CONFIG, Exit, StartupError, make_app
-from .config import ConfigError
+from .config import Config, ConfigError, describe_dsn
 from .configfile import load_config
 from .logs import setup_logging
+from .orders import ShopUnreachable, check_queries
 
 log = logging.getLogger("bridged")
 
@@ -30,10 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("run", "run the daemon in the foreground"),
-        ("check-config", "validate a config file and exit"),
+        ("check-config", "validate a config file (and the shop's queries, if its database answers) and exit"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", "-c", required=True, help="path to the YAML config")
+        if name == "check-config":
+            cmd.add_argument(
+                "--offline",
+                action="store_true",
+                help="check the file only, without asking the shop's database about orders.query and "
+                "orders.reverse_query",
+            )
     hash_cmd = sub.add_parser("hash-token", help="print a new API token and its sha256 for api.tokens")
     hash_cmd.add_argument("--stdin", action="store_true", help="hash the token read from standard input")
     args = parser.parse_args(argv)
@@ -53,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_CONFIG
     if args.command == "check-config":
-        print(f"{args.config}: OK ({len(config.managers)} managers, policy {config.policy})")
-        return 0
+        return _check_config(args.config, config, offline=args.offline)
 
     setup_logging(config.logging.level, json_lines=config.logging.json)
     try:
@@ -78,6 +86,38 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: cannot listen for HTTP on %s: %s", where, os.strerror(exc.errno))
         return Exit.LISTEN
     return Exit.OK
+
+
+def _check_config(path: str, config: Config, *, offline: bool) -> int:
+    """The file is valid; unless ``offline``, the shop's database is asked whether the queries return
+    the columns bridged reads (prepared, never run). An unreachable database is said so and is no
+    error: the file is still valid, and bridged runs while the shop's database is down."""
+    summary = f"{len(config.managers)} managers, policy {config.policy}"
+    if config.inbound.enabled:
+        summary += f", inbound calls on {len(config.inbound.numbers)} numbers"
+    if offline:
+        print(f"{path}: OK ({summary}; the shop's queries not checked: --offline)")
+        return 0
+    try:
+        problems = asyncio.run(check_queries(config.orders))
+    except ShopUnreachable as exc:
+        print(
+            f"{path}: OK ({summary}); the shop's database {describe_dsn(config.orders.dsn)} did not answer "
+            f"({exc}): orders.query and orders.reverse_query were not checked against it"
+        )
+        return 0
+    if problems:
+        count = len(problems)
+        print(
+            f"bridged: invalid config {path}"
+            f" ({count} problem{'s' if count > 1 else ''} in the shop's database):",
+            *(f"{key}: {message}" for key, message in problems),
+            sep="\n  ",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    print(f"{path}: OK ({summary}; the shop's queries return the columns bridged reads)")
+    return 0
 
 
 def _version() -> str:

@@ -76,6 +76,9 @@ class OrdersConfig:
     default_region: str | None = None
     # How the trunk dial string's {number} is written (bridged.phones.DIAL_FORMATS).
     dial_format: str = "e164"
+    # Inbound calls: the orders of a caller, $1 = the caller's number in E.164; columns order_id,
+    # customer_name, manager_id, the most recent order first. None: callers are not looked up.
+    reverse_query: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,39 @@ class TrunkConfig:
 
 
 RECORDING_SOURCES = ("ari", "folder")
+
+
+RING_GROUP_MODES = ("sequential", "simultaneous")
+# The keyed hash of callers' numbers is only as strong as its key: phone numbers are few enough to be
+# tried one by one against an unkeyed (or weakly keyed) hash.
+INBOUND_SECRET_MIN = 32
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    """Customers calling the shop's numbers (``[bridged-inbound]``): whom bridged rings, what it keeps."""
+
+    # The shop's numbers (DIDs) as the carrier writes them; compared by their digits. Empty: bridged
+    # takes no inbound call (one that reaches it anyway is answered with a prompt and hung up).
+    numbers: tuple[str, ...] = ()
+    # Seconds each manager's phone rings before the next is tried.
+    ring_timeout: int = 20
+    # The rest of the first manager's team (ring_team) and the fallback managers are rung one at a
+    # time (sequential) or all at once, the first to answer taking the call (simultaneous).
+    ring_group: str = "sequential"
+    ring_team: bool = True
+    # Manager ids rung when nobody before them answered, or for a caller bridged cannot tell.
+    fallback: tuple[str, ...] = ()
+    # A caller reaches the manager who last talked to them if that was at most this many days ago (0: never).
+    sticky_days: int = 30
+    # Key of the HMAC-SHA256 under which callers are remembered (never their number); required with numbers.
+    secret: str | None = None
+    # What a caller hears when nobody answered, before bridged hangs up (the call's outcome: missed).
+    missed_prompt: str = "vm-nobodyavail"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.numbers)
 
 
 @dataclass(frozen=True)
@@ -244,6 +280,7 @@ class Config:
     links: LinksConfig = field(default_factory=LinksConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     prompts: Prompts = field(default_factory=Prompts)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # The language of every prompt bridged plays or has the dialplan play, to managers and customers
     # (CHANNEL(language) on each leg), and of the defaults of ``prompts`` and ``labels.template``.

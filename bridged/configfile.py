@@ -26,10 +26,12 @@ from . import yamlstrict
 from .config import (
     DEFAULT_LANGUAGE,
     DEFAULT_PROMPTS,
+    INBOUND_SECRET_MIN,
     LANGUAGES,
     PLACEHOLDERS,
     POLICIES,
     RECORDING_SOURCES,
+    RING_GROUP_MODES,
     ROLES,
     AgiConfig,
     ApiConfig,
@@ -39,6 +41,7 @@ from .config import (
     ConfigError,
     DatabaseConfig,
     HttpConfig,
+    InboundConfig,
     LabelsConfig,
     LinksConfig,
     LoggingConfig,
@@ -331,6 +334,9 @@ def _load_orders(s: _Section) -> OrdersConfig:
         s.error("dial_format", f"must be one of {', '.join(DIAL_FORMATS)}")
     elif dial_format == "national" and region is None:
         s.error("dial_format", "national needs orders.default_region")
+    reverse_query = s.opt_str("reverse_query")
+    if reverse_query is not None and "$1" not in reverse_query:
+        s.error("reverse_query", "must use $1 for the caller's number (E.164)")
     cfg = OrdersConfig(
         dsn=_dsn(s, "dsn"),
         query=query,
@@ -338,6 +344,7 @@ def _load_orders(s: _Section) -> OrdersConfig:
         code_pattern=pattern,
         default_region=region,
         dial_format=dial_format,
+        reverse_query=reverse_query,
     )
     s.finish()
     return cfg
@@ -608,6 +615,56 @@ def _load_language(root: _Section) -> str:
     return language
 
 
+# A shop's number as a carrier writes it: an optional '+' and digits, maybe with separators.
+_DID_RE = re.compile(r"^\+?[0-9][0-9 ().-]{1,30}$")
+
+
+def _load_inbound(s: _Section) -> InboundConfig:
+    numbers: list[str] = []
+    for index, item in enumerate(s.items("numbers", what="a list of the shop's numbers")):
+        if not isinstance(item, str):
+            s.error(f"numbers[{index}]", _as_text_problem(item))
+        elif not _DID_RE.match(item):
+            s.error(f"numbers[{index}]", "must be a phone number: an optional '+' and digits")
+        else:
+            numbers.append(item)
+    fallback: list[str] = []
+    for index, item in enumerate(s.items("fallback", what="a list of manager ids")):
+        if not isinstance(item, str):
+            s.error(f"fallback[{index}]", _as_text_problem(item))
+        else:
+            fallback.append(item)
+    ring_group = s.text("ring_group", "sequential")
+    if ring_group not in RING_GROUP_MODES:
+        s.error("ring_group", f"must be one of {', '.join(RING_GROUP_MODES)}")
+    secret = s.opt_str("secret")
+    if secret is not None and (secret in PLACEHOLDERS or len(secret) < INBOUND_SECRET_MIN):
+        s.error("secret", f"must be a real random secret of at least {INBOUND_SECRET_MIN} characters")
+    if numbers and secret is None:
+        s.error("secret", "is required when inbound.numbers is set (it keys the hash callers are kept under)")
+    if numbers and not fallback:
+        s.error("fallback", "is required when inbound.numbers is set (callers bridged cannot tell ring them)")
+    cfg = InboundConfig(
+        numbers=tuple(numbers),
+        ring_timeout=s.integer("ring_timeout", 20, minimum=5, maximum=300),
+        ring_group=ring_group,
+        ring_team=s.boolean("ring_team", True),
+        fallback=tuple(fallback),
+        sticky_days=s.integer("sticky_days", 30, minimum=0, maximum=3650),
+        secret=secret,
+        missed_prompt=s.text("missed_prompt", InboundConfig.missed_prompt),
+    )
+    s.finish()
+    return cfg
+
+
+def _check_inbound_managers(root: _Section, inbound: InboundConfig, managers: tuple[Manager, ...]) -> None:
+    known = {m.id for m in managers}
+    for index, manager_id in enumerate(inbound.fallback):
+        if manager_id not in known:
+            root.error(f"inbound.fallback[{index}]", f"{manager_id!r} is not a manager id")
+
+
 def _load_logging(s: _Section) -> LoggingConfig:
     level = s.text("level", "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -654,12 +711,15 @@ def parse_config(data: Any) -> Config:
             links=root.load("links", _load_links, required=False),
             webhook=root.load("webhook", _load_webhook, required=False),
             prompts=root.load("prompts", lambda s: _load_prompts(s, language), required=False),
+            inbound=root.load("inbound", _load_inbound, required=False),
             logging=root.load("logging", _load_logging, required=False),
             language=language,
             ari_nodes=nodes if len(nodes) > 1 else (),
         )
         if config.api is not None:
             _check_token_managers(root, config.api, managers)
+        if config.inbound is not None and managers is not None:
+            _check_inbound_managers(root, config.inbound, managers)
         root.finish()
     except ConfigError as exc:  # a check that raised instead of recording: keep what was found before
         problems.extend(exc)

@@ -23,6 +23,14 @@ the daemon that takes the call. The last target's ``unavailable`` plays its prom
 a phone still ringing with 503 (cause 34), an answered one hears the prompt.
 
 Channels bridged originates itself enter Stasis with ``customer,<call id>`` or ``manager,<call id>``.
+
+A customer calling the shop's number reaches ``[bridged-inbound]`` (the carrier's context sends the
+shop's DIDs there), which sends 180, hands REFERs to bridged and enters
+``Stasis(<BRIDGED_APP, default bridged>,inbound,<CALLERID(pres)>)``: the caller's presentation, never
+their number (the arguments end up in the CDR's ``lastdata``). Several daemons: when ``Stasis()`` returns with
+the caller still there (the application is not registered, or an adopter handed the channel back), the
+next application is tried (``BRIDGED_APP_2``, ``BRIDGED_APP_3``, ...); after the last, a prompt.
+
 tests/unit/test_dialplan.py reads ``dialplan/bridged.conf`` and checks it against this module.
 """
 
@@ -40,9 +48,18 @@ AGI_URL = "BRIDGED_AGI"  # optional, per endpoint or in [globals]: a daemon not 
 # Optional: the further daemons, tried in order after BRIDGED_AGI (BRIDGED_AGI_2, BRIDGED_AGI_3, ...).
 AGI_URL_NEXT = "BRIDGED_AGI_"
 TRY = "BRIDGED_TRY"  # the dialplan's own: which target it asks (1, 2, ...)
-TARGET = "BRIDGED_TARGET"  # the dialplan's own: that target's URL
+TARGET = "BRIDGED_TARGET"  # the dialplan's own: that target's URL (or application, inbound)
 MORE = "BRIDGED_MORE"  # the dialplan's own, sent as the FastAGI's second argument: 1 if a target follows
-VARIABLES = frozenset({CODE, REPLY, RESULT, LABEL, AGI_URL, AGI_URL_NEXT, TRY, TARGET, MORE})
+# Optional, in [globals] or set_var= on the carrier endpoint: the Stasis application inbound calls go to
+# (ari.app), when it is not DEFAULT_APP.
+APP = "BRIDGED_APP"
+# Optional: the further daemons' applications, tried in order after BRIDGED_APP (BRIDGED_APP_2, ...).
+APP_NEXT = "BRIDGED_APP_"
+VARIABLES = frozenset({CODE, REPLY, RESULT, LABEL, AGI_URL, AGI_URL_NEXT, TRY, TARGET, MORE, APP, APP_NEXT})
+
+# Where the carrier's calls to the shop's numbers go, and the application they enter without BRIDGED_APP.
+INBOUND_CONTEXT = "bridged-inbound"
+DEFAULT_APP = "bridged"
 
 # The FastAGI script the dialplan runs: AGI(agi://host:port/order,${BRIDGED_CODE}).
 AGI_SCRIPT = "order"
@@ -103,8 +120,11 @@ class Leg(StrEnum):
     """The first Stasis argument: which leg of which call a channel entering the application is."""
 
     ORDER = "order"  # a manager's phone that dialled *77 (the dialplan's Stasis())
-    MANAGER = "manager"  # the manager leg bridged originates (HTTP path)
+    MANAGER = "manager"  # a manager leg bridged originates (HTTP path, inbound calls)
     CUSTOMER = "customer"  # the customer leg bridged originates
+    # A customer calling the shop (bridged-inbound's Stasis()): the second argument is the caller's
+    # presentation (CALLERID(pres)), not a call id; bridged makes the call.
+    INBOUND = "inbound"
 
 
 def app_args(leg: Leg, call_id: str) -> str:
@@ -113,7 +133,8 @@ def app_args(leg: Leg, call_id: str) -> str:
 
 
 def parse_app_args(args: list[str]) -> tuple[Leg, str] | None:
-    """``(leg, call id)`` of a StasisStart's ``args``; None for anything else."""
+    """``(leg, call id)`` of a StasisStart's ``args`` (``(INBOUND, presentation)`` for an inbound call);
+    None for anything else."""
     if len(args) < 2:
         return None
     try:

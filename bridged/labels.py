@@ -1,7 +1,9 @@
 """The order label: all a manager's phone is ever shown about the other party.
 
-One builder for every label, on both paths and every leg (the FastAGI answer, the HTTP path's manager
-leg, the customer leg's caller id put back, adopted calls): ``"Order 123 Ivan P." <*77123>``.
+One builder for every label, on every path and every leg (the FastAGI answer, the HTTP path's manager
+leg, the customer leg's caller id put back, adopted calls, inbound calls): ``"Order 123 Ivan P." <*77123>``;
+for an inbound caller without an order ``"Customer KXMRTPAW" <*77>``, for a withheld number
+``"Anonymous" <anonymous>``.
 
 The customer's name comes from the shop's database, where a large share of "names" are whatever
 customers typed: a phone number, a number and a name, a SIP URI, digits of other scripts, control
@@ -73,6 +75,11 @@ class Label:
         return f'"{self.text}" <{self.number}>'
 
 
+# What a manager's phone shows for an inbound caller without an order, and for a withheld number.
+CALLER_TEXT = "Customer {ref}"
+ANONYMOUS = Label(text="Anonymous", number="anonymous")
+
+
 @dataclass(frozen=True)
 class Labeller:
     """Builds labels from the configured ``labels.template`` and ``labels.name_style``."""
@@ -89,6 +96,23 @@ class Labeller:
 
     def label(self, order_id: str, customer_name: str = "") -> Label:
         return Label(text=self.text(order_id, customer_name), number=dial_back(order_id))
+
+    def caller(self, ref: str) -> Label:
+        """An inbound caller without an order: ``"Customer KXMRTPAW" <*77>`` (bridged.callers makes the
+        reference; only its ASCII letters are kept, so no digit can reach the phone through it). The
+        number part asks for an order code when redialled: there is no order to call back."""
+        letters = "".join(ch for ch in ref if ch.isascii() and ch.isalpha())[:NAME_MAX]
+        return Label(text=" ".join(CALLER_TEXT.format(ref=letters).split()), number=DIAL_BACK_PREFIX)
+
+    def anonymous(self) -> Label:
+        """An inbound caller who withholds their number."""
+        return ANONYMOUS
+
+    def of_caller(self, order_id: str | None, customer_name: str = "", ref: str | None = None) -> Label:
+        """An inbound caller's label: their order's, else their reference's, else ``Anonymous``."""
+        if order_id is not None:
+            return self.label(order_id, customer_name)
+        return self.caller(ref) if ref else ANONYMOUS
 
     def text(self, order_id: str, customer_name: str = "") -> str:
         text = self.template.format(

@@ -1,4 +1,5 @@
-"""Orders and who may call them: the lookup in the shop's database and the authorization policy."""
+"""Orders and who may call them: the lookup in the shop's database (by order code, and by an inbound
+caller's number) and the authorization policy."""
 
 from __future__ import annotations
 
@@ -26,8 +27,24 @@ class Order:
     manager_id: str | None
 
 
+@dataclass(frozen=True)
+class CallerOrder:
+    """An inbound caller's most recent order (``orders.reverse_query``): no phone number in it."""
+
+    id: str
+    customer_name: str
+    manager_id: str | None
+
+
 class LookupFailed(Exception):
     """The shop's database could not answer (down, slow, or the query is broken)."""
+
+
+# The columns each query must return, by name.
+ORDER_COLUMNS = ("phone", "customer_name", "manager_id")
+CALLER_COLUMNS = ("order_id", "customer_name", "manager_id")
+# How many trailing digits of a caller's number make an order id "hold the number".
+_NUMBER_TAIL = 7
 
 
 class OrderDirectory:
@@ -39,14 +56,7 @@ class OrderDirectory:
         self._pool_lock = asyncio.Lock()
 
     async def lookup(self, order_id: str) -> Order | None:
-        try:
-            async with asyncio.timeout(self._config.timeout):
-                pool = await self._get_pool()
-                row = await pool.fetchrow(self._config.query, order_id)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            # The exception text may quote the query or parameters; only its type is logged.
-            metrics.LOOKUP_ERRORS.inc()
-            raise LookupFailed(type(exc).__name__) from None
+        row = await self._fetchrow(self._config.query, order_id)
         if row is None:
             return None
         try:
@@ -55,7 +65,7 @@ class OrderDirectory:
             manager_id = row["manager_id"]
         except KeyError:
             metrics.LOOKUP_ERRORS.inc()
-            raise LookupFailed("query must return phone, customer_name and manager_id") from None
+            raise LookupFailed(f"query must return {', '.join(ORDER_COLUMNS)}") from None
         return Order(
             id=order_id,
             # An order without a number is a known order that cannot be called: refused as invalid_phone.
@@ -63,6 +73,47 @@ class OrderDirectory:
             customer_name=str(name or ""),
             manager_id=None if manager_id is None else str(manager_id),
         )
+
+    async def reverse_lookup(self, number: PhoneNumber) -> CallerOrder | None:
+        """The most recent order of the caller whose number (E.164) is ``number``; None without
+        ``orders.reverse_query``, or when the shop has no order for it that bridged may show."""
+        query = self._config.reverse_query
+        if query is None:
+            return None
+        row = await self._fetchrow(query, number.dialable())
+        if row is None:
+            return None
+        try:
+            order_id, name, manager_id = (row[column] for column in CALLER_COLUMNS)
+        except KeyError:
+            metrics.LOOKUP_ERRORS.inc()
+            raise LookupFailed(f"reverse query must return {', '.join(CALLER_COLUMNS)}") from None
+        order_id = None if order_id is None else str(order_id)
+        if order_id is None or not is_valid_code(self._config, order_id):
+            # An id a manager could not dial could not be called back either, and is not shown.
+            log.warning("reverse lookup: the shop's order id is one orders.code_pattern refuses; not shown")
+            return None
+        digits = "".join(ch for ch in order_id if ch.isdigit())
+        if number.dialable()[-_NUMBER_TAIL:] in digits:
+            # Shop data is hostile: an "order id" that holds the caller's number would be shown as the label.
+            log.warning("reverse lookup: the shop's order id holds the caller's number; not shown")
+            return None
+        return CallerOrder(
+            id=order_id,
+            customer_name=str(name or ""),
+            manager_id=None if manager_id is None else str(manager_id),
+        )
+
+    async def _fetchrow(self, query: str, argument: str) -> asyncpg.Record | None:
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                pool = await self._get_pool()
+                row: asyncpg.Record | None = await pool.fetchrow(query, argument)
+                return row
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The exception text may quote the query or parameters; only its type is logged.
+            metrics.LOOKUP_ERRORS.inc()
+            raise LookupFailed(type(exc).__name__) from None
 
     async def _get_pool(self) -> asyncpg.Pool:
         # Created lazily with min_size=0: the daemon starts, and keeps serving refusals with a
@@ -108,3 +159,53 @@ def may_call(config: Config, manager: Manager, order: Order) -> bool:
         owner = config.manager_by_id(order.manager_id)
         return owner is not None and owner.team is not None and owner.team == manager.team
     return False
+
+
+# -- check-config: the queries against the shop's database ------------------------------------------------
+
+# Types a text parameter may be declared as ($1 without a cast is text when compared with a text column).
+_TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "name", "unknown"})
+
+
+class ShopUnreachable(Exception):
+    """The shop's database could not be asked (down, refused, timed out): the queries were not checked."""
+
+
+async def check_queries(config: OrdersConfig) -> list[tuple[str, str]]:
+    """Problems of ``orders.query`` and ``orders.reverse_query`` as the shop's database sees them, each
+    ``(key, message)``: they are prepared (never run: no row is read) and their result columns and
+    parameter compared with what bridged reads. Raises :class:`ShopUnreachable`."""
+    queries = [("orders.query", config.query, ORDER_COLUMNS)]
+    if config.reverse_query is not None:
+        queries.append(("orders.reverse_query", config.reverse_query, CALLER_COLUMNS))
+    try:
+        async with asyncio.timeout(config.timeout):
+            conn = await asyncpg.connect(config.dsn)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ShopUnreachable(getattr(exc, "strerror", None) or type(exc).__name__) from None
+    problems: list[tuple[str, str]] = []
+    try:
+        for key, query, columns in queries:
+            try:
+                async with asyncio.timeout(config.timeout):
+                    statement = await conn.prepare(query)
+            except asyncpg.PostgresError as exc:
+                # The server's message names what is wrong (a column, a table); it quotes no row.
+                problems.append((key, f"the shop's database refuses it: {type(exc).__name__}: {exc}"))
+                continue
+            except (TimeoutError, OSError, asyncpg.InterfaceError) as exc:
+                raise ShopUnreachable(type(exc).__name__) from None
+            names = [attribute.name for attribute in statement.get_attributes()]
+            missing = [c for c in columns if c not in names]
+            if missing:
+                problems.append(
+                    (key, f"returns {', '.join(names) or 'no column'}; it must return {', '.join(columns)}")
+                )
+            parameters = [p.name for p in statement.get_parameters()]
+            if len(parameters) != 1:
+                problems.append((key, f"takes {len(parameters)} parameters; it must take $1 only"))
+            elif parameters[0] not in _TEXT_TYPES:
+                problems.append((key, f"takes $1 as {parameters[0]}; bridged passes text (cast: $1::text)"))
+    finally:
+        await conn.close()
+    return problems

@@ -44,6 +44,9 @@ class Outcome(StrEnum):
     MANAGER_UNAVAILABLE = "manager_unavailable"
     CANCELLED = "cancelled"
     FAILED = "failed"
+    # An inbound call nobody answered: every manager rung was unreachable, busy or let it ring out, or
+    # the caller hung up while they rang. The shop calls the customer back (webhook call.missed, /ops/).
+    MISSED = "missed"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""SIGHUP: take managers, policy, API tokens, the link settings and the recording retention from the config
-file again, without dropping a call.
+"""SIGHUP: take managers, policy, API tokens, the link settings, the recording retention and the inbound
+routing from the config file again, without dropping a call.
 
 Only what an admin changes while calls are up is reloaded. Everything else (ARI, databases, ports,
 trunk, the rest of recording, prompts, logging) needs a restart; a change there is logged and not
@@ -22,7 +22,7 @@ from .configfile import load_config
 
 log = logging.getLogger(__name__)
 
-RELOADABLE = ("managers", "policy", "api.tokens", "links", "recording.retention_days")
+RELOADABLE = ("managers", "policy", "api.tokens", "links", "recording.retention_days", "inbound")
 
 
 def merge(current: Config, new: Config) -> tuple[Config, list[str]]:
@@ -30,7 +30,7 @@ def merge(current: Config, new: Config) -> tuple[Config, list[str]]:
     ignored = [
         f.name
         for f in dataclasses.fields(Config)
-        if f.name not in ("managers", "policy", "api", "links", "recording")
+        if f.name not in ("managers", "policy", "api", "links", "recording", "inbound")
         and getattr(current, f.name) != getattr(new, f.name)
     ]
     if dataclasses.replace(current.api, tokens=new.api.tokens) != new.api:
@@ -43,6 +43,8 @@ def merge(current: Config, new: Config) -> tuple[Config, list[str]]:
         policy=new.policy,
         # A leaked link secret is replaced without a restart (links signed with the old one stop working).
         links=new.links,
+        # Inbound routing names managers: it follows them (a caller already ringing keeps their plan).
+        inbound=new.inbound,
         api=dataclasses.replace(current.api, tokens=new.api.tokens),
         recording=dataclasses.replace(current.recording, retention_days=new.recording.retention_days),
     )

@@ -3,7 +3,9 @@
 - :meth:`CallService.place_from_phone`: a manager dialled ``*77<order>`` (FastAGI, bridged.agi);
 - :meth:`CallService.place_from_api`: a shop's backend asked for a call (``POST /v1/calls``), or a manager
   opened a signed link (``/c``, bridged.callpage);
-- :meth:`CallService.end_from_api`: a shop's backend ends one (``DELETE /v1/calls/{id}``).
+- :meth:`CallService.end_from_api`: a shop's backend ends one (``DELETE /v1/calls/{id}``);
+- :meth:`CallService.take_inbound`: a customer called the shop's number (the call engine asks, from the
+  caller's StasisStart): who is calling, without keeping their number, and whom to ring.
 
 Each answers in domain terms (a call, or a :class:`Refused` with its :class:`~bridged.outcomes.Refusal`);
 the FastAGI handler and the HTTP handlers only translate the answer (bridged.outcomes says into what).
@@ -19,28 +21,33 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from . import metrics
+from . import metrics, routing
 from .ari import AriError
 from .ari.nodes import on_node
+from .callers import Caller, InboundCaller, identify, is_shop_number
 from .calls.engine import CallEngine
 from .calls.model import (
+    INBOUND,
     Call,
     CallState,
+    InboundPlan,
     ManagerLegFailed,
     PendingCall,
+    TurnedAway,
     customer_leg_id,
     manager_leg_id,
     new_call_id,
 )
 from .config import ConfigHolder, Manager
-from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
-from .outcomes import Outcome, Refusal
+from .orders import CallerOrder, LookupFailed, Order, OrderDirectory, is_valid_code, may_call
+from .outcomes import Outcome, Refusal, refusal_prompt
 from .redact import redact
 from .store import Store
 from .store.base import DatabaseUnavailable
+from .store.callers import Sticky
 from .store.deferred import DeferredWrites
 
 log = logging.getLogger(__name__)
@@ -104,6 +111,7 @@ class CallService:
         self._random = random
         # Rows about refused attempts that bridged's database did not take (it was away): written later.
         self.deferred = DeferredWrites()
+        engine.decide_inbound = self.take_inbound
 
     async def close(self) -> None:
         await self.deferred.close()
@@ -159,9 +167,16 @@ class CallService:
             )
 
     async def place_from_api(
-        self, client: str, manager_id: str, order_id: str, *, actor: str | None = None
+        self,
+        client: str,
+        manager_id: str,
+        order_id: str,
+        *,
+        actor: str | None = None,
+        callback_of: str | None = None,
     ) -> Call | Refused | NotStarted:
-        """A call asked for by API client ``client``: rings the manager, and the customer once they answer.
+        """A call asked for by API client ``client``: rings the manager, and the customer once they answer
+        (``callback_of``: the missed inbound call it calls back, for the audit trail).
 
         ``actor`` names who asked in the audit trail (default: the token, ``token:<client>``; a signed
         link says ``link:<manager>``). Returns the call once its manager leg has been originated."""
@@ -195,6 +210,7 @@ class CallService:
                 created_by=client,
                 overloaded=overloaded,
                 nodes=tuple(nodes),
+                callback_of=callback_of,
             )
         if isinstance(decided, Refused):
             return decided
@@ -225,6 +241,111 @@ class CallService:
             Refusal.DATABASE_UNAVAILABLE, actor=actor or api_actor(client), details={"manager_id": manager_id}
         )
 
+    async def take_inbound(self, call: Call, caller: InboundCaller) -> InboundPlan | TurnedAway:
+        """A customer called ``caller.did``: who they are (their order, the manager who last talked to
+        them), whom to ring in which order, what the managers' phones show, and the call's row (written
+        by the plan's ``write_row`` while the first phones ring: refused there if bridged's database is
+        away). The caller's number is read here and goes no further than the shop's reverse lookup."""
+        config = self.config.current
+        inbound = config.inbound
+        if not inbound.enabled or inbound.secret is None or not is_shop_number(inbound.numbers, caller.did):
+            # bridged-inbound reached with a number that is not the shop's: a dialplan to fix, no call.
+            log.warning("call %s: inbound call to a number not in inbound.numbers; turned away", call.id)
+            metrics.CALLS_REFUSED.inc("not_a_shop_number")
+            return TurnedAway(config.prompts.unavailable)
+        who = identify(
+            caller.number, caller.presentation, secret=inbound.secret, region=config.orders.default_region
+        )
+        if not self.accepting_calls():  # draining (SIGTERM)
+            return await self._turn_away(call, who, Refusal.UNAVAILABLE, None)
+        order, sticky = await asyncio.gather(self._caller_order(call, who), self._sticky(call, who))
+        route = routing.route(
+            config,
+            sticky=sticky.manager_id if sticky else None,
+            order_manager=order.manager_id if order else None,
+        )
+        order_id = order.id if order else sticky.order_id if sticky else None
+        label = self.engine.labeller.of_caller(order_id, order.customer_name if order else "", who.ref)
+        how = _identified_by(who, order, sticky)
+
+        async def write_row() -> TurnedAway | None:
+            try:
+                await self.store.calls.insert_audited(
+                    call_id=call.id,
+                    order_id=order_id,
+                    manager_id=route.first.id if route.first else None,
+                    direction=INBOUND,
+                    state=CallState.RINGING_MANAGER.value,
+                    manager_channel_id=None,
+                    customer_channel_id=call.customer_channel_id,
+                    ari_app=config.ari.app,
+                    actor="customer",
+                    details={"direction": INBOUND, "identified_by": how},
+                    caller_ref=who.ref,
+                    node=call.node or None,
+                )
+            except DatabaseUnavailable as exc:
+                log.warning("call %s refused: bridged's database is unavailable (%s)", call.id, exc)
+                return await self._turn_away(call, who, Refusal.DATABASE_UNAVAILABLE, order_id)
+            return None
+
+        rung = " then ".join("+".join(m.id for m in step) for step in route.steps) or "nobody"
+        log.info("call %s accepted: inbound, caller identified by %s; ringing %s", call.id, how, rung)
+        return InboundPlan(
+            write_row=write_row,
+            steps=route.steps,
+            manager=route.first,
+            order_id=order_id,
+            label=label,
+            caller_key=who.key,
+            caller_ref=who.ref,
+        )
+
+    async def _caller_order(self, call: Call, who: Caller) -> CallerOrder | None:
+        if who.number is None:
+            return None
+        try:
+            return await self.directory.reverse_lookup(who.number)
+        except LookupFailed as exc:
+            # The caller is still rung through: the one who last talked to them, else the fallback.
+            log.warning("call %s: the shop's reverse lookup failed (%s); no order shown", call.id, exc)
+            return None
+
+    async def _sticky(self, call: Call, who: Caller) -> Sticky | None:
+        days = self.config.current.inbound.sticky_days
+        if who.key is None or days <= 0:
+            return None
+        try:
+            return await self.store.sticky.last_talked(
+                who.key, since=datetime.now(UTC) - timedelta(days=days)
+            )
+        except DatabaseUnavailable as exc:
+            log.warning("call %s: who last talked to the caller is not known (%s)", call.id, exc)
+            return None
+
+    async def _turn_away(self, call: Call, who: Caller, reason: Refusal, order_id: str | None) -> TurnedAway:
+        """An inbound call bridged does not take: its refused attempt's row (kept for later if the
+        database is away), and what the caller hears."""
+        metrics.CALLS_REFUSED.inc(reason.value)
+        at = datetime.now(UTC)
+        await self.deferred.write(
+            f"refused inbound call {call.id} ({reason})",
+            lambda: self.store.calls.insert_refused(
+                call_id=call.id,
+                order_id=order_id,
+                manager_id=None,
+                direction=INBOUND,
+                outcome=reason.value,
+                at=at,
+                actor="customer",
+                details={"direction": INBOUND},
+                caller_ref=who.ref,
+            ),
+            try_now=reason is not Refusal.DATABASE_UNAVAILABLE,
+        )
+        log.info("call %s refused: inbound, %s", call.id, reason)
+        return TurnedAway(refusal_prompt(self.config.current.prompts, reason))
+
     # -- deciding ----------------------------------------------------------------------------------
 
     async def _decide(
@@ -239,6 +360,7 @@ class CallService:
         overloaded: bool | None = None,
         nodes: tuple[str, ...] = (),
         others_follow: bool = False,
+        callback_of: str | None = None,
     ) -> PendingCall | Refused:
         """May ``manager`` call the customer of order ``code`` now? If so, the call's row is written and
         the call is registered with the engine.
@@ -275,7 +397,11 @@ class CallService:
                 customer_channel_id=customer_leg_id(call_id),
                 ari_app=self.config.current.ari.app,
                 actor=actor,
-                details={"manager_id": manager.id, "direction": direction},
+                details={
+                    "manager_id": manager.id,
+                    "direction": direction,
+                    **({"callback_of": callback_of} if callback_of else {}),
+                },
                 created_by=created_by,
                 node=nodes[0],
             )
@@ -464,6 +590,15 @@ class CallService:
         )
         log.info("call %s refused for %s on order %s: %s", call_id, manager.id, code, reason)
         return Refused(reason, call_id)
+
+
+def _identified_by(who: Caller, order: CallerOrder | None, sticky: Sticky | None) -> str:
+    """How an inbound caller was told (the audit row's details, the log)."""
+    if who.withheld:
+        return "nothing (number withheld)"
+    if order is not None:
+        return "their order"
+    return "the manager who last talked to them" if sticky is not None else "nothing (no order)"
 
 
 def shed_share(oldest_wait: float, limit: float) -> float:

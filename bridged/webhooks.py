@@ -25,6 +25,7 @@ import aiohttp
 
 from .calls.model import Call, CallState
 from .config import WebhookConfig
+from .outcomes import Outcome
 from .store.outbox import WebhookOutbox
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ def verify(
     return hmac.compare_digest(sign(secret, timestamp, body), header)
 
 
+def _event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "type": kind, "created_at": datetime.now(UTC).isoformat(), "data": data}
+
+
 def backoff(attempts: int) -> float:
     """Seconds before the next try after ``attempts`` failed ones: exponential, with jitter."""
     return min(_MAX_BACKOFF, 2.0 ** min(attempts, 12)) * random.uniform(0.5, 1.0)
@@ -74,23 +79,24 @@ class WebhookSink:
         return self.config.url is not None
 
     def publish(self, call: Call, state: CallState) -> None:
-        """State listener of the call engine: never blocks, never raises into the call."""
-        if not self.enabled:
+        """State listener of the call engine: never blocks, never raises into the call.
+
+        Every state change is a ``call.state_changed``; an inbound call that ended missed is also a
+        ``call.missed`` (with its order, or the caller's reference: the shop calls the customer back)."""
+        if not self.enabled or not call.has_row:  # a call turned away has no row of its own to tell of
             return
-        payload = {
-            "id": uuid.uuid4().hex,
-            "type": "call.state_changed",
-            "created_at": datetime.now(UTC).isoformat(),
-            "data": {
-                "call_id": call.id,
-                "order_id": call.order_id,
-                "manager_id": call.manager.id,
-                "direction": call.direction,
-                "state": state.value,
-                "outcome": call.outcome.value if call.outcome and state is CallState.ENDED else None,
-            },
+        data = {
+            "call_id": call.id,
+            "order_id": call.order_id,
+            "caller_ref": call.caller_ref,
+            "manager_id": call.manager.id if call.manager is not None else None,
+            "direction": call.direction,
+            "state": state.value,
+            "outcome": call.outcome.value if call.outcome and state is CallState.ENDED else None,
         }
-        self._queue.put_nowait((call.id, payload))
+        self._queue.put_nowait((call.id, _event("call.state_changed", data)))
+        if state is CallState.ENDED and call.outcome is Outcome.MISSED:
+            self._queue.put_nowait((call.id, _event("call.missed", data)))
 
     def start(self) -> None:
         if self.enabled:

@@ -33,15 +33,19 @@ ANONYMOUS = "anonymous"
 # manager: a token bound to one manager (api.tokens[].manager), for a script in a page that manager
 # uses: it places calls only as that manager and reads and ends only that manager's calls (see
 # :meth:`Principal.owns`); it may not list calls, listen to recordings, or read the audit trail.
+# calls.callback: call back the customer of a missed inbound call (POST /v1/calls with callback_of, from
+# /ops/): an ordinary masked call whose order and manager bridged takes from the missed call's row, so
+# the role cannot pick who is rung; calls.create (any order, any manager) stays with the shop's backend.
 PERMISSIONS: dict[str, frozenset[str]] = {
     "shop": frozenset({"calls.create", "calls.read", "calls.end"}),
     "manager": frozenset({"calls.create", "calls.read", "calls.end"}),
-    "ops": frozenset({"calls.list", "calls.read", "calls.any_client", "recordings.listen"}),
+    "ops": frozenset({"calls.list", "calls.read", "calls.any_client", "calls.callback", "recordings.listen"}),
     "admin": frozenset(
         {
             "calls.list",
             "calls.read",
             "calls.any_client",
+            "calls.callback",
             "recordings.listen",
             "audit.read",
             "retention.read",
@@ -65,7 +69,7 @@ class Principal:
     def may(self, permission: str) -> bool:
         return permission in PERMISSIONS.get(self.role, frozenset())
 
-    def owns(self, *, manager_id: str, created_by: str | None) -> bool:
+    def owns(self, *, manager_id: str | None, created_by: str | None) -> bool:
         """Whether a call (its manager and the client that placed it) is this token's to read and end:
         any call with ``calls.any_client``; the bound manager's calls for a manager token (placed by
         any client, by a link or from the desk phone: they are that manager's own calls); else the
@@ -115,8 +119,10 @@ def principal(request: web.Request) -> Principal:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def requires(permission: str) -> Callable[[Handler], Handler]:
-    """Decorator: the request must carry a valid token whose role has ``permission`` (401, 403: audited)."""
+def requires(permission: str, *alternatives: str) -> Callable[[Handler], Handler]:
+    """Decorator: the request must carry a valid token whose role has ``permission`` or one of the
+    ``alternatives`` (401, 403: audited). A handler that takes an alternative checks what it allows
+    with :func:`forbid_unless`."""
 
     def wrap(handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
@@ -124,16 +130,21 @@ def requires(permission: str) -> Callable[[Handler], Handler]:
             if who is None:
                 raise Unauthorized()
             request[PRINCIPAL] = who
-            if not who.may(permission):
-                await audit_denied(
-                    request, who.name, "forbidden", {"permission": permission, "role": who.role}
-                )
-                raise Forbidden()
+            if not any(who.may(p) for p in (permission, *alternatives)):
+                await forbid_unless(request, permission)
             return await handler(request)
 
         return _named(checked, handler, permission)
 
     return wrap
+
+
+async def forbid_unless(request: web.Request, *permissions: str) -> None:
+    """403 (audited, naming the first permission) unless the request's token has one of ``permissions``."""
+    who = principal(request)
+    if not any(who.may(p) for p in permissions):
+        await audit_denied(request, who.name, "forbidden", {"permission": permissions[0], "role": who.role})
+        raise Forbidden()
 
 
 def audited(permission: str) -> Callable[[Handler], Handler]:

@@ -21,11 +21,12 @@ from ..service import NotStarted, Refused
 from ..store.base import DatabaseUnavailable
 from ..store.calls import CallRow
 from . import idempotency, openapi
-from .auth import Principal, audit_denied, audited, principal, requires
+from .auth import Principal, audit_denied, audited, forbid_unless, principal, requires
 from .cursors import DEFAULT_LIMIT, MAX_LIMIT, PAGE_PARAMETERS, Listing
 from .cursors import MAX_LENGTH as MAX_CURSOR
 from .errors import (
     ApiError,
+    CallbackNotPossible,
     CallEnded,
     CallNotFound,
     InvalidRequest,
@@ -33,7 +34,7 @@ from .errors import (
     outcome_error,
     refusal_error,
 )
-from .params import Query, path_id, read_json
+from .params import ID_RE, Query, path_id, read_json
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,25 @@ def call_json(row: CallRow) -> dict[str, Any]:
         "has_recording": row.recording_available,
         "recording_state": row.recording_state,
         "recording_purged_at": _iso(row.recording_purged_at),
+        "caller_ref": row.caller_ref,
     }
 
 
-def _parse_create(body: Any, *, manager_optional: bool = False) -> tuple[str, str | None]:
-    """(order_id, manager_id); manager_id None only when ``manager_optional`` (a manager token's own)."""
+def _parse_create(body: Any, *, manager_optional: bool = False) -> tuple[str, str | None] | str:
+    """``(order_id, manager_id)`` (manager_id None only when ``manager_optional``: a manager token's
+    own), or the id of the missed call to call back (``callback_of``)."""
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
-    unknown = sorted(set(body) - {"order_id", "manager_id"})
+    unknown = sorted(set(body) - {"order_id", "manager_id", "callback_of"})
     if unknown:
         raise InvalidRequest(f"unknown field: {unknown[0][:40]}", details={"field": unknown[0][:40]})
+    if "callback_of" in body:
+        value = body["callback_of"]
+        if set(body) != {"callback_of"}:
+            raise InvalidRequest("callback_of comes alone: the order and the manager are the missed call's")
+        if not isinstance(value, str) or not ID_RE.fullmatch(value):
+            raise InvalidRequest("callback_of must be a call id", details={"field": "callback_of"})
+        return value
     values: dict[str, str] = {}
     for name in ("order_id", "manager_id"):
         value = body.get(name)
@@ -104,12 +114,35 @@ async def _as_whom(request: web.Request, who: Principal, asked: str | None) -> s
     return who.manager_id
 
 
+async def _missed_call(request: web.Request, call_id: str) -> tuple[str, str]:
+    """The order and manager of a missed inbound call this token may see, to call the customer back."""
+    row = await request.app[STORE].calls.get(call_id)
+    if row is None or not may_see(principal(request), row):
+        raise CallNotFound()
+    if (
+        row.direction != "inbound"
+        or row.outcome != "missed"
+        or row.order_id is None
+        or row.manager_id is None
+    ):
+        raise CallbackNotPossible()
+    return row.order_id, row.manager_id
+
+
 async def place(
-    request: web.Request, client: str, order_id: str, manager_id: str, *, actor: str | None = None
+    request: web.Request,
+    client: str,
+    order_id: str,
+    manager_id: str,
+    *,
+    actor: str | None = None,
+    callback_of: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Place a call for API client ``client`` through the service (as ``POST /v1/calls`` and a signed
     link do): 202 and the call, or the refusal raised as its ApiError."""
-    placed = await request.app[SERVICE].place_from_api(client, manager_id, order_id, actor=actor)
+    placed = await request.app[SERVICE].place_from_api(
+        client, manager_id, order_id, actor=actor, callback_of=callback_of
+    )
     if isinstance(placed, Refused):
         raise refusal_error(placed.reason)
     if isinstance(placed, NotStarted):
@@ -121,8 +154,10 @@ async def place(
     return 202, call_json(row or _live_row(placed, client))
 
 
-async def _create(request: web.Request, order_id: str, manager_id: str) -> tuple[int, dict[str, Any]]:
-    return await place(request, principal(request).name, order_id, manager_id)
+async def _create(
+    request: web.Request, order_id: str, manager_id: str, callback_of: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    return await place(request, principal(request).name, order_id, manager_id, callback_of=callback_of)
 
 
 def _live_row(call: Call, client: str) -> CallRow:
@@ -131,7 +166,7 @@ def _live_row(call: Call, client: str) -> CallRow:
     return CallRow(
         id=call.id,
         order_id=call.order_id,
-        manager_id=call.manager.id,
+        manager_id=call.manager.id if call.manager is not None else None,
         direction=call.direction,
         state=call.state.value,
         outcome=None,
@@ -148,16 +183,23 @@ def _live_row(call: Call, client: str) -> CallRow:
     )
 
 
-@requires("calls.create")
+@requires("calls.create", "calls.callback")
 async def create_call(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG].current
     key = idempotency.key_of(request)
     body = await read_json(request, config.api.max_body_bytes)
     who = principal(request)
-    order_id, asked = _parse_create(body, manager_optional=who.manager_id is not None)
-    manager_id = await _as_whom(request, who, asked)
+    parsed = _parse_create(body, manager_optional=who.manager_id is not None)
+    if isinstance(parsed, str):  # a call back of a missed call: its order and manager
+        await forbid_unless(request, "calls.callback", "calls.create")
+        callback_of: str | None = parsed
+        order_id, manager_id = await _missed_call(request, parsed)
+    else:
+        await forbid_unless(request, "calls.create")
+        order_id, asked = parsed
+        callback_of, manager_id = None, await _as_whom(request, who, asked)
     if key is None:
-        status, payload = await _create(request, order_id, manager_id)
+        status, payload = await _create(request, order_id, manager_id, callback_of)
         return _created(status, payload)
     first = await idempotency.claim(request, who.name, key, body)
     if isinstance(first, idempotency.Unrecorded):
@@ -167,7 +209,7 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     if first is not None:
         return _created(*first, replayed=True)
     try:
-        status, payload = await _create(request, order_id, manager_id)
+        status, payload = await _create(request, order_id, manager_id, callback_of)
     except ApiError as exc:
         status, payload = exc.status, exc.body()
     except BaseException:
@@ -259,19 +301,27 @@ async def end(request: web.Request, row: CallRow, client: str, *, actor: str | N
 _TIMESTAMP = openapi.TIME
 SCHEMAS: dict[str, Any] = {
     "CreateCall": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["order_id"],
-        "properties": {
-            "order_id": {"type": "string", "minLength": 1, "maxLength": _ID_MAX},
-            "manager_id": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": _ID_MAX,
-                "description": "required, except with a manager token: then its own manager (another "
-                "is 403 other_manager)",
+        "description": "An order and the manager to connect with its customer (permission calls.create; "
+        "manager_id may be left out with a manager token: then its own manager, another is 403 "
+        "other_manager); or callback_of alone: a missed inbound call whose customer is called back, with "
+        "the missed call's order and manager (permission calls.callback or calls.create)",
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["order_id"],
+                "properties": {
+                    "order_id": {"type": "string", "minLength": 1, "maxLength": _ID_MAX},
+                    "manager_id": {"type": "string", "minLength": 1, "maxLength": _ID_MAX},
+                },
             },
-        },
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["callback_of"],
+                "properties": {"callback_of": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}},
+            },
+        ],
     },
     "Call": {
         "type": "object",
@@ -293,12 +343,25 @@ SCHEMAS: dict[str, Any] = {
             "has_recording",
             "recording_state",
             "recording_purged_at",
+            "caller_ref",
         ],
         "properties": {
             "id": {"type": "string"},
-            "order_id": {"type": "string"},
-            "manager_id": {"type": "string"},
-            "direction": {"type": "string", "enum": ["phone", "api"]},
+            "order_id": {
+                "type": ["string", "null"],
+                "description": "null only for an inbound call from a caller without an order",
+            },
+            "manager_id": {
+                "type": ["string", "null"],
+                "description": "the manager who placed or answered the call; for a missed inbound call the "
+                "manager it was for (null when the caller has no order and no manager talked to them before)",
+            },
+            "direction": {
+                "type": "string",
+                "enum": ["phone", "api", "inbound"],
+                "description": "phone: a manager dialled *77; api: POST /v1/calls; inbound: a customer "
+                "called the shop's number",
+            },
             "state": {
                 "type": "string",
                 "enum": [
@@ -310,14 +373,17 @@ SCHEMAS: dict[str, Any] = {
                     "ending",
                     "ended",
                 ],
-                "description": "ending: the manager hears why the call did not go ahead, then is hung up",
+                "description": "ending: the manager hears why the call did not go ahead, then is hung up "
+                "(an inbound call: the caller hears that nobody answered); ringing_manager: on an inbound "
+                "call, the managers' phones ring while the caller hears ringing",
             },
             "outcome": {
                 "type": ["string", "null"],
                 "description": "completed, manager_no_answer, manager_unavailable, manager_abandoned, "
                 "customer_busy, customer_no_answer, customer_unavailable, customer_congestion, "
-                "customer_abandoned, cancelled, failed; a refused attempt's reason: denied, unknown_order, "
-                "invalid_phone, lookup_failed, unavailable, overloaded, database_unavailable",
+                "customer_abandoned, cancelled, failed, missed (an inbound call nobody answered, the "
+                "caller hanging up while managers rang included); a refused attempt's reason: denied, "
+                "unknown_order, invalid_phone, lookup_failed, unavailable, overloaded, database_unavailable",
             },
             "requested_at": {"type": "string", "format": "date-time"},
             "answered_at": _TIMESTAMP,
@@ -333,6 +399,14 @@ SCHEMAS: dict[str, Any] = {
             "recording_purged_at": {
                 **_TIMESTAMP,
                 "description": "when the retention deleted the recording (the call's row stays)",
+            },
+            "caller_ref": {
+                "type": ["string", "null"],
+                "pattern": "^[A-Z]{1,24}$",
+                "description": "an inbound call's caller: letters derived from a keyed hash of their "
+                "number (the same on every call of theirs, never the number), shown on the manager's phone "
+                "as 'Customer <ref>' when the caller has no order. null for a withheld number and on other "
+                "calls",
             },
         },
     },
@@ -352,7 +426,7 @@ openapi.register(
                     "parameters": [
                         openapi.param("manager", "manager id", openapi.text(64)),
                         openapi.param("order", "order id", openapi.text(64)),
-                        openapi.param("outcome", "e.g. completed, customer_busy", openapi.text(64)),
+                        openapi.param("outcome", "e.g. completed, customer_busy, missed", openapi.text(64)),
                         openapi.param(
                             "from", "requested at or after" + openapi.TIME_NOTE, openapi.TIME_FILTER
                         ),
@@ -371,7 +445,8 @@ openapi.register(
             "post": openapi.secured(
                 {
                     "operationId": "createCall",
-                    "summary": "Ring a manager, then connect them with the customer of an order",
+                    "summary": "Ring a manager, then connect them with the customer of an order (or call "
+                    "back the customer of a missed inbound call)",
                     "description": "A shop token names the manager; a manager token places calls as its "
                     "own manager only (403 other_manager for another), under the same policy as *77.",
                     "parameters": [
@@ -398,9 +473,10 @@ openapi.register(
                         },
                         "409": {
                             **openapi.error_responses(409)["409"],
-                            "description": "idempotency_key_in_use, manager_not_registered, or "
+                            "description": "idempotency_key_in_use, manager_not_registered, "
                             "manager_unavailable (the manager's phone could not be called: the call, named "
-                            "in details.call_id, has ended)",
+                            "in details.call_id, has ended), or callback_not_possible (callback_of names a "
+                            "call that is not a missed inbound call with an order and a manager)",
                         },
                         "422": {
                             **openapi.error_responses(422)["422"],

@@ -88,6 +88,11 @@ InvalidIdempotencyKey = _error(
 IdempotencyInProgress = _error(
     409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being handled"
 )
+CallbackNotPossible = _error(
+    409,
+    "callback_not_possible",
+    "only a missed inbound call whose caller has an order and a manager can be called back",
+)
 
 # -- signed call links (bridged.callpage): the message is what the link's page shows the manager --------
 LinksDisabled = _error(404, "links_disabled", "Call links are not enabled on this bridged.")

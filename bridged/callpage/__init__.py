@@ -128,6 +128,7 @@ OUTCOME_WORDS = {
     Outcome.MANAGER_UNAVAILABLE: "your phone could not be called",
     Outcome.CANCELLED: "the call was cancelled",
     Outcome.FAILED: "the call failed",
+    Outcome.MISSED: "nobody answered the customer's call",  # inbound only: no link places one
 }
 
 _CAPABILITY_RE = re.compile(r"Capability ([0-9a-f]{64})")
@@ -139,7 +140,7 @@ def client_of(manager: str) -> str:
     return f"link:{manager}"
 
 
-def progress(state: str, outcome: str | None, order_id: str) -> dict[str, Any]:
+def progress(state: str, outcome: str | None, order_id: str | None) -> dict[str, Any]:
     """A call as the page shows it: no id, no channel, no number; its phase, in words."""
     phase, words = PHASES.get(state, ("unknown", state.replace("_", " ")))
     if state == "ended" and outcome:

@@ -1,5 +1,6 @@
 """The call engine: every live call of this daemon, the ARI events routed to them, and what each state
-does with each event (REACTIONS, the state machine on one screen; the transitions are in model.py).
+does with each event (REACTIONS for the calls managers place, INBOUND_REACTIONS for customers calling the
+shop: each state machine on one screen; the transitions are in model.py).
 
 Events for one call are handled in order by that call's own worker task: the websocket reader only
 enqueues, so a slow call never stalls the others.
@@ -11,12 +12,13 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import dialplan, metrics
 from ..ari import AriClient, AriUnavailable
 from ..ari.nodes import NodeNames, set_node
+from ..callers import InboundCaller
 from ..config import ConfigHolder
 from ..labels import Labeller
 from ..outcomes import Outcome as O
@@ -25,7 +27,19 @@ from ..recording_state import EVENTS as RECORDING_EVENTS
 from ..store import Store
 from ..tasks import Tasks
 from .legs import Legs
-from .model import LEFT_FOR_GONE, Call, CallState, Event, PendingCall, caller_number, manager_leg_id
+from .model import (
+    INBOUND,
+    LEFT_FOR_GONE,
+    Call,
+    CallState,
+    Event,
+    InboundPlan,
+    PendingCall,
+    TurnedAway,
+    caller_number,
+    manager_leg_id,
+    new_call_id,
+)
 from .model import CallState as S
 from .model import Event as E
 from .reconcile import Reconciler
@@ -73,6 +87,40 @@ REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     (ANY, E.RECONCILE): Steps.recheck,
 }
 
+# An inbound call: the caller's channel is there first (the customer leg), bridged rings managers.
+# From a manager's answer on it is the conversation of an outbound call (the rows taken from REACTIONS).
+_CONVERSATION = [
+    (S.ANNOUNCING, E.ANNOUNCEMENT_DONE),
+    (S.BRIDGED, E.MANAGER_LEFT),
+    (S.BRIDGED, E.CUSTOMER_LEFT),
+    (S.BRIDGED, E.TERMINATE),
+    (ANY, E.MANAGER_LEFT),
+    (ANY, E.CUSTOMER_LEFT),
+    (ANY, E.TERMINATE),
+    (ANY, E.TRANSFER_ASKED),
+    (ANY, E.RECORDING_ENDED),
+    (ANY, E.RECONCILE),
+]
+INBOUND_REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
+    # the caller's channel entered bridged's application: who is calling, whom to ring
+    (S.REQUESTED, E.CUSTOMER_IN_STASIS): Steps.take_inbound,
+    # managers' phones ring (one, or a ring group at once); the caller hears ringing
+    (S.RINGING_MANAGER, E.MANAGER_IN_STASIS): Steps.inbound_answered,
+    (S.RINGING_MANAGER, E.MANAGER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
+    (S.RINGING_MANAGER, E.MANAGER_GONE): Steps.ring_on,
+    (S.RINGING_MANAGER, E.CUSTOMER_LEFT): ended(O.MISSED, "customer"),
+    # the caller hears that nobody answered (or that bridged cannot take the call), then is hung up
+    (S.ENDING, E.PROMPT_DONE): Steps.hang_up_caller,
+    (S.ENDING, E.CUSTOMER_LEFT): ended(O.MISSED, "customer", unless_decided=True),
+    (S.ENDING, E.MANAGER_LEFT): ignore,  # a phone that rang, hung up before the prompt
+    # a carrier's identity update, in any state: the label goes back on the caller's channel at once
+    (ANY, E.CUSTOMER_CALLER_ID): Steps.restore_caller_id,
+    **{key: REACTIONS[key] for key in _CONVERSATION},
+}
+
+# What an inbound call's worker asks the service (bridged.service.CallService.take_inbound).
+DecideInbound = Callable[[Call, InboundCaller], Awaitable[InboundPlan | TurnedAway]]
+
 
 # The ARI events the engine acts on; Asterisk is asked to send its application nothing else.
 EVENT_TYPES = frozenset(
@@ -117,13 +165,15 @@ class CallEngine:
         # start's reconcile hangs up strays and ends rows).
         self._background = Tasks()
         self._retries = Tasks()
-        self.rows = Rows(store, self._retries)
+        self.rows = Rows(store, self._retries, lambda: self.config.current.inbound.sticky_days)
         self.legs = Legs(config, ari, self._retries)
         self.recordings = Recordings(config, ari, self.rows)
         self.steps = Steps(self)
         self.reconciler = Reconciler(self)
         # Called with (call, state) after every state change, e.g. to queue webhooks.
         self.listeners = self.steps.listeners
+        # Set by the service: decides whether an inbound call goes ahead and whom it rings.
+        self.decide_inbound: DecideInbound | None = None
 
     # -- intake -----------------------------------------------------------------------------------
 
@@ -171,6 +221,10 @@ class CallEngine:
             if legs is not None and legs[0] is dialplan.Leg.ORDER and channel_id:
                 self._start_phone_call(legs[1], channel_id, event)
                 return
+            if legs is not None and legs[0] is dialplan.Leg.INBOUND and channel_id:
+                if channel_id not in self._by_channel:
+                    self._start_inbound_call(channel_id, event)
+                return
         call = self._route(event)
         if call is not None:
             call.queue.put_nowait(event)
@@ -206,6 +260,23 @@ class CallEngine:
         call = pending.call(channel_id)
         call.node = self.nodes.current()  # the node whose websocket brought the channel
         call.manager_up = (event.get("channel") or {}).get("state") == "Up"
+        metrics.CALLS_STARTED.inc()
+        self.register(call)
+        call.queue.put_nowait(event)
+
+    def _start_inbound_call(self, channel_id: str, event: dict[str, Any]) -> None:
+        """A customer called the shop's number: a call of its own from now on, so that everything that
+        happens to the caller's channel reaches it in order, while the service decides (its first step)."""
+        call = Call(
+            id=new_call_id(),
+            manager=None,
+            order_id=None,
+            direction=INBOUND,
+            order=None,
+            label=self.labeller.anonymous(),  # replaced by the service's decision; shown to nobody before
+            customer_channel_id=channel_id,
+            node=self.nodes.current(),  # the node whose websocket brought the caller
+        )
         metrics.CALLS_STARTED.inc()
         self.register(call)
         call.queue.put_nowait(event)
@@ -251,12 +322,18 @@ class CallEngine:
         """The call's events on a leg it has just named are routed to it."""
         self._by_channel[channel_id] = call
 
+    def forget_leg(self, channel_id: str, call: Call) -> None:
+        """A leg the call named but that does not exist (its originate failed): not the call's any more."""
+        if self._by_channel.get(channel_id) is call:
+            del self._by_channel[channel_id]
+
     def owned_channels(self) -> set[str]:
         return set(self._by_channel)
 
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.id, None)
-        for channel_id in (call.manager_channel_id, call.customer_channel_id):
+        rung = call.ring.rung if call.ring is not None else []
+        for channel_id in (call.manager_channel_id, call.customer_channel_id, *rung):
             if channel_id and self._by_channel.get(channel_id) is call:
                 del self._by_channel[channel_id]
 
@@ -300,13 +377,18 @@ class CallEngine:
         hangup causes, the Dial status, the playbacks that are over."""
         kind = event.get("type")
         legs = {call.manager_channel_id: "manager", call.customer_channel_id: "customer"}
-        side = legs.get(channel_of(event) or "-")
+        channel = channel_of(event) or "-"
+        ringing = call.ring is not None and channel in call.ring.legs
+        side = "manager" if ringing else legs.get(channel)
         if kind in _INTERNAL:
             return _INTERNAL[kind]
         if kind == "StasisStart" and side is not None:
             return E.MANAGER_IN_STASIS if side == "manager" else E.CUSTOMER_IN_STASIS
         if kind in _LEG_EVENTS and side is not None:
-            _note_leg_end(call, event, side == "manager")
+            if ringing:
+                _note_ring_end(call, event)
+            else:
+                _note_leg_end(call, event, side == "manager")
             gone = kind == "ChannelDestroyed"
             if side == "manager":
                 return E.MANAGER_GONE if gone else E.MANAGER_LEFT
@@ -340,10 +422,11 @@ class CallEngine:
     async def react(self, call: Call, happened: Event, event: dict[str, Any]) -> None:
         """What the call's state does with what happened: its row in REACTIONS (see there)."""
         left = LEFT_FOR_GONE.get(happened, happened)
+        table = INBOUND_REACTIONS if call.inbound else REACTIONS
         for key in ((call.state, happened), (call.state, left), (ANY, happened), (ANY, left)):
-            if key in REACTIONS:
+            if key in table:
                 if call.state is not CallState.ENDED:
-                    await REACTIONS[key](self.steps, call, event)
+                    await table[key](self.steps, call, event)
                 return
 
     # -- the daemon's lifecycle -------------------------------------------------------------------
@@ -391,6 +474,19 @@ def _note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:
         call.manager_cause = cause
         if call.state is CallState.RINGING_MANAGER:
             call.hangup_cause = cause
+
+
+def _note_ring_end(call: Call, event: dict[str, Any]) -> None:
+    """A manager's phone rung for an inbound call is going: its cause says why (busy, declined, rang out),
+    and it is the leg's alone (the call's hangup cause is the caller's)."""
+    assert call.ring is not None
+    channel = channel_of(event) or ""
+    kind = event.get("type")
+    if kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft")):
+        call.gone.add(channel)
+    cause = event.get("cause")
+    if isinstance(cause, int) and not isinstance(cause, bool):
+        call.ring.causes.setdefault(channel, cause)
 
 
 def channel_of(event: dict[str, Any], key: str = "channel") -> str | None:

@@ -1,7 +1,7 @@
 """What bridged does to the channels of its calls over ARI besides the calls' own steps: hangups that
 must happen (retried while Asterisk does not answer), the ringback tone, prompts and announcements, the
-label put back on a customer leg, a declined transfer, a stray channel turned away; and the variables
-every leg bridged originates carries (:func:`leg_variables`)."""
+label put on an inbound caller's channel and back on a customer leg, a declined transfer, a stray
+channel turned away; and the variables every leg bridged originates carries (:func:`leg_variables`)."""
 
 from __future__ import annotations
 
@@ -51,19 +51,22 @@ class Legs:
     # -- hangups ----------------------------------------------------------------------------------
 
     async def hang_up_all(self, call: Call) -> None:
-        """Both legs, but for those Asterisk is hanging up already."""
-        for channel_id in (call.manager_channel_id, call.customer_channel_id):
+        """Both legs (and an inbound call's managers' phones still ringing), but for those Asterisk is
+        hanging up already."""
+        ringing = list(call.ring.legs) if call.ring is not None else []
+        for channel_id in (call.manager_channel_id, call.customer_channel_id, *ringing):
             if channel_id and channel_id not in call.gone:
                 await self.hang_up(channel_id, may_be_gone=True)
 
-    async def hang_up(self, channel_id: str, *, may_be_gone: bool = False) -> None:
+    async def hang_up(self, channel_id: str, *, may_be_gone: bool = False, reason: str = "normal") -> None:
         """Hang a channel up; failures are logged, never raised (at debug when it may be gone already).
 
         A hangup Asterisk did not answer (overloaded, restarting) is retried in the background: lost,
-        it would leave a customer's line up with nobody on the other end.
+        it would leave a customer's line up with nobody on the other end. ``reason`` is ARI's (a phone
+        rung for an inbound call someone else took: ``answered_elsewhere``, which its CANCEL says).
         """
         try:
-            await self.ari.hangup(channel_id)
+            await self.ari.hangup(channel_id, reason)
         except AriUnavailable as exc:
             log.warning("hangup of %s failed: %s; retrying", channel_id, exc)
             self._retries.spawn(self.retry_hangup(channel_id), name=f"hangup-{channel_id}")
@@ -152,11 +155,25 @@ class Legs:
         call.prompt_playback_id = self.playback_id(call, "prompt")
         await self.ari.play(call.manager_channel_id or "", media(sounds), playback_id=call.prompt_playback_id)
 
+    async def prompt_caller(self, call: Call, sounds: str) -> None:
+        """Play ``sounds`` to an inbound caller (answering their channel first); raises what ARI raises."""
+        caller = call.customer_channel_id or ""
+        await self.ari.answer(caller)
+        call.prompt_playback_id = self.playback_id(call, "prompt")
+        # The caller's channel is the carrier's, not one bridged originated: the language goes with the play.
+        await self.ari.play(
+            caller, media(sounds), playback_id=call.prompt_playback_id, lang=self.config.current.language
+        )
+
     async def announce(self, call: Call, sounds: str) -> None:
         """Play ``sounds`` (the recording announcement) to the customer."""
         call.announcement_playback_id = self.playback_id(call, "announce")
         await self.ari.play(
-            call.customer_channel_id or "", media(sounds), playback_id=call.announcement_playback_id
+            call.customer_channel_id or "",
+            media(sounds),
+            playback_id=call.announcement_playback_id,
+            # An inbound caller's channel is the carrier's: no CHANNEL(language) of ours on it.
+            lang=self.config.current.language if call.inbound else None,
         )
 
     # -- what the legs carry ----------------------------------------------------------------------
@@ -166,10 +183,34 @@ class Legs:
         back in, so that Asterisk does not write the number into the leg's CDR."""
         call.customer_caller_id_dirty = False
         log.info("call %s: the trunk changed the customer leg's caller id; the label is put back", call.id)
-        try:
-            await self.ari.set_variable(call.customer_channel_id or "", "CALLERID(all)", call.label.caller_id)
-        except AriError as exc:
-            log.warning("call %s: putting the label back on the customer leg failed: %s", call.id, exc)
+        await self.label_customer_leg(call)
+
+    async def label_customer_leg(self, call: Call) -> None:
+        """The customer leg's caller id becomes the label; on an inbound caller's channel its ANI too
+        (``CALLERID(all)`` leaves the ANI alone, and it holds the number the call came in with). The CDR
+        then ends with the label (docs/asterisk.md, "Inbound calls")."""
+        names = ("CALLERID(all)", "CALLERID(ani-all)") if call.inbound else ("CALLERID(all)",)
+        await self._set_all(call, {name: call.label.caller_id for name in names}, "putting the label on")
+
+    async def clear_redirecting(self, call: Call) -> None:
+        """Empty an inbound caller's redirecting party (a forwarded call's Diversion or History-Info: the
+        caller's number): nothing bridged originates takes it from this channel, and no copy stays.
+        Option ``i``: set without sending a redirecting update, which the caller's channel would send the
+        carrier as "181 Call Is Being Forwarded" (one per value, measured on the rig)."""
+        empty = {"REDIRECTING(from-all,i)": "", "REDIRECTING(to-all,i)": "", "REDIRECTING(count,i)": "0"}
+        await self._set_all(call, empty, "emptying the redirecting party of")
+
+    async def _set_all(self, call: Call, values: dict[str, str], what: str) -> None:
+        channel = call.customer_channel_id or ""
+        results = await asyncio.gather(
+            *(self.ari.set_variable(channel, name, value) for name, value in values.items()),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, AriError):
+                log.warning("call %s: %s the customer leg failed: %s", call.id, what, result)
+            elif isinstance(result, BaseException):
+                raise result
 
     async def decline_transfer(self, call: Call, channel_id: str, side: str) -> None:
         log.warning("call %s: the %s's phone asked for a transfer; declined", call.id, side)

@@ -1,9 +1,11 @@
 """A masked call as data: its states and the transitions between them, the events it reacts to, the
 call itself, and the ids of its legs.
 
-A call links a manager's channel and a customer's channel (originated by bridged, on the trunk) in a
-mixing bridge. The customer's number is used exactly once, in the trunk dial string of the originate
-request; everything a manager's channel can see is an order label.
+A call links a manager's channel and a customer's channel in a mixing bridge. On an outbound call bridged
+originates the customer's channel on the trunk, and the customer's number is used exactly once, in its
+dial string. On an inbound call (direction ``inbound``) the customer's channel is the caller's, already
+there; bridged originates managers' legs (several at once for a ring group) until one answers.
+Everything a manager's channel can see is a label.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ class CallState(StrEnum):
     RINGING_CUSTOMER = "ringing_customer"
     ANNOUNCING = "announcing"
     BRIDGED = "bridged"
-    ENDING = "ending"  # the manager hears a prompt (why the call did not go ahead) before the hangup
+    # Before the hangup, the manager hears why the call did not go ahead (an inbound caller: that nobody
+    # answered, or that bridged cannot take the call).
+    ENDING = "ending"
     ENDED = "ended"
 
 
@@ -43,7 +47,17 @@ TRANSITIONS: dict[CallState, frozenset[CallState]] = {
     CallState.REQUESTED: frozenset(
         {CallState.RINGING_MANAGER, CallState.RINGING_CUSTOMER, CallState.ENDING, CallState.ENDED}
     ),
-    CallState.RINGING_MANAGER: frozenset({CallState.RINGING_CUSTOMER, CallState.ENDING, CallState.ENDED}),
+    # An outbound call rings the customer once the manager answered; an inbound call, whose caller is
+    # already on the line, announces the recording or bridges at once.
+    CallState.RINGING_MANAGER: frozenset(
+        {
+            CallState.RINGING_CUSTOMER,
+            CallState.ANNOUNCING,
+            CallState.BRIDGED,
+            CallState.ENDING,
+            CallState.ENDED,
+        }
+    ),
     CallState.RINGING_CUSTOMER: frozenset(
         {CallState.ANNOUNCING, CallState.BRIDGED, CallState.ENDING, CallState.ENDED}
     ),
@@ -64,8 +78,10 @@ class Event(StrEnum):
     ORIGINATE_MANAGER = "originate_manager"  # an HTTP call was accepted: ring the manager
     TERMINATE = "terminate"  # an API client asked to end the call
     RECONCILE = "reconcile"  # the event stream (re)connected: check the legs against Asterisk
-    MANAGER_IN_STASIS = "manager_in_stasis"  # the manager's channel entered bridged's application
-    CUSTOMER_IN_STASIS = "customer_in_stasis"  # the customer answered
+    # The manager's channel entered bridged's application (an inbound call: one of the legs rung answered).
+    MANAGER_IN_STASIS = "manager_in_stasis"
+    # The customer answered (an inbound call: the caller's channel entered bridged's application).
+    CUSTOMER_IN_STASIS = "customer_in_stasis"
     # A leg left: its hangup was requested or it left Stasis (its cause may still be to come) ...
     MANAGER_LEFT = "manager_left"
     CUSTOMER_LEFT = "customer_left"
@@ -74,7 +90,7 @@ class Event(StrEnum):
     MANAGER_GONE = "manager_gone"
     CUSTOMER_GONE = "customer_gone"
     ANNOUNCEMENT_DONE = "announcement_done"  # the recording announcement to the customer finished
-    PROMPT_DONE = "prompt_done"  # the prompt to the manager finished
+    PROMPT_DONE = "prompt_done"  # the prompt to the manager (an inbound call: to the caller) finished
     CUSTOMER_CALLER_ID = "customer_caller_id"  # the trunk put someone's identity on the customer leg
     TRANSFER_ASKED = "transfer_asked"  # a leg sent a REFER
     RECORDING_ENDED = "recording_ended"  # Asterisk's last event about the call's recording
@@ -84,6 +100,9 @@ class Event(StrEnum):
 LEFT_FOR_GONE = {Event.MANAGER_GONE: Event.MANAGER_LEFT, Event.CUSTOMER_GONE: Event.CUSTOMER_LEFT}
 
 
+INBOUND = "inbound"  # the direction of a call a customer made to the shop's number
+
+
 class ManagerLegFailed(Exception):
     """The manager's phone could not be called (HTTP path)."""
 
@@ -91,6 +110,11 @@ class ManagerLegFailed(Exception):
 def manager_leg_id(call_id: str) -> str:
     """The channel id of an HTTP call's manager leg (bridged originates it)."""
     return f"{call_id}-manager"
+
+
+def ring_leg_id(call_id: str, number: int) -> str:
+    """The channel id of the ``number``-th manager leg an inbound call rings (from 1)."""
+    return f"{call_id}-m{number}"
 
 
 def customer_leg_id(call_id: str) -> str:
@@ -120,15 +144,58 @@ RowWrite = Callable[[], Awaitable[None]]
 
 
 @dataclass
+class Ringing:
+    """Whom an inbound call rings: the steps still to try (each rung at once: one manager, or a whole ring
+    group), and the legs ringing now."""
+
+    steps: collections.deque[tuple[Manager, ...]]
+    # The caller's keyed hash (bridged.callers), to remember who talked to them; None: withheld.
+    caller_key: str | None = None
+    legs: dict[str, Manager] = field(default_factory=dict)  # channel id -> the manager it rings
+    rung: list[str] = field(default_factory=list)  # every leg originated, to forget with the call
+    causes: dict[str, int] = field(default_factory=dict)  # a leg gone unanswered -> its hangup cause
+
+
+@dataclass(frozen=True)
+class TurnedAway:
+    """An inbound call bridged does not take (its attempt's row, if any, is the service's): the caller
+    hears ``prompt`` and is hung up."""
+
+    prompt: str
+
+
+@dataclass(frozen=True)
+class InboundPlan:
+    """An inbound call the service took (bridged.service.CallService.take_inbound): whom it rings and
+    what their phones show. ``write_row`` writes its row, in state ``ringing_manager`` (while the first
+    phones are rung); it answers TurnedAway if bridged's database did not take it."""
+
+    write_row: Callable[[], Awaitable[TurnedAway | None]]
+    steps: tuple[tuple[Manager, ...], ...]
+    # The manager the call is for (its row's until someone answers): the one who last talked to the
+    # caller, else the manager of their order; None for a caller bridged cannot tell.
+    manager: Manager | None
+    order_id: str | None
+    label: Label
+    caller_key: str | None
+    caller_ref: str | None
+
+
+@dataclass
 class Call:
     id: str
-    manager: Manager
-    order_id: str
+    # An inbound call's manager is the one it is for until someone answers, then who answered; None for a
+    # caller bridged cannot tell, until someone answers.
+    manager: Manager | None
+    # None only for an inbound caller without an order (caller_ref names them, if their number is known).
+    order_id: str | None
     direction: str
     order: Order | None  # None for a call adopted after a restart: its number is never needed again
     # What the manager's phone is shown as the other party (bridged.labels; the name is not kept in
     # the row, so an adopted call's label is the order alone).
     label: Label = field(kw_only=True)
+    # An inbound caller without an order: letters derived from the keyed hash of their number (the row's).
+    caller_ref: str | None = field(default=None, kw_only=True)
     state: CallState = CallState.REQUESTED
     manager_channel_id: str | None = None
     customer_channel_id: str | None = None
@@ -169,6 +236,15 @@ class Call:
     handling: bool = False
     # Writes to the call's row the database did not take yet, oldest first (bridged.calls.rows).
     unwritten: collections.deque[tuple[str, RowWrite]] = field(default_factory=collections.deque)
+    # An inbound call: whom it rings (None on other calls, and once the plan is not known yet).
+    ring: Ringing | None = None
+    # False for an inbound call bridged turned away: the service wrote its attempt's row; the call writes
+    # nothing (and sends no webhook) while the caller hears why.
+    has_row: bool = True
+
+    @property
+    def inbound(self) -> bool:
+        return self.direction == INBOUND
 
 
 @dataclass

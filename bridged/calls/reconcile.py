@@ -17,7 +17,7 @@ from ..ari import AriError, background_requests
 from ..outcomes import Outcome
 from ..recording_state import RecordingState
 from ..store.calls import CallRow
-from .model import Call, CallState
+from .model import INBOUND, Call, CallState
 from .recording import recording_state_of
 
 if TYPE_CHECKING:
@@ -69,14 +69,20 @@ class Reconciler:
         self, row: CallRow, alive: set[str], states: dict[str, str], *, node: str, app: str
     ) -> None:
         engine = self.engine
-        manager = engine.config.current.manager_by_id(row.manager_id)
+        manager = None if row.manager_id is None else engine.config.current.manager_by_id(row.manager_id)
         live_legs = [c for c in (row.manager_channel_id, row.customer_channel_id) if c and c in alive]
         state = CallState(row.state)
-        if state in (CallState.REQUESTED, CallState.RINGING_MANAGER) and row.customer_channel_id in alive:
+        if (
+            row.direction != INBOUND  # an inbound caller's channel is there before any manager rings
+            and state in (CallState.REQUESTED, CallState.RINGING_MANAGER)
+            and row.customer_channel_id in alive
+        ):
             # The customer leg exists only once it has been originated; the row's state update,
             # sent along with the originate, had not landed when the daemon stopped.
             state = CallState.RINGING_CUSTOMER
         if manager is None or state not in _RESUMABLE or len(live_legs) < 2:
+            # An inbound call still ringing is not resumed either: its ringing legs are not in the row
+            # (the sweep hangs up the phones that still ring) and the caller is hung up: missed.
             await self._end_unseen(row, live_legs)
             return
         call = Call(
@@ -85,7 +91,8 @@ class Reconciler:
             order_id=row.order_id,
             direction=row.direction,
             order=None,
-            label=engine.labeller.label(row.order_id),
+            label=engine.labeller.of_caller(row.order_id, ref=row.caller_ref),
+            caller_ref=row.caller_ref,
             state=state,
             manager_channel_id=row.manager_channel_id,
             customer_channel_id=row.customer_channel_id,
@@ -134,7 +141,10 @@ class Reconciler:
                 pass
         if unjudged:
             await engine.recordings.judge_unseen(row, recording_live, bridge_found)
-        outcome = Outcome.COMPLETED if row.answered_at else Outcome.FAILED
+        if row.answered_at:
+            outcome = Outcome.COMPLETED
+        else:
+            outcome = Outcome.MISSED if row.direction == INBOUND else Outcome.FAILED
         metrics.CALLS_ENDED.inc(outcome.value)
         await engine.rows.ended_unseen(row, outcome)
         log.info("call %s finalized after reconnect: %s", row.id, outcome)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from ..outcomes import Outcome
 from ..recording_state import RecordingState
@@ -31,8 +32,10 @@ LAST_ROW_WRITES_SECONDS = 2.0
 
 
 class Rows:
-    def __init__(self, store: Store, retries: Tasks) -> None:
+    def __init__(self, store: Store, retries: Tasks, sticky_days: Callable[[], int]) -> None:
         self.store = store
+        # inbound.sticky_days of the config in force (reloaded on SIGHUP).
+        self.sticky_days = sticky_days
         self._retries = retries
         # Calls whose row has writes the database did not take yet (kept after the call is forgotten).
         self._unwritten: dict[str, Call] = {}
@@ -46,6 +49,34 @@ class Rows:
     async def node(self, call: Call) -> None:
         node = call.node
         await self._write(call, f"node {node}", lambda: self.store.calls.set_node(call.id, node))
+
+    async def answered(self, call: Call) -> None:
+        """An inbound call was answered: the row names who took it, and on which leg."""
+        assert call.manager is not None and call.manager_channel_id is not None
+        manager_id, channel_id = call.manager.id, call.manager_channel_id
+        await self._write(
+            call,
+            "answered",
+            lambda: self.store.calls.set_manager(
+                call.id, manager_id=manager_id, manager_channel_id=channel_id
+            ),
+        )
+
+    async def talked(self, call: Call) -> None:
+        """An inbound caller talks to a manager: the next call of theirs within inbound.sticky_days rings
+        that manager first (kept under the caller's keyed hash, never their number)."""
+        days = self.sticky_days()
+        key = call.ring.caller_key if call.ring is not None else None
+        if key is None or call.manager is None or days <= 0:
+            return
+        manager_id, order_id, at = call.manager.id, call.order_id, datetime.now(UTC)
+        await self._write(
+            call,
+            "sticky manager",
+            lambda: self.store.sticky.remember(
+                key, manager_id=manager_id, order_id=order_id, at=at, forget_before=at - timedelta(days=days)
+            ),
+        )
 
     async def bridged(self, call: Call) -> None:
         assert call.answered_at is not None and call.bridge_id is not None
@@ -71,7 +102,8 @@ class Rows:
                 outcome=outcome.value,
                 hangup_cause=hangup_cause,
                 ended_by=ended_by,
-                actor=call.manager.id,
+                # Who the call was with; a missed inbound call from a caller nobody knew: the caller.
+                actor=call.manager.id if call.manager is not None else "customer",
                 order_id=call.order_id,
                 ended_at=ended_at,
             ),
@@ -84,7 +116,7 @@ class Rows:
         )
 
     async def transfer_refused(self, call: Call, side: str) -> None:
-        actor = call.manager.id if side == "manager" else "customer"
+        actor = call.manager.id if side == "manager" and call.manager is not None else "customer"
         await self._write(
             call,
             "transfer audit",
@@ -144,6 +176,8 @@ class Rows:
 
     async def _write(self, call: Call, what: str, write: RowWrite) -> None:
         """Write to the call's row without ever letting the database decide the call's fate."""
+        if not call.has_row:  # an inbound call turned away: the service wrote its attempt's row
+            return
         if call.unwritten:  # earlier writes are still waiting: this one goes after them
             call.unwritten.append((what, write))
             return

@@ -1,7 +1,8 @@
 """bridged's own PostgreSQL, one class per aggregate, each with its own SQL (hand-written, ``$n``
 parameters, explicit column lists): ``store.calls``, ``store.audit``, ``store.idempotency``,
-``store.outbox``, ``store.settings``, ``store.links``, ``store.leases``. Every public method raises
-:class:`~bridged.store.base.DatabaseUnavailable` for an outage, whatever asyncpg raised.
+``store.outbox``, ``store.settings``, ``store.links``, ``store.sticky`` (who last talked to an inbound
+caller), ``store.leases``. Every public method raises :class:`~bridged.store.base.DatabaseUnavailable` for
+an outage, whatever asyncpg raised.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncpg
 
 from .audit import AuditTrail
+from .callers import StickyCallers
 from .calls import CallRows
 from .idempotency import IdempotencyKeys
 from .leases import AppLeases
@@ -27,3 +29,4 @@ class Store:
         self.settings = Settings(pool)
         self.links = CallLinks(pool)
         self.leases = AppLeases(pool)
+        self.sticky = StickyCallers(pool)

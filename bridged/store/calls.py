@@ -17,7 +17,7 @@ from .base import Aggregate, Page, unavailable_as_one_type
 COLUMNS = (
     "id, order_id, manager_id, direction, state, outcome, hangup_cause, requested_at, answered_at, "
     "ended_at, recording_name, manager_channel_id, customer_channel_id, bridge_id, ended_by, recording_state,"
-    " created_by, recording_purged_at, node"
+    " created_by, recording_purged_at, caller_ref, node"
 )
 # As CallRow.recording_available: a recording that was purged, or failed (nothing in it), is no recording.
 _RECORDING_AVAILABLE = (
@@ -28,8 +28,9 @@ _RECORDING_AVAILABLE = (
 @dataclass(frozen=True)
 class CallRow:
     id: str
-    order_id: str
-    manager_id: str
+    # None only for an inbound call: a caller without an order; a missed call from them has no manager.
+    order_id: str | None
+    manager_id: str | None
     direction: str
     state: str
     outcome: str | None
@@ -47,6 +48,8 @@ class CallRow:
     # The API client (token name) that placed the call; None for a call dialled from a phone.
     created_by: str | None = None
     recording_purged_at: datetime | None = None
+    # An inbound caller without an order: letters derived from the keyed hash of their number.
+    caller_ref: str | None = None
     # The Asterisk node the call's channels are on (``ari[].name``); None: the first node (rows written
     # before there was this column).
     node: str | None = None
@@ -77,8 +80,8 @@ class CallRows(Aggregate):
         self,
         *,
         call_id: str,
-        order_id: str,
-        manager_id: str,
+        order_id: str | None,
+        manager_id: str | None,
         direction: str,
         state: str,
         manager_channel_id: str | None,
@@ -87,14 +90,15 @@ class CallRows(Aggregate):
         details: dict[str, Any],
         customer_channel_id: str | None = None,
         created_by: str | None = None,
+        caller_ref: str | None = None,
         node: str | None = None,
     ) -> None:
         """The call row and its accepted ``call.request`` audit row, in one statement."""
         await self.pool.execute(
             "WITH c AS (INSERT INTO calls"
             " (id, order_id, manager_id, direction, state, manager_channel_id, ari_app, customer_channel_id,"
-            " created_by, node)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11, $12) RETURNING id, order_id)"
+            " created_by, caller_ref, node)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11, $12, $13) RETURNING id, order_id)"
             " INSERT INTO audit (actor, action, call_id, order_id, outcome, details)"
             " SELECT $8, 'call.request', c.id, c.order_id, 'accepted', $9::jsonb FROM c",
             call_id,
@@ -108,6 +112,7 @@ class CallRows(Aggregate):
             json.dumps(details),
             customer_channel_id,
             created_by,
+            caller_ref,
             node,
         )
 
@@ -115,21 +120,23 @@ class CallRows(Aggregate):
         self,
         *,
         call_id: str,
-        order_id: str,
-        manager_id: str,
+        order_id: str | None,
+        manager_id: str | None,
         direction: str,
         outcome: str,
         at: datetime,
         actor: str,
         details: dict[str, Any],
         created_by: str | None = None,
+        caller_ref: str | None = None,
     ) -> None:
         """A refused call attempt: its row, ended at once with ``outcome``, and its refused
         ``call.request`` audit row, both at ``at`` (when it was refused: a write retried once the database
         is back keeps the real time). One statement; a retry of one that did go through adds nothing."""
         await self.pool.execute(
             "WITH c AS (INSERT INTO calls (id, order_id, manager_id, direction, state, outcome,"
-            " requested_at, ended_at, created_by) VALUES ($1, $2, $3, $4, 'ended', $5, $6, $6, $9)"
+            " requested_at, ended_at, created_by, caller_ref)"
+            " VALUES ($1, $2, $3, $4, 'ended', $5, $6, $6, $9, $10)"
             " ON CONFLICT (id) DO NOTHING RETURNING id, order_id)"
             " INSERT INTO audit (at, actor, action, call_id, order_id, outcome, reason, details)"
             " SELECT $6, $7, 'call.request', c.id, c.order_id, 'refused', $5, $8::jsonb FROM c",
@@ -142,6 +149,7 @@ class CallRows(Aggregate):
             actor,
             json.dumps(details),
             created_by,
+            caller_ref,
         )
 
     # -- a live call's row ------------------------------------------------------------------------
@@ -156,6 +164,15 @@ class CallRows(Aggregate):
         could not be rung on the first one)."""
         await self.pool.execute(
             "UPDATE calls SET node = $2 WHERE id = $1 AND state <> 'ended'", call_id, node
+        )
+
+    async def set_manager(self, call_id: str, *, manager_id: str, manager_channel_id: str) -> None:
+        """An inbound call was answered: by this manager, on this leg."""
+        await self.pool.execute(
+            "UPDATE calls SET manager_id = $2, manager_channel_id = $3 WHERE id = $1 AND state <> 'ended'",
+            call_id,
+            manager_id,
+            manager_channel_id,
         )
 
     async def mark_bridged(

@@ -256,3 +256,94 @@ async def test_a_released_link_may_be_claimed_again(calls_store: Store | FakeSto
         None,
         {"error": {"id": "order_not_allowed"}},
     )
+
+
+# -- inbound calls ---------------------------------------------------------------------------------------
+
+
+async def test_an_inbound_call_may_name_no_order_and_no_manager_until_one_answers(
+    calls_store: Store | FakeStore,
+) -> None:
+    await calls_store.calls.insert_audited(
+        call_id="in1",
+        order_id=None,
+        manager_id=None,
+        direction="inbound",
+        state="requested",
+        manager_channel_id=None,
+        customer_channel_id="1764413784.12",
+        ari_app="bridged",
+        actor="customer",
+        details={"direction": "inbound"},
+        caller_ref="KXMRTPAW",
+    )
+    row = await calls_store.calls.get("in1")
+    assert row is not None
+    assert (row.direction, row.order_id, row.manager_id, row.caller_ref) == (
+        "inbound",
+        None,
+        None,
+        "KXMRTPAW",
+    )
+    await calls_store.calls.set_manager("in1", manager_id="boris", manager_channel_id="in1-m2")
+    row = await calls_store.calls.get("in1")
+    assert row is not None and (row.manager_id, row.manager_channel_id) == ("boris", "in1-m2")
+    await calls_store.calls.finish("in1", outcome="completed", hangup_cause=16, ended_by="customer")
+    # An ended row is never revived, by this write either.
+    await calls_store.calls.set_manager("in1", manager_id="anna", manager_channel_id="x")
+    row = await calls_store.calls.get("in1")
+    assert row is not None and row.manager_id == "boris"
+
+
+async def test_a_refused_inbound_attempt_keeps_its_reference(calls_store: Store | FakeStore) -> None:
+    await calls_store.calls.insert_refused(
+        call_id="in2",
+        order_id=None,
+        manager_id=None,
+        direction="inbound",
+        outcome="unavailable",
+        at=AT,
+        actor="customer",
+        details={"direction": "inbound"},
+        caller_ref="ABCDEFGH",
+    )
+    row = await calls_store.calls.get("in2")
+    assert row is not None and (row.state, row.outcome, row.caller_ref) == (
+        "ended",
+        "unavailable",
+        "ABCDEFGH",
+    )
+
+
+KEY = "ab" * 32
+OTHER = "cd" * 32
+
+
+async def test_who_last_talked_to_a_caller_is_kept_within_the_window(calls_store: Store | FakeStore) -> None:
+    sticky = calls_store.sticky
+    assert await sticky.last_talked(KEY, since=AT - timedelta(days=30)) is None
+    await sticky.remember(
+        KEY, manager_id="anna", order_id="123", at=AT, forget_before=AT - timedelta(days=30)
+    )
+    found = await sticky.last_talked(KEY, since=AT - timedelta(days=30))
+    assert found is not None and (found.manager_id, found.order_id, found.last_at) == ("anna", "123", AT)
+    assert await sticky.last_talked(KEY, since=AT + timedelta(seconds=1)) is None  # past the window
+    # A later talk replaces it; a retried older write does not.
+    later = AT + timedelta(hours=1)
+    await sticky.remember(KEY, manager_id="boris", order_id=None, at=later, forget_before=AT)
+    await sticky.remember(KEY, manager_id="anna", order_id="123", at=AT, forget_before=AT)
+    found = await sticky.last_talked(KEY, since=AT)
+    assert found is not None and (found.manager_id, found.order_id, found.last_at) == ("boris", None, later)
+
+
+async def test_remembering_a_caller_forgets_those_past_the_window(calls_store: Store | FakeStore) -> None:
+    sticky = calls_store.sticky
+    await sticky.remember(
+        OTHER, manager_id="anna", order_id=None, at=AT, forget_before=AT - timedelta(days=1)
+    )
+    much_later = AT + timedelta(days=40)
+    await sticky.remember(
+        KEY, manager_id="boris", order_id=None, at=much_later, forget_before=much_later - timedelta(days=30)
+    )
+    assert await sticky.last_talked(OTHER, since=datetime(1970, 1, 1, tzinfo=UTC)) is None
+    assert await sticky.last_talked(KEY, since=AT) is not None

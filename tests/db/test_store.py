@@ -7,6 +7,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+import pytest
+
 from bridged.store import Store
 from bridged.store.settings import CURSOR_SECRET_KEY
 
@@ -275,3 +278,31 @@ async def test_link_rows_are_kept_until_expired_and_past_their_capability(store:
     # Past 24 hours, a capability follows nothing.
     assert await store.links.by_capability("c-live") is None
     assert await store.links.by_capability("c-new") is not None
+
+
+async def test_the_schema_keeps_outbound_calls_named_and_caller_references_letters_only(store: Store) -> None:
+    """Only an inbound call may lack an order or a manager; a caller reference is letters, never digits;
+    the sticky table holds 64-hex keys (a keyed hash), never a number."""
+    base = {
+        "call_id": "x1",
+        "direction": "phone",
+        "state": "requested",
+        "manager_channel_id": None,
+        "ari_app": "bridged",
+        "actor": "anna",
+        "details": {},
+    }
+    with pytest.raises(asyncpg.CheckViolationError):
+        await store.calls.insert_audited(order_id=None, manager_id="anna", **base)  # type: ignore[arg-type]
+    with pytest.raises(asyncpg.CheckViolationError):
+        await store.calls.insert_audited(  # type: ignore[arg-type]
+            order_id=None, manager_id=None, caller_ref="+79161234567", **{**base, "direction": "inbound"}
+        )
+    with pytest.raises(asyncpg.CheckViolationError):
+        await store.sticky.remember(
+            "79161234567",
+            manager_id="anna",
+            order_id=None,
+            at=datetime.now(UTC),
+            forget_before=datetime.now(UTC),
+        )

@@ -150,7 +150,8 @@ def make_bridged(
         """bridged with these managers' phones on the rig; the ones in ``offline`` are not registered
         (their endpoint's AOR has no contact: ARI says "offline", an originate fails at once).
         ``extra_for(phones)``: the config's ``extra`` made once the managers' ids are known (a token
-        bound to one of them)."""
+        bound to one of them). ``extra`` may also be such a function of the managers' phones, returning
+        the config merged over the generated one."""
         phones = [
             ManagerPhone(
                 id=f"{m}{rig_alloc.unique_name('')}",
@@ -163,6 +164,8 @@ def make_bridged(
         unregistered = {p.endpoint for m, p in zip(manager_ids, phones, strict=True) if m in offline}
         if extra_for is not None:
             options["extra"] = extra_for(phones)
+        if callable(options.get("extra")):
+            options["extra"] = options["extra"](phones)
         daemon = Bridged(asterisk, shop, trace_dir, phones, **options)
         conf = "\n".join(
             manager_endpoint_conf(

@@ -24,6 +24,7 @@ from .harness import (  # noqa: F401 - fixtures
     new_order_id,
     wait_for,
 )
+from .test_http_calls import manager_phone
 from .test_review_api import TOKENS, token_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -249,3 +250,88 @@ def test_ops_page_in_russian_by_accept_language_and_in_english_by_the_switch(
             assert not [e for e in errors if "422" not in e], errors
         finally:
             browser.close()
+
+
+def _missed_row(daemon, call_id: str, order_id: str | None, manager_id: str | None, ref: str) -> None:
+    """A missed inbound call's row as bridged writes it (tests/e2e/test_inbound.py makes real ones)."""
+    order = "NULL" if order_id is None else f"'{order_id}'"
+    manager = "NULL" if manager_id is None else f"'{manager_id}'"
+    daemon.sql(
+        "INSERT INTO calls (id, order_id, manager_id, direction, state, outcome, ended_by, requested_at,"
+        f" ended_at, caller_ref, ari_app) VALUES ('{call_id}', {order}, {manager}, 'inbound', 'ended', 'missed',"
+        f" 'customer', now(), now(), '{ref}', '{daemon.app}')"
+    )
+
+
+def test_ops_lists_missed_calls_and_calls_a_customer_back(
+    make_bridged, asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """An ops token sees the missed calls; "Call back" places an ordinary masked call for the missed call's
+    order and manager (the manager's phone first, then the customer); a caller without an order has no
+    call back."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (scripts/bootstrap installs it)")
+    daemon = make_bridged(("mia",), extra=token_config())
+    mia = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Lena Orlova", mia.id)
+    known, unknown = f"missedk{order}", f"missedu{order}"
+    _missed_row(daemon, unknown, None, None, "ABCDEFGH")
+    _missed_row(daemon, known, order, mia.id, "KXMRTPAW")
+    ops_name, ops_token = TOKENS["ops"]
+    phone = manager_phone(mia, trace_dir, hold_ms=2500)
+    customer = carrier(trace_dir, rig_alloc, hold_ms=30000)
+
+    traffic: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("response", lambda r: traffic.append(r.text()) if "/v1/" in r.url else None)
+            page.goto(f"http://127.0.0.1:{daemon.http_port}/ops/")
+            page.keyboard.type(ops_token)
+            page.keyboard.press("Enter")
+            page.wait_for_selector(f'#missed-table tr[data-call-id="{known}"]')
+            no_order = page.locator(f'#missed-table tr[data-call-id="{unknown}"]')
+            assert "customer ABCDEFGH" in no_order.inner_text()
+            assert "no order: cannot call back" in no_order.inner_text()
+            assert no_order.locator("button").count() == 0
+            # Call back with the keyboard.
+            button = page.locator(f'#missed-table tr[data-call-id="{known}"] button.callback')
+            button.focus()
+            page.keyboard.press("Enter")
+            page.wait_for_function(
+                "id => document.querySelector(`#missed-table tr[data-call-id='${id}'] td[data-callback-id]`)",
+                arg=known,
+            )
+            placed = page.evaluate(
+                "id => document.querySelector(`#missed-table tr[data-call-id='${id}'] td[data-callback-id]`)"
+                ".dataset.callbackId",
+                known,
+            )
+            html = page.content()
+            page.screenshot(path=str(trace_dir / "ops-missed.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+
+    assert phone.wait(timeout=40) == 0, phone.describe()
+    customer.wait(timeout=20)
+    row = wait_for(
+        lambda: [r for r in daemon.call_rows(mia.id) if r["id"] == placed and r["state"] == "ended"],
+        15,
+        "the call back ended",
+    )[0]
+    assert (row["order_id"], row["direction"], row["created_by"], row["outcome"]) == (
+        order,
+        "api",
+        ops_name,
+        "completed",
+    )
+    [request] = [a for a in daemon.audit_rows(f"token:{ops_name}") if a["call_id"] == placed]
+    assert request["details"]["callback_of"] == known
+    assert f"Order {order} Lena O." in phone.messages()
+    assert_not_leaked(number, page_html=html, network="\n".join(traffic), manager_sip_trace=phone.messages())

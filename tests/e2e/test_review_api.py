@@ -481,7 +481,13 @@ def test_role_matrix_and_every_denial_is_audited(rig: Rig) -> None:
     assert me == {
         "name": "ops-olga",
         "role": "ops",
-        "permissions": ["calls.any_client", "calls.list", "calls.read", "recordings.listen"],
+        "permissions": [
+            "calls.any_client",
+            "calls.callback",
+            "calls.list",
+            "calls.read",
+            "recordings.listen",
+        ],
     }
 
 

@@ -30,6 +30,7 @@ from bridged.labels import Label, Labeller
 from bridged.orders import Order
 from bridged.redact import PhoneNumber, RedactingFilter, digits
 from bridged.store.base import DatabaseUnavailable
+from bridged.store.callers import Sticky
 from bridged.store.calls import CallRow
 from bridged.store.links import LinkUse
 
@@ -501,6 +502,7 @@ class FakeStore:
         self.calls = FakeCallRows(self)
         self.audit = FakeAuditTrail(self)
         self.links = FakeCallLinks(self)
+        self.sticky = FakeStickyCallers()
 
     def add_row(self, *, ari_app: str | None = None, **fields: Any) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -523,10 +525,15 @@ class FakeStore:
             "created_by": None,
             "recording_purged_at": None,
             "node": None,
+            "caller_ref": None,
         }
         unknown = set(fields) - set(row)
         assert not unknown, unknown
-        assert fields.get("direction", "phone") in ("phone", "api")  # the table's CHECK
+        # The table's CHECKs.
+        direction = fields.get("direction", "phone")
+        assert direction in ("phone", "api", "inbound")
+        if direction != "inbound":
+            assert fields.get("order_id", "123") is not None and fields.get("manager_id", "anna") is not None
         row.update(fields)
         self.rows[row["id"]] = row
         if ari_app is not None:
@@ -581,8 +588,8 @@ class FakeCallRows:
         self,
         *,
         call_id: str,
-        order_id: str,
-        manager_id: str,
+        order_id: str | None,
+        manager_id: str | None,
         direction: str,
         state: str,
         manager_channel_id: str | None,
@@ -591,6 +598,7 @@ class FakeCallRows:
         details: dict[str, Any],
         customer_channel_id: str | None = None,
         created_by: str | None = None,
+        caller_ref: str | None = None,
         node: str | None = None,
     ) -> None:
         assert call_id not in self._rows, "duplicate call id"
@@ -604,6 +612,7 @@ class FakeCallRows:
             customer_channel_id=customer_channel_id,
             created_by=created_by,
             node=node,
+            caller_ref=caller_ref,
         )
         self._store.apps[call_id] = ari_app
         await self._store.audit.add(
@@ -619,14 +628,15 @@ class FakeCallRows:
         self,
         *,
         call_id: str,
-        order_id: str,
-        manager_id: str,
+        order_id: str | None,
+        manager_id: str | None,
         direction: str,
         outcome: str,
         at: datetime,
         actor: str,
         details: dict[str, Any],
         created_by: str | None = None,
+        caller_ref: str | None = None,
     ) -> None:
         if call_id in self._rows:  # ON CONFLICT DO NOTHING: a retry adds nothing
             return
@@ -640,6 +650,7 @@ class FakeCallRows:
             requested_at=at,
             ended_at=at,
             created_by=created_by,
+            caller_ref=caller_ref,
         )
         await self._store.audit.add(
             actor=actor,
@@ -664,6 +675,10 @@ class FakeCallRows:
     async def set_node(self, call_id: str, node: str) -> None:
         if (row := self._live(call_id)) is not None:
             row["node"] = node
+
+    async def set_manager(self, call_id: str, *, manager_id: str, manager_channel_id: str) -> None:
+        if (row := self._live(call_id)) is not None:
+            row.update(manager_id=manager_id, manager_channel_id=manager_channel_id)
 
     async def mark_bridged(
         self, call_id: str, *, answered_at: datetime, bridge_id: str, recording_name: str | None
@@ -791,6 +806,26 @@ class FakeCallLinks:
         return None
 
 
+class FakeStickyCallers:
+    """Mirrors ``StickyCallers``: caller key -> Sticky."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Sticky] = {}
+
+    async def last_talked(self, caller_key: str, *, since: datetime) -> Sticky | None:
+        found = self.rows.get(caller_key)
+        return found if found is not None and found.last_at >= since else None
+
+    async def remember(
+        self, caller_key: str, *, manager_id: str, order_id: str | None, at: datetime, forget_before: datetime
+    ) -> None:
+        for key in [k for k, row in self.rows.items() if row.last_at < forget_before and k != caller_key]:
+            del self.rows[key]
+        found = self.rows.get(caller_key)
+        if found is None or found.last_at <= at:
+            self.rows[caller_key] = Sticky(manager_id, order_id, at)
+
+
 class _Outage:
     """An aggregate whose every coroutine method raises DatabaseUnavailable while its store is down."""
 
@@ -821,3 +856,4 @@ class DownStore(FakeStore):
         self.calls = _Outage(self, self.calls)  # type: ignore[assignment]
         self.audit = _Outage(self, self.audit)  # type: ignore[assignment]
         self.links = _Outage(self, self.links)  # type: ignore[assignment]
+        self.sticky = _Outage(self, self.sticky)  # type: ignore[assignment]

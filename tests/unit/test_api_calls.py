@@ -257,3 +257,84 @@ async def test_a_manager_leg_that_cannot_be_originated_is_409_manager_unavailabl
     assert (resp.status, body["error"]["id"]) == (409, "manager_unavailable"), body
     row = store.rows[body["error"]["details"]["call_id"]]
     assert (row["state"], row["outcome"], row["ended_by"]) == ("ended", "manager_unavailable", "bridged")
+
+
+# -- calling back a missed inbound call --------------------------------------------------------------------
+
+
+def _missed(store: DownStore, call_id: str, **fields: Any) -> None:
+    values = {
+        "direction": "inbound",
+        "state": "ended",
+        "outcome": "missed",
+        "order_id": "123",
+        "manager_id": "anna",
+        "caller_ref": "KXMRTPAW",
+    }
+    store.add_row(id=call_id, **{**values, **fields})
+
+
+async def test_ops_calls_back_a_missed_call_with_its_order_and_manager_and_nothing_else(served: Any) -> None:
+    """calls.callback: ops may have bridged call back the customer of a missed call (an ordinary masked
+    call, the manager first); the order and the manager are the missed call's, never the client's."""
+    client, ari, store = served
+    _missed(store, "missed-1")
+    resp = await client.post("/v1/calls", json={"callback_of": "missed-1"}, headers=auth("ops-1"))
+    body = await resp.json()
+    assert resp.status == 202, body
+    assert (body["order_id"], body["manager_id"], body["direction"]) == ("123", "anna", "api")
+    row = store.rows[body["id"]]
+    assert row["created_by"] == "ops-1"
+    accepted = store.audits[-1]
+    assert (accepted["actor"], accepted["outcome"], accepted["details"]["callback_of"]) == (
+        "token:ops-1",
+        "accepted",
+        "missed-1",
+    )
+    [originate] = ari.named("originate")
+    assert originate["endpoint"] == "PJSIP/anna" and originate["caller_id"] == '"Order 123 Ivan P." <*77123>'
+    # ops may not place any other call: calls.create stays with the shop's backend.
+    resp = await client.post(
+        "/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth("ops-1")
+    )
+    assert (resp.status, (await resp.json())["error"]["id"]) == (403, "forbidden")
+    assert store.audits[-1]["action"] == "api.denied"
+    assert store.audits[-1]["details"]["permission"] == "calls.create"
+
+
+@pytest.mark.parametrize(
+    ("fields", "who", "status", "error"),
+    [
+        ({}, "shop-1", 404, "call_not_found"),  # a shop sees no inbound call: as if it did not exist
+        ({"outcome": "completed"}, "ops-1", 409, "callback_not_possible"),
+        ({"direction": "phone", "outcome": "customer_busy"}, "ops-1", 409, "callback_not_possible"),
+        ({"order_id": None, "manager_id": None}, "ops-1", 409, "callback_not_possible"),  # no order
+        ({"manager_id": None}, "ops-1", 409, "callback_not_possible"),
+    ],
+)
+async def test_only_a_missed_call_with_an_order_and_a_manager_is_called_back(
+    served: Any, fields: dict[str, Any], who: str, status: int, error: str
+) -> None:
+    client, ari, store = served
+    _missed(store, "missed-2", **fields)
+    resp = await client.post("/v1/calls", json={"callback_of": "missed-2"}, headers=auth(who))
+    assert (resp.status, (await resp.json())["error"]["id"]) == (status, error)
+    assert ari.named("originate") == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"callback_of": "missed-3", "order_id": "1"},
+        {"callback_of": "missed-3", "manager_id": "boris"},
+        {"callback_of": 7},
+        {"callback_of": "x y"},
+        {"callback_of": "x" * 65},
+    ],
+)
+async def test_callback_of_comes_alone_and_names_a_call(served: Any, body: dict[str, Any]) -> None:
+    client, ari, store = served
+    _missed(store, "missed-3")
+    resp = await client.post("/v1/calls", json=body, headers=auth("ops-1"))
+    assert (resp.status, (await resp.json())["error"]["id"]) == (422, "invalid_request")
+    assert ari.named("originate") == []

@@ -36,6 +36,7 @@ from bridged.config import Config, ConfigHolder, RecordingConfig
 from bridged.outcomes import Outcome
 from bridged.redact import digits
 from bridged.store.audit import AuditTrail
+from bridged.store.callers import StickyCallers
 from bridged.store.calls import CallRows
 from bridged.store.links import CallLinks
 from tests.unit.fakes import (
@@ -45,6 +46,7 @@ from tests.unit.fakes import (
     FakeAuditTrail,
     FakeCallLinks,
     FakeCallRows,
+    FakeStickyCallers,
     FakeStore,
     caller_id_changed,
     channel_destroyed,
@@ -173,6 +175,7 @@ async def env() -> AsyncIterator[Env]:
         (FakeCallRows, CallRows),
         (FakeAuditTrail, AuditTrail),
         (FakeCallLinks, CallLinks),
+        (FakeStickyCallers, StickyCallers),
     ],
 )
 def test_fakes_mirror_real_signatures(fake: type, real: type) -> None:

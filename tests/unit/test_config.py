@@ -525,3 +525,98 @@ def test_prompts_and_the_announcement_are_sound_names(key: str, value: str, prob
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert info.value.lines == [f"{key}: {problem}"]
+
+
+# -- inbound calls ---------------------------------------------------------------------------------------
+
+INBOUND_SECRET = "k" * 40
+
+
+def _inbound(**values: Any) -> dict[str, Any]:
+    data = copy.deepcopy(example_data())
+    data["inbound"].update(numbers=["+15550100"], fallback=["anna"], secret=INBOUND_SECRET)
+    data["inbound"].update(values)
+    return data
+
+
+def test_the_example_takes_no_inbound_call_and_documents_the_defaults() -> None:
+    config = parse_config(example_data())
+    assert not config.inbound.enabled
+    assert (config.inbound.ring_timeout, config.inbound.ring_group, config.inbound.ring_team) == (
+        20,
+        "sequential",
+        True,
+    )
+    assert (config.inbound.sticky_days, config.inbound.missed_prompt) == (30, "vm-nobodyavail")
+    assert config.orders.reverse_query is not None and "$1" in config.orders.reverse_query
+
+
+def test_an_inbound_section_loads() -> None:
+    config = parse_config(
+        _inbound(numbers=["+15550100", "8 (495) 123-45-67"], ring_group="simultaneous", sticky_days=0)
+    )
+    assert config.inbound.enabled
+    assert config.inbound.numbers == ("+15550100", "8 (495) 123-45-67")
+    assert config.inbound.fallback == ("anna",)
+    assert config.inbound.secret == INBOUND_SECRET
+    assert (config.inbound.ring_group, config.inbound.sticky_days) == ("simultaneous", 0)
+
+
+INBOUND_ERRORS: list[tuple[dict[str, Any], str, str]] = [
+    ({"secret": None}, "inbound.secret", "is required when inbound.numbers is set"),
+    ({"secret": "change-me"}, "inbound.secret", "must be a real random secret of at least 32 characters"),
+    ({"secret": "x" * 31}, "inbound.secret", "must be a real random secret of at least 32 characters"),
+    ({"fallback": []}, "inbound.fallback", "is required when inbound.numbers is set"),
+    ({"fallback": ["carol"]}, "inbound.fallback[0]", "'carol' is not a manager id"),
+    ({"fallback": [7]}, "inbound.fallback[0]", "must be a string; YAML read 7 as a number: quote it"),
+    ({"numbers": [15550100]}, "inbound.numbers[0]", "must be a string; YAML read 15550100 as a number"),
+    ({"numbers": ["sip:shop@host"]}, "inbound.numbers[0]", "must be a phone number"),
+    ({"numbers": "+15550100"}, "inbound.numbers", "must be a list of the shop's numbers"),
+    ({"ring_group": "round_robin"}, "inbound.ring_group", "must be one of sequential, simultaneous"),
+    ({"ring_timeout": 1}, "inbound.ring_timeout", "must be between 5 and 300"),
+    ({"sticky_days": -1}, "inbound.sticky_days", "must be between 0 and 3650"),
+    ({"ring_team": "yes"}, "inbound.ring_team", "must be true or false"),
+    ({"stiky_days": 3}, "inbound.stiky_days", "is not a known key; did you mean 'sticky_days'?"),
+]
+
+
+@pytest.mark.parametrize(("values", "key", "message"), INBOUND_ERRORS)
+def test_inbound_settings_are_validated(values: dict[str, Any], key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_inbound(**values))
+    assert dict(info.value.problems)[key].startswith(message), info.value.problems
+
+
+def test_a_reverse_query_must_take_the_callers_number() -> None:
+    data = copy.deepcopy(example_data())
+    data["orders"]["reverse_query"] = "SELECT 1 AS order_id"
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert (info.value.key, info.value.message) == (
+        "orders.reverse_query",
+        "must use $1 for the caller's number (E.164)",
+    )
+    data["orders"]["reverse_query"] = ""
+    assert parse_config(data).orders.reverse_query is None
+
+
+def test_check_config_says_when_the_shops_database_could_not_be_asked(tmp_path: Path) -> None:
+    """Offline, the file is still checked and valid (exit 0), and the output says what was not checked."""
+    data = example_data()
+    data["orders"]["dsn"] = "postgresql://shop_reader:pw@127.0.0.1:9/shop"  # nobody listens on port 9
+    path = tmp_path / "bridged.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = _check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert "the shop's database shop_reader@127.0.0.1:9/shop did not answer" in result.stdout
+    assert "orders.query and orders.reverse_query were not checked" in result.stdout
+    assert "pw" not in result.stdout.replace(str(path), "")
+    offline = subprocess.run(
+        [sys.executable, "-m", "bridged", "check-config", "--offline", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert "not checked: --offline" in offline.stdout

@@ -137,3 +137,47 @@ def test_stasis_arguments_round_trip(leg: dialplan.Leg) -> None:
 @pytest.mark.parametrize("args", [[], ["order"], ["dial", "1"], [5, "1"]])
 def test_other_stasis_arguments_are_no_call(args: list[object]) -> None:
     assert dialplan.parse_app_args(args) is None  # type: ignore[arg-type]
+
+
+def _context(name: str) -> str:
+    """One context of the dialplan (without comments), up to the next one."""
+    return CODE.split(f"[{name}]", 1)[1].split("\n[", 1)[0]
+
+
+def test_inbound_calls_enter_bridgeds_application_with_the_presentation_only() -> None:
+    inbound = _context(dialplan.INBOUND_CONTEXT)
+    stasis = re.findall(r"Stasis\(([^,]+),(.*)\)$", inbound, re.M)
+    assert stasis == [(f"${{{dialplan.TARGET}}}", f"{dialplan.Leg.INBOUND.value},${{CALLERID(pres)}}")]
+    # BRIDGED_APP (or the default application), then BRIDGED_APP_2, _3, ... while Stasis() comes back.
+    assert (
+        f'Set(BRIDGED_TARGET=${{IF($["${{BRIDGED_APP}}" = ""]?{dialplan.DEFAULT_APP}:${{BRIDGED_APP}})}})'
+        in inbound
+    )
+    assert "Set(BRIDGED_TARGET=${BRIDGED_APP_${BRIDGED_TRY}})" in inbound
+    assert 'GotoIf($["${BRIDGED_TARGET}" != ""]?enter)' in inbound
+    assert inbound.index("n(enter),Stasis(") < inbound.index("BRIDGED_TRY=$[${BRIDGED_TRY} + 1]")
+    assert dialplan.parse_app_args(["inbound", "prohib_not_screened"]) == (
+        dialplan.Leg.INBOUND,
+        "prohib_not_screened",
+    )
+    # The caller hears ringing, a REFER goes to bridged, and a Stasis() no daemon took is a prompt.
+    [(name, value)] = dialplan.NO_TRANSFERS.items()
+    assert f"Set({name}={value})" in inbound
+    assert inbound.index("Ringing()") < inbound.index("Stasis(")
+    assert inbound.index("?enter)") < inbound.index("Playback(please-try-call-later)")
+
+
+def test_nothing_in_the_inbound_context_dials_or_copies_the_callers_identity() -> None:
+    """No Dial(), no Local/ channel, no caller id number in any application's data (CDR lastdata)."""
+    inbound = _context(dialplan.INBOUND_CONTEXT)
+    for forbidden in (
+        "Dial(",
+        "Local/",
+        "CALLERID(num",
+        "CALLERID(all",
+        "CALLERID(ani",
+        "REDIRECTING(",
+        "AGI(",
+    ):
+        assert forbidden not in inbound, forbidden
+    assert re.search(r"^exten => _\[\+0-9\]\.,1,", inbound, re.M)

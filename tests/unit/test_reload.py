@@ -157,3 +157,19 @@ def test_a_new_link_secret_and_a_manager_token_are_applied(tmp_path: Path, caplo
     assert [(t.role, t.manager) for t in result.api.tokens] == [("manager", "anna")]
     assert "need a restart" not in caplog.text
     assert old_secret not in caplog.text and new_secret not in caplog.text
+
+
+def test_the_inbound_routing_follows_the_managers_on_reload(tmp_path: Path) -> None:
+    """A fallback names managers: a reload that replaces them takes the new fallback with them."""
+    inbound = {"numbers": ["+15550100"], "fallback": ["anna"], "secret": "s" * 32}
+    current = parse_config(_config(inbound=inbound))
+    path = _write(
+        tmp_path,
+        _config(
+            managers=[{"id": "boris", "endpoint": "boris"}],
+            inbound={**inbound, "fallback": ["boris"], "ring_group": "simultaneous"},
+        ),
+    )
+    result = reload_config(path, current, lambda c: None)
+    assert result is not None
+    assert (result.inbound.fallback, result.inbound.ring_group) == (("boris",), "simultaneous")

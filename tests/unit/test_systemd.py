@@ -102,7 +102,7 @@ def test_unit_file_has_what_a_well_kept_service_needs() -> None:
     assert single["NotifyAccess"] == "main"
     assert single["Restart"] == "on-failure"
     # The layout of scripts/install: the virtualenv at /opt/bridged, the config in /etc/bridged.
-    check = "/opt/bridged/bin/bridged check-config --config /etc/bridged/bridged.yaml"
+    check = "/opt/bridged/bin/bridged check-config --offline --config /etc/bridged/bridged.yaml"
     assert unit["ExecStartPre"] == [f"-{check}"]
     assert unit["ExecStart"] == ["/opt/bridged/bin/bridged run --config /etc/bridged/bridged.yaml"]
     assert unit["ExecReload"] == [check, "/bin/kill -HUP $MAINPID"]  # a bad file fails the reload

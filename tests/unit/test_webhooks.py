@@ -94,3 +94,49 @@ def test_disabled_sink_publishes_nothing() -> None:
         CallState.ENDED,
     )
     assert sink._queue.empty()
+
+
+def _inbound(manager_index: int | None, order_id: str | None, ref: str | None) -> Call:
+    config = make_config()
+    return Call(
+        id="in1",
+        manager=None if manager_index is None else config.managers[manager_index],
+        order_id=order_id,
+        direction="inbound",
+        order=None,
+        label=make_label(),
+        caller_ref=ref,
+    )
+
+
+def test_a_missed_inbound_call_is_also_a_call_missed_event_with_its_order_or_the_callers_ref() -> None:
+    sink = WebhookSink(WebhookConfig(url="http://127.0.0.1:9/hook", secret=SECRET), _Store(), None)  # type: ignore[arg-type]
+    known, unknown = _inbound(0, "123", "KXMRTPAW"), _inbound(None, None, "ABCDEFGH")
+    for call in (known, unknown):
+        call.outcome = Outcome.MISSED
+        sink.publish(call, CallState.ENDED)
+    queued = [sink._queue.get_nowait()[1] for _ in range(sink._queue.qsize())]
+    assert [p["type"] for p in queued] == ["call.state_changed", "call.missed"] * 2
+    missed = [p["data"] for p in queued if p["type"] == "call.missed"]
+    assert missed[0] | {"call_id": ""} == {
+        "call_id": "",
+        "order_id": "123",
+        "caller_ref": "KXMRTPAW",
+        "manager_id": "anna",
+        "direction": "inbound",
+        "state": "ended",
+        "outcome": "missed",
+    }
+    assert (missed[1]["order_id"], missed[1]["manager_id"], missed[1]["caller_ref"]) == (
+        None,
+        None,
+        "ABCDEFGH",
+    )
+    # Answered: no call.missed; a call bridged turned away (its row is the service's): nothing at all.
+    answered = _inbound(0, "123", "KXMRTPAW")
+    answered.outcome = Outcome.COMPLETED
+    sink.publish(answered, CallState.ENDED)
+    turned_away = _inbound(None, None, None)
+    turned_away.has_row = False
+    sink.publish(turned_away, CallState.ENDED)
+    assert [sink._queue.get_nowait()[1]["type"] for _ in range(sink._queue.qsize())] == ["call.state_changed"]

@@ -13,11 +13,14 @@
   const state = {
     me: null,
     callsCursor: null,
+    missedCursor: null,
     auditCursor: null,
     objectUrl: null,
     calls: [],
+    missed: [],
     audit: [],
     callsStatus: null,
+    missedStatus: null,
     auditStatus: null,
   };
 
@@ -94,6 +97,28 @@
       "action.api.denied": "API request denied",
       "action.call.request": "call requested",
       "action.retention.change": "retention changed",
+      order_or_caller: "Order or caller",
+      missed_calls: "Missed calls",
+      missed_hint:
+        "Customers who called the shop and reached nobody, newest first. Call back rings the manager the call was for, then the customer of its order, as a masked call.",
+      missed_caption: "Missed calls, newest first",
+      called: "Called",
+      caller: "Caller",
+      call_back: "Call back",
+      older_missed: "Older missed calls",
+      customer_ref: "customer {ref}",
+      anonymous: "anonymous",
+      order_n: "order {order}",
+      loading_missed: "Loading missed calls…",
+      no_missed: "No missed calls.",
+      missed_failed: "Could not load missed calls: {message}",
+      no_manager_to_call_back: "no manager to call back",
+      no_order_cannot_call_back: "no order: cannot call back",
+      call_back_label: "Call back the customer of order {order}",
+      calling_back: "Calling back order {order}…",
+      calling_back_cell: "calling back: {manager}'s phone rings",
+      call_back_ringing: "Manager {manager}'s phone is ringing for order {order}.",
+      call_back_failed: "Could not call back order {order}: {message}",
     },
     ru: {
       title: "bridged · обзор звонков",
@@ -170,6 +195,28 @@
       "action.api.denied": "отказ в доступе к API",
       "action.call.request": "запрос звонка",
       "action.retention.change": "изменение срока хранения",
+      order_or_caller: "Заказ или звонивший",
+      missed_calls: "Пропущенные звонки",
+      missed_hint:
+        "Клиенты, которые звонили в магазин и ни до кого не дозвонились, сначала новые. «Перезвонить» вызывает менеджера, которому предназначался звонок, затем клиента его заказа, со скрытым номером.",
+      missed_caption: "Пропущенные звонки, сначала новые",
+      called: "Звонил",
+      caller: "Кто звонил",
+      call_back: "Перезвонить",
+      older_missed: "Более ранние пропущенные",
+      customer_ref: "клиент {ref}",
+      anonymous: "номер скрыт",
+      order_n: "заказ {order}",
+      loading_missed: "Загрузка пропущенных звонков…",
+      no_missed: "Пропущенных звонков нет.",
+      missed_failed: "Не удалось загрузить пропущенные звонки: {message}",
+      no_manager_to_call_back: "некому перезванивать",
+      no_order_cannot_call_back: "нет заказа: перезвонить нельзя",
+      call_back_label: "Перезвонить клиенту заказа {order}",
+      calling_back: "Перезваниваем по заказу {order}…",
+      calling_back_cell: "перезваниваем: звонит телефон {manager}",
+      call_back_ringing: "Звонит телефон менеджера {manager} по заказу {order}.",
+      call_back_failed: "Не удалось перезвонить по заказу {order}: {message}",
     },
   };
 
@@ -193,6 +240,7 @@
       invalid_code: "неверный код заказа",
       unknown_order: "неизвестный заказ",
       denied: "запрещено",
+      missed: "пропущен",
       lookup_failed: "база заказов не ответила",
       unavailable: "Asterisk недоступен",
       overloaded: "перегрузка",
@@ -226,6 +274,7 @@
       database_unavailable: "база данных bridged не ответила",
       request_timeout: "запрос не пришёл вовремя",
       network: "нет связи с сервером",
+      callback_not_possible: "этому звонку нельзя перезвонить",
     },
   };
 
@@ -288,6 +337,7 @@
     if (state.me) $("who-text").textContent = t("signed_in_as", { name: state.me.name, role: state.me.role });
     if (!state.objectUrl) $("now-playing").textContent = t("no_recording_loaded");
     renderCalls();
+    renderMissed();
     renderAudit();
   }
 
@@ -424,6 +474,7 @@
     $("review").hidden = false;
     $("audit").hidden = !state.me.permissions.includes("audit.read");
     await loadCalls(true);
+    await loadMissed(true);
     if (!$("audit").hidden) await loadAudit(true);
     $("f-manager").focus();
     return true;
@@ -434,9 +485,11 @@
     state.me = null;
     resetPlayer();
     state.calls = [];
+    state.missed = [];
     state.audit = [];
-    state.callsStatus = state.auditStatus = null;
+    state.callsStatus = state.missedStatus = state.auditStatus = null;
     $("calls").tBodies[0].replaceChildren();
+    $("missed-table").tBodies[0].replaceChildren();
     $("audit-table").tBodies[0].replaceChildren();
     $("review").hidden = true;
     $("who").hidden = true;
@@ -465,9 +518,11 @@
     renderStatus(which);
   }
 
+  const STATUS_LINES = { callsStatus: "calls-status", missedStatus: "missed-status", auditStatus: "audit-status" };
+
   function renderStatus(which) {
     const status = state[which];
-    $(which === "callsStatus" ? "calls-status" : "audit-status").textContent = status
+    $(STATUS_LINES[which]).textContent = status
       ? t(status.key, status.params)
       : "";
   }
@@ -501,8 +556,8 @@
     const tr = document.createElement("tr");
     tr.dataset.callId = call.id;
     cell(tr, when(call.requested_at));
-    cell(tr, call.manager_id);
-    cell(tr, call.order_id);
+    cell(tr, call.manager_id || "");
+    cell(tr, callerText(call));
     cell(tr, outcomeName(call.outcome || call.state));
     cell(tr, call.duration_seconds === null ? "" : formatDuration(call.duration_seconds), "num");
     const td = cell(tr, "");
@@ -530,6 +585,82 @@
       td.appendChild(span);
     }
     return tr;
+  }
+
+  // Who the other party was: the order (an inbound caller without one: their reference; withheld: anonymous).
+  function callerText(call) {
+    if (call.order_id) return call.order_id;
+    if (call.direction !== "inbound") return "";
+    return call.caller_ref ? t("customer_ref", { ref: call.caller_ref }) : t("anonymous");
+  }
+
+  // -- missed calls -----------------------------------------------------------------------------------
+
+  async function loadMissed(reset) {
+    if (reset) state.missedCursor = null;
+    setStatus("missedStatus", "loading_missed");
+    try {
+      const params = { outcome: "missed", limit: 25, cursor: state.missedCursor };
+      const page = await (await api("/v1/calls" + query(params))).json();
+      state.missed = reset ? page.items : state.missed.concat(page.items);
+      state.missedCursor = page.next_cursor;
+      $("missed-more").hidden = !page.next_cursor;
+      setStatus("missedStatus", state.missed.length ? null : "no_missed");
+      renderMissed();
+    } catch (e) {
+      setStatus("missedStatus", "missed_failed", { message: errorMessage(e) });
+    }
+  }
+
+  function renderMissed() {
+    $("missed-table").tBodies[0].replaceChildren(...state.missed.map(missedRow));
+    renderStatus("missedStatus");
+  }
+
+  function missedRow(call) {
+    const tr = document.createElement("tr");
+    tr.dataset.callId = call.id;
+    cell(tr, when(call.requested_at));
+    cell(tr, call.order_id ? t("order_n", { order: call.order_id }) : callerText(call));
+    cell(tr, call.manager_id || "");
+    const td = cell(tr, "");
+    if (call.callingBack) {
+      td.dataset.callbackId = call.callingBack;
+      td.textContent = t("calling_back_cell", { manager: call.manager_id });
+    } else if (!call.order_id || !call.manager_id) {
+      // bridged calls an order's customer, never a number: a caller without an order cannot be called back.
+      td.textContent = t(call.order_id ? "no_manager_to_call_back" : "no_order_cannot_call_back");
+    } else if (state.me.permissions.includes("calls.callback")) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "callback";
+      button.textContent = t("call_back");
+      button.setAttribute("aria-label", t("call_back_label", { order: call.order_id }));
+      button.addEventListener("click", () => callBack(call, button));
+      td.appendChild(button);
+    }
+    return tr;
+  }
+
+  async function callBack(call, button) {
+    button.disabled = true;
+    setStatus("missedStatus", "calling_back", { order: call.order_id });
+    try {
+      // The button stays disabled while the request runs: one press, one call.
+      const response = await api("/v1/calls", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ callback_of: call.id }),
+      });
+      const placed = await response.json();
+      call.callingBack = placed.id;
+      renderMissed();
+      setStatus("missedStatus", "call_back_ringing", { manager: call.manager_id, order: call.order_id });
+      await loadCalls(true);
+    } catch (e) {
+      setStatus("missedStatus", "call_back_failed", { order: call.order_id, message: errorMessage(e) });
+      button.disabled = false;
+    }
   }
 
   // Talk time in the viewer's locale: "1 min, 5 sec", "1 мин 5 с".
@@ -651,6 +782,7 @@
     });
     $("filters").addEventListener("reset", () => setTimeout(() => loadCalls(true), 0));
     $("calls-more").addEventListener("click", () => loadCalls(false));
+    $("missed-more").addEventListener("click", () => loadMissed(false));
     $("audit-filters").addEventListener("submit", (e) => {
       e.preventDefault();
       loadAudit(true);
