@@ -7,6 +7,8 @@
 - One daemon serving two nodes (``ari`` as a list): a call placed over HTTP rings the manager on the node
   where their phone is registered; a phone's own call is placed on the node it dialled through; a node
   stopped leaves the other serving its managers, and the rows of the lost node's calls end.
+- A customer calling the shop while the first daemon's application is gone reaches the next daemon's
+  (``BRIDGED_APP``, ``BRIDGED_APP_2`` in ``[bridged-inbound]``).
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ from .harness import (
     ManagerPhone,
     add_order,
     assert_not_leaked,
+    customer_calls,
     dial,
     invites,
     new_customer_number,
     new_order_id,
+    phone_rings,
     sox_rms,
     wait_for,
 )
 from .test_http_calls import TOKENS, http, manager_phone, token_config
+from .test_inbound import ended_row, inbound_daemon
 from .test_service import carrier_for
 
 # The outcomes a call may end with when the daemon that was setting it up died (its customer ringing,
@@ -412,3 +417,42 @@ def test_two_nodes_ring_managers_where_registered_and_a_lost_nodes_calls_end(
             asterisk_b.start()  # fresh config: the session's other tests find node b as they expect
         for node in (asterisk, asterisk_b):
             node.remove_endpoints(name)
+
+
+# -- the inbound path --------------------------------------------------------------------------------
+
+
+def test_a_customer_calling_while_the_first_daemon_is_dead_reaches_the_next_one(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """[bridged-inbound] enters BRIDGED_APP, an application no daemon serves (its daemon is dead:
+    Stasis() fails at once), then BRIDGED_APP_2, the live daemon's: the caller reaches the manager."""
+    daemon = inbound_daemon(make_bridged, asterisk)
+    anna = daemon.managers[0]
+    dead = f"{daemon.app}-dead"
+    asterisk.cli(f"dialplan set global BRIDGED_APP {dead}")
+    asterisk.cli(f"dialplan set global BRIDGED_APP_2 {daemon.app}")
+    try:
+        order, number = new_order_id(), new_customer_number()
+        add_order(daemon.postgres, order, number, "Ivan Petrov", anna.id)
+        phone = phone_rings(anna, trace_dir, ring_ms=500, hold_ms=3000)
+        customer = customer_calls(trace_dir, rig_alloc, number, hold_ms=30000)
+        assert phone.wait(timeout=40) == 0, phone.describe()
+        assert customer.wait(timeout=40) == 0, customer.describe()
+        row = ended_row(daemon)
+        assert (row["order_id"], row["manager_id"], row["outcome"], row["ari_app"]) == (
+            order,
+            anna.id,
+            "completed",
+            daemon.app,
+        ), row
+        assert re.search(rf"Stasis app '{re.escape(dead)}' not active|{re.escape(dead)}", asterisk.log_text())
+        assert_not_leaked(
+            number,
+            manager_trace=phone.messages(),
+            daemon_log=daemon.log_text(),
+            database=daemon.dump_database(),
+        )
+    finally:
+        # The next tests set BRIDGED_APP themselves; BRIDGED_APP_2 names an application gone with this daemon.
+        asterisk.cli(f"dialplan set global BRIDGED_APP_2 {dead}")
