@@ -105,6 +105,9 @@ class AgiServer:
             headers.get("agi_arg_1", "").strip(),
             headers.get("agi_uniqueid") or None,
             read_code=read_code,
+            # Another daemon follows this one in the dialplan (BRIDGED_MORE): it may take what this one
+            # cannot.
+            others_follow=headers.get("agi_arg_2", "").strip() == "1",
         )
         if placed is None:
             return  # the manager hung up while keying the code in
@@ -143,13 +146,17 @@ class AgiServer:
         return "" if code in ("-1", "(timeout)") else code
 
     async def _refused(self, request: Request, refused: Refused) -> None:
-        # Overloaded: the dialplan rejects a phone still ringing with 503 rather than answering it for a
-        # prompt, which would cost an overloaded Asterisk seconds of media per refused call.
+        # Unavailable or overloaded: the dialplan asks the next daemon, if any. Overloaded at the last one:
+        # the dialplan rejects a phone still ringing with 503 rather than answering it for a prompt, which
+        # would cost an overloaded Asterisk seconds of media per refused call.
         config = self.config.current
         prompt = refusal_prompt(config.prompts, refused.reason)
-        overloaded = refused.reason is Refusal.OVERLOADED
-        reply = dialplan.reply_refused(config.language, prompt, overloaded=overloaded)
-        await set_var(request, dialplan.REPLY, reply)
+        kind = _REPLY_KIND.get(refused.reason, dialplan.REFUSED)
+        await set_var(request, dialplan.REPLY, dialplan.reply_refused(config.language, prompt, kind=kind))
+
+
+# The refusals the dialplan may take to another daemon: this one's own state, not a decision on the call.
+_REPLY_KIND = {Refusal.UNAVAILABLE: dialplan.UNAVAILABLE, Refusal.OVERLOADED: dialplan.OVERLOADED}
 
 
 def _endpoint_from_channel(name: str) -> str:

@@ -1,16 +1,19 @@
 """The daemon as an aiohttp application: one cleanup context per resource.
 
-Start order (RESOURCES): bridged's database (and migrations), the HTTP session and ARI client, the shop's
-order directory, the webhook sink, the call engine (and its stray sweep), the call service, the ARI event
-stream, the FastAGI server, the recording source and retention, then the service hooks (bridged.hooks:
-systemd readiness and watchdog, SIGTERM drain, SIGHUP reload). Teardown runs in reverse and only for what
-started, so a start that fails half-way closes exactly what it had opened. Calls in progress are left
-up in Asterisk on stop: the next start adopts them (bridged.calls.reconcile).
+Start order (RESOURCES): bridged's database (and migrations), the HTTP session and ARI clients (one per
+Asterisk node), the shop's order directory, the webhook sink, the call engine (and its stray sweep on each
+node), the call service, the ARI websockets (bridged.serving), the application's lease (bridged.leases:
+the websockets open once it is held), the FastAGI server, the recording source and retention, then the
+service hooks (bridged.hooks: systemd readiness and watchdog, SIGTERM drain, SIGHUP reload). Teardown runs
+in reverse and only for what started, so a start that fails half-way closes exactly what it had opened.
+Calls in progress are left up in Asterisk on stop: the next start (or another daemon, through the lease)
+adopts them (bridged.calls.reconcile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -20,29 +23,31 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from . import db, hooks, metrics, retention
+from . import db, hooks, retention
 from .agi import AgiServer
 from .api import routes
 from .appkeys import (
     AGI,
     ARI,
-    ARI_ACCESS,
     CONFIG,
     ENGINE,
-    EVENTS,
     HTTP_SESSION,
     ORDERS,
     SERVICE,
+    SERVING,
     STORE,
     WEBHOOKS,
 )
 from .ari import AriAccess, AriClient
 from .ari.events import AriEventStream
+from .ari.nodes import NodeClients, set_node
 from .calls.engine import CallEngine
 from .config import Config, ConfigHolder, describe_dsn
 from .hooks import LIFECYCLE, Lifecycle
+from .leases import Leases
 from .orders import OrderDirectory
 from .service import CallService
+from .serving import Serving
 from .store import Store
 from .webhooks import WebhookSink
 
@@ -135,13 +140,24 @@ def _database_error(exc: Exception, dsn: str) -> BaseException:
 
 
 async def _ari(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG].current.ari
+    nodes = app[CONFIG].current.nodes
     # Asterisk's HTTP server serves at most http.conf sessionlimit (default 100) connections, the
     # event websocket included; aiohttp's own default of 100 could take them all under load.
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=ARI_CONNECTIONS))
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=ARI_CONNECTIONS * len(nodes), limit_per_host=ARI_CONNECTIONS)
+    )
     app[HTTP_SESSION] = session
-    app[ARI_ACCESS] = access = AriAccess(config.url, config.username, config.password)
-    app[ARI] = AriClient(session, access, request_timeout=config.request_timeout)
+    # One client per node, behind the one the engine and the service use (bridged.ari.nodes).
+    app[ARI] = NodeClients(
+        {
+            node.node: AriClient(
+                session,
+                AriAccess(node.url, node.username, node.password),
+                request_timeout=node.request_timeout,
+            )
+            for node in nodes
+        }
+    )
     yield
     await session.close()
 
@@ -164,49 +180,82 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         app[CONFIG], app[ARI], app[STORE], is_connected=lambda: ari_connected(app)
     )
     engine.listeners.append(app[WEBHOOKS].publish)
-    sweeper = asyncio.create_task(engine.reconciler.sweep_strays_forever(), name="stray-sweep")
+    sweepers = []
+    for node in engine.nodes.names:
+        # Each node's sweep runs in that node's context: its requests go there (bridged.ari.nodes).
+        context = contextvars.copy_context()
+        context.run(set_node, node)
+        name = "stray-sweep" if not engine.nodes.several else f"stray-sweep-{node}"
+        sweepers.append(
+            asyncio.get_running_loop().create_task(
+                engine.reconciler.sweep_strays_forever(), name=name, context=context
+            )
+        )
     yield
-    sweeper.cancel()
-    await asyncio.gather(sweeper, return_exceptions=True)
+    for sweeper in sweepers:
+        sweeper.cancel()
+    await asyncio.gather(*sweepers, return_exceptions=True)
     await engine.shutdown()  # the workers stop; the calls stay up in Asterisk for the next start
+
+
+class _NodesOf:
+    """The service's view of the nodes, through the websockets that start after the service."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def of_channel(self, uniqueid: str | None) -> str | None:
+        return self.app[SERVING].of_channel(uniqueid) if SERVING in self.app else None
+
+    def connected(self, node: str) -> bool:
+        return SERVING in self.app and self.app[SERVING].connected(node)
 
 
 async def _service(app: web.Application) -> AsyncIterator[None]:
     app[SERVICE] = service = CallService(
-        app[CONFIG], app[STORE], app[ORDERS], app[ENGINE], accepting_calls=lambda: accepting_calls(app)
+        app[CONFIG],
+        app[STORE],
+        app[ORDERS],
+        app[ENGINE],
+        accepting_calls=lambda: accepting_calls(app),
+        nodes=_NodesOf(app),
     )
     yield
     await service.close()  # a last try at refused attempts' rows the database did not take
 
 
 async def _events(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG].current.ari
-    engine = app[ENGINE]
-
-    async def on_connect() -> None:
-        metrics.ARI_RECONNECTS.inc()
-        await engine.reconciler.reconcile()
-
-    app[EVENTS] = events = AriEventStream(
-        app[HTTP_SESSION],
-        app[ARI_ACCESS],
-        config.app,
-        handler=engine.on_event,
-        on_connect=on_connect,
-        max_backoff=config.reconnect_max_delay,
+    """The websockets: opened by the lease (next resource), closed here."""
+    app[SERVING] = serving = Serving(
+        app[CONFIG], app[HTTP_SESSION], app[ENGINE], stream_factory=AriEventStream
     )
-    runner = asyncio.create_task(events.run(), name="ari-events")
     try:
-        if not await events.wait_connected(timeout=10):
+        yield
+    finally:
+        await serving.close()
+
+
+async def _leases(app: web.Application) -> AsyncIterator[None]:
+    """The lease of this daemon's application: held before its websockets open, renewed while it runs;
+    other daemons' leases taken over (their calls adopted) and given back."""
+    serving = app[SERVING]
+    config = app[CONFIG].current.ari
+    leases = Leases(app[STORE], config.app, serving)
+    await leases.acquire_own()
+    serving.serve_own()
+    serving.start_watch()
+    runner = asyncio.create_task(leases.run(), name="leases")
+    try:
+        if not await serving.wait_connected(timeout=10):
             # "bridged ready" comes from the readiness hook once connected (bridged.hooks).
             log.warning(
                 "bridged started, still connecting to ARI at %s; calls are refused until then", config.url
             )
         yield
     finally:
-        await events.close()
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+        await leases.release_all()
 
 
 async def _fastagi(app: web.Application) -> AsyncIterator[None]:
@@ -224,7 +273,8 @@ async def _fastagi(app: web.Application) -> AsyncIterator[None]:
 
 
 def ari_connected(app: web.Application) -> bool:
-    return EVENTS in app and app[EVENTS].connected
+    """Whether this daemon serves calls on the node of the call being decided (bridged.ari.nodes)."""
+    return SERVING in app and app[SERVING].own_connected()
 
 
 def accepting_calls(app: web.Application) -> bool:
@@ -242,6 +292,7 @@ RESOURCES = (
     _engine,
     _service,
     _events,
+    _leases,
     _fastagi,
     retention.context,  # the recording source for the review API and the scheduled retention pass
     hooks.context,  # systemd readiness and watchdog, SIGTERM drain, SIGHUP reload

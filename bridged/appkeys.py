@@ -6,12 +6,12 @@ import aiohttp
 from aiohttp import web
 
 from .agi import AgiServer
-from .ari import AriAccess, AriClient
-from .ari.events import AriEventStream
+from .ari import AriClient
 from .calls.engine import CallEngine
 from .config import ConfigHolder
 from .orders import OrderDirectory
 from .service import CallService
+from .serving import Serving
 from .store import Store
 from .webhooks import WebhookSink
 
@@ -20,9 +20,10 @@ STORE = web.AppKey("store", Store)
 ENGINE = web.AppKey("engine", CallEngine)
 AGI = web.AppKey("agi", AgiServer)
 SERVICE = web.AppKey("service", CallService)
-EVENTS = web.AppKey("events", AriEventStream)
+# The ARI websockets of every node (bridged.serving).
+SERVING = web.AppKey("serving", Serving)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+# Every node's ARI client behind one (bridged.ari.nodes.NodeClients).
 ARI = web.AppKey("ari", AriClient)
-ARI_ACCESS = web.AppKey("ari_access", AriAccess)
 ORDERS = web.AppKey("orders", OrderDirectory)
 WEBHOOKS = web.AppKey("webhooks", WebhookSink)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from .labels import DEFAULT_NAME_STYLE, DEFAULT_TEMPLATE
 
@@ -37,14 +37,24 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class AriConfig:
+    """One Asterisk node's ARI (``ari:`` is one mapping, or a list of them for several nodes)."""
+
     url: str
     username: str
-    password: str
-    app: str
+    password: str = field(repr=False)
+    app: str = "bridged"
     request_timeout: float = 5.0
     reconnect_max_delay: float = 30.0
     # New calls are refused while an ARI request has waited this long for Asterisk's answer (0: never).
     max_request_wait: float = 1.0
+    # The node's name in call rows and logs (``name:``; default the URL's host:port).
+    name: str = ""
+    # Seconds the node may stay unreachable before its calls are taken for lost and their rows ended.
+    lost_after: float = 120.0
+
+    @property
+    def node(self) -> str:
+        return self.name or (urlparse(self.url).netloc.rpartition("@")[2] or self.url)
 
 
 @dataclass(frozen=True)
@@ -275,6 +285,13 @@ class Config:
     # The language of every prompt bridged plays or has the dialplan play, to managers and customers
     # (CHANNEL(language) on each leg), and of the defaults of ``prompts`` and ``labels.template``.
     language: str = DEFAULT_LANGUAGE
+    # Every Asterisk node when ``ari:`` lists several (``ari`` is the first); empty for one node.
+    ari_nodes: tuple[AriConfig, ...] = ()
+
+    @property
+    def nodes(self) -> tuple[AriConfig, ...]:
+        """The Asterisk nodes this daemon serves, the first one first (the one ``ari`` describes)."""
+        return self.ari_nodes or (self.ari,)
 
     def manager_by_endpoint(self, endpoint: str) -> Manager | None:
         for manager in self.managers:
@@ -298,12 +315,22 @@ class ConfigHolder:
 
 
 def describe_dsn(dsn: str) -> str:
-    """``user@host:port/database`` of a DSN, for messages: never the password."""
+    """``user@host:port/database`` of a DSN, for messages: never the password. A DSN naming several hosts
+    (``postgresql://u:p@a:5432,b:5432/db``: a primary and its standby, asyncpg tries them in order) gives
+    ``user@a:5432,b:5432/db``."""
     try:
         parsed = urlparse(dsn)
-        port = parsed.port
     except ValueError:
         return "(unparsable DSN)"
-    user = f"{parsed.username}@" if parsed.username else ""
-    host = parsed.hostname or "(local socket)"
-    return f"{user}{host}:{port or 5432}/{parsed.path.lstrip('/') or '(default database)'}"
+    userinfo, _, hosts = parsed.netloc.rpartition("@")
+    user = unquote(userinfo.partition(":")[0])
+    described = []
+    for host in hosts.split(","):
+        try:
+            one = urlparse(f"//{host}")
+            port = one.port
+        except ValueError:
+            return "(unparsable DSN)"
+        described.append(f"{one.hostname or '(local socket)'}:{port or 5432}")
+    database = parsed.path.lstrip("/") or "(default database)"
+    return f"{user + '@' if user else ''}{','.join(described)}/{database}"

@@ -14,9 +14,10 @@ message)`` (the rest of that section is skipped).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import yaml
@@ -84,6 +85,9 @@ def _load_ari(s: Section) -> AriConfig:
     app = s.text("app", "bridged")
     if not _APP_RE.match(app):
         s.error("app", "may hold only letters, digits, '-' and '_'")
+    name = s.text("name", "")
+    if name and not _ID_RE.match(name):
+        s.error("name", "may hold only letters, digits, '.', '-' and '_' (64 at most)")
     cfg = AriConfig(
         url=url.rstrip("/"),
         username=s.text("username", required=True),
@@ -92,9 +96,44 @@ def _load_ari(s: Section) -> AriConfig:
         request_timeout=s.number("request_timeout", 5.0, minimum=0.1, maximum=60),
         reconnect_max_delay=s.number("reconnect_max_delay", 30.0, minimum=0.5, maximum=600),
         max_request_wait=s.number("max_request_wait", 1.0, minimum=0, maximum=60),
+        name=name,
+        lost_after=s.number("lost_after", 120.0, minimum=1, maximum=86400),
     )
     s.finish()
     return cfg
+
+
+def _load_ari_nodes(root: Section) -> tuple[AriConfig, ...]:
+    """``ari:`` as one mapping (one Asterisk node) or a list of them (several nodes, each named)."""
+    raw = root.data.get("ari")
+    if not isinstance(raw, list):
+        if raw is not None and not isinstance(raw, Mapping):
+            root.error("ari", "must be a mapping (one Asterisk node) or a list of them (several nodes)")
+            return ()
+        return (root.load("ari", _load_ari),)
+    root.used.add("ari")
+    if not raw:
+        root.error("ari", "must name at least one Asterisk node")
+        return ()
+    nodes: list[AriConfig] = []
+    for index, item in enumerate(raw):
+        s = root.child(item, f"ari[{index}]")
+        try:
+            node = _load_ari(s)
+        except ConfigError as exc:
+            root.problems.extend(exc)
+            continue
+        if s.broken:
+            continue
+        if len(raw) > 1 and not node.name:
+            s.error("name", "is required when ari lists several nodes (it names the node in call rows)")
+        if nodes and node.app != nodes[0].app:
+            # One daemon is one Stasis application: the dialplan of every node enters it by that name.
+            s.error("app", f"must be the same on every node ({nodes[0].app!r} on the first)")
+        if any(other.node == node.node for other in nodes):
+            s.error("name" if node.name else "url", f"names the node {node.node!r} twice")
+        nodes.append(node)
+    return tuple(nodes)
 
 
 def _load_database(s: Section) -> DatabaseConfig:
@@ -480,7 +519,8 @@ def parse_config(data: Any) -> Config:
     problems = Problems()
     root = Section(data, "", problems)
     try:
-        ari = root.load("ari", _load_ari)
+        nodes = _load_ari_nodes(root)
+        ari = nodes[0] if nodes else cast(AriConfig, None)
         database = root.load("database", _load_database)
         orders = root.load("orders", _load_orders)
         managers = _load_managers(root)
@@ -503,6 +543,7 @@ def parse_config(data: Any) -> Config:
             inbound=root.load("inbound", _load_inbound, required=False),
             logging=root.load("logging", _load_logging, required=False),
             language=language,
+            ari_nodes=nodes if len(nodes) > 1 else (),
         )
         if config.api is not None:
             _check_token_managers(root, config.api, managers)

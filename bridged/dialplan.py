@@ -9,16 +9,27 @@ sets as ``CHANNEL(language)`` first, so that every prompt the manager hears come
   manager's connected line, installs the connected-line interception (``CONNECTED_LINE_SEND_SUB`` =
   ``bridged-label,s,1``), hands REFERs to bridged (``PJSIP_TRANSFER_HANDLING()=ari-only``) and enters
   ``Stasis(<app>,order,<call id>)``. The label is the last field, so a ``|`` in it cannot shift the others;
-- ``refused|<language>|<prompt>``: a stock sound to play before hangup;
-- ``overloaded|<language>|<prompt>``: a phone still ringing is rejected with 503 (cause 34), an answered
-  one hears the prompt.
+- ``refused|<language>|<prompt>``: a stock sound to play before hangup (a decision: final);
+- ``unavailable|<language>|<prompt>``: this daemon cannot take calls now (no Asterisk, stopping);
+- ``overloaded|<language>|<prompt>``: Asterisk is behind on this daemon's requests.
+
+Several daemons: the dialplan tries the FastAGI targets ``BRIDGED_AGI`` (default
+``agi://127.0.0.1:4573``), ``BRIDGED_AGI_2``, ``BRIDGED_AGI_3``, ... in order, moving on while the answer is
+empty (the daemon is dead, or died mid-session), ``unavailable`` or ``overloaded``, and when ``Stasis()``
+returns with the channel still up (the answering daemon's application was not registered, or it handed
+the channel back). The FastAGI request's second argument (``BRIDGED_MORE``) is ``1`` when another target
+follows: the daemon then only audits an ``unavailable``/``overloaded`` answer, the call row is written by
+the daemon that takes the call. The last target's ``unavailable`` plays its prompt; ``overloaded`` rejects
+a phone still ringing with 503 (cause 34), an answered one hears the prompt.
 
 Channels bridged originates itself enter Stasis with ``customer,<call id>`` or ``manager,<call id>``.
 
 A customer calling the shop's number reaches ``[bridged-inbound]`` (the carrier's context sends the
 shop's DIDs there), which sends 180, hands REFERs to bridged and enters
 ``Stasis(<BRIDGED_APP, default bridged>,inbound,<CALLERID(pres)>)``: the caller's presentation, never
-their number (the arguments end up in the CDR's ``lastdata``). A failed ``Stasis()`` plays a prompt.
+their number (the arguments end up in the CDR's ``lastdata``). Several daemons: when ``Stasis()`` returns with
+the caller still there (the application is not registered, or an adopter handed the channel back), the
+next application is tried (``BRIDGED_APP_2``, ``BRIDGED_APP_3``, ...); after the last, a prompt.
 
 tests/unit/test_dialplan.py reads ``dialplan/bridged.conf`` and checks it against this module.
 """
@@ -34,10 +45,17 @@ REPLY = "BRIDGED_REPLY"  # bridged's FastAGI answer (see the module's docstring)
 RESULT = "BRIDGED_RESULT"  # the dialplan's own: the answer's first field
 LABEL = "BRIDGED_LABEL"  # the order label as a caller id string, read by the label subroutine
 AGI_URL = "BRIDGED_AGI"  # optional, per endpoint or in [globals]: a daemon not on the default address
+# Optional: the further daemons, tried in order after BRIDGED_AGI (BRIDGED_AGI_2, BRIDGED_AGI_3, ...).
+AGI_URL_NEXT = "BRIDGED_AGI_"
+TRY = "BRIDGED_TRY"  # the dialplan's own: which target it asks (1, 2, ...)
+TARGET = "BRIDGED_TARGET"  # the dialplan's own: that target's URL (or application, inbound)
+MORE = "BRIDGED_MORE"  # the dialplan's own, sent as the FastAGI's second argument: 1 if a target follows
 # Optional, in [globals] or set_var= on the carrier endpoint: the Stasis application inbound calls go to
 # (ari.app), when it is not DEFAULT_APP.
 APP = "BRIDGED_APP"
-VARIABLES = frozenset({CODE, REPLY, RESULT, LABEL, AGI_URL, APP})
+# Optional: the further daemons' applications, tried in order after BRIDGED_APP (BRIDGED_APP_2, ...).
+APP_NEXT = "BRIDGED_APP_"
+VARIABLES = frozenset({CODE, REPLY, RESULT, LABEL, AGI_URL, AGI_URL_NEXT, TRY, TARGET, MORE, APP, APP_NEXT})
 
 # Where the carrier's calls to the shop's numbers go, and the application they enter without BRIDGED_APP.
 INBOUND_CONTEXT = "bridged-inbound"
@@ -50,8 +68,11 @@ AGI_SCRIPT = "order"
 
 OK = "ok"
 REFUSED = "refused"
+UNAVAILABLE = "unavailable"
 OVERLOADED = "overloaded"
-REPLY_KINDS = frozenset({OK, REFUSED, OVERLOADED})
+REPLY_KINDS = frozenset({OK, REFUSED, UNAVAILABLE, OVERLOADED})
+# The answers after which the dialplan asks the next daemon, if there is one.
+PASS_ON = frozenset({UNAVAILABLE, OVERLOADED})
 SEPARATOR = "|"
 
 
@@ -59,8 +80,10 @@ def reply_ok(language: str, stasis_args: str, label: str) -> str:
     return SEPARATOR.join((OK, language, stasis_args, label))
 
 
-def reply_refused(language: str, prompt: str, *, overloaded: bool = False) -> str:
-    return SEPARATOR.join((OVERLOADED if overloaded else REFUSED, language, prompt))
+def reply_refused(language: str, prompt: str, *, kind: str = REFUSED) -> str:
+    """A refusal: ``refused``, or ``unavailable``/``overloaded`` (the next daemon may take the call)."""
+    assert kind in REPLY_KINDS - {OK}
+    return SEPARATOR.join((kind, language, prompt))
 
 
 # -- the language of the prompts --------------------------------------------------------------------

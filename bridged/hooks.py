@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import metrics
-from .appkeys import CONFIG, ENGINE, EVENTS, STORE
+from .appkeys import CONFIG, ENGINE, SERVING, STORE
 from .calls.model import CallState
 from .config import Config
 from .reload import reload_config
@@ -62,7 +62,7 @@ class ServiceHooks:
 
     async def _ready(self) -> None:
         # Type=notify: "started" means the database is migrated (an earlier resource) and ARI is connected.
-        await self.app[EVENTS].wait_connected(timeout=None)
+        await self.app[SERVING].wait_connected(timeout=None)
         config = self.app[CONFIG].current
         log.info("bridged ready (app %s, ARI %s)", config.ari.app, config.ari.url)
         self.notifier.ready(f"serving app {config.ari.app}")
@@ -140,22 +140,25 @@ async def _database_ok(app: web.Application) -> bool:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """For a load balancer: 200 only while ARI is connected, the database answers and not draining."""
+    """For a load balancer: 200 only while ARI is connected (with several Asterisk nodes: to one of them
+    at least), the database answers and not draining."""
     app = request.app
-    ari_ok = app[EVENTS].connected
+    serving = app[SERVING]
+    up = serving.connected_nodes()
+    ari_ok = bool(up)
     db_ok = await _database_ok(app)
     draining = app[LIFECYCLE].draining
     ok = ari_ok and db_ok and not draining
-    return web.json_response(
-        {
-            "status": "ok" if ok else "unavailable",
-            "ari": "connected" if ari_ok else "disconnected",
-            "database": "ok" if db_ok else "unreachable",
-            "draining": draining,
-            "active_calls": len(app[ENGINE].calls),
-        },
-        status=200 if ok else 503,
-    )
+    body: dict[str, object] = {
+        "status": "ok" if ok else "unavailable",
+        "ari": "connected" if len(up) == len(serving.nodes) else "partial" if up else "disconnected",
+        "database": "ok" if db_ok else "unreachable",
+        "draining": draining,
+        "active_calls": len(app[ENGINE].calls),
+    }
+    if len(serving.nodes) > 1:
+        body["nodes"] = {name: "connected" if name in up else "disconnected" for name in serving.nodes}
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -164,7 +167,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     text = metrics.render(
         active_calls=len(engine.calls),
         bridged_calls=_bridged_calls(app),
-        ari_connected=app[EVENTS].connected,
+        ari_connected=len(app[SERVING].connected_nodes()) == len(app[SERVING].nodes),
         draining=app[LIFECYCLE].draining,
         ari_pending=engine.ari.pending,
         ari_oldest_wait=engine.ari.oldest_wait(),

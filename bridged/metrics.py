@@ -110,6 +110,17 @@ CALLS_BRIDGED = Counter("bridged_calls_bridged_total", "Calls in which manager a
 CALLS_REFUSED = Counter(
     "bridged_calls_refused_total", "Call requests refused before dialling, by reason.", "reason"
 )
+CALLS_PASSED_ON = Counter(
+    "bridged_calls_passed_on_total",
+    "Phone calls left to the next daemon of the dialplan (this one unavailable or overloaded), by reason.",
+    "reason",
+)
+CALLS_ADOPTED = Counter(
+    "bridged_calls_adopted_total", "Calls of another daemon's application taken over through its lease."
+)
+LEASE_TAKEOVERS = Counter(
+    "bridged_lease_takeovers_total", "Leases of other daemons' applications taken over (their calls adopted)."
+)
 SETUP_SECONDS = Histogram(
     "bridged_call_setup_seconds",
     "From the manager leg entering the application to the customer leg's originate returning "
@@ -158,6 +169,9 @@ ALL: tuple[Counter | Histogram, ...] = (
     CALLS_BRIDGED,
     CALLS_ENDED,
     CALLS_REFUSED,
+    CALLS_PASSED_ON,
+    CALLS_ADOPTED,
+    LEASE_TAKEOVERS,
     SETUP_SECONDS,
     ARI_RECONNECTS,
     LOOKUP_ERRORS,
@@ -195,7 +209,9 @@ def render(
         "bridged_bridged_calls", "Calls currently bridged (manager and customer talking).", bridged_calls
     )
     lines += gauge_lines(
-        "bridged_ari_connected", "1 while the ARI websocket is connected.", int(ari_connected)
+        "bridged_ari_connected",
+        "1 while the ARI websocket is connected (with several Asterisk nodes: to every node).",
+        int(ari_connected),
     )
     lines += gauge_lines("bridged_draining", "1 after SIGTERM: new calls are refused.", int(draining))
     lines += gauge_lines(

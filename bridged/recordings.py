@@ -19,6 +19,7 @@ import aiohttp
 
 from .ari import AriClient
 from .ari.errors import AriError, AriNotFound
+from .ari.nodes import NodeClients
 
 log = logging.getLogger(__name__)
 
@@ -151,19 +152,33 @@ class _AriRecording:
 
 
 class AriRecordings:
-    """Asterisk's stored recordings (``/recordings/stored``): works with Asterisk on another host."""
+    """Asterisk's stored recordings (``/recordings/stored``): works with Asterisk on another host. With
+    several nodes, each is asked in turn: a call's recording is on the node it ran on."""
 
     name = "ari"
 
     def __init__(self, ari: AriClient) -> None:
-        self._ari = ari
+        self._nodes = list(ari.clients.values()) if isinstance(ari, NodeClients) else [ari]
 
     async def open(self, recording_name: str) -> OpenRecording:
+        unavailable: SourceUnavailable | None = None
+        for ari in self._nodes:
+            try:
+                return await self._open_on(ari, recording_name)
+            except RecordingMissing:
+                continue
+            except SourceUnavailable as exc:  # perhaps the node that has it: missing is not known
+                unavailable = exc
+        if unavailable is not None:
+            raise unavailable
+        raise RecordingMissing(recording_name)
+
+    async def _open_on(self, ari: AriClient, recording_name: str) -> OpenRecording:
         try:
-            info = await self._ari.get_stored_recording(recording_name)
+            info = await ari.get_stored_recording(recording_name)
             if info is None:
                 raise RecordingMissing(recording_name)
-            resp = await self._ari.stored_recording_file(recording_name)
+            resp = await ari.stored_recording_file(recording_name)
         except AriNotFound:
             raise RecordingMissing(recording_name) from None
         except AriError as exc:
@@ -180,10 +195,16 @@ class AriRecordings:
         return _AriRecording(resp, len(body), fmt, body)
 
     async def delete(self, recording_name: str) -> bool:
-        try:
-            return await self._ari.delete_stored_recording(recording_name)
-        except AriError as exc:
-            raise SourceUnavailable(str(exc)) from None
+        deleted = False
+        unavailable: SourceUnavailable | None = None
+        for ari in self._nodes:
+            try:
+                deleted = await ari.delete_stored_recording(recording_name) or deleted
+            except AriError as exc:
+                unavailable = SourceUnavailable(str(exc))
+        if unavailable is not None and not deleted:
+            raise unavailable
+        return deleted
 
 
 class _FileRecording:

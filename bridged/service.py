@@ -22,8 +22,11 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from . import metrics, routing
+from .ari import AriError
+from .ari.nodes import on_node
 from .callers import Caller, InboundCaller, identify, is_shop_number
 from .calls.engine import CallEngine
 from .calls.model import (
@@ -67,6 +70,21 @@ class NotStarted:
 # The phone path's way to ask the manager for the order code: the code, or None if they hung up.
 ReadCode = Callable[[], Awaitable[str | None]]
 
+# A daemon's own state, not a decision on the call: another daemon may take it (dialplan/bridged.conf).
+PASSED_ON = frozenset({Refusal.UNAVAILABLE, Refusal.OVERLOADED})
+
+
+class NodeView(Protocol):
+    """What the service needs to know about the Asterisk nodes (bridged.serving.Serving)."""
+
+    def of_channel(self, uniqueid: str | None) -> str | None:
+        """The node a channel is on, by its unique id (None: not known)."""
+        ...
+
+    def connected(self, node: str) -> bool:
+        """Whether this daemon serves calls on ``node`` now (its websocket is up)."""
+        ...
+
 
 class CallService:
     def __init__(
@@ -78,13 +96,18 @@ class CallService:
         *,
         accepting_calls: Callable[[], bool],
         random: Callable[[], float] = random.random,
+        nodes: NodeView | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.directory = directory
         self.engine = engine
-        # Connected to Asterisk and not draining (SIGTERM): new calls are taken.
+        # Connected to Asterisk (the node of the call being decided) and not draining (SIGTERM): new
+        # calls are taken.
         self.accepting_calls = accepting_calls
+        # Several Asterisk nodes: which one a phone's channel is on, which ones are served now. None: one
+        # node, served while accepting_calls says so.
+        self.nodes = nodes
         self._random = random
         # Rows about refused attempts that bridged's database did not take (it was away): written later.
         self.deferred = DeferredWrites()
@@ -96,27 +119,52 @@ class CallService:
     # -- the triggers ------------------------------------------------------------------------------
 
     async def place_from_phone(
-        self, endpoint: str, code: str, channel_id: str | None, *, read_code: ReadCode
+        self,
+        endpoint: str,
+        code: str,
+        channel_id: str | None,
+        *,
+        read_code: ReadCode,
+        others_follow: bool = False,
     ) -> PendingCall | Refused | None:
         """``*77<code>`` from the phone of ``endpoint`` (``code`` empty: ``read_code`` asks for it).
 
         A :class:`PendingCall` waits for ``channel_id`` to enter Stasis; None: the manager hung up while
-        keying the code in (nothing is left to answer)."""
-        manager = self.config.current.manager_by_endpoint(endpoint)
-        if manager is None:
-            log.info("call refused: endpoint %s is no manager", endpoint or "?")
-            return await self._refused_attempt(
-                Refusal.UNKNOWN_MANAGER, actor=f"endpoint:{endpoint or '?'}"[:80]
+        keying the code in (nothing is left to answer). ``others_follow``: the dialplan asks another daemon
+        if this one is unavailable or overloaded (it then leaves the call's row to that one)."""
+        node = self._node_of(channel_id)
+        if node is None:
+            # Several nodes and a unique id that names none of them: asterisk.conf systemname unset or
+            # the same on two nodes (README, "Availability and scaling").
+            log.error("call refused: the Asterisk node of channel %s is not known", channel_id or "?")
+            return await self._refused_attempt(Refusal.UNAVAILABLE, actor=f"endpoint:{endpoint or '?'}"[:80])
+        with on_node(node):
+            manager = self.config.current.manager_by_endpoint(endpoint)
+            if manager is None:
+                log.info("call refused: endpoint %s is no manager", endpoint or "?")
+                return await self._refused_attempt(
+                    Refusal.UNKNOWN_MANAGER, actor=f"endpoint:{endpoint or '?'}"[:80]
+                )
+            if not code:
+                # Not worth the manager keying a code in that this daemon cannot act on: the dialplan
+                # asks the next daemon (or plays the prompt) at once.
+                if (cannot := self._cannot_take()) is not None:
+                    log.info("call refused for %s before the code was keyed in: %s", manager.id, cannot)
+                    return await self._refused_attempt(cannot, actor=manager.id, details=_phone(manager))
+                keyed = await read_code()
+                if keyed is None:
+                    await self._abandoned_while_keying(manager)
+                    return None
+                code = keyed
+            return await self._decide(
+                manager,
+                code,
+                direction="phone",
+                manager_channel_id=channel_id,
+                actor=manager.id,
+                nodes=(node,),
+                others_follow=others_follow,
             )
-        if not code:
-            keyed = await read_code()
-            if keyed is None:
-                await self._abandoned_while_keying(manager)
-                return None
-            code = keyed
-        return await self._decide(
-            manager, code, direction="phone", manager_channel_id=channel_id, actor=manager.id
-        )
 
     async def place_from_api(
         self,
@@ -137,25 +185,33 @@ class CallService:
         if manager is None:
             log.info("call refused for %s: unknown manager", actor)
             return await self._refused_attempt(Refusal.UNKNOWN_MANAGER, actor=actor)
-        overloaded = self._overloaded()
+        served = self._served_nodes()
+        with on_node(served[0] if served else None):
+            overloaded = self._overloaded()
+            accepting = self.accepting_calls()
+        nodes = served[:1]
         # Before anyone is dialled: a phone that is not registered would only ring into the void. (Not
         # while Asterisk is away or behind: the decision below refuses the call, with its row, without
-        # another ARI request.)
-        if self.accepting_calls() and not overloaded and not await self._manager_reachable(manager):
-            log.info("call refused for %s: manager %s's phone is not registered", actor, manager.id)
-            return await self._refused_attempt(
-                Refusal.MANAGER_NOT_REGISTERED, actor=actor, details={"manager_id": manager.id}
+        # another ARI request.) With several nodes: rung where it is registered.
+        if accepting and not overloaded:
+            nodes = await self._nodes_reaching(manager, served)
+            if not nodes:
+                log.info("call refused for %s: manager %s's phone is not registered", actor, manager.id)
+                return await self._refused_attempt(
+                    Refusal.MANAGER_NOT_REGISTERED, actor=actor, details={"manager_id": manager.id}
+                )
+        with on_node(nodes[0] if nodes else None):
+            decided = await self._decide(
+                manager,
+                order_id,
+                direction="api",
+                manager_channel_id=None,
+                actor=actor,
+                created_by=client,
+                overloaded=overloaded,
+                nodes=tuple(nodes),
+                callback_of=callback_of,
             )
-        decided = await self._decide(
-            manager,
-            order_id,
-            direction="api",
-            manager_channel_id=None,
-            actor=actor,
-            created_by=client,
-            overloaded=overloaded,
-            callback_of=callback_of,
-        )
         if isinstance(decided, Refused):
             return decided
         try:
@@ -226,6 +282,7 @@ class CallService:
                     actor="customer",
                     details={"direction": INBOUND, "identified_by": how},
                     caller_ref=who.ref,
+                    node=call.node or None,
                 )
             except DatabaseUnavailable as exc:
                 log.warning("call %s refused: bridged's database is unavailable (%s)", call.id, exc)
@@ -301,13 +358,16 @@ class CallService:
         actor: str,
         created_by: str | None = None,
         overloaded: bool | None = None,
+        nodes: tuple[str, ...] = (),
+        others_follow: bool = False,
         callback_of: str | None = None,
     ) -> PendingCall | Refused:
         """May ``manager`` call the customer of order ``code`` now? If so, the call's row is written and
         the call is registered with the engine.
 
         ``actor`` is who asked (the manager on the phone path, the API token on the HTTP path);
-        ``created_by`` the API client the call belongs to (None on the phone path)."""
+        ``created_by`` the API client the call belongs to (None on the phone path). ``nodes``: the
+        Asterisk node the call is placed on, then (HTTP path) the others the manager may be rung on."""
         if not is_valid_code(self.config.current.orders, code):
             # The raw input is not stored: a manager could have typed anything, even a number.
             log.info("call refused for %s: malformed order code", manager.id)
@@ -318,8 +378,12 @@ class CallService:
             self._refuse, manager, code, direction=direction, actor=actor, created_by=created_by
         )
         found = await self._order_for(manager, code, overloaded)
+        if others_follow and found in PASSED_ON:
+            assert isinstance(found, Refusal)
+            return await self._passed_on(manager, found, actor=actor)
         if isinstance(found, Refusal):
             return await refuse(found)
+        nodes = nodes or (self.engine.nodes.current(),)
         call_id = new_call_id()
         try:
             await self.store.calls.insert_audited(
@@ -339,6 +403,7 @@ class CallService:
                     **({"callback_of": callback_of} if callback_of else {}),
                 },
                 created_by=created_by,
+                node=nodes[0],
             )
         except DatabaseUnavailable as exc:
             # No row, no call: a call bridged cannot record is not placed (a restart could not adopt it).
@@ -356,6 +421,7 @@ class CallService:
             direction=direction,
             manager_channel_id=manager_channel_id,
             label=self.engine.labeller.label(found.id, found.customer_name),
+            nodes=nodes,
         )
         self.engine.expect(pending)
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
@@ -382,6 +448,12 @@ class CallService:
             return Refusal.INVALID_PHONE
         return order
 
+    def _cannot_take(self) -> Refusal | None:
+        """Why this daemon cannot take a call on the current node now, if it cannot."""
+        if not self.accepting_calls():
+            return Refusal.UNAVAILABLE
+        return Refusal.OVERLOADED if self._overloaded() else None
+
     def _overloaded(self) -> bool:
         """Asterisk is behind on bridged's ARI requests. A new call now could ring a customer and then
         leave them alone on the line when a request times out; refused, it costs Asterisk a FastAGI
@@ -389,10 +461,42 @@ class CallService:
         share = shed_share(self.engine.ari.oldest_wait(), self.config.current.ari.max_request_wait)
         return share >= 1.0 or (share > 0.0 and self._random() < share)
 
-    async def _manager_reachable(self, manager: Manager) -> bool:
-        """Whether the manager's phone can be rung: Asterisk knows the endpoint and it is not offline."""
-        snapshot = await self.engine.ari.get_endpoint("PJSIP", manager.endpoint)
-        return snapshot is not None and snapshot.get("state") != "offline"
+    def _node_of(self, channel_id: str | None) -> str | None:
+        """The node a phone's channel is on (the first with one node; None: not known)."""
+        if self.nodes is None or not self.engine.nodes.several:
+            return self.engine.nodes.first
+        return self.nodes.of_channel(channel_id)
+
+    def _served_nodes(self) -> list[str]:
+        """The nodes this daemon serves calls on now, in the config's order."""
+        if self.nodes is None or not self.engine.nodes.several:
+            return [self.engine.nodes.first]
+        return [node for node in self.engine.nodes.names if self.nodes.connected(node)]
+
+    async def _nodes_reaching(self, manager: Manager, nodes: list[str]) -> list[str]:
+        """Of ``nodes``, those where the manager's phone can be rung: Asterisk knows the endpoint and it is
+        not offline, where it is online first (a phone registers on one node: the others know the
+        endpoint without a contact)."""
+
+        async def state(node: str) -> str | None:
+            with on_node(node):
+                try:
+                    snapshot = await self.engine.ari.get_endpoint("PJSIP", manager.endpoint)
+                except AriError as exc:
+                    log.warning("manager %s's phone not checked on node %s: %s", manager.id, node, exc)
+                    return None
+            return None if snapshot is None else str(snapshot.get("state"))
+
+        if len(nodes) == 1:  # one node: an error here is the caller's to see, as before
+            with on_node(nodes[0]):
+                snapshot = await self.engine.ari.get_endpoint("PJSIP", manager.endpoint)
+            return nodes if snapshot is not None and snapshot.get("state") != "offline" else []
+        states = await asyncio.gather(*(state(node) for node in nodes))
+        online = [node for node, st in zip(nodes, states, strict=True) if st == "online"]
+        other = [
+            node for node, st in zip(nodes, states, strict=True) if st not in (None, "online", "offline")
+        ]
+        return online + other
 
     # -- what is written about an attempt ----------------------------------------------------------
 
@@ -410,6 +514,25 @@ class CallService:
             details={"manager_id": manager.id, "direction": "phone"},
         )
         log.info("manager %s hung up while keying the order code in", manager.id)
+
+    async def _passed_on(self, manager: Manager, reason: Refusal, *, actor: str) -> Refused:
+        """A phone call this daemon cannot take now, which the dialplan takes to the next daemon: audited
+        here (refused, passed on), its call row written by the daemon that takes it."""
+        metrics.CALLS_PASSED_ON.inc(reason.value)
+        log.info("call for %s passed on to the next daemon: %s", manager.id, reason)
+        at = datetime.now(UTC)
+        await self.deferred.write(
+            f"passed-on call.request ({reason}) audit row",
+            lambda: self.store.audit.add(
+                actor=actor,
+                action="call.request",
+                outcome="passed_on",
+                reason=reason.value,
+                details=_phone(manager),
+                at=at,
+            ),
+        )
+        return Refused(reason)
 
     async def _refused_attempt(
         self, reason: Refusal, *, actor: str, details: dict[str, object] | None = None
@@ -488,6 +611,10 @@ def shed_share(oldest_wait: float, limit: float) -> float:
     if limit <= 0 or oldest_wait <= limit / 2:
         return 0.0
     return min(1.0, (oldest_wait - limit / 2) / (limit / 2))
+
+
+def _phone(manager: Manager) -> dict[str, object]:
+    return {"manager_id": manager.id, "direction": "phone"}
 
 
 def api_actor(client: str) -> str:

@@ -9,6 +9,7 @@ enqueues, so a slow call never stalls the others.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 from .. import dialplan, metrics
 from ..ari import AriClient, AriUnavailable
+from ..ari.nodes import NodeNames, set_node
 from ..callers import InboundCaller
 from ..config import ConfigHolder
 from ..labels import Labeller
@@ -132,6 +134,8 @@ EVENT_TYPES = frozenset(
         "ChannelTransfer",
         "ChannelCallerId",
         *RECORDING_EVENTS,
+        # Another websocket took the application (bridged.serving stops serving it on that node).
+        "ApplicationReplaced",
     }
 )
 _LEG_EVENTS = frozenset({"ChannelHangupRequest", "StasisEnd", "ChannelDestroyed"})
@@ -149,6 +153,8 @@ class CallEngine:
         self.config = config
         self.ari = ari
         self.is_connected = is_connected
+        # The Asterisk nodes: a call's requests go to its own (bridged.ari.nodes).
+        self.nodes = NodeNames(tuple(node.node for node in config.current.nodes))
         self._shop_number = caller_number(self.config.current.trunk.caller_id)
         # The one label builder: the service labels the calls it accepts with it too.
         self.labeller = Labeller(self.config.current.labels.template, self.config.current.labels.name_style)
@@ -206,10 +212,11 @@ class CallEngine:
         return True
 
     def on_event(self, event: dict[str, Any]) -> None:
-        """Called by the websocket reader for every event; never blocks."""
+        """Called by the websocket reader of a node (in that node's context) for every event; never blocks."""
         kind = event.get("type")
         channel_id = channel_of(event)
-        if kind == "StasisStart":
+        own = event.get("application", self.config.current.ari.app) == self.config.current.ari.app
+        if kind == "StasisStart" and own:
             legs = dialplan.parse_app_args(event.get("args") or [])
             if legs is not None and legs[0] is dialplan.Leg.ORDER and channel_id:
                 self._start_phone_call(legs[1], channel_id, event)
@@ -221,6 +228,13 @@ class CallEngine:
         call = self._route(event)
         if call is not None:
             call.queue.put_nowait(event)
+        elif kind == "StasisStart" and channel_id and not own:
+            # Another daemon's application, adopted for the calls it had: no new call is taken under its
+            # name. Back to the dialplan, which tries the next daemon.
+            log.warning(
+                "channel %s entered adopted application %s; handed back", channel_id, event["application"]
+            )
+            self._background.spawn(self.legs.hand_back(channel_id), name=f"stray-{channel_id}")
         elif kind == "StasisStart" and channel_id:
             log.warning("channel %s entered Stasis without a call; hanging it up", channel_id)
             self._background.spawn(self.legs.hang_up(channel_id), name=f"stray-{channel_id}")
@@ -244,6 +258,7 @@ class CallEngine:
             self._background.spawn(self.legs.refuse_stray(channel_id), name=f"stray-{channel_id}")
             return
         call = pending.call(channel_id)
+        call.node = self.nodes.current()  # the node whose websocket brought the channel
         call.manager_up = (event.get("channel") or {}).get("state") == "Up"
         metrics.CALLS_STARTED.inc()
         self.register(call)
@@ -260,6 +275,7 @@ class CallEngine:
             order=None,
             label=self.labeller.anonymous(),  # replaced by the service's decision; shown to nobody before
             customer_channel_id=channel_id,
+            node=self.nodes.current(),  # the node whose websocket brought the caller
         )
         metrics.CALLS_STARTED.inc()
         self.register(call)
@@ -270,7 +286,37 @@ class CallEngine:
         for channel_id in (call.manager_channel_id, call.customer_channel_id):
             if channel_id:
                 self._by_channel[channel_id] = call
-        call.task = asyncio.get_running_loop().create_task(self._worker(call), name=f"call-{call.id}")
+        # The worker's ARI requests (and those of the tasks it starts) go to the call's node.
+        context = contextvars.copy_context()
+        context.run(set_node, call.node or None)
+        call.task = asyncio.get_running_loop().create_task(
+            self._worker(call), name=f"call-{call.id}", context=context
+        )
+
+    def calls_on(self, node: str, app: str | None = None) -> list[Call]:
+        """The live calls on ``node`` (in application ``app``, None: in any)."""
+        own = self.config.current.ari.app
+        return [
+            c
+            for c in self.calls.values()
+            if (c.node or self.nodes.first) == node and (app is None or (c.app or own) == app)
+        ]
+
+    def stop_serving(self, node: str, app: str | None = None) -> list[Call]:
+        """Stop handling the calls on ``node`` (in ``app``; None: in any) without ending them: their
+        events now go to someone else (another websocket took the application), or nothing is heard
+        of the node any more (bridged.serving ends their rows then). Returns those calls."""
+        calls = self.calls_on(node, app)
+        for call in calls:
+            if call.task is not None and call.task is not asyncio.current_task():
+                call.task.cancel()
+            self.recordings.by_name.pop(call.recording_name or "", None)
+            self._forget(call)
+        if calls:
+            log.warning(
+                "%d calls on node %s no longer handled here (application %s)", len(calls), node, app or "any"
+            )
+        return calls
 
     def register_leg(self, channel_id: str, call: Call) -> None:
         """The call's events on a leg it has just named are routed to it."""

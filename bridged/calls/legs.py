@@ -108,6 +108,15 @@ class Legs:
             pass
         await self.hang_up(channel_id)
 
+    async def hand_back(self, channel_id: str) -> None:
+        """A channel that entered an application this daemon only adopted (another daemon's, for the calls
+        it had): back to the dialplan, which goes on after Stasis() to the next daemon."""
+        try:
+            await self.ari.continue_in_dialplan(channel_id)
+        except AriError as exc:
+            log.warning("handing %s back to the dialplan failed: %s; hanging it up", channel_id, exc)
+            await self.hang_up(channel_id)
+
     # -- what the manager hears -------------------------------------------------------------------
 
     async def ringback(self, call: Call) -> None:

@@ -200,6 +200,12 @@ class Call:
     manager_channel_id: str | None = None
     customer_channel_id: str | None = None
     bridge_id: str | None = None
+    # The Asterisk node its channels are on ("": the first node) and the Stasis application they are in
+    # ("": this daemon's own; another daemon's when this one adopted the call).
+    node: str = ""
+    app: str = ""
+    # An HTTP call: other nodes where the manager's phone may be rung, should this one fail to allocate it.
+    other_nodes: tuple[str, ...] = ()
     recording_name: str | None = None
     outcome: Outcome | None = None
     hangup_cause: int | None = None
@@ -252,6 +258,8 @@ class PendingCall:
     manager_channel_id: str | None
     label: Label = field(kw_only=True)
     created: float = field(default_factory=time.monotonic)
+    # The node the call is decided for ("": the first), and (HTTP path) the next ones to try.
+    nodes: tuple[str, ...] = field(default=(), kw_only=True)
 
     def call(self, manager_channel_id: str | None) -> Call:
         """The call this becomes, its manager's leg being ``manager_channel_id``."""
@@ -263,4 +271,6 @@ class PendingCall:
             order=self.order,
             label=self.label,
             manager_channel_id=manager_channel_id,
+            node=self.nodes[0] if self.nodes else "",
+            other_nodes=self.nodes[1:],
         )

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..ari import AriError, background_requests
 from ..outcomes import Outcome
+from ..recording_state import RecordingState
 from ..store.calls import CallRow
 from .model import INBOUND, Call, CallState
 from .recording import recording_state_of
@@ -34,31 +35,39 @@ class Reconciler:
     def __init__(self, engine: CallEngine) -> None:
         self.engine = engine
 
-    async def reconcile(self) -> None:
-        """After each websocket (re)connect: adopt calls still up, finish those that ended meanwhile."""
+    async def reconcile(self, app: str | None = None) -> None:
+        """After each websocket (re)connect of the current node: adopt calls still up, finish those that
+        ended meanwhile, for this daemon's application or ``app`` (another daemon's, adopted: its calls
+        only, bridged.leases)."""
         engine = self.engine
-        app_name = engine.config.current.ari.app
+        own = engine.config.current.ari.app
+        app_name = app or own
+        node = engine.nodes.current()
         try:
             await engine.ari.allow_events(app_name, engine.event_types)
         except AriError as exc:  # every event still arrives; only slower
             log.warning("ARI event filter not set: %s", exc)
         channels = {c["id"]: c for c in await engine.ari.list_channels()}
         states = {cid: c.get("state", "") for cid, c in channels.items()}
-        alive = set(channels)
-        for call in list(engine.calls.values()):
+        # A leg in another application's Stasis is not this call's any more: the manager's channel of a
+        # call whose daemon died before Stasis() went on to the next daemon (dialplan/bridged.conf).
+        alive = {cid for cid, c in channels.items() if not _in_other_app(c, app_name)}
+        for call in engine.calls_on(node, app_name):
             call.queue.put_nowait({"type": "Reconcile", "alive": alive, "states": states})
         known = set(engine.calls)
         for row in await engine.rows.store.calls.open_calls(app_name):
-            if row.id not in known:
-                await self._adopt(row, alive, states)
+            if row.id not in known and engine.nodes.holds(node, row.node):
+                await self._adopt(row, alive, states, node=node, app="" if app_name == own else app_name)
         owned = engine.owned_channels()
         try:
-            app = await engine.ari.get_application(app_name)
+            application = await engine.ari.get_application(app_name)
         except AriError:
             return
-        await self._hang_up_strays([c for c in app.get("channel_ids", []) if c not in owned])
+        await self._hang_up_strays([c for c in application.get("channel_ids", []) if c not in owned])
 
-    async def _adopt(self, row: CallRow, alive: set[str], states: dict[str, str]) -> None:
+    async def _adopt(
+        self, row: CallRow, alive: set[str], states: dict[str, str], *, node: str, app: str
+    ) -> None:
         engine = self.engine
         manager = None if row.manager_id is None else engine.config.current.manager_by_id(row.manager_id)
         live_legs = [c for c in (row.manager_channel_id, row.customer_channel_id) if c and c in alive]
@@ -88,6 +97,8 @@ class Reconciler:
             manager_channel_id=row.manager_channel_id,
             customer_channel_id=row.customer_channel_id,
             bridge_id=row.bridge_id,
+            node=node,
+            app=app,
             recording_name=row.recording_name,
             answered_at=row.answered_at,
             manager_up=states.get(row.manager_channel_id or "") == "Up",
@@ -101,11 +112,16 @@ class Reconciler:
         if row.bridge_id:
             sources.append(f"bridge:{row.bridge_id}")
         try:
-            await engine.ari.subscribe(engine.config.current.ari.app, sources)
+            await engine.ari.subscribe(app or engine.config.current.ari.app, sources)
         except AriError as exc:
             log.warning("call %s: resubscribe failed: %s", row.id, exc)
         engine.register(call)
-        log.info("call %s adopted in state %s", call.id, call.state)
+        if app:
+            metrics.CALLS_ADOPTED.inc()
+            log.info("call %s adopted from application %s in state %s", call.id, app, call.state)
+            await engine.rows.adopted(call, app, by=f"bridged:{engine.config.current.ari.app}")
+        else:
+            log.info("call %s adopted in state %s", call.id, call.state)
         # A leg may have gone between the listing and the subscription.
         call.queue.put_nowait({"type": "Reconcile", "alive": None, "states": None})
 
@@ -162,8 +178,35 @@ class Reconciler:
         await self._hang_up_strays(sorted(unowned & suspects))
         return unowned - suspects
 
+    async def end_lost(self, node: str, apps: list[str]) -> int:
+        """Nothing has been heard of ``node`` for its ``lost_after``: the open rows of its calls (in these
+        applications) are ended with what is known (answered: completed, else failed), their recordings
+        unknown. Their channels, if the node still has them, are strays once it is back. Returns how many."""
+        ended = 0
+        for app in apps:
+            for row in await self.engine.rows.store.calls.open_calls(app):
+                if not self.engine.nodes.holds(node, row.node):
+                    continue
+                outcome = Outcome.COMPLETED if row.answered_at else Outcome.FAILED
+                metrics.CALLS_ENDED.inc(outcome.value)
+                if row.recording_name is not None and row.recording_state is None:
+                    await self.engine.rows.recording_of(row.id, RecordingState.UNKNOWN)
+                await self.engine.rows.ended_unseen(row, outcome, why=f"Asterisk node {node} lost")
+                log.warning("call %s ended: %s (node %s lost)", row.id, outcome, node)
+                ended += 1
+        return ended
+
     async def _hang_up_strays(self, channel_ids: list[str]) -> None:
         for channel_id in channel_ids:
             log.warning("channel %s in our app belongs to no call; hanging it up", channel_id)
             metrics.STRAY_CHANNELS.inc()
             await self.engine.legs.hang_up(channel_id)
+
+
+def _in_other_app(channel: dict[str, Any], app: str) -> bool:
+    """Whether a channel (its snapshot) is in the Stasis of an application other than ``app``."""
+    dialplan = channel.get("dialplan")
+    if not isinstance(dialplan, dict) or dialplan.get("app_name") != "Stasis":
+        return False
+    entered = str(dialplan.get("app_data") or "").split(",", 1)[0]
+    return entered not in ("", app)

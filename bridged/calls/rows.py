@@ -46,6 +46,10 @@ class Rows:
         state = call.state.value
         await self._write(call, f"state {state}", lambda: self.store.calls.set_state(call.id, state))
 
+    async def node(self, call: Call) -> None:
+        node = call.node
+        await self._write(call, f"node {node}", lambda: self.store.calls.set_node(call.id, node))
+
     async def answered(self, call: Call) -> None:
         """An inbound call was answered: the row names who took it, and on which leg."""
         assert call.manager is not None and call.manager_channel_id is not None
@@ -134,8 +138,11 @@ class Rows:
             call_id, outcome=Outcome.MANAGER_ABANDONED.value, hangup_cause=None, ended_by="manager"
         )
 
-    async def ended_unseen(self, row: CallRow, outcome: Outcome) -> None:
-        """A call that ended while bridged was away (found at a reconnect): the row's end, audited."""
+    async def ended_unseen(
+        self, row: CallRow, outcome: Outcome, *, why: str = "ended while bridged was disconnected"
+    ) -> None:
+        """A call that ended while bridged was away (found at a reconnect), or whose Asterisk node was
+        lost: the row's end, audited with ``why``."""
         await self.store.calls.finish(row.id, outcome=outcome.value, hangup_cause=None, ended_by="unknown")
         await self.store.audit.add(
             actor="bridged",
@@ -143,7 +150,23 @@ class Rows:
             outcome=outcome.value,
             call_id=row.id,
             order_id=row.order_id,
-            reason="ended while bridged was disconnected",
+            reason=why,
+        )
+
+    async def adopted(self, call: Call, app: str, *, by: str) -> None:
+        """Daemon ``by`` took over the call of another daemon (``app``, whose lease it holds): audited, so
+        that the trail names who handled its end."""
+        await self._write(
+            call,
+            "adoption audit",
+            lambda: self.store.audit.add(
+                actor=by,
+                action="call.adopt",
+                outcome="adopted",
+                call_id=call.id,
+                order_id=call.order_id,
+                details={"from_app": app, "state": call.state.value},
+            ),
         )
 
     async def recording_of(self, call_id: str, state: RecordingState) -> None:

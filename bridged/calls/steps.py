@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .. import dialplan, metrics
-from ..ari import AriError, AriNotFound
+from ..ari import AriConflict, AriError, AriNotFound
+from ..ari.nodes import set_node
 from ..callers import read_stasis_start
 from ..config import Manager
 from ..outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
@@ -156,16 +157,7 @@ class Steps:
         self._transition(call, CallState.RINGING_MANAGER)
         try:
             await self.rows.state(call)  # the row has named the manager's channel since it was written
-            await self.ari.originate(
-                endpoint=f"PJSIP/{call.manager.endpoint}",
-                app=self.config.current.ari.app,
-                app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
-                channel_id=call.manager_channel_id,
-                # The manager's phone shows the order label as the caller; its number part redials the order.
-                caller_id=call.label.caller_id,
-                timeout=self.config.current.api.manager_ring_timeout,
-                variables=leg_variables(self.config.current, dialplan.label_variables(call.label.caller_id)),
-            )
+            await self._originate_manager(call)
         except AriError as exc:
             log.warning("call %s: manager leg could not be originated: %s", call.id, exc)
             call.ended_by = "bridged"
@@ -179,6 +171,37 @@ class Steps:
         if not call.started.done():
             call.started.set_result(None)
         log.info("call %s: manager leg %s originated", call.id, call.manager_channel_id)
+
+    async def _originate_manager(self, call: Call) -> None:
+        """The manager's leg, on the call's node; where Asterisk cannot build it (500 "Allocation failed":
+        the phone is not registered there, it moved since it was asked), on the next node it may be on."""
+        assert call.manager is not None
+        while True:
+            try:
+                await self.ari.originate(
+                    endpoint=f"PJSIP/{call.manager.endpoint}",
+                    app=self.config.current.ari.app,
+                    app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
+                    channel_id=call.manager_channel_id,
+                    # The manager's phone shows the order label as the caller; its number part redials
+                    # the order.
+                    caller_id=call.label.caller_id,
+                    timeout=self.config.current.api.manager_ring_timeout,
+                    variables=leg_variables(
+                        self.config.current, dialplan.label_variables(call.label.caller_id)
+                    ),
+                )
+                return
+            except AriError as exc:
+                if not (call.other_nodes and allocation_failed(exc)):
+                    raise
+            node, call.other_nodes = call.other_nodes[0], call.other_nodes[1:]
+            log.info(
+                "call %s: the manager's phone is not on node %s; trying node %s", call.id, call.node, node
+            )
+            call.node = node
+            set_node(node)  # this worker's requests go there from now on
+            await self.rows.node(call)
 
     async def manager_unreached(self, call: Call, event: dict[str, Any]) -> None:
         """HTTP path: the manager's phone rang out, declined, or could not be rung (by the leg's cause)."""
@@ -357,7 +380,12 @@ class Steps:
         await self.legs.stop_ringback(call)
         await self.legs.answer_manager(call)
         bridge = f"{call.id}-bridge"
-        await self.ari.create_bridge(bridge, type="mixing", name=f"bridged-{call.id}")
+        try:
+            await self.ari.create_bridge(bridge, type="mixing", name=f"bridged-{call.id}")
+        except AriConflict:
+            # The bridge's id is the call's own: a daemon that died after creating it (this one before a
+            # restart, or another whose call this one adopted) left it empty, and it is used as it is.
+            log.info("call %s: its bridge exists already (made before an adoption); joined", call.id)
         call.bridge_id = bridge
         # A carrier's PAI in its 200 OK may have replaced the customer channel's caller id with the
         # customer's number (trust_id_inbound=yes; a ChannelCallerId event told us): the label goes
@@ -479,6 +507,12 @@ class Steps:
 # The states in which a customer's leg that disappeared ended the call (before, it did not exist yet;
 # after, it was hung up by bridged). An inbound caller's channel is there from the start.
 _CUSTOMER_UP = frozenset({CallState.RINGING_CUSTOMER, CallState.ANNOUNCING, CallState.BRIDGED})
+
+
+def allocation_failed(exc: AriError) -> bool:
+    """Asterisk could not build the channel: ``500 {"error": "Allocation failed"}``, e.g. an endpoint
+    without a contact (docs/asterisk.md, "Two nodes")."""
+    return exc.status == 500 and "Allocation failed" in str(exc)
 
 
 def _channel_id(event: dict[str, Any]) -> str:

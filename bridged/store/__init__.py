@@ -1,8 +1,8 @@
 """bridged's own PostgreSQL, one class per aggregate, each with its own SQL (hand-written, ``$n``
 parameters, explicit column lists): ``store.calls``, ``store.audit``, ``store.idempotency``,
 ``store.outbox``, ``store.settings``, ``store.links``, ``store.sticky`` (who last talked to an inbound
-caller). Every public method raises :class:`~bridged.store.base.DatabaseUnavailable` for an outage,
-whatever asyncpg raised.
+caller), ``store.leases``. Every public method raises :class:`~bridged.store.base.DatabaseUnavailable` for
+an outage, whatever asyncpg raised.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from .audit import AuditTrail
 from .callers import StickyCallers
 from .calls import CallRows
 from .idempotency import IdempotencyKeys
+from .leases import AppLeases
 from .links import CallLinks
 from .outbox import WebhookOutbox
 from .settings import Settings
@@ -27,4 +28,5 @@ class Store:
         self.outbox = WebhookOutbox(pool)
         self.settings = Settings(pool)
         self.links = CallLinks(pool)
+        self.leases = AppLeases(pool)
         self.sticky = StickyCallers(pool)

@@ -17,7 +17,7 @@ from .base import Aggregate, Page, unavailable_as_one_type
 COLUMNS = (
     "id, order_id, manager_id, direction, state, outcome, hangup_cause, requested_at, answered_at, "
     "ended_at, recording_name, manager_channel_id, customer_channel_id, bridge_id, ended_by, recording_state,"
-    " created_by, recording_purged_at, caller_ref"
+    " created_by, recording_purged_at, caller_ref, node"
 )
 # As CallRow.recording_available: a recording that was purged, or failed (nothing in it), is no recording.
 _RECORDING_AVAILABLE = (
@@ -50,6 +50,9 @@ class CallRow:
     recording_purged_at: datetime | None = None
     # An inbound caller without an order: letters derived from the keyed hash of their number.
     caller_ref: str | None = None
+    # The Asterisk node the call's channels are on (``ari[].name``); None: the first node (rows written
+    # before there was this column).
+    node: str | None = None
 
     @property
     def recording_usable(self) -> bool:
@@ -88,13 +91,14 @@ class CallRows(Aggregate):
         customer_channel_id: str | None = None,
         created_by: str | None = None,
         caller_ref: str | None = None,
+        node: str | None = None,
     ) -> None:
         """The call row and its accepted ``call.request`` audit row, in one statement."""
         await self.pool.execute(
             "WITH c AS (INSERT INTO calls"
             " (id, order_id, manager_id, direction, state, manager_channel_id, ari_app, customer_channel_id,"
-            " created_by, caller_ref)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11, $12) RETURNING id, order_id)"
+            " created_by, caller_ref, node)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11, $12, $13) RETURNING id, order_id)"
             " INSERT INTO audit (actor, action, call_id, order_id, outcome, details)"
             " SELECT $8, 'call.request', c.id, c.order_id, 'accepted', $9::jsonb FROM c",
             call_id,
@@ -109,6 +113,7 @@ class CallRows(Aggregate):
             customer_channel_id,
             created_by,
             caller_ref,
+            node,
         )
 
     async def insert_refused(
@@ -152,6 +157,13 @@ class CallRows(Aggregate):
     async def set_state(self, call_id: str, state: str) -> None:
         await self.pool.execute(
             "UPDATE calls SET state = $2 WHERE id = $1 AND state <> 'ended'", call_id, state
+        )
+
+    async def set_node(self, call_id: str, node: str) -> None:
+        """The call moved to another Asterisk node before any of its channels existed (its manager's phone
+        could not be rung on the first one)."""
+        await self.pool.execute(
+            "UPDATE calls SET node = $2 WHERE id = $1 AND state <> 'ended'", call_id, node
         )
 
     async def set_manager(self, call_id: str, *, manager_id: str, manager_channel_id: str) -> None:
@@ -237,7 +249,7 @@ class CallRows(Aggregate):
         return None if row is None else CallRow(**dict(row))
 
     async def open_calls(self, ari_app: str) -> list[CallRow]:
-        """Calls of this daemon's Stasis application that have not ended."""
+        """Calls of a daemon's Stasis application that have not ended (on every node)."""
         rows = await self.pool.fetch(
             f"SELECT {COLUMNS} FROM calls WHERE state <> 'ended' AND ari_app = $1 ORDER BY requested_at",
             ari_app,

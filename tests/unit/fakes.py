@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from bridged.ari import AriNotFound, is_background
+from bridged.ari.nodes import current_node
 from bridged.config import Config, Manager
 from bridged.configfile import parse_config
 from bridged.labels import Label, Labeller
@@ -239,7 +240,8 @@ class FakeAri:
     Scripting: ``errors[method]`` raises (an exception, or a callable ``(kwargs) -> exception | None``);
     ``delays[method]`` awaits that many seconds (or a callable ``(kwargs) -> seconds``) before answering;
     ``channels`` is what Asterisk has (list_channels/get_channel/hangup); ``app_channel_ids`` what
-    get_application reports.
+    get_application reports. ``on_nodes`` records the node each request went to (bridged.ari.nodes);
+    ``endpoint_states[(node, endpoint)]`` is what get_endpoint answers there (default online).
     """
 
     def __init__(self) -> None:
@@ -255,9 +257,14 @@ class FakeAri:
         self.gone_bridges: set[str] = set()  # destroy_bridge answers 404 (False) for these
         self._waiting: dict[int, float] = {}  # as AriClient: when each unanswered request was sent
         self._seq = itertools.count()
+        self.on_nodes: list[tuple[str, str | None]] = []
+        self.endpoint_states: dict[tuple[str | None, str], str] = {}
+        # GET /asterisk/info by node: (systemname, startup time).
+        self.info: dict[str | None, tuple[str, str]] = {}
 
     async def _record(self, method: str, **kwargs: Any) -> None:
         self.calls.append((method, kwargs))
+        self.on_nodes.append((method, current_node()))
         token = next(self._seq)
         tracked = not is_background()
         if tracked:
@@ -302,6 +309,11 @@ class FakeAri:
         return [kw["channel_id"] for kw in self.named("hangup")]
 
     # AriClient
+    async def get_info(self) -> dict[str, Any]:
+        await self._record("get_info")
+        name, started = self.info.get(current_node(), ("rig", "2026-01-01T10:00:00.000+0000"))
+        return {"config": {"name": name}, "status": {"startup_time": started}}
+
     async def list_channels(self) -> list[dict[str, Any]]:
         await self._record("list_channels")
         return [dict(c) for c in self.channels.values()]
@@ -367,10 +379,29 @@ class FakeAri:
 
     async def get_endpoint(self, tech: str, resource: str) -> dict[str, Any] | None:
         await self._record("get_endpoint", tech=tech, resource=resource)
-        return {"technology": tech, "resource": resource, "state": "online", "channel_ids": []}
+        state = self.endpoint_states.get((current_node(), resource), "online")
+        return {"technology": tech, "resource": resource, "state": state, "channel_ids": []}
 
     async def set_variable(self, channel_id: str, variable: str, value: str) -> None:
         await self._record("set_variable", channel_id=channel_id, variable=variable, value=value)
+
+    async def continue_in_dialplan(
+        self,
+        channel_id: str,
+        *,
+        context: str | None = None,
+        extension: str | None = None,
+        priority: int | None = None,
+        label: str | None = None,
+    ) -> None:
+        await self._record(
+            "continue_in_dialplan",
+            channel_id=channel_id,
+            context=context,
+            extension=extension,
+            priority=priority,
+            label=label,
+        )
 
     async def create_bridge(
         self, bridge_id: str, *, type: str = "mixing", name: str | None = None
@@ -493,6 +524,7 @@ class FakeStore:
             "recording_state": None,
             "created_by": None,
             "recording_purged_at": None,
+            "node": None,
             "caller_ref": None,
         }
         unknown = set(fields) - set(row)
@@ -567,6 +599,7 @@ class FakeCallRows:
         customer_channel_id: str | None = None,
         created_by: str | None = None,
         caller_ref: str | None = None,
+        node: str | None = None,
     ) -> None:
         assert call_id not in self._rows, "duplicate call id"
         self._store.add_row(
@@ -578,6 +611,7 @@ class FakeCallRows:
             manager_channel_id=manager_channel_id,
             customer_channel_id=customer_channel_id,
             created_by=created_by,
+            node=node,
             caller_ref=caller_ref,
         )
         self._store.apps[call_id] = ari_app
@@ -637,6 +671,10 @@ class FakeCallRows:
     async def set_state(self, call_id: str, state: str) -> None:
         if (row := self._live(call_id)) is not None:
             row["state"] = state
+
+    async def set_node(self, call_id: str, node: str) -> None:
+        if (row := self._live(call_id)) is not None:
+            row["node"] = node
 
     async def set_manager(self, call_id: str, *, manager_id: str, manager_channel_id: str) -> None:
         if (row := self._live(call_id)) is not None:

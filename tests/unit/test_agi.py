@@ -33,10 +33,18 @@ class FakeService:
         self.requests: list[tuple[str, str, str, str | None]] = []
         self.unknown: list[str] = []
         self.abandoned: list[str] = []
+        self.others_follow: list[bool] = []
 
     async def place_from_phone(
-        self, endpoint: str, code: str, channel_id: str | None, *, read_code: ReadCode
+        self,
+        endpoint: str,
+        code: str,
+        channel_id: str | None,
+        *,
+        read_code: ReadCode,
+        others_follow: bool = False,
     ) -> PendingCall | Refused | None:
+        self.others_follow.append(others_follow)
         manager = self.config.manager_by_endpoint(endpoint)
         if manager is None:
             self.unknown.append(endpoint)
@@ -200,6 +208,27 @@ async def test_overloaded_is_its_own_answer_so_the_dialplan_can_reject_with_503(
     assert _set_vars(commands) == [
         'SET VARIABLE BRIDGED_REPLY "overloaded|en|all-circuits-busy-now&please-try-call-later"'
     ]
+
+
+async def test_unavailable_is_its_own_answer_so_the_dialplan_can_ask_the_next_daemon() -> None:
+    agi = await _start(refuse=Refusal.UNAVAILABLE)
+    try:
+        commands = await session(agi.port, _headers(agi_arg_2="1"))
+    finally:
+        await agi.server.stop()
+    assert _set_vars(commands) == ['SET VARIABLE BRIDGED_REPLY "unavailable|en|please-try-call-later"']
+    # The dialplan's second argument: another daemon follows this one.
+    assert agi.service.others_follow == [True]
+
+
+@pytest.mark.parametrize("argument", ["0", "", "yes", "11"])
+async def test_only_a_1_says_that_another_daemon_follows(argument: str) -> None:
+    agi = await _start()
+    try:
+        await session(agi.port, _headers(agi_arg_2=argument))
+    finally:
+        await agi.server.stop()
+    assert agi.service.others_follow == [False]
 
 
 async def test_unknown_endpoint_is_refused(agi: Agi) -> None:

@@ -22,8 +22,10 @@ from bridged.agi import AgiServer
 from bridged.api import server
 from bridged.calls.engine import CallEngine
 from bridged.config import AgiConfig, HttpConfig
+from bridged.leases import Leases
 from bridged.orders import OrderDirectory
 from bridged.service import CallService
+from bridged.serving import Serving
 from bridged.systemd import Notifier
 from bridged.webhooks import WebhookSink
 
@@ -41,6 +43,9 @@ class _Pool:
 
     async def execute(self, *args: Any) -> str:
         return "OK"
+
+    async def fetchval(self, *args: Any) -> Any:
+        return "bridged"  # the lease taken
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -64,7 +69,7 @@ class _Events:
         return True
 
     async def close(self) -> None:
-        CLOSED.append("events")
+        pass  # the websockets' resource is bridged.serving.Serving (watched below)
 
 
 def _watched(cls: type, method: str, name: str) -> type:
@@ -80,6 +85,14 @@ def _watched(cls: type, method: str, name: str) -> type:
 class _Retention(retention.Retention):
     async def run(self, interval: float) -> None:
         await asyncio.Event().wait()
+
+
+class _Leases(Leases):
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def release_all(self) -> None:
+        CLOSED.append("leases")
 
 
 class _Notifier(Notifier):
@@ -104,7 +117,8 @@ RESOURCES: list[tuple[str, Any, str, Any]] = [
     ("webhooks", app_module, "WebhookSink", _watched(WebhookSink, "stop", "webhooks")),
     ("engine", app_module, "CallEngine", _watched(CallEngine, "shutdown", "engine")),
     ("service", app_module, "CallService", _watched(CallService, "close", "service")),
-    ("events", app_module, "AriEventStream", _Events),
+    ("events", app_module, "Serving", _watched(Serving, "close", "events")),
+    ("leases", app_module, "Leases", _Leases),
     ("fastagi", app_module, "AgiServer", _watched(AgiServer, "stop", "fastagi")),
     ("retention", retention, "Retention", _Retention),
     ("hooks", hooks, "Notifier", _Notifier),
@@ -123,6 +137,7 @@ def _failing(name: str) -> Callable[..., Any]:
 def stand_ins(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[[str | None], None]]:
     CLOSED.clear()
     monkeypatch.setattr(app_module.db, "migrate", _migrate)
+    monkeypatch.setattr(app_module, "AriEventStream", _Events)
     for _, owner, attribute, stand_in in RESOURCES:
         monkeypatch.setattr(owner, attribute, stand_in)
 
@@ -173,7 +188,7 @@ async def test_a_stop_closes_every_resource_in_reverse(stand_ins: Callable[[str 
     for _ in range(200):
         await asyncio.sleep(0.01)
     assert CLOSED == [] and not serving.done()
-    assert {"retention", "ari-events", "stray-sweep"} <= set(_left_running())
+    assert {"retention", "ari-events", "stray-sweep", "leases"} <= set(_left_running())
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await serving

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import bridged
-from bridged.ari import AriClient, AriError, AriUnavailable
+from bridged.ari import AriClient, AriConflict, AriError, AriUnavailable
 from bridged.calls import legs as legs_module
 from bridged.calls import rows as rows_module
 from bridged.calls.engine import REACTIONS, CallEngine
@@ -1166,3 +1166,15 @@ async def test_manager_already_up_hears_a_ringback_tone_and_no_label_request(env
     await env.ringing("call-t", "m-t", state="Up")
     assert [kw["media"] for kw in env.ari.named("play")] == ["tone:ring"]
     assert not [kw for kw in env.ari.named("set_variable") if kw["channel_id"] == "m-t"]
+
+
+async def test_an_adopted_call_whose_bridge_the_dead_daemon_had_made_is_bridged_in_it(env: Env) -> None:
+    # The daemon died between creating the call's bridge and joining the legs (found on the rig: SIGKILL
+    # under a stream of calls): the adopter's create_bridge answers 409, and the call goes on in it.
+    _bridged_row(env, "call-r", answered=False, state="ringing_customer")
+    env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
+    env.ari.errors["create_bridge"] = AriConflict("create_bridge", 409, "Bridge with this ID already exists")
+    await env.engine.reconciler.reconcile()
+    await wait_until(lambda: env.row("call-r")["state"] == "bridged")
+    assert env.ari.named("add_channel")[0]["bridge_id"] == "call-r-bridge"
+    assert env.row("call-r")["bridge_id"] == "call-r-bridge"

@@ -416,7 +416,10 @@ def test_a_bad_section_does_not_bury_the_rest_under_required_keys() -> None:
     del data["trunk"]
     with pytest.raises(ConfigError) as info:
         parse_config(data)
-    assert info.value.problems == [("ari", "must be a mapping"), ("trunk", "is required")]
+    assert info.value.problems == [
+        ("ari", "must be a mapping (one Asterisk node) or a list of them (several nodes)"),
+        ("trunk", "is required"),
+    ]
 
 
 def test_cli_prints_each_problem_on_its_own_line(tmp_path: Path) -> None:

@@ -28,9 +28,28 @@ def test_every_bridged_variable_is_known_and_used() -> None:
 
 
 def test_the_fastagi_script_is_the_one_bridged_serves() -> None:
-    scripts = re.findall(r"AGI\([^)]*/([A-Za-z_]+),\$\{" + dialplan.CODE + r"\}\)", CODE)
+    pattern = r"AGI\([^)]*/([A-Za-z_]+),\$\{" + dialplan.CODE + r"\},\$\{" + dialplan.MORE + r"\}\)"
+    scripts = re.findall(pattern, CODE)
     assert scripts and set(scripts) == {dialplan.AGI_SCRIPT}
     assert len(scripts) == len(re.findall(r"\bAGI\(", CODE))  # no other AGI() call
+
+
+def test_the_targets_are_tried_in_order_and_the_daemon_is_told_whether_another_follows() -> None:
+    order = CODE.split("[bridged-order]", 1)[1].split("\n[", 1)[0]
+    # BRIDGED_AGI (or the default), then BRIDGED_AGI_2, _3, ...: the target after the one asked.
+    assert "Set(BRIDGED_TARGET=agi://127.0.0.1:4573)" in order
+    assert "Set(BRIDGED_TARGET=${BRIDGED_AGI_${BRIDGED_TRY}})" in order
+    assert 'Set(BRIDGED_MORE=${IF($["${BRIDGED_AGI_$[${BRIDGED_TRY} + 1]}" = ""]?0:1)})' in order
+    lines = [line.strip() for line in order.splitlines() if line.strip()]
+    # Only ok and refused stop the search; back from Stasis() with the channel up: the next daemon.
+    decide = lines.index('same => n,GotoIf($["${BRIDGED_RESULT}" = "ok"]?stasis)')
+    assert lines[decide + 1] == 'same => n,GotoIf($["${BRIDGED_RESULT}" = "refused"]?refused)'
+    assert lines[decide + 2].startswith("same => n(next),")
+    stasis = next(i for i, line in enumerate(lines) if "n,Stasis(" in line)
+    assert lines[stasis + 1] == "same => n,Goto(next)"
+    # The last target's pass-on answers keep their meaning: its prompt, or 503 for a ringing phone.
+    assert 'same => n(last),GotoIf($["${BRIDGED_RESULT}" = "unavailable"]?refused)' in lines
+    assert dialplan.PASS_ON == {dialplan.UNAVAILABLE, dialplan.OVERLOADED}
 
 
 def test_every_answer_kind_is_handled_and_no_other() -> None:
@@ -71,15 +90,13 @@ def test_the_dialplan_takes_the_ok_answer_apart_as_bridged_builds_it(
     assert _cut(reply, label_spec) == label  # even with a "|" in it: the label is last
 
 
-@pytest.mark.parametrize("overloaded", [False, True])
+@pytest.mark.parametrize("kind", sorted(dialplan.REPLY_KINDS - {dialplan.OK}))
 @pytest.mark.parametrize("language", LANGUAGES)
-def test_the_dialplan_plays_the_prompt_of_a_refusal_in_the_answers_language(
-    overloaded: bool, language: str
-) -> None:
-    reply = dialplan.reply_refused(language, "im-sorry&feature-not-avail-line", overloaded=overloaded)
+def test_the_dialplan_plays_the_prompt_of_a_refusal_in_the_answers_language(kind: str, language: str) -> None:
+    reply = dialplan.reply_refused(language, "im-sorry&feature-not-avail-line", kind=kind)
     [prompt_spec] = _cuts_of(re.escape("Playback("))
     [language_spec] = _cuts_of(re.escape(f"Set({dialplan.CHANNEL_LANGUAGE}="))
-    assert _cut(reply, "1") == (dialplan.OVERLOADED if overloaded else dialplan.REFUSED)
+    assert _cut(reply, "1") == kind
     assert _cut(reply, prompt_spec) == "im-sorry&feature-not-avail-line"
     assert _cut(reply, language_spec) == language
 
@@ -130,20 +147,24 @@ def _context(name: str) -> str:
 def test_inbound_calls_enter_bridgeds_application_with_the_presentation_only() -> None:
     inbound = _context(dialplan.INBOUND_CONTEXT)
     stasis = re.findall(r"Stasis\(([^,]+),(.*)\)$", inbound, re.M)
-    assert stasis == [
-        (dialplan.DEFAULT_APP, f"{dialplan.Leg.INBOUND.value},${{CALLERID(pres)}}"),
-        (f"${{{dialplan.APP}}}", f"{dialplan.Leg.INBOUND.value},${{CALLERID(pres)}}"),
-    ]
+    assert stasis == [(f"${{{dialplan.TARGET}}}", f"{dialplan.Leg.INBOUND.value},${{CALLERID(pres)}}")]
+    # BRIDGED_APP (or the default application), then BRIDGED_APP_2, _3, ... while Stasis() comes back.
+    assert (
+        f'Set(BRIDGED_TARGET=${{IF($["${{BRIDGED_APP}}" = ""]?{dialplan.DEFAULT_APP}:${{BRIDGED_APP}})}})'
+        in inbound
+    )
+    assert "Set(BRIDGED_TARGET=${BRIDGED_APP_${BRIDGED_TRY}})" in inbound
+    assert 'GotoIf($["${BRIDGED_TARGET}" != ""]?enter)' in inbound
+    assert inbound.index("n(enter),Stasis(") < inbound.index("BRIDGED_TRY=$[${BRIDGED_TRY} + 1]")
     assert dialplan.parse_app_args(["inbound", "prohib_not_screened"]) == (
         dialplan.Leg.INBOUND,
         "prohib_not_screened",
     )
-    # The caller hears ringing, a REFER goes to bridged, and a failed Stasis() is a prompt.
+    # The caller hears ringing, a REFER goes to bridged, and a Stasis() no daemon took is a prompt.
     [(name, value)] = dialplan.NO_TRANSFERS.items()
     assert f"Set({name}={value})" in inbound
     assert inbound.index("Ringing()") < inbound.index("Stasis(")
-    assert 'GotoIf($["${STASISSTATUS}" != "FAILED"]?done)' in inbound
-    assert "Playback(please-try-call-later)" in inbound
+    assert inbound.index("?enter)") < inbound.index("Playback(please-try-call-later)")
 
 
 def test_nothing_in_the_inbound_context_dials_or_copies_the_callers_identity() -> None:

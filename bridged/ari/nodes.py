@@ -1,0 +1,108 @@
+"""Several Asterisk nodes behind one ARI client: each request goes to the node of the call being handled.
+
+A call's channels, bridge, playbacks and recording all live on one node. Rather than hand a node to every
+ARI request, the node is part of the asyncio context: each call's worker task runs with its call's node
+set (bridged.calls.engine), each node's event reader, reconcile and stray sweep with theirs
+(bridged.serving), and the service sets it while deciding a call (the phone's node, or the node where the
+manager's phone is registered). Tasks inherit the context they were started in, so what a step starts in
+the background (a hangup retried later) goes to the same node. Without a node set, a request goes to
+the first node: a daemon with one node never sets one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from .client import AriClient
+
+__all__ = ["CURRENT", "NodeClients", "NodeNames", "current_node", "on_node", "set_node"]
+
+CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("bridged_ari_node", default=None)
+
+
+@contextlib.contextmanager
+def on_node(node: str | None) -> Iterator[None]:
+    """ARI requests made inside (in this task and the tasks it starts) go to ``node``."""
+    token = CURRENT.set(node)
+    try:
+        yield
+    finally:
+        CURRENT.reset(token)
+
+
+def set_node(node: str | None) -> None:
+    """From now on, this task's ARI requests go to ``node`` (a call moved to another node)."""
+    CURRENT.set(node)
+
+
+def current_node() -> str | None:
+    return CURRENT.get()
+
+
+@dataclass(frozen=True)
+class NodeNames:
+    """The nodes' names, the first one first (``config.nodes``)."""
+
+    names: tuple[str, ...]
+
+    @property
+    def first(self) -> str:
+        return self.names[0]
+
+    @property
+    def several(self) -> bool:
+        return len(self.names) > 1
+
+    def current(self) -> str:
+        """The node of the call being handled (the first when none is set)."""
+        node = CURRENT.get()
+        return node if node in self.names else self.first
+
+    def holds(self, node: str, row_node: str | None) -> bool:
+        """Whether a call row naming ``row_node`` is on ``node``. A row without a node, or naming one the
+        config no longer has, is the first node's: a daemon that had one node (rows from before the
+        ``node`` column) and got a second keeps finding its calls."""
+        return row_node == node or (node == self.first and row_node not in self.names)
+
+
+class NodeClients(AriClient):
+    """An :class:`AriClient` per node behind the one interface the engine and the service use: each request
+    goes to the current node's client (see the module's docstring). It holds no connection of its own."""
+
+    def __init__(self, clients: Mapping[str, AriClient]) -> None:  # noqa: D107 - no AriClient state
+        if not clients:
+            raise ValueError("NodeClients needs at least one node")
+        self.clients = dict(clients)
+        self.names = NodeNames(tuple(self.clients))
+
+    def client(self, node: str | None = None) -> AriClient:
+        return self.clients[node if node in self.clients else self.names.current()]
+
+    @property
+    def pending(self) -> int:
+        return self.client().pending
+
+    def oldest_wait(self) -> float:
+        """How far behind the current node's Asterisk is (the overload guard asks for the node of the
+        call it decides about)."""
+        return self.client().oldest_wait()
+
+    async def _call(
+        self,
+        op_name: str,
+        path_params: Mapping[str, Any],
+        params: Mapping[str, Any],
+        body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        return await self.client()._call(op_name, path_params, params, body)
+
+    async def stored_recording_file(
+        self, name: str, *, range_header: str | None = None
+    ) -> aiohttp.ClientResponse:
+        return await self.client().stored_recording_file(name, range_header=range_header)

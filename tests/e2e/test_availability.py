@@ -1,0 +1,458 @@
+"""Two daemons on one Asterisk, one daemon on two Asterisk nodes (issue 16), on the real rig.
+
+- The dialplan tries each daemon's FastAGI target in turn (``BRIDGED_AGI``, ``BRIDGED_AGI_2``): a daemon
+  killed with SIGKILL under a stream of calls loses none; the calls it had bridged go on and are adopted by
+  the survivor through the lease in PostgreSQL (their rows end when a side hangs up), and handed back to
+  the dead daemon's next start.
+- One daemon serving two nodes (``ari`` as a list): a call placed over HTTP rings the manager on the node
+  where their phone is registered; a phone's own call is placed on the node it dialled through; a node
+  stopped leaves the other serving its managers, and the rows of the lost node's calls end.
+- A customer calling the shop while the first daemon's application is gone reaches the next daemon's
+  (``BRIDGED_APP``, ``BRIDGED_APP_2`` in ``[bridged-inbound]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rig import Asterisk, Postgres, Sipp, manager_endpoint_conf
+
+from .harness import (
+    Bridged,
+    ManagerPhone,
+    add_order,
+    assert_not_leaked,
+    customer_calls,
+    dial,
+    invites,
+    new_customer_number,
+    new_order_id,
+    phone_rings,
+    sox_rms,
+    wait_for,
+)
+from .test_http_calls import TOKENS, http, manager_phone, token_config
+from .test_inbound import ended_row, inbound_daemon
+from .test_service import carrier_for
+
+# The outcomes a call may end with when the daemon that was setting it up died (its customer ringing,
+# the manager's leg not yet bridged): whatever the adopter finds, never no outcome.
+CALL_OUTCOMES = {
+    "completed",
+    "customer_busy",
+    "customer_no_answer",
+    "customer_unavailable",
+    "customer_congestion",
+    "manager_abandoned",
+    "failed",
+}
+
+
+def _rows(daemon: Bridged, manager: ManagerPhone) -> list[dict[str, Any]]:
+    return daemon.call_rows(manager.id)
+
+
+def _audit(daemon: Bridged, action: str) -> list[dict[str, Any]]:
+    out = daemon.sql(
+        "SELECT coalesce(json_agg(a ORDER BY id), '[]') FROM audit a"
+        f" WHERE action = '{action}' AND at > now() - interval '10 minutes'"
+    )
+    return json.loads(out.strip() or "[]")
+
+
+def _recording_has_sound(asterisk: Asterisk, row: dict[str, Any], trace_dir: Path) -> None:
+    recording = asterisk.recordings_dir / f"{row['recording_name']}.wav"
+    wait_for(recording.exists, 10, f"recording {recording.name}")
+    (trace_dir / recording.name).write_bytes(recording.read_bytes())
+    assert sox_rms(recording) > 0.01, f"recording of {row['id']} is silent"
+
+
+# -- two daemons on one Asterisk -------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_daemons(
+    asterisk: Asterisk, shop: Postgres, trace_dir: Path, unique_name, rig_alloc
+) -> Iterator[Callable[[int], tuple[Bridged, Bridged]]]:
+    """Daemons A and B sharing the database and ``count`` managers, whose phones' dialplan tries A, then
+    B (``BRIDGED_AGI``, ``BRIDGED_AGI_2``)."""
+    started: list[Bridged] = []
+    files: list[str] = []
+
+    def make(count: int) -> tuple[Bridged, Bridged]:
+        phones = [
+            ManagerPhone(
+                id=f"ha{rig_alloc.unique_name('')}",
+                endpoint=unique_name("mgr"),
+                sip_port=rig_alloc.sip_port(),
+                rtp_port=rig_alloc.rtp_port(),
+            )
+            for _ in range(count)
+        ]
+        daemons = []
+        for key in ("a", "b"):
+            (trace_dir / key).mkdir(exist_ok=True)
+            daemons.append(Bridged(asterisk, shop, trace_dir / key, phones))
+        a, b = daemons
+        targets = {"BRIDGED_AGI": a.agi_url, "BRIDGED_AGI_2": b.agi_url}
+        name = f"test_{phones[0].endpoint}"
+        asterisk.add_endpoints(
+            name, "\n".join(manager_endpoint_conf(p.endpoint, p.sip_port, set_vars=targets) for p in phones)
+        )
+        files.append(name)
+        for daemon in daemons:
+            started.append(daemon)
+            daemon.start()
+        return a, b
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+    for name in files:
+        asterisk.remove_endpoints(name)
+
+
+def test_a_daemon_killed_under_a_stream_of_calls_loses_none_and_its_calls_are_adopted(
+    two_daemons, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """Eight managers dial 400 ms apart; A (tried first) is SIGKILLed after the fifth dial. Every attempt
+    ends in a completed call; the three calls A had bridged go on, are adopted by B through A's lease
+    (audited), and the ones still up when A starts again are handed back to it."""
+    a, b = two_daemons(8)
+    phones = a.managers
+    orders = [(new_order_id(), new_customer_number()) for _ in phones]
+    for phone, (order, number) in zip(phones, orders, strict=True):
+        add_order(a.postgres, order, number, "Olga Ivanova", phone.id)
+    customer = carrier_for(trace_dir, rig_alloc, calls=len(phones) + 2, hold_ms=120000)
+    # Call 0 ends while B holds A's lease, calls 1 and 2 after A is back; the others are short.
+    holds = [22000, 60000, 60000] + [6000] * 5
+    sipps: list[Sipp] = []
+
+    def dial_next() -> None:
+        i = len(sipps)
+        sipps.append(
+            dial(phones[i], trace_dir / f"m{i}", f"*77{orders[i][0]}", hold_ms=holds[i], timeout_s=150)
+        )
+
+    for _ in range(3):
+        dial_next()
+        time.sleep(0.4)
+    wait_for(
+        lambda: (
+            all(r["state"] == "bridged" for p in phones[:3] for r in _rows(a, p))
+            and all(len(_rows(a, p)) == 1 for p in phones[:3])
+        ),
+        30,
+        "A's three calls bridged",
+    )
+    dial_next()
+    time.sleep(0.4)
+    dial_next()
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGKILL)  # right after a dial: that call is in A's hands or on its way to B
+    killed_at = time.monotonic()
+    a.proc.wait(timeout=5)
+    while len(sipps) < len(phones):
+        time.sleep(0.4)
+        dial_next()
+
+    # Every manager's last attempt is a call that completed; the ones dialled after the kill were B's.
+    for i, phone in enumerate(phones[3:], start=3):
+        rows = wait_for(
+            lambda p=phone: (r := _rows(b, p)) and all(x["state"] == "ended" for x in r) and r,
+            60,
+            f"call {i} ended",
+        )
+        assert rows[-1]["outcome"] == "completed", rows
+        assert all(r["outcome"] in CALL_OUTCOMES for r in rows), rows
+        if i >= 5:
+            assert len(rows) == 1 and rows[0]["ari_app"] == b.app, rows
+    for sipp in sipps[5:]:
+        assert sipp.wait(timeout=60) == 0, sipp.describe()
+
+    # A's bridged calls: B took its lease over (one takeover) and adopted each of them.
+    takeovers = [t for t in _audit(b, "app.takeover") if t["details"]["ari_app"] == a.app]
+    assert [t["actor"] for t in takeovers] == [f"bridged:{b.app}"], takeovers
+    adopted = {r["call_id"] for r in _audit(b, "call.adopt") if r["details"]["from_app"] == a.app}
+    first_three = {_rows(a, p)[0]["id"] for p in phones[:3]}
+    assert first_three <= adopted, (first_three, adopted)
+    assert f"took over the lease of application {a.app}" in b.log_text()
+
+    # Call 0 ends (its manager hangs up) while B holds the lease: B ends its row.
+    row0 = wait_for(lambda: (r := _rows(b, phones[0])[-1])["state"] == "ended" and r, 40, "call 0 ended")
+    assert (row0["outcome"], row0["ended_by"]) == ("completed", "manager"), row0
+    assert row0["duration"] > 15, row0
+    assert sipps[0].wait(timeout=20) == 0, sipps[0].describe()
+    print(f"A killed {time.monotonic() - killed_at:.1f} s before call 0 ended")
+
+    # A starts again: B hands A's application back (audited), A serves calls 1 and 2 to their end.
+    a.start()
+    handbacks = wait_for(
+        lambda: [h for h in _audit(b, "app.handback") if h["details"]["ari_app"] == a.app], 20, "handback"
+    )
+    assert handbacks[0]["reason"] == "owner back", handbacks
+    for i in (1, 2):
+        assert sipps[i].wait(timeout=90) == 0, sipps[i].describe()
+        row = wait_for(lambda p=phones[i]: (r := _rows(a, p)[-1])["state"] == "ended" and r, 20, f"call {i}")
+        assert (row["outcome"], row["ended_by"], row["ari_app"]) == ("completed", "manager", a.app), row
+        assert row["duration"] > 45, row
+    assert "holding the lease of application" in a.log_text()
+
+    # The recordings of the adopted calls hold sound; the leftover customer legs were hung up.
+    for phone in phones[:3]:
+        _recording_has_sound(asterisk, _rows(a, phone)[-1], trace_dir)
+    wait_for(lambda: json.loads(asterisk.ari_get("/channels")) == [], 20, "no channel left")
+    customer.stop()
+    refused = [r for r in _audit(b, "call.request") if r["outcome"] == "refused"]
+    assert not [r for r in refused if r["actor"] in {p.id for p in phones}], refused
+
+    for i in range(len(phones)):
+        assert_not_leaked(
+            orders[i][1],
+            manager_trace=sipps[i].messages(),
+            daemon_a_log=a.log_text(),
+            daemon_b_log=b.log_text(),
+            database=b.dump_database(),
+        )
+
+
+# -- one daemon, two Asterisk nodes ----------------------------------------------------------------
+
+
+def _node(name: str, node: Asterisk, app: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "url": node.ari_url,
+        "username": node.ari_user,
+        "password": node.ari_password,
+        "app": app,
+        "reconnect_max_delay": 1,
+        "lost_after": 4,
+    }
+
+
+def _register(phone: ManagerPhone, node: Asterisk, trace_dir: Path) -> None:
+    register = Sipp.start(
+        "manager_register",
+        local_ip="127.0.0.1",
+        local_port=phone.sip_port,
+        remote=node.sip_address,
+        keys={"user": phone.endpoint, "expires": "600"},
+        trace_dir=trace_dir,
+        timeout_s=10,
+        name=f"register_{phone.endpoint}",
+    )
+    assert register.wait(timeout=15) == 0, register.describe()
+
+
+def _sender(message_text: str) -> str:
+    via = re.search(r"^Via: SIP/2.0/UDP (\S+?)[;\s]", message_text, re.M)
+    assert via, message_text[:300]
+    return via[1]
+
+
+def _crash(node: Asterisk) -> None:
+    """The node dies at once, as a host losing power: nothing is hung up, no event is sent."""
+    assert node.proc is not None
+    os.killpg(node.proc.pid, signal.SIGKILL)
+    node.proc.wait(timeout=10)
+    node.proc = None
+
+
+def test_two_nodes_ring_managers_where_registered_and_a_lost_nodes_calls_end(
+    asterisk: Asterisk, asterisk_b: Asterisk, shop: Postgres, trace_dir: Path, unique_name, rig_alloc
+) -> None:
+    phones = {
+        key: ManagerPhone(
+            id=f"{key}n{rig_alloc.unique_name('')}",
+            endpoint=unique_name(f"mgr{key}"),
+            sip_port=rig_alloc.sip_port(),
+            rtp_port=rig_alloc.rtp_port(),
+        )
+        for key in ("a", "b")
+    }
+    daemon = Bridged(asterisk, shop, trace_dir, list(phones.values()))
+    daemon.extra = {
+        "ari": [_node("a", asterisk, daemon.app), _node("b", asterisk_b, daemon.app)],
+        "api": {"tokens": token_config(phones["a"].id), "manager_ring_timeout": 10},
+    }
+    name = f"test_{phones['a'].endpoint}"
+    conf = "\n".join(
+        manager_endpoint_conf(
+            p.endpoint, p.sip_port, registered=True, set_vars={"BRIDGED_AGI": daemon.agi_url}
+        )
+        for p in phones.values()
+    )
+    for node in (asterisk, asterisk_b):  # every manager is known on both nodes, registered on one
+        node.add_endpoints(name, conf)
+    try:
+        daemon.start()
+        _register(phones["a"], asterisk, trace_dir / "reg-a")
+        _register(phones["b"], asterisk_b, trace_dir / "reg-b")
+        assert (
+            "node a is Asterisk rig," in daemon.log_text()
+            and "node b is Asterisk rig-2," in daemon.log_text()
+        )
+        customer = carrier_for(trace_dir, rig_alloc, calls=4, hold_ms=120000)
+
+        # From a phone: the call is placed on the node the phone dialled through (its channel's unique id
+        # starts with that node's systemname), the customer dialled from there.
+        order, number = new_order_id(), new_customer_number()
+        add_order(shop, order, number, "Pavel Smirnov", phones["b"].id)
+        from_b = dial(
+            phones["b"],
+            trace_dir / "phone-b",
+            f"*77{order}",
+            hold_ms=3000,
+            timeout_s=60,
+            remote=asterisk_b.sip_address,
+        )
+        assert from_b.wait(timeout=60) == 0, from_b.describe()
+        row = wait_for(
+            lambda: (r := daemon.call_rows(phones["b"].id)) and r[-1]["state"] == "ended" and r[-1], 20, "b"
+        )
+        assert (row["outcome"], row["node"]) == ("completed", "b"), row
+        assert _sender(invites(customer.messages())[0]) == asterisk_b.sip_address
+        assert_not_leaked(number, manager_trace=from_b.messages())
+
+        # Over HTTP: each manager is rung on the node where their phone registered, the customer too.
+        numbers: dict[str, str] = {}
+        answered: dict[str, Sipp] = {}
+        call_ids: dict[str, str] = {}
+        for key, phone in phones.items():
+            order, numbers[key] = new_order_id(), new_customer_number()
+            add_order(shop, order, numbers[key], "Pavel Smirnov", phone.id)
+            answered[key] = manager_phone(phone, trace_dir / f"http-{key}", hold_ms=120000)
+            status, call, _ = http(
+                daemon, "POST", "/v1/calls", {"order_id": order, "manager_id": phone.id}, token=TOKENS["shop"]
+            )
+            assert status == 202, call
+            call_ids[key] = call["id"]
+            wait_for(
+                lambda k=key: http(daemon, "GET", f"/v1/calls/{call_ids[k]}")[1]["state"] == "bridged",
+                30,
+                key,
+            )
+        expected = {"a": asterisk.sip_address, "b": asterisk_b.sip_address}
+        for key in phones:
+            invite = invites(answered[key].messages())[0]
+            assert _sender(invite) == expected[key], (key, invite[:300])
+            row = next(r for r in daemon.call_rows(phones[key].id) if r["id"] == call_ids[key])
+            assert row["node"] == key, row
+        senders = [_sender(m) for m in invites(customer.messages())]
+        assert senders == [asterisk_b.sip_address, *expected.values()], senders
+
+        # Node b dies (SIGKILL: no event, no BYE, its channels gone with it): its call's row ends once the
+        # node is taken for lost (lost_after: 4 s); node a goes on serving: its call stays up, and a new
+        # call from its manager's phone works.
+        _crash(asterisk_b)
+        stopped_at = time.monotonic()
+        row_b = wait_for(
+            lambda: (r := daemon.call_rows(phones["b"].id)[-1])["state"] == "ended" and r, 30, "node b's row"
+        )
+        lost_after = time.monotonic() - stopped_at
+        assert (row_b["outcome"], row_b["ended_by"], row_b["recording_state"]) == (
+            "completed",
+            "unknown",
+            "unknown",
+        ), row_b
+        assert "node b unreachable for 4 s" in daemon.log_text()
+        ends = [r for r in _audit(daemon, "call.end") if r["call_id"] == call_ids["b"]]
+        assert ends and ends[0]["reason"] == "Asterisk node b lost", ends
+        row_a = next(r for r in daemon.call_rows(phones["a"].id) if r["id"] == call_ids["a"])
+        assert row_a["state"] == "bridged", row_a
+        status, health = http(daemon, "GET", "/healthz", token=None)[:2]
+        assert status == 200 and health["nodes"] == {"a": "connected", "b": "disconnected"}, health
+
+        order, number = new_order_id(), new_customer_number()
+        add_order(shop, order, number, "Pavel Smirnov", phones["a"].id)
+        # Call a ends over HTTP; its phone then dials through node a.
+        status, _, _ = http(daemon, "DELETE", f"/v1/calls/{call_ids['a']}")
+        assert status == 202, status
+        answered["a"].wait(timeout=20)
+        row_a = wait_for(
+            lambda: (
+                (r := [x for x in daemon.call_rows(phones["a"].id) if x["id"] == call_ids["a"]][0])["state"]
+                == "ended"
+                and r
+            ),
+            20,
+            "call a ended",
+        )
+        assert row_a["outcome"] == "completed", row_a
+        phone_call = dial(phones["a"], trace_dir / "phone-a", f"*77{order}", hold_ms=3000, timeout_s=60)
+        assert phone_call.wait(timeout=60) == 0, phone_call.describe()
+        rows = wait_for(
+            lambda: [
+                r
+                for r in daemon.call_rows(phones["a"].id)
+                if r["order_id"] == order and r["state"] == "ended"
+            ],
+            20,
+            "the phone call's row",
+        )
+        assert (rows[0]["outcome"], rows[0]["node"]) == ("completed", "a"), rows
+        print(f"node b's call ended {lost_after:.1f} s after the node stopped")
+        customer.stop()
+        for key in phones:
+            assert_not_leaked(
+                numbers[key],
+                manager_trace=answered[key].messages(),
+                daemon_log=daemon.log_text(),
+                database=daemon.dump_database(),
+            )
+        assert_not_leaked(number, manager_trace=phone_call.messages(), daemon_log=daemon.log_text())
+    finally:
+        daemon.stop()
+        if not asterisk_b.running:
+            asterisk_b.start()  # fresh config: the session's other tests find node b as they expect
+        for node in (asterisk, asterisk_b):
+            node.remove_endpoints(name)
+
+
+# -- the inbound path --------------------------------------------------------------------------------
+
+
+def test_a_customer_calling_while_the_first_daemon_is_dead_reaches_the_next_one(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """[bridged-inbound] enters BRIDGED_APP, an application no daemon serves (its daemon is dead:
+    Stasis() fails at once), then BRIDGED_APP_2, the live daemon's: the caller reaches the manager."""
+    daemon = inbound_daemon(make_bridged, asterisk)
+    anna = daemon.managers[0]
+    dead = f"{daemon.app}-dead"
+    asterisk.cli(f"dialplan set global BRIDGED_APP {dead}")
+    asterisk.cli(f"dialplan set global BRIDGED_APP_2 {daemon.app}")
+    try:
+        order, number = new_order_id(), new_customer_number()
+        add_order(daemon.postgres, order, number, "Ivan Petrov", anna.id)
+        phone = phone_rings(anna, trace_dir, ring_ms=500, hold_ms=3000)
+        customer = customer_calls(trace_dir, rig_alloc, number, hold_ms=30000)
+        assert phone.wait(timeout=40) == 0, phone.describe()
+        assert customer.wait(timeout=40) == 0, customer.describe()
+        row = ended_row(daemon)
+        assert (row["order_id"], row["manager_id"], row["outcome"], row["ari_app"]) == (
+            order,
+            anna.id,
+            "completed",
+            daemon.app,
+        ), row
+        assert re.search(rf"Stasis app '{re.escape(dead)}' not active|{re.escape(dead)}", asterisk.log_text())
+        assert_not_leaked(
+            number,
+            manager_trace=phone.messages(),
+            daemon_log=daemon.log_text(),
+            database=daemon.dump_database(),
+        )
+    finally:
+        # The next tests set BRIDGED_APP themselves; BRIDGED_APP_2 names an application gone with this daemon.
+        asterisk.cli(f"dialplan set global BRIDGED_APP_2 {dead}")
