@@ -39,6 +39,7 @@ from .appkeys import (
 from .ari import AriAccess, AriClient
 from .ari.events import AriEventStream
 from .calls.engine import CallEngine
+from .canaries import CanaryRegistry
 from .config import Config, ConfigHolder, describe_dsn
 from .hooks import LIFECYCLE, Lifecycle
 from .orders import OrderDirectory
@@ -172,10 +173,20 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _service(app: web.Application) -> AsyncIterator[None]:
+    canaries = CanaryRegistry(app[STORE].canaries)
     app[SERVICE] = service = CallService(
-        app[CONFIG], app[STORE], app[ORDERS], app[ENGINE], accepting_calls=lambda: accepting_calls(app)
+        app[CONFIG],
+        app[STORE],
+        app[ORDERS],
+        app[ENGINE],
+        accepting_calls=lambda: accepting_calls(app),
+        canaries=canaries,
     )
+    service.alerts.append(app[WEBHOOKS].publish_event)
+    # Read now and every REFRESH_SECONDS (another daemon's changes); at once after a change over the API.
+    canaries.start(lambda: app[CONFIG].current.inbound.secret)
     yield
+    await canaries.stop()
     await service.close()  # a last try at refused attempts' rows the database did not take
 
 
