@@ -75,6 +75,7 @@ class CanaryRegistry:
         self._store = store
         self._by_key: dict[str, Canary] = {}
         self._task: asyncio.Task[None] | None = None
+        self._reads = 0
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -88,8 +89,12 @@ class CanaryRegistry:
         """Read the canaries again; rows keyed with another secret are left out (and warned about)."""
         if self._store is None:
             return
+        # A read that began before a later one (the periodic refresh racing an API change) is stale.
+        self._reads += 1
+        mine = self._reads
         rows = await self._store.all()
-        self.load(rows, secret)
+        if mine == self._reads:
+            self.load(rows, secret)
 
     def load(self, rows: list[CanaryRow], secret: str | None) -> None:
         check = key_check(secret) if secret is not None else None

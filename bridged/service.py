@@ -100,7 +100,7 @@ class CallService:
         # Rows about refused attempts that bridged's database did not take (it was away): written later.
         self.deferred = DeferredWrites()
         engine.decide_inbound = self.take_inbound
-        self.canaries = canaries or CanaryRegistry(None)
+        self.canaries = canaries if canaries is not None else CanaryRegistry(None)
         # Called with canary.called and abuse.suspected (the webhooks).
         self.alerts: list[Alert] = []
         # Writes off a call's path (an accepted attempt's record, a canary touch's audit row).
