@@ -154,7 +154,14 @@ def test_a_call_to_a_canary_number_is_answered_recorded_and_names_the_manager_it
         order,
         row["id"],
     )
-    # A manager-bound token (anna's) cannot see the alarm, though the row names a manager.
+    # The manager-bound token of the manager the canary was planted for cannot see the alarm, though the
+    # row names that manager (their own calls are theirs to read).
+    daemon.extra["api"] = {"tokens": token_config(boris.id)}
+    daemon.config_path.write_text(yaml.safe_dump(_merge(daemon.config(), daemon.extra)))
+    before = daemon.log_text().count("reload: applied")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: daemon.log_text().count("reload: applied") > before, 10, "the reload")
     status, _, _ = http(daemon, "GET", f"/v1/calls/{row['id']}", token=TOKENS["manager"])
     assert status == 404
     metrics = daemon_metrics(daemon)
