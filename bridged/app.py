@@ -42,6 +42,7 @@ from .ari import AriAccess, AriClient
 from .ari.events import AriEventStream
 from .ari.nodes import NodeClients, set_node
 from .calls.engine import CallEngine
+from .canaries import CanaryRegistry
 from .config import Config, ConfigHolder, describe_dsn
 from .hooks import LIFECYCLE, Lifecycle
 from .leases import Leases
@@ -212,6 +213,7 @@ class _NodesOf:
 
 
 async def _service(app: web.Application) -> AsyncIterator[None]:
+    canaries = CanaryRegistry(app[STORE].canaries)
     app[SERVICE] = service = CallService(
         app[CONFIG],
         app[STORE],
@@ -219,8 +221,13 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         app[ENGINE],
         accepting_calls=lambda: accepting_calls(app),
         nodes=_NodesOf(app),
+        canaries=canaries,
     )
+    service.alerts.append(app[WEBHOOKS].publish_event)
+    # Read now and every REFRESH_SECONDS (another daemon's changes); at once after a change over the API.
+    canaries.start(lambda: app[CONFIG].current.inbound.secret)
     yield
+    await canaries.stop()
     await service.close()  # a last try at refused attempts' rows the database did not take
 
 

@@ -141,6 +141,48 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """What one manager may do within ``limits.window`` seconds (None: that budget is off)."""
+
+    # Calls accepted (the phone path, the API and links together).
+    calls: int | None = 60
+    # Different orders whose customers were called or tried: a harvest goes through many orders.
+    distinct_orders: int | None = 40
+    # Attempts refused in a row as a manager probing would make them (unknown order, denied, malformed
+    # code, an order whose phone is not a number), with no accepted call in between.
+    refused_in_a_row: int | None = 10
+
+
+BUDGETS = ("calls", "distinct_orders", "refused_in_a_row")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-manager budgets (bridged.limits), counted in the database over a sliding window."""
+
+    window: int = 3600
+    default: Budget = field(default_factory=Budget)
+    # Overrides by manager id: each a whole Budget (the file's keys laid over ``default``).
+    managers: tuple[tuple[str, Budget], ...] = ()
+
+    def budget(self, manager_id: str) -> Budget:
+        for name, budget in self.managers:
+            if name == manager_id:
+                return budget
+        return self.default
+
+
+@dataclass(frozen=True)
+class CanariesConfig:
+    """How bridged answers a call to a canary number (canaries themselves are registered over the API)."""
+
+    # The caller hears ringing this long, then the greeting, then is recorded (as a voicemail would).
+    ring_seconds: int = 8
+    greeting: str = "vm-intro&beep"
+    max_record_seconds: int = 60
+
+
+@dataclass(frozen=True)
 class RecordingConfig:
     enabled: bool = True
     format: str = "wav"
@@ -244,6 +286,8 @@ class Prompts:
     customer_unavailable: str = "number-not-answering"
     congestion: str = "all-circuits-busy-now"
     invalid_phone: str = "cannot-complete-as-dialed"
+    # A manager past one of their budgets (limits): no call until the window frees a slot.
+    rate_limited: str = "simul-call-limit-reached"
 
 
 # Each language's defaults: names that Debian's stock sounds of that language hold (asterisk-core-sounds-
@@ -281,6 +325,8 @@ class Config:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     prompts: Prompts = field(default_factory=Prompts)
     inbound: InboundConfig = field(default_factory=InboundConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    canaries: CanariesConfig = field(default_factory=CanariesConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # The language of every prompt bridged plays or has the dialplan play, to managers and customers
     # (CHANNEL(language) on each leg), and of the defaults of ``prompts`` and ``labels.template``.

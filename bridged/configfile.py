@@ -24,6 +24,7 @@ import yaml
 
 from . import yamlstrict
 from .config import (
+    BUDGETS,
     DEFAULT_LANGUAGE,
     DEFAULT_PROMPTS,
     INBOUND_SECRET_MIN,
@@ -37,12 +38,15 @@ from .config import (
     ApiConfig,
     ApiToken,
     AriConfig,
+    Budget,
+    CanariesConfig,
     Config,
     ConfigError,
     DatabaseConfig,
     HttpConfig,
     InboundConfig,
     LabelsConfig,
+    LimitsConfig,
     LinksConfig,
     LoggingConfig,
     Manager,
@@ -487,6 +491,58 @@ def _load_inbound(s: Section) -> InboundConfig:
     return cfg
 
 
+def _budget(s: Section, default: Budget) -> Budget:
+    """A budget's keys over ``default``: each a count (0: nothing allowed) or null in the file for off."""
+    values: dict[str, int | None] = {}
+    for name in BUDGETS:
+        if name in s.data and s.data[name] is None:
+            s.used.add(name)
+            values[name] = None
+            continue
+        fallback = getattr(default, name)
+        got = s.integer(name, -1 if fallback is None else fallback, minimum=0, maximum=1_000_000)
+        values[name] = None if got == -1 else got
+    return Budget(**values)
+
+
+def _load_limits(s: Section) -> LimitsConfig:
+    window = s.integer("window", LimitsConfig.window, minimum=1, maximum=7 * 86400)
+    default = _budget(s, Budget())
+    overrides: list[tuple[str, Budget]] = []
+    managers = s.section("managers", required=False)
+    for name in list(managers.data):
+        item = managers.child(managers.data[name], managers.key(str(name)))
+        managers.used.add(name)
+        if not isinstance(name, str) or not _ID_RE.match(name):
+            managers.error(str(name), "must be a manager id")
+            continue
+        overrides.append((name, _budget(item, default)))
+        item.finish()
+    s.finish()
+    return LimitsConfig(window=window, default=default, managers=tuple(overrides))
+
+
+def _load_canaries(s: Section) -> CanariesConfig:
+    greeting = s.text("greeting", CanariesConfig.greeting)
+    _sound(s, "greeting", greeting)
+    cfg = CanariesConfig(
+        ring_seconds=s.integer("ring_seconds", CanariesConfig.ring_seconds, minimum=0, maximum=60),
+        greeting=greeting,
+        max_record_seconds=s.integer(
+            "max_record_seconds", CanariesConfig.max_record_seconds, minimum=1, maximum=600
+        ),
+    )
+    s.finish()
+    return cfg
+
+
+def _check_limit_managers(root: Section, limits: LimitsConfig, managers: tuple[Manager, ...]) -> None:
+    known = {m.id for m in managers}
+    for manager_id, _ in limits.managers:
+        if manager_id not in known:
+            root.error(f"limits.managers.{manager_id}", f"{manager_id!r} is not a manager id")
+
+
 def _check_inbound_managers(root: Section, inbound: InboundConfig, managers: tuple[Manager, ...]) -> None:
     known = {m.id for m in managers}
     for index, manager_id in enumerate(inbound.fallback):
@@ -541,6 +597,8 @@ def parse_config(data: Any) -> Config:
             webhook=root.load("webhook", _load_webhook, required=False),
             prompts=root.load("prompts", lambda s: _load_prompts(s, language), required=False),
             inbound=root.load("inbound", _load_inbound, required=False),
+            limits=root.load("limits", _load_limits, required=False),
+            canaries=root.load("canaries", _load_canaries, required=False),
             logging=root.load("logging", _load_logging, required=False),
             language=language,
             ari_nodes=nodes if len(nodes) > 1 else (),
@@ -549,6 +607,8 @@ def parse_config(data: Any) -> Config:
             _check_token_managers(root, config.api, managers)
         if config.inbound is not None and managers is not None:
             _check_inbound_managers(root, config.inbound, managers)
+        if config.limits is not None and managers is not None:
+            _check_limit_managers(root, config.limits, managers)
         root.finish()
     except ConfigError as exc:  # a check that raised instead of recording: keep what was found before
         problems.extend(exc)

@@ -164,6 +164,13 @@ RECORDINGS_UNVERIFIED = Counter(
     "Call recordings whose end bridged could not check (state unknown: events missed, file unreadable).",
 )
 
+CANARY_CALLS = Counter("bridged_canary_calls_total", "Calls from outside to a canary number (a leak).")
+CANARY_TOUCHES = Counter(
+    "bridged_canary_touches_total", "Calls managers placed to a canary order (not dialled, audited)."
+)
+RATE_LIMITED = Counter(
+    "bridged_rate_limited_total", "Call attempts refused because a manager was past a budget.", "budget"
+)
 ALL: tuple[Counter | Histogram, ...] = (
     CALLS_STARTED,
     CALLS_BRIDGED,
@@ -183,6 +190,9 @@ ALL: tuple[Counter | Histogram, ...] = (
     DEFERRED_WRITES_LOST,
     HTTP_HEADER_TIMEOUTS,
     HTTP_CONNECTIONS_REFUSED,
+    CANARY_CALLS,
+    CANARY_TOUCHES,
+    RATE_LIMITED,
 )
 
 

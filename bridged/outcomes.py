@@ -30,6 +30,8 @@ class Refusal(StrEnum):
     INVALID_PHONE = "invalid_phone"
     # bridged's own database did not take the call's row: the call is not placed.
     DATABASE_UNAVAILABLE = "database_unavailable"
+    # The manager is past one of their budgets (bridged.limits) until the window frees a slot.
+    RATE_LIMITED = "rate_limited"
 
 
 class Outcome(StrEnum):
@@ -108,6 +110,11 @@ REFUSALS: dict[Refusal, RefusalMeaning] = {
         HttpError(
             503, "database_unavailable", "bridged's database did not answer; try again shortly", retry_after=5
         ),
+    ),
+    # Retry-After is the seconds until the window frees a slot (the refusal carries it): this is a fallback.
+    Refusal.RATE_LIMITED: RefusalMeaning(
+        "rate_limited",
+        HttpError(429, "rate_limited", "this manager is past a call budget; try again later", retry_after=60),
     ),
 }
 

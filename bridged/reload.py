@@ -1,5 +1,6 @@
-"""SIGHUP: take managers, policy, API tokens, the link settings, the recording retention and the inbound
-routing from the config file again, without dropping a call.
+"""SIGHUP: take managers, policy, API tokens, the link settings, the recording retention, the inbound
+routing, the per-manager limits and how canary calls are answered from the config file again, without
+dropping a call.
 
 Only what an admin changes while calls are up is reloaded. Everything else (ARI, databases, ports,
 trunk, the rest of recording, prompts, logging) needs a restart; a change there is logged and not
@@ -22,7 +23,16 @@ from .configfile import load_config
 
 log = logging.getLogger(__name__)
 
-RELOADABLE = ("managers", "policy", "api.tokens", "links", "recording.retention_days", "inbound")
+RELOADABLE = (
+    "managers",
+    "policy",
+    "api.tokens",
+    "links",
+    "recording.retention_days",
+    "inbound",
+    "limits",
+    "canaries",
+)
 
 
 def merge(current: Config, new: Config) -> tuple[Config, list[str]]:
@@ -30,7 +40,7 @@ def merge(current: Config, new: Config) -> tuple[Config, list[str]]:
     ignored = [
         f.name
         for f in dataclasses.fields(Config)
-        if f.name not in ("managers", "policy", "api", "links", "recording", "inbound")
+        if f.name not in ("managers", "policy", "api", "links", "recording", "inbound", "limits", "canaries")
         and getattr(current, f.name) != getattr(new, f.name)
     ]
     if dataclasses.replace(current.api, tokens=new.api.tokens) != new.api:
@@ -45,6 +55,9 @@ def merge(current: Config, new: Config) -> tuple[Config, list[str]]:
         links=new.links,
         # Inbound routing names managers: it follows them (a caller already ringing keeps their plan).
         inbound=new.inbound,
+        # Budgets are read at each attempt: a change holds from the next one (calls up are not touched).
+        limits=new.limits,
+        canaries=new.canaries,
         api=dataclasses.replace(current.api, tokens=new.api.tokens),
         recording=dataclasses.replace(current.recording, retention_days=new.recording.retention_days),
     )

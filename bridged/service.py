@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from . import metrics, routing
+from . import limits, metrics, routing
 from .ari import AriError
 from .ari.nodes import on_node
 from .callers import Caller, InboundCaller, identify, is_shop_number
@@ -33,6 +33,7 @@ from .calls.model import (
     INBOUND,
     Call,
     CallState,
+    CanaryPlan,
     InboundPlan,
     ManagerLegFailed,
     PendingCall,
@@ -41,6 +42,7 @@ from .calls.model import (
     manager_leg_id,
     new_call_id,
 )
+from .canaries import Canary, CanaryRegistry, e164_of, e164_of_order_phone
 from .config import ConfigHolder, Manager
 from .orders import CallerOrder, LookupFailed, Order, OrderDirectory, is_valid_code, may_call
 from .outcomes import Outcome, Refusal, refusal_prompt
@@ -49,6 +51,7 @@ from .store import Store
 from .store.base import DatabaseUnavailable
 from .store.callers import Sticky
 from .store.deferred import DeferredWrites
+from .tasks import Tasks
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,13 @@ log = logging.getLogger(__name__)
 class Refused:
     reason: Refusal
     call_id: str | None = None  # the refused attempt's row, when it has one
+    # Seconds until trying again makes sense (rate_limited: until the window frees a slot).
+    retry_after: int | None = None
+
+
+# What the service tells the shop besides calls' state changes (bridged.webhooks publish_event): the event
+# type, what the event is about (an id for the outbox) and its data. No number in any of them.
+Alert = Callable[[str, str, dict[str, object]], None]
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class CallService:
         accepting_calls: Callable[[], bool],
         random: Callable[[], float] = random.random,
         nodes: NodeView | None = None,
+        canaries: CanaryRegistry | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -112,8 +123,14 @@ class CallService:
         # Rows about refused attempts that bridged's database did not take (it was away): written later.
         self.deferred = DeferredWrites()
         engine.decide_inbound = self.take_inbound
+        self.canaries = canaries if canaries is not None else CanaryRegistry(None)
+        # Called with canary.called and abuse.suspected (the webhooks).
+        self.alerts: list[Alert] = []
+        # Writes off a call's path (an accepted attempt's record, a canary touch's audit row).
+        self._background = Tasks()
 
     async def close(self) -> None:
+        await self._background.wait()
         await self.deferred.close()
 
     # -- the triggers ------------------------------------------------------------------------------
@@ -241,13 +258,16 @@ class CallService:
             Refusal.DATABASE_UNAVAILABLE, actor=actor or api_actor(client), details={"manager_id": manager_id}
         )
 
-    async def take_inbound(self, call: Call, caller: InboundCaller) -> InboundPlan | TurnedAway:
+    async def take_inbound(self, call: Call, caller: InboundCaller) -> InboundPlan | CanaryPlan | TurnedAway:
         """A customer called ``caller.did``: who they are (their order, the manager who last talked to
         them), whom to ring in which order, what the managers' phones show, and the call's row (written
         by the plan's ``write_row`` while the first phones ring: refused there if bridged's database is
         away). The caller's number is read here and goes no further than the shop's reverse lookup."""
         config = self.config.current
         inbound = config.inbound
+        canary = self.canaries.match(inbound.secret, e164_of(caller.did, config.orders.default_region))
+        if canary is not None:
+            return self._canary_called(call, caller, canary)
         if not inbound.enabled or inbound.secret is None or not is_shop_number(inbound.numbers, caller.did):
             # bridged-inbound reached with a number that is not the shop's: a dialplan to fix, no call.
             log.warning("call %s: inbound call to a number not in inbound.numbers; turned away", call.id)
@@ -300,6 +320,95 @@ class CallService:
             caller_key=who.key,
             caller_ref=who.ref,
         )
+
+    def _canary_called(self, call: Call, caller: InboundCaller, canary: Canary) -> CanaryPlan:
+        """A call from outside to a canary number: the alarm. The caller is answered as a voicemail would
+        (bridged.calls.steps), and only their keyed reference is kept, as for any inbound caller."""
+        config = self.config.current
+        assert config.inbound.secret is not None  # a canary matched under it
+        who = identify(
+            caller.number,
+            caller.presentation,
+            secret=config.inbound.secret,
+            region=config.orders.default_region,
+        )
+        managers = self._canary_managers(canary)
+
+        async def write_row() -> TurnedAway | None:
+            details: dict[str, object] = {
+                "direction": INBOUND,
+                "canary": canary.id,
+                "managers": managers,
+                **({"team": canary.team} if canary.team else {}),
+            }
+            try:
+                await self.store.calls.insert_audited(
+                    call_id=call.id,
+                    order_id=canary.order_id,
+                    manager_id=canary.manager_id or (managers[0] if managers else None),
+                    direction=INBOUND,
+                    state=CallState.RINGING_MANAGER.value,
+                    manager_channel_id=None,
+                    customer_channel_id=call.customer_channel_id,
+                    ari_app=config.ari.app,
+                    actor="customer",
+                    details=details,
+                    caller_ref=who.ref,
+                    canary=True,
+                )
+            except DatabaseUnavailable as exc:
+                # The alarm is not lost: its audit row waits for the database; the caller is answered all
+                # the same (turning them away would tell them this number is special).
+                log.warning("call %s: canary call's row not written (%s); kept for later", call.id, exc)
+            metrics.CANARY_CALLS.inc()
+            await self.deferred.write(
+                f"canary call {call.id} audit row",
+                lambda: self.store.audit.add(
+                    actor="customer",
+                    action="canary.called",
+                    outcome="alarm",
+                    call_id=call.id,
+                    order_id=canary.order_id,
+                    details={**details, "caller_ref": who.ref},
+                ),
+            )
+            self._alert(
+                "canary.called",
+                call.id,
+                {
+                    "call_id": call.id,
+                    "canary_id": canary.id,
+                    "order_id": canary.order_id,
+                    "manager_ids": managers,
+                    "team": canary.team,
+                    "caller_ref": who.ref,
+                    "at": datetime.now(UTC).isoformat(),
+                },
+            )
+            return None
+
+        # The canary's id and its managers: who leaked. Never the caller's number, nor the canary's.
+        log.warning("call %s: a call to canary %s (planted for %s)", call.id, canary.id, ", ".join(managers))
+        return CanaryPlan(
+            write_row=write_row,
+            manager=self.config.current.manager_by_id(canary.manager_id) if canary.manager_id else None,
+            order_id=canary.order_id,
+            label=self.engine.labeller.of_caller(canary.order_id, "", who.ref),
+            caller_ref=who.ref,
+        )
+
+    def _canary_managers(self, canary: Canary) -> list[str]:
+        """The managers whose segment held the canary: its manager, or every manager of its team."""
+        if canary.manager_id is not None:
+            return [canary.manager_id]
+        return [m.id for m in self.config.current.managers if canary.team and m.team == canary.team]
+
+    def _alert(self, kind: str, about: str, data: dict[str, object]) -> None:
+        for alert in self.alerts:
+            try:
+                alert(kind, about, data)
+            except Exception:
+                log.exception("%s not sent", kind)
 
     async def _caller_order(self, call: Call, who: Caller) -> CallerOrder | None:
         if who.number is None:
@@ -368,15 +477,19 @@ class CallService:
         ``actor`` is who asked (the manager on the phone path, the API token on the HTTP path);
         ``created_by`` the API client the call belongs to (None on the phone path). ``nodes``: the
         Asterisk node the call is placed on, then (HTTP path) the others the manager may be rung on."""
-        if not is_valid_code(self.config.current.orders, code):
-            # The raw input is not stored: a manager could have typed anything, even a number.
-            log.info("call refused for %s: malformed order code", manager.id)
-            return await self._refused_attempt(
-                Refusal.INVALID_CODE, actor=actor, details={"manager_id": manager.id}
-            )
         refuse = functools.partial(
             self._refuse, manager, code, direction=direction, actor=actor, created_by=created_by
         )
+        exceeded = await self._over_budget(manager, code)
+        if exceeded is not None:
+            return await self._rate_limited(manager, code, exceeded, refuse)
+        if not is_valid_code(self.config.current.orders, code):
+            # The raw input is not stored: a manager could have typed anything, even a number.
+            log.info("call refused for %s: malformed order code", manager.id)
+            await self._attempted(manager, code, Refusal.INVALID_CODE.value)
+            return await self._refused_attempt(
+                Refusal.INVALID_CODE, actor=actor, details={"manager_id": manager.id}
+            )
         found = await self._order_for(manager, code, overloaded)
         if others_follow and found in PASSED_ON:
             assert isinstance(found, Refusal)
@@ -384,6 +497,7 @@ class CallService:
         if isinstance(found, Refusal):
             return await refuse(found)
         nodes = nodes or (self.engine.nodes.current(),)
+        canary = self._canary_of(found)
         call_id = new_call_id()
         try:
             await self.store.calls.insert_audited(
@@ -422,8 +536,12 @@ class CallService:
             manager_channel_id=manager_channel_id,
             label=self.engine.labeller.label(found.id, found.customer_name),
             nodes=nodes,
+            canary=canary is not None,
         )
         self.engine.expect(pending)
+        self._background.spawn(self._attempted(manager, code, limits.ACCEPTED), name=f"attempt-{call_id}")
+        if canary is not None:
+            self._background.spawn(self._canary_touched(call_id, manager, canary), name=f"canary-{call_id}")
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
         return pending
 
@@ -453,6 +571,117 @@ class CallService:
         if not self.accepting_calls():
             return Refusal.UNAVAILABLE
         return Refusal.OVERLOADED if self._overloaded() else None
+
+    def _canary_of(self, order: Order) -> Canary | None:
+        """The canary whose number is the order's phone, if any (compared in E.164, by keyed hash)."""
+        if order.phone is None or not len(self.canaries):
+            return None
+        orders = self.config.current.orders
+        e164 = e164_of_order_phone(order.phone, orders.dial_format, orders.default_region)
+        return self.canaries.match(self.config.current.inbound.secret, e164)
+
+    async def _canary_touched(self, call_id: str, manager: Manager, canary: Canary) -> None:
+        """A manager called a canary order: no alarm (the shop planted it in their segment, calling it is
+        their work), but admins see it in the audit trail. The call itself rings out as an unanswered
+        customer would, without dialling the carrier (bridged.calls.steps)."""
+        metrics.CANARY_TOUCHES.inc()
+        log.info("call %s: manager %s called a canary order; the carrier is not dialled", call_id, manager.id)
+        await self.deferred.write(
+            f"call {call_id} canary touch audit row",
+            lambda: self.store.audit.add(
+                actor=manager.id,
+                action="canary.touched",
+                outcome="not_dialled",
+                call_id=call_id,
+                order_id=canary.order_id,
+                details={"canary": canary.id, "manager_id": manager.id},
+            ),
+        )
+
+    # -- budgets -----------------------------------------------------------------------------------
+
+    async def _over_budget(self, manager: Manager, code: str) -> limits.Exceeded | None:
+        """Whether one more attempt by ``manager`` goes past a budget (one indexed query). If bridged's
+        database is away the attempt goes on: it is refused at its row's write anyway."""
+        config = self.config.current.limits
+        budget = config.budget(manager.id)
+        if budget.calls is None and budget.distinct_orders is None and budget.refused_in_a_row is None:
+            return None
+        try:
+            now, attempts = await self.store.attempts.window(manager.id, config.window)
+        except DatabaseUnavailable as exc:
+            log.warning("budgets of %s not checked: bridged's database is unavailable (%s)", manager.id, exc)
+            return None
+        return limits.verdict(
+            attempts, now=now, window=timedelta(seconds=config.window), budget=budget, code=code
+        )
+
+    async def _rate_limited(
+        self,
+        manager: Manager,
+        code: str,
+        exceeded: limits.Exceeded,
+        refuse: Callable[..., Awaitable[Refused]],
+    ) -> Refused:
+        """Past a budget: refused, with its row and audit row (as every refusal), the attempt kept (not
+        counted), a metric, and ``abuse.suspected`` once per window per manager and budget."""
+        metrics.RATE_LIMITED.inc(exceeded.budget)
+        window = self.config.current.limits.window
+        log.warning(
+            "call refused for %s: past the %s budget (%d of %d in %d s)",
+            manager.id,
+            exceeded.budget,
+            exceeded.count,
+            exceeded.limit,
+            window,
+        )
+        refused: Refused = await refuse(Refusal.RATE_LIMITED)
+        await self._attempted(manager, code, limits.RATE_LIMITED)
+        data: dict[str, object] = {
+            "manager_id": manager.id,
+            "budget": exceeded.budget,
+            "limit": exceeded.limit,
+            "count": exceeded.count,
+            "counts": exceeded.counts,
+            "window_seconds": window,
+            "retry_after": exceeded.retry_after,
+        }
+        try:
+            due = await self.store.attempts.alert_due(manager.id, exceeded.budget, window)
+        except DatabaseUnavailable:
+            due = False
+        if due:
+            await self.deferred.write(
+                f"abuse.suspected audit row of {manager.id}",
+                lambda: self.store.audit.add(
+                    actor=manager.id,
+                    action="abuse.suspected",
+                    outcome="alerted",
+                    reason=exceeded.budget,
+                    call_id=refused.call_id,
+                    details=data,
+                ),
+            )
+            self._alert("abuse.suspected", refused.call_id or f"manager:{manager.id}", data)
+        return Refused(refused.reason, refused.call_id, retry_after=exceeded.retry_after)
+
+    async def _attempted(self, manager: Manager, code: str, outcome: str, *, try_now: bool = True) -> None:
+        """The attempt as the budgets count it: never the code itself unless it named a known order."""
+        length, shape = limits.code_shape(code, self.config.current.orders.code_pattern)
+        order_id = code if outcome in limits.KNOWN_ORDER else None
+        at = datetime.now(UTC)
+        await self.deferred.write(
+            f"attempt of {manager.id} ({outcome})",
+            lambda: self.store.attempts.record(
+                manager_id=manager.id,
+                outcome=outcome,
+                order_id=order_id,
+                code_length=length,
+                code_shape=shape,
+                at=at,
+            ),
+            try_now=try_now,
+        )
 
     def _overloaded(self) -> bool:
         """Asterisk is behind on bridged's ARI requests. A new call now could ring a customer and then
@@ -569,7 +798,7 @@ class CallService:
         # customer's number (a manager probing): stored masked unless it is a known order.
         metrics.CALLS_REFUSED.inc(reason.value)
         known_order = reason in (Refusal.DENIED, Refusal.INVALID_PHONE, Refusal.DATABASE_UNAVAILABLE)
-        code = code if known_order else redact(code)
+        raw_code, code = code, code if known_order else redact(code)
         call_id = new_call_id()
         at = datetime.now(UTC)
         await self.deferred.write(
@@ -588,6 +817,10 @@ class CallService:
             # The database was found away a moment ago: keep the row without waiting on it again.
             try_now=reason is not Refusal.DATABASE_UNAVAILABLE,
         )
+        if reason is not Refusal.RATE_LIMITED:  # kept by _rate_limited, after this row
+            await self._attempted(
+                manager, raw_code, reason.value, try_now=reason is not Refusal.DATABASE_UNAVAILABLE
+            )
         log.info("call %s refused for %s on order %s: %s", call_id, manager.id, code, reason)
         return Refused(reason, call_id)
 

@@ -83,7 +83,9 @@ class WebhookSink:
 
         Every state change is a ``call.state_changed``; an inbound call that ended missed is also a
         ``call.missed`` (with its order, or the caller's reference: the shop calls the customer back)."""
-        if not self.enabled or not call.has_row:  # a call turned away has no row of its own to tell of
+        # A call turned away has no row of its own to tell of; a canary call is told by canary.called alone
+        # (service), for the shop's security contact, not as a call of its own.
+        if not self.enabled or not call.has_row or call.canary:
             return
         data = {
             "call_id": call.id,
@@ -97,6 +99,12 @@ class WebhookSink:
         self._queue.put_nowait((call.id, _event("call.state_changed", data)))
         if state is CallState.ENDED and call.outcome is Outcome.MISSED:
             self._queue.put_nowait((call.id, _event("call.missed", data)))
+
+    def publish_event(self, kind: str, about: str, data: dict[str, Any]) -> None:
+        """An event that is not a call's state change (``canary.called``, ``abuse.suspected``): queued as
+        those are, ``about`` naming what it is about in the outbox. Never blocks, never raises."""
+        if self.enabled:
+            self._queue.put_nowait((about, _event(kind, data)))
 
     def start(self) -> None:
         if self.enabled:

@@ -10,6 +10,7 @@ from rig.system import ensure_sbin_on_path
 ensure_sbin_on_path()
 
 from rig.asterisk import (  # noqa: E402
+    CANARY_DIDS,
     SHOP_DIDS,
     Asterisk,
     carrier_endpoint_conf,
@@ -31,6 +32,7 @@ from rig.sipp import (  # noqa: E402
 
 __all__ = [
     "NEVER_MS",
+    "CANARY_DIDS",
     "SHOP_DIDS",
     "Asterisk",
     "Postgres",

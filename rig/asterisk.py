@@ -35,6 +35,9 @@ CARRIER_CONTEXT = "from-carrier"
 # The shop's numbers (DIDs) on the rig: the carrier calls one of them (carrier_inbound.xml, -s <DID>).
 # The first is the shop's caller id on outbound calls too (tests/e2e/harness.py SHOP_CALLER_ID).
 SHOP_DIDS = ("+15550100", "+15550101")
+# Numbers the shop owns and plants as canaries (tests/e2e/test_canaries.py): routed like SHOP_DIDS, and
+# valid numbers, as a canary order's phone must be (an invalid one is never dialled anyway).
+CANARY_DIDS = ("+12025550123", "+12025550124")
 
 # Asterisk binds RTP on 0.0.0.0 whatever the SIP address: each node takes its own slice of ports so two
 # nodes never race for one, and a trace tells them apart. SIPp media stays at 30000 and up.
@@ -468,7 +471,9 @@ class Asterisk:
         (self.etc / "extensions.d").mkdir(exist_ok=True)
         (self.etc / "extensions.d" / "00-empty.conf").write_text("; per-test contexts go next to this\n")
         # One line per DID, indented like the text around it (dedent below).
-        dids = "\n            ".join(f"exten => {d},1,Goto(bridged-inbound,${{EXTEN}},1)" for d in SHOP_DIDS)
+        dids = "\n            ".join(
+            f"exten => {d},1,Goto(bridged-inbound,${{EXTEN}},1)" for d in SHOP_DIDS + CANARY_DIDS
+        )
         self._write(
             "extensions.conf",
             f"""

@@ -39,7 +39,16 @@ ANONYMOUS = "anonymous"
 PERMISSIONS: dict[str, frozenset[str]] = {
     "shop": frozenset({"calls.create", "calls.read", "calls.end"}),
     "manager": frozenset({"calls.create", "calls.read", "calls.end"}),
-    "ops": frozenset({"calls.list", "calls.read", "calls.any_client", "calls.callback", "recordings.listen"}),
+    "ops": frozenset(
+        {
+            "calls.list",
+            "calls.read",
+            "calls.any_client",
+            "calls.callback",
+            "recordings.listen",
+            "probing.read",
+        }
+    ),
     "admin": frozenset(
         {
             "calls.list",
@@ -50,6 +59,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
             "audit.read",
             "retention.read",
             "retention.write",
+            # canary orders (bridged.canaries) and managers' refused attempts (bridged.limits)
+            "canaries.manage",
+            "probing.read",
         }
     ),
 }

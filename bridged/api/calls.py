@@ -144,7 +144,7 @@ async def place(
         client, manager_id, order_id, actor=actor, callback_of=callback_of
     )
     if isinstance(placed, Refused):
-        raise refusal_error(placed.reason)
+        raise refusal_error(placed.reason, retry_after=placed.retry_after)
     if isinstance(placed, NotStarted):
         raise outcome_error(placed.outcome, details={"call_id": placed.call_id})
     try:
@@ -231,7 +231,10 @@ def _created(status: int, payload: dict[str, Any], *, replayed: bool = False) ->
 
 def may_see(who: Principal, row: CallRow) -> bool:
     """A shop token sees the calls it placed, a manager token its manager's calls, a role with
-    ``calls.any_client`` every call (:meth:`Principal.owns`)."""
+    ``calls.any_client`` every call (:meth:`Principal.owns`). A call to a canary number is no manager's
+    to see, though its row names the manager the canary was planted for: it is the alarm about them."""
+    if row.canary and not who.may("calls.any_client"):
+        return False
     return who.owns(manager_id=row.manager_id, created_by=row.created_by)
 
 
@@ -465,7 +468,7 @@ openapi.register(
                     },
                     "responses": {
                         "202": {"description": "the manager's phone is ringing", "content": _CALL},
-                        **openapi.error_responses(400, 404, 408, 409, 413, 415, 422, 503),
+                        **openapi.error_responses(400, 404, 408, 409, 413, 415, 422, 429, 503),
                         "403": {
                             **openapi.error_responses(403)["403"],
                             "description": "forbidden (the role may not place calls), order_not_allowed "

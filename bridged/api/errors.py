@@ -135,8 +135,14 @@ _OUTCOME_ERRORS = {outcome: _from(http) for outcome, http in OUTCOME_ERRORS.item
 DatabaseDown = _REFUSAL_ERRORS[Refusal.DATABASE_UNAVAILABLE]
 
 
-def refusal_error(reason: Refusal, *, details: dict[str, Any] | None = None) -> ApiError:
-    return _REFUSAL_ERRORS[reason](details=details)
+def refusal_error(
+    reason: Refusal, *, details: dict[str, Any] | None = None, retry_after: int | None = None
+) -> ApiError:
+    """The refusal as its error; ``retry_after`` (seconds) replaces the refusal's usual Retry-After."""
+    error = _REFUSAL_ERRORS[reason](details=details)
+    if retry_after is not None:
+        error.retry_after = retry_after
+    return error
 
 
 def outcome_error(outcome: Outcome, *, details: dict[str, Any] | None = None) -> ApiError:

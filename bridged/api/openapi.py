@@ -111,7 +111,7 @@ def error_responses(*statuses: int) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
             **(
                 {"headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}}
-                if status == 503
+                if status in (429, 503)
                 else {}
             ),
         }

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from .. import callpage, ops
 from ..appkeys import CONFIG
-from . import audit, calls, me, openapi, recordings, retention
+from . import audit, calls, canaries, me, openapi, recordings, retention
 from .auth import DENIED_LIMITER, TOKENS, TokenRegistry
 from .cursors import CURSORS, CursorKeeper
 from .errors import error_middleware
@@ -19,5 +19,5 @@ def setup(app: web.Application) -> None:
     app[TOKENS] = TokenRegistry(lambda: app[CONFIG].current.api.tokens)
     app[DENIED_LIMITER] = DeniedAuditLimiter()
     app[CURSORS] = CursorKeeper()
-    for resource in (calls, recordings, audit, retention, me, openapi, ops, callpage):
+    for resource in (calls, recordings, audit, retention, canaries, me, openapi, ops, callpage):
         resource.setup(app)

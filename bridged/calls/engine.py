@@ -32,6 +32,7 @@ from .model import (
     LEFT_FOR_GONE,
     Call,
     CallState,
+    CanaryPlan,
     Event,
     InboundPlan,
     PendingCall,
@@ -66,6 +67,8 @@ REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     (S.RINGING_CUSTOMER, E.CUSTOMER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
     (S.RINGING_CUSTOMER, E.CUSTOMER_GONE): Steps.customer_unreached,
     (S.RINGING_CUSTOMER, E.CUSTOMER_CALLER_ID): Steps.caller_id_for_later,
+    # a canary order: nobody was dialled; it rang for the trunk's ring timeout, as an unanswered customer
+    (S.RINGING_CUSTOMER, E.CANARY_TIMER): Steps.canary_unanswered,
     # the customer hears that the call is recorded, then the legs are bridged
     (S.ANNOUNCING, E.ANNOUNCEMENT_DONE): Steps.bridge,
     (S.ANNOUNCING, E.CUSTOMER_CALLER_ID): Steps.restore_caller_id,
@@ -118,8 +121,23 @@ INBOUND_REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     **{key: REACTIONS[key] for key in _CONVERSATION},
 }
 
+# A call from outside to a canary number (bridged.canaries): the caller rings, hears a greeting, is
+# recorded as a voicemail would record them, and is hung up; nobody is rung. (The call is a canary once the
+# service said so, on INBOUND_REACTIONS' take_inbound.)
+CANARY_REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
+    (S.RINGING_MANAGER, E.CANARY_TIMER): Steps.canary_answer,
+    (S.ANNOUNCING, E.ANNOUNCEMENT_DONE): Steps.canary_record,
+    (S.BRIDGED, E.CANARY_TIMER): ended(O.COMPLETED, "bridged"),
+    (S.BRIDGED, E.CUSTOMER_LEFT): ended(O.COMPLETED, "customer"),
+    (S.ENDING, E.PROMPT_DONE): Steps.hang_up_caller,
+    (ANY, E.CUSTOMER_LEFT): ended(O.CUSTOMER_ABANDONED, "customer"),
+    (ANY, E.MANAGER_LEFT): ignore,
+    (ANY, E.CUSTOMER_CALLER_ID): Steps.restore_caller_id,
+    **{key: REACTIONS[key] for key in ((ANY, E.TERMINATE), (ANY, E.RECORDING_ENDED), (ANY, E.RECONCILE))},
+}
+
 # What an inbound call's worker asks the service (bridged.service.CallService.take_inbound).
-DecideInbound = Callable[[Call, InboundCaller], Awaitable[InboundPlan | TurnedAway]]
+DecideInbound = Callable[[Call, InboundCaller], Awaitable[InboundPlan | CanaryPlan | TurnedAway]]
 
 
 # The ARI events the engine acts on; Asterisk is asked to send its application nothing else.
@@ -281,6 +299,10 @@ class CallEngine:
         self.register(call)
         call.queue.put_nowait(event)
 
+    def later(self, call: Call, seconds: float) -> None:
+        """A CanaryTimer event for the call in ``seconds`` (dropped if the call has ended by then)."""
+        asyncio.get_running_loop().call_later(seconds, call.queue.put_nowait, {"type": "CanaryTimer"})
+
     def register(self, call: Call) -> None:
         self.calls[call.id] = call
         for channel_id in (call.manager_channel_id, call.customer_channel_id):
@@ -422,7 +444,7 @@ class CallEngine:
     async def react(self, call: Call, happened: Event, event: dict[str, Any]) -> None:
         """What the call's state does with what happened: its row in REACTIONS (see there)."""
         left = LEFT_FOR_GONE.get(happened, happened)
-        table = INBOUND_REACTIONS if call.inbound else REACTIONS
+        table = CANARY_REACTIONS if call.canary else INBOUND_REACTIONS if call.inbound else REACTIONS
         for key in ((call.state, happened), (call.state, left), (ANY, happened), (ANY, left)):
             if key in table:
                 if call.state is not CallState.ENDED:
@@ -456,7 +478,12 @@ class CallEngine:
 
 
 # bridged's own events, queued to a call's worker like Asterisk's.
-_INTERNAL = {"OriginateManager": E.ORIGINATE_MANAGER, "Terminate": E.TERMINATE, "Reconcile": E.RECONCILE}
+_INTERNAL = {
+    "OriginateManager": E.ORIGINATE_MANAGER,
+    "Terminate": E.TERMINATE,
+    "Reconcile": E.RECONCILE,
+    "CanaryTimer": E.CANARY_TIMER,
+}
 
 
 def _note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:

@@ -94,6 +94,9 @@ class Event(StrEnum):
     CUSTOMER_CALLER_ID = "customer_caller_id"  # the trunk put someone's identity on the customer leg
     TRANSFER_ASKED = "transfer_asked"  # a leg sent a REFER
     RECORDING_ENDED = "recording_ended"  # Asterisk's last event about the call's recording
+    # bridged's own timer on a canary call (ring, then answer; record, then end) or a canary order's call
+    # (the customer "does not answer")
+    CANARY_TIMER = "canary_timer"
 
 
 # Where a state has no reaction to a leg being gone, it reacts as to the leg having left.
@@ -181,6 +184,18 @@ class InboundPlan:
     caller_ref: str | None
 
 
+@dataclass(frozen=True)
+class CanaryPlan:
+    """A call from outside to a canary number (bridged.canaries): nobody is rung; the caller hears ringing,
+    a greeting, and is recorded. ``write_row`` writes its row (``canary``), its audit row and the alert."""
+
+    write_row: Callable[[], Awaitable[TurnedAway | None]]
+    manager: Manager | None  # the canary's manager (whose segment held it)
+    order_id: str
+    label: Label
+    caller_ref: str | None
+
+
 @dataclass
 class Call:
     id: str
@@ -241,6 +256,10 @@ class Call:
     # False for an inbound call bridged turned away: the service wrote its attempt's row; the call writes
     # nothing (and sends no webhook) while the caller hears why.
     has_row: bool = True
+    # An inbound call to a canary number (the alarm): answered as a voicemail, nobody rung.
+    canary: bool = False
+    # A manager's call to a canary order: it rings out as an unanswered customer, the carrier never dialled.
+    canary_touch: bool = False
 
     @property
     def inbound(self) -> bool:
@@ -260,6 +279,8 @@ class PendingCall:
     created: float = field(default_factory=time.monotonic)
     # The node the call is decided for ("": the first), and (HTTP path) the next ones to try.
     nodes: tuple[str, ...] = field(default=(), kw_only=True)
+    # The order's phone is a canary number (bridged.canaries): the customer is never dialled.
+    canary: bool = field(default=False, kw_only=True)
 
     def call(self, manager_channel_id: str | None) -> Call:
         """The call this becomes, its manager's leg being ``manager_channel_id``."""
@@ -273,4 +294,5 @@ class PendingCall:
             manager_channel_id=manager_channel_id,
             node=self.nodes[0] if self.nodes else "",
             other_nodes=self.nodes[1:],
+            canary_touch=self.canary,
         )

@@ -28,6 +28,7 @@ from .model import (
     TRANSITIONS,
     Call,
     CallState,
+    CanaryPlan,
     Event,
     InvalidTransition,
     ManagerLegFailed,
@@ -107,6 +108,9 @@ class Steps:
             await self.legs.ringback(call)
             await self.refuse(call, Outcome.FAILED, self.config.current.prompts.unavailable)
             return
+        if call.canary_touch:
+            await self._ring_nobody(call)
+            return
         # The row has named this channel since it was written (a restarted daemon adopts it).
         call.customer_channel_id = customer_leg_id(call.id)
         self.engine.register_leg(call.customer_channel_id, call)
@@ -145,6 +149,22 @@ class Steps:
         if call.direction == "phone":  # an HTTP call's clock would include the manager picking up
             metrics.SETUP_SECONDS.observe(time.monotonic() - call.requested_at)
         log.info("call %s: customer leg %s originated", call.id, call.customer_channel_id)
+
+    async def _ring_nobody(self, call: Call) -> None:
+        """A canary order (bridged.canaries): the manager hears ringback and the call's row says the
+        customer is ringing, as for any call, for the trunk's ring timeout; then it ends as unanswered.
+        Nothing is originated: the carrier never sees an INVITE to the shop's own canary number."""
+        self._transition(call, CallState.RINGING_CUSTOMER)
+        await asyncio.gather(self.legs.ringback(call), self.rows.state(call))
+        self.engine.later(call, self.config.current.trunk.ring_timeout)
+        if call.direction == "phone":
+            metrics.SETUP_SECONDS.observe(time.monotonic() - call.requested_at)
+
+    async def canary_unanswered(self, call: Call, event: dict[str, Any]) -> None:
+        """A canary order's "customer" rang out: what Asterisk reports for a leg that rang out (cause 19,
+        NO ANSWER), and the prompt and outcome of any unanswered customer."""
+        call.hangup_cause = 19
+        await self.customer_unreached(call, event)
 
     async def manager_answered(self, call: Call, event: dict[str, Any]) -> None:
         """HTTP path: the manager picked up the leg bridged rang."""
@@ -226,6 +246,9 @@ class Steps:
             call.has_row = False
             await self.refuse(call, Outcome.FAILED, decided.prompt)
             return
+        if isinstance(decided, CanaryPlan):
+            await self._canary_ring(call, decided)
+            return
         call.manager, call.order_id, call.label = decided.manager, decided.order_id, decided.label
         call.caller_ref = decided.caller_ref
         call.ring = Ringing(collections.deque(decided.steps), caller_key=decided.caller_key)
@@ -252,6 +275,44 @@ class Steps:
         await self.legs.label_customer_leg(call)
         if not rung:
             await self._ring_next(call)
+
+    async def _canary_ring(self, call: Call, plan: CanaryPlan) -> None:
+        """A call to a canary number: the caller keeps hearing ringing (the dialplan's Ringing()) for
+        ``canaries.ring_seconds``, as if a phone rang; the row, the audit row and the alert meanwhile."""
+        call.canary = True
+        call.manager, call.order_id, call.label = plan.manager, plan.order_id, plan.label
+        call.caller_ref = plan.caller_ref
+        self._transition(call, CallState.RINGING_MANAGER)
+        await plan.write_row()
+        await self.legs.label_customer_leg(call)
+        self.engine.later(call, self.config.current.canaries.ring_seconds)
+
+    async def canary_answer(self, call: Call, event: dict[str, Any]) -> None:
+        """Nobody "picked up": the caller is answered with the greeting, as a voicemail would answer."""
+        await self.ari.answer(call.customer_channel_id or "")
+        greeting = self.config.current.canaries.greeting
+        self._transition(call, CallState.ANNOUNCING)
+        await self.rows.state(call)
+        await self.legs.announce(call, greeting)
+
+    async def canary_record(self, call: Call, event: dict[str, Any]) -> None:
+        """After the greeting the caller is recorded (a bridge of their own, recorded as any call's), for
+        ``canaries.max_record_seconds`` at most."""
+        customer = call.customer_channel_id or ""
+        bridge = f"{call.id}-bridge"
+        await self.ari.create_bridge(bridge, type="mixing", name=f"bridged-{call.id}")
+        call.bridge_id = bridge
+        await self.ari.add_channel(bridge, [customer], inhibit_connected_line_updates=True)
+        call.answered_at = datetime.now(UTC)
+        self._transition(call, CallState.BRIDGED)
+        not_recorded = await self.recordings.start(call)
+        await self.rows.bridged(call)
+        self.engine.later(call, self.config.current.canaries.max_record_seconds)
+        log.info("call %s: canary caller being recorded (%s)", call.id, call.recording_name or "off")
+        if not_recorded is not None:
+            await self.recordings.set_state(
+                call, RecordingState.FAILED, f"Asterisk did not start it: {not_recorded}"
+            )
 
     async def ring_on(self, call: Call, event: dict[str, Any]) -> None:
         """A manager's phone rung for an inbound call went without answering: busy, declined, rang out or

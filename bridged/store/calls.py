@@ -17,7 +17,7 @@ from .base import Aggregate, Page, unavailable_as_one_type
 COLUMNS = (
     "id, order_id, manager_id, direction, state, outcome, hangup_cause, requested_at, answered_at, "
     "ended_at, recording_name, manager_channel_id, customer_channel_id, bridge_id, ended_by, recording_state,"
-    " created_by, recording_purged_at, caller_ref, node"
+    " created_by, recording_purged_at, caller_ref, node, canary"
 )
 # As CallRow.recording_available: a recording that was purged, or failed (nothing in it), is no recording.
 _RECORDING_AVAILABLE = (
@@ -53,6 +53,8 @@ class CallRow:
     # The Asterisk node the call's channels are on (``ari[].name``); None: the first node (rows written
     # before there was this column).
     node: str | None = None
+    # An inbound call to a canary number (bridged.canaries): only ops and admins see it.
+    canary: bool = False
 
     @property
     def recording_usable(self) -> bool:
@@ -92,13 +94,14 @@ class CallRows(Aggregate):
         created_by: str | None = None,
         caller_ref: str | None = None,
         node: str | None = None,
+        canary: bool = False,
     ) -> None:
         """The call row and its accepted ``call.request`` audit row, in one statement."""
         await self.pool.execute(
             "WITH c AS (INSERT INTO calls"
             " (id, order_id, manager_id, direction, state, manager_channel_id, ari_app, customer_channel_id,"
-            " created_by, caller_ref, node)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11, $12, $13) RETURNING id, order_id)"
+            " created_by, caller_ref, node, canary)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11, $12, $13, $14) RETURNING id, order_id)"
             " INSERT INTO audit (actor, action, call_id, order_id, outcome, details)"
             " SELECT $8, 'call.request', c.id, c.order_id, 'accepted', $9::jsonb FROM c",
             call_id,
@@ -114,6 +117,7 @@ class CallRows(Aggregate):
             created_by,
             caller_ref,
             node,
+            canary,
         )
 
     async def insert_refused(

@@ -486,6 +486,7 @@ def test_role_matrix_and_every_denial_is_audited(rig: Rig) -> None:
             "calls.callback",
             "calls.list",
             "calls.read",
+            "probing.read",
             "recordings.listen",
         ],
     }

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from bridged.ari.nodes import current_node
 from bridged.config import Config, Manager
 from bridged.configfile import parse_config
 from bridged.labels import Label, Labeller
+from bridged.limits import Attempt
 from bridged.orders import Order
 from bridged.redact import PhoneNumber, RedactingFilter, digits
 from bridged.store.base import DatabaseUnavailable
@@ -503,6 +504,7 @@ class FakeStore:
         self.audit = FakeAuditTrail(self)
         self.links = FakeCallLinks(self)
         self.sticky = FakeStickyCallers()
+        self.attempts = FakeManagerAttempts()
 
     def add_row(self, *, ari_app: str | None = None, **fields: Any) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -526,6 +528,7 @@ class FakeStore:
             "recording_purged_at": None,
             "node": None,
             "caller_ref": None,
+            "canary": False,
         }
         unknown = set(fields) - set(row)
         assert not unknown, unknown
@@ -600,9 +603,11 @@ class FakeCallRows:
         created_by: str | None = None,
         caller_ref: str | None = None,
         node: str | None = None,
+        canary: bool = False,
     ) -> None:
         assert call_id not in self._rows, "duplicate call id"
         self._store.add_row(
+            canary=canary,
             id=call_id,
             order_id=order_id,
             manager_id=manager_id,
@@ -826,6 +831,52 @@ class FakeStickyCallers:
             self.rows[caller_key] = Sticky(manager_id, order_id, at)
 
 
+class FakeManagerAttempts:
+    """Mirrors ``ManagerAttempts``: attempts in a list, alerts by (manager, budget)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.alerts: dict[tuple[str, str], datetime] = {}
+
+    async def window(self, manager_id: str, seconds: int) -> tuple[datetime, list[Attempt]]:
+        now = datetime.now(UTC)
+        since = now - timedelta(seconds=seconds)
+        return now, [
+            Attempt(r["at"], r["outcome"], r["order_id"])
+            for r in self.rows
+            if r["manager_id"] == manager_id and r["at"] > since
+        ]
+
+    async def record(
+        self,
+        *,
+        manager_id: str,
+        outcome: str,
+        order_id: str | None,
+        code_length: int,
+        code_shape: str,
+        at: datetime | None = None,
+    ) -> None:
+        self.rows.append(
+            {
+                "manager_id": manager_id,
+                "outcome": outcome,
+                "order_id": order_id,
+                "code_length": code_length,
+                "code_shape": code_shape,
+                "at": at or datetime.now(UTC),
+            }
+        )
+
+    async def alert_due(self, manager_id: str, budget: str, seconds: int) -> bool:
+        now = datetime.now(UTC)
+        last = self.alerts.get((manager_id, budget))
+        if last is not None and last > now - timedelta(seconds=seconds):
+            return False
+        self.alerts[(manager_id, budget)] = now
+        return True
+
+
 class _Outage:
     """An aggregate whose every coroutine method raises DatabaseUnavailable while its store is down."""
 
@@ -857,3 +908,4 @@ class DownStore(FakeStore):
         self.audit = _Outage(self, self.audit)  # type: ignore[assignment]
         self.links = _Outage(self, self.links)  # type: ignore[assignment]
         self.sticky = _Outage(self, self.sticky)  # type: ignore[assignment]
+        self.attempts = _Outage(self, self.attempts)  # type: ignore[assignment]

@@ -194,8 +194,9 @@ async def test_a_call_whose_row_cannot_be_written_is_refused_and_its_row_written
     assert isinstance(result, Refused) and result.reason is Refusal.DATABASE_UNAVAILABLE
     assert refusal_prompt(env.config.prompts, result.reason) == env.config.prompts.unavailable
     assert env.engine._pending == {}  # the engine is never told about a call without a row
-    # Tried once (the call's own row), and the refusal's row not tried again at once.
-    assert env.store.refused == ["insert_audited"]
+    # The budgets' window read (the attempt goes on without it), the call's own row once, and the
+    # refusal's row not tried again at once.
+    assert env.store.refused == ["window", "insert_audited"]
     assert env.store.rows == {}
     env.store.down = False
     await wait_until(lambda: env.store.rows)

@@ -172,13 +172,22 @@ def test_the_permission_matrix() -> None:
     assert {role: sorted(p) for role, p in PERMISSIONS.items()} == {
         "shop": ["calls.create", "calls.end", "calls.read"],
         "manager": ["calls.create", "calls.end", "calls.read"],
-        "ops": ["calls.any_client", "calls.callback", "calls.list", "calls.read", "recordings.listen"],
+        "ops": [
+            "calls.any_client",
+            "calls.callback",
+            "calls.list",
+            "calls.read",
+            "probing.read",
+            "recordings.listen",
+        ],
         "admin": [
             "audit.read",
             "calls.any_client",
             "calls.callback",
             "calls.list",
             "calls.read",
+            "canaries.manage",
+            "probing.read",
             "recordings.listen",
             "retention.read",
             "retention.write",

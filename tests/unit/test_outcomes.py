@@ -43,7 +43,8 @@ def test_a_refusal_over_http_is_its_error(reason: Refusal) -> None:
         http.retry_after,
     )
     assert 400 <= error.status < 600
-    assert (error.retry_after is not None) == (error.status == 503)  # only a 503 says when to retry
+    # only a 503 and a 429 say when to retry
+    assert (error.retry_after is not None) == (error.status in (429, 503))
 
 
 def test_the_known_http_errors_of_refusals() -> None:

@@ -1,0 +1,131 @@
+"""Per-manager budgets: what a harvest looks like, stopped before it goes far.
+
+A manager (or whoever holds their phone or token) may, within ``limits.window`` seconds, have so many calls
+accepted, try so many different orders, and be refused so many times in a row in the ways probing is
+refused (an unknown order, another manager's order, a malformed code, an order without a valid number).
+Past a budget the attempt is refused ``rate_limited`` until the window frees a slot: a sliding window over
+the attempts the database keeps (``manager_attempts``), so the limits hold across a restart and across
+daemons sharing the database. One indexed query per attempt reads the window (:meth:`Limiter.check`);
+:func:`verdict` decides from its rows.
+
+What is kept of an attempt is its outcome, the order when the code named a known one, and the code's
+length and shape (:func:`code_shape`): never the digits, which could be a customer's number typed in place
+of a code. That is what ops see of probing (``GET /v1/probing``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .config import Budget
+
+ACCEPTED = "accepted"
+RATE_LIMITED = "rate_limited"
+# The refusals a manager probing for customers gets; other refusals (bridged or the shop's database away,
+# overload) are bridged's, and neither count nor break a run.
+PROBING = frozenset({"unknown_order", "denied", "invalid_code", "invalid_phone"})
+# Refusals whose code named an order the shop knows: the order is kept with the attempt.
+KNOWN_ORDER = frozenset({ACCEPTED, "denied", "invalid_phone"})
+
+# Shapes of what was keyed in as an order code (the digits themselves are never kept).
+WELL_FORMED = "well_formed"
+PHONE_LIKE = "phone_like"
+DIGITS = "digits"
+OTHER = "other"
+SHAPES = (WELL_FORMED, PHONE_LIKE, DIGITS, OTHER)
+# Seven digits or more, with an optional '+' and separators: a number typed where a code goes.
+_PHONE_LIKE = re.compile(r"^\+?[0-9][0-9 ()./-]{5,}[0-9]$")
+# Codes longer than this are counted as this long (a length is all that is kept).
+MAX_CODE_LENGTH = 64
+
+
+def code_shape(code: str, pattern: str) -> tuple[int, str]:
+    """The length and the shape class of ``code``, as kept for ops (never the code itself)."""
+    length = min(len(code), MAX_CODE_LENGTH)
+    if re.fullmatch(pattern, code):
+        return length, WELL_FORMED
+    if _PHONE_LIKE.match(code) and sum(ch.isdigit() for ch in code) >= 7:
+        return length, PHONE_LIKE
+    if code.isascii() and code.isdigit():
+        return length, DIGITS
+    return length, OTHER
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of the window, as the database returns it."""
+
+    at: datetime
+    outcome: str
+    order_id: str | None
+
+
+@dataclass(frozen=True)
+class Exceeded:
+    """A budget that the next attempt would go past: which, the counts, and when a slot frees."""
+
+    budget: str
+    limit: int
+    count: int
+    # Seconds until the window frees a slot for every budget exceeded (at least 1).
+    retry_after: int
+    counts: dict[str, int]
+
+
+def _frees_in(times: Sequence[datetime], limit: int, now: datetime, window: timedelta) -> float:
+    """Seconds until fewer than ``limit`` of ``times`` (ascending, all within the window) remain in it."""
+    if limit <= 0 or len(times) < limit:
+        return 0.0 if limit > 0 else window.total_seconds()
+    leaving = times[len(times) - limit]
+    return (leaving + window - now).total_seconds()
+
+
+def verdict(
+    attempts: Sequence[Attempt], *, now: datetime, window: timedelta, budget: Budget, code: str
+) -> Exceeded | None:
+    """Whether one more attempt on ``code`` goes past ``budget``, given the manager's ``attempts``
+    (any order; those outside the window and the refused ``rate_limited`` ones are not counted)."""
+    since = now - window
+    rows = sorted((a for a in attempts if a.at > since and a.outcome != RATE_LIMITED), key=lambda a: a.at)
+    accepted = [a.at for a in rows if a.outcome == ACCEPTED]
+    last_seen: dict[str, datetime] = {}
+    for a in rows:
+        if a.order_id is not None:
+            last_seen[a.order_id] = a.at
+    run: list[datetime] = []
+    for a in rows:
+        if a.outcome == ACCEPTED:
+            run = []
+        elif a.outcome in PROBING:
+            run.append(a.at)
+    counts = {"calls": len(accepted), "distinct_orders": len(last_seen), "refused_in_a_row": len(run)}
+    over: list[tuple[str, int, float]] = []
+    if budget.refused_in_a_row is not None and len(run) >= budget.refused_in_a_row:
+        over.append(
+            (
+                "refused_in_a_row",
+                budget.refused_in_a_row,
+                _frees_in(run, budget.refused_in_a_row, now, window),
+            )
+        )
+    if budget.calls is not None and len(accepted) >= budget.calls:
+        over.append(("calls", budget.calls, _frees_in(accepted, budget.calls, now, window)))
+    # An order already called in the window is no new one: calling it again stays within the budget.
+    limit = budget.distinct_orders
+    if limit is not None and code not in last_seen and len(last_seen) >= limit:
+        over.append(("distinct_orders", limit, _frees_in(sorted(last_seen.values()), limit, now, window)))
+    if not over:
+        return None
+    name, limit_of_first, _ = over[0]
+    wait = max(seconds for _, _, seconds in over)
+    return Exceeded(
+        budget=name,
+        limit=limit_of_first,
+        count=counts[name],
+        retry_after=max(1, math.ceil(wait)),
+        counts=counts,
+    )

@@ -1,0 +1,92 @@
+"""The ``manager_attempts`` and ``limit_alerts`` tables: every call attempt a manager makes (what the
+budgets of bridged.limits are counted on) and the last ``abuse.suspected`` alert per manager and budget.
+
+An attempt keeps its outcome, the order only when the code named one the shop knows, and the code's length
+and shape: never the digits typed (they could be a customer's number).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..limits import Attempt
+from .base import Aggregate, unavailable_as_one_type
+
+# More rows than any budget needs: a window is read whole up to this many (newest first).
+WINDOW_ROWS = 5000
+
+
+@dataclass(frozen=True)
+class ProbingRow:
+    """A manager's refused attempts of one shape and length since a time (``GET /v1/probing``)."""
+
+    manager_id: str
+    outcome: str
+    code_shape: str
+    code_length: int
+    count: int
+    last_at: datetime
+
+
+@unavailable_as_one_type
+class ManagerAttempts(Aggregate):
+    async def window(self, manager_id: str, seconds: int) -> tuple[datetime, list[Attempt]]:
+        """The database's now and the manager's attempts of the last ``seconds`` (one index scan)."""
+        rows = await self.pool.fetch(
+            "SELECT now() AS now, at, outcome, order_id FROM (SELECT at, outcome, order_id"
+            " FROM manager_attempts WHERE manager_id = $1 AND at > now() - make_interval(secs => $2)"
+            " ORDER BY at DESC LIMIT $3) w RIGHT JOIN (SELECT 1) one ON true",
+            manager_id,
+            float(seconds),
+            WINDOW_ROWS,
+        )
+        now: datetime = rows[0]["now"]
+        return now, [Attempt(r["at"], r["outcome"], r["order_id"]) for r in rows if r["at"] is not None]
+
+    async def record(
+        self,
+        *,
+        manager_id: str,
+        outcome: str,
+        order_id: str | None,
+        code_length: int,
+        code_shape: str,
+        at: datetime | None = None,
+    ) -> None:
+        await self.pool.execute(
+            "INSERT INTO manager_attempts (manager_id, at, outcome, order_id, code_length, code_shape)"
+            " VALUES ($1, coalesce($2, now()), $3, $4, $5, $6)",
+            manager_id,
+            at,
+            outcome,
+            order_id,
+            code_length,
+            code_shape,
+        )
+
+    async def alert_due(self, manager_id: str, budget: str, seconds: int) -> bool:
+        """Whether an ``abuse.suspected`` for this manager and budget is due (none in the last ``seconds``);
+        if so it is taken as sent. One statement: of daemons asking at once, one gets True."""
+        sent = await self.pool.fetchval(
+            "INSERT INTO limit_alerts (manager_id, budget, sent_at) VALUES ($1, $2, now())"
+            " ON CONFLICT (manager_id, budget) DO UPDATE SET sent_at = now()"
+            " WHERE limit_alerts.sent_at <= now() - make_interval(secs => $3) RETURNING sent_at",
+            manager_id,
+            budget,
+            float(seconds),
+        )
+        return sent is not None
+
+    async def probing(self, *, since: datetime, manager_id: str | None = None) -> list[ProbingRow]:
+        """Refused attempts since ``since`` by manager, outcome, shape and length (most first)."""
+        rows = await self.pool.fetch(
+            "SELECT manager_id, outcome, code_shape, code_length, count(*) AS count, max(at) AS last_at"
+            " FROM manager_attempts WHERE at >= $1 AND outcome <> 'accepted'"
+            " AND ($2::text IS NULL OR manager_id = $2)"
+            " GROUP BY manager_id, outcome, code_shape, code_length"
+            " ORDER BY manager_id, count(*) DESC, outcome, code_shape, code_length LIMIT 1000",
+            since,
+            manager_id,
+        )
+        return [ProbingRow(**dict(r)) for r in rows]
