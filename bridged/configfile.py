@@ -24,29 +24,22 @@ import yaml
 
 from . import yamlstrict
 from .config import (
-    BUDGETS,
     DEFAULT_LANGUAGE,
     DEFAULT_PROMPTS,
-    INBOUND_SECRET_MIN,
     LANGUAGES,
     PLACEHOLDERS,
     POLICIES,
     RECORDING_SOURCES,
-    RING_GROUP_MODES,
     ROLES,
     AgiConfig,
     ApiConfig,
     ApiToken,
     AriConfig,
-    Budget,
-    CanariesConfig,
     Config,
     ConfigError,
     DatabaseConfig,
     HttpConfig,
-    InboundConfig,
     LabelsConfig,
-    LimitsConfig,
     LinksConfig,
     LoggingConfig,
     Manager,
@@ -56,12 +49,18 @@ from .config import (
     TrunkConfig,
     WebhookConfig,
 )
-from .configsection import Problems, Section, as_text_problem
+from .configguards import (
+    check_inbound_managers,
+    check_limit_managers,
+    load_canaries,
+    load_inbound,
+    load_limits,
+)
+from .configsection import ID_RE, Problems, Section, sound
 from .labels import DEFAULT_NAME_STYLE, NAME_STYLES, default_template, template_problem
 from .phones import DIAL_FORMATS, region_known
 
 _ENDPOINT_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
-_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _APP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -90,7 +89,7 @@ def _load_ari(s: Section) -> AriConfig:
     if not _APP_RE.match(app):
         s.error("app", "may hold only letters, digits, '-' and '_'")
     name = s.text("name", "")
-    if name and not _ID_RE.match(name):
+    if name and not ID_RE.match(name):
         s.error("name", "may hold only letters, digits, '.', '-' and '_' (64 at most)")
     cfg = AriConfig(
         url=url.rstrip("/"),
@@ -193,7 +192,7 @@ def _load_managers(root: Section) -> tuple[Manager, ...]:
     for index, item in enumerate(raw):
         s = root.child(item, f"managers[{index}]")
         manager_id = s.text("id", required=True)
-        if manager_id and not _ID_RE.match(manager_id):
+        if manager_id and not ID_RE.match(manager_id):
             s.error("id", "may hold only letters, digits, '.', '-' and '_' (64 at most)")
         endpoint = s.text("endpoint", required=True)
         if endpoint and not _ENDPOINT_RE.match(endpoint):
@@ -253,20 +252,6 @@ def _load_labels(s: Section, language: str) -> LabelsConfig:
 # A prompt as the config writes it: Asterisk sound names (a path below the sounds folder, or an absolute
 # one, without extension) joined by '&'. Nothing else: the dialplan's Playback() and CUT on '|' take it
 # as it is, so ',', '|', quotes and spaces would become syntax there.
-_SOUND_RE = re.compile(r"/?[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
-_SOUND_PROBLEM = (
-    "must be Asterisk sound names (letters, digits, '_', '-', '.', '/'; no extension) joined by '&'"
-)
-
-
-def _sound(s: Section, name: str, value: str | None) -> None:
-    """Report ``value`` (a prompt as the config writes it) if it is not sound names joined by '&'."""
-    if value is not None and not all(
-        _SOUND_RE.fullmatch(part) and ".." not in part.split("/") for part in value.split("&")
-    ):
-        s.error(name, _SOUND_PROBLEM)
-
-
 def _load_recording(s: Section) -> RecordingConfig:
     fmt = s.text("format", "wav")
     if fmt not in ("wav", "gsm", "ulaw", "alaw", "sln", "wav49"):
@@ -280,7 +265,7 @@ def _load_recording(s: Section) -> RecordingConfig:
     if folder is not None and not Path(folder).is_absolute():
         s.error("folder", "must be an absolute path (Asterisk's <astspooldir>/recording)")
     announcement = s.opt_str("announcement")
-    _sound(s, "announcement", announcement)
+    sound(s, "announcement", announcement)
     retention = s._get("retention_days", False)
     retention_days = None if retention is None else s.integer("retention_days", 0, minimum=1, maximum=36500)
     cfg = RecordingConfig(
@@ -432,7 +417,7 @@ def _load_prompts(s: Section, language: str) -> Prompts:
     defaults = DEFAULT_PROMPTS.get(language, Prompts())
     values = {name: s.text(name, getattr(defaults, name)) for name in Prompts.__dataclass_fields__}
     for name, value in values.items():
-        _sound(s, name, value)
+        sound(s, name, value)
     s.finish()
     return Prompts(**values)
 
@@ -449,107 +434,6 @@ def _load_language(root: Section) -> str:
 
 
 # A shop's number as a carrier writes it: an optional '+' and digits, maybe with separators.
-_DID_RE = re.compile(r"^\+?[0-9][0-9 ().-]{1,30}$")
-
-
-def _load_inbound(s: Section) -> InboundConfig:
-    numbers: list[str] = []
-    for index, item in enumerate(s.items("numbers", what="a list of the shop's numbers")):
-        if not isinstance(item, str):
-            s.error(f"numbers[{index}]", as_text_problem(item))
-        elif not _DID_RE.match(item):
-            s.error(f"numbers[{index}]", "must be a phone number: an optional '+' and digits")
-        else:
-            numbers.append(item)
-    fallback: list[str] = []
-    for index, item in enumerate(s.items("fallback", what="a list of manager ids")):
-        if not isinstance(item, str):
-            s.error(f"fallback[{index}]", as_text_problem(item))
-        else:
-            fallback.append(item)
-    ring_group = s.text("ring_group", "sequential")
-    if ring_group not in RING_GROUP_MODES:
-        s.error("ring_group", f"must be one of {', '.join(RING_GROUP_MODES)}")
-    secret = s.opt_str("secret")
-    if secret is not None and (secret in PLACEHOLDERS or len(secret) < INBOUND_SECRET_MIN):
-        s.error("secret", f"must be a real random secret of at least {INBOUND_SECRET_MIN} characters")
-    if numbers and secret is None:
-        s.error("secret", "is required when inbound.numbers is set (it keys the hash callers are kept under)")
-    if numbers and not fallback:
-        s.error("fallback", "is required when inbound.numbers is set (callers bridged cannot tell ring them)")
-    cfg = InboundConfig(
-        numbers=tuple(numbers),
-        ring_timeout=s.integer("ring_timeout", 20, minimum=5, maximum=300),
-        ring_group=ring_group,
-        ring_team=s.boolean("ring_team", True),
-        fallback=tuple(fallback),
-        sticky_days=s.integer("sticky_days", 30, minimum=0, maximum=3650),
-        secret=secret,
-        missed_prompt=s.text("missed_prompt", InboundConfig.missed_prompt),
-    )
-    s.finish()
-    return cfg
-
-
-def _budget(s: Section, default: Budget) -> Budget:
-    """A budget's keys over ``default``: each a count (0: nothing allowed) or null in the file for off."""
-    values: dict[str, int | None] = {}
-    for name in BUDGETS:
-        if name in s.data and s.data[name] is None:
-            s.used.add(name)
-            values[name] = None
-            continue
-        fallback = getattr(default, name)
-        got = s.integer(name, -1 if fallback is None else fallback, minimum=0, maximum=1_000_000)
-        values[name] = None if got == -1 else got
-    return Budget(**values)
-
-
-def _load_limits(s: Section) -> LimitsConfig:
-    window = s.integer("window", LimitsConfig.window, minimum=1, maximum=7 * 86400)
-    default = _budget(s, Budget())
-    overrides: list[tuple[str, Budget]] = []
-    managers = s.section("managers", required=False)
-    for name in list(managers.data):
-        item = managers.child(managers.data[name], managers.key(str(name)))
-        managers.used.add(name)
-        if not isinstance(name, str) or not _ID_RE.match(name):
-            managers.error(str(name), "must be a manager id")
-            continue
-        overrides.append((name, _budget(item, default)))
-        item.finish()
-    s.finish()
-    return LimitsConfig(window=window, default=default, managers=tuple(overrides))
-
-
-def _load_canaries(s: Section) -> CanariesConfig:
-    greeting = s.text("greeting", CanariesConfig.greeting)
-    _sound(s, "greeting", greeting)
-    cfg = CanariesConfig(
-        ring_seconds=s.integer("ring_seconds", CanariesConfig.ring_seconds, minimum=0, maximum=60),
-        greeting=greeting,
-        max_record_seconds=s.integer(
-            "max_record_seconds", CanariesConfig.max_record_seconds, minimum=1, maximum=600
-        ),
-    )
-    s.finish()
-    return cfg
-
-
-def _check_limit_managers(root: Section, limits: LimitsConfig, managers: tuple[Manager, ...]) -> None:
-    known = {m.id for m in managers}
-    for manager_id, _ in limits.managers:
-        if manager_id not in known:
-            root.error(f"limits.managers.{manager_id}", f"{manager_id!r} is not a manager id")
-
-
-def _check_inbound_managers(root: Section, inbound: InboundConfig, managers: tuple[Manager, ...]) -> None:
-    known = {m.id for m in managers}
-    for index, manager_id in enumerate(inbound.fallback):
-        if manager_id not in known:
-            root.error(f"inbound.fallback[{index}]", f"{manager_id!r} is not a manager id")
-
-
 def _load_logging(s: Section) -> LoggingConfig:
     level = s.text("level", "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -596,9 +480,9 @@ def parse_config(data: Any) -> Config:
             links=root.load("links", _load_links, required=False),
             webhook=root.load("webhook", _load_webhook, required=False),
             prompts=root.load("prompts", lambda s: _load_prompts(s, language), required=False),
-            inbound=root.load("inbound", _load_inbound, required=False),
-            limits=root.load("limits", _load_limits, required=False),
-            canaries=root.load("canaries", _load_canaries, required=False),
+            inbound=root.load("inbound", load_inbound, required=False),
+            limits=root.load("limits", load_limits, required=False),
+            canaries=root.load("canaries", load_canaries, required=False),
             logging=root.load("logging", _load_logging, required=False),
             language=language,
             ari_nodes=nodes if len(nodes) > 1 else (),
@@ -606,9 +490,9 @@ def parse_config(data: Any) -> Config:
         if config.api is not None:
             _check_token_managers(root, config.api, managers)
         if config.inbound is not None and managers is not None:
-            _check_inbound_managers(root, config.inbound, managers)
+            check_inbound_managers(root, config.inbound, managers)
         if config.limits is not None and managers is not None:
-            _check_limit_managers(root, config.limits, managers)
+            check_limit_managers(root, config.limits, managers)
         root.finish()
     except ConfigError as exc:  # a check that raised instead of recording: keep what was found before
         problems.extend(exc)

@@ -6,6 +6,7 @@ resembles."""
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -181,3 +182,20 @@ class Section:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             self.error(name, f"is not a known key{hint}")
+
+
+# -- value shapes more than one section checks ---------------------------------------------------
+
+ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SOUND_RE = re.compile(r"/?[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
+SOUND_PROBLEM = (
+    "must be Asterisk sound names (letters, digits, '_', '-', '.', '/'; no extension) joined by '&'"
+)
+
+
+def sound(s: Section, name: str, value: str | None) -> None:
+    """Report ``value`` (a prompt as the config writes it) if it is not sound names joined by '&'."""
+    if value is not None and not all(
+        SOUND_RE.fullmatch(part) and ".." not in part.split("/") for part in value.split("&")
+    ):
+        s.error(name, SOUND_PROBLEM)

@@ -21,16 +21,16 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
-from . import limits, metrics, routing
+from . import limits, metrics
 from .ari import AriError
 from .ari.nodes import on_node
-from .callers import Caller, InboundCaller, identify, is_shop_number
+from .budgets import Budgets
+from .callers import InboundCaller
 from .calls.engine import CallEngine
 from .calls.model import (
-    INBOUND,
     Call,
     CallState,
     CanaryPlan,
@@ -42,14 +42,14 @@ from .calls.model import (
     manager_leg_id,
     new_call_id,
 )
-from .canaries import Canary, CanaryRegistry, e164_of, e164_of_order_phone
+from .canaries import Canary, CanaryRegistry, e164_of_order_phone
 from .config import ConfigHolder, Manager
-from .orders import CallerOrder, LookupFailed, Order, OrderDirectory, is_valid_code, may_call
-from .outcomes import Outcome, Refusal, refusal_prompt
+from .inbound import InboundDesk
+from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
+from .outcomes import Outcome, Refusal
 from .redact import redact
 from .store import Store
 from .store.base import DatabaseUnavailable
-from .store.callers import Sticky
 from .store.deferred import DeferredWrites
 from .tasks import Tasks
 
@@ -122,8 +122,19 @@ class CallService:
         self._random = random
         # Rows about refused attempts that bridged's database did not take (it was away): written later.
         self.deferred = DeferredWrites()
-        engine.decide_inbound = self.take_inbound
         self.canaries = canaries if canaries is not None else CanaryRegistry(None)
+        self.budgets = Budgets(config, store, self.deferred, self._alert)
+        self.inbound = InboundDesk(
+            config,
+            store,
+            directory,
+            engine,
+            self.deferred,
+            self.canaries,
+            accepting_calls=accepting_calls,
+            alert=self._alert,
+        )
+        engine.decide_inbound = self.take_inbound
         # Called with canary.called and abuse.suspected (the webhooks).
         self.alerts: list[Alert] = []
         # Writes off a call's path (an accepted attempt's record, a canary touch's audit row).
@@ -259,149 +270,8 @@ class CallService:
         )
 
     async def take_inbound(self, call: Call, caller: InboundCaller) -> InboundPlan | CanaryPlan | TurnedAway:
-        """A customer called ``caller.did``: who they are (their order, the manager who last talked to
-        them), whom to ring in which order, what the managers' phones show, and the call's row (written
-        by the plan's ``write_row`` while the first phones ring: refused there if bridged's database is
-        away). The caller's number is read here and goes no further than the shop's reverse lookup."""
-        config = self.config.current
-        inbound = config.inbound
-        canary = self.canaries.match(inbound.secret, e164_of(caller.did, config.orders.default_region))
-        if canary is not None:
-            return self._canary_called(call, caller, canary)
-        if not inbound.enabled or inbound.secret is None or not is_shop_number(inbound.numbers, caller.did):
-            # bridged-inbound reached with a number that is not the shop's: a dialplan to fix, no call.
-            log.warning("call %s: inbound call to a number not in inbound.numbers; turned away", call.id)
-            metrics.CALLS_REFUSED.inc("not_a_shop_number")
-            return TurnedAway(config.prompts.unavailable)
-        who = identify(
-            caller.number, caller.presentation, secret=inbound.secret, region=config.orders.default_region
-        )
-        if not self.accepting_calls():  # draining (SIGTERM)
-            return await self._turn_away(call, who, Refusal.UNAVAILABLE, None)
-        order, sticky = await asyncio.gather(self._caller_order(call, who), self._sticky(call, who))
-        route = routing.route(
-            config,
-            sticky=sticky.manager_id if sticky else None,
-            order_manager=order.manager_id if order else None,
-        )
-        order_id = order.id if order else sticky.order_id if sticky else None
-        label = self.engine.labeller.of_caller(order_id, order.customer_name if order else "", who.ref)
-        how = _identified_by(who, order, sticky)
-
-        async def write_row() -> TurnedAway | None:
-            try:
-                await self.store.calls.insert_audited(
-                    call_id=call.id,
-                    order_id=order_id,
-                    manager_id=route.first.id if route.first else None,
-                    direction=INBOUND,
-                    state=CallState.RINGING_MANAGER.value,
-                    manager_channel_id=None,
-                    customer_channel_id=call.customer_channel_id,
-                    ari_app=config.ari.app,
-                    actor="customer",
-                    details={"direction": INBOUND, "identified_by": how},
-                    caller_ref=who.ref,
-                    node=call.node or None,
-                )
-            except DatabaseUnavailable as exc:
-                log.warning("call %s refused: bridged's database is unavailable (%s)", call.id, exc)
-                return await self._turn_away(call, who, Refusal.DATABASE_UNAVAILABLE, order_id)
-            return None
-
-        rung = " then ".join("+".join(m.id for m in step) for step in route.steps) or "nobody"
-        log.info("call %s accepted: inbound, caller identified by %s; ringing %s", call.id, how, rung)
-        return InboundPlan(
-            write_row=write_row,
-            steps=route.steps,
-            manager=route.first,
-            order_id=order_id,
-            label=label,
-            caller_key=who.key,
-            caller_ref=who.ref,
-        )
-
-    def _canary_called(self, call: Call, caller: InboundCaller, canary: Canary) -> CanaryPlan:
-        """A call from outside to a canary number: the alarm. The caller is answered as a voicemail would
-        (bridged.calls.steps), and only their keyed reference is kept, as for any inbound caller."""
-        config = self.config.current
-        assert config.inbound.secret is not None  # a canary matched under it
-        who = identify(
-            caller.number,
-            caller.presentation,
-            secret=config.inbound.secret,
-            region=config.orders.default_region,
-        )
-        managers = self._canary_managers(canary)
-
-        async def write_row() -> TurnedAway | None:
-            details: dict[str, object] = {
-                "direction": INBOUND,
-                "canary": canary.id,
-                "managers": managers,
-                **({"team": canary.team} if canary.team else {}),
-            }
-            try:
-                await self.store.calls.insert_audited(
-                    call_id=call.id,
-                    order_id=canary.order_id,
-                    manager_id=canary.manager_id or (managers[0] if managers else None),
-                    direction=INBOUND,
-                    state=CallState.RINGING_MANAGER.value,
-                    manager_channel_id=None,
-                    customer_channel_id=call.customer_channel_id,
-                    ari_app=config.ari.app,
-                    actor="customer",
-                    details=details,
-                    caller_ref=who.ref,
-                    canary=True,
-                )
-            except DatabaseUnavailable as exc:
-                # The alarm is not lost: its audit row waits for the database; the caller is answered all
-                # the same (turning them away would tell them this number is special).
-                log.warning("call %s: canary call's row not written (%s); kept for later", call.id, exc)
-            metrics.CANARY_CALLS.inc()
-            await self.deferred.write(
-                f"canary call {call.id} audit row",
-                lambda: self.store.audit.add(
-                    actor="customer",
-                    action="canary.called",
-                    outcome="alarm",
-                    call_id=call.id,
-                    order_id=canary.order_id,
-                    details={**details, "caller_ref": who.ref},
-                ),
-            )
-            self._alert(
-                "canary.called",
-                call.id,
-                {
-                    "call_id": call.id,
-                    "canary_id": canary.id,
-                    "order_id": canary.order_id,
-                    "manager_ids": managers,
-                    "team": canary.team,
-                    "caller_ref": who.ref,
-                    "at": datetime.now(UTC).isoformat(),
-                },
-            )
-            return None
-
-        # The canary's id and its managers: who leaked. Never the caller's number, nor the canary's.
-        log.warning("call %s: a call to canary %s (planted for %s)", call.id, canary.id, ", ".join(managers))
-        return CanaryPlan(
-            write_row=write_row,
-            manager=self.config.current.manager_by_id(canary.manager_id) if canary.manager_id else None,
-            order_id=canary.order_id,
-            label=self.engine.labeller.of_caller(canary.order_id, "", who.ref),
-            caller_ref=who.ref,
-        )
-
-    def _canary_managers(self, canary: Canary) -> list[str]:
-        """The managers whose segment held the canary: its manager, or every manager of its team."""
-        if canary.manager_id is not None:
-            return [canary.manager_id]
-        return [m.id for m in self.config.current.managers if canary.team and m.team == canary.team]
+        """A customer called ``caller.did``: who they are, whom to ring, the call's row (bridged.inbound)."""
+        return await self.inbound.take(call, caller)
 
     def _alert(self, kind: str, about: str, data: dict[str, object]) -> None:
         for alert in self.alerts:
@@ -409,51 +279,6 @@ class CallService:
                 alert(kind, about, data)
             except Exception:
                 log.exception("%s not sent", kind)
-
-    async def _caller_order(self, call: Call, who: Caller) -> CallerOrder | None:
-        if who.number is None:
-            return None
-        try:
-            return await self.directory.reverse_lookup(who.number)
-        except LookupFailed as exc:
-            # The caller is still rung through: the one who last talked to them, else the fallback.
-            log.warning("call %s: the shop's reverse lookup failed (%s); no order shown", call.id, exc)
-            return None
-
-    async def _sticky(self, call: Call, who: Caller) -> Sticky | None:
-        days = self.config.current.inbound.sticky_days
-        if who.key is None or days <= 0:
-            return None
-        try:
-            return await self.store.sticky.last_talked(
-                who.key, since=datetime.now(UTC) - timedelta(days=days)
-            )
-        except DatabaseUnavailable as exc:
-            log.warning("call %s: who last talked to the caller is not known (%s)", call.id, exc)
-            return None
-
-    async def _turn_away(self, call: Call, who: Caller, reason: Refusal, order_id: str | None) -> TurnedAway:
-        """An inbound call bridged does not take: its refused attempt's row (kept for later if the
-        database is away), and what the caller hears."""
-        metrics.CALLS_REFUSED.inc(reason.value)
-        at = datetime.now(UTC)
-        await self.deferred.write(
-            f"refused inbound call {call.id} ({reason})",
-            lambda: self.store.calls.insert_refused(
-                call_id=call.id,
-                order_id=order_id,
-                manager_id=None,
-                direction=INBOUND,
-                outcome=reason.value,
-                at=at,
-                actor="customer",
-                details={"direction": INBOUND},
-                caller_ref=who.ref,
-            ),
-            try_now=reason is not Refusal.DATABASE_UNAVAILABLE,
-        )
-        log.info("call %s refused: inbound, %s", call.id, reason)
-        return TurnedAway(refusal_prompt(self.config.current.prompts, reason))
 
     # -- deciding ----------------------------------------------------------------------------------
 
@@ -480,13 +305,13 @@ class CallService:
         refuse = functools.partial(
             self._refuse, manager, code, direction=direction, actor=actor, created_by=created_by
         )
-        exceeded = await self._over_budget(manager, code)
+        exceeded = await self.budgets.over(manager, code)
         if exceeded is not None:
-            return await self._rate_limited(manager, code, exceeded, refuse)
+            return await self.budgets.rate_limited(manager, code, exceeded, refuse)
         if not is_valid_code(self.config.current.orders, code):
             # The raw input is not stored: a manager could have typed anything, even a number.
             log.info("call refused for %s: malformed order code", manager.id)
-            await self._attempted(manager, code, Refusal.INVALID_CODE.value)
+            await self.budgets.attempted(manager, code, Refusal.INVALID_CODE.value)
             return await self._refused_attempt(
                 Refusal.INVALID_CODE, actor=actor, details={"manager_id": manager.id}
             )
@@ -539,7 +364,9 @@ class CallService:
             canary=canary is not None,
         )
         self.engine.expect(pending)
-        self._background.spawn(self._attempted(manager, code, limits.ACCEPTED), name=f"attempt-{call_id}")
+        self._background.spawn(
+            self.budgets.attempted(manager, code, limits.ACCEPTED), name=f"attempt-{call_id}"
+        )
         if canary is not None:
             self._background.spawn(self._canary_touched(call_id, manager, canary), name=f"canary-{call_id}")
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
@@ -596,91 +423,6 @@ class CallService:
                 order_id=canary.order_id,
                 details={"canary": canary.id, "manager_id": manager.id},
             ),
-        )
-
-    # -- budgets -----------------------------------------------------------------------------------
-
-    async def _over_budget(self, manager: Manager, code: str) -> limits.Exceeded | None:
-        """Whether one more attempt by ``manager`` goes past a budget (one indexed query). If bridged's
-        database is away the attempt goes on: it is refused at its row's write anyway."""
-        config = self.config.current.limits
-        budget = config.budget(manager.id)
-        if budget.calls is None and budget.distinct_orders is None and budget.refused_in_a_row is None:
-            return None
-        try:
-            now, attempts = await self.store.attempts.window(manager.id, config.window)
-        except DatabaseUnavailable as exc:
-            log.warning("budgets of %s not checked: bridged's database is unavailable (%s)", manager.id, exc)
-            return None
-        return limits.verdict(
-            attempts, now=now, window=timedelta(seconds=config.window), budget=budget, code=code
-        )
-
-    async def _rate_limited(
-        self,
-        manager: Manager,
-        code: str,
-        exceeded: limits.Exceeded,
-        refuse: Callable[..., Awaitable[Refused]],
-    ) -> Refused:
-        """Past a budget: refused, with its row and audit row (as every refusal), the attempt kept (not
-        counted), a metric, and ``abuse.suspected`` once per window per manager and budget."""
-        metrics.RATE_LIMITED.inc(exceeded.budget)
-        window = self.config.current.limits.window
-        log.warning(
-            "call refused for %s: past the %s budget (%d of %d in %d s)",
-            manager.id,
-            exceeded.budget,
-            exceeded.count,
-            exceeded.limit,
-            window,
-        )
-        refused: Refused = await refuse(Refusal.RATE_LIMITED)
-        await self._attempted(manager, code, limits.RATE_LIMITED)
-        data: dict[str, object] = {
-            "manager_id": manager.id,
-            "budget": exceeded.budget,
-            "limit": exceeded.limit,
-            "count": exceeded.count,
-            "counts": exceeded.counts,
-            "window_seconds": window,
-            "retry_after": exceeded.retry_after,
-        }
-        try:
-            due = await self.store.attempts.alert_due(manager.id, exceeded.budget, window)
-        except DatabaseUnavailable:
-            due = False
-        if due:
-            await self.deferred.write(
-                f"abuse.suspected audit row of {manager.id}",
-                lambda: self.store.audit.add(
-                    actor=manager.id,
-                    action="abuse.suspected",
-                    outcome="alerted",
-                    reason=exceeded.budget,
-                    call_id=refused.call_id,
-                    details=data,
-                ),
-            )
-            self._alert("abuse.suspected", refused.call_id or f"manager:{manager.id}", data)
-        return Refused(refused.reason, refused.call_id, retry_after=exceeded.retry_after)
-
-    async def _attempted(self, manager: Manager, code: str, outcome: str, *, try_now: bool = True) -> None:
-        """The attempt as the budgets count it: never the code itself unless it named a known order."""
-        length, shape = limits.code_shape(code, self.config.current.orders.code_pattern)
-        order_id = code if outcome in limits.KNOWN_ORDER else None
-        at = datetime.now(UTC)
-        await self.deferred.write(
-            f"attempt of {manager.id} ({outcome})",
-            lambda: self.store.attempts.record(
-                manager_id=manager.id,
-                outcome=outcome,
-                order_id=order_id,
-                code_length=length,
-                code_shape=shape,
-                at=at,
-            ),
-            try_now=try_now,
         )
 
     def _overloaded(self) -> bool:
@@ -818,20 +560,11 @@ class CallService:
             try_now=reason is not Refusal.DATABASE_UNAVAILABLE,
         )
         if reason is not Refusal.RATE_LIMITED:  # kept by _rate_limited, after this row
-            await self._attempted(
+            await self.budgets.attempted(
                 manager, raw_code, reason.value, try_now=reason is not Refusal.DATABASE_UNAVAILABLE
             )
         log.info("call %s refused for %s on order %s: %s", call_id, manager.id, code, reason)
         return Refused(reason, call_id)
-
-
-def _identified_by(who: Caller, order: CallerOrder | None, sticky: Sticky | None) -> str:
-    """How an inbound caller was told (the audit row's details, the log)."""
-    if who.withheld:
-        return "nothing (number withheld)"
-    if order is not None:
-        return "their order"
-    return "the manager who last talked to them" if sticky is not None else "nothing (no order)"
 
 
 def shed_share(oldest_wait: float, limit: float) -> float:

@@ -176,13 +176,20 @@ async def test_stopping_with_the_database_still_away_counts_what_is_lost() -> No
 # -- CallService with the database away -------------------------------------------------------------
 
 
+def _use_deferred(env: Any, deferred: DeferredWrites) -> None:
+    """The service's deferred writes, and its parts' (budgets, inbound calls): the same object."""
+    for part in (env.service, env.service.budgets, env.service.inbound):
+        part.deferred = deferred
+
+
 def _down_env() -> Any:
     env = _env()
     store = DownStore()
     env.store = store
-    env.service.store = store
+    for part in (env.service, env.service.budgets, env.service.inbound):
+        part.store = store
     env.engine.store = store  # type: ignore[assignment]
-    env.service.deferred = DeferredWrites(delays=(0.01,) * 5)
+    _use_deferred(env, DeferredWrites(delays=(0.01,) * 5))
     return env
 
 
@@ -239,7 +246,7 @@ async def test_an_unknown_endpoint_while_the_database_is_away() -> None:
 
 async def test_close_gives_kept_rows_a_last_try() -> None:
     env = _down_env()
-    env.service.deferred = DeferredWrites(delays=(60.0,))
+    _use_deferred(env, DeferredWrites(delays=(60.0,)))
     env.store.down = True
     await env.service.place_from_phone("anna", "999", "m-1", read_code=_no_code)
     env.store.down = False
