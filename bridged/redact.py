@@ -25,9 +25,17 @@ _DIAL_STRING_RE = re.compile(r"\+?[0-9]{3,20}")
 _UNIQUEID_RE = re.compile(r"(?<![\d.+])\d{10}\.\d{1,9}(?![\d.])")
 
 
+# An ISO 8601 date with its time ("2026-12-02T00:05:19.567+0000": Asterisk's startup time, which bridged
+# logs per node) is a date: its year, month and day are not masked when a 'T' and hh:mm follow at once.
+_ISO_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_TIME_AFTER_RE = re.compile(r"T\d{2}:\d{2}")
+
+
 def _mask(match: re.Match[str]) -> str:
     text = match.group(0)
     if _UNIQUEID_RE.fullmatch(text):
+        return text
+    if _ISO_DATE_RE.fullmatch(text) and _ISO_TIME_AFTER_RE.match(match.string, match.end()):
         return text
     return MASK
 

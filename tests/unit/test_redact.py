@@ -231,3 +231,15 @@ def test_call_ids_survive_the_log_redaction() -> None:
     ids = [new_call_id() for _ in range(2000)]
     assert all(redact(f"call {i} bridged") == f"call {i} bridged" for i in ids)
     assert len(set(ids)) == len(ids) and all(len(i) == 32 for i in ids)
+
+
+def test_an_iso_date_with_its_time_is_kept_and_nothing_else_like_it() -> None:
+    """A node's Asterisk startup time is logged as Asterisk gives it; a date alone, or digits in any other
+    grouping before a 'T', are masked as before."""
+    kept = "node b is Asterisk pbx-b, started 2026-12-02T00:05:19.567+0000"
+    assert redact(kept) == kept
+    assert redact("2026-12-02 00:05:19") == "<redacted>:05:19"
+    assert redact("started 2026-12-02") == "started <redacted>"
+    assert redact("79161234567T12:00") == "<redacted>T12:00"
+    assert redact("+2026-12-02T00:05") == "<redacted>T00:05"
+    assert redact("916-123-45T00:05") == "<redacted>T00:05"
