@@ -22,9 +22,10 @@ from .harness import (  # noqa: F401 - fixtures
     dial,
     new_customer_number,
     new_order_id,
+    number_leaks,
     wait_for,
 )
-from .test_http_calls import manager_phone
+from .test_http_calls import http, manager_phone
 from .test_review_api import TOKENS, token_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -335,3 +336,139 @@ def test_ops_lists_missed_calls_and_calls_a_customer_back(
     assert request["details"]["callback_of"] == known
     assert f"Order {order} Lena O." in phone.messages()
     assert_not_leaked(number, page_html=html, network="\n".join(traffic), manager_sip_trace=phone.messages())
+
+
+def _probe(daemon, manager_id: str, code: str) -> tuple[int, str]:
+    """A manager's call attempt for ``code`` over HTTP (the shop's backend asking): status and error id."""
+    status, body, _ = http(
+        daemon, "POST", "/v1/calls", {"order_id": code, "manager_id": manager_id}, token=TOKENS["shop"][1]
+    )
+    return status, body["error"]["id"]
+
+
+def _probing_groups(page: Any) -> dict[str, dict[str, Any]]:
+    """The probing table as shown: per manager its summary cells, its details, whether it stands out."""
+    return page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('#probing-table tbody')].map(b => [
+            b.dataset.managerId, {
+              summary: [...b.querySelector('tr.summary').children].map(c => c.innerText),
+              details: [...b.querySelectorAll('tr.detail')].map(r => [r.dataset.outcome, r.dataset.shape,
+                Number(r.dataset.length), Number(r.dataset.count), [...r.children].map(c => c.innerText)]),
+              overBudget: b.classList.contains('over-budget'),
+            }]))"""
+    )
+
+
+def test_ops_sees_probing_by_shape_and_length_never_the_digits(make_bridged, trace_dir: Path) -> None:
+    """A manager types a customer's number in place of a code (formatted, then digits only), then unknown
+    codes until the budget refuses them: ops see the pattern on /ops/ (counts, outcomes, lengths, shapes;
+    that manager marked past a budget), filter by manager and period with the keyboard, in English and in
+    Russian; the number is nowhere in the page or in what the browser sent and received."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (scripts/bootstrap installs it)")
+    daemon = make_bridged(("pavel", "vera"), extra=token_config())
+    pavel, vera = daemon.managers
+    number = new_customer_number()  # +4930 and 8 digits
+    formatted = f"{number[:3]} {number[3:5]} {number[5:9]}-{number[9:]}"
+    digits = number[1:]
+    assert number_leaks(formatted, number) and number_leaks(digits, number)  # the check below sees them
+    refused = [_probe(daemon, pavel.id, formatted), _probe(daemon, pavel.id, digits)]
+    refused += [_probe(daemon, pavel.id, str(8000 + i)) for i in range(8)]
+    refused.append(_probe(daemon, pavel.id, "8100"))  # the 11th: past refused_in_a_row (10)
+    assert refused == [(422, "invalid_order_id")] + [(404, "unknown_order")] * 9 + [(429, "rate_limited")], (
+        refused
+    )
+    assert _probe(daemon, vera.id, "5555") == (404, "unknown_order")
+    # vera's attempt three days ago: outside the default period (24 h), inside the last 7 days.
+    daemon.sql(f"UPDATE manager_attempts SET at = at - interval '3 days' WHERE manager_id = '{vera.id}'")
+    _, ops_token = TOKENS["ops"]
+    pavel_expected = [
+        # (outcome, shape, length, count), newest first
+        ["rate_limited", "well_formed", 4, 1],
+        ["unknown_order", "well_formed", 4, 8],
+        ["unknown_order", "well_formed", len(digits), 1],
+        ["invalid_code", "phone_like", len(formatted), 1],
+    ]
+
+    traffic: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900}, locale="en-US")
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("response", lambda r: errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None)
+            page.on("request", lambda r: traffic.append(f"{r.method} {r.url} {r.post_data or ''}"))
+            page.on("response", lambda r: traffic.append(r.text()) if "/v1/" in r.url else None)
+            page.goto(f"http://127.0.0.1:{daemon.http_port}/ops/")
+            page.keyboard.type(ops_token)
+            page.keyboard.press("Enter")
+            page.wait_for_selector(f'#probing-table tbody[data-manager-id="{pavel.id}"]')
+            assert page.inner_text("#probing-title") == "Probing"
+
+            # The default period, the last 24 hours: pavel only, his pattern, marked past a budget.
+            groups = _probing_groups(page)
+            assert list(groups) == [pavel.id], groups
+            shown = groups[pavel.id]
+            assert [d[:4] for d in shown["details"]] == pavel_expected, shown
+            assert shown["overBudget"]
+            assert shown["summary"][0].startswith(pavel.id), shown
+            assert "past a budget" in shown["summary"][0]
+            assert shown["summary"][1:5] == [
+                "unknown order: 9, rate limited: 1, invalid code: 1",
+                "well-formed code: 10, phone-number-like: 1",
+                f"4, {len(digits)}, {len(formatted)}",
+                "11",
+            ], shown
+            assert shown["details"][3][4][1:5] == [
+                "invalid code",
+                "phone-number-like",
+                str(len(formatted)),
+                "1",
+            ]
+            assert page.inner_text("#probing-status").startswith("1 manager with refused attempts since ")
+            page.screenshot(path=str(trace_dir / "ops-probing.png"), full_page=True)
+
+            # The last 7 days, chosen with the keyboard: vera too, after pavel (newest first), not marked.
+            page.focus("#p-period")
+            page.keyboard.press("ArrowDown")
+            page.wait_for_function("() => document.querySelectorAll('#probing-table tbody').length === 2")
+            groups = _probing_groups(page)
+            assert list(groups) == [pavel.id, vera.id], groups
+            assert [d[:4] for d in groups[vera.id]["details"]] == [["unknown_order", "well_formed", 4, 1]]
+            assert not groups[vera.id]["overBudget"]
+            assert "past a budget" not in groups[vera.id]["summary"][0]
+
+            # The manager filter, typed and sent with Enter.
+            page.focus("#p-manager")
+            page.keyboard.type(vera.id)
+            page.keyboard.press("Enter")
+            page.wait_for_function(
+                "id => { const b = document.querySelectorAll('#probing-table tbody');"
+                " return b.length === 1 && b[0].dataset.managerId === id; }",
+                arg=vera.id,
+            )
+            page.fill("#p-manager", "")
+            page.keyboard.press("Enter")
+            page.wait_for_function("() => document.querySelectorAll('#probing-table tbody').length === 2")
+
+            # In Russian: the section, the outcomes and shapes, the mark and the status redone at once.
+            page.select_option("#lang", "ru")
+            assert page.inner_text("#probing-title") == "Подбор кодов"
+            groups = _probing_groups(page)
+            shown = groups[pavel.id]
+            assert "превышен лимит" in shown["summary"][0]
+            assert shown["summary"][2] == "код верного вида: 10, похоже на номер телефона: 1", shown
+            assert shown["details"][0][4][1] == "превышен лимит"
+            assert shown["details"][3][4][1:3] == ["неверный код заказа", "похоже на номер телефона"]
+            assert page.inner_text("#probing-status").startswith("2 менеджера с отказами с ")
+            page.screenshot(path=str(trace_dir / "ops-probing-ru.png"), full_page=True)
+            html = page.content()
+            assert not errors, errors
+        finally:
+            browser.close()
+
+    (trace_dir / "ops-probing.html").write_text(html)
+    assert any("/v1/probing" in t for t in traffic), traffic
+    assert_not_leaked(number, page_html=html, network="\n".join(traffic), daemon_log=daemon.log_text())

@@ -15,6 +15,7 @@
     callsCursor: null,
     missedCursor: null,
     auditCursor: null,
+    probing: null,
     objectUrl: null,
     calls: [],
     missed: [],
@@ -22,6 +23,7 @@
     callsStatus: null,
     missedStatus: null,
     auditStatus: null,
+    probingStatus: null,
   };
 
   // -- languages ----------------------------------------------------------------------------------
@@ -119,6 +121,32 @@
       calling_back_cell: "calling back: {manager}'s phone rings",
       call_back_ringing: "Manager {manager}'s phone is ringing for order {order}.",
       call_back_failed: "Could not call back order {order}: {message}",
+      probing: "Probing",
+      probing_hint:
+        "Managers' refused attempts in the period, newest first: how many, by outcome, and the length and shape of what was keyed in (never the digits). Managers past a budget are marked.",
+      period: "Period",
+      last_hour: "last hour",
+      last_24_hours: "last 24 hours",
+      last_7_days: "last 7 days",
+      last_30_days: "last 30 days",
+      probing_caption: "Refused attempts by manager, newest first",
+      keyed_in: "Keyed in",
+      length: "Length",
+      attempts: "Attempts",
+      last_attempt: "Last attempt",
+      loading_probing: "Loading refused attempts…",
+      no_probing: "No refused attempts since {since}.",
+      probing_failed: "Could not load refused attempts: {message}",
+      probing_shown: {
+        one: "{n} manager with refused attempts since {since}.",
+        other: "{n} managers with refused attempts since {since}.",
+      },
+      past_budget: "past a budget",
+      tally: "{name}: {count}",
+      "shape.well_formed": "well-formed code",
+      "shape.phone_like": "phone-number-like",
+      "shape.digits": "digits, not a code",
+      "shape.other": "other characters",
     },
     ru: {
       title: "bridged · обзор звонков",
@@ -217,6 +245,34 @@
       calling_back_cell: "перезваниваем: звонит телефон {manager}",
       call_back_ringing: "Звонит телефон менеджера {manager} по заказу {order}.",
       call_back_failed: "Не удалось перезвонить по заказу {order}: {message}",
+      probing: "Подбор кодов",
+      probing_hint:
+        "Отказы менеджерам за период, сначала новые: сколько, с каким итогом, какой длины и вида было набранное (сами цифры не хранятся). Менеджеры, превысившие лимит, отмечены.",
+      period: "Период",
+      last_hour: "последний час",
+      last_24_hours: "последние 24 часа",
+      last_7_days: "последние 7 дней",
+      last_30_days: "последние 30 дней",
+      probing_caption: "Отказы по менеджерам, сначала новые",
+      keyed_in: "Что набрано",
+      length: "Длина",
+      attempts: "Попыток",
+      last_attempt: "Последняя попытка",
+      loading_probing: "Загрузка отказов…",
+      no_probing: "Отказов с {since} не было.",
+      probing_failed: "Не удалось загрузить отказы: {message}",
+      probing_shown: {
+        one: "{n} менеджер с отказами с {since}.",
+        few: "{n} менеджера с отказами с {since}.",
+        many: "{n} менеджеров с отказами с {since}.",
+        other: "{n} менеджера с отказами с {since}.",
+      },
+      past_budget: "превышен лимит",
+      tally: "{name}: {count}",
+      "shape.well_formed": "код верного вида",
+      "shape.phone_like": "похоже на номер телефона",
+      "shape.digits": "цифры, не код",
+      "shape.other": "другие символы",
     },
   };
 
@@ -246,6 +302,7 @@
       overloaded: "перегрузка",
       invalid_phone: "неверный номер клиента",
       database_unavailable: "база bridged недоступна",
+      rate_limited: "превышен лимит",
       requested: "запрошен",
       ringing_manager: "звонит менеджеру",
       ringing_customer: "звонит клиенту",
@@ -339,6 +396,7 @@
     renderCalls();
     renderMissed();
     renderAudit();
+    renderProbing();
   }
 
   function switchLanguage(next) {
@@ -473,8 +531,10 @@
     $("signin").hidden = true;
     $("review").hidden = false;
     $("audit").hidden = !state.me.permissions.includes("audit.read");
+    $("probing").hidden = !state.me.permissions.includes("probing.read");
     await loadCalls(true);
     await loadMissed(true);
+    if (!$("probing").hidden) await loadProbing();
     if (!$("audit").hidden) await loadAudit(true);
     $("f-manager").focus();
     return true;
@@ -487,10 +547,12 @@
     state.calls = [];
     state.missed = [];
     state.audit = [];
-    state.callsStatus = state.missedStatus = state.auditStatus = null;
+    state.probing = null;
+    state.callsStatus = state.missedStatus = state.auditStatus = state.probingStatus = null;
     $("calls").tBodies[0].replaceChildren();
     $("missed-table").tBodies[0].replaceChildren();
     $("audit-table").tBodies[0].replaceChildren();
+    renderProbing();
     $("review").hidden = true;
     $("who").hidden = true;
     $("signin").hidden = false;
@@ -518,7 +580,12 @@
     renderStatus(which);
   }
 
-  const STATUS_LINES = { callsStatus: "calls-status", missedStatus: "missed-status", auditStatus: "audit-status" };
+  const STATUS_LINES = {
+    callsStatus: "calls-status",
+    missedStatus: "missed-status",
+    auditStatus: "audit-status",
+    probingStatus: "probing-status",
+  };
 
   function renderStatus(which) {
     const status = state[which];
@@ -769,6 +836,118 @@
     return tr;
   }
 
+  // -- probing --------------------------------------------------------------------------------------
+  // GET /v1/probing: per manager the refused attempts since a time, by outcome and by the length and
+  // shape of what was keyed in. The API keeps no digits of a code, so the page has none to show.
+
+  async function loadProbing() {
+    const f = $("probing-filters").elements;
+    const hours = Number(f.period.value) || 24;
+    const params = {
+      manager: f.manager.value.trim(),
+      from: new Date(Date.now() - hours * 3600 * 1000).toISOString(),
+    };
+    setStatus("probingStatus", "loading_probing");
+    try {
+      const page = await (await api("/v1/probing" + query(params))).json();
+      state.probing = { since: page.since, managers: page.managers.map(probingManager) };
+      // Newest first: the manager refused most recently, and within a manager the latest kind of attempt.
+      state.probing.managers.sort((a, b) => b.lastAt.localeCompare(a.lastAt));
+      renderProbing();
+    } catch (e) {
+      state.probing = null;
+      renderProbing();
+      setStatus("probingStatus", "probing_failed", { message: errorMessage(e) });
+    }
+  }
+
+  function newestFirst(a, b) {
+    return new Date(b.last_at) - new Date(a.last_at) || b.count - a.count;
+  }
+
+  function probingManager(entry) {
+    const attempts = entry.attempts.slice().sort(newestFirst);
+    return {
+      id: entry.manager_id,
+      refused: entry.refused,
+      attempts,
+      lastAt: attempts.length ? new Date(attempts[0].last_at).toISOString() : "",
+      limited: attempts.some((a) => a.outcome === "rate_limited"),
+    };
+  }
+
+  function renderProbing() {
+    const table = $("probing-table");
+    for (const body of [...table.tBodies]) body.remove();
+    const data = state.probing;
+    if (!data) {
+      renderStatus("probingStatus");
+      return;
+    }
+    for (const manager of data.managers) table.appendChild(probingGroup(manager));
+    const n = data.managers.length;
+    setStatus("probingStatus", n ? "probing_shown" : "no_probing", { n, since: when(data.since) });
+  }
+
+  // Counts by a key of the attempts ("unknown order: 9, rate limited: 1"), the largest first.
+  function tally(attempts, key, name) {
+    const counts = new Map();
+    for (const a of attempts) counts.set(a[key], (counts.get(a[key]) || 0) + a.count);
+    const number = new Intl.NumberFormat(locale());
+    return [...counts]
+      .sort((x, y) => y[1] - x[1])
+      .map(([value, count]) => t("tally", { name: name(value), count: number.format(count) }))
+      .join(", ");
+  }
+
+  function shapeName(shape) {
+    const key = "shape." + shape;
+    return Object.hasOwn(MESSAGES.en, key) ? t(key) : String(shape);
+  }
+
+  // One <tbody> per manager: a summary row (all their refused attempts), then one row per outcome,
+  // shape and length.
+  function probingGroup(manager) {
+    const body = document.createElement("tbody");
+    body.dataset.managerId = manager.id;
+    if (manager.limited) body.className = "over-budget";
+    const summary = document.createElement("tr");
+    summary.className = "summary";
+    const th = document.createElement("th");
+    th.scope = "rowgroup";
+    th.textContent = manager.id;
+    if (manager.limited) {
+      const mark = document.createElement("span");
+      mark.className = "budget-mark";
+      mark.textContent = t("past_budget");
+      th.appendChild(mark);
+    }
+    summary.appendChild(th);
+    cell(summary, tally(manager.attempts, "outcome", outcomeName));
+    cell(summary, tally(manager.attempts, "code_shape", shapeName));
+    const lengths = [...new Set(manager.attempts.map((a) => a.code_length))].sort((x, y) => x - y);
+    cell(summary, lengths.join(", "), "num");
+    cell(summary, new Intl.NumberFormat(locale()).format(manager.refused), "num");
+    cell(summary, when(manager.lastAt));
+    body.appendChild(summary);
+    for (const a of manager.attempts) {
+      const tr = document.createElement("tr");
+      tr.className = "detail";
+      tr.dataset.outcome = a.outcome;
+      tr.dataset.shape = a.code_shape;
+      tr.dataset.length = a.code_length;
+      tr.dataset.count = a.count;
+      cell(tr, "");
+      cell(tr, outcomeName(a.outcome), a.outcome === "rate_limited" ? "limited" : "");
+      cell(tr, shapeName(a.code_shape));
+      cell(tr, a.code_length, "num");
+      cell(tr, new Intl.NumberFormat(locale()).format(a.count), "num");
+      cell(tr, when(a.last_at));
+      body.appendChild(tr);
+    }
+    return body;
+  }
+
   // -- wiring ---------------------------------------------------------------------------------------
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -788,6 +967,11 @@
       loadAudit(true);
     });
     $("audit-more").addEventListener("click", () => loadAudit(false));
+    $("probing-filters").addEventListener("submit", (e) => {
+      e.preventDefault();
+      loadProbing();
+    });
+    $("p-period").addEventListener("change", () => loadProbing());
     if (token()) {
       start();
     } else {
