@@ -41,6 +41,7 @@ from bench.run import (
     finish_carrier,
     first_invites,
     log,
+    run_rate_step,
     sipp,
     wait_quiet,
     wait_until,
@@ -200,6 +201,9 @@ def measure_availability(r: Rig, ladder: list[float], seconds: float, kills: int
     a.start()
     b.start()
     try:
+        # Warm-up, both paths: the first calls after a start open pools and import code (not counted).
+        for endpoints in (ONE_DAEMON_EPS, TWO_DAEMON_EPS):
+            run_rate_step(r, endpoints, 10, 3, "ha-warm")
         log(f"two daemons against one: ladder {ladder} cps, {seconds} s per step")
         paths: list[tuple[str | tuple[str, ...], str]] = [
             (ONE_DAEMON_EPS, "one_daemon"),

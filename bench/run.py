@@ -1249,7 +1249,7 @@ def main(argv: list[str] | None = None) -> int:
         if "availability" in parts:  # not in the default run
             from bench.availability import measure_availability
 
-            ha_ladder: list[float] = [40, 80, 120] if quick else [80, 120, 160, 200, 240, 280, 320, 360]
+            ha_ladder: list[float] = [40, 80, 120] if quick else [40, 60, 80, 100, 120, 140, 160, 200]
             if args.ladder:
                 ha_ladder = [float(x) for x in args.ladder.split(",")]
             results["availability"] = measure_availability(
