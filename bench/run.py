@@ -25,7 +25,10 @@ Figures (printed side by side and written as JSON):
 * inbound setup latency (``--only inbound``, not in the default run): a customer calling the shop, the
   carrier SIPp's INVITE sent to the manager's phone SIPp receiving its INVITE, through bridged's inbound
   path (``[bridged-inbound]``, Stasis, the reverse lookup, the sticky manager, the call's row, the
-  originate) against a plain ``Dial()`` of the same manager endpoint; one call at a time, p50/p99.
+  originate) against a plain ``Dial()`` of the same manager endpoint; one call at a time, p50/p99;
+* two daemons (``--only availability``, not in the default run, ``bench/availability.py``): the call rate
+  through two daemons against one, and a daemon SIGKILLed under a stream of calls (to the first call the
+  survivor serves, to its takeover of the dead daemon's lease).
 """
 
 from __future__ import annotations
