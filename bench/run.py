@@ -25,7 +25,10 @@ Figures (printed side by side and written as JSON):
 * inbound setup latency (``--only inbound``, not in the default run): a customer calling the shop, the
   carrier SIPp's INVITE sent to the manager's phone SIPp receiving its INVITE, through bridged's inbound
   path (``[bridged-inbound]``, Stasis, the reverse lookup, the sticky manager, the call's row, the
-  originate) against a plain ``Dial()`` of the same manager endpoint; one call at a time, p50/p99.
+  originate) against a plain ``Dial()`` of the same manager endpoint; one call at a time, p50/p99;
+* two daemons (``--only availability``, not in the default run, ``bench/availability.py``): the call rate
+  through two daemons against one, and a daemon SIGKILLed under a stream of calls (to the first call the
+  survivor serves, to its takeover of the dead daemon's lease).
 """
 
 from __future__ import annotations
@@ -82,7 +85,21 @@ INBOUND_SECRET = "bench-inbound-secret-0123456789abcdef"
 INBOUND_DID = SHOP_DIDS[0]
 INBOUND_BASELINE_DID = "+15550199"
 INBOUND_BASELINE_CONTEXT = "bench-inbound-baseline"
-MANAGER_PORT = {BRIDGED_EP: 5200, BASELINE_EP: 5201, AGI_BASELINE_EP: 5202, INBOUND_EP: 5203}
+# Two daemons (--only availability): A is the bench's usual daemon, B a second one on the same box.
+# Two managers' phones whose dialplan tries A then B and B then A (the load spread as the README says), and
+# two that name A alone: the same calls through two daemons and through one.
+AGI_PORT_B = 4591
+HTTP_PORT_B = 8096
+APP_B = "bridged-bench-b"
+TWO_DAEMON_EPS = ("benchab", "benchba")
+ONE_DAEMON_EPS = ("bencha1", "bencha2")
+MANAGER_PORT = {
+    BRIDGED_EP: 5200,
+    BASELINE_EP: 5201,
+    AGI_BASELINE_EP: 5202,
+    INBOUND_EP: 5203,
+    **{ep: 5204 + i for i, ep in enumerate(TWO_DAEMON_EPS + ONE_DAEMON_EPS)},
+}
 BASELINE_CONTEXT = "bench-baseline"
 # The baseline with a FastAGI round trip before its Dial(): what the FastAGI step costs Asterisk.
 AGI_BASELINE_CONTEXT = "bench-agi-baseline"
@@ -230,9 +247,21 @@ class Daemon:
     """One bridged process (``python -m bridged run``) with a config written for the bench."""
 
     def __init__(
-        self, asterisk: Asterisk, postgres: Postgres, *, recording: bool, name: str, steps: bool = False
+        self,
+        asterisk: Asterisk,
+        postgres: Postgres,
+        *,
+        recording: bool,
+        name: str,
+        steps: bool = False,
+        app: str = "bridged-bench",
+        agi_port: int = AGI_PORT,
+        http_port: int = HTTP_PORT,
     ) -> None:
         self.steps = steps
+        self.app = app
+        self.agi_port = agi_port
+        self.http_port = http_port
         self.asterisk = asterisk
         self.postgres = postgres
         self.recording = recording
@@ -246,7 +275,7 @@ class Daemon:
                 "url": self.asterisk.ari_url,
                 "username": self.asterisk.ari_user,
                 "password": self.asterisk.ari_password,
-                "app": "bridged-bench",
+                "app": self.app,
                 "reconnect_max_delay": 2,
                 # BENCH_MAX_REQUEST_WAIT=0 runs without the overload guard (bridged's default is 1 s).
                 **(
@@ -266,6 +295,7 @@ class Daemon:
             "managers": [
                 {"id": "bench", "name": "Bench", "endpoint": BRIDGED_EP},
                 {"id": "benchin", "name": "Bench Inbound", "endpoint": INBOUND_EP},
+                *({"id": ep, "name": ep.title(), "endpoint": ep} for ep in TWO_DAEMON_EPS + ONE_DAEMON_EPS),
             ],
             # The customer's calls: their order's manager (benchin) first; the whole path (reverse lookup,
             # sticky manager, row) on every call.
@@ -277,8 +307,8 @@ class Daemon:
                 "ring_timeout": 30,
             },
             "recording": {"enabled": self.recording, "format": "wav"},
-            "agi": {"host": "127.0.0.1", "port": AGI_PORT},
-            "http": {"host": "127.0.0.1", "port": HTTP_PORT},
+            "agi": {"host": "127.0.0.1", "port": self.agi_port},
+            "http": {"host": "127.0.0.1", "port": self.http_port},
             "logging": {"level": os.environ.get("BENCH_LOG_LEVEL", "INFO")},
         }
 
@@ -302,14 +332,18 @@ class Daemon:
                 cwd=REPO_ROOT,
             )
         wait_until(self.healthy, 30, "bridged /healthz")
-        CPU_SOURCES["bridged"] = (self.proc.pid, False)
+        # A second daemon's CPU is accounted for beside the first one's (--only availability).
+        CPU_SOURCES["bridged" if self.http_port == HTTP_PORT else f"bridged:{self.http_port}"] = (
+            self.proc.pid,
+            False,
+        )
 
     def healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"bridged exited: {self.proc.returncode}; see {self.dir / 'bridged.log'}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/healthz", timeout=1) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -340,7 +374,7 @@ class Daemon:
         return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
         out = {}
         for line in text.splitlines():
@@ -438,6 +472,7 @@ def rig() -> Iterator[Rig]:
             "shop",
             f"INSERT INTO orders VALUES ({INBOUND_ORDER}, '{INBOUND_NUMBER}', 'Bench Caller', 'benchin')",
         )
+        agi_a, agi_b = f"agi://127.0.0.1:{AGI_PORT}", f"agi://127.0.0.1:{AGI_PORT_B}"
         conf = (
             manager_endpoint_conf(
                 BRIDGED_EP, MANAGER_PORT[BRIDGED_EP], set_vars={"BRIDGED_AGI": f"agi://127.0.0.1:{AGI_PORT}"}
@@ -450,6 +485,15 @@ def rig() -> Iterator[Rig]:
             )
             + "\n"
             + manager_endpoint_conf(INBOUND_EP, MANAGER_PORT[INBOUND_EP])
+            + "".join(
+                "\n" + manager_endpoint_conf(ep, MANAGER_PORT[ep], set_vars=targets)
+                for ep, targets in (
+                    (TWO_DAEMON_EPS[0], {"BRIDGED_AGI": agi_a, "BRIDGED_AGI_2": agi_b}),
+                    (TWO_DAEMON_EPS[1], {"BRIDGED_AGI": agi_b, "BRIDGED_AGI_2": agi_a}),
+                    (ONE_DAEMON_EPS[0], {"BRIDGED_AGI": agi_a}),
+                    (ONE_DAEMON_EPS[1], {"BRIDGED_AGI": agi_a}),
+                )
+            )
         )
         asterisk.add_endpoints("bench", conf)
         with open(asterisk.etc / "extensions.conf", "a") as ext:
@@ -753,7 +797,12 @@ def wait_quiet(limit: float = 60.0, busy: float = 0.1) -> float:
     return time.monotonic() - started
 
 
-def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) -> RateStep:
+# The managers' endpoints a rate step dials from: one, or several sharing the rate (one SIPp each).
+Endpoints = str | tuple[str, ...]
+
+
+def run_rate_step(r: Rig, endpoint: Endpoints, rate: float, seconds: float, tag: str) -> RateStep:
+    endpoints = (endpoint,) if isinstance(endpoint, str) else endpoint
     r.quiet(90)
     settled = wait_quiet()
     total = max(1, int(rate * seconds))
@@ -772,20 +821,24 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
     )
     time.sleep(0.3)
     started = time.monotonic()
-    manager = sipp(
-        f"{tag}-rate{rate:g}-manager",
-        "manager",
-        local_ip="127.0.0.1",
-        local_port=MANAGER_PORT[endpoint],
-        media_port=32000,
-        remote="127.0.0.1:5060",
-        service=f"*77{ORDER}",
-        keys={"user": endpoint},
-        hold_ms=hold_ms,
-        calls=total,
-        limit=max(50, int(rate * 10)),
-        rate=rate,
-    )
+    share = len(endpoints)
+    managers = [
+        sipp(
+            f"{tag}-rate{rate:g}-manager" + (f"-{i}" if i else ""),
+            "manager",
+            local_ip="127.0.0.1",
+            local_port=MANAGER_PORT[ep],
+            media_port=32000 + 10 * i,
+            remote="127.0.0.1:5060",
+            service=f"*77{ORDER}",
+            keys={"user": ep},
+            hold_ms=hold_ms,
+            calls=max(1, total // share),
+            limit=max(50, int(rate * 10 / share)),
+            rate=rate / share,
+        )
+        for i, ep in enumerate(endpoints)
+    ]
     perf = None
     if os.environ.get("BENCH_PERF_DIR"):  # a system-wide profile of the step, for `perf report`
         perf = subprocess.Popen(
@@ -826,7 +879,8 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
             ],
             cwd=REPO_ROOT,
         )
-    manager.wait(timeout=seconds + 120)
+    for manager in managers:
+        manager.wait(timeout=seconds + 120)
     elapsed = time.monotonic() - started
     for profiler in (perf, spy, events):
         if profiler is not None:
@@ -834,7 +888,10 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
             profiler.wait()
     left_over = finish_carrier(r, carrier)
     cpu_after = cpu_snapshot()
-    m, c = manager.stats(), carrier.stats()
+    stats = [manager.stats() for manager in managers]
+    m = {key: sum(s.get(key, 0) for s in stats) for key in ("OutGoingCall(C)", "SuccessfulCall(C)")}
+    c = carrier.stats()
+    total = max(1, total // share) * share
     attempted = m.get("OutGoingCall(C)", total) or total
     completed = min(m.get("SuccessfulCall(C)", 0), c.get("SuccessfulCall(C)", 0))
     failed = attempted - completed
@@ -844,7 +901,7 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
     step.cpu_ms_per_call = {
         name: round((cpu_after[name] - cpu_before[name]) * 1000 / attempted, 2) for name in cpu_before
     }
-    if endpoint == BRIDGED_EP:
+    if BASELINE_EP not in endpoints and AGI_BASELINE_EP not in endpoints:
         with contextlib.suppress(Exception):
             wait_until(lambda: "bridged" not in r.outcomes_since(since), 30, "rows ended")
         step.db_outcomes = r.outcomes_since(since)
@@ -852,7 +909,7 @@ def run_rate_step(r: Rig, endpoint: str, rate: float, seconds: float, tag: str) 
 
 
 def find_max_rates(
-    r: Rig, paths: list[tuple[str, str]], ladder: list[float], seconds: float
+    r: Rig, paths: list[tuple[Endpoints, str]], ladder: list[float], seconds: float
 ) -> dict[str, tuple[float, list[RateStep]]]:
     """Climb the ladder on every path at once: at each rate each path still standing runs one step, the
     order alternating from rate to rate. Asterisk gets slower as calls go through it (about 2 ms per call
@@ -1078,7 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=("latency", "rate", "memory", "agi", "inbound"),
+        choices=("latency", "rate", "memory", "agi", "inbound", "availability"),
         action="append",
         help="run only these parts (repeatable)",
     )
@@ -1146,7 +1203,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.steps:
                     results["inbound_steps"] = logged_steps(daemon)
             if "rate" in parts:
-                ladder = (
+                ladder: list[float] = (
                     [20, 40, 60]
                     if quick
                     else [80, 160, 200, 240, 260, 280, 300, 320, 340, 360, 380, 400, 440, 480]
@@ -1155,7 +1212,7 @@ def main(argv: list[str] | None = None) -> int:
                     ladder = [float(x) for x in args.ladder.split(",")]
                 seconds = args.step_seconds or (8 if quick else 10)
                 log(f"call rate: ladder {ladder} cps, {seconds} s per step")
-                paths = [
+                paths: list[tuple[Endpoints, str]] = [
                     (endpoint, tag)
                     for endpoint, tag in ((BASELINE_EP, "baseline"), (BRIDGED_EP, "bridged"))
                     if args.rate_path in ("both", tag)
@@ -1192,6 +1249,15 @@ def main(argv: list[str] | None = None) -> int:
             log("FastAGI cost: Dial() with and without a FastAGI round trip before it, 160 cps")
             results["agi"] = measure_agi_cost(r, 160, 10, 3)
             log(f"  FastAGI costs Asterisk {results['agi']['asterisk_ms_per_call_fastagi']} ms per call")
+        if "availability" in parts:  # not in the default run
+            from bench.availability import measure_availability
+
+            ha_ladder: list[float] = [40, 80, 120] if quick else [40, 60, 80, 100, 120, 140, 160, 200]
+            if args.ladder:
+                ha_ladder = [float(x) for x in args.ladder.split(",")]
+            results["availability"] = measure_availability(
+                r, ha_ladder, args.step_seconds or (8 if quick else 10), 2 if quick else 5
+            )
         if "memory" in parts:
             hold = 20 if quick else 40
             small, large = (50, 200) if quick else (100, 500)
@@ -1228,6 +1294,22 @@ def cpu_breakdown(rate: dict[str, Any]) -> list[str]:
         totals = [totals[0] + b, totals[1] + x]
         lines.append(f"{'  ' + part:<28}{b:>12}{x:>12}")
     lines.append(f"{'  all of them':<28}{round(totals[0], 2):>12}{round(totals[1], 2):>12}")
+    return [*lines, ""]
+
+
+def availability_report(ha: dict[str, Any]) -> list[str]:
+    rate, fail = ha["rate"], ha["failover"]["summary"]
+    lines = [
+        f"{'call rate, <1% failed (cps)':<28}{'one daemon':>12}{'two':>12}",
+        f"{'':<28}{rate['one_daemon_max_cps']:>12}{rate['two_daemons_max_cps']:>12}",
+        f"daemon A SIGKILLed under {ha['failover']['rate']} calls/s, {len(ha['failover']['rounds'])} rounds"
+        f" (median, min-max; seconds from the kill): {fail['failed']} of {fail['attempted']} calls failed,"
+        f" {fail['adopted']} adopted,"
+        f" {fail['rows_of_a_completed']} of A's {fail['rows_of_a']} rows completed",
+    ]
+    for key, value in fail.items():
+        if isinstance(value, dict):
+            lines.append(f"  {key:<30}{value['median']:>10}  ({value['min']} - {value['max']})")
     return [*lines, ""]
 
 
@@ -1269,6 +1351,8 @@ def report(results: dict[str, Any]) -> str:
             f"bridged CPU: {cpu['cpu_seconds_per_1000_calls']} s per 1000 calls ({cpu['calls']} calls)",
             "",
         ]
+    if ha := results.get("availability"):
+        lines += availability_report(ha)
     mem = results.get("memory")
     if mem:
         for key in ("recorded", "unrecorded"):
@@ -1283,4 +1367,6 @@ def report(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
+    # One module, not two: bench.availability imports bench.run (CPU_SOURCES, PINNED must be these).
+    sys.modules.setdefault("bench.run", sys.modules[__name__])
     sys.exit(main())

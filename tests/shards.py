@@ -27,7 +27,7 @@ SECONDS: dict[str, float] = {
     "test_call_links.py": 39,
     "test_language.py": 40,
     "test_inbound.py": 93,  # measured 2026-12-01 (issue 13)
-    "test_availability.py": 92,  # measured 2026-12-01 (issue 16), another e2e run beside it
+    "test_availability.py": 150,  # 2026-12-02: 92 s + 54 s of its ARI-refused and database-away tests
     "test_canaries.py": 110,  # measured 2026-12-01 (issue 14): 12 + 18 + 58 + 18 s of calls, plus setup
     "test_rig_inbound.py": 35,
     "test_review_api.py": 32,

@@ -175,7 +175,8 @@ class Bridged:
             "logging": {"level": "DEBUG"},
         }
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, ready: Callable[[], object] | None = None) -> None:
+        """Start the daemon and wait until ``ready`` (by default: /healthz answers 200)."""
         self.config_path.write_text(yaml.safe_dump(_merge(self.config(), self.extra)))
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -188,7 +189,7 @@ class Bridged:
         )
         log.close()
         self.starts += 1
-        wait_for(self.healthy, timeout, "bridged /healthz")
+        wait_for(ready or self.healthy, timeout, "bridged /healthz" if ready is None else "bridged started")
 
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -41,6 +41,7 @@ from .harness import (
     wait_for,
 )
 from .test_http_calls import TOKENS, http, manager_phone, token_config
+from .test_http_hostile import block_database, unblock_database
 from .test_inbound import ended_row, inbound_daemon
 from .test_service import carrier_for
 
@@ -88,7 +89,9 @@ def two_daemons(
     started: list[Bridged] = []
     files: list[str] = []
 
-    def make(count: int) -> tuple[Bridged, Bridged]:
+    def make(count: int, a_extra: dict[str, Any] | None = None) -> tuple[Bridged, Bridged]:
+        """``a_extra``: merged over A's config; A is then only waited for to have started (its /healthz
+        may stay 503: an ARI it cannot reach)."""
         phones = [
             ManagerPhone(
                 id=f"ha{rig_alloc.unique_name('')}",
@@ -103,6 +106,7 @@ def two_daemons(
             (trace_dir / key).mkdir(exist_ok=True)
             daemons.append(Bridged(asterisk, shop, trace_dir / key, phones))
         a, b = daemons
+        a.extra = a_extra or {}
         targets = {"BRIDGED_AGI": a.agi_url, "BRIDGED_AGI_2": b.agi_url}
         name = f"test_{phones[0].endpoint}"
         asterisk.add_endpoints(
@@ -111,7 +115,10 @@ def two_daemons(
         files.append(name)
         for daemon in daemons:
             started.append(daemon)
-            daemon.start()
+            if daemon is a and a_extra:
+                daemon.start(ready=lambda: "bridged started" in a.log_text())
+            else:
+                daemon.start()
         return a, b
 
     yield make
@@ -219,6 +226,124 @@ def test_a_daemon_killed_under_a_stream_of_calls_loses_none_and_its_calls_are_ad
         assert_not_leaked(
             orders[i][1],
             manager_trace=sipps[i].messages(),
+            daemon_a_log=a.log_text(),
+            daemon_b_log=b.log_text(),
+            database=b.dump_database(),
+        )
+
+
+def test_a_daemon_without_asterisk_passes_the_call_on_to_the_next_which_completes_it(
+    two_daemons, trace_dir: Path, rig_alloc
+) -> None:
+    """A (tried first) runs with a wrong ARI password: it never connects, answers its FastAGI requests
+    `unavailable` and, B following it in the dialplan, writes no call row, only a `passed_on` audit row;
+    B takes the call to its end. No "try later" prompt reaches the manager."""
+    a, b = two_daemons(1, {"ari": {"password": "not-the-password"}})
+    [phone] = a.managers
+    assert "refused: HTTP 401" in wait_for(
+        lambda: "refused: HTTP 401" in a.log_text() and a.log_text(), 20, "401"
+    )
+    order, number = new_order_id(), new_customer_number()
+    add_order(a.postgres, order, number, "Olga Ivanova", phone.id)
+    customer = carrier_for(trace_dir, rig_alloc, calls=1, hold_ms=30000)
+    try:
+        call = dial(phone, trace_dir / "m", f"*77{order}", hold_ms=3000, timeout_s=60)
+        assert call.wait(timeout=60) == 0, call.describe()
+        [row] = wait_for(
+            lambda: (r := _rows(b, phone)) and r[0]["state"] == "ended" and r, 20, "the call's row"
+        )
+        assert (row["order_id"], row["outcome"], row["ended_by"], row["ari_app"]) == (
+            order,
+            "completed",
+            "manager",
+            b.app,
+        ), row
+        passed = [r for r in _audit(b, "call.request") if r["actor"] == phone.id]
+        assert [(r["outcome"], r["reason"], r["call_id"]) for r in passed] == [
+            ("passed_on", "unavailable", None),  # A's
+            ("accepted", None, row["id"]),  # B's
+        ], passed
+        assert "passed on to the next daemon: unavailable" in a.log_text()
+        assert "passed on" not in b.log_text()
+    finally:
+        customer.stop()
+    assert_not_leaked(
+        number,
+        manager_trace=call.messages(),
+        daemon_a_log=a.log_text(),
+        daemon_b_log=b.log_text(),
+        database=b.dump_database(),
+    )
+
+
+def test_the_database_away_longer_than_a_lease_makes_no_takeover_and_calls_resume(
+    two_daemons, trace_dir: Path, rig_alloc
+) -> None:
+    """bridged's database refuses both daemons for 10 s (more than a lease's 6 s) while A has a call
+    bridged, and A gets it back 2.5 s after B. Neither could renew; once it is back B does not take A's
+    expired lease over (it waits a lease period first, A renews meanwhile): A keeps its call and ends its
+    row, and new calls are served again. Without that wait B takes A's lease over (checked)."""
+    a, b = two_daemons(2)
+    order, number = new_order_id(), new_customer_number()
+    add_order(a.postgres, order, number, "Olga Ivanova", a.managers[0].id)
+    customer = carrier_for(trace_dir, rig_alloc, calls=2, hold_ms=120000)
+    try:
+        held = dial(a.managers[0], trace_dir / "held", f"*77{order}", hold_ms=30000, timeout_s=90)
+        wait_for(lambda: [r["state"] for r in _rows(a, a.managers[0])] == ["bridged"], 20, "the call bridged")
+        block_database(a.postgres)
+        try:
+            wait_for(
+                lambda: all("bridged's database is unavailable" in d.log_text() for d in (a, b)),
+                20,
+                "outage seen",
+            )
+            time.sleep(10)
+            assert a.proc is not None
+            # A sees the database back later than B (its host is slower, its pool backs off longer): B's
+            # first renewals find A's lease expired, A's calls open.
+            a.proc.send_signal(signal.SIGSTOP)
+        finally:
+            unblock_database(a.postgres)
+        try:
+            time.sleep(2.5)
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        back = time.monotonic()
+
+        def takeovers() -> list[dict[str, Any]]:  # of these two daemons' leases (_audit reads 10 minutes)
+            return [t for t in _audit(b, "app.takeover") if t["details"]["ari_app"] in {a.app, b.app}]
+
+        # A lease period and a renewal after the database is back, and more: no takeover, no adoption.
+        while time.monotonic() - back < 12:
+            assert not takeovers(), takeovers()
+            time.sleep(1)
+        adopted = [r for r in _audit(b, "call.adopt") if r["details"]["from_app"] in {a.app, b.app}]
+        assert not adopted, adopted
+        for daemon in (a, b):
+            assert "took over the lease" not in daemon.log_text()
+        assert held.wait(timeout=60) == 0, held.describe()
+        row = wait_for(
+            lambda: (r := _rows(a, a.managers[0])[0])["state"] == "ended" and r, 20, "held call ended"
+        )
+        assert (row["outcome"], row["ended_by"], row["ari_app"]) == ("completed", "manager", a.app), row
+        assert row["duration"] > 25, row
+
+        order2, number2 = new_order_id(), new_customer_number()
+        add_order(a.postgres, order2, number2, "Olga Ivanova", a.managers[1].id)
+        after = dial(a.managers[1], trace_dir / "after", f"*77{order2}", hold_ms=3000, timeout_s=60)
+        assert after.wait(timeout=60) == 0, after.describe()
+        [row2] = wait_for(
+            lambda: (r := _rows(a, a.managers[1])) and r[0]["state"] == "ended" and r,
+            20,
+            "the new call's row",
+        )
+        assert (row2["outcome"], row2["ari_app"]) == ("completed", a.app), row2
+    finally:
+        customer.stop()
+    for sipp, num in ((held, number), (after, number2)):
+        assert_not_leaked(
+            num,
+            manager_trace=sipp.messages(),
             daemon_a_log=a.log_text(),
             daemon_b_log=b.log_text(),
             database=b.dump_database(),
