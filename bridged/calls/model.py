@@ -235,6 +235,10 @@ class Call:
     # False for an inbound call bridged turned away: the service wrote its attempt's row; the call writes
     # nothing (and sends no webhook) while the caller hears why.
     has_row: bool = True
+    # A call dialled from a phone: its row being written (in state ringing_customer) while the manager's
+    # channel enters Stasis; True once written, False if bridged's database did not take it (the service
+    # wrote the refusal's row). The customer is not dialled before it is done: no row, no call.
+    row_written: asyncio.Future[bool] | None = None
 
     @property
     def inbound(self) -> bool:
@@ -252,6 +256,7 @@ class PendingCall:
     manager_channel_id: str | None
     label: Label = field(kw_only=True)
     created: float = field(default_factory=time.monotonic)
+    row_written: asyncio.Future[bool] | None = field(default=None, kw_only=True)  # as Call.row_written
 
     def call(self, manager_channel_id: str | None) -> Call:
         """The call this becomes, its manager's leg being ``manager_channel_id``."""
@@ -263,4 +268,5 @@ class PendingCall:
             order=self.order,
             label=self.label,
             manager_channel_id=manager_channel_id,
+            row_written=self.row_written,
         )
