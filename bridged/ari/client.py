@@ -159,6 +159,15 @@ class AriClient:
         self._seq = itertools.count()
 
     @property
+    def _request_timeout(self) -> float:
+        return self._timeout.total or 0.0
+
+    @_request_timeout.setter
+    def _request_timeout(self, seconds: float) -> None:
+        # One timeout object for every request (it is immutable), not one built per request.
+        self._timeout = aiohttp.ClientTimeout(total=seconds)
+
+    @property
     def pending(self) -> int:
         """REST requests sent and not yet answered (or failed), background ones left out."""
         return len(self._waiting)
@@ -266,7 +275,7 @@ class AriClient:
                 url,
                 headers=self._headers,
                 json=json_body,
-                timeout=aiohttp.ClientTimeout(total=self._request_timeout),
+                timeout=self._timeout,
             ) as resp:
                 log.debug("ARI %s %s -> %d", op_name, ids, resp.status)
                 if resp.status >= 400:
