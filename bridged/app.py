@@ -141,8 +141,11 @@ async def _ari(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=ARI_CONNECTIONS))
     app[HTTP_SESSION] = session
     app[ARI_ACCESS] = access = AriAccess(config.url, config.username, config.password)
-    app[ARI] = AriClient(session, access, request_timeout=config.request_timeout)
+    app[ARI] = ari = AriClient(
+        session, access, request_timeout=config.request_timeout, connections=ARI_CONNECTIONS
+    )
     yield
+    await ari.close()
     await session.close()
 
 
