@@ -46,7 +46,7 @@ class HttpTransport:
         self._host = url.host
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if url.scheme == "https" else None
-        fixed = {"Host": url.raw_authority, **headers}
+        fixed = {"Host": url.host_port_subcomponent or url.raw_host or "", **headers}
         self._fixed = "".join(f"{name}: {value}\r\n" for name, value in fixed.items()).encode("latin-1")
         self._slots = asyncio.Semaphore(limit)
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
