@@ -18,6 +18,8 @@ from typing import Any
 from bridged import agi, orders, service
 from bridged.__main__ import main
 from bridged.ari import client
+from bridged.calls import engine
+from bridged.calls import steps as _steps
 from bridged.store.audit import AuditTrail
 from bridged.store.callers import StickyCallers
 from bridged.store.calls import CallRows
@@ -67,9 +69,37 @@ def install() -> None:
     service.CallService.take_inbound = _timed(  # type: ignore[method-assign]
         "service.take_inbound(total)", service.CallService.take_inbound
     )
+    service.CallService._phone_row = _timed(  # type: ignore[method-assign]
+        "service.phone_row(total)", service.CallService._phone_row
+    )
+    # The reaction table holds the function itself: timed there.
+    ring_customer = _timed("steps.ring_customer(total)", _steps.Steps.ring_customer)
+    for key, reaction in list(engine.REACTIONS.items()):
+        if reaction is _steps.Steps.ring_customer:
+            engine.REACTIONS[key] = ring_customer
     agi._command = _timed("agi.command", agi._command)
     agi.get_var = _timed("agi.get_var", agi.get_var)
     agi.AgiServer.order = _timed("agi.order(total)", agi.AgiServer.order)  # type: ignore[method-assign]
+    # From the FastAGI answer sent to the manager's StasisStart taken (the dialplan, Stasis(), the event).
+    answered: dict[str, float] = {}
+    order = agi.AgiServer.order
+
+    @functools.wraps(order)
+    async def timed_order(self: Any, request: Any) -> None:
+        try:
+            await order(self, request)
+        finally:
+            answered[request.headers.get("agi_uniqueid", "")] = time.perf_counter()
+
+    agi.AgiServer.order = timed_order  # type: ignore[method-assign]
+    start_phone_call = engine.CallEngine._start_phone_call
+
+    def timed_start(self: Any, call_id: str, channel_id: str, event: Any) -> None:
+        if (t0 := answered.pop(channel_id, None)) is not None:
+            log.info("STEP agi_answer_to_stasis_start %.3f", (time.perf_counter() - t0) * 1000)
+        start_phone_call(self, call_id, channel_id, event)
+
+    engine.CallEngine._start_phone_call = timed_start  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

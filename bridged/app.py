@@ -81,6 +81,7 @@ NEEDS_ADMIN = frozenset({Exit.CONFIG, Exit.SCHEMA_TOO_NEW, Exit.DATABASE_REFUSED
 EXIT_CONFIG = Exit.CONFIG
 
 ARI_CONNECTIONS = 40
+ARI_STREAMS = 16  # websockets (own and adopted applications) and recording downloads, per node
 
 # Not up yet, or busy: a later start may succeed.
 _DB_NOT_YET = (
@@ -142,24 +143,28 @@ def _database_error(exc: Exception, dsn: str) -> BaseException:
 
 async def _ari(app: web.Application) -> AsyncIterator[None]:
     nodes = app[CONFIG].current.nodes
-    # Asterisk's HTTP server serves at most http.conf sessionlimit (default 100) connections, the
-    # event websocket included; aiohttp's own default of 100 could take them all under load.
+    # Asterisk's HTTP server serves at most http.conf sessionlimit (default 100) connections per node:
+    # REST requests take up to ARI_CONNECTIONS (bridged.ari.transport's pool); aiohttp's session only the
+    # event websockets and the recordings' downloads, ARI_STREAMS at most (its default of 100 could take
+    # them all).
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=ARI_CONNECTIONS * len(nodes), limit_per_host=ARI_CONNECTIONS)
+        connector=aiohttp.TCPConnector(limit=ARI_STREAMS * len(nodes), limit_per_host=ARI_STREAMS)
     )
     app[HTTP_SESSION] = session
+    clients = {
+        node.node: AriClient(
+            session,
+            AriAccess(node.url, node.username, node.password),
+            request_timeout=node.request_timeout,
+            connections=ARI_CONNECTIONS,
+        )
+        for node in nodes
+    }
     # One client per node, behind the one the engine and the service use (bridged.ari.nodes).
-    app[ARI] = NodeClients(
-        {
-            node.node: AriClient(
-                session,
-                AriAccess(node.url, node.username, node.password),
-                request_timeout=node.request_timeout,
-            )
-            for node in nodes
-        }
-    )
+    app[ARI] = NodeClients(clients)
     yield
+    for client in clients.values():  # their REST connections (bridged.ari.transport)
+        await client.close()
     await session.close()
 
 

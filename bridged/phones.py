@@ -37,6 +37,10 @@ def region_known(region: str) -> bool:
     return region in phonenumbers.SUPPORTED_REGIONS
 
 
+# ITU-T E.164: an international number has at most 15 digits, country code included.
+E164_MAX_DIGITS = 15
+
+
 def parse_phone(value: str, *, region: str | None, dial_format: str = "e164") -> PhoneNumber:
     """The number to dial for the shop's ``value``; raises :class:`InvalidPhone`.
 
@@ -64,6 +68,10 @@ def parse_phone(value: str, *, region: str | None, dial_format: str = "e164") ->
     if not given.endswith(national) or len(given) - len(national) > 7:
         raise InvalidPhone("holds digits that are no part of the number")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if len(e164) - 1 > E164_MAX_DIGITS:
+        # libphonenumber's metadata accepts some longer ones (German +49 80... with 14 national digits):
+        # no carrier routes past E.164's 15 digits, and a value that long is more likely two run together.
+        raise InvalidPhone("longer than the 15 digits of an international number")
     if dial_format == "e164_no_plus":
         return PhoneNumber(e164[1:])
     if dial_format == "national" and region is not None:

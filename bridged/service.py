@@ -324,34 +324,35 @@ class CallService:
         nodes = nodes or (self.engine.nodes.current(),)
         canary = self._canary_of(found)
         call_id = new_call_id()
-        try:
-            await self.store.calls.insert_audited(
-                call_id=call_id,
-                order_id=code,
-                manager_id=manager.id,
-                direction=direction,
-                state=CallState.REQUESTED.value,
-                # The phone's channel, or the one bridged will originate to the manager (HTTP).
-                manager_channel_id=manager_channel_id or manager_leg_id(call_id),
-                customer_channel_id=customer_leg_id(call_id),
-                ari_app=self.config.current.ari.app,
-                actor=actor,
-                details={
-                    "manager_id": manager.id,
-                    "direction": direction,
-                    **({"callback_of": callback_of} if callback_of else {}),
-                },
-                created_by=created_by,
-                node=nodes[0],
-            )
-        except DatabaseUnavailable as exc:
-            # No row, no call: a call bridged cannot record is not placed (a restart could not adopt it).
-            log.warning(
-                "call for %s on order %s refused: bridged's database is unavailable (%s)",
-                manager.id,
-                code,
-                exc,
-            )
+        phone = direction == "phone"
+        insert = functools.partial(
+            self.store.calls.insert_audited,
+            call_id=call_id,
+            order_id=code,
+            manager_id=manager.id,
+            direction=direction,
+            # A phone's call rings the customer as soon as its channel enters Stasis: the row says so
+            # from the start, and no UPDATE follows (a restart adopts or ends it alike).
+            state=(CallState.RINGING_CUSTOMER if phone else CallState.REQUESTED).value,
+            # The phone's channel, or the one bridged will originate to the manager (HTTP).
+            manager_channel_id=manager_channel_id or manager_leg_id(call_id),
+            customer_channel_id=customer_leg_id(call_id),
+            ari_app=self.config.current.ari.app,
+            actor=actor,
+            details={
+                "manager_id": manager.id,
+                "direction": direction,
+                **({"callback_of": callback_of} if callback_of else {}),
+            },
+            created_by=created_by,
+            node=nodes[0],
+        )
+        row_written: asyncio.Future[bool] | None = None
+        if phone:
+            # Written while the FastAGI answer goes out and the channel enters Stasis, off the setup's
+            # critical path; the customer's originate waits for it (bridged.calls.steps.ring_customer).
+            row_written = asyncio.ensure_future(self._phone_row(insert, refuse, manager, code))
+        elif not await self._row(insert, manager, code):
             return await refuse(Refusal.DATABASE_UNAVAILABLE)
         pending = PendingCall(
             call_id=call_id,
@@ -362,6 +363,7 @@ class CallService:
             label=self.engine.labeller.label(found.id, found.customer_name),
             nodes=nodes,
             canary=canary is not None,
+            row_written=row_written,
         )
         self.engine.expect(pending)
         self._background.spawn(
@@ -371,6 +373,36 @@ class CallService:
             self._background.spawn(self._canary_touched(call_id, manager, canary), name=f"canary-{call_id}")
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
         return pending
+
+    async def _row(self, insert: Callable[[], Awaitable[None]], manager: Manager, code: str) -> bool:
+        """The accepted call's row and its audit row; False if bridged's database did not take them.
+
+        No row, no call: a call bridged cannot record is not placed (a restart could not adopt it)."""
+        try:
+            await insert()
+        except DatabaseUnavailable as exc:
+            log.warning(
+                "call for %s on order %s refused: bridged's database is unavailable (%s)",
+                manager.id,
+                code,
+                exc,
+            )
+            return False
+        return True
+
+    async def _phone_row(
+        self,
+        insert: Callable[[], Awaitable[None]],
+        refuse: Callable[[Refusal], Awaitable[Refused]],
+        manager: Manager,
+        code: str,
+    ) -> bool:
+        """A phone call's row, written in the background; not taken: the refusal's row (the call in
+        Stasis then plays the manager prompts.unavailable and never dials the customer)."""
+        if await self._row(insert, manager, code):
+            return True
+        await refuse(Refusal.DATABASE_UNAVAILABLE)
+        return False
 
     async def _order_for(self, manager: Manager, code: str, overloaded: bool | None) -> Order | Refusal:
         """The order, if a call to its customer may go ahead now; else why not."""

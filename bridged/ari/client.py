@@ -7,9 +7,11 @@ with a query parameter or body in it: those carry dial strings and caller ids, i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import itertools
+import json
 import logging
 import re
 import time
@@ -23,6 +25,7 @@ from yarl import URL
 
 from .errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
 from .operations import OPERATIONS, Operation
+from .transport import HttpTransport
 
 __all__ = ["AriAccess", "AriClient", "basic_auth_header"]
 
@@ -106,6 +109,13 @@ def _safe_error_text(payload: Any, secrets: list[str]) -> str | None:
     return text[:_MAX_ERROR_TEXT]
 
 
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
 def _error_for(operation: str, status: int, text: str | None) -> AriError:
     message = f"ARI {operation} failed: HTTP {status}"
     if text:
@@ -148,11 +158,19 @@ class AriClient:
     """Calls the ARI REST API. Methods return Asterisk's JSON as plain dicts/lists."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, access: AriAccess, *, request_timeout: float = 5.0
+        self,
+        session: aiohttp.ClientSession,
+        access: AriAccess,
+        *,
+        request_timeout: float = 5.0,
+        connections: int = 40,
     ) -> None:
+        # aiohttp's session: the recordings' file downloads (streamed); every other request goes through
+        # the lean keep-alive transport, at most ``connections`` at once (bridged.ari.transport).
         self._session = session
         self._base_url = access.base_url.rstrip("/")
         self._headers = access.headers
+        self._transport = HttpTransport(self._base_url, self._headers, limit=connections)
         self._request_timeout = request_timeout
         # When each REST request still waiting for its answer was sent (in sending order).
         self._waiting: dict[int, float] = {}
@@ -261,34 +279,36 @@ class AriClient:
         if tracked:
             self._waiting[token] = time.monotonic()
         try:
-            async with self._session.request(
-                op.method,
-                url,
-                headers=self._headers,
-                json=json_body,
-                timeout=aiohttp.ClientTimeout(total=self._request_timeout),
-            ) as resp:
-                log.debug("ARI %s %s -> %d", op_name, ids, resp.status)
-                if resp.status >= 400:
-                    await self._raise_for(op_name, resp, path_params, params, body)
-                if resp.status == 204:
-                    return None
-                raw = await resp.read()
-                if not raw:
-                    return None
-                try:
-                    return await resp.json(content_type=None)
-                except ValueError:
-                    raise AriError(op_name, resp.status, f"ARI {op_name}: invalid JSON in response") from None
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            async with asyncio.timeout(self._request_timeout):
+                status, raw = await self._transport.request(
+                    op.method, url.raw_path_qs, None if json_body is None else json.dumps(json_body).encode()
+                )
+        except (TimeoutError, ConnectionError) as exc:
             log.debug("ARI %s %s -> transport error %s", op_name, ids, type(exc).__name__)
-            # "from None": aiohttp's exception texts can contain the full URL, query string included.
+            # "from None": keep the request (its query string carries dial strings) out of any traceback.
             raise AriUnavailable(
                 op_name, 0, f"ARI {op_name} failed: Asterisk unreachable ({type(exc).__name__})"
             ) from None
         finally:
             if tracked:
                 del self._waiting[token]
+        log.debug("ARI %s %s -> %d", op_name, ids, status)
+        if status >= 400:
+            raise _error_for(
+                op_name,
+                status,
+                _safe_error_text(_json_or_none(raw), _secret_values(path_params, params, body)),
+            )
+        if status == 204 or not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise AriError(op_name, status, f"ARI {op_name}: invalid JSON in response") from None
+
+    async def close(self) -> None:
+        """Close the kept-alive connections (the session is its owner's to close)."""
+        await self._transport.close()
 
     async def _call_or_missing(
         self, op_name: str, path_params: Mapping[str, Any], params: Mapping[str, Any] | None = None

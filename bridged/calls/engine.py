@@ -202,9 +202,12 @@ class CallEngine:
 
     def _expire_pending(self, call_id: str) -> None:
         """The manager hung up between the FastAGI check and Stasis: close the row."""
-        if self._pending.pop(call_id, None) is not None:
+        pending = self._pending.pop(call_id, None)
+        if pending is not None:
             log.info("call %s: the manager's channel never reached Stasis", call_id)
-            self._background.spawn(self.rows.abandoned_before_stasis(call_id), name=f"expire-{call_id}")
+            self._background.spawn(
+                self.rows.abandoned_before_stasis(call_id, pending.row_written), name=f"expire-{call_id}"
+            )
 
     async def start_api_call(self, pending: PendingCall) -> Call:
         """HTTP path: ring the manager first; the customer is dialled once the manager answers.

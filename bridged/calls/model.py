@@ -260,6 +260,10 @@ class Call:
     canary: bool = False
     # A manager's call to a canary order: it rings out as an unanswered customer, the carrier never dialled.
     canary_touch: bool = False
+    # A call dialled from a phone: its row being written (in state ringing_customer) while the manager's
+    # channel enters Stasis; True once written, False if bridged's database did not take it (the service
+    # wrote the refusal's row). The customer is not dialled before it is done: no row, no call.
+    row_written: asyncio.Future[bool] | None = None
 
     @property
     def inbound(self) -> bool:
@@ -281,6 +285,7 @@ class PendingCall:
     nodes: tuple[str, ...] = field(default=(), kw_only=True)
     # The order's phone is a canary number (bridged.canaries): the customer is never dialled.
     canary: bool = field(default=False, kw_only=True)
+    row_written: asyncio.Future[bool] | None = field(default=None, kw_only=True)  # as Call.row_written
 
     def call(self, manager_channel_id: str | None) -> Call:
         """The call this becomes, its manager's leg being ``manager_channel_id``."""
@@ -295,4 +300,5 @@ class PendingCall:
             node=self.nodes[0] if self.nodes else "",
             other_nodes=self.nodes[1:],
             canary_touch=self.canary,
+            row_written=self.row_written,
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from ..outcomes import Outcome
@@ -132,8 +132,11 @@ class Rows:
 
     # -- rows without a live call -----------------------------------------------------------------
 
-    async def abandoned_before_stasis(self, call_id: str) -> None:
-        """The manager hung up between the FastAGI answer and Stasis: the row is closed."""
+    async def abandoned_before_stasis(self, call_id: str, written: Awaitable[bool] | None = None) -> None:
+        """The manager hung up between the FastAGI answer and Stasis: the row is closed (once written;
+        a row the database did not take was replaced by the refusal's)."""
+        if written is not None and not await written:
+            return
         await self.store.calls.finish(
             call_id, outcome=Outcome.MANAGER_ABANDONED.value, hangup_cause=None, ended_by="manager"
         )

@@ -139,6 +139,8 @@ async def test_a_phone_call_is_placed_on_the_node_of_its_channel(env: Env) -> No
     placed = await env.service.place_from_phone("anna", "123", "pbx-b-1767261600.17", read_code=_no_code)
     assert not isinstance(placed, Refused) and placed is not None
     assert placed.nodes == ("pbx2",)
+    # The phone path's row is written in the background while the FastAGI answer goes out (issue 19).
+    assert placed.row_written is not None and await placed.row_written
     [row] = env.store.rows.values()
     assert row["node"] == "pbx2"
     # Its channel enters Stasis on node 2's websocket: every request of the call goes there.

@@ -79,6 +79,7 @@ def test_a_withheld_number_is_anonymous(number: str, presentation: str) -> None:
 )
 @example(number="+79161234567", presentation="allowed", region="RU")
 @example(number="٨٩١٦١٢٣٤٥٦٧", presentation="allowed", region="RU")
+@example(number="+4980000000000000", presentation="allowed", region=None)  # 16 digits: found by Hypothesis
 def test_any_caller_id_gives_a_key_and_a_reference_of_letters_only_or_anonymous(
     number: str, presentation: str, region: str | None
 ) -> None:

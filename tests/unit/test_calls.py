@@ -925,6 +925,28 @@ async def test_reconcile_both_legs_gone(env: Env, answered: bool, state: str, ou
     assert env.engine.calls == {}
 
 
+async def test_reconcile_a_phone_call_stopped_between_its_row_and_the_customer_leg(env: Env) -> None:
+    """The daemon stopped after a phone call's row was written (in state ringing_customer, issue 19) and
+    before the customer was dialled: the restart hangs the manager's channel up and ends the row."""
+    _bridged_row(env, "call-r", answered=False, state="ringing_customer")
+    env.ari.channels = {"call-r-m": {"id": "call-r-m", "state": "Ring"}}
+    env.ari.app_channel_ids = ["call-r-m"]
+    await env.engine.reconciler.reconcile()
+    assert (env.row("call-r")["state"], env.row("call-r")["outcome"]) == ("ended", "failed")
+    assert set(env.ari.hung_up()) == {"call-r-m"}
+    assert env.ari.named("originate") == [] and env.engine.calls == {}
+
+
+async def test_reconcile_a_phone_call_stopped_before_its_row_was_written(env: Env) -> None:
+    """The daemon stopped after its FastAGI answer and before the call's row was written: the manager's
+    channel entered Stasis with no call; the restart's reconcile hangs it up (nobody was dialled)."""
+    env.ari.channels = {"m-x": {"id": "m-x", "state": "Ring"}}
+    env.ari.app_channel_ids = ["m-x"]
+    await env.engine.reconciler.reconcile()
+    assert env.ari.hung_up() == ["m-x"]
+    assert env.ari.named("originate") == [] and env.store.rows == {}
+
+
 async def test_reconcile_row_of_a_removed_manager_is_finished(env: Env) -> None:
     env.store.add_row(
         id="call-r",

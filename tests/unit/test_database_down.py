@@ -12,7 +12,9 @@ import asyncpg
 import pytest
 
 from bridged import metrics
-from bridged.outcomes import Refusal, refusal_prompt
+from bridged.calls.legs import media
+from bridged.calls.model import PendingCall
+from bridged.outcomes import Refusal
 from bridged.service import Refused
 from bridged.store import Store
 from bridged.store.audit import AuditTrail
@@ -23,7 +25,7 @@ from bridged.store.idempotency import IdempotencyKeys
 from bridged.store.outbox import WebhookOutbox
 from bridged.store.settings import Settings
 
-from .fakes import DownStore, wait_until
+from .fakes import DownStore, playback_finished, stasis_start, wait_until
 from .test_service import _env, _no_code
 
 
@@ -197,13 +199,21 @@ async def test_a_call_whose_row_cannot_be_written_is_refused_and_its_row_written
     env = _down_env()
     env.store.down = True
     before = datetime.now(UTC)
-    result = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
-    assert isinstance(result, Refused) and result.reason is Refusal.DATABASE_UNAVAILABLE
-    assert refusal_prompt(env.config.prompts, result.reason) == env.config.prompts.unavailable
-    assert env.engine._pending == {}  # the engine is never told about a call without a row
+    refused = metrics.CALLS_REFUSED.value(Refusal.DATABASE_UNAVAILABLE.value)
+    # The row is written while the FastAGI answer goes out (issue 19); the refusal comes once the
+    # manager's channel is in Stasis, before the customer is dialled.
+    pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
+    assert isinstance(pending, PendingCall)
+    env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
+    ari = env.engine.ari
+    await wait_until(lambda: ari.named("play"), what="the manager's prompt")
+    assert [kw["media"] for kw in ari.named("play")] == [media(env.config.prompts.unavailable)]
+    assert ari.named("originate") == []  # no row, no call: the customer is never dialled
+    assert metrics.CALLS_REFUSED.value(Refusal.DATABASE_UNAVAILABLE.value) == refused + 1
     # The budgets' window read (the attempt goes on without it), the call's own row once, and the
-    # refusal's row not tried again at once.
-    assert env.store.refused == ["window", "insert_audited"]
+    # refusal's row not tried again at once ("record": the attempt as the budgets count it, kept for
+    # later too, written in the background whenever it comes).
+    assert [name for name in env.store.refused if name != "record"] == ["window", "insert_audited"]
     assert env.store.rows == {}
     env.store.down = False
     await wait_until(lambda: env.store.rows)
@@ -216,6 +226,12 @@ async def test_a_call_whose_row_cannot_be_written_is_refused_and_its_row_written
         "database_unavailable",
         row["requested_at"],
     )
+    # The live call wrote nothing of its own (its row is the refusal's).
+    env.engine.on_event(playback_finished(ari.named("play")[0]["playback_id"], "m-1"))
+    await wait_until(lambda: "m-1" in ari.hung_up(), what="the manager hung up after the prompt")
+    await asyncio.sleep(0.05)
+    assert len(env.store.rows) == 1
+    assert [name for name in env.store.refused if name != "record"] == ["window", "insert_audited"]
     await env.engine.shutdown()
 
 

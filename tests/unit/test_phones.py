@@ -153,3 +153,11 @@ def test_a_valid_number_with_anything_else_in_it_is_refused(
     value, _ = case
     with pytest.raises(InvalidPhone):
         parse_phone(junk + value if before else value + junk, region=None)
+
+
+def test_a_number_past_e164s_15_digits_is_refused_although_libphonenumber_calls_it_valid() -> None:
+    """Hypothesis found +4980000000000000 (16 digits) accepted: a German 0800 range libphonenumber lets run
+    to 14 national digits. Nothing longer than E.164's 15 digits is dialled."""
+    with pytest.raises(InvalidPhone):
+        parse_phone("+4980000000000000", region="RU")
+    assert parse_phone("+498000000000000", region=None).dialable() == "+498000000000000"  # 15: kept

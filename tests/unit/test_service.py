@@ -5,20 +5,31 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
 from bridged import metrics
 from bridged.ari import AriUnavailable
 from bridged.calls.engine import CallEngine
-from bridged.calls.model import Call, PendingCall
+from bridged.calls.model import Call, CallState, PendingCall
 from bridged.config import Config, ConfigHolder
 from bridged.configfile import parse_config
 from bridged.orders import LookupFailed, Order, is_valid_code, may_call
 from bridged.outcomes import Outcome, Refusal, refusal_prompt
 from bridged.redact import digits
 from bridged.service import CallService, NotStarted, Refused, shed_share
-from tests.unit.fakes import NUMBER_TAIL, FakeAri, FakeStore, example_data, make_config, make_order, manager
+from tests.unit.fakes import (
+    NUMBER_TAIL,
+    FakeAri,
+    FakeStore,
+    example_data,
+    make_config,
+    make_order,
+    manager,
+    stasis_start,
+    wait_until,
+)
 
 
 class FakeDirectory:
@@ -228,9 +239,8 @@ async def test_asterisk_behind_on_requests_refuses_new_calls_until_it_catches_up
     held_requests = [asyncio.create_task(ari.answer(f"c-{i}")) for i in range(2)]
     await asyncio.sleep(0)
     assert ari.pending == 2
-    assert isinstance(
-        await env.service.place_from_phone("anna", "123", "m-0", read_code=_no_code), PendingCall
-    )
+    first = await env.service.place_from_phone("anna", "123", "m-0", read_code=_no_code)
+    assert isinstance(first, PendingCall) and first.row_written is not None and await first.row_written
     env.store.audits.clear()
     env.engine._pending.clear()
     # Once the oldest has waited max_request_wait, Asterisk is behind: new calls are refused.
@@ -318,8 +328,10 @@ async def test_success_registers_the_pending_call(env: Env) -> None:
     assert result.manager == anna
     assert result.manager_channel_id == "1700000000.42"
     assert env.engine._pending[result.call_id] is result
+    assert result.row_written is not None and await result.row_written
     row = env.store.rows[result.call_id]
-    assert row["state"] == "requested"
+    # The state it takes as soon as the channel enters Stasis (no UPDATE follows, issue 19).
+    assert row["state"] == "ringing_customer"
     assert row["order_id"] == "123"
     assert row["manager_id"] == "anna"
     assert row["manager_channel_id"] == "1700000000.42"
@@ -330,6 +342,34 @@ async def test_success_registers_the_pending_call(env: Env) -> None:
     # Each request gets its own call id.
     again = await env.service.place_from_phone("anna", "123", None, read_code=_no_code)
     assert isinstance(again, PendingCall) and again.call_id != result.call_id
+
+
+async def test_a_phone_call_is_answered_before_its_row_is_written_and_dialled_after(env: Env) -> None:
+    """Issue 19: the row is written while the FastAGI answer goes out, off the critical path; the customer
+    is dialled only once it is written (no row, no call), and no state UPDATE follows it."""
+    release = asyncio.Event()
+    insert, updates = env.store.calls.insert_audited, []
+
+    async def slow_insert(**kwargs: Any) -> None:
+        await release.wait()
+        await insert(**kwargs)
+
+    async def set_state(call_id: str, state: str) -> None:
+        updates.append(state)
+
+    env.store.calls.insert_audited = slow_insert  # type: ignore[method-assign]
+    env.store.calls.set_state = set_state  # type: ignore[method-assign]
+    pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
+    assert isinstance(pending, PendingCall) and env.store.rows == {}  # answered before the row
+    env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
+    await asyncio.sleep(0.05)
+    ari = env.engine.ari
+    assert ari.named("originate") == []  # not before the row is written
+    release.set()
+    await wait_until(lambda: ari.named("originate"), what="the customer's originate")
+    assert env.store.rows[pending.call_id]["state"] == "ringing_customer"
+    assert env.engine.calls[pending.call_id].state is CallState.RINGING_CUSTOMER
+    assert updates == []
 
 
 async def test_unknown_manager_is_audited(env: Env) -> None:
