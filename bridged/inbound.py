@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime, timedelta
 
 from . import metrics, routing
@@ -32,29 +33,20 @@ from .store.deferred import DeferredWrites
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class InboundDesk:
-    """Takes a customer's call to the shop's numbers for the service (its one place that decides)."""
+    """Takes a customer's call to the shop's numbers for the service (its one place that decides), with
+    the service's own parts (bridged.service.CallService hands them over)."""
 
-    def __init__(
-        self,
-        config: ConfigHolder,
-        store: Store,
-        directory: OrderDirectory,
-        engine: CallEngine,
-        deferred: DeferredWrites,
-        canaries: CanaryRegistry,
-        *,
-        accepting_calls: Callable[[], bool],
-        alert: Callable[[str, str, dict[str, object]], None],
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.directory = directory
-        self.engine = engine
-        self.deferred = deferred
-        self.canaries = canaries
-        self.accepting_calls = accepting_calls
-        self.alert = alert
+    config: ConfigHolder
+    store: Store
+    directory: OrderDirectory
+    engine: CallEngine
+    deferred: DeferredWrites
+    canaries: CanaryRegistry
+    _: KW_ONLY
+    accepting_calls: Callable[[], bool]
+    alert: Callable[[str, str, dict[str, object]], None]
 
     async def take(self, call: Call, caller: InboundCaller) -> InboundPlan | CanaryPlan | TurnedAway:
         """A customer called ``caller.did``: who they are (their order, the manager who last talked to

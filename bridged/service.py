@@ -523,18 +523,7 @@ class CallService:
         here (refused, passed on), its call row written by the daemon that takes it."""
         metrics.CALLS_PASSED_ON.inc(reason.value)
         log.info("call for %s passed on to the next daemon: %s", manager.id, reason)
-        at = datetime.now(UTC)
-        await self.deferred.write(
-            f"passed-on call.request ({reason}) audit row",
-            lambda: self.store.audit.add(
-                actor=actor,
-                action="call.request",
-                outcome="passed_on",
-                reason=reason.value,
-                details=_phone(manager),
-                at=at,
-            ),
-        )
+        await self._request_audited(reason, "passed_on", actor=actor, details=_phone(manager))
         return Refused(reason)
 
     async def _refused_attempt(
@@ -543,19 +532,27 @@ class CallService:
         """An attempt refused before it named an order: its refused ``call.request`` audit row and no call
         row; kept and written later if bridged's database is away (the refusal itself stands either way)."""
         metrics.CALLS_REFUSED.inc(reason.value)
+        await self._request_audited(reason, "refused", actor=actor, details=dict(details or {}))
+        return Refused(reason)
+
+    async def _request_audited(
+        self, reason: Refusal, outcome: str, *, actor: str, details: dict[str, object]
+    ) -> None:
+        """The ``call.request`` audit row of an attempt that got no call row here (refused, or passed on
+        to the next daemon); kept and written later if bridged's database is away, at the time it
+        happened."""
         at = datetime.now(UTC)
         await self.deferred.write(
-            f"refused call.request ({reason}) audit row",
+            f"{outcome.replace('_', '-')} call.request ({reason}) audit row",
             lambda: self.store.audit.add(
                 actor=actor,
                 action="call.request",
-                outcome="refused",
+                outcome=outcome,
                 reason=reason.value,
-                details=dict(details or {}),
+                details=details,
                 at=at,
             ),
         )
-        return Refused(reason)
 
     async def _refuse(
         self,

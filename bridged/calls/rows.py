@@ -117,17 +117,8 @@ class Rows:
 
     async def transfer_refused(self, call: Call, side: str) -> None:
         actor = call.manager.id if side == "manager" and call.manager is not None else "customer"
-        await self._write(
-            call,
-            "transfer audit",
-            lambda: self.store.audit.add(
-                actor=actor,
-                action="call.transfer",
-                outcome="refused",
-                call_id=call.id,
-                order_id=call.order_id,
-                reason=f"{side} sent REFER",
-            ),
+        await self._audit(
+            call, "transfer audit", actor, "call.transfer", "refused", reason=f"{side} sent REFER"
         )
 
     # -- rows without a live call -----------------------------------------------------------------
@@ -159,23 +150,45 @@ class Rows:
     async def adopted(self, call: Call, app: str, *, by: str) -> None:
         """Daemon ``by`` took over the call of another daemon (``app``, whose lease it holds): audited, so
         that the trail names who handled its end."""
-        await self._write(
+        await self._audit(
             call,
             "adoption audit",
-            lambda: self.store.audit.add(
-                actor=by,
-                action="call.adopt",
-                outcome="adopted",
-                call_id=call.id,
-                order_id=call.order_id,
-                details={"from_app": app, "state": call.state.value},
-            ),
+            by,
+            "call.adopt",
+            "adopted",
+            details={"from_app": app, "state": call.state.value},
         )
 
     async def recording_of(self, call_id: str, state: RecordingState) -> None:
         await self.store.calls.set_recording_state(call_id, state.value)
 
     # -- the retry machinery ----------------------------------------------------------------------
+
+    async def _audit(
+        self,
+        call: Call,
+        what: str,
+        actor: str,
+        action: str,
+        outcome: str,
+        *,
+        reason: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        """An audit row about the call, in line with its row's writes (retried after them)."""
+        await self._write(
+            call,
+            what,
+            lambda: self.store.audit.add(
+                actor=actor,
+                action=action,
+                outcome=outcome,
+                call_id=call.id,
+                order_id=call.order_id,
+                reason=reason,
+                details=details,
+            ),
+        )
 
     async def _write(self, call: Call, what: str, write: RowWrite) -> None:
         """Write to the call's row without ever letting the database decide the call's fate."""

@@ -594,21 +594,31 @@
       : "";
   }
 
-  async function loadCalls(reset) {
-    if (reset) state.callsCursor = null;
-    const params = Object.assign(callFilters(), { limit: 25, cursor: state.callsCursor });
-    setStatus("callsStatus", "loading_calls");
+  // One page of a list (calls, missed, audit): the first again (reset) or the one after those shown;
+  // its rows, its "older" button (<list>-more) and its status line. texts: the status keys; shown is
+  // null where a list says nothing once it has rows.
+  async function loadPage(list, path, filters, reset, texts, render) {
+    const cursor = list + "Cursor";
+    const status = list + "Status";
+    if (reset) state[cursor] = null;
+    const params = Object.assign(filters, { limit: 25, cursor: state[cursor] });
+    setStatus(status, texts.loading);
     try {
-      const page = await (await api("/v1/calls" + query(params))).json();
-      state.calls = reset ? page.items : state.calls.concat(page.items);
-      state.callsCursor = page.next_cursor;
-      $("calls-more").hidden = !page.next_cursor;
-      const shown = state.calls.length;
-      setStatus("callsStatus", shown ? "calls_shown" : "no_calls", { n: shown });
-      renderCalls();
+      const page = await (await api(path + query(params))).json();
+      state[list] = reset ? page.items : state[list].concat(page.items);
+      state[cursor] = page.next_cursor;
+      $(list + "-more").hidden = !page.next_cursor;
+      const shown = state[list].length;
+      setStatus(status, shown ? texts.shown : texts.empty, { n: shown });
+      render();
     } catch (e) {
-      setStatus("callsStatus", "calls_failed", { message: errorMessage(e) });
+      setStatus(status, texts.failed, { message: errorMessage(e) });
     }
+  }
+
+  async function loadCalls(reset) {
+    const texts = { loading: "loading_calls", shown: "calls_shown", empty: "no_calls", failed: "calls_failed" };
+    return loadPage("calls", "/v1/calls", callFilters(), reset, texts, renderCalls);
   }
 
   function renderCalls() {
@@ -664,19 +674,8 @@
   // -- missed calls -----------------------------------------------------------------------------------
 
   async function loadMissed(reset) {
-    if (reset) state.missedCursor = null;
-    setStatus("missedStatus", "loading_missed");
-    try {
-      const params = { outcome: "missed", limit: 25, cursor: state.missedCursor };
-      const page = await (await api("/v1/calls" + query(params))).json();
-      state.missed = reset ? page.items : state.missed.concat(page.items);
-      state.missedCursor = page.next_cursor;
-      $("missed-more").hidden = !page.next_cursor;
-      setStatus("missedStatus", state.missed.length ? null : "no_missed");
-      renderMissed();
-    } catch (e) {
-      setStatus("missedStatus", "missed_failed", { message: errorMessage(e) });
-    }
+    const texts = { loading: "loading_missed", shown: null, empty: "no_missed", failed: "missed_failed" };
+    return loadPage("missed", "/v1/calls", { outcome: "missed" }, reset, texts, renderMissed);
   }
 
   function renderMissed() {
@@ -791,26 +790,10 @@
   // -- audit ----------------------------------------------------------------------------------------
 
   async function loadAudit(reset) {
-    if (reset) state.auditCursor = null;
     const f = $("audit-filters").elements;
-    const params = {
-      actor: f.actor.value.trim(),
-      action: f.action.value,
-      call: f.call.value.trim(),
-      limit: 25,
-      cursor: state.auditCursor,
-    };
-    setStatus("auditStatus", "loading_audit");
-    try {
-      const page = await (await api("/v1/audit" + query(params))).json();
-      state.audit = reset ? page.items : state.audit.concat(page.items);
-      state.auditCursor = page.next_cursor;
-      $("audit-more").hidden = !page.next_cursor;
-      setStatus("auditStatus", state.audit.length ? null : "no_entries");
-      renderAudit();
-    } catch (e) {
-      setStatus("auditStatus", "audit_failed", { message: errorMessage(e) });
-    }
+    const filters = { actor: f.actor.value.trim(), action: f.action.value, call: f.call.value.trim() };
+    const texts = { loading: "loading_audit", shown: null, empty: "no_entries", failed: "audit_failed" };
+    return loadPage("audit", "/v1/audit", filters, reset, texts, renderAudit);
   }
 
   function renderAudit() {
