@@ -20,6 +20,7 @@ from bridged.__main__ import main
 from bridged.ari import client
 from bridged.calls import engine
 from bridged.calls import steps as _steps
+from bridged.store.attempts import ManagerAttempts
 from bridged.store.audit import AuditTrail
 from bridged.store.callers import StickyCallers
 from bridged.store.calls import CallRows
@@ -60,7 +61,15 @@ def install() -> None:
             log.info("STEP ari.%s %.3f", op_name, (time.perf_counter() - t0) * 1000)
 
     client.AriClient._call = call  # type: ignore[method-assign]
-    for aggregate in (CallRows, AuditTrail, IdempotencyKeys, WebhookOutbox, Settings, StickyCallers):
+    for aggregate in (
+        CallRows,
+        AuditTrail,
+        IdempotencyKeys,
+        WebhookOutbox,
+        Settings,
+        StickyCallers,
+        ManagerAttempts,
+    ):
         _wrap_class(aggregate, "db")
     orders.OrderDirectory.lookup = _timed("orders.lookup", orders.OrderDirectory.lookup)  # type: ignore[method-assign]
     orders.OrderDirectory.reverse_lookup = _timed(  # type: ignore[method-assign]
