@@ -20,6 +20,7 @@ from bridged.__main__ import main
 from bridged.ari import client
 from bridged.calls import engine
 from bridged.calls import steps as _steps
+from bridged.store.attempts import ManagerAttempts
 from bridged.store.audit import AuditTrail
 from bridged.store.callers import StickyCallers
 from bridged.store.calls import CallRows
@@ -60,7 +61,15 @@ def install() -> None:
             log.info("STEP ari.%s %.3f", op_name, (time.perf_counter() - t0) * 1000)
 
     client.AriClient._call = call  # type: ignore[method-assign]
-    for aggregate in (CallRows, AuditTrail, IdempotencyKeys, WebhookOutbox, Settings, StickyCallers):
+    for aggregate in (
+        CallRows,
+        AuditTrail,
+        IdempotencyKeys,
+        WebhookOutbox,
+        Settings,
+        StickyCallers,
+        ManagerAttempts,
+    ):
         _wrap_class(aggregate, "db")
     orders.OrderDirectory.lookup = _timed("orders.lookup", orders.OrderDirectory.lookup)  # type: ignore[method-assign]
     orders.OrderDirectory.reverse_lookup = _timed(  # type: ignore[method-assign]
@@ -94,10 +103,34 @@ def install() -> None:
     agi.AgiServer.order = timed_order  # type: ignore[method-assign]
     start_phone_call = engine.CallEngine._start_phone_call
 
+    # Which comes first on a phone call, its row written or its StasisStart, and by how much: the
+    # customer's originate waits for both (what an originate sent before StasisStart could gain).
+    row_done: dict[str, float] = {}
+    expect = engine.CallEngine.expect
+
+    def timed_expect(self: Any, pending: Any) -> None:
+        if pending.row_written is not None:
+            call_id = pending.call_id
+            pending.row_written.add_done_callback(
+                lambda _: row_done.__setitem__(call_id, time.perf_counter())
+            )
+        expect(self, pending)
+
     def timed_start(self: Any, call_id: str, channel_id: str, event: Any) -> None:
+        now = time.perf_counter()
         if (t0 := answered.pop(channel_id, None)) is not None:
-            log.info("STEP agi_answer_to_stasis_start %.3f", (time.perf_counter() - t0) * 1000)
+            log.info("STEP agi_answer_to_stasis_start %.3f", (now - t0) * 1000)
+        if (t1 := row_done.pop(call_id, None)) is not None:
+            log.info("STEP row_written_before_stasis_start %.3f", (now - t1) * 1000)
+        elif (pending := self._pending.get(call_id)) is not None and pending.row_written is not None:
+            pending.row_written.add_done_callback(
+                lambda _: log.info(
+                    "STEP row_written_after_stasis_start %.3f", (time.perf_counter() - now) * 1000
+                )
+            )
         start_phone_call(self, call_id, channel_id, event)
+
+    engine.CallEngine.expect = timed_expect  # type: ignore[method-assign]
 
     engine.CallEngine._start_phone_call = timed_start  # type: ignore[method-assign]
 

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import sys
+import time
 import unicodedata
 from datetime import UTC, datetime
 
@@ -49,6 +50,19 @@ class JsonFormatter(logging.Formatter):
 class PlainFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # The last second formatted and its text: strftime once a second, not once a line (logging's
+        # own formatTime cost a fifth of bridged's logging CPU at 80 calls/s, issue 19).
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached = self._second  # one read: another thread's update replaces the pair whole
+        if cached[0] != second:
+            cached = (second, time.strftime(self.default_time_format, self.converter(second)))
+            self._second = cached
+        return f"{cached[1]},{int(record.msecs):03d}"  # logging's default_msec_format, "%s,%03d"
 
     def formatException(self, ei) -> str:  # noqa: N802 - logging's API
         # Keep one event on one line: a traceback is folded, and it has already been redacted.

@@ -305,17 +305,27 @@ class CallService:
         refuse = functools.partial(
             self._refuse, manager, code, direction=direction, actor=actor, created_by=created_by
         )
-        exceeded = await self.budgets.over(manager, code)
+        valid = is_valid_code(self.config.current.orders, code)
+        found: Order | Refusal | None = None
+        if valid:
+            # The budgets (bridged's database) and the order (the shop's) are independent: asked at once,
+            # one round trip less on the setup's path (issue 19). Past a budget, what the lookup found
+            # goes nowhere.
+            exceeded, found = await asyncio.gather(
+                self.budgets.over(manager, code), self._order_for(manager, code, overloaded)
+            )
+        else:
+            exceeded = await self.budgets.over(manager, code)
         if exceeded is not None:
             return await self.budgets.rate_limited(manager, code, exceeded, refuse)
-        if not is_valid_code(self.config.current.orders, code):
+        if not valid:
             # The raw input is not stored: a manager could have typed anything, even a number.
             log.info("call refused for %s: malformed order code", manager.id)
             await self.budgets.attempted(manager, code, Refusal.INVALID_CODE.value)
             return await self._refused_attempt(
                 Refusal.INVALID_CODE, actor=actor, details={"manager_id": manager.id}
             )
-        found = await self._order_for(manager, code, overloaded)
+        assert found is not None
         if others_follow and found in PASSED_ON:
             assert isinstance(found, Refusal)
             return await self._passed_on(manager, found, actor=actor)

@@ -131,24 +131,34 @@ class Steps:
         # the next step, and a failure is acted on only then (a late UPDATE must not overwrite the
         # row's end).
         trunk = self.config.current.trunk
-        ringback, originated, persisted = await asyncio.gather(
-            self.legs.ringback(call),
-            self.ari.originate(
-                endpoint=trunk.dial.format(number=call.order.phone.dialable()),
-                app=self.config.current.ari.app,
-                app_args=dialplan.app_args(dialplan.Leg.CUSTOMER, call.id),
-                channel_id=call.customer_channel_id,
-                caller_id=trunk.caller_id,
-                timeout=trunk.ring_timeout,
-                originator=manager_channel,
-                variables=leg_variables(self.config.current),
-            ),
-            _done() if row_inserted else self.rows.state(call),
-            return_exceptions=True,
+        originate = self.ari.originate(
+            endpoint=trunk.dial.format(number=call.order.phone.dialable()),
+            app=self.config.current.ari.app,
+            app_args=dialplan.app_args(dialplan.Leg.CUSTOMER, call.id),
+            channel_id=call.customer_channel_id,
+            caller_id=trunk.caller_id,
+            timeout=trunk.ring_timeout,
+            originator=manager_channel,
+            variables=leg_variables(self.config.current),
         )
-        for result in (ringback, persisted):
-            if isinstance(result, BaseException):
-                raise result
+        originated: object
+        if row_inserted and not call.manager_up:
+            # A phone's usual call: its row is written and the dialplan sent 180 Ringing, so there is
+            # nothing to run beside the originate (no tasks to make for a gather; issue 19).
+            try:
+                originated = await originate
+            except Exception as exc:
+                originated = exc
+        else:
+            ringback, originated, persisted = await asyncio.gather(
+                self.legs.ringback(call),
+                originate,
+                _done() if row_inserted else self.rows.state(call),
+                return_exceptions=True,
+            )
+            for result in (ringback, persisted):
+                if isinstance(result, BaseException):
+                    raise result
         if isinstance(originated, AriError):
             log.warning("call %s: customer leg could not be originated: %s", call.id, originated)
             await self.refuse(
@@ -159,7 +169,9 @@ class Steps:
             raise originated
         if call.direction == "phone":  # an HTTP call's clock would include the manager picking up
             metrics.SETUP_SECONDS.observe(time.monotonic() - call.requested_at)
-        log.info("call %s: customer leg %s originated", call.id, call.customer_channel_id)
+        # Debug: "accepted", "bridged" and "ended" tell a call's life at info, a failed originate warns
+        # (issue 19: one line less per call).
+        log.debug("call %s: customer leg %s originated", call.id, call.customer_channel_id)
 
     async def _ring_nobody(self, call: Call) -> None:
         """A canary order (bridged.canaries): the manager hears ringback and the call's row says the

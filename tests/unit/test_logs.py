@@ -77,3 +77,16 @@ def test_escape_controls() -> None:
         "a\\x09b\\x1b\\x7f\\x9f\\xad\\u2028\\U000e0001 é Ж 中"
     )
     assert escape_controls("plain") == "plain"
+
+
+@given(st.lists(st.floats(min_value=0, max_value=4e9, allow_nan=False), min_size=1, max_size=20))
+@example([0.0, 0.9995, 1.0, 1796175025.999999, 1796175025.0])
+def test_the_time_stamp_formatted_once_a_second_is_logging_s_own(stamps: list[float]) -> None:
+    """PlainFormatter keeps the last second's text (issue 19): every stamp, in any order, is written as
+    logging's own Formatter writes it."""
+    ours, stock = PlainFormatter(), logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for stamp in stamps:
+        record = logging.LogRecord("bridged.x", logging.INFO, __file__, 1, "m", None, None)
+        record.created, record.msecs = stamp, int((stamp - int(stamp)) * 1000) + 0.0
+        assert ours.formatTime(record) == stock.formatTime(record)
+        assert ours.format(record) == stock.format(record)

@@ -223,6 +223,45 @@ def test_is_valid_code_is_a_full_match() -> None:
     assert not is_valid_code(orders, "1234567890123")
 
 
+async def test_the_budgets_and_the_order_lookup_are_asked_at_once(env: Env) -> None:
+    """Issue 19: the budgets (bridged's database) and the order (the shop's) are independent; neither
+    waits for the other. Here the budgets' answer waits for the lookup to have begun: asked one after
+    the other, budgets first, the call would never be placed."""
+    looked_up = asyncio.Event()
+    window, lookup = env.store.attempts.window, env.directory.lookup
+
+    async def window_after_lookup(manager_id: str, seconds: int) -> Any:
+        await looked_up.wait()
+        return await window(manager_id, seconds)
+
+    async def lookup_begun(order_id: str) -> Order | None:
+        looked_up.set()
+        return await lookup(order_id)
+
+    env.store.attempts.window = window_after_lookup  # type: ignore[method-assign]
+    env.directory.lookup = lookup_begun  # type: ignore[method-assign]
+    # The bound only ends a hang (the behaviour without the change); nothing here is timed.
+    placed = await asyncio.wait_for(
+        env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code), 10
+    )
+    assert isinstance(placed, PendingCall)
+    assert env.directory.lookups == ["123"]
+
+
+async def test_a_manager_past_a_budget_is_refused_whatever_the_lookup_found(env: Env) -> None:
+    """The lookup now runs beside the budget check: past a budget, its order goes nowhere (no call, no
+    row of a placed call), the refusal is rate_limited as before."""
+    for _ in range(60):
+        await env.store.attempts.record(
+            manager_id="anna", outcome="accepted", order_id="123", code_length=3, code_shape="d"
+        )
+    result = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
+    assert isinstance(result, Refused) and result.reason is Refusal.RATE_LIMITED
+    assert env.engine.calls == {} and env.engine._pending == {}
+    [row] = env.store.rows.values()  # the refusal's own, ended at once
+    assert row["outcome"] == Refusal.RATE_LIMITED.value
+
+
 async def test_not_connected_is_unavailable(env: Env) -> None:
     env.connected["up"] = False
     result = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
