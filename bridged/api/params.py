@@ -56,10 +56,12 @@ def _invalid(name: str, message: str) -> ApiError:
 
 
 def parse_text(value: str, name: str, max_length: int) -> str:
-    value = value.strip()
-    if not value or len(value) > max_length or not printable(value):
+    """The value as sent is checked (as openapi.text() documents it: a trailing newline is a control
+    character, not whitespace to strip), then used without its surrounding spaces."""
+    stripped = value.strip()
+    if not stripped or len(value) > max_length or not printable(value):
         raise _invalid(name, f"must be 1 to {max_length} printable characters")
-    return value
+    return stripped
 
 
 def parse_id(value: str, name: str) -> str:
