@@ -17,7 +17,7 @@ from .store.base import DatabaseUnavailable
 from .store.deferred import DeferredWrites
 
 if TYPE_CHECKING:
-    from .service import Refused
+    from .outcomes import Refused
 
 log = logging.getLogger(__name__)
 

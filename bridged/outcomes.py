@@ -9,6 +9,7 @@ the HTTP path only look them up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -178,3 +179,27 @@ def outcome_for_unanswered(cause: int | None, dialstatus: str | None) -> Outcome
     if cause is not None and cause in _CAUSE_OUTCOMES:
         return _CAUSE_OUTCOMES[cause]
     return Outcome.CUSTOMER_UNAVAILABLE
+
+
+# -- what the service answers (bridged.service.CallService) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: Refusal
+    call_id: str | None = None  # the refused attempt's row, when it has one
+    # Seconds until trying again makes sense (rate_limited: until the window frees a slot).
+    retry_after: int | None = None
+
+
+@dataclass(frozen=True)
+class NotStarted:
+    """An HTTP call that ended before it began: its manager leg could not be originated."""
+
+    outcome: Outcome
+    call_id: str
+
+
+# What the service tells the shop besides calls' state changes (bridged.webhooks publish_event): the event
+# type, what the event is about (an id for the outbox) and its data. No number in any of them.
+Alert = Callable[[str, str, dict[str, object]], None]

@@ -20,13 +20,11 @@ import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
 from . import limits, metrics
 from .ari import AriError
-from .ari.nodes import on_node
+from .ari.nodes import NodeView, on_node
 from .budgets import Budgets
 from .callers import InboundCaller
 from .calls.engine import CallEngine
@@ -46,7 +44,7 @@ from .canaries import Canary, CanaryRegistry, e164_of_order_phone
 from .config import ConfigHolder, Manager
 from .inbound import InboundDesk
 from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
-from .outcomes import Outcome, Refusal
+from .outcomes import Alert, NotStarted, Outcome, Refusal, Refused
 from .redact import redact
 from .store import Store
 from .store.base import DatabaseUnavailable
@@ -56,44 +54,11 @@ from .tasks import Tasks
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Refused:
-    reason: Refusal
-    call_id: str | None = None  # the refused attempt's row, when it has one
-    # Seconds until trying again makes sense (rate_limited: until the window frees a slot).
-    retry_after: int | None = None
-
-
-# What the service tells the shop besides calls' state changes (bridged.webhooks publish_event): the event
-# type, what the event is about (an id for the outbox) and its data. No number in any of them.
-Alert = Callable[[str, str, dict[str, object]], None]
-
-
-@dataclass(frozen=True)
-class NotStarted:
-    """An HTTP call that ended before it began: its manager leg could not be originated."""
-
-    outcome: Outcome
-    call_id: str
-
-
 # The phone path's way to ask the manager for the order code: the code, or None if they hung up.
 ReadCode = Callable[[], Awaitable[str | None]]
 
 # A daemon's own state, not a decision on the call: another daemon may take it (dialplan/bridged.conf).
 PASSED_ON = frozenset({Refusal.UNAVAILABLE, Refusal.OVERLOADED})
-
-
-class NodeView(Protocol):
-    """What the service needs to know about the Asterisk nodes (bridged.serving.Serving)."""
-
-    def of_channel(self, uniqueid: str | None) -> str | None:
-        """The node a channel is on, by its unique id (None: not known)."""
-        ...
-
-    def connected(self, node: str) -> bool:
-        """Whether this daemon serves calls on ``node`` now (its websocket is up)."""
-        ...
 
 
 class CallService:

@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -106,3 +106,15 @@ class NodeClients(AriClient):
         self, name: str, *, range_header: str | None = None
     ) -> aiohttp.ClientResponse:
         return await self.client().stored_recording_file(name, range_header=range_header)
+
+
+class NodeView(Protocol):
+    """What the service needs to know about the Asterisk nodes (bridged.serving.Serving)."""
+
+    def of_channel(self, uniqueid: str | None) -> str | None:
+        """The node a channel is on, by its unique id (None: not known)."""
+        ...
+
+    def connected(self, node: str) -> bool:
+        """Whether this daemon serves calls on ``node`` now (its websocket is up)."""
+        ...
