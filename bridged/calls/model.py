@@ -302,3 +302,10 @@ class PendingCall:
             canary_touch=self.canary,
             row_written=self.row_written,
         )
+
+
+def channel_id_of(event: dict[str, Any]) -> str:
+    """The id of the channel an ARI event is about ("" when it names none)."""
+    channel = event.get("channel")
+    value = channel.get("id") if isinstance(channel, dict) else None
+    return value if isinstance(value, str) else ""
