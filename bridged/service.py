@@ -345,7 +345,9 @@ class CallService:
             self.budgets.attempted(manager, code, limits.ACCEPTED), name=f"attempt-{call_id}"
         )
         if canary is not None:
-            self._background.spawn(self._canary_touched(call_id, manager, canary), name=f"canary-{call_id}")
+            self._background.spawn(
+                self._canary_touched(call_id, manager, canary, row_written), name=f"canary-{call_id}"
+            )
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
         return pending
 
@@ -414,10 +416,21 @@ class CallService:
         e164 = e164_of_order_phone(order.phone, orders.dial_format, orders.default_region)
         return self.canaries.match(self.config.current.inbound.secret, e164)
 
-    async def _canary_touched(self, call_id: str, manager: Manager, canary: Canary) -> None:
+    async def _canary_touched(
+        self,
+        call_id: str,
+        manager: Manager,
+        canary: Canary,
+        row_written: asyncio.Future[bool] | None = None,
+    ) -> None:
         """A manager called a canary order: no alarm (the shop planted it in their segment, calling it is
         their work), but admins see it in the audit trail. The call itself rings out as an unanswered
-        customer would, without dialling the carrier (bridged.calls.steps)."""
+        customer would, without dialling the carrier (bridged.calls.steps).
+
+        The audit row names the call, so it follows the call's row: a phone call's is written in the
+        background (``row_written``); without one there is no call, and the refusal's row says so."""
+        if row_written is not None and not await asyncio.shield(row_written):
+            return
         metrics.CANARY_TOUCHES.inc()
         log.info("call %s: manager %s called a canary order; the carrier is not dialled", call_id, manager.id)
         await self.deferred.write(

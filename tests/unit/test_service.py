@@ -481,3 +481,30 @@ async def test_an_api_call_in_russian_rings_the_manager_with_a_russian_label_and
         }
     finally:
         await e.engine.shutdown()
+
+
+async def test_a_canary_touch_is_audited_after_the_calls_row_it_names(env: Env) -> None:
+    """The canary.touched audit row names the call, whose row a phone call writes in the background: it
+    waits for that row (PostgreSQL refuses the audit row before it: audit_call_id_fkey, found on the rig
+    by test_canaries.py), and is not written at all when the row is not."""
+    from bridged.canaries import Canary
+
+    canary = Canary(id="canary-anna", manager_id="anna", team=None, order_id="123", last_digits="67")
+    env.service._canary_of = lambda order: canary  # type: ignore[method-assign]
+    release = asyncio.Event()
+    insert = env.store.calls.insert_audited
+
+    async def slow_insert(**kwargs: Any) -> None:
+        await release.wait()
+        await insert(**kwargs)
+
+    env.store.calls.insert_audited = slow_insert  # type: ignore[method-assign]
+    pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
+    assert isinstance(pending, PendingCall)
+    await asyncio.sleep(0.05)
+    touched = lambda: [a for a in env.store.audits if a["action"] == "canary.touched"]  # noqa: E731
+    assert touched() == []  # not before the call's row
+    release.set()
+    await wait_until(touched, what="the canary touch's audit row")
+    assert pending.call_id in env.store.rows and touched()[0]["call_id"] == pending.call_id
+    await env.service.close()
