@@ -169,16 +169,7 @@ def _live_row(call: Call, client: str) -> CallRow:
         manager_id=call.manager.id if call.manager is not None else None,
         direction=call.direction,
         state=call.state.value,
-        outcome=None,
-        hangup_cause=None,
         requested_at=datetime.now(UTC),
-        answered_at=None,
-        ended_at=None,
-        recording_name=None,
-        manager_channel_id=None,
-        customer_channel_id=None,
-        bridge_id=None,
-        ended_by=None,
         created_by=client,
     )
 

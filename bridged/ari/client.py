@@ -310,14 +310,22 @@ class AriClient:
         """Close the kept-alive connections (the session is its owner's to close)."""
         await self._transport.close()
 
-    async def _call_or_missing(
-        self, op_name: str, path_params: Mapping[str, Any], params: Mapping[str, Any] | None = None
-    ) -> tuple[bool, Any]:
-        """(found, result): a 404 becomes (False, None) for the calls where "already gone" is normal."""
+    # For the calls where "already gone" is normal, a 404 is an answer rather than an error.
+
+    async def _get(self, op_name: str, path_params: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
+        """The result; None when Asterisk has no such resource (404)."""
         try:
-            return True, await self._call(op_name, path_params, params or {})
+            return await self._call(op_name, path_params, params)
         except AriNotFound:
-            return False, None
+            return None
+
+    async def _found(self, op_name: str, path_params: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
+        """Done: True; False when the resource was already gone (404)."""
+        try:
+            await self._call(op_name, path_params, params)
+        except AriNotFound:
+            return False
+        return True
 
     # -- asterisk -------------------------------------------------------------------------------------
 
@@ -330,13 +338,11 @@ class AriClient:
         return await self._call("list_channels", {}, {})
 
     async def get_channel(self, channel_id: str) -> dict[str, Any] | None:
-        _, result = await self._call_or_missing("get_channel", {"channelId": channel_id})
-        return result
+        return await self._get("get_channel", {"channelId": channel_id}, {})
 
     async def get_endpoint(self, tech: str, resource: str) -> dict[str, Any] | None:
         """An endpoint's snapshot (``state``: online/offline/unknown, ``channel_ids``), None if unknown."""
-        _, result = await self._call_or_missing("get_endpoint", {"tech": tech, "resource": resource})
-        return result
+        return await self._get("get_endpoint", {"tech": tech, "resource": resource}, {})
 
     async def originate(
         self,
@@ -366,8 +372,7 @@ class AriClient:
 
     async def hangup(self, channel_id: str, reason: str = "normal") -> bool:
         """False when the channel was already gone."""
-        found, _ = await self._call_or_missing("hangup", {"channelId": channel_id}, {"reason": reason})
-        return found
+        return await self._found("hangup", {"channelId": channel_id}, {"reason": reason})
 
     async def answer(self, channel_id: str) -> None:
         await self._call("answer", {"channelId": channel_id}, {})
@@ -391,15 +396,12 @@ class AriClient:
 
     async def stop_playback(self, playback_id: str) -> bool:
         """False when the playback had already finished."""
-        found, _ = await self._call_or_missing("stop_playback", {"playbackId": playback_id})
-        return found
+        return await self._found("stop_playback", {"playbackId": playback_id}, {})
 
     async def get_variable(self, channel_id: str, variable: str) -> str | None:
         """The value, or None when the variable is unset or the channel is gone (both are 404)."""
-        found, result = await self._call_or_missing(
-            "get_variable", {"channelId": channel_id}, {"variable": variable}
-        )
-        if not found or not isinstance(result, dict):
+        result = await self._get("get_variable", {"channelId": channel_id}, {"variable": variable})
+        if not isinstance(result, dict):
             return None
         value = result.get("value")
         return value if isinstance(value, str) else None
@@ -431,13 +433,11 @@ class AriClient:
         return await self._call("create_bridge", {}, params)
 
     async def get_bridge(self, bridge_id: str) -> dict[str, Any] | None:
-        _, result = await self._call_or_missing("get_bridge", {"bridgeId": bridge_id})
-        return result
+        return await self._get("get_bridge", {"bridgeId": bridge_id}, {})
 
     async def destroy_bridge(self, bridge_id: str) -> bool:
         """False when the bridge was already gone."""
-        found, _ = await self._call_or_missing("destroy_bridge", {"bridgeId": bridge_id})
-        return found
+        return await self._found("destroy_bridge", {"bridgeId": bridge_id}, {})
 
     async def add_channel(
         self,
@@ -458,10 +458,7 @@ class AriClient:
 
     async def remove_channel(self, bridge_id: str, channel_id: str) -> bool:
         """False when the bridge is gone (404); a channel not in the bridge raises AriBadRequest (400)."""
-        found, _ = await self._call_or_missing(
-            "remove_channel", {"bridgeId": bridge_id}, {"channel": channel_id}
-        )
-        return found
+        return await self._found("remove_channel", {"bridgeId": bridge_id}, {"channel": channel_id})
 
     async def record_bridge(
         self,
@@ -516,21 +513,17 @@ class AriClient:
         return await self._call("list_stored_recordings", {}, {})
 
     async def get_stored_recording(self, name: str) -> dict[str, Any] | None:
-        _, result = await self._call_or_missing("get_stored_recording", {"recordingName": name})
-        return result
+        return await self._get("get_stored_recording", {"recordingName": name}, {})
 
     async def delete_stored_recording(self, name: str) -> bool:
-        found, _ = await self._call_or_missing("delete_stored_recording", {"recordingName": name})
-        return found
+        return await self._found("delete_stored_recording", {"recordingName": name}, {})
 
     async def get_live_recording(self, name: str) -> dict[str, Any] | None:
-        _, result = await self._call_or_missing("get_live_recording", {"recordingName": name})
-        return result
+        return await self._get("get_live_recording", {"recordingName": name}, {})
 
     async def stop_live_recording(self, name: str) -> bool:
         """False when the recording had already ended."""
-        found, _ = await self._call_or_missing("stop_live_recording", {"recordingName": name})
-        return found
+        return await self._found("stop_live_recording", {"recordingName": name}, {})
 
     async def stored_recording_file(
         self, name: str, *, range_header: str | None = None

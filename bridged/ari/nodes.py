@@ -93,14 +93,9 @@ class NodeClients(AriClient):
         call it decides about)."""
         return self.client().oldest_wait()
 
-    async def _call(
-        self,
-        op_name: str,
-        path_params: Mapping[str, Any],
-        params: Mapping[str, Any],
-        body: Mapping[str, Any] | None = None,
-    ) -> Any:
-        return await self.client()._call(op_name, path_params, params, body)
+    async def _call(self, *args: Any, **kwargs: Any) -> Any:
+        # Every operation goes through here: its arguments are AriClient._call's, passed on untouched.
+        return await self.client()._call(*args, **kwargs)
 
     async def stored_recording_file(
         self, name: str, *, range_header: str | None = None

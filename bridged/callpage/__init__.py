@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import links
+from .. import links, ops
 from ..api import calls as api_calls
 from ..api.auth import audit_denied
 from ..api.errors import (
@@ -53,7 +53,6 @@ from ..api.params import read_json
 from ..appkeys import CONFIG, SERVICE, STORE
 from ..config import LinksConfig
 from ..links import LinkProblem, LinkRefused, SignedLink
-from ..ops import static_file
 from ..outcomes import Outcome
 from ..store.base import DatabaseUnavailable
 from ..store.calls import CallRow
@@ -405,11 +404,14 @@ async def end(request: web.Request) -> web.Response:
 
 # -- static files ------------------------------------------------------------------------------------
 
-_STATIC_TYPES = {"call.js": "text/javascript", "call.css": "text/css"}
+_STATIC_TYPES = {"call.js": "text/javascript", "call.css": "text/css", "base.css": "text/css"}
 
 
 async def static(request: web.Request) -> web.Response:
-    return static_file(request, STATIC, _STATIC_TYPES, PAGE_HEADERS)
+    # base.css is the palette and type the /ops/ page's folder holds for both pages; the call page serves
+    # it itself, so that it needs nothing of /ops/ but its favicon.
+    folder = ops.STATIC if request.match_info["name"] == "base.css" else STATIC
+    return ops.static_file(request, folder, _STATIC_TYPES, PAGE_HEADERS)
 
 
 def setup(app: web.Application) -> None:

@@ -106,7 +106,13 @@ def static_file(
     return web.Response(text=text, content_type=types[name], charset="utf-8", headers=headers)
 
 
-_STATIC_TYPES = {"ops.js": "text/javascript", "ops.css": "text/css", "favicon.svg": "image/svg+xml"}
+_STATIC_TYPES = {
+    "ops.js": "text/javascript",
+    "ops.css": "text/css",
+    # The palette and type the call page (bridged.callpage) shares; it serves this file too.
+    "base.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
 
 
 async def static(request: web.Request) -> web.StreamResponse:

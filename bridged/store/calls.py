@@ -33,16 +33,17 @@ class CallRow:
     manager_id: str | None
     direction: str
     state: str
-    outcome: str | None
-    hangup_cause: int | None
     requested_at: datetime
-    answered_at: datetime | None
-    ended_at: datetime | None
-    recording_name: str | None
-    manager_channel_id: str | None
-    customer_channel_id: str | None
-    bridge_id: str | None
-    ended_by: str | None
+    # What a call gets as it goes on: none of it yet when it has just been placed.
+    outcome: str | None = None
+    hangup_cause: int | None = None
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    recording_name: str | None = None
+    manager_channel_id: str | None = None
+    customer_channel_id: str | None = None
+    bridge_id: str | None = None
+    ended_by: str | None = None
     # complete, truncated, failed or unknown (bridged.recording_state); None: not recorded or not known yet
     recording_state: str | None = None
     # The API client (token name) that placed the call; None for a call dialled from a phone.

@@ -23,6 +23,7 @@ from bridged.calls.engine import CallEngine
 from bridged.config import ApiToken, Config, ConfigHolder
 from bridged.orders import Order
 from bridged.service import CallService
+from bridged.store.base import DatabaseUnavailable
 
 from .fakes import DownStore, FakeAri, make_config, make_order, wait_until
 from .test_service import FakeDirectory
@@ -164,6 +165,37 @@ async def test_a_shop_token_reads_and_ends_only_the_calls_it_placed(served: Any)
     assert resp.status == 403
     resp = await client.delete(f"/v1/calls/{call['id']}", headers=auth("shop-1"))
     assert resp.status == 202
+
+
+async def test_a_placed_call_whose_row_cannot_be_read_back_is_answered_from_what_the_daemon_knows(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _, store = served
+
+    async def away(call_id: str) -> None:
+        raise DatabaseUnavailable("ConnectionRefusedError")
+
+    monkeypatch.setattr(store.calls, "get", away)
+    call = await _place(client)
+    assert call["id"] in store.rows  # it was placed: only reading its row back failed
+    assert call.pop("requested_at")
+    assert call == {
+        "id": call["id"],
+        "order_id": "123",
+        "manager_id": "anna",
+        "direction": "api",
+        "state": call["state"],
+        "outcome": None,
+        "hangup_cause": None,
+        "ended_by": None,
+        "answered_at": None,
+        "ended_at": None,
+        "duration_seconds": None,
+        "has_recording": False,
+        "recording_state": None,
+        "recording_purged_at": None,
+        "caller_ref": None,
+    }
 
 
 @pytest.mark.parametrize("call_id", ["%00", "a%00b", "%ED%A0%80", "x" * 65, "%F0%9F%93%9E"])

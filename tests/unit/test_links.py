@@ -356,6 +356,12 @@ async def test_opening_a_good_link_shows_the_page_and_places_nothing(served: Ser
     for name in ("call.js", "call.css"):
         resp = await served.client.get(f"/c/static/{name}")
         assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+    # Every stylesheet the page links is served, the palette it shares with /ops/ among them.
+    sheets = re.findall(r'<link rel="stylesheet" href="([^"]+)">', text)
+    assert sheets == ["/c/static/base.css", "/c/static/call.css"]
+    for sheet in sheets:
+        resp = await served.client.get(sheet)
+        assert resp.status == 200 and resp.content_type == "text/css", sheet
     assert (await served.client.get("/c/static/__init__.py")).status == 404
 
 

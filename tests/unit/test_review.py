@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
@@ -500,6 +501,11 @@ async def test_ops_page_carries_no_data_and_strict_headers(served) -> None:
     assert resp.headers["Cache-Control"] == "no-store"
     resp = await client.get("/ops/static/ops.js")
     assert resp.status == 200 and resp.content_type == "text/javascript"
+    sheets = re.findall(r'<link rel="stylesheet" href="([^"]+)">', text)
+    assert sheets == ["/ops/static/base.css", "/ops/static/ops.css"]
+    for sheet in sheets:
+        resp = await client.get(sheet)
+        assert resp.status == 200 and resp.content_type == "text/css", sheet
     resp = await client.get("/ops/static/../__init__.py")
     assert resp.status == 404
 
