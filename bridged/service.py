@@ -47,7 +47,7 @@ from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
 from .outcomes import Alert, NotStarted, Outcome, Refusal, Refused
 from .redact import redact
 from .store import Store
-from .store.base import DatabaseUnavailable
+from .store.base import OUTAGES, DatabaseUnavailable
 from .store.deferred import DeferredWrites
 from .tasks import Tasks
 
@@ -322,12 +322,7 @@ class CallService:
             created_by=created_by,
             node=nodes[0],
         )
-        row_written: asyncio.Future[bool] | None = None
-        if phone:
-            # Written while the FastAGI answer goes out and the channel enters Stasis, off the setup's
-            # critical path; the customer's originate waits for it (bridged.calls.steps.ring_customer).
-            row_written = asyncio.ensure_future(self._phone_row(insert, refuse, manager, code))
-        elif not await self._row(insert, manager, code):
+        if not phone and not await self._row(insert, manager, code):
             return await refuse(Refusal.DATABASE_UNAVAILABLE)
         pending = PendingCall(
             call_id=call_id,
@@ -338,15 +333,25 @@ class CallService:
             label=self.engine.labeller.label(found.id, found.customer_name),
             nodes=nodes,
             canary=canary is not None,
-            row_written=row_written,
         )
-        self.engine.expect(pending)
+        # A phone's call: the customer is rung now, while the FastAGI answer goes out and the channel
+        # enters Stasis (issue 19), unless bridged's database was away lately: then the row comes first,
+        # and a call whose row it does not take never rings anyone.
+        self.engine.expect(pending, ring_now=phone and canary is None and not OUTAGES.seen_within(30.0))
+        if phone:
+            if pending.early is not None and pending.early.originating is not None:
+                # Asterisk takes the originate before the FastAGI answer, the row's insert and the
+                # manager's dialplan compete with it for the machine (on 2 cores they doubled it).
+                await asyncio.wait([pending.early.originating])
+            # Written off the setup's critical path, after the originate went out; the call goes on in
+            # Stasis once it is written (bridged.calls.steps.ring_customer).
+            pending.row_being_written(asyncio.ensure_future(self._phone_row(insert, refuse, manager, code)))
         self._background.spawn(
             self.budgets.attempted(manager, code, limits.ACCEPTED), name=f"attempt-{call_id}"
         )
         if canary is not None:
             self._background.spawn(
-                self._canary_touched(call_id, manager, canary, row_written), name=f"canary-{call_id}"
+                self._canary_touched(call_id, manager, canary, pending.row_written), name=f"canary-{call_id}"
             )
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
         return pending
