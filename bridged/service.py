@@ -40,7 +40,7 @@ from .calls.model import (
     manager_leg_id,
     new_call_id,
 )
-from .canaries import Canary, CanaryRegistry, e164_of_order_phone
+from .canaries import CanaryRegistry, canary_touched
 from .config import ConfigHolder, Manager
 from .inbound import InboundDesk
 from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
@@ -297,7 +297,8 @@ class CallService:
         if isinstance(found, Refusal):
             return await refuse(found)
         nodes = nodes or (self.engine.nodes.current(),)
-        canary = self._canary_of(found)
+        config = self.config.current
+        canary = self.canaries.of_order(found, config.orders, config.inbound.secret)
         call_id = new_call_id()
         phone = direction == "phone"
         insert = functools.partial(
@@ -351,7 +352,10 @@ class CallService:
         )
         if canary is not None:
             self._background.spawn(
-                self._canary_touched(call_id, manager, canary, pending.row_written), name=f"canary-{call_id}"
+                canary_touched(
+                    self.deferred, self.store.audit, call_id, manager.id, canary, pending.row_written
+                ),
+                name=f"canary-{call_id}",
             )
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
         return pending
@@ -412,43 +416,6 @@ class CallService:
         if not self.accepting_calls():
             return Refusal.UNAVAILABLE
         return Refusal.OVERLOADED if self._overloaded() else None
-
-    def _canary_of(self, order: Order) -> Canary | None:
-        """The canary whose number is the order's phone, if any (compared in E.164, by keyed hash)."""
-        if order.phone is None or not len(self.canaries):
-            return None
-        orders = self.config.current.orders
-        e164 = e164_of_order_phone(order.phone, orders.dial_format, orders.default_region)
-        return self.canaries.match(self.config.current.inbound.secret, e164)
-
-    async def _canary_touched(
-        self,
-        call_id: str,
-        manager: Manager,
-        canary: Canary,
-        row_written: asyncio.Future[bool] | None = None,
-    ) -> None:
-        """A manager called a canary order: no alarm (the shop planted it in their segment, calling it is
-        their work), but admins see it in the audit trail. The call itself rings out as an unanswered
-        customer would, without dialling the carrier (bridged.calls.steps).
-
-        The audit row names the call, so it follows the call's row: a phone call's is written in the
-        background (``row_written``); without one there is no call, and the refusal's row says so."""
-        if row_written is not None and not await asyncio.shield(row_written):
-            return
-        metrics.CANARY_TOUCHES.inc()
-        log.info("call %s: manager %s called a canary order; the carrier is not dialled", call_id, manager.id)
-        await self.deferred.write(
-            f"call {call_id} canary touch audit row",
-            lambda: self.store.audit.add(
-                actor=manager.id,
-                action="canary.touched",
-                outcome="not_dialled",
-                call_id=call_id,
-                order_id=canary.order_id,
-                details={"canary": canary.id, "manager_id": manager.id},
-            ),
-        )
 
     def _overloaded(self) -> bool:
         """Asterisk is behind on bridged's ARI requests. A new call now could ring a customer and then

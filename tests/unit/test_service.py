@@ -568,7 +568,7 @@ async def test_a_canary_touch_is_audited_after_the_calls_row_it_names(env: Env) 
     from bridged.canaries import Canary
 
     canary = Canary(id="canary-anna", manager_id="anna", team=None, order_id="123", last_digits="67")
-    env.service._canary_of = lambda order: canary  # type: ignore[method-assign]
+    env.service.canaries.of_order = lambda order, orders, secret: canary  # type: ignore[method-assign]
     release = asyncio.Event()
     insert = env.store.calls.insert_audited
 
