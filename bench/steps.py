@@ -18,7 +18,7 @@ from typing import Any
 from bridged import agi, orders, service
 from bridged.__main__ import main
 from bridged.ari import client
-from bridged.calls import engine
+from bridged.calls import engine, model
 from bridged.calls import steps as _steps
 from bridged.store.attempts import ManagerAttempts
 from bridged.store.audit import AuditTrail
@@ -103,18 +103,15 @@ def install() -> None:
     agi.AgiServer.order = timed_order  # type: ignore[method-assign]
     start_phone_call = engine.CallEngine._start_phone_call
 
-    # Which comes first on a phone call, its row written or its StasisStart, and by how much: the
-    # customer's originate waits for both (what an originate sent before StasisStart could gain).
+    # Which comes first on a phone call, its row written or its StasisStart, and by how much (the call
+    # goes on in Stasis once both are there; the customer is rung at the decision, before either).
     row_done: dict[str, float] = {}
-    expect = engine.CallEngine.expect
+    row_being_written = model.PendingCall.row_being_written
 
-    def timed_expect(self: Any, pending: Any) -> None:
-        if pending.row_written is not None:
-            call_id = pending.call_id
-            pending.row_written.add_done_callback(
-                lambda _: row_done.__setitem__(call_id, time.perf_counter())
-            )
-        expect(self, pending)
+    def timed_row(self: Any, written: Any) -> None:
+        call_id = self.call_id
+        written.add_done_callback(lambda _: row_done.__setitem__(call_id, time.perf_counter()))
+        row_being_written(self, written)
 
     def timed_start(self: Any, call_id: str, channel_id: str, event: Any) -> None:
         now = time.perf_counter()
@@ -130,8 +127,7 @@ def install() -> None:
             )
         start_phone_call(self, call_id, channel_id, event)
 
-    engine.CallEngine.expect = timed_expect  # type: ignore[method-assign]
-
+    model.PendingCall.row_being_written = timed_row  # type: ignore[method-assign]
     engine.CallEngine._start_phone_call = timed_start  # type: ignore[method-assign]
 
 

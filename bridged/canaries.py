@@ -20,12 +20,20 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from . import metrics
 from .callers import caller_key
 from .phones import InvalidPhone, parse_phone
 from .redact import PhoneNumber
+from .store.audit import AuditTrail
 from .store.base import DatabaseUnavailable
 from .store.canaries import Canaries, CanaryRow
+from .store.deferred import DeferredWrites
+
+if TYPE_CHECKING:
+    from .config import OrdersConfig
+    from .orders import Order
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,12 @@ class CanaryRegistry:
     def __len__(self) -> int:
         return len(self._by_key)
 
+    def of_order(self, order: Order, orders: OrdersConfig, secret: str | None) -> Canary | None:
+        """The canary whose number is the order's phone, if any (compared in E.164, by keyed hash)."""
+        if order.phone is None or not self._by_key:
+            return None
+        return self.match(secret, e164_of_order_phone(order.phone, orders.dial_format, orders.default_region))
+
     def match(self, secret: str | None, e164: str | None) -> Canary | None:
         if not self._by_key or secret is None or e164 is None:
             return None
@@ -127,3 +141,34 @@ class CanaryRegistry:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+async def canary_touched(
+    deferred: DeferredWrites,
+    audit: AuditTrail,
+    call_id: str,
+    manager_id: str,
+    canary: Canary,
+    row_written: asyncio.Future[bool] | None = None,
+) -> None:
+    """A manager called a canary order: no alarm (the shop planted it in their segment, calling it is
+    their work), but admins see it in the audit trail. The call itself rings out as an unanswered
+    customer would, without dialling the carrier (bridged.calls.steps).
+
+    The audit row names the call, so it follows the call's row: a phone call's is written in the
+    background (``row_written``); without one there is no call, and the refusal's row says so."""
+    if row_written is not None and not await asyncio.shield(row_written):
+        return
+    metrics.CANARY_TOUCHES.inc()
+    log.info("call %s: manager %s called a canary order; the carrier is not dialled", call_id, manager_id)
+    await deferred.write(
+        f"call {call_id} canary touch audit row",
+        lambda: audit.add(
+            actor=manager_id,
+            action="canary.touched",
+            outcome="not_dialled",
+            call_id=call_id,
+            order_id=canary.order_id,
+            details={"canary": canary.id, "manager_id": manager_id},
+        ),
+    )

@@ -40,14 +40,14 @@ from .calls.model import (
     manager_leg_id,
     new_call_id,
 )
-from .canaries import Canary, CanaryRegistry, e164_of_order_phone
+from .canaries import CanaryRegistry, canary_touched
 from .config import ConfigHolder, Manager
 from .inbound import InboundDesk
 from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
 from .outcomes import Alert, NotStarted, Outcome, Refusal, Refused
 from .redact import redact
 from .store import Store
-from .store.base import DatabaseUnavailable
+from .store.base import OUTAGES, DatabaseUnavailable
 from .store.deferred import DeferredWrites
 from .tasks import Tasks
 
@@ -297,7 +297,8 @@ class CallService:
         if isinstance(found, Refusal):
             return await refuse(found)
         nodes = nodes or (self.engine.nodes.current(),)
-        canary = self._canary_of(found)
+        config = self.config.current
+        canary = self.canaries.of_order(found, config.orders, config.inbound.secret)
         call_id = new_call_id()
         phone = direction == "phone"
         insert = functools.partial(
@@ -322,12 +323,7 @@ class CallService:
             created_by=created_by,
             node=nodes[0],
         )
-        row_written: asyncio.Future[bool] | None = None
-        if phone:
-            # Written while the FastAGI answer goes out and the channel enters Stasis, off the setup's
-            # critical path; the customer's originate waits for it (bridged.calls.steps.ring_customer).
-            row_written = asyncio.ensure_future(self._phone_row(insert, refuse, manager, code))
-        elif not await self._row(insert, manager, code):
+        if not phone and not await self._row(insert, manager, code):
             return await refuse(Refusal.DATABASE_UNAVAILABLE)
         pending = PendingCall(
             call_id=call_id,
@@ -338,15 +334,28 @@ class CallService:
             label=self.engine.labeller.label(found.id, found.customer_name),
             nodes=nodes,
             canary=canary is not None,
-            row_written=row_written,
         )
-        self.engine.expect(pending)
+        # A phone's call: the customer is rung now, while the FastAGI answer goes out and the channel
+        # enters Stasis (issue 19), unless bridged's database was away lately: then the row comes first,
+        # and a call whose row it does not take never rings anyone.
+        self.engine.expect(pending, ring_now=phone and canary is None and not OUTAGES.seen_within(30.0))
+        if phone:
+            if pending.early is not None and pending.early.originating is not None:
+                # Asterisk takes the originate before the FastAGI answer, the row's insert and the
+                # manager's dialplan compete with it for the machine (on 2 cores they doubled it).
+                await asyncio.wait([pending.early.originating])
+            # Written off the setup's critical path, after the originate went out; the call goes on in
+            # Stasis once it is written (bridged.calls.steps.ring_customer).
+            pending.row_being_written(asyncio.ensure_future(self._phone_row(insert, refuse, manager, code)))
         self._background.spawn(
             self.budgets.attempted(manager, code, limits.ACCEPTED), name=f"attempt-{call_id}"
         )
         if canary is not None:
             self._background.spawn(
-                self._canary_touched(call_id, manager, canary, row_written), name=f"canary-{call_id}"
+                canary_touched(
+                    self.deferred, self.store.audit, call_id, manager.id, canary, pending.row_written
+                ),
+                name=f"canary-{call_id}",
             )
         log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
         return pending
@@ -407,43 +416,6 @@ class CallService:
         if not self.accepting_calls():
             return Refusal.UNAVAILABLE
         return Refusal.OVERLOADED if self._overloaded() else None
-
-    def _canary_of(self, order: Order) -> Canary | None:
-        """The canary whose number is the order's phone, if any (compared in E.164, by keyed hash)."""
-        if order.phone is None or not len(self.canaries):
-            return None
-        orders = self.config.current.orders
-        e164 = e164_of_order_phone(order.phone, orders.dial_format, orders.default_region)
-        return self.canaries.match(self.config.current.inbound.secret, e164)
-
-    async def _canary_touched(
-        self,
-        call_id: str,
-        manager: Manager,
-        canary: Canary,
-        row_written: asyncio.Future[bool] | None = None,
-    ) -> None:
-        """A manager called a canary order: no alarm (the shop planted it in their segment, calling it is
-        their work), but admins see it in the audit trail. The call itself rings out as an unanswered
-        customer would, without dialling the carrier (bridged.calls.steps).
-
-        The audit row names the call, so it follows the call's row: a phone call's is written in the
-        background (``row_written``); without one there is no call, and the refusal's row says so."""
-        if row_written is not None and not await asyncio.shield(row_written):
-            return
-        metrics.CANARY_TOUCHES.inc()
-        log.info("call %s: manager %s called a canary order; the carrier is not dialled", call_id, manager.id)
-        await self.deferred.write(
-            f"call {call_id} canary touch audit row",
-            lambda: self.store.audit.add(
-                actor=manager.id,
-                action="canary.touched",
-                outcome="not_dialled",
-                call_id=call_id,
-                order_id=canary.order_id,
-                details={"canary": canary.id, "manager_id": manager.id},
-            ),
-        )
 
     def _overloaded(self) -> bool:
         """Asterisk is behind on bridged's ARI requests. A new call now could ring a customer and then

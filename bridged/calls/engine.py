@@ -38,6 +38,7 @@ from .model import (
     PendingCall,
     TurnedAway,
     caller_number,
+    customer_leg_id,
     manager_leg_id,
     new_call_id,
 )
@@ -163,6 +164,9 @@ class CallEngine:
     """Owns every live call of this daemon and routes ARI events to them."""
 
     PENDING_TTL = 60.0
+    # A call whose customer rings already (expect's ring_now): its manager's channel normally enters
+    # Stasis a millisecond or two after the FastAGI answer; a customer is not left ringing for nobody long.
+    EARLY_TTL = 5.0
     event_types = EVENT_TYPES
 
     def __init__(
@@ -195,19 +199,41 @@ class CallEngine:
 
     # -- intake -----------------------------------------------------------------------------------
 
-    def expect(self, pending: PendingCall) -> None:
+    def expect(self, pending: PendingCall, *, ring_now: bool = False) -> None:
+        """A call the service accepted, its manager's channel (phone path) on its way into Stasis.
+
+        ``ring_now`` (phone path): the customer's leg is originated at once, while the FastAGI answer goes
+        out and the channel enters Stasis, not after (issue 19: that trip is a third of the setup). The
+        customer's events wait in the call's queue, unhandled, until the manager's StasisStart starts its
+        worker; no row is needed for it first (the leg's id names the call: a restart's reconcile hangs up
+        a leg whose row was never written)."""
         self._pending[pending.call_id] = pending
-        if pending.direction == "phone":
-            asyncio.get_running_loop().call_later(self.PENDING_TTL, self._expire_pending, pending.call_id)
+        if pending.direction != "phone":
+            return
+        ttl = self.PENDING_TTL
+        if ring_now and self.is_connected():
+            call = pending.early = pending.call(pending.manager_channel_id)
+            call.customer_channel_id = customer_leg_id(call.id)
+            for channel_id in (call.manager_channel_id, call.customer_channel_id):
+                if channel_id:
+                    self._by_channel[channel_id] = call
+            call.originating = asyncio.ensure_future(self.steps.originate_customer(call))
+            ttl = self.EARLY_TTL
+        asyncio.get_running_loop().call_later(ttl, self._expire_pending, pending.call_id)
 
     def _expire_pending(self, call_id: str) -> None:
-        """The manager hung up between the FastAGI check and Stasis: close the row."""
+        """The manager hung up between the FastAGI check and Stasis: close the row (and hang up the
+        customer's leg, rung already)."""
         pending = self._pending.pop(call_id, None)
-        if pending is not None:
-            log.info("call %s: the manager's channel never reached Stasis", call_id)
-            self._background.spawn(
-                self.rows.abandoned_before_stasis(call_id, pending.row_written), name=f"expire-{call_id}"
-            )
+        if pending is None:
+            return
+        log.info("call %s: the manager's channel never reached Stasis", call_id)
+        if pending.early is not None:
+            self._forget(pending.early)
+            self._background.spawn(self.steps.drop_early(pending.early), name=f"expire-leg-{call_id}")
+        self._background.spawn(
+            self.rows.abandoned_before_stasis(call_id, pending.row_written), name=f"expire-{call_id}"
+        )
 
     async def start_api_call(self, pending: PendingCall) -> Call:
         """HTTP path: ring the manager first; the customer is dialled once the manager answers.
@@ -278,12 +304,13 @@ class CallEngine:
             log.warning("call %s: no pending request for channel %s; refusing", call_id, channel_id)
             self._background.spawn(self.legs.refuse_stray(channel_id), name=f"stray-{channel_id}")
             return
-        call = pending.call(channel_id)
+        call = pending.early or pending.call(channel_id)
+        call.manager_channel_id = channel_id
         call.node = self.nodes.current()  # the node whose websocket brought the channel
         call.manager_up = (event.get("channel") or {}).get("state") == "Up"
         metrics.CALLS_STARTED.inc()
-        self.register(call)
-        call.queue.put_nowait(event)
+        # The StasisStart first: a customer's events queued meanwhile (rung early) come after it.
+        self.register(call, first=event)
 
     def _start_inbound_call(self, channel_id: str, event: dict[str, Any]) -> None:
         """A customer called the shop's number: a call of its own from now on, so that everything that
@@ -306,7 +333,9 @@ class CallEngine:
         """A CanaryTimer event for the call in ``seconds`` (dropped if the call has ended by then)."""
         asyncio.get_running_loop().call_later(seconds, call.queue.put_nowait, {"type": "CanaryTimer"})
 
-    def register(self, call: Call) -> None:
+    def register(self, call: Call, *, first: dict[str, Any] | None = None) -> None:
+        """The call is live: its legs' events are routed to it and its worker runs (``first``: the event
+        it handles before those queued)."""
         self.calls[call.id] = call
         for channel_id in (call.manager_channel_id, call.customer_channel_id):
             if channel_id:
@@ -315,7 +344,7 @@ class CallEngine:
         context = contextvars.copy_context()
         context.run(set_node, call.node or None)
         call.task = asyncio.get_running_loop().create_task(
-            self._worker(call), name=f"call-{call.id}", context=context
+            self._worker(call, first), name=f"call-{call.id}", context=context
         )
 
     def calls_on(self, node: str, app: str | None = None) -> list[Call]:
@@ -364,9 +393,9 @@ class CallEngine:
 
     # -- the worker -------------------------------------------------------------------------------
 
-    async def _worker(self, call: Call) -> None:
+    async def _worker(self, call: Call, first: dict[str, Any] | None = None) -> None:
         while call.state is not CallState.ENDED:
-            event = await call.queue.get()
+            event, first = first or await call.queue.get(), None
             call.handling = True
             try:
                 await self._handle(call, event)

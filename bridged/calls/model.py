@@ -262,8 +262,11 @@ class Call:
     canary_touch: bool = False
     # A call dialled from a phone: its row being written (in state ringing_customer) while the manager's
     # channel enters Stasis; True once written, False if bridged's database did not take it (the service
-    # wrote the refusal's row). The customer is not dialled before it is done: no row, no call.
+    # wrote the refusal's row, and the call ends with the manager's prompt and the customer's leg hung up).
     row_written: asyncio.Future[bool] | None = None
+    # A call dialled from a phone whose customer was rung at the decision (bridged.calls.engine.expect's
+    # ring_now): the customer's originate, sent before the manager's channel entered Stasis.
+    originating: asyncio.Future[Any] | None = None
 
     @property
     def inbound(self) -> bool:
@@ -286,6 +289,14 @@ class PendingCall:
     # The order's phone is a canary number (bridged.canaries): the customer is never dialled.
     canary: bool = field(default=False, kw_only=True)
     row_written: asyncio.Future[bool] | None = field(default=None, kw_only=True)  # as Call.row_written
+    # The call, its customer rung already (bridged.calls.engine.expect's ring_now), until the manager's
+    # channel enters Stasis.
+    early: Call | None = field(default=None, kw_only=True)
+
+    def row_being_written(self, written: asyncio.Future[bool]) -> None:
+        self.row_written = written
+        if self.early is not None:
+            self.early.row_written = written
 
     def call(self, manager_channel_id: str | None) -> Call:
         """The call this becomes, its manager's leg being ``manager_channel_id``."""

@@ -96,10 +96,18 @@ class Steps(InboundSteps):
     # -- the manager's leg ------------------------------------------------------------------------
 
     async def ring_customer(self, call: Call, event: dict[str, Any]) -> None:
-        """The manager's channel is in Stasis: originate the customer's leg on the trunk."""
-        manager_channel = call.manager_channel_id
+        """The manager's channel is in Stasis: originate the customer's leg on the trunk (a phone's call:
+        originated already, at the decision, as a rule; bridged.calls.engine.expect)."""
         # The service refuses an order without a valid number before any call exists.
-        assert manager_channel is not None and call.order is not None and call.order.phone is not None
+        assert call.manager_channel_id is not None and call.order is not None and call.order.phone is not None
+        # Rung at the decision: settled before anything may hang the leg up (a hangup sent ahead of the
+        # originate would miss the leg and leave the customer ringing).
+        early: object = None
+        if call.originating is not None:
+            try:
+                early = await call.originating
+            except Exception as exc:
+                early = exc
         # A phone's call: its row (inserted in state ringing_customer) was written while the channel
         # entered Stasis; none, no call. Another's row is brought to the new state beside the originate.
         row_inserted = call.row_written is not None
@@ -124,35 +132,31 @@ class Steps(InboundSteps):
         # at once, so no database round trip delays the customer's INVITE. All three finish before
         # the next step, and a failure is acted on only then (a late UPDATE must not overwrite the
         # row's end).
-        trunk = self.config.current.trunk
-        originate = self.ari.originate(
-            endpoint=trunk.dial.format(number=call.order.phone.dialable()),
-            app=self.config.current.ari.app,
-            app_args=dialplan.app_args(dialplan.Leg.CUSTOMER, call.id),
-            channel_id=call.customer_channel_id,
-            caller_id=trunk.caller_id,
-            timeout=trunk.ring_timeout,
-            originator=manager_channel,
-            variables=leg_variables(self.config.current),
-        )
         originated: object
-        if row_inserted and not call.manager_up:
-            # A phone's usual call: its row is written and the dialplan sent 180 Ringing, so there is
-            # nothing to run beside the originate (no tasks to make for a gather; issue 19).
+        if call.originating is not None:
+            # A phone's usual call: rung at the decision. The *77 DTMF case (the channel is up, the
+            # dialplan sent no 180) hears the ringback now.
+            originated = early
+            if call.manager_up:
+                await self.legs.ringback(call)
+        elif row_inserted and not call.manager_up:
+            # A phone's call rung here (its row is written and the dialplan sent 180 Ringing): nothing to
+            # run beside the originate (no tasks to make for a gather; issue 19).
             try:
-                originated = await originate
+                originated = await self.originate_customer(call)
             except Exception as exc:
                 originated = exc
         else:
             ringback, originated, persisted = await asyncio.gather(
                 self.legs.ringback(call),
-                originate,
+                self.originate_customer(call),
                 _done() if row_inserted else self.rows.state(call),
                 return_exceptions=True,
             )
             for result in (ringback, persisted):
                 if isinstance(result, BaseException):
                     raise result
+        call.originating = None
         if isinstance(originated, AriError):
             log.warning("call %s: customer leg could not be originated: %s", call.id, originated)
             await self.refuse(
@@ -166,6 +170,33 @@ class Steps(InboundSteps):
         # Debug: "accepted", "bridged" and "ended" tell a call's life at info, a failed originate warns
         # (issue 19: one line less per call).
         log.debug("call %s: customer leg %s originated", call.id, call.customer_channel_id)
+
+    def originate_customer(self, call: Call) -> Awaitable[dict[str, Any]]:
+        """The request that rings the customer of ``call`` on the trunk, the manager's channel its
+        originator."""
+        assert call.order is not None and call.order.phone is not None
+        trunk = self.config.current.trunk
+        return self.ari.originate(
+            endpoint=trunk.dial.format(number=call.order.phone.dialable()),
+            app=self.config.current.ari.app,
+            app_args=dialplan.app_args(dialplan.Leg.CUSTOMER, call.id),
+            channel_id=customer_leg_id(call.id),
+            caller_id=trunk.caller_id,
+            timeout=trunk.ring_timeout,
+            originator=call.manager_channel_id,
+            variables=leg_variables(self.config.current),
+        )
+
+    async def drop_early(self, call: Call) -> None:
+        """A customer rung at the decision whose manager never reached Stasis: the leg hung up (once its
+        originate is settled: a hangup ahead of it would miss the leg)."""
+        if call.originating is None:
+            return
+        try:
+            await call.originating
+        except Exception:
+            return  # never originated: nothing rings
+        await self.legs.hang_up(customer_leg_id(call.id), may_be_gone=True)
 
     async def _ring_nobody(self, call: Call) -> None:
         """A canary order (bridged.canaries): the manager hears ringback and the call's row says the

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
@@ -15,9 +17,31 @@ from typing import Any, ParamSpec, TypeVar
 import asyncpg
 
 
+class Outages:
+    """When bridged's own database was last found away, for what would act before it writes: a phone's
+    customer is rung ahead of the call's row only while the database has been answering."""
+
+    def __init__(self) -> None:
+        self.last = -math.inf
+
+    def seen(self) -> None:
+        self.last = time.monotonic()
+
+    def seen_within(self, seconds: float) -> bool:
+        return time.monotonic() - self.last < seconds
+
+
+# One per process, as the database is: marked by every DatabaseUnavailable, wherever it is raised.
+OUTAGES = Outages()
+
+
 class DatabaseUnavailable(Exception):
     """bridged's own database did not answer: down, refusing connections, restarting, out of
     connections. The message is the underlying exception's type only (its text may quote values)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        OUTAGES.seen()
 
 
 # What PostgreSQL being away (or the way to it) looks like through asyncpg. Anything else (a constraint,

@@ -8,9 +8,11 @@ P-Asserted-Identity and Remote-Party-ID: bridged has to keep the number away fro
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from datetime import datetime
@@ -23,6 +25,7 @@ from rig.asterisk import manager_endpoint_conf
 from rig.sipp import parse_trace
 
 from .harness import (  # noqa: F401 - fixtures
+    BRIDGED_DB,
     SHOP_NUMBER_DIGITS,
     Bridged,
     ManagerPhone,
@@ -391,6 +394,65 @@ def test_daemon_killed_while_bridged_call_goes_on_and_row_is_finalized(
     assert (row["outcome"], row["ended_by"]) == ("completed", "manager"), row
     assert row["duration"] and row["duration"] > 5, row
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
+def test_a_daemon_killed_before_its_calls_row_is_written_leaves_no_customer_ringing(
+    make_bridged, trace_dir, rig_alloc
+) -> None:
+    """Issue 19: the customer is rung at the decision and the call's row is written after. The row's
+    insert is held back (the calls table locked), the customer's phone rings, and the daemon is SIGKILLed:
+    the leg, named after the call, is the trace. The restarted daemon finds the customer's leg and the
+    manager's channel in its application without a row and hangs both up, long before the trunk's ring
+    timeout; no row is left open."""
+    daemon = make_bridged(("kira",), ring_timeout=90)
+    kira = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Vera Pavlova", kira.id)
+    pg = daemon.postgres
+    # A session that holds the calls table against writes (reads go on) until it is terminated.
+    locker = subprocess.Popen(
+        [str(pg.bin_dir / "psql"), "-X", "-q", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres"]
+        + ["-d", BRIDGED_DB, "-c", "BEGIN; LOCK TABLE calls IN EXCLUSIVE MODE; SELECT pg_sleep(120)"],
+        env={**os.environ, "PGAPPNAME": "calls-locker"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    customer = carrier(trace_dir, rig_alloc, "carrier_noanswer", timeout_s=120)
+    try:
+        wait_for(
+            lambda: pg.execute(
+                "postgres",
+                "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                " WHERE a.application_name = 'calls-locker' AND l.granted AND l.mode = 'ExclusiveLock'",
+            ),
+            10,
+            "the calls table locked",
+        )
+        phone = dial(kira, trace_dir, f"*77{order}", hold_ms=60000, timeout_s=120)
+        wait_for(lambda: invites(customer.messages()), 10, "the customer's INVITE")
+        assert daemon.call_rows(kira.id) == []  # rung before its row
+        daemon.stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        # The dead daemon's insert, still waiting for the lock, is ended with its connection.
+        pg.execute(
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            f" WHERE datname = '{BRIDGED_DB}' AND application_name <> 'calls-locker' AND pid <> pg_backend_pid()",
+        )
+    finally:
+        pg.execute(
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'calls-locker'",
+        )
+        locker.wait(timeout=10)
+    daemon.start()
+    assert customer.wait(timeout=30) == 0, customer.describe()  # CANCEL received, answered
+    assert time.monotonic() - killed_at < 30  # the reconcile, not the trunk's 90 s ring timeout
+    assert phone.wait(timeout=30) is not None
+    log_text = daemon.log_text()
+    assert "belongs to no call; hanging it up" in log_text, log_text[-2000:]
+    assert daemon.call_rows(kira.id) == []
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=log_text)
 
 
 @pytest.mark.parametrize(

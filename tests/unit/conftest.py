@@ -4,10 +4,13 @@ uvloop, whose transports are not asyncio's classes)."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Mapping
 
 import pytest
 import uvloop
+
+from bridged.store.base import OUTAGES
 
 
 def pytest_asyncio_loop_factories(
@@ -16,3 +19,10 @@ def pytest_asyncio_loop_factories(
     if item.path.name == "test_http_server.py":
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture(autouse=True)
+def _database_outages_forgotten() -> None:
+    """Each test starts with bridged's database never seen away (bridged.store.base.OUTAGES is one per
+    process: another test's outage would otherwise change how this one's phone calls are rung)."""
+    OUTAGES.last = -math.inf

@@ -12,6 +12,7 @@ import pytest
 from bridged import metrics
 from bridged.ari import AriUnavailable
 from bridged.calls.engine import CallEngine
+from bridged.calls.legs import media
 from bridged.calls.model import Call, CallState, PendingCall
 from bridged.config import Config, ConfigHolder
 from bridged.configfile import parse_config
@@ -19,10 +20,12 @@ from bridged.orders import LookupFailed, Order, is_valid_code, may_call
 from bridged.outcomes import Outcome, Refusal, refusal_prompt
 from bridged.redact import digits
 from bridged.service import CallService, NotStarted, Refused, shed_share
+from bridged.store.base import DatabaseUnavailable
 from tests.unit.fakes import (
     NUMBER_TAIL,
     FakeAri,
     FakeStore,
+    channel_destroyed,
     example_data,
     make_config,
     make_order,
@@ -383,9 +386,11 @@ async def test_success_registers_the_pending_call(env: Env) -> None:
     assert isinstance(again, PendingCall) and again.call_id != result.call_id
 
 
-async def test_a_phone_call_is_answered_before_its_row_is_written_and_dialled_after(env: Env) -> None:
-    """Issue 19: the row is written while the FastAGI answer goes out, off the critical path; the customer
-    is dialled only once it is written (no row, no call), and no state UPDATE follows it."""
+async def test_a_phone_call_rings_the_customer_at_the_decision_and_writes_its_row_after(env: Env) -> None:
+    """Issue 19: the customer's leg is originated as the FastAGI answer goes out, before the manager's
+    channel enters Stasis and before the call's row is written (off the critical path); the call goes on
+    in Stasis once the row is written, and no state UPDATE follows it. (Checked to fail with the
+    originate sent from the StasisStart, as before: no originate until then.)"""
     release = asyncio.Event()
     insert, updates = env.store.calls.insert_audited, []
 
@@ -400,15 +405,88 @@ async def test_a_phone_call_is_answered_before_its_row_is_written_and_dialled_af
     env.store.calls.set_state = set_state  # type: ignore[method-assign]
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall) and env.store.rows == {}  # answered before the row
+    ari = env.engine.ari
+    await wait_until(lambda: ari.named("originate"), what="the customer's originate, before Stasis")
+    [originate] = ari.named("originate")
+    assert (originate["channel_id"], originate["originator"]) == (f"{pending.call_id}-customer", "m-1")
+    assert env.store.rows == {} and env.engine.calls == {}  # no row yet, no worker before Stasis
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
     await asyncio.sleep(0.05)
-    ari = env.engine.ari
-    assert ari.named("originate") == []  # not before the row is written
+    assert (
+        pending.call_id in env.engine.calls and env.engine.calls[pending.call_id].state is CallState.REQUESTED
+    )
     release.set()
-    await wait_until(lambda: ari.named("originate"), what="the customer's originate")
+    await wait_until(lambda: env.engine.calls[pending.call_id].state is CallState.RINGING_CUSTOMER)
     assert env.store.rows[pending.call_id]["state"] == "ringing_customer"
-    assert env.engine.calls[pending.call_id].state is CallState.RINGING_CUSTOMER
-    assert updates == []
+    assert len(ari.named("originate")) == 1 and updates == []
+
+
+async def test_a_customer_gone_before_the_manager_reaches_stasis_is_heard_of_after(env: Env) -> None:
+    """A customer rung at the decision who is busy before the manager's channel is in Stasis: the event
+    waits in the call's queue, and the manager, once in Stasis, hears the prompt of an unreached
+    customer (a prompt sent earlier would fail: the channel is not in Stasis yet)."""
+    pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
+    assert isinstance(pending, PendingCall)
+    ari = env.engine.ari
+    await wait_until(lambda: ari.named("originate"), what="the customer's originate")
+    env.engine.on_event(channel_destroyed(f"{pending.call_id}-customer", cause=17))
+    await asyncio.sleep(0.05)
+    assert ari.named("play") == []
+    env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
+    await wait_until(lambda: ari.named("play"), what="the manager's prompt")
+    assert [kw["media"] for kw in ari.named("play")] == [media(env.config.prompts.busy)]
+    assert env.engine.calls[pending.call_id].hangup_cause == 17
+
+
+async def test_a_row_the_database_does_not_take_hangs_up_the_customer_rung_early(env: Env) -> None:
+    """bridged's database answered lately, so the customer was rung at the decision; then the row's
+    insert fails: the customer's leg is hung up (once its originate is settled) and the manager hears
+    prompts.unavailable. The refusal's row is kept for later."""
+
+    async def refused_insert(**kwargs: Any) -> None:
+        raise DatabaseUnavailable("ConnectionDoesNotExistError")
+
+    env.store.calls.insert_audited = refused_insert  # type: ignore[method-assign]
+    pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
+    assert isinstance(pending, PendingCall)
+    ari = env.engine.ari
+    await wait_until(lambda: ari.named("originate"), what="the customer's originate")
+    env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
+    await wait_until(lambda: ari.named("play"), what="the manager's prompt")
+    assert [kw["media"] for kw in ari.named("play")] == [media(env.config.prompts.unavailable)]
+    assert f"{pending.call_id}-customer" in ari.hung_up()
+    assert env.engine.calls[pending.call_id].state is CallState.ENDING
+
+
+async def test_after_a_database_outage_the_customer_waits_for_the_row(env: Env) -> None:
+    """bridged's database was found away a moment ago: the customer is not rung at the decision but once
+    the row is written (a call whose row the database does not take rings nobody)."""
+    with pytest.raises(DatabaseUnavailable):
+        raise DatabaseUnavailable("OSError")  # what any outage, anywhere in the daemon, raises
+    pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
+    assert isinstance(pending, PendingCall)
+    await asyncio.sleep(0.05)
+    ari = env.engine.ari
+    assert ari.named("originate") == []
+    env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
+    await wait_until(lambda: ari.named("originate"), what="the customer's originate, after Stasis")
+    assert env.store.rows[pending.call_id]["state"] == "ringing_customer"
+
+
+async def test_a_manager_who_never_reaches_stasis_leaves_no_customer_ringing(env: Env) -> None:
+    """The manager hangs up between the FastAGI answer and Stasis(): after CallEngine.EARLY_TTL the
+    customer rung at the decision is hung up and the row is closed as manager_abandoned."""
+    env.engine.EARLY_TTL = 0.1
+    pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
+    assert isinstance(pending, PendingCall)
+    ari = env.engine.ari
+    await wait_until(lambda: f"{pending.call_id}-customer" in ari.hung_up(), what="the customer hung up")
+    await wait_until(lambda: env.store.rows[pending.call_id]["outcome"] == "manager_abandoned")
+    assert env.engine._pending == {} and env.engine.owned_channels() == set()
+    # A StasisStart that comes after all finds no call: a prompt, then the hangup, never a second ring.
+    env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
+    await asyncio.sleep(0.05)
+    assert len(ari.named("originate")) == 1
 
 
 async def test_unknown_manager_is_audited(env: Env) -> None:
@@ -490,7 +568,7 @@ async def test_a_canary_touch_is_audited_after_the_calls_row_it_names(env: Env) 
     from bridged.canaries import Canary
 
     canary = Canary(id="canary-anna", manager_id="anna", team=None, order_id="123", last_digits="67")
-    env.service._canary_of = lambda order: canary  # type: ignore[method-assign]
+    env.service.canaries.of_order = lambda order, orders, secret: canary  # type: ignore[method-assign]
     release = asyncio.Event()
     insert = env.store.calls.insert_audited
 
