@@ -75,9 +75,12 @@ class Label:
         return f'"{self.text}" <{self.number}>'
 
 
-# What a manager's phone shows for an inbound caller without an order, and for a withheld number.
-CALLER_TEXT = "Customer {ref}"
-ANONYMOUS = Label(text="Anonymous", number="anonymous")
+# What a manager's phone shows for an inbound caller without an order, and for a withheld number, in each
+# of the config's languages (config ``language``).
+CALLER_TEXTS = {"en": "Customer {ref}", "ru": "Клиент {ref}"}
+ANONYMOUS_TEXTS = {"en": "Anonymous", "ru": "Номер скрыт"}
+CALLER_TEXT = CALLER_TEXTS["en"]
+ANONYMOUS = Label(text=ANONYMOUS_TEXTS["en"], number="anonymous")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Labeller:
 
     template: str = DEFAULT_TEMPLATE
     name_style: str = DEFAULT_NAME_STYLE
+    language: str = "en"
 
     def __post_init__(self) -> None:
         problem = template_problem(self.template)
@@ -102,17 +106,18 @@ class Labeller:
         reference; only its ASCII letters are kept, so no digit can reach the phone through it). The
         number part asks for an order code when redialled: there is no order to call back."""
         letters = "".join(ch for ch in ref if ch.isascii() and ch.isalpha())[:NAME_MAX]
-        return Label(text=" ".join(CALLER_TEXT.format(ref=letters).split()), number=DIAL_BACK_PREFIX)
+        text = CALLER_TEXTS.get(self.language, CALLER_TEXT).format(ref=letters)
+        return Label(text=" ".join(text.split()), number=DIAL_BACK_PREFIX)
 
     def anonymous(self) -> Label:
         """An inbound caller who withholds their number."""
-        return ANONYMOUS
+        return Label(text=ANONYMOUS_TEXTS.get(self.language, ANONYMOUS.text), number=ANONYMOUS.number)
 
     def of_caller(self, order_id: str | None, customer_name: str = "", ref: str | None = None) -> Label:
         """An inbound caller's label: their order's, else their reference's, else ``Anonymous``."""
         if order_id is not None:
             return self.label(order_id, customer_name)
-        return self.caller(ref) if ref else ANONYMOUS
+        return self.caller(ref) if ref else self.anonymous()
 
     def text(self, order_id: str, customer_name: str = "") -> str:
         text = self.template.format(

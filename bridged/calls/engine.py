@@ -179,7 +179,8 @@ class CallEngine:
         self.nodes = NodeNames(tuple(node.node for node in config.current.nodes))
         self._shop_number = caller_number(self.config.current.trunk.caller_id)
         # The one label builder: the service labels the calls it accepts with it too.
-        self.labeller = Labeller(self.config.current.labels.template, self.config.current.labels.name_style)
+        labels = self.config.current.labels
+        self.labeller = Labeller(labels.template, labels.name_style, self.config.current.language)
         self.calls: dict[str, Call] = {}
         self._by_channel: dict[str, Call] = {}
         self._pending: dict[str, PendingCall] = {}

@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bridged.callers import ANONYMOUS, REF_ALPHABET, REF_LENGTH, caller_key, caller_ref, identify
-from bridged.labels import Labeller, is_digit_like
+from bridged.labels import Labeller, default_template, is_digit_like
 from tests.unit.test_labels import phone_numbers
 
 SECRET = "k" * 40
@@ -119,3 +119,16 @@ def test_what_a_managers_phone_shows_for_inbound_callers() -> None:
     assert labeller.caller(caller.ref).caller_id == f'"Customer {caller.ref}" <*77>'
     assert labeller.anonymous().caller_id == '"Anonymous" <anonymous>'
     assert labeller.label("123", "Ivan Petrov").caller_id == '"Order 123 Ivan P." <*77123>'
+
+
+@given(ref=st.text(max_size=40))
+def test_a_russian_shops_managers_see_callers_labelled_in_russian(ref: str) -> None:
+    """language: ru: "Клиент <letters>" and "Номер скрыт", as the order labels are "Заказ ..." (issue 15);
+    still no digit, and the reference's ASCII letters only. (Checked to fail with the English texts.)"""
+    labeller = Labeller(default_template("ru"), language="ru")
+    label = labeller.caller(ref)
+    assert label.text.startswith("Клиент") and label.number == "*77"
+    assert not any(is_digit_like(ch) for ch in label.text)
+    assert all(ch.isascii() and ch.isalpha() for ch in label.text.removeprefix("Клиент").strip())
+    assert labeller.anonymous().caller_id == '"Номер скрыт" <anonymous>'
+    assert labeller.of_caller(None) == labeller.anonymous()
