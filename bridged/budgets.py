@@ -102,17 +102,12 @@ class Budgets:
 
     async def attempted(self, manager: Manager, code: str, outcome: str, *, try_now: bool = True) -> None:
         """The attempt as the budgets count it: never the code itself unless it named a known order."""
-        length, shape = limits.code_shape(code, self.config.current.orders.code_pattern)
+        keyed = limits.code_shape(code, self.config.current.orders.code_pattern)
         order_id = code if outcome in limits.KNOWN_ORDER else None
         await self.deferred.write_stamped(
             f"attempt of {manager.id} ({outcome})",
             lambda at: self.store.attempts.record(
-                manager_id=manager.id,
-                outcome=outcome,
-                order_id=order_id,
-                code_length=length,
-                code_shape=shape,
-                at=at,
+                manager_id=manager.id, outcome=outcome, order_id=order_id, keyed=keyed, at=at
             ),
             try_now=try_now,
         )
