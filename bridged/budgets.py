@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from . import limits, metrics
@@ -102,18 +102,12 @@ class Budgets:
 
     async def attempted(self, manager: Manager, code: str, outcome: str, *, try_now: bool = True) -> None:
         """The attempt as the budgets count it: never the code itself unless it named a known order."""
-        length, shape = limits.code_shape(code, self.config.current.orders.code_pattern)
+        keyed = limits.code_shape(code, self.config.current.orders.code_pattern)
         order_id = code if outcome in limits.KNOWN_ORDER else None
-        at = datetime.now(UTC)
-        await self.deferred.write(
+        await self.deferred.write_stamped(
             f"attempt of {manager.id} ({outcome})",
-            lambda: self.store.attempts.record(
-                manager_id=manager.id,
-                outcome=outcome,
-                order_id=order_id,
-                code_length=length,
-                code_shape=shape,
-                at=at,
+            lambda at: self.store.attempts.record(
+                manager_id=manager.id, outcome=outcome, order_id=order_id, keyed=keyed, at=at
             ),
             try_now=try_now,
         )

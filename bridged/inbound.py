@@ -232,11 +232,10 @@ class InboundDesk:
     async def _turn_away(self, call: Call, who: Caller, reason: Refusal, order_id: str | None) -> TurnedAway:
         """An inbound call bridged does not take: its refused attempt's row (kept for later if the
         database is away), and what the caller hears."""
-        metrics.CALLS_REFUSED.inc(reason.value)
-        at = datetime.now(UTC)
-        await self.deferred.write(
-            f"refused inbound call {call.id} ({reason})",
-            lambda: self.store.calls.insert_refused(
+        await self.deferred.refused(
+            f"refused inbound call {call.id}",
+            reason,
+            lambda at: self.store.calls.insert_refused(
                 call_id=call.id,
                 order_id=order_id,
                 manager_id=None,
@@ -247,7 +246,6 @@ class InboundDesk:
                 details={"direction": INBOUND},
                 caller_ref=who.ref,
             ),
-            try_now=reason is not Refusal.DATABASE_UNAVAILABLE,
         )
         log.info("call %s refused: inbound, %s", call.id, reason)
         return TurnedAway(refusal_prompt(self.config.current.prompts, reason))

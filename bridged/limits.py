@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from .config import Budget
 
@@ -43,16 +44,22 @@ _PHONE_LIKE = re.compile(r"^\+?[0-9][0-9 ()./-]{5,}[0-9]$")
 MAX_CODE_LENGTH = 64
 
 
-def code_shape(code: str, pattern: str) -> tuple[int, str]:
-    """The length and the shape class of ``code``, as kept for ops (never the code itself)."""
+class Keyed(NamedTuple):
+    """What a manager keyed in, as kept for ops: its length and shape class, never the code itself."""
+
+    length: int
+    shape: str
+
+
+def code_shape(code: str, pattern: str) -> Keyed:
     length = min(len(code), MAX_CODE_LENGTH)
     if re.fullmatch(pattern, code):
-        return length, WELL_FORMED
+        return Keyed(length, WELL_FORMED)
     if _PHONE_LIKE.match(code) and sum(ch.isdigit() for ch in code) >= 7:
-        return length, PHONE_LIKE
+        return Keyed(length, PHONE_LIKE)
     if code.isascii() and code.isdigit():
-        return length, DIGITS
-    return length, OTHER
+        return Keyed(length, DIGITS)
+    return Keyed(length, OTHER)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 from . import limits, metrics
 from .ari import AriError
@@ -501,10 +500,9 @@ class CallService:
         """The ``call.request`` audit row of an attempt that got no call row here (refused, or passed on
         to the next daemon); kept and written later if bridged's database is away, at the time it
         happened."""
-        at = datetime.now(UTC)
-        await self.deferred.write(
+        await self.deferred.write_stamped(
             f"{outcome.replace('_', '-')} call.request ({reason}) audit row",
-            lambda: self.store.audit.add(
+            lambda at: self.store.audit.add(
                 actor=actor,
                 action="call.request",
                 outcome=outcome,
@@ -527,14 +525,13 @@ class CallService:
         # A refused attempt on a well-formed order code is still a call attempt: it gets its row.
         # A code that did not resolve to an order is only what someone typed, and that may be a
         # customer's number (a manager probing): stored masked unless it is a known order.
-        metrics.CALLS_REFUSED.inc(reason.value)
         known_order = reason in (Refusal.DENIED, Refusal.INVALID_PHONE, Refusal.DATABASE_UNAVAILABLE)
         raw_code, code = code, code if known_order else redact(code)
         call_id = new_call_id()
-        at = datetime.now(UTC)
-        await self.deferred.write(
-            f"refused call {call_id} ({reason})",
-            lambda: self.store.calls.insert_refused(
+        await self.deferred.refused(
+            f"refused call {call_id}",
+            reason,
+            lambda at: self.store.calls.insert_refused(
                 call_id=call_id,
                 order_id=code,
                 manager_id=manager.id,
@@ -545,8 +542,6 @@ class CallService:
                 details={"manager_id": manager.id, "direction": direction},
                 created_by=created_by,
             ),
-            # The database was found away a moment ago: keep the row without waiting on it again.
-            try_now=reason is not Refusal.DATABASE_UNAVAILABLE,
         )
         if reason is not Refusal.RATE_LIMITED:  # kept by _rate_limited, after this row
             await self.budgets.attempted(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..limits import Attempt
+from ..limits import Attempt, Keyed
 from .base import Aggregate, unavailable_as_one_type
 
 # More rows than any budget needs: a window is read whole up to this many (newest first).
@@ -50,8 +50,7 @@ class ManagerAttempts(Aggregate):
         manager_id: str,
         outcome: str,
         order_id: str | None,
-        code_length: int,
-        code_shape: str,
+        keyed: Keyed,
         at: datetime | None = None,
     ) -> None:
         await self.pool.execute(
@@ -61,8 +60,8 @@ class ManagerAttempts(Aggregate):
             at,
             outcome,
             order_id,
-            code_length,
-            code_shape,
+            keyed.length,
+            keyed.shape,
         )
 
     async def alert_due(self, manager_id: str, budget: str, seconds: int) -> bool:

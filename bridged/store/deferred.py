@@ -19,8 +19,10 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from .. import metrics
+from ..outcomes import Refusal
 from .base import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 LAST_TRY_SECONDS = 2.0
 
 Write = Callable[[], Awaitable[None]]
+# A write given the time it is about (when it happened, not when a retry gets it through).
+Stamped = Callable[[datetime], Awaitable[None]]
 
 
 class DeferredWrites:
@@ -60,6 +64,23 @@ class DeferredWrites:
                 return True
         self._keep(what, write)
         return False
+
+    async def write_stamped(self, what: str, write: Stamped, *, try_now: bool = True) -> bool:
+        """:meth:`write` of ``write(at)``, ``at`` the time of this call: a row kept for later still says
+        when it happened."""
+        at = datetime.now(UTC)
+        return await self.write(what, lambda: write(at), try_now=try_now)
+
+    async def refused(self, what: str, reason: Refusal, insert: Stamped) -> None:
+        """A refused call attempt's rows (``insert(at)``), counted by reason: written now, or kept for
+        later."""
+        metrics.CALLS_REFUSED.inc(reason.value)
+        await self.write_stamped(
+            f"{what} ({reason})",
+            insert,
+            # The database was found away a moment ago: keep the row without waiting on it again.
+            try_now=reason is not Refusal.DATABASE_UNAVAILABLE,
+        )
 
     def _keep(self, what: str, write: Write) -> None:
         if len(self._pending) >= self.limit:

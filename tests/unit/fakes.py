@@ -27,7 +27,7 @@ from bridged.ari.nodes import current_node
 from bridged.config import Config, Manager
 from bridged.configfile import parse_config
 from bridged.labels import Label, Labeller
-from bridged.limits import Attempt
+from bridged.limits import Attempt, Keyed
 from bridged.orders import Order
 from bridged.redact import PhoneNumber, RedactingFilter, digits
 from bridged.store.base import DatabaseUnavailable
@@ -853,8 +853,7 @@ class FakeManagerAttempts:
         manager_id: str,
         outcome: str,
         order_id: str | None,
-        code_length: int,
-        code_shape: str,
+        keyed: Keyed,
         at: datetime | None = None,
     ) -> None:
         self.rows.append(
@@ -862,8 +861,8 @@ class FakeManagerAttempts:
                 "manager_id": manager_id,
                 "outcome": outcome,
                 "order_id": order_id,
-                "code_length": code_length,
-                "code_shape": code_shape,
+                "code_length": keyed.length,
+                "code_shape": keyed.shape,
                 "at": at or datetime.now(UTC),
             }
         )

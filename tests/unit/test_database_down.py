@@ -164,6 +164,43 @@ async def test_a_write_the_database_refuses_for_good_does_not_hold_up_the_others
     await deferred.close()
 
 
+async def test_a_stamped_write_kept_for_later_says_when_it_happened_not_when_it_got_through() -> None:
+    deferred = DeferredWrites(delays=(0.01,) * 50)
+    down, stamps = True, []
+
+    async def write(at: datetime) -> None:
+        if down:
+            raise DatabaseUnavailable("OSError")
+        stamps.append((at, datetime.now(UTC)))
+
+    before = datetime.now(UTC)
+    await deferred.write_stamped("a", write)
+    after = datetime.now(UTC)
+    await asyncio.sleep(0.03)  # retries while the database is still away
+    down = False
+    await wait_until(lambda: deferred.pending == 0)
+    [(at, written)] = stamps
+    assert before <= at <= after < written
+    await deferred.close()
+
+
+async def test_a_refusal_found_with_the_database_away_is_kept_without_trying_it_again() -> None:
+    deferred = DeferredWrites(delays=(3600.0,))
+    tried: list[datetime] = []
+
+    async def insert(at: datetime) -> None:
+        tried.append(at)
+
+    refused = metrics.CALLS_REFUSED.value(Refusal.DATABASE_UNAVAILABLE.value)
+    await deferred.refused("refused call c-1", Refusal.DATABASE_UNAVAILABLE, insert)
+    assert (tried, deferred.pending) == ([], 1)
+    assert metrics.CALLS_REFUSED.value(Refusal.DATABASE_UNAVAILABLE.value) == refused + 1
+    await deferred.refused("refused call c-2", Refusal.UNKNOWN_ORDER, insert)  # tried at once
+    await wait_until(lambda: deferred.pending == 0)  # its success flushed the kept one
+    assert len(tried) == 2
+    await deferred.close()
+
+
 async def test_stopping_with_the_database_still_away_counts_what_is_lost() -> None:
     table = Table()
     deferred = DeferredWrites(delays=(60.0,))

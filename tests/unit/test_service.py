@@ -16,6 +16,7 @@ from bridged.calls.legs import media
 from bridged.calls.model import Call, CallState, PendingCall
 from bridged.config import Config, ConfigHolder
 from bridged.configfile import parse_config
+from bridged.limits import Keyed
 from bridged.orders import LookupFailed, Order, is_valid_code, may_call
 from bridged.outcomes import Outcome, Refusal, refusal_prompt
 from bridged.redact import digits
@@ -256,7 +257,7 @@ async def test_a_manager_past_a_budget_is_refused_whatever_the_lookup_found(env:
     row of a placed call), the refusal is rate_limited as before."""
     for _ in range(60):
         await env.store.attempts.record(
-            manager_id="anna", outcome="accepted", order_id="123", code_length=3, code_shape="d"
+            manager_id="anna", outcome="accepted", order_id="123", keyed=Keyed(3, "d")
         )
     result = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(result, Refused) and result.reason is Refusal.RATE_LIMITED

@@ -931,9 +931,113 @@
     return body;
   }
 
+  // -- the filter forms and the tables ------------------------------------------------------------
+
+  // A form's fields are [control id, label's i18n key, the input's attributes]; without attributes the
+  // control is the page's select of that id (its options are in index.html, the outcomes' filled in by the
+  // server). Its buttons are [type, i18n key, class].
+  const TEXT = { type: "text", autocomplete: "off" };
+  const SHOW = [["submit", "show"]];
+  const FORMS = {
+    filters: {
+      fields: [
+        ["f-manager", "manager", { ...TEXT, name: "manager" }],
+        ["f-order", "order", { ...TEXT, name: "order", inputmode: "numeric" }],
+        ["f-outcome", "outcome"],
+        ["f-from", "from", { name: "from", type: "datetime-local" }],
+        ["f-to", "to", { name: "to", type: "datetime-local" }],
+        ["f-recording", "recording"],
+      ],
+      buttons: [
+        ["submit", "apply_filters"],
+        ["reset", "clear", "secondary"],
+      ],
+    },
+    "probing-filters": {
+      fields: [
+        ["p-manager", "manager", { ...TEXT, name: "manager" }],
+        ["p-period", "period"],
+      ],
+      buttons: SHOW,
+    },
+    "audit-filters": {
+      fields: [
+        ["a-actor", "actor", { ...TEXT, name: "actor" }],
+        ["a-action", "action"],
+        ["a-call", "call", { ...TEXT, name: "call" }],
+      ],
+      buttons: SHOW,
+    },
+  };
+  // Each list's table by id: its status line's id, its caption's and its columns' i18n keys. The status line
+  // above the table, its frame, caption, header row and body are made here.
+  const TABLES = {
+    calls: {
+      status: "calls-status",
+      caption: "calls_caption",
+      columns: ["requested", "manager", "order_or_caller", "outcome", "talk_time", "recording"],
+    },
+    "missed-table": {
+      status: "missed-status",
+      caption: "missed_caption",
+      columns: ["called", "caller", "manager", "call_back"],
+    },
+    "probing-table": {
+      status: "probing-status",
+      caption: "probing_caption",
+      columns: ["manager", "outcome", "keyed_in", "length", "attempts", "last_attempt"],
+    },
+    "audit-table": {
+      status: "audit-status",
+      caption: "audit_caption",
+      columns: ["when", "actor", "action", "call", "outcome", "reason_column", "client"],
+    },
+  };
+
+  // An element with its i18n key (applyLanguage gives it its text) and attributes.
+  function element(tag, key, attributes = {}) {
+    const made = document.createElement(tag);
+    if (key) made.dataset.i18n = key;
+    for (const [name, value] of Object.entries(attributes)) made.setAttribute(name, value);
+    return made;
+  }
+
+  function buildForms() {
+    for (const [formId, { fields, buttons }] of Object.entries(FORMS)) {
+      const form = $(formId);
+      for (const [id, key, attributes] of fields) {
+        const control = attributes ? element("input", null, { id, ...attributes }) : $(id);
+        const field = element("div", null, { class: "field" });
+        field.append(element("label", key, { for: id }), control);
+        form.append(field);
+      }
+      const actions = element("div", null, { class: "actions" });
+      for (const [type, key, className] of buttons) {
+        actions.append(element("button", key, className ? { type, class: className } : { type }));
+      }
+      form.append(actions);
+    }
+  }
+
+  function buildTables() {
+    for (const [tableId, { status, caption, columns }] of Object.entries(TABLES)) {
+      const table = $(tableId);
+      const frame = element("div", null, { class: "table-wrap" });
+      table.before(element("p", null, { id: status, class: "status", "aria-live": "polite" }), frame);
+      frame.append(table);
+      table.append(element("caption", caption, { class: "visually-hidden" }));
+      const row = table.createTHead().insertRow();
+      for (const key of columns) row.append(element("th", key, { scope: "col" }));
+      // Probing's rows come in one <tbody> per manager (renderProbing), the other lists' in this one.
+      if (tableId !== "probing-table") table.createTBody();
+    }
+  }
+
   // -- wiring ---------------------------------------------------------------------------------------
 
   document.addEventListener("DOMContentLoaded", () => {
+    buildForms();
+    buildTables();
     applyLanguage();
     $("lang").addEventListener("change", (e) => switchLanguage(e.target.value));
     $("signin-form").addEventListener("submit", signIn);
