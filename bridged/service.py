@@ -341,8 +341,10 @@ class CallService:
         if phone:
             if pending.early is not None and pending.early.originating is not None:
                 # Asterisk takes the originate before the FastAGI answer, the row's insert and the
-                # manager's dialplan compete with it for the machine (on 2 cores they doubled it).
-                await asyncio.wait([pending.early.originating])
+                # manager's dialplan compete with it for the machine (on 2 cores they doubled it). Not
+                # longer than EARLY_ANSWER_WAIT: an Asterisk slow to answer ARI must not keep the phone
+                # from its 180 (the call in Stasis acts on the originate's end, whenever it comes).
+                await asyncio.wait([pending.early.originating], timeout=EARLY_ANSWER_WAIT)
             # Written off the setup's critical path, after the originate went out; the call goes on in
             # Stasis once it is written (bridged.calls.steps.ring_customer).
             pending.row_being_written(asyncio.ensure_future(self._phone_row(insert, refuse, manager, code)))
@@ -549,6 +551,10 @@ class CallService:
             )
         log.info("call %s refused for %s on order %s: %s", call_id, manager.id, code, reason)
         return Refused(reason, call_id)
+
+
+# How long the FastAGI answer waits for Asterisk to take a customer's originate (about 1 ms as a rule).
+EARLY_ANSWER_WAIT = 0.2
 
 
 def shed_share(oldest_wait: float, limit: float) -> float:

@@ -587,3 +587,25 @@ async def test_a_canary_touch_is_audited_after_the_calls_row_it_names(env: Env) 
     await wait_until(touched, what="the canary touch's audit row")
     assert pending.call_id in env.store.rows and touched()[0]["call_id"] == pending.call_id
     await env.service.close()
+
+
+async def test_an_asterisk_slow_to_take_the_originate_does_not_hold_the_fastagi_answer(env: Env) -> None:
+    """The FastAGI answer waits for the customer's originate (issue 19: it competes with it otherwise), but not
+    longer than EARLY_ANSWER_WAIT: the phone gets its 180 from the dialplan, and the call in Stasis acts on the
+    originate when it ends. (Checked to fail without the bound: the decision waits for the originate.)"""
+    release = asyncio.Event()
+    ari = env.engine.ari
+    originate = ari.originate
+
+    async def slow_originate(**kwargs: Any) -> dict[str, Any]:
+        await release.wait()
+        return await originate(**kwargs)
+
+    ari.originate = slow_originate  # type: ignore[method-assign]
+    decided = asyncio.ensure_future(env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code))
+    pending = await asyncio.wait_for(decided, timeout=2.0)
+    assert isinstance(pending, PendingCall) and ari.named("originate") == []
+    env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
+    release.set()
+    await wait_until(lambda: env.engine.calls[pending.call_id].state is CallState.RINGING_CUSTOMER)
+    assert len(ari.named("originate")) == 1
