@@ -32,7 +32,7 @@ from bridged.ari import (
     Operation,
     background_requests,
 )
-from bridged.ari.client import _encode_value
+from bridged.ari.client import _encode_value, _quoted
 
 NUMBER = "5557654321"
 ENDPOINT = f"PJSIP/+1{NUMBER}@carrier"
@@ -305,6 +305,23 @@ async def test_timeout_is_unavailable(fake: tuple[FakeAri, AriClient]) -> None:
     assert excinfo.value.status == 0
 
 
+async def test_a_request_its_caller_cancels_is_cancelled_not_unavailable(
+    fake: tuple[FakeAri, AriClient],
+) -> None:
+    ari, client = fake
+    release = ari.hold("GET", "/ari/channels", [])
+    task = asyncio.create_task(client.list_channels())
+    for _ in range(100):
+        if ari.requests:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.pending == 0 and client._deadlines._due == {}
+    release.set()
+
+
 async def test_pending_counts_requests_until_answered_or_failed(fake: tuple[FakeAri, AriClient]) -> None:
     ari, client = fake
     client._request_timeout = 0.5
@@ -567,3 +584,8 @@ def test_the_request_target_is_the_one_the_yarl_builder_made(
     except ValueError as exc:
         got = (type(exc), str(exc))
     assert got == expected
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",))) | st.text(st.characters(max_codepoint=127)))
+def test_quoting_is_urllibs(text: str) -> None:
+    assert _quoted(text) == quote(text, safe="")
