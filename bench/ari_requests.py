@@ -4,9 +4,10 @@ transport left out (issue 19).
 The seven requests of a bridged phone call (originate with its variables, answer, create bridge, the label
 put back on the customer's leg, add channels, hangup, destroy bridge) go through :class:`AriClient` as the
 call's steps make them, against a transport that answers at once from memory: what is measured is the
-client's own Python work per request (checking and encoding the parameters, the target, the overload
-guard's bookkeeping, the request's timeout, decoding the answer), not sockets. Run on uvloop as the daemon
-runs; reports CPU time (``time.process_time``) per request, best of ``--rounds``.
+client's own Python work per request (the node's client chosen, checking and encoding the parameters,
+the target, the overload guard's bookkeeping, the request's timeout, decoding the answer), not sockets.
+Run on uvloop as the daemon runs; reports CPU time (``time.process_time``) per request, best of
+``--rounds``.
 
     python -m bench.ari_requests [--calls 20000] [--rounds 5]
 """
@@ -22,6 +23,7 @@ import aiohttp
 import uvloop
 
 from bridged.ari import AriAccess, AriClient
+from bridged.ari.nodes import NodeClients
 
 _CHANNEL = b'{"id": "x-customer", "name": "PJSIP/carrier-00000001", "state": "Down", "caller": {}}'
 _BRIDGE = b'{"id": "x-bridge", "technology": "simple_bridge", "bridge_type": "mixing", "channels": []}'
@@ -64,8 +66,9 @@ async def _call(client: AriClient, variables: dict[str, str]) -> None:
 
 async def _round(calls: int) -> float:
     async with aiohttp.ClientSession() as session:
-        client = AriClient(session, AriAccess("http://127.0.0.1:8088/ari", "bridged", "s3cret"))
-        client._transport = _Answers()  # type: ignore[assignment]
+        node = AriClient(session, AriAccess("http://127.0.0.1:8088/ari", "bridged", "s3cret"))
+        node._transport = _Answers()  # type: ignore[assignment]
+        client = NodeClients({"asterisk": node})  # as the daemon makes its requests, one node or several
         variables: dict[str, Any] = {
             "CHANNEL(language)": "en",
             "PJSIP_TRANSFER_HANDLING()": "ari-only",
