@@ -326,10 +326,10 @@ class AriClient:
         op, target, json_body = self._prepare(op_name, path_params, params, body)
         sent = None if json_body is None else json.dumps(json_body).encode()
         token = next(self._seq)
+        self._deadlines.start(token, self._request_timeout)
         tracked = not _BACKGROUND.get()
         if tracked:
             self._waiting[token] = time.monotonic()
-        self._deadlines.start(token, self._request_timeout)
         try:
             try:
                 status, raw = await self._transport.request(op.method, self._base_path + target, sent)
