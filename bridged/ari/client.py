@@ -23,6 +23,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from .deadlines import Deadlines
 from .errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
 from .operations import OPERATIONS, Operation
 from .transport import HttpTransport
@@ -66,6 +67,81 @@ def _encode_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ",".join(_encode_value(v) for v in value)
     return str(value)
+
+
+_PATH_PARAM = re.compile(r"\{(\w+)\}")
+# What urllib's quote(safe="") leaves as it is: an id or word made of these needs no quoting (most do).
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+# quote(safe="") for one ASCII character, as a str.translate table: a whole text in one C call, where
+# quote works byte by byte in Python.
+_QUOTE_ASCII = {c: chr(c) if _UNRESERVED.fullmatch(chr(c)) else f"%{c:02X}" for c in range(128)}
+
+
+def _quoted(text: str) -> str:
+    """``quote(text, safe="")``: everything but the unreserved characters percent-encoded, "/" and "+"
+    included (an id stays one path segment; "+" in a dial string reaches Asterisk as %2B, not a space)."""
+    if _UNRESERVED.fullmatch(text):
+        return text
+    return text.translate(_QUOTE_ASCII) if text.isascii() else quote(text, safe="")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one operation's requests share, worked out once: the path template's pieces, the names it
+    accepts, their encoded forms. Every request of a call goes through :meth:`target`."""
+
+    name: str
+    op: Operation
+    # The path template split around its parameters: literal, name, literal, ... literal.
+    pieces: tuple[str, ...]
+    # Each query parameter's name as it is sent, with its "=".
+    query_names: dict[str, str]
+    body_names: frozenset[str]
+
+    @classmethod
+    def of(cls, name: str, op: Operation) -> _Plan:
+        query = {p: quote(p, safe="") + "=" for p in op.all_params if p not in op.body_params}
+        return cls(name, op, tuple(_PATH_PARAM.split(op.path)), query, frozenset(op.body_params))
+
+    def target(
+        self, path_params: Mapping[str, Any], params: Mapping[str, Any], body: Mapping[str, Any] | None
+    ) -> str:
+        op, name, pieces = self.op, self.name, self.pieces
+        for i in range(1, len(pieces), 2):
+            if path_params.get(pieces[i]) in (None, ""):
+                raise ValueError(f"ARI {name}: missing path parameter {pieces[i]}")
+        for required in op.required:
+            if params.get(required) is None and (not body or body.get(required) is None):
+                raise ValueError(f"ARI {name}: missing required parameter {required}")
+        # A misspelt name would be silently ignored by Asterisk; fail loudly instead.
+        query_names = self.query_names
+        for key in params:
+            if key not in query_names:
+                raise ValueError(f"ARI {name}: unknown query parameter {key}")
+        for key in body or ():
+            if key not in self.body_names:
+                raise ValueError(f"ARI {name}: unknown body parameter {key}")
+        path = pieces[0]
+        for i in range(1, len(pieces), 2):
+            value = path_params[pieces[i]]
+            # Quote everything, "/" included: an id is one path segment.
+            path += _quoted(value if type(value) is str else str(value)) + pieces[i + 1]
+        # Encoded by hand so "+" in a dial string reaches Asterisk as %2B, never as a space.
+        query = "&".join(
+            query_names[k] + _quoted(v if type(v) is str else _encode_value(v))
+            for k, v in params.items()
+            if v is not None
+        )
+        return f"{path}?{query}" if query else path
+
+    def json_body(self, body: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        json_body = {k: v for k, v in body.items() if v is not None} if body else None
+        if self.op.body_whole and json_body:
+            [json_body] = json_body.values()
+        return json_body or None
+
+
+_PLANS = {name: _Plan.of(name, op) for name, op in OPERATIONS.items()}
 
 
 def _secret_values(path_params: Mapping[str, Any], params: Mapping[str, Any], body: Any) -> list[str]:
@@ -169,9 +245,12 @@ class AriClient:
         # the lean keep-alive transport, at most ``connections`` at once (bridged.ari.transport).
         self._session = session
         self._base_url = access.base_url.rstrip("/")
+        # What every request's target starts with ("/ari"), the base URL's path as it is written.
+        self._base_path = URL(self._base_url, encoded=True).raw_path.rstrip("/")
         self._headers = access.headers
         self._transport = HttpTransport(self._base_url, self._headers, limit=connections)
         self._request_timeout = request_timeout
+        self._deadlines = Deadlines()
         # When each REST request still waiting for its answer was sent (in sending order).
         self._waiting: dict[int, float] = {}
         self._seq = itertools.count()
@@ -210,39 +289,11 @@ class AriClient:
         path_params: Mapping[str, Any],
         params: Mapping[str, Any],
         body: Mapping[str, Any] | None,
-    ) -> tuple[Operation, URL, dict[str, Any] | None]:
-        op = OPERATIONS[op_name]
-        for name in op.path_params:
-            if path_params.get(name) in (None, ""):
-                raise ValueError(f"ARI {op_name}: missing path parameter {name}")
-        present = {k for k, v in params.items() if v is not None}
-        present |= {k for k, v in (body or {}).items() if v is not None}
-        for name in op.required:
-            if name not in present:
-                raise ValueError(f"ARI {op_name}: missing required parameter {name}")
-        # A misspelt name would be silently ignored by Asterisk; fail loudly instead.
-        for name in params:
-            if name not in op.all_params or name in op.body_params:
-                raise ValueError(f"ARI {op_name}: unknown query parameter {name}")
-        for name in body or {}:
-            if name not in op.body_params:
-                raise ValueError(f"ARI {op_name}: unknown body parameter {name}")
-
-        path = op.path
-        for name in op.path_params:
-            # Quote everything, "/" included: an id is one path segment.
-            path = path.replace("{" + name + "}", quote(str(path_params[name]), safe=""))
-        # Encoded by hand so "+" in a dial string reaches Asterisk as %2B, never as a space.
-        query = "&".join(
-            f"{quote(k, safe='')}={quote(_encode_value(v), safe='')}"
-            for k, v in params.items()
-            if v is not None
-        )
-        url = URL(self._base_url + path + (f"?{query}" if query else ""), encoded=True)
-        json_body = {k: v for k, v in body.items() if v is not None} if body else None
-        if op.body_whole and json_body:
-            [json_body] = json_body.values()
-        return op, url, json_body or None
+    ) -> tuple[Operation, str, dict[str, Any] | None]:
+        """The operation, the request's path and query below the base URL (``/channels/c1/answer``), and
+        its JSON body. Raises ValueError, naming no value, for what Asterisk would silently ignore."""
+        plan = _PLANS[op_name]
+        return plan.op, plan.target(path_params, params, body), plan.json_body(body)
 
     @staticmethod
     def _ids(path_params: Mapping[str, Any]) -> str:
@@ -272,27 +323,29 @@ class AriClient:
         body: Mapping[str, Any] | None = None,
     ) -> Any:
         """Run one operation; JSON result, None for 204. Raises AriError subclasses or ValueError."""
-        op, url, json_body = self._prepare(op_name, path_params, params, body)
-        ids = self._ids(path_params)
+        op, target, json_body = self._prepare(op_name, path_params, params, body)
+        sent = None if json_body is None else json.dumps(json_body).encode()
         token = next(self._seq)
+        self._deadlines.start(token, self._request_timeout)
         tracked = not _BACKGROUND.get()
         if tracked:
             self._waiting[token] = time.monotonic()
         try:
-            async with asyncio.timeout(self._request_timeout):
-                status, raw = await self._transport.request(
-                    op.method, url.raw_path_qs, None if json_body is None else json.dumps(json_body).encode()
-                )
-        except (TimeoutError, ConnectionError) as exc:
-            log.debug("ARI %s %s -> transport error %s", op_name, ids, type(exc).__name__)
+            try:
+                status, raw = await self._transport.request(op.method, self._base_path + target, sent)
+            finally:
+                timed_out = self._deadlines.end(token)
+                if tracked:
+                    del self._waiting[token]
+        except asyncio.CancelledError:
+            if not timed_out:
+                raise
             # "from None": keep the request (its query string carries dial strings) out of any traceback.
-            raise AriUnavailable(
-                op_name, 0, f"ARI {op_name} failed: Asterisk unreachable ({type(exc).__name__})"
-            ) from None
-        finally:
-            if tracked:
-                del self._waiting[token]
-        log.debug("ARI %s %s -> %d", op_name, ids, status)
+            raise self._unreachable(op_name, path_params, "TimeoutError") from None
+        except (TimeoutError, ConnectionError) as exc:
+            raise self._unreachable(op_name, path_params, type(exc).__name__) from None
+        if log.isEnabledFor(logging.DEBUG):  # the ids' text is made only for a debug log
+            log.debug("ARI %s %s -> %d", op_name, self._ids(path_params), status)
         if status >= 400:
             raise _error_for(
                 op_name,
@@ -305,6 +358,10 @@ class AriClient:
             return json.loads(raw)
         except ValueError:
             raise AriError(op_name, status, f"ARI {op_name}: invalid JSON in response") from None
+
+    def _unreachable(self, op_name: str, path_params: Mapping[str, Any], failure: str) -> AriUnavailable:
+        log.debug("ARI %s %s -> transport error %s", op_name, self._ids(path_params), failure)
+        return AriUnavailable(op_name, 0, f"ARI {op_name} failed: Asterisk unreachable ({failure})")
 
     async def close(self) -> None:
         """Close the kept-alive connections (the session is its owner's to close)."""
@@ -535,7 +592,8 @@ class AriClient:
         """
         op_name = "stored_recording_file"
         path_params = {"recordingName": name}
-        op, url, _ = self._prepare(op_name, path_params, {}, None)
+        op, target, _ = self._prepare(op_name, path_params, {}, None)
+        url = URL(self._base_url + target, encoded=True)
         headers = dict(self._headers)
         if range_header is not None:
             headers["Range"] = range_header
@@ -546,10 +604,7 @@ class AriClient:
         try:
             resp = await self._session.request(op.method, url, headers=headers, timeout=timeout)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            log.debug("ARI %s %s -> transport error %s", op_name, self._ids(path_params), type(exc).__name__)
-            raise AriUnavailable(
-                op_name, 0, f"ARI {op_name} failed: Asterisk unreachable ({type(exc).__name__})"
-            ) from None
+            raise self._unreachable(op_name, path_params, type(exc).__name__) from None
         log.debug("ARI %s %s -> %d", op_name, self._ids(path_params), resp.status)
         if resp.status >= 400:
             try:

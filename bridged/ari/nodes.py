@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -80,9 +80,17 @@ class NodeClients(AriClient):
             raise ValueError("NodeClients needs at least one node")
         self.clients = dict(clients)
         self.names = NodeNames(tuple(self.clients))
+        self._first = self.clients[self.names.first]
 
     def client(self, node: str | None = None) -> AriClient:
-        return self.clients[node if node in self.clients else self.names.current()]
+        """``node``'s client; without one (or one not configured), the current node's (the first when none
+        is set). On every request's path: dictionary lookups only."""
+        clients = self.clients
+        if node not in clients:
+            node = CURRENT.get()
+            if node not in clients:
+                return self._first
+        return clients[node]
 
     @property
     def pending(self) -> int:
@@ -93,9 +101,16 @@ class NodeClients(AriClient):
         call it decides about)."""
         return self.client().oldest_wait()
 
-    async def _call(self, *args: Any, **kwargs: Any) -> Any:
-        # Every operation goes through here: its arguments are AriClient._call's, passed on untouched.
-        return await self.client()._call(*args, **kwargs)
+    def _call(
+        self,
+        op_name: str,
+        path_params: Mapping[str, Any],
+        params: Mapping[str, Any],
+        body: Mapping[str, Any] | None = None,
+    ) -> Coroutine[Any, Any, Any]:
+        # Every operation goes through here: the current node's client's request itself is what its
+        # caller awaits (no coroutine of our own around it).
+        return self.client()._call(op_name, path_params, params, body)
 
     async def stored_recording_file(
         self, name: str, *, range_header: str | None = None

@@ -309,6 +309,9 @@ class Steps(InboundSteps):
         manager = call.manager_channel_id or ""
         customer = call.customer_channel_id or ""
         await self.legs.stop_ringback(call)
+        # Needed: Asterisk 22 does not answer a channel that joins a bridge (ARI addChannel imparts it as
+        # it is). Without this request the call is bridged and recorded, but the manager's phone never
+        # gets its 200 OK and its CDR says NO ANSWER (tried against the rig, issue 19).
         await self.legs.answer_manager(call)
         bridge = f"{call.id}-bridge"
         try:

@@ -10,11 +10,15 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from yarl import URL
 
 from bridged.ari import (
     OPERATIONS,
@@ -28,6 +32,7 @@ from bridged.ari import (
     Operation,
     background_requests,
 )
+from bridged.ari.client import _encode_value, _quoted
 
 NUMBER = "5557654321"
 ENDPOINT = f"PJSIP/+1{NUMBER}@carrier"
@@ -300,6 +305,23 @@ async def test_timeout_is_unavailable(fake: tuple[FakeAri, AriClient]) -> None:
     assert excinfo.value.status == 0
 
 
+async def test_a_request_its_caller_cancels_is_cancelled_not_unavailable(
+    fake: tuple[FakeAri, AriClient],
+) -> None:
+    ari, client = fake
+    release = ari.hold("GET", "/ari/channels", [])
+    task = asyncio.create_task(client.list_channels())
+    for _ in range(100):
+        if ari.requests:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.pending == 0 and client._deadlines._due == {}
+    release.set()
+
+
 async def test_pending_counts_requests_until_answered_or_failed(fake: tuple[FakeAri, AriClient]) -> None:
     ari, client = fake
     client._request_timeout = 0.5
@@ -480,3 +502,90 @@ def test_operation_table_is_self_consistent() -> None:
         assert set(op.body_params) <= set(op.all_params), name
         assert not set(op.required) & set(op.optional), name
     assert "format" in OPERATIONS["record_bridge"].required
+
+
+# -- the request target, against the builder it replaced ------------------------------------------
+
+
+def _target_before(
+    base_url: str, op_name: str, path_params: Any, params: Any, body: Any
+) -> tuple[str, str, Any]:
+    """The request builder as it was (commit 939e082), through yarl: the reference the faster one must
+    match, error for error and byte for byte."""
+    op = OPERATIONS[op_name]
+    for name in op.path_params:
+        if path_params.get(name) in (None, ""):
+            raise ValueError(f"ARI {op_name}: missing path parameter {name}")
+    present = {k for k, v in params.items() if v is not None}
+    present |= {k for k, v in (body or {}).items() if v is not None}
+    for name in op.required:
+        if name not in present:
+            raise ValueError(f"ARI {op_name}: missing required parameter {name}")
+    for name in params:
+        if name not in op.all_params or name in op.body_params:
+            raise ValueError(f"ARI {op_name}: unknown query parameter {name}")
+    for name in body or {}:
+        if name not in op.body_params:
+            raise ValueError(f"ARI {op_name}: unknown body parameter {name}")
+    path = op.path
+    for name in op.path_params:
+        path = path.replace("{" + name + "}", quote(str(path_params[name]), safe=""))
+    query = "&".join(
+        f"{quote(k, safe='')}={quote(_encode_value(v), safe='')}" for k, v in params.items() if v is not None
+    )
+    url = URL(base_url + path + (f"?{query}" if query else ""), encoded=True)
+    json_body = {k: v for k, v in body.items() if v is not None} if body else None
+    if op.body_whole and json_body:
+        [json_body] = json_body.values()
+    return op.method, url.raw_path_qs, json_body or None
+
+
+# Any text, surrogates included (quote cannot encode them: both builders must fail alike), and the
+# characters that matter in a target: "/", "+", "%", "?", "#", "&", "=", spaces, dots.
+_hostile_text = st.one_of(
+    st.text(st.characters(blacklist_categories=())),
+    st.text(st.sampled_from("/+%?#&=. ~-_aZ09{}é\u202e"), max_size=12),
+    st.sampled_from(["", ".", "..", "+4930123456789", "PJSIP/+49301@carrier", "c1"]),
+)
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(), _hostile_text)
+_value = st.one_of(_scalar, st.lists(_scalar, max_size=3), st.tuples(_scalar, _scalar))
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    op_name = draw(st.sampled_from(sorted(OPERATIONS)))
+    op = OPERATIONS[op_name]
+    names = st.one_of(st.sampled_from(op.all_params or ("none",)), _hostile_text)
+    path_params = {n: draw(_value) for n in op.path_params if draw(st.integers(0, 9))}
+    params = draw(st.dictionaries(names, _value, max_size=4))
+    body = draw(st.none() | st.dictionaries(names, st.none() | st.dictionaries(_hostile_text, _scalar)))
+    base = draw(
+        st.sampled_from(["http://127.0.0.1:8088/ari", "http://asterisk:8088", "https://h/a%20b/ari/"])
+    )
+    return base, op_name, path_params, params, body
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_requests())
+def test_the_request_target_is_the_one_the_yarl_builder_made(
+    request: tuple[str, str, dict[str, Any], dict[str, Any], dict[str, Any] | None],
+) -> None:
+    base, op_name, path_params, params, body = request
+    client = AriClient.__new__(AriClient)  # only what _prepare reads: no session, no transport
+    client._base_url = base.rstrip("/")
+    client._base_path = URL(client._base_url, encoded=True).raw_path.rstrip("/")
+    try:
+        expected: Any = _target_before(client._base_url, op_name, path_params, params, body)
+    except ValueError as exc:  # UnicodeEncodeError included
+        expected = (type(exc), str(exc))
+    try:
+        op, target, json_body = client._prepare(op_name, path_params, params, body)
+        got: Any = (op.method, client._base_path + target, json_body)
+    except ValueError as exc:
+        got = (type(exc), str(exc))
+    assert got == expected
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",))) | st.text(st.characters(max_codepoint=127)))
+def test_quoting_is_urllibs(text: str) -> None:
+    assert _quoted(text) == quote(text, safe="")

@@ -415,3 +415,14 @@ def test_with_one_node_the_config_and_rows_need_no_node_name() -> None:
     config = make_config()
     assert config.nodes == (config.ari,) and config.ari.node == "127.0.0.1:8088"
     assert AriConfig("http://u:p@pbx:8088/ari", "u", "p").node == "pbx:8088"
+
+
+def test_a_node_named_is_its_client_and_an_unknown_one_the_current_nodes() -> None:
+    seen: list[tuple[str, str]] = []
+    first, second = _Recorder("pbx1", seen), _Recorder("pbx2", seen)
+    clients = NodeClients({"pbx1": first, "pbx2": second})
+    assert clients.client("pbx2") is second and clients.client() is first
+    assert clients.client("gone") is first
+    with on_node("pbx2"):
+        assert clients.client() is second and clients.client("gone") is second
+        assert clients.client("pbx1") is first
