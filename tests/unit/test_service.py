@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from bridged.orders import LookupFailed, Order, is_valid_code, may_call
 from bridged.outcomes import Outcome, Refusal, refusal_prompt
 from bridged.redact import digits
 from bridged.service import CallService, NotStarted, Refused, shed_share
+from bridged.store.attempts import NewAttempt
 from bridged.store.base import DatabaseUnavailable
 from tests.unit.fakes import (
     NUMBER_TAIL,
@@ -257,7 +259,7 @@ async def test_a_manager_past_a_budget_is_refused_whatever_the_lookup_found(env:
     row of a placed call), the refusal is rate_limited as before."""
     for _ in range(60):
         await env.store.attempts.record(
-            manager_id="anna", outcome="accepted", order_id="123", keyed=Keyed(3, "d")
+            NewAttempt("anna", "accepted", "123", Keyed(3, "d"), datetime.now(UTC))
         )
     result = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(result, Refused) and result.reason is Refusal.RATE_LIMITED
