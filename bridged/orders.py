@@ -107,7 +107,7 @@ class OrderDirectory:
     async def _fetchrow(self, query: str, argument: str) -> asyncpg.Record | None:
         try:
             async with asyncio.timeout(self._config.timeout):
-                pool = await self._get_pool()
+                pool = self._pool or await self._get_pool()  # the lock only until it exists
                 row: asyncpg.Record | None = await pool.fetchrow(query, argument)
                 return row
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
