@@ -154,10 +154,10 @@ async def walk() -> ReadingOrder:
     config = replace(config, agi=AgiConfig(host="127.0.0.1", port=0))
     ended = asyncio.Event()
     ari = FakeAri()
-    store = Store(_Pool(ended))
+    store = Store(_Pool(ended))  # type: ignore[arg-type]
     directory = OrderDirectory(config.orders)
     order = {"phone": NUMBER, "customer_name": "Ivan Petrov", "manager_id": "anna"}
-    directory._pool = _Pool(ended, order)
+    directory._pool = _Pool(ended, order)  # type: ignore[assignment]
     holder = ConfigHolder(config)
     engine = CallEngine(holder, ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
     service = CallService(holder, store, directory, engine, accepting_calls=lambda: True)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from . import limits, metrics
 from .config import ConfigHolder, Manager
 from .outcomes import Refusal
 from .store import Store
+from .store.attempts import NewAttempt
 from .store.base import DatabaseUnavailable
 from .store.deferred import DeferredWrites
 
@@ -100,14 +101,26 @@ class Budgets:
             self.alert("abuse.suspected", refused.call_id or f"manager:{manager.id}", data)
         return replace(refused, retry_after=exceeded.retry_after)
 
+    def attempt(self, manager: Manager, code: str, outcome: str) -> NewAttempt:
+        """The attempt as the budgets count it, now: never the code itself unless it named a known
+        order."""
+        return NewAttempt(
+            manager_id=manager.id,
+            outcome=outcome,
+            order_id=code if outcome in limits.KNOWN_ORDER else None,
+            keyed=limits.code_shape(code, self.config.current.orders.code_pattern),
+            at=datetime.now(UTC),
+        )
+
     async def attempted(self, manager: Manager, code: str, outcome: str, *, try_now: bool = True) -> None:
-        """The attempt as the budgets count it: never the code itself unless it named a known order."""
-        keyed = limits.code_shape(code, self.config.current.orders.code_pattern)
-        order_id = code if outcome in limits.KNOWN_ORDER else None
-        await self.deferred.write_stamped(
-            f"attempt of {manager.id} ({outcome})",
-            lambda at: self.store.attempts.record(
-                manager_id=manager.id, outcome=outcome, order_id=order_id, keyed=keyed, at=at
-            ),
+        """The attempt recorded now, or kept for later if bridged's database is away."""
+        await self.keep(self.attempt(manager, code, outcome), try_now=try_now)
+
+    async def keep(self, attempt: NewAttempt, *, try_now: bool = True) -> None:
+        """:meth:`attempted` of an attempt made earlier (``try_now`` False: the database was found away a
+        moment ago; kept without waiting on it again)."""
+        await self.deferred.write(
+            f"attempt of {attempt.manager_id} ({attempt.outcome})",
+            lambda: self.store.attempts.record(attempt),
             try_now=try_now,
         )

@@ -46,6 +46,7 @@ from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
 from .outcomes import Alert, NotStarted, Outcome, Refusal, Refused
 from .redact import redact
 from .store import Store
+from .store.attempts import NewAttempt
 from .store.base import OUTAGES, DatabaseUnavailable
 from .store.deferred import DeferredWrites
 from .tasks import Tasks
@@ -101,7 +102,7 @@ class CallService:
         engine.decide_inbound = self.take_inbound
         # Called with canary.called and abuse.suspected (the webhooks).
         self.alerts: list[Alert] = []
-        # Writes off a call's path (an accepted attempt's record, a canary touch's audit row).
+        # Writes off a call's path (a canary touch's audit row).
         self._background = Tasks()
 
     async def close(self) -> None:
@@ -300,6 +301,8 @@ class CallService:
         canary = self.canaries.of_order(found, config.orders, config.inbound.secret)
         call_id = new_call_id()
         phone = direction == "phone"
+        # Recorded with the call's row, in its statement.
+        accepted = self.budgets.attempt(manager, code, limits.ACCEPTED)
         insert = functools.partial(
             self.store.calls.insert_audited,
             call_id=call_id,
@@ -321,6 +324,7 @@ class CallService:
             },
             created_by=created_by,
             node=nodes[0],
+            attempt=accepted,
         )
         if not phone and not await self._row(insert, manager, code):
             return await refuse(Refusal.DATABASE_UNAVAILABLE)
@@ -347,10 +351,9 @@ class CallService:
                 await asyncio.wait([pending.early.originating], timeout=EARLY_ANSWER_WAIT)
             # Written off the setup's critical path, after the originate went out; the call goes on in
             # Stasis once it is written (bridged.calls.steps.ring_customer).
-            pending.row_being_written(asyncio.ensure_future(self._phone_row(insert, refuse, manager, code)))
-        self._background.spawn(
-            self.budgets.attempted(manager, code, limits.ACCEPTED), name=f"attempt-{call_id}"
-        )
+            pending.row_being_written(
+                asyncio.ensure_future(self._phone_row(insert, refuse, manager, code, accepted))
+            )
         if canary is not None:
             self._background.spawn(
                 canary_touched(
@@ -383,11 +386,16 @@ class CallService:
         refuse: Callable[[Refusal], Awaitable[Refused]],
         manager: Manager,
         code: str,
+        accepted: NewAttempt,
     ) -> bool:
         """A phone call's row, written in the background; not taken: the refusal's row (the call in
-        Stasis then plays the manager prompts.unavailable and never dials the customer)."""
+        Stasis then plays the manager prompts.unavailable and never dials the customer).
+
+        The accepted attempt went with the row: kept for later, as it was when it had a write of its own
+        (a phone's call counts as accepted, then as refused: the budgets saw both before)."""
         if await self._row(insert, manager, code):
             return True
+        await self.budgets.keep(accepted, try_now=False)
         await refuse(Refusal.DATABASE_UNAVAILABLE)
         return False
 

@@ -182,7 +182,8 @@ class Legs:
         """The trunk put a carrier's identity (the customer's number) on the customer leg: the label goes
         back in, so that Asterisk does not write the number into the leg's CDR."""
         call.customer_caller_id_dirty = False
-        log.info("call %s: the trunk changed the customer leg's caller id; the label is put back", call.id)
+        # Debug: a trunk that sends the customer's identity (P-Asserted-Identity) does so on every call.
+        log.debug("call %s: the trunk changed the customer leg's caller id; the label is put back", call.id)
         await self.label_customer_leg(call)
 
     async def label_customer_leg(self, call: Call) -> None:

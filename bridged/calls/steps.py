@@ -238,7 +238,7 @@ class Steps(InboundSteps):
             return
         if not call.started.done():
             call.started.set_result(None)
-        log.info("call %s: manager leg %s originated", call.id, call.manager_channel_id)
+        log.debug("call %s: manager leg %s originated", call.id, call.manager_channel_id)
 
     async def _originate_manager(self, call: Call) -> None:
         """The manager's leg, on the call's node; where Asterisk cannot build it (500 "Allocation failed":
@@ -334,7 +334,8 @@ class Steps(InboundSteps):
         metrics.CALLS_BRIDGED.inc()
         not_recorded = await self.recordings.start(call)
         await self.rows.bridged(call)
-        log.info("call %s bridged (recording %s)", call.id, call.recording_name or "off")
+        # Debug: the end's line names the recording; two info lines per call, at its decision and its end.
+        log.debug("call %s bridged (recording %s)", call.id, call.recording_name or "off")
         if not_recorded is not None:
             await self.recordings.set_state(
                 call, RecordingState.FAILED, f"Asterisk did not start it: {not_recorded}"
@@ -424,7 +425,13 @@ class Steps(InboundSteps):
         if call.started is not None and not call.started.done():
             call.started.set_result(None)
         await self.rows.ended(call, outcome)
-        log.info("call %s ended: %s (by %s)", call.id, outcome, call.ended_by or "-")
+        log.info(
+            "call %s ended: %s (by %s, recording %s)",
+            call.id,
+            outcome,
+            call.ended_by or "-",
+            call.recording_name or "off",
+        )
 
     async def abort(self, call: Call) -> None:
         """A step failed: the call ends (failed, unless it had an outcome already), whatever its state."""

@@ -8,8 +8,7 @@ asyncpg raised.
 
 from __future__ import annotations
 
-import asyncpg
-
+from ..db import Pool
 from .attempts import ManagerAttempts
 from .audit import AuditTrail
 from .callers import StickyCallers
@@ -23,7 +22,7 @@ from .settings import Settings
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.calls = CallRows(pool)
         self.audit = AuditTrail(pool)

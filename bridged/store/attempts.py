@@ -29,6 +29,35 @@ class ProbingRow:
     last_at: datetime
 
 
+@dataclass(frozen=True)
+class NewAttempt:
+    """An attempt as it is recorded: alone (:meth:`ManagerAttempts.record`), or in the statement of the
+    accepted call's row (:meth:`bridged.store.calls.CallRows.insert_audited`)."""
+
+    manager_id: str
+    outcome: str
+    order_id: str | None
+    keyed: Keyed
+    # When it happened (a write retried later keeps it).
+    at: datetime
+
+    def args(self) -> tuple[object, ...]:
+        """The values of :func:`insert_attempt`'s parameters, in order."""
+        return (self.manager_id, self.at, self.outcome, self.order_id, self.keyed.length, self.keyed.shape)
+
+
+def insert_attempt(first: int) -> str:
+    """The INSERT of a :class:`NewAttempt`, its parameters numbered from ``$first``."""
+    values = ", ".join(f"${n}" for n in range(first, first + 6))
+    return (
+        "INSERT INTO manager_attempts (manager_id, at, outcome, order_id, code_length, code_shape)"
+        f" VALUES ({values})"
+    )
+
+
+_INSERT = insert_attempt(1)
+
+
 @unavailable_as_one_type
 class ManagerAttempts(Aggregate):
     async def window(self, manager_id: str, seconds: int) -> tuple[datetime, list[Attempt]]:
@@ -44,25 +73,8 @@ class ManagerAttempts(Aggregate):
         now: datetime = rows[0]["now"]
         return now, [Attempt(r["at"], r["outcome"], r["order_id"]) for r in rows if r["at"] is not None]
 
-    async def record(
-        self,
-        *,
-        manager_id: str,
-        outcome: str,
-        order_id: str | None,
-        keyed: Keyed,
-        at: datetime | None = None,
-    ) -> None:
-        await self.pool.execute(
-            "INSERT INTO manager_attempts (manager_id, at, outcome, order_id, code_length, code_shape)"
-            " VALUES ($1, coalesce($2, now()), $3, $4, $5, $6)",
-            manager_id,
-            at,
-            outcome,
-            order_id,
-            keyed.length,
-            keyed.shape,
-        )
+    async def record(self, attempt: NewAttempt) -> None:
+        await self.pool.execute(_INSERT, *attempt.args())
 
     async def alert_due(self, manager_id: str, budget: str, seconds: int) -> bool:
         """Whether an ``abuse.suspected`` for this manager and budget is due (none in the last ``seconds``);

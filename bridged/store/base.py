@@ -16,6 +16,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
+from ..db import Pool
+
 
 class Outages:
     """When bridged's own database was last found away, for what would act before it writes: a phone's
@@ -87,7 +89,7 @@ def unavailable_as_one_type(cls: type[T]) -> type[T]:
 
 
 class Aggregate:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .attempts import NewAttempt, insert_attempt
 from .base import Aggregate, Page, unavailable_as_one_type
 
 COLUMNS = (
@@ -23,6 +24,21 @@ COLUMNS = (
 _RECORDING_AVAILABLE = (
     "recording_name IS NOT NULL AND recording_purged_at IS NULL AND recording_state IS DISTINCT FROM 'failed'"
 )
+
+
+_CALL_ROW = (
+    "c AS (INSERT INTO calls"
+    " (id, order_id, manager_id, direction, state, manager_channel_id, ari_app, customer_channel_id,"
+    " created_by, caller_ref, node, canary)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11, $12, $13, $14) RETURNING id, order_id)"
+)
+_ACCEPTED_AUDIT = (
+    " INSERT INTO audit (actor, action, call_id, order_id, outcome, details)"
+    " SELECT $8, 'call.request', c.id, c.order_id, 'accepted', $9::jsonb FROM c"
+)
+_INSERT_AUDITED = f"WITH {_CALL_ROW}{_ACCEPTED_AUDIT}"
+# PostgreSQL runs a data-modifying WITH whether or not the main statement reads it.
+_INSERT_AUDITED_WITH_ATTEMPT = f"WITH {_CALL_ROW}, a AS ({insert_attempt(15)}){_ACCEPTED_AUDIT}"
 
 
 @dataclass(frozen=True)
@@ -96,15 +112,12 @@ class CallRows(Aggregate):
         caller_ref: str | None = None,
         node: str | None = None,
         canary: bool = False,
+        attempt: NewAttempt | None = None,
     ) -> None:
-        """The call row and its accepted ``call.request`` audit row, in one statement."""
+        """The call row and its accepted ``call.request`` audit row, in one statement; with ``attempt``,
+        the manager's attempt as the budgets count it too (one round trip less per call, issue 19)."""
         await self.pool.execute(
-            "WITH c AS (INSERT INTO calls"
-            " (id, order_id, manager_id, direction, state, manager_channel_id, ari_app, customer_channel_id,"
-            " created_by, caller_ref, node, canary)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11, $12, $13, $14) RETURNING id, order_id)"
-            " INSERT INTO audit (actor, action, call_id, order_id, outcome, details)"
-            " SELECT $8, 'call.request', c.id, c.order_id, 'accepted', $9::jsonb FROM c",
+            _INSERT_AUDITED if attempt is None else _INSERT_AUDITED_WITH_ATTEMPT,
             call_id,
             order_id,
             manager_id,
@@ -119,6 +132,7 @@ class CallRows(Aggregate):
             caller_ref,
             node,
             canary,
+            *(() if attempt is None else attempt.args()),
         )
 
     async def insert_refused(

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from bridged.limits import Keyed
 from bridged.store import Store
+from bridged.store.attempts import NewAttempt
 from tests.unit.fakes import FakeStore
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -78,6 +80,24 @@ async def test_an_accepted_call_has_its_row_and_one_accepted_audit_row(
         }
     ]
     assert await calls_store.calls.get("nope") is None
+
+
+async def test_an_accepted_calls_attempt_is_recorded_with_its_row(calls_store: Store | FakeStore) -> None:
+    """The budgets' record of an accepted attempt goes in the row's statement (issue 19): it is in the
+    manager's window as a record of its own was, with the time it was made; a row without one (an
+    inbound call) records none."""
+    at = datetime.now(UTC) - timedelta(seconds=5)
+    attempt = NewAttempt("anna", "accepted", "123", Keyed(3, "well_formed"), at)
+    await _accept(calls_store, attempt=attempt)
+    await _accept(calls_store, "c2")
+    _, window = await calls_store.attempts.window("anna", 60)
+    assert [(a.at, a.outcome, a.order_id) for a in window] == [(at, "accepted", "123")]
+    if isinstance(calls_store, Store):
+        rows = await calls_store.pool.fetch(
+            "SELECT manager_id, code_length, code_shape FROM manager_attempts"
+        )
+        assert [tuple(r) for r in rows] == [("anna", 3, "well_formed")]
+    assert await calls_store.calls.get("c1") is not None and len(await audits(calls_store)) == 2
 
 
 async def test_an_ended_row_is_never_revived_and_its_end_is_audited_once(

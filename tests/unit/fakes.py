@@ -27,9 +27,10 @@ from bridged.ari.nodes import current_node
 from bridged.config import Config, Manager
 from bridged.configfile import parse_config
 from bridged.labels import Label, Labeller
-from bridged.limits import Attempt, Keyed
+from bridged.limits import Attempt
 from bridged.orders import Order
 from bridged.redact import PhoneNumber, RedactingFilter, digits
+from bridged.store.attempts import NewAttempt
 from bridged.store.base import DatabaseUnavailable
 from bridged.store.callers import Sticky
 from bridged.store.calls import CallRow
@@ -604,6 +605,7 @@ class FakeCallRows:
         caller_ref: str | None = None,
         node: str | None = None,
         canary: bool = False,
+        attempt: NewAttempt | None = None,
     ) -> None:
         assert call_id not in self._rows, "duplicate call id"
         self._store.add_row(
@@ -628,6 +630,8 @@ class FakeCallRows:
             order_id=order_id,
             details=details,
         )
+        if attempt is not None:  # in the row's statement: written with it, or not at all
+            await self._store.attempts.record(attempt)
 
     async def insert_refused(
         self,
@@ -847,23 +851,15 @@ class FakeManagerAttempts:
             if r["manager_id"] == manager_id and r["at"] > since
         ]
 
-    async def record(
-        self,
-        *,
-        manager_id: str,
-        outcome: str,
-        order_id: str | None,
-        keyed: Keyed,
-        at: datetime | None = None,
-    ) -> None:
+    async def record(self, attempt: NewAttempt) -> None:
         self.rows.append(
             {
-                "manager_id": manager_id,
-                "outcome": outcome,
-                "order_id": order_id,
-                "code_length": keyed.length,
-                "code_shape": keyed.shape,
-                "at": at or datetime.now(UTC),
+                "manager_id": attempt.manager_id,
+                "outcome": attempt.outcome,
+                "order_id": attempt.order_id,
+                "code_length": attempt.keyed.length,
+                "code_shape": attempt.keyed.shape,
+                "at": attempt.at,
             }
         )
 

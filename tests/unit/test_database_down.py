@@ -308,3 +308,34 @@ async def test_close_gives_kept_rows_a_last_try() -> None:
     assert [r["outcome"] for r in env.store.rows.values()] == ["unknown_order"]
     await asyncio.sleep(0)
     await env.engine.shutdown()
+
+
+async def test_the_attempts_of_a_phone_call_whose_row_was_not_taken_are_written_later() -> None:
+    """The budgets' record of the accepted attempt goes with the call's row (issue 19): a row the database
+    did not take leaves it kept for later, with the refusal's own, as when it was a write of its own."""
+    env = _down_env()
+    env.store.down = True
+    before = datetime.now(UTC)
+    pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
+    assert isinstance(pending, PendingCall)
+    env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
+    await wait_until(lambda: env.engine.ari.named("play"), what="the manager's prompt")
+    env.store.down = False
+    await wait_until(lambda: len(env.store.attempts.rows) == 2, what="the kept attempts")
+    rows = env.store.attempts.rows
+    assert sorted((r["outcome"], r["order_id"] or "") for r in rows) == [
+        ("accepted", "123"),
+        ("database_unavailable", ""),
+    ]
+    assert all(before <= r["at"] <= datetime.now(UTC) for r in rows)
+    await env.engine.shutdown()
+
+
+async def test_an_accepted_phone_call_records_one_attempt() -> None:
+    env = _down_env()
+    pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
+    assert isinstance(pending, PendingCall)
+    await wait_until(lambda: env.store.rows, what="the call's row")
+    await asyncio.sleep(0.05)
+    assert [(r["outcome"], r["order_id"]) for r in env.store.attempts.rows] == [("accepted", "123")]
+    await env.engine.shutdown()
