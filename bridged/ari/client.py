@@ -18,14 +18,14 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
 
 from .deadlines import Deadlines
 from .errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
-from .operations import OPERATIONS, Operation
+from .operations import Operation
+from .targets import PLANS, encode_value
 from .transport import HttpTransport
 
 __all__ = ["AriAccess", "AriClient", "basic_auth_header"]
@@ -60,90 +60,6 @@ class AriAccess:
         return {"Authorization": basic_auth_header(self.username, self.password)}
 
 
-def _encode_value(value: Any) -> str:
-    # ARI parses booleans only as lowercase words and allowMultiple parameters as comma-joined lists.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return ",".join(_encode_value(v) for v in value)
-    return str(value)
-
-
-_PATH_PARAM = re.compile(r"\{(\w+)\}")
-# What urllib's quote(safe="") leaves as it is: an id or word made of these needs no quoting (most do).
-_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
-# quote(safe="") for one ASCII character, as a str.translate table: a whole text in one C call, where
-# quote works byte by byte in Python.
-_QUOTE_ASCII = {c: chr(c) if _UNRESERVED.fullmatch(chr(c)) else f"%{c:02X}" for c in range(128)}
-
-
-def _quoted(text: str) -> str:
-    """``quote(text, safe="")``: everything but the unreserved characters percent-encoded, "/" and "+"
-    included (an id stays one path segment; "+" in a dial string reaches Asterisk as %2B, not a space)."""
-    if _UNRESERVED.fullmatch(text):
-        return text
-    return text.translate(_QUOTE_ASCII) if text.isascii() else quote(text, safe="")
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What one operation's requests share, worked out once: the path template's pieces, the names it
-    accepts, their encoded forms. Every request of a call goes through :meth:`target`."""
-
-    name: str
-    op: Operation
-    # The path template split around its parameters: literal, name, literal, ... literal.
-    pieces: tuple[str, ...]
-    # Each query parameter's name as it is sent, with its "=".
-    query_names: dict[str, str]
-    body_names: frozenset[str]
-
-    @classmethod
-    def of(cls, name: str, op: Operation) -> _Plan:
-        query = {p: quote(p, safe="") + "=" for p in op.all_params if p not in op.body_params}
-        return cls(name, op, tuple(_PATH_PARAM.split(op.path)), query, frozenset(op.body_params))
-
-    def target(
-        self, path_params: Mapping[str, Any], params: Mapping[str, Any], body: Mapping[str, Any] | None
-    ) -> str:
-        op, name, pieces = self.op, self.name, self.pieces
-        for i in range(1, len(pieces), 2):
-            if path_params.get(pieces[i]) in (None, ""):
-                raise ValueError(f"ARI {name}: missing path parameter {pieces[i]}")
-        for required in op.required:
-            if params.get(required) is None and (not body or body.get(required) is None):
-                raise ValueError(f"ARI {name}: missing required parameter {required}")
-        # A misspelt name would be silently ignored by Asterisk; fail loudly instead.
-        query_names = self.query_names
-        for key in params:
-            if key not in query_names:
-                raise ValueError(f"ARI {name}: unknown query parameter {key}")
-        for key in body or ():
-            if key not in self.body_names:
-                raise ValueError(f"ARI {name}: unknown body parameter {key}")
-        path = pieces[0]
-        for i in range(1, len(pieces), 2):
-            value = path_params[pieces[i]]
-            # Quote everything, "/" included: an id is one path segment.
-            path += _quoted(value if type(value) is str else str(value)) + pieces[i + 1]
-        # Encoded by hand so "+" in a dial string reaches Asterisk as %2B, never as a space.
-        query = "&".join(
-            query_names[k] + _quoted(v if type(v) is str else _encode_value(v))
-            for k, v in params.items()
-            if v is not None
-        )
-        return f"{path}?{query}" if query else path
-
-    def json_body(self, body: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        json_body = {k: v for k, v in body.items() if v is not None} if body else None
-        if self.op.body_whole and json_body:
-            [json_body] = json_body.values()
-        return json_body or None
-
-
-_PLANS = {name: _Plan.of(name, op) for name, op in OPERATIONS.items()}
-
-
 def _secret_values(path_params: Mapping[str, Any], params: Mapping[str, Any], body: Any) -> list[str]:
     """Every string we sent, to make sure none of them comes back in an error text."""
     found: list[str] = []
@@ -159,7 +75,7 @@ def _secret_values(path_params: Mapping[str, Any], params: Mapping[str, Any], bo
         if isinstance(value, list | tuple):
             for v in value:
                 walk(v)
-        text = _encode_value(value)
+        text = encode_value(value)
         # Very short values ("ulaw", "0") would match ordinary words; they cannot hold a number anyway.
         if len(text) >= 3:
             found.append(text)
@@ -292,7 +208,7 @@ class AriClient:
     ) -> tuple[Operation, str, dict[str, Any] | None]:
         """The operation, the request's path and query below the base URL (``/channels/c1/answer``), and
         its JSON body. Raises ValueError, naming no value, for what Asterisk would silently ignore."""
-        plan = _PLANS[op_name]
+        plan = PLANS[op_name]
         return plan.op, plan.target(path_params, params, body), plan.json_body(body)
 
     @staticmethod

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 __all__ = ["OPERATIONS", "Operation"]
 
-_PATH_PARAM = re.compile(r"\{(\w+)\}")
+# A path template's parameters: "/channels/{channelId}/answer".
+PATH_PARAM = re.compile(r"\{(\w+)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,7 @@ class Operation:
 
     @property
     def path_params(self) -> tuple[str, ...]:
-        return tuple(_PATH_PARAM.findall(self.path))
+        return tuple(PATH_PARAM.findall(self.path))
 
     @property
     def all_params(self) -> tuple[str, ...]:

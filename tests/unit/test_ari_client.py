@@ -32,7 +32,7 @@ from bridged.ari import (
     Operation,
     background_requests,
 )
-from bridged.ari.client import _encode_value, _quoted
+from bridged.ari.targets import encode_value, quoted
 
 NUMBER = "5557654321"
 ENDPOINT = f"PJSIP/+1{NUMBER}@carrier"
@@ -531,7 +531,7 @@ def _target_before(
     for name in op.path_params:
         path = path.replace("{" + name + "}", quote(str(path_params[name]), safe=""))
     query = "&".join(
-        f"{quote(k, safe='')}={quote(_encode_value(v), safe='')}" for k, v in params.items() if v is not None
+        f"{quote(k, safe='')}={quote(encode_value(v), safe='')}" for k, v in params.items() if v is not None
     )
     url = URL(base_url + path + (f"?{query}" if query else ""), encoded=True)
     json_body = {k: v for k, v in body.items() if v is not None} if body else None
@@ -588,4 +588,4 @@ def test_the_request_target_is_the_one_the_yarl_builder_made(
 
 @given(st.text(st.characters(blacklist_categories=("Cs",))) | st.text(st.characters(max_codepoint=127)))
 def test_quoting_is_urllibs(text: str) -> None:
-    assert _quoted(text) == quote(text, safe="")
+    assert quoted(text) == quote(text, safe="")
