@@ -87,6 +87,12 @@ def parse_trace(text: str) -> list[SipMessage]:
     return out
 
 
+# Every SIPp started and not yet seen to exit: a test that fails between starting one and waiting for it
+# leaves it running on its fixed port, where the next test's SIPp cannot bind (tests/e2e/conftest.py
+# stops what a test left behind).
+STARTED: list[Sipp] = []
+
+
 class Sipp:
     """One foreground SIPp process; ``wait()`` returns its exit code (0 = every call succeeded)."""
 
@@ -191,7 +197,10 @@ class Sipp:
             start_new_session=True,
         )
         out.close()
-        return cls(name, argv, trace_dir, proc)
+        sipp = cls(name, argv, trace_dir, proc)
+        STARTED[:] = [s for s in STARTED if s.proc.poll() is None]
+        STARTED.append(sipp)
+        return sipp
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for SIPp to exit and return its exit code (0 = all calls succeeded, 1 = some failed...)."""

@@ -19,6 +19,7 @@ import pytest
 
 from rig import Asterisk, Postgres, ensure_asterisk_root
 from rig.asterisk import manager_endpoint_conf
+from rig.sipp import STARTED
 
 from ..netns import ensure_loopback
 from .harness import Bridged, ManagerPhone, setup_shop
@@ -111,6 +112,16 @@ def asterisk_b(asterisk_root: Path) -> Iterator[Asterisk]:
     sessions that ask for it; same carrier (127.0.0.2, identified by address) and ARI user as node 1."""
     ensure_loopback(NODE_B_IP)
     yield from _run_node(Asterisk(asterisk_root, node=2, address=NODE_B_IP), "asterisk-b")
+
+
+@pytest.fixture(autouse=True)
+def _no_sipp_left_running() -> Iterator[None]:
+    """Stop the SIPp processes a test started and left running (it failed before waiting for them), so
+    that the next test's phones and carrier can bind their ports; those started before the test stay."""
+    before = {id(sipp) for sipp in STARTED}
+    yield
+    for sipp in [s for s in STARTED if id(s) not in before]:
+        sipp.stop()
 
 
 @pytest.fixture
