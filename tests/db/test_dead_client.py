@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -19,15 +18,22 @@ from bridged import db
 ROOT = Path(__file__).resolve().parents[2]
 APP_NAME = "dead-client"
 
-# A client that opens a pool as bridged opens its own (check_client as given), then inserts into t and
-# waits for the statement's end; it is SIGKILLed while the insert waits on the test's lock.
+# A client that opens a pool as bridged opens its own (check_client as given) and inserts into t as a
+# call's row is inserted: a statement with parameters, on a connection that ran it before (asyncpg's
+# prepared statement: Bind, Execute and Sync go at once, so the implicit transaction commits as soon as
+# the statement ends, whether the client is still there or not). It is SIGKILLed while that insert waits
+# on the test's lock. (An insert not yet prepared would wait in its Parse, and its client, dead, never
+# sends the rest: no row. Only a statement already sent whole is the race.)
 _CLIENT = """
 import asyncio, sys
 from bridged import db
 
 async def main() -> None:
     pool = await db.create_pool(sys.argv[1], min_size=1, max_size=2, check_client=sys.argv[2] == "on")
-    await pool.execute("INSERT INTO t VALUES (1)")
+    await pool.execute("INSERT INTO t VALUES ($1)", 0)
+    print("prepared", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await pool.execute("INSERT INTO t VALUES ($1)", 1)
 
 asyncio.run(main())
 """
@@ -56,20 +62,28 @@ async def test_a_dead_clients_insert_waiting_on_a_lock_never_commits(dsn: str, c
     locker, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
     try:
         await locker.execute("CREATE TABLE t (id int PRIMARY KEY)")
-        lock = locker.transaction()
-        await lock.start()
-        await locker.execute("LOCK TABLE t IN EXCLUSIVE MODE")
         client = await asyncio.create_subprocess_exec(
             *(sys.executable, "-c", _CLIENT, f"{dsn}?application_name={APP_NAME}"),
             "on" if check_client else "off",
             env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
+        assert client.stdin is not None and client.stdout is not None
         try:
+            assert await asyncio.wait_for(client.stdout.readline(), 15) == b"prepared\n"
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute("LOCK TABLE t IN EXCLUSIVE MODE")
+            client.stdin.write(b"insert\n")
+            await client.stdin.drain()
             await _until(
-                watcher, "wait_event_type = 'Lock' AND query LIKE 'INSERT INTO t%'", "the insert waiting"
+                watcher,
+                "wait_event_type = 'Lock' AND query = 'INSERT INTO t VALUES ($1)'",
+                "the insert waiting",
             )
         finally:
-            client.send_signal(signal.SIGKILL)
+            client.kill()
             await asyncio.wait_for(client.wait(), 10)
         if check_client:
             # Ended by PostgreSQL itself, the lock still held: its insert can no longer commit.
@@ -79,7 +93,7 @@ async def test_a_dead_clients_insert_waiting_on_a_lock_never_commits(dsn: str, c
             # Nothing told the backend: the insert goes on once the lock goes, and commits.
             await _until(watcher, None, "the dead client's backend ended", present=False)
         rows = await locker.fetch("SELECT id FROM t")
-        assert rows == ([] if check_client else [(1,)])
+        assert rows == ([(0,)] if check_client else [(0,), (1,)])
     finally:
         await locker.close()
         await watcher.close()
