@@ -124,6 +124,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             config.database.dsn,
             min_size=config.database.min_connections,
             max_size=config.database.max_connections,
+            check_client=True,
         )
     except Exception as exc:
         raise _database_error(exc, config.database.dsn) from None

@@ -81,8 +81,9 @@ async def release_as_is(conn: asyncpg.Connection) -> None:
     asyncpg's default reset sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET
     ALL`` on every release: one more round trip for every statement run through the pool, half the
     round trips a call made to PostgreSQL before this (see bench/RESULTS.md). bridged never leaves
-    session state behind on a pooled connection: no ``SET``, ``LISTEN`` or cursors, and the one
-    advisory lock (the migration's) is released in a ``finally`` on the same connection.
+    session state behind on a pooled connection: no ``LISTEN`` or cursors, the one advisory lock (the
+    migration's) is released in a ``finally`` on the same connection, and the one ``SET`` (``CheckClient``,
+    made as the connection opens) is meant to last as long as the connection, which ``RESET ALL`` would undo.
     """
 
 
@@ -163,9 +164,66 @@ def _open(conn: asyncpg.Connection) -> bool:
 _EXECUTE, _FETCH, _FETCHROW, _FETCHVAL = "execute", "fetch", "fetchrow", "fetchval"
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int, connect_timeout: float = 10.0) -> Pool:
+# How often a backend running one of bridged's statements looks whether bridged is still there. A check
+# is a poll of the socket, made only while a statement runs (nothing on an idle connection, nothing added to
+# a call's statements), so it may be frequent; a second bounds how long a dead daemon's statement can still
+# commit: systemd starts the successor 2 s after the death (RestartSec), and its start-up reconcile comes
+# later still.
+CLIENT_CHECK_INTERVAL = "1s"
+
+
+class CheckClient:
+    """Pool ``init`` for bridged's own database: set ``client_connection_check_interval`` on each new
+    connection.
+
+    A backend learns that its client died only when it next reads from the socket, after its statement.
+    A statement of a daemon that was SIGKILLed (a call's insert waiting on a lock) would otherwise go on
+    and commit after the death: a row the successor's start-up reconcile did not see, left open, or one
+    for a call the successor hung up as a stray. With the check the backend aborts the statement, lock
+    waits included (checked on PostgreSQL 15), within ``CLIENT_CHECK_INTERVAL`` of the death.
+
+    The setting exists from PostgreSQL 14 on, and only where the server's platform can poll for a closed
+    socket (Linux); elsewhere it is refused. Not in the startup packet: a PostgreSQL 13 refuses a
+    connection that names a parameter it does not know. So it is a ``SET`` once per connection, skipped on
+    an older server; either way without it the daemon runs as before, the race open, said once at info.
+    """
+
+    def __init__(self) -> None:
+        self._said_unsupported = False
+
+    async def __call__(self, conn: asyncpg.Connection) -> None:
+        version = conn.get_server_version()
+        if version.major < 14:
+            self._unsupported(f"PostgreSQL {version.major} has no client_connection_check_interval")
+            return
+        try:
+            await conn.execute(f"SET client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'")
+        except asyncpg.PostgresError as exc:
+            # E.g. "client_connection_check_interval must be set to 0 on this platform".
+            self._unsupported(f"the server refused client_connection_check_interval: {exc}")
+
+    def _unsupported(self, reason: str) -> None:
+        if not self._said_unsupported:
+            self._said_unsupported = True
+            log.info(
+                "%s; a statement of a daemon that died may still commit after its death (needs 14+ on Linux)",
+                reason,
+            )
+
+
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, connect_timeout: float = 10.0, check_client: bool = False
+) -> Pool:
+    """asyncpg's pool wrapped in ``Pool``. ``check_client`` (bridged's own database): each connection
+    gets ``CheckClient``; the shop's database, read with single SELECTs that a dead daemon leaves nothing
+    behind by, is left as it is."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout, reset=release_as_is
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=connect_timeout,
+        reset=release_as_is,
+        init=CheckClient() if check_client else None,
     )
     return Pool(pool, keep=min(KEPT_CONNECTIONS, max_size - 1))
 

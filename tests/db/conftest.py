@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -29,14 +29,22 @@ def cluster(request: pytest.FixtureRequest) -> Postgres:
 
 
 @pytest.fixture
-async def store(cluster: Postgres) -> AsyncIterator[Store]:
-    """A Store on a database of its own, migrated to the current schema."""
+def dsn(cluster: Postgres) -> Iterator[str]:
+    """The DSN of an empty database of its own."""
     name = f"bridged_db_{os.getpid()}_{next(_databases)}"
     cluster.create_database(name)
-    pool = await db.create_pool(cluster.dsn(name), min_size=1, max_size=4)
+    try:
+        yield cluster.dsn(name)
+    finally:
+        cluster.drop_database(name)
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[Store]:
+    """A Store on a database of its own, migrated to the current schema."""
+    pool = await db.create_pool(dsn, min_size=1, max_size=4, check_client=True)
     try:
         await db.migrate(pool)
         yield Store(pool)
     finally:
         await pool.close()
-        cluster.drop_database(name)

@@ -5,25 +5,10 @@ transaction beside kept connections, the pool's close)."""
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
 
 import pytest
 
 from bridged import db
-from rig import Postgres
-
-_databases = iter(range(1, 1000))
-
-
-@pytest.fixture
-async def dsn(cluster: Postgres) -> AsyncIterator[str]:
-    name = f"bridged_pool_{os.getpid()}_{next(_databases)}"
-    cluster.create_database(name)
-    try:
-        yield cluster.dsn(name)
-    finally:
-        cluster.drop_database(name)
 
 
 async def test_a_kept_connection_whose_backend_was_terminated_is_replaced(dsn: str) -> None:

@@ -396,23 +396,40 @@ def test_daemon_killed_while_bridged_call_goes_on_and_row_is_finalized(
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
 
 
+# Any fixed 64-bit number: the advisory lock that holds back calls' inserts.
+_INSERT_HOLD = 0x6531395F686F6C64
+
+
 def test_a_daemon_killed_before_its_calls_row_is_written_leaves_no_customer_ringing(
     make_bridged, trace_dir, rig_alloc
 ) -> None:
     """Issue 19: the customer is rung at the decision and the call's row is written after. The row's
-    insert is held back (the calls table locked), the customer's phone rings, and the daemon is SIGKILLed:
-    the leg, named after the call, is the trace. The restarted daemon finds the customer's leg and the
-    manager's channel in its application without a row and hangs both up, long before the trunk's ring
-    timeout; no row is left open."""
+    insert is held back in its execution, the customer's phone rings, and the daemon is SIGKILLed: the
+    leg, named after the call, is the trace. PostgreSQL ends the dead daemon's waiting insert (its
+    connections check their client), so the row never commits, not even once the lock goes. The restarted
+    daemon finds the customer's leg and the manager's channel in its application without a row and hangs
+    both up, long before the trunk's ring timeout; no row is left open.
+
+    Held in its execution, not at its parse: a trigger on calls waits for an advisory lock the test holds.
+    That is how a call's insert waits behind a lock on a connection that ran it before (asyncpg's prepared
+    statement: Bind, Execute and Sync sent at once, the row committed as soon as the wait ends, the daemon
+    there or not). This daemon's first insert, not yet prepared, would wait in its Parse behind a locked
+    table, and a dead client never sends the rest: no row, with or without the check."""
     daemon = make_bridged(("kira",), ring_timeout=90)
     kira = daemon.managers[0]
     order, number = new_order_id(), new_customer_number()
     add_order(daemon.postgres, order, number, "Vera Pavlova", kira.id)
     pg = daemon.postgres
-    # A session that holds the calls table against writes (reads go on) until it is terminated.
+    pg.execute(
+        BRIDGED_DB,
+        "CREATE FUNCTION e2e_held_insert() RETURNS trigger LANGUAGE plpgsql AS"
+        f" $$BEGIN PERFORM pg_advisory_xact_lock_shared({_INSERT_HOLD}); RETURN NEW; END$$;"
+        "CREATE TRIGGER e2e_held_insert BEFORE INSERT ON calls FOR EACH ROW EXECUTE FUNCTION e2e_held_insert()",
+    )
+    # A session that holds calls' inserts (through the trigger) until it is terminated.
     locker = subprocess.Popen(
         [str(pg.bin_dir / "psql"), "-X", "-q", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres"]
-        + ["-d", BRIDGED_DB, "-c", "BEGIN; LOCK TABLE calls IN EXCLUSIVE MODE; SELECT pg_sleep(120)"],
+        + ["-d", BRIDGED_DB, "-c", f"SELECT pg_advisory_lock({_INSERT_HOLD}); SELECT pg_sleep(120)"],
         env={**os.environ, "PGAPPNAME": "calls-locker"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -423,21 +440,39 @@ def test_a_daemon_killed_before_its_calls_row_is_written_leaves_no_customer_ring
             lambda: pg.execute(
                 "postgres",
                 "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-                " WHERE a.application_name = 'calls-locker' AND l.granted AND l.mode = 'ExclusiveLock'",
+                " WHERE a.application_name = 'calls-locker' AND l.granted AND l.locktype = 'advisory'",
             ),
             10,
-            "the calls table locked",
+            "the calls' inserts held",
         )
         phone = dial(kira, trace_dir, f"*77{order}", hold_ms=60000, timeout_s=120)
         wait_for(lambda: invites(customer.messages()), 10, "the customer's INVITE")
         assert daemon.call_rows(kira.id) == []  # rung before its row
+        wait_for(
+            lambda: pg.execute(
+                "postgres",
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%INSERT INTO calls%'",
+            ),
+            10,
+            "the call's insert waiting on the lock",
+        )
         daemon.stop(signal.SIGKILL)
         killed_at = time.monotonic()
-        # The dead daemon's insert, still waiting for the lock, is ended with its connection.
-        pg.execute(
-            "postgres",
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            f" WHERE datname = '{BRIDGED_DB}' AND application_name <> 'calls-locker' AND pid <> pg_backend_pid()",
+        # The dead daemon's insert, still waiting for the lock, is ended by PostgreSQL itself: its
+        # connections check their client (client_connection_check_interval), the lock still held.
+        # Without that the backend waits on and commits the row once the lock goes.
+        wait_for(
+            lambda: (
+                pg.execute(
+                    "postgres",
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                    f"'{BRIDGED_DB}' AND application_name <> 'calls-locker' AND pid <> pg_backend_pid()",
+                ).strip()
+                == "0"
+            ),
+            15,
+            "the dead daemon's backends ended",
         )
     finally:
         pg.execute(
@@ -445,6 +480,7 @@ def test_a_daemon_killed_before_its_calls_row_is_written_leaves_no_customer_ring
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'calls-locker'",
         )
         locker.wait(timeout=10)
+        pg.execute(BRIDGED_DB, "DROP TRIGGER e2e_held_insert ON calls; DROP FUNCTION e2e_held_insert()")
     daemon.start()
     assert customer.wait(timeout=30) == 0, customer.describe()  # CANCEL received, answered
     assert time.monotonic() - killed_at < 30  # the reconcile, not the trunk's 90 s ring timeout
