@@ -28,6 +28,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -105,6 +106,8 @@ class _Pool:
         return "OK"
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        if "now() AS now" in sql:  # the budgets' window: the database's now, no attempts in it
+            return [{"now": datetime.now(UTC), "at": None, "outcome": None, "order_id": None}]
         return []
 
     async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
