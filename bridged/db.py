@@ -6,6 +6,7 @@ Migrations are ``migrations/NNNN_name.sql``, applied in order, one transaction e
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -87,6 +88,15 @@ async def release_as_is(conn: asyncpg.Connection) -> None:
     """
 
 
+# Connections kept out of the pool for single statements: about what a busy daemon runs at once.
+KEPT_CONNECTIONS = 2
+# A kept connection goes back to asyncpg's pool after this many statements, so that its max_queries
+# (50,000) still replaces long-lived connections; once in a thousand statements costs nothing measurable.
+RECYCLE_AFTER = 1000
+# ... and after this long unused, so that asyncpg's idle close (5 minutes, down to min_size) still applies.
+IDLE_SECONDS = 60.0
+
+
 class Pool:
     """asyncpg's pool, with a cheaper way for a single statement: run on a connection kept out of it.
 
@@ -98,14 +108,28 @@ class Pool:
     when none is kept) is asyncpg's pool as it was. A kept connection that closed meanwhile (the server
     went away) goes back to the pool, which reconnects, as its own acquire would; one that raised (or
     was cancelled) goes back to the pool too, which resets or drops it. ``keep`` is below ``max_size``,
-    so a caller waiting in ``acquire`` always has a connection that will be released. A kept connection
-    stays open while idle (asyncpg closes its idle ones after 5 minutes): at most ``keep`` of them.
+    so a caller waiting in ``acquire`` always has a connection that will be released. What asyncpg's pool
+    does to connections it holds still happens to kept ones: a kept connection goes back to it after
+    ``recycle_after`` statements (where asyncpg replaces one that ran ``max_queries``) and once it has been
+    idle for ``idle_seconds`` (where asyncpg closes idle ones, down to ``min_size``: the shop's pool has 0).
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, keep: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        keep: int,
+        recycle_after: int = RECYCLE_AFTER,
+        idle_seconds: float = IDLE_SECONDS,
+    ) -> None:
         self.pool = pool
         self._keep = keep
-        self._kept: list[asyncpg.Connection] = []
+        self._recycle_after = recycle_after
+        self._idle_seconds = idle_seconds
+        # Kept connections: [connection, statements run since it left asyncpg's pool, last use (loop time)].
+        self._kept: list[list[Any]] = []
+        self._sweep: asyncio.TimerHandle | None = None
+        self._returning: set[asyncio.Task[None]] = set()
         self._closing = False
 
     def acquire(self) -> Any:
@@ -125,31 +149,53 @@ class Pool:
         return await self._run(_FETCHVAL, query, args)
 
     async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
-        conn = await self._take()
+        conn, runs = await self._take()
         try:
             result = await getattr(conn, method)(query, *args)
         except BaseException:
             await self.pool.release(conn)
             raise
-        if self._closing or len(self._kept) >= self._keep:
+        if self._closing or len(self._kept) >= self._keep or runs + 1 >= self._recycle_after:
             await self.pool.release(conn)
         else:
-            self._kept.append(conn)
+            loop = asyncio.get_running_loop()
+            self._kept.append([conn, runs + 1, loop.time()])
+            if self._sweep is None:
+                self._sweep = loop.call_later(self._idle_seconds, self._return_idle)
         return result
 
-    async def _take(self) -> asyncpg.Connection:
+    async def _take(self) -> tuple[asyncpg.Connection, int]:
         while self._kept:
-            conn = self._kept.pop()
+            conn, runs, _ = self._kept.pop()
             if _open(conn):
-                return conn
+                return conn, runs
             await self.pool.release(conn)  # nothing to do if asyncpg's cleanup gave it back already
-        return await self.pool.acquire()
+        return await self.pool.acquire(), 0
+
+    def _return_idle(self) -> None:
+        """Kept connections unused for ``idle_seconds`` go back to asyncpg's pool (a timer armed while any is
+        kept: nothing per statement)."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        idle = [kept for kept in self._kept if now - kept[2] >= self._idle_seconds]
+        self._kept = [kept for kept in self._kept if now - kept[2] < self._idle_seconds]
+        for conn, _, _ in idle:
+            task = loop.create_task(self.pool.release(conn))
+            self._returning.add(task)
+            task.add_done_callback(self._returning.discard)
+        if self._kept:
+            self._sweep = loop.call_later(self._idle_seconds, self._return_idle)
 
     async def close(self) -> None:
         """The kept connections back, then asyncpg's close (it waits for every connection's release)."""
         self._closing = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         while self._kept:
-            await self.pool.release(self._kept.pop())
+            await self.pool.release(self._kept.pop()[0])
+        await asyncio.gather(*self._returning, return_exceptions=True)
         await self.pool.close()
 
 
@@ -226,7 +272,3 @@ async def create_pool(
         init=CheckClient() if check_client else None,
     )
     return Pool(pool, keep=min(KEPT_CONNECTIONS, max_size - 1))
-
-
-# Connections kept out of the pool for single statements: about what a busy daemon runs at once.
-KEPT_CONNECTIONS = 2
