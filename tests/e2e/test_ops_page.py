@@ -114,8 +114,10 @@ def test_ops_page_sign_in_filter_play_and_audit(make_bridged, asterisk, trace_di
         page.wait_for_selector("#review:not([hidden])")
         assert page.inner_text("#who-text") == f"Signed in as {admin_name} (admin)"
         # The first filter gets the focus once the lists are loaded (ops.js start()), which the review
-        # section being shown does not wait for: asserted at once, it failed a loaded CI run.
-        page.wait_for_function("document.activeElement && document.activeElement.id === 'f-manager'")
+        # section being shown does not wait for: asserted at once, it failed a loaded CI run. A function,
+        # not a bare expression: Playwright polls an expression with eval, which the page's CSP refuses
+        # (script-src 'self'), so that form failed whenever the focus was not there at the first look.
+        page.wait_for_function("() => document.activeElement && document.activeElement.id === 'f-manager'")
         assert page.evaluate("document.activeElement.id") == "f-manager"
         assert page.evaluate("sessionStorage.getItem('bridged.token')") == admin_token
 
