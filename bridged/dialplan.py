@@ -107,6 +107,18 @@ TRANSFER_HANDLING = "PJSIP_TRANSFER_HANDLING()"
 NO_TRANSFERS = {TRANSFER_HANDLING: "ari-only"}
 
 
+# A channel bridged makes and then dials (the customer's leg) has no originate ``callerId``: its identity
+# is set as variables. The INVITE's From, PAI and RPID are taken from its connected line (with only
+# CALLERID(all) the carrier got From "Anonymous"); its caller id is what CDRs and snapshots show.
+CALLER_ID = "CALLERID(all)"
+CONNECTED_LINE = "CONNECTEDLINE(all)"
+
+
+def identity_variables(caller_id: str) -> dict[str, str]:
+    """A made channel's outgoing identity (``"Shop" <+7495...>``): as an originate's ``callerId``."""
+    return {CALLER_ID: caller_id, CONNECTED_LINE: caller_id}
+
+
 def label_variables(label_caller_id: str) -> dict[str, str]:
     """What the dialplan sets on a phone's channel from an ``ok`` answer, for a manager leg bridged
     originates itself: the label and its interception (no transfers and the language: every leg's)."""

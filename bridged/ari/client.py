@@ -343,6 +343,40 @@ class AriClient:
         body = {"variables": variables} if variables else None
         return await self._call("originate", {}, params, body)
 
+    async def create_channel(
+        self,
+        *,
+        endpoint: str,
+        app: str,
+        app_args: str | None = None,
+        channel_id: str | None = None,
+        variables: dict[str, str] | None = None,
+        originator: str | None = None,
+    ) -> dict[str, Any]:
+        """A channel to ``endpoint`` in Stasis of ``app`` (StasisStart at once, state Down), not dialled:
+        :meth:`dial` rings it. Its caller id is its variables' ``CONNECTEDLINE(all)`` (what the INVITE's
+        From, PAI and RPID carry) and ``CALLERID(all)``: there is no ``callerId`` as on originate."""
+        params = {
+            "endpoint": endpoint,
+            "app": app,
+            "appArgs": app_args,
+            "channelId": channel_id,
+            "originator": originator,
+        }
+        body = {"variables": variables} if variables else None
+        return await self._call("create_channel", {}, params, body)
+
+    async def dial(
+        self,
+        channel_id: str,
+        *,
+        timeout: int | None = None,  # noqa: ASYNC109 - ARI's ring timeout, not ours
+    ) -> None:
+        """Ring a channel made by :meth:`create_channel` for up to ``timeout`` seconds (Asterisk hangs it up
+        then: ChannelDestroyed cause 19). No ``caller``: Asterisk would copy that channel's identity onto
+        this one."""
+        await self._call("dial", {"channelId": channel_id}, {"timeout": timeout})
+
     async def hangup(self, channel_id: str, reason: str = "normal") -> bool:
         """False when the channel was already gone."""
         return await self._found("hangup", {"channelId": channel_id}, {"reason": reason})

@@ -78,6 +78,17 @@ OPERATIONS: dict[str, Operation] = {
         ),
         body_params=("variables",),
     ),
+    # A channel made in Stasis without dialling, then dialled: in the application from its creation, so
+    # its answer needs no live websocket (an originated channel enters Stasis only once answered, and that
+    # fails while its daemon is dead: docs/asterisk.md).
+    "create_channel": _op(
+        "POST",
+        "/channels/create",
+        required=("endpoint", "app"),
+        optional=("appArgs", "channelId", "otherChannelId", "originator", "formats", "variables"),
+        body_params=("variables",),
+    ),
+    "dial": _op("POST", "/channels/{channelId}/dial", optional=("caller", "timeout")),
     "get_channel": _op("GET", "/channels/{channelId}"),
     "hangup": _op("DELETE", "/channels/{channelId}", optional=("reason_code", "reason")),
     "answer": _op("POST", "/channels/{channelId}/answer"),

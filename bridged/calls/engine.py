@@ -64,7 +64,7 @@ REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     (S.RINGING_MANAGER, E.MANAGER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
     (S.RINGING_MANAGER, E.MANAGER_GONE): Steps.manager_unreached,
     # the customer's phone rings
-    (S.RINGING_CUSTOMER, E.CUSTOMER_IN_STASIS): Steps.customer_answered,
+    (S.RINGING_CUSTOMER, E.CUSTOMER_ANSWERED): Steps.customer_answered,
     (S.RINGING_CUSTOMER, E.CUSTOMER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
     (S.RINGING_CUSTOMER, E.CUSTOMER_GONE): Steps.customer_unreached,
     (S.RINGING_CUSTOMER, E.CUSTOMER_CALLER_ID): Steps.caller_id_for_later,
@@ -184,6 +184,10 @@ class CallEngine:
         self.calls: dict[str, Call] = {}
         self._by_channel: dict[str, Call] = {}
         self._pending: dict[str, PendingCall] = {}
+        # Channels bridged made (bridged.calls.steps.originate_customer), until their StasisStart: ARI
+        # refuses to dial one before it is in the application (409 "Channel not in Stasis application",
+        # met on the rig when the dial followed the create's 200 at once).
+        self._made: dict[str, asyncio.Future[None]] = {}
         # Tasks that run to their end (awaited at shutdown), and retries (cancelled at shutdown: the next
         # start's reconcile hangs up strays and ends rows).
         self._background = Tasks()
@@ -263,6 +267,10 @@ class CallEngine:
         """Called by the websocket reader of a node (in that node's context) for every event; never blocks."""
         kind = event.get("type")
         channel_id = channel_of(event)
+        if kind == "StasisStart" and channel_id in self._made:
+            entered = self._made.pop(channel_id)
+            if not entered.done():
+                entered.set_result(None)
         own = event.get("application", self.config.current.ari.app) == self.config.current.ari.app
         if kind == "StasisStart" and own:
             legs = dialplan.parse_app_args(event.get("args") or [])
@@ -373,6 +381,22 @@ class CallEngine:
             )
         return calls
 
+    async def make_channel(self, channel_id: str, make: Awaitable[object], *, within: float) -> None:
+        """Make a channel in the application (``make``: the ``create_channel`` request naming
+        ``channel_id``) and return once it is there: its StasisStart seen. It may come before the request's
+        answer. AriUnavailable if it is not seen ``within`` seconds (the leg is then left to the caller to
+        hang up)."""
+        entered = self._made[channel_id] = asyncio.get_running_loop().create_future()
+        try:
+            await make
+            await asyncio.wait_for(entered, within)
+        except TimeoutError:
+            raise AriUnavailable(
+                "create_channel", 0, f"channel {channel_id} not in the application after {within:.0f} s"
+            ) from None
+        finally:
+            self._made.pop(channel_id, None)
+
     def register_leg(self, channel_id: str, call: Call) -> None:
         """The call's events on a leg it has just named are routed to it."""
         self._by_channel[channel_id] = call
@@ -438,7 +462,13 @@ class CallEngine:
         if kind in _INTERNAL:
             return _INTERNAL[kind]
         if kind == "StasisStart" and side is not None:
-            return E.MANAGER_IN_STASIS if side == "manager" else E.CUSTOMER_IN_STASIS
+            if side == "manager":
+                return E.MANAGER_IN_STASIS
+            if call.inbound:
+                return E.CUSTOMER_IN_STASIS
+            # The customer's leg is made in the application (state Down) and dialled: its answer is the
+            # Dial event below. Up here is a leg that entered answered (an originate, as before).
+            return E.CUSTOMER_ANSWERED if _state_of(event) == "Up" else None
         if kind in _LEG_EVENTS and side is not None:
             if ringing:
                 _note_ring_end(call, event)
@@ -452,6 +482,8 @@ class CallEngine:
             # Dial events carry the dial string (the number): keep only the status.
             if status := event.get("dialstatus"):
                 call.dialstatus = str(status)
+                if status == "ANSWER" and not call.inbound:
+                    return E.CUSTOMER_ANSWERED
         elif kind == "PlaybackFinished":
             playback_id = (event.get("playback") or {}).get("id")
             if playback_id and playback_id == call.announcement_playback_id:
@@ -528,7 +560,9 @@ def _note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:
     cause = event.get("cause")
     if not isinstance(cause, int):
         return
-    if not manager and call.hangup_cause is None:
+    if not manager and (call.hangup_cause is None or kind == "ChannelDestroyed"):
+        # The destroyed leg's cause is the last word: a dialled leg that rang out is asked to hang up
+        # with cause 32 first, and destroyed with 19 (no answer).
         call.hangup_cause = cause
     if manager and call.manager_cause is None:
         call.manager_cause = cause
@@ -547,6 +581,11 @@ def _note_ring_end(call: Call, event: dict[str, Any]) -> None:
     cause = event.get("cause")
     if isinstance(cause, int) and not isinstance(cause, bool):
         call.ring.causes.setdefault(channel, cause)
+
+
+def _state_of(event: dict[str, Any]) -> str | None:
+    channel = event.get("channel")
+    return channel.get("state") if isinstance(channel, dict) else None
 
 
 def channel_of(event: dict[str, Any], key: str = "channel") -> str | None:

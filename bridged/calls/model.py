@@ -80,8 +80,10 @@ class Event(StrEnum):
     RECONCILE = "reconcile"  # the event stream (re)connected: check the legs against Asterisk
     # The manager's channel entered bridged's application (an inbound call: one of the legs rung answered).
     MANAGER_IN_STASIS = "manager_in_stasis"
-    # The customer answered (an inbound call: the caller's channel entered bridged's application).
+    # An inbound call: the caller's channel entered bridged's application.
     CUSTOMER_IN_STASIS = "customer_in_stasis"
+    # The customer's leg bridged dialled was answered (it has been in the application since it was made).
+    CUSTOMER_ANSWERED = "customer_answered"
     # A leg left: its hangup was requested or it left Stasis (its cause may still be to come) ...
     MANAGER_LEFT = "manager_left"
     CUSTOMER_LEFT = "customer_left"

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 Reaction = Callable[["Steps", Call, dict[str, Any]], Awaitable[None]]
 
+# How long a customer's leg made in the application may take to be there (its StasisStart): about a
+# millisecond as a rule; past this, Asterisk or the event stream is in trouble and the call does not go on.
+MADE_WITHIN = 5.0
+
 
 # -- reactions the table builds: what ends a call, and what does nothing --------------------------------
 
@@ -142,8 +146,9 @@ class Steps(InboundSteps):
         elif row_inserted and not call.manager_up:
             # A phone's call rung here (its row is written and the dialplan sent 180 Ringing): nothing to
             # run beside the originate (no tasks to make for a gather; issue 19).
+            originated = None
             try:
-                originated = await self.originate_customer(call)
+                await self.originate_customer(call)
             except Exception as exc:
                 originated = exc
         else:
@@ -171,21 +176,34 @@ class Steps(InboundSteps):
         # (issue 19: one line less per call).
         log.debug("call %s: customer leg %s originated", call.id, call.customer_channel_id)
 
-    def originate_customer(self, call: Call) -> Awaitable[dict[str, Any]]:
-        """The request that rings the customer of ``call`` on the trunk, the manager's channel its
-        originator."""
+    async def originate_customer(self, call: Call) -> None:
+        """Ring the customer of ``call`` on the trunk: a channel made in the application, then dialled.
+
+        Not ``originate``: an originated channel enters Stasis only once answered, and that entry fails
+        while no daemon holds the application's websocket, so a customer answering while their daemon is
+        dead (killed, restarting, its lease not yet taken over) was hung up at once. A made channel is in
+        Stasis from the start and stays there, answered or not, for whoever serves the application next
+        (docs/asterisk.md, "A customer answering while the daemon is away")."""
         assert call.order is not None and call.order.phone is not None
-        trunk = self.config.current.trunk
-        return self.ari.originate(
+        config = self.config.current
+        trunk = config.trunk
+        channel_id = customer_leg_id(call.id)
+        made = self.ari.create_channel(
             endpoint=trunk.dial.format(number=call.order.phone.dialable()),
-            app=self.config.current.ari.app,
+            app=config.ari.app,
             app_args=dialplan.app_args(dialplan.Leg.CUSTOMER, call.id),
-            channel_id=customer_leg_id(call.id),
-            caller_id=trunk.caller_id,
-            timeout=trunk.ring_timeout,
+            channel_id=channel_id,
             originator=call.manager_channel_id,
-            variables=leg_variables(self.config.current),
+            variables=leg_variables(config, dialplan.identity_variables(trunk.caller_id)),
         )
+        try:
+            # Dialled once it is in the application (ARI answers 409 before).
+            await self.engine.make_channel(channel_id, made, within=MADE_WITHIN)
+            await self.ari.dial(channel_id, timeout=trunk.ring_timeout)
+        except AriError:
+            # Made but not dialled: it would sit in Stasis, ringing nobody.
+            await self.legs.hang_up(channel_id, may_be_gone=True)
+            raise
 
     async def drop_early(self, call: Call) -> None:
         """A customer rung at the decision whose manager never reached Stasis: the leg hung up (once its
@@ -377,8 +395,8 @@ class Steps(InboundSteps):
         elif customer and customer not in alive and (call.inbound or call.state in _CUSTOMER_UP):
             await self.engine.react(call, Event.CUSTOMER_GONE, {})
         elif call.state is CallState.RINGING_CUSTOMER and states.get(customer or "") == "Up":
-            # The customer answered while bridged was away (its StasisStart is lost).
-            await self.engine.react(call, Event.CUSTOMER_IN_STASIS, {})
+            # The customer answered while bridged was away (the Dial event is lost).
+            await self.engine.react(call, Event.CUSTOMER_ANSWERED, {})
         elif call.state is CallState.ANNOUNCING and call.announcement_playback_id is None:
             # Adopted mid-announcement: its PlaybackFinished cannot be matched any more; bridge now.
             await self.engine.react(call, Event.ANNOUNCEMENT_DONE, {})

@@ -581,3 +581,68 @@ def test_a_customer_calling_while_the_first_daemon_is_dead_reaches_the_next_one(
     finally:
         # The next tests set BRIDGED_APP themselves; BRIDGED_APP_2 names an application gone with this daemon.
         asterisk.cli(f"dialplan set global BRIDGED_APP_2 {dead}")
+
+
+# -- a customer answering while no daemon listens ----------------------------------------------------
+
+
+def test_a_customer_answering_while_their_daemon_is_dead_is_bridged_by_the_next_one(
+    two_daemons, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """A is SIGKILLed while the customer's phone rings, and the customer answers before anyone serves
+    A's application (B is held stopped meanwhile). The customer's leg stays up in the application, and
+    B, once it takes A's lease over, bridges it with the manager: the call completes and is recorded.
+    (With the customer's leg originated, as before, Asterisk hung it up as it answered: Stasis() into an
+    application without its websocket fails. Checked against that code: the leg was gone, ARI 404.)"""
+    a, b = two_daemons(1)
+    manager = a.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(a.postgres, order, number, "Olga Ivanova", manager.id)
+    customer = carrier_for(trace_dir, rig_alloc, calls=1, hold_ms=60000, ring_ms=1500)
+    try:
+        call = dial(manager, trace_dir / "m", f"*77{order}", hold_ms=6000, timeout_s=90)
+        [row] = wait_for(lambda: _rows(a, manager), 15, "the call's row")
+        customer_leg = f"{row['id']}-customer"
+        wait_for(lambda: invites(customer.messages()), 15, "the customer's phone rings")
+        assert a.proc is not None and b.proc is not None
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(timeout=5)
+            # The customer answers while nobody serves A's application: the leg stays, answered, in it.
+            leg = wait_for(
+                lambda: (
+                    (c := asterisk.ari("GET", f"/channels/{customer_leg}")[1])
+                    and c.get("state") == "Up"
+                    and c
+                ),
+                15,
+                "the customer answered",
+            )
+            assert leg["dialplan"]["app_name"] == "Stasis", leg["dialplan"]
+            assert leg["dialplan"]["app_data"].split(",")[0] == a.app, leg["dialplan"]
+            time.sleep(1.0)
+            assert asterisk.ari("GET", f"/channels/{customer_leg}")[0] == 200, "the answered leg was hung up"
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        assert call.wait(timeout=60) == 0, call.describe()
+        ended = wait_for(
+            lambda: (r := _rows(b, manager)[-1])["state"] == "ended" and r, 30, "the call's row ended"
+        )
+        assert (ended["id"], ended["outcome"], ended["ended_by"]) == (row["id"], "completed", "manager"), (
+            ended
+        )
+        assert ended["duration"] > 4, ended
+        assert row["id"] in {
+            r["call_id"] for r in _audit(b, "call.adopt") if r["details"]["from_app"] == a.app
+        }
+        _recording_has_sound(asterisk, ended, trace_dir)
+    finally:
+        customer.stop()
+    assert_not_leaked(
+        number,
+        manager_trace=call.messages(),
+        daemon_a_log=a.log_text(),
+        daemon_b_log=b.log_text(),
+        database=b.dump_database(),
+    )

@@ -151,16 +151,25 @@ def channel_destroyed(channel_id: str, cause: int = 16, state: str = "Down") -> 
     }
 
 
-def dial(peer_id: str, dialstatus: str, dialstring: str = "+14157654321@carrier") -> dict[str, Any]:
-    # Originated channels: no "caller", the "peer" is the dialled channel; the dial string is the number.
+def dial(
+    peer_id: str, dialstatus: str, dialstring: str = "+14157654321@carrier", state: str = "Ring"
+) -> dict[str, Any]:
+    # Originated or made-and-dialled channels: no "caller", the "peer" is the dialled channel; the dial
+    # string is the number.
     return {
         "type": "Dial",
         "application": "bridged",
         "dialstatus": dialstatus,
         "dialstring": dialstring,
         "forward": "",
-        "peer": _channel(peer_id, "Ring", name="PJSIP/carrier-00000002", number=NUMBER),
+        "peer": _channel(peer_id, state, name="PJSIP/carrier-00000002", number=NUMBER),
     }
+
+
+def answered(customer_id: str) -> dict[str, Any]:
+    """The customer picked up: what Asterisk sends for a leg made in Stasis and dialled (its StasisStart
+    came, in state Down, when it was made)."""
+    return dial(customer_id, "ANSWER", state="Up")
 
 
 def caller_id_changed(channel_id: str, number: str, name: str = "") -> dict[str, Any]:
@@ -263,6 +272,9 @@ class FakeAri:
         self.endpoint_states: dict[tuple[str | None, str], str] = {}
         # GET /asterisk/info by node: (systemname, startup time).
         self.info: dict[str | None, tuple[str, str]] = {}
+        # Where Asterisk's own events go (the engine's on_event): a channel made by create_channel enters
+        # the application at once, and its StasisStart (state Down) is sent, as Asterisk does.
+        self.events: Callable[[dict[str, Any]], None] | None = None
 
     async def _record(self, method: str, **kwargs: Any) -> None:
         self.calls.append((method, kwargs))
@@ -353,6 +365,37 @@ class FakeAri:
         cid = channel_id or f"orig-{len(self.calls)}"
         self.channels[cid] = {"id": cid, "state": "Down"}
         return {"id": cid, "state": "Down"}
+
+    async def create_channel(
+        self,
+        *,
+        endpoint: str,
+        app: str,
+        app_args: str | None = None,
+        channel_id: str | None = None,
+        variables: dict[str, str] | None = None,
+        originator: str | None = None,
+    ) -> dict[str, Any]:
+        await self._record(
+            "create_channel",
+            endpoint=endpoint,
+            app=app,
+            app_args=app_args,
+            channel_id=channel_id,
+            variables=variables,
+            originator=originator,
+        )
+        cid = channel_id or f"made-{len(self.calls)}"
+        self.channels[cid] = {"id": cid, "state": "Down"}
+        if self.events is not None:
+            args = (app_args or "").split(",") if app_args else []
+            asyncio.get_running_loop().call_soon(self.events, stasis_start(cid, args, state="Down"))
+        return {"id": cid, "state": "Down"}
+
+    async def dial(self, channel_id: str, *, timeout: int | None = None) -> None:  # noqa: ASYNC109
+        await self._record("dial", channel_id=channel_id, timeout=timeout)
+        if channel_id not in self.channels:
+            raise AriNotFound(f"dial {channel_id}: 404")
 
     async def hangup(self, channel_id: str, reason: str = "normal") -> bool:
         await self._record("hangup", channel_id=channel_id, reason=reason)

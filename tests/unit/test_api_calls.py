@@ -55,6 +55,7 @@ class CallApp:
 def call_app(config: Config, orders: dict[str, Order], *, middleware: bool = True) -> CallApp:
     ari, store = FakeAri(), DownStore()
     engine = CallEngine(ConfigHolder(config), ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
+    engine.ari.events = engine.on_event  # type: ignore[attr-defined]
     directory = FakeDirectory(orders)
     service = CallService(ConfigHolder(config), store, directory, engine, accepting_calls=lambda: True)  # type: ignore[arg-type]
     app = web.Application(middlewares=[error_middleware] if middleware else [])

@@ -71,6 +71,7 @@ def _env(config: Config) -> Env:
         return up[engine.nodes.current()]
 
     engine = CallEngine(holder, ari, store, is_connected=accepting)  # type: ignore[arg-type]
+    engine.ari.events = engine.on_event  # type: ignore[attr-defined]
     directory = FakeDirectory({"123": make_order("123", manager_id="anna")})
     env = Env(config, ari, store, engine, None, up, {"pbx1": "pbx-a", "pbx2": "pbx-b"})  # type: ignore[arg-type]
     env.service = CallService(
@@ -146,9 +147,9 @@ async def test_a_phone_call_is_placed_on_the_node_of_its_channel(env: Env) -> No
     # Its channel enters Stasis on node 2's websocket: every request of the call goes there.
     with on_node("pbx2"):
         env.engine.on_event(stasis_start("pbx-b-1767261600.17", ["order", placed.call_id], state="Ring"))
-    await wait_until(lambda: bool(env.ari.named("originate")))
+    await wait_until(lambda: bool(env.ari.named("dial")))
     assert env.engine.calls[placed.call_id].node == "pbx2"
-    assert set(_nodes_of(env.ari, "originate")) == {"pbx2"}
+    assert _nodes_of(env.ari, "create_channel") == _nodes_of(env.ari, "dial") == ["pbx2"]
 
 
 async def test_a_phone_call_whose_node_is_not_known_is_refused(env: Env) -> None:
@@ -230,8 +231,8 @@ async def test_allocation_failed_on_one_node_rings_the_phone_on_the_next(env: En
     assert call.node == "pbx2" and env.store.rows[call.id]["node"] == "pbx2"
     # The rest of the call happens there too.
     env.engine.on_event(stasis_start(f"{call.id}-manager", ["manager", call.id]))
-    await wait_until(lambda: len(env.ari.named("originate")) == 3)
-    assert _nodes_of(env.ari, "originate")[-1] == "pbx2"
+    await wait_until(lambda: len(env.ari.named("dial")) == 1)
+    assert _nodes_of(env.ari, "create_channel") == _nodes_of(env.ari, "dial") == ["pbx2"]
 
 
 async def test_another_error_than_allocation_is_not_retried_elsewhere(env: Env) -> None:

@@ -48,6 +48,7 @@ from tests.unit.fakes import (
     FakeCallRows,
     FakeStickyCallers,
     FakeStore,
+    answered,
     caller_id_changed,
     channel_destroyed,
     dial,
@@ -103,25 +104,28 @@ class Env:
         self.expect(call_id, manager_channel)
         self.engine.on_event(stasis_start(manager_channel, ["order", call_id], state=state))
         await wait_until(lambda: self.row(call_id)["state"] == "ringing_customer", what="ringing_customer")
-        await wait_until(
-            lambda: any(kw["app_args"] == f"customer,{call_id}" for kw in self.ari.named("originate"))
-        )
-        customer = self.row(call_id)["customer_channel_id"]
-        assert customer
-        return str(customer)
+        customer = await self._dialled(call_id)
+        assert customer == self.row(call_id)["customer_channel_id"]
+        return customer
+
+    async def _dialled(self, call_id: str) -> str:
+        """Waits for the customer's leg to be made and dialled (FakeAri sends the made leg's StasisStart,
+        state Down: not an answer)."""
+        customer = customer_leg_id(call_id)
+        await wait_until(lambda: any(kw["channel_id"] == customer for kw in self.ari.named("dial")))
+        [made] = [kw for kw in self.ari.named("create_channel") if kw["channel_id"] == customer]
+        assert made["app_args"] == f"customer,{call_id}"
+        return customer
 
     async def ringing_unpersisted(self, call_id: str, manager_channel: str) -> str:
         """As :meth:`ringing`, for when the row's writes fail: waits on the engine, not the row."""
         self.expect(call_id, manager_channel)
         self.engine.on_event(stasis_start(manager_channel, ["order", call_id], state="Ring"))
-        await wait_until(
-            lambda: any(kw["app_args"] == f"customer,{call_id}" for kw in self.ari.named("originate"))
-        )
-        return customer_leg_id(call_id)
+        return await self._dialled(call_id)
 
     async def bridged(self, call_id: str, manager_channel: str) -> str:
         customer = await self.ringing(call_id, manager_channel)
-        self.engine.on_event(stasis_start(customer, ["customer", call_id], state="Up"))
+        self.engine.on_event(answered(customer))
         await wait_until(lambda: self.row(call_id)["state"] == "bridged", what="bridged")
         return customer
 
@@ -139,7 +143,8 @@ class Env:
 def assert_no_number_leak(ari: FakeAri, store: FakeStore) -> None:
     for method, kwargs in ari.calls:
         for name, value in kwargs.items():
-            if method == "originate" and name == "endpoint":
+            # The customer's number goes to Asterisk once: in the endpoint of the leg it dials.
+            if method in ("originate", "create_channel") and name == "endpoint":
                 assert value == DIAL
                 continue
             text = digits(repr(value))
@@ -154,6 +159,7 @@ async def _make_env(config: Config) -> Env:
     ari, store = FakeAri(), FakeStore()
     connected = {"up": True}
     engine = CallEngine(ConfigHolder(config), ari, store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
+    engine.ari.events = engine.on_event  # type: ignore[attr-defined]
     return Env(config, ari, store, engine, connected)
 
 
@@ -200,29 +206,36 @@ async def test_happy_path_customer_hangs_up(env: Env) -> None:
     ari = env.ari
 
     # The customer leg: the number only in the endpoint, the shop's caller id, an id chosen by us.
-    [orig] = ari.named("originate")
-    assert orig["endpoint"] == DIAL
-    assert orig["caller_id"] == env.config.trunk.caller_id
-    assert orig["channel_id"] == customer == "call-a-customer"
-    assert orig["app"] == env.config.ari.app
-    assert orig["app_args"] == "customer,call-a"
-    assert orig["timeout"] == env.config.trunk.ring_timeout
-    assert orig["originator"] == "m-a"
-    assert NUMBER_TAIL not in digits(orig["app_args"])
+    # Made in the application, then dialled (so that its answer needs no live daemon): the number only
+    # in the endpoint, the shop's identity as its connected line and caller id, an id chosen by us.
+    [made] = ari.named("create_channel")
+    assert made["endpoint"] == DIAL
+    shop = env.config.trunk.caller_id
+    assert made["variables"]["CONNECTEDLINE(all)"] == made["variables"]["CALLERID(all)"] == shop
+    assert made["channel_id"] == customer == "call-a-customer"
+    assert made["app"] == env.config.ari.app
+    assert made["app_args"] == "customer,call-a"
+    assert made["originator"] == "m-a"
+    assert NUMBER_TAIL not in digits(made["app_args"])
+    assert ari.named("dial") == [{"channel_id": customer, "timeout": env.config.trunk.ring_timeout}]
+    assert ari.named("originate") == []
+    assert ari.methods().index("create_channel") < ari.methods().index("dial")
 
     # The manager's label, its connected line and the CONNECTED_LINE_SEND_SUB interception come with
     # the FastAGI reply, before Stasis (see test_agi.py): nothing about the manager is set here.
     assert ari.variables("m-a") == []
     assert ari.named("ring") == []  # the dialplan sent 180 Ringing before Stasis()
     assert ari.named("answer") == []
-    assert env.engine.calls["call-a"].state is CallState.RINGING_CUSTOMER
 
-    # Some progress events on the way, as Asterisk sends them.
+    # Some progress events on the way, as Asterisk sends them: the made leg's StasisStart (state Down,
+    # delivered by env.ringing) and ringing are not an answer.
     env.engine.on_event(dial(customer, ""))
     env.engine.on_event(dial(customer, "RINGING"))
-    env.engine.on_event(dial(customer, "ANSWER"))
+    await settle()
+    assert env.engine.calls["call-a"].state is CallState.RINGING_CUSTOMER
+    assert ari.named("answer") == [] and ari.named("create_bridge") == []
     ari.calls.clear()
-    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+    env.engine.on_event(answered(customer))
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
 
     methods = ari.methods()
@@ -292,7 +305,7 @@ async def test_carrier_identity_in_its_200_ok_is_replaced_by_the_label_before_th
     env.engine.on_event(caller_id_changed(customer, NUMBER, "Customer"))
     await settle()
     assert _customer_cid_sets(ari, customer) == []  # ARI cannot set variables before StasisStart
-    env.engine.on_event(stasis_start(customer, ["customer", "call-pai"], state="Up"))
+    env.engine.on_event(answered(customer))
     await wait_until(lambda: env.row("call-pai")["state"] == "bridged")
     sets = _customer_cid_sets(ari, customer)
     assert len(sets) == 1 and sets[0] < ari.methods().index("add_channel")
@@ -320,7 +333,7 @@ async def test_carrier_identity_mid_call_is_replaced_and_our_own_caller_ids_are_
 
 async def test_a_leg_asterisk_already_hangs_up_is_not_hung_up_again(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a")
-    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+    env.engine.on_event(answered(customer))
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
     env.ari.calls.clear()
     env.engine.on_event(hangup_request(customer, cause=16))
@@ -331,7 +344,7 @@ async def test_a_leg_asterisk_already_hangs_up_is_not_hung_up_again(env: Env) ->
 async def test_manager_already_up_is_not_answered_again(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a", state="Up")
     assert env.ari.named("ring") == []
-    env.engine.on_event(stasis_start(customer, ["customer", "call-a"]))
+    env.engine.on_event(answered(customer))
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
     assert env.ari.named("answer") == []
 
@@ -366,7 +379,7 @@ async def test_customer_hangs_up_during_announcement() -> None:
     e = await _make_env(make_config(recording=RecordingConfig(enabled=True, announcement="beep&recorded")))
     try:
         customer = await e.ringing("call-a", "m-a")
-        e.engine.on_event(stasis_start(customer, ["customer", "call-a"]))
+        e.engine.on_event(answered(customer))
         await wait_until(lambda: e.row("call-a")["state"] == "announcing")
         play = e.play_for(customer)
         assert play["media"] == ["sound:beep", "sound:recorded"]
@@ -385,7 +398,7 @@ async def test_announcement_then_bridge() -> None:
     e = await _make_env(make_config(recording=RecordingConfig(enabled=True, announcement="recorded")))
     try:
         customer = await e.ringing("call-a", "m-a")
-        e.engine.on_event(stasis_start(customer, ["customer", "call-a"]))
+        e.engine.on_event(answered(customer))
         await wait_until(lambda: e.row("call-a")["state"] == "announcing")
         play = e.play_for(customer)
         # A PlaybackFinished for some other playback does not start the bridge.
@@ -407,9 +420,9 @@ async def test_the_customer_leg_hears_the_announcement_in_the_shops_language() -
     e = await _make_env(config)
     try:
         customer = await e.ringing("call-a", "m-a")
-        [orig] = e.ari.named("originate")
-        assert orig["variables"]["CHANNEL(language)"] == "ru"
-        e.engine.on_event(stasis_start(customer, ["customer", "call-a"]))
+        [made] = e.ari.named("create_channel")
+        assert made["variables"]["CHANNEL(language)"] == "ru"
+        e.engine.on_event(answered(customer))
         await wait_until(lambda: e.row("call-a")["state"] == "announcing")
         play = e.play_for(customer)
         assert (play["media"], play["lang"]) == (["sound:custom/rec"], None)
@@ -517,11 +530,45 @@ async def test_unanswered_outcomes(
     assert row["hangup_cause"] == cause
 
 
+async def test_a_dialled_leg_that_rang_out_is_no_answer() -> None:
+    """What Asterisk sends for a made-and-dialled customer leg whose dial timed out (measured on the rig,
+    docs/asterisk.md): a hangup request with cause 32, StasisEnd, then ChannelDestroyed with cause 19. The
+    destroyed leg's cause decides: no answer, not unavailable. (Checked to fail with the first cause kept.)"""
+    e = await _make_env(make_config())
+    try:
+        customer = await e.ringing("call-a", "m-a")
+        e.engine.on_event(dial(customer, "RINGING"))
+        e.engine.on_event(hangup_request(customer, cause=32, state="Ringing"))
+        e.engine.on_event(stasis_end(customer, state="Ringing"))
+        e.engine.on_event(channel_destroyed(customer, cause=19))
+        await wait_until(lambda: len(e.ari.named("play")) == 1)
+        assert e.play_for("m-a")["media"] == [f"sound:{p}" for p in e.config.prompts.no_answer.split("&")]
+        e.engine.on_event(hangup_request("m-a"))
+        row = await e.ended("call-a")
+        assert (row["outcome"], row["hangup_cause"]) == ("customer_no_answer", 19)
+    finally:
+        await e.engine.shutdown()
+
+
+async def test_an_originated_customer_leg_entering_answered_is_bridged(env: Env) -> None:
+    """A call placed by a bridged that still originated the customer's leg (a release before the made
+    legs), adopted by this one while the customer rang: that leg's answer is its StasisStart in state Up."""
+    customer = await env.ringing("call-a", "m-a")
+    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+    await wait_until(lambda: env.row("call-a")["state"] == "bridged")
+    # Its Dial ANSWER, if it comes too, changes nothing.
+    env.engine.on_event(answered(customer))
+    await settle()
+    assert len(env.ari.named("create_bridge")) == 1
+
+
 # -- (f) the customer leg cannot be originated -------------------------------------------------------
 
 
 async def test_originate_failure_plays_prompt(env: Env) -> None:
-    env.ari.errors["originate"] = AriUnavailable("originate", 0, "ARI originate failed: Asterisk unreachable")
+    env.ari.errors["create_channel"] = AriUnavailable(
+        "create_channel", 0, "ARI create_channel failed: Asterisk unreachable"
+    )
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
     await wait_until(lambda: len(env.ari.named("play")) == 1)
@@ -534,10 +581,46 @@ async def test_originate_failure_plays_prompt(env: Env) -> None:
     row = await env.ended("call-a")
     assert row["outcome"] == "customer_unavailable"
     assert row["ended_by"] == "bridged"  # bridged ended it with a prompt
+    assert env.ari.named("dial") == []
+
+
+async def test_a_made_leg_that_cannot_be_dialled_is_hung_up(env: Env) -> None:
+    """The customer's leg was made in the application but its dial failed: the made channel, which
+    would sit in Stasis ringing nobody, is hung up; the manager hears the prompt."""
+    env.ari.errors["dial"] = AriError("dial", 500, "ARI dial failed: HTTP 500")
+    env.expect("call-a", "m-a")
+    env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
+    await wait_until(lambda: len(env.ari.named("play")) == 1)
+    assert "call-a-customer" in env.ari.hung_up()
+    assert env.play_for("m-a")["media"] == ["sound:number-not-answering"]
+    env.engine.on_event(channel_destroyed("m-a"))
+    row = await env.ended("call-a")
+    assert row["outcome"] == "customer_unavailable"
+
+
+async def test_a_made_leg_is_dialled_only_once_in_the_application(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ARI refuses to dial a made channel before its StasisStart (409, met on the rig): the dial waits for
+    it. One that never comes (the event stream in trouble) is not waited for long: the leg is hung up and
+    the manager hears the prompt. (Checked to fail with the dial sent on the create's answer.)"""
+    monkeypatch.setattr("bridged.calls.steps.MADE_WITHIN", 0.2)
+    env.ari.events = None  # Asterisk sends no StasisStart
+    env.expect("call-a", "m-a")
+    env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
+    await wait_until(lambda: env.ari.named("create_channel"))
+    await asyncio.sleep(0.1)
+    assert env.ari.named("dial") == []
+    await wait_until(lambda: len(env.ari.named("play")) == 1)
+    assert env.ari.named("dial") == [] and "call-a-customer" in env.ari.hung_up()
+    assert env.play_for("m-a")["media"] == ["sound:number-not-answering"]
+    env.engine.on_event(channel_destroyed("m-a"))
+    assert (await env.ended("call-a"))["outcome"] == "customer_unavailable"
+    assert env.engine._made == {}
 
 
 async def test_prompt_to_a_vanished_manager_finishes_the_call(env: Env) -> None:
-    env.ari.errors["originate"] = AriUnavailable("originate", 0, "ARI originate failed")
+    env.ari.errors["create_channel"] = AriUnavailable("create_channel", 0, "ARI create_channel failed")
     env.ari.errors["play"] = not_found("play")
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Up"))
@@ -551,7 +634,7 @@ async def test_not_connected_refuses_without_originate(env: Env) -> None:
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
     await wait_until(lambda: len(env.ari.named("play")) == 1)
     assert env.play_for("m-a")["media"] == [f"sound:{env.config.prompts.unavailable}"]
-    assert env.ari.named("originate") == []
+    assert env.ari.named("originate") == env.ari.named("create_channel") == []
     env.engine.on_event(hangup_request("m-a"))
     row = await env.ended("call-a")
     assert row["outcome"] == "failed"
@@ -560,14 +643,14 @@ async def test_not_connected_refuses_without_originate(env: Env) -> None:
 async def test_failing_step_aborts_the_call(env: Env) -> None:
     # A step fails unexpectedly (a bug, not Asterisk being away) while the customer is dialled: the
     # call is aborted cleanly, both legs hung up, and the row still gets its end.
-    env.ari.errors["originate"] = RuntimeError("unexpected")
+    env.ari.errors["create_channel"] = RuntimeError("unexpected")
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
     row = await env.ended("call-a")
     assert row["outcome"] == "failed"
-    [orig] = env.ari.named("originate")
-    assert set(env.ari.hung_up()) == {"m-a", orig["channel_id"]}
-    assert row["customer_channel_id"] == orig["channel_id"]
+    [made] = env.ari.named("create_channel")
+    assert set(env.ari.hung_up()) == {"m-a", made["channel_id"]}
+    assert row["customer_channel_id"] == made["channel_id"]
 
 
 async def test_the_database_failing_mid_call_does_not_cut_the_call(
@@ -592,7 +675,7 @@ async def test_the_database_failing_mid_call_does_not_cut_the_call(
     env.store.calls.mark_bridged = mark_bridged  # type: ignore[method-assign]
     with caplog.at_level("INFO", logger="bridged.calls"):
         customer = await env.ringing_unpersisted("call-a", "m-a")
-        env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+        env.engine.on_event(answered(customer))
         await wait_until(lambda: env.engine.calls["call-a"].state is CallState.BRIDGED)
         assert len(env.ari.named("add_channel")) == 1 and env.ari.hung_up() == []
         assert env.row("call-a")["state"] == "requested"  # nothing written yet
@@ -613,7 +696,7 @@ async def test_asterisk_timing_out_aborts_the_call_with_one_line(
         "answer", 0, "ARI answer failed: Asterisk unreachable (TimeoutError)"
     )
     with caplog.at_level("WARNING", logger="bridged.calls"):
-        env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+        env.engine.on_event(answered(customer))
         row = await env.ended("call-a")
     assert row["outcome"] == "failed"
     assert {"m-a", customer} <= set(env.ari.hung_up())
@@ -627,7 +710,7 @@ async def test_a_hangup_asterisk_did_not_answer_is_retried(
 ) -> None:
     # Under overload a hangup can time out; lost, it would leave the customer's line up for good.
     customer = await env.ringing("call-a", "m-a")
-    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+    env.engine.on_event(answered(customer))
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
     failures = iter(
         [AriUnavailable("hangup", 0, "ARI hangup failed: Asterisk unreachable (TimeoutError)")] * 2
@@ -703,7 +786,7 @@ async def test_stopping_gives_waiting_row_writes_a_last_try(
 
 async def test_shutdown_does_not_wait_for_hangups_being_retried(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a")
-    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+    env.engine.on_event(answered(customer))
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
     env.ari.errors["hangup"] = AriUnavailable(
         "hangup", 0, "ARI hangup failed: Asterisk unreachable (TimeoutError)"
@@ -726,9 +809,15 @@ async def test_the_stray_sweep_hangs_up_a_channel_without_a_call_found_twice(env
 
 async def test_a_transfer_request_is_declined_and_the_call_goes_on(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a")
-    [orig] = env.ari.named("originate")
-    assert orig["variables"] == {"PJSIP_TRANSFER_HANDLING()": "ari-only", "CHANNEL(language)": "en"}
-    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
+    [made] = env.ari.named("create_channel")
+    shop = env.config.trunk.caller_id
+    assert made["variables"] == {
+        "PJSIP_TRANSFER_HANDLING()": "ari-only",
+        "CHANNEL(language)": "en",
+        "CALLERID(all)": shop,
+        "CONNECTEDLINE(all)": shop,
+    }
+    env.engine.on_event(answered(customer))
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
     env.engine.on_event(
         {
@@ -788,13 +877,13 @@ async def test_stasis_start_without_args_is_hung_up(env: Env) -> None:
     env.engine.on_event(stasis_start("m-y", []))
     env.engine.on_event(stasis_start("m-z", ["customer", "call-unknown"]))
     await wait_until(lambda: {"m-y", "m-z"} <= set(env.ari.hung_up()))
-    assert env.ari.named("originate") == []
+    assert env.ari.named("originate") == env.ari.named("create_channel") == []
 
 
 async def test_pending_call_without_channel_id_accepts_any_channel(env: Env) -> None:
     env.expect("call-api", None)
     env.engine.on_event(stasis_start("m-api", ["order", "call-api"], state="Ring"))
-    await wait_until(lambda: len(env.ari.named("originate")) == 1)
+    await wait_until(lambda: len(env.ari.named("dial")) == 1)
     assert env.engine.calls["call-api"].manager_channel_id == "m-api"
 
 
@@ -1003,6 +1092,7 @@ def _call_in(config: Config, state: CallState) -> Call:
 def test_every_transition_outside_the_table_is_refused() -> None:
     config = make_config()
     engine = CallEngine(ConfigHolder(config), FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
+    engine.ari.events = engine.on_event  # type: ignore[attr-defined]
     seen: list[CallState] = []
     engine.listeners.append(lambda call, state: seen.append(state))
     assert set(TRANSITIONS) == set(CallState)
@@ -1078,22 +1168,23 @@ async def test_an_abort_in_any_live_state_ends_the_call_through_the_table(state:
 
 async def test_events_in_order_while_ari_is_slow_and_other_calls_proceed(env: Env) -> None:
     ari = env.ari
-    ari.delays["originate"] = lambda kw: 0.2 if kw["channel_id"] == "call-a-customer" else 0
+    ari.delays["create_channel"] = lambda kw: 0.2 if kw["channel_id"] == "call-a-customer" else 0
 
     env.expect("call-a", "m-a")
     env.expect("call-b", "m-b")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
-    await wait_until(lambda: len(ari.named("originate")) == 1)
-    # A's originate is in flight; its next events queue up behind it.
-    env.engine.on_event(dial("call-a-customer", "ANSWER"))
-    env.engine.on_event(stasis_start("call-a-customer", ["customer", "call-a"], state="Up"))
+    await wait_until(lambda: len(ari.named("create_channel")) == 1)
+    # A's customer leg is being made; its next events queue up behind it.
+    env.engine.on_event(answered("call-a-customer"))
     env.engine.on_event(hangup_request("call-a-customer"))
 
     env.engine.on_event(stasis_start("m-b", ["order", "call-b"], state="Ring"))
     await wait_until(
         lambda: any(kw["channel_id"] == "call-b-customer" for _, kw in ari.returned if "app" in kw)
     )
-    a_returned = [kw for m, kw in ari.returned if m == "originate" and kw["channel_id"] == "call-a-customer"]
+    a_returned = [
+        kw for m, kw in ari.returned if m == "create_channel" and kw["channel_id"] == "call-a-customer"
+    ]
     assert a_returned == [], "call B should not wait for call A's slow originate"
     assert env.row("call-a")["state"] == "ringing_customer"
     assert ari.named("create_bridge") == []
@@ -1110,7 +1201,8 @@ async def test_events_in_order_while_ari_is_slow_and_other_calls_proceed(env: En
     ]
     first = a_methods.index("create_bridge")
     assert (
-        a_methods.index("originate")
+        a_methods.index("create_channel")
+        < a_methods.index("dial")
         < first
         < a_methods.index("add_channel")
         < a_methods.index("destroy_bridge")

@@ -170,6 +170,7 @@ def _env(config: Config | None = None) -> Env:
     accepting = {"up": True}
     holder = ConfigHolder(config)
     engine = CallEngine(holder, ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
+    engine.ari.events = engine.on_event  # type: ignore[attr-defined]
     service = CallService(
         holder,
         store,  # type: ignore[arg-type]

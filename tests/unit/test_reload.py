@@ -121,6 +121,7 @@ async def test_a_reload_reaches_every_component_through_the_one_holder(tmp_path:
 
     holder = ConfigHolder(parse_config(_config()))
     engine = CallEngine(holder, FakeAri(), FakeStore(), is_connected=lambda: True)  # type: ignore[arg-type]
+    engine.ari.events = engine.on_event  # type: ignore[attr-defined]
     service = CallService(holder, FakeStore(), None, engine, accepting_calls=lambda: True)  # type: ignore[arg-type]
     agi = AgiServer(holder, service)
     tokens = TokenRegistry(lambda: holder.current.api.tokens)

@@ -29,6 +29,7 @@ from tests.unit.fakes import (
     NUMBER_TAIL,
     FakeAri,
     FakeStore,
+    answered,
     caller_id_changed,
     channel_destroyed,
     example_data,
@@ -82,6 +83,7 @@ def _env(config: Config | None = None, *, fail: bool = False) -> Env:
     )
     connected = {"up": True}
     engine = CallEngine(ConfigHolder(config), FakeAri(), store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
+    engine.ari.events = engine.on_event  # type: ignore[attr-defined]
     service = CallService(
         ConfigHolder(config),
         store,  # type: ignore[arg-type]
@@ -179,7 +181,7 @@ async def test_an_order_without_a_valid_number_is_refused_and_nobody_is_dialled(
     assert metrics.CALLS_REFUSED.value("invalid_phone") == refused_before + 1
     # A known order: its id stays in the row and the audit entry; the phone value goes nowhere.
     _refused_row(env, result, Refusal.INVALID_PHONE, "321")
-    assert env.engine.ari.named("originate") == []
+    assert env.engine.ari.named("originate") == env.engine.ari.named("create_channel") == []
     assert (
         refusal_prompt(env.config.prompts, Refusal.INVALID_PHONE)
         == env.config.prompts.invalid_phone
@@ -412,9 +414,9 @@ async def test_a_phone_call_rings_the_customer_at_the_decision_and_writes_its_ro
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall) and env.store.rows == {}  # answered before the row
     ari = env.engine.ari
-    await wait_until(lambda: ari.named("originate"), what="the customer's originate, before Stasis")
-    [originate] = ari.named("originate")
-    assert (originate["channel_id"], originate["originator"]) == (f"{pending.call_id}-customer", "m-1")
+    await wait_until(lambda: ari.named("dial"), what="the customer's leg made and dialled, before Stasis")
+    [made] = ari.named("create_channel")
+    assert (made["channel_id"], made["originator"]) == (f"{pending.call_id}-customer", "m-1")
     assert env.store.rows == {} and env.engine.calls == {}  # no row yet, no worker before Stasis
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
     await asyncio.sleep(0.05)
@@ -424,7 +426,7 @@ async def test_a_phone_call_rings_the_customer_at_the_decision_and_writes_its_ro
     release.set()
     await wait_until(lambda: env.engine.calls[pending.call_id].state is CallState.RINGING_CUSTOMER)
     assert env.store.rows[pending.call_id]["state"] == "ringing_customer"
-    assert len(ari.named("originate")) == 1 and updates == []
+    assert len(ari.named("create_channel")) == len(ari.named("dial")) == 1 and updates == []
 
 
 async def test_a_customer_gone_before_the_manager_reaches_stasis_is_heard_of_after(env: Env) -> None:
@@ -434,7 +436,7 @@ async def test_a_customer_gone_before_the_manager_reaches_stasis_is_heard_of_aft
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall)
     ari = env.engine.ari
-    await wait_until(lambda: ari.named("originate"), what="the customer's originate")
+    await wait_until(lambda: ari.named("dial"), what="the customer's leg dialled")
     env.engine.on_event(channel_destroyed(f"{pending.call_id}-customer", cause=17))
     await asyncio.sleep(0.05)
     assert ari.named("play") == []
@@ -456,7 +458,7 @@ async def test_a_row_the_database_does_not_take_hangs_up_the_customer_rung_early
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall)
     ari = env.engine.ari
-    await wait_until(lambda: ari.named("originate"), what="the customer's originate")
+    await wait_until(lambda: ari.named("dial"), what="the customer's leg dialled")
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
     await wait_until(lambda: ari.named("play"), what="the manager's prompt")
     assert [kw["media"] for kw in ari.named("play")] == [media(env.config.prompts.unavailable)]
@@ -473,9 +475,9 @@ async def test_after_a_database_outage_the_customer_waits_for_the_row(env: Env) 
     assert isinstance(pending, PendingCall)
     await asyncio.sleep(0.05)
     ari = env.engine.ari
-    assert ari.named("originate") == []
+    assert ari.named("create_channel") == []
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
-    await wait_until(lambda: ari.named("originate"), what="the customer's originate, after Stasis")
+    await wait_until(lambda: ari.named("dial"), what="the customer's leg dialled, after Stasis")
     assert env.store.rows[pending.call_id]["state"] == "ringing_customer"
 
 
@@ -492,7 +494,7 @@ async def test_a_manager_who_never_reaches_stasis_leaves_no_customer_ringing(env
     # A StasisStart that comes after all finds no call: a prompt, then the hangup, never a second ring.
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
     await asyncio.sleep(0.05)
-    assert len(ari.named("originate")) == 1
+    assert len(ari.named("create_channel")) == 1
 
 
 async def test_unknown_manager_is_audited(env: Env) -> None:
@@ -600,20 +602,20 @@ async def test_an_asterisk_slow_to_take_the_originate_does_not_hold_the_fastagi_
     originate when it ends. (Checked to fail without the bound: the decision waits for the originate.)"""
     release = asyncio.Event()
     ari = env.engine.ari
-    originate = ari.originate
+    create_channel = ari.create_channel
 
-    async def slow_originate(**kwargs: Any) -> dict[str, Any]:
+    async def slow_create(**kwargs: Any) -> dict[str, Any]:
         await release.wait()
-        return await originate(**kwargs)
+        return await create_channel(**kwargs)
 
-    ari.originate = slow_originate  # type: ignore[method-assign]
+    ari.create_channel = slow_create  # type: ignore[method-assign]
     decided = asyncio.ensure_future(env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code))
     pending = await asyncio.wait_for(decided, timeout=2.0)
-    assert isinstance(pending, PendingCall) and ari.named("originate") == []
+    assert isinstance(pending, PendingCall) and ari.named("create_channel") == []
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
     release.set()
     await wait_until(lambda: env.engine.calls[pending.call_id].state is CallState.RINGING_CUSTOMER)
-    assert len(ari.named("originate")) == 1
+    assert len(ari.named("create_channel")) == len(ari.named("dial")) == 1
 
 
 async def test_a_completed_phone_call_logs_two_info_lines_without_the_number(
@@ -630,7 +632,7 @@ async def test_a_completed_phone_call_logs_two_info_lines_without_the_number(
         await wait_until(lambda: env.engine.calls[pending.call_id].state is CallState.RINGING_CUSTOMER)
         # The trunk put the carrier's identity (the customer's number) on the leg as it answered.
         env.engine.on_event(caller_id_changed(customer, "+15557654321"))
-        env.engine.on_event(stasis_start(customer, ["customer", pending.call_id], state="Up"))
+        env.engine.on_event(answered(customer))
         await wait_until(lambda: env.store.rows[pending.call_id]["state"] == "bridged")
         env.engine.on_event(hangup_request("m-1"))
         await wait_until(lambda: env.store.rows[pending.call_id]["state"] == "ended")
