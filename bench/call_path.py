@@ -46,6 +46,7 @@ from bridged.store import Store  # noqa: E402
 from tests.unit.fakes import (  # noqa: E402
     NUMBER,
     FakeAri,
+    answered,
     channel_destroyed,
     make_config,
     stasis_start,
@@ -144,9 +145,9 @@ async def _call(engine: CallEngine, ari: FakeAri, port: int, ended: asyncio.Even
     reply = await _fastagi(port, "m-1")
     call_id = reply.split("|")[2].split(",")[2]  # ok|<language>|<app>,order,<call id>|<label>
     engine.on_event(stasis_start("m-1", ["order", call_id], state="Ring"))
-    await wait_until(lambda: bool(ari.named("originate")), what="the customer leg")
-    customer = ari.named("originate")[0]["channel_id"]
-    engine.on_event(stasis_start(customer, ["customer", call_id], state="Up"))
+    await wait_until(lambda: bool(ari.named("dial")), what="the customer leg made and dialled")
+    customer = ari.named("dial")[0]["channel_id"]
+    engine.on_event(answered(customer))
     await wait_until(lambda: bool(ari.named("add_channel")), what="the bridge")
     engine.on_event(channel_destroyed(customer, cause=16))
     await asyncio.wait_for(ended.wait(), 2)
@@ -163,6 +164,7 @@ async def walk() -> ReadingOrder:
     directory._pool = _Pool(ended, order)  # type: ignore[assignment]
     holder = ConfigHolder(config)
     engine = CallEngine(holder, ari, store, is_connected=lambda: True)  # type: ignore[arg-type]
+    ari.events = engine.on_event
     service = CallService(holder, store, directory, engine, accepting_calls=lambda: True)
     agi = AgiServer(holder, service)
     await agi.start()
