@@ -245,6 +245,55 @@ class Bridged:
 CARRIER = ("127.0.0.2", 5060)
 
 
+def _channels(nodes: list[Asterisk], ids: set[str]) -> dict[Asterisk, list[dict[str, Any]]]:
+    """The channels among ``ids`` on each running node."""
+    return {
+        node: [c for c in json.loads(node.ari_get("/channels")) if c["id"] in ids]
+        for node in nodes
+        if node.running
+    }
+
+
+def hang_up_channels(nodes: list[Asterisk], channel_ids: set[str], workdir: Path) -> None:
+    """Hang up these channels wherever they are, and wait until they are gone.
+
+    The carrier's legs among them are hung up while ``rig/scenarios/carrier_absorb.xml`` answers on the
+    carrier's address (the test's own SIPps are stopped by then): their BYE or CANCEL, unanswered, would be
+    retransmitted for 32 s into the next test's carrier SIPp, which takes each unknown Call-ID for a new
+    call, one of its ``-m`` calls, and leaves one of that test's INVITEs unanswered."""
+    found = _channels(nodes, channel_ids)
+    dialogs = {
+        c["protocol_id"] for cs in found.values() for c in cs if c["name"].startswith("PJSIP/carrier-")
+    }
+    absorber = None
+    if dialogs:
+        absorber = Sipp.start(
+            "carrier_absorb",
+            local_ip=CARRIER[0],
+            local_port=CARRIER[1],
+            trace_dir=workdir,
+            calls=1000,
+            timeout_s=60,
+            name="carrier_absorb",
+        )
+        absorber.wait_listening()
+    try:
+        for node, channels in found.items():
+            for channel in channels:
+                node.ari("DELETE", f"/channels/{channel['id']}")
+        ids = {c["id"] for cs in found.values() for c in cs}
+        wait_for(lambda: not any(_channels(nodes, ids).values()), 10, f"channels {sorted(ids)} hung up")
+        if absorber is not None:
+            wait_for(
+                lambda: dialogs <= {h for m in absorber.sent() for h in m.header("Call-ID")},
+                10,
+                f"the carrier's answers in the dialogs {sorted(dialogs)}",
+            )
+    finally:
+        if absorber is not None:
+            absorber.stop()
+
+
 def dial(
     manager: ManagerPhone,
     trace_dir: Path,
