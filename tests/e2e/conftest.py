@@ -22,7 +22,7 @@ from rig.asterisk import manager_endpoint_conf
 from rig.sipp import STARTED
 
 from ..netns import ensure_loopback
-from .harness import Bridged, ManagerPhone, setup_shop
+from .harness import STARTED_DAEMONS, Bridged, ManagerPhone, end_leftover_calls, setup_shop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # BRIDGED_RIG_ARTIFACTS: another folder (a test that runs the rig inside another test uses it).
@@ -30,6 +30,8 @@ ARTIFACTS = Path(os.environ.get("BRIDGED_RIG_ARTIFACTS", REPO_ROOT / "artifacts"
 E2E_DIR = Path(__file__).resolve().parent
 # The second Asterisk node (fixture asterisk_b): SIP, RTP and ARI on this address, same ports as node 1.
 NODE_B_IP = "127.0.0.3"
+# The session's Asterisk nodes, once started (a test's leftover channels are looked for on each).
+NODES: list[Asterisk] = []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -80,6 +82,7 @@ def _run_node(ast: Asterisk, prefix: str) -> Iterator[Asterisk]:
     """Start a node for the session; at its end stop it and keep its log and CDRs in artifacts/_session/
     (``<prefix>-messages.log``, ``<prefix>-console.log``, ``<prefix>-cdr.csv``)."""
     ast.start()
+    NODES.append(ast)
     try:
         yield ast
     finally:
@@ -115,13 +118,17 @@ def asterisk_b(asterisk_root: Path) -> Iterator[Asterisk]:
 
 
 @pytest.fixture(autouse=True)
-def _no_sipp_left_running() -> Iterator[None]:
-    """Stop the SIPp processes a test started and left running (it failed before waiting for them), so
-    that the next test's phones and carrier can bind their ports; those started before the test stay."""
-    before = {id(sipp) for sipp in STARTED}
+def _nothing_left_running() -> Iterator[None]:
+    """After each test, what it started and left running: its SIPp processes are stopped (it failed before
+    waiting for them), so that the next test's phones and carrier can bind their ports; then the calls of
+    its daemons are ended (``end_leftover_calls``), so that no later daemon, sharing the database and
+    Asterisk, adopts them. What was started before the test (a module's daemon, ...) stays."""
+    sipps_before = {id(sipp) for sipp in STARTED}
+    daemons_before = len(STARTED_DAEMONS)
     yield
-    for sipp in [s for s in STARTED if id(s) not in before]:
+    for sipp in [s for s in STARTED if id(s) not in sipps_before]:
         sipp.stop()
+    end_leftover_calls(STARTED_DAEMONS[daemons_before:], NODES)
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ SHOP_CALLER_ID = '"Test Shop" <+15550100>'
 SHOP_NUMBER_DIGITS = "15550100"
 
 _ports = itertools.count(4600)
+# Every daemon started, in order: tests/e2e/conftest.py ends the calls a test's daemons leave behind.
+STARTED_DAEMONS: list[Bridged] = []
 _numbers = itertools.count(1)
 _orders = itertools.count(1000)
 
@@ -191,6 +193,8 @@ class Bridged:
         )
         log.close()
         self.starts += 1
+        if not any(d is self for d in STARTED_DAEMONS):
+            STARTED_DAEMONS.append(self)
         wait_for(ready or self.healthy, timeout, "bridged /healthz" if ready is None else "bridged started")
 
     def healthy(self) -> bool:
@@ -245,6 +249,92 @@ class Bridged:
 # -- fixtures and SIPp helpers shared by the end-to-end tests ---------------------------------------
 
 CARRIER = ("127.0.0.2", 5060)
+
+
+def _channels(nodes: list[Asterisk], ids: set[str]) -> dict[Asterisk, list[dict[str, Any]]]:
+    """The channels among ``ids`` on each running node."""
+    return {
+        node: [c for c in json.loads(node.ari_get("/channels")) if c["id"] in ids]
+        for node in nodes
+        if node.running
+    }
+
+
+def hang_up_channels(nodes: list[Asterisk], channel_ids: set[str], workdir: Path) -> None:
+    """Hang up these channels wherever they are, and wait until they are gone.
+
+    The carrier's legs among them are hung up while ``rig/scenarios/carrier_absorb.xml`` answers on the
+    carrier's address (the test's own SIPps are stopped by then): their BYE or CANCEL, unanswered, would be
+    retransmitted for 32 s into the next test's carrier SIPp, which takes each unknown Call-ID for a new
+    call, one of its ``-m`` calls, and leaves one of that test's INVITEs unanswered."""
+    found = _channels(nodes, channel_ids)
+    dialogs = {
+        c["protocol_id"] for cs in found.values() for c in cs if c["name"].startswith("PJSIP/carrier-")
+    }
+    absorber = None
+    if dialogs:
+        absorber = Sipp.start(
+            "carrier_absorb",
+            local_ip=CARRIER[0],
+            local_port=CARRIER[1],
+            trace_dir=workdir,
+            calls=1000,
+            timeout_s=60,
+            name="carrier_absorb",
+        )
+        absorber.wait_listening()
+    try:
+        for node, channels in found.items():
+            for channel in channels:
+                node.ari("DELETE", f"/channels/{channel['id']}")
+        ids = {c["id"] for cs in found.values() for c in cs}
+        wait_for(lambda: not any(_channels(nodes, ids).values()), 10, f"channels {sorted(ids)} hung up")
+        if absorber is not None:
+            wait_for(
+                lambda: dialogs <= {h for m in absorber.sent() for h in m.header("Call-ID")},
+                10,
+                f"the carrier's answers in the dialogs {sorted(dialogs)}",
+            )
+    finally:
+        if absorber is not None:
+            absorber.stop()
+
+
+def end_leftover_calls(daemons: list[Bridged], nodes: list[Asterisk]) -> None:
+    """After a test: its daemons stopped, their calls' channels hung up on every node, their rows ended.
+
+    The database and the Asterisk nodes serve the whole session: a call a failed test left up keeps an open
+    row under a lease that expires, which the next test's daemon takes over, adopting the call (and hanging
+    up its legs) in the middle of that test."""
+    if not daemons:
+        return
+    for daemon in daemons:
+        daemon.stop()
+    if daemons[0].sql("SELECT to_regclass('calls') IS NULL").strip() == "t":
+        return  # no daemon of the session got as far as creating its tables: no call either
+    apps = {d.app for d in daemons}
+    in_apps = ", ".join(f"'{app}'" for app in sorted(apps))
+    rows = daemons[0].sql(
+        "SELECT coalesce(json_agg(json_build_array(manager_channel_id, customer_channel_id)), '[]')"
+        f" FROM calls WHERE ari_app IN ({in_apps})"
+    )
+    channel_ids = {c for pair in json.loads(rows.strip() or "[]") for c in pair if c}
+    for node in nodes:
+        if node.running:
+            channel_ids |= {
+                c["id"]
+                for c in json.loads(node.ari_get("/channels"))
+                if c["dialplan"]["app_name"] == "Stasis" and c["dialplan"]["app_data"].split(",")[0] in apps
+            }
+    hang_up_channels(nodes, channel_ids, daemons[0].workdir / "leftovers")
+    # No daemon of these applications runs any more to end their rows, nor will one (ports never repeat):
+    # ended as bridged ends a call that ended unseen (ended_by unknown).
+    daemons[0].sql(
+        "UPDATE calls SET state = 'ended',"
+        " outcome = coalesce(outcome, CASE WHEN answered_at IS NULL THEN 'failed' ELSE 'completed' END),"
+        " ended_by = coalesce(ended_by, 'unknown'), ended_at = coalesce(ended_at, now())"
+        f" WHERE ari_app IN ({in_apps}) AND state <> 'ended'"
+    )
 
 
 def dial(
