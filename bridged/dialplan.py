@@ -108,10 +108,12 @@ NO_TRANSFERS = {TRANSFER_HANDLING: "ari-only"}
 
 
 # A channel bridged makes and then dials (the customer's leg) has no originate ``callerId``: its identity
-# is set as variables. The INVITE's From, PAI and RPID are taken from its connected line (with only
-# CALLERID(all) the carrier got From "Anonymous"); its caller id is what CDRs and snapshots show.
+# is set as variables. The INVITE's From and PAI are taken from its connected line (with only
+# CALLERID(all) the carrier got From "Anonymous"); its caller id is what snapshots show. The connected
+# line is set with "i" (no update sent for it): set plainly, Asterisk also re-INVITEd the carrier with it
+# as the leg answered, which a carrier's own re-INVITE then met as glare (491).
 CALLER_ID = "CALLERID(all)"
-CONNECTED_LINE = "CONNECTEDLINE(all)"
+CONNECTED_LINE = "CONNECTEDLINE(all,i)"
 
 
 def identity_variables(caller_id: str) -> dict[str, str]:

@@ -354,8 +354,8 @@ class AriClient:
         originator: str | None = None,
     ) -> dict[str, Any]:
         """A channel to ``endpoint`` in Stasis of ``app`` (StasisStart at once, state Down), not dialled:
-        :meth:`dial` rings it. Its caller id is its variables' ``CONNECTEDLINE(all)`` (what the INVITE's
-        From, PAI and RPID carry) and ``CALLERID(all)``: there is no ``callerId`` as on originate."""
+        :meth:`dial` rings it. Its identity is set by its variables (bridged.dialplan.identity_variables):
+        there is no ``callerId`` as on originate."""
         params = {
             "endpoint": endpoint,
             "app": app,

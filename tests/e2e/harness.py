@@ -444,14 +444,8 @@ def phone_rings(
 
 
 def invites(trace: str) -> list[str]:
-    """The INVITE requests that start a call in a SIPp message trace (whole messages): not the re-INVITEs
-    within one (their To has a tag). Asterisk re-INVITEs the carrier with the shop's identity once a
-    dialled customer leg answers (docs/asterisk.md); a leak check reads the whole trace, not these."""
-    return [
-        m
-        for m in re.split(r"\n(?=-+ )", trace)
-        if re.search(r"^INVITE sip:", m, re.M) and not re.search(r"^To:.*;\s*tag=", m, re.M | re.I)
-    ]
+    """The INVITE requests in a SIPp message trace (whole messages)."""
+    return [m for m in re.split(r"\n(?=-+ )", trace) if re.search(r"^INVITE sip:", m, re.M)]
 
 
 def sox_rms(path: Path) -> float:

@@ -211,7 +211,7 @@ async def test_happy_path_customer_hangs_up(env: Env) -> None:
     [made] = ari.named("create_channel")
     assert made["endpoint"] == DIAL
     shop = env.config.trunk.caller_id
-    assert made["variables"]["CONNECTEDLINE(all)"] == made["variables"]["CALLERID(all)"] == shop
+    assert made["variables"]["CONNECTEDLINE(all,i)"] == made["variables"]["CALLERID(all)"] == shop
     assert made["channel_id"] == customer == "call-a-customer"
     assert made["app"] == env.config.ari.app
     assert made["app_args"] == "customer,call-a"
@@ -815,7 +815,7 @@ async def test_a_transfer_request_is_declined_and_the_call_goes_on(env: Env) -> 
         "PJSIP_TRANSFER_HANDLING()": "ari-only",
         "CHANNEL(language)": "en",
         "CALLERID(all)": shop,
-        "CONNECTEDLINE(all)": shop,
+        "CONNECTEDLINE(all,i)": shop,
     }
     env.engine.on_event(answered(customer))
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
