@@ -27,7 +27,7 @@ SECONDS: dict[str, float] = {
     "test_call_links.py": 39,
     "test_language.py": 40,
     "test_inbound.py": 93,  # measured 2026-12-01 (issue 13)
-    "test_availability.py": 150,  # 2026-12-02: 92 s + 54 s of its ARI-refused and database-away tests
+    "test_availability.py": 175,  # 2026-12-02: 168 s for its 6 tests alone (the made customer leg's test 16 s)
     "test_canaries.py": 110,  # measured 2026-12-01 (issue 14): 12 + 18 + 58 + 18 s of calls, plus setup
     "test_rig_inbound.py": 35,
     "test_review_api.py": 32,
@@ -37,6 +37,7 @@ SECONDS: dict[str, float] = {
     "test_ops_page.py": 50,  # 2026-12-01: 24 s, + 22 s for the missed calls and their call back (issue 13);
     # + 5 s for the probing section (2026-12-02: 2.5 s call, 2.2 s teardown; the file 34 s alone)
     "test_rig_smoke.py": 12,
+    "test_rig_isolation.py": 12,  # 2026-12-02: 11.7 s alone
     "test_minimal_path.py": 12,
     "test_ari_spec.py": 1,
 }
