@@ -74,4 +74,6 @@ def test_the_demo_runs_without_the_test_extras() -> None:
 
 
 def test_the_checkouts_virtualenv_is_not_committed() -> None:
-    assert "/.venv/" in (ROOT / ".gitignore").read_text().splitlines()
+    # Without the trailing slash: a .venv symlink (a worktree sharing a venv) is ignored as well, which
+    # "/.venv/" did not do (one was committed that way).
+    assert "/.venv" in (ROOT / ".gitignore").read_text().splitlines()
