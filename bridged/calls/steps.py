@@ -197,9 +197,12 @@ class Steps(InboundSteps):
             variables=leg_variables(config, dialplan.identity_variables(trunk.caller_id)),
         )
         try:
-            # Dialled once it is in the application (ARI answers 409 before).
-            await self.engine.make_channel(channel_id, made, within=MADE_WITHIN)
-            await self.ari.dial(channel_id, timeout=trunk.ring_timeout)
+            await self.engine.make_and_dial(
+                channel_id,
+                made,
+                lambda: self.ari.dial(channel_id, timeout=trunk.ring_timeout),
+                within=MADE_WITHIN,
+            )
         except AriError:
             # Made but not dialled: it would sit in Stasis, ringing nobody.
             await self.legs.hang_up(channel_id, may_be_gone=True)

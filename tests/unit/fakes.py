@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from bridged.ari import AriNotFound, is_background
+from bridged.ari import AriConflict, AriNotFound, is_background
 from bridged.ari.nodes import current_node
 from bridged.config import Config, Manager
 from bridged.configfile import parse_config
@@ -275,6 +275,8 @@ class FakeAri:
         # Where Asterisk's own events go (the engine's on_event): a channel made by create_channel enters
         # the application at once, and its StasisStart (state Down) is sent, as Asterisk does.
         self.events: Callable[[dict[str, Any]], None] | None = None
+        # Made channels in the application (their StasisStart sent): dial answers 409 for the others.
+        self.entered: set[str] = set()
 
     async def _record(self, method: str, **kwargs: Any) -> None:
         self.calls.append((method, kwargs))
@@ -389,13 +391,16 @@ class FakeAri:
         self.channels[cid] = {"id": cid, "state": "Down"}
         if self.events is not None:
             args = (app_args or "").split(",") if app_args else []
+            self.entered.add(cid)
             asyncio.get_running_loop().call_soon(self.events, stasis_start(cid, args, state="Down"))
         return {"id": cid, "state": "Down"}
 
     async def dial(self, channel_id: str, *, timeout: int | None = None) -> None:  # noqa: ASYNC109
         await self._record("dial", channel_id=channel_id, timeout=timeout)
         if channel_id not in self.channels:
-            raise AriNotFound(f"dial {channel_id}: 404")
+            raise AriNotFound("dial", 404, f"dial {channel_id}: channel not found")
+        if channel_id not in self.entered:
+            raise AriConflict("dial", 409, "Channel not in Stasis application")
 
     async def hangup(self, channel_id: str, reason: str = "normal") -> bool:
         await self._record("hangup", channel_id=channel_id, reason=reason)
