@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import dialplan, metrics
-from ..ari import AriClient, AriConflict, AriUnavailable
+from ..ari import AriClient, AriUnavailable
 from ..ari.nodes import NodeNames, set_node
 from ..callers import InboundCaller
 from ..config import ConfigHolder
@@ -26,7 +26,7 @@ from ..recording_state import END_EVENTS as RECORDING_END_EVENTS
 from ..recording_state import EVENTS as RECORDING_EVENTS
 from ..store import Store
 from ..tasks import Tasks
-from .legs import Legs
+from .legs import Legs, MadeLegs
 from .model import (
     INBOUND,
     LEFT_FOR_GONE,
@@ -184,10 +184,8 @@ class CallEngine:
         self.calls: dict[str, Call] = {}
         self._by_channel: dict[str, Call] = {}
         self._pending: dict[str, PendingCall] = {}
-        # Channels bridged made (bridged.calls.steps.originate_customer), until their StasisStart: ARI
-        # refuses to dial one before it is in the application (409 "Channel not in Stasis application",
-        # met on the rig when the dial followed the create's 200 at once).
-        self._made: dict[str, asyncio.Future[None]] = {}
+        # Channels bridged made and is dialling, until their StasisStart (bridged.calls.legs.MadeLegs).
+        self.made = MadeLegs()
         # Tasks that run to their end (awaited at shutdown), and retries (cancelled at shutdown: the next
         # start's reconcile hangs up strays and ends rows).
         self._background = Tasks()
@@ -267,10 +265,8 @@ class CallEngine:
         """Called by the websocket reader of a node (in that node's context) for every event; never blocks."""
         kind = event.get("type")
         channel_id = channel_of(event)
-        if kind == "StasisStart" and channel_id in self._made:
-            entered = self._made.pop(channel_id)
-            if not entered.done():
-                entered.set_result(None)
+        if kind == "StasisStart" and channel_id:
+            self.made.entered(channel_id)
         own = event.get("application", self.config.current.ari.app) == self.config.current.ari.app
         if kind == "StasisStart" and own:
             legs = dialplan.parse_app_args(event.get("args") or [])
@@ -380,40 +376,6 @@ class CallEngine:
                 "%d calls on node %s no longer handled here (application %s)", len(calls), node, app or "any"
             )
         return calls
-
-    async def make_and_dial(
-        self,
-        channel_id: str,
-        make: Awaitable[object],
-        dial: Callable[[], Awaitable[None]],
-        *,
-        within: float,
-    ) -> None:
-        """Make a channel in the application (``make``: the ``create_channel`` request naming
-        ``channel_id``), then ``dial`` it. ARI refuses the dial (409) until the channel is in the
-        application, its StasisStart sent, which as a rule comes before the create's answer: the dial is
-        sent at once, and on a 409 sent again once the StasisStart is seen (a wait on every call cost
-        1-1.5 ms of setup at p50, bench/RESULTS.md). AriUnavailable if it is not seen ``within`` seconds
-        (the leg is then left to the caller to hang up)."""
-        entered = self._made[channel_id] = asyncio.get_running_loop().create_future()
-        try:
-            await make
-            if not entered.done():
-                try:
-                    await dial()
-                    return
-                except AriConflict:
-                    log.debug(
-                        "channel %s dialled before it was in the application; dialled again", channel_id
-                    )
-                await asyncio.wait_for(entered, within)
-            await dial()
-        except TimeoutError:
-            raise AriUnavailable(
-                "create_channel", 0, f"channel {channel_id} not in the application after {within:.0f} s"
-            ) from None
-        finally:
-            self._made.pop(channel_id, None)
 
     def register_leg(self, channel_id: str, call: Call) -> None:
         """The call's events on a leg it has just named are routed to it."""

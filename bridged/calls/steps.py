@@ -197,7 +197,7 @@ class Steps(InboundSteps):
             variables=leg_variables(config, dialplan.identity_variables(trunk.caller_id)),
         )
         try:
-            await self.engine.make_and_dial(
+            await self.engine.made.make_and_dial(
                 channel_id,
                 made,
                 lambda: self.ari.dial(channel_id, timeout=trunk.ring_timeout),

@@ -614,7 +614,7 @@ async def test_a_made_leg_refused_a_dial_is_dialled_again_once_in_the_applicatio
     await wait_until(lambda: env.engine.calls["call-a"].state is CallState.RINGING_CUSTOMER)
     await settle()
     assert env.ari.hung_up() == [] and env.ari.named("play") == []
-    assert env.engine._made == {}
+    assert env.engine.made.waiting == 0
 
 
 async def test_a_made_leg_never_in_the_application_is_hung_up(
@@ -631,7 +631,7 @@ async def test_a_made_leg_never_in_the_application_is_hung_up(
     assert env.play_for("m-a")["media"] == ["sound:number-not-answering"]
     env.engine.on_event(channel_destroyed("m-a"))
     assert (await env.ended("call-a"))["outcome"] == "customer_unavailable"
-    assert env.engine._made == {}
+    assert env.engine.made.waiting == 0
 
 
 async def test_prompt_to_a_vanished_manager_finishes_the_call(env: Env) -> None:
