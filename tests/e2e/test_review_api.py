@@ -12,6 +12,7 @@ import json
 import shutil
 import signal
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -262,11 +263,9 @@ def test_call_list_filters(rig: Rig) -> None:
         .strip()
         .strip('"')
     )
-    from_rita2 = _ids(_calls(rig, f"manager={rita.id}&from={urllib.request.quote(rita2)}"))
+    from_rita2 = _ids(_calls(rig, f"manager={rita.id}&from={urllib.parse.quote(rita2)}"))
     assert from_rita2[-1] == rig.kept["rita2"]["id"] and rig.kept["rita1"]["id"] not in from_rita2
-    assert _ids(_calls(rig, f"manager={rita.id}&to={urllib.request.quote(rita2)}")) == [
-        rig.kept["rita1"]["id"]
-    ]
+    assert _ids(_calls(rig, f"manager={rita.id}&to={urllib.parse.quote(rita2)}")) == [rig.kept["rita1"]["id"]]
 
 
 def test_call_list_pages_newest_first_without_gaps_or_repeats(rig: Rig) -> None:
@@ -525,7 +524,7 @@ def test_audit_list_filters_and_pages(rig: Rig) -> None:
     since = http(
         rig.daemon,
         "GET",
-        f"/v1/audit?from={urllib.request.quote(newest['at'])}&call={row['id']}",
+        f"/v1/audit?from={urllib.parse.quote(newest['at'])}&call={row['id']}",
         role="admin",
     )
     assert newest["id"] in [e["id"] for e in since.json()["items"]]

@@ -223,12 +223,9 @@ def _use_deferred(env: Any, deferred: DeferredWrites) -> None:
 
 
 def _down_env() -> Any:
-    env = _env()
-    store = DownStore()
-    env.store = store
-    for part in (env.service, env.service.budgets, env.service.inbound):
-        part.store = store
-    env.engine.store = store  # type: ignore[assignment]
+    # The DownStore is given to every part as it is made: patched in afterwards, a part that keeps its own
+    # reference (the engine's, in engine.rows) would go on writing to a healthy store.
+    env = _env(store=DownStore())
     _use_deferred(env, DeferredWrites(delays=(0.01,) * 5))
     return env
 

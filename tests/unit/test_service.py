@@ -64,12 +64,14 @@ class Env:
     directory: FakeDirectory
     engine: CallEngine
     service: CallService
+    ari: FakeAri  # the engine's
     connected: dict[str, bool] = field(default_factory=lambda: {"up": True})
 
 
-def _env(config: Config | None = None, *, fail: bool = False) -> Env:
+def _env(config: Config | None = None, *, fail: bool = False, store: FakeStore | None = None) -> Env:
+    """``store``: a FakeStore (a DownStore, say) that every part uses, the engine's rows too."""
     config = config or make_config()
-    store = FakeStore()
+    store = FakeStore() if store is None else store
     directory = FakeDirectory(
         {
             "123": make_order("123", manager_id="anna"),
@@ -82,8 +84,9 @@ def _env(config: Config | None = None, *, fail: bool = False) -> Env:
         fail=fail,
     )
     connected = {"up": True}
-    engine = CallEngine(ConfigHolder(config), FakeAri(), store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
-    engine.ari.events = engine.on_event  # type: ignore[attr-defined]
+    ari = FakeAri()
+    engine = CallEngine(ConfigHolder(config), ari, store, is_connected=lambda: connected["up"])  # type: ignore[arg-type]
+    ari.events = engine.on_event
     service = CallService(
         ConfigHolder(config),
         store,  # type: ignore[arg-type]
@@ -91,7 +94,7 @@ def _env(config: Config | None = None, *, fail: bool = False) -> Env:
         engine,
         accepting_calls=lambda: connected["up"],
     )
-    return Env(config, store, directory, engine, service, connected)
+    return Env(config, store, directory, engine, service, ari, connected)
 
 
 async def _no_code() -> str:
@@ -181,7 +184,7 @@ async def test_an_order_without_a_valid_number_is_refused_and_nobody_is_dialled(
     assert metrics.CALLS_REFUSED.value("invalid_phone") == refused_before + 1
     # A known order: its id stays in the row and the audit entry; the phone value goes nowhere.
     _refused_row(env, result, Refusal.INVALID_PHONE, "321")
-    assert env.engine.ari.named("originate") == env.engine.ari.named("create_channel") == []
+    assert env.ari.named("originate") == env.ari.named("create_channel") == []
     assert (
         refusal_prompt(env.config.prompts, Refusal.INVALID_PHONE)
         == env.config.prompts.invalid_phone
@@ -283,7 +286,7 @@ async def test_not_connected_is_unavailable(env: Env) -> None:
 async def test_asterisk_behind_on_requests_refuses_new_calls_until_it_catches_up() -> None:
     config = make_config()
     env = _env(replace(config, ari=replace(config.ari, max_request_wait=0.05)))
-    ari = env.engine.ari
+    ari = env.ari
     # Requests Asterisk has not answered yet, but only for a moment: calls go ahead.
     ari.delays["answer"] = 30
     held_requests = [asyncio.create_task(ari.answer(f"c-{i}")) for i in range(2)]
@@ -324,7 +327,7 @@ async def test_between_half_the_limit_and_the_limit_a_share_of_calls_is_refused(
     env = _env(replace(config, ari=replace(config.ari, max_request_wait=10.0)))
     draws = iter([0.9, 0.1, 0.9, 0.1])
     env.service._random = lambda: next(draws)
-    ari = env.engine.ari
+    ari = env.ari
     ari.delays["answer"] = 30
     held = asyncio.create_task(ari.answer("c"))
     await asyncio.sleep(0)
@@ -343,11 +346,11 @@ async def test_between_half_the_limit_and_the_limit_a_share_of_calls_is_refused(
 async def test_a_stuck_background_hangup_retry_does_not_refuse_calls() -> None:
     config = make_config()
     env = _env(replace(config, ari=replace(config.ari, max_request_wait=0.05)))
-    env.engine.ari.delays["hangup"] = 30
-    env.engine.ari.errors["hangup"] = AriUnavailable("hangup", 0, "timed out")
+    env.ari.delays["hangup"] = 30
+    env.ari.errors["hangup"] = AriUnavailable("hangup", 0, "timed out")
     retry = asyncio.create_task(env.engine.legs.retry_hangup("stuck-channel"))
     await asyncio.sleep(0.6)  # the first retry (0.5 s) hangs in Asterisk
-    assert env.engine.ari.named("hangup") == [{"channel_id": "stuck-channel", "reason": "normal"}]
+    assert env.ari.named("hangup") == [{"channel_id": "stuck-channel", "reason": "normal"}]
     result = await env.service.place_from_phone("anna", "123", "m", read_code=_no_code)
     assert isinstance(result, PendingCall)
     retry.cancel()
@@ -358,8 +361,8 @@ async def test_a_stuck_background_hangup_retry_does_not_refuse_calls() -> None:
 async def test_no_overload_guard_when_max_request_wait_is_zero() -> None:
     config = make_config()
     env = _env(replace(config, ari=replace(config.ari, max_request_wait=0)))
-    env.engine.ari.delays["answer"] = 30
-    held = asyncio.create_task(env.engine.ari.answer("c"))
+    env.ari.delays["answer"] = 30
+    held = asyncio.create_task(env.ari.answer("c"))
     await asyncio.sleep(0.05)
     result = await env.service.place_from_phone("anna", "123", "m", read_code=_no_code)
     assert isinstance(result, PendingCall)
@@ -413,7 +416,7 @@ async def test_a_phone_call_rings_the_customer_at_the_decision_and_writes_its_ro
     env.store.calls.set_state = set_state  # type: ignore[method-assign]
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall) and env.store.rows == {}  # answered before the row
-    ari = env.engine.ari
+    ari = env.ari
     await wait_until(lambda: ari.named("dial"), what="the customer's leg made and dialled, before Stasis")
     [made] = ari.named("create_channel")
     assert (made["channel_id"], made["originator"]) == (f"{pending.call_id}-customer", "m-1")
@@ -435,7 +438,7 @@ async def test_a_customer_gone_before_the_manager_reaches_stasis_is_heard_of_aft
     customer (a prompt sent earlier would fail: the channel is not in Stasis yet)."""
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall)
-    ari = env.engine.ari
+    ari = env.ari
     await wait_until(lambda: ari.named("dial"), what="the customer's leg dialled")
     env.engine.on_event(channel_destroyed(f"{pending.call_id}-customer", cause=17))
     await asyncio.sleep(0.05)
@@ -457,7 +460,7 @@ async def test_a_row_the_database_does_not_take_hangs_up_the_customer_rung_early
     env.store.calls.insert_audited = refused_insert  # type: ignore[method-assign]
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall)
-    ari = env.engine.ari
+    ari = env.ari
     await wait_until(lambda: ari.named("dial"), what="the customer's leg dialled")
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
     await wait_until(lambda: ari.named("play"), what="the manager's prompt")
@@ -474,7 +477,7 @@ async def test_after_a_database_outage_the_customer_waits_for_the_row(env: Env) 
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall)
     await asyncio.sleep(0.05)
-    ari = env.engine.ari
+    ari = env.ari
     assert ari.named("create_channel") == []
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
     await wait_until(lambda: ari.named("dial"), what="the customer's leg dialled, after Stasis")
@@ -487,7 +490,7 @@ async def test_a_manager_who_never_reaches_stasis_leaves_no_customer_ringing(env
     env.engine.EARLY_TTL = 0.1
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall)
-    ari = env.engine.ari
+    ari = env.ari
     await wait_until(lambda: f"{pending.call_id}-customer" in ari.hung_up(), what="the customer hung up")
     await wait_until(lambda: env.store.rows[pending.call_id]["outcome"] == "manager_abandoned")
     assert env.engine._pending == {} and env.engine.owned_channels() == set()
@@ -503,8 +506,8 @@ async def test_unknown_manager_is_audited(env: Env) -> None:
     assert env.store.audits[-1]["actor"] == "endpoint:mallory"
     assert env.store.audits[-1]["reason"] == "unknown_manager"
     assert env.store.rows == {} and env.directory.lookups == []
-    result = await env.service.place_from_api("shop-1", "mallory", "123")
-    assert result == Refused(Refusal.UNKNOWN_MANAGER)
+    from_api = await env.service.place_from_api("shop-1", "mallory", "123")
+    assert from_api == Refused(Refusal.UNKNOWN_MANAGER)
     assert env.store.audits[-1]["actor"] == "token:shop-1"
     # boris is known by his endpoint: his request is decided (denied: not his order).
     boris = await env.service.place_from_phone("boris", "123", "m-2", read_code=_no_code)
@@ -539,7 +542,7 @@ async def test_hanging_up_while_keying_the_code_is_an_audited_attempt(env: Env) 
 
 
 async def test_an_api_call_whose_manager_leg_cannot_be_originated_did_not_start(env: Env) -> None:
-    env.engine.ari.errors["originate"] = AriUnavailable("originate", 0, "timed out")
+    env.ari.errors["originate"] = AriUnavailable("originate", 0, "timed out")
     result = await env.service.place_from_api("shop-1", "anna", "123")
     assert isinstance(result, NotStarted) and result.outcome is Outcome.MANAGER_UNAVAILABLE
     row = env.store.rows[result.call_id]
@@ -557,7 +560,7 @@ async def test_an_api_call_in_russian_rings_the_manager_with_a_russian_label_and
     try:
         result = await e.service.place_from_api("shop-1", "anna", "123")
         assert isinstance(result, Call)
-        [orig] = e.engine.ari.named("originate")
+        [orig] = e.ari.named("originate")
         assert orig["caller_id"] == '"Заказ 123 Иванов И." <*77123>'
         assert orig["variables"] == {
             "CHANNEL(language)": "ru",
@@ -601,7 +604,7 @@ async def test_an_asterisk_slow_to_take_the_originate_does_not_hold_the_fastagi_
     longer than EARLY_ANSWER_WAIT: the phone gets its 180 from the dialplan, and the call in Stasis acts on the
     originate when it ends. (Checked to fail without the bound: the decision waits for the originate.)"""
     release = asyncio.Event()
-    ari = env.engine.ari
+    ari = env.ari
     create_channel = ari.create_channel
 
     async def slow_create(**kwargs: Any) -> dict[str, Any]:
@@ -641,5 +644,5 @@ async def test_a_completed_phone_call_logs_two_info_lines_without_the_number(
         f"call {pending.call_id} accepted: manager anna order 123",
         f"call {pending.call_id} ended: completed (by manager, recording bridged-{pending.call_id})",
     ]
-    assert env.engine.ari.named("set_variable")  # the label was put back, at debug
+    assert env.ari.named("set_variable")  # the label was put back, at debug
     assert all(NUMBER_TAIL not in digits(r.getMessage()) for r in caplog.records)
