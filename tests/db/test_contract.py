@@ -106,7 +106,7 @@ async def test_an_ended_row_is_never_revived_and_its_end_is_audited_once(
     await _accept(calls_store)
     await calls_store.calls.set_state("c1", "ringing_customer")
     ended_at = AT + timedelta(seconds=70)
-    end = {"hangup_cause": 16, "actor": "anna", "order_id": "123"}
+    end: dict[str, Any] = {"hangup_cause": 16, "actor": "anna", "order_id": "123"}
     await calls_store.calls.finish_audited(
         "c1", outcome="completed", ended_by="manager", ended_at=ended_at, **end
     )
@@ -159,7 +159,7 @@ async def test_a_bridged_call_and_its_recording_state_also_after_its_end(
 async def test_a_refused_attempt_is_one_ended_row_and_one_refused_audit_row_even_when_retried(
     calls_store: Store | FakeStore,
 ) -> None:
-    refused = {
+    refused: dict[str, Any] = {
         "call_id": "r1",
         "order_id": "999",
         "manager_id": "anna",
@@ -259,7 +259,8 @@ async def test_a_link_is_claimed_once_and_answers_with_its_first_answer(
     assert await calls_store.links.by_capability("cap2") is None
     # A settled link is not released: its call stands.
     await calls_store.links.release("k1")
-    assert (await calls_store.links.find("k1")).call_id == "c9"
+    kept = await calls_store.links.find("k1")
+    assert kept is not None and kept.call_id == "c9"
 
 
 async def test_a_released_link_may_be_claimed_again(calls_store: Store | FakeStore) -> None:

@@ -55,7 +55,7 @@ async def test_call_page_filters_and_their_boundaries(store: Store) -> None:
     await _refused(store, "early", AT - timedelta(hours=1), manager_id="boris", outcome="unknown_order")
     await _refused(store, "at", AT, order_id="456")
     await _refused(store, "late", AT + timedelta(hours=1))
-    ids = [[r.id for r in await store.calls.page(**f)] for f in ({"since": AT}, {"until": AT})]
+    ids = [[r.id for r in await store.calls.page(since=AT)], [r.id for r in await store.calls.page(until=AT)]]
     assert ids == [["late", "at"], ["early"]]  # from is inclusive, to exclusive
     assert [r.id for r in await store.calls.page(manager_id="boris")] == ["early"]
     assert [r.id for r in await store.calls.page(order_id="456")] == ["at"]
@@ -283,7 +283,7 @@ async def test_link_rows_are_kept_until_expired_and_past_their_capability(store:
 async def test_the_schema_keeps_outbound_calls_named_and_caller_references_letters_only(store: Store) -> None:
     """Only an inbound call may lack an order or a manager; a caller reference is letters, never digits;
     the sticky table holds 64-hex keys (a keyed hash), never a number."""
-    base = {
+    base: dict[str, Any] = {
         "call_id": "x1",
         "direction": "phone",
         "state": "requested",
@@ -293,9 +293,9 @@ async def test_the_schema_keeps_outbound_calls_named_and_caller_references_lette
         "details": {},
     }
     with pytest.raises(asyncpg.CheckViolationError):
-        await store.calls.insert_audited(order_id=None, manager_id="anna", **base)  # type: ignore[arg-type]
+        await store.calls.insert_audited(order_id=None, manager_id="anna", **base)
     with pytest.raises(asyncpg.CheckViolationError):
-        await store.calls.insert_audited(  # type: ignore[arg-type]
+        await store.calls.insert_audited(
             order_id=None, manager_id=None, caller_ref="+79161234567", **{**base, "direction": "inbound"}
         )
     with pytest.raises(asyncpg.CheckViolationError):

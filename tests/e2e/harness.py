@@ -47,7 +47,9 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+# The predicate is called without arguments. Callable[..., Any]: loops bind their variables as defaults
+# (lambda n=i: ...), which mypy cannot check against Callable[[], Any] ("Cannot infer type of lambda").
+def wait_for(predicate: Callable[..., Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

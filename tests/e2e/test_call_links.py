@@ -48,8 +48,12 @@ def _daemon(make_bridged, customer_name: str) -> tuple[Bridged, ManagerPhone, st
 def _link(daemon: Bridged, order: str, manager: str, ttl: int = 300, **change: str) -> str:
     url = make_link(f"http://127.0.0.1:{daemon.http_port}", SECRET, order, manager, int(time.time()) + ttl)
     for name, value in change.items():
-        url = re.sub(rf"([?&]{name}=)[^&]*", lambda m, v=value: m[1] + v, url)
+        url = _with_value(url, name, value)
     return url
+
+
+def _with_value(url: str, name: str, value: str) -> str:
+    return re.sub(rf"([?&]{name}=)[^&]*", lambda m: m[1] + value, url)
 
 
 class Browser:
@@ -141,7 +145,8 @@ def test_a_link_rings_the_manager_then_the_customer_and_the_page_follows_the_cal
     assert phone.wait(timeout=15) == 0, phone.describe()
     # The manager's phone rang once, shown the order label; the carrier got one INVITE, for the number.
     [manager_invite] = invites(phone.messages())
-    assert f"Order {order}" in re.search(r"^From:.*$", manager_invite, re.M)[0]
+    from_line = re.search(r"^From:.*$", manager_invite, re.M)
+    assert from_line and f"Order {order}" in from_line[0], manager_invite[:400]
     [customer_invite] = invites(customer.messages())
     assert re.search(rf"^INVITE sip:{re.escape(number)}@", customer_invite, re.M)
 
@@ -269,7 +274,9 @@ def test_a_link_replayed_after_it_expired_gets_the_expired_page(
     with chromium(trace_dir) as browser:
         page = browser.open(url)
         assert wait_phase(page, "ended").startswith("Ended: ")  # the manager hangs up while it rings
-        wait_for(lambda: time.time() > int(re.search(r"exp=(\d+)", url)[1]) + 1, 15, "the link to expire")
+        exp = re.search(r"exp=(\d+)", url)
+        assert exp, url
+        wait_for(lambda: time.time() > int(exp[1]) + 1, 15, "the link to expire")
         page = browser.open(url)
         assert page.inner_text("#status") == "This link has expired, ask for a new one."
         browser.snapshot(page, "replayed")

@@ -221,13 +221,14 @@ def test_post_rings_manager_then_customer_and_never_leaks(
         # The manager's phone rang first, showing the order label as the caller.
         manager_trace = phone.messages()
         manager_invite = invites(manager_trace)[0]
-        from_line = re.search(r"^From:.*$", manager_invite, re.M)[0]
-        assert f"Order {order}" in from_line, from_line
+        from_line = re.search(r"^From:.*$", manager_invite, re.M)
+        assert from_line and f"Order {order}" in from_line[0], manager_invite[:400]
         assert re.search(r"^BYE sip:", manager_trace, re.M)
         # The carrier was asked for the order's number with the shop's caller id.
         customer_invite = invites(customer.messages())[0]
         assert re.search(rf"^INVITE sip:{re.escape(number)}@", customer_invite, re.M)
-        assert SHOP_NUMBER_DIGITS in re.sub(r"\D", "", re.search(r"^From:.*$", customer_invite, re.M)[0])
+        from_line = re.search(r"^From:.*$", customer_invite, re.M)
+        assert from_line and SHOP_NUMBER_DIGITS in re.sub(r"\D", "", from_line[0]), customer_invite[:400]
         # ...and the number reached neither the manager's phone, nor the logs, nor the database.
         status, again, _ = http(daemon, "GET", f"/v1/calls/{call['id']}")
         assert_not_leaked(
@@ -422,7 +423,7 @@ def test_bad_input_gets_4xx_with_stable_error_ids(make_bridged, asterisk, trace_
     order, number = new_order_id(), new_customer_number()
     add_order(daemon.postgres, order, number, "Ilya L.", "someone-else")
 
-    cases = [
+    cases: list[tuple[dict[str, Any], int, str]] = [
         (dict(raw=b"{not json"), 400, "invalid_json"),
         (dict(body=[1, 2]), 422, "invalid_request"),
         (dict(body={"order_id": 123, "manager_id": fedor.id}), 422, "invalid_request"),

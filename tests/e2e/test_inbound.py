@@ -475,7 +475,7 @@ def test_with_the_shops_database_down_the_fallback_sees_a_neutral_label_never_th
 def test_check_config_asks_the_shops_database_whether_the_queries_return_their_columns(
     shop, tmp_path: Path
 ) -> None:
-    config = {
+    config: dict[str, Any] = {
         "ari": {"url": "http://127.0.0.1:8088/ari", "username": "u", "password": "a-real-password"},
         "database": {"dsn": shop.dsn("bridged")},
         "orders": {

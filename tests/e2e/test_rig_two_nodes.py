@@ -42,7 +42,7 @@ def _recording_with_audio(node: Asterisk, name: str) -> Path:
     return wav
 
 
-def test_a_call_through_each_node(asterisk, asterisk_b, rig_alloc, unique_name, trace_dir):
+def test_a_call_through_each_node(asterisk, asterisk_b, rig_alloc, unique_name, trace_dir) -> None:
     nodes = {"a": asterisk, "b": asterisk_b}
     info = {key: json.loads(node.ari_get("/asterisk/info")) for key, node in nodes.items()}
     assert info["a"]["config"]["name"] == "rig" and info["b"]["config"]["name"] == "rig-2"

@@ -14,7 +14,7 @@ import io
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -226,14 +226,17 @@ def recording_event(
 # -- waiting --------------------------------------------------------------------------------------------
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 2.0, what: str = "") -> None:  # noqa: ASYNC109
-    """Poll ``condition`` (yielding to the loop) until it holds; fail after ``timeout`` seconds."""
+async def wait_until(condition: Callable[[], object], timeout: float = 2.0, what: str = "") -> None:  # noqa: ASYNC109
+    """Poll ``condition`` (yielding to the loop) until it holds (is truthy: a list of what was awaited
+    will do); fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not condition():
+    while not (held := condition()):
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what or condition}")
         await _real_sleep(0.001)
+    # The type lets any value through, an async condition's coroutine too, which is truthy at once.
+    assert not inspect.isawaitable(held), f"{what or condition} is async: wait_until cannot await it"
 
 
 async def settle(rounds: int = 50) -> None:
@@ -527,7 +530,7 @@ class FakeAri:
         await self._record("subscribe", app=app, event_sources=list(event_sources))
         return {"name": app}
 
-    async def allow_events(self, app: str, event_types: Any) -> dict[str, Any]:
+    async def allow_events(self, app: str, event_types: Iterable[str]) -> dict[str, Any]:
         await self._record("allow_events", app=app, event_types=sorted(event_types))
         return {"name": app, "events_allowed": [{"type": t} for t in sorted(event_types)]}
 

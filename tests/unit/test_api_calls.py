@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -23,6 +23,7 @@ from bridged.calls.engine import CallEngine
 from bridged.config import ApiToken, Config, ConfigHolder
 from bridged.orders import Order
 from bridged.service import CallService
+from bridged.store import Store
 from bridged.store.base import DatabaseUnavailable
 
 from .fakes import DownStore, FakeAri, make_config, make_order, wait_until
@@ -60,7 +61,7 @@ def call_app(config: Config, orders: dict[str, Order], *, middleware: bool = Tru
     service = CallService(ConfigHolder(config), store, directory, engine, accepting_calls=lambda: True)  # type: ignore[arg-type]
     app = web.Application(middlewares=[error_middleware] if middleware else [])
     app[CONFIG] = ConfigHolder(config)
-    app[STORE] = store  # type: ignore[assignment]
+    app[STORE] = cast(Store, store)  # a fake standing in for the real Store
     app[ENGINE] = engine
     app[SERVICE] = service
     return CallApp(app, ari, store, engine, service, directory)

@@ -931,7 +931,7 @@ async def test_reconcile_adopts_a_live_call(env: Env) -> None:
     ]
     call = env.engine.calls["call-r"]
     assert call.state is CallState.BRIDGED
-    assert call.order is None and call.manager.id == "anna"
+    assert call.order is None and call.manager is not None and call.manager.id == "anna"
     assert env.ari.hung_up() == ["stray-1"]
     # The adopted call checks its legs once more, finds both, and waits.
     await wait_until(lambda: len(env.ari.named("get_channel")) == 2)
@@ -1256,7 +1256,7 @@ async def test_label_of_an_adopted_call_has_no_customer_name(env: Env) -> None:
 
 
 async def test_pending_call_whose_manager_never_reaches_stasis_is_closed(env: Env) -> None:
-    env.engine.PENDING_TTL = 0.05  # type: ignore[misc]
+    env.engine.PENDING_TTL = 0.05
     env.expect("call-x", "m-x")
     row = await env.ended("call-x")
     assert (row["outcome"], row["ended_by"]) == ("manager_abandoned", "manager")

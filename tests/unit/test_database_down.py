@@ -88,7 +88,8 @@ def test_every_public_store_method_translates(aggregate: type) -> None:
     for member in methods:
         assert hasattr(member, "__wrapped__"), member.__name__
     # And the store holds one of each.
-    assert {type(a) for a in vars(Store(None)).values()} >= {aggregate}
+    no_pool = Store(None)  # type: ignore[arg-type]  # never queried: only its parts' types count
+    assert {type(a) for a in vars(no_pool).values()} >= {aggregate}
 
 
 # -- DeferredWrites ---------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def _cuts_of(target: str) -> list[str]:
 
 @given(
     call_id=st.text("0123456789abcdef", min_size=1, max_size=32),
-    label=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
+    label=st.text(st.characters(exclude_categories=["Cs"]), max_size=40),
     language=st.sampled_from(LANGUAGES),
 )
 def test_the_dialplan_takes_the_ok_answer_apart_as_bridged_builds_it(

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -35,6 +35,7 @@ from bridged.configfile import parse_config
 from bridged.links import LinkProblem, LinkRefused, SignedLink
 from bridged.outcomes import Outcome
 from bridged.service import CallService
+from bridged.store import Store
 
 from .fakes import NUMBER_DIGITS, ROOT, DownStore, FakeAri, example_data, make_config, make_order
 from .test_api_calls import call_app
@@ -523,7 +524,7 @@ async def test_an_unknown_capability_follows_nothing(served: Served, header: str
 
 
 async def test_links_off_is_404(served: Served) -> None:
-    app = served.client.server.app
+    app = served.client.app
     config = app[CONFIG].current
     app[CONFIG].current = replace(config, links=LinksConfig())
     resp = await served.client.get(f"/c?{_query(served.link())}")
@@ -544,7 +545,7 @@ def test_the_link_key_and_capability_are_derived_not_stored_secrets() -> None:
 _QUERY_PARTS = st.lists(
     st.tuples(
         st.sampled_from(["order", "manager", "exp", "sig", "x", "Sig", "order[]", ""]),
-        st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=70),
+        st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=70),
     ),
     max_size=6,
 )
@@ -563,7 +564,7 @@ def test_any_query_string_gets_a_refusal_page_and_an_audit_row_that_holds_none_o
         store = DownStore()
         app = web.Application(middlewares=[error_middleware])
         app[CONFIG] = ConfigHolder(config)
-        app[STORE] = store  # type: ignore[assignment]
+        app[STORE] = cast(Store, store)  # a fake standing in for the real Store
         callpage.setup(app)
         fields = dict(parts)
         if tamper and parts:

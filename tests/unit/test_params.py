@@ -9,7 +9,9 @@ import json
 import re
 import string
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
@@ -22,8 +24,10 @@ from bridged.api.errors import ApiError, InvalidCursor, InvalidJson, InvalidPara
 ANY_TEXT = st.text(st.characters(codec=None), max_size=60)  # every code point, surrogates included
 DIGITS_OF_EVERY_SCRIPT = st.text(st.characters(categories=["Nd"]), min_size=1, max_size=4)
 
+T = TypeVar("T")
 
-def refused_or(function, *args):  # type: ignore[no-untyped-def]
+
+def refused_or(function: Callable[..., T], *args: Any) -> T | None:
     """The parser's value, or None if it refused with InvalidParameter (any other exception fails)."""
     try:
         return function(*args)
@@ -70,7 +74,9 @@ def test_times_within_1970_to_9999_in_utc_are_taken_and_others_refused(when: dat
     except OverflowError:
         in_utc = None
     # An offset of whole minutes, as every real zone has (one with seconds is refused).
-    whole_minutes = aware.utcoffset() % timedelta(minutes=1) == timedelta(0)
+    offset = aware.utcoffset()
+    assert offset is not None  # aware has a tzinfo
+    whole_minutes = offset % timedelta(minutes=1) == timedelta(0)
     expected = in_utc is not None and in_utc.year >= 1970 and whole_minutes
     assert (value is not None) == expected, (when, value)
     if value is not None:
@@ -142,7 +148,7 @@ CALL_IDS = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
 AUDIT_IDS = st.integers(1, 2**63 - 1)
 
 
-def refused_cursor(decode, cursor: str) -> None:  # type: ignore[no-untyped-def]
+def refused_cursor(decode: Callable[[str], object], cursor: str) -> None:
     with pytest.raises(InvalidCursor) as raised:
         decode(cursor)
     assert raised.value.status == 422 and raised.value.error_id == "invalid_cursor"

@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -37,6 +37,7 @@ from bridged.recordings import (
     parse_range,
 )
 from bridged.retention import RECORDINGS, RETENTION, Retention
+from bridged.store import Store
 from bridged.store.calls import CallRow
 from bridged.store.settings import Setting
 
@@ -284,7 +285,7 @@ async def served(tmp_path: Path):
     config = replace(config, api=replace(config.api, tokens=tokens))
     app = web.Application()
     app[CONFIG] = ConfigHolder(config)
-    app[STORE] = store  # type: ignore[assignment]
+    app[STORE] = cast(Store, store)  # a fake standing in for the real Store
     source = FolderRecordings(tmp_path, "wav")
     app[RECORDINGS] = source
     app[RETENTION] = Retention(store, source, lambda: None)  # type: ignore[arg-type]

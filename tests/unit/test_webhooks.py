@@ -79,7 +79,7 @@ async def test_publish_never_blocks_and_carries_no_number() -> None:
     states = [p["data"]["state"] for _, p in store.queued]
     assert states == ["ringing_manager", "ringing_customer", "bridged", "ended"]
     assert store.queued[-1][1]["data"]["outcome"] == "completed"
-    assert order.phone.dialable().lstrip("+") not in repr(store.queued)
+    assert order.phone is not None and order.phone.dialable().lstrip("+") not in repr(store.queued)
     await sink.stop()
 
 
