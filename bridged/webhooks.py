@@ -28,6 +28,7 @@ import aiohttp
 from .calls.model import Call, CallState
 from .config import WebhookConfig
 from .outcomes import Outcome
+from .store.base import DatabaseUnavailable
 from .store.outbox import Claimed, WebhookOutbox
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,17 @@ class WebhookSink:
                     error = f"HTTP {response.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 ok, error = False, type(exc).__name__
+        # Raised out of the gather, a failed write ended the dispatcher: no webhook went out until a restart.
+        # The row stays claimed and is delivered again once the claim runs out.
+        try:
+            await self._settle(claimed, ok, error)
+        except DatabaseUnavailable as exc:
+            log.warning("webhook delivery %d: its outcome not written (%s); due again later", claimed.id, exc)
+        except Exception:
+            log.exception("webhook delivery %d: its outcome not written; due again later", claimed.id)
+
+    async def _settle(self, claimed: Claimed, ok: bool, error: str) -> None:
+        """The attempt's outcome in the outbox: delivered, or failed and due again later (or given up)."""
         if ok:
             await self.outbox.delivered(claimed.id)
             return

@@ -12,6 +12,7 @@ from typing import Any
 from bridged.calls.model import Call, CallState
 from bridged.config import WebhookConfig
 from bridged.outcomes import Outcome
+from bridged.store.base import DatabaseUnavailable
 from bridged.store.outbox import Claimed
 from bridged.webhooks import WebhookSink, backoff, claim_lease, sign, verify
 
@@ -206,3 +207,30 @@ async def test_the_dispatcher_claims_for_as_long_as_a_batch_may_take_and_reports
     assert sorted(outbox.taken) == [1, 3] and len(session.bodies) == 3
     [(claimed, error, retry_in)] = outbox.refused
     assert (claimed.id, error, retry_in) == (2, "HTTP 500", None)  # its third attempt of three: given up
+
+
+class _OutboxAway(_Outbox):
+    """Its first writes find the database away."""
+
+    def __init__(self, payloads: list[dict[str, Any]], away: int) -> None:
+        super().__init__(payloads)
+        self.away = away
+
+    async def delivered(self, outbox_id: int) -> None:
+        if self.away:
+            self.away -= 1
+            raise DatabaseUnavailable("ConnectionRefusedError")
+        await super().delivered(outbox_id)
+
+
+async def test_a_delivery_whose_outcome_cannot_be_written_leaves_the_dispatcher_going() -> None:
+    """The row stays claimed until its lease runs out, then is delivered again (the store's tests)."""
+    outbox = _OutboxAway([{"answer": 204}] * 25, away=2)  # 2 batches, 2 writes fail
+    sink = WebhookSink(WebhookConfig(url="http://127.0.0.1:9/hook", secret=SECRET), outbox, _Session())  # type: ignore[arg-type]
+    sink.start()
+    for _ in range(100):
+        if len(outbox.taken) == 23:
+            break
+        await asyncio.sleep(0.01)
+    await sink.stop()
+    assert len(set(outbox.taken)) == 23  # the two not written stay claimed (due again after the lease)
