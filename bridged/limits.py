@@ -29,6 +29,8 @@ RATE_LIMITED = "rate_limited"
 # The refusals a manager probing for customers gets; other refusals (bridged or the shop's database away,
 # overload) are bridged's, and neither count nor break a run.
 PROBING = frozenset({"unknown_order", "denied", "invalid_code", "invalid_phone"})
+# The outcomes :func:`verdict` counts: those of every other attempt change none of its counts.
+COUNTED = frozenset({ACCEPTED}) | PROBING
 # Refusals whose code named an order the shop knows: the order is kept with the attempt.
 KNOWN_ORDER = frozenset({ACCEPTED, "denied", "invalid_phone"})
 

@@ -1,8 +1,9 @@
 """Call state changes pushed to the shop's webhook, signed, retried, never in a call's way.
 
 A call worker only hands the change to :meth:`WebhookSink.publish` (sync, no I/O). A writer task
-persists it in the outbox table; a dispatcher task delivers due rows with HMAC-SHA256 signatures and
-retries failures with exponential backoff, across restarts.
+persists it in the outbox table; a dispatcher task claims due rows (each row to one of the daemons sharing
+the table), delivers them with HMAC-SHA256 signatures and retries failures with exponential backoff,
+across restarts.
 
 Signature: header ``X-Bridged-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
 A receiver recomputes it over the raw body and rejects stale timestamps.
@@ -15,6 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import random
 import time
 import uuid
@@ -26,7 +28,8 @@ import aiohttp
 from .calls.model import Call, CallState
 from .config import WebhookConfig
 from .outcomes import Outcome
-from .store.outbox import WebhookOutbox
+from .store.base import DatabaseUnavailable
+from .store.outbox import Claimed, WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,15 @@ EVENT_HEADER = "X-Bridged-Event"
 _BATCH = 20
 _PARALLEL = 4
 _MAX_BACKOFF = 300.0
+# Beyond the longest a batch can take to deliver: time for writing the outcomes (the database slow).
+_CLAIM_MARGIN = 60.0
+
+
+def claim_lease(timeout: float) -> float:
+    """Seconds a claimed batch is this dispatcher's alone: its last row may wait for the rows before it,
+    ``_PARALLEL`` at a time, each up to ``timeout``. Past it, a row not yet delivered or failed is due
+    again for any dispatcher (this one died, or its database went away)."""
+    return math.ceil(_BATCH / _PARALLEL) * timeout + _CLAIM_MARGIN
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -144,12 +156,12 @@ class WebhookSink:
         limit = asyncio.Semaphore(_PARALLEL)
         while True:
             try:
-                due = await self.outbox.due(_BATCH)
+                due = await self.outbox.claim(_BATCH, lease=claim_lease(self.config.timeout))
             except Exception:
                 log.exception("webhook outbox unreadable")
                 due = []
             if due:
-                await asyncio.gather(*(self._deliver(limit, *item) for item in due))
+                await asyncio.gather(*(self._deliver(limit, claimed) for claimed in due))
                 continue
             self._wake.clear()
             try:
@@ -157,10 +169,10 @@ class WebhookSink:
             except TimeoutError:
                 pass
 
-    async def _deliver(self, limit: asyncio.Semaphore, outbox_id: int, payload: str, attempts: int) -> None:
+    async def _deliver(self, limit: asyncio.Semaphore, claimed: Claimed) -> None:
         assert self.config.url is not None and self.config.secret is not None
-        body = payload.encode("utf-8")
-        event_type = json.loads(payload).get("type", "")
+        body = claimed.payload.encode("utf-8")
+        event_type = json.loads(claimed.payload).get("type", "")
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self.config.secret, int(time.time()), body),
@@ -179,15 +191,26 @@ class WebhookSink:
                     error = f"HTTP {response.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 ok, error = False, type(exc).__name__
+        # Raised out of the gather, a failed write ended the dispatcher: no webhook went out until a restart.
+        # The row stays claimed and is delivered again once the claim runs out.
+        try:
+            await self._settle(claimed, ok, error)
+        except DatabaseUnavailable as exc:
+            log.warning("webhook delivery %d: its outcome not written (%s); due again later", claimed.id, exc)
+        except Exception:
+            log.exception("webhook delivery %d: its outcome not written; due again later", claimed.id)
+
+    async def _settle(self, claimed: Claimed, ok: bool, error: str) -> None:
+        """The attempt's outcome in the outbox: delivered, or failed and due again later (or given up)."""
         if ok:
-            await self.outbox.delivered(outbox_id)
+            await self.outbox.delivered(claimed.id)
             return
-        attempts += 1
+        attempts = claimed.attempts + 1
         retry_in = None if attempts >= self.config.max_attempts else backoff(attempts)
-        await self.outbox.failed(outbox_id, error=error, retry_in=retry_in)
+        await self.outbox.failed(claimed, error=error, retry_in=retry_in)
         log.warning(
             "webhook delivery %d failed (%s), attempt %d%s",
-            outbox_id,
+            claimed.id,
             error,
             attempts,
             "; giving up" if retry_in is None else f"; next in {retry_in:.1f}s",

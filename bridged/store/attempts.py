@@ -10,11 +10,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..limits import Attempt, Keyed
+from ..limits import COUNTED, Attempt, Keyed
 from .base import Aggregate, unavailable_as_one_type
 
-# More rows than any budget needs: a window is read whole up to this many (newest first).
+# More rows than the budgets need (see ManagerAttempts.window): a window's counted attempts are read up to
+# this many, newest first.
 WINDOW_ROWS = 5000
+# The outcomes read, written out in the statement: a parameter would hide from the planner that they
+# are all rows of the partial index manager_attempts_counted_idx (outcome <> 'rate_limited').
+_COUNTED_SQL = ", ".join(f"'{outcome}'" for outcome in sorted(COUNTED))
+# $1 the manager, $2 the window's seconds, $3 WINDOW_ROWS; one row of now() even with no attempt.
+_WINDOW = (
+    "SELECT now() AS now, at, outcome, order_id FROM (SELECT at, outcome, order_id"
+    " FROM manager_attempts WHERE manager_id = $1 AND at > now() - make_interval(secs => $2)"
+    f" AND outcome IN ({_COUNTED_SQL})"
+    " ORDER BY at DESC LIMIT $3) w RIGHT JOIN (SELECT 1) one ON true"
+)
 
 
 @dataclass(frozen=True)
@@ -61,15 +72,23 @@ _INSERT = insert_attempt(1)
 @unavailable_as_one_type
 class ManagerAttempts(Aggregate):
     async def window(self, manager_id: str, seconds: int) -> tuple[datetime, list[Attempt]]:
-        """The database's now and the manager's attempts of the last ``seconds`` (one index scan)."""
-        rows = await self.pool.fetch(
-            "SELECT now() AS now, at, outcome, order_id FROM (SELECT at, outcome, order_id"
-            " FROM manager_attempts WHERE manager_id = $1 AND at > now() - make_interval(secs => $2)"
-            " ORDER BY at DESC LIMIT $3) w RIGHT JOIN (SELECT 1) one ON true",
-            manager_id,
-            float(seconds),
-            WINDOW_ROWS,
-        )
+        """The database's now and the manager's attempts of the last ``seconds`` that the budgets count
+        (limits.COUNTED; one scan of the partial index, newest first, up to ``WINDOW_ROWS``).
+
+        Not read: the ``rate_limited`` refusals a manager past a budget adds with every further attempt
+        (an auto-dialer: thousands an hour), nor bridged's own refusals (overloaded, lookup_failed, ...).
+        Read, they made each check go through all of them, and once ``WINDOW_ROWS`` of them were newer
+        than the manager's calls those calls fell out of the read: the calls budget let calls through.
+
+        The verdict is exact while the window holds at most ``WINDOW_ROWS`` counted attempts. With every
+        budget on it holds at most ``calls`` accepted and ``(calls + 1) * refused_in_a_row`` probing
+        refusals (a run is refused at ``refused_in_a_row``; only an accepted call starts another): 670
+        with the defaults, give or take the attempts checked at the same moment (by several daemons). Not
+        bounded: with ``refused_in_a_row`` off, a manager repeating unknown or denied orders (denied on
+        one order adds no distinct order) adds counted rows without end, and past ``WINDOW_ROWS`` of them
+        the oldest counted rows, calls included, go unread (counts come out low); the same with budgets
+        set so high (the file allows 1,000,000) that the sum above passes ``WINDOW_ROWS``."""
+        rows = await self.pool.fetch(_WINDOW, manager_id, float(seconds), WINDOW_ROWS)
         now: datetime = rows[0]["now"]
         return now, [Attempt(r["at"], r["outcome"], r["order_id"]) for r in rows if r["at"] is not None]
 

@@ -133,6 +133,33 @@ async def test_an_ended_row_is_never_revived_and_its_end_is_audited_once(
     ]
 
 
+async def test_the_window_holds_the_attempts_the_budgets_count_newest_first(
+    calls_store: Store | FakeStore,
+) -> None:
+    """Not the refusals past a budget (rate_limited) nor bridged's own (overloaded, lookup_failed): they
+    change no count, and a manager past a budget adds them by the thousand (tests/db/test_attempts.py)."""
+    now = datetime.now(UTC)
+    made = [
+        ("anna", "accepted", "123", 50),
+        ("anna", "rate_limited", None, 40),
+        ("anna", "denied", "7", 30),
+        ("anna", "overloaded", None, 25),
+        ("anna", "lookup_failed", None, 20),
+        ("boris", "accepted", "8", 15),
+        ("anna", "unknown_order", None, 10),
+        ("anna", "accepted", "9", 7200),  # before the window
+    ]
+    for manager_id, outcome, order_id, seconds_ago in made:
+        at = now - timedelta(seconds=seconds_ago)
+        await calls_store.attempts.record(NewAttempt(manager_id, outcome, order_id, Keyed(3, "digits"), at))
+    _, window = await calls_store.attempts.window("anna", 3600)
+    assert [(a.outcome, a.order_id) for a in window] == [
+        ("unknown_order", None),
+        ("denied", "7"),
+        ("accepted", "123"),
+    ]
+
+
 async def test_a_bridged_call_and_its_recording_state_also_after_its_end(
     calls_store: Store | FakeStore,
 ) -> None:

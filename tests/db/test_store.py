@@ -136,28 +136,27 @@ async def test_an_expired_idempotency_key_is_forgotten(store: Store) -> None:
     assert await store.idempotency.claim("shop-1", "k", "h2", keep_hours=24) == (True, None, None, None)
 
 
-async def test_the_outbox_due_delivered_failed_and_given_up(store: Store) -> None:
+async def test_the_outbox_claimed_delivered_failed_and_given_up(store: Store) -> None:
     outbox = store.outbox
     for call_id in ("c1", "c2", "c3"):
         await outbox.queue(call_id, {"call_id": call_id})
-    due = await outbox.due(10)
-    assert [(json.loads(payload)["call_id"], attempts) for _, payload, attempts in due] == [
-        ("c1", 0),
-        ("c2", 0),
-        ("c3", 0),
-    ]
-    first, second, third = (outbox_id for outbox_id, _, _ in due)
-    await outbox.delivered(first)
+    due = await outbox.claim(10, lease=3600.0)
+    assert [(json.loads(c.payload)["call_id"], c.attempts) for c in due] == [("c1", 0), ("c2", 0), ("c3", 0)]
+    first, second, third = due
+    await outbox.delivered(first.id)
     await outbox.failed(second, error="x" * 500, retry_in=3600.0)  # retried in an hour: not due now
     await outbox.failed(third, error="HTTP 500", retry_in=0.0)  # due again at once
-    assert [(i, a) for i, _, a in await outbox.due(10)] == [(third, 1)]
-    await outbox.failed(third, error="HTTP 500", retry_in=None)  # given up
-    assert await outbox.due(10) == []
+    again = await outbox.claim(10, lease=3600.0)
+    assert [(c.id, c.attempts) for c in again] == [(third.id, 1)]
+    await outbox.failed(again[0], error="HTTP 500", retry_in=None)  # given up
     rows = {r["id"]: r for r in await store.pool.fetch("SELECT * FROM webhook_outbox")}
-    assert rows[first]["delivered_at"] is not None and rows[first]["attempts"] == 1
-    assert len(rows[second]["last_error"]) == 200 and rows[second]["failed_at"] is None
-    assert rows[third]["failed_at"] is not None and rows[third]["attempts"] == 2
-    assert len(await outbox.due(1)) == 0 and await outbox.due(0) == []
+    assert rows[first.id]["delivered_at"] is not None and rows[first.id]["attempts"] == 1
+    assert len(rows[second.id]["last_error"]) == 200 and rows[second.id]["failed_at"] is None
+    assert rows[third.id]["failed_at"] is not None and rows[third.id]["attempts"] == 2
+    # Claims and retries run out: only the row neither delivered nor given up is due again.
+    await store.pool.execute("UPDATE webhook_outbox SET next_attempt_at = now() - interval '1 second'")
+    assert [c.id for c in await outbox.claim(10, lease=3600.0)] == [second.id]
+    assert await outbox.claim(10, lease=3600.0) == [] and await outbox.claim(0, lease=3600.0) == []
 
 
 async def test_a_setting_and_its_audit_row_go_together(store: Store) -> None:

@@ -40,7 +40,7 @@ from .harness import (
     sox_rms,
     wait_for,
 )
-from .test_http_calls import TOKENS, http, manager_phone, token_config
+from .test_http_calls import TOKENS, WEBHOOK_SECRET, WebhookReceiver, http, manager_phone, token_config
 from .test_http_hostile import block_database, unblock_database
 from .test_inbound import ended_row, inbound_daemon
 from .test_service import carrier_for
@@ -89,9 +89,11 @@ def two_daemons(
     started: list[Bridged] = []
     files: list[str] = []
 
-    def make(count: int, a_extra: dict[str, Any] | None = None) -> tuple[Bridged, Bridged]:
+    def make(
+        count: int, a_extra: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
+    ) -> tuple[Bridged, Bridged]:
         """``a_extra``: merged over A's config; A is then only waited for to have started (its /healthz
-        may stay 503: an ARI it cannot reach)."""
+        may stay 503: an ARI it cannot reach). ``extra``: merged over both daemons' configs."""
         phones = [
             ManagerPhone(
                 id=f"ha{rig_alloc.unique_name('')}",
@@ -106,7 +108,8 @@ def two_daemons(
             (trace_dir / key).mkdir(exist_ok=True)
             daemons.append(Bridged(asterisk, shop, trace_dir / key, phones))
         a, b = daemons
-        a.extra = a_extra or {}
+        a.extra = {**(extra or {}), **(a_extra or {})}
+        b.extra = dict(extra or {})
         targets = {"BRIDGED_AGI": a.agi_url, "BRIDGED_AGI_2": b.agi_url}
         name = f"test_{phones[0].endpoint}"
         asterisk.add_endpoints(
@@ -237,42 +240,59 @@ def test_a_daemon_without_asterisk_passes_the_call_on_to_the_next_which_complete
 ) -> None:
     """A (tried first) runs with a wrong ARI password: it never connects, answers its FastAGI requests
     `unavailable` and, B following it in the dialplan, writes no call row, only a `passed_on` audit row;
-    B takes the call to its end. No "try later" prompt reaches the manager."""
-    a, b = two_daemons(1, {"ari": {"password": "not-the-password"}})
-    [phone] = a.managers
-    assert "refused: HTTP 401" in wait_for(
-        lambda: "refused: HTTP 401" in a.log_text() and a.log_text(), 20, "401"
-    )
-    order, number = new_order_id(), new_customer_number()
-    add_order(a.postgres, order, number, "Olga Ivanova", phone.id)
-    customer = carrier_for(trace_dir, rig_alloc, calls=1, hold_ms=30000)
-    try:
-        call = dial(phone, trace_dir / "m", f"*77{order}", hold_ms=3000, timeout_s=60)
-        assert call.wait(timeout=60) == 0, call.describe()
-        [row] = wait_for(
-            lambda: (r := _rows(b, phone)) and r[0]["state"] == "ended" and r, 20, "the call's row"
+    B takes the call to its end. No "try later" prompt reaches the manager.
+
+    Both dispatch the webhooks of the outbox they share, to a shop answering 1.5 s late: each of the call's
+    events arrives once. (With the rows read, not claimed, A's dispatcher sent B's rows again while B
+    waited for the answer.)"""
+    with WebhookReceiver(rig_alloc.sip_port() + 20000, answer_after=1.5) as hook:
+        webhook = {"webhook": {"url": hook.url, "secret": WEBHOOK_SECRET, "timeout": 5}}
+        a, b = two_daemons(1, {"ari": {"password": "not-the-password"}}, webhook)
+        [phone] = a.managers
+        assert "refused: HTTP 401" in wait_for(
+            lambda: "refused: HTTP 401" in a.log_text() and a.log_text(), 20, "401"
         )
-        assert (row["order_id"], row["outcome"], row["ended_by"], row["ari_app"]) == (
-            order,
-            "completed",
-            "manager",
-            b.app,
-        ), row
-        passed = [r for r in _audit(b, "call.request") if r["actor"] == phone.id]
-        assert [(r["outcome"], r["reason"], r["call_id"]) for r in passed] == [
-            ("passed_on", "unavailable", None),  # A's
-            ("accepted", None, row["id"]),  # B's
-        ], passed
-        assert "passed on to the next daemon: unavailable" in a.log_text()
-        assert "passed on" not in b.log_text()
-    finally:
-        customer.stop()
+        order, number = new_order_id(), new_customer_number()
+        add_order(a.postgres, order, number, "Olga Ivanova", phone.id)
+        customer = carrier_for(trace_dir, rig_alloc, calls=1, hold_ms=30000)
+        try:
+            call = dial(phone, trace_dir / "m", f"*77{order}", hold_ms=3000, timeout_s=60)
+            assert call.wait(timeout=60) == 0, call.describe()
+            [row] = wait_for(
+                lambda: (r := _rows(b, phone)) and r[0]["state"] == "ended" and r, 20, "the call's row"
+            )
+            assert (row["order_id"], row["outcome"], row["ended_by"], row["ari_app"]) == (
+                order,
+                "completed",
+                "manager",
+                b.app,
+            ), row
+            passed = [r for r in _audit(b, "call.request") if r["actor"] == phone.id]
+            assert [(r["outcome"], r["reason"], r["call_id"]) for r in passed] == [
+                ("passed_on", "unavailable", None),  # A's
+                ("accepted", None, row["id"]),  # B's
+            ], passed
+            assert "passed on to the next daemon: unavailable" in a.log_text()
+            assert "passed on" not in b.log_text()
+            outbox = f"FROM webhook_outbox WHERE call_id = '{row['id']}'"
+            wait_for(
+                lambda: b.sql(f"SELECT count(*) {outbox} AND delivered_at IS NULL").strip() == "0",
+                30,
+                "the call's webhooks delivered",
+            )
+        finally:
+            customer.stop()
+        events = b.sql(f"SELECT payload->>'id' {outbox}").split()
+        received = [json.loads(body) for _, body in hook.received]
+        ours = sorted(e["id"] for e in received if e["data"].get("call_id") == row["id"])
+        assert len(events) >= 3 and ours == sorted(events), (events, ours)
     assert_not_leaked(
         number,
         manager_trace=call.messages(),
         daemon_a_log=a.log_text(),
         daemon_b_log=b.log_text(),
         database=b.dump_database(),
+        webhooks=repr(hook.received),
     )
 
 

@@ -114,11 +114,13 @@ def manager_phone(
 
 
 class WebhookReceiver:
-    """A local aiohttp server collecting deliveries; ``hang=True`` never answers."""
+    """A local aiohttp server collecting deliveries; ``hang=True`` never answers, ``answer_after`` answers
+    that many seconds late (a slow shop)."""
 
-    def __init__(self, port: int, *, hang: bool = False) -> None:
+    def __init__(self, port: int, *, hang: bool = False, answer_after: float = 0.0) -> None:
         self.port = port
         self.hang = hang
+        self.answer_after = answer_after
         self.received: list[tuple[dict[str, str], bytes]] = []
         self._loop = asyncio.new_event_loop()
         self._release = asyncio.Event()
@@ -130,6 +132,7 @@ class WebhookReceiver:
         self.received.append((dict(request.headers), body))
         if self.hang:
             await self._release.wait()
+        await asyncio.sleep(self.answer_after)
         return web.Response(status=204)
 
     async def _start(self) -> None:
@@ -150,6 +153,8 @@ class WebhookReceiver:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()  # here: left to the garbage collector, it raised "Invalid file descriptor"
 
     @property
     def url(self) -> str:

@@ -27,10 +27,10 @@ from bridged.ari.nodes import current_node
 from bridged.config import Config, Manager
 from bridged.configfile import parse_config
 from bridged.labels import Label, Labeller
-from bridged.limits import Attempt
+from bridged.limits import COUNTED, Attempt
 from bridged.orders import Order
 from bridged.redact import PhoneNumber, RedactingFilter, digits
-from bridged.store.attempts import NewAttempt
+from bridged.store.attempts import WINDOW_ROWS, NewAttempt
 from bridged.store.base import DatabaseUnavailable
 from bridged.store.callers import Sticky
 from bridged.store.calls import CallRow
@@ -896,11 +896,12 @@ class FakeManagerAttempts:
     async def window(self, manager_id: str, seconds: int) -> tuple[datetime, list[Attempt]]:
         now = datetime.now(UTC)
         since = now - timedelta(seconds=seconds)
-        return now, [
+        found = [
             Attempt(r["at"], r["outcome"], r["order_id"])
             for r in self.rows
-            if r["manager_id"] == manager_id and r["at"] > since
+            if r["manager_id"] == manager_id and r["at"] > since and r["outcome"] in COUNTED
         ]
+        return now, sorted(found, key=lambda a: a.at, reverse=True)[:WINDOW_ROWS]
 
     async def record(self, attempt: NewAttempt) -> None:
         self.rows.append(

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
+from datetime import UTC, datetime
+from typing import Any
 
 from bridged.calls.model import Call, CallState
 from bridged.config import WebhookConfig
 from bridged.outcomes import Outcome
-from bridged.webhooks import WebhookSink, backoff, sign, verify
+from bridged.store.base import DatabaseUnavailable
+from bridged.store.outbox import Claimed
+from bridged.webhooks import WebhookSink, backoff, claim_lease, sign, verify
 
 from .fakes import make_config, make_label, make_order
 
@@ -48,7 +53,7 @@ class _Store:
         await self.release.wait()  # a stuck database must not hold the publisher up
         self.queued.append((call_id, payload))
 
-    async def due(self, limit: int) -> list:
+    async def claim(self, limit: int, *, lease: float) -> list:
         return []
 
 
@@ -140,3 +145,92 @@ def test_a_missed_inbound_call_is_also_a_call_missed_event_with_its_order_or_the
     turned_away.has_row = False
     sink.publish(turned_away, CallState.ENDED)
     assert [sink._queue.get_nowait()[1]["type"] for _ in range(sink._queue.qsize())] == ["call.state_changed"]
+
+
+class _Outbox:
+    """The outbox as the dispatcher uses it: rows claimed once each, with what it reports of them."""
+
+    def __init__(self, payloads: list[dict[str, Any]]) -> None:
+        until = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        self.rows = [Claimed(n, json.dumps(p), 2, until) for n, p in enumerate(payloads, 1)]
+        self.leases: list[float] = []
+        self.taken: list[int] = []
+        self.refused: list[tuple[Claimed, str, float | None]] = []
+
+    async def claim(self, limit: int, *, lease: float) -> list[Claimed]:
+        self.leases.append(lease)
+        claimed, self.rows = self.rows[:limit], self.rows[limit:]
+        return claimed
+
+    async def delivered(self, outbox_id: int) -> None:
+        self.taken.append(outbox_id)
+
+    async def failed(self, claimed: Claimed, *, error: str, retry_in: float | None) -> None:
+        self.refused.append((claimed, error, retry_in))
+
+
+class _Response:
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    async def __aenter__(self) -> _Response:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class _Session:
+    """The shop's webhook: answers each event with the status its payload asks for."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def post(self, url: str, *, data: bytes, **kwargs: Any) -> _Response:
+        self.bodies.append(data)
+        return _Response(json.loads(data)["answer"])
+
+
+async def test_the_dispatcher_claims_for_as_long_as_a_batch_may_take_and_reports_each_claim() -> None:
+    outbox = _Outbox([{"answer": 204}, {"answer": 500}, {"answer": 200}])
+    session = _Session()
+    config = WebhookConfig(url="http://127.0.0.1:9/hook", secret=SECRET, timeout=5.0, max_attempts=3)
+    sink = WebhookSink(config, outbox, session)  # type: ignore[arg-type]
+    sink.start()
+    for _ in range(100):
+        if len(outbox.taken) + len(outbox.refused) == 3:
+            break
+        await asyncio.sleep(0.01)
+    await sink.stop()
+    # 20 rows a batch, 4 at a time, each up to 5 s: the last may end 25 s after the claim.
+    assert outbox.leases[0] == claim_lease(5.0) > 25.0
+    assert sorted(outbox.taken) == [1, 3] and len(session.bodies) == 3
+    [(claimed, error, retry_in)] = outbox.refused
+    assert (claimed.id, error, retry_in) == (2, "HTTP 500", None)  # its third attempt of three: given up
+
+
+class _OutboxAway(_Outbox):
+    """Its first writes find the database away."""
+
+    def __init__(self, payloads: list[dict[str, Any]], away: int) -> None:
+        super().__init__(payloads)
+        self.away = away
+
+    async def delivered(self, outbox_id: int) -> None:
+        if self.away:
+            self.away -= 1
+            raise DatabaseUnavailable("ConnectionRefusedError")
+        await super().delivered(outbox_id)
+
+
+async def test_a_delivery_whose_outcome_cannot_be_written_leaves_the_dispatcher_going() -> None:
+    """The row stays claimed until its lease runs out, then is delivered again (the store's tests)."""
+    outbox = _OutboxAway([{"answer": 204}] * 25, away=2)  # 2 batches, 2 writes fail
+    sink = WebhookSink(WebhookConfig(url="http://127.0.0.1:9/hook", secret=SECRET), outbox, _Session())  # type: ignore[arg-type]
+    sink.start()
+    for _ in range(100):
+        if len(outbox.taken) == 23:
+            break
+        await asyncio.sleep(0.01)
+    await sink.stop()
+    assert len(set(outbox.taken)) == 23  # the two not written stay claimed (due again after the lease)
