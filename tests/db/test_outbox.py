@@ -77,9 +77,11 @@ async def test_a_late_failure_leaves_the_row_to_its_new_claim(store: Store, othe
     await store.outbox.failed(late, error="HTTP 500", retry_in=0.0)  # would be due at once
     assert await store.outbox.claim(10, lease=HOUR) == []
     row = await store.pool.fetchrow("SELECT attempts, last_error, next_attempt_at FROM webhook_outbox")
+    assert row is not None
     assert (row["attempts"], row["last_error"], row["next_attempt_at"]) == (0, None, current.until)
     await other.failed(current, error="HTTP 503", retry_in=None)  # its holder's outcome is kept
     row = await store.pool.fetchrow("SELECT attempts, last_error, failed_at FROM webhook_outbox")
+    assert row is not None
     assert (row["attempts"], row["last_error"]) == (1, "HTTP 503") and row["failed_at"] is not None
 
 
@@ -93,4 +95,5 @@ async def test_a_delivery_is_taken_once_however_many_report_it(store: Store, oth
     await other.failed(current, error="HTTP 500", retry_in=None)  # nor undone by the other's failure
     await other.delivered(current.id)
     row = await store.pool.fetchrow("SELECT attempts, delivered_at, failed_at FROM webhook_outbox")
+    assert row is not None and first is not None
     assert (row["attempts"], row["delivered_at"], row["failed_at"]) == (1, first["delivered_at"], None)
