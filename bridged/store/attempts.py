@@ -145,6 +145,14 @@ class ManagerAttempts(Aggregate):
         )
         return sent is not None
 
+    async def purge(self, before: datetime, batch: int) -> int:
+        """Delete the attempts made before ``before`` (on manager_attempts_at_idx), ``batch`` a
+        statement, and the alerts sent before it: the number of attempts deleted. The caller keeps them
+        past the budgets' window (and an alert past the window that paces alerts)."""
+        deleted = await self._delete_in_batches("manager_attempts", "at < $1", before, batch)
+        await self.pool.execute("DELETE FROM limit_alerts WHERE sent_at < $1", before)
+        return deleted
+
     async def probing(self, *, since: datetime, manager_id: str | None = None) -> list[ProbingRow]:
         """Refused attempts since ``since`` by manager, outcome, shape and length (most first)."""
         rows = await self.pool.fetch(
