@@ -37,20 +37,19 @@ class Budgets:
         self.alert = alert
 
     async def over(self, manager: Manager, code: str) -> limits.Exceeded | None:
-        """Whether one more attempt by ``manager`` goes past a budget (one indexed query). If bridged's
-        database is away the attempt goes on: it is refused at its row's write anyway."""
+        """Whether one more attempt by ``manager`` goes past a budget (one statement, reading rows bounded
+        by the budgets). If bridged's database is away the attempt goes on: it is refused at its row's
+        write anyway."""
         config = self.config.current.limits
         budget = config.budget(manager.id)
         if budget.calls is None and budget.distinct_orders is None and budget.refused_in_a_row is None:
             return None
         try:
-            now, attempts = await self.store.attempts.window(manager.id, config.window)
+            now, counted = await self.store.attempts.window(manager.id, config.window, budget, code)
         except DatabaseUnavailable as exc:
             log.warning("budgets of %s not checked: bridged's database is unavailable (%s)", manager.id, exc)
             return None
-        return limits.verdict(
-            attempts, now=now, window=timedelta(seconds=config.window), budget=budget, code=code
-        )
+        return limits.decide(counted, now=now, window=timedelta(seconds=config.window), budget=budget)
 
     async def rate_limited(
         self,

@@ -162,6 +162,9 @@ class LimitsConfig:
 
     window: int = 3600
     default: Budget = field(default_factory=Budget)
+    # Days the attempts are kept (then deleted by the retention pass): what ``GET /v1/probing`` can
+    # report, since any ``from`` it is asked. At least 7, the longest window, so the budgets never miss one.
+    keep_days: int = 90
     # Overrides by manager id: each a whole Budget (the file's keys laid over ``default``).
     managers: tuple[tuple[str, Budget], ...] = ()
 

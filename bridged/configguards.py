@@ -87,8 +87,10 @@ def load_limits(s: Section) -> LimitsConfig:
             continue
         overrides.append((name, budget(item, default)))
         item.finish()
+    # At least the longest window (7 days): the retention pass never deletes an attempt a budget counts.
+    keep_days = s.integer("keep_days", LimitsConfig.keep_days, minimum=7, maximum=36500)
     s.finish()
-    return LimitsConfig(window=window, default=default, managers=tuple(overrides))
+    return LimitsConfig(window=window, default=default, managers=tuple(overrides), keep_days=keep_days)
 
 
 def load_canaries(s: Section) -> CanariesConfig:

@@ -1,4 +1,5 @@
-"""Recording retention: recordings of calls older than the retention are deleted on a schedule.
+"""Retention: recordings of calls older than the retention are deleted on a schedule, and the rows no reader
+needs any more (:meth:`Retention.purge_rows`).
 
 The call row stays (metadata is what disputes are settled on) and gets ``recording_purged_at``; every
 purge writes a ``recording.purge`` audit row in the same transaction. The retention in force is the one an
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 
 from .appkeys import ARI, CONFIG, STORE
+from .config import LimitsConfig
 from .recordings import AriRecordings, FolderRecordings, RecordingSource, SourceUnavailable
 from .store import Store
 
@@ -25,6 +27,11 @@ log = logging.getLogger(__name__)
 RETENTION_KEY = "recording.retention_days"
 ACTOR = "retention"
 _BATCH = 100
+# Rows deleted a statement by the rows' purge: each a short transaction, no long lock.
+ROWS_BATCH = 10_000
+# Days a webhook delivery is kept once done (delivered, or given up): bridged reads it no more; an
+# operator looking into a shop's complaint ("we never got call X") still finds it for a month.
+OUTBOX_KEEP_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -36,11 +43,19 @@ class RetentionPolicy:
 
 
 class Retention:
-    def __init__(self, store: Store, source: RecordingSource, default_days: Callable[[], int | None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        source: RecordingSource,
+        default_days: Callable[[], int | None],
+        attempts_days: Callable[[], int] = lambda: LimitsConfig.keep_days,
+    ) -> None:
         self.store = store
         self.source = source
         # The config's retention (the config in force's, after reloads): what an API setting overrides.
         self.default_days = default_days
+        # limits.keep_days in force: how long managers' attempts are kept.
+        self.attempts_days = attempts_days
         # One pass at a time: the schedule and an admin's "purge now" may meet.
         self._lock = asyncio.Lock()
 
@@ -94,14 +109,29 @@ class Retention:
                 if len(due) < _BATCH:
                     return purged
 
+    async def purge_rows(self, now: datetime | None = None) -> tuple[int, int]:
+        """Delete the rows no reader needs any more, in batches: managers' attempts older than
+        ``limits.keep_days`` (with the alerts as old), webhook deliveries done ``OUTBOX_KEEP_DAYS`` ago.
+        The numbers of attempts and deliveries deleted. Calls, their audit trail, call links and
+        idempotency keys are not touched here: the first two are the record, the others are deleted as
+        they are written (once past their use)."""
+        now = now or datetime.now(UTC)
+        attempts = await self.store.attempts.purge(now - timedelta(days=self.attempts_days()), ROWS_BATCH)
+        deliveries = await self.store.outbox.purge(now - timedelta(days=OUTBOX_KEEP_DAYS), ROWS_BATCH)
+        if attempts or deliveries:
+            log.info("retention: %d attempts and %d webhook deliveries deleted", attempts, deliveries)
+        return attempts, deliveries
+
     async def run(self, interval: float) -> None:
         while True:
-            try:
-                await self.purge()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("retention pass failed; next one in %ss", interval)
+            # Each on its own: recordings that cannot be deleted now leave the rows' purge to go on.
+            for step in (self.purge, self.purge_rows):
+                try:
+                    await step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("retention pass failed; next one in %ss", interval)
             await asyncio.sleep(interval)
 
 
@@ -117,7 +147,13 @@ async def context(app: web.Application) -> AsyncIterator[None]:
         source = FolderRecordings(config.folder, config.format)
     else:
         source = AriRecordings(app[ARI])
-    retention = Retention(app[STORE], source, lambda: app[CONFIG].current.recording.retention_days)
+    holder = app[CONFIG]
+    retention = Retention(
+        app[STORE],
+        source,
+        lambda: holder.current.recording.retention_days,
+        lambda: holder.current.limits.keep_days,
+    )
     app[RECORDINGS] = source
     app[RETENTION] = retention
     task = asyncio.create_task(retention.run(config.purge_interval), name="retention")

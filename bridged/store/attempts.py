@@ -7,24 +7,55 @@ and shape: never the digits typed (they could be a customer's number).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
-from ..limits import COUNTED, Attempt, Keyed
+from ..config import Budget
+from ..limits import COUNTED, PROBING, Keyed, Tally, read_up_to
 from .base import Aggregate, unavailable_as_one_type
 
-# More rows than the budgets need (see ManagerAttempts.window): a window's counted attempts are read up to
-# this many, newest first.
-WINDOW_ROWS = 5000
-# The outcomes read, written out in the statement: a parameter would hide from the planner that they
-# are all rows of the partial index manager_attempts_counted_idx (outcome <> 'rate_limited').
-_COUNTED_SQL = ", ".join(f"'{outcome}'" for outcome in sorted(COUNTED))
-# $1 the manager, $2 the window's seconds, $3 WINDOW_ROWS; one row of now() even with no attempt.
+
+def _listed(outcomes: frozenset[str]) -> str:
+    """Outcomes written out in the statement: a parameter would hide from the planner that they are all
+    rows of the partial index manager_attempts_counted_idx (outcome <> 'rate_limited')."""
+    return ", ".join(f"'{outcome}'" for outcome in sorted(outcomes))
+
+
+def _nth_newest(part: str, column: str, limit: str) -> str:
+    """The ``limit``-th newest ``column`` of ``part`` (NULL when fewer, or the limit NULL or under 1)."""
+    return (
+        f"(SELECT {column} FROM {part} WHERE {limit} > 0 ORDER BY {column} DESC"
+        f" OFFSET greatest({limit} - 1, 0) LIMIT 1)"
+    )
+
+
+_IN_WINDOW = "manager_id = $1 AND at > now() - make_interval(secs => $2)"
+# What the budgets need of a manager's window (a limits.Tally), each part bounded by its budget, in one
+# statement. $1 the manager, $2 the window's seconds; $3 the calls budget and $4 how many accepted are
+# read; $5 the distinct_orders budget and $6 the code tried; $7 the refused_in_a_row budget and $8 how
+# many of the run are read (limits.read_up_to). The parts:
+# - accepted: the newest accepted calls (partial index manager_attempts_accepted_idx, migration 0013);
+# - run: the probing refusals since the newest of those (manager_attempts_counted_idx, from that time
+#   on: every row of it is one of the run but bridged's own refusals);
+# - orders: each order's last attempt, grouped in the database (manager_attempts_orders_idx: rows that
+#   name an order; one denied order tried again and again is gone through, but never sent).
 _WINDOW = (
-    "SELECT now() AS now, at, outcome, order_id FROM (SELECT at, outcome, order_id"
-    " FROM manager_attempts WHERE manager_id = $1 AND at > now() - make_interval(secs => $2)"
-    f" AND outcome IN ({_COUNTED_SQL})"
-    " ORDER BY at DESC LIMIT $3) w RIGHT JOIN (SELECT 1) one ON true"
+    "WITH accepted AS (SELECT at FROM manager_attempts"
+    f" WHERE {_IN_WINDOW} AND outcome = 'accepted' ORDER BY at DESC LIMIT $4),"
+    " run AS (SELECT at FROM manager_attempts"
+    f" WHERE {_IN_WINDOW} AND outcome IN ({_listed(PROBING)})"
+    " AND at > coalesce((SELECT max(at) FROM accepted), '-infinity') ORDER BY at DESC LIMIT $8),"
+    " orders AS (SELECT order_id, max(at) AS at FROM manager_attempts"
+    f" WHERE {_IN_WINDOW} AND order_id IS NOT NULL AND outcome IN ({_listed(COUNTED)})"
+    " GROUP BY order_id)"
+    " SELECT now() AS now,"
+    " (SELECT count(*) FROM accepted) AS calls,"
+    " (SELECT count(*) FROM orders) AS distinct_orders,"
+    " (SELECT count(*) FROM run) AS refused_in_a_row,"
+    f" {_nth_newest('accepted', 'at', '$3::int')} AS calls_frees,"
+    f" {_nth_newest('orders', 'at', '$5::int')} AS orders_frees,"
+    f" {_nth_newest('run', 'at', '$7::int')} AS run_frees,"
+    " (SELECT coalesce(bool_or(order_id = $6), false) FROM orders) AS code_seen"
 )
 
 
@@ -69,28 +100,34 @@ def insert_attempt(first: int) -> str:
 _INSERT = insert_attempt(1)
 
 
+def _window_args(manager_id: str, seconds: int, budget: Budget, code: str) -> tuple[object, ...]:
+    """The values of ``_WINDOW``'s parameters, in order."""
+    calls, orders, run = budget.calls, budget.distinct_orders, budget.refused_in_a_row
+    return (manager_id, float(seconds), calls, read_up_to(calls), orders, code, run, read_up_to(run))
+
+
+_TALLY = [field.name for field in fields(Tally)]
+
+
 @unavailable_as_one_type
 class ManagerAttempts(Aggregate):
-    async def window(self, manager_id: str, seconds: int) -> tuple[datetime, list[Attempt]]:
-        """The database's now and the manager's attempts of the last ``seconds`` that the budgets count
-        (limits.COUNTED; one scan of the partial index, newest first, up to ``WINDOW_ROWS``).
+    async def window(
+        self, manager_id: str, seconds: int, budget: Budget, code: str
+    ) -> tuple[datetime, Tally]:
+        """The database's now and what ``budget`` needs of the manager's attempts of the last ``seconds``
+        to judge one more on ``code`` (a limits.Tally; ``limits.verdict`` of all those attempts decides
+        the same), in one statement whose every part reads rows bounded by its budget.
 
         Not read: the ``rate_limited`` refusals a manager past a budget adds with every further attempt
         (an auto-dialer: thousands an hour), nor bridged's own refusals (overloaded, lookup_failed, ...).
-        Read, they made each check go through all of them, and once ``WINDOW_ROWS`` of them were newer
-        than the manager's calls those calls fell out of the read: the calls budget let calls through.
-
-        The verdict is exact while the window holds at most ``WINDOW_ROWS`` counted attempts. With every
-        budget on it holds at most ``calls`` accepted and ``(calls + 1) * refused_in_a_row`` probing
-        refusals (a run is refused at ``refused_in_a_row``; only an accepted call starts another): 670
-        with the defaults, give or take the attempts checked at the same moment (by several daemons). Not
-        bounded: with ``refused_in_a_row`` off, a manager repeating unknown or denied orders (denied on
-        one order adds no distinct order) adds counted rows without end, and past ``WINDOW_ROWS`` of them
-        the oldest counted rows, calls included, go unread (counts come out low); the same with budgets
-        set so high (the file allows 1,000,000) that the sum above passes ``WINDOW_ROWS``."""
-        rows = await self.pool.fetch(_WINDOW, manager_id, float(seconds), WINDOW_ROWS)
-        now: datetime = rows[0]["now"]
-        return now, [Attempt(r["at"], r["outcome"], r["order_id"]) for r in rows if r["at"] is not None]
+        Read from all of a window's attempts newest first, up to 5,000, the rows a manager piled up
+        (refusals past a budget; or, with ``refused_in_a_row`` off or budgets set high, unknown or
+        denied orders tried again and again) pushed the calls and orders out of the read: counts came
+        out low and a budget let calls through."""
+        row = await self.pool.fetchrow(_WINDOW, *_window_args(manager_id, seconds, budget, code))
+        assert row is not None  # one row, whatever the window holds
+        now: datetime = row["now"]
+        return now, Tally(**{name: row[name] for name in _TALLY})
 
     async def record(self, attempt: NewAttempt) -> None:
         await self.pool.execute(_INSERT, *attempt.args())
@@ -107,6 +144,14 @@ class ManagerAttempts(Aggregate):
             float(seconds),
         )
         return sent is not None
+
+    async def purge(self, before: datetime, batch: int) -> int:
+        """Delete the attempts made before ``before`` (on manager_attempts_at_idx), ``batch`` a
+        statement, and the alerts sent before it: the number of attempts deleted. The caller keeps them
+        past the budgets' window (and an alert past the window that paces alerts)."""
+        deleted = await self._delete_in_batches("manager_attempts", "at < $1", before, batch)
+        await self.pool.execute("DELETE FROM limit_alerts WHERE sent_at < $1", before)
+        return deleted
 
     async def probing(self, *, since: datetime, manager_id: str | None = None) -> list[ProbingRow]:
         """Refused attempts since ``since`` by manager, outcome, shape and length (most first)."""

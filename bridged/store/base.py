@@ -92,6 +92,19 @@ class Aggregate:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
+    async def _delete_in_batches(self, table: str, where: str, before: datetime, batch: int) -> int:
+        """Delete ``table``'s rows matching ``where`` (``$1`` the time ``before``), ``batch`` rows a
+        statement, each its own transaction: no lock held long on a table daemons write all the time.
+        The number deleted."""
+        statement = f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} LIMIT $2)"
+        deleted = 0
+        while True:
+            status = await self.pool.execute(statement, before, batch)
+            count = int(status.split()[-1])  # "DELETE n"
+            deleted += count
+            if count < batch:
+                return deleted
+
 
 class Page:
     """A filtered listing, newest first, one page at a time.

@@ -76,3 +76,11 @@ class WebhookOutbox(Aggregate):
             retry_in is None,
             claimed.until,
         )
+
+    async def purge(self, before: datetime, batch: int) -> int:
+        """Delete the deliveries done (delivered, or given up) before ``before``, ``batch`` a statement:
+        the number deleted. A row still due stays however old it is. No index: the table holds what was
+        done since the last pass's horizon, and each statement stops at ``batch`` rows found."""
+        return await self._delete_in_batches(
+            "webhook_outbox", "coalesce(delivered_at, failed_at) < $1", before, batch
+        )

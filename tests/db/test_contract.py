@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
-from bridged.limits import Keyed
+from bridged.config import Budget
+from bridged.limits import Keyed, Tally
 from bridged.store import Store
 from bridged.store.attempts import NewAttempt
 from tests.unit.fakes import FakeStore
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+ONE_EACH = Budget(calls=1, distinct_orders=1, refused_in_a_row=1)
 AUDIT_KEYS = ("actor", "action", "outcome", "reason", "call_id", "order_id", "details")
 
 
@@ -90,8 +92,16 @@ async def test_an_accepted_calls_attempt_is_recorded_with_its_row(calls_store: S
     attempt = NewAttempt("anna", "accepted", "123", Keyed(3, "well_formed"), at)
     await _accept(calls_store, attempt=attempt)
     await _accept(calls_store, "c2")
-    _, window = await calls_store.attempts.window("anna", 60)
-    assert [(a.at, a.outcome, a.order_id) for a in window] == [(at, "accepted", "123")]
+    _, counted = await calls_store.attempts.window("anna", 60, ONE_EACH, "123")
+    assert counted == Tally(
+        calls=1,
+        distinct_orders=1,
+        refused_in_a_row=0,
+        calls_frees=at,
+        orders_frees=at,
+        run_frees=None,
+        code_seen=True,
+    )
     if isinstance(calls_store, Store):
         rows = await calls_store.pool.fetch(
             "SELECT manager_id, code_length, code_shape FROM manager_attempts"
@@ -133,17 +143,16 @@ async def test_an_ended_row_is_never_revived_and_its_end_is_audited_once(
     ]
 
 
-async def test_the_window_holds_the_attempts_the_budgets_count_newest_first(
-    calls_store: Store | FakeStore,
-) -> None:
-    """Not the refusals past a budget (rate_limited) nor bridged's own (overloaded, lookup_failed): they
-    change no count, and a manager past a budget adds them by the thousand (tests/db/test_attempts.py)."""
+async def test_the_window_counts_the_attempts_the_budgets_count(calls_store: Store | FakeStore) -> None:
+    """Not the refusals past a budget (rate_limited) nor bridged's own (overloaded, lookup_failed), even
+    naming an order: they change no count and break no run, and a manager past a budget adds them by the
+    thousand (tests/db/test_attempts.py). Each budget's slot frees when its ``limit``-th newest leaves."""
     now = datetime.now(UTC)
     made = [
         ("anna", "accepted", "123", 50),
-        ("anna", "rate_limited", None, 40),
+        ("anna", "rate_limited", "5", 40),
         ("anna", "denied", "7", 30),
-        ("anna", "overloaded", None, 25),
+        ("anna", "overloaded", "6", 25),
         ("anna", "lookup_failed", None, 20),
         ("boris", "accepted", "8", 15),
         ("anna", "unknown_order", None, 10),
@@ -152,12 +161,23 @@ async def test_the_window_holds_the_attempts_the_budgets_count_newest_first(
     for manager_id, outcome, order_id, seconds_ago in made:
         at = now - timedelta(seconds=seconds_ago)
         await calls_store.attempts.record(NewAttempt(manager_id, outcome, order_id, Keyed(3, "digits"), at))
-    _, window = await calls_store.attempts.window("anna", 3600)
-    assert [(a.outcome, a.order_id) for a in window] == [
-        ("unknown_order", None),
-        ("denied", "7"),
-        ("accepted", "123"),
-    ]
+    budget = Budget(calls=1, distinct_orders=2, refused_in_a_row=2)
+    _, counted = await calls_store.attempts.window("anna", 3600, budget, "8")
+    assert counted == Tally(
+        calls=1,
+        distinct_orders=2,
+        refused_in_a_row=2,
+        calls_frees=now - timedelta(seconds=50),
+        orders_frees=now - timedelta(seconds=50),
+        run_frees=now - timedelta(seconds=30),
+        code_seen=False,
+    )
+    _, counted = await calls_store.attempts.window("anna", 3600, ONE_EACH, "7")
+    assert (counted.orders_frees, counted.run_frees, counted.code_seen) == (
+        now - timedelta(seconds=30),
+        now - timedelta(seconds=10),
+        True,
+    )
 
 
 async def test_a_bridged_call_and_its_recording_state_also_after_its_end(

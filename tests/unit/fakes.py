@@ -24,13 +24,13 @@ import yaml
 
 from bridged.ari import AriConflict, AriNotFound, is_background
 from bridged.ari.nodes import current_node
-from bridged.config import Config, Manager
+from bridged.config import Budget, Config, Manager
 from bridged.configfile import parse_config
 from bridged.labels import Label, Labeller
-from bridged.limits import COUNTED, Attempt
+from bridged.limits import COUNTED, Attempt, Tally, tally
 from bridged.orders import Order
 from bridged.redact import PhoneNumber, RedactingFilter, digits
-from bridged.store.attempts import WINDOW_ROWS, NewAttempt
+from bridged.store.attempts import NewAttempt
 from bridged.store.base import DatabaseUnavailable
 from bridged.store.callers import Sticky
 from bridged.store.calls import CallRow
@@ -893,15 +893,16 @@ class FakeManagerAttempts:
         self.rows: list[dict[str, Any]] = []
         self.alerts: dict[tuple[str, str], datetime] = {}
 
-    async def window(self, manager_id: str, seconds: int) -> tuple[datetime, list[Attempt]]:
+    async def window(
+        self, manager_id: str, seconds: int, budget: Budget, code: str
+    ) -> tuple[datetime, Tally]:
         now = datetime.now(UTC)
-        since = now - timedelta(seconds=seconds)
         found = [
             Attempt(r["at"], r["outcome"], r["order_id"])
             for r in self.rows
-            if r["manager_id"] == manager_id and r["at"] > since and r["outcome"] in COUNTED
+            if r["manager_id"] == manager_id and r["outcome"] in COUNTED
         ]
-        return now, sorted(found, key=lambda a: a.at, reverse=True)[:WINDOW_ROWS]
+        return now, tally(found, now=now, window=timedelta(seconds=seconds), budget=budget, code=code)
 
     async def record(self, attempt: NewAttempt) -> None:
         self.rows.append(

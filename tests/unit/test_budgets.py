@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bridged.canaries import CanaryRegistry, e164_of, e164_of_order_phone, key_check, number_key
-from bridged.config import Budget
+from bridged.config import Budget, ConfigError
 from bridged.configfile import parse_config
 from bridged.limits import ACCEPTED, RATE_LIMITED, Attempt, code_shape, verdict
 from bridged.redact import PhoneNumber
@@ -114,3 +115,15 @@ def test_limits_config_overrides_and_null_turns_a_budget_off() -> None:
     limits = parse_config(data).limits
     assert limits.window == 600 and limits.default == Budget(calls=5)
     assert limits.budget(manager) == Budget(calls=None, distinct_orders=40, refused_in_a_row=3)
+    assert limits.keep_days == 90
+
+
+def test_attempts_are_kept_at_least_the_longest_window() -> None:
+    """limits.keep_days under 7 (the longest window) would let the retention pass delete attempts a
+    budget counts: refused."""
+    data = example_data()
+    data["limits"] = {"keep_days": 30}
+    assert parse_config(data).limits.keep_days == 30
+    data["limits"] = {"keep_days": 6}
+    with pytest.raises(ConfigError, match="keep_days"):
+        parse_config(data)

@@ -3,6 +3,8 @@ endpoint's audit-before-bytes rule over an in-memory store (aiohttp test server 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import hashlib
 import re
@@ -36,7 +38,7 @@ from bridged.recordings import (
     content_type,
     parse_range,
 )
-from bridged.retention import RECORDINGS, RETENTION, Retention
+from bridged.retention import OUTBOX_KEEP_DAYS, RECORDINGS, RETENTION, ROWS_BATCH, Retention
 from bridged.store import Store
 from bridged.store.calls import CallRow
 from bridged.store.settings import Setting
@@ -589,6 +591,20 @@ async def test_source_failing_mid_stream_cuts_the_connection(served) -> None:
     assert len(store.audits) == 1  # the listen was audited before the first byte
 
 
+class _Purged:
+    """A table's purge: what it was asked to delete."""
+
+    def __init__(self, deleted: int = 0) -> None:
+        self.asked: list[tuple[datetime, int]] = []
+        self.deleted = deleted
+        self.done = asyncio.Event()
+
+    async def purge(self, before: datetime, batch: int) -> int:
+        self.asked.append((before, batch))
+        self.done.set()
+        return self.deleted
+
+
 class _RetentionStore:
     def __init__(self, days: int | None) -> None:
         self.days = days
@@ -596,11 +612,16 @@ class _RetentionStore:
         self.marked: list[str] = []
         self.settings = self
         self.calls = self
+        self.attempts = _Purged(3)
+        self.outbox = _Purged(2)
+        self.listing_fails = False
 
     async def get(self, key: str) -> Any:  # settings
         return None if self.days is None else Setting(key, self.days, NOW, "admin-1")
 
     async def recordings_due(self, older_than: datetime, limit: int) -> list[tuple[str, str]]:
+        if self.listing_fails:
+            raise RuntimeError("the recordings could not be listed")
         self.cutoff = older_than
         return [d for d in self.due if d[0] not in self.marked][:limit]
 
@@ -626,6 +647,29 @@ async def test_retention_purges_past_the_cutoff_and_keeps_rows_when_the_source_i
     assert await Retention(_RetentionStore(None), _BrokenSource(), lambda: None).purge() == 0  # type: ignore[arg-type]
     policy = await Retention(_RetentionStore(None), _BrokenSource(), lambda: 90).policy()  # type: ignore[arg-type]
     assert (policy.days, policy.source) == (90, "config")
+
+
+async def test_the_rows_past_their_keeping_are_deleted_in_batches() -> None:
+    store = _RetentionStore(None)
+    retention = Retention(store, _BrokenSource(), lambda: None, lambda: 14)  # type: ignore[arg-type]
+    assert await retention.purge_rows(now=NOW) == (3, 2)
+    assert store.attempts.asked == [(NOW - timedelta(days=14), ROWS_BATCH)]
+    assert store.outbox.asked == [(NOW - timedelta(days=OUTBOX_KEEP_DAYS), ROWS_BATCH)]
+
+
+async def test_the_retention_loop_deletes_the_rows_even_when_the_recordings_pass_fails() -> None:
+    store = _RetentionStore(30)
+    store.listing_fails = True
+    retention = Retention(store, _BrokenSource(), lambda: None, lambda: 14)  # type: ignore[arg-type]
+    task = asyncio.create_task(retention.run(3600))
+    try:
+        # The bound only ends a hang (the loop not calling it); nothing here is timed.
+        await asyncio.wait_for(asyncio.gather(store.attempts.done.wait(), store.outbox.done.wait()), 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert len(store.attempts.asked) == len(store.outbox.asked) == 1
 
 
 async def test_refusals_beyond_a_clients_quota_are_folded_into_its_next_row(served) -> None:

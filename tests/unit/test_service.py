@@ -16,7 +16,7 @@ from bridged.ari import AriUnavailable
 from bridged.calls.engine import CallEngine
 from bridged.calls.legs import media
 from bridged.calls.model import Call, CallState, PendingCall
-from bridged.config import Config, ConfigHolder
+from bridged.config import Budget, Config, ConfigHolder
 from bridged.configfile import parse_config
 from bridged.limits import Keyed
 from bridged.orders import LookupFailed, Order, is_valid_code, may_call
@@ -244,9 +244,9 @@ async def test_the_budgets_and_the_order_lookup_are_asked_at_once(env: Env) -> N
     looked_up = asyncio.Event()
     window, lookup = env.store.attempts.window, env.directory.lookup
 
-    async def window_after_lookup(manager_id: str, seconds: int) -> Any:
+    async def window_after_lookup(manager_id: str, seconds: int, budget: Budget, code: str) -> Any:
         await looked_up.wait()
-        return await window(manager_id, seconds)
+        return await window(manager_id, seconds, budget, code)
 
     async def lookup_begun(order_id: str) -> Order | None:
         looked_up.set()
