@@ -12,6 +12,7 @@ import asyncpg
 
 from . import db, metrics
 from .config import Config, Manager, OrdersConfig
+from .outcomes import Refusal
 from .phones import InvalidPhone, parse_phone
 from .redact import PhoneNumber
 
@@ -156,6 +157,26 @@ def may_call(config: Config, manager: Manager, order: Order) -> bool:
         owner = config.manager_by_id(order.manager_id)
         return owner is not None and owner.team is not None and owner.team == manager.team
     return False
+
+
+async def order_to_call(
+    directory: OrderDirectory, config: Config, manager: Manager, code: str
+) -> Order | Refusal:
+    """The order ``code``, if ``manager`` may call its customer; else why not."""
+    try:
+        order = await directory.lookup(code)
+    except LookupFailed as exc:
+        log.warning("order lookup failed for order %s: %s", code, exc)
+        return Refusal.LOOKUP_FAILED
+    if order is None:
+        return Refusal.UNKNOWN_ORDER
+    if not may_call(config, manager, order):
+        return Refusal.DENIED
+    if order.phone is None:
+        # Dialling what is left of a value that is not a valid number reaches a stranger. The value
+        # itself goes nowhere: not in the log, not in the audit row.
+        return Refusal.INVALID_PHONE
+    return order
 
 
 # -- check-config: the queries against the shop's database ------------------------------------------------

@@ -194,7 +194,7 @@ class Refused:
 
 @dataclass(frozen=True)
 class NotStarted:
-    """An HTTP call that ended before it began: its manager leg could not be originated."""
+    """An HTTP call that ended before it began: its manager leg could not be rung."""
 
     outcome: Outcome
     call_id: str

@@ -42,7 +42,7 @@ from .calls.model import (
 from .canaries import CanaryRegistry, canary_touched
 from .config import ConfigHolder, Manager
 from .inbound import InboundDesk
-from .orders import LookupFailed, Order, OrderDirectory, is_valid_code, may_call
+from .orders import Order, OrderDirectory, is_valid_code, order_to_call
 from .outcomes import Alert, NotStarted, Outcome, Refusal, Refused
 from .redact import redact
 from .store import Store
@@ -100,6 +100,7 @@ class CallService:
             alert=self._alert,
         )
         engine.decide_inbound = self.take_inbound
+        engine.order_again = self.order_again
         # Called with canary.called and abuse.suspected (the webhooks).
         self.alerts: list[Alert] = []
         # Writes off a call's path (a canary touch's audit row).
@@ -172,7 +173,7 @@ class CallService:
         (``callback_of``: the missed inbound call it calls back, for the audit trail).
 
         ``actor`` names who asked in the audit trail (default: the token, ``token:<client>``; a signed
-        link says ``link:<manager>``). Returns the call once its manager leg has been originated."""
+        link says ``link:<manager>``). Returns the call once its manager leg rings."""
         actor = actor or api_actor(client)
         manager = self.config.current.manager_by_id(manager_id)
         if manager is None:
@@ -312,7 +313,7 @@ class CallService:
             # A phone's call rings the customer as soon as its channel enters Stasis: the row says so
             # from the start, and no UPDATE follows (a restart adopts or ends it alike).
             state=(CallState.RINGING_CUSTOMER if phone else CallState.REQUESTED).value,
-            # The phone's channel, or the one bridged will originate to the manager (HTTP).
+            # The phone's channel, or the one bridged will make to ring the manager (HTTP).
             manager_channel_id=manager_channel_id or manager_leg_id(call_id),
             customer_channel_id=customer_leg_id(call_id),
             ari_app=self.config.current.ari.app,
@@ -399,26 +400,26 @@ class CallService:
         await refuse(Refusal.DATABASE_UNAVAILABLE)
         return False
 
+    async def order_again(self, call: Call) -> tuple[Order, bool] | None:
+        """An HTTP call adopted while its manager's phone rang, now answered: its order as the shop has it
+        now (the customer's number is kept nowhere), if the manager may still call it, and whether it is a
+        canary order (never dialled). None: it may not (logged)."""
+        config = self.config.current
+        found: Order | Refusal | None = None
+        if call.manager is not None and call.order_id is not None:
+            found = await order_to_call(self.directory, config, call.manager, call.order_id)
+        if not isinstance(found, Order):
+            log.warning("call %s: the adopted call's order cannot be called: %s", call.id, found)
+            return None
+        return found, self.canaries.of_order(found, config.orders, config.inbound.secret) is not None
+
     async def _order_for(self, manager: Manager, code: str, overloaded: bool | None) -> Order | Refusal:
         """The order, if a call to its customer may go ahead now; else why not."""
         if not self.accepting_calls():
             return Refusal.UNAVAILABLE
         if self._overloaded() if overloaded is None else overloaded:
             return Refusal.OVERLOADED
-        try:
-            order = await self.directory.lookup(code)
-        except LookupFailed as exc:
-            log.warning("order lookup failed for order %s: %s", code, exc)
-            return Refusal.LOOKUP_FAILED
-        if order is None:
-            return Refusal.UNKNOWN_ORDER
-        if not may_call(self.config.current, manager, order):
-            return Refusal.DENIED
-        if order.phone is None:
-            # Dialling what is left of a value that is not a valid number reaches a stranger. The value
-            # itself goes nowhere: not in the log, not in the audit row.
-            return Refusal.INVALID_PHONE
-        return order
+        return await order_to_call(self.directory, self.config.current, manager, code)
 
     def _cannot_take(self) -> Refusal | None:
         """Why this daemon cannot take a call on the current node now, if it cannot."""

@@ -21,11 +21,13 @@ from ..ari.nodes import NodeNames, set_node
 from ..callers import InboundCaller
 from ..config import ConfigHolder
 from ..labels import Labeller
+from ..orders import Order
 from ..outcomes import Outcome as O
 from ..recording_state import END_EVENTS as RECORDING_END_EVENTS
 from ..recording_state import EVENTS as RECORDING_EVENTS
 from ..store import Store
 from ..tasks import Tasks
+from .events import channel_of, dialled, leg_of, note_leg_end, note_ring_end, state_of
 from .legs import Legs, MadeLegs
 from .model import (
     INBOUND,
@@ -60,7 +62,7 @@ REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     (S.REQUESTED, E.MANAGER_IN_STASIS): Steps.ring_customer,
     # the HTTP path: bridged rings the manager first, then the customer once they answer
     (S.REQUESTED, E.ORIGINATE_MANAGER): Steps.ring_manager,
-    (S.RINGING_MANAGER, E.MANAGER_IN_STASIS): Steps.manager_answered,
+    (S.RINGING_MANAGER, E.MANAGER_ANSWERED): Steps.manager_answered,
     (S.RINGING_MANAGER, E.MANAGER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
     (S.RINGING_MANAGER, E.MANAGER_GONE): Steps.manager_unreached,
     # the customer's phone rings
@@ -109,7 +111,7 @@ INBOUND_REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     # the caller's channel entered bridged's application: who is calling, whom to ring
     (S.REQUESTED, E.CUSTOMER_IN_STASIS): Steps.take_inbound,
     # managers' phones ring (one, or a ring group at once); the caller hears ringing
-    (S.RINGING_MANAGER, E.MANAGER_IN_STASIS): Steps.inbound_answered,
+    (S.RINGING_MANAGER, E.MANAGER_ANSWERED): Steps.inbound_answered,
     (S.RINGING_MANAGER, E.MANAGER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
     (S.RINGING_MANAGER, E.MANAGER_GONE): Steps.ring_on,
     (S.RINGING_MANAGER, E.CUSTOMER_LEFT): ended(O.MISSED, "customer"),
@@ -139,6 +141,8 @@ CANARY_REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
 
 # What an inbound call's worker asks the service (bridged.service.CallService.take_inbound).
 DecideInbound = Callable[[Call, InboundCaller], Awaitable[InboundPlan | CanaryPlan | TurnedAway]]
+# What it asks for an HTTP call adopted while its manager rang (bridged.service.CallService.order_again).
+OrderAgain = Callable[[Call], Awaitable[tuple[Order, bool] | None]]
 
 
 # The ARI events the engine acts on; Asterisk is asked to send its application nothing else.
@@ -184,21 +188,23 @@ class CallEngine:
         self.calls: dict[str, Call] = {}
         self._by_channel: dict[str, Call] = {}
         self._pending: dict[str, PendingCall] = {}
-        # Channels bridged made and is dialling, until their StasisStart (bridged.calls.legs.MadeLegs).
-        self.made = MadeLegs()
         # Tasks that run to their end (awaited at shutdown), and retries (cancelled at shutdown: the next
         # start's reconcile hangs up strays and ends rows).
         self._background = Tasks()
         self._retries = Tasks()
         self.rows = Rows(store, self._retries, lambda: self.config.current.inbound.sticky_days)
         self.legs = Legs(config, ari, self._retries)
+        # The legs bridged rings, made in the application and dialled (bridged.calls.legs.MadeLegs).
+        self.made = MadeLegs(ari, self.legs)
         self.recordings = Recordings(config, ari, self.rows)
         self.steps = Steps(self)
         self.reconciler = Reconciler(self)
         # Called with (call, state) after every state change, e.g. to queue webhooks.
         self.listeners = self.steps.listeners
-        # Set by the service: decides whether an inbound call goes ahead and whom it rings.
+        # Set by the service: decides whether an inbound call goes ahead and whom it rings; looks an adopted
+        # call's order up again.
         self.decide_inbound: DecideInbound | None = None
+        self.order_again: OrderAgain | None = None
 
     # -- intake -----------------------------------------------------------------------------------
 
@@ -241,8 +247,8 @@ class CallEngine:
     async def start_api_call(self, pending: PendingCall) -> Call:
         """HTTP path: ring the manager first; the customer is dialled once the manager answers.
 
-        Returns when the manager leg has been originated; raises :class:`ManagerLegFailed` if it
-        could not be.
+        Returns when the manager leg is ringing; raises :class:`ManagerLegFailed` if it could not be
+        rung.
         """
         call = pending.call(manager_leg_id(pending.call_id))
         self._pending.pop(pending.call_id, None)
@@ -382,7 +388,7 @@ class CallEngine:
         self._by_channel[channel_id] = call
 
     def forget_leg(self, channel_id: str, call: Call) -> None:
-        """A leg the call named but that does not exist (its originate failed): not the call's any more."""
+        """A leg the call named but that does not exist (it could not be made): not the call's any more."""
         if self._by_channel.get(channel_id) is call:
             del self._by_channel[channel_id]
 
@@ -442,28 +448,26 @@ class CallEngine:
         if kind in _INTERNAL:
             return _INTERNAL[kind]
         if kind == "StasisStart" and side is not None:
-            if side == "manager":
-                return E.MANAGER_IN_STASIS
-            if call.inbound:
+            if side == "manager" and leg_of(event) is not dialplan.Leg.MANAGER:
+                return E.MANAGER_IN_STASIS  # a phone's own channel
+            if side == "customer" and call.inbound:
                 return E.CUSTOMER_IN_STASIS
-            # The customer's leg is made in the application (state Down) and dialled: its answer is the
-            # Dial event below. Up here is a leg that entered answered (an originate, as before).
-            return E.CUSTOMER_ANSWERED if _state_of(event) == "Up" else None
+            # A leg bridged rang is made in the application (state Down) and dialled: its answer is the
+            # Dial event below. Up here is a leg that entered answered (an originate, by a release before).
+            if state_of(event) != "Up":
+                return None
+            return E.MANAGER_ANSWERED if side == "manager" else E.CUSTOMER_ANSWERED
         if kind in _LEG_EVENTS and side is not None:
             if ringing:
-                _note_ring_end(call, event)
+                note_ring_end(call, event)
             else:
-                _note_leg_end(call, event, side == "manager")
+                note_leg_end(call, event, side == "manager")
             gone = kind == "ChannelDestroyed"
             if side == "manager":
                 return E.MANAGER_GONE if gone else E.MANAGER_LEFT
             return E.CUSTOMER_GONE if gone else E.CUSTOMER_LEFT
-        if kind == "Dial" and channel_of(event, "peer") == call.customer_channel_id:
-            # Dial events carry the dial string (the number): keep only the status.
-            if status := event.get("dialstatus"):
-                call.dialstatus = str(status)
-                if status == "ANSWER" and not call.inbound:
-                    return E.CUSTOMER_ANSWERED
+        if kind == "Dial":
+            return dialled(call, event)
         elif kind == "PlaybackFinished":
             playback_id = (event.get("playback") or {}).get("id")
             if playback_id and playback_id == call.announcement_playback_id:
@@ -529,48 +533,3 @@ _INTERNAL = {
     "Reconcile": E.RECONCILE,
     "CanaryTimer": E.CANARY_TIMER,
 }
-
-
-def _note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:
-    kind = event.get("type")
-    if kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft")):
-        # Asterisk hangs this leg up itself. Not so after StasisEnd (a channel leaving Stasis may stay up)
-        # or a soft hangup request (it may only interrupt the channel).
-        call.gone.add(channel_of(event) or "")
-    cause = event.get("cause")
-    if not isinstance(cause, int):
-        return
-    if not manager and (call.hangup_cause is None or kind == "ChannelDestroyed"):
-        # The destroyed leg's cause is the last word: a dialled leg that rang out is asked to hang up
-        # with cause 32 first, and destroyed with 19 (no answer).
-        call.hangup_cause = cause
-    if manager and call.manager_cause is None:
-        call.manager_cause = cause
-        if call.state is CallState.RINGING_MANAGER:
-            call.hangup_cause = cause
-
-
-def _note_ring_end(call: Call, event: dict[str, Any]) -> None:
-    """A manager's phone rung for an inbound call is going: its cause says why (busy, declined, rang out),
-    and it is the leg's alone (the call's hangup cause is the caller's)."""
-    assert call.ring is not None
-    channel = channel_of(event) or ""
-    kind = event.get("type")
-    if kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft")):
-        call.gone.add(channel)
-    cause = event.get("cause")
-    if isinstance(cause, int) and not isinstance(cause, bool):
-        call.ring.causes.setdefault(channel, cause)
-
-
-def _state_of(event: dict[str, Any]) -> str | None:
-    channel = event.get("channel")
-    return channel.get("state") if isinstance(channel, dict) else None
-
-
-def channel_of(event: dict[str, Any], key: str = "channel") -> str | None:
-    channel = event.get(key)
-    if isinstance(channel, dict):
-        value = channel.get("id")
-        return value if isinstance(value, str) else None
-    return None

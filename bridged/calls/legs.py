@@ -2,7 +2,7 @@
 must happen (retried while Asterisk does not answer), the ringback tone, prompts and announcements, the
 label put on an inbound caller's channel and back on a customer leg, a declined transfer, a stray
 channel turned away; the variables every leg bridged places carries (:func:`leg_variables`); and the
-customer legs it makes in the application and dials (:class:`MadeLegs`)."""
+legs it rings, customers' and managers', made in the application and dialled (:class:`MadeLegs`)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 HANGUP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 60.0, 60.0)
 # How long a stray channel hears the "unavailable" prompt before it is hung up.
 STRAY_PROMPT_SECONDS = 3
+# How long a leg made in the application may take to be there (its StasisStart): about a millisecond as
+# a rule; past this, Asterisk or the event stream is in trouble and the leg is not rung.
+MADE_WITHIN = 5.0
 
 
 def media(sounds: str) -> list[str]:
@@ -31,11 +34,19 @@ def media(sounds: str) -> list[str]:
 
 
 def leg_variables(config: Config, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The channel variables of every leg bridged originates (each ``originate`` passes these): prompts
-    and announcements in the shop's language (``CHANNEL(language)``, so that Asterisk plays
+    """The channel variables of every leg bridged rings (each is made with these, :meth:`MadeLegs.make`):
+    prompts and announcements in the shop's language (``CHANNEL(language)``, so that Asterisk plays
     ``sounds/<language>/...``), a REFER handed to bridged rather than performed by Asterisk; and ``extra``
-    (a manager leg's label and its interception, bridged.dialplan.label_variables)."""
+    (the leg's identity, bridged.dialplan.identity_variables; a manager leg's label and its interception,
+    bridged.dialplan.label_variables)."""
     return {dialplan.CHANNEL_LANGUAGE: config.language, **dialplan.NO_TRANSFERS, **(extra or {})}
+
+
+def manager_leg_variables(config: Config, label: str) -> dict[str, str]:
+    """The variables of a manager leg bridged rings (an HTTP call's, an inbound call's): every leg's, and
+    the label (``"Order 123 Ivan P." <*77123>``) as the leg's identity, which the phone is shown as the
+    caller (its number part redials the order), with the interception that keeps it the label."""
+    return leg_variables(config, {**dialplan.identity_variables(label), **dialplan.label_variables(label)})
 
 
 class Legs:
@@ -124,7 +135,7 @@ class Legs:
         """Let the manager hear that the customer is being called.
 
         The manager's phone already shows the order label: the FastAGI reply set its connected line
-        (phone path), or the label was its caller id on the originate (HTTP path)."""
+        (phone path), or the label is the identity of the leg bridged made to it (HTTP path)."""
         if not call.manager_up:
             # A phone that dialled the code has been sent 180 Ringing by the dialplan right before
             # Stasis() (dialplan/bridged.conf): no ARI request for it.
@@ -223,12 +234,59 @@ class Legs:
 
 
 class MadeLegs:
-    """Channels bridged made in its application and is dialling (bridged.calls.steps.originate_customer),
-    until their StasisStart: ARI refuses to dial one before it is in the application (409 "Channel not in
-    Stasis application"), which a made channel is only once that event is sent (docs/asterisk.md)."""
+    """The legs bridged rings, a customer's or a manager's: each a channel made in the application and
+    dialled (:meth:`make`), not originated. An originated channel enters Stasis only once answered, and
+    that entry fails while no daemon holds the application's websocket, so a party answering while their
+    daemon is dead (killed, restarting, its lease not yet taken over) was hung up at once. A made channel
+    is in Stasis from the start and stays there, answered or not, for whoever serves the application next
+    (docs/asterisk.md, "A customer or manager answering while the daemon is away"). Its answer is a
+    ``Dial`` event with dialstatus ANSWER; there is no second StasisStart.
 
-    def __init__(self) -> None:
+    Until their StasisStart the made channels are waited for here: ARI refuses to dial one before it is in
+    the application (409 "Channel not in Stasis application"), which a made channel is only once that
+    event is sent."""
+
+    def __init__(self, ari: AriClient, legs: Legs) -> None:
+        self.ari = ari
+        self.legs = legs
         self._waiting: dict[str, asyncio.Future[None]] = {}
+
+    async def make(
+        self,
+        channel_id: str,
+        *,
+        endpoint: str,
+        app: str,
+        app_args: str,
+        ring_timeout: int,
+        variables: dict[str, str],
+        originator: str | None = None,
+    ) -> None:
+        """Ring ``endpoint`` for up to ``ring_timeout`` seconds on a channel ``channel_id`` made in
+        application ``app``. Its identity is set by ``variables`` (bridged.dialplan.identity_variables:
+        ``create`` has no ``callerId``). Raises what ARI raised; a channel that may have been made but was
+        not dialled is hung up first (it would sit in Stasis, ringing nobody): not one whose create
+        Asterisk refused (500 "Allocation failed": the phone is not registered on that node)."""
+        made = self.ari.create_channel(
+            endpoint=endpoint,
+            app=app,
+            app_args=app_args,
+            channel_id=channel_id,
+            originator=originator,
+            variables=variables,
+        )
+        try:
+            await self.make_and_dial(
+                channel_id,
+                made,
+                lambda: self.ari.dial(channel_id, timeout=ring_timeout),
+                within=MADE_WITHIN,
+            )
+        except AriError as exc:
+            refused = exc.operation == "create_channel" and exc.status and not isinstance(exc, AriUnavailable)
+            if not refused:
+                await self.legs.hang_up(channel_id, may_be_gone=True)
+            raise
 
     @property
     def waiting(self) -> int:

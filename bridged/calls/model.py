@@ -4,7 +4,7 @@ call itself, and the ids of its legs.
 A call links a manager's channel and a customer's channel in a mixing bridge. On an outbound call bridged
 originates the customer's channel on the trunk, and the customer's number is used exactly once, in its
 dial string. On an inbound call (direction ``inbound``) the customer's channel is the caller's, already
-there; bridged originates managers' legs (several at once for a ring group) until one answers.
+there; bridged rings managers' legs (several at once for a ring group) until one answers.
 Everything a manager's channel can see is a label.
 """
 
@@ -78,8 +78,11 @@ class Event(StrEnum):
     ORIGINATE_MANAGER = "originate_manager"  # an HTTP call was accepted: ring the manager
     TERMINATE = "terminate"  # an API client asked to end the call
     RECONCILE = "reconcile"  # the event stream (re)connected: check the legs against Asterisk
-    # The manager's channel entered bridged's application (an inbound call: one of the legs rung answered).
+    # A phone's own channel (it dialled the order's code) entered bridged's application.
     MANAGER_IN_STASIS = "manager_in_stasis"
+    # The manager answered a leg bridged rang (an HTTP call's, or one of those an inbound call rings): the
+    # Dial event of a leg made in the application, or the StasisStart of one an older release originated.
+    MANAGER_ANSWERED = "manager_answered"
     # An inbound call: the caller's channel entered bridged's application.
     CUSTOMER_IN_STASIS = "customer_in_stasis"
     # The customer's leg bridged dialled was answered (it has been in the application since it was made).
@@ -113,7 +116,7 @@ class ManagerLegFailed(Exception):
 
 
 def manager_leg_id(call_id: str) -> str:
-    """The channel id of an HTTP call's manager leg (bridged originates it)."""
+    """The channel id of an HTTP call's manager leg (bridged makes and dials it)."""
     return f"{call_id}-manager"
 
 
@@ -157,7 +160,7 @@ class Ringing:
     # The caller's keyed hash (bridged.callers), to remember who talked to them; None: withheld.
     caller_key: str | None = None
     legs: dict[str, Manager] = field(default_factory=dict)  # channel id -> the manager it rings
-    rung: list[str] = field(default_factory=list)  # every leg originated, to forget with the call
+    rung: list[str] = field(default_factory=list)  # every leg rung, to forget with the call
     causes: dict[str, int] = field(default_factory=dict)  # a leg gone unanswered -> its hangup cause
 
 
@@ -245,7 +248,7 @@ class Call:
     customer_caller_id_dirty: bool = False
     # Legs Asterisk already hangs up (ChannelHangupRequest/ChannelDestroyed seen): not hung up again.
     gone: set[str] = field(default_factory=set)
-    # Resolved once the manager leg of an HTTP-triggered call has been originated (or not).
+    # Resolved once the manager leg of an HTTP-triggered call is ringing (or could not be rung).
     started: asyncio.Future[None] | None = None
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None

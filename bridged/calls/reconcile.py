@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..ari import AriError, background_requests
+from ..config import Manager
 from ..outcomes import Outcome
 from ..recording_state import RecordingState
 from ..store.calls import CallRow
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 
 # How often channels in our application that belong to no call are looked for.
 STRAY_SWEEP_SECONDS = 60.0
-# The states an adopted call goes on from; any other is finished.
+# The states an adopted call goes on from with both its legs (and ringing_manager, with the legs that
+# ring: _resumable); any other is finished.
 _RESUMABLE = frozenset({CallState.RINGING_CUSTOMER, CallState.ANNOUNCING, CallState.BRIDGED})
 
 
@@ -51,13 +53,13 @@ class Reconciler:
         states = {cid: c.get("state", "") for cid, c in channels.items()}
         # A leg in another application's Stasis is not this call's any more: the manager's channel of a
         # call whose daemon died before Stasis() went on to the next daemon (dialplan/bridged.conf).
-        alive = {cid for cid, c in channels.items() if not _in_other_app(c, app_name)}
+        alive = {cid: c for cid, c in channels.items() if not _in_other_app(c, app_name)}
         for call in engine.calls_on(node, app_name):
-            call.queue.put_nowait({"type": "Reconcile", "alive": alive, "states": states})
+            call.queue.put_nowait({"type": "Reconcile", "alive": set(alive), "states": states})
         known = set(engine.calls)
         for row in await engine.rows.store.calls.open_calls(app_name):
             if row.id not in known and engine.nodes.holds(node, row.node):
-                await self._adopt(row, alive, states, node=node, app="" if app_name == own else app_name)
+                await self._adopt(row, alive, node=node, app="" if app_name == own else app_name)
         owned = engine.owned_channels()
         try:
             application = await engine.ari.get_application(app_name)
@@ -65,11 +67,12 @@ class Reconciler:
             return
         await self._hang_up_strays([c for c in application.get("channel_ids", []) if c not in owned])
 
-    async def _adopt(
-        self, row: CallRow, alive: set[str], states: dict[str, str], *, node: str, app: str
-    ) -> None:
+    async def _adopt(self, row: CallRow, alive: dict[str, dict[str, Any]], *, node: str, app: str) -> None:
+        """Take a call of this daemon's application (or of ``app``, adopted) that is open in the database on,
+        if it can go on: ``alive`` are the channels it may still have (their snapshots)."""
         engine = self.engine
-        manager = None if row.manager_id is None else engine.config.current.manager_by_id(row.manager_id)
+        config = engine.config.current
+        manager = None if row.manager_id is None else config.manager_by_id(row.manager_id)
         live_legs = [c for c in (row.manager_channel_id, row.customer_channel_id) if c and c in alive]
         state = CallState(row.state)
         if (
@@ -80,11 +83,12 @@ class Reconciler:
             # The customer leg exists only once it has been originated; the row's state update,
             # sent along with the originate, had not landed when the daemon stopped.
             state = CallState.RINGING_CUSTOMER
-        if manager is None or state not in _RESUMABLE or len(live_legs) < 2:
+        if not _resumable(row, state, manager, live_legs):
             # An inbound call still ringing is not resumed either: its ringing legs are not in the row
             # (the sweep hangs up the phones that still ring) and the caller is hung up: missed.
             await self._end_unseen(row, live_legs)
             return
+        states = {cid: c.get("state", "") for cid, c in alive.items()}
         call = Call(
             id=row.id,
             manager=manager,
@@ -201,6 +205,15 @@ class Reconciler:
             log.warning("channel %s in our app belongs to no call; hanging it up", channel_id)
             metrics.STRAY_CHANNELS.inc()
             await self.engine.legs.hang_up(channel_id)
+
+
+def _resumable(row: CallRow, state: CallState, manager: Manager | None, live_legs: list[str]) -> bool:
+    """Whether an adopted call goes on from ``state`` with the legs it still has."""
+    if state is CallState.RINGING_MANAGER and row.direction != INBOUND:
+        # An HTTP call whose manager's phone still rings, or was answered while no daemon listened: the
+        # leg waits in the application (bridged.calls.legs.MadeLegs), the customer is rung on the answer.
+        return manager is not None and live_legs == [row.manager_channel_id]
+    return manager is not None and state in _RESUMABLE and len(live_legs) == 2
 
 
 def _in_other_app(channel: dict[str, Any], app: str) -> bool:

@@ -21,7 +21,7 @@ from ..ari.nodes import set_node
 from ..outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
 from ..recording_state import RecordingState
 from .inbound_steps import InboundSteps
-from .legs import leg_variables
+from .legs import leg_variables, manager_leg_variables
 from .model import (
     TRANSITIONS,
     Call,
@@ -38,10 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Reaction = Callable[["Steps", Call, dict[str, Any]], Awaitable[None]]
-
-# How long a customer's leg made in the application may take to be there (its StasisStart): about a
-# millisecond as a rule; past this, Asterisk or the event stream is in trouble and the call does not go on.
-MADE_WITHIN = 5.0
 
 
 # -- reactions the table builds: what ends a call, and what does nothing --------------------------------
@@ -177,36 +173,21 @@ class Steps(InboundSteps):
         log.debug("call %s: customer leg %s originated", call.id, call.customer_channel_id)
 
     async def originate_customer(self, call: Call) -> None:
-        """Ring the customer of ``call`` on the trunk: a channel made in the application, then dialled.
-
-        Not ``originate``: an originated channel enters Stasis only once answered, and that entry fails
-        while no daemon holds the application's websocket, so a customer answering while their daemon is
-        dead (killed, restarting, its lease not yet taken over) was hung up at once. A made channel is in
-        Stasis from the start and stays there, answered or not, for whoever serves the application next
-        (docs/asterisk.md, "A customer answering while the daemon is away")."""
+        """Ring the customer of ``call`` on the trunk: a channel made in the application, then dialled
+        (bridged.calls.legs.MadeLegs, which says why), in the call's application (an adopted call's is
+        the daemon's that died: the leg must be found there when that daemon is back)."""
         assert call.order is not None and call.order.phone is not None
         config = self.config.current
         trunk = config.trunk
-        channel_id = customer_leg_id(call.id)
-        made = self.ari.create_channel(
+        await self.engine.made.make(
+            customer_leg_id(call.id),
             endpoint=trunk.dial.format(number=call.order.phone.dialable()),
-            app=config.ari.app,
+            app=call.app or config.ari.app,
             app_args=dialplan.app_args(dialplan.Leg.CUSTOMER, call.id),
-            channel_id=channel_id,
+            ring_timeout=trunk.ring_timeout,
             originator=call.manager_channel_id,
             variables=leg_variables(config, dialplan.identity_variables(trunk.caller_id)),
         )
-        try:
-            await self.engine.made.make_and_dial(
-                channel_id,
-                made,
-                lambda: self.ari.dial(channel_id, timeout=trunk.ring_timeout),
-                within=MADE_WITHIN,
-            )
-        except AriError:
-            # Made but not dialled: it would sit in Stasis, ringing nobody.
-            await self.legs.hang_up(channel_id, may_be_gone=True)
-            raise
 
     async def drop_early(self, call: Call) -> None:
         """A customer rung at the decision whose manager never reached Stasis: the leg hung up (once its
@@ -236,9 +217,26 @@ class Steps(InboundSteps):
         await self.customer_unreached(call, event)
 
     async def manager_answered(self, call: Call, event: dict[str, Any]) -> None:
-        """HTTP path: the manager picked up the leg bridged rang."""
+        """HTTP path: the manager picked up the leg bridged rang. A call adopted while it rang (its daemon
+        died) has no order: it is looked up again, the customer's number being kept nowhere."""
         call.manager_up = True
+        if call.order is None and not await self._order_again(call):
+            return
         await self.ring_customer(call, event)
+
+    async def _order_again(self, call: Call) -> bool:
+        """An adopted call's order, as the service finds it now (bridged.service.CallService.order_again);
+        none (gone, no valid number, lookup failed): the manager hears that the customer cannot be called."""
+        assert self.engine.order_again is not None
+        found = await self.engine.order_again(call)
+        if found is None:
+            await self.refuse(
+                call, Outcome.CUSTOMER_UNAVAILABLE, self.config.current.prompts.customer_unavailable
+            )
+            return False
+        call.order, call.canary_touch = found
+        call.label = self.engine.labeller.label(call.order.id, call.order.customer_name)
+        return True
 
     async def ring_manager(self, call: Call, event: dict[str, Any]) -> None:
         """HTTP path: ring the manager first (the customer is dialled once they answer)."""
@@ -246,9 +244,9 @@ class Steps(InboundSteps):
         self._transition(call, CallState.RINGING_MANAGER)
         try:
             await self.rows.state(call)  # the row has named the manager's channel since it was written
-            await self._originate_manager(call)
+            await self._make_manager_leg(call)
         except AriError as exc:
-            log.warning("call %s: manager leg could not be originated: %s", call.id, exc)
+            log.warning("call %s: manager leg could not be rung: %s", call.id, exc)
             call.ended_by = "bridged"
             # Taken from the call first: finish() answers a waiting POST with the ended call, and this
             # one is to be answered with the failure (once the row has ended).
@@ -259,26 +257,24 @@ class Steps(InboundSteps):
             return
         if not call.started.done():
             call.started.set_result(None)
-        log.debug("call %s: manager leg %s originated", call.id, call.manager_channel_id)
+        log.debug("call %s: manager leg %s rung", call.id, call.manager_channel_id)
 
-    async def _originate_manager(self, call: Call) -> None:
-        """The manager's leg, on the call's node; where Asterisk cannot build it (500 "Allocation failed":
-        the phone is not registered there, it moved since it was asked), on the next node it may be on."""
-        assert call.manager is not None
+    async def _make_manager_leg(self, call: Call) -> None:
+        """The manager's leg (made in the application and dialled, as a customer's: a manager answering
+        while this daemon is dead is put through by the next one), on the call's node; where Asterisk
+        cannot build it (500 "Allocation failed": the phone is not registered there, it moved since it was
+        asked), on the next node it may be on."""
+        assert call.manager is not None and call.manager_channel_id is not None
+        config = self.config.current
         while True:
             try:
-                await self.ari.originate(
+                await self.engine.made.make(
+                    call.manager_channel_id,
                     endpoint=f"PJSIP/{call.manager.endpoint}",
-                    app=self.config.current.ari.app,
+                    app=config.ari.app,
                     app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
-                    channel_id=call.manager_channel_id,
-                    # The manager's phone shows the order label as the caller; its number part redials
-                    # the order.
-                    caller_id=call.label.caller_id,
-                    timeout=self.config.current.api.manager_ring_timeout,
-                    variables=leg_variables(
-                        self.config.current, dialplan.label_variables(call.label.caller_id)
-                    ),
+                    ring_timeout=config.api.manager_ring_timeout,
+                    variables=manager_leg_variables(config, call.label.caller_id),
                 )
                 return
             except AriError as exc:
@@ -400,6 +396,13 @@ class Steps(InboundSteps):
         elif call.state is CallState.RINGING_CUSTOMER and states.get(customer or "") == "Up":
             # The customer answered while bridged was away (the Dial event is lost).
             await self.engine.react(call, Event.CUSTOMER_ANSWERED, {})
+        elif (
+            call.state is CallState.RINGING_MANAGER
+            and not call.inbound
+            and states.get(call.manager_channel_id or "") == "Up"
+        ):
+            # The manager answered while bridged was away (the Dial event is lost).
+            await self.engine.react(call, Event.MANAGER_ANSWERED, {})
         elif call.state is CallState.ANNOUNCING and call.announcement_playback_id is None:
             # Adopted mid-announcement: its PlaybackFinished cannot be matched any more; bridge now.
             await self.engine.react(call, Event.ANNOUNCEMENT_DONE, {})

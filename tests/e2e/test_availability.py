@@ -83,7 +83,7 @@ def _recording_has_sound(asterisk: Asterisk, row: dict[str, Any], trace_dir: Pat
 @pytest.fixture
 def two_daemons(
     asterisk: Asterisk, shop: Postgres, trace_dir: Path, unique_name, rig_alloc
-) -> Iterator[Callable[[int], tuple[Bridged, Bridged]]]:
+) -> Iterator[Callable[..., tuple[Bridged, Bridged]]]:
     """Daemons A and B sharing the database and ``count`` managers, whose phones' dialplan tries A, then
     B (``BRIDGED_AGI``, ``BRIDGED_AGI_2``)."""
     started: list[Bridged] = []
@@ -93,7 +93,8 @@ def two_daemons(
         count: int, a_extra: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
     ) -> tuple[Bridged, Bridged]:
         """``a_extra``: merged over A's config; A is then only waited for to have started (its /healthz
-        may stay 503: an ARI it cannot reach). ``extra``: merged over both daemons' configs."""
+        may stay 503: an ARI it cannot reach), or to be ready. ``extra``: merged over both daemons'
+        configs."""
         phones = [
             ManagerPhone(
                 id=f"ha{rig_alloc.unique_name('')}",
@@ -119,7 +120,7 @@ def two_daemons(
         for daemon in daemons:
             started.append(daemon)
             if daemon is a and a_extra:
-                daemon.start(ready=lambda: "bridged started" in a.log_text())
+                daemon.start(ready=lambda: re.search(r"bridged (started|ready)", a.log_text()))
             else:
                 daemon.start()
         return a, b
@@ -668,3 +669,100 @@ def test_a_customer_answering_while_their_daemon_is_dead_is_bridged_by_the_next_
         daemon_b_log=b.log_text(),
         database=b.dump_database(),
     )
+
+
+def _killed_while_the_manager_answers(
+    a: Bridged, b: Bridged, asterisk: Asterisk, phone: Sipp, call_id: str
+) -> None:
+    """A is SIGKILLed while the manager's phone rings, B held stopped, and the manager answers while nobody
+    serves A's application: their leg (``<call>-manager``, ``<call>-m<n>``) stays, answered, in it. Then B
+    goes on."""
+    assert a.proc is not None and b.proc is not None
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait(timeout=5)
+        wait_for(lambda: re.search(r"^ACK sip:", phone.messages(), re.M), 15, "the manager answered")
+        time.sleep(1.0)
+        legs = [c for c in json.loads(asterisk.ari_get("/channels")) if c["id"].startswith(f"{call_id}-m")]
+        assert legs, "the answered leg was hung up"
+        [leg] = legs
+        assert leg["state"] == "Up" and leg["dialplan"]["app_name"] == "Stasis", leg
+        assert leg["dialplan"]["app_data"].split(",")[0] == a.app, leg["dialplan"]
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+
+
+def _label_and_never_the_number(a: Bridged, b: Bridged, phone: Sipp, order: str, number: str) -> None:
+    """The manager's phone was shown the order label (its leg's identity, set as its variables), no
+    redirecting party, and the customer's number reached none of it, nor either daemon's log, nor the
+    database."""
+    invite = invites(phone.messages())[0]
+    for header in ("From", "P-Asserted-Identity"):
+        value = re.search(rf"^{header}:.*$", invite, re.M)
+        assert value and f"Order {order}" in value[0], (header, invite[:600])
+    assert not re.search(r"^Diversion:", invite, re.M), invite[:600]
+    assert_not_leaked(
+        number,
+        manager_trace=phone.messages(),
+        daemon_a_log=a.log_text(),
+        daemon_b_log=b.log_text(),
+        database=b.dump_database(),
+    )
+
+
+def _completed_by(
+    b: Bridged, a: Bridged, asterisk: Asterisk, trace_dir: Path, manager: ManagerPhone, call_id: str
+) -> dict[str, Any]:
+    """The call B adopted from A ended completed, by the manager hanging up after talking (recorded, with
+    sound), and left no channel behind. Returns its row."""
+    ended = wait_for(
+        lambda: (r := _rows(b, manager)[-1])["state"] == "ended" and r, 30, "the call's row ended"
+    )
+    assert (ended["id"], ended["outcome"], ended["ended_by"]) == (call_id, "completed", "manager"), ended
+    assert ended["duration"] > 3, ended
+    assert call_id in {r["call_id"] for r in _audit(b, "call.adopt") if r["details"]["from_app"] == a.app}
+    _recording_has_sound(asterisk, ended, trace_dir)
+    wait_for(
+        lambda: not [c for c in json.loads(asterisk.ari_get("/channels")) if call_id in c["id"]],
+        20,
+        "no channel of the call left",
+    )
+    return ended
+
+
+def _shop_tokens() -> list[dict[str, str]]:
+    """The API tokens of TOKENS but the one bound to a manager (these daemons' managers are made later)."""
+    return [token for token in token_config("") if "manager" not in token]
+
+
+def test_a_manager_answering_while_their_daemon_is_dead_is_put_through_by_the_next_one(
+    two_daemons, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """An HTTP call: A rings the manager's phone and is SIGKILLed while it rings; the manager answers
+    before anyone serves A's application (B is held stopped meanwhile). The manager's leg stays up in the
+    application, and B, once it takes A's lease over, adopts the call still ringing its manager, sees the
+    answer, rings the customer and bridges them: the call completes and is recorded. (With the manager's
+    leg originated, as before, Asterisk hung it up as it answered: Stasis() into an application without
+    its websocket fails; and B ended the adopted call, which it found in state ringing_manager.)"""
+    a, b = two_daemons(1, {"api": {"tokens": _shop_tokens(), "manager_ring_timeout": 60}})
+    manager = a.managers[0]
+    wait_for(a.healthy, 30, "A serves its application")
+    order, number = new_order_id(), new_customer_number()
+    add_order(a.postgres, order, number, "Olga Ivanova", manager.id)
+    customer = carrier_for(trace_dir, rig_alloc, calls=1, hold_ms=60000, ring_ms=1000)
+    phone = phone_rings(manager, trace_dir / "m", ring_ms=3000, hold_ms=20000, timeout_s=90)
+    try:
+        status, call, _ = http(a, "POST", "/v1/calls", {"order_id": order, "manager_id": manager.id})
+        assert status == 202, call
+        wait_for(lambda: invites(phone.messages()), 15, "the manager's phone rings")
+        _killed_while_the_manager_answers(a, b, asterisk, phone, call["id"])
+        # B adopts the call and rings the customer, who is bridged with the manager; the manager hangs up.
+        wait_for(lambda: invites(customer.messages()), 30, "the customer's phone rings")
+        assert phone.wait(timeout=60) == 0, phone.describe()
+        ended = _completed_by(b, a, asterisk, trace_dir, manager, call["id"])
+        assert ended["direction"] == "api", ended
+    finally:
+        customer.stop()
+        phone.stop()
+    _label_and_never_the_number(a, b, phone, order, number)

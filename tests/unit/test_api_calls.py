@@ -126,7 +126,7 @@ async def test_an_order_without_a_valid_number_is_422_invalid_phone_and_nobody_i
     body = await resp.json()
     assert resp.status == 422, body
     assert body["error"]["id"] == "invalid_phone"
-    assert ari.named("originate") == []
+    assert ari.named("create_channel") == []
     [row] = store.rows.values()
     assert (row["order_id"], row["outcome"], row["direction"]) == ("124", "invalid_phone", "api")
     assert store.audits[-1]["reason"] == "invalid_phone" and store.audits[-1]["order_id"] == "124"
@@ -221,7 +221,7 @@ async def test_post_while_bridgeds_database_is_away_is_503_and_the_attempt_is_wr
     assert (resp.status, body["error"]["id"]) == (503, "database_unavailable"), body
     assert resp.headers["Retry-After"] == "5"
     assert metrics.CALLS_REFUSED.value("database_unavailable") == refused + 1
-    assert ari.named("originate") == []  # nobody was rung
+    assert ari.named("create_channel") == []  # nobody was rung
     store.down = False
     await wait_until(lambda: store.rows)
     [row] = store.rows.values()
@@ -283,9 +283,9 @@ async def test_an_unknown_manager_or_unregistered_phone_is_a_counted_refusal(ser
     assert store.rows == {}  # no order was looked up: these are audited attempts without a call row
 
 
-async def test_a_manager_leg_that_cannot_be_originated_is_409_manager_unavailable(served: Any) -> None:
+async def test_a_manager_leg_that_cannot_be_rung_is_409_manager_unavailable(served: Any) -> None:
     client, ari, store = served
-    ari.errors["originate"] = AriUnavailable("originate", 0, "timed out")
+    ari.errors["create_channel"] = AriUnavailable("create_channel", 0, "timed out")
     resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth())
     body = await resp.json()
     assert (resp.status, body["error"]["id"]) == (409, "manager_unavailable"), body
@@ -325,8 +325,11 @@ async def test_ops_calls_back_a_missed_call_with_its_order_and_manager_and_nothi
         "accepted",
         "missed-1",
     )
-    [originate] = ari.named("originate")
-    assert originate["endpoint"] == "PJSIP/anna" and originate["caller_id"] == '"Order 123 Ivan P." <*77123>'
+    [made] = ari.named("create_channel")
+    assert (
+        made["endpoint"] == "PJSIP/anna"
+        and made["variables"]["CALLERID(all)"] == '"Order 123 Ivan P." <*77123>'
+    )
     # ops may not place any other call: calls.create stays with the shop's backend.
     resp = await client.post(
         "/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth("ops-1")
@@ -353,7 +356,7 @@ async def test_only_a_missed_call_with_an_order_and_a_manager_is_called_back(
     _missed(store, "missed-2", **fields)
     resp = await client.post("/v1/calls", json={"callback_of": "missed-2"}, headers=auth(who))
     assert (resp.status, (await resp.json())["error"]["id"]) == (status, error)
-    assert ari.named("originate") == []
+    assert ari.named("create_channel") == []
 
 
 @pytest.mark.parametrize(
@@ -371,4 +374,4 @@ async def test_callback_of_comes_alone_and_names_a_call(served: Any, body: dict[
     _missed(store, "missed-3")
     resp = await client.post("/v1/calls", json=body, headers=auth("ops-1"))
     assert (resp.status, (await resp.json())["error"]["id"]) == (422, "invalid_request")
-    assert ari.named("originate") == []
+    assert ari.named("create_channel") == []

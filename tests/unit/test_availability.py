@@ -25,6 +25,7 @@ from bridged.serving import Node, Serving
 from tests.unit.fakes import (
     FakeAri,
     FakeStore,
+    answered,
     channel_destroyed,
     hangup_request,
     make_config,
@@ -205,7 +206,7 @@ async def test_the_manager_is_rung_on_the_node_where_the_phone_is_registered(env
     assert not isinstance(call, Refused | NotStarted)
     assert call.node == "pbx2"
     assert set(_nodes_of(env.ari, "get_endpoint")) == {"pbx1", "pbx2"}
-    assert _nodes_of(env.ari, "originate") == ["pbx2"]
+    assert _nodes_of(env.ari, "create_channel") == _nodes_of(env.ari, "dial") == ["pbx2"]
     assert env.store.rows[call.id]["node"] == "pbx2"
 
 
@@ -220,26 +221,29 @@ async def test_a_phone_registered_nowhere_is_refused_and_a_disconnected_node_is_
 async def test_allocation_failed_on_one_node_rings_the_phone_on_the_next(env: Env) -> None:
     # Both nodes say the phone may be reached (a static contact without qualify is always "online"),
     # the first cannot build the channel.
-    env.ari.errors["originate"] = lambda kw: (
-        AriError("originate", 500, "ARI originate failed: HTTP 500: Allocation failed")
-        if len(env.ari.named("originate")) == 1
+    env.ari.errors["create_channel"] = lambda kw: (
+        AriError("create_channel", 500, "ARI create_channel failed: HTTP 500: Allocation failed")
+        if len(env.ari.named("create_channel")) == 1
         else None
     )
     call = await _api_call(env)
     assert not isinstance(call, Refused | NotStarted)
-    assert _nodes_of(env.ari, "originate") == ["pbx1", "pbx2"]
+    assert _nodes_of(env.ari, "create_channel") == ["pbx1", "pbx2"]
+    assert _nodes_of(env.ari, "dial") == ["pbx2"]
+    assert env.ari.hung_up() == []  # nothing was made on pbx1: no hangup sent there
     assert call.node == "pbx2" and env.store.rows[call.id]["node"] == "pbx2"
     # The rest of the call happens there too.
-    env.engine.on_event(stasis_start(f"{call.id}-manager", ["manager", call.id]))
-    await wait_until(lambda: len(env.ari.named("dial")) == 1)
-    assert _nodes_of(env.ari, "create_channel") == _nodes_of(env.ari, "dial") == ["pbx2"]
+    env.engine.on_event(answered(f"{call.id}-manager"))
+    await wait_until(lambda: len(env.ari.named("dial")) == 2)
+    assert _nodes_of(env.ari, "create_channel") == ["pbx1", "pbx2", "pbx2"]
+    assert _nodes_of(env.ari, "dial") == ["pbx2", "pbx2"]
 
 
 async def test_another_error_than_allocation_is_not_retried_elsewhere(env: Env) -> None:
-    env.ari.errors["originate"] = AriError("originate", 400, "ARI originate failed: HTTP 400")
+    env.ari.errors["create_channel"] = AriError("create_channel", 400, "ARI create_channel failed: HTTP 400")
     call = await _api_call(env)
     assert isinstance(call, NotStarted)
-    assert _nodes_of(env.ari, "originate") == ["pbx1"]
+    assert _nodes_of(env.ari, "create_channel") == ["pbx1"]
 
 
 # -- adopted calls, another daemon's application --------------------------------------------------------

@@ -622,7 +622,7 @@ async def test_a_made_leg_never_in_the_application_is_hung_up(
 ) -> None:
     """A made channel whose StasisStart never comes (the event stream in trouble) is not waited for long:
     the leg is hung up and the manager hears the prompt."""
-    monkeypatch.setattr("bridged.calls.steps.MADE_WITHIN", 0.2)
+    monkeypatch.setattr("bridged.calls.legs.MADE_WITHIN", 0.2)
     env.ari.events = None  # Asterisk sends no StasisStart
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
@@ -875,7 +875,7 @@ def fast_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_stasis_start_for_unknown_call_is_hung_up(env: Env, fast_sleep: None) -> None:
     env.engine.on_event(stasis_start("m-x", ["order", "no-such-call"], state="Ring"))
     await wait_until(lambda: "m-x" in env.ari.hung_up())
-    assert env.ari.named("originate") == []
+    assert env.ari.named("create_channel") == []
     assert env.engine.calls == {}
     assert env.store.rows == {}
 
@@ -884,7 +884,7 @@ async def test_stasis_start_from_another_channel_is_refused(env: Env, fast_sleep
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-intruder", ["order", "call-a"], state="Ring"))
     await wait_until(lambda: "m-intruder" in env.ari.hung_up())
-    assert env.ari.named("originate") == []
+    assert env.ari.named("create_channel") == []
     assert "call-a" not in env.engine.calls
 
 
@@ -1038,7 +1038,7 @@ async def test_reconcile_a_phone_call_stopped_between_its_row_and_the_customer_l
     await env.engine.reconciler.reconcile()
     assert (env.row("call-r")["state"], env.row("call-r")["outcome"]) == ("ended", "failed")
     assert set(env.ari.hung_up()) == {"call-r-m"}
-    assert env.ari.named("originate") == [] and env.engine.calls == {}
+    assert env.ari.named("create_channel") == [] and env.engine.calls == {}
 
 
 async def test_reconcile_a_phone_call_stopped_before_its_row_was_written(env: Env) -> None:
@@ -1048,7 +1048,7 @@ async def test_reconcile_a_phone_call_stopped_before_its_row_was_written(env: En
     env.ari.app_channel_ids = ["m-x"]
     await env.engine.reconciler.reconcile()
     assert env.ari.hung_up() == ["m-x"]
-    assert env.ari.named("originate") == [] and env.store.rows == {}
+    assert env.ari.named("create_channel") == [] and env.store.rows == {}
 
 
 async def test_reconcile_row_of_a_removed_manager_is_finished(env: Env) -> None:
@@ -1263,7 +1263,7 @@ async def test_pending_call_whose_manager_never_reaches_stasis_is_closed(env: En
     # A late StasisStart for it is refused: nothing is originated.
     env.engine.on_event(stasis_start("m-x", ["order", "call-x"], state="Ring"))
     await wait_until(lambda: "m-x" in env.ari.hung_up() or env.ari.named("answer"), what="refusal")
-    assert not env.ari.named("originate")
+    assert not env.ari.named("create_channel")
 
 
 async def test_reconcile_adopts_only_this_apps_calls(env: Env) -> None:

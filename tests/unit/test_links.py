@@ -315,7 +315,7 @@ class Served:
         return {**fields, **change}
 
     def manager_rings(self) -> int:
-        return len([o for o in self.ari.named("originate") if o["endpoint"].startswith("PJSIP/anna")])
+        return len([o for o in self.ari.named("create_channel") if o["endpoint"].startswith("PJSIP/anna")])
 
 
 @pytest.fixture
@@ -468,7 +468,7 @@ async def test_a_refusal_is_remembered_and_shown_in_the_shops_words(served: Serv
     resp = await served.client.post("/c/place", json=fields)
     assert (resp.status, (await resp.json())["error"]["id"]) == (403, "order_not_allowed")
     assert len(served.directory.lookups) == lookups  # answered from the link's row: not asked again
-    assert served.ari.named("originate") == []
+    assert served.ari.named("create_channel") == []
 
 
 async def test_a_transient_refusal_frees_the_link_for_another_try(served: Served) -> None:
@@ -489,7 +489,7 @@ async def test_placing_while_bridgeds_database_is_away_rings_nobody(served: Serv
     resp = await served.client.post("/c/place", json=served.link())
     body = await resp.json()
     assert (resp.status, body["error"]["id"]) == (503, "database_unavailable"), body
-    assert served.ari.named("originate") == []
+    assert served.ari.named("create_channel") == []
 
 
 @pytest.mark.parametrize(
@@ -511,7 +511,7 @@ async def test_bad_placing_requests(
     assert resp.status == status, body
     assert error_id is None or body["error"]["id"] == error_id
     assert resp.headers["Cache-Control"] == "no-store"
-    assert served.ari.named("originate") == []
+    assert served.ari.named("create_channel") == []
 
 
 @pytest.mark.parametrize("header", [None, "Capability " + "0" * 64, "Bearer x", "Capability " + "A" * 64])

@@ -82,7 +82,7 @@ async def test_a_manager_token_places_calls_only_as_its_manager(served: Served) 
     assert [(r["manager_id"], r["created_by"]) for r in rows] == [("anna", "anna-page")] * 3
 
     # Another manager: 403 other_manager, audited, nothing looked up or placed, the asked-for id not kept.
-    originated = len(served.ari.named("originate"))
+    made = len(served.ari.named("create_channel"))
     status, body = await served.post("anna-page", {"order_id": "124", "manager_id": "boris"})
     assert (status, body["error"]["id"]) == (403, "other_manager"), body
     status, body = await served.post("anna-page", {"order_id": "124", "manager_id": "+79161234567"})
@@ -92,7 +92,7 @@ async def test_a_manager_token_places_calls_only_as_its_manager(served: Served) 
         (a["actor"], a["outcome"], a["details"]["reason"], a["details"]["manager_id"]) for a in denied
     ] == [("anna-page", "forbidden", "other_manager", "anna")] * 2
     assert "boris" not in repr(denied) and "7916" not in repr(denied)
-    assert len(served.ari.named("originate")) == originated and len(served.store.rows) == 3
+    assert len(served.ari.named("create_channel")) == made and len(served.store.rows) == 3
 
     # A shop token still has to name the manager.
     status, body = await served.post("shop-1", {"order_id": "123"})

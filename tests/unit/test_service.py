@@ -541,8 +541,8 @@ async def test_hanging_up_while_keying_the_code_is_an_audited_attempt(env: Env) 
     ]
 
 
-async def test_an_api_call_whose_manager_leg_cannot_be_originated_did_not_start(env: Env) -> None:
-    env.ari.errors["originate"] = AriUnavailable("originate", 0, "timed out")
+async def test_an_api_call_whose_manager_leg_cannot_be_rung_did_not_start(env: Env) -> None:
+    env.ari.errors["create_channel"] = AriUnavailable("create_channel", 0, "timed out")
     result = await env.service.place_from_api("shop-1", "anna", "123")
     assert isinstance(result, NotStarted) and result.outcome is Outcome.MANAGER_UNAVAILABLE
     row = env.store.rows[result.call_id]
@@ -551,7 +551,8 @@ async def test_an_api_call_whose_manager_leg_cannot_be_originated_did_not_start(
 
 async def test_an_api_call_in_russian_rings_the_manager_with_a_russian_label_and_language() -> None:
     """The HTTP path's manager leg: the label (the language's default template, the customer's
-    Cyrillic name) as its caller id and connected line, and the language for its prompts."""
+    Cyrillic name) as its caller id and connected line, and the language for its prompts. The leg is made
+    in the application and dialled (none is originated), its identity set by its variables."""
     data = example_data()
     data["language"] = "ru"
     data["labels"] = {"name_style": "last_first_initial"}
@@ -560,14 +561,25 @@ async def test_an_api_call_in_russian_rings_the_manager_with_a_russian_label_and
     try:
         result = await e.service.place_from_api("shop-1", "anna", "123")
         assert isinstance(result, Call)
-        [orig] = e.ari.named("originate")
-        assert orig["caller_id"] == '"Заказ 123 Иванов И." <*77123>'
-        assert orig["variables"] == {
+        assert e.ari.named("originate") == []
+        [made] = e.ari.named("create_channel")
+        label = '"Заказ 123 Иванов И." <*77123>'
+        assert (made["endpoint"], made["channel_id"], made["originator"]) == (
+            "PJSIP/anna",
+            f"{result.id}-manager",
+            None,
+        )
+        assert made["variables"] == {
             "CHANNEL(language)": "ru",
             "PJSIP_TRANSFER_HANDLING()": "ari-only",
-            "BRIDGED_LABEL": '"Заказ 123 Иванов И." <*77123>',
+            "CALLERID(all)": label,
+            "CONNECTEDLINE(all,i)": label,
+            "BRIDGED_LABEL": label,
             "CONNECTED_LINE_SEND_SUB": "bridged-label,s,1",
         }
+        assert e.ari.named("dial") == [
+            {"channel_id": made["channel_id"], "timeout": e.config.api.manager_ring_timeout}
+        ]
     finally:
         await e.engine.shutdown()
 
