@@ -348,7 +348,8 @@ class CallEngine:
         """The call is live: its legs' events are routed to it and its worker runs (``first``: the event
         it handles before those queued)."""
         self.calls[call.id] = call
-        for channel_id in (call.manager_channel_id, call.customer_channel_id):
+        rung = call.ring.rung if call.ring is not None else []  # an adopted inbound call's
+        for channel_id in (call.manager_channel_id, call.customer_channel_id, *rung):
             if channel_id:
                 self._by_channel[channel_id] = call
         # The worker's ARI requests (and those of the tasks it starts) go to the call's node.

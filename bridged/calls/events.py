@@ -18,7 +18,8 @@ def dialled(call: Call, event: dict[str, Any]) -> Event | None:
         if status:
             call.dialstatus = str(status)
         return Event.CUSTOMER_ANSWERED if status == "ANSWER" else None
-    return Event.MANAGER_ANSWERED if peer == call.manager_channel_id and status == "ANSWER" else None
+    ringing = peer == call.manager_channel_id or (call.ring is not None and peer in call.ring.legs)
+    return Event.MANAGER_ANSWERED if ringing and status == "ANSWER" else None
 
 
 def leg_of(event: dict[str, Any]) -> dialplan.Leg | None:

@@ -16,13 +16,14 @@ from ..callers import read_stasis_start
 from ..config import Manager
 from ..outcomes import Outcome
 from ..recording_state import RecordingState
-from .legs import leg_variables
+from .legs import manager_leg_variables
 from .model import (
     Call,
     CallState,
     CanaryPlan,
     Ringing,
     TurnedAway,
+    answered_leg,
     channel_id_of,
     ring_leg_id,
 )
@@ -160,7 +161,7 @@ class InboundSteps:
         """A manager answered an inbound call: the others rung with them stop ringing ("answered
         elsewhere"), the caller is answered, and the call goes on as an outbound call's customer answer."""
         assert call.ring is not None
-        leg = channel_id_of(event)
+        leg = answered_leg(event)
         manager = call.ring.legs.pop(leg, None)
         if manager is None:  # a leg already given up on that answered all the same
             await self.legs.hang_up(leg, may_be_gone=True)
@@ -193,14 +194,15 @@ class InboundSteps:
         await self.refuse(call, Outcome.MISSED, self.config.current.inbound.missed_prompt)
 
     async def _ring_managers(self, call: Call, managers: tuple[Manager, ...]) -> bool:
-        """Ring these managers' phones at once, each showing the call's label; whether any rings.
+        """Ring these managers' phones at once, each showing the call's label; whether any rings. Each
+        leg is made in the application and dialled (bridged.calls.legs.MadeLegs): a manager answering
+        while this daemon is dead is put through to the caller by the next one.
 
-        No ``originator``: a leg originated with the caller's channel as originator takes its redirecting
-        party along, the caller's number in Diversion and History-Info (docs/asterisk.md). A phone
-        that is not registered is found by the originate itself: Asterisk answers 500 at once and
-        rings nothing."""
+        No ``originator``: a leg originated with the caller's channel as originator took its redirecting
+        party along, the caller's number in Diversion and History-Info (docs/asterisk.md). A phone that
+        is not registered is found by the create itself: Asterisk answers 500 at once and rings nothing."""
         assert call.ring is not None
-        inbound = self.config.current.inbound
+        config = self.config.current
         legs: dict[str, Manager] = {}
         for manager in managers:
             leg = ring_leg_id(call.id, len(call.ring.rung) + 1)
@@ -209,16 +211,13 @@ class InboundSteps:
             self.engine.register_leg(leg, call)
         results = await asyncio.gather(
             *(
-                self.ari.originate(
+                self.engine.made.make(
+                    leg,
                     endpoint=f"PJSIP/{manager.endpoint}",
-                    app=self.config.current.ari.app,
+                    app=call.app or config.ari.app,
                     app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
-                    channel_id=leg,
-                    caller_id=call.label.caller_id,
-                    timeout=inbound.ring_timeout,
-                    variables=leg_variables(
-                        self.config.current, dialplan.label_variables(call.label.caller_id)
-                    ),
+                    ring_timeout=config.inbound.ring_timeout,
+                    variables=manager_leg_variables(config, call.label.caller_id),
                 )
                 for leg, manager in legs.items()
             ),

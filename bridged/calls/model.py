@@ -325,3 +325,10 @@ def channel_id_of(event: dict[str, Any]) -> str:
     channel = event.get("channel")
     value = channel.get("id") if isinstance(channel, dict) else None
     return value if isinstance(value, str) else ""
+
+
+def answered_leg(event: dict[str, Any]) -> str:
+    """The leg a manager answered: the dialled channel (``peer``) of a Dial event, the channel of any
+    other ("" when the event names none)."""
+    peer = event.get("peer")
+    return channel_id_of({"channel": peer} if event.get("type") == "Dial" else event)

@@ -9,16 +9,18 @@ finished, and channels in the application that belong to no call are hung up.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..ari import AriError, background_requests
-from ..config import Manager
+from ..config import Config, Manager
 from ..outcomes import Outcome
 from ..recording_state import RecordingState
 from ..store.calls import CallRow
-from .model import INBOUND, Call, CallState
+from .model import INBOUND, Call, CallState, Ringing
 from .recording import recording_state_of
 
 if TYPE_CHECKING:
@@ -83,10 +85,10 @@ class Reconciler:
             # The customer leg exists only once it has been originated; the row's state update,
             # sent along with the originate, had not landed when the daemon stopped.
             state = CallState.RINGING_CUSTOMER
-        if not _resumable(row, state, manager, live_legs):
-            # An inbound call still ringing is not resumed either: its ringing legs are not in the row
-            # (the sweep hangs up the phones that still ring) and the caller is hung up: missed.
-            await self._end_unseen(row, live_legs)
+        # An inbound call's phones still ringing: not in the row, but their ids name the call.
+        ringing = _ring_legs(row, alive, config) if state is CallState.RINGING_MANAGER else {}
+        if not _resumable(row, state, manager, live_legs, ringing):
+            await self._end_unseen(row, [*live_legs, *ringing])
             return
         states = {cid: c.get("state", "") for cid, c in alive.items()}
         call = Call(
@@ -108,11 +110,12 @@ class Reconciler:
             manager_up=states.get(row.manager_channel_id or "") == "Up",
             recording_started_at=row.answered_at,
             recording_state=recording_state_of(row.recording_state),
+            ring=Ringing(collections.deque(), legs=ringing, rung=list(ringing)) if ringing else None,
         )
         # Still to be judged: its events come to this daemon now (the Reconcile below first checks that
         # it did not end while none was listening).
         engine.recordings.watch(call)
-        sources = [f"channel:{c}" for c in live_legs]
+        sources = [f"channel:{c}" for c in (*live_legs, *ringing)]
         if row.bridge_id:
             sources.append(f"bridge:{row.bridge_id}")
         try:
@@ -207,13 +210,36 @@ class Reconciler:
             await self.engine.legs.hang_up(channel_id)
 
 
-def _resumable(row: CallRow, state: CallState, manager: Manager | None, live_legs: list[str]) -> bool:
+def _resumable(
+    row: CallRow, state: CallState, manager: Manager | None, live_legs: list[str], ringing: dict[str, Manager]
+) -> bool:
     """Whether an adopted call goes on from ``state`` with the legs it still has."""
-    if state is CallState.RINGING_MANAGER and row.direction != INBOUND:
+    if state is CallState.RINGING_MANAGER and row.direction == INBOUND:
+        # The caller still waits, and phones still ring for them (the next daemon put through whoever
+        # answers; once none rings, the call is missed: the ring groups still to try are not known).
+        return row.customer_channel_id in live_legs and bool(ringing)
+    if state is CallState.RINGING_MANAGER:
         # An HTTP call whose manager's phone still rings, or was answered while no daemon listened: the
         # leg waits in the application (bridged.calls.legs.MadeLegs), the customer is rung on the answer.
         return manager is not None and live_legs == [row.manager_channel_id]
     return manager is not None and state in _RESUMABLE and len(live_legs) == 2
+
+
+def _ring_legs(row: CallRow, alive: dict[str, dict[str, Any]], config: Config) -> dict[str, Manager]:
+    """An inbound call's legs ringing managers' phones (bridged.calls.model.ring_leg_id), each with the
+    manager it rings, known by the endpoint in its channel's name (``PJSIP/<endpoint>-<sequence>``)."""
+    legs: dict[str, Manager] = {}
+    if row.direction != INBOUND:
+        return legs
+    for channel_id, channel in alive.items():
+        if not re.fullmatch(rf"{re.escape(row.id)}-m\d+", channel_id):
+            continue
+        name = str(channel.get("name") or "")
+        endpoint = name.partition("/")[2].rpartition("-")[0]
+        manager = config.manager_by_endpoint(endpoint)
+        if manager is not None:
+            legs[channel_id] = manager
+    return legs
 
 
 def _in_other_app(channel: dict[str, Any], app: str) -> bool:

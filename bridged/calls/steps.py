@@ -381,7 +381,8 @@ class Steps(InboundSteps):
         states: dict[str, str] = event.get("states") or {}
         if alive is None:
             alive = set()
-            for channel_id in (call.manager_channel_id, call.customer_channel_id):
+            rung = call.ring.legs if call.ring is not None else {}
+            for channel_id in (call.manager_channel_id, call.customer_channel_id, *rung):
                 if channel_id and (snapshot := await self.ari.get_channel(channel_id)) is not None:
                     alive.add(channel_id)
                     states[channel_id] = snapshot.get("state", "")
@@ -396,13 +397,11 @@ class Steps(InboundSteps):
         elif call.state is CallState.RINGING_CUSTOMER and states.get(customer or "") == "Up":
             # The customer answered while bridged was away (the Dial event is lost).
             await self.engine.react(call, Event.CUSTOMER_ANSWERED, {})
-        elif (
-            call.state is CallState.RINGING_MANAGER
-            and not call.inbound
-            and states.get(call.manager_channel_id or "") == "Up"
+        elif call.state is CallState.RINGING_MANAGER and (
+            answered := [leg for leg in _ringing(call) if leg in alive and states.get(leg) == "Up"]
         ):
-            # The manager answered while bridged was away (the Dial event is lost).
-            await self.engine.react(call, Event.MANAGER_ANSWERED, {})
+            # A manager answered while bridged was away (the Dial event is lost).
+            await self.engine.react(call, Event.MANAGER_ANSWERED, {"channel": {"id": answered[0]}})
         elif call.state is CallState.ANNOUNCING and call.announcement_playback_id is None:
             # Adopted mid-announcement: its PlaybackFinished cannot be matched any more; bridge now.
             await self.engine.react(call, Event.ANNOUNCEMENT_DONE, {})
@@ -472,6 +471,13 @@ class Steps(InboundSteps):
 # The states in which a customer's leg that disappeared ended the call (before, it did not exist yet;
 # after, it was hung up by bridged). An inbound caller's channel is there from the start.
 _CUSTOMER_UP = frozenset({CallState.RINGING_CUSTOMER, CallState.ANNOUNCING, CallState.BRIDGED})
+
+
+def _ringing(call: Call) -> list[str]:
+    """The manager legs a call rings: an HTTP call's one, or those an inbound call rings now."""
+    if call.ring is not None:
+        return list(call.ring.legs)
+    return [call.manager_channel_id] if call.manager_channel_id and not call.inbound else []
 
 
 def allocation_failed(exc: AriError) -> bool:

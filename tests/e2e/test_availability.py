@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from rig import Asterisk, Postgres, Sipp, manager_endpoint_conf
+from rig import SHOP_DIDS, Asterisk, Postgres, Sipp, manager_endpoint_conf
 
 from .harness import (
     Bridged,
@@ -42,7 +42,8 @@ from .harness import (
 )
 from .test_http_calls import TOKENS, WEBHOOK_SECRET, WebhookReceiver, http, manager_phone, token_config
 from .test_http_hostile import block_database, unblock_database
-from .test_inbound import ended_row, inbound_daemon
+from .test_inbound import REVERSE_QUERY, ended_row, inbound_daemon
+from .test_inbound import SECRET as INBOUND_SECRET
 from .test_service import carrier_for
 
 # The outcomes a call may end with when the daemon that was setting it up died (its customer ringing,
@@ -80,6 +81,10 @@ def _recording_has_sound(asterisk: Asterisk, row: dict[str, Any], trace_dir: Pat
 # -- two daemons on one Asterisk -------------------------------------------------------------------
 
 
+# What two_daemons merges over A's config: a mapping, or a function of the managers' phones giving one.
+Extra = dict[str, Any] | Callable[[list[ManagerPhone]], dict[str, Any]]
+
+
 @pytest.fixture
 def two_daemons(
     asterisk: Asterisk, shop: Postgres, trace_dir: Path, unique_name, rig_alloc
@@ -90,11 +95,11 @@ def two_daemons(
     files: list[str] = []
 
     def make(
-        count: int, a_extra: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
+        count: int, a_extra: Extra | None = None, extra: dict[str, Any] | None = None
     ) -> tuple[Bridged, Bridged]:
-        """``a_extra``: merged over A's config; A is then only waited for to have started (its /healthz
-        may stay 503: an ARI it cannot reach), or to be ready. ``extra``: merged over both daemons'
-        configs."""
+        """``a_extra``: merged over A's config (or a function of the managers' phones giving it); A is then
+        only waited for to have started (its /healthz may stay 503: an ARI it cannot reach), or to be
+        ready. ``extra``: merged over both daemons' configs."""
         phones = [
             ManagerPhone(
                 id=f"ha{rig_alloc.unique_name('')}",
@@ -109,7 +114,7 @@ def two_daemons(
             (trace_dir / key).mkdir(exist_ok=True)
             daemons.append(Bridged(asterisk, shop, trace_dir / key, phones))
         a, b = daemons
-        a.extra = {**(extra or {}), **(a_extra or {})}
+        a.extra = {**(extra or {}), **((a_extra(phones) if callable(a_extra) else a_extra) or {})}
         b.extra = dict(extra or {})
         targets = {"BRIDGED_AGI": a.agi_url, "BRIDGED_AGI_2": b.agi_url}
         name = f"test_{phones[0].endpoint}"
@@ -764,5 +769,50 @@ def test_a_manager_answering_while_their_daemon_is_dead_is_put_through_by_the_ne
         assert ended["direction"] == "api", ended
     finally:
         customer.stop()
+        phone.stop()
+    _label_and_never_the_number(a, b, phone, order, number)
+
+
+def test_a_manager_answering_an_inbound_call_while_their_daemon_is_dead_is_put_through_by_the_next_one(
+    two_daemons, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """A customer calls the shop; A rings their order's manager and is SIGKILLed while the phone rings;
+    the manager answers before anyone serves A's application (B is held stopped meanwhile). The manager's
+    leg and the caller's channel stay in the application, and B, once it takes A's lease over, adopts the
+    call still ringing, finds the answer and bridges the caller with the manager. (With the manager's leg
+    originated, as before, Asterisk hung it up as it answered, and B ended the call as missed.)"""
+
+    def inbound(phones: list[ManagerPhone]) -> dict[str, Any]:
+        return {
+            "orders": {"default_region": "RU", "reverse_query": REVERSE_QUERY},
+            "inbound": {
+                "numbers": list(SHOP_DIDS),
+                "fallback": [phones[0].id],
+                "secret": INBOUND_SECRET,
+                "ring_timeout": 60,
+            },
+        }
+
+    a, b = two_daemons(1, inbound)
+    manager = a.managers[0]
+    wait_for(a.healthy, 30, "A serves its application")
+    asterisk.cli(f"dialplan set global BRIDGED_APP {a.app}")
+    order, number = new_order_id(), new_customer_number()
+    add_order(a.postgres, order, number, "Olga Ivanova", manager.id)
+    phone = phone_rings(manager, trace_dir / "m", ring_ms=3000, hold_ms=20000, timeout_s=90)
+    caller = customer_calls(trace_dir, rig_alloc, number, hold_ms=60000, timeout_s=90)
+    try:
+        wait_for(lambda: invites(phone.messages()), 15, "the manager's phone rings")
+        [row] = wait_for(lambda: _rows(a, manager), 15, "the call's row")
+        _killed_while_the_manager_answers(a, b, asterisk, phone, row["id"])
+        # B adopts the call and puts the caller through; the manager hangs up.
+        assert phone.wait(timeout=60) == 0, phone.describe()
+        assert caller.wait(timeout=30) == 0, caller.describe()
+        ended = _completed_by(b, a, asterisk, trace_dir, manager, row["id"])
+        assert ended["direction"] == "inbound", ended
+        received = [m.first_line for m in caller.received()]
+        assert "SIP/2.0 200 OK" in received and any(line.startswith("BYE ") for line in received), received
+    finally:
+        caller.stop()
         phone.stop()
     _label_and_never_the_number(a, b, phone, order, number)

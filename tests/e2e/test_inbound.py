@@ -10,6 +10,8 @@ CDRs of the managers' legs (and of the caller's leg) for the caller's number.
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import re
@@ -110,27 +112,30 @@ def ended_row(daemon: Bridged, count: int = 1) -> dict[str, Any]:
 
 
 def call_cdrs(asterisk: Asterisk, row: dict[str, Any]) -> str:
-    """The CDR lines of an inbound call: the caller's leg (its Asterisk unique id) and the managers' legs
-    (their channel ids hold the call id), once Asterisk has written them. A leg rung but never answered
-    has none (cdr.conf: unanswered = no), so a missed call has the caller's only."""
+    """The CDR lines of an inbound call, once Asterisk has written them: the caller's leg's (its Asterisk
+    unique id), which names the manager's leg that answered as its destination (dstchannel), and any line
+    of that channel's own.
+
+    A manager's leg is made in the application and dialled: Asterisk 22 writes no line of its own for it
+    (a dialled channel's CDR without a party B is discarded; an originated one had its line:
+    docs/asterisk.md). A leg rung but never answered has none either (cdr.conf: unanswered = no), so a
+    missed call has the caller's only."""
     answered = row["answered_at"] is not None
     cdr_file = asterisk.base / "log" / "cdr-csv" / "Master.csv"
-    marks = (row["id"], row["customer_channel_id"])
 
-    def lines() -> list[str]:
+    def rows() -> list[list[str]]:
         text = cdr_file.read_text() if cdr_file.exists() else ""
-        return [line for line in text.splitlines() if any(mark in line for mark in marks)]
+        return list(csv.reader(io.StringIO(text)))
 
-    found = wait_for(
-        lambda: (
-            any(row["customer_channel_id"] in line for line in lines())
-            and (not answered or any(f"{row['id']}-m" in line for line in lines()))
-            and lines()
-        ),
-        10,
-        f"the CDRs of call {row['id']}",
-    )
-    return "\n".join(found)
+    def callers() -> list[list[str]]:
+        # channel (5) and dstchannel (6): the caller's line names the manager's channel once answered.
+        found = [r for r in rows() if row["customer_channel_id"] in r]
+        return found if found and (not answered or all(len(r) > 6 and r[6] for r in found)) else []
+
+    found = wait_for(callers, 10, f"the CDRs of call {row['id']}")
+    managers = {r[6] for r in found if len(r) > 6 and r[6]}
+    lines = [r for r in rows() if r in found or (len(r) > 6 and r[5] in managers) or row["id"] in ",".join(r)]
+    return "\n".join(",".join(r) for r in lines)
 
 
 def received_invite(phone: Sipp) -> str:

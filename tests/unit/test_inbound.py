@@ -30,6 +30,7 @@ from bridged.store.base import DatabaseUnavailable
 from tests.unit.fakes import (
     FakeAri,
     FakeStore,
+    answered,
     caller_id_changed,
     channel_destroyed,
     hangup_request,
@@ -128,7 +129,7 @@ class Env:
         """The managers' endpoints rung for the call, in order."""
         return [
             kw["endpoint"].removeprefix("PJSIP/")
-            for kw in self.ari.named("originate")
+            for kw in self.ari.named("create_channel")
             if kw["app_args"] == f"manager,{call.id}"
         ]
 
@@ -137,13 +138,14 @@ class Env:
         return next(
             kw["channel_id"]
             for name, kw in self.ari.returned
-            if name == "originate"
+            if name == "create_channel"
             if kw["app_args"] == f"manager,{call.id}" and kw["endpoint"] == f"PJSIP/{endpoint}"
         )
 
     async def answer(self, call: Call, endpoint: str) -> str:
+        """The manager picks up: the leg made in the application and dialled is answered (Dial ANSWER)."""
         leg = self.leg_of(call, endpoint)
-        self.engine.on_event(stasis_start(leg, ["manager", call.id], state="Up"))
+        self.engine.on_event(answered(leg))
         await wait_until(lambda: call.state is CallState.BRIDGED, what="bridged")
         await self.idle(call)
         return leg
@@ -151,17 +153,27 @@ class Env:
     async def unanswered(self, call: Call, endpoint: str, cause: int) -> None:
         """The manager's phone refused (486: cause 17, 603: 21) or rang out (19)."""
         leg = self.leg_of(call, endpoint)
-        before = len(self.ari.named("originate"))
+        before = len(self.ari.named("create_channel"))
         self.engine.on_event(hangup_request(leg, cause=cause, state="Ringing"))
         self.engine.on_event(channel_destroyed(leg, cause=cause))
         await wait_until(
-            lambda: len(self.ari.named("originate")) > before or call.state is not CallState.RINGING_MANAGER,
+            lambda: (
+                len(self.ari.named("create_channel")) > before or call.state is not CallState.RINGING_MANAGER
+            ),
             what="the next step",
         )
         await self.idle(call)
 
     def row(self, call: Call) -> dict[str, Any]:
         return self.store.rows[call.id]
+
+
+def caller_id_of(env: Env, call: Call) -> str:
+    """What the first manager's phone rung for the call is shown as the caller (the leg's identity)."""
+    made = next(kw for kw in env.ari.named("create_channel") if kw["app_args"] == f"manager,{call.id}")
+    variables = made["variables"]
+    assert variables["CALLERID(all)"] == variables["CONNECTEDLINE(all,i)"] == variables["BRIDGED_LABEL"]
+    return str(variables["CALLERID(all)"])
 
 
 def _env(config: Config | None = None) -> Env:
@@ -209,14 +221,25 @@ async def test_a_known_customer_rings_their_orders_manager_showing_the_order_lab
     call = await env.call_in("in-1")
     assert env.directory.asked == [CALLER]
     assert env.rung(call) == ["anna"]
-    [originate] = env.ari.named("originate")
-    # The label and its interception on the manager's leg; no originator: the caller's channel would
+    # The leg's StasisStart (state Down, as it was made: FakeAri sent it) is no answer.
+    await settle()
+    assert call.state is CallState.RINGING_MANAGER
+    # The manager's leg is made in the application and dialled (a manager answering while the daemon is
+    # dead is put through by the next one); none is originated.
+    assert env.ari.named("originate") == []
+    [made] = env.ari.named("create_channel")
+    [dialled] = env.ari.named("dial")
+    # The label as the leg's identity, with its interception; no originator: the caller's channel would
     # hand its redirecting party (the number) to the manager's INVITE.
-    assert originate["caller_id"] == LABEL
-    assert originate["originator"] is None
-    assert originate["timeout"] == env.config.inbound.ring_timeout
-    assert originate["variables"] == {
+    assert made["originator"] is None
+    assert (dialled["channel_id"], dialled["timeout"]) == (
+        made["channel_id"],
+        env.config.inbound.ring_timeout,
+    )
+    assert made["variables"] == {
         "CHANNEL(language)": "en",  # the prompts a manager may hear, in the shop's language
+        "CALLERID(all)": LABEL,
+        "CONNECTEDLINE(all,i)": LABEL,
         "BRIDGED_LABEL": LABEL,
         "CONNECTED_LINE_SEND_SUB": "bridged-label,s,1",
         "PJSIP_TRANSFER_HANDLING()": "ari-only",
@@ -304,9 +327,9 @@ async def test_a_manager_who_does_not_answer_passes_the_call_to_the_team_then_th
 
 
 async def test_a_phone_that_cannot_be_rung_is_skipped_at_once(env: Env) -> None:
-    """An unregistered phone: Asterisk answers the originate 500 Allocation failed and rings nothing."""
-    env.ari.errors["originate"] = lambda kw: (
-        AriError("originate", 500, "ARI originate failed: HTTP 500: Allocation failed")
+    """An unregistered phone: Asterisk answers the create 500 Allocation failed and rings nothing."""
+    env.ari.errors["create_channel"] = lambda kw: (
+        AriError("create_channel", 500, "ARI create_channel failed: HTTP 500: Allocation failed")
         if kw["endpoint"] in ("PJSIP/anna", "PJSIP/boris")
         else None
     )
@@ -381,8 +404,7 @@ async def test_an_unknown_caller_rings_the_fallback_as_customer_ref_and_keeps_th
     ref = first.caller_ref
     assert ref is not None and ref.isalpha()
     assert env.rung(first) == ["carol"]
-    [originate] = env.ari.named("originate")
-    assert originate["caller_id"] == f'"Customer {ref}" <*77>'
+    assert caller_id_of(env, first) == f'"Customer {ref}" <*77>'
     row = env.row(first)
     assert (row["order_id"], row["manager_id"], row["caller_ref"]) == (None, None, ref)
     env.engine.on_event(hangup_request("in-7", cause=127, state="Ring"))
@@ -397,7 +419,7 @@ async def test_a_withheld_number_is_anonymous_and_never_looked_up(env: Env) -> N
     call = await env.call_in("in-9", presentation="prohib_not_screened")
     assert env.directory.asked == []
     assert env.rung(call) == ["carol"]
-    assert env.ari.named("originate")[0]["caller_id"] == '"Anonymous" <anonymous>'
+    assert caller_id_of(env, call) == '"Anonymous" <anonymous>'
     assert call.caller_ref is None and env.row(call)["caller_ref"] is None
     assert env.store.audits[0]["details"]["identified_by"] == "nothing (number withheld)"
     await env.answer(call, "carol")
@@ -428,7 +450,7 @@ async def test_the_shops_database_down_rings_the_fallback_with_a_neutral_label(e
     env.directory.fail = True
     call = await env.call_in("in-13")
     assert env.rung(call) == ["carol"]
-    assert env.ari.named("originate")[0]["caller_id"] == f'"Customer {call.caller_ref}" <*77>'
+    assert caller_id_of(env, call) == f'"Customer {call.caller_ref}" <*77>'
 
 
 async def test_bridgeds_database_down_turns_the_caller_away_with_a_prompt(env: Env) -> None:
@@ -582,8 +604,11 @@ async def test_a_restarted_daemon_adopts_an_inbound_call_in_conversation_with_it
     assert env.row(call)["outcome"] == "completed"
 
 
-async def test_a_restarted_daemon_ends_an_inbound_call_that_was_still_ringing_as_missed(env: Env) -> None:
-    """Its ringing legs are not in the row (the stray sweep takes the phones); the caller is hung up."""
+async def test_a_restarted_daemon_ends_an_inbound_call_whose_phones_no_longer_ring_as_missed(
+    env: Env,
+) -> None:
+    """No phone rings for the caller any more (the ring groups still to try are not in the row): the
+    caller is hung up."""
     env.store.add_row(
         id="in-b",
         direction="inbound",
@@ -597,6 +622,80 @@ async def test_a_restarted_daemon_ends_an_inbound_call_that_was_still_ringing_as
     row = env.store.rows["in-b"]
     assert (row["state"], row["outcome"]) == ("ended", "missed")
     assert "in-b" not in env.engine.calls
+
+
+def _ringing_inbound_row(env: Env, call_id: str, caller: str, legs: dict[str, str]) -> None:
+    """An inbound call whose daemon died while managers' phones rang: its row (the ringing legs are not
+    in it) and what Asterisk still has, the caller's channel and the legs (``{leg: endpoint}``)."""
+    env.store.add_row(
+        id=call_id,
+        ari_app="dead",
+        direction="inbound",
+        state="ringing_manager",
+        manager_id="anna",
+        customer_channel_id=caller,
+    )
+    env.ari.channels = {caller: {"id": caller, "name": "PJSIP/carrier-00000001", "state": "Ring"}}
+    for leg, endpoint in legs.items():
+        env.ari.channels[leg] = {"id": leg, "name": f"PJSIP/{endpoint}-0000000a", "state": "Ringing"}
+
+
+async def test_an_inbound_call_adopted_while_phones_rang_puts_through_whoever_answers(env: Env) -> None:
+    """The managers' legs are made in the application: they wait there for the next daemon, which finds
+    them by their ids and puts the caller through to the one who answers (the others stop ringing).
+    Checked to fail without the change: the adopter ended the call as missed."""
+    _ringing_inbound_row(env, "in-c", "1764413784.14", {"in-c-m2": "boris", "in-c-m3": "dave"})
+    await env.engine.reconciler.reconcile("dead")
+    call = env.engine.calls["in-c"]
+    assert call.state is CallState.RINGING_MANAGER
+    assert call.ring is not None and call.ring.legs == {"in-c-m2": MANAGERS[1], "in-c-m3": MANAGERS[3]}
+    [sub] = env.ari.named("subscribe")
+    assert sub["event_sources"] == ["channel:1764413784.14", "channel:in-c-m2", "channel:in-c-m3"]
+    await settle()
+    assert env.ari.hung_up() == [] and env.row(call)["state"] == "ringing_manager"
+
+    env.engine.on_event(answered("in-c-m3"))
+    await wait_until(lambda: env.row(call)["state"] == "bridged", what="bridged")
+    assert (env.row(call)["manager_id"], env.row(call)["manager_channel_id"]) == ("dave", "in-c-m3")
+    assert env.ari.named("hangup") == [
+        {"channel_id": "in-c-m2", "reason": "answered_elsewhere"}
+    ]  # the other phone
+    assert {"channel_id": "1764413784.14"} in env.ari.named("answer")
+
+
+async def test_an_inbound_call_whose_manager_answered_while_no_daemon_listened_is_put_through(
+    env: Env,
+) -> None:
+    _ringing_inbound_row(env, "in-d", "1764413784.15", {"in-d-m1": "anna"})
+    env.ari.channels["in-d-m1"]["state"] = "Up"
+    await env.engine.reconciler.reconcile("dead")
+    call = env.engine.calls["in-d"]
+    await wait_until(lambda: env.row(call)["state"] == "bridged", what="bridged")
+    assert env.row(call)["manager_id"] == "anna"
+
+
+async def test_an_adopted_inbound_call_whose_last_phone_rings_out_is_missed(env: Env) -> None:
+    _ringing_inbound_row(env, "in-e", "1764413784.16", {"in-e-m1": "anna"})
+    await env.engine.reconciler.reconcile("dead")
+    call = env.engine.calls["in-e"]
+    env.engine.on_event(hangup_request("in-e-m1", cause=32, state="Ringing"))
+    env.engine.on_event(channel_destroyed("in-e-m1", cause=19))
+    await wait_until(lambda: call.state is CallState.ENDING, what="the missed prompt")
+    [play] = env.ari.named("play")
+    env.engine.on_event(playback_finished(play["playback_id"], "1764413784.16"))
+    await wait_until(lambda: "1764413784.16" in env.ari.hung_up())
+    env.engine.on_event(channel_destroyed("1764413784.16", cause=16))
+    await wait_until(lambda: env.row(call)["state"] == "ended")
+    assert env.row(call)["outcome"] == "missed"
+
+
+async def test_a_managers_leg_an_older_release_originated_entering_answered_takes_the_call(env: Env) -> None:
+    """A call of a bridged that still originated managers' legs, adopted: the leg enters Stasis as it is
+    answered (StasisStart, state Up), which is the answer."""
+    call = await env.call_in("in-f")
+    leg = env.leg_of(call, "anna")
+    env.engine.on_event(stasis_start(leg, ["manager", call.id], state="Up"))
+    await wait_until(lambda: call.state is CallState.BRIDGED, what="bridged")
 
 
 # -- generated input -------------------------------------------------------------------------------------
