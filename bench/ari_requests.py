@@ -1,13 +1,13 @@
 """``python -m bench.ari_requests``: the CPU bridged's ARI client spends on a phone call's requests, the
 transport left out (issue 19).
 
-The seven requests of a bridged phone call (originate with its variables, answer, create bridge, the label
-put back on the customer's leg, add channels, hangup, destroy bridge) go through :class:`AriClient` as the
-call's steps make them, against a transport that answers at once from memory: what is measured is the
-client's own Python work per request (the node's client chosen, checking and encoding the parameters,
-the target, the overload guard's bookkeeping, the request's timeout, decoding the answer), not sockets.
-Run on uvloop as the daemon runs; reports CPU time (``time.process_time``) per request, best of
-``--rounds``.
+The eight requests of a bridged phone call (the customer's leg made with its variables and dialled,
+answer, create bridge, the label put back on the customer's leg, add channels, hangup, destroy bridge)
+go through :class:`AriClient` as the call's steps make them, against a transport that answers at once
+from memory: what is measured is the client's own Python work per request (the node's client chosen,
+checking and encoding the parameters, the target, the overload guard's bookkeeping, the request's
+timeout, decoding the answer), not sockets. Run on uvloop as the daemon runs; reports CPU time
+(``time.process_time``) per request, best of ``--rounds``.
 
     python -m bench.ari_requests [--calls 20000] [--rounds 5]
 """
@@ -27,14 +27,14 @@ from bridged.ari.nodes import NodeClients
 
 _CHANNEL = b'{"id": "x-customer", "name": "PJSIP/carrier-00000001", "state": "Down", "caller": {}}'
 _BRIDGE = b'{"id": "x-bridge", "technology": "simple_bridge", "bridge_type": "mixing", "channels": []}'
-REQUESTS_PER_CALL = 7
+REQUESTS_PER_CALL = 8
 
 
 class _Answers:
     """Stands in for bridged.ari.transport.HttpTransport: the answer Asterisk gives each request."""
 
     async def request(self, method: str, target: str, body: bytes | None = None) -> tuple[int, bytes]:
-        if method == "POST" and target.startswith("/ari/channels?"):
+        if method == "POST" and target.startswith("/ari/channels/create?"):
             return 200, _CHANNEL
         if method == "POST" and target.startswith("/ari/bridges?"):
             return 200, _BRIDGE
@@ -47,15 +47,15 @@ class _Answers:
 async def _call(client: AriClient, variables: dict[str, str]) -> None:
     call = uuid.uuid4().hex
     manager, customer, bridge = f"rig-{call[:12]}.42", f"{call}-customer", f"{call}-bridge"
-    await client.originate(
+    await client.create_channel(
         endpoint="PJSIP/+4930123456789@carrier",
         app="bridged",
         app_args=f"customer,{call}",
         channel_id=customer,
-        caller_id='"Shop" <+4930000000>',
-        timeout=30,
+        originator=manager,
         variables=variables,
     )
+    await client.dial(customer, timeout=30)
     await client.answer(manager)
     await client.create_bridge(bridge, type="mixing", name=f"bridged-{call}")
     await client.set_variable(customer, "CALLERID(all)", '"Order 10001 Ivan P." <*7710001>')

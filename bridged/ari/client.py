@@ -317,32 +317,6 @@ class AriClient:
         """An endpoint's snapshot (``state``: online/offline/unknown, ``channel_ids``), None if unknown."""
         return await self._get("get_endpoint", {"tech": tech, "resource": resource}, {})
 
-    async def originate(
-        self,
-        *,
-        endpoint: str,
-        app: str,
-        app_args: str | None = None,
-        channel_id: str | None = None,
-        caller_id: str | None = None,
-        timeout: int | None = None,  # noqa: ASYNC109 - ARI's ring timeout, not ours
-        variables: dict[str, str] | None = None,
-        originator: str | None = None,
-        formats: str | None = None,
-    ) -> dict[str, Any]:
-        params = {
-            "endpoint": endpoint,
-            "app": app,
-            "appArgs": app_args,
-            "channelId": channel_id,
-            "callerId": caller_id,
-            "timeout": timeout,
-            "originator": originator,
-            "formats": formats,
-        }
-        body = {"variables": variables} if variables else None
-        return await self._call("originate", {}, params, body)
-
     async def create_channel(
         self,
         *,
@@ -355,7 +329,9 @@ class AriClient:
     ) -> dict[str, Any]:
         """A channel to ``endpoint`` in Stasis of ``app`` (StasisStart at once, state Down), not dialled:
         :meth:`dial` rings it. Its identity is set by its variables (bridged.dialplan.identity_variables):
-        there is no ``callerId`` as on originate."""
+        there is no ``callerId`` as on an originate (``POST /channels``, which bridged does not use: an
+        originated channel enters Stasis only when answered, and is hung up if no daemon serves the
+        application then; docs/asterisk.md)."""
         params = {
             "endpoint": endpoint,
             "app": app,

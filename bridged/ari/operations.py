@@ -57,27 +57,6 @@ OPERATIONS: dict[str, Operation] = {
     "get_info": _op("GET", "/asterisk/info", optional=("only",)),
     # channels.json
     "list_channels": _op("GET", "/channels"),
-    "originate": _op(
-        "POST",
-        "/channels",
-        required=("endpoint",),
-        optional=(
-            "extension",
-            "context",
-            "priority",
-            "label",
-            "app",
-            "appArgs",
-            "callerId",
-            "timeout",
-            "channelId",
-            "otherChannelId",
-            "originator",
-            "formats",
-            "variables",
-        ),
-        body_params=("variables",),
-    ),
     # A channel made in Stasis without dialling, then dialled: in the application from its creation, so
     # its answer needs no live websocket (an originated channel enters Stasis only once answered, and that
     # fails while its daemon is dead: docs/asterisk.md).

@@ -342,35 +342,6 @@ class FakeAri:
         found = self.channels.get(channel_id)
         return None if found is None else dict(found)
 
-    async def originate(
-        self,
-        *,
-        endpoint: str,
-        app: str,
-        app_args: str | None = None,
-        channel_id: str | None = None,
-        caller_id: str | None = None,
-        timeout: int | None = None,  # noqa: ASYNC109
-        variables: dict[str, str] | None = None,
-        originator: str | None = None,
-        formats: str | None = None,
-    ) -> dict[str, Any]:
-        await self._record(
-            "originate",
-            endpoint=endpoint,
-            app=app,
-            app_args=app_args,
-            channel_id=channel_id,
-            caller_id=caller_id,
-            timeout=timeout,
-            variables=variables,
-            originator=originator,
-            formats=formats,
-        )
-        cid = channel_id or f"orig-{len(self.calls)}"
-        self.channels[cid] = {"id": cid, "state": "Down"}
-        return {"id": cid, "state": "Down"}
-
     async def create_channel(
         self,
         *,

@@ -109,16 +109,14 @@ async def test_get_info_sends_basic_auth(fake: tuple[FakeAri, AriClient]) -> Non
     assert ari.requests[0]["auth"] == "Basic " + base64.b64encode(b"bridged:s3cret").decode()
 
 
-async def test_originate_encodes_params_and_body(fake: tuple[FakeAri, AriClient]) -> None:
+async def test_create_channel_encodes_params_and_body(fake: tuple[FakeAri, AriClient]) -> None:
     ari, client = fake
-    ari.reply("POST", "/ari/channels", body={"id": "c1"})
-    result = await client.originate(
+    ari.reply("POST", "/ari/channels/create", body={"id": "c1"})
+    result = await client.create_channel(
         endpoint=ENDPOINT,
         app="bridged",
         app_args="dial,42",
         channel_id="c1",
-        caller_id='"Order 42" <*7742>',
-        timeout=30,
         variables={"CALLERID(all)": "Order 42"},
     )
     assert result == {"id": "c1"}
@@ -129,8 +127,6 @@ async def test_originate_encodes_params_and_body(fake: tuple[FakeAri, AriClient]
         "app": "bridged",
         "appArgs": "dial,42",
         "channelId": "c1",
-        "callerId": '"Order 42" <*7742>',
-        "timeout": "30",
     }
     assert req["json"] == {"variables": {"CALLERID(all)": "Order 42"}}
 
@@ -145,10 +141,10 @@ async def test_event_filter_is_the_whole_body(fake: tuple[FakeAri, AriClient]) -
     assert req["json"] == {"allowed": [{"type": "Dial"}, {"type": "StasisStart"}]}
 
 
-async def test_originate_without_variables_sends_no_body(fake: tuple[FakeAri, AriClient]) -> None:
+async def test_create_channel_without_variables_sends_no_body(fake: tuple[FakeAri, AriClient]) -> None:
     ari, client = fake
-    ari.reply("POST", "/ari/channels", body={"id": "c1"})
-    await client.originate(endpoint=ENDPOINT, app="bridged")
+    ari.reply("POST", "/ari/channels/create", body={"id": "c1"})
+    await client.create_channel(endpoint=ENDPOINT, app="bridged")
     assert ari.requests[0]["json"] is None
     assert set(ari.requests[0]["query"]) == {"endpoint", "app"}
 
@@ -186,7 +182,7 @@ async def test_required_param_checked_before_sending(fake: tuple[FakeAri, AriCli
     with pytest.raises(ValueError, match="channelId"):
         await client._call("get_channel", {}, {})
     with pytest.raises(ValueError, match="endpoint"):
-        await client._call("originate", {}, {"app": "bridged", "endpoint": None})
+        await client._call("create_channel", {}, {"app": "bridged", "endpoint": None})
     with pytest.raises(ValueError, match="bogus"):
         await client._call("answer", {"channelId": "c1"}, {"bogus": 1})
     assert ari.requests == []
@@ -252,22 +248,24 @@ async def test_error_never_contains_parameter_values(
 ) -> None:
     ari, client = fake
     caplog.set_level(logging.DEBUG, logger="bridged.ari")
-    ari.reply("POST", "/ari/channels", status=500, body={"error": "Allocation failed"})
+    ari.reply("POST", "/ari/channels/create", status=500, body={"error": "Allocation failed"})
     with pytest.raises(AriError) as excinfo:
-        await client.originate(endpoint=ENDPOINT, app="bridged", caller_id=f"+1{NUMBER}")
+        await client.create_channel(
+            endpoint=ENDPOINT, app="bridged", variables={"CALLERID(all)": f"+1{NUMBER}"}
+        )
     for text in (str(excinfo.value), repr(excinfo.value), excinfo.value.message):
         assert NUMBER not in text
-    assert "originate" in str(excinfo.value) and "500" in str(excinfo.value)
+    assert "create_channel" in str(excinfo.value) and "500" in str(excinfo.value)
     assert NUMBER not in caplog.text
-    assert "originate" in caplog.text
+    assert "create_channel" in caplog.text
 
 
 async def test_echoed_error_text_is_dropped(fake: tuple[FakeAri, AriClient]) -> None:
     ari, client = fake
-    ari.reply("POST", "/ari/channels", status=400, body={"message": f"Invalid endpoint {ENDPOINT}"})
+    ari.reply("POST", "/ari/channels/create", status=400, body={"message": f"Invalid endpoint {ENDPOINT}"})
     ari.reply("POST", "/ari/bridges/b1/addChannel", status=422, body={"message": "Channel xyz-abc not found"})
     with pytest.raises(AriBadRequest) as excinfo:
-        await client.originate(endpoint=ENDPOINT, app="bridged")
+        await client.create_channel(endpoint=ENDPOINT, app="bridged")
     assert NUMBER not in repr(excinfo.value) and "400" in str(excinfo.value)
     with pytest.raises(AriBadRequest) as echoed:
         await client.add_channel("b1", ["xyz-abc"])
@@ -285,7 +283,7 @@ async def test_connection_refused_is_unavailable() -> None:
         access = AriAccess(f"http://127.0.0.1:{_refused_port()}/ari", "u", "p")
         client = AriClient(session, access, request_timeout=2.0)
         with pytest.raises(AriUnavailable) as excinfo:
-            await client.originate(endpoint=ENDPOINT, app="bridged")
+            await client.create_channel(endpoint=ENDPOINT, app="bridged")
     assert excinfo.value.status == 0
     assert NUMBER not in str(excinfo.value) and NUMBER not in repr(excinfo.value)
     assert excinfo.value.__suppress_context__
