@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 # A connection that lived this long was healthy: the next failure starts again from min_backoff.
 _STABLE_AFTER = 10.0
+# How long a connect (TCP, TLS and the upgrade) may take, and the websocket ping interval that notices a
+# silent Asterisk (no caller ever chose other values).
+_CONNECT_TIMEOUT = 10.0
+_HEARTBEAT = 15.0
 
 
 def ws_url_from_base(base_url: str) -> URL:
@@ -83,8 +87,6 @@ class AriEventStream:
         on_disconnect: Callable[[], None] | None = None,
         min_backoff: float = 0.5,
         max_backoff: float = 30.0,
-        heartbeat: float = 15.0,
-        connect_timeout: float = 10.0,
     ) -> None:
         self._session = session
         self._url = ws_url_from_base(access.base_url).with_query({"app": app, "subscribeAll": "false"})
@@ -97,10 +99,7 @@ class AriEventStream:
         self._on_disconnect = on_disconnect
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
-        self._heartbeat = heartbeat
-        self._connect_timeout = connect_timeout
-        self._connected = False
-        self._connected_event = asyncio.Event()
+        self._connected = asyncio.Event()
         self._closing = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._run_task: asyncio.Task[None] | None = None
@@ -111,18 +110,18 @@ class AriEventStream:
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._connected.is_set()
 
     async def wait_connected(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - part of the API
         """True once connected (now or within ``timeout`` seconds)."""
-        if self._connected:
+        if self._connected.is_set():
             return True
         try:
             async with asyncio.timeout(timeout):
-                await self._connected_event.wait()
+                await self._connected.wait()
         except TimeoutError:
             return False
-        return self._connected
+        return self._connected.is_set()
 
     async def close(self) -> None:
         """Stop reconnecting, close the socket and make :meth:`run` return."""
@@ -200,8 +199,7 @@ class AriEventStream:
         try:
             if self._closing.is_set():
                 return
-            self._connected = True
-            self._connected_event.set()
+            self._connected.set()
             log.info("ARI websocket connected for app %s", self._app)
             await self._read(ws)
         finally:
@@ -212,11 +210,11 @@ class AriEventStream:
             self._set_disconnected()
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
-        async with asyncio.timeout(self._connect_timeout):
+        async with asyncio.timeout(_CONNECT_TIMEOUT):
             return await self._session.ws_connect(
                 self._url,
                 headers=self._headers,
-                heartbeat=self._heartbeat,
+                heartbeat=_HEARTBEAT,
                 max_msg_size=0,  # a ChannelVarset storm or a big Bridge snapshot must not kill the socket
             )
 
@@ -301,9 +299,8 @@ class AriEventStream:
             )
 
     def _set_disconnected(self) -> None:
-        was_connected = self._connected
-        self._connected = False
-        self._connected_event.clear()
+        was_connected = self._connected.is_set()
+        self._connected.clear()
         if was_connected and self._on_disconnect is not None:
             try:
                 self._on_disconnect()
