@@ -217,7 +217,7 @@ class InboundSteps:
                     app=call.app or config.ari.app,
                     app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
                     ring_timeout=config.inbound.ring_timeout,
-                    variables=manager_leg_variables(config, call.label.caller_id),
+                    variables=manager_leg_variables(call.label.caller_id),
                 )
                 for leg, manager in legs.items()
             ),

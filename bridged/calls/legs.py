@@ -34,7 +34,7 @@ def media(sounds: str) -> list[str]:
 
 
 def leg_variables(config: Config, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The channel variables of every leg bridged rings (each is made with these, :meth:`MadeLegs.make`):
+    """The channel variables of every leg bridged rings (:meth:`MadeLegs.make` adds them to each):
     prompts and announcements in the shop's language (``CHANNEL(language)``, so that Asterisk plays
     ``sounds/<language>/...``), a REFER handed to bridged rather than performed by Asterisk; and ``extra``
     (the leg's identity, bridged.dialplan.identity_variables; a manager leg's label and its interception,
@@ -42,11 +42,11 @@ def leg_variables(config: Config, extra: Mapping[str, str] | None = None) -> dic
     return {dialplan.CHANNEL_LANGUAGE: config.language, **dialplan.NO_TRANSFERS, **(extra or {})}
 
 
-def manager_leg_variables(config: Config, label: str) -> dict[str, str]:
-    """The variables of a manager leg bridged rings (an HTTP call's, an inbound call's): every leg's, and
-    the label (``"Order 123 Ivan P." <*77123>``) as the leg's identity, which the phone is shown as the
-    caller (its number part redials the order), with the interception that keeps it the label."""
-    return leg_variables(config, {**dialplan.identity_variables(label), **dialplan.label_variables(label)})
+def manager_leg_variables(label: str) -> dict[str, str]:
+    """The own variables of a manager leg bridged rings (an HTTP call's, an inbound call's): the label
+    (``"Order 123 Ivan P." <*77123>``) as the leg's identity, which the phone is shown as the caller (its
+    number part redials the order), with the interception that keeps it the label."""
+    return {**dialplan.identity_variables(label), **dialplan.label_variables(label)}
 
 
 class Legs:
@@ -259,21 +259,23 @@ class MadeLegs:
         app: str,
         app_args: str,
         ring_timeout: int,
-        variables: dict[str, str],
+        variables: Mapping[str, str],
         originator: str | None = None,
     ) -> None:
         """Ring ``endpoint`` for up to ``ring_timeout`` seconds on a channel ``channel_id`` made in
-        application ``app``. Its identity is set by ``variables`` (bridged.dialplan.identity_variables:
-        ``create`` has no ``callerId``). Raises what ARI raised; a channel that may have been made but was
-        not dialled is hung up first (it would sit in Stasis, ringing nobody): not one whose create
-        Asterisk refused (500 "Allocation failed": the phone is not registered on that node)."""
+        application ``app``, with every leg's variables (:func:`leg_variables`, added here so that no leg
+        goes without them) and its own ``variables``: its identity (bridged.dialplan.identity_variables:
+        ``create`` has no ``callerId``), a manager leg's label. Raises what ARI raised; a channel that may
+        have been made but was not dialled is hung up first (it would sit in Stasis, ringing nobody): not
+        one whose create Asterisk refused (500 "Allocation failed": the phone is not registered on that
+        node)."""
         made = self.ari.create_channel(
             endpoint=endpoint,
             app=app,
             app_args=app_args,
             channel_id=channel_id,
             originator=originator,
-            variables=variables,
+            variables=leg_variables(self.legs.config.current, variables),
         )
         try:
             await self.make_and_dial(

@@ -21,7 +21,7 @@ from ..ari.nodes import set_node
 from ..outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
 from ..recording_state import RecordingState
 from .inbound_steps import InboundSteps
-from .legs import leg_variables, manager_leg_variables
+from .legs import manager_leg_variables
 from .model import (
     TRANSITIONS,
     Call,
@@ -186,7 +186,7 @@ class Steps(InboundSteps):
             app_args=dialplan.app_args(dialplan.Leg.CUSTOMER, call.id),
             ring_timeout=trunk.ring_timeout,
             originator=call.manager_channel_id,
-            variables=leg_variables(config, dialplan.identity_variables(trunk.caller_id)),
+            variables=dialplan.identity_variables(trunk.caller_id),
         )
 
     async def drop_early(self, call: Call) -> None:
@@ -274,7 +274,7 @@ class Steps(InboundSteps):
                     app=config.ari.app,
                     app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
                     ring_timeout=config.api.manager_ring_timeout,
-                    variables=manager_leg_variables(config, call.label.caller_id),
+                    variables=manager_leg_variables(call.label.caller_id),
                 )
                 return
             except AriError as exc:
