@@ -75,22 +75,18 @@ class Leases:
         host: LeaseHost,
         *,
         instance: str | None = None,
-        lease_seconds: float = LEASE_SECONDS,
-        renew_seconds: float = RENEW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.app = app
         self.host = host
         self.instance = instance or instance_name(app)
-        self.lease_seconds = lease_seconds
-        self.renew_seconds = renew_seconds
         self._clock = clock
         self.own_held = False
         self._database_ok = True
         # No lease is taken over before this (monotonic): a daemon that just started, or just got its
         # database back, first lets the others renew theirs.
-        self._takeovers_from = clock() + lease_seconds
+        self._takeovers_from = clock() + LEASE_SECONDS
 
     @property
     def actor(self) -> str:
@@ -111,7 +107,7 @@ class Leases:
 
     async def _try_own(self) -> bool:
         try:
-            if await self.store.leases.acquire(self.app, self.instance, self.lease_seconds):
+            if await self.store.leases.acquire(self.app, self.instance, LEASE_SECONDS):
                 self.own_held = True
                 return True
             await self.store.leases.ask_back(self.app)
@@ -143,15 +139,15 @@ class Leases:
     # -- the loop -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Every ``renew_seconds``: :meth:`tick` (for the daemon's lifetime)."""
+        """Every ``RENEW_SECONDS``: :meth:`tick` (for the daemon's lifetime)."""
         while True:
-            await asyncio.sleep(self.renew_seconds)
+            await asyncio.sleep(RENEW_SECONDS)
             await self.tick()
 
     async def tick(self) -> None:
         """Renew what this daemon holds, act on what the renewal says, take over expired leases."""
         try:
-            held = {h.ari_app: h for h in await self.store.leases.renew(self.instance, self.lease_seconds)}
+            held = {h.ari_app: h for h in await self.store.leases.renew(self.instance, LEASE_SECONDS)}
             self._database_back()
             await self._own(held)
             await self._adopted(held)
@@ -165,8 +161,8 @@ class Leases:
     def _database_back(self) -> None:
         if not self._database_ok:
             self._database_ok = True
-            self._takeovers_from = self._clock() + self.lease_seconds
-            log.info("leases renewed again; no lease is taken over for %.0f s", self.lease_seconds)
+            self._takeovers_from = self._clock() + LEASE_SECONDS
+            log.info("leases renewed again; no lease is taken over for %.0f s", LEASE_SECONDS)
 
     async def _own(self, held: dict[str, Held]) -> None:
         if self.app in held:
@@ -204,7 +200,7 @@ class Leases:
 
     async def _take_over(self) -> None:
         taken = await self.store.leases.take_over(
-            self.app, self.instance, self.lease_seconds, reserved=RESERVED_SECONDS
+            self.app, self.instance, LEASE_SECONDS, reserved=RESERVED_SECONDS
         )
         for app in taken:
             metrics.LEASE_TAKEOVERS.inc()
@@ -233,5 +229,5 @@ class Leases:
                 await self.store.leases.release(app, self.instance)
             except DatabaseUnavailable as exc:
                 log.warning(
-                    "the lease of %s not released (%s): it expires in %.0f s", app, exc, self.lease_seconds
+                    "the lease of %s not released (%s): it expires in %.0f s", app, exc, LEASE_SECONDS
                 )
