@@ -86,6 +86,11 @@ class InboundDesk:
                     manager_id=route.first.id if route.first else None,
                     details={"direction": INBOUND, "identified_by": how},
                     caller_ref=who.ref,
+                    # What a daemon adopting the call while phones ring goes on with
+                    # (bridged.calls.reconcile): the managers' ids, and the key only if callers are
+                    # remembered at all.
+                    ring_plan=[[m.id for m in step] for step in route.steps],
+                    caller_key=who.key if inbound.sticky_days > 0 else None,
                 )
             except DatabaseUnavailable as exc:
                 log.warning("call %s refused: bridged's database is unavailable (%s)", call.id, exc)
@@ -183,6 +188,8 @@ class InboundDesk:
         details: dict[str, object],
         caller_ref: str | None,
         canary: bool = False,
+        ring_plan: list[list[str]] | None = None,
+        caller_key: str | None = None,
     ) -> None:
         """An inbound call's row and its audit row, while its first phones ring (or its greeting plays)."""
         await self.store.calls.insert_audited(
@@ -199,6 +206,8 @@ class InboundDesk:
             caller_ref=caller_ref,
             node=call.node or None,  # a canary call's node too: a lost node ends its row
             canary=canary,
+            ring_plan=ring_plan,
+            caller_key=caller_key,
         )
 
     def _canary_managers(self, canary: Canary) -> list[str]:

@@ -85,7 +85,7 @@ class InboundSteps:
         self._transition(call, CallState.RINGING_MANAGER)
         # The first phones and the call's row (written in this state) at once, so that no database round
         # trip delays the managers' INVITEs; both are done before the call goes on.
-        first = call.ring.steps.popleft() if call.ring.steps else ()
+        first = call.ring.next_step() if call.ring.steps else ()
         rung, written = await asyncio.gather(
             self._ring_managers(call, first), decided.write_row(), return_exceptions=True
         )
@@ -188,7 +188,8 @@ class InboundSteps:
         """The next managers that can be rung; nobody left: the call is missed."""
         assert call.ring is not None
         while call.ring.steps:
-            if await self._ring_managers(call, call.ring.steps.popleft()):
+            if await self._ring_managers(call, call.ring.next_step()):
+                await self.rows.ring_rung(call)
                 return
         log.info("call %s: nobody answered", call.id)
         await self.refuse(call, Outcome.MISSED, self.config.current.inbound.missed_prompt)

@@ -162,6 +162,13 @@ class Ringing:
     legs: dict[str, Manager] = field(default_factory=dict)  # channel id -> the manager it rings
     rung: list[str] = field(default_factory=list)  # every leg rung, to forget with the call
     causes: dict[str, int] = field(default_factory=dict)  # a leg gone unanswered -> its hangup cause
+    # How many steps of the plan have been rung (the call's row keeps it, for a daemon adopting the call).
+    tried: int = 0
+
+    def next_step(self) -> tuple[Manager, ...]:
+        """The next step of the plan, counted as rung."""
+        self.tried += 1
+        return self.steps.popleft()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from ..config import Config, Manager
 from ..outcomes import Outcome
 from ..recording_state import RecordingState
 from ..store.calls import CallRow
-from .model import INBOUND, Call, CallState, Ringing
+from .model import INBOUND, Call, CallState, Ringing, ring_leg_id
 from .recording import recording_state_of
 
 if TYPE_CHECKING:
@@ -85,9 +86,13 @@ class Reconciler:
             # The customer leg exists only once it has been originated; the row's state update,
             # sent along with the originate, had not landed when the daemon stopped.
             state = CallState.RINGING_CUSTOMER
-        # An inbound call's phones still ringing: not in the row, but their ids name the call.
-        ringing = _ring_legs(row, alive, config) if state is CallState.RINGING_MANAGER else {}
-        if not _resumable(row, state, manager, live_legs, ringing):
+        # An inbound call's phones still ringing (not in the row, but their ids name the call), and the steps
+        # of its ring plan still to try.
+        ring = None
+        if state is CallState.RINGING_MANAGER and row.direction == INBOUND:
+            ring = _ringing_of(row, _ring_legs(row, alive, config), config)
+        ringing = ring.legs if ring is not None else {}
+        if not _resumable(row, state, manager, live_legs, ring):
             await self._end_unseen(row, [*live_legs, *ringing])
             return
         states = {cid: c.get("state", "") for cid, c in alive.items()}
@@ -110,7 +115,7 @@ class Reconciler:
             manager_up=states.get(row.manager_channel_id or "") == "Up",
             recording_started_at=row.answered_at,
             recording_state=recording_state_of(row.recording_state),
-            ring=Ringing(collections.deque(), legs=ringing, rung=list(ringing)) if ringing else None,
+            ring=ring,
         )
         # Still to be judged: its events come to this daemon now (the Reconcile below first checks that
         # it did not end while none was listening).
@@ -211,13 +216,13 @@ class Reconciler:
 
 
 def _resumable(
-    row: CallRow, state: CallState, manager: Manager | None, live_legs: list[str], ringing: dict[str, Manager]
+    row: CallRow, state: CallState, manager: Manager | None, live_legs: list[str], ring: Ringing | None
 ) -> bool:
     """Whether an adopted call goes on from ``state`` with the legs it still has."""
     if state is CallState.RINGING_MANAGER and row.direction == INBOUND:
-        # The caller still waits, and phones still ring for them (the next daemon put through whoever
-        # answers; once none rings, the call is missed: the ring groups still to try are not known).
-        return row.customer_channel_id in live_legs and bool(ringing)
+        # The caller still waits, and phones still ring for them, or the plan has managers left to ring
+        # (the adopter puts through whoever answers, and goes on with the plan as its daemon would have).
+        return row.customer_channel_id in live_legs and ring is not None and bool(ring.legs or ring.steps)
     if state is CallState.RINGING_MANAGER:
         # An HTTP call whose manager's phone still rings, or was answered while no daemon listened: the
         # leg waits in the application (bridged.calls.legs.MadeLegs), the customer is rung on the answer.
@@ -240,6 +245,48 @@ def _ring_legs(row: CallRow, alive: dict[str, dict[str, Any]], config: Config) -
         if manager is not None:
             legs[channel_id] = manager
     return legs
+
+
+def _ringing_of(row: CallRow, legs: dict[str, Manager], config: Config) -> Ringing:
+    """An adopted inbound call's ringing: ``legs`` still ring, and the steps of its plan (the row's, as
+    manager ids) after the one under way are still to try. Its legs are numbered in the plan's order
+    (bridged.calls.model.ring_leg_id), so the highest one ringing tells the step under way even when the
+    row's count of steps rung had not been written yet; with none ringing, that count tells it."""
+    plan = _plan(row.ring_plan)
+    highest = max((int(leg.rpartition("-m")[2]) for leg in legs), default=0)
+    done = min(max(row.ring_rung or 0, 0), len(plan))
+    numbered = 0
+    for index, step in enumerate(plan):
+        numbered += len(step)
+        if 0 < highest <= numbered:
+            done = max(done, index + 1)
+            break
+    else:
+        if highest > numbered:  # a leg the plan does not account for: nothing of it is left to ring
+            done = len(plan)
+    untried = (tuple(filter(None, map(config.manager_by_id, step))) for step in plan[done:])
+    numbered = max(highest, sum(len(step) for step in plan[:done]))
+    return Ringing(
+        collections.deque(step for step in untried if step),
+        caller_key=row.caller_key,
+        legs=legs,
+        # Every leg the call may have had: the next one rung is numbered after them.
+        rung=[ring_leg_id(row.id, n) for n in range(1, numbered + 1)],
+        tried=done,
+    )
+
+
+def _plan(text: str | None) -> list[list[str]]:
+    """A ring plan as the row keeps it (JSON: a list of steps, each a list of manager ids); [] for none."""
+    try:
+        plan = json.loads(text) if text else []
+    except ValueError:
+        return []
+    if isinstance(plan, list) and all(
+        isinstance(step, list) and all(isinstance(m, str) for m in step) for step in plan
+    ):
+        return plan
+    return []
 
 
 def _in_other_app(channel: dict[str, Any], app: str) -> bool:

@@ -62,6 +62,13 @@ class Rows:
             ),
         )
 
+    async def ring_rung(self, call: Call) -> None:
+        """An inbound call rang the next step of its plan: the row counts it, so that a daemon adopting
+        the call goes on with the step after (bridged.calls.reconcile)."""
+        assert call.ring is not None
+        tried = call.ring.tried
+        await self._write(call, f"ring step {tried}", lambda: self.store.calls.set_ring_rung(call.id, tried))
+
     async def talked(self, call: Call) -> None:
         """An inbound caller talks to a manager: the next call of theirs within inbound.sticky_days rings
         that manager first (kept under the caller's keyed hash, never their number)."""

@@ -405,6 +405,15 @@ class Steps(InboundSteps):
         elif call.state is CallState.ANNOUNCING and call.announcement_playback_id is None:
             # Adopted mid-announcement: its PlaybackFinished cannot be matched any more; bridge now.
             await self.engine.react(call, Event.ANNOUNCEMENT_DONE, {})
+        if (
+            call.state is CallState.RINGING_MANAGER
+            and call.ring is not None
+            and not call.ring.legs
+            and call.manager_channel_id is None
+        ):
+            # An inbound call adopted with no phone ringing for it any more (they stopped while no daemon
+            # listened): the caller still waits, and the next managers of the plan are rung.
+            await self._ring_next(call)
         if call.state is CallState.BRIDGED and call.recording_name and call.recording_state is None:
             await self.recordings.check_live(call)
 

@@ -20,17 +20,24 @@ COLUMNS = (
     "ended_at, recording_name, manager_channel_id, customer_channel_id, bridge_id, ended_by, recording_state,"
     " created_by, recording_purged_at, caller_ref, node, canary"
 )
+# What an open call's next daemon reads besides (bridged.calls.reconcile): an inbound call's ring plan and
+# its caller's key, which nothing else reads.
+_OPEN_COLUMNS = f"{COLUMNS}, ring_plan::text AS ring_plan, ring_rung, caller_key"
 # As CallRow.recording_available: a recording that was purged, or failed (nothing in it), is no recording.
 _RECORDING_AVAILABLE = (
     "recording_name IS NOT NULL AND recording_purged_at IS NULL AND recording_state IS DISTINCT FROM 'failed'"
 )
 
+# An ended call is adopted by no one: its caller's key goes (who talked to them is inbound_sticky's).
+_FORGET_CALLER = "caller_key = NULL"
+
 
 _CALL_ROW = (
     "c AS (INSERT INTO calls"
     " (id, order_id, manager_id, direction, state, manager_channel_id, ari_app, customer_channel_id,"
-    " created_by, caller_ref, node, canary)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11, $12, $13, $14) RETURNING id, order_id)"
+    " created_by, caller_ref, node, canary, ring_plan, ring_rung, caller_key)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $11, $12, $13, $14, $15::jsonb, $16, $17)"
+    " RETURNING id, order_id)"
 )
 _ACCEPTED_AUDIT = (
     " INSERT INTO audit (actor, action, call_id, order_id, outcome, details)"
@@ -38,7 +45,7 @@ _ACCEPTED_AUDIT = (
 )
 _INSERT_AUDITED = f"WITH {_CALL_ROW}{_ACCEPTED_AUDIT}"
 # PostgreSQL runs a data-modifying WITH whether or not the main statement reads it.
-_INSERT_AUDITED_WITH_ATTEMPT = f"WITH {_CALL_ROW}, a AS ({insert_attempt(15)}){_ACCEPTED_AUDIT}"
+_INSERT_AUDITED_WITH_ATTEMPT = f"WITH {_CALL_ROW}, a AS ({insert_attempt(18)}){_ACCEPTED_AUDIT}"
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,12 @@ class CallRow:
     node: str | None = None
     # An inbound call to a canary number (bridged.canaries): only ops and admins see it.
     canary: bool = False
+    # An open inbound call (read by open_calls only): its ring plan, the JSON array of its steps' manager
+    # ids (bridged.routing); how many of those steps have been rung; the caller's keyed hash (None:
+    # withheld, or no caller is remembered). None on rows written before these columns.
+    ring_plan: str | None = None
+    ring_rung: int | None = None
+    caller_key: str | None = None
 
     @property
     def recording_usable(self) -> bool:
@@ -112,10 +125,13 @@ class CallRows(Aggregate):
         caller_ref: str | None = None,
         node: str | None = None,
         canary: bool = False,
+        ring_plan: list[list[str]] | None = None,
+        caller_key: str | None = None,
         attempt: NewAttempt | None = None,
     ) -> None:
         """The call row and its accepted ``call.request`` audit row, in one statement; with ``attempt``,
-        the manager's attempt as the budgets count it too (one round trip less per call, issue 19)."""
+        the manager's attempt as the budgets count it too (one round trip less per call, issue 19). An
+        inbound call's ``ring_plan`` is written with its first step rung."""
         await self.pool.execute(
             _INSERT_AUDITED if attempt is None else _INSERT_AUDITED_WITH_ATTEMPT,
             call_id,
@@ -132,6 +148,9 @@ class CallRows(Aggregate):
             caller_ref,
             node,
             canary,
+            None if ring_plan is None else json.dumps(ring_plan),
+            None if ring_plan is None else min(len(ring_plan), 1),
+            caller_key,
             *(() if attempt is None else attempt.args()),
         )
 
@@ -185,6 +204,12 @@ class CallRows(Aggregate):
             "UPDATE calls SET node = $2 WHERE id = $1 AND state <> 'ended'", call_id, node
         )
 
+    async def set_ring_rung(self, call_id: str, rung: int) -> None:
+        """An inbound call rang the next step of its plan: ``rung`` of them have been rung."""
+        await self.pool.execute(
+            "UPDATE calls SET ring_rung = $2 WHERE id = $1 AND state <> 'ended'", call_id, rung
+        )
+
     async def set_manager(self, call_id: str, *, manager_id: str, manager_channel_id: str) -> None:
         """An inbound call was answered: by this manager, on this leg."""
         await self.pool.execute(
@@ -222,7 +247,7 @@ class CallRows(Aggregate):
         # Idempotent: a call finalized once (e.g. before a restart) keeps its first ending.
         await self.pool.execute(
             "UPDATE calls SET state = 'ended', outcome = $2, hangup_cause = $3, ended_by = $4,"
-            " ended_at = coalesce($5, now()) WHERE id = $1 AND state <> 'ended'",
+            f" ended_at = coalesce($5, now()), {_FORGET_CALLER} WHERE id = $1 AND state <> 'ended'",
             call_id,
             outcome,
             hangup_cause,
@@ -249,7 +274,8 @@ class CallRows(Aggregate):
         """
         await self.pool.execute(
             "WITH c AS (UPDATE calls SET state = 'ended', outcome = $2, hangup_cause = $3, ended_by = $4,"
-            " ended_at = coalesce($7, now()) WHERE id = $1 AND state <> 'ended' RETURNING id)"
+            f" ended_at = coalesce($7, now()), {_FORGET_CALLER}"
+            " WHERE id = $1 AND state <> 'ended' RETURNING id)"
             " INSERT INTO audit (actor, action, call_id, order_id, outcome, reason)"
             " SELECT $5, 'call.end', c.id, $6, $2, $4 FROM c",
             call_id,
@@ -270,7 +296,8 @@ class CallRows(Aggregate):
     async def open_calls(self, ari_app: str) -> list[CallRow]:
         """Calls of a daemon's Stasis application that have not ended (on every node)."""
         rows = await self.pool.fetch(
-            f"SELECT {COLUMNS} FROM calls WHERE state <> 'ended' AND ari_app = $1 ORDER BY requested_at",
+            f"SELECT {_OPEN_COLUMNS} FROM calls WHERE state <> 'ended' AND ari_app = $1"
+            " ORDER BY requested_at",
             ari_app,
         )
         return [CallRow(**dict(r)) for r in rows]

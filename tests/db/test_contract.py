@@ -9,6 +9,7 @@ the rows a daemon adopts) is the real store's too.
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -361,6 +362,25 @@ async def test_an_inbound_call_may_name_no_order_and_no_manager_until_one_answer
     await calls_store.calls.set_manager("in1", manager_id="anna", manager_channel_id="x")
     row = await calls_store.calls.get("in1")
     assert row is not None and row.manager_id == "boris"
+
+
+async def test_an_open_inbound_calls_ring_plan_and_callers_key_are_read_back_by_its_adopter(
+    calls_store: Store | FakeStore,
+) -> None:
+    key = "ab" * 32
+    plan = [["anna"], ["boris", "carol"]]
+    await _accept(calls_store, "in2", direction="inbound", ring_plan=plan, caller_key=key)
+    await _accept(calls_store, "c3")  # no plan: none read back
+    rows = {r.id: r for r in await calls_store.calls.open_calls("bridged")}
+    assert rows["in2"].ring_plan is not None and json.loads(rows["in2"].ring_plan) == plan
+    assert (rows["in2"].ring_rung, rows["in2"].caller_key) == (1, key)  # written as its first step rings
+    assert (rows["c3"].ring_plan, rows["c3"].ring_rung, rows["c3"].caller_key) == (None, None, None)
+    await calls_store.calls.set_ring_rung("in2", 2)
+    [row] = [r for r in await calls_store.calls.open_calls("bridged") if r.id == "in2"]
+    assert row.ring_rung == 2
+    await calls_store.calls.finish("in2", outcome="missed", hangup_cause=16, ended_by="customer")
+    await calls_store.calls.set_ring_rung("in2", 3)  # an ended row is never revived, by this write either
+    assert [r.id for r in await calls_store.calls.open_calls("bridged")] == ["c3"]
 
 
 async def test_a_refused_inbound_attempt_keeps_its_reference(calls_store: Store | FakeStore) -> None:

@@ -305,3 +305,35 @@ async def test_the_schema_keeps_outbound_calls_named_and_caller_references_lette
             at=datetime.now(UTC),
             forget_before=datetime.now(UTC),
         )
+
+
+async def test_an_inbound_calls_ring_plan_is_an_array_and_its_callers_key_goes_as_it_ends(
+    store: Store,
+) -> None:
+    """The key a daemon adopting the call needs (to remember who talked to the caller) is a 64-hex keyed
+    hash, never a number, and is kept only while the call is open, by either end's write."""
+    base: dict[str, Any] = {
+        "order_id": None,
+        "manager_id": "anna",
+        "direction": "inbound",
+        "state": "ringing_manager",
+        "manager_channel_id": None,
+        "ari_app": "bridged",
+        "actor": "customer",
+        "details": {},
+    }
+    with pytest.raises(asyncpg.CheckViolationError):
+        await store.calls.insert_audited(call_id="x1", caller_key="79161234567", **base)
+    for call_id in ("k1", "k2"):
+        await store.calls.insert_audited(call_id=call_id, caller_key="cd" * 32, ring_plan=[["anna"]], **base)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await store.pool.execute("UPDATE calls SET ring_plan = '{\"anna\": 1}' WHERE id = 'k1'")
+    await store.calls.finish("k1", outcome="missed", hangup_cause=16, ended_by="customer")
+    await store.calls.finish_audited(
+        "k2", outcome="completed", hangup_cause=16, ended_by="customer", actor="anna", order_id=None
+    )
+    rows = await store.pool.fetch("SELECT id, caller_key, ring_plan::text AS plan FROM calls ORDER BY id")
+    assert [(r["id"], r["caller_key"], r["plan"]) for r in rows] == [
+        ("k1", None, '[["anna"]]'),
+        ("k2", None, '[["anna"]]'),
+    ]

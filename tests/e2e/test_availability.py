@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from rig import SHOP_DIDS, Asterisk, Postgres, Sipp, manager_endpoint_conf
+from rig import NEVER_MS, SHOP_DIDS, Asterisk, Postgres, Sipp, manager_endpoint_conf
 
 from .harness import (
     Bridged,
@@ -774,6 +774,103 @@ def test_a_manager_answering_while_their_daemon_is_dead_is_put_through_by_the_ne
         customer.stop()
         phone.stop()
     _label_and_never_the_number(a, b, phone, order, number)
+
+
+def _inbound(ring_timeout: int) -> Callable[[list[ManagerPhone]], dict[str, Any]]:
+    """A's config taking the shop's numbers: the first manager's order, then the fallback, the second."""
+
+    def extra(phones: list[ManagerPhone]) -> dict[str, Any]:
+        return {
+            "orders": {"default_region": "RU", "reverse_query": REVERSE_QUERY},
+            "inbound": {
+                "numbers": list(SHOP_DIDS),
+                "fallback": [phones[-1].id],
+                "secret": INBOUND_SECRET,
+                "ring_timeout": ring_timeout,
+            },
+        }
+
+    return extra
+
+
+@pytest.mark.parametrize("anna", ["rings_out", "busy_while_no_daemon_listens"])
+def test_an_inbound_call_adopted_while_the_first_phone_rings_goes_on_to_the_next_group(
+    two_daemons, asterisk: Asterisk, trace_dir: Path, rig_alloc, anna: str
+) -> None:
+    """A customer calls the shop; A rings their order's manager, anna, and is SIGKILLed while her phone
+    rings. B takes A's lease over and adopts the call. anna does not answer: her phone rings out after the
+    adoption, or refuses (486) before it, while B is held stopped (B finds the caller waiting and no phone
+    ringing). B rings the next group of the plan (the fallback, boris), who takes the call: it completes,
+    recorded, and the caller's next call rings boris first (the sticky row B wrote). (Before, B knew no
+    group after the legs it found: the call ended missed, at anna's ring-out or at the adoption; and B
+    kept no sticky row for a call answered after the takeover.)"""
+    a, b = two_daemons(2, _inbound(ring_timeout=20))
+    first, second = a.managers
+    wait_for(a.healthy, 30, "A serves its application")
+    asterisk.cli(f"dialplan set global BRIDGED_APP {a.app}")
+    order, number = new_order_id(), new_customer_number()
+    add_order(a.postgres, order, number, "Olga Ivanova", first.id)
+    busy = anna != "rings_out"
+    declines = phone_rings(
+        first,
+        trace_dir / "anna",
+        final=486 if busy else 200,
+        ring_ms=5000 if busy else NEVER_MS,
+        timeout_s=90,
+    )
+    takes = phone_rings(second, trace_dir / "boris", ring_ms=500, hold_ms=5000, timeout_s=90)
+    caller = customer_calls(trace_dir, rig_alloc, number, hold_ms=60000, timeout_s=90)
+    try:
+        wait_for(lambda: invites(declines.messages()), 15, "anna's phone rings")
+        [row] = wait_for(lambda: _rows(a, first), 15, "the call's row")
+        assert a.proc is not None and b.proc is not None
+        if busy:
+            b.proc.send_signal(signal.SIGSTOP)
+        try:
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(timeout=5)
+            if busy:
+                assert declines.wait(timeout=30) == 0, declines.describe()
+                wait_for(
+                    lambda: (
+                        not [
+                            c
+                            for c in json.loads(asterisk.ari_get("/channels"))
+                            if f"{row['id']}-m" in c["id"]
+                        ]
+                    ),
+                    15,
+                    "anna's leg gone",
+                )
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        wait_for(
+            lambda: row["id"] in {r["call_id"] for r in _audit(b, "call.adopt")}, 30, "B adopts the call"
+        )
+        assert takes.wait(timeout=60) == 0, takes.describe()
+        assert caller.wait(timeout=30) == 0, caller.describe()
+        assert declines.wait(timeout=30) == 0, declines.describe()
+        ended = _completed_by(b, a, asterisk, trace_dir, second, row["id"])
+        assert (ended["direction"], ended["order_id"]) == ("inbound", order), ended
+        if busy:
+            assert "SIP/2.0 486 Busy Here" in [m.first_line for m in declines.sent()]
+        else:  # cancelled by Asterisk at the ring timeout (Q.850 19), not answered elsewhere
+            cancel = [m for m in declines.received() if m.method == "CANCEL" and m.is_request]
+            assert cancel and "cause=19" in " ".join(cancel[0].header("Reason")), declines.describe()
+        received = [m.first_line for m in caller.received()]
+        assert "SIP/2.0 200 OK" in received and any(line.startswith("BYE ") for line in received), received
+        [sticky] = json.loads(b.sql(f"SELECT json_agg(s) FROM inbound_sticky s WHERE order_id = '{order}'"))
+        assert (sticky["manager_id"], len(sticky["caller_key"])) == (second.id, 64), sticky
+        # The row keeps the caller's key only while the call may be adopted.
+        assert (
+            b.sql(f"SELECT count(*) FROM calls WHERE id = '{row['id']}' AND caller_key IS NULL").strip()
+            == "1"
+        )
+    finally:
+        caller.stop()
+        declines.stop()
+        takes.stop()
+    _label_and_never_the_number(a, b, takes, order, number)
 
 
 def test_a_manager_answering_an_inbound_call_while_their_daemon_is_dead_is_put_through_by_the_next_one(

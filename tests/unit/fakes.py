@@ -12,6 +12,7 @@ import copy
 import inspect
 import io
 import itertools
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -362,7 +363,8 @@ class FakeAri:
             originator=originator,
         )
         cid = channel_id or f"made-{len(self.calls)}"
-        self.channels[cid] = {"id": cid, "state": "Down"}
+        # Asterisk names a channel after its endpoint (an adopter tells whose phone a leg rings by it).
+        self.channels[cid] = {"id": cid, "name": f"{endpoint}-{len(self.calls):08x}", "state": "Down"}
         if self.events is not None:
             args = (app_args or "").split(",") if app_args else []
             self.entered.add(cid)
@@ -552,6 +554,9 @@ class FakeStore:
             "node": None,
             "caller_ref": None,
             "canary": False,
+            "ring_plan": None,  # JSON text, as open_calls reads it
+            "ring_rung": None,
+            "caller_key": None,
         }
         unknown = set(fields) - set(row)
         assert not unknown, unknown
@@ -627,6 +632,8 @@ class FakeCallRows:
         caller_ref: str | None = None,
         node: str | None = None,
         canary: bool = False,
+        ring_plan: list[list[str]] | None = None,
+        caller_key: str | None = None,
         attempt: NewAttempt | None = None,
     ) -> None:
         assert call_id not in self._rows, "duplicate call id"
@@ -642,6 +649,9 @@ class FakeCallRows:
             created_by=created_by,
             node=node,
             caller_ref=caller_ref,
+            ring_plan=None if ring_plan is None else json.dumps(ring_plan),
+            ring_rung=None if ring_plan is None else min(len(ring_plan), 1),
+            caller_key=caller_key,
         )
         self._store.apps[call_id] = ari_app
         await self._store.audit.add(
@@ -707,6 +717,10 @@ class FakeCallRows:
         if (row := self._live(call_id)) is not None:
             row["node"] = node
 
+    async def set_ring_rung(self, call_id: str, rung: int) -> None:
+        if (row := self._live(call_id)) is not None:
+            row["ring_rung"] = rung
+
     async def set_manager(self, call_id: str, *, manager_id: str, manager_channel_id: str) -> None:
         if (row := self._live(call_id)) is not None:
             row.update(manager_id=manager_id, manager_channel_id=manager_channel_id)
@@ -739,6 +753,7 @@ class FakeCallRows:
                 hangup_cause=hangup_cause,
                 ended_by=ended_by,
                 ended_at=ended_at or datetime.now(UTC),
+                caller_key=None,
             )
 
     async def finish_audited(
@@ -768,7 +783,12 @@ class FakeCallRows:
 
     async def get(self, call_id: str) -> CallRow | None:
         row = self._rows.get(call_id)
-        return None if row is None else CallRow(**row)
+        # As the real store: an inbound call's ring plan and caller's key are open_calls' only.
+        return (
+            None
+            if row is None
+            else CallRow(**{**row, "ring_plan": None, "ring_rung": None, "caller_key": None})
+        )
 
     async def open_calls(self, ari_app: str) -> list[CallRow]:
         # Rows a test adds directly (add_row without ari_app) belong to whichever app asks.

@@ -623,10 +623,11 @@ async def test_a_restarted_daemon_ends_an_inbound_call_whose_phones_no_longer_ri
     assert "in-b" not in env.engine.calls
 
 
-def _ringing_inbound_row(env: Env, call_id: str, caller: str, legs: dict[str, str]) -> None:
+def _ringing_inbound_row(env: Env, call_id: str, caller: str, legs: dict[str, str], **row: Any) -> None:
     """An inbound call whose daemon died while managers' phones rang: its row (the ringing legs are not
     in it) and what Asterisk still has, the caller's channel and the legs (``{leg: endpoint}``)."""
     env.store.add_row(
+        **row,
         id=call_id,
         ari_app="dead",
         direction="inbound",
@@ -686,6 +687,120 @@ async def test_an_adopted_inbound_call_whose_last_phone_rings_out_is_missed(env:
     env.engine.on_event(channel_destroyed("1764413784.16", cause=16))
     await wait_until(lambda: env.row(call)["state"] == "ended")
     assert env.row(call)["outcome"] == "missed"
+
+
+async def _adopted(env: Env, call: Call) -> CallEngine:
+    """The call's daemon dies while its phones ring (the call is let go of, nothing is ended); a second
+    daemon on the same Asterisk and database takes over its application and adopts the call."""
+    env.engine.stop_serving(env.engine.nodes.first)
+    caller = call.customer_channel_id or ""
+    env.ari.channels[caller] = {"id": caller, "name": "PJSIP/carrier-00000001", "state": "Ring"}
+    config = replace(env.config, ari=replace(env.config.ari, app="second"))
+    adopter = CallEngine(ConfigHolder(config), env.ari, env.store, is_connected=lambda: True)  # type: ignore[arg-type]
+    env.ari.events = adopter.on_event
+    await adopter.reconciler.reconcile(env.config.ari.app)
+    return adopter
+
+
+async def test_an_inbound_call_adopted_while_its_first_phone_rang_goes_on_to_the_next_group(env: Env) -> None:
+    """anna's phone rings when her daemon dies; the next daemon adopts the call, anna does not answer, and
+    the plan goes on as it would have (her team: boris), who takes the call. Checked to fail without the
+    change: the adopter knew no group to try after anna's, and the call ended missed."""
+    call = await env.call_in("in-g")
+    anna = env.leg_of(call, "anna")
+    adopter = await _adopted(env, call)
+    adopted = adopter.calls[call.id]
+    env.ari.calls.clear()
+    adopter.on_event(hangup_request(anna, cause=19, state="Ringing"))
+    adopter.on_event(channel_destroyed(anna, cause=19))
+    await wait_until(lambda: env.rung(call) == ["boris"], what="boris rung")
+    [made] = env.ari.named("create_channel")
+    # A leg of its own (numbered after anna's), in the dead daemon's application the adopter serves, with
+    # the label and no originator (the caller's channel would hand the number over).
+    assert (made["channel_id"], made["app"], made["originator"]) == (f"{call.id}-m2", "bridged", None)
+    assert made["variables"]["CALLERID(all)"] == '"Order 123" <*77123>'
+    boris = made["channel_id"]
+    adopter.on_event(answered(boris))
+    await wait_until(lambda: adopted.state is CallState.BRIDGED, what="bridged")
+    assert (env.row(call)["manager_id"], env.row(call)["manager_channel_id"]) == ("boris", boris)
+    adopter.on_event(hangup_request(boris))
+    await wait_until(lambda: env.row(call)["state"] == "ended")
+    assert env.row(call)["outcome"] == "completed"
+    await adopter.shutdown()
+
+
+async def test_an_inbound_call_answered_after_its_adoption_remembers_who_talked_to_the_caller(
+    env: Env,
+) -> None:
+    """The caller's next call rings the manager who took this one, though another daemon put it through.
+    Checked to fail without the change: the adopter did not know the caller's key, and kept nobody."""
+    call = await env.call_in("in-h")
+    anna = env.leg_of(call, "anna")
+    adopter = await _adopted(env, call)
+    adopter.on_event(answered(anna))
+    await wait_until(lambda: env.row(call)["state"] == "bridged", what="bridged")
+    key = identify(CALLER, "allowed", secret=SECRET, region="RU").key
+    assert key is not None and env.store.sticky.rows[key].manager_id == "anna"
+    await adopter.shutdown()
+
+
+async def test_an_inbound_call_whose_phones_stopped_ringing_before_its_adoption_rings_the_next_group(
+    env: Env,
+) -> None:
+    """anna's phone rang out (or refused) while no daemon listened: the adopter finds the caller waiting
+    and no phone ringing, and rings the next group of the plan. Checked to fail without the change: the
+    call ended missed at the adoption."""
+    call = await env.call_in("in-i")
+    await env.unanswered(call, "anna", cause=17)  # boris is rung (step 2 of the plan)
+    before = len(env.rung(call))
+    for endpoint in ("anna", "boris"):  # anna's leg is gone; boris's phone is busy as the daemon dies
+        env.ari.channels.pop(env.leg_of(call, endpoint), None)
+    adopter = await _adopted(env, call)
+    await wait_until(lambda: len(env.rung(call)) > before, what="the next group")
+    assert env.rung(call)[before:] == ["carol"]  # the fallback; anna and boris are not rung again
+    assert env.ari.named("create_channel")[-1]["channel_id"] == f"{call.id}-m3"
+    assert env.row(call)["state"] == "ringing_manager"
+    await adopter.shutdown()
+
+
+async def test_the_row_of_an_ended_inbound_call_forgets_the_callers_key(env: Env) -> None:
+    """The key is kept in the row only while the call may be adopted: the sticky table holds the window."""
+    call = await env.call_in("in-j")
+    assert env.row(call)["caller_key"] == call.ring.caller_key  # type: ignore[union-attr]
+    assert env.row(call)["ring_plan"] == '[["anna"], ["boris"], ["carol"]]'
+    await env.answer(call, "anna")
+    env.engine.on_event(hangup_request(env.leg_of(call, "anna")))
+    await wait_until(lambda: env.row(call)["state"] == "ended")
+    assert env.row(call)["caller_key"] is None
+
+
+async def test_an_adopted_call_goes_on_after_the_step_its_ringing_leg_belongs_to(env: Env) -> None:
+    """The count of steps rung had not reached the row when the daemon died (boris rang as step 2; the
+    row says 1): the leg ringing tells the step under way, and the plan goes on after it."""
+    plan = '[["anna"], ["boris"], ["carol", "dave"]]'
+    _ringing_inbound_row(env, "in-k", "1764413784.17", {"in-k-m2": "boris"}, ring_plan=plan, ring_rung=1)
+    await env.engine.reconciler.reconcile("dead")
+    env.engine.on_event(hangup_request("in-k-m2", cause=17, state="Ringing"))
+    env.engine.on_event(channel_destroyed("in-k-m2", cause=17))
+    await wait_until(lambda: len(env.ari.named("create_channel")) == 2, what="the next group")
+    made = env.ari.named("create_channel")
+    assert [(kw["channel_id"], kw["endpoint"]) for kw in made] == [
+        ("in-k-m3", "PJSIP/carol"),
+        ("in-k-m4", "PJSIP/dave"),
+    ]
+    assert env.store.rows["in-k"]["ring_rung"] == 3
+
+
+@pytest.mark.parametrize("plan", ["not json", '{"steps": 1}', "[[1]]", '["anna"]', '[["gone"]]'])
+async def test_an_adopted_call_with_a_ring_plan_it_cannot_use_is_put_through_or_missed(
+    env: Env, plan: str
+) -> None:
+    _ringing_inbound_row(env, "in-l", "1764413784.18", {"in-l-m1": "anna"}, ring_plan=plan, ring_rung=1)
+    await env.engine.reconciler.reconcile("dead")
+    env.engine.on_event(hangup_request("in-l-m1", cause=19, state="Ringing"))
+    env.engine.on_event(channel_destroyed("in-l-m1", cause=19))
+    await wait_until(lambda: env.engine.calls["in-l"].state is CallState.ENDING, what="the missed prompt")
+    assert env.ari.named("create_channel") == []
 
 
 async def test_a_managers_leg_an_older_release_originated_entering_answered_takes_the_call(env: Env) -> None:
