@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import pytest
@@ -67,11 +67,22 @@ _BUILDER_WAITING = (
 )
 
 
-async def _a_call_in_progress(connect: Callable[[], Awaitable[asyncpg.Connection]]) -> asyncpg.Connection:
+class Building(NamedTuple):
+    """A call's insert into manager_attempts left open, and a migration whose first index build waits for it."""
+
+    call: asyncpg.Connection
+    observer: asyncpg.Connection
+    migrating: asyncio.Task[int]
+    builder: int  # the building backend's pid
+
+
+async def _building(pool: db.Pool, connect: Callable[[], Awaitable[asyncpg.Connection]]) -> Building:
     call = await connect()
     await call.execute("BEGIN")
     await call.execute(INSERT_ATTEMPT)
-    return call
+    observer = await connect()
+    migrating = asyncio.create_task(db.migrate(pool))
+    return Building(call, observer, migrating, await _until(observer, _BUILDER_WAITING))
 
 
 async def _invalid_indexes(observer: asyncpg.Connection) -> list[str]:
@@ -97,10 +108,7 @@ async def _waited(observer: asyncpg.Connection, pid: int, statement: asyncio.Tas
 async def test_an_index_build_holds_no_calls_insert(
     pool: db.Pool, connect: Callable[[], Awaitable[asyncpg.Connection]]
 ) -> None:
-    call = await _a_call_in_progress(connect)
-    observer = await connect()
-    migrating = asyncio.create_task(db.migrate(pool))
-    await _until(observer, _BUILDER_WAITING)
+    call, observer, migrating, _ = await _building(pool, connect)
     # The next call's insert while the build waits. Behind a plain CREATE INDEX (its SHARE lock queued
     # after the open insert) it would wait for the whole build.
     other = await connect()
@@ -117,10 +125,7 @@ async def test_an_index_build_holds_no_calls_insert(
 async def test_a_build_interrupted_is_built_again_at_the_next_start(
     pool: db.Pool, connect: Callable[[], Awaitable[asyncpg.Connection]]
 ) -> None:
-    call = await _a_call_in_progress(connect)
-    observer = await connect()
-    migrating = asyncio.create_task(db.migrate(pool))
-    builder = await _until(observer, _BUILDER_WAITING)
+    call, observer, migrating, builder = await _building(pool, connect)
     await observer.execute("SELECT pg_cancel_backend($1)", builder)  # as an admin's ^C, or a timeout
     with pytest.raises(asyncpg.QueryCanceledError):
         await migrating
@@ -144,10 +149,7 @@ async def test_a_daemon_waiting_for_its_peers_migration_does_not_deadlock_it(
 ) -> None:
     # A CREATE INDEX CONCURRENTLY waits, before it ends, for every transaction older than its last
     # snapshot: a peer waiting in pg_advisory_lock is one, and it waits for the builder's lock.
-    call = await _a_call_in_progress(connect)
-    observer = await connect()
-    first = asyncio.create_task(db.migrate(pool))
-    builder = await _until(observer, _BUILDER_WAITING)
+    call, observer, first, builder = await _building(pool, connect)
     peer = await db.create_pool(dsn, min_size=1, max_size=2, check_client=True)
     try:
         second = asyncio.create_task(db.migrate(peer))
