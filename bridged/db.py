@@ -1,7 +1,11 @@
 """The daemon's own PostgreSQL: pool and numbered migrations.
 
-Migrations are ``migrations/NNNN_name.sql``, applied in order, one transaction each, recorded in
-``bridged_schema``. A database whose schema is newer than this code is refused rather than guessed at.
+Migrations are ``migrations/NNNN_name.sql``, applied in order of their numbers, each recorded in
+``bridged_schema`` once it has all run. A migration runs in one transaction, unless its first line is
+``NO_TRANSACTION``: then its statements run one at a time outside any (``CREATE INDEX CONCURRENTLY``, which
+lets the other daemon go on writing the table while the index is built, refuses to run inside one). A
+database holding a migration this code does not know (migrated by a newer bridged) is refused rather
+than guessed at.
 """
 
 from __future__ import annotations
@@ -20,6 +24,19 @@ log = logging.getLogger(__name__)
 _MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any fixed 64-bit number: serialises migrations when several daemons start at once.
 _MIGRATION_LOCK = 0x62726964676564
+# How often a daemon whose peer is migrating tries the lock again. Polled, not waited for in
+# pg_advisory_lock: a statement waiting there holds a snapshot, and CREATE INDEX CONCURRENTLY waits for
+# every older snapshot to end, so the peer's build would wait for the waiter, which waits for the build
+# (PostgreSQL's deadlock detector then aborts one of them).
+LOCK_POLL_SECONDS = 0.5
+
+# First line of a migration whose statements run one at a time outside a transaction. Each of its
+# statements ends with ``;`` at the end of a line (and no other line ends with one), and each may run
+# again: it may have been interrupted after some of them ran (a killed daemon, a cancelled
+# ``CREATE INDEX CONCURRENTLY``, which leaves an INVALID index behind), and then runs again whole at the
+# next start. So an index is built by ``DROP INDEX CONCURRENTLY IF EXISTS`` and ``CREATE INDEX
+# CONCURRENTLY``, never ``IF NOT EXISTS`` (which would keep an INVALID index).
+NO_TRANSACTION = "-- bridged: no transaction"
 
 
 class SchemaTooNew(Exception):
@@ -32,47 +49,88 @@ class Migration:
     name: str
     sql: str
 
+    @property
+    def in_transaction(self) -> bool:
+        return not self.sql.startswith(NO_TRANSACTION)
+
+    def statements(self) -> list[str]:
+        """The statements of a ``NO_TRANSACTION`` migration, each with the comment lines above it."""
+        found: list[str] = []
+        lines: list[str] = []
+        for line in self.sql.splitlines():
+            lines.append(line)
+            if not line.lstrip().startswith("--") and line.rstrip().endswith(";"):
+                found.append("\n".join(lines))
+                lines = []
+        if any(line.strip() and not line.lstrip().startswith("--") for line in lines):
+            raise RuntimeError(
+                f"migration {self.version:04d}: a statement does not end with ';' at a line's end"
+            )
+        return found
+
 
 def migrations() -> list[Migration]:
+    """The shipped migrations in order. Numbers need not be contiguous (two branches may each add one), but
+    each is used once."""
     found: list[Migration] = []
     for entry in resources.files("bridged.migrations").iterdir():
         match = _MIGRATION_RE.match(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
-            raise RuntimeError(f"migration numbers must be contiguous: missing {expected:04d}")
+    for before, after in zip(found, found[1:], strict=False):
+        if before.version == after.version:
+            raise RuntimeError(f"two migrations numbered {after.version:04d}")
+    for migration in found:
+        if not migration.in_transaction:
+            migration.statements()  # raises on a statement it cannot tell apart
     return found
 
 
-async def migrate(pool: Pool) -> int:
-    """Bring the schema up to date; return the resulting version."""
-    known = migrations()
+async def migrate(pool: Pool, known: list[Migration] | None = None) -> int:
+    """Bring the schema up to date with ``known`` (the shipped migrations); return the newest version.
+
+    A migration is applied if ``bridged_schema`` does not record it, whatever the newest recorded one:
+    a migration numbered below one already applied (merged later than it) is applied too."""
+    known = migrations() if known is None else known
     async with pool.acquire() as conn:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS bridged_schema ("
             " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        while True:
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK):
+                break
+            await asyncio.sleep(LOCK_POLL_SECONDS)
         try:
-            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM bridged_schema")
-            if current > len(known):
+            applied = {r["version"] for r in await conn.fetch("SELECT version FROM bridged_schema")}
+            unknown = sorted(applied - {m.version for m in known})
+            if unknown:
+                newest = known[-1].version if known else 0
                 raise SchemaTooNew(
-                    f"database schema is at version {current}, this bridged knows only {len(known)}"
+                    f"database schema is at version {max(applied)}, this bridged knows only {newest}"
+                    f" (it does not know {', '.join(f'{v:04d}' for v in unknown)})"
                 )
-            for migration in known[current:]:
-                async with conn.transaction():
-                    await conn.execute(migration.sql)
-                    await conn.execute(
-                        "INSERT INTO bridged_schema (version, name) VALUES ($1, $2)",
-                        migration.version,
-                        migration.name,
-                    )
-                log.info("schema migrated to %04d_%s", migration.version, migration.name)
-            return len(known)
+            for migration in known:
+                if migration.version not in applied:
+                    await _apply(conn, migration)
+            return known[-1].version if known else 0
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
+    record = "INSERT INTO bridged_schema (version, name) VALUES ($1, $2)"
+    if migration.in_transaction:
+        async with conn.transaction():
+            await conn.execute(migration.sql)
+            await conn.execute(record, migration.version, migration.name)
+    else:
+        for statement in migration.statements():
+            await conn.execute(statement)
+        # Recorded only once every statement ran: one interrupted runs again whole.
+        await conn.execute(record, migration.version, migration.name)
+    log.info("schema migrated to %04d_%s", migration.version, migration.name)
 
 
 async def release_as_is(conn: asyncpg.Connection) -> None:

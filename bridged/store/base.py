@@ -88,6 +88,11 @@ def unavailable_as_one_type(cls: type[T]) -> type[T]:
     return cls
 
 
+def batch_delete(table: str, where: str) -> str:
+    """The statement ``Aggregate._delete_in_batches`` runs: ``$1`` the time, ``$2`` the batch."""
+    return f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} LIMIT $2)"
+
+
 class Aggregate:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -96,7 +101,7 @@ class Aggregate:
         """Delete ``table``'s rows matching ``where`` (``$1`` the time ``before``), ``batch`` rows a
         statement, each its own transaction: no lock held long on a table daemons write all the time.
         The number deleted."""
-        statement = f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} LIMIT $2)"
+        statement = batch_delete(table, where)
         deleted = 0
         while True:
             status = await self.pool.execute(statement, before, batch)

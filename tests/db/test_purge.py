@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from bridged.retention import OUTBOX_KEEP_DAYS, Retention
+from bridged.retention import OUTBOX_KEEP_DAYS, ROWS_BATCH, Retention
 from bridged.store import Store
+from bridged.store.base import batch_delete
+from bridged.store.outbox import DONE_BEFORE
 
 DAY = timedelta(days=1)
 
@@ -56,3 +58,27 @@ async def test_deliveries_done_long_ago_go_and_those_due_stay_however_old(store:
     assert await retention.purge_rows() == (0, 2)
     kept = await store.pool.fetch("SELECT call_id FROM webhook_outbox ORDER BY id")
     assert [r["call_id"] for r in kept] == ["delivered lately", "given up lately", "still due"]
+
+
+async def test_the_deliveries_purge_finds_its_rows_by_index(store: Store) -> None:
+    # A month of deliveries (the table between two passes) and the few past keeping: the purge finds
+    # those through webhook_outbox_done_idx. Sequential scans off, so that the plan on a table this small
+    # is the one a large table gets; without the index the only plan left is still a Seq Scan.
+    now = datetime.now(UTC)
+    horizon = now - OUTBOX_KEEP_DAYS * DAY
+    await store.pool.execute(
+        "INSERT INTO webhook_outbox (call_id, payload, delivered_at, failed_at)"
+        " SELECT 'c' || i, '{}', CASE WHEN i % 50 <> 0 THEN $1::timestamptz - i * interval '2 minutes' END,"
+        " CASE WHEN i % 50 = 0 THEN $1::timestamptz - i * interval '2 minutes' END"
+        " FROM generate_series(1, 22000) AS i",
+        now,
+    )
+    await store.pool.execute("ANALYZE webhook_outbox")
+    old = await store.pool.fetchval("SELECT count(*) FROM webhook_outbox WHERE " + DONE_BEFORE, horizon)
+    assert 0 < old < 1000  # a few past the horizon among many within it
+    async with store.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = await conn.fetch("EXPLAIN " + batch_delete("webhook_outbox", DONE_BEFORE), horizon, ROWS_BATCH)
+    text = "\n".join(r[0] for r in plan)
+    assert "Index Scan using webhook_outbox_done_idx" in text, text
+    assert "Seq Scan" not in text, text
