@@ -50,6 +50,7 @@ from .orders import OrderDirectory
 from .service import CallService
 from .serving import Serving
 from .store import Store
+from .systemd import Notifier
 from .webhooks import WebhookSink
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     except Exception as exc:
         raise _database_error(exc, config.database.dsn) from None
     try:
-        await db.migrate(pool)
+        # Under systemd, the start timeout runs from the last extension, not from the daemon's start.
+        notifier = Notifier()
+        try:
+            await notifier.while_starting(db.migrate(pool), "migrating the database")
+        finally:
+            notifier.close()
     except Exception as exc:
         await pool.close()
         raise _database_error(exc, config.database.dsn) from None

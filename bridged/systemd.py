@@ -7,12 +7,20 @@ no-op, so the daemon runs the same from a terminal, the tests and the unit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+# How often a start step of unknown length (Notifier.while_starting) extends the start timeout.
+START_EXTEND_EVERY = 20.0
 
 
 class Notifier:
@@ -60,6 +68,28 @@ class Notifier:
         # systemd 253+ wants the monotonic time with RELOADING=1; older ones ignore it.
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", f"STATUS={status}")
+
+    def extend_start(self, seconds: float, status: str) -> bool:
+        # systemd 236+: the start may take ``seconds`` more from now (TimeoutStartSec counts again from
+        # here); an older systemd ignores it and keeps TimeoutStartSec.
+        return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}", f"STATUS={status}")
+
+    async def while_starting(
+        self, work: Awaitable[T], status: str, *, every: float = START_EXTEND_EVERY
+    ) -> T:
+        """Await ``work``, a step of the start whose length is not ours to bound (the migrations: an
+        index built CONCURRENTLY on a large table, or waiting for a peer's), telling systemd now and every
+        ``every`` seconds to wait ``3 * every`` more. TimeoutStartSec then bounds a wedged daemon, whose
+        loop sends nothing, not a long migration that would be killed and started over at each restart."""
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                self.extend_start(3 * every, status)
+                done, _ = await asyncio.wait({task}, timeout=every)
+                if done:
+                    return task.result()
+        finally:
+            task.cancel()
 
     def close(self) -> None:
         if self._socket is not None:

@@ -297,6 +297,9 @@ def test_sd_notify_ready_watchdog_reload_and_stopping(make_bridged, tmp_path: Pa
     try:
         daemon = make_bridged(("anna",))
         until("READY=1")
+        # The migrations ran with the start timeout extended (a long index build is not killed).
+        assert "STATUS=migrating the database" in received
+        assert received.index("EXTEND_TIMEOUT_USEC=60000000") < received.index("READY=1")
         # READY only once the database and ARI are up: /healthz says so too.
         assert health(daemon)[0] == 200
         until("WATCHDOG=1")

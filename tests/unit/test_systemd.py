@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -172,3 +173,57 @@ def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:
     assert res.returncode == 0, output
     # verify exits 0 on some warnings; any line about our unit is a problem to fix.
     assert not [line for line in output.splitlines() if "bridged.service" in line], output
+
+
+async def test_a_long_start_step_extends_the_start_timeout_until_it_ends(notify_socket) -> None:
+    # The migrations under systemd: TimeoutStartSec (90 s) must not kill an index build that takes
+    # longer; the daemon extends the timeout while the step runs, and stops once it has ended.
+    path, sock = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    done = asyncio.Event()
+
+    async def step() -> str:
+        await done.wait()
+        return "migrated"
+
+    running = asyncio.ensure_future(notifier.while_starting(step(), "migrating the database", every=0.05))
+    loop = asyncio.get_running_loop()
+    received = [await loop.run_in_executor(None, sock.recv, 4096) for _ in range(3)]
+    assert set(received) == {b"EXTEND_TIMEOUT_USEC=150000\nSTATUS=migrating the database"}
+    done.set()
+    assert await running == "migrated"
+    sock.setblocking(False)
+    while True:  # what was sent before the step ended; nothing may follow it
+        try:
+            sock.recv(4096)
+        except BlockingIOError:
+            break
+    await asyncio.sleep(0.2)
+    with pytest.raises(BlockingIOError):
+        sock.recv(4096)
+    notifier.close()
+
+
+async def test_a_failing_start_step_raises_its_error_and_stops_extending(notify_socket) -> None:
+    path, sock = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+
+    async def step() -> None:
+        raise RuntimeError("schema too new")
+
+    with pytest.raises(RuntimeError, match="schema too new"):
+        await notifier.while_starting(step(), "migrating the database", every=0.05)
+    assert sock.recv(4096).startswith(b"EXTEND_TIMEOUT_USEC=")
+    await asyncio.sleep(0.2)
+    sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        sock.recv(4096)
+    notifier.close()
+
+
+async def test_without_systemd_a_start_step_just_runs() -> None:
+    async def step() -> int:
+        await asyncio.sleep(0)
+        return 4
+
+    assert await Notifier({}).while_starting(step(), "migrating the database", every=0.01) == 4
