@@ -1,8 +1,9 @@
 """``python -m bench.ari_requests``: the CPU bridged's ARI client spends on a phone call's requests, the
 transport left out (issue 19).
 
-The eight requests of a bridged phone call (the customer's leg made with its variables and dialled,
-answer, create bridge, the label put back on the customer's leg, add channels, hangup, destroy bridge)
+The eight requests of a bridged phone call (the customer's leg originated into the dialplan with its
+variables and the application subscribed to it, answer, create bridge, the label put back on the
+customer's leg, add channels, hangup, destroy bridge)
 go through :class:`AriClient` as the call's steps make them, against a transport that answers at once
 from memory: what is measured is the client's own Python work per request (the node's client chosen,
 checking and encoding the parameters, the target, the overload guard's bookkeeping, the request's
@@ -34,7 +35,7 @@ class _Answers:
     """Stands in for bridged.ari.transport.HttpTransport: the answer Asterisk gives each request."""
 
     async def request(self, method: str, target: str, body: bytes | None = None) -> tuple[int, bytes]:
-        if method == "POST" and target.startswith("/ari/channels/create?"):
+        if method == "POST" and target.startswith("/ari/channels?"):
             return 200, _CHANNEL
         if method == "POST" and target.startswith("/ari/bridges?"):
             return 200, _BRIDGE
@@ -47,15 +48,17 @@ class _Answers:
 async def _call(client: AriClient, variables: dict[str, str]) -> None:
     call = uuid.uuid4().hex
     manager, customer, bridge = f"rig-{call[:12]}.42", f"{call}-customer", f"{call}-bridge"
-    await client.create_channel(
+    await client.originate_to_dialplan(
         endpoint="PJSIP/+4930123456789@carrier",
-        app="bridged",
-        app_args=f"customer,{call}",
+        context="bridged-customer",
+        extension="s",
         channel_id=customer,
+        caller_id='"Shop" <+4930000000>',
+        timeout=30,
         originator=manager,
-        variables=variables,
+        variables={**variables, "BRIDGED_LEG_APP": "bridged", "BRIDGED_CALL": call},
     )
-    await client.dial(customer, timeout=30)
+    await client.subscribe("bridged", [f"channel:{customer}"])
     await client.answer(manager)
     await client.create_bridge(bridge, type="mixing", name=f"bridged-{call}")
     await client.set_variable(customer, "CALLERID(all)", '"Order 10001 Ivan P." <*7710001>')

@@ -22,7 +22,12 @@ follows: the daemon then only audits an ``unavailable``/``overloaded`` answer, t
 the daemon that takes the call. The last target's ``unavailable`` plays its prompt; ``overloaded`` rejects
 a phone still ringing with 503 (cause 34), an answered one hears the prompt.
 
-Channels bridged originates itself enter Stasis with ``customer,<call id>`` or ``manager,<call id>``.
+Channels bridged originates itself enter Stasis with ``customer,<call id>`` or ``manager,<call id>``. The
+customer's leg is originated into ``[bridged-customer]`` (extension ``s``) with ``BRIDGED_LEG_APP`` (the
+application) and ``BRIDGED_CALL`` (the call's id) set on it: once answered it enters
+``Stasis(<BRIDGED_LEG_APP>,customer,<BRIDGED_CALL>)``, and again every half second for up to 20 s while that
+fails (no daemon serves the application: killed, restarting, its lease not yet taken over) or a daemon
+hands it back; then it is hung up.
 
 A customer calling the shop's number reaches ``[bridged-inbound]`` (the carrier's context sends the
 shop's DIDs there), which sends 180, hands REFERs to bridged and enters
@@ -55,10 +60,19 @@ MORE = "BRIDGED_MORE"  # the dialplan's own, sent as the FastAGI's second argume
 APP = "BRIDGED_APP"
 # Optional: the further daemons' applications, tried in order after BRIDGED_APP (BRIDGED_APP_2, ...).
 APP_NEXT = "BRIDGED_APP_"
-VARIABLES = frozenset({CODE, REPLY, RESULT, LABEL, AGI_URL, AGI_URL_NEXT, TRY, TARGET, MORE, APP, APP_NEXT})
+# On the customer's leg bridged originates (customer_leg_variables): the application it enters once
+# answered and the call it is the leg of.
+LEG_APP = "BRIDGED_LEG_APP"
+LEG_CALL = "BRIDGED_CALL"
+VARIABLES = frozenset(
+    {CODE, REPLY, RESULT, LABEL, AGI_URL, AGI_URL_NEXT, TRY, TARGET, MORE, APP, APP_NEXT, LEG_APP, LEG_CALL}
+)
 
 # Where the carrier's calls to the shop's numbers go, and the application they enter without BRIDGED_APP.
 INBOUND_CONTEXT = "bridged-inbound"
+# Where the customer's leg goes once answered (extension CUSTOMER_EXTEN): into the application.
+CUSTOMER_CONTEXT = "bridged-customer"
+CUSTOMER_EXTEN = "s"
 DEFAULT_APP = "bridged"
 
 # The FastAGI script the dialplan runs: AGI(agi://host:port/order,${BRIDGED_CODE}).
@@ -125,6 +139,11 @@ def label_variables(label_caller_id: str) -> dict[str, str]:
     """What the dialplan sets on a phone's channel from an ``ok`` answer, for a manager leg bridged
     originates itself: the label and its interception (no transfers and the language: every leg's)."""
     return {LABEL: label_caller_id, SEND_SUB: LABEL_SUB}
+
+
+def customer_leg_variables(app: str, call_id: str) -> dict[str, str]:
+    """What [bridged-customer] reads on the customer's leg: which application it enters for which call."""
+    return {LEG_APP: app, LEG_CALL: call_id}
 
 
 # -- Stasis arguments -------------------------------------------------------------------------------

@@ -342,6 +342,32 @@ class AriClient:
         body = {"variables": variables} if variables else None
         return await self._call("create_channel", {}, params, body)
 
+    async def originate_to_dialplan(
+        self,
+        *,
+        endpoint: str,
+        context: str,
+        extension: str,
+        channel_id: str,
+        caller_id: str,
+        timeout: int,  # noqa: ASYNC109 - ARI's ring timeout, not ours
+        variables: dict[str, str],
+        originator: str | None = None,
+    ) -> dict[str, Any]:
+        """Ring ``endpoint`` on channel ``channel_id``; answered, it runs ``context``/``extension``/1.
+        Not in any application until then: its events come to one subscribed to it (:meth:`subscribe`)."""
+        params = {
+            "endpoint": endpoint,
+            "context": context,
+            "extension": extension,
+            "priority": 1,
+            "callerId": caller_id,
+            "timeout": timeout,
+            "channelId": channel_id,
+            "originator": originator,
+        }
+        return await self._call("originate", {}, params, {"variables": variables})
+
     async def dial(
         self,
         channel_id: str,

@@ -67,6 +67,25 @@ OPERATIONS: dict[str, Operation] = {
         optional=("appArgs", "channelId", "otherChannelId", "originator", "formats", "variables"),
         body_params=("variables",),
     ),
+    # A customer's leg rung from the dialplan (context bridged-customer): it enters the application with
+    # Stasis() once answered, retrying while no daemon serves it (docs/asterisk.md).
+    "originate": _op(
+        "POST",
+        "/channels",
+        required=("endpoint",),
+        optional=(
+            "extension",
+            "context",
+            "priority",
+            "callerId",
+            "timeout",
+            "channelId",
+            "originator",
+            "formats",
+            "variables",
+        ),
+        body_params=("variables",),
+    ),
     "dial": _op("POST", "/channels/{channelId}/dial", optional=("caller", "timeout")),
     "get_channel": _op("GET", "/channels/{channelId}"),
     "hangup": _op("DELETE", "/channels/{channelId}", optional=("reason_code", "reason")),

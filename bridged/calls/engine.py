@@ -453,8 +453,11 @@ class CallEngine:
                 return E.MANAGER_IN_STASIS  # a phone's own channel
             if side == "customer" and call.inbound:
                 return E.CUSTOMER_IN_STASIS
-            # A leg bridged rang is made in the application (state Down) and dialled: its answer is the
-            # Dial event below. Up here is a leg that entered answered (an originate, by a release before).
+            if side == "customer":
+                call.customer_in_app = True
+            # A manager leg bridged rang is made in the application (state Down) and dialled: its answer is
+            # the Dial event below. Up here is a leg that entered answered: the customer's, originated into
+            # the dialplan (or a manager's originated by an earlier release).
             if state_of(event) != "Up":
                 return None
             return E.MANAGER_ANSWERED if side == "manager" else E.CUSTOMER_ANSWERED

@@ -17,7 +17,9 @@ def dialled(call: Call, event: dict[str, Any]) -> Event | None:
     if peer == call.customer_channel_id and not call.inbound:
         if status:
             call.dialstatus = str(status)
-        return Event.CUSTOMER_ANSWERED if status == "ANSWER" else None
+        # A leg rung from the dialplan is answered once it is in the application (its StasisStart): the
+        # bridge needs it there.
+        return Event.CUSTOMER_ANSWERED if status == "ANSWER" and call.customer_in_app else None
     ringing = peer == call.manager_channel_id or (call.ring is not None and peer in call.ring.legs)
     return Event.MANAGER_ANSWERED if ringing and status == "ANSWER" else None
 
@@ -75,3 +77,9 @@ def channel_of(event: dict[str, Any], key: str = "channel") -> str | None:
         value = channel.get("id")
         return value if isinstance(value, str) else None
     return None
+
+
+def in_stasis(channel: dict[str, Any]) -> bool:
+    """Whether a channel (its snapshot) is in a Stasis application (any one)."""
+    dialplan = channel.get("dialplan")
+    return isinstance(dialplan, dict) and dialplan.get("app_name") == "Stasis"

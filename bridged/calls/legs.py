@@ -1,8 +1,9 @@
 """What bridged does to the channels of its calls over ARI besides the calls' own steps: hangups that
 must happen (retried while Asterisk does not answer), the ringback tone, prompts and announcements, the
 label put on an inbound caller's channel and back on a customer leg, a declined transfer, a stray
-channel turned away; the variables every leg bridged places carries (:func:`leg_variables`); and the
-legs it rings, customers' and managers', made in the application and dialled (:class:`MadeLegs`)."""
+channel turned away, the subscription to a customer's leg ringing from the dialplan; the variables every
+leg bridged places carries (:func:`leg_variables`); and the legs it rings managers on, made in the
+application and dialled (:class:`MadeLegs`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from .. import dialplan
-from ..ari import AriClient, AriConflict, AriError, AriNotFound, AriUnavailable, background_requests
+from ..ari import AriClient, background_requests
+from ..ari.errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
 from ..config import Config, ConfigHolder
 from ..tasks import Tasks
 from .model import Call
@@ -21,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # A hangup Asterisk did not answer is retried after these delays (seconds), about 4 minutes in all.
 HANGUP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 60.0, 60.0)
+# A subscription to a ringing customer leg Asterisk did not answer is sent again after these delays.
+WATCH_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 # How long a stray channel hears the "unavailable" prompt before it is hung up.
 STRAY_PROMPT_SECONDS = 3
 # How long a leg made in the application may take to be there (its StasisStart): about a millisecond as
@@ -34,7 +38,8 @@ def media(sounds: str) -> list[str]:
 
 
 def leg_variables(config: Config, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The channel variables of every leg bridged rings (:meth:`MadeLegs.make` adds them to each):
+    """The channel variables of every leg bridged rings (:meth:`MadeLegs.make` adds them to each manager
+    leg; bridged.calls.steps.Steps.originate_customer to the customer's):
     prompts and announcements in the shop's language (``CHANNEL(language)``, so that Asterisk plays
     ``sounds/<language>/...``), a REFER handed to bridged rather than performed by Asterisk; and ``extra``
     (the leg's identity, bridged.dialplan.identity_variables; a manager leg's label and its interception,
@@ -128,6 +133,41 @@ class Legs:
         except AriError as exc:
             log.warning("handing %s back to the dialplan failed: %s; hanging it up", channel_id, exc)
             await self.hang_up(channel_id)
+
+    # -- the customer's leg before its answer -----------------------------------------------------
+
+    def watch(self, call: Call, channel_id: str, app: str) -> None:
+        """Subscribe ``app`` to ``channel_id``, a customer's leg ringing from the dialplan (in no application
+        until answered: bridged.calls.steps.Steps.originate_customer), in the background: its Dial and
+        hangup events come to the call from then on. Events before the subscription are not seen (the
+        first Dial, as a rule; the answer comes as the leg's StasisStart all the same)."""
+        self._retries.spawn(self._subscribe(call, channel_id, app), name=f"watch-{channel_id}")
+
+    async def _subscribe(self, call: Call, channel_id: str, app: str) -> None:
+        for attempt, delay in enumerate((0.0, *WATCH_RETRY_DELAYS)):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                with background_requests():  # not a sign that calls being set up wait
+                    await self.ari.subscribe(app, [f"channel:{channel_id}"])
+            except AriUnavailable:
+                continue
+            except AriError as exc:
+                if isinstance(exc, AriBadRequest) and exc.status == 422:
+                    # "Event source does not exist": the leg ended (busy, refused) before it was
+                    # subscribed, its hangup unseen. Its cause is not known.
+                    log.debug("call %s: leg %s gone before its subscription", call.id, channel_id)
+                    call.queue.put_nowait({"type": "ChannelDestroyed", "channel": {"id": channel_id}})
+                    return
+                # 404 "Application does not exist" (its websocket is down): the reconnect's reconcile
+                # looks at the leg and subscribes it again (bridged.calls.steps.Steps.recheck).
+                log.info("call %s: subscribing to leg %s failed: %s", call.id, channel_id, exc)
+                return
+            if attempt:
+                # Events may have been missed meanwhile: the leg as it is now.
+                call.queue.put_nowait({"type": "Reconcile", "alive": None, "states": None})
+            return
+        log.warning("call %s: subscribing to leg %s failed %d times", call.id, channel_id, attempt + 1)
 
     # -- what the manager hears -------------------------------------------------------------------
 
@@ -234,13 +274,15 @@ class Legs:
 
 
 class MadeLegs:
-    """The legs bridged rings, a customer's or a manager's: each a channel made in the application and
-    dialled (:meth:`make`), not originated. An originated channel enters Stasis only once answered, and
-    that entry fails while no daemon holds the application's websocket, so a party answering while their
-    daemon is dead (killed, restarting, its lease not yet taken over) was hung up at once. A made channel
-    is in Stasis from the start and stays there, answered or not, for whoever serves the application next
-    (docs/asterisk.md, "A customer or manager answering while the daemon is away"). Its answer is a
-    ``Dial`` event with dialstatus ANSWER; there is no second StasisStart.
+    """The legs bridged rings managers on (an HTTP call's, an inbound call's): each a channel made in the
+    application and dialled (:meth:`make`), not originated. An originated channel enters Stasis only once
+    answered, and that entry fails while no daemon holds the application's websocket, so a manager
+    answering while their daemon is dead (killed, restarting, its lease not yet taken over) was hung up at
+    once. A made channel is in Stasis from the start and stays there, answered or not, for whoever serves
+    the application next (docs/asterisk.md, "A customer or manager answering while the daemon is away").
+    Its answer is a ``Dial`` event with dialstatus ANSWER; there is no second StasisStart. (The customer's
+    leg is originated into the dialplan instead, which retries Stasis(): one request less before the
+    carrier's INVITE; bridged.calls.steps.Steps.originate_customer.)
 
     Until their StasisStart the made channels are waited for here: ARI refuses to dial one before it is in
     the application (409 "Channel not in Stasis application"), which a made channel is only once that

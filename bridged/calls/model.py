@@ -125,9 +125,12 @@ def ring_leg_id(call_id: str, number: int) -> str:
     return f"{call_id}-m{number}"
 
 
+CUSTOMER_LEG_SUFFIX = "-customer"
+
+
 def customer_leg_id(call_id: str) -> str:
     """The channel id of a call's customer leg: known, and in the row, before the leg exists."""
-    return f"{call_id}-customer"
+    return f"{call_id}{CUSTOMER_LEG_SUFFIX}"
 
 
 def new_call_id() -> str:
@@ -250,6 +253,11 @@ class Call:
     recording_started_at: datetime | None = None
     recording_stopped_at: datetime | None = None
     recording_state: RecordingState | None = None
+    # The customer's leg is in the application: its answer is then a Dial event (a leg made there by an
+    # earlier release, adopted). A leg bridged rings now is originated into the dialplan and enters the
+    # application once answered: its StasisStart (state Up) is its answer (bridged.calls.steps.Steps.
+    # originate_customer).
+    customer_in_app: bool = False
     # The customer leg's caller id was changed by the trunk (a carrier's identity headers) before the
     # leg entered Stasis: the label goes back in before the bridge.
     customer_caller_id_dirty: bool = False

@@ -15,13 +15,14 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from .. import metrics
+from .. import dialplan, metrics
 from ..ari import AriError, background_requests
 from ..config import Config, Manager
 from ..outcomes import Outcome
 from ..recording_state import RecordingState
 from ..store.calls import CallRow
-from .model import INBOUND, Call, CallState, Ringing, ring_leg_id
+from .events import in_stasis
+from .model import CUSTOMER_LEG_SUFFIX, INBOUND, Call, CallState, Ringing, ring_leg_id
 from .recording import recording_state_of
 
 if TYPE_CHECKING:
@@ -57,18 +58,39 @@ class Reconciler:
         # A leg in another application's Stasis is not this call's any more: the manager's channel of a
         # call whose daemon died before Stasis() went on to the next daemon (dialplan/bridged.conf).
         alive = {cid: c for cid, c in channels.items() if not _in_other_app(c, app_name)}
+        stasis = {cid for cid, c in alive.items() if in_stasis(c)}
         for call in engine.calls_on(node, app_name):
-            call.queue.put_nowait({"type": "Reconcile", "alive": set(alive), "states": states})
+            call.queue.put_nowait(
+                {"type": "Reconcile", "alive": set(alive), "states": states, "stasis": stasis}
+            )
         known = set(engine.calls)
         for row in await engine.rows.store.calls.open_calls(app_name):
             if row.id not in known and engine.nodes.holds(node, row.node):
                 await self._adopt(row, alive, node=node, app="" if app_name == own else app_name)
         owned = engine.owned_channels()
+        await self._hang_up_strays(await self._ringing_strays(alive, owned, app_name))
         try:
             application = await engine.ari.get_application(app_name)
         except AriError:
             return
         await self._hang_up_strays([c for c in application.get("channel_ids", []) if c not in owned])
+
+    async def _ringing_strays(self, alive: dict[str, dict[str, Any]], owned: set[str], app: str) -> list[str]:
+        """Customer legs rung for ``app`` that belong to no call (its daemon died before the call's row was
+        written): in no application until answered, so not among the application's channels. Their
+        ids say they are customer legs (bridged.calls.model.customer_leg_id), the variable [bridged-customer]
+        reads which application they are for (one request each: legs of other daemons' calls are few)."""
+        found = []
+        for channel_id, channel in alive.items():
+            if channel_id in owned or in_stasis(channel) or not channel_id.endswith(CUSTOMER_LEG_SUFFIX):
+                continue
+            try:
+                leg_app = await self.engine.ari.get_variable(channel_id, dialplan.LEG_APP)
+            except AriError:
+                continue
+            if leg_app == app:
+                found.append(channel_id)
+        return found
 
     async def _adopt(self, row: CallRow, alive: dict[str, dict[str, Any]], *, node: str, app: str) -> None:
         """Take a call of this daemon's application (or of ``app``, adopted) that is open in the database on,
@@ -119,6 +141,10 @@ class Reconciler:
         )
         # Still to be judged: its events come to this daemon now (the Reconcile below first checks that
         # it did not end while none was listening).
+        # A customer leg already in the application: its answer is a Dial event (made there by an earlier
+        # release), or it was answered (the Reconcile below bridges it). Not in one: it rings from the
+        # dialplan, its StasisStart is its answer.
+        call.customer_in_app = row.customer_channel_id in alive and in_stasis(alive[row.customer_channel_id])
         engine.recordings.watch(call)
         sources = [f"channel:{c}" for c in (*live_legs, *ringing)]
         if row.bridge_id:

@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .. import dialplan, metrics
-from ..ari import AriConflict, AriError, AriNotFound
+from ..ari import AriConflict, AriError, AriNotFound, AriUnavailable
 from ..ari.nodes import set_node
 from ..outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
 from ..recording_state import RecordingState
+from .events import in_stasis
 from .inbound_steps import InboundSteps
-from .legs import manager_leg_variables
+from .legs import leg_variables, manager_leg_variables
 from .model import (
     TRANSITIONS,
     Call,
@@ -173,21 +174,42 @@ class Steps(InboundSteps):
         log.debug("call %s: customer leg %s originated", call.id, call.customer_channel_id)
 
     async def originate_customer(self, call: Call) -> None:
-        """Ring the customer of ``call`` on the trunk: a channel made in the application, then dialled
-        (bridged.calls.legs.MadeLegs, which says why), in the call's application (an adopted call's is
-        the daemon's that died: the leg must be found there when that daemon is back)."""
+        """Ring the customer of ``call`` on the trunk: originated into the dialplan ([bridged-customer]),
+        not made in the application. Answered, the leg enters the call's application from there, and
+        tries again while no daemon serves it, so that a customer answering while their daemon is away is
+        put through by the next one (docs/asterisk.md, "A customer or manager answering while the daemon
+        is away"); a leg made in the application does that too but costs a request more before the
+        carrier's INVITE (bench/RESULTS.md). The application is an adopted call's own (the daemon's that
+        died: the leg must be found there when that daemon is back). Until the answer the leg is in no
+        application: the application is subscribed to it once the originate returns (off the setup's
+        path), for its Dial and hangup events (bridged.calls.legs.Legs.watch)."""
         assert call.order is not None and call.order.phone is not None
         config = self.config.current
         trunk = config.trunk
-        await self.engine.made.make(
-            customer_leg_id(call.id),
-            endpoint=trunk.dial.format(number=call.order.phone.dialable()),
-            app=call.app or config.ari.app,
-            app_args=dialplan.app_args(dialplan.Leg.CUSTOMER, call.id),
-            ring_timeout=trunk.ring_timeout,
-            originator=call.manager_channel_id,
-            variables=dialplan.identity_variables(trunk.caller_id),
-        )
+        app = call.app or config.ari.app
+        channel_id = customer_leg_id(call.id)
+        call.customer_in_app = False
+        extra = {
+            **dialplan.identity_variables(trunk.caller_id),
+            **dialplan.customer_leg_variables(app, call.id),
+        }
+        try:
+            await self.ari.originate_to_dialplan(
+                endpoint=trunk.dial.format(number=call.order.phone.dialable()),
+                context=dialplan.CUSTOMER_CONTEXT,
+                extension=dialplan.CUSTOMER_EXTEN,
+                channel_id=channel_id,
+                caller_id=trunk.caller_id,
+                timeout=trunk.ring_timeout,
+                variables=leg_variables(config, extra),
+                originator=call.manager_channel_id,
+            )
+        except AriError as exc:
+            # No answer (or a 5xx): the leg may exist. A refusal (4xx): it does not.
+            if isinstance(exc, AriUnavailable) or not exc.status:
+                await self.legs.hang_up(channel_id, may_be_gone=True)
+            raise
+        self.legs.watch(call, channel_id, app)
 
     async def drop_early(self, call: Call) -> None:
         """A customer rung at the decision whose manager never reached Stasis: the leg hung up (once its
@@ -379,6 +401,8 @@ class Steps(InboundSteps):
         ``alive``/``states``: the channels Asterisk has and their states (None: ask for this call's)."""
         alive: set[str] | None = event.get("alive")
         states: dict[str, str] = event.get("states") or {}
+        stasis: set[str] = event.get("stasis") or set()
+        reconnected = alive is not None
         if alive is None:
             alive = set()
             rung = call.ring.legs if call.ring is not None else {}
@@ -386,7 +410,11 @@ class Steps(InboundSteps):
                 if channel_id and (snapshot := await self.ari.get_channel(channel_id)) is not None:
                     alive.add(channel_id)
                     states[channel_id] = snapshot.get("state", "")
+                    if in_stasis(snapshot):
+                        stasis.add(channel_id)
         customer = call.customer_channel_id
+        if customer in stasis:
+            call.customer_in_app = True
         # An inbound call's phones that stopped ringing meanwhile: their ChannelDestroyed is lost.
         for leg in [leg for leg in (call.ring.legs if call.ring else {}) if leg not in alive]:
             await self.engine.react(call, Event.MANAGER_GONE, {"channel": {"id": leg}})
@@ -395,8 +423,14 @@ class Steps(InboundSteps):
         elif customer and customer not in alive and (call.inbound or call.state in _CUSTOMER_UP):
             await self.engine.react(call, Event.CUSTOMER_GONE, {})
         elif call.state is CallState.RINGING_CUSTOMER and states.get(customer or "") == "Up":
-            # The customer answered while bridged was away (the Dial event is lost).
-            await self.engine.react(call, Event.CUSTOMER_ANSWERED, {})
+            # The customer answered while bridged was away (the Dial event or StasisStart is lost); a leg
+            # not in the application yet (between two tries of [bridged-customer]) comes with its
+            # StasisStart.
+            if call.customer_in_app:
+                await self.engine.react(call, Event.CUSTOMER_ANSWERED, {})
+        elif call.state is CallState.RINGING_CUSTOMER and reconnected and not call.customer_in_app:
+            # Still ringing, in no application: its subscription may have gone with the application's.
+            self.legs.watch(call, customer or "", call.app or self.config.current.ari.app)
         elif call.state is CallState.RINGING_MANAGER and (
             answered := [leg for leg in _ringing(call) if leg in alive and states.get(leg) == "Up"]
         ):

@@ -468,8 +468,8 @@ def call_cdrs(asterisk: Any, call_id: str) -> str:
     the call id in its Stasis() arguments (lastdata) and the customer's channel as its destination
     (dstchannel), and any line of that channel's own.
 
-    The customer's leg, made in the application and dialled, has no CDR of its own on Asterisk 22 (an
-    originated one had: docs/asterisk.md); if one comes, it is read too."""
+    The customer's leg, originated into [bridged-customer], may have a CDR line of its own (a leg made in
+    the application and dialled had none on Asterisk 22: docs/asterisk.md); if one comes, it is read too."""
     cdr_file = asterisk.base / "log" / "cdr-csv" / "Master.csv"
 
     def rows() -> list[list[str]]:

@@ -167,10 +167,20 @@ def dial(
     }
 
 
-def answered(customer_id: str) -> dict[str, Any]:
-    """The customer picked up: what Asterisk sends for a leg made in Stasis and dialled (its StasisStart
-    came, in state Down, when it was made)."""
-    return dial(customer_id, "ANSWER", state="Up")
+def answered(leg_id: str) -> dict[str, Any]:
+    """A leg bridged rang picked up. A customer's (``<call>-customer``), originated into [bridged-customer],
+    enters the application then: its StasisStart, state Up (its Dial ANSWER, seen by the application
+    subscribed to it, comes first: :func:`dial_answered`). A manager's, made in the application and
+    dialled (its StasisStart came, in state Down, when it was made): its Dial ANSWER."""
+    if leg_id.endswith("-customer"):
+        return stasis_start(leg_id, ["customer", leg_id.removesuffix("-customer")], state="Up")
+    return dial_answered(leg_id)
+
+
+def dial_answered(leg_id: str) -> dict[str, Any]:
+    """A leg's Dial ANSWER: the answer of one made in Stasis and dialled; for a customer's leg rung from
+    the dialplan, only that it picked up (it is not in the application yet)."""
+    return dial(leg_id, "ANSWER", state="Up")
 
 
 def caller_id_changed(channel_id: str, number: str, name: str = "") -> dict[str, Any]:
@@ -281,6 +291,8 @@ class FakeAri:
         self.events: Callable[[dict[str, Any]], None] | None = None
         # Made channels in the application (their StasisStart sent): dial answers 409 for the others.
         self.entered: set[str] = set()
+        # Variables of the channels Asterisk has (get_variable), set by originate_to_dialplan.
+        self.channel_variables: dict[str, dict[str, str]] = {}
 
     async def _record(self, method: str, **kwargs: Any) -> None:
         self.calls.append((method, kwargs))
@@ -370,6 +382,39 @@ class FakeAri:
             self.entered.add(cid)
             asyncio.get_running_loop().call_soon(self.events, stasis_start(cid, args, state="Down"))
         return {"id": cid, "state": "Down"}
+
+    async def originate_to_dialplan(
+        self,
+        *,
+        endpoint: str,
+        context: str,
+        extension: str,
+        channel_id: str,
+        caller_id: str,
+        timeout: int,  # noqa: ASYNC109
+        variables: dict[str, str],
+        originator: str | None = None,
+    ) -> dict[str, Any]:
+        await self._record(
+            "originate_to_dialplan",
+            endpoint=endpoint,
+            context=context,
+            extension=extension,
+            channel_id=channel_id,
+            caller_id=caller_id,
+            timeout=timeout,
+            variables=variables,
+            originator=originator,
+        )
+        # Ringing, in no application (no StasisStart until it is answered).
+        snapshot = {"id": channel_id, "state": "Down", "dialplan": {"context": context, "app_name": ""}}
+        self.channels[channel_id] = snapshot
+        self.channel_variables[channel_id] = dict(variables)
+        return dict(snapshot)
+
+    async def get_variable(self, channel_id: str, variable: str) -> str | None:
+        await self._record("get_variable", channel_id=channel_id, variable=variable)
+        return self.channel_variables.get(channel_id, {}).get(variable)
 
     async def dial(self, channel_id: str, *, timeout: int | None = None) -> None:  # noqa: ASYNC109
         await self._record("dial", channel_id=channel_id, timeout=timeout)

@@ -148,9 +148,10 @@ async def test_a_phone_call_is_placed_on_the_node_of_its_channel(env: Env) -> No
     # Its channel enters Stasis on node 2's websocket: every request of the call goes there.
     with on_node("pbx2"):
         env.engine.on_event(stasis_start("pbx-b-1767261600.17", ["order", placed.call_id], state="Ring"))
-    await wait_until(lambda: bool(env.ari.named("dial")))
+    await wait_until(lambda: bool(env.ari.named("subscribe")))
     assert env.engine.calls[placed.call_id].node == "pbx2"
-    assert _nodes_of(env.ari, "create_channel") == _nodes_of(env.ari, "dial") == ["pbx2"]
+    # The customer's leg, and the subscription to it.
+    assert _nodes_of(env.ari, "originate_to_dialplan") == _nodes_of(env.ari, "subscribe") == ["pbx2"]
 
 
 async def test_a_phone_call_whose_node_is_not_known_is_refused(env: Env) -> None:
@@ -234,9 +235,8 @@ async def test_allocation_failed_on_one_node_rings_the_phone_on_the_next(env: En
     assert call.node == "pbx2" and env.store.rows[call.id]["node"] == "pbx2"
     # The rest of the call happens there too.
     env.engine.on_event(answered(f"{call.id}-manager"))
-    await wait_until(lambda: len(env.ari.named("dial")) == 2)
-    assert _nodes_of(env.ari, "create_channel") == ["pbx1", "pbx2", "pbx2"]
-    assert _nodes_of(env.ari, "dial") == ["pbx2", "pbx2"]
+    await wait_until(lambda: env.ari.named("subscribe"))
+    assert _nodes_of(env.ari, "originate_to_dialplan") == _nodes_of(env.ari, "subscribe") == ["pbx2"]
 
 
 async def test_another_error_than_allocation_is_not_retried_elsewhere(env: Env) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import bridged
-from bridged.ari import AriClient, AriConflict, AriError, AriUnavailable
+from bridged.ari import AriBadRequest, AriClient, AriConflict, AriError, AriUnavailable
 from bridged.calls import legs as legs_module
 from bridged.calls import rows as rows_module
 from bridged.calls.engine import REACTIONS, CallEngine
@@ -52,6 +52,7 @@ from tests.unit.fakes import (
     caller_id_changed,
     channel_destroyed,
     dial,
+    dial_answered,
     hangup_request,
     make_config,
     make_label,
@@ -109,12 +110,14 @@ class Env:
         return customer
 
     async def _dialled(self, call_id: str) -> str:
-        """Waits for the customer's leg to be made and dialled (FakeAri sends the made leg's StasisStart,
-        state Down: not an answer)."""
+        """Waits for the customer's leg to be originated into [bridged-customer] and the application
+        subscribed to it (it is in no application until answered: no StasisStart yet)."""
         customer = customer_leg_id(call_id)
-        await wait_until(lambda: any(kw["channel_id"] == customer for kw in self.ari.named("dial")))
-        [made] = [kw for kw in self.ari.named("create_channel") if kw["channel_id"] == customer]
-        assert made["app_args"] == f"customer,{call_id}"
+        source = [f"channel:{customer}"]
+        await wait_until(lambda: any(kw["event_sources"] == source for kw in self.ari.named("subscribe")))
+        [rung] = [kw for kw in self.ari.named("originate_to_dialplan") if kw["channel_id"] == customer]
+        assert (rung["context"], rung["extension"]) == ("bridged-customer", "s")
+        assert rung["variables"]["BRIDGED_CALL"] == call_id
         return customer
 
     async def ringing_unpersisted(self, call_id: str, manager_channel: str) -> str:
@@ -144,7 +147,7 @@ def assert_no_number_leak(ari: FakeAri, store: FakeStore) -> None:
     for method, kwargs in ari.calls:
         for name, value in kwargs.items():
             # The customer's number goes to Asterisk once: in the endpoint of the leg it dials.
-            if method == "create_channel" and name == "endpoint":
+            if method == "originate_to_dialplan" and name == "endpoint":
                 assert value == DIAL
                 continue
             text = digits(repr(value))
@@ -205,20 +208,24 @@ async def test_happy_path_customer_hangs_up(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a")
     ari = env.ari
 
-    # The customer leg: the number only in the endpoint, the shop's caller id, an id chosen by us.
-    # Made in the application, then dialled (so that its answer needs no live daemon): the number only
-    # in the endpoint, the shop's identity as its connected line and caller id, an id chosen by us.
-    [made] = ari.named("create_channel")
-    assert made["endpoint"] == DIAL
+    # The customer leg: originated into [bridged-customer], which enters the application once it is
+    # answered (and tries again while no daemon serves it): the number only in the endpoint, the shop's
+    # identity as its caller id and connected line, an id chosen by us; then the application subscribed
+    # to it, for its events while it rings in no application.
+    [rung] = ari.named("originate_to_dialplan")
+    assert rung["endpoint"] == DIAL
     shop = env.config.trunk.caller_id
-    assert made["variables"]["CONNECTEDLINE(all,i)"] == made["variables"]["CALLERID(all)"] == shop
-    assert made["channel_id"] == customer == "call-a-customer"
-    assert made["app"] == env.config.ari.app
-    assert made["app_args"] == "customer,call-a"
-    assert made["originator"] == "m-a"
-    assert NUMBER_TAIL not in digits(made["app_args"])
-    assert ari.named("dial") == [{"channel_id": customer, "timeout": env.config.trunk.ring_timeout}]
-    assert ari.methods().index("create_channel") < ari.methods().index("dial")
+    assert rung["caller_id"] == shop
+    assert rung["variables"]["CONNECTEDLINE(all,i)"] == rung["variables"]["CALLERID(all)"] == shop
+    assert rung["channel_id"] == customer == "call-a-customer"
+    assert (rung["context"], rung["extension"]) == ("bridged-customer", "s")
+    assert rung["variables"]["BRIDGED_LEG_APP"] == env.config.ari.app
+    assert rung["variables"]["BRIDGED_CALL"] == "call-a"
+    assert rung["timeout"] == env.config.trunk.ring_timeout
+    assert rung["originator"] == "m-a"
+    assert ari.named("subscribe") == [{"app": env.config.ari.app, "event_sources": [f"channel:{customer}"]}]
+    assert ari.methods().index("originate_to_dialplan") < ari.methods().index("subscribe")
+    assert ari.named("create_channel") == [] and ari.named("dial") == []
 
     # The manager's label, its connected line and the CONNECTED_LINE_SEND_SUB interception come with
     # the FastAGI reply, before Stasis (see test_agi.py): nothing about the manager is set here.
@@ -226,10 +233,11 @@ async def test_happy_path_customer_hangs_up(env: Env) -> None:
     assert ari.named("ring") == []  # the dialplan sent 180 Ringing before Stasis()
     assert ari.named("answer") == []
 
-    # Some progress events on the way, as Asterisk sends them: the made leg's StasisStart (state Down,
-    # delivered by env.ringing) and ringing are not an answer.
+    # Some progress events on the way, as Asterisk sends them to the subscribed application: ringing,
+    # and the Dial ANSWER, are not an answer (the leg is not in the application yet: no bridge for it).
     env.engine.on_event(dial(customer, ""))
     env.engine.on_event(dial(customer, "RINGING"))
+    env.engine.on_event(dial_answered(customer))
     await settle()
     assert env.engine.calls["call-a"].state is CallState.RINGING_CUSTOMER
     assert ari.named("answer") == [] and ari.named("create_bridge") == []
@@ -419,8 +427,8 @@ async def test_the_customer_leg_hears_the_announcement_in_the_shops_language() -
     e = await _make_env(config)
     try:
         customer = await e.ringing("call-a", "m-a")
-        [made] = e.ari.named("create_channel")
-        assert made["variables"]["CHANNEL(language)"] == "ru"
+        [rung] = e.ari.named("originate_to_dialplan")
+        assert rung["variables"]["CHANNEL(language)"] == "ru"
         e.engine.on_event(answered(customer))
         await wait_until(lambda: e.row("call-a")["state"] == "announcing")
         play = e.play_for(customer)
@@ -549,29 +557,37 @@ async def test_a_dialled_leg_that_rang_out_is_no_answer() -> None:
         await e.engine.shutdown()
 
 
-async def test_an_originated_customer_leg_entering_answered_is_bridged(env: Env) -> None:
-    """A call placed by a bridged that still originated the customer's leg (a release before the made
-    legs), adopted by this one while the customer rang: that leg's answer is its StasisStart in state Up."""
-    customer = await env.ringing("call-a", "m-a")
-    env.engine.on_event(stasis_start(customer, ["customer", "call-a"], state="Up"))
-    await wait_until(lambda: env.row("call-a")["state"] == "bridged")
-    # Its Dial ANSWER, if it comes too, changes nothing.
-    env.engine.on_event(answered(customer))
+async def test_a_customer_leg_made_in_the_application_by_an_earlier_release_is_answered_by_its_dial(
+    env: Env,
+) -> None:
+    """A call placed by a bridged that made the customer's leg in the application and dialled it, adopted
+    while the customer rang: that leg is in Stasis already (state Down), and its answer is its Dial ANSWER.
+    (A leg this release rings from the dialplan is answered by its StasisStart instead.)"""
+    _bridged_row(env, "call-r", answered=False, state="ringing_customer")
+    made = {"id": "call-r-customer", "state": "Down", "dialplan": {"app_name": "Stasis", "app_data": ""}}
+    env.ari.channels = {"call-r-m": {"id": "call-r-m", "state": "Up"}, "call-r-customer": made}
+    await env.engine.reconciler.reconcile()
+    await wait_until(lambda: "call-r" in env.engine.calls)
     await settle()
-    assert len(env.ari.named("create_bridge")) == 1
+    assert env.ari.named("create_bridge") == []
+    env.engine.on_event(dial_answered("call-r-customer"))
+    await wait_until(lambda: env.row("call-r")["state"] == "bridged")
 
 
 # -- (f) the customer leg cannot be originated -------------------------------------------------------
 
 
 async def test_originate_failure_plays_prompt(env: Env) -> None:
-    env.ari.errors["create_channel"] = AriUnavailable(
-        "create_channel", 0, "ARI create_channel failed: Asterisk unreachable"
+    """Asterisk did not answer the originate: the leg may exist, and is hung up; the manager hears the
+    prompt."""
+    env.ari.errors["originate_to_dialplan"] = AriUnavailable(
+        "originate", 0, "ARI originate failed: Asterisk unreachable"
     )
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
     await wait_until(lambda: len(env.ari.named("play")) == 1)
     assert env.row("call-a")["state"] == "ending"
+    assert "call-a-customer" in env.ari.hung_up() and env.ari.named("subscribe") == []
     play = env.play_for("m-a")
     assert play["media"] == ["sound:number-not-answering"]
     env.engine.on_event(playback_finished(play["playback_id"], "m-a"))
@@ -580,21 +596,77 @@ async def test_originate_failure_plays_prompt(env: Env) -> None:
     row = await env.ended("call-a")
     assert row["outcome"] == "customer_unavailable"
     assert row["ended_by"] == "bridged"  # bridged ended it with a prompt
-    assert env.ari.named("dial") == []
 
 
-async def test_a_made_leg_that_cannot_be_dialled_is_hung_up(env: Env) -> None:
-    """The customer's leg was made in the application but its dial failed: the made channel, which
-    would sit in Stasis ringing nobody, is hung up; the manager hears the prompt."""
-    env.ari.errors["dial"] = AriError("dial", 500, "ARI dial failed: HTTP 500")
+async def test_a_customer_leg_gone_before_its_subscription_ends_the_ring(env: Env) -> None:
+    """The customer's leg ended (busy, refused) between its originate and the subscription to it, its
+    hangup seen by nobody: the subscription's 422 says so, and the manager hears that the customer could
+    not be reached. (Checked to fail without it: the call stayed ringing_customer.)"""
+    env.ari.errors["subscribe"] = AriBadRequest("subscribe", 422, "ARI subscribe failed: HTTP 422")
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
     await wait_until(lambda: len(env.ari.named("play")) == 1)
-    assert "call-a-customer" in env.ari.hung_up()
     assert env.play_for("m-a")["media"] == ["sound:number-not-answering"]
-    env.engine.on_event(channel_destroyed("m-a"))
-    row = await env.ended("call-a")
-    assert row["outcome"] == "customer_unavailable"
+    assert env.engine.calls["call-a"].state is CallState.ENDING
+
+
+async def test_a_subscription_asterisk_did_not_answer_is_sent_again_and_the_leg_looked_at(
+    env: Env, fast_sleep: None
+) -> None:
+    """The subscription to a ringing customer leg timed out: it is sent again, and the leg is then looked
+    at (GET /channels/{id}), its events meanwhile being lost."""
+    failures = iter([AriUnavailable("subscribe", 0, "timed out")])
+    env.ari.errors["subscribe"] = lambda kw: next(failures, None)
+    env.ari.channels["m-a"] = {"id": "m-a", "state": "Ring"}
+    customer = await env.ringing("call-a", "m-a")
+    await wait_until(lambda: {kw["channel_id"] for kw in env.ari.named("get_channel")} == {"m-a", customer})
+    assert [kw["event_sources"] for kw in env.ari.named("subscribe")] == [[f"channel:{customer}"]] * 2
+    await settle()
+    assert env.engine.calls["call-a"].state is CallState.RINGING_CUSTOMER
+    # Gone meanwhile, it would have been found so: a leg still there rings on.
+    assert env.ari.hung_up() == []
+
+
+async def test_a_subscription_to_an_application_that_is_gone_waits_for_the_reconnect(env: Env) -> None:
+    """404: the application is not registered (its websocket dropped): not sent again here; the
+    reconnect's Reconcile subscribes the leg that still rings in no application."""
+    env.ari.errors["subscribe"] = not_found("subscribe")
+    customer = await env.ringing("call-a", "m-a")
+    await settle()
+    assert len(env.ari.named("subscribe")) == 1
+    assert env.engine.calls["call-a"].state is CallState.RINGING_CUSTOMER
+    del env.ari.errors["subscribe"]
+    ringing = {"id": customer, "state": "Ring", "dialplan": {"context": "bridged-customer", "app_name": ""}}
+    env.ari.channels = {"m-a": {"id": "m-a", "state": "Ring"}, customer: ringing}
+    await env.engine.reconciler.reconcile()
+    await wait_until(lambda: len(env.ari.named("subscribe")) == 2)
+    assert env.ari.named("create_bridge") == []
+
+
+# -- (f2) MadeLegs: the manager legs bridged rings ---------------------------------------------------
+
+
+def _make_manager_leg(env: Env, **kw: Any) -> asyncio.Future[None]:
+    return asyncio.ensure_future(
+        env.engine.made.make(
+            "call-a-manager",
+            endpoint="PJSIP/anna",
+            app="bridged",
+            app_args="manager,call-a",
+            ring_timeout=30,
+            variables={},
+            **kw,
+        )
+    )
+
+
+async def test_a_made_leg_that_cannot_be_dialled_is_hung_up(env: Env) -> None:
+    """A leg made in the application whose dial failed: the made channel, which would sit in Stasis
+    ringing nobody, is hung up, and the error raised."""
+    env.ari.errors["dial"] = AriError("dial", 500, "ARI dial failed: HTTP 500")
+    with pytest.raises(AriError):
+        await _make_manager_leg(env)
+    assert env.ari.hung_up() == ["call-a-manager"]
 
 
 async def test_a_made_leg_refused_a_dial_is_dialled_again_once_in_the_application(env: Env) -> None:
@@ -602,17 +674,14 @@ async def test_a_made_leg_refused_a_dial_is_dialled_again_once_in_the_applicatio
     dial goes out at once, and after a 409 again once the StasisStart is seen. (Checked to fail without
     the second dial.)"""
     env.ari.events = None  # Asterisk is slow to put the channel in the application
-    env.expect("call-a", "m-a")
-    env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
+    made = _make_manager_leg(env)
     await wait_until(lambda: env.ari.named("dial"))
     await asyncio.sleep(0.05)
-    assert len(env.ari.named("dial")) == 1 and env.ari.hung_up() == []  # refused, waiting
-    env.ari.entered.add("call-a-customer")
-    env.engine.on_event(stasis_start("call-a-customer", ["customer", "call-a"], state="Down"))
-    await wait_until(lambda: len(env.ari.named("dial")) == 2)
-    await wait_until(lambda: env.engine.calls["call-a"].state is CallState.RINGING_CUSTOMER)
-    await settle()
-    assert env.ari.hung_up() == [] and env.ari.named("play") == []
+    assert len(env.ari.named("dial")) == 1 and not made.done()  # refused, waiting
+    env.ari.entered.add("call-a-manager")
+    env.engine.made.entered("call-a-manager")
+    await made
+    assert len(env.ari.named("dial")) == 2 and env.ari.hung_up() == []
     assert env.engine.made.waiting == 0
 
 
@@ -620,21 +689,17 @@ async def test_a_made_leg_never_in_the_application_is_hung_up(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A made channel whose StasisStart never comes (the event stream in trouble) is not waited for long:
-    the leg is hung up and the manager hears the prompt."""
+    AriUnavailable, and the leg is hung up."""
     monkeypatch.setattr("bridged.calls.legs.MADE_WITHIN", 0.2)
     env.ari.events = None  # Asterisk sends no StasisStart
-    env.expect("call-a", "m-a")
-    env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
-    await wait_until(lambda: len(env.ari.named("play")) == 1)
-    assert len(env.ari.named("dial")) == 1 and "call-a-customer" in env.ari.hung_up()
-    assert env.play_for("m-a")["media"] == ["sound:number-not-answering"]
-    env.engine.on_event(channel_destroyed("m-a"))
-    assert (await env.ended("call-a"))["outcome"] == "customer_unavailable"
+    with pytest.raises(AriUnavailable):
+        await _make_manager_leg(env)
+    assert len(env.ari.named("dial")) == 1 and env.ari.hung_up() == ["call-a-manager"]
     assert env.engine.made.waiting == 0
 
 
 async def test_prompt_to_a_vanished_manager_finishes_the_call(env: Env) -> None:
-    env.ari.errors["create_channel"] = AriUnavailable("create_channel", 0, "ARI create_channel failed")
+    env.ari.errors["originate_to_dialplan"] = AriUnavailable("originate", 0, "ARI originate failed")
     env.ari.errors["play"] = not_found("play")
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Up"))
@@ -648,7 +713,7 @@ async def test_not_connected_refuses_without_originate(env: Env) -> None:
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
     await wait_until(lambda: len(env.ari.named("play")) == 1)
     assert env.play_for("m-a")["media"] == [f"sound:{env.config.prompts.unavailable}"]
-    assert env.ari.named("create_channel") == []
+    assert env.ari.named("originate_to_dialplan") == []
     env.engine.on_event(hangup_request("m-a"))
     row = await env.ended("call-a")
     assert row["outcome"] == "failed"
@@ -657,14 +722,14 @@ async def test_not_connected_refuses_without_originate(env: Env) -> None:
 async def test_failing_step_aborts_the_call(env: Env) -> None:
     # A step fails unexpectedly (a bug, not Asterisk being away) while the customer is dialled: the
     # call is aborted cleanly, both legs hung up, and the row still gets its end.
-    env.ari.errors["create_channel"] = RuntimeError("unexpected")
+    env.ari.errors["originate_to_dialplan"] = RuntimeError("unexpected")
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
     row = await env.ended("call-a")
     assert row["outcome"] == "failed"
-    [made] = env.ari.named("create_channel")
-    assert set(env.ari.hung_up()) == {"m-a", made["channel_id"]}
-    assert row["customer_channel_id"] == made["channel_id"]
+    [rung] = env.ari.named("originate_to_dialplan")
+    assert set(env.ari.hung_up()) == {"m-a", rung["channel_id"]}
+    assert row["customer_channel_id"] == rung["channel_id"]
 
 
 async def test_the_database_failing_mid_call_does_not_cut_the_call(
@@ -823,13 +888,15 @@ async def test_the_stray_sweep_hangs_up_a_channel_without_a_call_found_twice(env
 
 async def test_a_transfer_request_is_declined_and_the_call_goes_on(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a")
-    [made] = env.ari.named("create_channel")
+    [rung] = env.ari.named("originate_to_dialplan")
     shop = env.config.trunk.caller_id
-    assert made["variables"] == {
+    assert rung["variables"] == {
         "PJSIP_TRANSFER_HANDLING()": "ari-only",
         "CHANNEL(language)": "en",
         "CALLERID(all)": shop,
         "CONNECTEDLINE(all,i)": shop,
+        "BRIDGED_LEG_APP": "bridged",
+        "BRIDGED_CALL": "call-a",
     }
     env.engine.on_event(answered(customer))
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
@@ -874,7 +941,7 @@ def fast_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_stasis_start_for_unknown_call_is_hung_up(env: Env, fast_sleep: None) -> None:
     env.engine.on_event(stasis_start("m-x", ["order", "no-such-call"], state="Ring"))
     await wait_until(lambda: "m-x" in env.ari.hung_up())
-    assert env.ari.named("create_channel") == []
+    assert env.ari.named("originate_to_dialplan") == []
     assert env.engine.calls == {}
     assert env.store.rows == {}
 
@@ -883,7 +950,7 @@ async def test_stasis_start_from_another_channel_is_refused(env: Env, fast_sleep
     env.expect("call-a", "m-a")
     env.engine.on_event(stasis_start("m-intruder", ["order", "call-a"], state="Ring"))
     await wait_until(lambda: "m-intruder" in env.ari.hung_up())
-    assert env.ari.named("create_channel") == []
+    assert env.ari.named("originate_to_dialplan") == []
     assert "call-a" not in env.engine.calls
 
 
@@ -891,13 +958,13 @@ async def test_stasis_start_without_args_is_hung_up(env: Env) -> None:
     env.engine.on_event(stasis_start("m-y", []))
     env.engine.on_event(stasis_start("m-z", ["customer", "call-unknown"]))
     await wait_until(lambda: {"m-y", "m-z"} <= set(env.ari.hung_up()))
-    assert env.ari.named("create_channel") == []
+    assert env.ari.named("originate_to_dialplan") == []
 
 
 async def test_pending_call_without_channel_id_accepts_any_channel(env: Env) -> None:
     env.expect("call-api", None)
     env.engine.on_event(stasis_start("m-api", ["order", "call-api"], state="Ring"))
-    await wait_until(lambda: len(env.ari.named("dial")) == 1)
+    await wait_until(lambda: len(env.ari.named("originate_to_dialplan")) == 1)
     assert env.engine.calls["call-api"].manager_channel_id == "m-api"
 
 
@@ -1037,7 +1104,7 @@ async def test_reconcile_a_phone_call_stopped_between_its_row_and_the_customer_l
     await env.engine.reconciler.reconcile()
     assert (env.row("call-r")["state"], env.row("call-r")["outcome"]) == ("ended", "failed")
     assert set(env.ari.hung_up()) == {"call-r-m"}
-    assert env.ari.named("create_channel") == [] and env.engine.calls == {}
+    assert env.ari.named("originate_to_dialplan") == [] and env.engine.calls == {}
 
 
 async def test_reconcile_a_phone_call_stopped_before_its_row_was_written(env: Env) -> None:
@@ -1047,7 +1114,7 @@ async def test_reconcile_a_phone_call_stopped_before_its_row_was_written(env: En
     env.ari.app_channel_ids = ["m-x"]
     await env.engine.reconciler.reconcile()
     assert env.ari.hung_up() == ["m-x"]
-    assert env.ari.named("create_channel") == [] and env.store.rows == {}
+    assert env.ari.named("originate_to_dialplan") == [] and env.store.rows == {}
 
 
 async def test_reconcile_row_of_a_removed_manager_is_finished(env: Env) -> None:
@@ -1078,12 +1145,73 @@ async def test_reconcile_live_call_whose_customer_left(env: Env) -> None:
 
 
 async def test_reconcile_live_call_customer_answered_meanwhile(env: Env) -> None:
+    """The customer answered and entered the application while the websocket was down (its StasisStart
+    lost): found Up in Stasis, it is bridged."""
     customer = await env.ringing("call-a", "m-a")
-    env.ari.channels = {"m-a": {"id": "m-a", "state": "Ring"}, customer: {"id": customer, "state": "Up"}}
+    in_app = {
+        "id": customer,
+        "state": "Up",
+        "dialplan": {"app_name": "Stasis", "app_data": "bridged,customer"},
+    }
+    env.ari.channels = {"m-a": {"id": "m-a", "state": "Ring"}, customer: in_app}
     env.ari.app_channel_ids = ["m-a", customer]
     await env.engine.reconciler.reconcile()
     await wait_until(lambda: env.row("call-a")["state"] == "bridged")
     assert env.ari.hung_up() == []
+
+
+async def test_reconcile_a_customer_answered_but_not_yet_in_the_application_waits_for_it(env: Env) -> None:
+    """The customer answered while the websocket was down and waits in [bridged-customer] between two tries
+    of Stasis(): Up, but not bridgeable yet (a bridge needs the leg in the application). Its StasisStart
+    is the answer. (Checked to fail without it: the call tried the bridge at once.)"""
+    customer = await env.ringing("call-a", "m-a")
+    waiting = {"id": customer, "state": "Up", "dialplan": {"context": "bridged-customer", "app_name": "Wait"}}
+    env.ari.channels = {"m-a": {"id": "m-a", "state": "Ring"}, customer: waiting}
+    env.ari.app_channel_ids = ["m-a"]
+    await env.engine.reconciler.reconcile()
+    await settle()
+    assert env.ari.named("create_bridge") == [] and env.ari.hung_up() == []
+    env.engine.on_event(answered(customer))
+    await wait_until(lambda: env.row("call-a")["state"] == "bridged")
+
+
+async def test_reconcile_adopts_a_call_whose_customer_rings_from_the_dialplan(env: Env) -> None:
+    """A restart while the customer rang: the leg is in no application (originated into the dialplan),
+    the adopted call subscribes to it, and its StasisStart, once answered, is the answer."""
+    _bridged_row(env, "call-r", answered=False, state="ringing_customer")
+    ringing = {"id": "call-r-customer", "state": "Ring", "dialplan": {"context": "bridged-customer"}}
+    env.ari.channels = {"call-r-m": {"id": "call-r-m", "state": "Ring"}, "call-r-customer": ringing}
+    env.ari.app_channel_ids = ["call-r-m"]
+    await env.engine.reconciler.reconcile()
+    assert env.ari.named("subscribe") == [
+        {"app": "bridged", "event_sources": ["channel:call-r-m", "channel:call-r-customer"]}
+    ]
+    assert env.ari.hung_up() == [] and not env.engine.calls["call-r"].customer_in_app
+    env.engine.on_event(dial_answered("call-r-customer"))  # picked up, not in the application yet
+    await settle()
+    assert env.ari.named("create_bridge") == []
+    env.engine.on_event(answered("call-r-customer"))
+    await wait_until(lambda: env.row("call-r")["state"] == "bridged")
+
+
+async def test_reconcile_hangs_up_a_customer_leg_ringing_for_this_application_without_a_call(
+    env: Env,
+) -> None:
+    """A daemon killed before its call's row was written leaves the customer's leg ringing from the
+    dialplan, in no application (not among the application's channels): the reconcile finds it by its id
+    and BRIDGED_LEG_APP and hangs it up; another daemon's leg (another application) is left alone.
+    (Checked to fail without it: nothing was hung up.)"""
+    for call_id, app in (("call-x", "bridged"), ("call-y", "bridged-other")):
+        leg = f"{call_id}-customer"
+        env.ari.channels[leg] = {"id": leg, "state": "Ring", "dialplan": {"context": "bridged-customer"}}
+        env.ari.channel_variables[leg] = {"BRIDGED_LEG_APP": app, "BRIDGED_CALL": call_id}
+    env.ari.channels["other"] = {"id": "other", "state": "Up"}  # not a customer leg: not asked about
+    await env.engine.reconciler.reconcile()
+    assert env.ari.hung_up() == ["call-x-customer"]
+    assert [kw["channel_id"] for kw in env.ari.named("get_variable")] == [
+        "call-x-customer",
+        "call-y-customer",
+    ]
 
 
 # -- (i) the transition table ------------------------------------------------------------------------
@@ -1182,22 +1310,24 @@ async def test_an_abort_in_any_live_state_ends_the_call_through_the_table(state:
 
 async def test_events_in_order_while_ari_is_slow_and_other_calls_proceed(env: Env) -> None:
     ari = env.ari
-    ari.delays["create_channel"] = lambda kw: 0.2 if kw["channel_id"] == "call-a-customer" else 0
+    ari.delays["originate_to_dialplan"] = lambda kw: 0.2 if kw["channel_id"] == "call-a-customer" else 0
 
     env.expect("call-a", "m-a")
     env.expect("call-b", "m-b")
     env.engine.on_event(stasis_start("m-a", ["order", "call-a"], state="Ring"))
-    await wait_until(lambda: len(ari.named("create_channel")) == 1)
-    # A's customer leg is being made; its next events queue up behind it.
+    await wait_until(lambda: len(ari.named("originate_to_dialplan")) == 1)
+    # A's customer leg is being rung; its next events queue up behind it.
     env.engine.on_event(answered("call-a-customer"))
     env.engine.on_event(hangup_request("call-a-customer"))
 
     env.engine.on_event(stasis_start("m-b", ["order", "call-b"], state="Ring"))
     await wait_until(
-        lambda: any(kw["channel_id"] == "call-b-customer" for _, kw in ari.returned if "app" in kw)
+        lambda: any(
+            kw["channel_id"] == "call-b-customer" for m, kw in ari.returned if m == "originate_to_dialplan"
+        )
     )
     a_returned = [
-        kw for m, kw in ari.returned if m == "create_channel" and kw["channel_id"] == "call-a-customer"
+        kw for m, kw in ari.returned if m == "originate_to_dialplan" and kw["channel_id"] == "call-a-customer"
     ]
     assert a_returned == [], "call B should not wait for call A's slow originate"
     assert env.row("call-a")["state"] == "ringing_customer"
@@ -1215,8 +1345,8 @@ async def test_events_in_order_while_ari_is_slow_and_other_calls_proceed(env: En
     ]
     first = a_methods.index("create_bridge")
     assert (
-        a_methods.index("create_channel")
-        < a_methods.index("dial")
+        a_methods.index("originate_to_dialplan")
+        < a_methods.index("subscribe")
         < first
         < a_methods.index("add_channel")
         < a_methods.index("destroy_bridge")
@@ -1262,7 +1392,7 @@ async def test_pending_call_whose_manager_never_reaches_stasis_is_closed(env: En
     # A late StasisStart for it is refused: nothing is originated.
     env.engine.on_event(stasis_start("m-x", ["order", "call-x"], state="Ring"))
     await wait_until(lambda: "m-x" in env.ari.hung_up() or env.ari.named("answer"), what="refusal")
-    assert not env.ari.named("create_channel")
+    assert not env.ari.named("originate_to_dialplan")
 
 
 async def test_reconcile_adopts_only_this_apps_calls(env: Env) -> None:
@@ -1300,7 +1430,10 @@ async def test_an_adopted_call_whose_bridge_the_dead_daemon_had_made_is_bridged_
     # The daemon died between creating the call's bridge and joining the legs (found on the rig: SIGKILL
     # under a stream of calls): the adopter's create_bridge answers 409, and the call goes on in it.
     _bridged_row(env, "call-r", answered=False, state="ringing_customer")
-    env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
+    in_app = {"app_name": "Stasis", "app_data": "bridged"}
+    env.ari.channels = {
+        c: {"id": c, "state": "Up", "dialplan": in_app} for c in ("call-r-m", "call-r-customer")
+    }
     env.ari.errors["create_bridge"] = AriConflict("create_bridge", 409, "Bridge with this ID already exists")
     await env.engine.reconciler.reconcile()
     await wait_until(lambda: env.row("call-r")["state"] == "bridged")

@@ -245,7 +245,7 @@ async def test_a_call_whose_row_cannot_be_written_is_refused_and_its_row_written
     await wait_until(lambda: ari.named("play"), what="the manager's prompt")
     assert [kw["media"] for kw in ari.named("play")] == [media(env.config.prompts.unavailable)]
     # No row, no call: the customer is never dialled.
-    assert ari.named("create_channel") == []
+    assert ari.named("originate_to_dialplan") == []
     assert metrics.CALLS_REFUSED.value(Refusal.DATABASE_UNAVAILABLE.value) == refused + 1
     # The budgets' window read (the attempt goes on without it), the call's own row once, and the
     # refusal's row not tried again at once ("record": the attempt as the budgets count it, kept for

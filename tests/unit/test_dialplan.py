@@ -181,3 +181,28 @@ def test_nothing_in_the_inbound_context_dials_or_copies_the_callers_identity() -
     ):
         assert forbidden not in inbound, forbidden
     assert re.search(r"^exten => _\[\+0-9\]\.,1,", inbound, re.M)
+
+
+def test_the_customer_leg_enters_the_calls_application_once_answered_and_tries_again_bounded() -> None:
+    """[bridged-customer]: the customer's leg bridged originates there (bridged.calls.steps) enters
+    Stasis(<BRIDGED_LEG_APP>,customer,<BRIDGED_CALL>), the arguments a customer leg's StasisStart is read
+    with; back from it (no daemon serves the application, or one handed it back), it waits half a second
+    and tries again, 40 times at most, then hangs up. Nothing else: no Dial(), no caller id."""
+    customer = _context(dialplan.CUSTOMER_CONTEXT)
+    assert re.search(rf"^exten => {dialplan.CUSTOMER_EXTEN},1,", customer, re.M)
+    [(app, args)] = re.findall(r"Stasis\(([^,]+),(.*)\)$", customer, re.M)
+    assert app == f"${{{dialplan.LEG_APP}}}"
+    assert args == dialplan.app_args(dialplan.Leg.CUSTOMER, f"${{{dialplan.LEG_CALL}}}")
+    variables = dialplan.customer_leg_variables("bridged-a", "c1")
+    assert variables == {dialplan.LEG_APP: "bridged-a", dialplan.LEG_CALL: "c1"}
+    lines = [line.strip() for line in customer.splitlines() if line.strip()]
+    enter = next(i for i, line in enumerate(lines) if "n(enter),Stasis(" in line)
+    assert lines[enter + 1 :] == [
+        "same => n,Set(BRIDGED_TRY=$[${BRIDGED_TRY} + 1])",
+        "same => n,GotoIf($[${BRIDGED_TRY} >= 40]?done)",
+        "same => n,Wait(0.5)",
+        "same => n,Goto(enter)",
+        "same => n(done),Hangup()",
+    ]
+    for forbidden in ("Dial(", "Local/", "CALLERID(", "AGI(", "Answer("):
+        assert forbidden not in customer, forbidden

@@ -36,7 +36,8 @@ async def env() -> AsyncIterator[Env]:
     yield e
     await e.engine.shutdown()
     for method, kwargs in e.ari.calls:
-        if method == "create_channel" and kwargs["app_args"].startswith("customer,"):
+        if method == "originate_to_dialplan":
+            assert NUMBER_TAIL not in repr({k: v for k, v in kwargs.items() if k != "endpoint"})
             continue  # the customer's leg: the number is its endpoint, and nowhere else
         assert NUMBER_TAIL not in repr(kwargs), (method, kwargs)
     for row in e.store.rows.values():
@@ -50,7 +51,9 @@ async def _ringing_manager(env: Env) -> Call:
 
 
 def _customer_made(env: Env, call_id: str) -> list[dict[str, Any]]:
-    return [kw for kw in env.ari.named("create_channel") if kw["app_args"] == f"customer,{call_id}"]
+    """The customer's leg rung (originated into [bridged-customer] for the call)."""
+    rung = env.ari.named("originate_to_dialplan")
+    return [kw for kw in rung if kw["variables"].get("BRIDGED_CALL") == call_id]
 
 
 async def test_the_manager_leg_is_made_and_dialled_and_the_customer_is_rung_on_its_dial_answer(
@@ -85,9 +88,9 @@ async def test_the_manager_leg_is_made_and_dialled_and_the_customer_is_rung_on_i
     assert env.store.rows[call.id]["state"] == "ringing_manager"
 
     env.engine.on_event(answered(leg))
-    await wait_until(lambda: len(ari.named("dial")) == 2, what="the customer dialled")
+    await wait_until(lambda: len(_customer_made(env, call.id)) == 1, what="the customer rung")
     [customer] = _customer_made(env, call.id)
-    assert customer["originator"] == leg and customer["app"] == "bridged"
+    assert customer["originator"] == leg and customer["variables"]["BRIDGED_LEG_APP"] == "bridged"
     assert call.state is CallState.RINGING_CUSTOMER and call.manager_up
     # The manager, up, hears that the customer is being rung; nobody answers their channel again.
     await wait_until(lambda: any(kw["media"] == "tone:ring" for kw in ari.named("play")))
@@ -166,11 +169,12 @@ async def test_a_call_adopted_while_its_manager_rang_rings_the_customer_once_the
     env.engine.on_event(answered(leg))
     await wait_until(lambda: len(_customer_made(env, "c1")) == 1, what="the customer made")
     [customer] = _customer_made(env, "c1")
-    # The number was kept nowhere: the order is looked up again, and the leg made in the application
+    # The number was kept nowhere: the order is looked up again, and the leg rung for the application
     # the call is in (the dead daemon's, which it finds there when it is back).
     assert env.directory.lookups == ["123"]
     assert customer["endpoint"] == f"PJSIP/{NUMBER}@carrier"
-    assert (customer["app"], customer["originator"]) == ("dead", leg)
+    assert (customer["variables"]["BRIDGED_LEG_APP"], customer["originator"]) == ("dead", leg)
+    assert env.ari.named("subscribe")[-1] == {"app": "dead", "event_sources": ["channel:c1-customer"]}
     assert call.label.caller_id == LABEL  # the customer's name is back in the label
     await wait_until(lambda: env.store.rows["c1"]["state"] == "ringing_customer")
 
@@ -193,7 +197,7 @@ async def test_a_call_restarted_while_its_manager_rang_is_resumed_in_its_own_app
     assert env.engine.calls["c3"].app == ""
     env.engine.on_event(answered(leg))
     await wait_until(lambda: len(_customer_made(env, "c3")) == 1, what="the customer made")
-    assert _customer_made(env, "c3")[0]["app"] == "bridged"
+    assert _customer_made(env, "c3")[0]["variables"]["BRIDGED_LEG_APP"] == "bridged"
 
 
 @pytest.mark.parametrize("why", ["order gone", "no valid number", "another manager's", "lookup failed"])

@@ -184,7 +184,7 @@ async def test_an_order_without_a_valid_number_is_refused_and_nobody_is_dialled(
     assert metrics.CALLS_REFUSED.value("invalid_phone") == refused_before + 1
     # A known order: its id stays in the row and the audit entry; the phone value goes nowhere.
     _refused_row(env, result, Refusal.INVALID_PHONE, "321")
-    assert env.ari.named("create_channel") == []
+    assert env.ari.named("originate_to_dialplan") == []
     assert (
         refusal_prompt(env.config.prompts, Refusal.INVALID_PHONE)
         == env.config.prompts.invalid_phone
@@ -417,9 +417,9 @@ async def test_a_phone_call_rings_the_customer_at_the_decision_and_writes_its_ro
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall) and env.store.rows == {}  # answered before the row
     ari = env.ari
-    await wait_until(lambda: ari.named("dial"), what="the customer's leg made and dialled, before Stasis")
-    [made] = ari.named("create_channel")
-    assert (made["channel_id"], made["originator"]) == (f"{pending.call_id}-customer", "m-1")
+    await wait_until(lambda: ari.named("subscribe"), what="the customer's leg rung, before Stasis")
+    [rung] = ari.named("originate_to_dialplan")
+    assert (rung["channel_id"], rung["originator"]) == (f"{pending.call_id}-customer", "m-1")
     assert env.store.rows == {} and env.engine.calls == {}  # no row yet, no worker before Stasis
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
     await asyncio.sleep(0.05)
@@ -429,7 +429,7 @@ async def test_a_phone_call_rings_the_customer_at_the_decision_and_writes_its_ro
     release.set()
     await wait_until(lambda: env.engine.calls[pending.call_id].state is CallState.RINGING_CUSTOMER)
     assert env.store.rows[pending.call_id]["state"] == "ringing_customer"
-    assert len(ari.named("create_channel")) == len(ari.named("dial")) == 1 and updates == []
+    assert len(ari.named("originate_to_dialplan")) == 1 and updates == []
 
 
 async def test_a_customer_gone_before_the_manager_reaches_stasis_is_heard_of_after(env: Env) -> None:
@@ -439,7 +439,7 @@ async def test_a_customer_gone_before_the_manager_reaches_stasis_is_heard_of_aft
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall)
     ari = env.ari
-    await wait_until(lambda: ari.named("dial"), what="the customer's leg dialled")
+    await wait_until(lambda: ari.named("subscribe"), what="the customer's leg rung")
     env.engine.on_event(channel_destroyed(f"{pending.call_id}-customer", cause=17))
     await asyncio.sleep(0.05)
     assert ari.named("play") == []
@@ -461,7 +461,7 @@ async def test_a_row_the_database_does_not_take_hangs_up_the_customer_rung_early
     pending = await env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code)
     assert isinstance(pending, PendingCall)
     ari = env.ari
-    await wait_until(lambda: ari.named("dial"), what="the customer's leg dialled")
+    await wait_until(lambda: ari.named("subscribe"), what="the customer's leg rung")
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
     await wait_until(lambda: ari.named("play"), what="the manager's prompt")
     assert [kw["media"] for kw in ari.named("play")] == [media(env.config.prompts.unavailable)]
@@ -478,9 +478,9 @@ async def test_after_a_database_outage_the_customer_waits_for_the_row(env: Env) 
     assert isinstance(pending, PendingCall)
     await asyncio.sleep(0.05)
     ari = env.ari
-    assert ari.named("create_channel") == []
+    assert ari.named("originate_to_dialplan") == []
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
-    await wait_until(lambda: ari.named("dial"), what="the customer's leg dialled, after Stasis")
+    await wait_until(lambda: ari.named("subscribe"), what="the customer's leg rung, after Stasis")
     assert env.store.rows[pending.call_id]["state"] == "ringing_customer"
 
 
@@ -497,7 +497,7 @@ async def test_a_manager_who_never_reaches_stasis_leaves_no_customer_ringing(env
     # A StasisStart that comes after all finds no call: a prompt, then the hangup, never a second ring.
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
     await asyncio.sleep(0.05)
-    assert len(ari.named("create_channel")) == 1
+    assert len(ari.named("originate_to_dialplan")) == 1
 
 
 async def test_unknown_manager_is_audited(env: Env) -> None:
@@ -616,20 +616,20 @@ async def test_an_asterisk_slow_to_take_the_originate_does_not_hold_the_fastagi_
     originate when it ends. (Checked to fail without the bound: the decision waits for the originate.)"""
     release = asyncio.Event()
     ari = env.ari
-    create_channel = ari.create_channel
+    originate = ari.originate_to_dialplan
 
-    async def slow_create(**kwargs: Any) -> dict[str, Any]:
+    async def slow_originate(**kwargs: Any) -> dict[str, Any]:
         await release.wait()
-        return await create_channel(**kwargs)
+        return await originate(**kwargs)
 
-    ari.create_channel = slow_create  # type: ignore[method-assign]
+    ari.originate_to_dialplan = slow_originate  # type: ignore[method-assign]
     decided = asyncio.ensure_future(env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code))
     pending = await asyncio.wait_for(decided, timeout=2.0)
-    assert isinstance(pending, PendingCall) and ari.named("create_channel") == []
+    assert isinstance(pending, PendingCall) and ari.named("originate_to_dialplan") == []
     env.engine.on_event(stasis_start("m-1", ["order", pending.call_id], state="Ring"))
     release.set()
     await wait_until(lambda: env.engine.calls[pending.call_id].state is CallState.RINGING_CUSTOMER)
-    assert len(ari.named("create_channel")) == len(ari.named("dial")) == 1
+    assert len(ari.named("originate_to_dialplan")) == 1
 
 
 async def test_a_completed_phone_call_logs_two_info_lines_without_the_number(
