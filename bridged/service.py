@@ -400,17 +400,20 @@ class CallService:
         await refuse(Refusal.DATABASE_UNAVAILABLE)
         return False
 
-    async def order_again(self, call: Call) -> tuple[Order, bool] | None:
+    async def order_again(self, call: Call) -> tuple[Order, bool] | Refusal:
         """An HTTP call adopted while its manager's phone rang, now answered: its order as the shop has it
         now (the customer's number is kept nowhere), if the manager may still call it, and whether it is a
-        canary order (never dialled). None: it may not (logged)."""
+        canary order (never dialled). Else why not (logged), decided as for a new call."""
         config = self.config.current
-        found: Order | Refusal | None = None
-        if call.manager is not None and call.order_id is not None:
+        if call.manager is None:  # removed from the config since the call was placed
+            found: Order | Refusal = Refusal.UNKNOWN_MANAGER
+        elif call.order_id is None:
+            found = Refusal.UNKNOWN_ORDER
+        else:
             found = await order_to_call(self.directory, config, call.manager, call.order_id)
-        if not isinstance(found, Order):
-            log.warning("call %s: the adopted call's order cannot be called: %s", call.id, found)
-            return None
+        if isinstance(found, Refusal):
+            log.warning("call %s: the adopted call's order cannot be called: %s", call.id, found.value)
+            return found
         return found, self.canaries.of_order(found, config.orders, config.inbound.secret) is not None
 
     async def _order_for(self, manager: Manager, code: str, overloaded: bool | None) -> Order | Refusal:

@@ -23,6 +23,7 @@ from ..config import ConfigHolder
 from ..labels import Labeller
 from ..orders import Order
 from ..outcomes import Outcome as O
+from ..outcomes import Refusal
 from ..recording_state import END_EVENTS as RECORDING_END_EVENTS
 from ..recording_state import EVENTS as RECORDING_EVENTS
 from ..store import Store
@@ -142,7 +143,7 @@ CANARY_REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
 # What an inbound call's worker asks the service (bridged.service.CallService.take_inbound).
 DecideInbound = Callable[[Call, InboundCaller], Awaitable[InboundPlan | CanaryPlan | TurnedAway]]
 # What it asks for an HTTP call adopted while its manager rang (bridged.service.CallService.order_again).
-OrderAgain = Callable[[Call], Awaitable[tuple[Order, bool] | None]]
+OrderAgain = Callable[[Call], Awaitable[tuple[Order, bool] | Refusal]]
 
 
 # The ARI events the engine acts on; Asterisk is asked to send its application nothing else.

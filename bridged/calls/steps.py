@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from .. import dialplan, metrics
 from ..ari import AriConflict, AriError, AriNotFound, AriUnavailable
 from ..ari.nodes import set_node
-from ..outcomes import Outcome, manager_outcome_for_unanswered, outcome_for_unanswered, outcome_prompt
+from ..outcomes import (
+    Outcome,
+    Refusal,
+    manager_outcome_for_unanswered,
+    outcome_for_unanswered,
+    outcome_prompt,
+    refusal_prompt,
+)
 from ..recording_state import RecordingState
 from .events import in_stasis
 from .inbound_steps import InboundSteps
@@ -247,14 +254,15 @@ class Steps(InboundSteps):
         await self.ring_customer(call, event)
 
     async def _order_again(self, call: Call) -> bool:
-        """An adopted call's order, as the service finds it now (bridged.service.CallService.order_again);
-        none (gone, no valid number, lookup failed): the manager hears that the customer cannot be called."""
+        """An adopted call's order, as the service finds it now (bridged.service.CallService.order_again).
+        If it may not be called any more (gone, another manager's, no valid number, the lookup failed), the
+        manager, who has picked up, hears why, as a new call's refusal would say it; the customer was never
+        rung (customer_unavailable)."""
         assert self.engine.order_again is not None
         found = await self.engine.order_again(call)
-        if found is None:
-            await self.refuse(
-                call, Outcome.CUSTOMER_UNAVAILABLE, self.config.current.prompts.customer_unavailable
-            )
+        if isinstance(found, Refusal):
+            prompts = self.config.current.prompts
+            await self.refuse(call, Outcome.CUSTOMER_UNAVAILABLE, refusal_prompt(prompts, found))
             return False
         call.order, call.canary_touch = found
         call.label = self.engine.labeller.label(call.order.id, call.order.customer_name)

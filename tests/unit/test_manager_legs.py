@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bridged.calls.model import Call, CallState
-from bridged.outcomes import Outcome
+from bridged.outcomes import Outcome, Refusal
 from bridged.service import CallService
 from tests.unit.fakes import (
     NUMBER,
@@ -200,10 +200,19 @@ async def test_a_call_restarted_while_its_manager_rang_is_resumed_in_its_own_app
     assert _customer_made(env, "c3")[0]["variables"]["BRIDGED_LEG_APP"] == "bridged"
 
 
-@pytest.mark.parametrize("why", ["order gone", "no valid number", "another manager's", "lookup failed"])
-async def test_an_adopted_call_whose_order_cannot_be_called_any_more_tells_the_manager(
-    env: Env, why: str
+@pytest.mark.parametrize(
+    ("why", "prompt"),
+    [
+        ("order gone", "unknown_order"),
+        ("no valid number", "invalid_phone"),
+        ("another manager's", "denied"),
+        ("lookup failed", "lookup_failed"),
+    ],
+)
+async def test_an_adopted_call_whose_order_cannot_be_called_any_more_tells_the_manager_why(
+    env: Env, why: str, prompt: str
 ) -> None:
+    """The manager has picked up: they hear what a new call to the order would be refused with."""
     order = env.directory.orders["123"]
     if why == "order gone":
         del env.directory.orders["123"]
@@ -219,9 +228,9 @@ async def test_an_adopted_call_whose_order_cannot_be_called_any_more_tells_the_m
     await wait_until(lambda: env.store.rows["c4"]["state"] == "ending", what="the prompt")
     assert _customer_made(env, "c4") == []
     [play] = env.ari.named("play")
-    assert play["channel_id"] == leg and play["media"] == [
-        f"sound:{s}" for s in env.config.prompts.customer_unavailable.split("&")
-    ]
+    heard = getattr(env.config.prompts, prompt)
+    assert heard != env.config.prompts.customer_unavailable
+    assert play["channel_id"] == leg and play["media"] == [f"sound:{s}" for s in heard.split("&")]
     assert env.engine.calls["c4"].outcome is Outcome.CUSTOMER_UNAVAILABLE
 
 
@@ -257,7 +266,12 @@ async def test_the_order_again_is_looked_up_only_for_the_calls_manager(env: Env)
         order=None,
         label=env.engine.labeller.anonymous(),
     )
-    assert await service.order_again(call) is None  # no manager: nothing to check the order against
+    # No manager (removed from the config since): nothing to check the order against.
+    assert await service.order_again(call) is Refusal.UNKNOWN_MANAGER
     call.manager = env.config.manager_by_id("anna")
     found = await service.order_again(call)
-    assert found is not None and found[0].phone is not None and found[1] is False
+    assert not isinstance(found, Refusal) and found[0].phone is not None and found[1] is False
+    call.manager = env.config.manager_by_id("boris")  # not the order's manager
+    assert await service.order_again(call) is Refusal.DENIED
+    call.manager, call.order_id = env.config.manager_by_id("anna"), None
+    assert await service.order_again(call) is Refusal.UNKNOWN_ORDER
