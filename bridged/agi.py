@@ -166,7 +166,7 @@ async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str] | None:
 
 
 def _endpoint_from_channel(name: str) -> str:
-    match = re.match(r"^PJSIP/(.+)-[0-9a-f]{8}$", name)
+    match = re.fullmatch(r"PJSIP/(.+)-[0-9a-f]{8}", name)
     return match[1] if match else ""
 
 

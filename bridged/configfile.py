@@ -86,10 +86,10 @@ def _load_ari(s: Section) -> AriConfig:
     ):
         s.error("url", "must be an http(s) URL ending in /ari, e.g. http://127.0.0.1:8088/ari")
     app = s.text("app", "bridged")
-    if not _APP_RE.match(app):
+    if not _APP_RE.fullmatch(app):
         s.error("app", "may hold only letters, digits, '-' and '_'")
     name = s.text("name", "")
-    if name and not ID_RE.match(name):
+    if name and not ID_RE.fullmatch(name):
         s.error("name", "may hold only letters, digits, '.', '-' and '_' (64 at most)")
     cfg = AriConfig(
         url=url.rstrip("/"),
@@ -192,10 +192,10 @@ def _load_managers(root: Section) -> tuple[Manager, ...]:
     for index, item in enumerate(raw):
         s = root.child(item, f"managers[{index}]")
         manager_id = s.text("id", required=True)
-        if manager_id and not ID_RE.match(manager_id):
+        if manager_id and not ID_RE.fullmatch(manager_id):
             s.error("id", "may hold only letters, digits, '.', '-' and '_' (64 at most)")
         endpoint = s.text("endpoint", required=True)
-        if endpoint and not _ENDPOINT_RE.match(endpoint):
+        if endpoint and not _ENDPOINT_RE.fullmatch(endpoint):
             s.error("endpoint", "must be a PJSIP endpoint name")
         if manager_id in ids:
             s.error("id", f"duplicates manager id {manager_id!r}")
@@ -340,7 +340,7 @@ def _load_api(s: Section) -> ApiConfig:
         if role and role not in ROLES:
             t.error("role", f"must be one of {', '.join(ROLES)}")
         digest = t.text("sha256", required=True).lower()
-        if digest and not _SHA256_RE.match(digest):
+        if digest and not _SHA256_RE.fullmatch(digest):
             t.error("sha256", "must be the hex SHA-256 of the token (bridged hash-token)")
         elif digest == "0" * 64:
             t.error("sha256", "still holds the example placeholder; run bridged hash-token")
@@ -374,7 +374,7 @@ def _load_links(s: Section) -> LinksConfig:
     secret = s.opt_str("secret")
     if secret is not None and secret in PLACEHOLDERS:
         s.error("secret", "still holds the example placeholder; set a real value (e.g. openssl rand -hex 32)")
-    elif secret is not None and not _LINK_SECRET_RE.match(secret):
+    elif secret is not None and not _LINK_SECRET_RE.fullmatch(secret):
         s.error(
             "secret",
             "must be 32 to 256 printable ASCII characters without spaces (e.g. openssl rand -hex 32)",

@@ -26,7 +26,7 @@ def load_inbound(s: Section) -> InboundConfig:
     for index, item in enumerate(s.items("numbers", what="a list of the shop's numbers")):
         if not isinstance(item, str):
             s.error(f"numbers[{index}]", as_text_problem(item))
-        elif not _DID_RE.match(item):
+        elif not _DID_RE.fullmatch(item):
             s.error(f"numbers[{index}]", "must be a phone number: an optional '+' and digits")
         else:
             numbers.append(item)
@@ -82,7 +82,7 @@ def load_limits(s: Section) -> LimitsConfig:
     for name in list(managers.data):
         item = managers.child(managers.data[name], managers.key(str(name)))
         managers.used.add(name)
-        if not isinstance(name, str) or not ID_RE.match(name):
+        if not isinstance(name, str) or not ID_RE.fullmatch(name):
             managers.error(str(name), "must be a manager id")
             continue
         overrides.append((name, budget(item, default)))

@@ -74,7 +74,7 @@ def migrations() -> list[Migration]:
     each is used once."""
     found: list[Migration] = []
     for entry in resources.files("bridged.migrations").iterdir():
-        match = _MIGRATION_RE.match(entry.name)
+        match = _MIGRATION_RE.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)

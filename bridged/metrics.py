@@ -21,7 +21,7 @@ _LABEL_VALUE_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
 
 def _label_value(value: str) -> str:
     # Closed sets only (see module docstring); anything else is folded so it cannot carry data.
-    return value if _LABEL_VALUE_RE.match(value) else "other"
+    return value if _LABEL_VALUE_RE.fullmatch(value) else "other"
 
 
 def _fmt(value: float) -> str:
@@ -34,7 +34,7 @@ def _fmt(value: float) -> str:
 
 class Counter:
     def __init__(self, name: str, help_text: str, label: str | None = None) -> None:
-        assert _NAME_RE.match(name), name
+        assert _NAME_RE.fullmatch(name), name
         self.name = name
         self.help = help_text
         self.label = label
@@ -62,7 +62,7 @@ class Counter:
 
 class Histogram:
     def __init__(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
-        assert _NAME_RE.match(name), name
+        assert _NAME_RE.fullmatch(name), name
         self.name = name
         self.help = help_text
         self.buckets = tuple(sorted(buckets))

@@ -29,7 +29,7 @@ class Unrecorded:
 
 def key_of(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not _KEY_RE.match(key):
+    if key is not None and not _KEY_RE.fullmatch(key):
         raise InvalidIdempotencyKey()
     return key
 

@@ -113,6 +113,19 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("managers empty", lambda d: _set(d, "managers", []), "managers"),
     ("manager not a mapping", lambda d: d["managers"].append("carol"), "managers[2]"),
     ("bad app name", lambda d: _set(d, "ari.app", "my app"), "ari.app"),
+    # A `^...$` pattern with .match() lets a trailing newline through (`$` matches before it): every
+    # such check must be a full match.
+    ("app name with a newline", lambda d: _set(d, "ari.app", "bridged\n"), "ari.app"),
+    (
+        "manager id with a newline",
+        lambda d: _set(d, "managers", [{**d["managers"][0], "id": "anna\n"}]),
+        "managers[0].id",
+    ),
+    (
+        "endpoint with a newline",
+        lambda d: _set(d, "managers", [{**d["managers"][0], "endpoint": "PJSIP/anna\n"}]),
+        "managers[0].endpoint",
+    ),
     ("logging level bogus", lambda d: _set(d, "logging.level", "LOUD"), "logging.level"),
     ("agi port text", lambda d: _set(d, "agi.port", "4573x"), "agi.port"),
     ("unknown prompt", lambda d: d.update(prompts={"greeting": "hello"}), "prompts.greeting"),

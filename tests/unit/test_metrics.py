@@ -85,9 +85,10 @@ def test_label_values_outside_a_closed_vocabulary_are_folded() -> None:
     c.inc("completed")
     c.inc("+49 30 1234567")  # would be a leak if it were ever passed by mistake
     c.inc('x"} 1\nevil 2')
+    c.inc("completed\n")  # a trailing newline would end the sample's line early
     text = "\n".join(c.lines())
     assert "1234567" not in text and "evil" not in text
-    assert _samples(text)['t_total{outcome="other"}'] == 2
+    assert _samples(text)['t_total{outcome="other"}'] == 3
 
 
 def test_unlabelled_counter_starts_at_zero_and_resets() -> None:
