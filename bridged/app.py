@@ -297,8 +297,9 @@ def ari_connected(app: web.Application) -> bool:
 
 
 def accepting_calls(app: web.Application) -> bool:
-    """New calls are taken while ARI is connected and the daemon is not draining (SIGTERM)."""
-    return ari_connected(app) and not app[LIFECYCLE].draining
+    """New calls are taken while ARI is connected, its dialplan is the one this daemon needs, and the
+    daemon is not draining (SIGTERM)."""
+    return ari_connected(app) and app[SERVING].dialplan_current() and not app[LIFECYCLE].draining
 
 
 # Each resource's cleanup context, in start order: each is opened by its own context, so a start that

@@ -64,8 +64,28 @@ APP_NEXT = "BRIDGED_APP_"
 # answered and the call it is the leg of.
 LEG_APP = "BRIDGED_LEG_APP"
 LEG_CALL = "BRIDGED_CALL"
+# The version of dialplan/bridged.conf this daemon needs, the global that file sets (bridged.serving reads
+# it when it connects to a node, and takes no call there until it matches). Raised with every change to
+# the file that a daemon depends on.
+VERSION_VARIABLE = "BRIDGED_DIALPLAN"
+VERSION = "2"
 VARIABLES = frozenset(
-    {CODE, REPLY, RESULT, LABEL, AGI_URL, AGI_URL_NEXT, TRY, TARGET, MORE, APP, APP_NEXT, LEG_APP, LEG_CALL}
+    {
+        CODE,
+        REPLY,
+        RESULT,
+        LABEL,
+        AGI_URL,
+        AGI_URL_NEXT,
+        TRY,
+        TARGET,
+        MORE,
+        APP,
+        APP_NEXT,
+        LEG_APP,
+        LEG_CALL,
+        VERSION_VARIABLE,
+    }
 )
 
 # Where the carrier's calls to the shop's numbers go, and the application they enter without BRIDGED_APP.

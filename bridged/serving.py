@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from . import metrics
+from . import dialplan, metrics
 from .ari import AriAccess, AriError
 from .ari.events import AriEventStream
 from .ari.nodes import set_node
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # How often a node's loss is looked for.
 LOST_CHECK_SECONDS = 1.0
+# How often a node whose dialplan is not the one this daemon needs is asked again.
+DIALPLAN_RECHECK_SECONDS = 10.0
 # A websocket replaced by someone who is not a bridged holding our lease (an admin's tool, a misconfigured
 # second daemon) is taken back after this long, not at once: two clients would take it from each other
 # in a loop.
@@ -65,6 +67,9 @@ class Node:
     # From GET /asterisk/info at each connect.
     systemname: str | None = None
     startup_time: str | None = None
+    # Its dialplan is not the one this daemon needs (bridged.dialplan.VERSION): no call is taken there.
+    dialplan_outdated: bool = False
+    dialplan_rechecked: bool = False  # a task reads it again until it matches
     # Since when this daemon's own websocket to the node has been down (monotonic; None: up).
     down_since: float | None = None
     lost: bool = False
@@ -121,6 +126,12 @@ class Serving:
     def own_connected(self) -> bool:
         """:meth:`connected` for the node of the call being decided (bridged.ari.nodes)."""
         return self.connected(self.engine.nodes.current())
+
+    def dialplan_current(self) -> bool:
+        """Whether the node of the call being decided runs the dialplan this daemon needs (as far as
+        known: a node not asked yet, or whose answer failed, counts as current)."""
+        node = self.nodes.get(self.engine.nodes.current())
+        return node is None or not node.dialplan_outdated
 
     def connected_nodes(self) -> list[str]:
         return [name for name in self.nodes if self.connected(name)]
@@ -246,6 +257,43 @@ class Serving:
                     "not set" if systemname is None else f"also the one of {', '.join(others)}",
                 )
         log.info("node %s is Asterisk %s, started %s", node.name, systemname or "(no systemname)", startup)
+        await self._check_dialplan(node)
+
+    async def _check_dialplan(self, node: Node) -> None:
+        """Read the node's dialplan version (dialplan/bridged.conf's BRIDGED_DIALPLAN). Not the one this
+        daemon needs (an upgrade whose dialplan was not copied to Asterisk): no call is taken on the node,
+        rather than ringing customers into contexts that do not exist there, and it is read again every
+        DIALPLAN_RECHECK_SECONDS until it is."""
+        try:
+            found = await self.engine.ari.get_global(dialplan.VERSION_VARIABLE)
+        except AriError as exc:
+            log.warning("node %s: the dialplan's version could not be read: %s", node.name, exc)
+            return
+        outdated = found != dialplan.VERSION
+        if outdated and not node.dialplan_outdated:
+            log.error(
+                "node %s: Asterisk's dialplan is %s, this bridged needs version %s: no call is taken on"
+                " this node until dialplan/bridged.conf is copied to /etc/asterisk/ and the dialplan"
+                " reloaded (asterisk -rx 'dialplan reload')",
+                node.name,
+                f"version {found!r}" if found else f"older ({dialplan.VERSION_VARIABLE} not set)",
+                dialplan.VERSION,
+            )
+        elif not outdated and node.dialplan_outdated:
+            log.info("node %s: the dialplan is version %s now: calls are taken again", node.name, found)
+        node.dialplan_outdated = outdated
+        if outdated and not node.dialplan_rechecked:
+            node.dialplan_rechecked = True
+            # Spawned from the node's context (the reader's): its requests go to that node.
+            self._tasks.spawn(self._recheck_dialplan(node), f"dialplan-check-{node.name}")
+
+    async def _recheck_dialplan(self, node: Node) -> None:
+        try:
+            while node.dialplan_outdated:
+                await asyncio.sleep(DIALPLAN_RECHECK_SECONDS)
+                await self._check_dialplan(node)
+        finally:
+            node.dialplan_rechecked = False
 
     def _replaced(self, node: Node, app: str) -> None:
         """Another websocket took ``app`` on ``node``: stop serving it there."""

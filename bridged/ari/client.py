@@ -305,6 +305,12 @@ class AriClient:
     async def get_info(self) -> dict[str, Any]:
         return await self._call("get_info", {}, {})
 
+    async def get_global(self, variable: str) -> str:
+        """A global dialplan variable's value ("" if it is not set)."""
+        found = await self._call("get_global", {}, {"variable": variable})
+        value = found.get("value") if isinstance(found, dict) else None
+        return value if isinstance(value, str) else ""
+
     # -- channels -------------------------------------------------------------------------------------
 
     async def list_channels(self) -> list[dict[str, Any]]:

@@ -55,6 +55,8 @@ def _op(
 OPERATIONS: dict[str, Operation] = {
     # asterisk.json
     "get_info": _op("GET", "/asterisk/info", optional=("only",)),
+    # A global variable (not a function: Asterisk 22 answers "" for VERSION() here).
+    "get_global": _op("GET", "/asterisk/variable", required=("variable",)),
     # channels.json
     "list_channels": _op("GET", "/channels"),
     # A channel made in Stasis without dialling, then dialled: in the application from its creation, so

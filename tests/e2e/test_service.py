@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from bridged import dialplan
 from rig import Asterisk, Sipp
 from rig.asterisk import manager_endpoint_conf
 from rig.sipp import parse_trace
@@ -315,6 +316,47 @@ def test_sd_notify_ready_watchdog_reload_and_stopping(make_bridged, tmp_path: Pa
     finally:
         sock.close()
     assert "SIGTERM: stopping" in daemon.log_text()
+
+
+# -- the dialplan's version -------------------------------------------------------------------------
+
+
+def test_a_dialplan_older_than_the_daemon_takes_no_call_until_it_is_reloaded(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """An upgrade whose dialplan/bridged.conf was not copied to Asterisk: the daemon would ring customers
+    into [bridged-customer], which is not there, and they would be hung up as they answered. It takes no
+    call instead (the manager hears the unavailable prompt, the carrier gets no INVITE) and says why,
+    until the dialplan is the one it needs."""
+    # What an Asterisk running the dialplan of the release before says (it sets no version, or another).
+    assert (
+        asterisk.ari("POST", "/asterisk/variable", {"variable": dialplan.VERSION_VARIABLE, "value": "1"})[0]
+        == 204
+    )
+    try:
+        daemon = make_bridged(("anna",))
+        anna = daemon.managers[0]
+        order, number = new_order_id(), new_customer_number()
+        add_order(daemon.postgres, order, number, "Olga Smirnova", anna.id)
+        customer = carrier_for(trace_dir, rig_alloc, calls=1)
+        assert wait_for(lambda: "Asterisk's dialplan is version '1'" in daemon.log_text(), 10, "the error")
+        refused = dial(anna, trace_dir / "anna1", f"*77{order}", hold_ms=5000, timeout_s=40)
+        assert refused.wait(timeout=30) == 0, refused.describe()
+        assert wait_for(lambda: _prompt_played(asterisk, anna.endpoint, "try-call-later"), 5, "the prompt")
+        assert no_carrier_invite(customer)
+        assert [a["reason"] for a in daemon.audit_rows(anna.id)] == ["unavailable"]
+    finally:
+        asterisk.ari(
+            "POST", "/asterisk/variable", {"variable": dialplan.VERSION_VARIABLE, "value": dialplan.VERSION}
+        )
+    # The admin copied the file and reloaded the dialplan: the daemon finds it within 10 s.
+    assert wait_for(lambda: "calls are taken again" in daemon.log_text(), 15, "the dialplan read again")
+    phone = dial(anna, trace_dir / "anna2", f"*77{order}", hold_ms=2000)
+    assert phone.wait(timeout=60) == 0, phone.describe()
+    row = wait_for(lambda: ended_rows(daemon, anna), 10, "anna's row")[-1]
+    assert row["outcome"] == "completed", row
+    customer.stop()
+    assert_not_leaked(number, daemon_log=daemon.log_text(), manager_trace=phone.messages())
 
 
 # -- SIGHUP ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from bridged import dialplan
 from bridged.ari import AriConflict, AriNotFound, is_background
 from bridged.ari.nodes import current_node
 from bridged.config import Budget, Config, Manager
@@ -286,6 +287,8 @@ class FakeAri:
         self.endpoint_states: dict[tuple[str | None, str], str] = {}
         # GET /asterisk/info by node: (systemname, startup time).
         self.info: dict[str | None, tuple[str, str]] = {}
+        # Global dialplan variables (GET /asterisk/variable): the shipped dialplan's version by default.
+        self.globals: dict[str, str] = {dialplan.VERSION_VARIABLE: dialplan.VERSION}
         # Where Asterisk's own events go (the engine's on_event): a channel made by create_channel enters
         # the application at once, and its StasisStart (state Down) is sent, as Asterisk does.
         self.events: Callable[[dict[str, Any]], None] | None = None
@@ -341,6 +344,10 @@ class FakeAri:
         return [kw["channel_id"] for kw in self.named("hangup")]
 
     # AriClient
+    async def get_global(self, variable: str) -> str:
+        await self._record("get_global", variable=variable)
+        return self.globals.get(variable, "")
+
     async def get_info(self) -> dict[str, Any]:
         await self._record("get_info")
         name, started = self.info.get(current_node(), ("rig", "2026-01-01T10:00:00.000+0000"))

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from bridged.ari import AriError
+from bridged import dialplan
+from bridged.ari import AriError, AriUnavailable
 from bridged.ari.client import AriClient
 from bridged.ari.nodes import NodeClients, NodeNames, on_node
 from bridged.calls.engine import CallEngine
@@ -431,3 +432,48 @@ def test_a_node_named_is_its_client_and_an_unknown_one_the_current_nodes() -> No
     with on_node("pbx2"):
         assert clients.client() is second and clients.client("gone") is second
         assert clients.client("pbx1") is first
+
+
+# -- the dialplan's version (an upgrade whose dialplan was not copied to Asterisk) ---------------------------
+
+
+async def test_no_call_is_taken_on_a_node_whose_dialplan_is_not_the_one_this_daemon_needs(
+    env: Env, serving: Serving, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import bridged.serving
+
+    monkeypatch.setattr(bridged.serving, "DIALPLAN_RECHECK_SECONDS", 0.01)
+    caplog.set_level("INFO", "bridged.serving")
+    env.ari.info = {"pbx1": ("rig", "t1"), "pbx2": ("rig-2", "t1")}
+    env.ari.globals = {}  # the dialplan of the release before: no BRIDGED_DIALPLAN
+    with on_node("pbx2"):
+        await serving._identify(serving.nodes["pbx2"])
+    with on_node("pbx1"):
+        env.ari.globals = {dialplan.VERSION_VARIABLE: dialplan.VERSION}
+        await serving._identify(serving.nodes["pbx1"])
+        assert serving.dialplan_current()
+    with on_node("pbx2"):
+        assert not serving.dialplan_current()
+    assert "pbx2: Asterisk's dialplan is older (BRIDGED_DIALPLAN not set)" in caplog.text
+    # Asked again (in pbx2's context) until the admin has copied the file and reloaded the dialplan.
+    env.ari.globals = {dialplan.VERSION_VARIABLE: "1"}
+    await asyncio.sleep(0.05)
+    with on_node("pbx2"):
+        assert not serving.dialplan_current()
+    env.ari.globals = {dialplan.VERSION_VARIABLE: dialplan.VERSION}
+    await wait_until(lambda: not serving.nodes["pbx2"].dialplan_outdated, what="the dialplan read again")
+    with on_node("pbx2"):
+        assert serving.dialplan_current()
+    assert ("get_global", "pbx2") in env.ari.on_nodes
+    assert "pbx2: the dialplan is version 2 now: calls are taken again" in caplog.text
+    assert caplog.text.count("Asterisk's dialplan is") == 1  # said once, not at every read
+
+
+async def test_a_dialplan_version_that_cannot_be_read_does_not_stop_calls(env: Env, serving: Serving) -> None:
+    async def unreadable(variable: str) -> str:
+        raise AriUnavailable("get_global", 0, "Asterisk unreachable")
+
+    env.ari.get_global = unreadable  # type: ignore[method-assign]
+    with on_node("pbx1"):
+        await serving._identify(serving.nodes["pbx1"])
+        assert serving.dialplan_current()

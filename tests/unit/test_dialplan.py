@@ -27,6 +27,14 @@ def test_every_bridged_variable_is_known_and_used() -> None:
         assert re.search(rf"\b{name}\b", CODE), f"{name} is not used by the dialplan"
 
 
+def test_the_file_says_the_version_the_daemon_needs_in_globals() -> None:
+    sections = re.split(r"^\[", CODE, flags=re.M)
+    [globals_] = [s for s in sections if s.startswith("globals]")]
+    assert re.findall(r"^\s*(\w+)\s*=\s*(\S*)\s*$", globals_.split("]", 1)[1], flags=re.M) == [
+        (dialplan.VERSION_VARIABLE, dialplan.VERSION)
+    ]
+
+
 def test_the_fastagi_script_is_the_one_bridged_serves() -> None:
     pattern = r"AGI\([^)]*/([A-Za-z_]+),\$\{" + dialplan.CODE + r"\},\$\{" + dialplan.MORE + r"\}\)"
     scripts = re.findall(pattern, CODE)
