@@ -141,17 +141,21 @@ async def _database_ok(app: web.Application) -> bool:
 
 async def healthz(request: web.Request) -> web.Response:
     """For a load balancer: 200 only while ARI is connected (with several Asterisk nodes: to one of them
-    at least), the database answers and not draining."""
+    at least) to an Asterisk whose dialplan is the one this daemon needs, the database answers and not
+    draining."""
     app = request.app
     serving = app[SERVING]
     up = serving.connected_nodes()
-    ari_ok = bool(up)
+    outdated = serving.outdated_nodes()
+    ari_ok = any(name not in outdated for name in up)
     db_ok = await _database_ok(app)
     draining = app[LIFECYCLE].draining
     ok = ari_ok and db_ok and not draining
     body: dict[str, object] = {
         "status": "ok" if ok else "unavailable",
         "ari": "connected" if len(up) == len(serving.nodes) else "partial" if up else "disconnected",
+        # "outdated": a node's dialplan is not the version this daemon ships with (no call taken there).
+        "dialplan": "outdated" if outdated else "current",
         "database": "ok" if db_ok else "unreachable",
         "draining": draining,
         "active_calls": len(app[ENGINE].calls),

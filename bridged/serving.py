@@ -136,6 +136,10 @@ class Serving:
     def connected_nodes(self) -> list[str]:
         return [name for name in self.nodes if self.connected(name)]
 
+    def outdated_nodes(self) -> list[str]:
+        """The nodes whose dialplan is not the one this daemon needs (no call is taken there)."""
+        return [name for name, node in self.nodes.items() if node.dialplan_outdated]
+
     async def wait_connected(self, timeout: float | None) -> bool:  # noqa: ASYNC109 - part of the API
         """True once this daemon's websocket is up on at least one node (now or within ``timeout``)."""
         deadline = None if timeout is None else self._clock() + timeout

@@ -163,13 +163,15 @@ def make_bridged(
         *,
         offline: tuple[str, ...] = (),
         extra_for: Callable[[list[ManagerPhone]], dict[str, Any]] | None = None,
+        ready: Callable[[Bridged], object] | None = None,
         **options,
     ) -> Bridged:
         """bridged with these managers' phones on the rig; the ones in ``offline`` are not registered
         (their endpoint's AOR has no contact: ARI says "offline", an originate fails at once).
         ``extra_for(phones)``: the config's ``extra`` made once the managers' ids are known (a token
         bound to one of them). ``extra`` may also be such a function of the managers' phones, returning
-        the config merged over the generated one."""
+        the config merged over the generated one. ``ready(daemon)``: what says it has started (default: its
+        /healthz answers 200)."""
         phones = [
             ManagerPhone(
                 id=f"{m}{rig_alloc.unique_name('')}",
@@ -197,7 +199,7 @@ def make_bridged(
         asterisk.add_endpoints(file_name, conf)
         endpoint_files.append(file_name)
         started.append(daemon)  # stopped at teardown even if it never becomes healthy
-        daemon.start()
+        daemon.start(ready=None if ready is None else lambda: ready(daemon))
         return daemon
 
     yield make

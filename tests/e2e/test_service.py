@@ -129,6 +129,7 @@ def test_healthz_metrics_and_json_logs_after_real_calls(make_bridged, trace_dir:
     assert body == {
         "status": "ok",
         "ari": "connected",
+        "dialplan": "current",
         "database": "ok",
         "draining": False,
         "active_calls": 0,
@@ -334,23 +335,33 @@ def test_a_dialplan_older_than_the_daemon_takes_no_call_until_it_is_reloaded(
         == 204
     )
     try:
-        daemon = make_bridged(("anna",))
+        # Started: it says what is wrong (its /healthz is 503 meanwhile, below).
+        daemon = make_bridged(("anna",), ready=lambda d: "Asterisk's dialplan is version '1'" in d.log_text())
         anna = daemon.managers[0]
         order, number = new_order_id(), new_customer_number()
         add_order(daemon.postgres, order, number, "Olga Smirnova", anna.id)
         customer = carrier_for(trace_dir, rig_alloc, calls=1)
-        assert wait_for(lambda: "Asterisk's dialplan is version '1'" in daemon.log_text(), 10, "the error")
         refused = dial(anna, trace_dir / "anna1", f"*77{order}", hold_ms=5000, timeout_s=40)
         assert refused.wait(timeout=30) == 0, refused.describe()
         assert wait_for(lambda: _prompt_played(asterisk, anna.endpoint, "try-call-later"), 5, "the prompt")
         assert no_carrier_invite(customer)
         assert [a["reason"] for a in daemon.audit_rows(anna.id)] == ["unavailable"]
+        # A load balancer sends the shop's HTTP calls elsewhere meanwhile.
+        status, body = health(daemon)
+        assert (status, body["status"], body["dialplan"], body["ari"]) == (
+            503,
+            "unavailable",
+            "outdated",
+            "connected",
+        )
     finally:
         asterisk.ari(
             "POST", "/asterisk/variable", {"variable": dialplan.VERSION_VARIABLE, "value": dialplan.VERSION}
         )
     # The admin copied the file and reloaded the dialplan: the daemon finds it within 10 s.
     assert wait_for(lambda: "calls are taken again" in daemon.log_text(), 15, "the dialplan read again")
+    status, body = health(daemon)
+    assert (status, body["dialplan"]) == (200, "current")
     phone = dial(anna, trace_dir / "anna2", f"*77{order}", hold_ms=2000)
     assert phone.wait(timeout=60) == 0, phone.describe()
     row = wait_for(lambda: ended_rows(daemon, anna), 10, "anna's row")[-1]
