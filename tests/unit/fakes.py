@@ -578,7 +578,7 @@ class FakeStore:
         self.audits: list[dict[str, Any]] = []
         self.link_rows: dict[str, dict[str, Any]] = {}
         self.calls = FakeCallRows(self)
-        self.audit = FakeAuditTrail(self)
+        self.audit = FakeAuditTrail(self.audits)
         self.links = FakeCallLinks(self)
         self.sticky = FakeStickyCallers()
         self.attempts = FakeManagerAttempts()
@@ -625,10 +625,12 @@ class FakeStore:
 
 
 class FakeAuditTrail:
-    """Mirrors ``AuditTrail``."""
+    """Mirrors ``AuditTrail``: rows into ``audits`` (a FakeStore's); ``error``, once set, is what ``add``
+    raises (the database away for the audit alone)."""
 
-    def __init__(self, store: FakeStore) -> None:
-        self._store = store
+    def __init__(self, audits: list[dict[str, Any]]) -> None:
+        self._audits = audits
+        self.error: BaseException | None = None
 
     async def add(
         self,
@@ -642,7 +644,9 @@ class FakeAuditTrail:
         details: dict[str, Any] | None = None,
         at: datetime | None = None,
     ) -> None:
-        self._store.audits.append(
+        if self.error is not None:
+            raise self.error
+        self._audits.append(
             {
                 "actor": actor,
                 "action": action,

@@ -8,6 +8,7 @@ import contextlib
 import copy
 import hashlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
@@ -33,6 +34,7 @@ from bridged.ops import choose_language
 from bridged.recordings import (
     ByteRange,
     FolderRecordings,
+    OpenRecording,
     RangeNotSatisfiable,
     RecordingMissing,
     content_type,
@@ -40,10 +42,11 @@ from bridged.recordings import (
 )
 from bridged.retention import OUTBOX_KEEP_DAYS, RECORDINGS, RETENTION, ROWS_BATCH, Retention
 from bridged.store import Store
+from bridged.store.base import DatabaseUnavailable
 from bridged.store.calls import CallRow
 from bridged.store.settings import Setting
 
-from .fakes import example_data, make_config
+from .fakes import FakeAuditTrail, example_data, make_config
 
 # -- cursors (more, generated, in test_params.py) ----------------------------------------------------
 
@@ -215,32 +218,59 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 class ReviewStore:
-    """The store aggregates the review endpoints use, in memory; ``fail_audit`` breaks audit inserts."""
+    """The store the review endpoints use, in memory: its calls, audit and settings parts (each mirrors
+    the real aggregate, ``test_fakes_match`` checks it)."""
 
     def __init__(self) -> None:
         self.rows: dict[str, CallRow] = {}
         self.audits: list[dict[str, Any]] = []
-        self.fail_audit = False
-        self.calls = self
-        self.audit = self
-        self.settings = self
+        self.calls = ReviewCalls(self.rows)
+        self.audit = FakeAuditTrail(self.audits)
+        self.settings = ReviewSettings()
 
-    async def add(self, **row: Any) -> None:  # audit
-        if self.fail_audit:
-            raise OSError("database gone")
-        self.audits.append(row)
 
-    async def get(self, call_id: str) -> CallRow | None:  # calls
+class ReviewCalls:
+    """Mirrors ``CallRows``' reads over the rows a test set."""
+
+    def __init__(self, rows: dict[str, CallRow]) -> None:
+        self.rows = rows
+
+    async def get(self, call_id: str) -> CallRow | None:
         return self.rows.get(call_id)
 
-    async def cursor_secret(self) -> str:  # settings
-        return "0123456789abcdef" * 4
+    async def page(
+        self,
+        *,
+        manager_id: str | None = None,
+        order_id: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        has_recording: bool | None = None,
+        before: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> list[CallRow]:
+        # As the real one's SQL: a filter given (not None) must hold; newest first, after ``before``.
+        rows = [
+            r
+            for r in self.rows.values()
+            if manager_id in (None, r.manager_id)
+            and order_id in (None, r.order_id)
+            and outcome in (None, r.outcome)
+            and (since is None or r.requested_at >= since)
+            and (until is None or r.requested_at < until)
+            and has_recording in (None, r.recording_available)
+            and (before is None or (r.requested_at, r.id) < before)
+        ]
+        rows.sort(key=lambda r: (r.requested_at, r.id), reverse=True)
+        return rows[:limit]
 
-    async def page(self, **filters: Any) -> list[CallRow]:  # calls
-        rows = sorted(self.rows.values(), key=lambda r: (r.requested_at, r.id), reverse=True)
-        if filters.get("before"):
-            rows = [r for r in rows if (r.requested_at, r.id) < filters["before"]]
-        return rows[: filters["limit"]]
+
+class ReviewSettings:
+    """Mirrors ``Settings.cursor_secret``."""
+
+    async def cursor_secret(self) -> str:
+        return "0123456789abcdef" * 4
 
 
 def _call(call_id: str, minutes_ago: int, **kw: Any) -> CallRow:
@@ -354,7 +384,7 @@ async def test_the_client_behind_a_trusted_proxy_is_the_forwarded_address(served
 
 async def test_no_audit_row_no_recording(served) -> None:
     client, store, _ = served
-    store.fail_audit = True
+    store.audit.error = DatabaseUnavailable("ConnectionRefusedError")
     resp = await client.get("/v1/calls/c1/recording", headers=_auth("ops"))
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "5"
@@ -558,7 +588,7 @@ class _BrokenRecording:
     content_type = "audio/wav"
     closed = False
 
-    async def chunks(self, start: int, end: int):
+    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         yield b"RIFF" + b"\x00" * 96
         raise OSError("Asterisk went away")
 
@@ -569,7 +599,7 @@ class _BrokenRecording:
 class _BrokenSource:
     name = "ari"
 
-    async def open(self, recording_name: str) -> _BrokenRecording:
+    async def open(self, recording_name: str) -> OpenRecording:
         return _BrokenRecording()
 
     async def delete(self, recording_name: str) -> bool:
@@ -606,18 +636,34 @@ class _Purged:
 
 
 class _RetentionStore:
+    """The store Retention uses: its settings (the days a recording is kept), the calls' recordings,
+    the tables it purges."""
+
     def __init__(self, days: int | None) -> None:
-        self.days = days
-        self.due = [("c1", "bridged-c1"), ("c2", "bridged-c2")]
-        self.marked: list[str] = []
-        self.settings = self
-        self.calls = self
+        self.settings = _RetentionSettings(days)
+        self.calls = _RetentionCalls()
         self.attempts = _Purged(3)
         self.outbox = _Purged(2)
-        self.listing_fails = False
 
-    async def get(self, key: str) -> Any:  # settings
+
+class _RetentionSettings:
+    """Mirrors ``Settings.get``: the retention days an admin set, or none."""
+
+    def __init__(self, days: int | None) -> None:
+        self.days = days
+
+    async def get(self, key: str) -> Setting | None:
         return None if self.days is None else Setting(key, self.days, NOW, "admin-1")
+
+
+class _RetentionCalls:
+    """Mirrors ``CallRows``' recordings past the retention: two due, marked purged once each."""
+
+    def __init__(self) -> None:
+        self.due = [("c1", "bridged-c1"), ("c2", "bridged-c2")]
+        self.marked: list[str] = []
+        self.cutoff: datetime | None = None
+        self.listing_fails = False
 
     async def recordings_due(self, older_than: datetime, limit: int) -> list[tuple[str, str]]:
         if self.listing_fails:
@@ -625,7 +671,11 @@ class _RetentionStore:
         self.cutoff = older_than
         return [d for d in self.due if d[0] not in self.marked][:limit]
 
-    async def mark_recording_purged(self, call_id: str, *, actor: str, details: dict[str, Any]) -> datetime:
+    async def mark_recording_purged(
+        self, call_id: str, *, actor: str, details: dict[str, Any]
+    ) -> datetime | None:
+        if call_id in self.marked:  # as the real one: None if it already was
+            return None
         self.marked.append(call_id)
         return NOW
 
@@ -637,12 +687,12 @@ async def test_retention_purges_past_the_cutoff_and_keeps_rows_when_the_source_i
     (tmp_path / "bridged-c1.wav").write_bytes(b"RIFF")
     retention = Retention(store, FolderRecordings(tmp_path, "wav"), lambda: None)  # type: ignore[arg-type]
     assert await retention.purge(now=NOW) == 2
-    assert store.cutoff == NOW - timedelta(days=30)
-    assert store.marked == ["c1", "c2"] and not (tmp_path / "bridged-c1.wav").exists()
+    assert store.calls.cutoff == NOW - timedelta(days=30)
+    assert store.calls.marked == ["c1", "c2"] and not (tmp_path / "bridged-c1.wav").exists()
 
     down = _RetentionStore(30)
     assert await Retention(down, _BrokenSource(), lambda: None).purge(now=NOW) == 0  # type: ignore[arg-type]
-    assert down.marked == []  # the rows still say the recordings exist, which is true
+    assert down.calls.marked == []  # the rows still say the recordings exist, which is true
 
     assert await Retention(_RetentionStore(None), _BrokenSource(), lambda: None).purge() == 0  # type: ignore[arg-type]
     policy = await Retention(_RetentionStore(None), _BrokenSource(), lambda: 90).policy()  # type: ignore[arg-type]
@@ -659,7 +709,7 @@ async def test_the_rows_past_their_keeping_are_deleted_in_batches() -> None:
 
 async def test_the_retention_loop_deletes_the_rows_even_when_the_recordings_pass_fails() -> None:
     store = _RetentionStore(30)
-    store.listing_fails = True
+    store.calls.listing_fails = True
     retention = Retention(store, _BrokenSource(), lambda: None, lambda: 14)  # type: ignore[arg-type]
     task = asyncio.create_task(retention.run(3600))
     try:
