@@ -564,6 +564,61 @@ def not_found(operation: str) -> AriNotFound:
     return AriNotFound(operation, 404, f"ARI {operation} failed: HTTP 404: Channel not found")
 
 
+# -- fake asyncpg pool -----------------------------------------------------------------------------------
+
+
+class FakePool:
+    """asyncpg's Pool, its statements: each is kept in ``queries`` as (query, args), then raises ``error``
+    if one is set (the database away, a refused statement), else answers: ``row`` (fetchrow; fetch a list
+    of it), ``value`` (fetchval), "OK" (execute)."""
+
+    def __init__(
+        self, row: dict[str, Any] | None = None, *, value: Any = None, error: BaseException | None = None
+    ) -> None:
+        self.row = row
+        self.value = value
+        self.error = error
+        self.queries: list[tuple[str, tuple[Any, ...]]] = []
+        self.closed = False
+
+    def _run(self, query: str, args: tuple[Any, ...]) -> None:
+        self.queries.append((query, args))
+        if self.error is not None:
+            raise self.error
+
+    # The parameters are asyncpg's own (tests/unit/test_fakes_match.py holds them to it).
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
+        self._run(query, args)
+        return "OK"
+
+    async def fetch(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,  # noqa: ASYNC109
+        record_class: Any = None,
+    ) -> list[Any]:
+        self._run(query, args)
+        return [] if self.row is None else [self.row]
+
+    async def fetchrow(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,  # noqa: ASYNC109
+        record_class: Any = None,
+    ) -> Any:
+        self._run(query, args)
+        return self.row
+
+    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        self._run(query, args)
+        return self.value
+
+    async def close(self) -> None:
+        self.closed = True
+
+
 # -- fake store -----------------------------------------------------------------------------------------
 
 

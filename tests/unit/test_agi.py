@@ -27,7 +27,7 @@ class FakeService:
     customer_name = "Ivan Petrov"
 
     def __init__(self, config: Config, refuse: Refusal | None = None) -> None:
-        self.config = config
+        self.config = ConfigHolder(config)  # as CallService holds it
         self.refuse = refuse
         self.labeller = Labeller(config.labels.template, config.labels.name_style)
         self.requests: list[tuple[str, str, str, str | None]] = []
@@ -45,7 +45,7 @@ class FakeService:
         others_follow: bool = False,
     ) -> PendingCall | Refused | None:
         self.others_follow.append(others_follow)
-        manager = self.config.manager_by_endpoint(endpoint)
+        manager = self.config.current.manager_by_endpoint(endpoint)
         if manager is None:
             self.unknown.append(endpoint)
             return Refused(Refusal.UNKNOWN_MANAGER)

@@ -29,31 +29,17 @@ from bridged.serving import Serving
 from bridged.systemd import Notifier
 from bridged.webhooks import WebhookSink
 
-from .fakes import make_config
+from .fakes import FakePool, make_config
 
 CLOSED: list[str] = []
-
-
-class _Pool:
-    async def close(self) -> None:
-        CLOSED.append("database")
-
-    async def fetch(self, *args: Any) -> list[Any]:
-        return []
-
-    async def execute(self, *args: Any) -> str:
-        return "OK"
-
-    async def fetchval(self, *args: Any) -> Any:
-        return "bridged"  # the lease taken
 
 
 class _Connector(aiohttp.TCPConnector):
     """The ARI session's connector: closing the session closes it."""
 
-    async def close(self, *args: Any, **kwargs: Any) -> None:
+    async def close(self, *, abort_ssl: bool = False) -> None:
         CLOSED.append("ari")
-        await super().close(*args, **kwargs)
+        await super().close(abort_ssl=abort_ssl)
 
 
 class _Events:
@@ -65,7 +51,7 @@ class _Events:
     async def run(self) -> None:
         await asyncio.Event().wait()
 
-    async def wait_connected(self, timeout: float | None) -> bool:  # noqa: ASYNC109
+    async def wait_connected(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         return True
 
     async def close(self) -> None:
@@ -101,8 +87,9 @@ class _Notifier(Notifier):
         super().close()
 
 
-async def _create_pool(*args: Any, **kwargs: Any) -> _Pool:
-    return _Pool()
+async def _create_pool(*args: Any, **kwargs: Any) -> FakePool:
+    pool: FakePool = _watched(FakePool, "close", "database")(value="bridged")  # the lease taken
+    return pool
 
 
 async def _migrate(pool: Any) -> int:

@@ -25,21 +25,8 @@ from bridged.store.idempotency import IdempotencyKeys
 from bridged.store.outbox import WebhookOutbox
 from bridged.store.settings import Settings
 
-from .fakes import DownStore, playback_finished, stasis_start, wait_until
+from .fakes import DownStore, FakePool, playback_finished, stasis_start, wait_until
 from .test_service import _env, _no_code
-
-
-class BrokenPool:
-    """An asyncpg pool whose every statement raises ``error``."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-    async def execute(self, *args: Any) -> None:
-        raise self.error
-
-    fetch = fetchrow = fetchval = execute
-
 
 OUTAGES = [
     ConnectionRefusedError(111, "Connect call failed"),
@@ -55,7 +42,7 @@ OUTAGES = [
 
 @pytest.mark.parametrize("error", OUTAGES, ids=lambda e: type(e).__name__)
 async def test_every_outage_is_database_unavailable(error: BaseException) -> None:
-    store = Store(BrokenPool(error))  # type: ignore[arg-type]
+    store = Store(FakePool(error=error))  # type: ignore[arg-type]
     with pytest.raises(DatabaseUnavailable) as raised:
         await store.calls.get("c1")
     assert str(raised.value) == type(error).__name__  # the type only: the text may quote values
@@ -76,7 +63,7 @@ async def test_every_outage_is_database_unavailable(error: BaseException) -> Non
 )
 async def test_other_errors_are_not_mistaken_for_an_outage(error: BaseException) -> None:
     with pytest.raises(type(error)):
-        await Store(BrokenPool(error)).calls.get("c1")  # type: ignore[arg-type]
+        await Store(FakePool(error=error)).calls.get("c1")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("aggregate", [CallRows, AuditTrail, IdempotencyKeys, WebhookOutbox, Settings])

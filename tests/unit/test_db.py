@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import cast
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -68,7 +68,7 @@ class _Conn:
     def get_server_version(self) -> ServerVersion:
         return self.version
 
-    async def execute(self, query: str) -> str:
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109 - asyncpg's
         self.statements.append(query)
         if self.refusal is not None:
             raise self.refusal

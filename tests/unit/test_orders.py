@@ -9,19 +9,7 @@ import pytest
 
 from bridged.orders import CallerOrder, LookupFailed, OrderDirectory
 from bridged.redact import PhoneNumber
-from tests.unit.fakes import make_config
-
-
-class FakePool:
-    """The one asyncpg.Pool method the lookup uses."""
-
-    def __init__(self, row: dict[str, Any] | None) -> None:
-        self.row = row
-        self.queries: list[tuple[str, tuple[Any, ...]]] = []
-
-    async def fetchrow(self, query: str, *args: Any) -> dict[str, Any] | None:
-        self.queries.append((query, args))
-        return self.row
+from tests.unit.fakes import FakePool, make_config
 
 
 def _directory(row: dict[str, Any] | None, **orders: Any) -> OrderDirectory:

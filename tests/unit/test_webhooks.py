@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 from bridged.calls.model import Call, CallState
@@ -46,14 +47,14 @@ def test_backoff_grows_and_is_capped() -> None:
 
 class _Store:
     def __init__(self) -> None:
-        self.queued: list[tuple[str, dict]] = []
+        self.queued: list[tuple[str, dict[str, Any]]] = []
         self.release = asyncio.Event()
 
-    async def queue(self, call_id: str, payload: dict) -> None:
+    async def queue(self, call_id: str, payload: dict[str, Any]) -> None:
         await self.release.wait()  # a stuck database must not hold the publisher up
         self.queued.append((call_id, payload))
 
-    async def claim(self, limit: int, *, lease: float) -> list:
+    async def claim(self, limit: int, *, lease: float) -> list[Claimed]:
         return []
 
 
@@ -176,7 +177,12 @@ class _Response:
     async def __aenter__(self) -> _Response:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
         return None
 
 
@@ -186,7 +192,8 @@ class _Session:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
 
-    def post(self, url: str, *, data: bytes, **kwargs: Any) -> _Response:
+    def post(self, url: str, *, data: Any = None, **kwargs: Any) -> _Response:
+        assert isinstance(data, bytes)  # what the sink posts: the signed body as it was signed
         self.bodies.append(data)
         return _Response(json.loads(data)["answer"])
 
