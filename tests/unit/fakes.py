@@ -1,7 +1,8 @@
 """Shared fakes for the unit tests: an in-memory ARI client, an in-memory Store, a config, events.
 
-The fakes mirror the real signatures (``AriClient``, ``Store``); ``test_calls`` checks that they do, so a
-renamed parameter in the real code breaks the tests instead of silently passing.
+The fakes mirror the real signatures (``AriClient``, ``Store``'s aggregates); ``test_fakes_match`` checks
+that they do (and ``mypy tests`` their types), so a renamed parameter in the real code breaks the tests
+instead of silently passing.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ originate ``endpoint`` and never reached the store.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 import bridged
-from bridged.ari import AriBadRequest, AriClient, AriConflict, AriError, AriUnavailable
+from bridged.ari import AriBadRequest, AriConflict, AriError, AriUnavailable
 from bridged.calls import legs as legs_module
 from bridged.calls import rows as rows_module
 from bridged.calls.engine import REACTIONS, CallEngine
@@ -35,18 +34,10 @@ from bridged.calls.model import (
 from bridged.config import Config, ConfigHolder, RecordingConfig
 from bridged.outcomes import Outcome
 from bridged.redact import digits
-from bridged.store.audit import AuditTrail
-from bridged.store.callers import StickyCallers
-from bridged.store.calls import CallRows
-from bridged.store.links import CallLinks
 from tests.unit.fakes import (
     NUMBER,
     NUMBER_TAIL,
     FakeAri,
-    FakeAuditTrail,
-    FakeCallLinks,
-    FakeCallRows,
-    FakeStickyCallers,
     FakeStore,
     answered,
     caller_id_changed,
@@ -172,33 +163,6 @@ async def env() -> AsyncIterator[Env]:
     yield e
     await e.engine.shutdown()
     assert_no_number_leak(e.ari, e.store)
-
-
-# -- the fakes mirror the real classes ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("fake", "real"),
-    [
-        (FakeAri, AriClient),
-        (FakeCallRows, CallRows),
-        (FakeAuditTrail, AuditTrail),
-        (FakeCallLinks, CallLinks),
-        (FakeStickyCallers, StickyCallers),
-    ],
-)
-def test_fakes_mirror_real_signatures(fake: type, real: type) -> None:
-    for name, member in vars(fake).items():
-        if name.startswith("_") or not inspect.iscoroutinefunction(member):
-            continue
-        assert hasattr(real, name), f"{real.__name__} has no {name}"
-        assert inspect.iscoroutinefunction(getattr(real, name))
-        assert _shape(member) == _shape(getattr(real, name)), name
-
-
-def _shape(function: Any) -> list[tuple[str, Any, Any]]:
-    # Names, kinds and defaults; annotations may be spelt differently.
-    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
 
 
 # -- (a) the happy path ------------------------------------------------------------------------------
