@@ -56,7 +56,8 @@ from .configguards import (
     load_inbound,
     load_limits,
 )
-from .configsection import ID_RE, Problems, Section, sound
+from .configsection import Problems, Section, sound
+from .ids import ID_RE
 from .labels import DEFAULT_NAME_STYLE, NAME_STYLES, default_template, template_problem
 from .phones import DIAL_FORMATS, region_known
 

@@ -16,7 +16,8 @@ from .config import (
     LimitsConfig,
     Manager,
 )
-from .configsection import ID_RE, Section, as_text_problem, sound
+from .configsection import Section, as_text_problem, sound
+from .ids import ID_RE
 
 _DID_RE = re.compile(r"^\+?[0-9][0-9 ().-]{1,30}$")
 

@@ -186,7 +186,6 @@ class Section:
 
 # -- value shapes more than one section checks ---------------------------------------------------
 
-ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SOUND_RE = re.compile(r"/?[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 SOUND_PROBLEM = (
     "must be Asterisk sound names (letters, digits, '_', '-', '.', '/'; no extension) joined by '&'"

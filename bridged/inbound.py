@@ -101,8 +101,7 @@ class InboundDesk:
         log.info("call %s accepted: inbound, caller identified by %s; ringing %s", call.id, how, rung)
         return InboundPlan(
             write_row=write_row,
-            steps=route.steps,
-            manager=route.first,
+            route=route,
             order_id=order_id,
             label=label,
             caller_key=who.key,

@@ -23,8 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .ids import ID_RE
+
 FIELDS = ("order", "manager", "exp", "sig")
-_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _EXP_RE = re.compile(r"[0-9]{1,12}")
 _SIG_RE = re.compile(r"[0-9a-fA-F]{64}")
 # Seconds a shop's clock may run ahead of bridged's: a link made for exactly links.max_age is not refused
@@ -99,8 +100,8 @@ def fields_of(values: Mapping[str, object], *, exactly: bool = True) -> SignedLi
             raise LinkRefused(LinkProblem.MALFORMED)
         found[name] = value
     if not (
-        _ID_RE.fullmatch(found["order"])
-        and _ID_RE.fullmatch(found["manager"])
+        ID_RE.fullmatch(found["order"])
+        and ID_RE.fullmatch(found["manager"])
         and _EXP_RE.fullmatch(found["exp"])
         and _SIG_RE.fullmatch(found["sig"])
     ):

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..appkeys import CONFIG, SERVICE, STORE
 from ..calls.model import Call
+from ..ids import ID_RE
 from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
 from ..service import NotStarted, Refused
 from ..store.base import DatabaseUnavailable
@@ -34,7 +35,7 @@ from .errors import (
     outcome_error,
     refusal_error,
 )
-from .params import ID_RE, Query, path_id, read_json
+from .params import Query, path_id, read_json
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,12 @@ from aiohttp import web
 
 from ..appkeys import CONFIG, SERVICE, STORE
 from ..canaries import e164_of, key_check, number_key
+from ..ids import ID_RE
 from ..store.canaries import CanaryExists, CanaryRow
 from . import openapi
 from .auth import audited, principal
 from .errors import _error
-from .params import ID_RE, Query, read_json
+from .params import Query, read_json
 
 InvalidCanary = _error(
     422,

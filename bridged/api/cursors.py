@@ -26,8 +26,9 @@ from typing import Any, Generic, TypeVar
 from aiohttp import web
 
 from ..appkeys import STORE
+from ..ids import ID_RE
 from .errors import InvalidCursor, InvalidParameter
-from .params import ID_RE, Query, parse_time
+from .params import Query, parse_time
 
 MAX_LENGTH = 400
 # Rows per page: when no limit is asked for, and at most.

@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from ..appkeys import CONFIG
+from ..ids import ID_RE
 from .errors import (
     ApiError,
     BodyTooLarge,
@@ -32,8 +33,6 @@ from .errors import (
 )
 from .server import GuardedRequestHandler
 
-# Call ids are 32 hex digits today; older rows and tests use other short ids of these characters.
-ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _INT_RE = re.compile(r"[0-9]{1,9}")
 # Years 1970-9999 in UTC: within timestamptz and within datetime after any offset is applied (year 1
 # with an offset east of UTC, or 9999-12-31 with one west of it, does not fit a datetime in UTC).

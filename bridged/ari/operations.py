@@ -41,28 +41,17 @@ class Operation:
         return self.required + self.optional
 
 
-def _op(
-    method: str,
-    path: str,
-    required: tuple[str, ...] = (),
-    optional: tuple[str, ...] = (),
-    body_params: tuple[str, ...] = (),
-    body_whole: bool = False,
-) -> Operation:
-    return Operation(method, path, required, optional, body_params, body_whole)
-
-
 OPERATIONS: dict[str, Operation] = {
     # asterisk.json
-    "get_info": _op("GET", "/asterisk/info", optional=("only",)),
+    "get_info": Operation("GET", "/asterisk/info", optional=("only",)),
     # A global variable (not a function: Asterisk 22 answers "" for VERSION() here).
-    "get_global": _op("GET", "/asterisk/variable", required=("variable",)),
+    "get_global": Operation("GET", "/asterisk/variable", required=("variable",)),
     # channels.json
-    "list_channels": _op("GET", "/channels"),
+    "list_channels": Operation("GET", "/channels"),
     # A channel made in Stasis without dialling, then dialled: in the application from its creation, so
     # its answer needs no live websocket (an originated channel enters Stasis only once answered, and that
     # fails while its daemon is dead: docs/asterisk.md).
-    "create_channel": _op(
+    "create_channel": Operation(
         "POST",
         "/channels/create",
         required=("endpoint", "app"),
@@ -71,7 +60,7 @@ OPERATIONS: dict[str, Operation] = {
     ),
     # A customer's leg rung from the dialplan (context bridged-customer): it enters the application with
     # Stasis() once answered, retrying while no daemon serves it (docs/asterisk.md).
-    "originate": _op(
+    "originate": Operation(
         "POST",
         "/channels",
         required=("endpoint",),
@@ -88,56 +77,56 @@ OPERATIONS: dict[str, Operation] = {
         ),
         body_params=("variables",),
     ),
-    "dial": _op("POST", "/channels/{channelId}/dial", optional=("caller", "timeout")),
-    "get_channel": _op("GET", "/channels/{channelId}"),
-    "hangup": _op("DELETE", "/channels/{channelId}", optional=("reason_code", "reason")),
-    "answer": _op("POST", "/channels/{channelId}/answer"),
-    "ring": _op("POST", "/channels/{channelId}/ring"),
-    "ring_stop": _op("DELETE", "/channels/{channelId}/ring"),
-    "play": _op(
+    "dial": Operation("POST", "/channels/{channelId}/dial", optional=("caller", "timeout")),
+    "get_channel": Operation("GET", "/channels/{channelId}"),
+    "hangup": Operation("DELETE", "/channels/{channelId}", optional=("reason_code", "reason")),
+    "answer": Operation("POST", "/channels/{channelId}/answer"),
+    "ring": Operation("POST", "/channels/{channelId}/ring"),
+    "ring_stop": Operation("DELETE", "/channels/{channelId}/ring"),
+    "play": Operation(
         "POST",
         "/channels/{channelId}/play",
         required=("media",),
         optional=("lang", "offsetms", "skipms", "playbackId"),
     ),
-    "get_variable": _op("GET", "/channels/{channelId}/variable", required=("variable",)),
-    "set_variable": _op(
+    "get_variable": Operation("GET", "/channels/{channelId}/variable", required=("variable",)),
+    "set_variable": Operation(
         "POST", "/channels/{channelId}/variable", required=("variable",), optional=("value",)
     ),
-    "continue_in_dialplan": _op(
+    "continue_in_dialplan": Operation(
         "POST",
         "/channels/{channelId}/continue",
         optional=("context", "extension", "priority", "label"),
     ),
+    "transfer_progress": Operation("POST", "/channels/{channelId}/transfer_progress", required=("states",)),
     # playbacks.json
-    "stop_playback": _op("DELETE", "/playbacks/{playbackId}"),
+    "stop_playback": Operation("DELETE", "/playbacks/{playbackId}"),
     # bridges.json
-    "list_bridges": _op("GET", "/bridges"),
-    "create_bridge": _op("POST", "/bridges", optional=("type", "bridgeId", "name")),
-    "get_bridge": _op("GET", "/bridges/{bridgeId}"),
-    "destroy_bridge": _op("DELETE", "/bridges/{bridgeId}"),
-    "add_channel": _op(
+    "list_bridges": Operation("GET", "/bridges"),
+    "create_bridge": Operation("POST", "/bridges", optional=("type", "bridgeId", "name")),
+    "get_bridge": Operation("GET", "/bridges/{bridgeId}"),
+    "destroy_bridge": Operation("DELETE", "/bridges/{bridgeId}"),
+    "add_channel": Operation(
         "POST",
         "/bridges/{bridgeId}/addChannel",
         required=("channel",),
         optional=("role", "absorbDTMF", "mute", "inhibitConnectedLineUpdates"),
     ),
     # Asterisk models removal as POST .../removeChannel?channel=..., not a DELETE.
-    "remove_channel": _op("POST", "/bridges/{bridgeId}/removeChannel", required=("channel",)),
-    "record_bridge": _op(
+    "remove_channel": Operation("POST", "/bridges/{bridgeId}/removeChannel", required=("channel",)),
+    "record_bridge": Operation(
         "POST",
         "/bridges/{bridgeId}/record",
         # Swagger marks format required and Asterisk 22 segfaults without it: never make it optional.
         required=("name", "format"),
         optional=("maxDurationSeconds", "maxSilenceSeconds", "ifExists", "beep", "terminateOn"),
     ),
-    # applications.json
     # endpoints.json
-    "transfer_progress": _op("POST", "/channels/{channelId}/transfer_progress", required=("states",)),
-    "get_endpoint": _op("GET", "/endpoints/{tech}/{resource}"),
-    "get_application": _op("GET", "/applications/{applicationName}"),
-    "subscribe": _op("POST", "/applications/{applicationName}/subscription", required=("eventSource",)),
-    "filter_events": _op(
+    "get_endpoint": Operation("GET", "/endpoints/{tech}/{resource}"),
+    # applications.json
+    "get_application": Operation("GET", "/applications/{applicationName}"),
+    "subscribe": Operation("POST", "/applications/{applicationName}/subscription", required=("eventSource",)),
+    "filter_events": Operation(
         "PUT",
         "/applications/{applicationName}/eventFilter",
         optional=("filter",),
@@ -145,10 +134,10 @@ OPERATIONS: dict[str, Operation] = {
         body_whole=True,
     ),
     # recordings.json
-    "list_stored_recordings": _op("GET", "/recordings/stored"),
-    "get_stored_recording": _op("GET", "/recordings/stored/{recordingName}"),
-    "stored_recording_file": _op("GET", "/recordings/stored/{recordingName}/file"),
-    "delete_stored_recording": _op("DELETE", "/recordings/stored/{recordingName}"),
-    "get_live_recording": _op("GET", "/recordings/live/{recordingName}"),
-    "stop_live_recording": _op("POST", "/recordings/live/{recordingName}/stop"),
+    "list_stored_recordings": Operation("GET", "/recordings/stored"),
+    "get_stored_recording": Operation("GET", "/recordings/stored/{recordingName}"),
+    "stored_recording_file": Operation("GET", "/recordings/stored/{recordingName}/file"),
+    "delete_stored_recording": Operation("DELETE", "/recordings/stored/{recordingName}"),
+    "get_live_recording": Operation("GET", "/recordings/live/{recordingName}"),
+    "stop_live_recording": Operation("POST", "/recordings/live/{recordingName}/stop"),
 }

@@ -79,9 +79,9 @@ class InboundSteps:
         if isinstance(decided, CanaryPlan):
             await self._canary_ring(call, decided)
             return
-        call.manager, call.order_id, call.label = decided.manager, decided.order_id, decided.label
+        call.manager, call.order_id, call.label = decided.route.first, decided.order_id, decided.label
         call.caller_ref = decided.caller_ref
-        call.ring = Ringing(collections.deque(decided.steps), caller_key=decided.caller_key)
+        call.ring = Ringing(collections.deque(decided.route.steps), caller_key=decided.caller_key)
         self._transition(call, CallState.RINGING_MANAGER)
         # The first phones and the call's row (written in this state) at once, so that no database round
         # trip delays the managers' INVITEs; both are done before the call goes on.

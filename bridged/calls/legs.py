@@ -302,7 +302,6 @@ class MadeLegs:
         app_args: str,
         ring_timeout: int,
         variables: Mapping[str, str],
-        originator: str | None = None,
     ) -> None:
         """Ring ``endpoint`` for up to ``ring_timeout`` seconds on a channel ``channel_id`` made in
         application ``app``, with every leg's variables (:func:`leg_variables`, added here so that no leg
@@ -316,7 +315,6 @@ class MadeLegs:
             app=app,
             app_args=app_args,
             channel_id=channel_id,
-            originator=originator,
             variables=leg_variables(self.legs.config.current, variables),
         )
         try:

@@ -27,6 +27,7 @@ from ..orders import Order
 from ..outcomes import Outcome
 from ..recording_state import RecordingState
 from ..redact import redact
+from ..routing import Route
 
 
 class CallState(StrEnum):
@@ -189,10 +190,8 @@ class InboundPlan:
     phones are rung); it answers TurnedAway if bridged's database did not take it."""
 
     write_row: Callable[[], Awaitable[TurnedAway | None]]
-    steps: tuple[tuple[Manager, ...], ...]
-    # The manager the call is for (its row's until someone answers): the one who last talked to the
-    # caller, else the manager of their order; None for a caller bridged cannot tell.
-    manager: Manager | None
+    # Whom it rings, and the manager the call is for (its row's until someone answers).
+    route: Route
     order_id: str | None
     label: Label
     caller_key: str | None
