@@ -18,20 +18,8 @@ from ..ids import ID_RE
 from ..store.canaries import CanaryExists, CanaryRow
 from . import openapi
 from .auth import audited, principal
-from .errors import _error
+from .errors import CanariesUnavailable, CanaryNotFound, CanaryTaken, InvalidCanary
 from .params import Query, read_json
-
-InvalidCanary = _error(
-    422,
-    "invalid_canary",
-    'send {"id", "number", "order_id", and "manager_id" or "team"}: the number a valid phone number,'
-    " the manager one bridged knows",
-)
-CanaryTaken = _error(409, "canary_exists", "a canary with this id or this number is registered already")
-CanariesUnavailable = _error(
-    409, "canaries_unavailable", "canaries need inbound.secret: their numbers are kept as its keyed hash"
-)
-CanaryNotFound = _error(404, "canary_not_found", "no such canary")
 
 _FIELDS = {"id", "number", "order_id", "manager_id", "team", "note"}
 _MAX_NOTE = 200

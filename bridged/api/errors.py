@@ -125,6 +125,20 @@ AuditUnavailable = _error(
 InvalidRetention = _error(422, "invalid_retention", 'send {"days": <1..36500> or null}')
 
 
+# -- canary orders ----------------------------------------------------------------------------------
+InvalidCanary = _error(
+    422,
+    "invalid_canary",
+    'send {"id", "number", "order_id", and "manager_id" or "team"}: the number a valid phone number,'
+    " the manager one bridged knows",
+)
+CanaryTaken = _error(409, "canary_exists", "a canary with this id or this number is registered already")
+CanariesUnavailable = _error(
+    409, "canaries_unavailable", "canaries need inbound.secret: their numbers are kept as its keyed hash"
+)
+CanaryNotFound = _error(404, "canary_not_found", "no such canary")
+
+
 def _from(http: HttpError) -> type[ApiError]:
     return _error(http.status, http.error_id, http.message, retry_after=http.retry_after)
 
