@@ -61,8 +61,8 @@ from .ids import ID_RE
 from .labels import DEFAULT_NAME_STYLE, NAME_STYLES, default_template, template_problem
 from .phones import DIAL_FORMATS, region_known
 
-_ENDPOINT_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
-_APP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ENDPOINT_RE = re.compile(r"[A-Za-z0-9_.@-]+")
+_APP_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _dsn(section: Section, name: str) -> str:
@@ -328,7 +328,7 @@ def _load_http(s: Section) -> HttpConfig:
     return cfg
 
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def _load_api(s: Section) -> ApiConfig:
@@ -368,7 +368,7 @@ def _load_api(s: Section) -> ApiConfig:
 
 # A link secret is typed into a shop's code as well as here: printable ASCII only, so that PHP, Python and
 # a template engine all feed the same bytes to HMAC whatever their file encoding.
-_LINK_SECRET_RE = re.compile(r"^[\x21-\x7e]{32,256}$")
+_LINK_SECRET_RE = re.compile(r"[\x21-\x7e]{32,256}")
 
 
 def _load_links(s: Section) -> LinksConfig:

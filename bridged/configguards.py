@@ -19,7 +19,7 @@ from .config import (
 from .configsection import Section, as_text_problem, sound
 from .ids import ID_RE
 
-_DID_RE = re.compile(r"^\+?[0-9][0-9 ().-]{1,30}$")
+_DID_RE = re.compile(r"\+?[0-9][0-9 ().-]{1,30}")
 
 
 def load_inbound(s: Section) -> InboundConfig:

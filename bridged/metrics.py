@@ -15,8 +15,8 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 
-_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL_VALUE_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_VALUE_RE = re.compile(r"[a-z0-9_.-]{1,64}")
 
 
 def _label_value(value: str) -> str:

@@ -20,7 +20,7 @@ from ..appkeys import CONFIG, SERVICE, STORE
 from ..store.base import DatabaseUnavailable
 from .errors import IdempotencyConflict, IdempotencyInProgress, InvalidIdempotencyKey
 
-_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 class Unrecorded:
