@@ -1,0 +1,180 @@
+"""The admin's documents against the code: every config key the loader reads is in the example config
+(and every key the example names is one it reads), every route, error id and metric the daemon has is in
+the README's tables (and nothing there that the daemon lacks). A key, route, error or metric added without
+its line in the docs fails here, as does a line left behind by a removed one."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bridged import metrics
+from bridged.api import errors, server
+from bridged.app import make_app
+from bridged.configfile import parse_config
+from bridged.configsection import Section
+from bridged.outcomes import OUTCOME_ERRORS, REFUSALS
+from tests.unit.fakes import EXAMPLE_CONFIG, ROOT, example_data, make_config
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+# -- the example config -----------------------------------------------------------------------------
+
+
+def _keys_read(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Every dotted key the loader asks for while loading the example (list indexes dropped, the manager
+    ids under limits.managers as ``*``)."""
+    read: set[str] = set()
+    real_get = Section._get
+
+    def recording_get(self: Section, name: str, required: bool) -> Any:
+        read.add(self.key(name))
+        return real_get(self, name, required)
+
+    monkeypatch.setattr(Section, "_get", recording_get)
+    data = example_data()
+    data["limits"]["managers"] = {"anna": {"calls": 120}}  # commented out in the example
+    parse_config(data)
+    return {
+        re.sub(r"^limits\.managers\.[^.]+\.", "limits.managers.*.", re.sub(r"\[\d+\]", "", k)) for k in read
+    }
+
+
+def _example_sections() -> dict[str, str]:
+    """The example's text by top-level key: from the key's line to the next top-level key's comments."""
+    sections: dict[str, str] = {}
+    name = None
+    for line in EXAMPLE_CONFIG.read_text(encoding="utf-8").splitlines():
+        top = re.match(r"([a-z_]+):", line)
+        if top:
+            name = top[1]
+            sections[name] = ""
+        if name is not None and line.startswith(" "):
+            sections[name] += line + "\n"
+    return sections
+
+
+def _named(section: str, leaf: str) -> bool:
+    """``leaf:`` as a key of the section, written or commented out (``# leaf: value``, ``- leaf:``)."""
+    return re.search(rf"^\s*(?:#\s*)?(?:-\s+)?{leaf}:", section, re.M) is not None
+
+
+def test_every_key_the_loader_reads_is_in_the_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    sections = _example_sections()
+    missing = []
+    for key in sorted(_keys_read(monkeypatch)):
+        top, _, rest = key.partition(".")
+        if not rest:
+            assert top in sections, f"the example has no top-level {top}:"
+            continue
+        if not _named(sections.get(top, ""), rest.rpartition(".")[2]):
+            missing.append(key)
+    assert not missing, f"keys the loader reads that config/bridged.example.yaml does not name: {missing}"
+
+
+def test_every_key_the_example_comments_out_is_one_the_loader_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Written keys are checked by loading the example (an unknown one is an error); commented-out ones
+    # (``# template: ...``, the prompts, ``# name:``) are not, so an admin uncommenting one must not meet
+    # "is not a known key".
+    leaves: dict[str, set[str]] = {}
+    for key in _keys_read(monkeypatch):
+        top, _, rest = key.partition(".")
+        leaves.setdefault(top, set()).add(rest.rpartition(".")[2])
+    unknown = []
+    for top, text in _example_sections().items():
+        # One space after '#': a key commented out; prose and nested examples are indented further.
+        for leaf in re.findall(r"^\s*# ?([a-z_]+):(?: |$)", text, re.M):
+            if leaf not in leaves.get(top, set()):
+                unknown.append(f"{top}: # {leaf}:")
+    assert not unknown, f"commented-out keys the loader would refuse: {unknown}"
+
+
+# -- routes -----------------------------------------------------------------------------------------
+
+
+def _readme_table(heading: str) -> list[list[str]]:
+    """The rows of the table under ``### heading``, as cells (header and rule left out)."""
+    section = README.split(f"\n### {heading}\n", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows[2:]]
+
+
+def _documented_routes() -> set[tuple[str, str]]:
+    routes = set()
+    for cells in _readme_table("Routes"):
+        for method, path in re.findall(r"`([A-Z]+) (/[^`]*)`", cells[0]):
+            routes.add((method, path))
+    return routes
+
+
+def _served_routes() -> set[tuple[str, str]]:
+    served = set()
+    for route in make_app(make_config()).router.routes():
+        path = re.sub(r"\{[a-z_]*id\}", "{id}", route.resource.canonical if route.resource else "")
+        if route.method == "HEAD" or path.endswith("/static/{name}") or path == "/ops":
+            continue  # HEAD mirrors GET; static files and the /ops redirect are named in the text
+        served.add((route.method, path))
+    return served
+
+
+def test_every_route_is_in_the_readme_and_every_documented_route_is_served() -> None:
+    assert _documented_routes() == _served_routes()
+
+
+# -- error ids --------------------------------------------------------------------------------------
+
+
+def _error_ids() -> set[str]:
+    """Every error id an answer of bridged can carry."""
+    ids = {
+        value.error_id
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, errors.ApiError)
+    }
+    ids |= {meaning.http.error_id for meaning in REFUSALS.values()}
+    ids |= {http.error_id for http in OUTCOME_ERRORS.values()}
+    ids |= set(server._ERROR_IDS.values())
+    for value in vars(server).values():  # the answers written straight to a connection
+        if isinstance(value, bytes) and value.startswith(b"HTTP/1.1 "):
+            ids.add(json.loads(value.split(b"\r\n\r\n", 1)[1])["error"]["id"])
+    return ids
+
+
+def _ids_in(cell: str) -> Iterator[str]:
+    return iter(re.findall(r"`([a-z_]+)`", cell))
+
+
+def test_the_readme_lists_every_error_id_and_no_other() -> None:
+    listed = {error_id for cells in _readme_table("Error ids") for error_id in _ids_in(cells[0])}
+    assert listed == _error_ids()
+
+
+def test_the_error_ids_of_each_route_exist() -> None:
+    named = {error_id for cells in _readme_table("Routes") for error_id in _ids_in(cells[2])}
+    assert named - _error_ids() == set()
+
+
+# -- metrics ----------------------------------------------------------------------------------------
+
+
+def _rendered_metrics() -> set[str]:
+    text = metrics.render(active_calls=0, bridged_calls=0, ari_connected=False, draining=False)
+    return set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+
+
+def test_the_readme_lists_every_metric_and_no_other() -> None:
+    listed = {re.match(r"`([a-z_]+)", cells[0])[1] for cells in _readme_table("Metrics")}  # type: ignore[index]
+    assert listed == _rendered_metrics()
+
+
+@pytest.mark.parametrize(
+    "doc", ["README.md", "README.ru.md", "docs/asterisk.md", "config/bridged.example.yaml"]
+)
+def test_every_metric_the_docs_name_exists(doc: str) -> None:
+    named = set(re.findall(r"`(bridged_[a-z_]+)", (ROOT / doc).read_text(encoding="utf-8")))
+    assert named - _rendered_metrics() == set()
