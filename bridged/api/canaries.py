@@ -175,7 +175,7 @@ openapi.register(
                                 }
                             },
                         },
-                        **openapi.error_responses(503),
+                        **openapi.error_responses(422, 503),
                     },
                 }
             ),
@@ -197,7 +197,10 @@ openapi.register(
                     "operationId": "deleteCanary",
                     "summary": "Unregister a canary (canaries.manage); audited",
                     "parameters": [openapi.param("canary_id", "canary id", _CANARY_ID, "path")],
-                    "responses": {"204": {"description": "deleted"}, **openapi.error_responses(404, 503)},
+                    "responses": {
+                        "204": {"description": "deleted"},
+                        **openapi.error_responses(404, 422, 503),
+                    },
                 }
             )
         },

@@ -37,7 +37,7 @@ openapi.register(
                 "security": [{"bearer": []}],
                 "responses": {
                     "200": {"description": "who you are", "content": openapi.json_content("Me")},
-                    **openapi.error_responses(401),
+                    **openapi.error_responses(401, 422),
                 },
             }
         }

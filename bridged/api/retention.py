@@ -73,7 +73,7 @@ openapi.register(
                 {
                     "operationId": "getRetention",
                     "summary": "Recording retention in force (retention.read)",
-                    "responses": {**_OK, **openapi.error_responses(503)},
+                    "responses": {**_OK, **openapi.error_responses(422, 503)},
                 }
             ),
             "put": openapi.secured(
@@ -88,7 +88,7 @@ openapi.register(
                 {
                     "operationId": "resetRetention",
                     "summary": "Back to the config's retention (retention.write)",
-                    "responses": {**_OK, **openapi.error_responses(503)},
+                    "responses": {**_OK, **openapi.error_responses(422, 503)},
                 }
             ),
         },
@@ -110,7 +110,7 @@ openapi.register(
                                 }
                             },
                         },
-                        **openapi.error_responses(503),
+                        **openapi.error_responses(422, 503),
                     },
                 }
             )
