@@ -27,6 +27,8 @@ from tests.unit.fakes import EXAMPLE_CONFIG, ROOT, example_data, make_config
 from tests.unit.test_api_calls import call_app
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+# What an admin reads: the README (and its Russian short guide), the Asterisk notes, the example config.
+DOCS = ("README.md", "README.ru.md", "docs/asterisk.md", "config/bridged.example.yaml")
 
 
 # -- the example config -----------------------------------------------------------------------------
@@ -178,9 +180,7 @@ def test_the_readme_lists_every_metric_and_no_other() -> None:
     assert listed == _rendered_metrics()
 
 
-@pytest.mark.parametrize(
-    "doc", ["README.md", "README.ru.md", "docs/asterisk.md", "config/bridged.example.yaml"]
-)
+@pytest.mark.parametrize("doc", DOCS)
 def test_every_metric_the_docs_name_exists(doc: str) -> None:
     named = set(re.findall(r"`(bridged_[a-z_]+)", (ROOT / doc).read_text(encoding="utf-8")))
     assert named - _rendered_metrics() == set()
@@ -226,3 +226,25 @@ async def test_every_operation_that_refuses_an_unknown_query_parameter_documents
     assert not undocumented, (
         f"operations answering 422 invalid_parameter without documenting it: {undocumented}"
     )
+
+
+# -- the dialplan's names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_context_and_bridged_variable_the_docs_name_exists(doc: str) -> None:
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    shipped = (ROOT / "dialplan" / "bridged.conf").read_text(encoding="utf-8")
+    sample = (ROOT / "config" / "asterisk" / "extensions.conf").read_text(encoding="utf-8")
+    contexts = set(re.findall(r"^\[([a-z-]+)\]", shipped + "\n" + sample, re.M))
+    named = set(re.findall(r"\[((?:bridged|from)-[a-z-]+)\]", text))
+    assert named - contexts == set(), "contexts that dialplan/bridged.conf and the sample do not have"
+    # BRIDGED_AGI_2, BRIDGED_APP_3, ...: the dialplan builds those names from BRIDGED_AGI_ and a number.
+    variables = {re.sub(r"_\d+$", "_", v) for v in re.findall(r"\bBRIDGED_[A-Z0-9_]+", text)}
+    # The others are the rig's and the test runner's environment variables.
+    code = shipped + "".join(
+        p.read_text(encoding="utf-8")
+        for p in (*ROOT.glob("scripts/*"), *ROOT.glob("rig/*.py"), *ROOT.glob("tests/**/conftest.py"))
+        if p.is_file()
+    )
+    assert {v for v in variables if v not in code} == set()
