@@ -52,6 +52,15 @@ class Outcome(StrEnum):
     MISSED = "missed"
 
 
+# The refusals a refused attempt's call row can hold as its outcome. The others are decided before there
+# is a manager or an order code to put in a row (bridged.service): the audit trail alone has them.
+ROW_REFUSALS = tuple(
+    reason
+    for reason in Refusal
+    if reason not in (Refusal.UNKNOWN_MANAGER, Refusal.MANAGER_NOT_REGISTERED, Refusal.INVALID_CODE)
+)
+
+
 @dataclass(frozen=True)
 class HttpError:
     """What an API client is answered: ``{"error": {"id": error_id, "message": message}}``."""

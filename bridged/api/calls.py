@@ -17,6 +17,7 @@ from aiohttp import web
 from ..appkeys import CONFIG, SERVICE, STORE
 from ..calls.model import Call
 from ..ids import ID_RE
+from ..outcomes import ROW_REFUSALS, Outcome
 from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
 from ..service import NotStarted, Refused
 from ..store.base import DatabaseUnavailable
@@ -374,11 +375,9 @@ SCHEMAS: dict[str, Any] = {
             },
             "outcome": {
                 "type": ["string", "null"],
-                "description": "completed, manager_no_answer, manager_unavailable, manager_abandoned, "
-                "customer_busy, customer_no_answer, customer_unavailable, customer_congestion, "
-                "customer_abandoned, cancelled, failed, missed (an inbound call nobody answered, the "
-                "caller hanging up while managers rang included); a refused attempt's reason: denied, "
-                "unknown_order, invalid_phone, lookup_failed, unavailable, overloaded, database_unavailable",
+                "description": ", ".join(Outcome) + " (missed: an inbound call nobody answered, the caller "
+                "hanging up while managers rang included); a refused attempt's reason: "
+                + ", ".join(ROW_REFUSALS),
             },
             "requested_at": {"type": "string", "format": "date-time"},
             "answered_at": _TIMESTAMP,

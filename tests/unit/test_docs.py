@@ -22,7 +22,7 @@ from bridged.app import make_app
 from bridged.config import ApiToken
 from bridged.configfile import parse_config
 from bridged.configsection import Section
-from bridged.outcomes import OUTCOME_ERRORS, REFUSALS
+from bridged.outcomes import OUTCOME_ERRORS, REFUSALS, ROW_REFUSALS, Outcome
 from tests.unit.fakes import EXAMPLE_CONFIG, ROOT, example_data, make_config
 from tests.unit.test_api_calls import call_app
 
@@ -165,6 +165,11 @@ def test_the_readme_lists_every_error_id_and_no_other() -> None:
 def test_the_error_ids_of_each_route_exist() -> None:
     named = {error_id for cells in _readme_table("Routes") for error_id in _ids_in(cells[2])}
     assert named - _error_ids() == set()
+
+
+def test_the_readme_lists_every_outcome_a_call_row_can_hold_and_no_other() -> None:
+    listed = [cells[0].strip("`") for cells in _readme_table("Outcomes")]
+    assert sorted(listed) == sorted([*Outcome, *ROW_REFUSALS])
 
 
 # -- metrics ----------------------------------------------------------------------------------------
