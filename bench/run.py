@@ -61,6 +61,8 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.wire import Capture  # noqa: E402
+from bench.wire import report as wire_report  # noqa: E402
 from rig import SHOP_DIDS, Asterisk, Postgres, ensure_asterisk_root  # noqa: E402
 from rig.asterisk import manager_endpoint_conf  # noqa: E402
 from rig.sipp import SIPP, parse_trace  # noqa: E402
@@ -320,6 +322,13 @@ class Daemon:
             "logging": {"level": os.environ.get("BENCH_LOG_LEVEL", "INFO")},
         }
 
+    @property
+    def module(self) -> str:
+        """bench.steps (--steps), bench.marks (BENCH_MARKS=1, with BENCH_WIRE's timeline) or bridged."""
+        if self.steps:
+            return "bench.steps"
+        return "bench.marks" if os.environ.get("BENCH_MARKS") else "bridged"
+
     def start(self) -> None:
         path = self.dir / "bridged.yaml"
         path.write_text(yaml.safe_dump(self.config()))
@@ -328,8 +337,8 @@ class Daemon:
                 [
                     sys.executable,
                     "-m",
-                    "bench.steps" if self.steps else "bridged",
-                    *([] if self.steps else ["run"]),
+                    self.module,
+                    *([] if self.module.startswith("bench.") else ["run"]),
                     "--config",
                     str(path),
                 ],
@@ -661,6 +670,10 @@ def _one_at_a_time(r: Rig, calls: int, *, callee: Party, caller: Party, service:
     )
     time.sleep(0.3)
     name, scenario, ip, port, media, keys = caller
+    # BENCH_WIRE=1: every packet on lo, timestamped by the kernel, for bench.wire's per-stage breakdown.
+    wire = Capture(WORK / f"wire-{name}.txt") if os.environ.get("BENCH_WIRE") else None
+    if wire is not None:
+        wire.start()
     calling = sipp(
         name,
         scenario,
@@ -677,6 +690,10 @@ def _one_at_a_time(r: Rig, calls: int, *, callee: Party, caller: Party, service:
         trace=True,
     )
     calling.wait(timeout=calls * 5 + 60)
+    if wire is not None:
+        wire.stop()
+        for line in wire_report(wire.path):
+            log(f"    {line}")
     finish_carrier(r, answering)
     return _latency(name, calls, calling.messages(), answering.messages())
 

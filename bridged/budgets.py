@@ -36,14 +36,21 @@ class Budgets:
         self.deferred = deferred
         self.alert = alert
 
+    def apply_to(self, manager: Manager) -> bool:
+        """Whether any budget limits ``manager`` (none: :meth:`over` reads nothing)."""
+        budget = self.config.current.limits.budget(manager.id)
+        return not (
+            budget.calls is None and budget.distinct_orders is None and budget.refused_in_a_row is None
+        )
+
     async def over(self, manager: Manager, code: str) -> limits.Exceeded | None:
         """Whether one more attempt by ``manager`` goes past a budget (one statement, reading rows bounded
         by the budgets). If bridged's database is away the attempt goes on: it is refused at its row's
         write anyway."""
+        if not self.apply_to(manager):
+            return None
         config = self.config.current.limits
         budget = config.budget(manager.id)
-        if budget.calls is None and budget.distinct_orders is None and budget.refused_in_a_row is None:
-            return None
         try:
             now, counted = await self.store.attempts.window(manager.id, config.window, budget, code)
         except DatabaseUnavailable as exc:

@@ -317,6 +317,12 @@ class PendingCall:
         if self.early is not None:
             self.early.row_written = written
 
+    def labelled(self, label: Label) -> None:
+        """The call's label, decided once its customer's originate was sent (bridged.service)."""
+        self.label = label
+        if self.early is not None:
+            self.early.label = label
+
     def call(self, manager_channel_id: str | None) -> Call:
         """The call this becomes, its manager's leg being ``manager_channel_id``."""
         return Call(
