@@ -41,7 +41,7 @@ DIGITS = "digits"
 OTHER = "other"
 SHAPES = (WELL_FORMED, PHONE_LIKE, DIGITS, OTHER)
 # Seven digits or more, with an optional '+' and separators: a number typed where a code goes.
-_PHONE_LIKE = re.compile(r"^\+?[0-9][0-9 ()./-]{5,}[0-9]$")
+_PHONE_LIKE = re.compile(r"\+?[0-9][0-9 ()./-]{5,}[0-9]")
 # Codes longer than this are counted as this long (a length is all that is kept).
 MAX_CODE_LENGTH = 64
 
@@ -57,7 +57,7 @@ def code_shape(code: str, pattern: str) -> Keyed:
     length = min(len(code), MAX_CODE_LENGTH)
     if re.fullmatch(pattern, code):
         return Keyed(length, WELL_FORMED)
-    if _PHONE_LIKE.match(code) and sum(ch.isdigit() for ch in code) >= 7:
+    if _PHONE_LIKE.fullmatch(code) and sum(ch.isdigit() for ch in code) >= 7:
         return Keyed(length, PHONE_LIKE)
     if code.isascii() and code.isdigit():
         return Keyed(length, DIGITS)

@@ -79,6 +79,8 @@ def test_shapes() -> None:
     assert code_shape("+7 916 123-45-67", r"[0-9]{1,12}") == (16, "phone_like")
     assert code_shape("1234567890123", r"[0-9]{1,12}") == (13, "phone_like")
     assert code_shape("12AB", r"[0-9]{1,12}") == (4, "other")
+    # The whole value, not a number and whatever follows it ('$' alone lets a trailing newline through).
+    assert code_shape("+7 916 123-45-67\n", r"[0-9]{1,12}") == (17, "other")
 
 
 def _row(secret: str, e164: str) -> CanaryRow:
