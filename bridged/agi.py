@@ -92,7 +92,7 @@ class AgiServer:
 
         placed = await self.service.place_from_phone(
             endpoint,
-            headers.get("agi_arg_1", "").strip(),
+            dialplan.code_from_arg(headers.get("agi_arg_1", "")),
             headers.get("agi_uniqueid") or None,
             read_code=read_code,
             # Another daemon follows this one in the dialplan (BRIDGED_MORE): it may take what this one

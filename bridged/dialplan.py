@@ -41,11 +41,13 @@ tests/unit/test_dialplan.py reads ``dialplan/bridged.conf`` and checks it agains
 
 from __future__ import annotations
 
+import urllib.parse
 from enum import StrEnum
 
 # -- channel variables ------------------------------------------------------------------------------
 
-CODE = "BRIDGED_CODE"  # the order code dialled, or empty (bridged asks for it over FastAGI)
+# The order code dialled, URI-encoded (code_from_arg), or empty (bridged asks for it over FastAGI).
+CODE = "BRIDGED_CODE"
 REPLY = "BRIDGED_REPLY"  # bridged's FastAGI answer (see the module's docstring)
 RESULT = "BRIDGED_RESULT"  # the dialplan's own: the answer's first field
 LABEL = "BRIDGED_LABEL"  # the order label as a caller id string, read by the label subroutine
@@ -68,7 +70,7 @@ LEG_CALL = "BRIDGED_CALL"
 # it when it connects to a node, and takes no call there until it matches). Raised with every change to
 # the file that a daemon depends on.
 VERSION_VARIABLE = "BRIDGED_DIALPLAN"
-VERSION = "2"
+VERSION = "3"
 VARIABLES = frozenset(
     {
         CODE,
@@ -95,8 +97,19 @@ CUSTOMER_CONTEXT = "bridged-customer"
 CUSTOMER_EXTEN = "s"
 DEFAULT_APP = "bridged"
 
-# The FastAGI script the dialplan runs: AGI(agi://host:port/order,${BRIDGED_CODE}).
+# The FastAGI script the dialplan runs: AGI(agi://host:port/order,${BRIDGED_CODE},${BRIDGED_MORE}).
 AGI_SCRIPT = "order"
+
+
+def code_from_arg(arg: str) -> str:
+    """The code the manager dialled, from the FastAGI request's first argument.
+
+    The dialplan URI-encodes it (``URIENCODE``): AGI() splits its arguments at commas and strips quotes and
+    backslashes, so a raw ``*77<order>,1`` reached bridged as ``<order>`` with a forged second argument.
+    Decoded whole and not trimmed: whatever is not exactly a code is refused as malformed; bytes that
+    are not UTF-8 become U+FFFD, which no code pattern takes."""
+    return urllib.parse.unquote(arg, errors="replace")
+
 
 # -- the answer -------------------------------------------------------------------------------------
 

@@ -321,6 +321,38 @@ def test_unknown_and_malformed_codes_are_refused_and_the_next_call_works(
     assert daemon.alive()
 
 
+def test_a_dialled_code_is_taken_whole_separators_and_quotes_included(
+    make_bridged, asterisk, trace_dir, rig_alloc
+) -> None:
+    """AGI() splits its arguments at commas and strips quotes and backslashes: a code carried raw in
+    them was cut (``*77<order>,1`` called ``<order>``, and its ``1`` posed as BRIDGED_MORE). The dialplan
+    sends the code URI-encoded, so bridged sees what was dialled and refuses it as malformed."""
+    daemon = make_bridged(("zoya",))
+    zoya = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Zoya Petrova", zoya.id)
+    # PJSIP decodes the request URI's user part: %22 is a quote, %20 a space, %5C a backslash.
+    for name, code in (
+        ("comma", f"*77{order},1"),
+        ("quoted", f"*77%22{order}%22"),
+        ("space", f"*77%20{order}"),
+        ("backslash", f"*77{order[:1]}%5C{order[1:]}"),
+    ):
+        phone = _refused_call(daemon, zoya, code, trace_dir / name, rig_alloc)
+        assert_not_leaked(number, manager_sip_trace=phone.messages())
+    assert wait_for(lambda: _prompt_played(asterisk, zoya.endpoint, "invalid"), 5, "malformed prompt")
+    assert [(a["outcome"], a["reason"]) for a in daemon.audit_rows(zoya.id)] == [
+        ("refused", "invalid_code")
+    ] * 4
+    # The same order dialled plainly is called: the refusals above were the code's shape, not the order.
+    customer = carrier(trace_dir, rig_alloc, hold_ms=30000)
+    phone = dial(zoya, trace_dir, f"*77{order}", hold_ms=3000)
+    assert phone.wait(timeout=60) == 0, phone.describe()
+    customer.wait(timeout=20)
+    assert invites(customer.messages()), "the plain code did not reach the customer"
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
 def test_unreachable_order_database_gives_a_prompt(make_bridged, asterisk, trace_dir, rig_alloc) -> None:
     daemon = make_bridged(("gleb",), orders_dsn="postgresql://postgres@127.0.0.1:1/shop")
     gleb = daemon.managers[0]

@@ -231,6 +231,14 @@ async def test_only_a_1_says_that_another_daemon_follows(argument: str) -> None:
     assert agi.service.others_follow == [False]
 
 
+async def test_the_code_argument_is_decoded_whole(agi: Agi) -> None:
+    # The dialplan URI-encodes the dialled code (AGI() would split it at the comma): the service gets
+    # "123,1" as dialled, to refuse as malformed, and the 1 after the comma does not pose as BRIDGED_MORE.
+    await session(agi.port, _headers(agi_arg_1="123%2C1", agi_arg_2="0"))
+    assert agi.service.requests == [("anna", "123,1", "phone", "1767261600.17")]
+    assert agi.service.others_follow == [False]
+
+
 async def test_unknown_endpoint_is_refused(agi: Agi) -> None:
     commands = await session(
         agi.port, _headers(agi_channel="PJSIP/mallory-0000000a"), default_answers("mallory")

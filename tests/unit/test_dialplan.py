@@ -4,6 +4,7 @@ name there is one the module knows."""
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,38 @@ def test_the_fastagi_script_is_the_one_bridged_serves() -> None:
     scripts = re.findall(pattern, CODE)
     assert scripts and set(scripts) == {dialplan.AGI_SCRIPT}
     assert len(scripts) == len(re.findall(r"\bAGI\(", CODE))  # no other AGI() call
+
+
+def test_a_dialled_code_reaches_agi_uri_encoded() -> None:
+    """AGI() splits its arguments at commas and strips quotes and backslashes: every code the dialplan
+    takes from the dialled extension is URI-encoded before it becomes an argument."""
+    values = re.findall(r"Set\(" + dialplan.CODE + r"=([^\n]*)\)\s*$", CODE, flags=re.M)
+    from_exten = [v for v in values if v]
+    assert from_exten == ["${URIENCODE(${EXTEN:3})}"]
+    assert set(values) == {"", "${URIENCODE(${EXTEN:3})}"}
+
+
+@given(st.text())
+def test_code_from_arg_gives_back_what_was_dialled(dialled: str) -> None:
+    # What Asterisk's URIENCODE sends (every byte outside the unreserved set as %XX): decoded whole.
+    assert dialplan.code_from_arg(urllib.parse.quote(dialled, safe="")) == dialled
+    # No '%', nothing to decode: the argument as it came, spaces and separators kept (never trimmed).
+    assert dialplan.code_from_arg(dialled.replace("%", "")) == dialled.replace("%", "")
+
+
+@pytest.mark.parametrize(
+    ("arg", "code"),
+    [
+        ("10002%2C1", "10002,1"),
+        ("%2210002%22", '"10002"'),
+        ("%2010002", " 10002"),
+        ("1%5C0002", "1\\0002"),
+        ("%FF12", "\ufffd12"),  # not UTF-8: no code pattern takes U+FFFD
+        ("", ""),
+    ],
+)
+def test_code_from_arg_decodes_separators_and_keeps_what_no_code_has(arg: str, code: str) -> None:
+    assert dialplan.code_from_arg(arg) == code
 
 
 def test_the_targets_are_tried_in_order_and_the_daemon_is_told_whether_another_follows() -> None:
