@@ -278,6 +278,18 @@ def measure(r: run.Rig, calls: int, rounds: int) -> dict[str, list[float]]:
     return deltas
 
 
+def timelines() -> dict[str, list[str]]:
+    """Each path's first round on the wire (``BENCH_WIRE=1``) with the marks of the process that decides
+    (``BENCH_MARKS=1``: bridged's, the floor server's), printed."""
+    out = {}
+    for path in PATHS[1:]:
+        marks = run.WORK / ("main/bridged.log" if path == "bridged" else "floor/floor.log")
+        port = run.AGI_PORT if path == "bridged" else FLOOR_AGI_PORT
+        out[path] = run.wire_report(run.WORK / f"wire-floor-{path}-1-lat-manager.txt", marks, port)
+        print("\n".join(out[path]))
+    return out
+
+
 def table(results: dict[str, Any]) -> list[str]:
     base = results["paths"]["baseline"]
     lines = [
@@ -339,6 +351,8 @@ def main(argv: list[str]) -> int:
             results["paths"][path][f"added_{p}_ms"] = round(
                 results["paths"][path][f"{p}_ms"] - base[f"{p}_ms"], 2
             )
+    if os.environ.get("BENCH_WIRE") and os.environ.get("BENCH_MARKS"):
+        results["timelines"] = timelines()
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nbench.floor ({results['started']}, load {results['load']:.2f}): {results['machine']['cpu']}")
     print("\n".join(table(results)))

@@ -97,6 +97,8 @@ def _describe(ip: bytes) -> str | None:
 # -- the breakdown --------------------------------------------------------------------------------------
 
 _SIP, _AGI, _ARI, _PG = 5060, 4590, 8088, 55433
+# A daemon's marks belong to a call whose manager INVITE came at most this long before (seconds).
+_CALL_WINDOW = 0.2
 
 
 def calls(path: Path, marks: Path | None = None, agi_port: int = _AGI) -> list[dict[str, float]]:
@@ -161,8 +163,8 @@ def _add_marks(found: list[dict[str, float]], log_file: Path) -> None:
         first = float(pairs[0][1])
         # The call whose manager INVITE came last before the first mark.
         index = bisect.bisect_right(starts, first) - 1
-        if index < 0:
-            continue
+        if index < 0 or first - starts[index] > _CALL_WINDOW:
+            continue  # before the first call, or a mark of calls in another capture (the same log)
         call = found[index]
         for name, stamp in pairs:
             call.setdefault(f"@{name}", float(stamp))
