@@ -618,6 +618,14 @@ class Latency:
 def measure_latency(r: Rig, endpoint: str, calls: int, tag: str) -> Latency:
     """The manager dials ``*77<order>`` ``calls`` times, one call at a time: the manager's INVITE sent to
     the carrier receiving the customer leg's INVITE."""
+    return summary(latency_deltas(r, endpoint, calls, tag))
+
+
+def latency_deltas(
+    r: Rig, endpoint: str, calls: int, tag: str, *, service: str = f"*77{ORDER}", agi_port: int = AGI_PORT
+) -> list[float]:
+    """:func:`measure_latency`'s calls, each call's latency (ms, the warm-up calls left out); ``service``
+    is what the manager dials, ``agi_port`` the FastAGI port ``BENCH_WIRE``'s timeline looks at."""
     return _one_at_a_time(
         r,
         calls,
@@ -630,7 +638,8 @@ def measure_latency(r: Rig, endpoint: str, calls: int, tag: str) -> Latency:
             32000,
             {"user": endpoint},
         ),
-        service=f"*77{ORDER}",
+        service=service,
+        agi_port=agi_port,
     )
 
 
@@ -639,22 +648,26 @@ def measure_inbound_latency(r: Rig, did: str, calls: int, tag: str) -> Latency:
     manager's phone receiving its INVITE. The bench's scenarios swap roles: ``carrier.xml`` (a UAS that
     answers and waits for the BYE) is the manager's phone, ``manager.xml`` (a UAC) the carrier delivering
     the customer's call (From: the customer's number)."""
-    return _one_at_a_time(
+    deltas = _one_at_a_time(
         r,
         calls,
         callee=(f"{tag}-in-phone", "carrier", "127.0.0.1", MANAGER_PORT[INBOUND_EP], 33000, {"ring_ms": "0"}),
         caller=(f"{tag}-in-carrier", "manager", CARRIER_IP, 5060, 34000, {"user": INBOUND_NUMBER}),
         service=did,
     )
+    return summary(deltas)
 
 
 # A SIPp party of a timed call: run name, scenario, address, SIP port, media port, keys.
 Party = tuple[str, str, str, int, int, dict[str, str]]
 
 
-def _one_at_a_time(r: Rig, calls: int, *, callee: Party, caller: Party, service: str) -> Latency:
-    """``calls`` calls from ``caller`` to ``service`` at 10/s, one at a time, answered by ``callee``: the
-    setup latency from the caller's INVITE sent to the callee's received (both SIPp traces; loopback)."""
+def _one_at_a_time(
+    r: Rig, calls: int, *, callee: Party, caller: Party, service: str, agi_port: int = AGI_PORT
+) -> list[float]:
+    """``calls`` calls from ``caller`` to ``service`` at 10/s, one at a time, answered by ``callee``: each
+    call's setup latency (ms) from the caller's INVITE sent to the callee's received (both SIPp traces;
+    loopback), the warm-up calls left out."""
     r.quiet()
     name, scenario, ip, port, media, keys = callee
     answering = sipp(
@@ -692,21 +705,24 @@ def _one_at_a_time(r: Rig, calls: int, *, callee: Party, caller: Party, service:
     calling.wait(timeout=calls * 5 + 60)
     if wire is not None:
         wire.stop()
-        for line in wire_report(wire.path):
+        for line in wire_report(wire.path, agi_port=agi_port):
             log(f"    {line}")
     finish_carrier(r, answering)
-    return _latency(name, calls, calling.messages(), answering.messages())
+    return _deltas(name, calls, calling.messages(), answering.messages())
 
 
-def _latency(tag: str, calls: int, caller_trace: str, callee_trace: str) -> Latency:
-    """Setup latency from the caller's INVITE sent to the callee's received, one call at a time."""
+def _deltas(tag: str, calls: int, caller_trace: str, callee_trace: str) -> list[float]:
+    """Setup latency (ms) from the caller's INVITE sent to the callee's received, one call at a time."""
     sent = first_invites(caller_trace, "sent")
     received = first_invites(callee_trace, "received")
     if len(sent) != calls or len(received) != calls:
         raise RuntimeError(f"{tag}: {len(sent)} INVITEs sent, {len(received)} received for {calls} calls")
     deltas = [(b - a) * 1000 for a, b in zip(sent, received, strict=True)]
     # The first calls warm caches and connection pools on both paths; leave them out.
-    deltas = deltas[min(5, calls // 10) :]
+    return deltas[min(5, calls // 10) :]
+
+
+def summary(deltas: list[float]) -> Latency:
     return Latency(
         len(deltas),
         round(percentile(deltas, 50), 2),

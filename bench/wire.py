@@ -85,6 +85,10 @@ def _describe(ip: bytes) -> str | None:
         payload, name = body[offset:], "tcp"
     else:
         return None
+    if payload[:1] == b"\x81" and len(payload) > 4 and not payload[1] & 0x80:
+        # A websocket text frame from Asterisk (unmasked): its JSON, without the header (whose length
+        # bytes may hold a newline).
+        payload = payload[{126: 4, 127: 10}.get(payload[1], 2) :]
     text = payload.split(b"\n", 1)[0][:60].decode("latin-1")
     first = "".join(c if c.isprintable() and c != " " else "_" for c in text) or "-"
     return f"{name} {src}:{sport} {dst}:{dport} {flags} {len(payload)} {first}"
@@ -93,11 +97,14 @@ def _describe(ip: bytes) -> str | None:
 # -- the breakdown --------------------------------------------------------------------------------------
 
 _SIP, _AGI, _ARI, _PG = 5060, 4590, 8088, 55433
+# A daemon's marks belong to a call whose manager INVITE came at most this long before (seconds).
+_CALL_WINDOW = 0.2
 
 
-def calls(path: Path, marks: Path | None = None) -> list[dict[str, float]]:
-    """Each call's markers (a manager INVITE to the carrier's INVITE and the FastAGI answer): the packets'
-    times, and the daemon's own marks (``bench.marks``) that fall in the call's window."""
+def calls(path: Path, marks: Path | None = None, agi_port: int = _AGI) -> list[dict[str, float]]:
+    """Each call's markers (a manager INVITE to ``*77``, ``*78`` or ``*79`` to the carrier's INVITE and the
+    FastAGI answer on ``agi_port``): the packets' times, and the daemon's own marks (``bench.marks``,
+    ``bench.floor``) that fall in the call's window."""
     out: list[dict[str, float]] = []
     call: dict[str, float] | None = None
     for raw in path.read_text().splitlines():
@@ -107,7 +114,7 @@ def calls(path: Path, marks: Path | None = None) -> list[dict[str, float]]:
         stamp_text, proto, src, dst, flags, size_text, first = fields
         stamp, size = float(stamp_text), int(size_text)
         sport, dport = int(src.rsplit(":", 1)[1]), int(dst.rsplit(":", 1)[1])
-        if proto == "udp" and dport == _SIP and first.startswith("INVITE_sip:*77") and src != dst:
+        if proto == "udp" and dport == _SIP and first.startswith("INVITE_sip:*7") and src != dst:
             if call is None or "carrier_invite" in call:
                 call = {"manager_invite": stamp}
                 out.append(call)
@@ -119,9 +126,9 @@ def calls(path: Path, marks: Path | None = None) -> list[dict[str, float]]:
             mark = "carrier_invite"
         elif proto == "udp" and sport == _SIP and first.startswith("SIP/2.0_100"):
             mark = "trying_to_manager"
-        elif proto == "tcp" and dport == _AGI and flags == "S":
+        elif proto == "tcp" and dport == agi_port and flags == "S":
             mark = "agi_syn"
-        elif proto == "tcp" and dport == _AGI and size and first.startswith("agi_"):
+        elif proto == "tcp" and dport == agi_port and size and first.startswith("agi_"):
             mark = "agi_env"
         elif proto == "tcp" and dport == _PG and size and "agi_env" in call:
             mark = "pg_query"
@@ -131,11 +138,13 @@ def calls(path: Path, marks: Path | None = None) -> list[dict[str, float]]:
             mark = "ari_originate"
         elif proto == "tcp" and sport == _ARI and first.startswith("HTTP/1.1") and "ari_originate" in call:
             mark = "ari_answer"
-        elif proto == "tcp" and sport == _AGI and size and first.startswith("SET_VARIABLE_BRIDGED_REPLY"):
+        elif proto == "tcp" and sport == agi_port and size and first.startswith("SET_VARIABLE_"):
             mark = "agi_answer"
+        elif proto == "tcp" and sport == _ARI and size and '"StasisStart"' in first:
+            mark = "stasis_start_event"  # the event websocket's frame (ari.conf pretty = no: one line)
         if mark and mark not in call:
             call[mark] = stamp
-        if proto == "tcp" and dport == _AGI and size and "agi_answer" not in call:
+        if proto == "tcp" and dport == agi_port and size and "agi_answer" not in call:
             # Asterisk writes the environment a line at a time; the last part comes once bridged read.
             call["agi_env_last"] = stamp
     out = [c for c in out if "carrier_invite" in c]
@@ -154,17 +163,17 @@ def _add_marks(found: list[dict[str, float]], log_file: Path) -> None:
         first = float(pairs[0][1])
         # The call whose manager INVITE came last before the first mark.
         index = bisect.bisect_right(starts, first) - 1
-        if index < 0:
-            continue
+        if index < 0 or first - starts[index] > _CALL_WINDOW:
+            continue  # before the first call, or a mark of calls in another capture (the same log)
         call = found[index]
         for name, stamp in pairs:
             call.setdefault(f"@{name}", float(stamp))
 
 
-def report(path: Path, marks: Path | None = None) -> list[str]:
+def report(path: Path, marks: Path | None = None, agi_port: int = _AGI) -> list[str]:
     """Per marker, in the order of their median time: the median and p99 since the manager's INVITE, and
     the median of the step from the marker before it."""
-    found = calls(path, marks)
+    found = calls(path, marks, agi_port)
     offsets: dict[str, list[float]] = {}
     for call in found:
         t0 = call["manager_invite"]
@@ -190,5 +199,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.wire")
     parser.add_argument("capture", type=Path)
     parser.add_argument("--marks", type=Path, help="the bench.marks daemon's log (bridged.log)")
+    parser.add_argument("--agi-port", type=int, default=_AGI, help=f"the FastAGI port (default {_AGI})")
     args = parser.parse_args()
-    print("\n".join(report(args.capture, args.marks)))
+    print("\n".join(report(args.capture, args.marks, args.agi_port)))
