@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from . import jsontext
 from .deadlines import Deadlines
 from .errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
 from .operations import Operation
@@ -103,7 +104,7 @@ def _safe_error_text(payload: Any, secrets: list[str]) -> str | None:
 
 def _json_or_none(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return jsontext.loads(raw)
     except ValueError:
         return None
 
@@ -274,7 +275,7 @@ class AriClient:
         if status == 204 or not raw or not decode:
             return None
         try:
-            return json.loads(raw)
+            return jsontext.loads(raw)
         except ValueError:
             raise AriError(op_name, status, f"ARI {op_name}: invalid JSON in response") from None
 
