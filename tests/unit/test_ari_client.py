@@ -256,21 +256,24 @@ async def test_an_answer_nobody_reads_is_not_parsed(fake: tuple[FakeAri, AriClie
         ari.reply(method, path, text="{not json")
     ari.reply("GET", "/ari/asterisk/info", text="{not json")
     variables = {"CALLERID(all)": "Order 42"}
-    assert (
-        await client.originate_to_dialplan(
-            endpoint=ENDPOINT,
-            context="c",
-            extension="s",
-            channel_id="c1",
-            caller_id="x",
-            timeout=30,
-            variables=variables,
-        )
-        is None
+    await client.originate_to_dialplan(
+        endpoint=ENDPOINT,
+        context="c",
+        extension="s",
+        channel_id="c1",
+        caller_id="x",
+        timeout=30,
+        variables=variables,
     )
-    assert await client.create_bridge("b1") is None
-    assert await client.subscribe("bridged", ["channel:c1"]) is None
-    assert await client.answer("c1") is None
+    await client.create_bridge("b1")
+    await client.subscribe("bridged", ["channel:c1"])
+    await client.answer("c1")
+    assert [r["path"] for r in ari.requests] == [
+        "/ari/channels",
+        "/ari/bridges",
+        "/ari/applications/bridged/subscription",
+        "/ari/channels/c1/answer",
+    ]
     with pytest.raises(AriError, match="invalid JSON"):
         await client.get_info()
 
