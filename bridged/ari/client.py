@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from . import jsontext
 from .deadlines import Deadlines
 from .errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
 from .operations import Operation
@@ -103,7 +104,7 @@ def _safe_error_text(payload: Any, secrets: list[str]) -> str | None:
 
 def _json_or_none(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return jsontext.loads(raw)
     except ValueError:
         return None
 
@@ -237,8 +238,11 @@ class AriClient:
         path_params: Mapping[str, Any],
         params: Mapping[str, Any],
         body: Mapping[str, Any] | None = None,
+        *,
+        decode: bool = True,
     ) -> Any:
-        """Run one operation; JSON result, None for 204. Raises AriError subclasses or ValueError."""
+        """Run one operation; JSON result, None for 204 or with ``decode`` off (an answer nobody reads is
+        not parsed; an error's is, for its text). Raises AriError subclasses or ValueError."""
         op, target, json_body = self._prepare(op_name, path_params, params, body)
         sent = None if json_body is None else json.dumps(json_body).encode()
         token = next(self._seq)
@@ -268,10 +272,10 @@ class AriClient:
                 status,
                 _safe_error_text(_json_or_none(raw), _secret_values(path_params, params, body)),
             )
-        if status == 204 or not raw:
+        if status == 204 or not raw or not decode:
             return None
         try:
-            return json.loads(raw)
+            return jsontext.loads(raw)
         except ValueError:
             raise AriError(op_name, status, f"ARI {op_name}: invalid JSON in response") from None
 
@@ -295,7 +299,7 @@ class AriClient:
     async def _found(self, op_name: str, path_params: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
         """Done: True; False when the resource was already gone (404)."""
         try:
-            await self._call(op_name, path_params, params)
+            await self._call(op_name, path_params, params, decode=False)
         except AriNotFound:
             return False
         return True
@@ -359,7 +363,7 @@ class AriClient:
         timeout: int,  # noqa: ASYNC109 - ARI's ring timeout, not ours
         variables: dict[str, str],
         originator: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> None:
         """Ring ``endpoint`` on channel ``channel_id``; answered, it runs ``context``/``extension``/1.
         Not in any application until then: its events come to one subscribed to it (:meth:`subscribe`)."""
         params = {
@@ -372,7 +376,7 @@ class AriClient:
             "channelId": channel_id,
             "originator": originator,
         }
-        return await self._call("originate", {}, params, {"variables": variables})
+        await self._call("originate", {}, params, {"variables": variables}, decode=False)
 
     async def dial(
         self,
@@ -383,20 +387,20 @@ class AriClient:
         """Ring a channel made by :meth:`create_channel` for up to ``timeout`` seconds (Asterisk hangs it up
         then: ChannelDestroyed cause 19). No ``caller``: Asterisk would copy that channel's identity onto
         this one."""
-        await self._call("dial", {"channelId": channel_id}, {"timeout": timeout})
+        await self._call("dial", {"channelId": channel_id}, {"timeout": timeout}, decode=False)
 
     async def hangup(self, channel_id: str, reason: str = "normal") -> bool:
         """False when the channel was already gone."""
         return await self._found("hangup", {"channelId": channel_id}, {"reason": reason})
 
     async def answer(self, channel_id: str) -> None:
-        await self._call("answer", {"channelId": channel_id}, {})
+        await self._call("answer", {"channelId": channel_id}, {}, decode=False)
 
     async def ring(self, channel_id: str) -> None:
-        await self._call("ring", {"channelId": channel_id}, {})
+        await self._call("ring", {"channelId": channel_id}, {}, decode=False)
 
     async def ring_stop(self, channel_id: str) -> None:
-        await self._call("ring_stop", {"channelId": channel_id}, {})
+        await self._call("ring_stop", {"channelId": channel_id}, {}, decode=False)
 
     async def play(
         self,
@@ -422,7 +426,9 @@ class AriClient:
         return value if isinstance(value, str) else None
 
     async def set_variable(self, channel_id: str, variable: str, value: str) -> None:
-        await self._call("set_variable", {"channelId": channel_id}, {"variable": variable, "value": value})
+        await self._call(
+            "set_variable", {"channelId": channel_id}, {"variable": variable, "value": value}, decode=False
+        )
 
     async def continue_in_dialplan(
         self,
@@ -434,18 +440,16 @@ class AriClient:
         label: str | None = None,
     ) -> None:
         params = {"context": context, "extension": extension, "priority": priority, "label": label}
-        await self._call("continue_in_dialplan", {"channelId": channel_id}, params)
+        await self._call("continue_in_dialplan", {"channelId": channel_id}, params, decode=False)
 
     # -- bridges --------------------------------------------------------------------------------------
 
     async def list_bridges(self) -> list[dict[str, Any]]:
         return await self._call("list_bridges", {}, {})
 
-    async def create_bridge(
-        self, bridge_id: str, *, type: str = "mixing", name: str | None = None
-    ) -> dict[str, Any]:
+    async def create_bridge(self, bridge_id: str, *, type: str = "mixing", name: str | None = None) -> None:
         params = {"type": type, "bridgeId": bridge_id, "name": name}
-        return await self._call("create_bridge", {}, params)
+        await self._call("create_bridge", {}, params, decode=False)
 
     async def get_bridge(self, bridge_id: str) -> dict[str, Any] | None:
         return await self._get("get_bridge", {"bridgeId": bridge_id}, {})
@@ -469,7 +473,7 @@ class AriClient:
             "role": role,
             "inhibitConnectedLineUpdates": inhibit_connected_line_updates,
         }
-        await self._call("add_channel", {"bridgeId": bridge_id}, params)
+        await self._call("add_channel", {"bridgeId": bridge_id}, params, decode=False)
 
     async def remove_channel(self, bridge_id: str, channel_id: str) -> bool:
         """False when the bridge is gone (404); a channel not in the bridge raises AriBadRequest (400)."""
@@ -502,13 +506,14 @@ class AriClient:
         """Answer a REFER that Asterisk handed to us (``PJSIP_TRANSFER_HANDLING()=ari-only``):
         ``channel_declined``, ``channel_unavailable``, ``channel_progress`` or ``channel_answered``
         become the NOTIFY the phone gets."""
-        await self._call("transfer_progress", {"channelId": channel_id}, {"states": states})
+        await self._call("transfer_progress", {"channelId": channel_id}, {"states": states}, decode=False)
 
     async def get_application(self, name: str) -> dict[str, Any]:
         return await self._call("get_application", {"applicationName": name}, {})
 
-    async def subscribe(self, app: str, event_sources: list[str]) -> dict[str, Any]:
-        return await self._call("subscribe", {"applicationName": app}, {"eventSource": list(event_sources)})
+    async def subscribe(self, app: str, event_sources: list[str]) -> None:
+        """Its answer (the application with all its sources: grows with the calls in progress) is not read."""
+        await self._call("subscribe", {"applicationName": app}, {"eventSource": event_sources}, decode=False)
 
     async def allow_events(self, app: str, event_types: Iterable[str]) -> dict[str, Any]:
         """Have Asterisk send ``app`` only these event types (``PUT .../eventFilter``).

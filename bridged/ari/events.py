@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from . import jsontext
 from .client import AriAccess
 
 __all__ = ["AriEventStream", "event_bridge_id", "event_channel_id", "event_type", "ws_url_from_base"]
@@ -280,7 +280,7 @@ class AriEventStream:
 
     def _dispatch(self, raw: str) -> None:
         try:
-            event = json.loads(raw)
+            event = jsontext.loads(raw)
         except ValueError:
             log.warning("ARI event is not valid JSON (%d bytes); skipped", len(raw))
             return

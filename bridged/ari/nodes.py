@@ -107,10 +107,12 @@ class NodeClients(AriClient):
         path_params: Mapping[str, Any],
         params: Mapping[str, Any],
         body: Mapping[str, Any] | None = None,
+        *,
+        decode: bool = True,
     ) -> Coroutine[Any, Any, Any]:
         # Every operation goes through here: the current node's client's request itself is what its
         # caller awaits (no coroutine of our own around it).
-        return self.client()._call(op_name, path_params, params, body)
+        return self.client()._call(op_name, path_params, params, body, decode=decode)
 
     async def stored_recording_file(
         self, name: str, *, range_header: str | None = None

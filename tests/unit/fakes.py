@@ -402,7 +402,7 @@ class FakeAri:
         timeout: int,  # noqa: ASYNC109
         variables: dict[str, str],
         originator: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> None:
         await self._record(
             "originate_to_dialplan",
             endpoint=endpoint,
@@ -418,7 +418,6 @@ class FakeAri:
         snapshot = {"id": channel_id, "state": "Down", "dialplan": {"context": context, "app_name": ""}}
         self.channels[channel_id] = snapshot
         self.channel_variables[channel_id] = dict(variables)
-        return dict(snapshot)
 
     async def get_variable(self, channel_id: str, variable: str) -> str | None:
         await self._record("get_variable", channel_id=channel_id, variable=variable)
@@ -482,11 +481,8 @@ class FakeAri:
             label=label,
         )
 
-    async def create_bridge(
-        self, bridge_id: str, *, type: str = "mixing", name: str | None = None
-    ) -> dict[str, Any]:
+    async def create_bridge(self, bridge_id: str, *, type: str = "mixing", name: str | None = None) -> None:
         await self._record("create_bridge", bridge_id=bridge_id, type=type, name=name)
-        return {"id": bridge_id, "bridge_type": type, "channels": []}
 
     async def add_channel(
         self,
@@ -552,9 +548,8 @@ class FakeAri:
         await self._record("get_application", name=name)
         return {"name": name, "channel_ids": list(self.app_channel_ids), "bridge_ids": []}
 
-    async def subscribe(self, app: str, event_sources: list[str]) -> dict[str, Any]:
+    async def subscribe(self, app: str, event_sources: list[str]) -> None:
         await self._record("subscribe", app=app, event_sources=list(event_sources))
-        return {"name": app}
 
     async def allow_events(self, app: str, event_types: Iterable[str]) -> dict[str, Any]:
         await self._record("allow_events", app=app, event_types=sorted(event_types))

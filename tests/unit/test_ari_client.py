@@ -243,6 +243,41 @@ async def test_status_mapping(fake: tuple[FakeAri, AriClient]) -> None:
     assert unauthorized.value.status == 401
 
 
+async def test_an_answer_nobody_reads_is_not_parsed(fake: tuple[FakeAri, AriClient]) -> None:
+    """The originate's, the bridge's and the subscription's answers are thrown away by every caller: not
+    parsed (a body that is not JSON goes unnoticed); one that is read still is, and must be JSON."""
+    ari, client = fake
+    for method, path in (
+        ("POST", "/ari/channels"),
+        ("POST", "/ari/bridges"),
+        ("POST", "/ari/applications/bridged/subscription"),
+        ("POST", "/ari/channels/c1/answer"),
+    ):
+        ari.reply(method, path, text="{not json")
+    ari.reply("GET", "/ari/asterisk/info", text="{not json")
+    variables = {"CALLERID(all)": "Order 42"}
+    await client.originate_to_dialplan(
+        endpoint=ENDPOINT,
+        context="c",
+        extension="s",
+        channel_id="c1",
+        caller_id="x",
+        timeout=30,
+        variables=variables,
+    )
+    await client.create_bridge("b1")
+    await client.subscribe("bridged", ["channel:c1"])
+    await client.answer("c1")
+    assert [r["path"] for r in ari.requests] == [
+        "/ari/channels",
+        "/ari/bridges",
+        "/ari/applications/bridged/subscription",
+        "/ari/channels/c1/answer",
+    ]
+    with pytest.raises(AriError, match="invalid JSON"):
+        await client.get_info()
+
+
 async def test_error_never_contains_parameter_values(
     fake: tuple[FakeAri, AriClient], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -109,7 +109,9 @@ class _Recorder(AriClient):
     def __init__(self, name: str, seen: list[tuple[str, str]]) -> None:  # no HTTP session: never sends
         self.name, self.seen = name, seen
 
-    async def _call(self, op_name: str, path_params: Any, params: Any, body: Any = None) -> Any:  # noqa: ANN401
+    async def _call(  # noqa: ANN401
+        self, op_name: str, path_params: Any, params: Any, body: Any = None, *, decode: bool = True
+    ) -> Any:
         self.seen.append((self.name, op_name))
         return {"id": "x"}
 

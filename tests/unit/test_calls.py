@@ -1015,10 +1015,9 @@ async def test_reconcile_leg_gone_between_listing_and_subscription(env: Env) -> 
     _bridged_row(env, "call-r")
     env.ari.channels = {c: {"id": c, "state": "Up"} for c in ("call-r-m", "call-r-customer")}
 
-    async def vanish(app: str, event_sources: list[str]) -> dict[str, Any]:
+    async def vanish(app: str, event_sources: list[str]) -> None:
         env.ari.calls.append(("subscribe", {"app": app, "event_sources": event_sources}))
         env.ari.channels.pop("call-r-customer")
-        return {}
 
     env.ari.subscribe = vanish  # type: ignore[method-assign]
     await env.engine.reconciler.reconcile()

@@ -640,9 +640,9 @@ async def test_an_asterisk_slow_to_take_the_originate_does_not_hold_the_fastagi_
     ari = env.ari
     originate = ari.originate_to_dialplan
 
-    async def slow_originate(**kwargs: Any) -> dict[str, Any]:
+    async def slow_originate(**kwargs: Any) -> None:
         await release.wait()
-        return await originate(**kwargs)
+        await originate(**kwargs)
 
     ari.originate_to_dialplan = slow_originate  # type: ignore[method-assign]
     decided = asyncio.ensure_future(env.service.place_from_phone("anna", "123", "m-1", read_code=_no_code))
