@@ -295,8 +295,12 @@ def call_in(
     timeout_s: int = 60,
     calls: int = 1,
     name: str | None = None,
+    caller_name: str | None = None,
 ) -> Sipp:
     """The carrier calls the shop's number ``did`` as the customer ``caller`` (carrier_inbound.xml).
+
+    ``caller_name``: the display name of its identity headers (default: the number itself); a lone
+    surrogate such as ``"\\udcff"`` is sent as that raw byte (the argument is encoded with surrogateescape).
 
     ``identity``: where the INVITE carries the number (pai, rpid, history, anonymous: see the scenario).
     ``cancel_ms`` > 0: the caller hangs up if nobody answered by then. ``update_ms`` > 0: the carrier
@@ -315,6 +319,7 @@ def call_in(
         service=did,
         keys={
             "caller": caller,
+            "caller_name": caller if caller_name is None else caller_name,
             "identity": identity,
             "hold_ms": str(hold_ms),
             "cancel_ms": str(cancel_ms),

@@ -403,9 +403,11 @@ def customer_calls(
     update_ms: int = 0,
     update_method: str = "UPDATE",
     timeout_s: int = 60,
+    caller_name: str | None = None,
 ) -> Sipp:
     """The customer calls the shop's number back through the carrier (rig/scenarios/carrier_inbound.xml):
-    ``number`` in From and P-Asserted-Identity (``identity``: pai, rpid, history, anonymous)."""
+    ``number`` in From and P-Asserted-Identity (``identity``: pai, rpid, history, anonymous), with
+    ``caller_name`` as their display name (default: the number)."""
     return call_in(
         number,
         did,
@@ -418,6 +420,7 @@ def customer_calls(
         update_method=update_method,
         timeout_s=timeout_s,
         name=f"carrier_inbound_{identity}",
+        caller_name=caller_name,
     )
 
 

@@ -124,7 +124,8 @@ def call_cdrs(asterisk: Asterisk, row: dict[str, Any]) -> str:
     cdr_file = asterisk.base / "log" / "cdr-csv" / "Master.csv"
 
     def rows() -> list[list[str]]:
-        text = cdr_file.read_text() if cdr_file.exists() else ""
+        # errors="replace": a carrier's display name may hold bytes that are not UTF-8.
+        text = cdr_file.read_text(errors="replace") if cdr_file.exists() else ""
         return list(csv.reader(io.StringIO(text)))
 
     def callers() -> list[list[str]]:
@@ -199,6 +200,32 @@ def test_a_customer_reaches_their_orders_manager_who_sees_the_order_label_and_ne
     wait_for((asterisk.recordings_dir / f"{row['recording_name']}.wav").exists, 10, "the recording")
     assert_nothing_leaked(number, daemon, phone, cdrs=call_cdrs(asterisk, row))
     assert f"Order {order}" in call_cdrs(asterisk, row)  # the caller's leg ended with the label
+
+
+def test_a_display_name_that_holds_the_number_and_bytes_that_are_not_utf8_reaches_nobody(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """A carrier's display name is hostile input: here the customer's number written with spaces, Cyrillic,
+    and a byte that is not UTF-8 (0xFF), in From and P-Asserted-Identity. The call still reaches the
+    order's manager, who is shown the order label; the name is in no SIP message the phone got, nor in
+    bridged's log, database or the call's CDRs."""
+    daemon = inbound_daemon(make_bridged, asterisk)
+    anna = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Ivan Petrov", anna.id)
+    spaced = f"{number[:3]} {number[3:5]} {number[5:9]} {number[9:]}"
+    name = f"Иван {spaced} \udcff"  # the lone surrogate goes out as the raw byte 0xFF
+
+    phone, customer = _answered_call(daemon, anna, trace_dir, rig_alloc, number, caller_name=name)
+    # The carrier really sent the raw byte (SIPp's own trace of its INVITE).
+    assert "Иван ".encode() + spaced.encode() + b" \xff" in customer.message_file.read_bytes()
+    assert f'"Order {order} Ivan P."' in received_invite(phone)
+    assert "Иван" not in phone.messages() and "\ufffd" not in phone.messages()
+    row = ended_row(daemon)
+    assert (row["order_id"], row["manager_id"], row["outcome"]) == (order, anna.id, "completed")
+    cdrs = call_cdrs(asterisk, row)
+    assert_nothing_leaked(number, daemon, phone, cdrs=cdrs)
+    assert_nothing_leaked(spaced, daemon, phone, cdrs=cdrs)
 
 
 def test_the_carriers_identity_update_mid_call_never_reaches_the_manager_nor_the_cdrs(
