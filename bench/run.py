@@ -756,6 +756,15 @@ CPU_SOURCES: dict[str, tuple[int, bool]] = {}
 PINNED: dict[str, str | None] = {"asterisk": None, "others": None}
 
 
+def py_spy() -> str:
+    """The py-spy next to this interpreter (the test extras install it into .venv/bin), else on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
+        raise SystemExit("BENCH_PYSPY_DIR needs py-spy: scripts/bootstrap test installs it into .venv")
+    return found
+
+
 def _tree(pid: int) -> list[int]:
     """``pid`` and its live descendants."""
     parents: dict[int, int] = {}
@@ -891,7 +900,7 @@ def run_rate_step(r: Rig, endpoint: Endpoints, rate: float, seconds: float, tag:
     if os.environ.get("BENCH_PYSPY_DIR") and endpoint == BRIDGED_EP:  # collapsed stacks of bridged
         spy = subprocess.Popen(
             [
-                "py-spy",
+                py_spy(),
                 "record",
                 "--nonblocking",
                 "--format",
