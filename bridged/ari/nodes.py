@@ -101,18 +101,10 @@ class NodeClients(AriClient):
         call it decides about)."""
         return self.client().oldest_wait()
 
-    def _call(
-        self,
-        op_name: str,
-        path_params: Mapping[str, Any],
-        params: Mapping[str, Any],
-        body: Mapping[str, Any] | None = None,
-        *,
-        decode: bool = True,
-    ) -> Coroutine[Any, Any, Any]:
-        # Every operation goes through here: the current node's client's request itself is what its
-        # caller awaits (no coroutine of our own around it).
-        return self.client()._call(op_name, path_params, params, body, decode=decode)
+    def _call(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        # Every operation goes through here, with AriClient._call's arguments: the current node's client's
+        # request itself is what its caller awaits (no coroutine of our own around it).
+        return self.client()._call(*args, **kwargs)
 
     async def stored_recording_file(
         self, name: str, *, range_header: str | None = None
