@@ -27,7 +27,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -40,9 +40,10 @@ sys.path.insert(0, str(REPO_ROOT))
 from bridged.agi import AgiServer  # noqa: E402
 from bridged.calls.engine import CallEngine  # noqa: E402
 from bridged.config import AgiConfig, ConfigHolder  # noqa: E402, ConfigHolder
+from bridged.limits import Tally  # noqa: E402
 from bridged.orders import OrderDirectory  # noqa: E402
 from bridged.service import CallService  # noqa: E402
-from bridged.store import Store  # noqa: E402
+from bridged.store import Store, attempts  # noqa: E402
 from tests.unit.fakes import (  # noqa: E402
     NUMBER,
     FakeAri,
@@ -93,6 +94,12 @@ class ReadingOrder:
         ]
 
 
+# The budgets' one statement (bridged.store.attempts): a limits.Tally of the window, and its now.
+_BUDGETS_WINDOW = attempts._WINDOW
+_TALLY = [field.name for field in fields(Tally)]
+_NO_ATTEMPTS = {"calls": 0, "distinct_orders": 0, "refused_in_a_row": 0, "code_seen": False}
+
+
 class _Pool:
     """Takes every statement; announces the one that ends the call's row."""
 
@@ -107,11 +114,11 @@ class _Pool:
         return "OK"
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        if "now() AS now" in sql:  # the budgets' window: the database's now, no attempts in it
-            return [{"now": datetime.now(UTC), "at": None, "outcome": None, "order_id": None}]
         return []
 
     async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        if sql == _BUDGETS_WINDOW:  # the database's now, no attempts in the manager's window
+            return {"now": datetime.now(UTC), **{name: None for name in _TALLY}, **_NO_ATTEMPTS}
         return self.row
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
@@ -145,8 +152,11 @@ async def _call(engine: CallEngine, ari: FakeAri, port: int, ended: asyncio.Even
     reply = await _fastagi(port, "m-1")
     call_id = reply.split("|")[2].split(",")[2]  # ok|<language>|<app>,order,<call id>|<label>
     engine.on_event(stasis_start("m-1", ["order", call_id], state="Ring"))
-    await wait_until(lambda: bool(ari.named("dial")), what="the customer leg made and dialled")
-    customer = ari.named("dial")[0]["channel_id"]
+    # The customer's leg is originated into [bridged-customer] (at the decision, as a rule) and enters
+    # the application once answered: its StasisStart in state Up is the answer.
+    rung = "originate_to_dialplan"
+    await wait_until(lambda: bool(ari.named(rung)), what="the customer leg originated")
+    customer = ari.named(rung)[0]["channel_id"]
     engine.on_event(answered(customer))
     await wait_until(lambda: bool(ari.named("add_channel")), what="the bridge")
     engine.on_event(channel_destroyed(customer, cause=16))
