@@ -7,14 +7,14 @@ from typing import Any
 from aiohttp import web
 
 from ..appkeys import STORE
-from ..store.audit import AuditRow
+from ..store.audit import AuditFilter, AuditRow
 from . import openapi
 from .auth import audited
 from .cursors import DEFAULT_LIMIT, MAX_LIMIT, PAGE_PARAMETERS, Listing
 from .cursors import MAX_LENGTH as MAX_CURSOR
 from .params import Query
 
-_FILTERS = {"actor", "action", "call", "from", "to"} | PAGE_PARAMETERS
+_FILTERS = {"actor", "action", "call"} | PAGE_PARAMETERS
 
 
 def audit_json(row: AuditRow) -> dict[str, Any]:
@@ -36,8 +36,8 @@ async def list_audit(request: web.Request) -> web.Response:
     """The audit trail, newest first, one page at a time."""
     q = Query(request, _FILTERS)
     listing = Listing("audit", request.app[STORE].audit.page, lambda r: (r.at, r.id), audit_json)
-    filters = {"actor": q.text("actor", 200), "action": q.text("action", 64), "call_id": q.id("call")}
-    return await listing.page(request, q, **filters, since=q.time("from"), until=q.time("to"))
+    only = AuditFilter(actor=q.text("actor", 200), action=q.text("action", 64), call_id=q.id("call"))
+    return await listing.page(request, q, only)
 
 
 openapi.register(

@@ -21,7 +21,7 @@ from ..outcomes import ROW_REFUSALS, Outcome
 from ..recording_state import STATE_SCHEMA as RECORDING_STATE_SCHEMA
 from ..service import NotStarted, Refused
 from ..store.base import DatabaseUnavailable
-from ..store.calls import CallRow
+from ..store.calls import CallFilter, CallRow
 from . import idempotency, openapi
 from .auth import Principal, audit_denied, audited, forbid_unless, principal, requires
 from .cursors import DEFAULT_LIMIT, MAX_LIMIT, PAGE_PARAMETERS, Listing
@@ -240,7 +240,7 @@ async def _visible_call(request: web.Request) -> CallRow:
     return row
 
 
-_LIST_FILTERS = {"manager", "order", "outcome", "from", "to", "has_recording"} | PAGE_PARAMETERS
+_LIST_FILTERS = {"manager", "order", "outcome", "has_recording"} | PAGE_PARAMETERS
 
 
 @audited("calls.list")
@@ -248,16 +248,13 @@ async def list_calls(request: web.Request) -> web.Response:
     """The call history, newest first, one page at a time."""
     q = Query(request, _LIST_FILTERS)
     listing = Listing("calls", request.app[STORE].calls.page, lambda r: (r.requested_at, r.id), call_json)
-    return await listing.page(
-        request,
-        q,
+    only = CallFilter(
         manager_id=q.text("manager", 64),
         order_id=q.text("order", 64),
         outcome=q.text("outcome", 64),
-        since=q.time("from"),
-        until=q.time("to"),
         has_recording=q.boolean("has_recording"),
     )
+    return await listing.page(request, q, only)
 
 
 @requires("calls.read")

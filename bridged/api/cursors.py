@@ -27,6 +27,7 @@ from aiohttp import web
 
 from ..appkeys import STORE
 from ..ids import ID_RE
+from ..store.base import Window
 from .errors import InvalidCursor, InvalidParameter
 from .params import Query, parse_time
 
@@ -34,7 +35,8 @@ MAX_LENGTH = 400
 # Rows per page: when no limit is asked for, and at most.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-PAGE_PARAMETERS = frozenset({"limit", "cursor"})
+# What every listing takes besides its own filters: the window of rows (bridged.store.base.Window).
+PAGE_PARAMETERS = frozenset({"from", "to", "limit", "cursor"})
 _SIGNATURE_BYTES = 16
 _FORM = re.compile(r"([A-Za-z0-9_-]{1,340})\.([A-Za-z0-9_-]{22})")
 _AUDIT_ID_MAX = 2**63 - 1  # bigserial
@@ -115,27 +117,30 @@ CURSORS: web.AppKey[CursorKeeper] = web.AppKey("cursors", CursorKeeper)
 
 
 T = TypeVar("T")
+F = TypeVar("F")
 
 
 @dataclass(frozen=True)
-class Listing(Generic[T]):
-    """One listing endpoint's rows: ``kind`` names its cursors, ``fetch`` reads a page of rows with the
-    endpoint's filters, ``key`` is a row's (time, id) as the listing orders them, ``item`` its JSON."""
+class Listing(Generic[T, F]):
+    """One listing endpoint's rows: ``kind`` names its cursors, ``fetch`` reads the rows of a
+    :class:`Window` that the endpoint's filter (``F``) lets through, ``key`` is a row's (time, id) as the
+    listing orders them, ``item`` its JSON."""
 
     kind: str
-    fetch: Callable[..., Awaitable[Sequence[T]]]
+    fetch: Callable[[Window, F], Awaitable[Sequence[T]]]
     key: Callable[[T], tuple[datetime, str | int]]
     item: Callable[[T], dict[str, Any]]
 
-    async def page(self, request: web.Request, q: Query, **filters: Any) -> web.Response:
-        """``{"items": [...], "next_cursor": ...}``: at most ``limit`` rows after the ``cursor``'s row, newest
-        first. One row more than the page is read: it says whether there is a next page."""
+    async def page(self, request: web.Request, q: Query, only: F) -> web.Response:
+        """``{"items": [...], "next_cursor": ...}``: the rows ``only`` lets through at or after ``from`` and
+        before ``to``, at most ``limit`` of them after the ``cursor``'s row, newest first. One row more than
+        the page is read: it says whether there is a next page."""
+        since, until = q.time("from"), q.time("to")
         limit = q.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         cursor = q.text("cursor", MAX_LENGTH)
         codec = await request.app[CURSORS].codec(request.app[STORE].settings.cursor_secret)
-        rows = await self.fetch(
-            **filters, before=codec.decode(self.kind, cursor) if cursor else None, limit=limit + 1
-        )
+        before = codec.decode(self.kind, cursor) if cursor else None
+        rows = await self.fetch(Window(since, until, before, limit + 1), only)
         page = rows[:limit]
         more = len(rows) > limit and page
         return web.json_response(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .base import Aggregate, Page, unavailable_as_one_type
+from .base import Aggregate, Page, Window, unavailable_as_one_type
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,15 @@ class AuditRow:
     outcome: str
     reason: str | None
     details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """The audit rows a page holds: each field given (not None) equals its column."""
+
+    actor: str | None = None
+    action: str | None = None
+    call_id: str | None = None
 
 
 @unavailable_as_one_type
@@ -51,27 +60,15 @@ class AuditTrail(Aggregate):
             at,
         )
 
-    async def page(
-        self,
-        *,
-        actor: str | None = None,
-        action: str | None = None,
-        call_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        before: tuple[datetime, int] | None = None,
-        limit: int = 50,
-    ) -> list[AuditRow]:
-        """Newest first; ``before`` is the (at, id) of the last row of the previous page."""
+    async def page(self, window: Window, only: AuditFilter) -> list[AuditRow]:
+        """The window's rows that ``only`` lets through, newest first (by ``at``, then id)."""
         query = (
             Page("SELECT id, at, actor, action, call_id, order_id, outcome, reason, details FROM audit", "at")
-            .where("actor = {}", actor)
-            .where("action = {}", action)
-            .where("call_id = {}", call_id)
-            .where("at >= {}", since)
-            .where("at < {}", until)
+            .where("actor = {}", only.actor)
+            .where("action = {}", only.action)
+            .where("call_id = {}", only.call_id)
         )
-        rows = await self.pool.fetch(query.sql(before, limit), *query.args)
+        rows = await self.pool.fetch(query.sql(window), *query.args)
         out: list[AuditRow] = []
         for r in rows:
             values = dict(r)

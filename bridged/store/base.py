@@ -11,6 +11,7 @@ import inspect
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -111,8 +112,21 @@ class Aggregate:
                 return deleted
 
 
+@dataclass(frozen=True)
+class Window:
+    """Which rows of a listing one page holds, newest first: those whose time is at or after ``since`` and
+    before ``until``, past the row ``before`` (the ``(time, id)`` of the previous page's last row), at most
+    ``limit`` of them. Read from the request once (bridged.api.cursors.Listing), taken as it is by every
+    aggregate's ``page``."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    before: tuple[datetime, Any] | None = None
+    limit: int = 50
+
+
 class Page:
-    """A filtered listing, newest first, one page at a time.
+    """A filtered listing, newest first, one page (a :class:`Window`) at a time.
 
     Keyset pagination: the next page starts after the ``(time, id)`` of the previous page's last row
     (``before``), so a row written meanwhile neither shifts a page nor appears twice, and each page costs
@@ -139,8 +153,11 @@ class Page:
             self._where.append(clause.format(self._arg(value)))
         return self
 
-    def sql(self, before: tuple[datetime, Any] | None, limit: int) -> str:
-        if before is not None:
-            self._where.append(f"({self._time}, id) < ({self._arg(before[0])}, {self._arg(before[1])})")
+    def sql(self, window: Window) -> str:
+        """The statement for one page; its arguments are then :attr:`args`."""
+        self.where(f"{self._time} >= {{}}", window.since).where(f"{self._time} < {{}}", window.until)
+        if window.before is not None:
+            at, row_id = window.before
+            self._where.append(f"({self._time}, id) < ({self._arg(at)}, {self._arg(row_id)})")
         where = " WHERE " + " AND ".join(self._where) if self._where else ""
-        return f"{self._select}{where} ORDER BY {self._time} DESC, id DESC LIMIT {self._arg(limit)}"
+        return f"{self._select}{where} ORDER BY {self._time} DESC, id DESC LIMIT {self._arg(window.limit)}"

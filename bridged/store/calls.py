@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from .attempts import NewAttempt, insert_attempt
-from .base import Aggregate, Page, unavailable_as_one_type
+from .base import Aggregate, Page, Window, unavailable_as_one_type
 
 COLUMNS = (
     "id, order_id, manager_id, direction, state, outcome, hangup_cause, requested_at, answered_at, "
@@ -102,6 +102,17 @@ class CallRow:
         if self.answered_at is None or self.ended_at is None:
             return None
         return max(0.0, (self.ended_at - self.answered_at).total_seconds())
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    """The calls a page holds: each field given (not None) holds of them."""
+
+    manager_id: str | None = None
+    order_id: str | None = None
+    outcome: str | None = None
+    # A recording is available (CallRow.recording_available), or is not.
+    has_recording: bool | None = None
 
 
 @unavailable_as_one_type
@@ -302,30 +313,17 @@ class CallRows(Aggregate):
         )
         return [CallRow(**dict(r)) for r in rows]
 
-    async def page(
-        self,
-        *,
-        manager_id: str | None = None,
-        order_id: str | None = None,
-        outcome: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        has_recording: bool | None = None,
-        before: tuple[datetime, str] | None = None,
-        limit: int = 50,
-    ) -> list[CallRow]:
-        """Newest first; ``before`` is the (requested_at, id) of the last row of the previous page."""
+    async def page(self, window: Window, only: CallFilter) -> list[CallRow]:
+        """The window's rows that ``only`` lets through, newest first (by ``requested_at``, then id)."""
         query = (
             Page(f"SELECT {COLUMNS} FROM calls", "requested_at")
-            .where("manager_id = {}", manager_id)
-            .where("order_id = {}", order_id)
-            .where("outcome = {}", outcome)
-            .where("requested_at >= {}", since)
-            .where("requested_at < {}", until)
+            .where("manager_id = {}", only.manager_id)
+            .where("order_id = {}", only.order_id)
+            .where("outcome = {}", only.outcome)
         )
-        if has_recording is not None:
-            query.where(_RECORDING_AVAILABLE if has_recording else f"NOT ({_RECORDING_AVAILABLE})")
-        rows = await self.pool.fetch(query.sql(before, limit), *query.args)
+        if only.has_recording is not None:
+            query.where(_RECORDING_AVAILABLE if only.has_recording else f"NOT ({_RECORDING_AVAILABLE})")
+        rows = await self.pool.fetch(query.sql(window), *query.args)
         return [CallRow(**dict(r)) for r in rows]
 
     # -- recordings past the retention ------------------------------------------------------------

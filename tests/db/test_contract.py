@@ -19,6 +19,8 @@ from bridged.config import Budget
 from bridged.limits import Keyed, Tally
 from bridged.store import Store
 from bridged.store.attempts import NewAttempt
+from bridged.store.audit import AuditFilter
+from bridged.store.base import Window
 from tests.unit.fakes import FakeStore
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -38,7 +40,7 @@ async def audits(store: Store | FakeStore) -> list[dict[str, Any]]:
     """Every audit row, oldest first, as the fake keeps them (without the time)."""
     if isinstance(store, FakeStore):
         return [{k: a[k] for k in AUDIT_KEYS} for a in store.audits]
-    rows = await store.audit.page(limit=1000)
+    rows = await store.audit.page(Window(limit=1000), AuditFilter())
     return [{k: getattr(r, k) for k in AUDIT_KEYS} for r in reversed(rows)]
 
 
@@ -266,7 +268,7 @@ async def test_audit_rows_keep_their_own_time_when_given(calls_store: Store | Fa
         | {"actor": "token:x", "action": "api.denied", "outcome": "forbidden", "details": {"role": "shop"}},
     ]
     if isinstance(calls_store, Store):
-        oldest = (await calls_store.audit.page(limit=10))[-1]
+        oldest = (await calls_store.audit.page(Window(limit=10), AuditFilter()))[-1]
         assert oldest.at == AT
 
 

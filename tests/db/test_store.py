@@ -11,6 +11,9 @@ import asyncpg
 import pytest
 
 from bridged.store import Store
+from bridged.store.audit import AuditFilter
+from bridged.store.base import Window
+from bridged.store.calls import CallFilter
 from bridged.store.settings import CURSOR_SECRET_KEY
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -34,7 +37,7 @@ async def _all_pages(store: Store, limit: int, **filters: Any) -> list[list[str]
     pages: list[list[str]] = []
     before = None
     while True:
-        rows = await store.calls.page(before=before, limit=limit, **filters)
+        rows = await store.calls.page(Window(before=before, limit=limit), CallFilter(**filters))
         if not rows:
             return pages
         pages.append([r.id for r in rows])
@@ -55,12 +58,17 @@ async def test_call_page_filters_and_their_boundaries(store: Store) -> None:
     await _refused(store, "early", AT - timedelta(hours=1), manager_id="boris", outcome="unknown_order")
     await _refused(store, "at", AT, order_id="456")
     await _refused(store, "late", AT + timedelta(hours=1))
-    ids = [[r.id for r in await store.calls.page(since=AT)], [r.id for r in await store.calls.page(until=AT)]]
+    ids = [
+        [r.id for r in await store.calls.page(Window(since=AT), CallFilter())],
+        [r.id for r in await store.calls.page(Window(until=AT), CallFilter())],
+    ]
     assert ids == [["late", "at"], ["early"]]  # from is inclusive, to exclusive
-    assert [r.id for r in await store.calls.page(manager_id="boris")] == ["early"]
-    assert [r.id for r in await store.calls.page(order_id="456")] == ["at"]
-    assert [r.id for r in await store.calls.page(outcome="unknown_order")] == ["early"]
-    assert [r.id for r in await store.calls.page(manager_id="boris", outcome="denied")] == []
+    assert [r.id for r in await store.calls.page(Window(), CallFilter(manager_id="boris"))] == ["early"]
+    assert [r.id for r in await store.calls.page(Window(), CallFilter(order_id="456"))] == ["at"]
+    assert [r.id for r in await store.calls.page(Window(), CallFilter(outcome="unknown_order"))] == ["early"]
+    assert [
+        r.id for r in await store.calls.page(Window(), CallFilter(manager_id="boris", outcome="denied"))
+    ] == []
 
 
 async def _recorded(store: Store, call_id: str, recording_state: str | None = None) -> None:
@@ -90,11 +98,11 @@ async def test_has_recording_means_a_recording_with_audio_that_was_not_purged(st
     await _recorded(store, "purged", "complete")
     await store.calls.mark_recording_purged("purged", actor="retention", details={})
     await _refused(store, "none", AT)
-    with_recording = {r.id for r in await store.calls.page(has_recording=True)}
-    without = {r.id for r in await store.calls.page(has_recording=False)}
+    with_recording = {r.id for r in await store.calls.page(Window(), CallFilter(has_recording=True))}
+    without = {r.id for r in await store.calls.page(Window(), CallFilter(has_recording=False))}
     assert with_recording == {"kept", "cut"}
     assert without == {"failed", "purged", "none"}
-    rows = {r.id: r for r in await store.calls.page()}
+    rows = {r.id: r for r in await store.calls.page(Window(), CallFilter())}
     assert all(rows[i].recording_available for i in with_recording)
     assert not any(rows[i].recording_available for i in without)
 
@@ -104,15 +112,18 @@ async def test_audit_pages_are_newest_first_with_ties_broken_by_id(store: Store)
         await store.audit.add(actor=f"a{n}", action="call.request", outcome="refused", at=at)
     pages: list[list[str]] = []
     before = None
-    while rows := await store.audit.page(before=before, limit=2):
+    while rows := await store.audit.page(Window(before=before, limit=2), AuditFilter()):
         pages.append([r.actor for r in rows])
         before = (rows[-1].at, rows[-1].id)
     assert pages == [["a3", "a1"], ["a0", "a2"]]
-    assert [r.actor for r in await store.audit.page(since=AT, until=AT + timedelta(seconds=1))] == [
+    assert [
+        r.actor
+        for r in await store.audit.page(Window(since=AT, until=AT + timedelta(seconds=1)), AuditFilter())
+    ] == [
         "a1",
         "a0",
     ]
-    assert [r.actor for r in await store.audit.page(actor="a2")] == ["a2"]
+    assert [r.actor for r in await store.audit.page(Window(), AuditFilter(actor="a2"))] == ["a2"]
 
 
 async def test_idempotency_claim_replay_and_release(store: Store) -> None:
@@ -174,7 +185,9 @@ async def test_a_setting_and_its_audit_row_go_together(store: Store) -> None:
     assert again is not None and (again.value, again.updated_by) == (None, "admin-2")
     await settings.delete("recording.retention_days", actor="admin-1", audit_action="retention.change")
     assert await settings.get("recording.retention_days") is None
-    trail = [(r.actor, r.outcome, r.details) for r in reversed(await store.audit.page())]
+    trail = [
+        (r.actor, r.outcome, r.details) for r in reversed(await store.audit.page(Window(), AuditFilter()))
+    ]
     assert trail == [
         ("admin-1", "changed", {"key": "recording.retention_days", "value": 30}),
         ("admin-2", "changed", {"key": "recording.retention_days", "value": None}),
@@ -216,7 +229,7 @@ async def test_recordings_past_the_retention_are_purged_once_and_audited(store: 
     assert await store.calls.recordings_due(cutoff, 10) == []
     row = await store.calls.get("old")
     assert row is not None and row.recording_purged_at == purged_at and not row.recording_available
-    purges = [r for r in await store.audit.page(action="recording.purge")]
+    purges = [r for r in await store.audit.page(Window(), AuditFilter(action="recording.purge"))]
     assert [(r.actor, r.call_id, r.outcome, r.details) for r in purges] == [
         ("retention", "old", "purged", {"file_found": True})
     ]

@@ -42,8 +42,8 @@ from bridged.recordings import (
 )
 from bridged.retention import OUTBOX_KEEP_DAYS, RECORDINGS, RETENTION, ROWS_BATCH, Retention
 from bridged.store import Store
-from bridged.store.base import DatabaseUnavailable
-from bridged.store.calls import CallRow
+from bridged.store.base import DatabaseUnavailable, Window
+from bridged.store.calls import CallFilter, CallRow
 from bridged.store.settings import Setting
 
 from .fakes import FakeAuditTrail, example_data, make_config
@@ -238,19 +238,15 @@ class ReviewCalls:
     async def get(self, call_id: str) -> CallRow | None:
         return self.rows.get(call_id)
 
-    async def page(
-        self,
-        *,
-        manager_id: str | None = None,
-        order_id: str | None = None,
-        outcome: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        has_recording: bool | None = None,
-        before: tuple[datetime, str] | None = None,
-        limit: int = 50,
-    ) -> list[CallRow]:
+    async def page(self, window: Window, only: CallFilter) -> list[CallRow]:
         # As the real one's SQL: a filter given (not None) must hold; newest first, after ``before``.
+        since, until, before = window.since, window.until, window.before
+        manager_id, order_id, outcome, has_recording = (
+            only.manager_id,
+            only.order_id,
+            only.outcome,
+            only.has_recording,
+        )
         rows = [
             r
             for r in self.rows.values()
@@ -263,7 +259,7 @@ class ReviewCalls:
             and (before is None or (r.requested_at, r.id) < before)
         ]
         rows.sort(key=lambda r: (r.requested_at, r.id), reverse=True)
-        return rows[:limit]
+        return rows[: window.limit]
 
 
 class ReviewSettings:
