@@ -23,11 +23,12 @@ from hypothesis import strategies as st
 
 from bridged.api import routes
 from bridged.api.auth import DENIED_LIMITER
-from bridged.api.calls import call_json
+from bridged.api.calls import SCHEMAS, call_json
 from bridged.api.cursors import CursorCodec
 from bridged.api.errors import InvalidCursor
 from bridged.api.limits import DeniedAuditLimiter
 from bridged.appkeys import CONFIG, STORE
+from bridged.calls.model import CallState
 from bridged.config import LANGUAGES, ApiToken, ConfigError, ConfigHolder
 from bridged.configfile import parse_config
 from bridged.ops import choose_language
@@ -501,6 +502,23 @@ async def test_call_list_pages(served) -> None:
     page = await resp.json()
     assert [c["id"] for c in page["items"]] == ["c1"] and page["next_cursor"] is None
     assert page["items"][0]["duration_seconds"] == 60.0
+
+
+async def test_the_history_shows_each_call_as_reading_it_alone_does(served) -> None:
+    # One representation of a call (issue 12): GET /v1/calls and GET /v1/calls/{id}, field for field.
+    client, store, _ = served
+    store.rows["c4"] = _call("c4", 0, state="ending", outcome=None, ended_at=None, answered_at=None)
+    page = await (await client.get("/v1/calls", headers=_auth("ops"))).json()
+    assert [c["id"] for c in page["items"]] == ["c4", "c3", "c2", "c1"]
+    for listed in page["items"]:
+        alone = await client.get(f"/v1/calls/{listed['id']}", headers=_auth("ops"))
+        assert alone.status == 200 and await alone.json() == listed
+
+
+def test_a_call_state_has_one_name_everywhere() -> None:
+    # The states the API documents are the engine's, each once ("ending", never "refusing" beside it).
+    documented = SCHEMAS["Call"]["properties"]["state"]["enum"]
+    assert documented == [state.value for state in CallState]
 
 
 @pytest.mark.parametrize(
