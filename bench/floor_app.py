@@ -123,6 +123,19 @@ class Requests:
         return method, target, body
 
 
+class Lane:
+    """Connections to one database, each running one statement at a time: an idle one is taken, or a new one
+    opened when none is (as many as statements run at once); no pool's acquire, release or reset (bridged's
+    own pool keeps connections out of asyncpg's for single statements, bridged.db.Pool)."""
+
+    def __init__(self, asyncpg: Any, dsn: str) -> None:
+        self.asyncpg, self.dsn = asyncpg, dsn
+        self.idle: list[Any] = []
+
+    async def connect(self) -> Any:
+        return await self.asyncpg.connect(self.dsn)
+
+
 class Call:
     __slots__ = (
         "bridge",
@@ -184,9 +197,11 @@ class LeanFloor:
         if status >= 400 or status == 0:
             self.counts["failed"] += 1
 
-    async def query(self, pool: Any, statement: str, *args: Any) -> None:
+    async def query(self, lane: Lane, statement: str, *args: Any) -> None:
         self.counts["sql"] += 1
-        await pool.fetchrow(statement, *args)
+        conn = lane.idle.pop() if lane.idle else await lane.connect()
+        await conn.fetchrow(statement, *args)
+        lane.idle.append(conn)
 
     # FastAGI: the decision.
 
@@ -292,9 +307,10 @@ async def serve(args: argparse.Namespace) -> None:
     if args.shop_dsn:
         import asyncpg
 
-        shop = await asyncpg.create_pool(args.shop_dsn, min_size=2, max_size=10)
-        own = await asyncpg.create_pool(args.db_dsn, min_size=2, max_size=20)
-        await own.execute(TABLE)
+        shop, own = Lane(asyncpg, args.shop_dsn), Lane(asyncpg, args.db_dsn)
+        conn = await own.connect()
+        await conn.execute(TABLE)
+        own.idle.append(conn)
         sql = (shop, own)
     floor = LeanFloor(transport, Requests(base_path, args.app, args.number, label), args.app, label, sql)
 
