@@ -1,7 +1,7 @@
 """The CPU floor of an ARI design (issue 19): what the leanest process doing bridged's call on the wire costs
 in CPU per call, measured side by side with bridged in one sitting.
 
-    python -m bench.cpu_floor [--rounds 4] [--rate 80] [--step-seconds 20] [--strace]   # root
+    python -m bench.cpu_floor [--rounds 4] [--rate 80] [--step-seconds 20] [--strace] [--raw]   # root
 
 The floor server (``python -m bench.floor_app``, a process of its own on uvloop, as bridged is) does
 each call as bridged does it on the wire, and nothing else: no lookup, no database, no log line, no state
@@ -33,10 +33,11 @@ second for ``--step-seconds``) on each path (floor, bridged, floor with SQL), th
 other round; each step's CPU milliseconds per call of each process (``cpu_ms_per_call``, as ``bench.run``
 accounts them), the read and write system calls per call of the deciding process (``/proc/PID/io``
 ``syscr``/``syscw``), and the floor's own count of messages per call (``--no-sql`` leaves the second
-floor out). ``--strace`` adds one more floor step under ``strace -c -f`` (every system call by name; strace
-slows the floor, so its CPU is not reported). ``BENCH_PYSPY_DIR=DIR`` profiles the floors' steps with py-spy
-as ``bench.run`` profiles bridged's (``python -m bench.cpu_floor shares DIR/*.txt`` prints the largest
-leaf frames of each).
+floor out; ``--raw`` adds a third, the plain floor with its requests and FastAGI session on
+``asyncio.Protocol`` instead of streams, ``bench/floor_raw.py``). ``--strace`` adds one more floor step
+under ``strace -c -f`` (every system call by name; strace slows the floor, so its CPU is not reported).
+``BENCH_PYSPY_DIR=DIR`` profiles the floors' steps with py-spy as ``bench.run`` profiles bridged's
+(``python -m bench.cpu_floor shares DIR/*.txt`` prints the largest leaf frames of each).
 """
 
 from __future__ import annotations
@@ -61,12 +62,15 @@ from bench import run  # noqa: E402
 from bench.floor_app import AGI_PORT, APP  # noqa: E402
 
 APP_SQL = "bench-cpufloor-sql"
+APP_RAW = "bench-cpufloor-raw"
 # The floors' FastAGI ports (AGI_PORT the plain floor's) and their managers' endpoints (context
 # bridged-managers, BRIDGED_AGI naming the floor).
 AGI_PORT_SQL = 4595
+AGI_PORT_RAW = 4594
 FLOOR_EP = "benchcpu"
 FLOOR_SQL_EP = "benchcpusql"
-SIP_PORTS = {FLOOR_EP: 5221, FLOOR_SQL_EP: 5222}
+FLOOR_RAW_EP = "benchcpuraw"
+SIP_PORTS = {FLOOR_EP: 5221, FLOOR_SQL_EP: 5222, FLOOR_RAW_EP: 5223}
 
 
 # -- the measurement ----------------------------------------------------------------------------------
@@ -75,8 +79,8 @@ SIP_PORTS = {FLOOR_EP: 5221, FLOOR_SQL_EP: 5222}
 class FloorProcess:
     """One ``python -m bench.floor_app`` for the sitting, its log and counts under artifacts/bench/."""
 
-    def __init__(self, r: run.Rig, app: str, port: int, sql: bool) -> None:
-        self.r, self.app, self.port, self.sql = r, app, port, sql
+    def __init__(self, r: run.Rig, app: str, port: int, sql: bool, raw: bool = False) -> None:
+        self.r, self.app, self.port, self.sql, self.raw = r, app, port, sql, raw
         self.dir = run.WORK / app
         self.dir.mkdir(parents=True, exist_ok=True)
         self.counts_file = self.dir / "counts.json"
@@ -86,6 +90,8 @@ class FloorProcess:
         a = self.r.asterisk
         argv = [sys.executable, "-m", "bench.floor_app", a.ari_url, a.ari_user, a.ari_password]
         argv += ["--app", self.app, "--port", str(self.port), "--counts", str(self.counts_file)]
+        if self.raw:
+            argv.append("--raw")
         if self.sql:
             argv += ["--shop-dsn", self.r.postgres.dsn("shop"), "--db-dsn", self.r.postgres.dsn("bridged")]
         with open(self.dir / "floor.log", "wb") as out:
@@ -147,7 +153,7 @@ def syscalls(pid: int) -> dict[str, int]:
 def add_endpoints(r: run.Rig) -> None:
     """The floors' managers: bridged's dialplan, their FastAGI target the floor's port."""
     conf = ""
-    for ep, port in ((FLOOR_EP, AGI_PORT), (FLOOR_SQL_EP, AGI_PORT_SQL)):
+    for ep, port in ((FLOOR_EP, AGI_PORT), (FLOOR_SQL_EP, AGI_PORT_SQL), (FLOOR_RAW_EP, AGI_PORT_RAW)):
         run.MANAGER_PORT[ep] = SIP_PORTS[ep]
         conf += "\n" + run.manager_endpoint_conf(
             ep, SIP_PORTS[ep], set_vars={"BRIDGED_AGI": f"agi://127.0.0.1:{port}"}
@@ -158,7 +164,12 @@ def add_endpoints(r: run.Rig) -> None:
 def one_step(
     r: run.Rig, path: str, pid: int, floor: FloorProcess | None, args: argparse.Namespace, tag: str
 ) -> dict[str, Any]:
-    endpoint = {"floor": FLOOR_EP, "floor-sql": FLOOR_SQL_EP, "bridged": run.BRIDGED_EP}[path]
+    endpoint = {
+        "floor": FLOOR_EP,
+        "floor-sql": FLOOR_SQL_EP,
+        "floor-raw": FLOOR_RAW_EP,
+        "bridged": run.BRIDGED_EP,
+    }[path]
     spy = None
     if os.environ.get("BENCH_PYSPY_DIR") and floor is not None:  # bench.run profiles bridged's steps
         out = f"{os.environ['BENCH_PYSPY_DIR']}/{tag}-{args.rate:g}.txt"
@@ -241,7 +252,7 @@ def summary(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def run_proc(path: str) -> str:
-    return {"floor": APP, "floor-sql": APP_SQL, "bridged": "bridged"}[path]
+    return {"floor": APP, "floor-sql": APP_SQL, "floor-raw": APP_RAW, "bridged": "bridged"}[path]
 
 
 def main(argv: list[str]) -> int:
@@ -251,6 +262,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--step-seconds", type=float, default=20, help="seconds per step (default 20)")
     parser.add_argument("--no-sql", action="store_true", help="leave out the floor with SQL")
     parser.add_argument("--strace", action="store_true", help="one more floor step under strace -c")
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="a third floor: requests and FastAGI on asyncio.Protocol (floor_raw.py)",
+    )
     parser.add_argument("--out", default=str(run.WORK / "cpu_floor.json"), help="the figures as JSON")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -270,7 +286,9 @@ def main(argv: list[str]) -> int:
         "started": datetime.now().isoformat(timespec="seconds"),
         "load": os.getloadavg()[0],
     }
-    paths = ["floor", "bridged"] + ([] if args.no_sql else ["floor-sql"])
+    paths = (
+        ["floor", "bridged"] + ([] if args.no_sql else ["floor-sql"]) + (["floor-raw"] if args.raw else [])
+    )
     steps: list[dict[str, Any]] = []
     with run.rig() as r:
         add_endpoints(r)
@@ -278,6 +296,8 @@ def main(argv: list[str]) -> int:
         floors = {"floor": FloorProcess(r, APP, AGI_PORT, False)}
         if not args.no_sql:
             floors["floor-sql"] = FloorProcess(r, APP_SQL, AGI_PORT_SQL, True)
+        if args.raw:
+            floors["floor-raw"] = FloorProcess(r, APP_RAW, AGI_PORT_RAW, False, raw=True)
         daemon.start()
         try:
             for floor in floors.values():

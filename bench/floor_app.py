@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import signal
 import sys
@@ -205,26 +206,35 @@ class LeanFloor:
 
     # FastAGI: the decision.
 
-    async def fastagi(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def decide(self, block: bytes) -> bytes | None:
+        """The FastAGI environment (up to its blank line) -> the answer to write; None: it failed."""
         self.counts["agi"] += 1
+        env = {}
+        for line in block.decode("utf-8", "replace").split("\n"):
+            key, sep, value = line.partition(": ")
+            if sep:
+                env[key] = value
         try:
-            block = await reader.readuntil(b"\n\n")
-            env = {}
-            for line in block.decode("utf-8", "replace").split("\n"):
-                key, sep, value = line.partition(": ")
-                if sep:
-                    env[key] = value
             if self.sql is not None:
                 await self.query(self.sql[0], LOOKUP, env.get("agi_arg_1", ""))
             call = Call(self.new_call_id(), env["agi_uniqueid"])
             self.by_channel[call.manager] = self.by_channel[call.customer] = call
             await self.send("originate", call)
-            self.spawn(self.send("subscribe", call))
-            if self.sql is not None:
-                self.spawn(self.query(self.sql[1], INSERT, call.id, "bench"))
-            writer.write(self.reply.replace(CALL, call.id).encode())
-            await reader.readline()  # 200 result=1
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, KeyError):
+        except (ConnectionError, KeyError):
+            self.counts["failed"] += 1
+            return None
+        self.spawn(self.send("subscribe", call))
+        if self.sql is not None:
+            self.spawn(self.query(self.sql[1], INSERT, call.id, "bench"))
+        return self.reply.replace(CALL, call.id).encode()
+
+    async def fastagi(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            reply = await self.decide(await reader.readuntil(b"\n\n"))
+            if reply is not None:
+                writer.write(reply)
+                await reader.readline()  # 200 result=1
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             self.counts["failed"] += 1
         finally:
             writer.close()
@@ -302,7 +312,11 @@ async def serve(args: argparse.Namespace) -> None:
     access = AriAccess(args.ari_url, args.user, args.password)
     base_path = "/" + args.ari_url.split("://", 1)[1].split("/", 1)[1].rstrip("/")
     label = Labeller().label(ORDER, "Bench Customer").caller_id
-    transport = HttpTransport(args.ari_url, access.headers, limit=40)
+    transport: Any = HttpTransport(args.ari_url, access.headers, limit=40)
+    if args.raw:  # the requests and the FastAGI session on asyncio.Protocol (bench/floor_raw.py)
+        from bench.floor_raw import RawHttp
+
+        transport = RawHttp(args.ari_url, access.headers)
     sql = None
     if args.shop_dsn:
         import asyncpg
@@ -318,7 +332,14 @@ async def serve(args: argparse.Namespace) -> None:
         Path(args.counts).write_text(json.dumps({**floor.counts, "at": time.time()}))
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
-    server = await asyncio.start_server(floor.fastagi, "127.0.0.1", args.port, backlog=512)
+    if args.raw:
+        from bench.floor_raw import AgiSession
+
+        loop = asyncio.get_running_loop()
+        agi = functools.partial(AgiSession, floor.decide, floor.spawn)
+        server = await loop.create_server(agi, "127.0.0.1", args.port, backlog=512)
+    else:
+        server = await asyncio.start_server(floor.fastagi, "127.0.0.1", args.port, backlog=512)
     url = ws_url_from_base(args.ari_url).with_query(app=args.app, subscribeAll="false")
     async with (
         aiohttp.ClientSession() as session,
@@ -351,4 +372,5 @@ if __name__ == "__main__":
     parser.add_argument("--counts", required=True)
     parser.add_argument("--shop-dsn")
     parser.add_argument("--db-dsn")
+    parser.add_argument("--raw", action="store_true", help="requests and FastAGI on asyncio.Protocol")
     uvloop.run(serve(parser.parse_args(sys.argv[1:])))
