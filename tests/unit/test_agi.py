@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from bridged.agi import AgiServer
+from bridged.agi import AgiServer, AgiSession
 from bridged.calls.model import PendingCall
 from bridged.config import AgiConfig, Config, ConfigHolder
 from bridged.configfile import parse_config
@@ -77,9 +77,9 @@ class TrackedAgiServer(AgiServer):
         super().__init__(config, service)  # type: ignore[arg-type]
         self.finished = 0
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, session: AgiSession) -> None:
         try:
-            await super()._connection(reader, writer)
+            await super()._connection(session)
         finally:
             self.finished += 1
 
