@@ -1,5 +1,5 @@
-"""Event loops for the unit tests: asyncio's, and uvloop's too for the HTTP and FastAGI servers (bridged
-runs on uvloop, whose transports are not asyncio's classes)."""
+"""Event loops for the unit tests: asyncio's, and uvloop's too for the HTTP and FastAGI servers and the ARI
+transport (bridged runs on uvloop, whose transports are not asyncio's classes)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from bridged.store.base import OUTAGES
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    if item.path.name in ("test_http_server.py", "test_agi.py", "test_agi_wire.py"):
+    if item.path.name in ("test_http_server.py", "test_agi.py", "test_agi_wire.py", "test_ari_transport.py"):
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}
 

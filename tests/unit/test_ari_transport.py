@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridged.ari import transport as transport_module
 from bridged.ari.transport import HttpTransport, TransportError
@@ -192,3 +194,164 @@ async def test_nobody_listening_is_a_transport_error() -> None:
     t = HttpTransport("http://127.0.0.1:9/ari", {}, limit=1)
     with pytest.raises(TransportError):
         await t.request("GET", "/ari/a")
+
+
+async def test_a_request_cancelled_while_waiting_closes_its_connection(server: Server) -> None:
+    server.hold = asyncio.Event()
+    t = _transport(server)
+    first = asyncio.ensure_future(t.request("GET", "/ari/a"))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    server.answers = [_ok(b'{"late": 1}')]
+    server.hold.set()
+    assert await t.request("GET", "/ari/b") == (200, b'{"id": "c-1"}')
+    assert server.connections == 2
+    await t.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Le",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{",
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\n0\r\n',
+    ],
+)
+async def test_a_connection_closed_in_the_middle_of_the_answer_fails_the_request(
+    server: Server, answer: bytes
+) -> None:
+    server.answers, server.close_after = [answer], True
+    t = _transport(server)
+    with pytest.raises(TransportError, match="IncompleteReadError"):
+        await t.request("GET", f"/ari/channels?endpoint=PJSIP%2F{NUMBER}")
+    assert await t.request("GET", "/ari/b") == (200, b'{"id": "c-1"}')
+    await t.close()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(server: Server) -> None:
+    server.close_after = True  # closes without saying so in the answer
+    t = _transport(server)
+    assert await t.request("GET", "/ari/a") == (200, b'{"id": "c-1"}')
+    await asyncio.sleep(0.05)
+    assert await t.request("GET", "/ari/b") == (200, b'{"id": "c-1"}')
+    assert server.connections == 2
+    await t.close()
+
+
+async def test_bytes_after_an_answer_are_never_taken_for_the_next_answer(server: Server) -> None:
+    server.answers = [_ok(b"{}") + _ok(b'{"stray": 1}')]
+    t = _transport(server)
+    assert await t.request("GET", "/ari/a") == (200, b"{}")
+    assert await t.request("GET", "/ari/b") == (200, b'{"id": "c-1"}')
+    assert server.connections == 2
+    await t.close()
+
+
+async def test_a_head_past_the_limit_is_refused(server: Server) -> None:
+    server.answers = [b"HTTP/1.1 200 OK\r\nX: " + b"y" * (transport_module._HEAD_LIMIT + 10)]
+    t = _transport(server)
+    with pytest.raises(TransportError, match="LimitOverrunError"):
+        await t.request("GET", "/ari/a")
+    await t.close()
+
+
+class _Wire(asyncio.Transport):
+    """Stands in for a connection's socket: what was written, whether it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes | bytearray | memoryview] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+_ANSWERS = [
+    (
+        b'HTTP/1.1 200 OK\r\nServer: Asterisk\r\nContent-Length: 13\r\n\r\n{"id": "c-1"}',
+        (200, b'{"id": "c-1"}', True),
+    ),
+    (b"HTTP/1.1 204 No Content\r\nServer: Asterisk\r\n\r\n", (204, b"", True)),
+    (b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\nConnection: close\r\n\r\n{}", (404, b"{}", False)),
+    (
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\n{"a":\r\n3\r\n 1}\r\n0\r\nT: 1\r\n\r\n',
+        (200, b'{"a": 1}', True),
+    ),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", (200, b"", True)),
+]
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    order=st.lists(st.sampled_from(range(len(_ANSWERS))), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=30),
+)
+def test_answers_read_the_same_however_their_bytes_are_split(order: list[int], cuts: list[int]) -> None:
+    """Many answers on one connection, each arriving in pieces cut at random points (down to a byte)."""
+    loop = asyncio.new_event_loop()
+    try:
+        conn = transport_module._Connection()
+        wire = _Wire()
+        conn.connection_made(wire)
+        for i in order:
+            answer, expected = _ANSWERS[i]
+            waiter = conn.send(loop, "GET", b"GET /ari/x HTTP/1.1\r\n\r\n")
+            for piece in _split(answer, cuts):
+                assert not waiter.done()
+                conn.data_received(piece)
+            assert waiter.result() == expected
+            if not expected[2]:
+                break
+        assert not wire.closed
+        assert wire.written and set(wire.written) == {b"GET /ari/x HTTP/1.1\r\n\r\n"}
+    finally:
+        loop.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=10_000), index=st.sampled_from(range(len(_ANSWERS))))
+def test_two_answers_in_one_read_give_the_first_and_the_connection_up(cut: int, index: int) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        conn = transport_module._Connection()
+        conn.connection_made(_Wire())
+        answer, expected = _ANSWERS[index]
+        waiter = conn.send(loop, "GET", b"GET /ari/x HTTP/1.1\r\n\r\n")
+        both = answer + _ANSWERS[0][0]
+        first, second = both[: cut % len(answer)], both[cut % len(answer) :]
+        for piece in (first, second):
+            if piece:
+                conn.data_received(piece)
+        assert waiter.result() == (*expected[:2], False)
+    finally:
+        loop.close()
+
+
+def test_bytes_nobody_asked_for_close_an_idle_connection() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        conn = transport_module._Connection()
+        wire = _Wire()
+        conn.connection_made(wire)
+        waiter = conn.send(loop, "GET", b"GET /ari/x HTTP/1.1\r\n\r\n")
+        conn.data_received(_ANSWERS[1][0])
+        assert waiter.result() == (204, b"", True) and conn.reusable(conn.used)
+        conn.data_received(_ANSWERS[0][0])
+        assert wire.closed and not conn.reusable(conn.used)
+    finally:
+        loop.close()
