@@ -8,12 +8,12 @@ request written and its answer read on an asyncio stream, and a call makes about
 needed is small: a pool of kept-alive connections, a request line, a status line, a body. aiohttp still
 serves the event websocket and the recordings' file downloads.
 
-A connection is an ``asyncio.Protocol`` rather than a stream (issue 19, bench/RESULTS.md "sixth round"):
-its ``data_received`` reads the answer as its bytes arrive (status line, headers, then a body by
-Content-Length, in chunks or to the end of the connection) and hands it to the one future the request
-awaits, with no reader, no writer and no wake-up per read. One request at a time per connection, as
-before: bytes beyond an answer, or bytes nobody asked for, mean the connection is out of step and it is
-closed, never read as the next request's answer.
+A connection is an ``asyncio.Protocol`` rather than a stream: its ``data_received`` reads the answer as its
+bytes arrive (status line, head, then a body by Content-Length, in chunks or to the end of the connection)
+into the one future the request awaits. It saves little: 1.5-5 µs of CPU a request of some 30-45, not
+measurable per call (bench/RESULTS.md, "CPU per call, sixth round"). One request at a time per
+connection: bytes beyond an answer, or bytes nobody asked for, mean the connection is out of step and it
+is closed, never read as the next request's answer.
 
 Nothing here puts the request target (a dial string is a phone number) into an exception or a log line.
 """
