@@ -97,7 +97,7 @@ def test_the_virtualenv_holds_the_locked_runtime_and_no_test_tools(installed: Pa
         line.split("==") for line in LOCK.read_text().splitlines() if line and not line.startswith("#")
     )
     locked = {name.lower().replace("_", "-"): version for name, version in locked.items()}
-    for runtime in ("aiohttp", "asyncpg", "phonenumbers", "pyyaml", "uvloop"):
+    for runtime in ("aiohttp", "asyncpg", "orjson", "phonenumbers", "pyyaml", "uvloop"):
         assert versions.get(runtime) == locked[runtime], runtime
     for tool in ("pytest", "hypothesis", "ruff", "mypy", "schemathesis", "playwright"):
         assert tool not in versions, f"{tool} installed in the production virtualenv"
