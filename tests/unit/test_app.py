@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bridged import app as app_module
 from bridged import hooks, retention
@@ -181,3 +182,37 @@ async def test_a_stop_closes_every_resource_in_reverse(stand_ins: Callable[[str 
         await serving
     assert CLOSED == _closed_in_reverse(NAMES)
     assert _left_running() == []
+
+
+class _ServingStandIn:
+    """What ``accepting_calls`` asks the serving side: its websocket to the call's node, its dialplan."""
+
+    def __init__(self, connected: bool, dialplan_current: bool) -> None:
+        self._connected, self._dialplan_current = connected, dialplan_current
+
+    def own_connected(self) -> bool:
+        return self._connected
+
+    def dialplan_current(self) -> bool:
+        return self._dialplan_current
+
+
+@pytest.mark.parametrize("connected", [True, False])
+@pytest.mark.parametrize("dialplan_current", [True, False])
+@pytest.mark.parametrize("draining", [False, True])
+def test_calls_are_accepted_only_when_connected_on_the_current_dialplan_and_not_draining(
+    connected: bool, dialplan_current: bool, draining: bool
+) -> None:
+    app = web.Application()
+    app[app_module.SERVING] = cast(Serving, _ServingStandIn(connected, dialplan_current))
+    app[hooks.LIFECYCLE] = hooks.Lifecycle(draining=draining)
+    expected = connected and dialplan_current and not draining
+    assert app_module.accepting_calls(app) is expected
+    assert app_module.ari_connected(app) is connected
+
+
+def test_no_call_is_accepted_before_the_serving_side_exists() -> None:
+    app = web.Application()
+    app[hooks.LIFECYCLE] = hooks.Lifecycle()
+    assert app_module.accepting_calls(app) is False
+    assert app_module.ari_connected(app) is False
