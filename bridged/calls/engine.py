@@ -272,11 +272,13 @@ class CallEngine:
         """Called by the websocket reader of a node (in that node's context) for every event; never blocks."""
         kind = event.get("type")
         channel_id = channel_of(event)
-        if kind == "StasisStart" and channel_id:
-            self.made.entered(channel_id)
-        own = event.get("application", self.config.current.ari.app) == self.config.current.ari.app
-        if kind == "StasisStart" and own:
-            legs = dialplan.parse_app_args(event.get("args") or [])
+        own = True
+        if kind == "StasisStart":
+            if channel_id:
+                self.made.entered(channel_id)
+            app = self.config.current.ari.app
+            own = event.get("application", app) == app
+            legs = dialplan.parse_app_args(event.get("args") or []) if own else None
             if legs is not None and legs[0] is dialplan.Leg.ORDER and channel_id:
                 self._start_phone_call(legs[1], channel_id, event)
                 return
@@ -286,7 +288,7 @@ class CallEngine:
                 return
         call = self._route(event)
         if call is not None:
-            call.queue.put_nowait(event)
+            self._deliver(call, event)
         elif kind == "StasisStart" and channel_id and not own:
             # Another daemon's application, adopted for the calls it had: no new call is taken under its
             # name. Back to the dialplan, which tries the next daemon.
@@ -298,16 +300,43 @@ class CallEngine:
             log.warning("channel %s entered Stasis without a call; hanging it up", channel_id)
             self._background.spawn(self.legs.hang_up(channel_id), name=f"stray-{channel_id}")
 
+    def _deliver(self, call: Call, event: dict[str, Any]) -> None:
+        """Hand an Asterisk event to its call's worker, in the order events came.
+
+        Two kinds never wake the worker (issue 19: most of a call's events are these): one that comes after
+        the call ended (its worker reads nothing any more; a recording's end still goes to its settling),
+        and one that means nothing to a worker that is idle (waiting, its queue empty): such an event is
+        read here at once, as the worker would read it next (nothing else changes the call meanwhile), and
+        what it tells is noted (a Dial's status, a leg's hangup cause); a ringing leg's Dial, a caller id
+        that is ours. One that does mean something is queued with its reading, for the worker to react."""
+        if call.state is CallState.ENDED and event.get("type") not in RECORDING_END_EVENTS:
+            return
+        if call.waiting and call.queue.empty():
+            happened: Event | Exception | None
+            try:
+                happened = self._read(call, event)
+            except Exception as exc:  # the worker's to report (bridged.calls.engine.CallEngine._worker)
+                happened = exc
+            if happened is None:
+                return
+            call.read_ahead = (event, happened)
+        call.queue.put_nowait(event)
+
     def _route(self, event: dict[str, Any]) -> Call | None:
         if isinstance(event.get("recording"), dict):
             return self.recordings.call_of(event)
+        by_channel = self._by_channel
+        # In this order: the event's channel, a Dial's peer, a playback's channel, a REFER's sender.
+        for channel_id in (channel_of(event), channel_of(event, "peer")):
+            if channel_id and channel_id in by_channel:
+                return by_channel[channel_id]
         target = (event.get("playback") or {}).get("target_uri", "")
         playback = (
             target[len("channel:") :] if isinstance(target, str) and target.startswith("channel:") else None
         )
-        for channel_id in (channel_of(event), channel_of(event, "peer"), playback, transferer(event)):
-            if channel_id and channel_id in self._by_channel:
-                return self._by_channel[channel_id]
+        for channel_id in (playback, transferer(event)):
+            if channel_id and channel_id in by_channel:
+                return by_channel[channel_id]
         return None
 
     def _start_phone_call(self, call_id: str, channel_id: str, event: dict[str, Any]) -> None:
@@ -408,7 +437,14 @@ class CallEngine:
 
     async def _worker(self, call: Call, first: dict[str, Any] | None = None) -> None:
         while call.state is not CallState.ENDED:
-            event, first = first or await call.queue.get(), None
+            if first is not None:
+                event, first = first, None
+            else:
+                call.waiting = True
+                try:
+                    event = await call.queue.get()
+                finally:
+                    call.waiting = False
             call.handling = True
             try:
                 await self._handle(call, event)
@@ -434,7 +470,14 @@ class CallEngine:
             await self.recordings.settle(call)
 
     async def _handle(self, call: Call, event: dict[str, Any]) -> None:
-        happened = self._read(call, event)
+        ahead, call.read_ahead = call.read_ahead, None
+        if ahead is not None and ahead[0] is event:
+            # Read as it came, the worker idle (_deliver): the next event it takes.
+            happened: Event | Exception | None = ahead[1]
+            if isinstance(happened, Exception):
+                raise happened
+        else:
+            happened = self._read(call, event)
         if happened is not None:
             await self.react(call, happened, event)
 

@@ -255,10 +255,20 @@ class Legs:
 
     async def _set_all(self, call: Call, values: dict[str, str], what: str) -> None:
         channel = call.customer_channel_id or ""
-        results = await asyncio.gather(
-            *(self.ari.set_variable(channel, name, value) for name, value in values.items()),
-            return_exceptions=True,
-        )
+        results: list[object]
+        if len(values) == 1:
+            # An outbound customer leg's label: one request, awaited as it is (a gather makes a task of it).
+            [(name, value)] = values.items()
+            try:
+                await self.ari.set_variable(channel, name, value)
+                results = []
+            except AriError as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(
+                *(self.ari.set_variable(channel, name, value) for name, value in values.items()),
+                return_exceptions=True,
+            )
         for result in results:
             if isinstance(result, AriError):
                 log.warning("call %s: %s the customer leg failed: %s", call.id, what, result)

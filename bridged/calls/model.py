@@ -268,6 +268,11 @@ class Call:
     task: asyncio.Task[None] | None = None
     # True while the worker handles an event: a SIGTERM drain waits for the step to finish.
     handling: bool = False
+    # True while the worker waits for the call's next event (its queue empty); an event that comes then is
+    # read at once by the engine (bridged.calls.engine.CallEngine._deliver), what it means kept here for the
+    # worker: the event, and the Event (or the exception) its reading gave.
+    waiting: bool = False
+    read_ahead: tuple[dict[str, Any], Event | Exception] | None = None
     # Writes to the call's row the database did not take yet, oldest first (bridged.calls.rows).
     unwritten: collections.deque[tuple[str, RowWrite]] = field(default_factory=collections.deque)
     # An inbound call: whom it rings (None on other calls, and once the plan is not known yet).

@@ -1330,6 +1330,56 @@ async def test_slow_hangup_of_one_call_does_not_block_another(env: Env) -> None:
     await env.ended("call-b")
 
 
+def _queued(call: Call) -> list[str]:
+    """The types of the events put into the call's queue from now on (they still go in)."""
+    queued: list[str] = []
+    put = call.queue.put_nowait
+
+    def spy(event: dict[str, Any]) -> None:
+        queued.append(str(event.get("type")))
+        put(event)
+
+    call.queue.put_nowait = spy  # type: ignore[method-assign,assignment]
+    return queued
+
+
+async def test_events_that_mean_nothing_to_an_idle_call_are_read_at_once_and_never_queued(env: Env) -> None:
+    """Most of a call's events change nothing (issue 19): a ringing leg's Dial, a caller id that is ours,
+    its legs' events once it has ended. Those that come while its worker is idle are read as they come
+    (what they tell is kept: the last Dial's status decides an unanswered outcome) and never wake it;
+    the others are queued in their order, the first one read already."""
+    customer = await env.ringing("call-a", "m-a")
+    call = env.engine.calls["call-a"]
+    await wait_until(lambda: not call.handling and call.queue.empty(), what="the worker idle")
+    queued = _queued(call)
+    env.engine.on_event(dial(customer, ""))
+    env.engine.on_event(dial(customer, "RINGING"))
+    env.engine.on_event(caller_id_changed(customer, caller_number(env.config.trunk.caller_id), "Shop"))
+    env.engine.on_event(dial(customer, "BUSY"))
+    assert queued == [] and call.dialstatus == "BUSY"
+    # Asterisk hangs the busy leg up: the request (read at once, and queued), then its end (behind it).
+    env.engine.on_event(hangup_request(customer, cause=17, state="Ringing"))
+    env.engine.on_event(channel_destroyed(customer, cause=17))
+    assert customer in call.gone
+    await wait_until(lambda: len(env.ari.named("play")) == 1)
+    env.engine.on_event(hangup_request("m-a"))
+    row = await env.ended("call-a")
+    assert (row["outcome"], row["hangup_cause"]) == ("customer_busy", 17)
+    env.engine.on_event(stasis_end("m-a"))
+    env.engine.on_event(channel_destroyed(customer, cause=17))
+    assert queued == ["ChannelHangupRequest", "ChannelDestroyed", "ChannelHangupRequest"]
+
+
+async def test_an_event_an_idle_call_cannot_read_ends_it_as_in_its_worker(env: Env) -> None:
+    customer = await env.ringing("call-a", "m-a")
+    call = env.engine.calls["call-a"]
+    await wait_until(lambda: not call.handling and call.queue.empty(), what="the worker idle")
+    env.engine.on_event({"type": ["not", "a", "type"], "channel": {"id": customer}})
+    row = await env.ended("call-a")
+    assert row["outcome"] == "failed"
+    assert customer in env.ari.hung_up() and "m-a" in env.ari.hung_up()
+
+
 def test_prompts_are_media_lists() -> None:
     assert legs_module.media("a&b&&c") == ["sound:a", "sound:b", "sound:c"]
 
