@@ -98,6 +98,7 @@ PAIRS = [
     Pair(test_leases.FakeLeases, AppLeases),
     Pair(test_leases.FakeHost, Serving),
     Pair(test_app._Events, AriEventStream),
+    Pair(test_app._ServingStandIn, Serving),
     Pair(test_availability._Stream, AriEventStream),
     Pair(test_review.ReviewCalls, CallRows),
     Pair(test_review.ReviewSettings, Settings),
@@ -368,6 +369,9 @@ class _FakeHostFits(test_leases.FakeHost, Serving): ...
 
 
 class _EventsFits(test_app._Events, AriEventStream): ...
+
+
+class _ServingStandInFits(test_app._ServingStandIn, Serving): ...
 
 
 class _StreamFits(test_availability._Stream, AriEventStream): ...
