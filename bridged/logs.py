@@ -75,7 +75,19 @@ class PlainFormatter(logging.Formatter):
         return escape_controls(super().format(record).replace("\n", " | "))
 
 
+def lean_records() -> None:
+    """Records no longer look up what no line shows (the logging HOWTO's "Optimization"): the caller's
+    file, line and function (a walk up the stack per record), the thread, the process id (a getpid
+    system call per record) and the multiprocessing process name. Neither formatter writes any of them.
+    ``stack_info=True`` is then ignored (nothing in bridged asks for it); tracebacks (``exc_info``) stay."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
+    lean_records()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter())

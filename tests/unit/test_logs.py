@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import unicodedata
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bridged.logs import JsonFormatter, PlainFormatter, escape_controls
+from bridged.logs import JsonFormatter, PlainFormatter, escape_controls, setup_logging
 from bridged.redact import MASK, digits
 from tests.unit.fakes import filtered_logger
 
@@ -90,3 +91,46 @@ def test_the_time_stamp_formatted_once_a_second_is_logging_s_own(stamps: list[fl
         record.created, record.msecs = stamp, int((stamp - int(stamp)) * 1000) + 0.0
         assert ours.formatTime(record) == stock.formatTime(record)
         assert ours.format(record) == stock.format(record)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_set_up_records_skip_what_no_line_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """setup_logging's records no longer look up the caller (a walk up the stack), the thread or the
+    process id (a getpid system call) for each line (issue 19): no formatter writes them. The lines are
+    what they were, a traceback included. Checked to fail on the code before, which looked them up."""
+    for flag in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, flag, getattr(logging, flag))  # put back after the test
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    setup_logging("INFO")
+    kept = _Records()
+    root.addHandler(kept)
+    log = logging.getLogger("bridged.test_logs.lean")
+    log.info("call %s accepted: manager %s order %s", "c1", "anna", "123")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("call %s: step failed", "c1")
+    first, second = kept.records
+    assert (first.funcName, first.threadName, first.process, first.processName) == (
+        "(unknown function)",
+        None,
+        None,
+        None,
+    )
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith(" INFO bridged.test_logs.lean: call c1 accepted: manager anna order 123")
+    assert " ERROR bridged.test_logs.lean: call c1: step failed | Traceback " in lines[1]
+    assert lines[1].endswith("ValueError: boom")
