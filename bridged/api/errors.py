@@ -1,13 +1,15 @@
 """API errors: each a class with an HTTP status and a stable ``error_id`` slug.
 
 Every error response is ``{"error": {"id": "<slug>", "message": "..."}}``; unexpected exceptions become
-a 500 with id ``internal`` and no detail (the log has it, redacted).
+a 500 with id ``internal`` and no detail (the log has it, redacted). The answers made outside the API's
+handlers (aiohttp's own, the connection guard's: bridged.api.server) are in this catalogue too.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -139,6 +141,43 @@ CanariesUnavailable = _error(
 CanaryNotFound = _error(404, "canary_not_found", "no such canary")
 
 
+# -- answers made outside the API's handlers (bridged.api.server) ------------------------------------
+# aiohttp's own: a request its parser refused (request line, headers, chunked encoding), a request that
+# failed or timed out where the middleware does not see it; aiohttp closes the connection after each.
+BadHttp = _error(400, "bad_request", "the request is not valid HTTP")
+HeadersTooLarge = _error(431, "headers_too_large", "request header fields too large")
+Internal = _error(500, "internal", "internal error")
+Unavailable = _error(503, "unavailable", "service unavailable")
+Timeout = _error(504, "timeout", "gateway timeout")
+# The connection guard's, written straight to a connection that is then closed.
+HeadersTimeout = _error(408, "request_timeout", "the request's headers did not arrive in time", close=True)
+TooManyConnections = _error(
+    503, "too_many_connections", "this client has too many connections open", retry_after=5, close=True
+)
+
+# aiohttp's answers by status. aiohttp 3.14 makes 400, 500 and 504 (web_protocol's handle_error calls);
+# the others are the ids such an answer would carry, a 408 or 413 the same as the API's own.
+_AIOHTTP_ERRORS = {
+    error.status: error
+    for error in (BadHttp, RequestTimeout, BodyTooLarge, HeadersTooLarge, Internal, Unavailable, Timeout)
+}
+
+
+def aiohttp_error(status: int) -> ApiError:
+    """The error an answer aiohttp makes itself with ``status`` carries; a status without one here is
+    ``http_<status>`` with the status's phrase."""
+    known = _AIOHTTP_ERRORS.get(status)
+    if known is not None:
+        return known()
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    error = ApiError(phrase.lower())
+    error.status, error.error_id = status, f"http_{status}"
+    return error
+
+
 def _from(http: HttpError) -> type[ApiError]:
     return _error(http.status, http.error_id, http.message, retry_after=http.retry_after)
 
@@ -208,4 +247,4 @@ async def error_middleware(
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, route_name(request))
-        return web.json_response({"error": {"id": "internal", "message": "internal error"}}, status=500)
+        return error_response(Internal())

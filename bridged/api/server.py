@@ -42,62 +42,30 @@ from aiohttp.web_request import BaseRequest
 
 from .. import metrics
 from ..config import HttpConfig
+from .errors import ApiError, HeadersTimeout, TooManyConnections, aiohttp_error, error_response
 
 log = logging.getLogger(__name__)
 
-# Error ids of the answers aiohttp makes itself (status -> id); anything else is "http_<status>".
-_ERROR_IDS = {
-    400: "bad_request",
-    408: "request_timeout",
-    413: "body_too_large",
-    431: "headers_too_large",
-    500: "internal",
-    503: "unavailable",
-    504: "timeout",
-}
-_MESSAGES = {
-    400: "the request is not valid HTTP",
-    500: "internal error",
-}
 
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def error_body(status: int, error_id: str | None = None, message: str | None = None) -> dict[str, Any]:
-    return {
-        "error": {
-            "id": error_id or _ERROR_IDS.get(status, f"http_{status}"),
-            "message": message or _MESSAGES.get(status, _phrase(status).lower()),
-        }
-    }
-
-
-def raw_response(status: int, error_id: str, message: str, *, retry_after: int | None = None) -> bytes:
-    """A whole HTTP/1.1 answer with the JSON error body, written straight to a connection that is then
+def raw_response(error: ApiError) -> bytes:
+    """A whole HTTP/1.1 answer with the error's JSON body, written straight to a connection that is then
     closed (no request object exists: the request never arrived whole)."""
-    body = json.dumps(error_body(status, error_id, message)).encode()
+    body = json.dumps(error.body()).encode()
     head = [
-        f"HTTP/1.1 {status} {_phrase(status)}",
+        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
         "Content-Type: application/json; charset=utf-8",
         f"Content-Length: {len(body)}",
         "Connection: close",
     ]
-    if retry_after is not None:
-        head.append(f"Retry-After: {retry_after}")
+    if error.retry_after is not None:
+        head.append(f"Retry-After: {error.retry_after}")
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
 
 
 # How long a refused connection is kept half-closed, its input dropped, before it is closed.
 _LINGER_SECONDS = 2.0
-_HEADER_TIMEOUT = raw_response(408, "request_timeout", "the request's headers did not arrive in time")
-_TOO_MANY = raw_response(
-    503, "too_many_connections", "this client has too many connections open", retry_after=5
-)
+_HEADER_TIMEOUT = raw_response(HeadersTimeout())
+_TOO_MANY = raw_response(TooManyConnections())
 
 
 class PeerCounter:
@@ -242,7 +210,7 @@ class GuardedRequestHandler(RequestHandler):
             log.info("request from %s refused by the HTTP parser: %s (%d)", self._host, kind, status)
         if request.writer.output_size > 0:
             raise ConnectionError("the response has started; no error answer can follow")
-        response = web.json_response(error_body(status), status=status)
+        response = error_response(aiohttp_error(status))
         response.force_close()
         return response
 

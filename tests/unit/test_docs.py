@@ -146,7 +146,6 @@ def _error_ids() -> set[str]:
     }
     ids |= {meaning.http.error_id for meaning in REFUSALS.values()}
     ids |= {http.error_id for http in OUTCOME_ERRORS.values()}
-    ids |= set(server._ERROR_IDS.values())
     for value in vars(server).values():  # the answers written straight to a connection
         if isinstance(value, bytes) and value.startswith(b"HTTP/1.1 "):
             ids.add(json.loads(value.split(b"\r\n\r\n", 1)[1])["error"]["id"])

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from bridged import metrics
-from bridged.api import server
+from bridged.api import errors, server
 from bridged.api.errors import error_middleware
 from bridged.api.params import read_json
 from bridged.api.server import GuardedAppRunner
@@ -109,6 +109,49 @@ async def test_unparseable_requests_get_the_json_error_body_and_no_echo(
     assert digits not in body.decode("latin-1")
     assert digits not in caplog.text  # aiohttp logged the bytes with a traceback
     assert "refused by the HTTP parser" in caplog.text
+
+
+async def _timed_out(request: web.Request) -> web.Response:
+    raise TimeoutError
+
+
+async def _failed(request: web.Request) -> web.Response:
+    raise RuntimeError("a bug")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "error"),
+    [
+        ("/timed-out", 504, {"id": "timeout", "message": "gateway timeout"}),
+        ("/failed", 500, {"id": "internal", "message": "internal error"}),
+    ],
+)
+async def test_a_handler_failing_outside_the_middleware_gets_the_catalogue_error(
+    path: str, status: int, error: dict[str, str]
+) -> None:
+    """aiohttp answers a handler's timeout (504) or exception (500) itself when no middleware caught it:
+    the answer is bridged's error from bridged.api.errors, and the connection is closed."""
+    app = web.Application()  # no error_middleware: aiohttp's handle_error answers
+    app.router.add_get("/timed-out", _timed_out)
+    app.router.add_get("/failed", _failed)
+    runner = GuardedAppRunner(app, HttpConfig(host="127.0.0.1", port=0), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = int(runner.addresses[0][1])
+        got, headers, body = _split(await _exchange(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()))
+    finally:
+        await runner.cleanup()
+    assert (got, json.loads(body)) == (status, {"error": error})
+    assert headers["connection"] == "close"
+
+
+def test_an_answer_aiohttp_makes_with_a_status_bridged_has_no_error_for_is_http_status() -> None:
+    assert errors.aiohttp_error(418).body() == {"error": {"id": "http_418", "message": "i'm a teapot"}}
+    assert errors.aiohttp_error(400).body() == {
+        "error": {"id": "bad_request", "message": "the request is not valid HTTP"}
+    }
 
 
 async def test_headers_not_finished_in_time_get_408_and_the_connection_is_closed(serve: Serve) -> None:
