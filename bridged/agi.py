@@ -20,7 +20,7 @@ from typing import cast
 
 from . import dialplan
 from .config import ConfigHolder
-from .outcomes import Refusal, refusal_prompt
+from .outcomes import REFUSALS, refusal_prompt
 from .service import CallService, Refused
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,8 @@ class AgiServer:
         # would cost an overloaded Asterisk seconds of media per refused call.
         config = self.config.current
         prompt = refusal_prompt(config.prompts, refused.reason)
-        kind = _REPLY_KIND.get(refused.reason, dialplan.REFUSED)
+        kind = REFUSALS[refused.reason].reply_kind
         await set_var(session, dialplan.REPLY, dialplan.reply_refused(config.language, prompt, kind=kind))
-
-
-# The refusals the dialplan may take to another daemon: this one's own state, not a decision on the call.
-_REPLY_KIND = {Refusal.UNAVAILABLE: dialplan.UNAVAILABLE, Refusal.OVERLOADED: dialplan.OVERLOADED}
 
 
 # -- the wire ---------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 A :class:`Refusal` is decided by the service before any leg is dialled; an :class:`Outcome` is how a call
 that went ahead ended (the call row's ``outcome``; a refused attempt's row holds its refusal there). This
 module is the one place that says which prompt a manager hears for each (a key of the config's
-``prompts``) and which HTTP error an API client gets (status, stable id, message): the phone path and
-the HTTP path only look them up.
+``prompts``), which answer the dialplan gets for a refusal (final, or one another daemon may take), and
+which HTTP error an API client gets (status, stable id, message): the phone path and the HTTP path only
+look them up.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from . import dialplan
 from .config import Prompts
 
 
@@ -76,6 +78,10 @@ class HttpError:
 class RefusalMeaning:
     prompt: str  # the Prompts field the manager hears
     http: HttpError
+    # The kind of the phone path's answer (bridged.dialplan.reply_refused): ``refused``, a decision on the
+    # call; or ``unavailable``/``overloaded``, this daemon's own state, which the dialplan takes to the next
+    # daemon if there is one.
+    reply_kind: str = dialplan.REFUSED
 
 
 REFUSALS: dict[Refusal, RefusalMeaning] = {
@@ -98,7 +104,9 @@ REFUSALS: dict[Refusal, RefusalMeaning] = {
         HttpError(503, "order_lookup_failed", "the shop's order database did not answer", retry_after=5),
     ),
     Refusal.UNAVAILABLE: RefusalMeaning(
-        "unavailable", HttpError(503, "telephony_unavailable", "Asterisk is not connected", retry_after=5)
+        "unavailable",
+        HttpError(503, "telephony_unavailable", "Asterisk is not connected", retry_after=5),
+        dialplan.UNAVAILABLE,
     ),
     # The guard lets calls through again as soon as Asterisk has caught up, within a second or two.
     Refusal.OVERLOADED: RefusalMeaning(
@@ -109,6 +117,7 @@ REFUSALS: dict[Refusal, RefusalMeaning] = {
             "Asterisk is behind on bridged's requests; try again in a few seconds",
             retry_after=2,
         ),
+        dialplan.OVERLOADED,
     ),
     # The order exists, but its phone value is not a valid number: it is never dialled.
     Refusal.INVALID_PHONE: RefusalMeaning(
@@ -127,6 +136,9 @@ REFUSALS: dict[Refusal, RefusalMeaning] = {
         HttpError(429, "rate_limited", "this manager is past a call budget; try again later", retry_after=60),
     ),
 }
+
+# A daemon's own state, not a decision on the call: the refusals another daemon may take the call after.
+PASSED_ON = frozenset(reason for reason in Refusal if REFUSALS[reason].reply_kind in dialplan.PASS_ON)
 
 # The one outcome an API client is answered with as an error: the manager's phone could not be called,
 # so the POST that asked for the call did not start one.

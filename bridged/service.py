@@ -43,7 +43,7 @@ from .canaries import CanaryRegistry, canary_touched
 from .config import ConfigHolder, Manager
 from .inbound import InboundDesk
 from .orders import Order, OrderDirectory, is_valid_code, order_to_call
-from .outcomes import Alert, NotStarted, Outcome, Refusal, Refused
+from .outcomes import PASSED_ON, Alert, NotStarted, Outcome, Refusal, Refused
 from .redact import redact
 from .store import Store
 from .store.attempts import NewAttempt
@@ -56,9 +56,6 @@ log = logging.getLogger(__name__)
 
 # The phone path's way to ask the manager for the order code: the code, or None if they hung up.
 ReadCode = Callable[[], Awaitable[str | None]]
-
-# A daemon's own state, not a decision on the call: another daemon may take it (dialplan/bridged.conf).
-PASSED_ON = frozenset({Refusal.UNAVAILABLE, Refusal.OVERLOADED})
 
 
 class CallService:

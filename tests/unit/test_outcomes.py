@@ -6,10 +6,12 @@ import dataclasses
 
 import pytest
 
+from bridged import dialplan
 from bridged.api.errors import outcome_error, refusal_error
 from bridged.config import Prompts
 from bridged.outcomes import (
     OUTCOME_ERRORS,
+    PASSED_ON,
     REFUSALS,
     Outcome,
     Refusal,
@@ -30,6 +32,35 @@ def test_every_refusal_has_a_prompt_and_an_http_error_with_a_stable_id() -> None
     assert refusal_prompt(prompts, Refusal.DENIED) == prompts.denied
     assert refusal_prompt(prompts, Refusal.INVALID_CODE) == prompts.invalid_code
     assert refusal_prompt(prompts, Refusal.INVALID_PHONE) == "cannot-complete-as-dialed"
+
+
+# The dialplan's answer to each refusal on the phone path: only a daemon's own state (no Asterisk, stopping;
+# Asterisk behind) is one another daemon may take; every decision on the call is final.
+DIALPLAN_KINDS = {
+    Refusal.UNKNOWN_MANAGER: dialplan.REFUSED,
+    Refusal.MANAGER_NOT_REGISTERED: dialplan.REFUSED,
+    Refusal.INVALID_CODE: dialplan.REFUSED,
+    Refusal.UNKNOWN_ORDER: dialplan.REFUSED,
+    Refusal.DENIED: dialplan.REFUSED,
+    Refusal.LOOKUP_FAILED: dialplan.REFUSED,
+    Refusal.UNAVAILABLE: dialplan.UNAVAILABLE,
+    Refusal.OVERLOADED: dialplan.OVERLOADED,
+    Refusal.INVALID_PHONE: dialplan.REFUSED,
+    Refusal.DATABASE_UNAVAILABLE: dialplan.REFUSED,
+    Refusal.RATE_LIMITED: dialplan.REFUSED,
+}
+
+
+@pytest.mark.parametrize("reason", list(Refusal))
+def test_every_refusal_has_its_dialplan_answer(reason: Refusal) -> None:
+    assert REFUSALS[reason].reply_kind == DIALPLAN_KINDS[reason]
+    assert REFUSALS[reason].reply_kind in dialplan.REPLY_KINDS - {dialplan.OK}
+
+
+def test_the_refusals_passed_on_are_those_the_dialplan_takes_to_the_next_daemon() -> None:
+    assert set(DIALPLAN_KINDS) == set(Refusal)
+    assert PASSED_ON == {reason for reason in Refusal if DIALPLAN_KINDS[reason] in dialplan.PASS_ON}
+    assert PASSED_ON == {Refusal.UNAVAILABLE, Refusal.OVERLOADED}
 
 
 @pytest.mark.parametrize("reason", list(Refusal))
