@@ -10,13 +10,11 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .. import dialplan
 from ..ari import AriError, AriNotFound
 from ..callers import read_stasis_start
 from ..config import Manager
 from ..outcomes import Outcome
 from ..recording_state import RecordingState
-from .legs import manager_leg_variables
 from .model import (
     Call,
     CallState,
@@ -214,11 +212,10 @@ class InboundSteps:
             *(
                 self.engine.made.make(
                     leg,
-                    endpoint=f"PJSIP/{manager.endpoint}",
+                    call,
+                    manager,
                     app=call.app or config.ari.app,
-                    app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
                     ring_timeout=config.inbound.ring_timeout,
-                    variables=manager_leg_variables(call.label.caller_id),
                 )
                 for leg, manager in legs.items()
             ),

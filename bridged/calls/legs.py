@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from .. import dialplan
 from ..ari import AriClient, background_requests
 from ..ari.errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
-from ..config import Config, ConfigHolder
+from ..config import Config, ConfigHolder, Manager
 from ..tasks import Tasks
 from .model import Call
 
@@ -304,28 +304,21 @@ class MadeLegs:
         self._waiting: dict[str, asyncio.Future[None]] = {}
 
     async def make(
-        self,
-        channel_id: str,
-        *,
-        endpoint: str,
-        app: str,
-        app_args: str,
-        ring_timeout: int,
-        variables: Mapping[str, str],
+        self, channel_id: str, call: Call, manager: Manager, *, app: str, ring_timeout: int
     ) -> None:
-        """Ring ``endpoint`` for up to ``ring_timeout`` seconds on a channel ``channel_id`` made in
-        application ``app``, with every leg's variables (:func:`leg_variables`, added here so that no leg
-        goes without them) and its own ``variables``: its identity (bridged.dialplan.identity_variables:
-        ``create`` has no ``callerId``), a manager leg's label. Raises what ARI raised; a channel that may
+        """Ring ``manager``'s phone for up to ``ring_timeout`` seconds on a channel ``channel_id`` made in
+        application ``app`` as a manager leg of ``call`` (its Stasis arguments), with every leg's variables
+        (:func:`leg_variables`) and a manager leg's own (:func:`manager_leg_variables`: the call's label
+        as its identity, ``create`` having no ``callerId``). Raises what ARI raised; a channel that may
         have been made but was not dialled is hung up first (it would sit in Stasis, ringing nobody): not
         one whose create Asterisk refused (500 "Allocation failed": the phone is not registered on that
         node)."""
         made = self.ari.create_channel(
-            endpoint=endpoint,
+            endpoint=f"PJSIP/{manager.endpoint}",
             app=app,
-            app_args=app_args,
+            app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
             channel_id=channel_id,
-            variables=leg_variables(self.legs.config.current, variables),
+            variables=leg_variables(self.legs.config.current, manager_leg_variables(call.label.caller_id)),
         )
         try:
             await self.make_and_dial(

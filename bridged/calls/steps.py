@@ -29,7 +29,7 @@ from ..outcomes import (
 from ..recording_state import RecordingState
 from .events import in_stasis
 from .inbound_steps import InboundSteps
-from .legs import leg_variables, manager_leg_variables
+from .legs import leg_variables
 from .model import (
     TRANSITIONS,
     Call,
@@ -300,11 +300,10 @@ class Steps(InboundSteps):
             try:
                 await self.engine.made.make(
                     call.manager_channel_id,
-                    endpoint=f"PJSIP/{call.manager.endpoint}",
+                    call,
+                    call.manager,
                     app=config.ari.app,
-                    app_args=dialplan.app_args(dialplan.Leg.MANAGER, call.id),
                     ring_timeout=config.api.manager_ring_timeout,
-                    variables=manager_leg_variables(call.label.caller_id),
                 )
                 return
             except AriError as exc:

@@ -610,17 +610,11 @@ async def test_a_subscription_to_an_application_that_is_gone_waits_for_the_recon
 # -- (f2) MadeLegs: the manager legs bridged rings ---------------------------------------------------
 
 
-def _make_manager_leg(env: Env, **kw: Any) -> asyncio.Future[None]:
+def _make_manager_leg(env: Env) -> asyncio.Future[None]:
+    call = _call_in(env.config, CallState.RINGING_MANAGER)
+    assert call.manager is not None
     return asyncio.ensure_future(
-        env.engine.made.make(
-            "call-a-manager",
-            endpoint="PJSIP/anna",
-            app="bridged",
-            app_args="manager,call-a",
-            ring_timeout=30,
-            variables={},
-            **kw,
-        )
+        env.engine.made.make("call-a-manager", call, call.manager, app="bridged", ring_timeout=30)
     )
 
 
