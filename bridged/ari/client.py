@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import contextvars
 import itertools
-import json
 import logging
 import re
 import time
@@ -244,7 +243,7 @@ class AriClient:
         """Run one operation; JSON result, None for 204 or with ``decode`` off (an answer nobody reads is
         not parsed; an error's is, for its text). Raises AriError subclasses or ValueError."""
         op, target, json_body = self._prepare(op_name, path_params, params, body)
-        sent = None if json_body is None else json.dumps(json_body).encode()
+        sent = None if json_body is None else jsontext.dumps(json_body)
         token = next(self._seq)
         self._deadlines.start(token, self._request_timeout)
         tracked = not _BACKGROUND.get()

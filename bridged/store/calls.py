@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..ari import jsontext
 from .attempts import NewAttempt, insert_attempt
 from .base import Aggregate, Page, Window, unavailable_as_one_type
 
@@ -153,13 +154,14 @@ class CallRows(Aggregate):
             manager_channel_id,
             ari_app,
             actor,
-            json.dumps(details),
+            # orjson, as ARI's bodies (bridged.ari.jsontext): a statement of every call (issue 19).
+            jsontext.dumps(details).decode(),
             customer_channel_id,
             created_by,
             caller_ref,
             node,
             canary,
-            None if ring_plan is None else json.dumps(ring_plan),
+            None if ring_plan is None else jsontext.dumps(ring_plan).decode(),
             None if ring_plan is None else min(len(ring_plan), 1),
             caller_key,
             *(() if attempt is None else attempt.args()),

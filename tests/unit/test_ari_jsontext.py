@@ -60,3 +60,23 @@ def test_what_is_not_json_raises_a_value_error(raw: bytes | str) -> None:
     """The callers (the event reader, the REST client) catch ValueError: orjson's error is one."""
     with pytest.raises(ValueError):
         jsontext.loads(raw)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"variables": {"CALLERID(name)": "Заказ 42 Иван П.", "BRIDGED_CALL": "c-1", "X": 'a "b" \\ c'}},
+        {"manager_id": "anna", "direction": "phone", "callback_of": None},
+        [["anna", "boris"], ["team:support"]],
+        {"a": [1, 2.5, True, False, None, "\u00e9\u202e\x00"]},
+    ],
+)
+def test_writes_what_json_reads_back_the_same(value: Any) -> None:
+    written = jsontext.dumps(value)
+    assert isinstance(written, bytes)
+    assert json.loads(written) == value == json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("value", [{"s": "lone \ud800 surrogate"}, {1: "a key that is no string"}, [2**64]])
+def test_what_orjson_refuses_is_written_as_json_wrote_it(value: Any) -> None:
+    assert jsontext.dumps(value) == json.dumps(value).encode()
