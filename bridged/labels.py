@@ -176,11 +176,30 @@ def _words(name: str) -> list[str]:
     """The words of a name that hold at least one letter, after NFKC; addresses are left out whole."""
     text = unicodedata.normalize("NFKC", name)
     tokens = [t for t in text.split() if not _ADDRESS_MARKS.intersection(t)]
-    cleaned = "".join(ch if _keeps(ch) else " " for ch in " ".join(tokens))
+    joined = " ".join(tokens)
+    cleaned = joined if _plain(joined) else "".join(ch if _keeps(ch) else " " for ch in joined)
     # NFKC once more: a combining mark left alone after a removed character could compose anew, and
     # the result must be as stable as what it was built from.
     words = [_without_leading_marks(w) for w in unicodedata.normalize("NFKC", cleaned).split()]
-    return [w for w in words if any(unicodedata.category(ch)[0] == "L" for ch in w) and all(map(_keeps, w))]
+    return [
+        w
+        for w in words
+        if _plain(w) or (any(unicodedata.category(ch)[0] == "L" for ch in w) and all(map(_keeps, w)))
+    ]
+
+
+# Spaces and the punctuation a word keeps, left out of what _plain looks at.
+_PLAIN_SEPARATORS = str.maketrans("", "", " " + "".join(_WORD_PUNCTUATION))
+
+
+def _plain(text: str) -> bool:
+    """Whether every character of ``text`` is a space, a word's punctuation or a letter that is no number
+    (``isalpha``: categories L*; ``isnumeric`` rules out the letters that are numbers, CJK numerals), and
+    one at least is such a letter: then :func:`_keeps` keeps each of its characters (a space is a break
+    either way), which ``test_labels`` checks for every code point. Most names are such text; what is
+    not is looked at character by character (issue 19: safe_name took 20-34 us a name, once a call; 7-12)."""
+    letters = text.translate(_PLAIN_SEPARATORS)
+    return letters.isalpha() and not any(map(str.isnumeric, letters))
 
 
 def _without_leading_marks(word: str) -> str:

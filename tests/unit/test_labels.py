@@ -7,6 +7,7 @@ characters, very long strings), order ids are arbitrary text too.
 
 from __future__ import annotations
 
+import sys
 import unicodedata
 
 import pytest
@@ -22,6 +23,9 @@ from bridged.labels import (
     ORDER_MAX,
     URI_CHARACTERS,
     Labeller,
+    _keeps,
+    _plain,
+    _without_leading_marks,
     _words,
     default_template,
     dial_back,
@@ -300,3 +304,52 @@ def test_labels_as_the_manager_sees_them() -> None:
 )
 def test_template_validation(template: str, problem: str | None) -> None:
     assert template_problem(template) == problem
+
+
+# -- the plain names' short cut (issue 19) ------------------------------------------------------------
+
+
+def _words_character_by_character(name: str) -> list[str]:
+    """_words as it was before its short cut for plain names: every character looked at."""
+    text = unicodedata.normalize("NFKC", name)
+    tokens = [t for t in text.split() if not set("@:/\\<>").intersection(t)]
+    cleaned = "".join(ch if _keeps(ch) else " " for ch in " ".join(tokens))
+    words = [_without_leading_marks(w) for w in unicodedata.normalize("NFKC", cleaned).split()]
+    return [w for w in words if any(unicodedata.category(ch)[0] == "L" for ch in w) and all(map(_keeps, w))]
+
+
+def test_every_letter_that_is_no_number_is_kept() -> None:
+    """What the short cut rests on, for every code point: a letter (``isalpha``) that is not a number
+    (CJK numerals are letters and numbers) is kept in a word, as the word's punctuation is."""
+    for code in range(sys.maxunicode + 1):
+        ch = chr(code)
+        if _plain(ch):
+            assert ch.isalpha() and _keeps(ch), hex(code)
+        if ch.isalpha() and not ch.isnumeric():
+            assert _keeps(ch), hex(code)
+    assert all(_keeps(ch) for ch in "-'.\u2019")
+    assert not _plain("") and not _plain(" -'.") and not _plain("\u4e00") and not _plain("Anna1")
+
+
+_NAME_CHARACTERS = st.characters(
+    categories=("Lu", "Ll", "Lo", "Lm", "Mn", "Nd", "No", "Nl", "Zs", "Pd", "Po", "Cf", "Cc", "Sm")
+)
+
+
+@settings(max_examples=2000)
+@given(
+    st.one_of(
+        st.text(),
+        st.text(alphabet=_NAME_CHARACTERS, max_size=40),
+        st.lists(st.sampled_from(["Ivan", "Иван", "O'Neil", "Анна-Мария", "一", "3", "@x", "\u0301a"])).map(
+            " ".join
+        ),
+    )
+)
+@example("Ivan Petrov")
+@example("Иван Петрович Сидоров")
+@example("Mária Ñúñez-O'Brien")
+@example("李 一二三")
+@example("Anna \u2167")
+def test_plain_names_read_as_character_by_character(name: str) -> None:
+    assert _words(name) == _words_character_by_character(name)
