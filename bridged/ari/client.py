@@ -8,15 +8,14 @@ with a query parameter or body in it: those carry dial strings and caller ids, i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import itertools
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -123,11 +122,31 @@ def _error_for(operation: str, status: int, text: str | None) -> AriError:
     return AriError(operation, status, message)
 
 
+T = TypeVar("T")
+
 _BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("bridged_ari_background", default=False)
 
 
-@contextlib.contextmanager
-def background_requests() -> Iterator[None]:
+class ContextSetting(Generic[T]):
+    """``with ContextSetting(var, value):`` sets a context variable inside, and puts it back after.
+
+    What ``contextlib.contextmanager`` around ``var.set``/``var.reset`` does, without its generator: made
+    on a call's path twice (issue 19: 2.1-3.1 us each with contextlib, 1.3-1.4 this way, timeit)."""
+
+    __slots__ = ("_token", "_value", "_var")
+
+    def __init__(self, var: contextvars.ContextVar[T], value: T) -> None:
+        self._var = var
+        self._value = value
+
+    def __enter__(self) -> None:
+        self._token = self._var.set(self._value)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._var.reset(self._token)
+
+
+def background_requests() -> ContextSetting[bool]:
     """Requests made inside (in this task and the tasks it starts) are left out of
     :attr:`AriClient.pending` and :meth:`AriClient.oldest_wait`.
 
@@ -135,11 +154,7 @@ def background_requests() -> Iterator[None]:
     Asterisk never answers there must not make the overload guard refuse calls while everything else
     is answered quickly.
     """
-    token = _BACKGROUND.set(True)
-    try:
-        yield
-    finally:
-        _BACKGROUND.reset(token)
+    return ContextSetting(_BACKGROUND, True)
 
 
 def is_background() -> bool:

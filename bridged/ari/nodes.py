@@ -11,29 +11,23 @@ the first node: a daemon with one node never sets one.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
-from .client import AriClient
+from .client import AriClient, ContextSetting
 
 __all__ = ["CURRENT", "NodeClients", "NodeNames", "current_node", "on_node", "set_node"]
 
 CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("bridged_ari_node", default=None)
 
 
-@contextlib.contextmanager
-def on_node(node: str | None) -> Iterator[None]:
+def on_node(node: str | None) -> ContextSetting[str | None]:
     """ARI requests made inside (in this task and the tasks it starts) go to ``node``."""
-    token = CURRENT.set(node)
-    try:
-        yield
-    finally:
-        CURRENT.reset(token)
+    return ContextSetting(CURRENT, node)
 
 
 def set_node(node: str | None) -> None:

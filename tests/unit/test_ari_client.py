@@ -32,6 +32,8 @@ from bridged.ari import (
     Operation,
     background_requests,
 )
+from bridged.ari.client import is_background
+from bridged.ari.nodes import current_node, on_node
 from bridged.ari.targets import encode_value, quoted
 
 NUMBER = "5557654321"
@@ -622,3 +624,14 @@ def test_the_request_target_is_the_one_the_yarl_builder_made(
 @given(st.text(st.characters(exclude_categories=["Cs"])) | st.text(st.characters(max_codepoint=127)))
 def test_quoting_is_urllibs(text: str) -> None:
     assert quoted(text) == quote(text, safe="")
+
+
+def test_a_context_setting_is_put_back_after_its_block_even_when_it_raises() -> None:
+    assert current_node() is None and not is_background()
+    with on_node("pbx1"), background_requests():
+        assert current_node() == "pbx1" and is_background()
+        with pytest.raises(RuntimeError), on_node("pbx2"):
+            assert current_node() == "pbx2"
+            raise RuntimeError
+        assert current_node() == "pbx1"  # what the outer block set, put back by the inner one
+    assert current_node() is None and not is_background()
