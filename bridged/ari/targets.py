@@ -33,6 +33,7 @@ _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 # quote(safe="") for one ASCII character, as a str.translate table: a whole text in one C call, where
 # quote works byte by byte in Python.
 _QUOTE_ASCII = {c: chr(c) if _UNRESERVED.fullmatch(chr(c)) else f"%{c:02X}" for c in range(128)}
+_unreserved = _UNRESERVED.fullmatch
 
 
 def quoted(text: str) -> str:
@@ -64,33 +65,39 @@ class Plan:
     def target(
         self, path_params: Mapping[str, Any], params: Mapping[str, Any], body: Mapping[str, Any] | None
     ) -> str:
-        op, name, pieces = self.op, self.name, self.pieces
+        name, pieces = self.name, self.pieces
         for i in range(1, len(pieces), 2):
             if path_params.get(pieces[i]) in (None, ""):
                 raise ValueError(f"ARI {name}: missing path parameter {pieces[i]}")
-        for required in op.required:
+        for required in self.op.required:
             if params.get(required) is None and (not body or body.get(required) is None):
                 raise ValueError(f"ARI {name}: missing required parameter {required}")
-        # A misspelt name would be silently ignored by Asterisk; fail loudly instead.
+        # A misspelt name would be silently ignored by Asterisk; fail loudly instead. (Compared as sets:
+        # the names are looked at one by one only to say which.)
         query_names = self.query_names
-        for key in params:
-            if key not in query_names:
-                raise ValueError(f"ARI {name}: unknown query parameter {key}")
-        for key in body or ():
-            if key not in self.body_names:
-                raise ValueError(f"ARI {name}: unknown body parameter {key}")
+        if not query_names.keys() >= params.keys():
+            key = next(k for k in params if k not in query_names)
+            raise ValueError(f"ARI {name}: unknown query parameter {key}")
+        if body and not self.body_names.issuperset(body):
+            key = next(k for k in body if k not in self.body_names)
+            raise ValueError(f"ARI {name}: unknown body parameter {key}")
         path = pieces[0]
         for i in range(1, len(pieces), 2):
             value = path_params[pieces[i]]
+            if type(value) is not str:
+                value = str(value)
             # Quote everything, "/" included: an id is one path segment.
-            path += quoted(value if type(value) is str else str(value)) + pieces[i + 1]
-        # Encoded by hand so "+" in a dial string reaches Asterisk as %2B, never as a space.
-        query = "&".join(
-            query_names[k] + quoted(v if type(v) is str else encode_value(v))
-            for k, v in params.items()
-            if v is not None
-        )
-        return f"{path}?{query}" if query else path
+            path += (value if _unreserved(value) else quoted(value)) + pieces[i + 1]
+        # Encoded by hand so "+" in a dial string reaches Asterisk as %2B, never as a space. A loop, not a
+        # generator, and most values (ids, words) need no quoting: asked here, without a call for it.
+        query = []
+        for key, value in params.items():
+            if value is None:
+                continue
+            if type(value) is not str:
+                value = encode_value(value)
+            query.append(query_names[key] + (value if _unreserved(value) else quoted(value)))
+        return f"{path}?{'&'.join(query)}" if query else path
 
     def json_body(self, body: Mapping[str, Any] | None) -> dict[str, Any] | None:
         json_body = {k: v for k, v in body.items() if v is not None} if body else None
