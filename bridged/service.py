@@ -39,7 +39,7 @@ from .calls.model import (
     manager_leg_id,
     new_call_id,
 )
-from .canaries import CanaryRegistry, canary_touched
+from .canaries import Canary, CanaryRegistry, canary_touched
 from .config import ConfigHolder, Manager
 from .inbound import InboundDesk
 from .orders import Order, OrderDirectory, is_valid_code, order_to_call
@@ -264,23 +264,67 @@ class CallService:
 
         ``actor`` is who asked (the manager on the phone path, the API token on the HTTP path);
         ``created_by`` the API client the call belongs to (None on the phone path). ``nodes``: the
-        Asterisk node the call is placed on, then (HTTP path) the others the manager may be rung on."""
+        Asterisk node the call is placed on, then (HTTP path) the others the manager may be rung on.
+
+        The steps, in this order: the order and the refusals (:meth:`_may_call`); the call as the engine
+        will know it, its customer rung at once on the phone path (:meth:`_pending`); its row
+        (:meth:`_insert`), written before the engine knows the call on the HTTP path and off the setup's
+        critical path on the phone's (:meth:`_phone_row_behind`); a canary order's audit row."""
         refuse = functools.partial(
             self._refuse, manager, code, direction=direction, actor=actor, created_by=created_by
         )
-        valid = is_valid_code(self.config.current.orders, code)
-        found: Order | Refusal | None = None
-        if valid and self.budgets.apply_to(manager):
-            # The budgets (bridged's database) and the order (the shop's) are independent: asked at once
-            # (issue 19: a round trip less). Past a budget, what the lookup found goes nowhere.
-            exceeded, found = await asyncio.gather(
-                self.budgets.over(manager, code), self._order_for(manager, code, overloaded)
+        found = await self._may_call(
+            manager, code, refuse, actor=actor, overloaded=overloaded, others_follow=others_follow
+        )
+        if isinstance(found, Refused):
+            return found
+        nodes = nodes or (self.engine.nodes.current(),)
+        config = self.config.current
+        canary = self.canaries.of_order(found, config.orders, config.inbound.secret)
+        phone = direction == "phone"
+        # A phone's customer is rung now, while the FastAGI answer goes out (issue 19), unless bridged's
+        # database was away lately: then the row comes first, and a call it does not take rings nobody.
+        ring_now = phone and canary is None and not OUTAGES.seen_within(30.0)
+        pending = await self._pending(
+            found, manager, direction, manager_channel_id, nodes=nodes, canary=canary, ring_now=ring_now
+        )
+        # Recorded with the call's row, in its statement.
+        accepted = self.budgets.attempt(manager, code, limits.ACCEPTED)
+        insert = self._insert(
+            pending, code, accepted, actor=actor, created_by=created_by, callback_of=callback_of
+        )
+        if not phone and not await self._row(insert, manager, code):
+            return await refuse(Refusal.DATABASE_UNAVAILABLE)
+        if not ring_now:
+            self.engine.expect(pending)
+        if phone:
+            await self._phone_row_behind(pending, insert, refuse, code, accepted)
+        if canary is not None:
+            self._background.spawn(
+                canary_touched(
+                    self.deferred, self.store.audit, pending.call_id, manager.id, canary, pending.row_written
+                ),
+                name=f"canary-{pending.call_id}",
             )
-        elif valid:
-            # No budget to check: the lookup awaited directly (no tasks, no loop iteration to start them).
-            exceeded, found = None, await self._order_for(manager, code, overloaded)
-        else:
-            exceeded = await self.budgets.over(manager, code)
+        log.info("call %s accepted: manager %s order %s", pending.call_id, manager.id, code)
+        return pending
+
+    async def _may_call(
+        self,
+        manager: Manager,
+        code: str,
+        refuse: Callable[[Refusal], Awaitable[Refused]],
+        *,
+        actor: str,
+        overloaded: bool | None,
+        others_follow: bool,
+    ) -> Order | Refused:
+        """The order ``code`` names, if ``manager`` may call its customer now; else the refusal, audited
+        and counted here (``others_follow``: what the dialplan takes to the next daemon is passed on).
+
+        A budget gone past comes first, then a malformed code: what the lookup found then goes nowhere."""
+        valid = is_valid_code(self.config.current.orders, code)
+        exceeded, found = await self._budgets_and_order(manager, code, valid, overloaded)
         if exceeded is not None:
             return await self.budgets.rate_limited(manager, code, exceeded, refuse)
         if not valid:
@@ -296,17 +340,42 @@ class CallService:
             return await self._passed_on(manager, found, actor=actor)
         if isinstance(found, Refusal):
             return await refuse(found)
-        nodes = nodes or (self.engine.nodes.current(),)
-        config = self.config.current
-        canary = self.canaries.of_order(found, config.orders, config.inbound.secret)
-        call_id = new_call_id()
-        phone = direction == "phone"
-        # A phone's customer is rung now, while the FastAGI answer goes out (issue 19), unless bridged's
-        # database was away lately: then the row comes first, and a call it does not take rings nobody.
-        ring_now = phone and canary is None and not OUTAGES.seen_within(30.0)
+        return found
+
+    async def _budgets_and_order(
+        self, manager: Manager, code: str, valid: bool, overloaded: bool | None
+    ) -> tuple[limits.Exceeded | None, Order | Refusal | None]:
+        """The budget ``manager`` would go past, if any, and (a ``valid`` code) the order or why not.
+
+        Gathered only when a budget applies: with none, the lookup is awaited alone and no task is made."""
+        if valid and self.budgets.apply_to(manager):
+            # The budgets (bridged's database) and the order (the shop's) are independent: asked at once
+            # (issue 19: a round trip less). Past a budget, what the lookup found goes nowhere.
+            return await asyncio.gather(
+                self.budgets.over(manager, code), self._order_for(manager, code, overloaded)
+            )
+        if valid:
+            # No budget to check: the lookup awaited directly (no tasks, no loop iteration to start them).
+            return None, await self._order_for(manager, code, overloaded)
+        return await self.budgets.over(manager, code), None
+
+    async def _pending(
+        self,
+        found: Order,
+        manager: Manager,
+        direction: str,
+        manager_channel_id: str | None,
+        *,
+        nodes: tuple[str, ...],
+        canary: Canary | None,
+        ring_now: bool,
+    ) -> PendingCall:
+        """The accepted call as the engine will know it. ``ring_now`` (phone path): the engine rings its
+        customer at once, and the label is made only once the originate's request went out, as nothing
+        shows it before the FastAGI answer (issue 19)."""
         label = functools.partial(self.engine.labeller.label, found.id, found.customer_name)
         pending = PendingCall(
-            call_id=call_id,
+            call_id=new_call_id(),
             order=found,
             manager=manager,
             direction=direction,
@@ -321,9 +390,22 @@ class CallService:
             # shows it before the FastAGI answer) and the row's statement (issue 19: 0.35 ms on 2 cores).
             await asyncio.sleep(0)
             pending.labelled(label())
-        # Recorded with the call's row, in its statement.
-        accepted = self.budgets.attempt(manager, code, limits.ACCEPTED)
-        insert = functools.partial(
+        return pending
+
+    def _insert(
+        self,
+        pending: PendingCall,
+        code: str,
+        accepted: NewAttempt,
+        *,
+        actor: str,
+        created_by: str | None,
+        callback_of: str | None,
+    ) -> Callable[[], Awaitable[None]]:
+        """The accepted call's row and audit row, with its ``accepted`` attempt, in one statement: not yet
+        written (the HTTP path writes it before the engine knows the call, the phone path behind it)."""
+        call_id, manager, direction = pending.call_id, pending.manager, pending.direction
+        return functools.partial(
             self.store.calls.insert_audited,
             call_id=call_id,
             order_id=code,
@@ -331,9 +413,9 @@ class CallService:
             direction=direction,
             # A phone's call rings the customer as soon as its channel enters Stasis: the row says so
             # from the start, and no UPDATE follows (a restart adopts or ends it alike).
-            state=(CallState.RINGING_CUSTOMER if phone else CallState.REQUESTED).value,
+            state=(CallState.RINGING_CUSTOMER if direction == "phone" else CallState.REQUESTED).value,
             # The phone's channel, or the one bridged will make to ring the manager (HTTP).
-            manager_channel_id=manager_channel_id or manager_leg_id(call_id),
+            manager_channel_id=pending.manager_channel_id or manager_leg_id(call_id),
             customer_channel_id=customer_leg_id(call_id),
             ari_app=self.config.current.ari.app,
             actor=actor,
@@ -343,34 +425,32 @@ class CallService:
                 **({"callback_of": callback_of} if callback_of else {}),
             },
             created_by=created_by,
-            node=nodes[0],
+            node=pending.nodes[0],
             attempt=accepted,
         )
-        if not phone and not await self._row(insert, manager, code):
-            return await refuse(Refusal.DATABASE_UNAVAILABLE)
-        if not ring_now:
-            self.engine.expect(pending)
-        if phone:
-            if pending.early is not None and pending.early.originating is not None:
-                # Asterisk takes the originate before the FastAGI answer, the row's insert and the
-                # manager's dialplan compete with it for the machine (on 2 cores they doubled it). Not
-                # longer than EARLY_ANSWER_WAIT: an Asterisk slow to answer ARI must not keep the phone
-                # from its 180 (the call in Stasis acts on the originate's end, whenever it comes).
-                await asyncio.wait([pending.early.originating], timeout=EARLY_ANSWER_WAIT)
-            # Written off the setup's critical path, after the originate went out; the call goes on in
-            # Stasis once it is written (bridged.calls.steps.ring_customer).
-            pending.row_being_written(
-                asyncio.ensure_future(self._phone_row(insert, refuse, manager, code, accepted))
-            )
-        if canary is not None:
-            self._background.spawn(
-                canary_touched(
-                    self.deferred, self.store.audit, call_id, manager.id, canary, pending.row_written
-                ),
-                name=f"canary-{call_id}",
-            )
-        log.info("call %s accepted: manager %s order %s", call_id, manager.id, code)
-        return pending
+
+    async def _phone_row_behind(
+        self,
+        pending: PendingCall,
+        insert: Callable[[], Awaitable[None]],
+        refuse: Callable[[Refusal], Awaitable[Refused]],
+        code: str,
+        accepted: NewAttempt,
+    ) -> None:
+        """A phone call's row, set going once Asterisk took the customer's originate (if it was sent; not
+        longer than EARLY_ANSWER_WAIT) and written in the background (:meth:`_phone_row`): the FastAGI
+        answer does not wait for it."""
+        if pending.early is not None and pending.early.originating is not None:
+            # Asterisk takes the originate before the FastAGI answer, the row's insert and the
+            # manager's dialplan compete with it for the machine (on 2 cores they doubled it). Not
+            # longer than EARLY_ANSWER_WAIT: an Asterisk slow to answer ARI must not keep the phone
+            # from its 180 (the call in Stasis acts on the originate's end, whenever it comes).
+            await asyncio.wait([pending.early.originating], timeout=EARLY_ANSWER_WAIT)
+        # Written off the setup's critical path, after the originate went out; the call goes on in
+        # Stasis once it is written (bridged.calls.steps.ring_customer).
+        pending.row_being_written(
+            asyncio.ensure_future(self._phone_row(insert, refuse, pending.manager, code, accepted))
+        )
 
     async def _row(self, insert: Callable[[], Awaitable[None]], manager: Manager, code: str) -> bool:
         """The accepted call's row and its audit row; False if bridged's database did not take them.
