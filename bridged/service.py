@@ -10,7 +10,7 @@
 Each answers in domain terms (a call, or a :class:`Refused` with its :class:`~bridged.outcomes.Refusal`);
 the FastAGI handler and the HTTP handlers only translate the answer (bridged.outcomes says into what).
 "Manager unknown", "phone not registered", overload and policy are decided here, once for both paths,
-and every refusal is audited, logged and counted here.
+and every refusal is audited, logged and counted through bridged.refusals.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from . import limits, metrics
+from . import limits
 from .ari import AriError
 from .ari.nodes import NodeView, on_node
 from .budgets import Budgets
@@ -44,7 +44,7 @@ from .config import ConfigHolder, Manager
 from .inbound import InboundDesk
 from .orders import Order, OrderDirectory, is_valid_code, order_to_call
 from .outcomes import PASSED_ON, Alert, NotStarted, Outcome, Refusal, Refused
-from .redact import redact
+from .refusals import Refusals, phone_details
 from .store import Store
 from .store.attempts import NewAttempt
 from .store.base import OUTAGES, DatabaseUnavailable
@@ -86,6 +86,8 @@ class CallService:
         self.deferred = DeferredWrites()
         self.canaries = canaries if canaries is not None else CanaryRegistry(None)
         self.budgets = Budgets(config, store, self.deferred, self._alert)
+        # What is written about an attempt that does not become a call here (refused, passed on).
+        self.refusals = Refusals(store, self.deferred, self.budgets)
         self.inbound = InboundDesk(
             config,
             store,
@@ -128,12 +130,14 @@ class CallService:
             # Several nodes and a unique id that names none of them: asterisk.conf systemname unset or
             # the same on two nodes (README, "Availability and scaling").
             log.error("call refused: the Asterisk node of channel %s is not known", channel_id or "?")
-            return await self._refused_attempt(Refusal.UNAVAILABLE, actor=f"endpoint:{endpoint or '?'}"[:80])
+            return await self.refusals.refused_attempt(
+                Refusal.UNAVAILABLE, actor=f"endpoint:{endpoint or '?'}"[:80]
+            )
         with on_node(node):
             manager = self.config.current.manager_by_endpoint(endpoint)
             if manager is None:
                 log.info("call refused: endpoint %s is no manager", endpoint or "?")
-                return await self._refused_attempt(
+                return await self.refusals.refused_attempt(
                     Refusal.UNKNOWN_MANAGER, actor=f"endpoint:{endpoint or '?'}"[:80]
                 )
             if not code:
@@ -141,10 +145,12 @@ class CallService:
                 # asks the next daemon (or plays the prompt) at once.
                 if (cannot := self._cannot_take()) is not None:
                     log.info("call refused for %s before the code was keyed in: %s", manager.id, cannot)
-                    return await self._refused_attempt(cannot, actor=manager.id, details=_phone(manager))
+                    return await self.refusals.refused_attempt(
+                        cannot, actor=manager.id, details=phone_details(manager)
+                    )
                 keyed = await read_code()
                 if keyed is None:
-                    await self._abandoned_while_keying(manager)
+                    await self.refusals.abandoned_while_keying(manager)
                     return None
                 code = keyed
             return await self._decide(
@@ -175,7 +181,7 @@ class CallService:
         manager = self.config.current.manager_by_id(manager_id)
         if manager is None:
             log.info("call refused for %s: unknown manager", actor)
-            return await self._refused_attempt(Refusal.UNKNOWN_MANAGER, actor=actor)
+            return await self.refusals.refused_attempt(Refusal.UNKNOWN_MANAGER, actor=actor)
         served = self._served_nodes()
         with on_node(served[0] if served else None):
             overloaded = self._overloaded()
@@ -188,7 +194,7 @@ class CallService:
             nodes = await self._nodes_reaching(manager, served)
             if not nodes:
                 log.info("call refused for %s: manager %s's phone is not registered", actor, manager.id)
-                return await self._refused_attempt(
+                return await self.refusals.refused_attempt(
                     Refusal.MANAGER_NOT_REGISTERED, actor=actor, details={"manager_id": manager.id}
                 )
         with on_node(nodes[0] if nodes else None):
@@ -228,7 +234,7 @@ class CallService:
         away): refused, as any attempt bridged cannot keep a record of (a retry could otherwise ring
         twice)."""
         log.warning("call request by %s refused: bridged's database is unavailable", client)
-        return await self._refused_attempt(
+        return await self.refusals.refused_attempt(
             Refusal.DATABASE_UNAVAILABLE, actor=actor or api_actor(client), details={"manager_id": manager_id}
         )
 
@@ -271,7 +277,7 @@ class CallService:
         (:meth:`_insert`), written before the engine knows the call on the HTTP path and off the setup's
         critical path on the phone's (:meth:`_phone_row_behind`); a canary order's audit row."""
         refuse = functools.partial(
-            self._refuse, manager, code, direction=direction, actor=actor, created_by=created_by
+            self.refusals.refused_call, manager, code, direction=direction, actor=actor, created_by=created_by
         )
         found = await self._may_call(
             manager, code, refuse, actor=actor, overloaded=overloaded, others_follow=others_follow
@@ -331,13 +337,13 @@ class CallService:
             # The raw input is not stored: a manager could have typed anything, even a number.
             log.info("call refused for %s: malformed order code", manager.id)
             await self.budgets.attempted(manager, code, Refusal.INVALID_CODE.value)
-            return await self._refused_attempt(
+            return await self.refusals.refused_attempt(
                 Refusal.INVALID_CODE, actor=actor, details={"manager_id": manager.id}
             )
         assert found is not None
         if others_follow and found in PASSED_ON:
             assert isinstance(found, Refusal)
-            return await self._passed_on(manager, found, actor=actor)
+            return await self.refusals.passed_on(manager, found, actor=actor)
         if isinstance(found, Refusal):
             return await refuse(found)
         return found
@@ -561,96 +567,6 @@ class CallService:
         ]
         return online + other
 
-    # -- what is written about an attempt ----------------------------------------------------------
-
-    async def _abandoned_while_keying(self, manager: Manager) -> None:
-        """The manager hung up while keying the order code in after ``*77``: an ordinary end.
-
-        Audited as an attempt with outcome ``manager_abandoned``; no call row, as for a malformed
-        code: no order was named (what was keyed so far is not known, and could have been anything).
-        """
-        await self.store.audit.add(
-            actor=manager.id,
-            action="call.request",
-            outcome=Outcome.MANAGER_ABANDONED.value,
-            reason="keying_code",
-            details={"manager_id": manager.id, "direction": "phone"},
-        )
-        log.info("manager %s hung up while keying the order code in", manager.id)
-
-    async def _passed_on(self, manager: Manager, reason: Refusal, *, actor: str) -> Refused:
-        """A phone call this daemon cannot take now, which the dialplan takes to the next daemon: audited
-        here (refused, passed on), its call row written by the daemon that takes it."""
-        metrics.CALLS_PASSED_ON.inc(reason.value)
-        log.info("call for %s passed on to the next daemon: %s", manager.id, reason)
-        await self._request_audited(reason, "passed_on", actor=actor, details=_phone(manager))
-        return Refused(reason)
-
-    async def _refused_attempt(
-        self, reason: Refusal, *, actor: str, details: dict[str, object] | None = None
-    ) -> Refused:
-        """An attempt refused before it named an order: its refused ``call.request`` audit row and no call
-        row; kept and written later if bridged's database is away (the refusal itself stands either way)."""
-        metrics.CALLS_REFUSED.inc(reason.value)
-        await self._request_audited(reason, "refused", actor=actor, details=dict(details or {}))
-        return Refused(reason)
-
-    async def _request_audited(
-        self, reason: Refusal, outcome: str, *, actor: str, details: dict[str, object]
-    ) -> None:
-        """The ``call.request`` audit row of an attempt that got no call row here (refused, or passed on
-        to the next daemon); kept and written later if bridged's database is away, at the time it
-        happened."""
-        await self.deferred.write_stamped(
-            f"{outcome.replace('_', '-')} call.request ({reason}) audit row",
-            lambda at: self.store.audit.add(
-                actor=actor,
-                action="call.request",
-                outcome=outcome,
-                reason=reason.value,
-                details=details,
-                at=at,
-            ),
-        )
-
-    async def _refuse(
-        self,
-        manager: Manager,
-        code: str,
-        reason: Refusal,
-        *,
-        direction: str,
-        actor: str,
-        created_by: str | None,
-    ) -> Refused:
-        # A refused attempt on a well-formed order code is still a call attempt: it gets its row.
-        # A code that did not resolve to an order is only what someone typed, and that may be a
-        # customer's number (a manager probing): stored masked unless it is a known order.
-        known_order = reason in (Refusal.DENIED, Refusal.INVALID_PHONE, Refusal.DATABASE_UNAVAILABLE)
-        raw_code, code = code, code if known_order else redact(code)
-        call_id = new_call_id()
-        await self.deferred.refused(
-            f"refused call {call_id}",
-            reason,
-            lambda at: self.store.calls.insert_refused(
-                call_id=call_id,
-                order_id=code,
-                manager_id=manager.id,
-                direction=direction,
-                outcome=reason.value,
-                at=at,
-                actor=actor,
-                details={"manager_id": manager.id, "direction": direction},
-                created_by=created_by,
-            ),
-        )
-        if reason is not Refusal.RATE_LIMITED:  # kept by _rate_limited, after this row
-            await self.budgets.attempted(
-                manager, raw_code, reason.value, try_now=reason is not Refusal.DATABASE_UNAVAILABLE
-            )
-        log.info("call %s refused for %s on order %s: %s", call_id, manager.id, code, reason)
-        return Refused(reason, call_id)
-
 
 # How long the FastAGI answer waits for Asterisk to take a customer's originate (about 1 ms as a rule).
 EARLY_ANSWER_WAIT = 0.2
@@ -666,10 +582,6 @@ def shed_share(oldest_wait: float, limit: float) -> float:
     if limit <= 0 or oldest_wait <= limit / 2:
         return 0.0
     return min(1.0, (oldest_wait - limit / 2) / (limit / 2))
-
-
-def _phone(manager: Manager) -> dict[str, object]:
-    return {"manager_id": manager.id, "direction": "phone"}
 
 
 def api_actor(client: str) -> str:

@@ -213,7 +213,8 @@ async def test_post_while_bridgeds_database_is_away_is_503_and_the_attempt_is_wr
     client, ari, store = served
     from bridged.store.deferred import DeferredWrites
 
-    client.app[SERVICE].deferred = DeferredWrites(delays=(0.01,) * 5)
+    service = client.app[SERVICE]
+    service.deferred = service.refusals.deferred = DeferredWrites(delays=(0.01,) * 5)
     refused = metrics.CALLS_REFUSED.value("database_unavailable")
     store.down = True
     resp = await client.post("/v1/calls", json={"order_id": "123", "manager_id": "anna"}, headers=auth())

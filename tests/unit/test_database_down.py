@@ -205,8 +205,8 @@ async def test_stopping_with_the_database_still_away_counts_what_is_lost() -> No
 
 
 def _use_deferred(env: Any, deferred: DeferredWrites) -> None:
-    """The service's deferred writes, and its parts' (budgets, inbound calls): the same object."""
-    for part in (env.service, env.service.budgets, env.service.inbound):
+    """The service's deferred writes, and its parts' (budgets, refusals, inbound calls): the same object."""
+    for part in (env.service, env.service.budgets, env.service.refusals, env.service.inbound):
         part.deferred = deferred
 
 
