@@ -15,12 +15,13 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from . import jsontext
+from .context import ContextSetting
 from .deadlines import Deadlines
 from .errors import AriBadRequest, AriConflict, AriError, AriNotFound, AriUnavailable
 from .operations import Operation
@@ -122,28 +123,7 @@ def _error_for(operation: str, status: int, text: str | None) -> AriError:
     return AriError(operation, status, message)
 
 
-T = TypeVar("T")
-
 _BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("bridged_ari_background", default=False)
-
-
-class ContextSetting(Generic[T]):
-    """``with ContextSetting(var, value):`` sets a context variable inside, and puts it back after.
-
-    What ``contextlib.contextmanager`` around ``var.set``/``var.reset`` does, without its generator: made
-    on a call's path twice (issue 19: 2.1-3.1 us each with contextlib, 1.3-1.4 this way, timeit)."""
-
-    __slots__ = ("_token", "_value", "_var")
-
-    def __init__(self, var: contextvars.ContextVar[T], value: T) -> None:
-        self._var = var
-        self._value = value
-
-    def __enter__(self) -> None:
-        self._token = self._var.set(self._value)
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._var.reset(self._token)
 
 
 def background_requests() -> ContextSetting[bool]:

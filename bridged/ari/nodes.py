@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from .client import AriClient, ContextSetting
+from .client import AriClient
+from .context import ContextSetting
 
 __all__ = ["CURRENT", "NodeClients", "NodeNames", "current_node", "on_node", "set_node"]
 
