@@ -380,8 +380,9 @@ class CallService:
         customer at once, and the label is made only once the originate's request went out, as nothing
         shows it before the FastAGI answer (issue 19)."""
         label = functools.partial(self.engine.labeller.label, found.id, found.customer_name)
+        call_id = new_call_id()
         pending = PendingCall(
-            call_id=new_call_id(),
+            call_id=call_id,
             order=found,
             manager=manager,
             direction=direction,
