@@ -31,21 +31,31 @@ def leg_of(event: dict[str, Any]) -> dialplan.Leg | None:
     return None if parsed is None else parsed[0]
 
 
-def note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:
+def _asterisk_ends(event: dict[str, Any]) -> tuple[bool, int | None]:
+    """Whether Asterisk hangs the event's leg up itself, and the Q.850 cause it gives for it, if any.
+
+    Not so after StasisEnd (a channel leaving Stasis may stay up) or a soft hangup request (it may only
+    interrupt the channel). A soft request's ``cause`` is no Q.850 cause either: Asterisk 22's
+    ``ast_softhangup`` sends its AST_SOFTHANGUP_* flag there (32, EXPLICIT, for ARI's DELETE and for a
+    dial's timeout; 16, APPUNLOAD, would read as normal clearing); the cause a DELETE gives comes with the
+    channel's ChannelDestroyed. A cause that is not an integer (a bool is none) is no cause."""
     kind = event.get("type")
-    if kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft")):
-        # Asterisk hangs this leg up itself. Not so after StasisEnd (a channel leaving Stasis may stay up)
-        # or a soft hangup request (it may only interrupt the channel).
-        call.gone.add(channel_of(event) or "")
+    hard = kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft"))
     cause = event.get("cause")
-    if not isinstance(cause, int):
+    return hard, cause if hard and isinstance(cause, int) and not isinstance(cause, bool) else None
+
+
+def note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:
+    hard, cause = _asterisk_ends(event)
+    if hard:
+        call.gone.add(channel_of(event) or "")
+    if cause is None:
         return
-    if not manager and (call.hangup_cause is None or kind == "ChannelDestroyed"):
-        # The destroyed leg's cause is the last word: a dialled leg that rang out is asked to hang up
-        # with cause 32 first, and destroyed with 19 (no answer).
+    destroyed = event.get("type") == "ChannelDestroyed"
+    if not manager and (call.hangup_cause is None or destroyed):
+        # The destroyed leg's cause is the last word: a hard request's may differ from it.
         call.hangup_cause = cause
-    if manager and (call.manager_cause is None or kind == "ChannelDestroyed"):
-        # As the customer's: a manager leg that rang out is asked to hang up with cause 32 first.
+    if manager and (call.manager_cause is None or destroyed):
         call.manager_cause = cause
         if call.state is CallState.RINGING_MANAGER:
             call.hangup_cause = cause
@@ -56,14 +66,12 @@ def note_ring_end(call: Call, event: dict[str, Any]) -> None:
     and it is the leg's alone (the call's hangup cause is the caller's)."""
     assert call.ring is not None
     channel = channel_of(event) or ""
-    kind = event.get("type")
-    if kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft")):
+    hard, cause = _asterisk_ends(event)
+    if hard:
         call.gone.add(channel)
-    cause = event.get("cause")
-    if isinstance(cause, int) and not isinstance(cause, bool):
-        # The destroyed leg's cause is the last word (one that rang out: 32 first, then 19).
-        if channel not in call.ring.causes or kind == "ChannelDestroyed":
-            call.ring.causes[channel] = cause
+    # The destroyed leg's cause is the last word.
+    if cause is not None and (channel not in call.ring.causes or event.get("type") == "ChannelDestroyed"):
+        call.ring.causes[channel] = cause
 
 
 def state_of(event: dict[str, Any]) -> str | None:

@@ -139,6 +139,46 @@ def test_customer_hangs_up_first(make_bridged, asterisk: Asterisk, trace_dir: Pa
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
 
 
+def _bridged_call(
+    daemon: Bridged, trace_dir: Path, rig_alloc, *, hold_ms: tuple[int, int], timeout_s: int
+) -> tuple[str, str, Sipp, Sipp]:
+    """A call from the daemon's first manager to a new order's customer, once bridged: the order, the
+    customer's number, the carrier's SIPp and the phone's (each holding the call for ``hold_ms``: the
+    carrier's, the phone's)."""
+    manager = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Maria Popova", manager.id)
+    customer = carrier(trace_dir, rig_alloc, hold_ms=hold_ms[0], timeout_s=timeout_s)
+    phone = dial(manager, trace_dir, f"*77{order}", hold_ms=hold_ms[1], timeout_s=timeout_s)
+    wait_for(lambda: [r for r in daemon.call_rows(manager.id) if r["state"] == "bridged"], 20, "bridged row")
+    return order, number, customer, phone
+
+
+def test_a_customer_leg_hung_up_through_ari_ends_the_call_without_a_cause(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """ARI's DELETE /channels/{id} (another ARI client, an administrator) is a soft hangup request in
+    Asterisk 22: ChannelHangupRequest with soft true and, as its cause, the flag AST_SOFTHANGUP_EXPLICIT
+    (32), not a Q.850 cause. The call ends as the customer's leaving it, its cause not known then.
+    Checked to fail before the change: the row's hangup_cause was 32."""
+    daemon = make_bridged(("boris",))
+    boris = daemon.managers[0]
+    order, number, customer, phone = _bridged_call(
+        daemon, trace_dir, rig_alloc, hold_ms=(30000, 30000), timeout_s=60
+    )
+
+    def ours(state: str) -> list[dict]:
+        return [r for r in daemon.call_rows(boris.id) if r["order_id"] == order and r["state"] == state]
+
+    [row] = ours("bridged")
+    assert asterisk.ari("DELETE", f"/channels/{row['customer_channel_id']}")[0] == 204
+    assert customer.wait(timeout=15) == 0, customer.describe()
+    assert phone.wait(timeout=15) == 0, phone.describe()
+    [row] = wait_for(lambda: ours("ended"), 10, "ended row")
+    assert (row["outcome"], row["ended_by"], row["hangup_cause"]) == ("completed", "customer", None), row
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
 def test_star77_then_dtmf_order_code(make_bridged, trace_dir: Path, rig_alloc) -> None:
     daemon = make_bridged(("carla",))
     carla = daemon.managers[0]
@@ -403,11 +443,9 @@ def test_daemon_killed_while_bridged_call_goes_on_and_row_is_finalized(
 ) -> None:
     daemon = make_bridged(("ivan",))
     ivan = daemon.managers[0]
-    order, number = new_order_id(), new_customer_number()
-    add_order(daemon.postgres, order, number, "Maria Popova", ivan.id)
-    customer = carrier(trace_dir, rig_alloc, hold_ms=60000, timeout_s=90)
-    phone = dial(ivan, trace_dir, f"*77{order}", hold_ms=12000, timeout_s=90)
-    wait_for(lambda: [r for r in daemon.call_rows(ivan.id) if r["state"] == "bridged"], 20, "bridged row")
+    _, number, customer, phone = _bridged_call(
+        daemon, trace_dir, rig_alloc, hold_ms=(60000, 12000), timeout_s=90
+    )
 
     daemon.stop(signal.SIGKILL)
     assert not daemon.alive()

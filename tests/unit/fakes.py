@@ -130,12 +130,14 @@ def stasis_start(channel_id: str, args: list[str], state: str = "Up", **kw: Any)
     }
 
 
-def hangup_request(channel_id: str, cause: int = 16, state: str = "Up") -> dict[str, Any]:
+def hangup_request(channel_id: str, cause: int = 16, state: str = "Up", soft: bool = False) -> dict[str, Any]:
+    """A hard request carries a Q.850 cause; a soft one (``soft``: ARI's DELETE, a dial's timeout) an
+    AST_SOFTHANGUP_* flag as its cause (32: EXPLICIT)."""
     return {
         "type": "ChannelHangupRequest",
         "application": "bridged",
         "cause": cause,
-        "soft": False,
+        "soft": soft,
         "channel": _channel(channel_id, state),
     }
 

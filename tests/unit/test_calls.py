@@ -312,6 +312,18 @@ async def test_a_leg_asterisk_already_hangs_up_is_not_hung_up_again(env: Env) ->
     assert env.ari.hung_up() == ["m-a"]
 
 
+async def test_a_customer_leg_asked_to_hang_up_softly_ends_the_call_without_a_cause(env: Env) -> None:
+    """ARI's DELETE of the leg by another program (or ``channel request hangup``) is a soft hangup request:
+    its cause is the flag AST_SOFTHANGUP_EXPLICIT (32), not a Q.850 cause. The customer has left; why is not
+    known when the call ends, so the row has no cause (before the change: 32). The leg is hung up again, as
+    after any soft request (it may only have been interrupted)."""
+    customer = await env.bridged("call-a", "m-a")
+    env.engine.on_event(hangup_request(customer, cause=32, soft=True))
+    row = await env.ended("call-a")
+    assert (row["outcome"], row["ended_by"], row["hangup_cause"]) == ("completed", "customer", None)
+    assert customer in env.ari.hung_up()
+
+
 async def test_manager_already_up_is_not_answered_again(env: Env) -> None:
     customer = await env.ringing("call-a", "m-a", state="Up")
     assert env.ari.named("ring") == []
@@ -503,13 +515,14 @@ async def test_unanswered_outcomes(
 
 async def test_a_dialled_leg_that_rang_out_is_no_answer() -> None:
     """What Asterisk sends for a made-and-dialled customer leg whose dial timed out (measured on the rig,
-    docs/asterisk.md): a hangup request with cause 32, StasisEnd, then ChannelDestroyed with cause 19. The
-    destroyed leg's cause decides: no answer, not unavailable. (Checked to fail with the first cause kept.)"""
+    docs/asterisk.md): a soft hangup request (its cause 32 the flag AST_SOFTHANGUP_EXPLICIT), StasisEnd, then
+    ChannelDestroyed with cause 19. The destroyed leg's cause decides: no answer, not unavailable. (Checked to
+    fail with the first cause kept.)"""
     e = await _make_env(make_config())
     try:
         customer = await e.ringing("call-a", "m-a")
         e.engine.on_event(dial(customer, "RINGING"))
-        e.engine.on_event(hangup_request(customer, cause=32, state="Ringing"))
+        e.engine.on_event(hangup_request(customer, cause=32, state="Ringing", soft=True))
         e.engine.on_event(stasis_end(customer, state="Ringing"))
         e.engine.on_event(channel_destroyed(customer, cause=19))
         await wait_until(lambda: len(e.ari.named("play")) == 1)

@@ -678,7 +678,7 @@ async def test_an_adopted_inbound_call_whose_last_phone_rings_out_is_missed(env:
     _ringing_inbound_row(env, "in-e", "1764413784.16", {"in-e-m1": "anna"})
     await env.engine.reconciler.reconcile("dead")
     call = env.engine.calls["in-e"]
-    env.engine.on_event(hangup_request("in-e-m1", cause=32, state="Ringing"))
+    env.engine.on_event(hangup_request("in-e-m1", cause=32, state="Ringing", soft=True))
     env.engine.on_event(channel_destroyed("in-e-m1", cause=19))
     await wait_until(lambda: call.state is CallState.ENDING, what="the missed prompt")
     [play] = env.ari.named("play")

@@ -109,23 +109,24 @@ async def test_a_manager_leg_an_older_release_originated_entering_answered_rings
 
 
 @pytest.mark.parametrize(
-    ("requested", "destroyed", "outcome"),
+    ("requested", "soft", "destroyed", "outcome"),
     [
-        (32, 19, "manager_no_answer"),  # rang out: the dial's timeout (measured: 32, then 19)
-        (17, 17, "manager_no_answer"),  # busy (486)
-        (21, 21, "manager_no_answer"),  # declined (603)
-        (38, 38, "manager_unavailable"),  # the network
+        # rang out: the dial's timeout (measured: 32, then 19), a soft request (32: AST_SOFTHANGUP_EXPLICIT)
+        (32, True, 19, "manager_no_answer"),
+        (17, False, 17, "manager_no_answer"),  # busy (486)
+        (21, False, 21, "manager_no_answer"),  # declined (603)
+        (38, False, 38, "manager_unavailable"),  # the network
     ],
 )
 async def test_a_manager_leg_ending_unanswered_ends_the_call_by_its_destroyed_cause(
-    env: Env, requested: int, destroyed: int, outcome: str
+    env: Env, requested: int, soft: bool, destroyed: int, outcome: str
 ) -> None:
-    """A made leg is asked to hang up first (its cause 32 when it rang out), then destroyed with the cause
-    that says why. Checked to fail without the change for the rang-out case (manager_unavailable)."""
+    """A made leg is asked to hang up first (softly when it rang out), then destroyed with the cause that
+    says why. Checked to fail without the change for the rang-out case (manager_unavailable)."""
     call = await _ringing_manager(env)
     leg = f"{call.id}-manager"
     for event in (
-        hangup_request(leg, cause=requested, state="Ringing"),
+        hangup_request(leg, cause=requested, state="Ringing", soft=soft),
         stasis_end(leg, state="Ringing"),
         channel_destroyed(leg, cause=destroyed),
     ):
