@@ -54,6 +54,10 @@ class Outcome(StrEnum):
     MISSED = "missed"
 
 
+# What a call that went ahead ends with: how it ended, or why it could not go on after all (a call adopted
+# while its manager's phone rang, whose order may not be called any more: bridged.calls.steps._order_again).
+CallEnd = Outcome | Refusal
+
 # The refusals a refused attempt's call row can hold as its outcome. The others are decided before there
 # is a manager or an order code to put in a row (bridged.service): the audit trail alone has them.
 ROW_REFUSALS = tuple(

@@ -373,7 +373,8 @@ SCHEMAS: dict[str, Any] = {
             "outcome": {
                 "type": ["string", "null"],
                 "description": ", ".join(Outcome) + " (missed: an inbound call nobody answered, the caller "
-                "hanging up while managers rang included); a refused attempt's reason: "
+                "hanging up while managers rang included); a refused attempt's reason (or an HTTP "
+                "call's adopted while its manager rang, whose order may not be called any more): "
                 + ", ".join(ROW_REFUSALS),
             },
             "requested_at": {"type": "string", "format": "date-time"},

@@ -24,7 +24,7 @@ from typing import Any
 from ..config import Manager
 from ..labels import Label
 from ..orders import Order
-from ..outcomes import Outcome
+from ..outcomes import CallEnd
 from ..recording_state import RecordingState
 from ..redact import redact
 from ..routing import Route
@@ -236,7 +236,7 @@ class Call:
     # An HTTP call: other nodes where the manager's phone may be rung, should this one fail to allocate it.
     other_nodes: tuple[str, ...] = ()
     recording_name: str | None = None
-    outcome: Outcome | None = None
+    outcome: CallEnd | None = None
     hangup_cause: int | None = None
     dialstatus: str | None = None
     ended_by: str | None = None

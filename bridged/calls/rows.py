@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from ..outcomes import Outcome
+from ..outcomes import CallEnd, Outcome
 from ..recording_state import RecordingState
 from ..store import Store
 from ..store.calls import CallRow
@@ -96,7 +96,7 @@ class Rows:
             ),
         )
 
-    async def ended(self, call: Call, outcome: Outcome) -> None:
+    async def ended(self, call: Call, outcome: CallEnd) -> None:
         """The row's end and its ``call.end`` audit row."""
         # The host's clock, as for answered_at: a retried write keeps when the call really ended.
         ended_at = datetime.now(UTC)

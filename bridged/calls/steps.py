@@ -19,6 +19,7 @@ from .. import dialplan, metrics
 from ..ari import AriConflict, AriError, AriNotFound, AriUnavailable
 from ..ari.nodes import set_node
 from ..outcomes import (
+    CallEnd,
     Outcome,
     Refusal,
     manager_outcome_for_unanswered,
@@ -257,12 +258,11 @@ class Steps(InboundSteps):
         """An adopted call's order, as the service finds it now (bridged.service.CallService.order_again).
         If it may not be called any more (gone, another manager's, no valid number, the lookup failed), the
         manager, who has picked up, hears why, as a new call's refusal would say it; the customer was never
-        rung (customer_unavailable)."""
+        rung: the call ends with the refusal, as a new call's row would."""
         assert self.engine.order_again is not None
         found = await self.engine.order_again(call)
         if isinstance(found, Refusal):
-            prompts = self.config.current.prompts
-            await self.refuse(call, Outcome.CUSTOMER_UNAVAILABLE, refusal_prompt(prompts, found))
+            await self.refuse(call, found, refusal_prompt(self.config.current.prompts, found))
             return False
         call.order, call.canary_touch = found
         call.label = self.engine.labeller.label(call.order.id, call.order.customer_name)
@@ -464,7 +464,7 @@ class Steps(InboundSteps):
         """The prompt was played: the call is over for the manager too."""
         await self.legs.hang_up(call.manager_channel_id or "")
 
-    async def refuse(self, call: Call, outcome: Outcome, prompt: str) -> None:
+    async def refuse(self, call: Call, outcome: CallEnd, prompt: str) -> None:
         """The call cannot go ahead: tell the manager with a prompt, then hang up. An inbound call's
         caller is told instead (nobody answered, or bridged cannot take the call)."""
         call.outcome = outcome
@@ -484,7 +484,7 @@ class Steps(InboundSteps):
                 (call.customer_channel_id if call.inbound else call.manager_channel_id) or ""
             )
 
-    async def finish(self, call: Call, outcome: Outcome) -> None:
+    async def finish(self, call: Call, outcome: CallEnd) -> None:
         call.outcome = outcome
         await self.legs.hang_up_all(call)
         self.recordings.stopped(call)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,9 +25,11 @@ from typing import Any
 
 import pytest
 
+from bridged.config import Prompts
 from rig import NEVER_MS, SHOP_DIDS, Asterisk, Postgres, Sipp, manager_endpoint_conf
 
 from .harness import (
+    SHOP_DB,
     Bridged,
     ManagerPhone,
     add_order,
@@ -44,7 +47,7 @@ from .test_http_calls import TOKENS, WEBHOOK_SECRET, WebhookReceiver, http, mana
 from .test_http_hostile import block_database, unblock_database
 from .test_inbound import REVERSE_QUERY, ended_row, inbound_daemon
 from .test_inbound import SECRET as INBOUND_SECRET
-from .test_service import carrier_for
+from .test_service import _prompt_played, carrier_for
 
 # The outcomes a call may end with when the daemon that was setting it up died (its customer ringing,
 # the manager's leg not yet bridged): whatever the adopter finds, never no outcome.
@@ -750,15 +753,14 @@ def _shop_tokens() -> list[dict[str, str]]:
     return [token for token in token_config("") if "manager" not in token]
 
 
-def test_a_manager_answering_while_their_daemon_is_dead_is_put_through_by_the_next_one(
-    two_daemons, asterisk: Asterisk, trace_dir: Path, rig_alloc
-) -> None:
-    """An HTTP call: A rings the manager's phone and is SIGKILLed while it rings; the manager answers
-    before anyone serves A's application (B is held stopped meanwhile). The manager's leg stays up in the
-    application, and B, once it takes A's lease over, adopts the call still ringing its manager, sees the
-    answer, rings the customer and bridges them: the call completes and is recorded. (With the manager's
-    leg originated, as before, Asterisk hung it up as it answered: Stasis() into an application without
-    its websocket fails; and B ended the adopted call, which it found in state ringing_manager.)"""
+@contextlib.contextmanager
+def _manager_ringing(
+    two_daemons, trace_dir: Path, rig_alloc
+) -> Iterator[tuple[Bridged, Bridged, str, Sipp, Sipp, str]]:
+    """Daemons A and B; an HTTP call placed on A to a new order of A's manager, whose phone rings (it
+    answers after 3 s and holds for 20 s), a carrier ready for the customer: yields (A, B, the order, the
+    carrier's SIPp, the phone's, the call's id). Then both SIPps are stopped, and the manager's phone, the
+    daemons' logs and the database are checked for the customer's number (_label_and_never_the_number)."""
     a, b = two_daemons(1, {"api": {"tokens": _shop_tokens(), "manager_ring_timeout": 60}})
     manager = a.managers[0]
     wait_for(a.healthy, 30, "A serves its application")
@@ -770,16 +772,52 @@ def test_a_manager_answering_while_their_daemon_is_dead_is_put_through_by_the_ne
         status, call, _ = http(a, "POST", "/v1/calls", {"order_id": order, "manager_id": manager.id})
         assert status == 202, call
         wait_for(lambda: invites(phone.messages()), 15, "the manager's phone rings")
-        _killed_while_the_manager_answers(a, b, asterisk, phone, call["id"])
-        # B adopts the call and rings the customer, who is bridged with the manager; the manager hangs up.
-        wait_for(lambda: invites(customer.messages()), 30, "the customer's phone rings")
-        assert phone.wait(timeout=60) == 0, phone.describe()
-        ended = _completed_by(b, a, asterisk, trace_dir, manager, call["id"])
-        assert ended["direction"] == "api", ended
+        yield a, b, order, customer, phone, call["id"]
     finally:
         customer.stop()
         phone.stop()
     _label_and_never_the_number(a, b, phone, order, number)
+
+
+def test_a_manager_answering_while_their_daemon_is_dead_is_put_through_by_the_next_one(
+    two_daemons, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """An HTTP call: A rings the manager's phone and is SIGKILLed while it rings; the manager answers
+    before anyone serves A's application (B is held stopped meanwhile). The manager's leg stays up in the
+    application, and B, once it takes A's lease over, adopts the call still ringing its manager, sees the
+    answer, rings the customer and bridges them: the call completes and is recorded. (With the manager's
+    leg originated, as before, Asterisk hung it up as it answered: Stasis() into an application without
+    its websocket fails; and B ended the adopted call, which it found in state ringing_manager.)"""
+    with _manager_ringing(two_daemons, trace_dir, rig_alloc) as (a, b, order, customer, phone, call_id):
+        _killed_while_the_manager_answers(a, b, asterisk, phone, call_id)
+        # B adopts the call and rings the customer, who is bridged with the manager; the manager hangs up.
+        wait_for(lambda: invites(customer.messages()), 30, "the customer's phone rings")
+        assert phone.wait(timeout=60) == 0, phone.describe()
+        ended = _completed_by(b, a, asterisk, trace_dir, a.managers[0], call_id)
+        assert ended["direction"] == "api", ended
+
+
+def test_a_manager_answering_an_adopted_call_whose_order_is_gone_hears_why_and_the_call_ends_with_it(
+    two_daemons, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """As above, but the order is deleted from the shop's database while A is dead: B looks it up again
+    once the manager answers, plays them the unknown_order prompt, hangs them up and ends the call with
+    that refusal; the customer is never rung. Checked to fail before the change: the row's outcome was
+    customer_unavailable (the customer could not be reached, which nobody tried)."""
+    with _manager_ringing(two_daemons, trace_dir, rig_alloc) as (a, b, order, customer, phone, call_id):
+        manager = a.managers[0]
+        a.postgres.execute(SHOP_DB, f"DELETE FROM orders WHERE id = {int(order)}")
+        _killed_while_the_manager_answers(a, b, asterisk, phone, call_id)
+        ended = wait_for(
+            lambda: (r := _rows(b, manager)[-1])["state"] == "ended" and r, 30, "the call's row ended"
+        )
+        assert (ended["id"], ended["outcome"], ended["ended_by"]) == (call_id, "unknown_order", "bridged"), (
+            ended
+        )
+        assert _prompt_played(asterisk, manager.endpoint, Prompts().unknown_order)
+        assert phone.wait(timeout=30) == 0, phone.describe()
+        assert re.search(r"^BYE sip:", phone.messages(), re.M), "the manager was not hung up"
+        assert not invites(customer.messages()), "the customer was rung"
 
 
 def _inbound(ring_timeout: int) -> Callable[[list[ManagerPhone]], dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bridged.calls.model import Call, CallState
-from bridged.outcomes import Outcome, Refusal
+from bridged.outcomes import Refusal
 from bridged.service import CallService
 from tests.unit.fakes import (
     NUMBER,
@@ -20,6 +20,7 @@ from tests.unit.fakes import (
     answered,
     channel_destroyed,
     hangup_request,
+    playback_finished,
     settle,
     stasis_end,
     stasis_start,
@@ -213,7 +214,9 @@ async def test_a_call_restarted_while_its_manager_rang_is_resumed_in_its_own_app
 async def test_an_adopted_call_whose_order_cannot_be_called_any_more_tells_the_manager_why(
     env: Env, why: str, prompt: str
 ) -> None:
-    """The manager has picked up: they hear what a new call to the order would be refused with."""
+    """The manager has picked up: they hear what a new call to the order would be refused with, and the
+    call ends with that refusal, as a new call's row would (the customer was never rung: not
+    customer_unavailable, which it ended with before the change)."""
     order = env.directory.orders["123"]
     if why == "order gone":
         del env.directory.orders["123"]
@@ -232,7 +235,14 @@ async def test_an_adopted_call_whose_order_cannot_be_called_any_more_tells_the_m
     heard = getattr(env.config.prompts, prompt)
     assert heard != env.config.prompts.customer_unavailable
     assert play["channel_id"] == leg and play["media"] == [f"sound:{s}" for s in heard.split("&")]
-    assert env.engine.calls["c4"].outcome is Outcome.CUSTOMER_UNAVAILABLE
+    # The prompt's name is the refusal's id.
+    assert env.engine.calls["c4"].outcome is Refusal(prompt)
+    env.engine.on_event(playback_finished(play["playback_id"], leg))
+    await wait_until(lambda: leg in env.ari.hung_up(), what="the manager hung up")
+    env.engine.on_event(channel_destroyed(leg, cause=16))
+    await wait_until(lambda: env.store.rows["c4"]["state"] == "ended", what="the call ended")
+    row = env.store.rows["c4"]
+    assert (row["outcome"], row["ended_by"], row["hangup_cause"]) == (prompt, "bridged", None)
 
 
 async def test_an_adopted_call_to_a_canary_order_dials_nobody(env: Env) -> None:
