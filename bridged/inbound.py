@@ -32,6 +32,10 @@ from .store.deferred import DeferredWrites
 
 log = logging.getLogger(__name__)
 
+# How a caller told by their order is written in the call's accepted audit row (details.identified_by):
+# their label showed the order's customer name, which a daemon adopting the call shows again.
+BY_ORDER = "their order"
+
 
 @dataclass(eq=False)
 class InboundDesk:
@@ -107,6 +111,25 @@ class InboundDesk:
             caller_key=who.key,
             caller_ref=who.ref,
         )
+
+    async def name_again(self, call_id: str, order_id: str) -> str:
+        """The customer name the phones of an adopted inbound call showed, for the phones it rings next:
+        bridged keeps no name, so the shop is asked again for the order, as for an adopted HTTP call
+        (bridged.service.CallService.order_again), but only if the caller was identified by that order (the
+        call's audit row says). A caller known by the manager who last talked to them was shown no name:
+        they may not be the order's customer. Whoever is rung may see it (no manager's permission on the
+        order is asked: the first phones showed it to them all). "" when it is not known now (the audit row
+        or the order missing, either database away or slow): the adoption waits no longer than the shop's
+        lookup may take (orders.timeout), and goes on with the label without the name."""
+        try:
+            async with asyncio.timeout(self.config.current.orders.timeout):
+                if await self.store.audit.identified_by(call_id) != BY_ORDER:
+                    return ""
+                order = await self.directory.lookup(order_id)
+        except (TimeoutError, DatabaseUnavailable, LookupFailed) as exc:
+            log.warning("call %s: the caller's name not looked up again (%s); none shown", call_id, exc)
+            return ""
+        return "" if order is None else order.customer_name
 
     def _canary_called(self, call: Call, caller: InboundCaller, canary: Canary) -> CanaryPlan:
         """A call from outside to a canary number: the alarm. The caller is answered as a voicemail would
@@ -264,5 +287,5 @@ def _identified_by(who: Caller, order: CallerOrder | None, sticky: Sticky | None
     if who.withheld:
         return "nothing (number withheld)"
     if order is not None:
-        return "their order"
+        return BY_ORDER
     return "the manager who last talked to them" if sticky is not None else "nothing (no order)"

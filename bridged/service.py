@@ -100,6 +100,7 @@ class CallService:
         )
         engine.decide_inbound = self.take_inbound
         engine.order_again = self.order_again
+        engine.name_again = self.inbound.name_again
         # Called with canary.called and abuse.suspected (the webhooks).
         self.alerts: list[Alert] = []
         # Writes off a call's path (a canary touch's audit row).

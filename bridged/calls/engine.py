@@ -144,6 +144,9 @@ CANARY_REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
 DecideInbound = Callable[[Call, InboundCaller], Awaitable[InboundPlan | CanaryPlan | TurnedAway]]
 # What it asks for an HTTP call adopted while its manager rang (bridged.service.CallService.order_again).
 OrderAgain = Callable[[Call], Awaitable[tuple[Order, bool] | Refusal]]
+# What it asks for an inbound call adopted with phones still to ring: the name its label showed, "" when
+# not known (bridged.inbound.InboundDesk.name_again: call id, order id).
+NameAgain = Callable[[str, str], Awaitable[str]]
 
 
 # The ARI events the engine acts on; Asterisk is asked to send its application nothing else.
@@ -203,9 +206,10 @@ class CallEngine:
         # Called with (call, state) after every state change, e.g. to queue webhooks.
         self.listeners = self.steps.listeners
         # Set by the service: decides whether an inbound call goes ahead and whom it rings; looks an adopted
-        # call's order up again.
+        # call's order up again, and an adopted inbound caller's name.
         self.decide_inbound: DecideInbound | None = None
         self.order_again: OrderAgain | None = None
+        self.name_again: NameAgain | None = None
 
     # -- intake -----------------------------------------------------------------------------------
 

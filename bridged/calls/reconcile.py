@@ -118,13 +118,18 @@ class Reconciler:
             await self._end_unseen(row, [*live_legs, *ringing])
             return
         states = {cid: c.get("state", "") for cid, c in alive.items()}
+        name = ""
+        if ring is not None and ring.steps and row.order_id is not None and engine.name_again is not None:
+            # Phones yet to ring show the caller as the first ones did, their name included: the manager's
+            # legs of other calls carry their label in the channel (BRIDGED_LABEL), these are still to make.
+            name = await engine.name_again(row.id, row.order_id)
         call = Call(
             id=row.id,
             manager=manager,
             order_id=row.order_id,
             direction=row.direction,
             order=None,
-            label=engine.labeller.of_caller(row.order_id, ref=row.caller_ref),
+            label=engine.labeller.of_caller(row.order_id, name, ref=row.caller_ref),
             caller_ref=row.caller_ref,
             state=state,
             manager_channel_id=row.manager_channel_id,

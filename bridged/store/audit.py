@@ -60,6 +60,17 @@ class AuditTrail(Aggregate):
             at,
         )
 
+    async def identified_by(self, call_id: str) -> str | None:
+        """How an inbound call's caller was told, as the call's accepted ``call.request`` row says
+        (bridged.inbound): read only by a daemon adopting the call (bridged.calls.reconcile). None: no such
+        row, or it does not say."""
+        found = await self.pool.fetchval(
+            "SELECT details->>'identified_by' FROM audit"
+            " WHERE call_id = $1 AND action = 'call.request' AND outcome = 'accepted' ORDER BY id LIMIT 1",
+            call_id,
+        )
+        return None if found is None else str(found)
+
     async def page(self, window: Window, only: AuditFilter) -> list[AuditRow]:
         """The window's rows that ``only`` lets through, newest first (by ``at``, then id)."""
         query = (

@@ -55,7 +55,7 @@ async def _accept(store: Store | FakeStore, call_id: str = "c1", **extra: Any) -
         customer_channel_id=f"{call_id}-customer",
         ari_app=extra.pop("ari_app", "bridged"),
         actor=extra.pop("actor", "anna"),
-        details={"manager_id": "anna", "direction": "phone"},
+        details=extra.pop("details", {"manager_id": "anna", "direction": "phone"}),
         **extra,
     )
 
@@ -246,6 +246,37 @@ async def test_open_calls_are_this_apps_unended_rows_oldest_first(calls_store: S
     found = await calls_store.calls.open_calls("bridged")
     assert [r.id for r in found] == ["a1", "a3"]
     assert [r.id for r in await calls_store.calls.open_calls("another")] == ["b1"]
+
+
+async def test_how_an_inbound_caller_was_identified_is_read_from_the_calls_accepted_audit_row(
+    calls_store: Store | FakeStore,
+) -> None:
+    """What a daemon adopting an inbound call reads (bridged.inbound.InboundDesk.name_again): the accepted
+    ``call.request`` row's ``identified_by``, no other row's, and None when there is none."""
+    inbound = {"direction": "inbound", "identified_by": "their order"}
+    await _accept(calls_store, "i1", direction="inbound", actor="customer", details=inbound)
+    await calls_store.audit.add(
+        actor="bridged:second",
+        action="call.adopt",
+        outcome="adopted",
+        call_id="i1",
+        details={"identified_by": "the manager who last talked to them"},
+    )
+    await calls_store.calls.insert_refused(
+        call_id="i2",
+        order_id="123",
+        manager_id=None,
+        direction="inbound",
+        outcome="database_unavailable",
+        at=AT,
+        actor="customer",
+        details=inbound,
+    )
+    await _accept(calls_store, "c1")
+    assert await calls_store.audit.identified_by("i1") == "their order"
+    assert await calls_store.audit.identified_by("i2") is None  # refused: never adopted
+    assert await calls_store.audit.identified_by("c1") is None  # an outbound call's row does not say
+    assert await calls_store.audit.identified_by("nope") is None
 
 
 async def test_audit_rows_keep_their_own_time_when_given(calls_store: Store | FakeStore) -> None:

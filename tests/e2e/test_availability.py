@@ -915,6 +915,10 @@ def test_an_inbound_call_adopted_while_the_first_phone_rings_goes_on_to_the_next
         declines.stop()
         takes.stop()
     _label_and_never_the_number(a, b, takes, order, number)
+    # boris's phone, rung by B, shows the caller as anna's did, the name included: the caller was told by
+    # their order, and B asked the shop for it again (bridged keeps no name).
+    shown = [re.search(r"^From:.*$", invites(phone.messages())[0], re.M) for phone in (declines, takes)]
+    assert all(m and f'"Order {order} Olga I."' in m[0] for m in shown), shown
 
 
 def test_a_manager_answering_an_inbound_call_while_their_daemon_is_dead_is_put_through_by_the_next_one(

@@ -679,7 +679,7 @@ class FakeStore:
 
 class FakeAuditTrail:
     """Mirrors ``AuditTrail``: rows into ``audits`` (a FakeStore's); ``error``, once set, is what ``add``
-    raises (the database away for the audit alone)."""
+    and ``identified_by`` raise (the database away for the audit alone)."""
 
     def __init__(self, audits: list[dict[str, Any]]) -> None:
         self._audits = audits
@@ -712,6 +712,16 @@ class FakeAuditTrail:
                 **({"at": at} if at is not None else {}),
             }
         )
+
+    async def identified_by(self, call_id: str) -> str | None:
+        if self.error is not None:
+            raise self.error
+        found = (
+            a["details"].get("identified_by")
+            for a in self._audits
+            if (a["call_id"], a["action"], a["outcome"]) == (call_id, "call.request", "accepted")
+        )
+        return next(found, None)
 
 
 class FakeCallRows:
