@@ -20,12 +20,10 @@ refuses to be framed (``frame-ancestors 'none'``): a shop admin opens it in a sm
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -46,7 +44,6 @@ from ..api.errors import (
     LinksDisabled,
     LinkTooLong,
     LinkUnknown,
-    error_response,
     refusal_error,
 )
 from ..api.params import read_json
@@ -238,22 +235,16 @@ def _same_origin(request: web.Request) -> None:
         raise CrossSite()
 
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
+def _under_c(path: str) -> bool:
+    return path == "/c" or path.startswith("/c/")
 
 
-def _json_endpoint(handler: Handler) -> Handler:
-    """Errors of the script's requests carry /c's headers too (no-store, no referrer)."""
-
-    @functools.wraps(handler)
-    async def answering(request: web.Request) -> web.Response:
-        try:
-            return await handler(request)
-        except ApiError as error:
-            response = error_response(error)
-            response.headers.update(HEADERS)
-            return response
-
-    return answering
+async def _with_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer under /c carries HEADERS: the handlers' own, and the router's 404 and 405 and the
+    error middleware's answers (a 503 while the database is away) as well."""
+    if _under_c(request.path):
+        for name, value in HEADERS.items():
+            response.headers.setdefault(name, value)
 
 
 def _answer(payload: dict[str, Any], status: int = 200) -> web.Response:
@@ -273,7 +264,6 @@ def _refusal(status: int, body: dict[str, Any], order: str) -> web.Response:
 # -- placing the call --------------------------------------------------------------------------------
 
 
-@_json_endpoint
 async def place(request: web.Request) -> web.Response:
     """``POST /c/place``: the link's call, placed once; a second opening answers with the first."""
     config = request.app[CONFIG].current.links
@@ -381,14 +371,12 @@ async def _call_of(request: web.Request) -> tuple[LinkUse, CallRow]:
     return use, row
 
 
-@_json_endpoint
 async def follow(request: web.Request) -> web.Response:
     """``GET /c/call``: the progress of the link's call."""
     _, row = await _call_of(request)
     return _answer({"progress": progress_of(row)})
 
 
-@_json_endpoint
 async def end(request: web.Request) -> web.Response:
     """``DELETE /c/call``: "End call" on the page, as ``DELETE /v1/calls/{id}`` would."""
     use, row = await _call_of(request)
@@ -415,6 +403,7 @@ async def static(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    app.on_response_prepare.append(_with_headers)
     app.router.add_get("/c", page)
     app.router.add_post("/c/place", place)
     app.router.add_get("/c/call", follow, allow_head=False)

@@ -523,6 +523,30 @@ async def test_an_unknown_capability_follows_nothing(served: Served, header: str
     assert {a["reason"] for a in served.store.audits} == {"unknown_capability"}
 
 
+async def test_every_answer_under_c_carries_its_headers(served: Served) -> None:
+    """Not only the handlers' own: the router's 404 and 405 and the error middleware's 503 too
+    (schemathesis: GET /c/static/AAA answered 404 without Cache-Control and Referrer-Policy)."""
+    served.store.down = True
+    answers = [
+        await served.client.get("/c/static/AAA"),
+        await served.client.get("/c/static/..%2F__init__.py"),
+        await served.client.put("/c/place"),
+        await served.client.post("/c"),
+        await served.client.get("/c/call", headers={"Authorization": "Capability " + "0" * 64}),
+    ]
+    assert [r.status for r in answers] == [404, 404, 405, 405, 503]
+    for resp in answers:
+        assert (resp.headers.get("Cache-Control"), resp.headers.get("Referrer-Policy")) == (
+            "no-store",
+            "no-referrer",
+        ), resp.url
+        assert resp.headers.get("X-Content-Type-Options") == "nosniff"
+        assert "error" in await resp.json()
+    # Outside /c, nothing of it.
+    resp = await served.client.get("/cx")
+    assert resp.status == 404 and "Referrer-Policy" not in resp.headers
+
+
 async def test_links_off_is_404(served: Served) -> None:
     app = served.client.app
     config = app[CONFIG].current
