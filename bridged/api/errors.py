@@ -108,6 +108,9 @@ LinkTooLong = _error(
 )
 LinkInUse = _error(409, "link_in_use", "This call is being placed; one moment.")
 LinkUnknown = _error(404, "link_unknown", "This call can no longer be followed here.")
+CapabilityRequired = _error(
+    401, "capability_required", "This request needs the call's capability (Authorization: Capability ...)."
+)
 CrossSite = _error(403, "cross_site_request", "This request did not come from the call page.")
 
 # -- recordings and retention -----------------------------------------------------------------------

@@ -36,6 +36,7 @@ from ..api.auth import audit_denied
 from ..api.errors import (
     ApiError,
     CallEnded,
+    CapabilityRequired,
     CrossSite,
     LinkExpired,
     LinkInUse,
@@ -359,9 +360,12 @@ async def _replayed(
 async def _call_of(request: web.Request) -> tuple[LinkUse, CallRow]:
     _same_origin(request)
     found = _CAPABILITY_RE.fullmatch(request.headers.get("Authorization", ""))
-    use = None
-    if found is not None:
-        use = await request.app[STORE].links.by_capability(links.capability_hash(found[1]))
+    if found is None:
+        # No credentials at all (the page's script always sends its capability): 401, as /v1 answers a
+        # request without a token.
+        await audit_denied(request, "link", "refused", {}, action="link.refused", reason="no_capability")
+        raise CapabilityRequired(headers={"WWW-Authenticate": "Capability"})
+    use = await request.app[STORE].links.by_capability(links.capability_hash(found[1]))
     if use is None or use.call_id is None:
         await audit_denied(request, "link", "refused", {}, action="link.refused", reason="unknown_capability")
         raise LinkUnknown()
