@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import metrics
+from .api import openapi
 from .appkeys import CONFIG, ENGINE, SERVING, STORE
 from .calls.model import CallState
 from .config import Config
@@ -179,3 +180,53 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(
         text=text, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"}
     )
+
+
+openapi.register(
+    {
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "For a load balancer: 200 while this daemon takes calls, 503 while not",
+                "responses": {
+                    "200": {"description": "taking calls", "content": openapi.json_content("Health")},
+                    "503": {"description": "not taking calls", "content": openapi.json_content("Health")},
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus' text format; label values from small closed sets, never a number",
+                "responses": {
+                    "200": {
+                        "description": "every series",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                        "headers": {"Cache-Control": openapi.fixed_header("no-store", "as served")},
+                    }
+                },
+            }
+        },
+    },
+    {
+        "Health": {
+            "type": "object",
+            "required": ["status", "ari", "dialplan", "database", "draining", "active_calls"],
+            "additionalProperties": False,
+            "properties": {
+                "status": {"enum": ["ok", "unavailable"]},
+                "ari": {"enum": ["connected", "partial", "disconnected"]},
+                "dialplan": {"enum": ["current", "outdated"]},
+                "database": {"enum": ["ok", "unreachable"]},
+                "draining": {"type": "boolean"},
+                "active_calls": {"type": "integer", "minimum": 0},
+                "nodes": {
+                    "type": "object",
+                    "description": "with several Asterisk nodes: each one's connection",
+                    "additionalProperties": {"enum": ["connected", "disconnected"]},
+                },
+            },
+        }
+    },
+    into=openapi.WEB,
+)

@@ -1,7 +1,14 @@
-"""The OpenAPI 3.1 description served at ``GET /v1/openapi.json``.
+"""The OpenAPI 3.1 descriptions: the API's at ``GET /v1/openapi.json``, and the pages' and probes' at
+``GET /openapi-web.json``.
 
-Each feature module contributes its paths and schemas with :func:`register` at import time; the
-document is assembled once, so what is served is what the modules declare.
+Each feature module contributes its paths and schemas with :func:`register` at import time; a document is
+assembled on request from what the modules declared, so what is served is what they declare.
+
+Two documents, because the second one's operations are not the API: ``/c`` is reached by a manager's
+browser with a signed link (no bearer token; its JSON endpoints answer only the page's own script),
+``/ops/`` is a page, ``/healthz`` and ``/metrics`` are for a load balancer and Prometheus. In /v1's
+document they would be offered to client generators as API calls with a security scheme no API client
+has. The web document describes them as they behave, for reviewers and for the generated-input tests.
 """
 
 from __future__ import annotations
@@ -11,34 +18,90 @@ from typing import Any
 
 from aiohttp import web
 
-_PATHS: dict[str, dict[str, Any]] = {}
-_SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "additionalProperties": False,
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["id", "message"],
-                "properties": {
-                    "id": {"type": "string", "description": "stable error id"},
-                    "message": {"type": "string"},
-                    "details": {"type": "object"},
-                },
-            }
-        },
-    }
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["id", "message"],
+            "properties": {
+                "id": {"type": "string", "description": "stable error id"},
+                "message": {"type": "string"},
+                "details": {"type": "object"},
+            },
+        }
+    },
 }
 
 
+class Description:
+    """One OpenAPI document: its paths and schemas as the modules register them."""
+
+    def __init__(self, info: dict[str, Any], security_schemes: dict[str, Any]) -> None:
+        self.info = info
+        self.security_schemes = security_schemes
+        self.paths: dict[str, dict[str, Any]] = {}
+        self.schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
+
+    def register(self, paths: dict[str, dict[str, Any]], schemas: dict[str, Any] | None = None) -> None:
+        for path, operations in paths.items():
+            self.paths.setdefault(path, {}).update(operations)
+        self.schemas.update(schemas or {})
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "openapi": "3.1.0",
+            "info": copy.deepcopy(self.info),
+            "servers": [{"url": "/"}],
+            "paths": copy.deepcopy(self.paths),
+            "components": {
+                "securitySchemes": copy.deepcopy(self.security_schemes),
+                "schemas": copy.deepcopy(self.schemas),
+            },
+        }
+
+
+API = Description(
+    {
+        "title": "bridged",
+        "version": "1",
+        "description": "Masked calls between shop managers and customers. No response ever carries a "
+        "customer's phone number.",
+    },
+    {"bearer": {"type": "http", "scheme": "bearer"}},
+)
+WEB = Description(
+    {
+        "title": "bridged: pages and probes",
+        "version": "1",
+        "description": "What bridged serves beside its API (GET /v1/openapi.json): the page a signed "
+        "call link opens and the requests of its script (/c), the ops page (/ops/), /healthz and /metrics. "
+        "Not an API for clients: /c's JSON endpoints answer the page's own script. No answer ever carries "
+        "a customer's phone number.",
+    },
+    {
+        "capability": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`Capability <64 lowercase hex digits>`: what POST /c/place answered with. "
+            "Missing or malformed: 401 capability_required; one no placed call has: 404 link_unknown.",
+        }
+    },
+)
+
+
+# An id as bridged.ids.ID_RE takes it.
+ID: dict[str, Any] = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
 # Call ids in paths: what params.path_id accepts (anything else is 404 call_not_found, as an unknown id).
 CALL_ID_PARAMETER: dict[str, Any] = {
     "name": "call_id",
     "in": "path",
     "required": True,
     "description": "call id",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+    "schema": ID,
 }
 
 
@@ -97,26 +160,38 @@ def page_parameters(default: int, maximum: int, cursor_max: int) -> list[dict[st
     ]
 
 
-def register(paths: dict[str, dict[str, Any]], schemas: dict[str, Any] | None = None) -> None:
-    for path, operations in paths.items():
-        _PATHS.setdefault(path, {}).update(operations)
-    _SCHEMAS.update(schemas or {})
+def register(
+    paths: dict[str, dict[str, Any]], schemas: dict[str, Any] | None = None, *, into: Description = API
+) -> None:
+    into.register(paths, schemas)
 
 
-def error_responses(*statuses: int) -> dict[str, Any]:
-    """Response entries for the given error statuses (401 and 403 are added by :func:`secured`)."""
+def error_responses(*statuses: int, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Response entries for the given error statuses (401 and 403 are added by :func:`secured`), each
+    with ``headers`` (name -> header object) besides its own."""
     return {
         str(status): {
             "description": "error",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
             **(
-                {"headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}}
-                if status in (429, 503)
+                {"headers": {**(headers or {}), **_retry_after(status)}}
+                if headers or _retry_after(status)
                 else {}
             ),
         }
         for status in statuses
     }
+
+
+def _retry_after(status: int) -> dict[str, Any]:
+    if status in (429, 503):
+        return {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}
+    return {}
+
+
+def fixed_header(value: str, description: str) -> dict[str, Any]:
+    """A response header every such answer carries, with this value."""
+    return {"description": description, "required": True, "schema": {"type": "string", "const": value}}
 
 
 def secured(operation: dict[str, Any]) -> dict[str, Any]:
@@ -129,25 +204,21 @@ def secured(operation: dict[str, Any]) -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "bridged",
-            "version": "1",
-            "description": "Masked calls between shop managers and customers. No response ever carries a "
-            "customer's phone number.",
-        },
-        "servers": [{"url": "/"}],
-        "paths": copy.deepcopy(_PATHS),
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": copy.deepcopy(_SCHEMAS),
-        },
-    }
+    """The API's document (``/v1/openapi.json``)."""
+    return API.document()
+
+
+def web_document() -> dict[str, Any]:
+    """The pages' and probes' document (``/openapi-web.json``)."""
+    return WEB.document()
 
 
 async def serve(request: web.Request) -> web.Response:
     return web.json_response(document())
+
+
+async def serve_web(request: web.Request) -> web.Response:
+    return web.json_response(web_document())
 
 
 register(
@@ -163,7 +234,22 @@ register(
         }
     }
 )
+register(
+    {
+        "/openapi-web.json": {
+            "get": {
+                "operationId": "openapiWeb",
+                "summary": "This description",
+                "responses": {
+                    "200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {}}}
+                },
+            }
+        }
+    },
+    into=WEB,
+)
 
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/v1/openapi.json", serve)
+    app.router.add_get("/openapi-web.json", serve_web)

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from .. import links, ops
 from ..api import calls as api_calls
+from ..api import openapi
 from ..api.auth import audit_denied
 from ..api.errors import (
     ApiError,
@@ -404,6 +405,181 @@ async def static(request: web.Request) -> web.Response:
     # it itself, so that it needs nothing of /ops/ but its favicon.
     folder = ops.STATIC if request.match_info["name"] == "base.css" else STATIC
     return ops.static_file(request, folder, _STATIC_TYPES, PAGE_HEADERS)
+
+
+# -- the description (bridged.api.openapi's second document) -----------------------------------------
+
+_LINK_FIELDS = {
+    "order": (openapi.ID, "the order's id"),
+    "manager": (openapi.ID, "the manager's id"),
+    "exp": ({"type": "string", "pattern": "^[0-9]{1,12}$"}, "Unix time in seconds the link is good until"),
+    "sig": (
+        {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+        "hex HMAC-SHA256 of order=..&manager=..&exp=.. keyed with links.secret",
+    ),
+}
+_HEADERS_DOC = {
+    "Cache-Control": openapi.fixed_header("no-store", "nothing under /c is cached"),
+    "Referrer-Policy": openapi.fixed_header("no-referrer", "the signed URL is sent to no one"),
+    "X-Content-Type-Options": openapi.fixed_header("nosniff", "as served"),
+}
+_PAGE_HEADERS_DOC = {
+    **_HEADERS_DOC,
+    "Content-Security-Policy": openapi.fixed_header(_CSP, "its own script and stylesheets only; not framed"),
+    "X-Frame-Options": openapi.fixed_header("DENY", "not framed"),
+}
+_SEC_FETCH_SITE = openapi.param(
+    "Sec-Fetch-Site",
+    "sent by browsers (Fetch Metadata); anything but same-origin or none is 403 cross_site_request, and "
+    "a client that sends none needs the link's fields or its capability anyway",
+    {"type": "string", "enum": ["same-origin", "none"]},
+    "header",
+)
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+def _page_answer(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _HTML, "headers": _PAGE_HEADERS_DOC}
+
+
+def _json_answer(description: str, ref: str) -> dict[str, Any]:
+    return {"description": description, "content": openapi.json_content(ref), "headers": _HEADERS_DOC}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return openapi.error_responses(*statuses, headers=_HEADERS_DOC)
+
+
+_FOLLOW_DESCRIPTION = (
+    "With the capability POST /c/place answered with (security `capability`). Without one (no "
+    "Authorization header, or not `Capability <64 lowercase hex digits>`): 401 capability_required; one "
+    "that names no placed call: 404 link_unknown. Both with an audit row (`link.refused`, reason "
+    "`no_capability` or `unknown_capability`)."
+)
+
+openapi.register(
+    {
+        "/c": {
+            "get": {
+                "operationId": "openCallLink",
+                "summary": "The page a signed call link opens; it places nothing",
+                "description": "Checks the link and answers an HTML page whose script places the call "
+                "(POST /c/place). A refused link gets a page saying why, without the script, and an audit "
+                "row (`link.refused`). Any other query parameter, or one of the four given twice, is a "
+                "malformed link.",
+                "parameters": [
+                    openapi.param(name, description, schema) | {"required": True}
+                    for name, (schema, description) in _LINK_FIELDS.items()
+                ],
+                "responses": {
+                    "200": _page_answer("the page; its script places the call"),
+                    "400": _page_answer("not a whole link (link_malformed's words)"),
+                    "403": _page_answer("tampered, or valid for longer than links.max_age"),
+                    "404": _page_answer("links are not enabled (links.secret is not set)"),
+                    "410": _page_answer("expired"),
+                },
+            }
+        },
+        "/c/place": {
+            "post": {
+                "operationId": "placeLinkCall",
+                "summary": "The link's call, placed at most once; opening the link again answers with it",
+                "description": "As POST /v1/calls places a call, as API client `link:<manager>`. The "
+                "second and later openings of a link answer 200 with the first one's call (or its "
+                "refusal), 409 link_in_use while the first is still placing it. A refusal carries the "
+                "error id of POST /v1/calls's refusal and words for the page.",
+                "parameters": [_SEC_FETCH_SITE],
+                "requestBody": {
+                    "required": True,
+                    "description": f"the link's four fields, as strings; at most {_MAX_BODY} bytes",
+                    "content": openapi.json_content("LinkFields"),
+                },
+                "responses": {
+                    "200": _json_answer("the link's call, placed by an earlier opening", "PlacedByLink"),
+                    "202": _json_answer("the call is placed", "PlacedByLink"),
+                    **_errors(400, 403, 404, 408, 409, 410, 413, 415, 422, 429, 503),
+                },
+            }
+        },
+        "/c/call": {
+            "get": {
+                "operationId": "followLinkCall",
+                "summary": "The progress of the link's call, in words",
+                "description": _FOLLOW_DESCRIPTION,
+                "security": [{"capability": []}],
+                "parameters": [_SEC_FETCH_SITE],
+                "responses": {
+                    "200": _json_answer("the call's progress", "LinkCallProgress"),
+                    **_errors(401, 403, 404, 503),
+                },
+            },
+            "delete": {
+                "operationId": "endLinkCall",
+                "summary": "End the link's call (the page's End call), as DELETE /v1/calls/{call_id}",
+                "description": _FOLLOW_DESCRIPTION,
+                "security": [{"capability": []}],
+                "parameters": [_SEC_FETCH_SITE],
+                "responses": {
+                    "200": _json_answer("the call had ended already", "LinkCallProgress"),
+                    "202": _json_answer("ending the call", "LinkCallProgress"),
+                    **_errors(401, 403, 404, 503),
+                },
+            },
+        },
+        "/c/static/{name}": ops.static_files(
+            "callPageFile",
+            "The page's script and stylesheets; any other name is 404",
+            _STATIC_TYPES,
+            _PAGE_HEADERS_DOC,
+            _HEADERS_DOC,
+        ),
+    },
+    {
+        "LinkFields": {
+            "type": "object",
+            "required": list(_LINK_FIELDS),
+            "additionalProperties": False,
+            "properties": {name: schema for name, (schema, _) in _LINK_FIELDS.items()},
+        },
+        "LinkCallProgress": {
+            "type": "object",
+            "required": ["progress"],
+            "additionalProperties": False,
+            "properties": {"progress": {"$ref": "#/components/schemas/Progress"}},
+        },
+        "PlacedByLink": {
+            "type": "object",
+            "required": ["progress", "capability"],
+            "additionalProperties": False,
+            "properties": {
+                "progress": {"$ref": "#/components/schemas/Progress"},
+                "capability": {
+                    "type": "string",
+                    "pattern": "^[0-9a-f]{64}$",
+                    "description": "sent as `Authorization: Capability <it>` to follow and end the call",
+                },
+            },
+        },
+        "Progress": {
+            "type": "object",
+            "description": "A call as the page shows it: no call id, no channel, no number.",
+            "required": ["order_id", "state", "outcome", "phase", "text", "live"],
+            "additionalProperties": False,
+            "properties": {
+                "order_id": {"type": ["string", "null"]},
+                "state": openapi.STR,
+                "outcome": {"type": ["string", "null"]},
+                "phase": {
+                    "type": "string",
+                    "enum": sorted({phase for phase, _ in PHASES.values()} | {"unknown"}),
+                },
+                "text": {"type": "string", "description": "the phase (and an ended call's outcome) in words"},
+                "live": {"type": "boolean", "description": "whether the call can still be ended"},
+            },
+        },
+    },
+    into=openapi.WEB,
+)
 
 
 def setup(app: web.Application) -> None:

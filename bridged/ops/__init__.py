@@ -17,9 +17,11 @@ from __future__ import annotations
 import html
 from importlib import resources
 from importlib.abc import Traversable
+from typing import Any
 
 from aiohttp import web
 
+from ..api import openapi
 from ..appkeys import CONFIG
 from ..config import LANGUAGES
 from ..outcomes import Outcome, Refusal
@@ -117,6 +119,88 @@ _STATIC_TYPES = {
 
 async def static(request: web.Request) -> web.StreamResponse:
     return static_file(request, STATIC, _STATIC_TYPES, SECURITY_HEADERS)
+
+
+def static_files(
+    operation_id: str,
+    summary: str,
+    types: dict[str, str],
+    headers: dict[str, Any],
+    error_headers: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The description of a static_file route serving ``types`` (name -> content type): the files with
+    ``headers`` (name -> header object), any other name's 404 with ``error_headers``."""
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "parameters": [
+                openapi.param("name", "file name", {"type": "string", "enum": sorted(types)}, "path")
+            ],
+            "responses": {
+                "200": {
+                    "description": "the file",
+                    "content": {t: {"schema": openapi.STR} for t in sorted(set(types.values()))},
+                    "headers": headers,
+                },
+                **openapi.error_responses(404, headers=error_headers),
+            },
+        }
+    }
+
+
+_SECURITY_HEADERS_DOC = {
+    name: openapi.fixed_header(value, "as served") for name, value in SECURITY_HEADERS.items()
+}
+
+openapi.register(
+    {
+        "/ops": {
+            "get": {
+                "operationId": "opsRedirect",
+                "summary": "Redirects to /ops/",
+                "responses": {
+                    "308": {
+                        "description": "to the page",
+                        "headers": {"Location": openapi.fixed_header("/ops/", "the page")},
+                    }
+                },
+            }
+        },
+        "/ops/": {
+            "get": {
+                "operationId": "opsPage",
+                "summary": "The ops page; no data in it (its script asks the API with the token typed in)",
+                "parameters": [
+                    openapi.param(
+                        "Accept-Language",
+                        "the page's language: the first of en, ru asked for; the shop's language when "
+                        "none is (any text is taken, none of it is echoed)",
+                        openapi.STR,
+                        "header",
+                    )
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                        "headers": {
+                            **_SECURITY_HEADERS_DOC,
+                            "Vary": openapi.fixed_header("Accept-Language", "the page's language"),
+                        },
+                    }
+                },
+            }
+        },
+        "/ops/static/{name}": static_files(
+            "opsPageFile",
+            "The page's script, stylesheets and icon; any other name is 404",
+            _STATIC_TYPES,
+            _SECURITY_HEADERS_DOC,
+        ),
+    },
+    into=openapi.WEB,
+)
 
 
 def setup(app: web.Application) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridged import metrics
+from bridged import callpage, metrics, ops
 from bridged.api import errors, openapi, routes, server
 from bridged.api.auth import TokenRegistry
 from bridged.app import make_app
@@ -230,6 +230,91 @@ async def test_every_operation_that_refuses_an_unknown_query_parameter_documents
     assert not undocumented, (
         f"operations answering 422 invalid_parameter without documenting it: {undocumented}"
     )
+
+
+def _described_operations() -> dict[tuple[str, str], str]:
+    """(METHOD, path) -> which document describes it."""
+    described: dict[tuple[str, str], str] = {}
+    for which, document in (("api", openapi.document()), ("web", openapi.web_document())):
+        for path, operations in document["paths"].items():
+            for method in operations:
+                assert (method.upper(), path) not in described, f"{method} {path} is in both documents"
+                described[(method.upper(), path)] = which
+    return described
+
+
+def test_every_route_is_described_in_one_of_the_openapi_documents_and_every_operation_is_served() -> None:
+    served = {
+        (route.method, route.resource.canonical if route.resource else "?")
+        for route in make_app(make_config()).router.routes()
+    }
+    described = _described_operations()
+    # aiohttp's HEAD beside a GET mirrors it; one described (a recording's) is served.
+    assert {key for key in served if key[0] != "HEAD"} == {key for key in described if key[0] != "HEAD"}
+    assert {key for key in described if key[0] == "HEAD"} <= served
+    # The API's routes in the API's document, the others in the second one.
+    assert {key for key, which in described.items() if which == "api"} == {
+        key for key in described if key[1].startswith("/v1/") and key[1] != "/v1/openapi-web.json"
+    }
+
+
+def test_the_web_documents_static_names_are_the_served_files() -> None:
+    paths = openapi.web_document()["paths"]
+    for prefix, types in (("/ops", ops._STATIC_TYPES), ("/c", callpage._STATIC_TYPES)):
+        operation = paths[f"{prefix}/static/{{name}}"]["get"]
+        [name] = operation["parameters"]
+        assert set(name["schema"]["enum"]) == set(types)
+        assert set(operation["responses"]["200"]["content"]) == set(types.values())
+
+
+def _status_of(error: type[errors.ApiError] | errors.HttpError) -> int:
+    return error.status
+
+
+def test_the_link_endpoints_document_every_status_they_answer_with() -> None:
+    """POST /c/place answers with the link errors, the body parser's and every refusal of POST /v1/calls
+    (and the one outcome that fails it): each status is a documented response, with the Error schema."""
+    paths = openapi.web_document()["paths"]
+    place = paths["/c/place"]["post"]["responses"]
+    link_errors = (
+        errors.LinksDisabled,
+        errors.CrossSite,
+        errors.LinkMalformed,
+        errors.LinkInvalid,
+        errors.LinkExpired,
+        errors.LinkTooLong,
+        errors.LinkInUse,
+        errors.LinkUnknown,
+        errors.InvalidJson,
+        errors.InvalidRequest,
+        errors.BodyTooLarge,
+        errors.UnsupportedMediaType,
+        errors.RequestTimeout,
+        errors.DatabaseDown,
+    )
+    statuses = {_status_of(e) for e in link_errors}
+    statuses |= {_status_of(meaning.http) for meaning in REFUSALS.values()}
+    statuses |= {_status_of(http) for http in OUTCOME_ERRORS.values()}
+    assert statuses - {int(s) for s in place} == set()
+    for status in statuses:
+        assert place[str(status)]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }
+    for method in ("get", "delete"):
+        follow = paths["/c/call"][method]
+        assert follow["security"] == [{"capability": []}]
+        for error in (errors.CrossSite, errors.CapabilityRequired, errors.LinkUnknown, errors.DatabaseDown):
+            assert str(error.status) in follow["responses"], (method, error.error_id)
+    # The link's page is HTML whatever it says; every answer under /c carries the no-store headers.
+    for status, response in paths["/c"]["get"]["responses"].items():
+        assert set(response["content"]) == {"text/html"}, status
+    for path, operations in paths.items():
+        if path.startswith("/c"):
+            for operation in operations.values():
+                for status, response in operation["responses"].items():
+                    headers = response.get("headers", {})
+                    assert headers["Cache-Control"]["schema"]["const"] == "no-store", (path, status)
+                    assert headers["Referrer-Policy"]["schema"]["const"] == "no-referrer", (path, status)
 
 
 # -- the dialplan's names ---------------------------------------------------------------------------
