@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import ip_network
 from typing import Any
@@ -75,6 +76,19 @@ async def _exchange(port: int, raw: bytes) -> bytes:
         writer.close()
 
 
+@asynccontextmanager
+async def guarded(app: web.Application) -> AsyncIterator[int]:
+    """``app`` served by bridged's server (GuardedAppRunner) on a free port, given as the value."""
+    runner = GuardedAppRunner(app, HttpConfig(host="127.0.0.1", port=0), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
 def _split(answer: bytes) -> tuple[int, dict[str, str], bytes]:
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -134,15 +148,8 @@ async def test_a_handler_failing_outside_the_middleware_gets_the_catalogue_error
     app = web.Application()  # no error_middleware: aiohttp's handle_error answers
     app.router.add_get("/timed-out", _timed_out)
     app.router.add_get("/failed", _failed)
-    runner = GuardedAppRunner(app, HttpConfig(host="127.0.0.1", port=0), access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = int(runner.addresses[0][1])
+    async with guarded(app) as port:
         got, headers, body = _split(await _exchange(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()))
-    finally:
-        await runner.cleanup()
     assert (got, json.loads(body)) == (status, {"error": error})
     assert headers["connection"] == "close"
 
