@@ -253,14 +253,18 @@ def _answer(payload: dict[str, Any], status: int = 200) -> web.Response:
     return web.json_response(payload, status=status, headers=HEADERS)
 
 
-def _refusal(status: int, body: dict[str, Any], order: str) -> web.Response:
-    """A call the service did not place, in the shop's words (the API's message where it has none)."""
+def _refusal(status: int, body: dict[str, Any], order: str, retry_after: int | None = None) -> web.Response:
+    """A call the service did not place, in the shop's words (the API's message where it has none);
+    with the refusal's Retry-After, as POST /v1/calls answers it."""
     error = dict(body.get("error") or {})
     words = REFUSAL_WORDS.get(str(error.get("id")))
     if words is not None:
         error["message"] = words.format(order=order)
     error.pop("details", None)  # a refused call's id is of no use to the page
-    return _answer({"error": error}, status)
+    response = _answer({"error": error}, status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 # -- placing the call --------------------------------------------------------------------------------
@@ -295,21 +299,24 @@ async def place(request: web.Request) -> web.Response:
         # Without the claim a second opening could ring again: refused like any unrecorded attempt.
         unrecorded = await request.app[SERVICE].refuse_unrecorded(client, link.manager, actor=client)
         error = refusal_error(unrecorded.reason)
-        return _refusal(error.status, error.body(), link.order)
+        return _refusal(error.status, error.body(), link.order, error.retry_after)
     if earlier is not None:
         return await _replayed(request, link, earlier, capability)
+    retry_after = None
     try:
         status, payload = await api_calls.place(request, client, link.order, link.manager, actor=client)
     except ApiError as exc:
-        status, payload = exc.status, exc.body()
+        status, payload, retry_after = exc.status, exc.body(), exc.retry_after
     except BaseException:
         await _settle(request, link, None, None)
         raise
     call_id = payload.get("id") if status == 202 else None
     # As an Idempotency-Key: a transient failure is not kept, opening the link again may place the call.
-    await _settle(request, link, *((None, None) if status >= 500 else (status, payload)))
+    # A 429 is one too: the manager's budget has a slot again after Retry-After, and the link still lives.
+    transient = status >= 500 or status == 429
+    await _settle(request, link, *((None, None) if transient else (status, payload)))
     if call_id is None:
-        return _refusal(status, payload, link.order)
+        return _refusal(status, payload, link.order, retry_after)
     log.info("call %s placed by a link for manager %s", call_id, link.manager)
     call = progress(payload["state"], payload["outcome"], payload["order_id"])
     return _answer({"progress": call, "capability": capability}, 202)

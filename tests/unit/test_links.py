@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,10 +33,12 @@ from bridged.appkeys import CONFIG, STORE
 from bridged.calls.model import CallState
 from bridged.config import ConfigError, ConfigHolder, LinksConfig
 from bridged.configfile import parse_config
+from bridged.limits import Keyed
 from bridged.links import LinkProblem, LinkRefused, SignedLink
 from bridged.outcomes import Outcome
 from bridged.service import CallService
 from bridged.store import Store
+from bridged.store.attempts import NewAttempt
 
 from .fakes import NUMBER_DIGITS, ROOT, DownStore, FakeAri, example_data, make_config, make_order
 from .test_api_calls import call_app
@@ -484,11 +487,38 @@ async def test_a_transient_refusal_frees_the_link_for_another_try(served: Served
     assert served.manager_rings() == 1
 
 
+async def test_a_rate_limited_link_says_when_to_try_again_and_is_not_spent(served: Served) -> None:
+    """A manager past a budget: 429 with Retry-After as POST /v1/calls answers it, and the link is free
+    again (a transient refusal, like a 503): opened once the window has a slot, it places the call."""
+    for _ in range(60):  # the default budget's calls
+        await served.store.attempts.record(
+            NewAttempt("anna", "accepted", "9", Keyed(1, "d"), datetime.now(UTC))
+        )
+    fields = served.link()
+    resp = await served.client.post("/c/place", json=fields)
+    body = await resp.json()
+    assert (resp.status, body["error"]["id"]) == (429, "rate_limited"), body
+    assert int(resp.headers["Retry-After"]) > 0
+    assert served.store.link_rows == {}
+    served.store.attempts.rows.clear()
+    resp = await served.client.post("/c/place", json=fields)
+    assert resp.status == 202, await resp.json()
+    assert served.manager_rings() == 1
+
+
+async def test_a_503_refusal_says_when_to_try_again(served: Served) -> None:
+    served.service.accepting_calls = lambda: False
+    resp = await served.client.post("/c/place", json=served.link())
+    assert (resp.status, (await resp.json())["error"]["id"]) == (503, "telephony_unavailable")
+    assert resp.headers["Retry-After"] == "5"
+
+
 async def test_placing_while_bridgeds_database_is_away_rings_nobody(served: Served) -> None:
     served.store.down = True
     resp = await served.client.post("/c/place", json=served.link())
     body = await resp.json()
     assert (resp.status, body["error"]["id"]) == (503, "database_unavailable"), body
+    assert resp.headers["Retry-After"] == "5"
     assert served.ari.named("create_channel") == []
 
 
