@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from bridged.links import signature as link_signature
 from bridged.webhooks import SIGNATURE_HEADER, verify
 from rig import Sipp
 
@@ -173,6 +174,7 @@ def api_daemon(
     *managers: str,
     webhook_url: str | None = None,
     extra_http: dict[str, Any] | None = None,
+    links: dict[str, Any] | None = None,
     **options,
 ) -> Bridged:
     def extra_for(phones: list[ManagerPhone]) -> dict[str, Any]:
@@ -181,6 +183,8 @@ def api_daemon(
             extra["webhook"] = {"url": webhook_url, "secret": WEBHOOK_SECRET, "timeout": 2}
         if extra_http:
             extra["http"] = extra_http
+        if links:
+            extra["links"] = links
         return extra
 
     return make_bridged(managers or ("anna",), extra_for=extra_for, **options)
@@ -590,9 +594,46 @@ def test_authorization_matrix(make_bridged) -> None:
 # Checks left out, and why: positive_data_acceptance (valid input is refused by design: an order that
 # does not exist, a manager whose phone is not registered); use_after_free (DELETE ends a call, whose row
 # stays readable: a call is never deleted); ensure_resource_availability (a call placed is read back with
-# the token that placed it, which is not schemathesis's guess of who should see it).
+# the token that placed it, which is not schemathesis's guess of who should see it). The same holds for
+# /c/call: DELETE ends the link's call, which GET still shows.
 SCHEMATHESIS_EXCLUDED = "positive_data_acceptance,use_after_free,ensure_resource_availability"
 SCHEMATHESIS_EXAMPLES = 40
+
+
+def schemathesis(document: str, trace: Path, *args: str) -> None:
+    """Every operation of ``document`` (a URL, or a file with ``--url`` among ``args``): positive and
+    negative (and boundary) data, every check but SCHEMATHESIS_EXCLUDED; fails the test on any finding."""
+    result = subprocess.run(
+        [
+            "schemathesis",
+            "run",
+            document,
+            *args,
+            "--checks",
+            "all",
+            "--exclude-checks",
+            SCHEMATHESIS_EXCLUDED,
+            "--mode",
+            "all",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--generation-allow-x00",
+            "true",
+            "--max-examples",
+            str(SCHEMATHESIS_EXAMPLES),
+            "--seed",
+            "1",
+            "--workers",
+            "1",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    trace.write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-8000:]
+    assert re.search(r"\d+ generated, \d+ passed", result.stdout), result.stdout[-2000:]
 
 
 def test_openapi_schemathesis(make_bridged, trace_dir: Path) -> None:
@@ -608,40 +649,60 @@ def test_openapi_schemathesis(make_bridged, trace_dir: Path) -> None:
     started = time.monotonic()
     for role in ("shop", "ops", "admin", "manager"):
         role_started = time.monotonic()
-        result = subprocess.run(
-            [
-                "schemathesis",
-                "run",
-                f"http://127.0.0.1:{daemon.http_port}/v1/openapi.json",
-                "--header",
-                f"Authorization: Bearer {TOKENS[role]}",
-                "--checks",
-                "all",
-                "--exclude-checks",
-                SCHEMATHESIS_EXCLUDED,
-                "--mode",
-                "all",
-                "--phases",
-                "examples,coverage,fuzzing",
-                "--generation-allow-x00",
-                "true",
-                "--max-examples",
-                str(SCHEMATHESIS_EXAMPLES),
-                "--seed",
-                "1",
-                "--workers",
-                "1",
-                "--no-color",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
+        schemathesis(
+            f"http://127.0.0.1:{daemon.http_port}/v1/openapi.json",
+            trace_dir / f"schemathesis-{role}.txt",
+            "--header",
+            f"Authorization: Bearer {TOKENS[role]}",
         )
-        (trace_dir / f"schemathesis-{role}.txt").write_text(result.stdout + result.stderr)
         print(f"schemathesis as {role}: {time.monotonic() - role_started:.0f} s")
-        assert result.returncode == 0, result.stdout[-8000:]
-        assert re.search(r"\d+ generated, \d+ passed", result.stdout), result.stdout[-2000:]
     print(f"schemathesis, every role: {time.monotonic() - started:.0f} s")
     log_text = daemon.log_text()
     assert "unhandled error" not in log_text and "Traceback" not in log_text
+    assert daemon.alive()
+
+
+LINK_SECRET = "e2e-openapi-link-secret-9d3b7f1a5c"
+
+
+def test_openapi_web_schemathesis(make_bridged, trace_dir: Path) -> None:
+    """The pages' and probes' document (/openapi-web.json: the call link's page and its script's
+    requests, /ops/, /healthz, /metrics), as test_openapi_schemathesis does the API's: negative data, no 500,
+    every answer as documented (/c's no-store and no-referrer headers on every one of them). With a real
+    signed link as the examples of GET /c and POST /c/place, and the capability of the call it placed,
+    so that the answers that show a call are generated and checked too."""
+    daemon = api_daemon(make_bridged, "ivan", links={"secret": LINK_SECRET, "max_age": 600})
+    ivan = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Ivan Petrov", ivan.id)
+    phone = manager_phone(ivan, trace_dir, "carrier_noanswer", timeout_s=40)
+    exp = int(time.time()) + 300
+    fields = {"order": order, "manager": ivan.id, "exp": str(exp)}
+    fields["sig"] = link_signature(LINK_SECRET, order, ivan.id, exp)
+    status, placed, _ = http(daemon, "POST", "/c/place", fields, token=None)
+    assert status == 202, placed
+    status, document, _ = http(daemon, "GET", "/openapi-web.json", token=None)
+    assert status == 200 and document["openapi"].startswith("3.1")
+    for parameter in document["paths"]["/c"]["get"]["parameters"]:
+        parameter["example"] = fields[parameter["name"]]
+    document["paths"]["/c/place"]["post"]["requestBody"]["content"]["application/json"]["example"] = fields
+    spec = trace_dir / "openapi-web.json"
+    spec.write_text(json.dumps(document))
+    started = time.monotonic()
+    schemathesis(
+        str(spec),
+        trace_dir / "schemathesis-web.txt",
+        "--url",
+        f"http://127.0.0.1:{daemon.http_port}/",
+        "--header",
+        f"Authorization: Capability {placed['capability']}",
+    )
+    print(f"schemathesis, pages and probes: {time.monotonic() - started:.0f} s")
+    # The link's example did reach the call it placed (an opening again answers with it).
+    replayed = daemon.sql("SELECT count(*) FROM audit WHERE action = 'link.replayed'").strip()
+    assert int(replayed) >= 1, replayed
+    phone.wait(timeout=40)
+    log_text = daemon.log_text()
+    assert "unhandled error" not in log_text and "Traceback" not in log_text
+    assert_not_leaked(number, daemon_log=log_text, manager_sip_trace=phone.messages())
     assert daemon.alive()
