@@ -621,9 +621,9 @@ class FakePool:
 
 
 class FakeStore:
-    """Mirrors ``Store``'s ``calls``, ``audit`` and ``links`` aggregates: call rows in a dict (column ->
-    value), audit rows in a list, link rows in a dict. tests/db runs the same contract against the real
-    store on PostgreSQL."""
+    """Mirrors ``Store``'s ``calls``, ``audit``, ``links`` and ``idempotency`` aggregates: call rows in a
+    dict (column -> value), audit rows in a list, link and Idempotency-Key rows in dicts. tests/db runs the
+    same contract against the real store on PostgreSQL."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
@@ -633,6 +633,7 @@ class FakeStore:
         self.calls = FakeCallRows(self)
         self.audit = FakeAuditTrail(self.audits)
         self.links = FakeCallLinks(self)
+        self.idempotency = FakeIdempotencyKeys()
         self.sticky = FakeStickyCallers()
         self.attempts = FakeManagerAttempts()
 
@@ -976,6 +977,33 @@ class FakeCallLinks:
         return None
 
 
+class FakeIdempotencyKeys:
+    """Mirrors ``IdempotencyKeys``: (principal, key) -> the row's request_hash, status and response (keys
+    never expire here: a test that needs that runs on PostgreSQL)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def claim(
+        self, principal: str, key: str, request_hash: str, *, keep_hours: int
+    ) -> tuple[bool, str | None, int | None, Any]:
+        row = self.rows.get((principal, key))
+        if row is None:
+            self.rows[(principal, key)] = {"request_hash": request_hash, "status": None, "response": None}
+            return True, None, None, None
+        return False, row["request_hash"], row["status"], copy.deepcopy(row["response"])
+
+    async def remember(self, principal: str, key: str, status: int, response: Any) -> None:
+        row = self.rows.get((principal, key))
+        if row is not None:
+            row.update(status=status, response=copy.deepcopy(response))
+
+    async def release(self, principal: str, key: str) -> None:
+        row = self.rows.get((principal, key))
+        if row is not None and row["status"] is None:
+            del self.rows[(principal, key)]
+
+
 class FakeStickyCallers:
     """Mirrors ``StickyCallers``: caller key -> Sticky."""
 
@@ -1065,5 +1093,6 @@ class DownStore(FakeStore):
         self.calls = _Outage(self, self.calls)  # type: ignore[assignment]
         self.audit = _Outage(self, self.audit)  # type: ignore[assignment]
         self.links = _Outage(self, self.links)  # type: ignore[assignment]
+        self.idempotency = _Outage(self, self.idempotency)  # type: ignore[assignment]
         self.sticky = _Outage(self, self.sticky)  # type: ignore[assignment]
         self.attempts = _Outage(self, self.attempts)  # type: ignore[assignment]

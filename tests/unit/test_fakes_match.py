@@ -42,6 +42,7 @@ from bridged.store.attempts import ManagerAttempts
 from bridged.store.audit import AuditTrail
 from bridged.store.callers import StickyCallers
 from bridged.store.calls import CallRows
+from bridged.store.idempotency import IdempotencyKeys
 from bridged.store.leases import AppLeases
 from bridged.store.links import CallLinks
 from bridged.store.outbox import WebhookOutbox
@@ -89,6 +90,7 @@ PAIRS = [
     Pair(fakes.FakeAuditTrail, AuditTrail),
     Pair(fakes.FakeCallRows, CallRows),
     Pair(fakes.FakeCallLinks, CallLinks),
+    Pair(fakes.FakeIdempotencyKeys, IdempotencyKeys),
     Pair(fakes.FakeStickyCallers, StickyCallers),
     Pair(fakes.FakeManagerAttempts, ManagerAttempts),
     # fakes local to one test module
@@ -345,6 +347,9 @@ class _FakeCallRowsFits(fakes.FakeCallRows, CallRows): ...
 
 
 class _FakeCallLinksFits(fakes.FakeCallLinks, CallLinks): ...
+
+
+class _FakeIdempotencyKeysFits(fakes.FakeIdempotencyKeys, IdempotencyKeys): ...
 
 
 class _FakeStickyCallersFits(fakes.FakeStickyCallers, StickyCallers): ...
