@@ -204,12 +204,13 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     try:
         status, payload = await _create(request, order_id, manager_id, callback_of)
     except ApiError as exc:
-        status, payload = exc.status, exc.body()
+        # Answered as without a key (its Retry-After with it); the key keeps it only if it is final.
+        await idempotency.settle(request, who.name, key, exc.status, exc.body(), exc.retry_after)
+        raise
     except BaseException:
         await idempotency.settle(request, who.name, key, None, None)
         raise
-    # A transient failure is not remembered: the retry may succeed.
-    await idempotency.settle(request, who.name, key, *((None, None) if status >= 500 else (status, payload)))
+    await idempotency.settle(request, who.name, key, status, payload)
     return _created(status, payload)
 
 

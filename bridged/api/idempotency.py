@@ -1,9 +1,10 @@
 """``Idempotency-Key`` on ``POST /v1/calls``: a retry with the same key (per token) is answered with the
 first request's answer instead of ringing twice.
 
-The key is claimed before the call is placed and its answer remembered after (a 5xx is not remembered:
-the retry may succeed); both writes are kept and written later if bridged's database is away, and until
-then a retry is told the first request is still being handled.
+The key is claimed before the call is placed, and after it either keeps the answer for good (:func:`final`)
+or is released, so that a retry is a new attempt; both writes are kept and written later if bridged's
+database is away, and until then a retry is told the first request is still being handled. While the
+first request is handled the key is held either way: a concurrent duplicate is 409, never a second ring.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +33,20 @@ def key_of(request: web.Request) -> str | None:
     if key is not None and not _KEY_RE.fullmatch(key):
         raise InvalidIdempotencyKey()
     return key
+
+
+def final(status: int, retry_after: int | None) -> bool:
+    """Whether an answer is the key's for good, replayed to every retry with the key; if not, the key is
+    released and a retry is a new attempt (a signed link's answer, bridged.callpage, follows the same rule).
+
+    Final: a 2xx (the call was placed: a retry must get it, not ring again) and a 4xx a retry cannot change
+    (403, 404, 409, 422: a decision on this request, which the same request gets again; manager_unavailable
+    also names the call that was tried). Not final, each because the same request may succeed later:
+    429 rate_limited (the manager's budget has a slot again after Retry-After), any 5xx (bridged's own
+    state or a neighbour's, Asterisk, a database: nothing about the request), and any answer carrying
+    Retry-After (bridged itself says when to try again; remembering it would answer that try with a
+    refusal). So no answer a key keeps has a Retry-After to replay."""
+    return retry_after is None and status < 500 and status != 429
 
 
 async def claim(
@@ -57,15 +72,20 @@ async def claim(
 
 
 async def settle(
-    request: web.Request, client: str, key: str, status: int | None, payload: dict[str, Any] | None
+    request: web.Request,
+    client: str,
+    key: str,
+    status: int | None,
+    payload: dict[str, Any] | None,
+    retry_after: int | None = None,
 ) -> None:
-    """Remember the answer for the key, or (``status`` None) release it."""
+    """Remember the answer for the key if it is :func:`final`, else (or ``status`` None: no answer)
+    release it."""
     store = request.app[STORE]
-
-    def write() -> Awaitable[None]:
-        if status is None:
-            return store.idempotency.release(client, key)
-        return store.idempotency.remember(client, key, status, payload)
-
-    what = "Idempotency-Key release" if status is None else "Idempotency-Key answer"
+    write: Callable[[], Awaitable[None]]
+    if status is None or not final(status, retry_after):
+        what, write = "Idempotency-Key release", lambda: store.idempotency.release(client, key)
+    else:
+        kept = status
+        what, write = "Idempotency-Key answer", lambda: store.idempotency.remember(client, key, kept, payload)
     await request.app[SERVICE].deferred.write(what, write)

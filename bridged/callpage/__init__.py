@@ -32,7 +32,7 @@ from aiohttp import web
 
 from .. import links, ops
 from ..api import calls as api_calls
-from ..api import openapi
+from ..api import idempotency, openapi
 from ..api.auth import audit_denied
 from ..api.errors import (
     ApiError,
@@ -311,10 +311,10 @@ async def place(request: web.Request) -> web.Response:
         await _settle(request, link, None, None)
         raise
     call_id = payload.get("id") if status == 202 else None
-    # As an Idempotency-Key: a transient failure is not kept, opening the link again may place the call.
-    # A 429 is one too: the manager's budget has a slot again after Retry-After, and the link still lives.
-    transient = status >= 500 or status == 429
-    await _settle(request, link, *((None, None) if transient else (status, payload)))
+    # As an Idempotency-Key: a transient refusal (a 5xx, a 429, one with Retry-After) is not kept, opening
+    # the link again may place the call (the manager's budget has a slot again, and the link still lives).
+    final = idempotency.final(status, retry_after)
+    await _settle(request, link, *((status, payload) if final else (None, None)))
     if call_id is None:
         return _refusal(status, payload, link.order, retry_after)
     log.info("call %s placed by a link for manager %s", call_id, link.manager)

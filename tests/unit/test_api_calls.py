@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
@@ -22,6 +23,7 @@ from bridged.ari import AriUnavailable
 from bridged.calls.engine import CallEngine
 from bridged.config import ApiToken, Config, ConfigHolder
 from bridged.orders import Order
+from bridged.outcomes import Refusal, Refused
 from bridged.service import CallService
 from bridged.store import Store
 from bridged.store.base import DatabaseUnavailable
@@ -376,3 +378,110 @@ async def test_callback_of_comes_alone_and_names_a_call(served: Any, body: dict[
     resp = await client.post("/v1/calls", json=body, headers=auth("ops-1"))
     assert (resp.status, (await resp.json())["error"]["id"]) == (422, "invalid_request")
     assert ari.named("create_channel") == []
+
+
+# -- Idempotency-Key: which answers are the key's for good ----------------------------------------------
+
+
+def _requests(store: DownStore) -> list[str | None]:
+    """The reasons of the ``call.request`` audit rows (None: accepted), one per attempt that was made."""
+    return [a["reason"] for a in store.audits if a["action"] == "call.request"]
+
+
+def _past_the_budget(store: DownStore) -> None:
+    for _ in range(60):  # the default budget's calls
+        store.attempts.rows.append(
+            {"manager_id": "anna", "outcome": "accepted", "order_id": "9", "at": datetime.now(UTC)}
+        )
+
+
+async def test_a_rate_limited_post_frees_its_key_and_the_retry_after_the_window_places_the_call(
+    served: Any,
+) -> None:
+    """A 429 is not the key's answer: the shop retries with the same key after Retry-After, as the key is
+    meant for, and the call is placed; then the key answers that call, without a second ring or audit row."""
+    client, ari, store = served
+    _past_the_budget(store)
+    key = {**auth(), "Idempotency-Key": "order-123-1"}
+    body = {"order_id": "123", "manager_id": "anna"}
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    refused = await resp.json()
+    assert (resp.status, refused["error"]["id"]) == (429, "rate_limited"), refused
+    assert int(resp.headers["Retry-After"]) > 0
+    assert store.idempotency.rows == {}
+    store.attempts.rows.clear()  # the window moved on
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    placed = await resp.json()
+    assert resp.status == 202, placed
+    assert "Idempotent-Replayed" not in resp.headers
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    assert (resp.status, await resp.json(), resp.headers["Idempotent-Replayed"]) == (202, placed, "true")
+    assert len(ari.named("create_channel")) == 1
+    assert _requests(store) == ["rate_limited", None]
+
+
+@pytest.mark.parametrize("down", ["telephony", "database"])
+async def test_a_503_with_a_key_says_when_to_try_again_and_frees_the_key(served: Any, down: str) -> None:
+    client, ari, store = served
+    service = client.app[SERVICE]
+    if down == "telephony":
+        service.accepting_calls = lambda: False
+    else:
+        from bridged.store.deferred import DeferredWrites
+
+        service.deferred = service.refusals.deferred = DeferredWrites(delays=(0.01,) * 5)
+        store.down = True
+    key = {**auth(), "Idempotency-Key": "order-123-1"}
+    body = {"order_id": "123", "manager_id": "anna"}
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    assert resp.status == 503, await resp.json()
+    assert resp.headers["Retry-After"] == "5"
+    service.accepting_calls, store.down = (lambda: True), False
+    await wait_until(lambda: store.idempotency.rows == {} and _requests(store))
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    assert resp.status == 202, await resp.json()
+    assert len(ari.named("create_channel")) == 1
+
+
+async def test_a_final_refusal_is_the_keys_answer_replayed_without_another_attempt(served: Any) -> None:
+    client, ari, store = served
+    key = {**auth(), "Idempotency-Key": "order-404-1"}
+    body = {"order_id": "404", "manager_id": "anna"}
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    first = await resp.json()
+    assert (resp.status, first["error"]["id"]) == (404, "unknown_order"), first
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    assert (resp.status, await resp.json(), resp.headers["Idempotent-Replayed"]) == (404, first, "true")
+    assert "Retry-After" not in resp.headers
+    assert _requests(store) == ["unknown_order"]
+    assert ari.named("create_channel") == []
+
+
+async def test_a_retry_while_the_first_request_is_handled_is_409_even_if_the_first_is_then_refused_429(
+    served: Any,
+) -> None:
+    """A key a transient refusal frees is still held while its first request is handled: the concurrent
+    duplicate is told so, and only the retry after the answer tries again."""
+    client, ari, store = served
+    service = client.app[SERVICE]
+    place_from_api, let_go, entered = service.place_from_api, asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any, **kwargs: Any) -> Refused:
+        entered.set()
+        await let_go.wait()
+        return Refused(Refusal.RATE_LIMITED, retry_after=30)
+
+    service.place_from_api = held
+    key = {**auth(), "Idempotency-Key": "order-123-1"}
+    body = {"order_id": "123", "manager_id": "anna"}
+    first = asyncio.create_task(client.post("/v1/calls", json=body, headers=key))
+    await entered.wait()
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    assert (resp.status, (await resp.json())["error"]["id"]) == (409, "idempotency_key_in_use")
+    let_go.set()
+    resp = await first
+    assert (resp.status, resp.headers["Retry-After"]) == (429, "30")
+    service.place_from_api = place_from_api
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    assert resp.status == 202, await resp.json()
+    assert len(ari.named("create_channel")) == 1
