@@ -9,15 +9,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, cast
+from unittest import mock
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridged import metrics
 from bridged.api import calls as api_calls
 from bridged.api.auth import TOKENS, TokenRegistry
-from bridged.api.errors import error_middleware
+from bridged.api.errors import ApiError, error_middleware
 from bridged.appkeys import CONFIG, ENGINE, SERVICE, STORE
 from bridged.ari import AriUnavailable
 from bridged.calls.engine import CallEngine
@@ -69,18 +72,23 @@ def call_app(config: Config, orders: dict[str, Order], *, middleware: bool = Tru
     return CallApp(app, ari, store, engine, service, directory)
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[TestClient, FakeAri, DownStore]]:
-    config = make_config()
-    config = replace(config, ari=replace(config.ari, max_request_wait=0.05))
-    built = call_app(config, {"123": make_order("123", manager_id="anna")})
-    app, ari, store, engine = built.app, built.ari, built.store, built.engine
+def with_calls_api(app: web.Application) -> None:
+    """The call routes on ``app``, with the tokens of TOKENS_BY_NAME."""
     tokens = tuple(
         ApiToken(name=name, role=role, sha256=hashlib.sha256(token.encode()).hexdigest())
         for name, (role, token) in TOKENS_BY_NAME.items()
     )
     app[TOKENS] = TokenRegistry(lambda: tokens)
     api_calls.setup(app)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[TestClient, FakeAri, DownStore]]:
+    config = make_config()
+    config = replace(config, ari=replace(config.ari, max_request_wait=0.05))
+    built = call_app(config, {"123": make_order("123", manager_id="anna")})
+    app, ari, store, engine = built.app, built.ari, built.store, built.engine
+    with_calls_api(app)
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
@@ -485,3 +493,71 @@ async def test_a_retry_while_the_first_request_is_handled_is_409_even_if_the_fir
     resp = await client.post("/v1/calls", json=body, headers=key)
     assert resp.status == 202, await resp.json()
     assert len(ari.named("create_channel")) == 1
+
+
+# Answers an attempt may get: the call placed, or a refusal with or without Retry-After.
+_ANSWERS = st.one_of(
+    st.just((202, None)),
+    st.tuples(
+        st.sampled_from([400, 403, 404, 409, 410, 422, 429, 500, 502, 503, 504]),
+        st.one_of(st.none(), st.integers(1, 3600)),
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(answers=st.lists(_ANSWERS, min_size=1, max_size=5), replays=st.integers(1, 3))
+def test_a_key_keeps_its_first_final_answer_and_is_free_after_any_other(
+    answers: list[tuple[int, int | None]], replays: int
+) -> None:
+    """Generated answers to successive attempts with one key: each request is a new attempt, answered with
+    its Retry-After if it has one, until an answer that is final (a 2xx, or a 4xx but 429, without
+    Retry-After); from then on every request gets that answer replayed, without another attempt. With no
+    final answer the key is free at the end."""
+
+    def is_final(status: int, retry_after: int | None) -> bool:
+        return retry_after is None and (status < 300 or (400 <= status < 500 and status != 429))
+
+    first_final = next((i for i, answer in enumerate(answers) if is_final(*answer)), None)
+    attempts = len(answers) if first_final is None else first_final + 1
+
+    async def check() -> None:
+        built = call_app(make_config(), {})
+        with_calls_api(built.app)
+        tried: list[int] = []
+
+        async def place(request: web.Request, client: str, *args: Any, **kwargs: Any) -> tuple[int, Any]:
+            assert len(tried) < len(answers), "an attempt the key should have answered"
+            status, retry_after = answers[len(tried)]
+            tried.append(status)
+            if status < 300:
+                return status, {"id": f"call-{len(tried)}"}
+            error = ApiError(f"answer {len(tried)}")
+            error.status, error.error_id, error.retry_after = status, f"e{status}", retry_after
+            raise error
+
+        key = {**auth(), "Idempotency-Key": "k"}
+        try:
+            with mock.patch.object(api_calls, "place", place):
+                async with TestClient(TestServer(built.app)) as client:
+                    seen = []
+                    for _ in range(attempts + (0 if first_final is None else replays)):
+                        resp = await client.post(
+                            "/v1/calls", json={"order_id": "1", "manager_id": "m"}, headers=key
+                        )
+                        seen.append((resp.status, await resp.json(), dict(resp.headers)))
+        finally:
+            await built.engine.shutdown()
+        assert len(tried) == attempts
+        for (status, body, headers), (answer, retry_after) in zip(
+            seen[:attempts], answers[:attempts], strict=True
+        ):
+            assert status == answer and "Idempotent-Replayed" not in headers, (status, body, headers)
+            assert headers.get("Retry-After") == (None if retry_after is None else str(retry_after))
+        replayed = seen[attempts:]
+        for status, body, headers in replayed:
+            assert (status, body) == seen[attempts - 1][:2]
+            assert headers["Idempotent-Replayed"] == "true" and "Retry-After" not in headers
+        assert bool(built.store.idempotency.rows) == (first_final is not None)
+
+    asyncio.run(check())
