@@ -267,6 +267,38 @@ async def test_a_row_left_refusing_by_an_older_bridged_is_ending_after_the_migra
         cluster.drop_database(name)
 
 
+async def test_a_429_an_older_bridged_kept_for_a_key_or_a_link_is_freed_by_the_migration(
+    cluster: Any,
+) -> None:
+    from bridged import db
+
+    name = "bridged_db_migration_0016"
+    cluster.drop_database(name)
+    cluster.create_database(name)
+    pool = await db.create_pool(cluster.dsn(name), min_size=1, max_size=2)
+    try:
+        await db.migrate(pool, [m for m in db.migrations() if m.version < 16])
+        await pool.execute(
+            "INSERT INTO idempotency_keys (principal, key, request_hash, status, response) VALUES"
+            " ('shop-1', 'limited', 'h', 429, '{}'), ('shop-1', 'placed', 'h', 202, '{}'),"
+            " ('shop-1', 'refused', 'h', 404, '{}'), ('shop-1', 'running', 'h', NULL, NULL)"
+        )
+        await pool.execute(
+            "INSERT INTO call_links (sig_hash, order_id, manager_id, expires_at, capability_hash, status)"
+            " VALUES ('limited', '1', 'anna', now(), 'c1', 429), ('refused', '1', 'anna', now(), 'c2', 403)"
+        )
+        await db.migrate(pool)
+        assert sorted(r["key"] for r in await pool.fetch("SELECT key FROM idempotency_keys")) == [
+            "placed",
+            "refused",
+            "running",
+        ]
+        assert [r["sig_hash"] for r in await pool.fetch("SELECT sig_hash FROM call_links")] == ["refused"]
+    finally:
+        await pool.close()
+        cluster.drop_database(name)
+
+
 async def test_link_rows_are_kept_until_expired_and_past_their_capability(store: Store) -> None:
     """A replay must never ring again: a link's row outlives the link, and the capability's 24 hours."""
     now = datetime.now(UTC)
