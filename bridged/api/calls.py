@@ -408,6 +408,13 @@ SCHEMAS: dict[str, Any] = {
 SCHEMAS["CallPage"] = openapi.page_of("Call")
 _CALL = openapi.json_content("Call")
 _CALL_ID = openapi.CALL_ID_PARAMETER
+# On an answer an Idempotency-Key replays (a final one: never a 429 or 503).
+_REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "the first answer to a request with this Idempotency-Key, given again",
+        "schema": {"type": "string", "const": "true"},
+    }
+}
 
 openapi.register(
     {
@@ -447,6 +454,13 @@ openapi.register(
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": False,
+                            "description": "A retry with the same key (per token, for api.idempotency_hours) "
+                            "and the same body gets the first request's final answer again (Idempotent-"
+                            "Replayed: true) and places no second call; another body is 422 "
+                            "idempotency_key_reused, a retry while the first request is handled 409 "
+                            "idempotency_key_in_use. Final: the 202 and a 403, 404, 409 or 422 refusal. "
+                            "A 429 or 503 (each with Retry-After) is not kept: the key is free again, and a "
+                            "retry with it after Retry-After is a new attempt.",
                             "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                         }
                     ],
@@ -457,22 +471,27 @@ openapi.register(
                         },
                     },
                     "responses": {
-                        "202": {"description": "the manager's phone is ringing", "content": _CALL},
-                        **openapi.error_responses(400, 404, 408, 409, 413, 415, 422, 429, 503),
+                        "202": {
+                            "description": "the manager's phone is ringing",
+                            "content": _CALL,
+                            "headers": _REPLAYED,
+                        },
+                        **openapi.error_responses(400, 408, 413, 415, 429, 503),
+                        **openapi.error_responses(404, headers=_REPLAYED),
                         "403": {
-                            **openapi.error_responses(403)["403"],
+                            **openapi.error_responses(403, headers=_REPLAYED)["403"],
                             "description": "forbidden (the role may not place calls), order_not_allowed "
                             "(the policy), or other_manager (a manager token naming another manager)",
                         },
                         "409": {
-                            **openapi.error_responses(409)["409"],
+                            **openapi.error_responses(409, headers=_REPLAYED)["409"],
                             "description": "idempotency_key_in_use, manager_not_registered, "
                             "manager_unavailable (the manager's phone could not be called: the call, named "
                             "in details.call_id, has ended), or callback_not_possible (callback_of names a "
                             "call that is not a missed inbound call with an order and a manager)",
                         },
                         "422": {
-                            **openapi.error_responses(422)["422"],
+                            **openapi.error_responses(422, headers=_REPLAYED)["422"],
                             "description": "invalid_request, invalid_order_id, invalid_idempotency_key, "
                             "idempotency_key_reused, or invalid_phone (the order's phone value is not a "
                             "valid number: nobody was dialled)",
