@@ -175,6 +175,7 @@ def api_daemon(
     webhook_url: str | None = None,
     extra_http: dict[str, Any] | None = None,
     links: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
     **options,
 ) -> Bridged:
     def extra_for(phones: list[ManagerPhone]) -> dict[str, Any]:
@@ -185,6 +186,8 @@ def api_daemon(
             extra["http"] = extra_http
         if links:
             extra["links"] = links
+        if limits:
+            extra["limits"] = limits
         return extra
 
     return make_bridged(managers or ("anna",), extra_for=extra_for, **options)
@@ -401,6 +404,41 @@ def test_idempotent_retry_rings_once(make_bridged, trace_dir: Path, rig_alloc) -
     assert phone.wait(timeout=15) == 0
     assert len(invites(phone.messages())) == 1, "the manager's phone rang more than once"
     assert len([r for r in daemon.call_rows(dora.id) if r["direction"] == "api"]) == 1
+
+
+def test_a_rate_limited_key_places_the_call_once_the_window_frees_a_slot(
+    make_bridged, trace_dir: Path, rig_alloc
+) -> None:
+    """A 429 rate_limited is not the key's answer: the shop's retry with the same key after the window
+    freed a slot places the call (a new attempt, audited as such); the retry after that is the call."""
+    daemon = api_daemon(make_bridged, "zoya", limits={"refused_in_a_row": 1})
+    zoya = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Rita K.", zoya.id)
+    phone = manager_phone(zoya, trace_dir, "carrier_noanswer", timeout_s=40)
+    status, body, _ = http(daemon, "POST", "/v1/calls", {"order_id": "999999998", "manager_id": zoya.id})
+    assert (status, body["error"]["id"]) == (404, "unknown_order"), body
+    call = {"order_id": order, "manager_id": zoya.id}
+    key = {"Idempotency-Key": f"order-{order}-attempt-1"}
+    status, body, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
+    assert (status, body["error"]["id"]) == (429, "rate_limited"), body
+    assert 0 < int(headers["Retry-After"]) <= 3600, headers
+    # The window moves on (the attempts' times moved back past it).
+    daemon.sql(f"UPDATE manager_attempts SET at = at - interval '2 hours' WHERE manager_id = '{zoya.id}'")
+    status, placed, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
+    assert status == 202 and "Idempotent-Replayed" not in headers, placed
+    status, again, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
+    assert (status, again["id"], headers.get("Idempotent-Replayed")) == (202, placed["id"], "true")
+    wait_state(daemon, placed["id"], "ended", timeout=30)
+    assert phone.wait(timeout=15) == 0, phone.describe()
+    assert len(invites(phone.messages())) == 1, "the manager's phone rang more than once"
+    requests = [
+        a["reason"]
+        for a in daemon.audit_rows("token:shop-test")
+        if (a["action"], a["order_id"]) == ("call.request", order)
+    ]
+    assert requests == ["rate_limited", None], requests  # the replay made no attempt
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
 
 
 def test_hanging_webhook_receiver_does_not_hold_up_calls(make_bridged, trace_dir: Path, rig_alloc) -> None:
