@@ -1,10 +1,11 @@
 """``Idempotency-Key`` on ``POST /v1/calls``: a retry with the same key (per token) is answered with the
 first request's answer instead of ringing twice.
 
-The key is claimed before the call is placed, and after it either keeps the answer for good (:func:`final`)
-or is released, so that a retry is a new attempt; both writes are kept and written later if bridged's
-database is away, and until then a retry is told the first request is still being handled. While the
-first request is handled the key is held either way: a concurrent duplicate is 409, never a second ring.
+The key is claimed before the call is placed, and after it either keeps the answer for good (:func:`final`:
+the call placed, or tried) or is released, so that a retry is a new attempt; both writes are kept and
+written later if bridged's database is away, and until then a retry is told the first request is still
+being handled. While the first request is handled the key is held either way: a concurrent duplicate is
+409, never a second ring.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from ..appkeys import CONFIG, SERVICE, STORE
+from ..outcomes import OUTCOME_ERRORS
 from ..store.base import DatabaseUnavailable
 from .errors import IdempotencyConflict, IdempotencyInProgress, InvalidIdempotencyKey
 
@@ -35,18 +37,51 @@ def key_of(request: web.Request) -> str | None:
     return key
 
 
-def final(status: int, retry_after: int | None) -> bool:
+# The errors that report a call attempted: the call went ahead (its row written, Asterisk asked to ring
+# its manager's phone) and ended before it began; the answer names it (details.call_id). bridged.outcomes
+# OUTCOME_ERRORS says which.
+ATTEMPTED = frozenset(http.error_id for http in OUTCOME_ERRORS.values())
+
+
+def error_id(body: Any) -> str | None:
+    """The catalogue id of an error answer's body (``{"error": {"id": ...}}``), None for any other."""
+    error = body.get("error") if isinstance(body, dict) else None
+    found = error.get("id") if isinstance(error, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def final(status: int, body: Any, retry_after: int | None) -> bool:
     """Whether an answer is the key's for good, replayed to every retry with the key; if not, the key is
     released and a retry is a new attempt (a signed link's answer, bridged.callpage, follows the same rule).
 
-    Final: a 2xx (the call was placed: a retry must get it, not ring again) and a 4xx a retry cannot change
-    (403, 404, 409, 422: a decision on this request, which the same request gets again; manager_unavailable
-    also names the call that was tried). Not final, each because the same request may succeed later:
-    429 rate_limited (the manager's budget has a slot again after Retry-After), any 5xx (bridged's own
-    state or a neighbour's, Asterisk, a database: nothing about the request), and any answer carrying
-    Retry-After (bridged itself says when to try again; remembering it would answer that try with a
-    refusal). So no answer a key keeps has a Retry-After to replay."""
-    return retry_after is None and status < 500 and status != 429
+    A key is there so that a retry does not repeat an *effect*: only an answer to a request that had one
+    is kept. Decided by what the answer says (its error id), not by its status alone: one status holds
+    both kinds (409 manager_unavailable is a call tried, 409 manager_not_registered none).
+
+    Kept:
+    - a 2xx: the call was placed and rings; a retry must get that call, not ring the manager again.
+    - manager_unavailable (409, :data:`ATTEMPTED`): the call went ahead (its row, Asterisk asked to ring
+      the manager's phone) and ended before it began; the answer names it (details.call_id). A retry
+      would ring for the phone again and make a second call of one request.
+
+    Released, each because nobody was dialled (a refusal of bridged.outcomes REFUSALS is decided before
+    anyone is), so evaluating the request again repeats nothing:
+    - a refusal of the request as it is (422 invalid_order_id, 403 order_not_allowed, 404
+      unknown_manager): the same request is refused again anyway; kept, it would only hide a change that
+      makes it good (the policy, the managers or the order edited).
+    - a refusal of a passing state: 409 manager_not_registered (the phone registers a minute later),
+      404 unknown_order (the order reaches the shop's database later), 422 invalid_phone (the shop
+      corrects the order's number), 429 rate_limited (the budget has a slot again after Retry-After), any
+      5xx (bridged's own state or a neighbour's, Asterisk, a database). Kept, the retry that would now
+      succeed would get the refusal until the key expires.
+    - any answer with Retry-After: bridged itself says when to try again (so no kept answer has one).
+    A refused attempt may have a call row holding its refusal (bridged.outcomes ROW_REFUSALS) and has an
+    audit row; the answer names neither, and a retry adds its own, as a request without a key does: the
+    trail of each attempt, not an effect. Such retries count towards the manager's budgets
+    (bridged.limits) as the same requests without a key do."""
+    if retry_after is not None:
+        return False
+    return 200 <= status < 300 or error_id(body) in ATTEMPTED
 
 
 async def claim(
@@ -83,7 +118,7 @@ async def settle(
     release it."""
     store = request.app[STORE]
     write: Callable[[], Awaitable[None]]
-    if status is None or not final(status, retry_after):
+    if status is None or not final(status, payload, retry_after):
         what, write = "Idempotency-Key release", lambda: store.idempotency.release(client, key)
     else:
         kept = status

@@ -7,7 +7,8 @@
 - ``POST /c/place`` (the page's script, same origin, the signed fields in a JSON body) places the call as
   ``POST /v1/calls`` does (the same service entry, policy, rows, audit, webhooks), at most once per link:
   the link is claimed first (``call_links``, keyed by the signature's hash) and opening it again, or two
-  openings at once, answers with that call (``link.replayed`` audit row) instead of ringing again. It
+  openings at once, answers with that call (``link.replayed`` audit row) instead of ringing again; a
+  refusal that rang nobody leaves the link free (bridged.api.idempotency.final). It
   returns the call's progress and a capability, derived from the link, to follow it with.
 - ``GET /c/call`` and ``DELETE /c/call`` (``Authorization: Capability <hex>``): the call's progress in
   words ("Ringing your phone", "Ringing the customer", "Connected", "Ended: ..."), and "End call".
@@ -95,7 +96,7 @@ REFUSAL_WORDS = {
     "invalid_order_id": "{order} is not an order number bridged accepts.",
     "invalid_phone": "The customer of order {order} has no valid phone number; nobody was called.",
     "unknown_manager": "This link names a manager bridged does not know; ask for a new one.",
-    "manager_not_registered": "Your phone is not connected; switch it on and ask for a new link.",
+    "manager_not_registered": "Your phone is not connected; switch it on and open this link again.",
     "manager_unavailable": "Your phone could not be called.",
     "telephony_unavailable": "bridged cannot place calls right now; try again in a minute.",
     "overloaded": "bridged is busy right now; try again in a few seconds.",
@@ -311,9 +312,10 @@ async def place(request: web.Request) -> web.Response:
         await _settle(request, link, None, None)
         raise
     call_id = payload.get("id") if status == 202 else None
-    # As an Idempotency-Key: a transient refusal (a 5xx, a 429, one with Retry-After) is not kept, opening
-    # the link again may place the call (the manager's budget has a slot again, and the link still lives).
-    final = idempotency.final(status, retry_after)
+    # As an Idempotency-Key: only the call placed or tried is kept; after a refusal (nobody was dialled) the
+    # link is free, and opening it again may place the call (the phone registered, the order arrived, the
+    # manager's budget has a slot again) while the link lives.
+    final = idempotency.final(status, payload, retry_after)
     await _settle(request, link, *((status, payload) if final else (None, None)))
     if call_id is None:
         return _refusal(status, payload, link.order, retry_after)
@@ -492,8 +494,11 @@ openapi.register(
                 "operationId": "placeLinkCall",
                 "summary": "The link's call, placed at most once; opening the link again answers with it",
                 "description": "As POST /v1/calls places a call, as API client `link:<manager>`. The "
-                "second and later openings of a link answer 200 with the first one's call (or its "
-                "refusal), 409 link_in_use while the first is still placing it. A refusal carries the "
+                "second and later openings of a link answer 200 with the first one's call (or 409 "
+                "manager_unavailable: the call was tried and its manager's phone could not be rung), 409 "
+                "link_in_use while the first is still placing it. Any other refusal rang nobody and does "
+                "not spend the link, as it frees an Idempotency-Key: opening it again is a new attempt "
+                "(the phone registered, the order arrived, a budget freed a slot). A refusal carries the "
                 "error id of POST /v1/calls's refusal and words for the page.",
                 "parameters": [_SEC_FETCH_SITE],
                 "requestBody": {

@@ -1,7 +1,8 @@
 """The ``call_links`` table: what each signed click-to-call link did, so that it places at most one call.
 
 Claimed before the call is placed and settled after, as an Idempotency-Key is (bridged.api.idempotency):
-a link opened again, or twice at once, is answered with the first opening's call or refusal.
+a link opened again, or twice at once, is answered with the first opening's call (or the call it tried);
+after a refusal that rang nobody the row is released and the link may be opened again.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from bridged.ari import AriUnavailable
 from bridged.calls.engine import CallEngine
 from bridged.config import ApiToken, Config, ConfigHolder
 from bridged.orders import Order
-from bridged.outcomes import Refusal, Refused
+from bridged.outcomes import OUTCOME_ERRORS, REFUSALS, Refusal, Refused
 from bridged.service import CallService
 from bridged.store import Store
 from bridged.store.base import DatabaseUnavailable
@@ -451,18 +451,80 @@ async def test_a_503_with_a_key_says_when_to_try_again_and_frees_the_key(served:
     assert len(ari.named("create_channel")) == 1
 
 
-async def test_a_final_refusal_is_the_keys_answer_replayed_without_another_attempt(served: Any) -> None:
+async def test_a_call_tried_is_the_keys_answer_replayed_without_another_attempt(served: Any) -> None:
+    """409 manager_unavailable: the call went ahead and its manager's leg could not be rung. The key keeps
+    it (naming that call): a retry is told so again, and Asterisk is not asked to ring the phone twice."""
     client, ari, store = served
-    key = {**auth(), "Idempotency-Key": "order-404-1"}
-    body = {"order_id": "404", "manager_id": "anna"}
+    ari.errors["create_channel"] = AriUnavailable("create_channel", 0, "timed out")
+    key = {**auth(), "Idempotency-Key": "order-123-1"}
+    body = {"order_id": "123", "manager_id": "anna"}
     resp = await client.post("/v1/calls", json=body, headers=key)
     first = await resp.json()
-    assert (resp.status, first["error"]["id"]) == (404, "unknown_order"), first
+    assert (resp.status, first["error"]["id"]) == (409, "manager_unavailable"), first
+    tried = len(ari.named("create_channel"))
+    del ari.errors["create_channel"]  # the phone could be rung now: the key still answers the call tried
     resp = await client.post("/v1/calls", json=body, headers=key)
-    assert (resp.status, await resp.json(), resp.headers["Idempotent-Replayed"]) == (404, first, "true")
+    assert (resp.status, await resp.json(), resp.headers["Idempotent-Replayed"]) == (409, first, "true")
     assert "Retry-After" not in resp.headers
-    assert _requests(store) == ["unknown_order"]
-    assert ari.named("create_channel") == []
+    assert first["error"]["details"]["call_id"] in store.rows and len(store.rows) == 1
+    assert _requests(store) == [None]  # the one call, accepted before its leg failed
+    assert len(ari.named("create_channel")) == tried
+
+
+async def test_a_manager_not_registered_key_places_the_call_once_the_phone_registers(served: Any) -> None:
+    """409 manager_not_registered rang nobody: the key is free, and the shop's retry with it once the
+    manager's phone has registered places the call (each attempt with its own call.request audit row)."""
+    client, ari, store = served
+    get_endpoint = ari.get_endpoint
+
+    async def offline(tech: str, resource: str) -> dict[str, Any]:
+        return {"technology": tech, "resource": resource, "state": "offline", "channel_ids": []}
+
+    ari.get_endpoint = offline
+    key = {**auth(), "Idempotency-Key": "order-123-1"}
+    body = {"order_id": "123", "manager_id": "anna"}
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    refused = await resp.json()
+    assert (resp.status, refused["error"]["id"]) == (409, "manager_not_registered"), refused
+    assert store.idempotency.rows == {}
+    ari.get_endpoint = get_endpoint  # the phone registered
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    placed = await resp.json()
+    assert resp.status == 202 and "Idempotent-Replayed" not in resp.headers, placed
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    assert (resp.status, await resp.json(), resp.headers["Idempotent-Replayed"]) == (202, placed, "true")
+    assert len(ari.named("create_channel")) == 1
+    assert _requests(store) == ["manager_not_registered", None]
+
+
+@pytest.mark.parametrize(
+    ("first", "error", "reason"),
+    [
+        (None, (404, "unknown_order"), "unknown_order"),  # the order reaches the shop's database
+        (make_order("124", manager_id="boris"), (403, "order_not_allowed"), "denied"),  # given to anna
+        (replace(make_order("124"), phone=None), (422, "invalid_phone"), "invalid_phone"),  # corrected
+    ],
+)
+async def test_a_refusal_that_rang_nobody_frees_the_key_and_the_retry_with_it_asks_again(
+    served: Any, first: Order | None, error: tuple[int, str], reason: str
+) -> None:
+    """The order as it was refused the call; as the shop then changes it, the retry with the same key is a
+    new attempt, and places the call."""
+    client, ari, store = served
+    orders = client.app[SERVICE].directory.orders
+    if first is not None:
+        orders["124"] = first
+    key = {**auth(), "Idempotency-Key": "order-124-1"}
+    body = {"order_id": "124", "manager_id": "anna"}
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    refused = await resp.json()
+    assert (resp.status, refused["error"]["id"]) == error, refused
+    assert store.idempotency.rows == {}
+    orders["124"] = make_order("124", manager_id="anna")
+    resp = await client.post("/v1/calls", json=body, headers=key)
+    assert resp.status == 202 and "Idempotent-Replayed" not in resp.headers, await resp.json()
+    assert _requests(store) == [reason, None]
+    assert len(ari.named("create_channel")) == 1
 
 
 async def test_a_retry_while_the_first_request_is_handled_is_409_even_if_the_first_is_then_refused_429(
@@ -495,28 +557,37 @@ async def test_a_retry_while_the_first_request_is_handled_is_409_even_if_the_fir
     assert len(ari.named("create_channel")) == 1
 
 
-# Answers an attempt may get: the call placed, or a refusal with or without Retry-After.
+# Answers an attempt may get: the call placed, the call tried (manager_unavailable), a refusal of the
+# catalogue (bridged.outcomes) or any other error, each with or without Retry-After.
+_ERRORS = [
+    (http.status, http.error_id) for http in (*(m.http for m in REFUSALS.values()), *OUTCOME_ERRORS.values())
+]
 _ANSWERS = st.one_of(
-    st.just((202, None)),
+    st.just((202, None, None)),
     st.tuples(
-        st.sampled_from([400, 403, 404, 409, 410, 422, 429, 500, 502, 503, 504]),
+        st.one_of(
+            st.sampled_from(_ERRORS),
+            st.tuples(
+                st.sampled_from([400, 403, 404, 409, 410, 422, 429, 500, 502, 503, 504]), st.just("other")
+            ),
+        ),
         st.one_of(st.none(), st.integers(1, 3600)),
-    ),
+    ).map(lambda answer: (*answer[0], answer[1])),
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(answers=st.lists(_ANSWERS, min_size=1, max_size=5), replays=st.integers(1, 3))
-def test_a_key_keeps_its_first_final_answer_and_is_free_after_any_other(
-    answers: list[tuple[int, int | None]], replays: int
+def test_a_key_keeps_the_call_placed_or_tried_and_is_free_after_any_other_answer(
+    answers: list[tuple[int, str | None, int | None]], replays: int
 ) -> None:
     """Generated answers to successive attempts with one key: each request is a new attempt, answered with
-    its Retry-After if it has one, until an answer that is final (a 2xx, or a 4xx but 429, without
-    Retry-After); from then on every request gets that answer replayed, without another attempt. With no
-    final answer the key is free at the end."""
+    its Retry-After if it has one, until an answer to a request that had an effect (the call placed, a
+    2xx; or tried, 409 manager_unavailable; never with Retry-After); from then on every request gets that
+    answer replayed, without another attempt. With no such answer the key is free at the end."""
 
-    def is_final(status: int, retry_after: int | None) -> bool:
-        return retry_after is None and (status < 300 or (400 <= status < 500 and status != 429))
+    def is_final(status: int, error_id: str | None, retry_after: int | None) -> bool:
+        return retry_after is None and (status < 300 or error_id == "manager_unavailable")
 
     first_final = next((i for i, answer in enumerate(answers) if is_final(*answer)), None)
     attempts = len(answers) if first_final is None else first_final + 1
@@ -528,12 +599,12 @@ def test_a_key_keeps_its_first_final_answer_and_is_free_after_any_other(
 
         async def place(request: web.Request, client: str, *args: Any, **kwargs: Any) -> tuple[int, Any]:
             assert len(tried) < len(answers), "an attempt the key should have answered"
-            status, retry_after = answers[len(tried)]
+            status, error_id, retry_after = answers[len(tried)]
             tried.append(status)
             if status < 300:
                 return status, {"id": f"call-{len(tried)}"}
-            error = ApiError(f"answer {len(tried)}")
-            error.status, error.error_id, error.retry_after = status, f"e{status}", retry_after
+            error = ApiError(f"answer {len(tried)}", details={"call_id": f"call-{len(tried)}"})
+            error.status, error.error_id, error.retry_after = status, str(error_id), retry_after
             raise error
 
         key = {**auth(), "Idempotency-Key": "k"}
@@ -549,7 +620,7 @@ def test_a_key_keeps_its_first_final_answer_and_is_free_after_any_other(
         finally:
             await built.engine.shutdown()
         assert len(tried) == attempts
-        for (status, body, headers), (answer, retry_after) in zip(
+        for (status, body, headers), (answer, _, retry_after) in zip(
             seen[:attempts], answers[:attempts], strict=True
         ):
             assert status == answer and "Idempotent-Replayed" not in headers, (status, body, headers)

@@ -30,6 +30,7 @@ from bridged import callpage, links
 from bridged.api import calls as api_calls
 from bridged.api.errors import error_middleware
 from bridged.appkeys import CONFIG, STORE
+from bridged.ari import AriUnavailable
 from bridged.calls.model import CallState
 from bridged.config import ConfigError, ConfigHolder, LinksConfig
 from bridged.configfile import parse_config
@@ -461,17 +462,69 @@ async def test_two_openings_at_once_ring_once(served: Served) -> None:
     assert served.manager_rings() == 1 and len(served.store.rows) == 1
 
 
-async def test_a_refusal_is_remembered_and_shown_in_the_shops_words(served: Served) -> None:
+async def test_a_refusal_is_shown_in_the_shops_words_and_does_not_spend_the_link(served: Served) -> None:
+    """order_not_allowed rang nobody: the link is free, opening it again asks again, and once the order
+    is boris's it places his call."""
     fields = served.link(manager="boris")  # policy own: boris may not call anna's order
     resp = await served.client.post("/c/place", json=fields)
     body = await resp.json()
     assert (resp.status, body["error"]["id"]) == (403, "order_not_allowed")
     assert body["error"]["message"] == "You may not call the customer of order 123."
+    assert served.store.link_rows == {}
     lookups = len(served.directory.lookups)
     resp = await served.client.post("/c/place", json=fields)
     assert (resp.status, (await resp.json())["error"]["id"]) == (403, "order_not_allowed")
-    assert len(served.directory.lookups) == lookups  # answered from the link's row: not asked again
-    assert served.ari.named("create_channel") == []
+    assert len(served.directory.lookups) == lookups + 1  # asked again, not answered from the link's row
+    served.directory.orders["123"] = make_order("123", manager_id="boris")
+    resp = await served.client.post("/c/place", json=fields)
+    assert resp.status == 202, await resp.json()
+    assert [a["reason"] for a in served.store.audits if a["action"] == "call.request"] == [
+        "denied",
+        "denied",
+        None,
+    ]
+    assert not [a for a in served.store.audits if a["action"] == "link.replayed"]
+
+
+async def test_a_manager_not_registered_link_places_the_call_once_the_phone_registers(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page told the manager to switch the phone on and open the link again: that opening places the
+    call, the link being unspent."""
+
+    async def offline(tech: str, resource: str) -> dict[str, Any]:
+        return {"technology": tech, "resource": resource, "state": "offline", "channel_ids": []}
+
+    with monkeypatch.context() as patched:
+        patched.setattr(served.ari, "get_endpoint", offline)
+        fields = served.link()
+        resp = await served.client.post("/c/place", json=fields)
+        body = await resp.json()
+        assert (resp.status, body["error"]["id"]) == (409, "manager_not_registered"), body
+        assert "open this link again" in body["error"]["message"]
+        assert served.store.link_rows == {}
+    # The phone registered.
+    resp = await served.client.post("/c/place", json=fields)
+    assert resp.status == 202, await resp.json()
+    resp = await served.client.post("/c/place", json=fields)
+    assert resp.status == 200, await resp.json()  # that call, from now on
+    assert served.manager_rings() == 1
+
+
+async def test_a_call_tried_spends_the_link(served: Served) -> None:
+    """409 manager_unavailable: the call went ahead and the phone could not be rung; opening the link
+    again says so, and does not ask Asterisk to ring it again."""
+    served.ari.errors["create_channel"] = AriUnavailable("create_channel", 0, "timed out")
+    fields = served.link()
+    resp = await served.client.post("/c/place", json=fields)
+    body = await resp.json()
+    assert (resp.status, body["error"]["id"]) == (409, "manager_unavailable"), body
+    tried = len(served.ari.named("create_channel"))
+    del served.ari.errors["create_channel"]
+    resp = await served.client.post("/c/place", json=fields)
+    assert (resp.status, await resp.json()) == (409, body)
+    assert served.store.audits[-1]["action"] == "link.replayed"
+    assert len(served.ari.named("create_channel")) == tried and len(served.store.rows) == 1
 
 
 async def test_a_transient_refusal_frees_the_link_for_another_try(served: Served) -> None:
