@@ -287,13 +287,73 @@ async def test_a_429_an_older_bridged_kept_for_a_key_or_a_link_is_freed_by_the_m
             "INSERT INTO call_links (sig_hash, order_id, manager_id, expires_at, capability_hash, status)"
             " VALUES ('limited', '1', 'anna', now(), 'c1', 429), ('refused', '1', 'anna', now(), 'c2', 403)"
         )
-        await db.migrate(pool)
+        await db.migrate(pool, [m for m in db.migrations() if m.version <= 16])  # 0017 frees the 404 too
         assert sorted(r["key"] for r in await pool.fetch("SELECT key FROM idempotency_keys")) == [
             "placed",
             "refused",
             "running",
         ]
         assert [r["sig_hash"] for r in await pool.fetch("SELECT sig_hash FROM call_links")] == ["refused"]
+    finally:
+        await pool.close()
+        cluster.drop_database(name)
+
+
+async def test_a_refusal_that_rang_nobody_an_older_bridged_kept_is_freed_by_the_migration(
+    cluster: Any,
+) -> None:
+    """0017: of the answers an older bridged kept, only the call placed (2xx) or tried (409
+    manager_unavailable, naming the call) stay; a key's or a link's other refusals are freed."""
+    from bridged import db
+
+    name = "bridged_db_migration_0017"
+    cluster.drop_database(name)
+    cluster.create_database(name)
+    pool = await db.create_pool(cluster.dsn(name), min_size=1, max_size=2)
+
+    def error(error_id: str) -> str:
+        return json.dumps({"error": {"id": error_id, "message": "m", "details": {"call_id": "c-1"}}})
+
+    try:
+        await db.migrate(pool, [m for m in db.migrations() if m.version < 17])
+        keys = [
+            ("shop-1", "not-registered", 409, error("manager_not_registered")),
+            ("shop-1", "tried", 409, error("manager_unavailable")),
+            ("shop-1", "unknown-order", 404, error("unknown_order")),
+            ("shop-1", "denied", 403, error("order_not_allowed")),
+            ("shop-1", "bad-phone", 422, error("invalid_phone")),
+            ("shop-1", "placed", 202, json.dumps({"id": "c-2"})),
+            ("shop-1", "running", None, None),
+        ]
+        for row in keys:
+            await pool.execute(
+                "INSERT INTO idempotency_keys (principal, key, request_hash, status, response)"
+                " VALUES ($1, $2, 'h', $3, $4::jsonb)",
+                *row,
+            )
+        for link in [
+            ("not-registered", 409, error("manager_not_registered"), None),
+            ("tried", 409, error("manager_unavailable"), None),
+            ("denied", 403, error("order_not_allowed"), None),
+            ("placed", 202, json.dumps({"call_id": "c-2"}), "c-2"),
+            ("running", None, None, None),
+        ]:
+            await pool.execute(
+                "INSERT INTO call_links (sig_hash, order_id, manager_id, expires_at, capability_hash,"
+                " status, response, call_id) VALUES ($1, '1', 'anna', now(), $1, $2, $3::jsonb, $4)",
+                *link,
+            )
+        await db.migrate(pool)
+        assert sorted(r["key"] for r in await pool.fetch("SELECT key FROM idempotency_keys")) == [
+            "placed",
+            "running",
+            "tried",
+        ]
+        assert sorted(r["sig_hash"] for r in await pool.fetch("SELECT sig_hash FROM call_links")) == [
+            "placed",
+            "running",
+            "tried",
+        ]
     finally:
         await pool.close()
         cluster.drop_database(name)
