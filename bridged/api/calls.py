@@ -408,10 +408,12 @@ SCHEMAS: dict[str, Any] = {
 SCHEMAS["CallPage"] = openapi.page_of("Call")
 _CALL = openapi.json_content("Call")
 _CALL_ID = openapi.CALL_ID_PARAMETER
-# On an answer an Idempotency-Key replays (a final one: never a 429 or 503).
+# On an answer an Idempotency-Key replays (bridged.api.idempotency.final: the 202, or a 409
+# manager_unavailable; never a refusal that rang nobody).
 _REPLAYED = {
     "Idempotent-Replayed": {
-        "description": "the first answer to a request with this Idempotency-Key, given again",
+        "description": "the first answer to a request with this Idempotency-Key, given again (the 202, or "
+        "409 manager_unavailable)",
         "schema": {"type": "string", "const": "true"},
     }
 }
@@ -454,13 +456,17 @@ openapi.register(
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": False,
-                            "description": "A retry with the same key (per token, for api.idempotency_hours) "
-                            "and the same body gets the first request's final answer again (Idempotent-"
-                            "Replayed: true) and places no second call; another body is 422 "
+                            "description": "Keeps the answer to a request that placed or tried a call, so "
+                            "that a retry does not ring again: a retry with the same key (per token, for "
+                            "api.idempotency_hours) and the same body gets the 202 (the call placed) or the "
+                            "409 manager_unavailable (the call tried, named in details.call_id) again "
+                            "(Idempotent-Replayed: true) and places no second call. Every other answer "
+                            "rang nobody and frees the key: a retry with it is a new attempt (with its own "
+                            "call.request audit row), e.g. after 409 manager_not_registered once the phone "
+                            "registered, after 404 unknown_order once the order exists, after a 429 or 503 "
+                            "once its Retry-After has passed. Another body with the key is 422 "
                             "idempotency_key_reused, a retry while the first request is handled 409 "
-                            "idempotency_key_in_use. Final: the 202 and a 403, 404, 409 or 422 refusal. "
-                            "A 429 or 503 (each with Retry-After) is not kept: the key is free again, and a "
-                            "retry with it after Retry-After is a new attempt.",
+                            "idempotency_key_in_use.",
                             "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                         }
                     ],
@@ -476,10 +482,9 @@ openapi.register(
                             "content": _CALL,
                             "headers": _REPLAYED,
                         },
-                        **openapi.error_responses(400, 408, 413, 415, 429, 503),
-                        **openapi.error_responses(404, headers=_REPLAYED),
+                        **openapi.error_responses(400, 404, 408, 413, 415, 429, 503),
                         "403": {
-                            **openapi.error_responses(403, headers=_REPLAYED)["403"],
+                            **openapi.error_responses(403)["403"],
                             "description": "forbidden (the role may not place calls), order_not_allowed "
                             "(the policy), or other_manager (a manager token naming another manager)",
                         },
@@ -487,11 +492,12 @@ openapi.register(
                             **openapi.error_responses(409, headers=_REPLAYED)["409"],
                             "description": "idempotency_key_in_use, manager_not_registered, "
                             "manager_unavailable (the manager's phone could not be called: the call, named "
-                            "in details.call_id, has ended), or callback_not_possible (callback_of names a "
+                            "in details.call_id, has ended; the one refusal an Idempotency-Key replays), or "
+                            "callback_not_possible (callback_of names a "
                             "call that is not a missed inbound call with an order and a manager)",
                         },
                         "422": {
-                            **openapi.error_responses(422, headers=_REPLAYED)["422"],
+                            **openapi.error_responses(422)["422"],
                             "description": "invalid_request, invalid_order_id, invalid_idempotency_key, "
                             "idempotency_key_reused, or invalid_phone (the order's phone value is not a "
                             "valid number: nobody was dialled)",

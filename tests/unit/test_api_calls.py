@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from bridged import metrics
 from bridged.api import calls as api_calls
+from bridged.api import idempotency, openapi
 from bridged.api.auth import TOKENS, TokenRegistry
 from bridged.api.errors import ApiError, error_middleware
 from bridged.appkeys import CONFIG, ENGINE, SERVICE, STORE
@@ -555,6 +556,21 @@ async def test_a_retry_while_the_first_request_is_handled_is_409_even_if_the_fir
     resp = await client.post("/v1/calls", json=body, headers=key)
     assert resp.status == 202, await resp.json()
     assert len(ari.named("create_channel")) == 1
+
+
+def test_the_document_marks_as_replayed_only_the_answers_a_key_keeps() -> None:
+    """Idempotent-Replayed is documented on the 202 and on the 409 (manager_unavailable), the statuses of
+    the answers idempotency.final keeps, and on no other."""
+    responses = openapi.document()["paths"]["/v1/calls"]["post"]["responses"]
+    marked = {
+        status for status, answer in responses.items() if "Idempotent-Replayed" in answer.get("headers", {})
+    }
+    kept = {"202"} | {str(http.status) for http in OUTCOME_ERRORS.values()}
+    assert marked == kept == {"202", "409"}
+    for http in OUTCOME_ERRORS.values():
+        assert idempotency.final(http.status, {"error": {"id": http.error_id}}, None), http
+    for meaning in REFUSALS.values():  # every refusal rings nobody
+        assert not idempotency.final(meaning.http.status, {"error": {"id": meaning.http.error_id}}, None)
 
 
 # Answers an attempt may get: the call placed, the call tried (manager_unavailable), a refusal of the
