@@ -441,6 +441,38 @@ def test_a_rate_limited_key_places_the_call_once_the_window_frees_a_slot(
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
 
 
+def test_an_unknown_order_key_places_the_call_once_the_order_is_in_the_shops_database(
+    make_bridged, trace_dir: Path, rig_alloc
+) -> None:
+    """404 unknown_order rang nobody: it is not the key's answer. The shop's retry with the same key once the
+    order reached its database places the call (a new attempt, audited as such); the retry after that is
+    the call, and the manager's phone rang once."""
+    daemon = api_daemon(make_bridged, "yana")
+    yana = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    phone = manager_phone(yana, trace_dir, "carrier_noanswer", timeout_s=40)
+    call = {"order_id": order, "manager_id": yana.id}
+    key = {"Idempotency-Key": f"order-{order}-attempt-1"}
+    status, body, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
+    assert (status, body["error"]["id"]) == (404, "unknown_order"), body
+    assert "Idempotent-Replayed" not in headers
+    add_order(daemon.postgres, order, number, "Olga S.", yana.id)
+    status, placed, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
+    assert status == 202 and "Idempotent-Replayed" not in headers, placed
+    status, again, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
+    assert (status, again["id"], headers.get("Idempotent-Replayed")) == (202, placed["id"], "true")
+    wait_state(daemon, placed["id"], "ended", timeout=30)
+    assert phone.wait(timeout=15) == 0, phone.describe()
+    assert len(invites(phone.messages())) == 1, "the manager's phone rang more than once"
+    requests = [
+        a["reason"]
+        for a in daemon.audit_rows("token:shop-test")
+        if (a["action"], a["order_id"]) == ("call.request", order)
+    ]
+    assert requests == ["unknown_order", None], requests  # the replay made no attempt
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
 def test_hanging_webhook_receiver_does_not_hold_up_calls(make_bridged, trace_dir: Path, rig_alloc) -> None:
     with WebhookReceiver(rig_alloc.sip_port() + 20000, hang=True) as hook:
         daemon = api_daemon(make_bridged, "egor", webhook_url=hook.url)
