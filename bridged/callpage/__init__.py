@@ -165,11 +165,17 @@ def progress_of(row: CallRow) -> dict[str, Any]:
 # -- the page ----------------------------------------------------------------------------------------
 
 
-def render(*, status: int, text: str, order: str | None, phase: str, script: bool) -> web.Response:
+def render(
+    *, status: int, text: str, order: str | None, phase: str, script: bool, error: str | None = None
+) -> web.Response:
+    """The page; a refusal's (``error``: its catalogue id) carries the id as ``data-error`` on its root
+    element, so that a shop's support tells refusals apart without reading the words."""
     template = (STATIC / "call.html").read_text(encoding="utf-8")
     script_tag = '<script src="/c/static/call.js" defer></script>' if script else ""
+    error_attribute = "" if error is None else f' data-error="{html.escape(error)}"'
     body = (
-        template.replace("{{title}}", html.escape(f"Order {order}" if order else "Call link"))
+        template.replace("{{error}}", error_attribute)
+        .replace("{{title}}", html.escape(f"Order {order}" if order else "Call link"))
         .replace("{{status}}", html.escape(text))
         .replace("{{phase}}", html.escape(phase))
         .replace("{{script}}", script_tag)
@@ -184,21 +190,29 @@ async def page(request: web.Request) -> web.Response:
     config = request.app[CONFIG].current.links
     secret = config.secret
     if secret is None:
-        error = LinksDisabled()
-        return render(status=error.status, text=error.message, order=None, phase="refused", script=False)
+        return _refused_page(LinksDisabled(), None)
     query = {name: request.query.getall(name) for name in request.query}
     try:
         link = _checked(secret, config, links.fields_of(query))
     except LinkRefused as refused:
-        error = await _refused(request, refused)
-        order = refused.link.order if refused.link else None
-        return render(status=error.status, text=error.message, order=order, phase="refused", script=False)
+        return _refused_page(await _refused(request, refused), refused.link.order if refused.link else None)
     return render(
         status=200,
         text=f"Calling the customer of order {link.order}…",
         order=link.order,
         phase="placing",
         script=True,
+    )
+
+
+def _refused_page(error: ApiError, order: str | None) -> web.Response:
+    return render(
+        status=error.status,
+        text=error.message,
+        order=order,
+        phase="refused",
+        script=False,
+        error=error.error_id,
     )
 
 
@@ -474,7 +488,11 @@ openapi.register(
                 "summary": "The page a signed call link opens; it places nothing",
                 "description": "Checks the link and answers an HTML page whose script places the call "
                 "(POST /c/place). A refused link gets a page saying why, without the script, and an audit "
-                "row (`link.refused`). Any other query parameter, or one of the four given twice, is a "
+                "row (`link.refused`); the page's root element carries the refusal's error id, as "
+                'POST /c/place\'s JSON would name it: `<html lang="en" data-error="link_expired">` '
+                "(link_malformed, link_invalid, link_too_long, link_expired, links_disabled), for a "
+                "shop's support to tell refusals apart without reading the words. The page of a good link "
+                "has no data-error. Any other query parameter, or one of the four given twice, is a "
                 "malformed link.",
                 "parameters": [
                     openapi.param(name, description, schema) | {"required": True}
@@ -482,10 +500,13 @@ openapi.register(
                 ],
                 "responses": {
                     "200": _page_answer("the page; its script places the call"),
-                    "400": _page_answer("not a whole link (link_malformed's words)"),
-                    "403": _page_answer("tampered, or valid for longer than links.max_age"),
-                    "404": _page_answer("links are not enabled (links.secret is not set)"),
-                    "410": _page_answer("expired"),
+                    "400": _page_answer("not a whole link (data-error link_malformed)"),
+                    "403": _page_answer(
+                        "tampered (data-error link_invalid), or valid for longer than links.max_age "
+                        "(link_too_long)"
+                    ),
+                    "404": _page_answer("links are not enabled: links.secret is not set (links_disabled)"),
+                    "410": _page_answer("expired (data-error link_expired)"),
                 },
             }
         },

@@ -240,10 +240,18 @@ def test_expired_and_tampered_links_get_a_page_and_an_audit_row_and_ring_nobody(
         ),
         ("cut-short", good.split("&sig=")[0], 400, "not a whole call link", "malformed", None),
     ]
+    # The page's root element names the refusal by its catalogue id (data-error), for a shop's support.
+    error_ids = {
+        "expired": "link_expired",
+        "bad_signature": "link_invalid",
+        "too_long": "link_too_long",
+        "malformed": "link_malformed",
+    }
     with chromium(trace_dir) as browser:
-        for name, url, _status, words, _reason, _named in cases:
+        for name, url, _status, words, reason, _named in cases:
             page = browser.open(url)
             assert page.evaluate("document.getElementById('status').dataset.phase") == "refused", name
+            assert page.evaluate("document.documentElement.dataset.error") == error_ids[reason], name
             assert words in page.inner_text("#status"), (name, page.inner_text("#status"))
             assert page.locator("script").count() == 0, name  # no script: nothing can be placed
             browser.snapshot(page, name)

@@ -337,6 +337,14 @@ async def served() -> AsyncIterator[Served]:
         await built.engine.shutdown()
 
 
+def _root_error(page: str) -> str | None:
+    """The ``data-error`` of a page's root element, as a machine reads it (None: the page has none)."""
+    root = re.search(r"<html\b([^>]*)>", page)
+    assert root is not None, page[:200]
+    found = re.search(r'\sdata-error="([^"]*)"', root[1])
+    return None if found is None else found[1]
+
+
 def _query(fields: dict[str, str]) -> str:
     return "&".join(f"{k}={v}" for k, v in fields.items())
 
@@ -346,6 +354,7 @@ async def test_opening_a_good_link_shows_the_page_and_places_nothing(served: Ser
     text = await resp.text()
     assert resp.status == 200, text
     assert "Calling the customer of order 123" in text and '<script src="/c/static/call.js"' in text
+    assert _root_error(text) is None
     headers = resp.headers
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
@@ -371,20 +380,27 @@ async def test_opening_a_good_link_shows_the_page_and_places_nothing(served: Ser
 
 
 @pytest.mark.parametrize(
-    ("change", "status", "words", "reason", "named"),
+    ("change", "status", "words", "reason", "named", "error_id"),
     [
-        ({"exp": "expired"}, 410, "This link has expired, ask for a new one.", "expired", True),
-        ({"exp": "too_long"}, 403, "longer than bridged allows", "too_long", True),
-        ({"order": "124"}, 403, "This link is not valid", "bad_signature", False),
-        ({"manager": "boris"}, 403, "This link is not valid", "bad_signature", False),
-        ({"sig": "f" * 64}, 403, "This link is not valid", "bad_signature", False),
-        ({"sig": "not-hex"}, 400, "not a whole call link", "malformed", False),
-        ({"order": "+79161234567"}, 400, "not a whole call link", "malformed", False),
-        ({"extra": "1"}, 400, "not a whole call link", "malformed", False),
+        (
+            {"exp": "expired"},
+            410,
+            "This link has expired, ask for a new one.",
+            "expired",
+            True,
+            "link_expired",
+        ),
+        ({"exp": "too_long"}, 403, "longer than bridged allows", "too_long", True, "link_too_long"),
+        ({"order": "124"}, 403, "This link is not valid", "bad_signature", False, "link_invalid"),
+        ({"manager": "boris"}, 403, "This link is not valid", "bad_signature", False, "link_invalid"),
+        ({"sig": "f" * 64}, 403, "This link is not valid", "bad_signature", False, "link_invalid"),
+        ({"sig": "not-hex"}, 400, "not a whole call link", "malformed", False, "link_malformed"),
+        ({"order": "+79161234567"}, 400, "not a whole call link", "malformed", False, "link_malformed"),
+        ({"extra": "1"}, 400, "not a whole call link", "malformed", False, "link_malformed"),
     ],
 )
 async def test_refused_links_get_a_page_and_an_audit_row(
-    served: Served, change: dict[str, str], status: int, words: str, reason: str, named: bool
+    served: Served, change: dict[str, str], status: int, words: str, reason: str, named: bool, error_id: str
 ) -> None:
     ttl = {"expired": -5, "too_long": 3600}.get(change.get("exp", ""), 300)
     fields = served.link(ttl=ttl)
@@ -393,6 +409,7 @@ async def test_refused_links_get_a_page_and_an_audit_row(
     text = await resp.text()
     assert resp.status == status, text
     assert words in text and "<script" not in text  # no script: nothing to place
+    assert _root_error(text) == error_id  # the catalogue's id, for a shop's support
     assert resp.headers["Cache-Control"] == "no-store"
     [row] = served.store.audits
     assert (row["action"], row["outcome"], row["reason"]) == ("link.refused", "refused", reason)
@@ -649,7 +666,8 @@ async def test_links_off_is_404(served: Served) -> None:
     config = app[CONFIG].current
     app[CONFIG].current = replace(config, links=LinksConfig())
     resp = await served.client.get(f"/c?{_query(served.link())}")
-    assert resp.status == 404 and "not enabled" in await resp.text()
+    text = await resp.text()
+    assert resp.status == 404 and "not enabled" in text and _root_error(text) == "links_disabled"
     resp = await served.client.post("/c/place", json=served.link())
     assert (resp.status, (await resp.json())["error"]["id"]) == (404, "links_disabled")
     assert served.store.audits == []
@@ -700,6 +718,8 @@ def test_any_query_string_gets_a_refusal_page_and_an_audit_row_that_holds_none_o
             resp = await client.get("/c", params=list(fields.items()))
             text = await resp.text()
         assert resp.status in (400, 403, 410), (resp.status, text[:300])
+        expected = {400: {"link_malformed"}, 403: {"link_invalid", "link_too_long"}, 410: {"link_expired"}}
+        assert _root_error(text) in expected[resp.status], text[:300]
         assert "<script" not in text and resp.headers["Cache-Control"] == "no-store"
         # Nothing of the request is kept but what bridged itself says about it (and, only for a valid
         # signature, the signed order and manager).
