@@ -406,6 +406,28 @@ def test_idempotent_retry_rings_once(make_bridged, trace_dir: Path, rig_alloc) -
     assert len([r for r in daemon.call_rows(dora.id) if r["direction"] == "api"]) == 1
 
 
+def _the_retry_places_the_call_once(
+    daemon: Bridged, call: dict[str, str], key: dict[str, str], phone: Sipp, number: str, refused: str
+) -> None:
+    """After a refusal (``refused``) that freed the key: the retry with it places the call (no replay),
+    the next one replays that call, the manager's phone rang once, and the order's call.request audit rows
+    are the refusal's and the call's (the replay made no attempt)."""
+    status, placed, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
+    assert status == 202 and "Idempotent-Replayed" not in headers, placed
+    status, again, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
+    assert (status, again["id"], headers.get("Idempotent-Replayed")) == (202, placed["id"], "true")
+    wait_state(daemon, placed["id"], "ended", timeout=30)
+    assert phone.wait(timeout=15) == 0, phone.describe()
+    assert len(invites(phone.messages())) == 1, "the manager's phone rang more than once"
+    requests = [
+        a["reason"]
+        for a in daemon.audit_rows("token:shop-test")
+        if (a["action"], a["order_id"]) == ("call.request", call["order_id"])
+    ]
+    assert requests == [refused, None], requests
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
 def test_a_rate_limited_key_places_the_call_once_the_window_frees_a_slot(
     make_bridged, trace_dir: Path, rig_alloc
 ) -> None:
@@ -425,20 +447,7 @@ def test_a_rate_limited_key_places_the_call_once_the_window_frees_a_slot(
     assert 0 < int(headers["Retry-After"]) <= 3600, headers
     # The window moves on (the attempts' times moved back past it).
     daemon.sql(f"UPDATE manager_attempts SET at = at - interval '2 hours' WHERE manager_id = '{zoya.id}'")
-    status, placed, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
-    assert status == 202 and "Idempotent-Replayed" not in headers, placed
-    status, again, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
-    assert (status, again["id"], headers.get("Idempotent-Replayed")) == (202, placed["id"], "true")
-    wait_state(daemon, placed["id"], "ended", timeout=30)
-    assert phone.wait(timeout=15) == 0, phone.describe()
-    assert len(invites(phone.messages())) == 1, "the manager's phone rang more than once"
-    requests = [
-        a["reason"]
-        for a in daemon.audit_rows("token:shop-test")
-        if (a["action"], a["order_id"]) == ("call.request", order)
-    ]
-    assert requests == ["rate_limited", None], requests  # the replay made no attempt
-    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+    _the_retry_places_the_call_once(daemon, call, key, phone, number, "rate_limited")
 
 
 def test_an_unknown_order_key_places_the_call_once_the_order_is_in_the_shops_database(
@@ -457,20 +466,7 @@ def test_an_unknown_order_key_places_the_call_once_the_order_is_in_the_shops_dat
     assert (status, body["error"]["id"]) == (404, "unknown_order"), body
     assert "Idempotent-Replayed" not in headers
     add_order(daemon.postgres, order, number, "Olga S.", yana.id)
-    status, placed, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
-    assert status == 202 and "Idempotent-Replayed" not in headers, placed
-    status, again, headers = http(daemon, "POST", "/v1/calls", call, headers=key)
-    assert (status, again["id"], headers.get("Idempotent-Replayed")) == (202, placed["id"], "true")
-    wait_state(daemon, placed["id"], "ended", timeout=30)
-    assert phone.wait(timeout=15) == 0, phone.describe()
-    assert len(invites(phone.messages())) == 1, "the manager's phone rang more than once"
-    requests = [
-        a["reason"]
-        for a in daemon.audit_rows("token:shop-test")
-        if (a["action"], a["order_id"]) == ("call.request", order)
-    ]
-    assert requests == ["unknown_order", None], requests  # the replay made no attempt
-    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+    _the_retry_places_the_call_once(daemon, call, key, phone, number, "unknown_order")
 
 
 def test_hanging_webhook_receiver_does_not_hold_up_calls(make_bridged, trace_dir: Path, rig_alloc) -> None:
