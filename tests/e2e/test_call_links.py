@@ -196,6 +196,48 @@ def test_end_call_on_the_page_cancels_the_ringing_customer(make_bridged, trace_d
     assert_not_leaked(number, page=seen, browser_traffic=traffic, audit_and_calls=daemon.dump_database())
 
 
+def test_a_link_refused_for_an_order_not_yet_in_the_shops_database_places_the_call_once_it_is(
+    make_bridged, trace_dir: Path, rig_alloc
+) -> None:
+    """The page says there is no such order (data-error unknown_order on its root element); the refusal
+    rang nobody and does not spend the link: opened again once the order is in the shop's database, it
+    places the call, and the manager's phone rings once."""
+    daemon = make_bridged(("anna",), extra={"links": {"secret": SECRET, "max_age": 600}})
+    anna = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    phone = phone_rings(anna, trace_dir, ring_ms=500, hold_ms=60000)
+    customer = carrier(trace_dir, rig_alloc, "carrier_noanswer", timeout_s=40)
+    url = _link(daemon, order, anna.id)
+
+    with chromium(trace_dir) as browser:
+        page = browser.open(url)
+        assert wait_phase(page, "refused") == f"There is no order {order}."
+        assert page.evaluate("document.documentElement.dataset.error") == "unknown_order"
+        seen = browser.snapshot(page, "unknown-order")
+        add_order(daemon.postgres, order, number, "Nina V.", anna.id)
+        again = browser.open(url)
+        wait_phase(again, "ringing_customer")
+        assert again.evaluate("document.documentElement.dataset.error") is None
+        again.click("#end")
+        assert wait_phase(again, "ended") == "Ended: the call was cancelled"
+        seen += browser.snapshot(again, "placed")
+        traffic = "\n".join(browser.traffic)
+
+    assert customer.wait(timeout=15) == 0, customer.describe()
+    assert phone.wait(timeout=15) == 0, phone.describe()
+    assert len(invites(phone.messages())) == 1, "the manager's phone rang more than once"
+    requests = [(a["outcome"], a["reason"]) for a in _audit(daemon, "call.request") if a["order_id"] == order]
+    assert requests == [("refused", "unknown_order"), ("accepted", None)], requests
+    assert not [r for r in _audit(daemon, "link.replayed") if r["order_id"] == order]
+    assert_not_leaked(
+        number,
+        page=seen,
+        browser_traffic=traffic,
+        audit_and_calls=daemon.dump_database(),
+        manager_sip_trace=phone.messages(),
+    )
+
+
 def test_expired_and_tampered_links_get_a_page_and_an_audit_row_and_ring_nobody(
     make_bridged, trace_dir: Path, rig_alloc
 ) -> None:

@@ -49,6 +49,8 @@
   function showError(answer, fallback) {
     const error = answer && answer.error;
     show(error && error.message ? error.message : fallback, "refused");
+    // The refusal's catalogue id on the root element, as GET /c puts a refused link's: for a shop's support.
+    if (error && typeof error.id === "string") document.documentElement.dataset.error = error.id;
     endButton.hidden = true;
     stop();
   }
