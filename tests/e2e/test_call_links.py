@@ -229,13 +229,8 @@ def test_a_link_refused_for_an_order_not_yet_in_the_shops_database_places_the_ca
     requests = [(a["outcome"], a["reason"]) for a in _audit(daemon, "call.request") if a["order_id"] == order]
     assert requests == [("refused", "unknown_order"), ("accepted", None)], requests
     assert not [r for r in _audit(daemon, "link.replayed") if r["order_id"] == order]
-    assert_not_leaked(
-        number,
-        page=seen,
-        browser_traffic=traffic,
-        audit_and_calls=daemon.dump_database(),
-        manager_sip_trace=phone.messages(),
-    )
+    shown = {"page": seen, "browser_traffic": traffic, "manager_sip_trace": phone.messages()}
+    assert_not_leaked(number, audit_and_calls=daemon.dump_database(), **shown)
 
 
 def test_expired_and_tampered_links_get_a_page_and_an_audit_row_and_ring_nobody(
