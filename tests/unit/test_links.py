@@ -31,6 +31,7 @@ from bridged.api import calls as api_calls
 from bridged.api.errors import error_middleware
 from bridged.appkeys import CONFIG, STORE
 from bridged.ari import AriUnavailable
+from bridged.callpage import words as page_words
 from bridged.calls.model import CallState
 from bridged.config import ConfigError, ConfigHolder, LinksConfig
 from bridged.configfile import parse_config
@@ -284,15 +285,15 @@ def test_check_config_names_the_link_and_token_keys(tmp_path: Path) -> None:
 
 
 def test_every_outcome_and_state_has_words_and_none_has_a_digit() -> None:
-    assert set(callpage.OUTCOME_WORDS) == set(Outcome)
-    assert set(callpage.PHASES) == {s.value for s in CallState}
-    words = [*callpage.OUTCOME_WORDS.values(), *(w for _, w in callpage.PHASES.values())]
+    assert set(page_words.OUTCOME_WORDS) == set(Outcome)
+    assert set(page_words.PHASES) == {s.value for s in CallState}
+    words = [*page_words.OUTCOME_WORDS.values(), *(w for _, w in page_words.PHASES.values())]
     assert not any(ch.isdigit() for w in words for ch in w)
     assert (
-        callpage.progress("ended", "customer_no_answer", "123")["text"]
+        page_words.progress("ended", "customer_no_answer", "123")["text"]
         == "Ended: the customer did not answer"
     )
-    assert callpage.progress("bridged", None, "123")["text"] == "Connected"
+    assert page_words.progress("bridged", None, "123")["text"] == "Connected"
 
 
 # -- the handlers over fakes -------------------------------------------------------------------------
