@@ -34,6 +34,7 @@ from .harness import (
     carrier,
     dial,
     invites,
+    manager_on_endpoint,
     new_customer_number,
     new_order_id,
     sox_rms,
@@ -530,34 +531,24 @@ def test_unregistered_manager_phone_is_refused_before_dialling(
 ) -> None:
     daemon = api_daemon(make_bridged, "gleb")
     endpoint = unique_name("offline")
-    asterisk.add_endpoints(
-        f"test_{endpoint}",
-        "\n".join(
-            [
-                f"[{endpoint}]",
-                "type=endpoint",
-                "transport=transport-udp",
-                "context=bridged-managers",
-                "disallow=all",
-                "allow=ulaw",
-                f"aors={endpoint}",
-                "",
-                f"[{endpoint}]",
-                "type=aor",
-                "max_contacts=1",
-                "",
-            ]
-        ),
+    conf = "\n".join(
+        [
+            f"[{endpoint}]",
+            "type=endpoint",
+            "transport=transport-udp",
+            "context=bridged-managers",
+            "disallow=all",
+            "allow=ulaw",
+            f"aors={endpoint}",
+            "",
+            f"[{endpoint}]",
+            "type=aor",
+            "max_contacts=1",
+            "",
+        ]
     )
-    try:
-        # A manager whose endpoint exists in Asterisk but has no registered contact.
-        config = daemon.config()
-        config["managers"].append(
-            {"id": "offline-mgr", "name": "Off Line", "endpoint": endpoint, "team": "t"}
-        )
-        daemon.extra["managers"] = config["managers"]
-        daemon.stop()
-        daemon.start()
+    # A manager whose endpoint exists in Asterisk but has no registered contact.
+    with manager_on_endpoint(daemon, asterisk, "offline-mgr", endpoint, conf):
         order, number = new_order_id(), new_customer_number()
         add_order(daemon.postgres, order, number, "Maria P.", "offline-mgr")
         started = time.monotonic()
@@ -571,8 +562,6 @@ def test_unregistered_manager_phone_is_refused_before_dialling(
             a for a in daemon.audit_rows("token:shop-test") if a["details"].get("manager_id") == "offline-mgr"
         ]
         assert [(a["outcome"], a["reason"]) for a in audit] == [("refused", "manager_not_registered")]
-    finally:
-        asterisk.remove_endpoints(f"test_{endpoint}")
 
 
 def test_authorization_matrix(make_bridged) -> None:
