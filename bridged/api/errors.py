@@ -2,7 +2,9 @@
 
 Every error response is ``{"error": {"id": "<slug>", "message": "..."}}``; unexpected exceptions become
 a 500 with id ``internal`` and no detail (the log has it, redacted). The answers made outside the API's
-handlers (aiohttp's own, the connection guard's: bridged.api.server) are in this catalogue too.
+handlers (aiohttp's own, the connection guard's: bridged.api.server) are in this catalogue too, and so is
+every aiohttp HTTPException a handler or the router raises: an error status without an error here is
+``http_<status>`` with the status's phrase (:func:`aiohttp_error`), never the exception's own words.
 """
 
 from __future__ import annotations
@@ -158,17 +160,30 @@ TooManyConnections = _error(
     503, "too_many_connections", "this client has too many connections open", retry_after=5, close=True
 )
 
-# aiohttp's answers by status. aiohttp 3.14 makes 400, 500 and 504 (web_protocol's handle_error calls);
-# the others are the ids such an answer would carry, a 408 or 413 the same as the API's own.
+# aiohttp's answers by status. aiohttp 3.14 makes 400, 500 and 504 (web_protocol's handle_error calls),
+# and its router and request raise 404, 405 and 413 (HTTPException, answered by error_middleware); the
+# others are the ids such an answer would carry, a 408 or 413 the same as the API's own. Not 401 or 403:
+# the catalogue's are about bearer tokens, which such an answer is not.
 _AIOHTTP_ERRORS = {
     error.status: error
-    for error in (BadHttp, RequestTimeout, BodyTooLarge, HeadersTooLarge, Internal, Unavailable, Timeout)
+    for error in (
+        BadHttp,
+        NotFound,
+        MethodNotAllowed,
+        RequestTimeout,
+        BodyTooLarge,
+        HeadersTooLarge,
+        Internal,
+        Unavailable,
+        Timeout,
+    )
 }
 
 
 def aiohttp_error(status: int) -> ApiError:
     """The error an answer aiohttp makes itself with ``status`` carries; a status without one here is
-    ``http_<status>`` with the status's phrase."""
+    ``http_<status>`` with the status's phrase. Never the words aiohttp (or a handler) gave it: an id
+    made of words changes with an aiohttp upgrade, and the words may quote the request."""
     known = _AIOHTTP_ERRORS.get(status)
     if known is not None:
         return known()
@@ -233,21 +248,14 @@ async def error_middleware(
         # Store-level: every handler's database calls end up here when PostgreSQL is away.
         log.warning("%s %s: bridged's database is unavailable (%s)", request.method, route_name(request), exc)
         return error_response(DatabaseDown())
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(BodyTooLarge())
-    except web.HTTPNotFound:
-        return error_response(NotFound())
-    except web.HTTPMethodNotAllowed as exc:
-        response = error_response(MethodNotAllowed())
-        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
-        return response
     except web.HTTPException as exc:
-        if exc.status >= 400:
-            return web.json_response(
-                {"error": {"id": exc.reason.lower().replace(" ", "_"), "message": exc.reason}},
-                status=exc.status,
-            )
-        raise
+        if exc.status < 400:
+            raise  # not an error: a redirect (/ops to /ops/) is answered as aiohttp makes it
+        # The router's 404 and 405, the request's 413, any other: by status, never by its reason or text.
+        response = error_response(aiohttp_error(exc.status))
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response
     except Exception:
         log.exception("unhandled error on %s %s", request.method, route_name(request))
         return error_response(Internal())

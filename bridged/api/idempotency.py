@@ -50,6 +50,22 @@ def error_id(body: Any) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def call_named(status: int, body: Any) -> str | None:
+    """The call an answer names: a 2xx's (its ``id``), or the call tried of an :data:`ATTEMPTED` error
+    (``details.call_id``); None for an answer that names none. A signed link's kept answer is followed by
+    it (bridged.callpage), as an Idempotency-Key's replay names it."""
+    if not isinstance(body, dict):
+        return None
+    if 200 <= status < 300:
+        named = body.get("id")
+    elif error_id(body) in ATTEMPTED:
+        details = body["error"].get("details")
+        named = details.get("call_id") if isinstance(details, dict) else None
+    else:
+        named = None
+    return named if isinstance(named, str) else None
+
+
 def final(status: int, body: Any, retry_after: int | None) -> bool:
     """Whether an answer is the key's for good, replayed to every retry with the key; if not, the key is
     released and a retry is a new attempt (a signed link's answer, bridged.callpage, follows the same rule).

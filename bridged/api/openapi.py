@@ -27,7 +27,12 @@ ERROR_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["id", "message"],
             "properties": {
-                "id": {"type": "string", "description": "stable error id"},
+                "id": {
+                    "type": "string",
+                    "pattern": "^[a-z0-9_]+$",
+                    "description": "stable error id: one of the catalogue's (bridged.api.errors), or "
+                    "http_<status> for an error status it has none for; never words of the request",
+                },
                 "message": {"type": "string"},
                 "details": {"type": "object"},
             },

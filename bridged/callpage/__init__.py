@@ -260,15 +260,15 @@ async def place(request: web.Request) -> web.Response:
     except BaseException:
         await _settle(request, link, None, None)
         raise
-    call_id = payload.get("id") if status == 202 else None
     # As an Idempotency-Key: only the call placed or tried is kept; after a refusal (nobody was dialled) the
     # link is free, and opening it again may place the call (the phone registered, the order arrived, the
     # manager's budget has a slot again) while the link lives.
     final = idempotency.final(status, payload, retry_after)
     await _settle(request, link, *((status, payload) if final else (None, None)))
-    if call_id is None:
+    if status != 202:
+        # A call tried (409 manager_unavailable) is told as a refusal too; opened again, the link shows it.
         return _refusal(status, payload, link.order, retry_after)
-    log.info("call %s placed by a link for manager %s", call_id, link.manager)
+    log.info("call %s placed by a link for manager %s", payload.get("id"), link.manager)
     call = progress(payload["state"], payload["outcome"], payload["order_id"])
     return _answer({"progress": call, "capability": capability}, 202)
 
@@ -280,8 +280,10 @@ async def _settle(request: web.Request, link: SignedLink, status: int | None, pa
     def write() -> Any:
         if status is None:
             return store.links.release(link.key)
-        call_id = payload.get("id") if status == 202 else None
-        kept = {"call_id": call_id} if call_id else payload
+        # The call placed, or the call tried (409 manager_unavailable names it): the next openings and the
+        # capability follow it. A placed call's answer is not kept (its row is the call's state).
+        call_id = idempotency.call_named(status, payload)
+        kept = {"call_id": call_id} if status == 202 else payload
         return store.links.settle(link.key, status=status, response=kept, call_id=call_id)
 
     what = "call link release" if status is None else "call link answer"
@@ -450,9 +452,11 @@ openapi.register(
                 "operationId": "placeLinkCall",
                 "summary": "The link's call, placed at most once; opening the link again answers with it",
                 "description": "As POST /v1/calls places a call, as API client `link:<manager>`. The "
-                "second and later openings of a link answer 200 with the first one's call (or 409 "
-                "manager_unavailable: the call was tried and its manager's phone could not be rung), 409 "
-                "link_in_use while the first is still placing it. Any other refusal rang nobody and does "
+                "second and later openings of a link answer 200 with the first one's call and its "
+                "capability: the call placed, or the call tried (the first opening got 409 "
+                "manager_unavailable: its manager's phone could not be rung; its progress says it ended "
+                "so), 409 link_in_use while the first is still placing it. Any other refusal rang nobody "
+                "and does "
                 "not spend the link, as it frees an Idempotency-Key: opening it again is a new attempt "
                 "(the phone registered, the order arrived, a budget freed a slot). A refusal carries the "
                 "error id of POST /v1/calls's refusal and words for the page.",

@@ -303,7 +303,8 @@ async def test_a_refusal_that_rang_nobody_an_older_bridged_kept_is_freed_by_the_
     cluster: Any,
 ) -> None:
     """0017: of the answers an older bridged kept, only the call placed (2xx) or tried (409
-    manager_unavailable, naming the call) stay; a key's or a link's other refusals are freed."""
+    manager_unavailable, naming the call) stay; a key's or a link's other refusals are freed. 0018 gives
+    a link's call tried its call_id."""
     from bridged import db
 
     name = "bridged_db_migration_0017"
@@ -349,11 +350,9 @@ async def test_a_refusal_that_rang_nobody_an_older_bridged_kept_is_freed_by_the_
             "running",
             "tried",
         ]
-        assert sorted(r["sig_hash"] for r in await pool.fetch("SELECT sig_hash FROM call_links")) == [
-            "placed",
-            "running",
-            "tried",
-        ]
+        # And 0018 names the link's call tried, as its kept answer does: opening the link again shows it.
+        rows = await pool.fetch("SELECT sig_hash, call_id FROM call_links ORDER BY sig_hash")
+        assert [tuple(r) for r in rows] == [("placed", "c-2"), ("running", None), ("tried", "c-1")]
     finally:
         await pool.close()
         cluster.drop_database(name)

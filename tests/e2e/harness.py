@@ -15,7 +15,8 @@ import time
 import unicodedata
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,27 @@ class Bridged:
 # -- fixtures and SIPp helpers shared by the end-to-end tests ---------------------------------------
 
 CARRIER = ("127.0.0.2", 5060)
+
+
+@contextmanager
+def manager_on_endpoint(
+    daemon: Bridged, asterisk: Asterisk, manager_id: str, endpoint: str, conf: str
+) -> Iterator[None]:
+    """A manager ``manager_id`` of ``daemon`` whose phone is the PJSIP endpoint ``endpoint``, configured in
+    Asterisk as ``conf`` (a phone unlike the rig's: not registered, or not to be rung); bridged is restarted
+    to know the manager, and the endpoint is removed afterwards."""
+    asterisk.add_endpoints(f"test_{endpoint}", conf)
+    try:
+        config = daemon.config()
+        config["managers"].append(
+            {"id": manager_id, "name": "Test Manager", "endpoint": endpoint, "team": "t"}
+        )
+        daemon.extra["managers"] = config["managers"]
+        daemon.stop()
+        daemon.start()
+        yield
+    finally:
+        asterisk.remove_endpoints(f"test_{endpoint}")
 
 
 def _channels(nodes: list[Asterisk], ids: set[str]) -> dict[Asterisk, list[dict[str, Any]]]:

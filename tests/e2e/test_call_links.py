@@ -1,8 +1,8 @@
 """Signed click-to-call links on the real rig, driven in Debian's headless Chromium (Playwright): the page
 a link opens places the call through bridged (the manager's SIPp phone rings with the order label, then
 the carrier's SIPp customer), shows its progress and outcome in words, shows the same call when opened
-again (one INVITE at the carrier), ends it with "End call", and refuses expired and tampered links with a
-page and an audit row. No digit of the customer's number in the page, what the browser sent and received,
+again (one INVITE at the carrier), ends it with "End call", shows a call tried (the manager's phone could
+not be rung) ended when opened again, and refuses expired and tampered links with a page and an audit row. No digit of the customer's number in the page, what the browser sent and received,
 or the audit rows. Screenshots: ``artifacts/<test>/*.png``.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bridged.links import make_link
+from rig.asterisk import manager_endpoint_conf
 
 from .harness import (
     Bridged,
@@ -25,6 +26,7 @@ from .harness import (
     assert_not_leaked,
     carrier,
     invites,
+    manager_on_endpoint,
     new_customer_number,
     new_order_id,
     phone_rings,
@@ -334,3 +336,42 @@ def test_a_link_replayed_after_it_expired_gets_the_expired_page(
         row["id"],
         f"link:{anna.id}",
     )
+
+
+def test_a_link_whose_call_was_tried_shows_that_call_when_opened_again(
+    make_bridged, asterisk, trace_dir: Path, unique_name
+) -> None:
+    """A manager's phone Asterisk knows as reachable (a contact: not offline, so not refused as
+    manager_not_registered) but cannot ring: its endpoint's from_domain makes no valid SIP URI, so
+    Asterisk cannot create the manager's channel (500 Allocation failed) and POST /c/place answers 409
+    manager_unavailable (the call went ahead: its row has ended). The page says so; opened again, the link
+    shows that call ended (no refusal), and Asterisk is not asked to ring again (one call row, one
+    call.request)."""
+    daemon, _, _, _ = _daemon(make_bridged, "Olga K.")
+    endpoint = unique_name("unringable")
+    conf = manager_endpoint_conf(endpoint, 5999).replace(
+        "type=endpoint", "type=endpoint\nfrom_domain=no such domain", 1
+    )
+    with manager_on_endpoint(daemon, asterisk, "unringable", endpoint, conf):
+        order, number = new_order_id(), new_customer_number()
+        add_order(daemon.postgres, order, number, "Olga K.", "unringable")
+        url = _link(daemon, order, "unringable")
+        with chromium(trace_dir) as browser:
+            page = browser.open(url)
+            assert wait_phase(page, "refused") == "Your phone could not be called."
+            assert page.evaluate("document.documentElement.dataset.error") == "manager_unavailable"
+            seen = browser.snapshot(page, "tried")
+            again = browser.open(url)
+            assert wait_phase(again, "ended") == "Ended: your phone could not be called"
+            assert again.evaluate("document.documentElement.dataset.error") is None
+            assert again.is_hidden("#end")
+            seen += browser.snapshot(again, "opened-again")
+            traffic = "\n".join(browser.traffic)
+        [row] = daemon.call_rows("unringable")
+        assert (row["state"], row["outcome"]) == ("ended", "manager_unavailable"), row
+        requests = [a["outcome"] for a in _audit(daemon, "call.request") if a["order_id"] == order]
+        assert requests == ["accepted"], requests
+        [replayed] = [r for r in _audit(daemon, "link.replayed") if r["order_id"] == order]
+        assert replayed["call_id"] == row["id"]
+        assert row["id"] not in traffic
+        assert_not_leaked(number, audit_and_calls=daemon.dump_database(), page=seen, browser_traffic=traffic)

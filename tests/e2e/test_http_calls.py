@@ -34,6 +34,7 @@ from .harness import (
     carrier,
     dial,
     invites,
+    manager_on_endpoint,
     new_customer_number,
     new_order_id,
     sox_rms,
@@ -530,34 +531,24 @@ def test_unregistered_manager_phone_is_refused_before_dialling(
 ) -> None:
     daemon = api_daemon(make_bridged, "gleb")
     endpoint = unique_name("offline")
-    asterisk.add_endpoints(
-        f"test_{endpoint}",
-        "\n".join(
-            [
-                f"[{endpoint}]",
-                "type=endpoint",
-                "transport=transport-udp",
-                "context=bridged-managers",
-                "disallow=all",
-                "allow=ulaw",
-                f"aors={endpoint}",
-                "",
-                f"[{endpoint}]",
-                "type=aor",
-                "max_contacts=1",
-                "",
-            ]
-        ),
+    conf = "\n".join(
+        [
+            f"[{endpoint}]",
+            "type=endpoint",
+            "transport=transport-udp",
+            "context=bridged-managers",
+            "disallow=all",
+            "allow=ulaw",
+            f"aors={endpoint}",
+            "",
+            f"[{endpoint}]",
+            "type=aor",
+            "max_contacts=1",
+            "",
+        ]
     )
-    try:
-        # A manager whose endpoint exists in Asterisk but has no registered contact.
-        config = daemon.config()
-        config["managers"].append(
-            {"id": "offline-mgr", "name": "Off Line", "endpoint": endpoint, "team": "t"}
-        )
-        daemon.extra["managers"] = config["managers"]
-        daemon.stop()
-        daemon.start()
+    # A manager whose endpoint exists in Asterisk but has no registered contact.
+    with manager_on_endpoint(daemon, asterisk, "offline-mgr", endpoint, conf):
         order, number = new_order_id(), new_customer_number()
         add_order(daemon.postgres, order, number, "Maria P.", "offline-mgr")
         started = time.monotonic()
@@ -571,8 +562,6 @@ def test_unregistered_manager_phone_is_refused_before_dialling(
             a for a in daemon.audit_rows("token:shop-test") if a["details"].get("manager_id") == "offline-mgr"
         ]
         assert [(a["outcome"], a["reason"]) for a in audit] == [("refused", "manager_not_registered")]
-    finally:
-        asterisk.remove_endpoints(f"test_{endpoint}")
 
 
 def test_authorization_matrix(make_bridged) -> None:
@@ -731,12 +720,51 @@ def test_openapi_schemathesis(make_bridged, trace_dir: Path) -> None:
 LINK_SECRET = "e2e-openapi-link-secret-9d3b7f1a5c"
 
 
+def _answered(interactions: dict[str, Any], case_id: str | None) -> int | None:
+    """The status a case of a schemathesis report got (None: none recorded)."""
+    response = (interactions.get(case_id or "") or {}).get("response")
+    return None if response is None else int(response["status_code"])
+
+
+def auth_probes(report: Path, method: str, path: str) -> list[tuple[bool, int]]:
+    """The requests schemathesis's ignored_auth check derived from ``method path`` cases that were answered
+    2xx, from its NDJSON report: (whether it carried Authorization, the status it got) each. The check
+    sends the case again without the credentials and with a made-up one; a derived case (``parent_id``)
+    whose headers differ from its parent's in Authorization alone is one of those."""
+
+    def others(headers: dict[str, str] | None) -> dict[str, str]:
+        return {k: v for k, v in (headers or {}).items() if k != "Authorization"}
+
+    probes = []
+    for line in report.read_text(encoding="utf-8").splitlines():
+        recorder = (json.loads(line).get("ScenarioFinished") or {}).get("recorder") or {}
+        cases, interactions = recorder.get("cases", {}), recorder.get("interactions", {})
+        for case_id, case in cases.items():
+            value, parent = case["value"], cases.get(case.get("parent_id") or "")
+            if parent is None or (value["method"], value["path"]) != (method, path):
+                continue
+            if not 200 <= (_answered(interactions, case["parent_id"]) or 0) < 300:
+                continue
+            status = _answered(interactions, case_id)
+            if others(value.get("headers")) == others(parent["value"].get("headers")) and status is not None:
+                probes.append(("Authorization" in (value.get("headers") or {}), status))
+    return probes
+
+
 def test_openapi_web_schemathesis(make_bridged, trace_dir: Path) -> None:
     """The pages' and probes' document (/openapi-web.json: the call link's page and its script's
     requests, /ops/, /healthz, /metrics), as test_openapi_schemathesis does the API's: negative data, no 500,
     every answer as documented (/c's no-store and no-referrer headers on every one of them). With a real
     signed link as the examples of GET /c and POST /c/place, and the capability of the call it placed,
-    so that the answers that show a call are generated and checked too."""
+    so that the answers that show a call are generated and checked too.
+
+    ignored_auth runs for /c/call (security `capability`, an apiKey in the Authorization header): given
+    the header on the command line, schemathesis sends a case answered 2xx again without it and with a
+    made-up credential, and both must be refused (401 or 403). Its NDJSON report holds those requests and
+    the test asserts they were sent and got 401: the check cannot pass by never running. (A /c/call that
+    took a request without its capability as the last one's fails it with ST401 on GET and DELETE.) Its
+    made-up credential is not `Capability <64 hex digits>`: a well-formed capability no call has (404
+    link_unknown) is tests/unit/test_links.py's test_an_unknown_capability_follows_nothing."""
     daemon = api_daemon(make_bridged, "ivan", links={"secret": LINK_SECRET, "max_age": 600})
     ivan = daemon.managers[0]
     order, number = new_order_id(), new_customer_number()
@@ -754,6 +782,7 @@ def test_openapi_web_schemathesis(make_bridged, trace_dir: Path) -> None:
     document["paths"]["/c/place"]["post"]["requestBody"]["content"]["application/json"]["example"] = fields
     spec = trace_dir / "openapi-web.json"
     spec.write_text(json.dumps(document))
+    report = trace_dir / "schemathesis-web.ndjson"
     started = time.monotonic()
     schemathesis(
         str(spec),
@@ -762,8 +791,18 @@ def test_openapi_web_schemathesis(make_bridged, trace_dir: Path) -> None:
         f"http://127.0.0.1:{daemon.http_port}/",
         "--header",
         f"Authorization: Capability {placed['capability']}",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(report),
     )
     print(f"schemathesis, pages and probes: {time.monotonic() - started:.0f} s")
+    # ignored_auth ran for /c/call (security `capability`): a 2xx answered with the capability was sent
+    # again without it and with a made-up one, and each was refused (401 capability_required).
+    for method in ("GET", "DELETE"):
+        probes = auth_probes(report, method, "/c/call")
+        assert (False, 401) in probes and (True, 401) in probes, (method, probes)
+        assert all(status in (401, 403) for _, status in probes), (method, probes)
     # The link's example did reach the call it placed (an opening again answers with it).
     replayed = daemon.sql("SELECT count(*) FROM audit WHERE action = 'link.replayed'").strip()
     assert int(replayed) >= 1, replayed

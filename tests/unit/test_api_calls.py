@@ -468,6 +468,8 @@ async def test_a_call_tried_is_the_keys_answer_replayed_without_another_attempt(
     assert (resp.status, await resp.json(), resp.headers["Idempotent-Replayed"]) == (409, first, "true")
     assert "Retry-After" not in resp.headers
     assert first["error"]["details"]["call_id"] in store.rows and len(store.rows) == 1
+    # The call a signed link kept after the same answer follows (bridged.callpage).
+    assert idempotency.call_named(409, first) == first["error"]["details"]["call_id"]
     assert _requests(store) == [None]  # the one call, accepted before its leg failed
     assert len(ari.named("create_channel")) == tried
 

@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from http import HTTPStatus
 from ipaddress import ip_network
 from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridged import metrics
 from bridged.api import errors, server
@@ -159,6 +164,110 @@ def test_an_answer_aiohttp_makes_with_a_status_bridged_has_no_error_for_is_http_
     assert errors.aiohttp_error(400).body() == {
         "error": {"id": "bad_request", "message": "the request is not valid HTTP"}
     }
+
+
+# What an aiohttp HTTPException of each status is answered with: the catalogue's error for the statuses
+# it has one for (the router's 404 and 405, the request's 413, aiohttp's own 400, 500, 504 and those
+# such an answer would have), http_<status> for any other.
+_BY_STATUS = {
+    400: ("bad_request", errors.BadHttp),
+    404: ("not_found", errors.NotFound),
+    405: ("method_not_allowed", errors.MethodNotAllowed),
+    408: ("request_timeout", errors.RequestTimeout),
+    413: ("body_too_large", errors.BodyTooLarge),
+    431: ("headers_too_large", errors.HeadersTooLarge),
+    500: ("internal", errors.Internal),
+    503: ("unavailable", errors.Unavailable),
+    504: ("timeout", errors.Timeout),
+}
+_IDS = {error_id for error_id, _ in _BY_STATUS.values()} | {f"http_{status}" for status in range(400, 600)}
+
+
+def _expected_error(status: int) -> dict[str, str]:
+    known = _BY_STATUS.get(status)
+    if known is not None:
+        return {"id": known[0], "message": known[1].message}
+    try:
+        phrase = HTTPStatus(status).phrase.lower()
+    except ValueError:
+        phrase = "error"
+    return {"id": f"http_{status}", "message": phrase}
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _raised(status: int, reason: str | None) -> web.HTTPException:
+    """An aiohttp HTTPException of any status, with ``reason`` as its reason phrase and its text."""
+    kind = type(f"HTTP{status}", (web.HTTPException,), {"status_code": status})
+    return kind(reason=reason, text=reason)
+
+
+def _through_the_middleware(exc: web.HTTPException) -> web.StreamResponse:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise exc
+
+    return asyncio.run(error_middleware(make_mocked_request("GET", "/x"), handler))
+
+
+# Reason phrases as a handler or aiohttp may give them: any text but CR and LF (aiohttp refuses those in a
+# reason), a phone number's digits among them, non-ASCII and control characters; aiohttp's own phrases.
+_REASONS = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=60),
+    st.from_regex(r"\+?[0-9][0-9 ()-]{6,18}", fullmatch=True),
+    st.sampled_from([SECRET, f"no order for {SECRET}", "Not Found", "Method Not Allowed", "Заказ №5\x07"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(status=st.integers(400, 599), reason=_REASONS)
+def test_any_http_exception_is_answered_by_its_status_alone_with_a_catalogue_id(
+    status: int, reason: str
+) -> None:
+    """error_middleware answers an HTTPException of any error status with an id of a fixed set, made
+    from the status: its reason and text (which may quote the request) reach no part of the answer."""
+    response = _through_the_middleware(_raised(status, reason))
+    assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+    assert (response.status, response.content_type) == (status, "application/json")
+    raw = response.body.decode()
+    body = json.loads(raw)
+    expected = {"error": _expected_error(status)}
+    assert body == expected
+    error_id = body["error"]["id"]
+    assert re.fullmatch(r"[a-z0-9_]+", error_id) and error_id in _IDS
+    # Nothing of the reason, in any encoding: only a reason that is words of the catalogue's own answer
+    # (its message, or a part of it such as "a") is found in it.
+    if reason not in json.dumps(expected, ensure_ascii=False) and json.dumps(reason)[1:-1] not in json.dumps(
+        expected
+    ):
+        assert reason not in raw and json.dumps(reason)[1:-1] not in raw
+    # The status line's phrase is aiohttp's for the status, not the reason.
+    assert response.reason == _phrase(status)
+
+
+def test_a_redirect_or_another_answer_that_is_no_error_passes_through_the_middleware() -> None:
+    """/ops is a permanent redirect to /ops/ (bridged.ops): the middleware leaves it to aiohttp."""
+    for exc in (web.HTTPPermanentRedirect("/ops/"), web.HTTPNotModified(), web.HTTPNoContent()):
+        with pytest.raises(web.HTTPException) as raised:
+            _through_the_middleware(exc)
+        assert raised.value is exc
+
+
+async def test_the_routers_405_names_the_allowed_methods_and_its_404_is_not_found(serve: Serve) -> None:
+    port = await serve()
+    status, headers, body = _split(
+        await _exchange(port, b"DELETE /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    )
+    assert (status, json.loads(body)["error"]["id"]) == (405, "method_not_allowed")
+    assert headers["allow"] == "GET,HEAD"
+    status, _, body = _split(
+        await _exchange(port, f"GET /{SECRET} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    )
+    assert (status, json.loads(body)) == (404, {"error": {"id": "not_found", "message": "no such resource"}})
 
 
 async def test_headers_not_finished_in_time_get_408_and_the_connection_is_closed(serve: Serve) -> None:

@@ -529,20 +529,46 @@ async def test_a_manager_not_registered_link_places_the_call_once_the_phone_regi
     assert served.manager_rings() == 1
 
 
-async def test_a_call_tried_spends_the_link(served: Served) -> None:
-    """409 manager_unavailable: the call went ahead and the phone could not be rung; opening the link
-    again says so, and does not ask Asterisk to ring it again."""
+async def test_a_call_tried_spends_the_link_and_opening_it_again_shows_that_call(served: Served) -> None:
+    """409 manager_unavailable: the call went ahead and the phone could not be rung. The link keeps that
+    call, as it keeps a placed one (and as an Idempotency-Key's replay names it): opening the link again
+    shows it ended, with a capability GET and DELETE /c/call follow it by, and does not ask Asterisk to
+    ring the phone again."""
     served.ari.errors["create_channel"] = AriUnavailable("create_channel", 0, "timed out")
     fields = served.link()
     resp = await served.client.post("/c/place", json=fields)
     body = await resp.json()
     assert (resp.status, body["error"]["id"]) == (409, "manager_unavailable"), body
+    assert body["error"]["message"] == "Your phone could not be called."
+    [row] = served.store.rows.values()
+    assert (row["state"], row["outcome"]) == ("ended", "manager_unavailable")
+    [kept] = served.store.link_rows.values()
+    assert (kept["call_id"], kept["status"]) == (row["id"], 409)
     tried = len(served.ari.named("create_channel"))
     del served.ari.errors["create_channel"]
+
     resp = await served.client.post("/c/place", json=fields)
-    assert (resp.status, await resp.json()) == (409, body)
-    assert served.store.audits[-1]["action"] == "link.replayed"
+    again = await resp.json()
+    assert resp.status == 200, again
+    ended = {
+        "order_id": "123",
+        "state": "ended",
+        "outcome": "manager_unavailable",
+        "phase": "ended",
+        "text": "Ended: your phone could not be called",
+        "live": False,
+    }
+    assert again == {"progress": ended, "capability": links.capability(SECRET, links.fields_of(fields))}
+    replayed = served.store.audits[-1]
+    assert (replayed["action"], replayed["call_id"]) == ("link.replayed", row["id"])
+    cap = {"Authorization": f"Capability {again['capability']}"}
+    resp = await served.client.get("/c/call", headers=cap)
+    assert (resp.status, await resp.json()) == (200, {"progress": ended})
+    resp = await served.client.delete("/c/call", headers=cap)
+    assert (resp.status, await resp.json()) == (200, {"progress": ended})  # it had ended already
     assert len(served.ari.named("create_channel")) == tried and len(served.store.rows) == 1
+    for answer in (body, again):
+        assert row["id"] not in repr(answer)
 
 
 async def test_a_transient_refusal_frees_the_link_for_another_try(served: Served) -> None:
