@@ -38,11 +38,14 @@ def _asterisk_ends(event: dict[str, Any]) -> tuple[bool, int | None]:
     interrupt the channel). A soft request's ``cause`` is no Q.850 cause either: Asterisk 22's
     ``ast_softhangup`` sends its AST_SOFTHANGUP_* flag there (32, EXPLICIT, for ARI's DELETE and for a
     dial's timeout; 16, APPUNLOAD, would read as normal clearing); the cause a DELETE gives comes with the
-    channel's ChannelDestroyed. A cause that is not an integer (a bool is none) is no cause."""
+    channel's ChannelDestroyed. A cause that is not an integer (a bool is none) is no cause, nor is 0
+    (AST_CAUSE_NOTDEFINED, "Unknown": the ChannelDestroyed of a leg hung up by ``channel request hangup``
+    while it rang)."""
     kind = event.get("type")
     hard = kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft"))
     cause = event.get("cause")
-    return hard, cause if hard and isinstance(cause, int) and not isinstance(cause, bool) else None
+    q850 = isinstance(cause, int) and not isinstance(cause, bool) and cause > 0
+    return hard, cause if hard and q850 else None
 
 
 def note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:
