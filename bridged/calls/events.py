@@ -48,6 +48,19 @@ def _asterisk_ends(event: dict[str, Any]) -> tuple[bool, int | None]:
     return hard, cause if hard and q850 else None
 
 
+def cut_off(call: Call, event: dict[str, Any], manager: bool) -> bool:
+    """Whether a leg's hangup was asked of Asterisk by neither its phone nor bridged: a soft request (a
+    phone's BYE or CANCEL comes as a hard one) on a leg no dial of bridged's rings. A dial's timeout is a
+    soft request too, on a manager's leg bridged rings and on a customer's leg an earlier release made in
+    the application, while they ring: why they ended comes with their ChannelDestroyed. bridged's own
+    hangups come once the call ends (its prompt, its finish), where they are reacted to as legs that left."""
+    if event.get("type") != "ChannelHangupRequest" or not event.get("soft"):
+        return False
+    if manager:
+        return call.state is not CallState.RINGING_MANAGER
+    return not (call.state is CallState.RINGING_CUSTOMER and call.customer_in_app)
+
+
 def note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:
     hard, cause = _asterisk_ends(event)
     if hard:
