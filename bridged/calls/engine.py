@@ -28,7 +28,7 @@ from ..recording_state import END_EVENTS as RECORDING_END_EVENTS
 from ..recording_state import EVENTS as RECORDING_EVENTS
 from ..store import Store
 from ..tasks import Tasks
-from .events import channel_of, dialled, leg_of, note_leg_end, note_ring_end, state_of
+from .events import channel_of, cut_off, dialled, leg_of, note_leg_end, note_ring_end, state_of
 from .legs import Legs, MadeLegs
 from .model import (
     INBOUND,
@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 # What each state does with each event. A pair not listed is ignored; a row under ANY applies in every
 # state without a row of its own for the event; a leg that is gone (*_GONE: ChannelDestroyed, with its
-# cause) is reacted to as a leg that left (*_LEFT) where a state has no row for it being gone.
+# cause) or cut off (*_CUT_OFF: hung up by neither its phone nor bridged) is reacted to as a leg that left
+# (*_LEFT) where a state has no row for it being gone or cut off.
 ANY = None
 REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     # the phone path: the manager's channel is in Stasis, the customer is called
@@ -70,6 +71,7 @@ REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     (S.RINGING_CUSTOMER, E.CUSTOMER_ANSWERED): Steps.customer_answered,
     (S.RINGING_CUSTOMER, E.CUSTOMER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
     (S.RINGING_CUSTOMER, E.CUSTOMER_GONE): Steps.customer_unreached,
+    (S.RINGING_CUSTOMER, E.CUSTOMER_CUT_OFF): ended(O.CANCELLED, "asterisk"),
     (S.RINGING_CUSTOMER, E.CUSTOMER_CALLER_ID): Steps.caller_id_for_later,
     # a canary order: nobody was dialled; it rang for the trunk's ring timeout, as an unanswered customer
     (S.RINGING_CUSTOMER, E.CANARY_TIMER): Steps.canary_unanswered,
@@ -79,6 +81,8 @@ REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     (S.BRIDGED, E.CUSTOMER_CALLER_ID): Steps.restore_caller_id,
     (S.BRIDGED, E.MANAGER_LEFT): ended(O.COMPLETED, "manager"),
     (S.BRIDGED, E.CUSTOMER_LEFT): ended(O.COMPLETED, "customer"),
+    (S.BRIDGED, E.MANAGER_CUT_OFF): ended(O.COMPLETED, "asterisk"),
+    (S.BRIDGED, E.CUSTOMER_CUT_OFF): ended(O.COMPLETED, "asterisk"),
     (S.BRIDGED, E.TERMINATE): ended_on_request(O.COMPLETED),
     # the manager hears a prompt (why the call did not go ahead), then is hung up
     (S.ENDING, E.PROMPT_DONE): Steps.hang_up_manager,
@@ -88,6 +92,9 @@ REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     # in any other state
     (ANY, E.MANAGER_LEFT): ended(O.MANAGER_ABANDONED, "manager"),
     (ANY, E.CUSTOMER_LEFT): ended(O.CUSTOMER_ABANDONED, "customer"),
+    # a leg cut off (its hangup asked of Asterisk by someone else: an administrator, another program)
+    (ANY, E.MANAGER_CUT_OFF): ended(O.CANCELLED, "asterisk"),
+    (ANY, E.CUSTOMER_CUT_OFF): ended(O.CANCELLED, "asterisk"),
     (ANY, E.TERMINATE): ended_on_request(O.CANCELLED),
     (ANY, E.TRANSFER_ASKED): Steps.decline_transfer,
     (ANY, E.RECORDING_ENDED): Steps.judge_recording,
@@ -101,8 +108,12 @@ _CONVERSATION = [
     (S.BRIDGED, E.MANAGER_LEFT),
     (S.BRIDGED, E.CUSTOMER_LEFT),
     (S.BRIDGED, E.TERMINATE),
+    (S.BRIDGED, E.MANAGER_CUT_OFF),
+    (S.BRIDGED, E.CUSTOMER_CUT_OFF),
     (ANY, E.MANAGER_LEFT),
     (ANY, E.CUSTOMER_LEFT),
+    (ANY, E.MANAGER_CUT_OFF),
+    (ANY, E.CUSTOMER_CUT_OFF),
     (ANY, E.TERMINATE),
     (ANY, E.TRANSFER_ASKED),
     (ANY, E.RECORDING_ENDED),
@@ -116,6 +127,7 @@ INBOUND_REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     (S.RINGING_MANAGER, E.MANAGER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
     (S.RINGING_MANAGER, E.MANAGER_GONE): Steps.ring_on,
     (S.RINGING_MANAGER, E.CUSTOMER_LEFT): ended(O.MISSED, "customer"),
+    (S.RINGING_MANAGER, E.CUSTOMER_CUT_OFF): ended(O.MISSED, "asterisk"),
     # the caller hears that nobody answered (or that bridged cannot take the call), then is hung up
     (S.ENDING, E.PROMPT_DONE): Steps.hang_up_caller,
     (S.ENDING, E.CUSTOMER_LEFT): ended(O.MISSED, "customer", unless_decided=True),
@@ -133,6 +145,8 @@ CANARY_REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     (S.ANNOUNCING, E.ANNOUNCEMENT_DONE): Steps.canary_record,
     (S.BRIDGED, E.CANARY_TIMER): ended(O.COMPLETED, "bridged"),
     (S.BRIDGED, E.CUSTOMER_LEFT): ended(O.COMPLETED, "customer"),
+    (S.BRIDGED, E.MANAGER_CUT_OFF): ended(O.COMPLETED, "asterisk"),
+    (S.BRIDGED, E.CUSTOMER_CUT_OFF): ended(O.COMPLETED, "asterisk"),
     (S.ENDING, E.PROMPT_DONE): Steps.hang_up_caller,
     (ANY, E.CUSTOMER_LEFT): ended(O.CUSTOMER_ABANDONED, "customer"),
     (ANY, E.MANAGER_LEFT): ignore,
@@ -514,8 +528,10 @@ class CallEngine:
                 note_ring_end(call, event)
             else:
                 note_leg_end(call, event, side == "manager")
-            gone = kind == "ChannelDestroyed"
-            if side == "manager":
+            gone, manager = kind == "ChannelDestroyed", side == "manager"
+            if not gone and cut_off(call, event, manager):
+                return E.MANAGER_CUT_OFF if manager else E.CUSTOMER_CUT_OFF
+            if manager:
                 return E.MANAGER_GONE if gone else E.MANAGER_LEFT
             return E.CUSTOMER_GONE if gone else E.CUSTOMER_LEFT
         if kind == "Dial":

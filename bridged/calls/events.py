@@ -38,11 +38,27 @@ def _asterisk_ends(event: dict[str, Any]) -> tuple[bool, int | None]:
     interrupt the channel). A soft request's ``cause`` is no Q.850 cause either: Asterisk 22's
     ``ast_softhangup`` sends its AST_SOFTHANGUP_* flag there (32, EXPLICIT, for ARI's DELETE and for a
     dial's timeout; 16, APPUNLOAD, would read as normal clearing); the cause a DELETE gives comes with the
-    channel's ChannelDestroyed. A cause that is not an integer (a bool is none) is no cause."""
+    channel's ChannelDestroyed. A cause that is not an integer (a bool is none) is no cause, nor is 0
+    (AST_CAUSE_NOTDEFINED, "Unknown": the ChannelDestroyed of a leg hung up by ``channel request hangup``
+    while it rang)."""
     kind = event.get("type")
     hard = kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft"))
     cause = event.get("cause")
-    return hard, cause if hard and isinstance(cause, int) and not isinstance(cause, bool) else None
+    q850 = isinstance(cause, int) and not isinstance(cause, bool) and cause > 0
+    return hard, cause if hard and q850 else None
+
+
+def cut_off(call: Call, event: dict[str, Any], manager: bool) -> bool:
+    """Whether a leg's hangup was asked of Asterisk by neither its phone nor bridged: a soft request (a
+    phone's BYE or CANCEL comes as a hard one) on a leg no dial of bridged's rings. A dial's timeout is a
+    soft request too, on a manager's leg bridged rings and on a customer's leg an earlier release made in
+    the application, while they ring: why they ended comes with their ChannelDestroyed. bridged's own
+    hangups come once the call ends (its prompt, its finish), where they are reacted to as legs that left."""
+    if event.get("type") != "ChannelHangupRequest" or not event.get("soft"):
+        return False
+    if manager:
+        return call.state is not CallState.RINGING_MANAGER
+    return not (call.state is CallState.RINGING_CUSTOMER and call.customer_in_app)
 
 
 def note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:

@@ -95,6 +95,12 @@ class Event(StrEnum):
     # has no reaction to *_GONE, its reaction to *_LEFT applies.
     MANAGER_GONE = "manager_gone"
     CUSTOMER_GONE = "customer_gone"
+    # ... or was cut off: its hangup was asked of Asterisk by neither its phone nor bridged (an
+    # administrator's ``channel request hangup``, AMI Hangup, another ARI application's DELETE: a soft
+    # request on a leg no dial of bridged's rings, docs/asterisk.md). Where a state has no reaction to
+    # *_CUT_OFF, its reaction to *_LEFT applies.
+    MANAGER_CUT_OFF = "manager_cut_off"
+    CUSTOMER_CUT_OFF = "customer_cut_off"
     ANNOUNCEMENT_DONE = "announcement_done"  # the recording announcement to the customer finished
     PROMPT_DONE = "prompt_done"  # the prompt to the manager (an inbound call: to the caller) finished
     CUSTOMER_CALLER_ID = "customer_caller_id"  # the trunk put someone's identity on the customer leg
@@ -105,8 +111,13 @@ class Event(StrEnum):
     CANARY_TIMER = "canary_timer"
 
 
-# Where a state has no reaction to a leg being gone, it reacts as to the leg having left.
-LEFT_FOR_GONE = {Event.MANAGER_GONE: Event.MANAGER_LEFT, Event.CUSTOMER_GONE: Event.CUSTOMER_LEFT}
+# Where a state has no reaction to a leg being gone (or cut off), it reacts as to the leg having left.
+LEFT_FOR_GONE = {
+    Event.MANAGER_GONE: Event.MANAGER_LEFT,
+    Event.CUSTOMER_GONE: Event.CUSTOMER_LEFT,
+    Event.MANAGER_CUT_OFF: Event.MANAGER_LEFT,
+    Event.CUSTOMER_CUT_OFF: Event.CUSTOMER_LEFT,
+}
 
 
 INBOUND = "inbound"  # the direction of a call a customer made to the shop's number

@@ -512,6 +512,18 @@ def call_cdrs(asterisk: Any, call_id: str) -> str:
     return "\n".join(",".join(row) for row in lines)
 
 
+def hang_up_in_asterisk(asterisk: Asterisk, channel_id: str, how: str = "cli") -> None:
+    """Hang a call's leg up as someone other than bridged or the phones would: an administrator's
+    ``channel request hangup`` on Asterisk's CLI (``cli``), or another ARI application's
+    ``DELETE /channels/{id}`` (``ari``). Both are soft hangup requests (AST_SOFTHANGUP_EXPLICIT)."""
+    if how == "ari":
+        assert asterisk.ari("DELETE", f"/channels/{channel_id}")[0] == 204
+        return
+    name = json.loads(asterisk.ari_get(f"/channels/{channel_id}"))["name"]
+    out = asterisk.cli(f"channel request hangup {name}")
+    assert f"Requested Hangup on channel '{name}'" in out, out
+
+
 def no_carrier_invite(carrier_sipp: Sipp) -> bool:
     return not invites(carrier_sipp.messages())
 

@@ -33,6 +33,7 @@ from .harness import (
     assert_not_leaked,
     carrier,
     dial,
+    hang_up_in_asterisk,
     invites,
     manager_on_endpoint,
     new_customer_number,
@@ -329,6 +330,54 @@ def test_delete_ends_a_bridged_call(make_bridged, trace_dir: Path, rig_alloc) ->
     assert phone.wait(timeout=10) == 0 and customer.wait(timeout=10) == 0
     status, body, _ = http(daemon, "DELETE", f"/v1/calls/{call['id']}")
     assert (status, body["error"]["id"]) == (409, "call_ended")
+
+
+@pytest.mark.parametrize(
+    ("leg", "state", "outcome"),
+    [
+        ("customer", "bridged", "completed"),
+        ("manager", "bridged", "completed"),
+        ("customer", "ringing_customer", "cancelled"),
+    ],
+    ids=["customer-bridged", "manager-bridged", "customer-ringing"],
+)
+def test_a_leg_hung_up_in_asterisk_ends_the_call_by_asterisk(
+    make_bridged, asterisk, trace_dir: Path, rig_alloc, leg: str, state: str, outcome: str
+) -> None:
+    """An administrator's ``channel request hangup`` on a leg (a soft hangup request): the call ends at
+    once, the manager's phone is sent BYE, and the call says who ended it, ``asterisk``, with no cause (a
+    bridged leg's ChannelDestroyed gives 16 after the call's end, a ringing one's 0, "Unknown"). Checked to
+    fail before the change: ``ended_by`` was the leg's side; the ringing customer's leg gave
+    ``customer_no_answer`` with cause 0, ended by ``bridged``, after the no-answer prompt."""
+    daemon = api_daemon(make_bridged, "dora", ring_timeout=60)
+    dora = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Petr I.", dora.id)
+    phone = manager_phone(dora, trace_dir, hold_ms=60000)
+    ringing = state == "ringing_customer"
+    scenario = "carrier_noanswer" if ringing else "carrier_answer"
+    customer = carrier(trace_dir, rig_alloc, scenario, hold_ms=60000, timeout_s=60)
+    status, call, _ = http(daemon, "POST", "/v1/calls", {"order_id": order, "manager_id": dora.id})
+    assert status == 202, call
+    wait_state(daemon, call["id"], state)
+    [row] = [r for r in daemon.call_rows(dora.id) if r["id"] == call["id"]]
+    if ringing:
+        wait_for(lambda: re.search(r"^SIP/2.0 180 ", customer.messages(), re.M), 10, "the carrier's 180")
+    hang_up_in_asterisk(asterisk, row[f"{leg}_channel_id"])
+    ended = wait_state(daemon, call["id"], "ended", timeout=10)
+    assert (ended["outcome"], ended["ended_by"], ended["hangup_cause"]) == (outcome, "asterisk", None), ended
+    assert (ended["answered_at"] is None) == ringing, ended
+    assert phone.wait(timeout=10) == 0, phone.describe()
+    assert customer.wait(timeout=10) == 0, customer.describe()
+    assert re.search(r"^BYE sip:", phone.messages(), re.M), "the manager's phone was not hung up"
+    if ringing:
+        assert re.search(r"^CANCEL sip:", customer.messages(), re.M), "the customer leg was not cancelled"
+    assert_not_leaked(
+        number,
+        manager_sip_trace=phone.messages(),
+        daemon_log=daemon.log_text(),
+        http_response=json.dumps(ended),
+    )
 
 
 def test_a_shop_token_sees_and_ends_only_its_own_calls(make_bridged, trace_dir: Path, rig_alloc) -> None:

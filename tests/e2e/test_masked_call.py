@@ -34,6 +34,7 @@ from .harness import (  # noqa: F401 - fixtures
     call_cdrs,
     carrier,
     dial,
+    hang_up_in_asterisk,
     invites,
     new_customer_number,
     new_order_id,
@@ -154,13 +155,18 @@ def _bridged_call(
     return order, number, customer, phone
 
 
-def test_a_customer_leg_hung_up_through_ari_ends_the_call_without_a_cause(
-    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+@pytest.mark.parametrize(
+    ("leg", "how"), [("customer", "ari"), ("customer", "cli"), ("manager", "cli")], ids=lambda v: v
+)
+def test_a_bridged_leg_hung_up_in_asterisk_ends_the_call_by_asterisk(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc, leg: str, how: str
 ) -> None:
-    """ARI's DELETE /channels/{id} (another ARI client, an administrator) is a soft hangup request in
-    Asterisk 22: ChannelHangupRequest with soft true and, as its cause, the flag AST_SOFTHANGUP_EXPLICIT
-    (32), not a Q.850 cause. The call ends as the customer's leaving it, its cause not known then.
-    Checked to fail before the change: the row's hangup_cause was 32."""
+    """Another ARI client's DELETE /channels/{id}, or an administrator's ``channel request hangup``, is a
+    soft hangup request in Asterisk 22: ChannelHangupRequest with soft true and, as its cause, the flag
+    AST_SOFTHANGUP_EXPLICIT (32), not a Q.850 cause. The call ends at once, the other phone is sent BYE, and
+    the row says that it was completed, ended by ``asterisk`` (neither phone hung up), without a cause
+    (Asterisk gives 16 with the leg's ChannelDestroyed, after the call's end: as after a phone's BYE).
+    Checked to fail before the change: ``ended_by`` was the leg's side; before an earlier one, the cause 32."""
     daemon = make_bridged(("boris",))
     boris = daemon.managers[0]
     order, number, customer, phone = _bridged_call(
@@ -171,11 +177,58 @@ def test_a_customer_leg_hung_up_through_ari_ends_the_call_without_a_cause(
         return [r for r in daemon.call_rows(boris.id) if r["order_id"] == order and r["state"] == state]
 
     [row] = ours("bridged")
-    assert asterisk.ari("DELETE", f"/channels/{row['customer_channel_id']}")[0] == 204
+    time.sleep(2)  # a conversation of a moment: a recording of next to nothing is judged failed
+    hang_up_in_asterisk(asterisk, row[f"{leg}_channel_id"], how)
     assert customer.wait(timeout=15) == 0, customer.describe()
     assert phone.wait(timeout=15) == 0, phone.describe()
     [row] = wait_for(lambda: ours("ended"), 10, "ended row")
-    assert (row["outcome"], row["ended_by"], row["hangup_cause"]) == ("completed", "customer", None), row
+    assert (row["outcome"], row["ended_by"], row["hangup_cause"]) == ("completed", "asterisk", None), row
+    assert row["duration"] and row["duration"] > 0 and row["recording_name"], row
+    # The other side was hung up by bridged (BYE), the leg cut off by Asterisk (BYE too).
+    for sipp in (phone, customer):
+        assert re.search(r"^BYE sip:", sipp.messages(), re.M), sipp.describe()
+    wait_for(lambda: not json.loads(asterisk.ari_get("/channels")), 5, "no channels left")
+    judged = wait_for(
+        lambda: [r for r in daemon.call_rows(boris.id) if r["id"] == row["id"] and r["recording_state"]],
+        10,
+        "the recording judged",
+    )
+    assert judged[0]["recording_state"] == "complete", judged
+    assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
+
+
+@pytest.mark.parametrize("leg", ["customer", "manager"])
+def test_a_leg_hung_up_in_asterisk_while_the_customer_rings_cancels_the_call(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc, leg: str
+) -> None:
+    """``channel request hangup`` while the customer rings, on the customer's leg (rung from the dialplan:
+    a soft request, Dial NOANSWER, ChannelDestroyed cause 0 "Unknown") or on the manager's phone's channel:
+    the call is cancelled at once by ``asterisk``, without a cause, and the other leg stops ringing.
+    Checked to fail before the change: the customer's leg gave ``customer_no_answer`` with cause 0, ended
+    by ``bridged`` after the manager heard the no-answer prompt; the manager's, ``manager_abandoned`` by
+    ``manager``."""
+    daemon = make_bridged(("lena",), ring_timeout=60)
+    lena = daemon.managers[0]
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Anna Karenina", lena.id)
+    customer = carrier(trace_dir, rig_alloc, "carrier_noanswer", timeout_s=40)
+    phone = dial(lena, trace_dir, f"*77{order}", hold_ms=30000, timeout_s=40)
+
+    def ours(state: str) -> list[dict]:
+        return [r for r in daemon.call_rows(lena.id) if r["order_id"] == order and r["state"] == state]
+
+    [row] = wait_for(lambda: ours("ringing_customer"), 20, "the customer ringing")
+    wait_for(lambda: re.search(r"^SIP/2.0 180 ", customer.messages(), re.M), 10, "the carrier's 180")
+    hang_up_in_asterisk(asterisk, row[f"{leg}_channel_id"])
+    [row] = wait_for(lambda: ours("ended"), 10, "ended row")
+    assert (row["outcome"], row["ended_by"], row["hangup_cause"]) == ("cancelled", "asterisk", None), row
+    assert row["answered_at"] is None and row["recording_name"] is None, row
+    assert phone.wait(timeout=15) == 0, phone.describe()
+    assert customer.wait(timeout=15) == 0, customer.describe()
+    assert re.search(r"^CANCEL sip:", customer.messages(), re.M), "the customer leg was not cancelled"
+    # No prompt: the manager's phone was never answered (a prompt is played once it is).
+    assert _invite_ok(phone.messages(), "received") is None, phone.messages()[-1500:]
+    wait_for(lambda: not json.loads(asterisk.ari_get("/channels")), 5, "no channels left")
     assert_not_leaked(number, manager_sip_trace=phone.messages(), daemon_log=daemon.log_text())
 
 

@@ -312,16 +312,37 @@ async def test_a_leg_asterisk_already_hangs_up_is_not_hung_up_again(env: Env) ->
     assert env.ari.hung_up() == ["m-a"]
 
 
-async def test_a_customer_leg_asked_to_hang_up_softly_ends_the_call_without_a_cause(env: Env) -> None:
+@pytest.mark.parametrize("leg", ["customer", "manager"])
+async def test_a_bridged_leg_cut_off_ends_the_call_by_asterisk_without_a_cause(env: Env, leg: str) -> None:
     """ARI's DELETE of the leg by another program (or ``channel request hangup``) is a soft hangup request:
-    its cause is the flag AST_SOFTHANGUP_EXPLICIT (32), not a Q.850 cause. The customer has left; why is not
-    known when the call ends, so the row has no cause (before the change: 32). The leg is hung up again, as
-    after any soft request (it may only have been interrupted)."""
+    its cause is the flag AST_SOFTHANGUP_EXPLICIT (32), not a Q.850 cause. Nobody on the phones hung up: the
+    row says ``asterisk`` (before the change: the leg's side), and has no cause (before an earlier change:
+    32). The leg is hung up again, as after any soft request (it may only have been interrupted)."""
     customer = await env.bridged("call-a", "m-a")
-    env.engine.on_event(hangup_request(customer, cause=32, soft=True))
+    channel = customer if leg == "customer" else "m-a"
+    env.engine.on_event(hangup_request(channel, cause=32, soft=True))
     row = await env.ended("call-a")
-    assert (row["outcome"], row["ended_by"], row["hangup_cause"]) == ("completed", "customer", None)
-    assert customer in env.ari.hung_up()
+    assert (row["outcome"], row["ended_by"], row["hangup_cause"]) == ("completed", "asterisk", None)
+    assert set(env.ari.hung_up()) == {customer, "m-a"}
+
+
+@pytest.mark.parametrize("leg", ["customer", "manager"])
+async def test_a_leg_cut_off_while_the_customer_rings_cancels_the_call(env: Env, leg: str) -> None:
+    """``channel request hangup`` on the customer's leg ringing from the dialplan (measured: a soft request
+    32, Dial NOANSWER, ChannelDestroyed cause 0 "Unknown") or on the manager's phone: the call is cancelled
+    at once, by ``asterisk``, the other leg hung up, no prompt. (Checked to fail before the change: the
+    customer "did not answer", cause 0, after the manager heard the no-answer prompt; the manager's phone
+    "abandoned" the call.)"""
+    customer = await env.ringing("call-a", "m-a")
+    env.engine.on_event(dial(customer, "RINGING"))
+    channel = customer if leg == "customer" else "m-a"
+    env.engine.on_event(hangup_request(channel, cause=32, state="Ringing", soft=True))
+    env.engine.on_event(dial(customer, "NOANSWER"))
+    env.engine.on_event(channel_destroyed(channel, cause=0))
+    row = await env.ended("call-a")
+    assert (row["outcome"], row["ended_by"], row["hangup_cause"]) == ("cancelled", "asterisk", None)
+    assert env.ari.named("play") == []
+    assert ("m-a" if leg == "customer" else customer) in env.ari.hung_up()
 
 
 async def test_manager_already_up_is_not_answered_again(env: Env) -> None:
@@ -517,18 +538,28 @@ async def test_a_dialled_leg_that_rang_out_is_no_answer() -> None:
     """What Asterisk sends for a made-and-dialled customer leg whose dial timed out (measured on the rig,
     docs/asterisk.md): a soft hangup request (its cause 32 the flag AST_SOFTHANGUP_EXPLICIT), StasisEnd, then
     ChannelDestroyed with cause 19. The destroyed leg's cause decides: no answer, not unavailable. (Checked to
-    fail with the first cause kept.)"""
+    fail with the first cause kept.) Such a leg is one an earlier release made in the application, adopted
+    while it rang: a leg rung from the dialplan rings out without a soft request (ChannelDestroyed, cause 19,
+    alone), and a soft request on it is a cut-off."""
     e = await _make_env(make_config())
     try:
-        customer = await e.ringing("call-a", "m-a")
+        _bridged_row(e, "call-r", answered=False, state="ringing_customer")
+        made = {"id": "call-r-customer", "state": "Ring", "dialplan": {"app_name": "Stasis", "app_data": ""}}
+        e.ari.channels = {"call-r-m": {"id": "call-r-m", "state": "Ring"}, "call-r-customer": made}
+        e.ari.app_channel_ids = ["call-r-m", "call-r-customer"]
+        await e.engine.reconciler.reconcile()
+        customer = "call-r-customer"
+        assert e.engine.calls["call-r"].customer_in_app
         e.engine.on_event(dial(customer, "RINGING"))
         e.engine.on_event(hangup_request(customer, cause=32, state="Ringing", soft=True))
         e.engine.on_event(stasis_end(customer, state="Ringing"))
         e.engine.on_event(channel_destroyed(customer, cause=19))
         await wait_until(lambda: len(e.ari.named("play")) == 1)
-        assert e.play_for("m-a")["media"] == [f"sound:{p}" for p in e.config.prompts.no_answer.split("&")]
-        e.engine.on_event(hangup_request("m-a"))
-        row = await e.ended("call-a")
+        assert e.play_for("call-r-m")["media"] == [
+            f"sound:{p}" for p in e.config.prompts.no_answer.split("&")
+        ]
+        e.engine.on_event(hangup_request("call-r-m"))
+        row = await e.ended("call-r")
         assert (row["outcome"], row["hangup_cause"]) == ("customer_no_answer", 19)
     finally:
         await e.engine.shutdown()

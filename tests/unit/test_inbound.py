@@ -370,15 +370,24 @@ async def test_nobody_answers_the_caller_hears_the_missed_prompt_and_the_call_en
     assert env.store.sticky.rows == {}  # nobody talked to them
 
 
-async def test_the_caller_hanging_up_while_managers_ring_is_missed_and_stops_the_ringing() -> None:
+@pytest.mark.parametrize(
+    ("request_fields", "ended_by"),
+    [({"cause": 127}, "customer"), ({"cause": 32, "soft": True}, "asterisk")],
+    ids=["the-caller-cancels", "cut-off-in-asterisk"],
+)
+async def test_the_caller_hanging_up_while_managers_ring_is_missed_and_stops_the_ringing(
+    request_fields: dict[str, Any], ended_by: str
+) -> None:
+    """The caller's CANCEL (a hard request), or ``channel request hangup`` on their channel (a soft one:
+    nobody on a phone hung up; checked to fail before the change: ``customer``)."""
     env = _env(inbound_config(ring_group="simultaneous"))
     call = await env.call_in("in-5")
     await env.unanswered(call, "anna", 17)
     ringing = list(call.ring.legs)  # type: ignore[union-attr]
     assert env.rung(call) == ["anna", "boris"]  # the rest of the team, all at once (one here)
-    env.engine.on_event(hangup_request("in-5", cause=127, state="Ring"))
+    env.engine.on_event(hangup_request("in-5", state="Ring", **request_fields))
     await wait_until(lambda: env.row(call)["state"] == "ended")
-    assert (env.row(call)["outcome"], env.row(call)["ended_by"]) == ("missed", "customer")
+    assert (env.row(call)["outcome"], env.row(call)["ended_by"]) == ("missed", ended_by)
     assert set(ringing) <= set(env.ari.hung_up())
     assert env.ari.named("answer") == []
     await env.engine.shutdown()

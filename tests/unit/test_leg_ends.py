@@ -49,10 +49,11 @@ def _event(kind: str, channel: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _q850(kind: str, fields: dict[str, Any]) -> int | None:
-    """The Q.850 cause an event gives, if any: a hard request's or a destroyed channel's integer cause."""
+    """The Q.850 cause an event gives, if any: a hard request's or a destroyed channel's integer cause (0,
+    Asterisk's "Unknown", is none)."""
     cause = fields.get("cause")
     hard = kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not fields.get("soft"))
-    return cause if hard and type(cause) is int else None
+    return cause if hard and type(cause) is int and cause > 0 else None
 
 
 _FIELDS = st.fixed_dictionaries({}, optional={"cause": _JSON, "soft": _JSON})
@@ -69,12 +70,14 @@ _FIELDS = st.fixed_dictionaries({}, optional={"cause": _JSON, "soft": _JSON})
     state=CallState.RINGING_MANAGER,
 )
 @example(kind="ChannelDestroyed", fields={"cause": True}, manager=False, state=CallState.RINGING_CUSTOMER)
+@example(kind="ChannelDestroyed", fields={"cause": 0}, manager=False, state=CallState.RINGING_CUSTOMER)
 def test_a_leg_end_notes_only_a_q850_cause(
     kind: str, fields: dict[str, Any], manager: bool, state: CallState
 ) -> None:
     """Any shape of cause and soft: a cause is noted only from a hard request or a destroyed channel, and
-    only an integer (a bool is none). Checked to fail before the change: a soft request's flag (32, 16) was
-    taken as the leg's cause, and True as cause 1."""
+    only a positive integer (a bool is none; 0 is Asterisk's "Unknown", what a leg hung up by ``channel
+    request hangup`` while it rang is destroyed with). Checked to fail before the change: a soft request's
+    flag (32, 16) was taken as the leg's cause, and True as cause 1; later, 0 was kept as a cause."""
     call = _call(state)
     leg = call.manager_channel_id if manager else call.customer_channel_id
     assert leg is not None
