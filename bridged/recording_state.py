@@ -54,7 +54,8 @@ def audio_seconds(fmt: str, size: int) -> float | None:
 def judge_end_event(
     event_type: str, duration: int | None, *, ended_early: bool, expected_seconds: float | None
 ) -> RecordingState | None:
-    """The state told by a recording's last event; None when only the file can tell (no duration).
+    """The state told by a recording's last event; None when only the file can tell (no duration, or 0 s
+    of a call bridged for less than :data:`SLACK_SECONDS`).
 
     ``ended_early``: the recording finished before bridged stopped it (the call was still bridged).
     ``expected_seconds``: from the recording request to bridged stopping it.
@@ -64,6 +65,10 @@ def judge_end_event(
     if duration is None:
         return None
     if duration <= 0:
+        # Whole seconds, rounded down: a call bridged for less than the slack may have under a second of
+        # audio, all of it; whether anything was written only its file tells.
+        if not ended_early and expected_seconds is not None and expected_seconds < SLACK_SECONDS:
+            return None
         return RecordingState.FAILED
     if ended_early:
         return RecordingState.TRUNCATED

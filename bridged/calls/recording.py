@@ -109,6 +109,10 @@ class Recordings:
                 call.recording_name, RecordingState.TRUNCATED if early else RecordingState.UNKNOWN, expected
             )
             why = f"no duration in its end event; {why}"
+        elif state is None:
+            # 0 s of a call bridged for under a second or two: the whole call if its file holds audio.
+            state, why = await self.judge_by_file(call.recording_name, RecordingState.COMPLETE, expected)
+            why = f"0 s recorded of {expected or 0:.1f} s bridged; {why}"
         elif early:
             why = f"Asterisk stopped it after {duration} s while the call went on (see Asterisk's log)"
         else:

@@ -79,6 +79,9 @@ def wav_bytes(seconds: float) -> int:
         ("RecordingFailed", None, True, 1.0, FAILED),
         ("RecordingFailed", 30, False, 30.0, FAILED),
         ("RecordingFinished", None, False, 8.0, None),  # no duration: the file tells
+        ("RecordingFinished", 0, False, 0.06, None),  # hung up 60 ms after the bridge: the file tells
+        ("RecordingFinished", 0, False, 1.99, None),
+        ("RecordingFinished", 0, True, 0.06, FAILED),  # it stopped by itself: nothing was written
     ],
 )
 def test_end_event_judgement(
@@ -98,8 +101,8 @@ def test_end_event_judgement_properties(duration: int, expected: float, early: b
         assert not early and duration > 0 and duration + SLACK_SECONDS >= expected
     if not early and duration > 0 and duration >= expected:  # as long as the call: complete
         assert state is COMPLETE
-    if duration == 0:
-        assert state is FAILED
+    if duration == 0:  # nothing recorded: failed, unless the file may hold all of a short call
+        assert state is (None if not early and expected < SLACK_SECONDS else FAILED)
     failed = judge_end_event("RecordingFailed", duration, ended_early=early, expected_seconds=expected)
     assert failed is FAILED
 
@@ -153,6 +156,29 @@ async def test_a_recording_that_runs_to_the_end_of_the_call_is_complete(env: Env
     assert row["outcome"] == "completed"
     assert metrics.RECORDINGS_FAILED.value("truncated") == metrics.RECORDINGS_FAILED.value("failed") == 0
     assert env.engine.recordings.by_name == {} and env.engine.recordings.settling == {}
+
+
+@pytest.mark.parametrize(
+    ("stored", "state"), [(wav_bytes(0.06), "complete"), (44, "failed"), (None, "failed")]
+)
+async def test_a_call_hung_up_at_the_bridge_is_judged_by_its_file(
+    env: Env, caplog: pytest.LogCaptureFixture, stored: int | None, state: str
+) -> None:
+    """0 s recorded (whole seconds, rounded down) of a call hung up a moment after the bridge: complete if
+    its file holds audio, failed (an ERROR line) if it holds none."""
+    await env.bridged("call-a", "m-a")
+    if stored is not None:
+        env.ari.stored_recordings["bridged-call-a"] = ("wav", int(stored))
+    with caplog.at_level("INFO", logger="bridged.calls"):
+        env.engine.on_event(recording_event("RecordingStarted", "bridged-call-a", "call-a-bridge"))
+        env.engine.on_event(hangup_request("m-a"))
+        await env.ended("call-a")
+        env.engine.on_event(finished("call-a", 0))
+        await wait_until(lambda: env.row("call-a")["recording_state"] is not None)
+    assert env.row("call-a")["recording_state"] == state
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert (errors == []) is (state == "complete"), errors
+    assert metrics.RECORDINGS_FAILED.value("failed") == (state == "failed")
 
 
 async def test_disk_full_mid_call_marks_the_recording_truncated_and_the_call_goes_on(
