@@ -32,6 +32,7 @@ from .events import channel_of, cut_off, dialled, leg_of, note_leg_end, note_rin
 from .legs import Legs, MadeLegs
 from .model import (
     INBOUND,
+    INTERNAL_EVENTS,
     LEFT_FOR_GONE,
     Call,
     CallState,
@@ -145,8 +146,7 @@ CANARY_REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     (S.ANNOUNCING, E.ANNOUNCEMENT_DONE): Steps.canary_record,
     (S.BRIDGED, E.CANARY_TIMER): ended(O.COMPLETED, "bridged"),
     (S.BRIDGED, E.CUSTOMER_LEFT): ended(O.COMPLETED, "customer"),
-    (S.BRIDGED, E.MANAGER_CUT_OFF): ended(O.COMPLETED, "asterisk"),
-    (S.BRIDGED, E.CUSTOMER_CUT_OFF): ended(O.COMPLETED, "asterisk"),
+    (S.BRIDGED, E.CUSTOMER_CUT_OFF): ended(O.COMPLETED, "asterisk"),  # a canary call has no manager's leg
     (S.ENDING, E.PROMPT_DONE): Steps.hang_up_caller,
     (ANY, E.CUSTOMER_LEFT): ended(O.CUSTOMER_ABANDONED, "customer"),
     (ANY, E.MANAGER_LEFT): ignore,
@@ -508,8 +508,8 @@ class CallEngine:
         channel = channel_of(event) or "-"
         ringing = call.ring is not None and channel in call.ring.legs
         side = "manager" if ringing else legs.get(channel)
-        if kind in _INTERNAL:
-            return _INTERNAL[kind]
+        if kind in INTERNAL_EVENTS:
+            return INTERNAL_EVENTS[kind]
         if kind == "StasisStart" and side is not None:
             if side == "manager" and leg_of(event) is not dialplan.Leg.MANAGER:
                 return E.MANAGER_IN_STASIS  # a phone's own channel
@@ -592,12 +592,3 @@ class CallEngine:
         await self._background.wait()
         await self._retries.wait()
         await self.rows.last_writes()
-
-
-# bridged's own events, queued to a call's worker like Asterisk's.
-_INTERNAL = {
-    "OriginateManager": E.ORIGINATE_MANAGER,
-    "Terminate": E.TERMINATE,
-    "Reconcile": E.RECONCILE,
-    "CanaryTimer": E.CANARY_TIMER,
-}

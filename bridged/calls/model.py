@@ -119,6 +119,14 @@ LEFT_FOR_GONE = {
     Event.CUSTOMER_CUT_OFF: Event.CUSTOMER_LEFT,
 }
 
+# bridged's own events (by their "type"), queued to a call's worker like Asterisk's.
+INTERNAL_EVENTS = {
+    "OriginateManager": Event.ORIGINATE_MANAGER,
+    "Terminate": Event.TERMINATE,
+    "Reconcile": Event.RECONCILE,
+    "CanaryTimer": Event.CANARY_TIMER,
+}
+
 
 INBOUND = "inbound"  # the direction of a call a customer made to the shop's number
 
