@@ -28,7 +28,7 @@ from ..recording_state import END_EVENTS as RECORDING_END_EVENTS
 from ..recording_state import EVENTS as RECORDING_EVENTS
 from ..store import Store
 from ..tasks import Tasks
-from .events import channel_of, dialled, leg_of, note_leg_end, note_ring_end, state_of
+from .events import channel_of, dialled, kind_of, leg_of, note_leg_end, note_ring_end, state_of
 from .legs import Legs, MadeLegs
 from .model import (
     INBOUND,
@@ -313,7 +313,7 @@ class CallEngine:
         read here at once, as the worker would read it next (nothing else changes the call meanwhile), and
         what it tells is noted (a Dial's status, a leg's hangup cause); a ringing leg's Dial, a caller id
         that is ours. One that does mean something is queued with its reading, for the worker to react."""
-        if call.state is CallState.ENDED and event.get("type") not in RECORDING_END_EVENTS:
+        if call.state is CallState.ENDED and kind_of(event) not in RECORDING_END_EVENTS:
             return
         if call.waiting and call.queue.empty():
             happened: Event | Exception | None

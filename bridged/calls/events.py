@@ -79,6 +79,12 @@ def state_of(event: dict[str, Any]) -> str | None:
     return channel.get("state") if isinstance(channel, dict) else None
 
 
+def kind_of(event: dict[str, Any]) -> str | None:
+    """An event's type; None for one that is not a string (no event Asterisk sends has such a type)."""
+    kind = event.get("type")
+    return kind if isinstance(kind, str) else None
+
+
 def channel_of(event: dict[str, Any], key: str = "channel") -> str | None:
     channel = event.get(key)
     if isinstance(channel, dict):
