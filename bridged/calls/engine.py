@@ -28,7 +28,16 @@ from ..recording_state import END_EVENTS as RECORDING_END_EVENTS
 from ..recording_state import EVENTS as RECORDING_EVENTS
 from ..store import Store
 from ..tasks import Tasks
-from .events import channel_of, dialled, kind_of, leg_of, note_leg_end, note_ring_end, state_of
+from .events import (
+    channel_of,
+    dialled,
+    kind_of,
+    leg_of,
+    note_leg_end,
+    note_ring_end,
+    playback_of,
+    state_of,
+)
 from .legs import Legs, MadeLegs
 from .model import (
     INBOUND,
@@ -334,7 +343,7 @@ class CallEngine:
         for channel_id in (channel_of(event), channel_of(event, "peer")):
             if channel_id and channel_id in by_channel:
                 return by_channel[channel_id]
-        target = (event.get("playback") or {}).get("target_uri", "")
+        target = playback_of(event).get("target_uri", "")
         playback = (
             target[len("channel:") :] if isinstance(target, str) and target.startswith("channel:") else None
         )
@@ -521,7 +530,7 @@ class CallEngine:
         if kind == "Dial":
             return dialled(call, event)
         elif kind == "PlaybackFinished":
-            playback_id = (event.get("playback") or {}).get("id")
+            playback_id = playback_of(event).get("id")
             if playback_id and playback_id == call.announcement_playback_id:
                 call.announcement_playback_id = None
                 return E.ANNOUNCEMENT_DONE

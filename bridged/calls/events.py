@@ -85,6 +85,12 @@ def kind_of(event: dict[str, Any]) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+def playback_of(event: dict[str, Any]) -> dict[str, Any]:
+    """A playback event's playback ({} when it has none that is an object)."""
+    playback = event.get("playback")
+    return playback if isinstance(playback, dict) else {}
+
+
 def channel_of(event: dict[str, Any], key: str = "channel") -> str | None:
     channel = event.get(key)
     if isinstance(channel, dict):
