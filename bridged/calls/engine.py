@@ -29,6 +29,7 @@ from ..recording_state import EVENTS as RECORDING_EVENTS
 from ..store import Store
 from ..tasks import Tasks
 from .events import (
+    app_args,
     channel_of,
     dialled,
     kind_of,
@@ -291,7 +292,7 @@ class CallEngine:
                 self.made.entered(channel_id)
             app = self.config.current.ari.app
             own = event.get("application", app) == app
-            legs = dialplan.parse_app_args(event.get("args") or []) if own else None
+            legs = app_args(event) if own else None
             if legs is not None and legs[0] is dialplan.Leg.ORDER and channel_id:
                 self._start_phone_call(legs[1], channel_id, event)
                 return

@@ -24,10 +24,15 @@ def dialled(call: Call, event: dict[str, Any]) -> Event | None:
     return Event.MANAGER_ANSWERED if ringing and status == "ANSWER" else None
 
 
+def app_args(event: dict[str, Any]) -> tuple[dialplan.Leg, str] | None:
+    """A StasisStart's arguments, as bridged.dialplan.parse_app_args reads them (None unless a list)."""
+    args = event.get("args")
+    return dialplan.parse_app_args(args) if isinstance(args, list) else None
+
+
 def leg_of(event: dict[str, Any]) -> dialplan.Leg | None:
     """Which leg a StasisStart's arguments say the channel is."""
-    args = event.get("args")
-    parsed = dialplan.parse_app_args(args) if isinstance(args, list) else None
+    parsed = app_args(event)
     return None if parsed is None else parsed[0]
 
 
