@@ -9,6 +9,9 @@ from typing import Any
 from .. import dialplan
 from .model import Call, CallState, Event
 
+# The highest Q.850 cause (127, "Interworking, unspecified": a cancelled INVITE's).
+Q850_MAX = 127
+
 
 def dialled(call: Call, event: dict[str, Any]) -> Event | None:
     """A Dial event: how a leg bridged rang is doing. Its dial string (the customer's number) is never
@@ -43,11 +46,13 @@ def _asterisk_ends(event: dict[str, Any]) -> tuple[bool, int | None]:
     interrupt the channel). A soft request's ``cause`` is no Q.850 cause either: Asterisk 22's
     ``ast_softhangup`` sends its AST_SOFTHANGUP_* flag there (32, EXPLICIT, for ARI's DELETE and for a
     dial's timeout; 16, APPUNLOAD, would read as normal clearing); the cause a DELETE gives comes with the
-    channel's ChannelDestroyed. A cause that is not an integer (a bool is none) is no cause."""
+    channel's ChannelDestroyed. A cause that is not an integer (a bool is none) is no cause, nor one outside
+    Q.850's 0-127 (AST_CAUSE_*): a SIP message's Reason header may carry any number, and the row and the
+    API keep the cause (a customer's number there would be shown; one past 2**31 not written at all)."""
     kind = event.get("type")
     hard = kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft"))
     cause = event.get("cause")
-    return hard, cause if hard and isinstance(cause, int) and not isinstance(cause, bool) else None
+    return hard, cause if hard and type(cause) is int and 0 <= cause <= Q850_MAX else None
 
 
 def note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:
