@@ -26,6 +26,7 @@ from ..outcomes import Outcome as O
 from ..outcomes import Refusal
 from ..recording_state import END_EVENTS as RECORDING_END_EVENTS
 from ..recording_state import EVENTS as RECORDING_EVENTS
+from ..redact import redact
 from ..store import Store
 from ..tasks import Tasks
 from .events import (
@@ -356,7 +357,9 @@ class CallEngine:
     def _start_phone_call(self, call_id: str, channel_id: str, event: dict[str, Any]) -> None:
         pending = self._pending.pop(call_id, None)
         if pending is None or (pending.manager_channel_id and pending.manager_channel_id != channel_id):
-            log.warning("call %s: no pending request for channel %s; refusing", call_id, channel_id)
+            # The call id is the Stasis arguments' (bridged's own FastAGI reply, as a rule): here it names
+            # no call of ours, whatever it is, and is logged masked (as bridged.refusals masks a code).
+            log.warning("call %s: no pending request for channel %s; refusing", redact(call_id), channel_id)
             self._background.spawn(self.legs.refuse_stray(channel_id), name=f"stray-{channel_id}")
             return
         call = pending.early or pending.call(channel_id)
