@@ -26,9 +26,21 @@ from ..outcomes import Outcome as O
 from ..outcomes import Refusal
 from ..recording_state import END_EVENTS as RECORDING_END_EVENTS
 from ..recording_state import EVENTS as RECORDING_EVENTS
+from ..redact import redact
 from ..store import Store
 from ..tasks import Tasks
-from .events import channel_of, cut_off, dialled, leg_of, note_leg_end, note_ring_end, state_of
+from .events import (
+    app_args,
+    channel_of,
+    cut_off,
+    dialled,
+    kind_of,
+    leg_of,
+    note_leg_end,
+    note_ring_end,
+    playback_of,
+    state_of,
+)
 from .legs import Legs, MadeLegs
 from .model import (
     INBOUND,
@@ -296,7 +308,7 @@ class CallEngine:
                 self.made.entered(channel_id)
             app = self.config.current.ari.app
             own = event.get("application", app) == app
-            legs = dialplan.parse_app_args(event.get("args") or []) if own else None
+            legs = app_args(event) if own else None
             if legs is not None and legs[0] is dialplan.Leg.ORDER and channel_id:
                 self._start_phone_call(legs[1], channel_id, event)
                 return
@@ -327,7 +339,7 @@ class CallEngine:
         read here at once, as the worker would read it next (nothing else changes the call meanwhile), and
         what it tells is noted (a Dial's status, a leg's hangup cause); a ringing leg's Dial, a caller id
         that is ours. One that does mean something is queued with its reading, for the worker to react."""
-        if call.state is CallState.ENDED and event.get("type") not in RECORDING_END_EVENTS:
+        if call.state is CallState.ENDED and kind_of(event) not in RECORDING_END_EVENTS:
             return
         if call.waiting and call.queue.empty():
             happened: Event | Exception | None
@@ -348,7 +360,7 @@ class CallEngine:
         for channel_id in (channel_of(event), channel_of(event, "peer")):
             if channel_id and channel_id in by_channel:
                 return by_channel[channel_id]
-        target = (event.get("playback") or {}).get("target_uri", "")
+        target = playback_of(event).get("target_uri", "")
         playback = (
             target[len("channel:") :] if isinstance(target, str) and target.startswith("channel:") else None
         )
@@ -360,7 +372,9 @@ class CallEngine:
     def _start_phone_call(self, call_id: str, channel_id: str, event: dict[str, Any]) -> None:
         pending = self._pending.pop(call_id, None)
         if pending is None or (pending.manager_channel_id and pending.manager_channel_id != channel_id):
-            log.warning("call %s: no pending request for channel %s; refusing", call_id, channel_id)
+            # The call id is the Stasis arguments' (bridged's own FastAGI reply, as a rule): here it names
+            # no call of ours, whatever it is, and is logged masked (as bridged.refusals masks a code).
+            log.warning("call %s: no pending request for channel %s; refusing", redact(call_id), channel_id)
             self._background.spawn(self.legs.refuse_stray(channel_id), name=f"stray-{channel_id}")
             return
         call = pending.early or pending.call(channel_id)
@@ -537,7 +551,7 @@ class CallEngine:
         if kind == "Dial":
             return dialled(call, event)
         elif kind == "PlaybackFinished":
-            playback_id = (event.get("playback") or {}).get("id")
+            playback_id = playback_of(event).get("id")
             if playback_id and playback_id == call.announcement_playback_id:
                 call.announcement_playback_id = None
                 return E.ANNOUNCEMENT_DONE

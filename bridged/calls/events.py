@@ -9,6 +9,9 @@ from typing import Any
 from .. import dialplan
 from .model import Call, CallState, Event
 
+# The highest Q.850 cause (127, "Interworking, unspecified": a cancelled INVITE's).
+Q850_MAX = 127
+
 
 def dialled(call: Call, event: dict[str, Any]) -> Event | None:
     """A Dial event: how a leg bridged rang is doing. Its dial string (the customer's number) is never
@@ -24,10 +27,15 @@ def dialled(call: Call, event: dict[str, Any]) -> Event | None:
     return Event.MANAGER_ANSWERED if ringing and status == "ANSWER" else None
 
 
+def app_args(event: dict[str, Any]) -> tuple[dialplan.Leg, str] | None:
+    """A StasisStart's arguments, as bridged.dialplan.parse_app_args reads them (None unless a list)."""
+    args = event.get("args")
+    return dialplan.parse_app_args(args) if isinstance(args, list) else None
+
+
 def leg_of(event: dict[str, Any]) -> dialplan.Leg | None:
     """Which leg a StasisStart's arguments say the channel is."""
-    args = event.get("args")
-    parsed = dialplan.parse_app_args(args) if isinstance(args, list) else None
+    parsed = app_args(event)
     return None if parsed is None else parsed[0]
 
 
@@ -40,12 +48,13 @@ def _asterisk_ends(event: dict[str, Any]) -> tuple[bool, int | None]:
     dial's timeout; 16, APPUNLOAD, would read as normal clearing); the cause a DELETE gives comes with the
     channel's ChannelDestroyed. A cause that is not an integer (a bool is none) is no cause, nor is 0
     (AST_CAUSE_NOTDEFINED, "Unknown": the ChannelDestroyed of a leg hung up by ``channel request hangup``
-    while it rang)."""
+    while it rang), nor one outside Q.850's 1-127 (AST_CAUSE_*): a SIP message's Reason header may carry
+    any number, and the row and the API keep the cause (a customer's number there would be shown; one past
+    2**31 not written at all)."""
     kind = event.get("type")
     hard = kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not event.get("soft"))
     cause = event.get("cause")
-    q850 = isinstance(cause, int) and not isinstance(cause, bool) and cause > 0
-    return hard, cause if hard and q850 else None
+    return hard, cause if hard and type(cause) is int and 0 < cause <= Q850_MAX else None
 
 
 def cut_off(call: Call, event: dict[str, Any], manager: bool) -> bool:
@@ -93,6 +102,18 @@ def note_ring_end(call: Call, event: dict[str, Any]) -> None:
 def state_of(event: dict[str, Any]) -> str | None:
     channel = event.get("channel")
     return channel.get("state") if isinstance(channel, dict) else None
+
+
+def kind_of(event: dict[str, Any]) -> str | None:
+    """An event's type; None for one that is not a string (no event Asterisk sends has such a type)."""
+    kind = event.get("type")
+    return kind if isinstance(kind, str) else None
+
+
+def playback_of(event: dict[str, Any]) -> dict[str, Any]:
+    """A playback event's playback ({} when it has none that is an object)."""
+    playback = event.get("playback")
+    return playback if isinstance(playback, dict) else {}
 
 
 def channel_of(event: dict[str, Any], key: str = "channel") -> str | None:

@@ -19,6 +19,7 @@ from ..ari import AriClient, AriError, background_requests
 from ..config import ConfigHolder
 from ..recording_state import END_EVENTS, RecordingState, StoredFile, judge_end_event, judge_file
 from ..store.calls import CallRow
+from .events import kind_of
 from .model import Call
 from .rows import Rows
 
@@ -136,7 +137,7 @@ class Recordings:
                     )
                     await self.set_state(call, state, f"Asterisk sent no end event; {why}")
                     break
-                if event.get("type") in END_EVENTS:
+                if kind_of(event) in END_EVENTS:
                     await self.on_end(call, event)
         except asyncio.CancelledError:
             if call.recording_state is None:

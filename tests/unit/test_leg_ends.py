@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bridged.calls.events import note_leg_end, note_ring_end
+from bridged.calls.events import Q850_MAX, note_leg_end, note_ring_end
 from bridged.calls.model import Call, CallState, Ringing
 from bridged.labels import Labeller
 
@@ -49,11 +49,11 @@ def _event(kind: str, channel: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _q850(kind: str, fields: dict[str, Any]) -> int | None:
-    """The Q.850 cause an event gives, if any: a hard request's or a destroyed channel's integer cause (0,
-    Asterisk's "Unknown", is none)."""
+    """The Q.850 cause an event gives, if any: a hard request's or a destroyed channel's integer cause, in
+    Q.850's range (1-127; 0, Asterisk's "Unknown", is none)."""
     cause = fields.get("cause")
     hard = kind == "ChannelDestroyed" or (kind == "ChannelHangupRequest" and not fields.get("soft"))
-    return cause if hard and type(cause) is int and cause > 0 else None
+    return cause if hard and type(cause) is int and 0 < cause <= Q850_MAX else None
 
 
 _FIELDS = st.fixed_dictionaries({}, optional={"cause": _JSON, "soft": _JSON})
@@ -71,6 +71,8 @@ _FIELDS = st.fixed_dictionaries({}, optional={"cause": _JSON, "soft": _JSON})
 )
 @example(kind="ChannelDestroyed", fields={"cause": True}, manager=False, state=CallState.RINGING_CUSTOMER)
 @example(kind="ChannelDestroyed", fields={"cause": 0}, manager=False, state=CallState.RINGING_CUSTOMER)
+@example(kind="ChannelDestroyed", fields={"cause": 7654321}, manager=False, state=CallState.RINGING_CUSTOMER)
+@example(kind="ChannelHangupRequest", fields={"cause": 2**40}, manager=True, state=CallState.RINGING_MANAGER)
 def test_a_leg_end_notes_only_a_q850_cause(
     kind: str, fields: dict[str, Any], manager: bool, state: CallState
 ) -> None:
