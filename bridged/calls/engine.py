@@ -29,18 +29,7 @@ from ..recording_state import EVENTS as RECORDING_EVENTS
 from ..redact import redact
 from ..store import Store
 from ..tasks import Tasks
-from .events import (
-    app_args,
-    channel_of,
-    cut_off,
-    dialled,
-    kind_of,
-    leg_of,
-    note_leg_end,
-    note_ring_end,
-    playback_of,
-    state_of,
-)
+from . import events
 from .legs import Legs, MadeLegs
 from .model import (
     INBOUND,
@@ -301,14 +290,14 @@ class CallEngine:
     def on_event(self, event: dict[str, Any]) -> None:
         """Called by the websocket reader of a node (in that node's context) for every event; never blocks."""
         kind = event.get("type")
-        channel_id = channel_of(event)
+        channel_id = events.channel_of(event)
         own = True
         if kind == "StasisStart":
             if channel_id:
                 self.made.entered(channel_id)
             app = self.config.current.ari.app
             own = event.get("application", app) == app
-            legs = app_args(event) if own else None
+            legs = events.app_args(event) if own else None
             if legs is not None and legs[0] is dialplan.Leg.ORDER and channel_id:
                 self._start_phone_call(legs[1], channel_id, event)
                 return
@@ -339,7 +328,7 @@ class CallEngine:
         read here at once, as the worker would read it next (nothing else changes the call meanwhile), and
         what it tells is noted (a Dial's status, a leg's hangup cause); a ringing leg's Dial, a caller id
         that is ours. One that does mean something is queued with its reading, for the worker to react."""
-        if call.state is CallState.ENDED and kind_of(event) not in RECORDING_END_EVENTS:
+        if call.state is CallState.ENDED and events.kind_of(event) not in RECORDING_END_EVENTS:
             return
         if call.waiting and call.queue.empty():
             happened: Event | Exception | None
@@ -357,14 +346,10 @@ class CallEngine:
             return self.recordings.call_of(event)
         by_channel = self._by_channel
         # In this order: the event's channel, a Dial's peer, a playback's channel, a REFER's sender.
-        for channel_id in (channel_of(event), channel_of(event, "peer")):
+        for channel_id in (events.channel_of(event), events.channel_of(event, "peer")):
             if channel_id and channel_id in by_channel:
                 return by_channel[channel_id]
-        target = playback_of(event).get("target_uri", "")
-        playback = (
-            target[len("channel:") :] if isinstance(target, str) and target.startswith("channel:") else None
-        )
-        for channel_id in (playback, transferer(event)):
+        for channel_id in (events.played_on(event), transferer(event)):
             if channel_id and channel_id in by_channel:
                 return by_channel[channel_id]
         return None
@@ -519,13 +504,13 @@ class CallEngine:
         hangup causes, the Dial status, the playbacks that are over."""
         kind = event.get("type")
         legs = {call.manager_channel_id: "manager", call.customer_channel_id: "customer"}
-        channel = channel_of(event) or "-"
+        channel = events.channel_of(event) or "-"
         ringing = call.ring is not None and channel in call.ring.legs
         side = "manager" if ringing else legs.get(channel)
         if kind in INTERNAL_EVENTS:
             return INTERNAL_EVENTS[kind]
         if kind == "StasisStart" and side is not None:
-            if side == "manager" and leg_of(event) is not dialplan.Leg.MANAGER:
+            if side == "manager" and events.leg_of(event) is not dialplan.Leg.MANAGER:
                 return E.MANAGER_IN_STASIS  # a phone's own channel
             if side == "customer" and call.inbound:
                 return E.CUSTOMER_IN_STASIS
@@ -534,24 +519,24 @@ class CallEngine:
             # A manager leg bridged rang is made in the application (state Down) and dialled: its answer is
             # the Dial event below. Up here is a leg that entered answered: the customer's, originated into
             # the dialplan (or a manager's originated by an earlier release).
-            if state_of(event) != "Up":
+            if events.state_of(event) != "Up":
                 return None
             return E.MANAGER_ANSWERED if side == "manager" else E.CUSTOMER_ANSWERED
         if kind in _LEG_EVENTS and side is not None:
             if ringing:
-                note_ring_end(call, event)
+                events.note_ring_end(call, event)
             else:
-                note_leg_end(call, event, side == "manager")
+                events.note_leg_end(call, event, side == "manager")
             gone, manager = kind == "ChannelDestroyed", side == "manager"
-            if not gone and cut_off(call, event, manager):
+            if not gone and events.cut_off(call, event, manager):
                 return E.MANAGER_CUT_OFF if manager else E.CUSTOMER_CUT_OFF
             if manager:
                 return E.MANAGER_GONE if gone else E.MANAGER_LEFT
             return E.CUSTOMER_GONE if gone else E.CUSTOMER_LEFT
         if kind == "Dial":
-            return dialled(call, event)
+            return events.dialled(call, event)
         elif kind == "PlaybackFinished":
-            playback_id = playback_of(event).get("id")
+            playback_id = events.playback_of(event).get("id")
             if playback_id and playback_id == call.announcement_playback_id:
                 call.announcement_playback_id = None
                 return E.ANNOUNCEMENT_DONE

@@ -116,6 +116,12 @@ def playback_of(event: dict[str, Any]) -> dict[str, Any]:
     return playback if isinstance(playback, dict) else {}
 
 
+def played_on(event: dict[str, Any]) -> str | None:
+    """The channel a playback event's playback plays to (``target_uri`` ``channel:<id>``), if any."""
+    target = playback_of(event).get("target_uri")
+    return target[len("channel:") :] if isinstance(target, str) and target.startswith("channel:") else None
+
+
 def channel_of(event: dict[str, Any], key: str = "channel") -> str | None:
     channel = event.get(key)
     if isinstance(channel, dict):
