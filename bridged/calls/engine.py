@@ -69,6 +69,7 @@ REACTIONS: dict[tuple[CallState | None, Event], Reaction] = {
     (S.RINGING_MANAGER, E.MANAGER_ANSWERED): Steps.manager_answered,
     (S.RINGING_MANAGER, E.MANAGER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
     (S.RINGING_MANAGER, E.MANAGER_GONE): Steps.manager_unreached,
+    (S.RINGING_MANAGER, E.MANAGER_CUT_OFF): ended(O.CANCELLED, "asterisk"),  # told by its ChannelDestroyed
     # the customer's phone rings
     (S.RINGING_CUSTOMER, E.CUSTOMER_ANSWERED): Steps.customer_answered,
     (S.RINGING_CUSTOMER, E.CUSTOMER_LEFT): ignore,  # why comes with ChannelDestroyed (its cause)
@@ -528,7 +529,7 @@ class CallEngine:
             else:
                 events.note_leg_end(call, event, side == "manager")
             gone, manager = kind == "ChannelDestroyed", side == "manager"
-            if not gone and events.cut_off(call, event, manager):
+            if events.cut_off(call, event, manager):
                 return E.MANAGER_CUT_OFF if manager else E.CUSTOMER_CUT_OFF
             if manager:
                 return E.MANAGER_GONE if gone else E.MANAGER_LEFT

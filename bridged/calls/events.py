@@ -57,12 +57,19 @@ def _asterisk_ends(event: dict[str, Any]) -> tuple[bool, int | None]:
     return hard, cause if hard and type(cause) is int and 0 < cause <= Q850_MAX else None
 
 
+# The Q.850 cause a made leg rung out by its dial's timeout is destroyed with ("User alerting, no answer").
+RANG_OUT = 19
+
+
 def cut_off(call: Call, event: dict[str, Any], manager: bool) -> bool:
     """Whether a leg's hangup was asked of Asterisk by neither its phone nor bridged: a soft request (a
     phone's BYE or CANCEL comes as a hard one) on a leg no dial of bridged's rings. A dial's timeout is a
     soft request too, on a manager's leg bridged rings and on a customer's leg an earlier release made in
-    the application, while they ring: why they ended comes with their ChannelDestroyed. bridged's own
-    hangups come once the call ends (its prompt, its finish), where they are reacted to as legs that left."""
+    the application, while they ring: why they ended comes with their ChannelDestroyed (a manager's leg
+    bridged rang for an HTTP call cut off so is told by it). bridged's own hangups come once the call ends
+    (its prompt, its finish), where they are reacted to as legs that left."""
+    if event.get("type") == "ChannelDestroyed":
+        return manager and _ring_cut_off(call, event)
     if event.get("type") != "ChannelHangupRequest" or not event.get("soft"):
         return False
     if manager:
@@ -70,10 +77,28 @@ def cut_off(call: Call, event: dict[str, Any], manager: bool) -> bool:
     return not (call.state is CallState.RINGING_CUSTOMER and call.customer_in_app)
 
 
+def _ring_cut_off(call: Call, event: dict[str, Any]) -> bool:
+    """Whether the manager's leg bridged rang for an HTTP call, destroyed while it rang after a soft
+    request, was cut off. The dial's timeout and someone else's request (``channel request hangup``,
+    another program's DELETE) are the same soft request; the destroyed leg tells them apart: the
+    timeout's cause is 19, always (measured on the rig: rung out while the phone rang, sent only 100
+    Trying, or never answered at all), the others' another (measured: 16, a DELETE's ``reason`` its own).
+    A busy or declining phone sends a hard request, and no soft one. A DELETE with ``reason=no_answer``
+    reads as the phone having rung out: it says so itself."""
+    return (
+        call.state is CallState.RINGING_MANAGER
+        and call.manager_asked_to_hang_up
+        and event.get("type") == "ChannelDestroyed"
+        and event.get("cause") != RANG_OUT
+    )
+
+
 def note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:
     hard, cause = _asterisk_ends(event)
     if hard:
         call.gone.add(channel_of(event) or "")
+    elif manager and event.get("type") == "ChannelHangupRequest" and call.state is CallState.RINGING_MANAGER:
+        call.manager_asked_to_hang_up = True  # a soft request: why comes with the leg's ChannelDestroyed
     if cause is None:
         return
     destroyed = event.get("type") == "ChannelDestroyed"
@@ -82,7 +107,8 @@ def note_leg_end(call: Call, event: dict[str, Any], manager: bool) -> None:
         call.hangup_cause = cause
     if manager and (call.manager_cause is None or destroyed):
         call.manager_cause = cause
-        if call.state is CallState.RINGING_MANAGER:
+        # A leg cut off says nothing of the manager's phone: the call has no cause (as other cut-offs).
+        if call.state is CallState.RINGING_MANAGER and not _ring_cut_off(call, event):
             call.hangup_cause = cause
 
 

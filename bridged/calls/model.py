@@ -266,6 +266,9 @@ class Call:
     announcement_playback_id: str | None = None
     ringback_playback_id: str | None = None
     manager_cause: int | None = None
+    # The manager's leg bridged rang for an HTTP call was asked softly to hang up while it rang: by its
+    # dial's timeout, or by someone else (its ChannelDestroyed tells which: bridged.calls.events.cut_off).
+    manager_asked_to_hang_up: bool = False
     # The recording's clock (host time): from the answer to its request (an adopted call: from the
     # answer) to bridged stopping it; and what it was judged to hold, once known.
     recording_started_at: datetime | None = None

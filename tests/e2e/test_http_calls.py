@@ -178,10 +178,12 @@ def api_daemon(
     extra_http: dict[str, Any] | None = None,
     links: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
+    manager_ring_timeout: int = 5,
     **options,
 ) -> Bridged:
     def extra_for(phones: list[ManagerPhone]) -> dict[str, Any]:
-        extra: dict[str, Any] = {"api": {"tokens": token_config(phones[0].id), "manager_ring_timeout": 5}}
+        api = {"tokens": token_config(phones[0].id), "manager_ring_timeout": manager_ring_timeout}
+        extra: dict[str, Any] = {"api": api}
         if webhook_url:
             extra["webhook"] = {"url": webhook_url, "secret": WEBHOOK_SECRET, "timeout": 2}
         if extra_http:
@@ -338,39 +340,50 @@ def test_delete_ends_a_bridged_call(make_bridged, trace_dir: Path, rig_alloc) ->
         ("customer", "bridged", "completed"),
         ("manager", "bridged", "completed"),
         ("customer", "ringing_customer", "cancelled"),
+        ("manager", "ringing_manager", "cancelled"),
     ],
-    ids=["customer-bridged", "manager-bridged", "customer-ringing"],
+    ids=["customer-bridged", "manager-bridged", "customer-ringing", "manager-ringing"],
 )
 def test_a_leg_hung_up_in_asterisk_ends_the_call_by_asterisk(
     make_bridged, asterisk, trace_dir: Path, rig_alloc, leg: str, state: str, outcome: str
 ) -> None:
     """An administrator's ``channel request hangup`` on a leg (a soft hangup request): the call ends at
-    once, the manager's phone is sent BYE, and the call says who ended it, ``asterisk``, with no cause (a
-    bridged leg's ChannelDestroyed gives 16 after the call's end, a ringing one's 0, "Unknown"). Checked to
-    fail before the change: ``ended_by`` was the leg's side; the ringing customer's leg gave
-    ``customer_no_answer`` with cause 0, ended by ``bridged``, after the no-answer prompt."""
-    daemon = api_daemon(make_bridged, "dora", ring_timeout=60)
+    once, the manager's phone is sent BYE (CANCEL while it rings), and the call says who ended it,
+    ``asterisk``, with no cause (a bridged leg's ChannelDestroyed gives 16 after the call's end, a ringing
+    customer's 0, "Unknown"). Checked to fail before the change: ``ended_by`` was the leg's side; the
+    ringing customer's leg gave ``customer_no_answer`` with cause 0, ended by ``bridged``, after the
+    no-answer prompt; the ringing manager's leg (the same soft request as its dial's timeout, then cause 16
+    where the timeout gives 19) gave ``manager_no_answer``, cause 16, ended by ``manager``."""
+    daemon = api_daemon(make_bridged, "dora", ring_timeout=60, manager_ring_timeout=60)
     dora = daemon.managers[0]
     order, number = new_order_id(), new_customer_number()
     add_order(daemon.postgres, order, number, "Petr I.", dora.id)
-    phone = manager_phone(dora, trace_dir, hold_ms=60000)
-    ringing = state == "ringing_customer"
-    scenario = "carrier_noanswer" if ringing else "carrier_answer"
+    manager_rings, customer_rings = state == "ringing_manager", state == "ringing_customer"
+    phone = manager_phone(dora, trace_dir, "carrier_noanswer" if manager_rings else "carrier_answer")
+    scenario = "carrier_noanswer" if customer_rings else "carrier_answer"
     customer = carrier(trace_dir, rig_alloc, scenario, hold_ms=60000, timeout_s=60)
     status, call, _ = http(daemon, "POST", "/v1/calls", {"order_id": order, "manager_id": dora.id})
     assert status == 202, call
     wait_state(daemon, call["id"], state)
     [row] = [r for r in daemon.call_rows(dora.id) if r["id"] == call["id"]]
-    if ringing:
-        wait_for(lambda: re.search(r"^SIP/2.0 180 ", customer.messages(), re.M), 10, "the carrier's 180")
+    ringing = customer if customer_rings else phone if manager_rings else None
+    if ringing is not None:
+        wait_for(lambda: re.search(r"^SIP/2.0 180 ", ringing.messages(), re.M), 10, "the 180 of the leg")
     hang_up_in_asterisk(asterisk, row[f"{leg}_channel_id"])
     ended = wait_state(daemon, call["id"], "ended", timeout=10)
     assert (ended["outcome"], ended["ended_by"], ended["hangup_cause"]) == (outcome, "asterisk", None), ended
-    assert (ended["answered_at"] is None) == ringing, ended
+    assert (ended["answered_at"] is None) == (ringing is not None), ended
     assert phone.wait(timeout=10) == 0, phone.describe()
-    assert customer.wait(timeout=10) == 0, customer.describe()
-    assert re.search(r"^BYE sip:", phone.messages(), re.M), "the manager's phone was not hung up"
-    if ringing:
+    hung_up = r"^CANCEL sip:" if manager_rings else r"^BYE sip:"
+    assert re.search(hung_up, phone.messages(), re.M), "the manager's phone was not hung up"
+    if manager_rings:
+        assert not invites(customer.messages()), (
+            "the customer was dialled although the manager never answered"
+        )
+        customer.stop()
+    else:
+        assert customer.wait(timeout=10) == 0, customer.describe()
+    if customer_rings:
         assert re.search(r"^CANCEL sip:", customer.messages(), re.M), "the customer leg was not cancelled"
     assert_not_leaked(
         number,

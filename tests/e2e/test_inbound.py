@@ -33,6 +33,7 @@ from .harness import (
     add_order,
     assert_not_leaked,
     customer_calls,
+    hang_up_in_asterisk,
     invites,
     new_customer_number,
     new_order_id,
@@ -281,6 +282,34 @@ def test_a_busy_manager_and_an_unregistered_one_pass_the_call_on_to_the_next_in_
     assert f"manager {anna.id} did not answer (cause 17)" in log
     assert f"manager {boris.id}'s phone cannot be rung" in log
     assert_nothing_leaked(number, daemon, busy, taking, cdrs=call_cdrs(asterisk, row))
+
+
+def test_a_phone_cut_off_in_asterisk_while_it_rings_passes_the_call_on_to_the_next_in_the_team(
+    make_bridged, asterisk: Asterisk, trace_dir: Path, rig_alloc
+) -> None:
+    """An administrator's ``channel request hangup`` on anna's ringing phone (measured: soft request 32,
+    then the leg destroyed with 16; anna gets CANCEL with Q.850 cause 16): her phone stops ringing, the
+    caller still waits, and carol (her team) is rung and takes the call, as after a decline. (No change:
+    this pins it; ending the call would drop a customer still on the line.)"""
+    daemon = inbound_daemon(make_bridged, asterisk, ("anna", "carol"), fallback=(1,), ring_timeout=30)
+    anna, carol = daemon.managers
+    order, number = new_order_id(), new_customer_number()
+    add_order(daemon.postgres, order, number, "Olga Smirnova", anna.id)
+    ringing = phone_rings(anna, trace_dir, ring_ms=NEVER_MS)
+    taking = phone_rings(carol, trace_dir, ring_ms=300, hold_ms=1500)
+    customer = customer_calls(trace_dir, rig_alloc, number)
+    wait_for(lambda: "SIP/2.0 180 " in ringing.messages(), 15, "anna's phone ringing")
+    channels = json.loads(asterisk.ari_get("/channels"))
+    [leg] = [c["id"] for c in channels if c["name"].startswith(f"PJSIP/{anna.endpoint}-")]
+    hang_up_in_asterisk(asterisk, leg)
+    for sipp in (ringing, taking, customer):
+        assert sipp.wait(timeout=40) == 0, sipp.describe()
+    cancel = next(m for m in ringing.received() if m.method == "CANCEL" and m.is_request)
+    assert "Q.850;cause=16" in cancel.header("Reason")
+    row = ended_row(daemon)
+    assert (row["manager_id"], row["outcome"], row["ended_by"]) == (carol.id, "completed", "manager")
+    assert f"manager {anna.id} did not answer (cause 16)" in daemon.log_text()
+    assert_nothing_leaked(number, daemon, ringing, taking, cdrs=call_cdrs(asterisk, row))
 
 
 def test_nobody_answering_ends_missed_with_a_prompt_and_a_signed_call_missed_webhook(

@@ -347,6 +347,24 @@ async def test_a_phone_that_cannot_be_rung_is_skipped_at_once(env: Env) -> None:
     assert env.engine.owned_channels() == {"in-3", env.leg_of(call, "carol")}
 
 
+async def test_a_phone_cut_off_while_it_rings_passes_the_call_on_as_one_that_stopped_ringing(
+    env: Env,
+) -> None:
+    """An administrator's ``channel request hangup`` on one manager's ringing phone (soft 32, then the leg
+    destroyed with 16: measured on an HTTP call's made leg): that phone stops, the caller still waits, and
+    the call goes on to the next managers, as after a decline. Ending the call would drop a customer who
+    is still on the line; whoever means to end it hangs up the caller's channel (``missed``, by
+    ``asterisk``). This pins what was so before (no change)."""
+    call = await env.call_in("in-cut")
+    leg = env.leg_of(call, "anna")
+    env.engine.on_event(hangup_request(leg, cause=32, state="Ringing", soft=True))
+    env.engine.on_event(channel_destroyed(leg, cause=16, state="Ringing"))
+    await wait_until(lambda: env.rung(call) == ["anna", "boris"], what="the next manager rung")
+    await env.idle(call)
+    assert call.state is CallState.RINGING_MANAGER and env.row(call)["state"] == "ringing_manager"
+    assert "in-cut" not in env.ari.hung_up()
+
+
 async def test_nobody_answers_the_caller_hears_the_missed_prompt_and_the_call_ends_missed(env: Env) -> None:
     call = await env.call_in("in-4")
     for endpoint in ("anna", "boris", "carol"):

@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bridged.calls.events import Q850_MAX, note_leg_end, note_ring_end
+from bridged.calls.events import Q850_MAX, cut_off, note_leg_end, note_ring_end
 from bridged.calls.model import Call, CallState, Ringing
 from bridged.labels import Labeller
 
@@ -121,3 +121,30 @@ def test_a_ringing_phone_notes_only_a_q850_cause(kind: str, fields: dict[str, An
     cause = _q850(kind, fields)
     assert call.ring.causes == ({} if cause is None else {"c1-m1": cause})
     assert call.hangup_cause is None and call.manager_cause is None
+
+
+@given(
+    soft=st.booleans(), cause=st.integers(min_value=0, max_value=127), state=st.sampled_from(list(CallState))
+)
+@example(soft=True, cause=19, state=CallState.RINGING_MANAGER)
+@example(soft=True, cause=16, state=CallState.RINGING_MANAGER)
+@example(soft=False, cause=16, state=CallState.RINGING_MANAGER)
+def test_a_manager_leg_destroyed_while_it_rings_after_a_soft_request_was_cut_off_unless_it_rang_out(
+    soft: bool, cause: int, state: CallState
+) -> None:
+    """The manager's leg bridged rings for an HTTP call: a soft request then its ChannelDestroyed. The
+    dial's timeout gives 19 (measured, three ways: the phone ringing, sending only 100 Trying, silent); any
+    other cause after a soft request is someone else's (measured: 16), and the call keeps no cause. Without
+    a soft request (a busy or declining phone's is hard), or in another state, the destroyed leg is no
+    cut-off. A customer's leg is never told this way."""
+    call = _call(state)
+    leg = "c1-manager"
+    if soft:
+        note_leg_end(call, _event("ChannelHangupRequest", leg, {"cause": 32, "soft": True}), True)
+    destroyed = _event("ChannelDestroyed", leg, {"cause": cause})
+    note_leg_end(call, destroyed, True)
+    was_cut_off = soft and state is CallState.RINGING_MANAGER and cause != 19
+    assert cut_off(call, destroyed, True) is was_cut_off
+    assert cut_off(call, destroyed, False) is False
+    ringing = state is CallState.RINGING_MANAGER and not was_cut_off
+    assert call.hangup_cause == (cause if ringing and cause > 0 else None)

@@ -138,6 +138,38 @@ async def test_a_manager_leg_ending_unanswered_ends_the_call_by_its_destroyed_ca
     assert _customer_made(env, call.id) == []
 
 
+@pytest.mark.parametrize(
+    "destroyed",
+    [
+        16,  # measured: ``channel request hangup``, or another program's DELETE, while the phone rang
+        17,  # another program's DELETE with reason=busy: a soft request all the same, not the phone's 486
+        0,  # "Unknown": no Q.850 cause
+    ],
+)
+async def test_a_manager_leg_cut_off_while_it_rings_cancels_the_call_by_asterisk(
+    env: Env, destroyed: int
+) -> None:
+    """Someone other than the phone or bridged hangs up the manager's ringing leg: the same soft request
+    as the dial's timeout (32), but the leg is destroyed with a cause other than the timeout's 19. The
+    call is cancelled at once, by ``asterisk``, with no cause; the customer is never rung. Checked to fail
+    before the change: ``manager_no_answer`` (``manager_unavailable`` for 0), by ``manager``, with
+    the destroyed leg's cause."""
+    call = await _ringing_manager(env)
+    leg = f"{call.id}-manager"
+    for event in (
+        hangup_request(leg, cause=32, state="Ringing", soft=True),
+        stasis_end(leg, state="Ringing"),
+        channel_destroyed(leg, cause=destroyed),
+    ):
+        env.engine.on_event(event)
+    await wait_until(lambda: env.store.rows[call.id]["state"] == "ended", what="the call ended")
+    row = env.store.rows[call.id]
+    assert (row["outcome"], row["ended_by"], row["hangup_cause"]) == ("cancelled", "asterisk", None)
+    assert _customer_made(env, call.id) == [] and env.ari.named("play") == []
+    # A leg Asterisk destroyed is not hung up again.
+    assert leg not in env.ari.hung_up()
+
+
 # -- a call adopted while its manager's phone rang ---------------------------------------------------------
 
 
