@@ -468,18 +468,12 @@ class CallEngine:
                 await self._handle(call, event)
             except AriUnavailable as exc:
                 # Asterisk down or overloaded: expected in operation, one line without a traceback.
-                log.warning(
-                    "call %s: aborted handling %s in state %s: %s",
-                    call.id,
-                    event.get("type"),
-                    call.state,
-                    exc,
-                )
+                kind = events.kind_of(event)
+                log.warning("call %s: aborted handling %s in state %s: %s", call.id, kind, call.state, exc)
                 await self.steps.abort(call)
             except Exception:
-                log.exception(
-                    "call %s: failed handling %s in state %s", call.id, event.get("type"), call.state
-                )
+                kind = events.kind_of(event)  # a type that is no string (not Asterisk's) is not logged
+                log.exception("call %s: failed handling %s in state %s", call.id, kind, call.state)
                 await self.steps.abort(call)
             finally:
                 call.handling = False

@@ -1408,14 +1408,20 @@ async def test_events_that_mean_nothing_to_an_idle_call_are_read_at_once_and_nev
     assert queued == ["ChannelHangupRequest", "ChannelDestroyed", "ChannelHangupRequest"]
 
 
-async def test_an_event_an_idle_call_cannot_read_ends_it_as_in_its_worker(env: Env) -> None:
+async def test_an_event_an_idle_call_cannot_read_ends_it_as_in_its_worker(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
     customer = await env.ringing("call-a", "m-a")
     call = env.engine.calls["call-a"]
     await wait_until(lambda: not call.handling and call.queue.empty(), what="the worker idle")
-    env.engine.on_event({"type": ["not", "a", "type"], "channel": {"id": customer}})
-    row = await env.ended("call-a")
+    with caplog.at_level("DEBUG", logger="bridged"):
+        env.engine.on_event({"type": ["not", "a", "type", NUMBER_TAIL], "channel": {"id": customer}})
+        row = await env.ended("call-a")
     assert row["outcome"] == "failed"
     assert customer in env.ari.hung_up() and "m-a" in env.ari.hung_up()
+    # The worker's line names the type as it reads it: a type that is no string is not logged.
+    assert "call call-a: failed handling None in state" in caplog.text
+    assert NUMBER_TAIL not in caplog.text
 
 
 def test_prompts_are_media_lists() -> None:
